@@ -1,0 +1,45 @@
+"""phaser core: hook specs, the plugin registry, plans, the reconstruction state, the CLI.
+
+The core imports nothing from the bundled plugin ``phaser_std``; it finds it, like any
+third-party plugin, through the ``phaser.plugins`` entry point.
+"""
+
+from .backend import Backend, BaseBackend
+from .config import (
+    ComponentSpec,
+    EngineSpec,
+    Flag,
+    LoaderSpec,
+    NoiseModelSpec,
+    ObjectInitSpec,
+    ObserverSpec,
+    PreprocessorSpec,
+    ProbeInitSpec,
+    RegularizerSpec,
+    ScanInitSpec,
+    ScheduleSpec,
+    Schedulable,
+    SolverSpec,
+    param,
+)
+from .context import InitContext, LoadContext, RunContext
+from .data import RawData
+from .errors import (
+    BackendUnavailable,
+    DataError,
+    DuplicateComponentError,
+    PhaserError,
+    PlanError,
+    PluginError,
+    PluginLoadError,
+    StateFileError,
+    UnknownComponentError,
+)
+from .hookspecs import hookimpl, hookspec
+from .observer import Observer
+from .registry import Component, Registry, get_registry
+from .state import IterationCounters, ObjectState, ProbeState, Progress, ReconsState
+
+__version__ = "0.1.0"
+
+__all__ = [name for name in dir() if not name.startswith("_")]

@@ -1,0 +1,132 @@
+"""The compute-backend protocol: an array namespace plus what the array API lacks.
+
+Shared kernels take a backend ``bk`` and use ``bk.xp`` for array functions; everything the
+array API does not standardise (unitary FFTs, indexed add of overlapping views, jit, seeded
+random streams, host/device transfer, the dtype policy) is a method here. No module outside
+a backend's own imports cupy or jax.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+DTYPES = {"float32": (np.float32, np.complex64), "float64": (np.float64, np.complex128)}
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What every backend provides. Arrays are the backend's own type."""
+
+    name: str
+    xp: Any
+    #: the float dtype name, ``"float32"`` (default) or ``"float64"``
+    dtype: str
+
+    @property
+    def real_dtype(self) -> Any: ...
+    @property
+    def complex_dtype(self) -> Any: ...
+    def asarray(self, x: Any, dtype: Any = None) -> Any: ...
+    def to_numpy(self, x: Any) -> np.ndarray: ...
+    def fft2(self, x: Any) -> Any: ...
+    def ifft2(self, x: Any) -> Any: ...
+    def fft2c(self, x: Any) -> Any: ...
+    def ifft2c(self, x: Any) -> Any: ...
+    def fftshift(self, x: Any) -> Any: ...
+    def ifftshift(self, x: Any) -> Any: ...
+    def add_at(self, target: Any, index: tuple, values: Any) -> Any: ...
+    def set_at(self, target: Any, index: tuple, values: Any) -> Any: ...
+    def jit(self, fn: Callable, **kwargs: Any) -> Callable: ...
+    def rng(self, seed: int, stream: str) -> np.random.Generator: ...
+    def synchronize(self, x: Any = None) -> Any: ...
+
+
+def stream_seed(seed: int, stream: str) -> np.random.SeedSequence:
+    """A seed sequence for the named random stream of ``seed`` (stable across processes)."""
+    digest = hashlib.sha256(stream.encode()).digest()
+    return np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *np.frombuffer(digest[:8], dtype=np.uint32)])
+
+
+class BaseBackend:
+    """Shared implementation for backends whose ``xp`` has ``fft`` and fancy indexing.
+
+    Subclasses set ``name`` and ``xp`` and override what differs (transfer, add_at, jit).
+    FFTs act on the last two axes and are unitary (``norm="ortho"``): Σ|ψ|² is the same in
+    real and reciprocal space. ``fft2``/``ifft2`` keep the zero frequency at the corner;
+    ``fft2c``/``ifft2c`` keep it at ``(N//2, N//2)`` on both sides.
+    """
+
+    name = "base"
+    xp: Any = np
+
+    def __init__(self, dtype: str = "float32"):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.dtype = dtype
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.dtype}>"
+
+    @property
+    def real_dtype(self) -> Any:
+        return self.xp.dtype(DTYPES[self.dtype][0])
+
+    @property
+    def complex_dtype(self) -> Any:
+        return self.xp.dtype(DTYPES[self.dtype][1])
+
+    def asarray(self, x: Any, dtype: Any = None) -> Any:
+        """Move ``x`` to this backend. Floats and complex values follow the dtype policy
+        unless ``dtype`` is given; integer arrays keep their type."""
+        arr = np.asarray(x) if not hasattr(x, "__array_namespace__") and not hasattr(x, "device") else x
+        if dtype is None:
+            kind = np.dtype(arr.dtype).kind if hasattr(arr, "dtype") else "f"
+            dtype = {"f": self.real_dtype, "c": self.complex_dtype}.get(kind)
+        return self.xp.asarray(arr, dtype=dtype)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return np.asarray(x)
+
+    def fft2(self, x: Any) -> Any:
+        return self.xp.fft.fft2(x, axes=(-2, -1), norm="ortho")
+
+    def ifft2(self, x: Any) -> Any:
+        return self.xp.fft.ifft2(x, axes=(-2, -1), norm="ortho")
+
+    def fftshift(self, x: Any) -> Any:
+        return self.xp.fft.fftshift(x, axes=(-2, -1))
+
+    def ifftshift(self, x: Any) -> Any:
+        return self.xp.fft.ifftshift(x, axes=(-2, -1))
+
+    def fft2c(self, x: Any) -> Any:
+        return self.fftshift(self.fft2(self.ifftshift(x)))
+
+    def ifft2c(self, x: Any) -> Any:
+        return self.fftshift(self.ifft2(self.ifftshift(x)))
+
+    def add_at(self, target: Any, index: tuple, values: Any) -> Any:
+        """``target[index] += values`` with repeated indices accumulated. May work in place:
+        always use the returned array."""
+        raise NotImplementedError
+
+    def set_at(self, target: Any, index: tuple, values: Any) -> Any:
+        """``target[index] = values``. May work in place: always use the returned array."""
+        target[index] = values
+        return target
+
+    def jit(self, fn: Callable, **kwargs: Any) -> Callable:
+        """Compile ``fn`` where the backend can; the identity elsewhere."""
+        return fn
+
+    def rng(self, seed: int, stream: str) -> np.random.Generator:
+        """A host random generator for the named stream of ``seed``. The same on every
+        backend, so the same plan gives the same groupings and noise everywhere."""
+        return np.random.default_rng(stream_seed(seed, stream))
+
+    def synchronize(self, x: Any = None) -> Any:
+        """Wait for pending device work (for timing); returns ``x``."""
+        return x

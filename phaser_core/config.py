@@ -1,0 +1,127 @@
+"""Building blocks for component config classes.
+
+A component's config is a frozen attrs class whose fields are its plan keys. Declare each
+field with :func:`param` so ``phaser describe`` can show its unit and documentation::
+
+    @attrs.frozen
+    class AmplitudeConfig:
+        eps: float = param(1e-2, doc="added under the square roots")
+
+A field that is itself a pluggable part is typed with the matching ``*Spec`` class below
+(``noise_model: NoiseModelSpec``); the plan structures it through the live registry, so a
+third-party name works there too. ``Flag`` and ``Schedulable`` cover the per-iteration
+switches (``update_probe: {after: 5}``) and scheduled hyperparameters.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Union
+
+import attrs
+
+
+def param(default: Any = attrs.NOTHING, *, unit: str | None = None, doc: str = "",
+          factory: Any = None, validator: Any = None, converter: Any = None) -> Any:
+    """An attrs field carrying ``unit`` (e.g. ``"Å"``, ``"mrad"``) and ``doc`` metadata."""
+    kwargs: dict[str, Any] = {"metadata": {"unit": unit, "doc": doc}}
+    if factory is not None:
+        kwargs["factory"] = factory
+    elif default is not attrs.NOTHING:
+        kwargs["default"] = default
+    if validator is not None:
+        kwargs["validator"] = validator
+    if converter is not None:
+        kwargs["converter"] = converter
+    return attrs.field(**kwargs)
+
+
+@attrs.frozen
+class ComponentSpec:
+    """A ``{type: NAME, ...config}`` entry of a plan: the name and its structured config.
+
+    ``config`` is an instance of the component's config class, or ``None`` to mean "all
+    defaults" (filled in when the plan is resolved).
+    """
+
+    kind: ClassVar[str] = ""
+    type: str
+    config: Any = None
+
+    def component(self, registry: Any) -> Any:
+        return registry.resolve(self.kind, self.type)
+
+    def resolved_config(self, registry: Any) -> Any:
+        if self.config is not None:
+            return self.config
+        return self.component(registry).make_config()
+
+    def build(self, registry: Any, *args: Any, **kwargs: Any) -> Any:
+        """Instantiate the component: ``obj(config, *args, **kwargs)``."""
+        comp = self.component(registry)
+        return comp.obj(self.resolved_config(registry), *args, **kwargs)
+
+
+def _spec(kind_name: str, doc: str) -> type:
+    cls = attrs.frozen(type(f"{''.join(p.title() for p in kind_name.split('_'))}Spec", (ComponentSpec,),
+                            {"kind": kind_name, "__doc__": doc, "__annotations__": {}}))
+    cls.__module__ = __name__
+    return cls
+
+
+LoaderSpec = _spec("loader", "A raw-data loader entry (``raw_data:``).")
+PreprocessorSpec = _spec("preprocessor", "A post-load step (``post_load:`` items).")
+ProbeInitSpec = _spec("probe_initializer", "The probe initialiser (``init.probe``).")
+ObjectInitSpec = _spec("object_initializer", "The object initialiser (``init.object``).")
+ScanInitSpec = _spec("scan_initializer", "The scan initialiser (``init.scan``).")
+NoiseModelSpec = _spec("noise_model", "A noise model (``noise_model:``).")
+RegularizerSpec = _spec("regularizer", "A regularizer (constraint or cost).")
+SolverSpec = _spec("solver", "A solver (conventional, gradient or position).")
+ScheduleSpec = _spec("schedule", "A hyperparameter schedule.")
+EngineSpec = _spec("engine", "An engine (``engines:`` items).")
+ObserverSpec = _spec("observer", "An observer (``observers:`` items).")
+
+SPEC_CLASSES: tuple[type, ...] = (LoaderSpec, PreprocessorSpec, ProbeInitSpec, ObjectInitSpec, ScanInitSpec,
+                                  NoiseModelSpec, RegularizerSpec, SolverSpec, ScheduleSpec, EngineSpec,
+                                  ObserverSpec)
+
+
+@attrs.frozen
+class Flag:
+    """When a per-iteration switch is on, from iteration counters within an engine.
+
+    In a plan: ``true``/``false``, or ``{after: 5}``, ``{every: 2}``, ``{before: 50}`` and
+    combinations (all must hold). ``after: 5`` means on from engine iteration 5 (0-based).
+    """
+
+    enabled: bool = True
+    after: int | None = None
+    every: int | None = None
+    before: int | None = None
+
+    def __call__(self, iteration: int) -> bool:
+        if not self.enabled:
+            return False
+        if self.after is not None and iteration < self.after:
+            return False
+        if self.before is not None and iteration >= self.before:
+            return False
+        if self.every is not None and self.every > 0 and (iteration - (self.after or 0)) % self.every != 0:
+            return False
+        return True
+
+
+#: A hyperparameter: a constant or a schedule entry (``{type: cosine, ...}``).
+Schedulable = Union[float, ScheduleSpec]
+
+
+def schedule_value(value: Any, iteration: int, registry: Any) -> float:
+    """Evaluate a :data:`Schedulable` at ``iteration``."""
+    if isinstance(value, ScheduleSpec):
+        fn = value.build(registry)
+        return float(fn(iteration))
+    return float(value)
+
+
+def is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

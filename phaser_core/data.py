@@ -1,0 +1,66 @@
+"""Raw data as loaders return it and preprocessing steps pass it on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import numpy as np
+
+
+@attrs.frozen(kw_only=True)
+class RawData:
+    """Diffraction patterns and the acquisition metadata found with them.
+
+    ``patterns`` is ``(N, Qy, Qx)`` float [electrons] in host memory (a numpy array or a
+    memory map), zero scattering angle at pixel ``(Qy//2, Qx//2)``, detector axes already
+    parallel to the object axes. A raster scan records ``scan_shape`` (Ny, Nx) with
+    N = Ny·Nx in row-major order. Missing metadata is ``None``; plan values override it.
+    """
+
+    patterns: Any
+    #: (ky, kx) sampling of the detector [1/Å per pixel]
+    reciprocal_sampling_invA: tuple[float, float] | None = None
+    energy_eV: float | None = None
+    convergence_angle_mrad: float | None = None
+    #: CONVENTIONS sign: positive = underfocus (crossover downstream of the entrance surface) [Å]
+    defocus_A: float | None = None
+    #: (N, 2) (y, x) [Å], or None for a raster scan built from ``scan_step_A``
+    scan_positions_A: np.ndarray | None = None
+    scan_shape: tuple[int, int] | None = None
+    #: (y, x) raster step [Å]
+    scan_step_A: tuple[float, float] | None = None
+    #: (Qy, Qx) bool, True where the detector pixel is valid
+    mask: np.ndarray | None = None
+    #: optional (modes, Ny, Nx) probe that came with the data
+    probe: np.ndarray | None = None
+    #: ground truth, when the data were simulated (see docs/file-formats.md)
+    ground_truth: dict[str, Any] | None = None
+    source: str | None = None
+    extra: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def n_patterns(self) -> int:
+        return int(self.patterns.shape[0])
+
+    @property
+    def pattern_shape(self) -> tuple[int, int]:
+        return (int(self.patterns.shape[-2]), int(self.patterns.shape[-1]))
+
+    def wavelength_A(self) -> float:
+        from phaser_core.physics_constants import wavelength_A
+
+        if self.energy_eV is None:
+            raise ValueError("energy_eV is unknown: give it in the plan or the data file")
+        return wavelength_A(self.energy_eV)
+
+    def real_space_sampling_A(self) -> tuple[float, float]:
+        """Pixel size [Å] of a real-space grid matching the detector: 1 / (Q · Δk)."""
+        if self.reciprocal_sampling_invA is None:
+            raise ValueError("the detector sampling is unknown: give reciprocal_sampling_invA "
+                             "or angular_sampling_mrad in the plan or the data file")
+        qy, qx = self.pattern_shape
+        return (1.0 / (qy * self.reciprocal_sampling_invA[0]), 1.0 / (qx * self.reciprocal_sampling_invA[1]))
+
+    def replace(self, **changes: Any) -> "RawData":
+        return attrs.evolve(self, **changes)

@@ -1,0 +1,29 @@
+"""The observer protocol: lifecycle calls through which state leaves an engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Observer:
+    """Base class with do-nothing lifecycle methods; override the ones you need.
+
+    Call order for a plan with engines E0, E1: ``before_run``, ``before_engine(E0)``,
+    ``after_iteration`` × niter, ``after_engine(E0)``, ``before_engine(E1)``, ...,
+    ``after_run``; ``on_run_error`` replaces ``after_run`` when the run fails or is
+    interrupted. ``metrics`` holds at least ``loss`` (noise-model NLL per pattern),
+    ``time_s`` (seconds this iteration), ``engine_iter``, ``niter``, ``total_iter``.
+    """
+
+    def before_run(self, plan: Any, ctx: Any) -> None: ...
+    def after_run(self, state: Any, ctx: Any) -> None: ...
+    def on_run_error(self, error: BaseException, state: Any, ctx: Any) -> None: ...
+    def before_engine(self, engine: Any, state: Any, ctx: Any) -> None: ...
+    def after_engine(self, engine: Any, state: Any, ctx: Any) -> None: ...
+    def after_iteration(self, state: Any, metrics: dict, ctx: Any) -> None: ...
+
+
+def notify(observers: list, method: str, *args: Any) -> None:
+    """Call ``method`` on every observer in order."""
+    for obs in observers:
+        getattr(obs, method)(*args)
