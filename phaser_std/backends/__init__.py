@@ -1,6 +1,14 @@
-"""Compute backends: numpy (reference), jax and cupy (imported only when used)."""
+"""Compute backends: numpy (reference), jax and cupy (imported only when used).
+
+Each factory takes the dtype name (``"float32"`` default, ``"float64"``) and returns a
+backend; jax and cupy are imported inside their factory, so a missing library only matters
+when a plan asks for that backend, and then raises
+:class:`~phaser_core.errors.BackendUnavailable` saying how to install it.
+"""
 
 from __future__ import annotations
+
+from phaser_core.errors import BackendUnavailable
 
 
 def _numpy(dtype: str = "float32"):
@@ -9,5 +17,42 @@ def _numpy(dtype: str = "float32"):
     return NumpyBackend(dtype)
 
 
+def _jax(dtype: str = "float32"):
+    try:
+        from .jax_backend import JaxBackend
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"the jax backend needs jax, which cannot be imported ({exc}). "
+            'Install it with: pip install "phaser-ptycho[jax]"'
+        ) from exc
+    return JaxBackend(dtype)
+
+
+def _cupy(dtype: str = "float32"):
+    try:
+        import cupy  # noqa: F401
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"the cupy backend needs cupy, which cannot be imported ({exc}). "
+            'Install it with: pip install "phaser-ptycho[cupy]" (and a CUDA toolkit matching your GPU)'
+        ) from exc
+    from .cupy_backend import CupyBackend, gpu_count
+
+    try:
+        n_gpus = gpu_count()
+    except Exception as exc:  # cupy raises CUDARuntimeError without a driver
+        raise BackendUnavailable(
+            f"the cupy backend needs a CUDA GPU, but CUDA reports none ({type(exc).__name__}: {exc}). "
+            "Use backend: jax or numpy on this machine."
+        ) from exc
+    if n_gpus < 1:
+        raise BackendUnavailable(
+            "the cupy backend needs a CUDA GPU, but none is present. Use backend: jax or numpy on this machine."
+        )
+    return CupyBackend(dtype)
+
+
 def register_all(register) -> None:
     register("numpy", _numpy, doc="CPU arrays with numpy (the reference backend).")
+    register("jax", _jax, doc="jax arrays on CPU or GPU, compiled with jax.jit (extra: [jax]).")
+    register("cupy", _cupy, doc="cupy arrays on a CUDA GPU (extra: [cupy]).")

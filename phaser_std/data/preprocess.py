@@ -1,5 +1,413 @@
-"""(to be filled)"""
+"""Post-load preprocessing steps (the plan's ``post_load`` list).
+
+Each step is ``step(config, data, ctx) -> RawData``: it returns a new
+:class:`~phaser_core.data.RawData` and never modifies its input (arrays are copied or
+rebuilt before being written). Patterns stay ``(N, Qy, Qx)`` [electrons] with zero angle
+at pixel ``(Qy//2, Qx//2)``; every step that changes the detector grid updates
+``reciprocal_sampling_invA`` [1/Å per px] and the mask.
+
+Registered names: ``crop_data``, ``bin``, ``pad``, ``scale``, ``poisson``,
+``drop_nan_patterns``, ``center_diffraction``, ``detector_mask``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import numpy as np
+
+from phaser_core.backend import stream_seed
+from phaser_core.config import param
+from phaser_core.context import LoadContext
+from phaser_core.data import RawData
+from phaser_core.errors import DataError
+
+from .loaders._common import int_pair_or_none
+
+
+def _int_pair(v: Any) -> tuple[int, int]:
+    arr = np.asarray(v).ravel()
+    if arr.size == 1:
+        return (int(arr[0]), int(arr[0]))
+    if arr.size != 2:
+        raise ValueError(f"expected an integer or a (y, x) pair, got {v!r}")
+    return (int(arr[0]), int(arr[1]))
+
+
+def _optional_tuple(v: Any) -> tuple | None:
+    return None if v is None else tuple(int(x) for x in v)
+
+
+def raster_positions(data: RawData) -> np.ndarray | None:
+    """The data's scan positions (N, 2) (y, x) [Å]: explicit ones, or the raster
+    (``scan_shape``, ``scan_step_A``) as :func:`phaser_std.physics.scan.raster_scan` builds it."""
+    if data.scan_positions_A is not None:
+        return np.asarray(data.scan_positions_A, dtype=np.float64)
+    if data.scan_shape is not None and data.scan_step_A is not None:
+        from phaser_std.physics.scan import raster_scan
+
+        return raster_scan(data.scan_shape, data.scan_step_A)
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# Detector geometry: crop, bin, pad
+# ---------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class CropConfig:
+    """Crop the detector to ``size`` about the zero-angle pixel and/or the raster scan to
+    ``scan`` = [y_start, y_stop, x_start, x_stop] (python slices of scan rows/columns)."""
+
+    size: tuple[int, int] | None = param(None, unit="px", doc="(Qy, Qx) detector size to keep, centred on Q//2",
+                                          converter=int_pair_or_none)
+    scan: tuple[int, ...] | None = param(None, doc="[y_start, y_stop, x_start, x_stop] of the raster to keep",
+                                         converter=_optional_tuple)
+
+
+def crop_data(config: CropConfig, data: RawData, ctx: LoadContext) -> RawData:
+    """Crop the detector (keeping the zero angle at the new Q//2; the detector sampling is
+    unchanged, so the real-space pixel 1/(Q·Δk) grows) and/or the raster scan."""
+    patterns = data.patterns
+    changes: dict[str, Any] = {}
+    if config.size is not None:
+        qy, qx = data.pattern_shape
+        ny, nx = config.size
+        if not (0 < ny <= qy and 0 < nx <= qx):
+            raise DataError(f"crop_data: size {config.size} must be positive and fit the detector {(qy, qx)}")
+        y0, x0 = qy // 2 - ny // 2, qx // 2 - nx // 2
+        patterns = patterns[:, y0:y0 + ny, x0:x0 + nx]
+        if data.mask is not None:
+            changes["mask"] = np.array(data.mask[y0:y0 + ny, x0:x0 + nx])
+    if config.scan is not None:
+        if len(config.scan) != 4:
+            raise DataError(f"crop_data: scan must be [y_start, y_stop, x_start, x_stop], got {list(config.scan)}")
+        if data.scan_shape is None:
+            raise DataError("crop_data: cropping the scan needs a raster scan_shape (give it in the plan)")
+        sy, sx = data.scan_shape
+        ys = range(sy)[slice(config.scan[0], config.scan[1])]
+        xs = range(sx)[slice(config.scan[2], config.scan[3])]
+        if not len(ys) or not len(xs):
+            raise DataError(f"crop_data: scan crop {list(config.scan)} of the {sy}x{sx} raster is empty")
+        idx = (np.asarray(ys)[:, None] * sx + np.asarray(xs)[None, :]).ravel()
+        pos = raster_positions(data)
+        patterns = patterns[idx]
+        changes["scan_shape"] = (len(ys), len(xs))
+        if pos is not None:
+            changes["scan_positions_A"] = pos[idx]
+    changes["patterns"] = np.ascontiguousarray(patterns) if patterns is not data.patterns else np.array(patterns)
+    return data.replace(**changes)
+
+
+@attrs.frozen(kw_only=True)
+class BinConfig:
+    """Sum ``factor`` x ``factor`` blocks of detector pixels."""
+
+    factor: tuple[int, int] = param((2, 2), unit="px", doc="bin factor (y, x) or one integer",
+                                    converter=_int_pair)
+
+
+def bin_detector(config: BinConfig, data: RawData, ctx: LoadContext) -> RawData:
+    """Sum blocks of detector pixels (counts are conserved; Δk is multiplied by the factor).
+
+    Pixels beyond a whole number of blocks are cropped symmetrically first. The zero angle,
+    at pixel Q//2, lands at new pixel (Q//2)//f: with even ``f`` it then sits on a block's
+    edge rather than its centre; run ``center_diffraction`` afterwards if that matters.
+    A binned pixel is valid when every pixel in its block is.
+    """
+    fy, fx = config.factor
+    if fy < 1 or fx < 1:
+        raise DataError(f"bin: factor must be positive, got {config.factor}")
+    qy, qx = data.pattern_shape
+    ny, nx = qy // fy, qx // fx
+    if ny == 0 or nx == 0:
+        raise DataError(f"bin: factor {config.factor} is larger than the detector {(qy, qx)}")
+    cy, cx = (qy - ny * fy) // 2, (qx - nx * fx) // 2
+    p = np.asarray(data.patterns)[:, cy:cy + ny * fy, cx:cx + nx * fx]
+    binned = p.reshape(p.shape[0], ny, fy, nx, fx).sum(axis=(2, 4), dtype=np.float64).astype(p.dtype)
+    mask = None
+    if data.mask is not None:
+        m = np.asarray(data.mask, dtype=bool)[cy:cy + ny * fy, cx:cx + nx * fx]
+        mask = m.reshape(ny, fy, nx, fx).all(axis=(1, 3))
+    recip = None
+    if data.reciprocal_sampling_invA is not None:
+        recip = (data.reciprocal_sampling_invA[0] * fy, data.reciprocal_sampling_invA[1] * fx)
+    return data.replace(patterns=binned, mask=mask, reciprocal_sampling_invA=recip)
+
+
+@attrs.frozen(kw_only=True)
+class PadConfig:
+    """Pad the detector to ``size`` about the zero-angle pixel."""
+
+    size: tuple[int, int] = param(unit="px", doc="(Qy, Qx) detector size after padding", converter=_int_pair)
+    value: float = param(0.0, unit="e", doc="value of the added pixels")
+    mask_padding: bool = param(True, doc="mark the added pixels invalid in the mask (engines leave them free)")
+
+
+def pad(config: PadConfig, data: RawData, ctx: LoadContext) -> RawData:
+    """Pad the detector (zero angle stays at Q//2; Δk unchanged, so the real-space pixel
+    1/(Q·Δk) shrinks)."""
+    qy, qx = data.pattern_shape
+    ny, nx = config.size
+    if ny < qy or nx < qx:
+        raise DataError(f"pad: size {config.size} is smaller than the detector {(qy, qx)}; use crop_data")
+    y0, x0 = ny // 2 - qy // 2, nx // 2 - qx // 2
+    src = np.asarray(data.patterns)
+    out = np.full((src.shape[0], ny, nx), config.value, dtype=src.dtype)
+    out[:, y0:y0 + qy, x0:x0 + qx] = src
+    mask = data.mask
+    if config.mask_padding or mask is not None:
+        new_mask = np.zeros((ny, nx), dtype=bool) if config.mask_padding else np.ones((ny, nx), dtype=bool)
+        new_mask[y0:y0 + qy, x0:x0 + qx] = True if mask is None else np.asarray(mask, dtype=bool)
+        mask = new_mask
+    return data.replace(patterns=out, mask=mask)
+
+
+# ---------------------------------------------------------------------------------------
+# Intensity: scale, Poisson resampling
+# ---------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ScaleConfig:
+    """Multiply the patterns by ``factor`` (e.g. 1/counts-per-electron)."""
+
+    factor: float = param(unit="e/count", doc="multiplier that converts the data to electrons", converter=float)
+
+
+def scale(config: ScaleConfig, data: RawData, ctx: LoadContext) -> RawData:
+    """Multiply every pattern by ``factor`` (a new array)."""
+    p = np.asarray(data.patterns)
+    return data.replace(patterns=(p * p.dtype.type(config.factor)).astype(p.dtype, copy=False))
+
+
+def scan_area_per_position_A2(data: RawData) -> float:
+    """Specimen area per scan position [Å²]: the raster step area |s_y·s_x|, or, for
+    explicit positions only, the positions' bounding-box area / N (with a step's margin)."""
+    if data.scan_step_A is not None:
+        return abs(float(data.scan_step_A[0]) * float(data.scan_step_A[1]))
+    pos = raster_positions(data)
+    if pos is None or len(pos) < 2:
+        raise DataError("the area per scan position is unknown: give scan_step_A in the plan")
+    span = pos.max(axis=0) - pos.min(axis=0)
+    n = len(pos)
+    # a square-ish grid of n points over the box has about sqrt(n) points per side
+    side = max(np.sqrt(n) - 1.0, 1.0)
+    step = span / side
+    step = np.where(step > 0, step, step.max())
+    return float(step[0] * step[1])
+
+
+@attrs.frozen(kw_only=True)
+class PoissonConfig:
+    """Rescale to a dose and draw Poisson counts (seeded, stream ``"poisson-resample"``)."""
+
+    dose: float | None = param(None, unit="e/Å²", doc="target dose; the mean pattern sum becomes dose·(area per "
+                               "position). null: keep the current counts")
+    scale: float | None = param(None, doc="multiply by this before the draw (instead of dose)")
+    seed: int | None = param(None, doc="random seed; null: the plan's seed")
+
+
+def poisson(config: PoissonConfig, data: RawData, ctx: LoadContext) -> RawData:
+    """Poisson resampling at a target dose [e/Å²]: expected counts are the patterns scaled so
+    that the mean pattern sum is ``dose``·(scan area per position); the draw uses
+    ``stream_seed(seed, "poisson-resample")``, so the same seed gives the same counts."""
+    if config.dose is not None and config.scale is not None:
+        raise DataError("poisson: give either dose or scale, not both")
+    p = np.asarray(data.patterns)
+    factor = 1.0
+    if config.dose is not None:
+        if config.dose <= 0:
+            raise DataError(f"poisson: dose must be positive, got {config.dose} e/Å²")
+        sums = p.sum(axis=(-2, -1), dtype=np.float64)
+        mean_sum = float(np.nanmean(sums))
+        if not mean_sum > 0:
+            raise DataError("poisson: the patterns hold no signal (mean sum <= 0); cannot scale to a dose")
+        factor = config.dose * scan_area_per_position_A2(data) / mean_sum
+    elif config.scale is not None:
+        factor = float(config.scale)
+    lam = np.clip(np.nan_to_num(p.astype(np.float64) * factor, nan=0.0), 0.0, None)
+    rng = np.random.default_rng(stream_seed(ctx.seed if config.seed is None else config.seed, "poisson-resample"))
+    counts = rng.poisson(lam).astype(p.dtype if p.dtype.kind == "f" else np.float32)
+    return data.replace(patterns=counts, extra={**data.extra, "poisson_scale": factor})
+
+
+# ---------------------------------------------------------------------------------------
+# Bad patterns, centring, detector mask
+# ---------------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class DropNanConfig:
+    """Drop patterns containing NaN (fraction above ``threshold``) or with no signal."""
+
+    threshold: float = param(0.0, doc="drop a pattern whose fraction of NaN pixels exceeds this (0: any NaN)")
+    min_counts: float = param(0.0, unit="e", doc="drop a pattern whose finite sum is <= this")
+    fill: bool = param(True, doc="set the remaining NaN pixels of kept patterns to 0 and mark them invalid?")
+
+
+def drop_nan_patterns(config: DropNanConfig, data: RawData, ctx: LoadContext) -> RawData:
+    """Remove bad patterns and their scan positions.
+
+    The kept positions become explicit (a raster is expanded first, so ``scan_shape`` is
+    cleared when anything is dropped); ``extra["kept_indices"]`` lists the kept patterns.
+    """
+    p = np.asarray(data.patterns)
+    nan = np.isnan(p)
+    frac = nan.mean(axis=(-2, -1))
+    sums = np.nansum(p, axis=(-2, -1), dtype=np.float64)
+    bad = (frac > config.threshold) | (sums <= config.min_counts) | ~np.isfinite(sums)
+    if config.threshold == 0.0:
+        bad |= frac > 0
+    keep = np.nonzero(~bad)[0]
+    if keep.size == 0:
+        raise DataError(f"drop_nan_patterns: every one of the {len(p)} patterns is NaN or empty")
+    patterns = p[keep]  # fancy indexing: a new array
+    if config.fill and np.isnan(patterns).any():
+        patterns = np.nan_to_num(patterns, nan=0.0)
+    if keep.size == len(p):
+        return data.replace(patterns=np.array(patterns) if patterns is p else patterns,
+                            extra={**data.extra, "kept_indices": keep})
+    pos = raster_positions(data)
+    if pos is None:
+        raise DataError("drop_nan_patterns: dropping patterns needs the scan positions or scan_shape + scan_step_A")
+    return data.replace(patterns=patterns, scan_positions_A=pos[keep], scan_shape=None,
+                        extra={**data.extra, "kept_indices": keep, "dropped_indices": np.nonzero(bad)[0]})
+
+
+def pacbed(data: RawData) -> np.ndarray:
+    """Position-averaged pattern (Qy, Qx) float64, NaN-safe, masked pixels set to 0."""
+    pacbed_ = np.nanmean(np.asarray(data.patterns, dtype=np.float64), axis=0)
+    if data.mask is not None:
+        pacbed_ = pacbed_ * np.asarray(data.mask, dtype=bool)
+    return pacbed_
+
+
+def centre_of_mass(img: np.ndarray) -> tuple[float, float]:
+    """Intensity centre of mass (y, x) [px] of a 2D image."""
+    w = np.clip(np.nan_to_num(img), 0.0, None)
+    tot = w.sum()
+    if tot <= 0:
+        raise DataError("center_diffraction: the PACBED has no signal")
+    yy, xx = np.indices(w.shape)
+    return float((w * yy).sum() / tot), float((w * xx).sum() / tot)
+
+
+def _shift_int(a: np.ndarray, dy: int, dx: int, fill: Any) -> np.ndarray:
+    """Shift the last two axes by integer (dy, dx) pixels, filling with ``fill`` (no wrap)."""
+    out = np.full_like(a, fill)
+    qy, qx = a.shape[-2:]
+    ys, yd = (slice(0, qy - dy), slice(dy, qy)) if dy >= 0 else (slice(-dy, qy), slice(0, qy + dy))
+    xs, xd = (slice(0, qx - dx), slice(dx, qx)) if dx >= 0 else (slice(-dx, qx), slice(0, qx + dx))
+    out[..., yd, xd] = a[..., ys, xs]
+    return out
+
+
+@attrs.frozen(kw_only=True)
+class CenterConfig:
+    """Shift every pattern so the PACBED's centre of mass sits on pixel (Qy//2, Qx//2)."""
+
+    subpixel: bool = param(True, doc="bilinear sub-pixel shift; false: whole pixels only")
+
+
+def center_diffraction(config: CenterConfig, data: RawData, ctx: LoadContext) -> RawData:
+    """Align the PACBED centre of mass to (Qy//2, Qx//2).
+
+    The shift is d = Q//2 − COM [px]; whole pixels move with zero fill, the fractional part
+    (``subpixel``) by bilinear interpolation, which conserves counts away from the edges.
+    The mask moves with the patterns (a pixel is valid when every contributing one is);
+    pixels shifted in from outside are marked invalid. ``extra["center_shift_px"]`` records d.
+    """
+    qy, qx = data.pattern_shape
+    cy, cx = centre_of_mass(pacbed(data))
+    dy, dx = qy // 2 - cy, qx // 2 - cx
+    if not config.subpixel:
+        dy, dx = float(round(dy)), float(round(dx))
+    iy, ix = int(np.floor(dy)), int(np.floor(dx))
+    fy, fx = dy - iy, dx - ix
+    p = np.asarray(data.patterns)
+    m = np.ones((qy, qx), dtype=bool) if data.mask is None else np.asarray(data.mask, dtype=bool)
+    out = np.zeros(p.shape, dtype=p.dtype)
+    mask = np.ones((qy, qx), dtype=bool)
+    for sy, wy in ((iy, 1.0 - fy), (iy + 1, fy)):
+        for sx, wx in ((ix, 1.0 - fx), (ix + 1, fx)):
+            w = wy * wx
+            if w <= 1e-12:
+                continue
+            out += p.dtype.type(w) * _shift_int(p, sy, sx, 0)
+            mask &= _shift_int(m, sy, sx, False)
+    new_mask = mask if (data.mask is not None or not mask.all()) else None
+    return data.replace(patterns=out, mask=new_mask, extra={**data.extra, "center_shift_px": (dy, dx)})
+
+
+def _rects(v: Any) -> tuple[tuple[int, int, int, int], ...]:
+    if v is None:
+        return ()
+    rects = tuple(tuple(int(x) for x in r) for r in v)
+    for r in rects:
+        if len(r) != 4:
+            raise ValueError(f"a mask rectangle is [y_start, y_stop, x_start, x_stop], got {list(r)}")
+    return rects
+
+
+@attrs.frozen(kw_only=True)
+class DetectorMaskConfig:
+    """Mark detector pixels invalid: from a file (True/nonzero = valid) and/or rectangles."""
+
+    path: str | None = param(None, doc=".npy, .tif or .h5 file of a (Qy, Qx) mask, nonzero = valid pixel")
+    key: str = param("mask", doc="dataset name when path is an .h5 file")
+    rectangles: tuple[tuple[int, int, int, int], ...] = param(
+        (), unit="px", doc="list of [y_start, y_stop, x_start, x_stop] regions to mark invalid", converter=_rects)
+    invert: bool = param(False, doc="the file marks the INVALID pixels instead")
+    zero_masked: bool = param(False, doc="also set the masked pixels of the patterns to 0")
+
+
+def _read_mask_file(path: Any, key: str) -> np.ndarray:
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        return tifffile.imread(path)
+    if suffix in (".h5", ".hdf5"):
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            if key not in f:
+                raise DataError(f"{path}: no dataset {key!r} for the detector mask (set key)")
+            return f[key][()]
+    raise DataError(f"detector_mask: unsupported mask file {path} (use .npy, .tif or .h5)")
+
+
+def detector_mask(config: DetectorMaskConfig, data: RawData, ctx: LoadContext) -> RawData:
+    """Combine (AND) the data's mask with a mask file and invalid rectangles."""
+    shape = data.pattern_shape
+    mask = np.ones(shape, dtype=bool) if data.mask is None else np.array(data.mask, dtype=bool)
+    if config.path is not None:
+        path = ctx.resolve(config.path)
+        if not path.exists():
+            raise DataError(f"detector_mask: file {path} does not exist")
+        fm = np.asarray(_read_mask_file(path, config.key)) != 0
+        if fm.shape != shape:
+            raise DataError(f"detector_mask: {path} has shape {fm.shape}, the detector is {shape}")
+        mask &= ~fm if config.invert else fm
+    for y0, y1, x0, x1 in config.rectangles:
+        mask[y0:y1, x0:x1] = False
+    patterns = data.patterns
+    if config.zero_masked:
+        patterns = np.where(mask, np.asarray(patterns), 0).astype(np.asarray(patterns).dtype)
+    return data.replace(patterns=patterns, mask=mask)
 
 
 def register_all(register) -> None:
-    pass
+    register("crop_data", crop_data, config=CropConfig, aliases=("crop",))
+    register("bin", bin_detector, config=BinConfig)
+    register("pad", pad, config=PadConfig)
+    register("scale", scale, config=ScaleConfig)
+    register("poisson", poisson, config=PoissonConfig)
+    register("drop_nan_patterns", drop_nan_patterns, config=DropNanConfig, aliases=("drop_nans",))
+    register("center_diffraction", center_diffraction, config=CenterConfig, aliases=("diffraction_align",))
+    register("detector_mask", detector_mask, config=DetectorMaskConfig)

@@ -1,0 +1,1 @@
+"""Electron optics, probes, scans, objects, propagation and the shared forward model."""

@@ -1,5 +1,266 @@
-"""(to be filled)"""
+"""Registration of the built-in probe, object and scan initialisers.
+
+Probe: ``focused`` (aperture + aberrations, falling back to the data's metadata) and
+``from_file``. Object: ``vacuum`` and ``random``. Scan: ``from_data``, ``raster`` and
+``from_file``. Each takes ``(config, ctx: InitContext)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+
+from phaser_core.config import param
+from phaser_core.state import ObjectState, ProbeState
+
+__all__ = ["register_all", "FocusedProbeConfig", "ProbeFileConfig", "VacuumObjectConfig",
+           "RandomObjectConfig", "RasterScanConfig", "ScanFileConfig", "FromDataScanConfig"]
+
+
+def _wavelength(ctx: Any) -> float:
+    return float(ctx.wavelength_A) if ctx.wavelength_A is not None else ctx.data.wavelength_A()
+
+
+def _scale_to_data(modes: np.ndarray, ctx: Any) -> np.ndarray:
+    """Scale so Σ|P|² equals the mean pattern sum [electrons] (unchanged without data)."""
+    try:
+        pats = ctx.data.patterns
+        n = int(pats.shape[0])
+        idx = np.linspace(0, n - 1, min(n, 256)).astype(int)
+        mean = float(np.mean(np.sum(np.asarray(pats[idx], dtype=np.float64), axis=(-2, -1))))
+    except Exception:  # noqa: BLE001 - no usable data: keep unit power
+        return modes
+    if not np.isfinite(mean) or mean <= 0:
+        return modes
+    return modes * np.sqrt(mean / float(np.sum(np.abs(modes) ** 2)))
+
+
+# ------------------------------------------------------------------------------ probe
+@attrs.frozen
+class FocusedProbeConfig:
+    """A probe from the condenser aperture and aberrations."""
+
+    conv_angle_mrad: float | None = param(None, unit="mrad", doc="aperture semi-angle; default: the data's")
+    defocus_A: float | None = param(None, unit="Å",
+                                    doc="defocus (= −C10, positive: crossover downstream); default: the data's, else 0")
+    aberrations: dict | None = param(None, doc="Krivanek coefficients C10..C56 [Å] and angles phi12.. [rad]")
+    soft_edge_px: float = param(0.0, unit="px", doc="width of a soft aperture edge in reciprocal pixels")
+    n_modes: int = param(1, doc="number of mixed-state probe modes")
+    first_mode_power: float = param(0.8, doc="fraction of the power in mode 0 when n_modes > 1")
+
+
+def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
+    """Focused (aberrated) probe on the detector-sized grid, scaled to the data's dose."""
+    from phaser_std.physics.probe import make_modes, make_probe
+
+    data = ctx.data
+    conv = config.conv_angle_mrad if config.conv_angle_mrad is not None else data.convergence_angle_mrad
+    if conv is None:
+        raise ValueError("probe initializer 'focused': conv_angle_mrad is missing; give it in "
+                         "init.probe or in the data file's metadata")
+    if ctx.wavelength_A is None and data.energy_eV is None:
+        raise ValueError("probe initializer 'focused': energy_eV is missing; give it in the plan's "
+                         "raw_data or the data file")
+    defocus = config.defocus_A if config.defocus_A is not None else (data.defocus_A or 0.0)
+    sampling = data.real_space_sampling_A()
+    probe = make_probe(data.pattern_shape, sampling, _wavelength(ctx), float(conv), defocus_A=float(defocus),
+                       aberrations=config.aberrations, soft_edge_px=config.soft_edge_px)
+    rng = np.random.default_rng(_stream(ctx.seed, "probe-modes"))
+    modes = make_modes(probe, config.n_modes, config.first_mode_power, rng if config.n_modes > 1 else None)
+    return ProbeState(data=_scale_to_data(modes, ctx), sampling_A=tuple(float(s) for s in sampling))
+
+
+def _stream(seed: int, name: str) -> np.random.SeedSequence:
+    from phaser_core.backend import stream_seed
+
+    return stream_seed(seed, name)
+
+
+@attrs.frozen
+class ProbeFileConfig:
+    """A probe from a ``.npy`` file or a previous state file (``/probe``)."""
+
+    path: str = param(doc="path of a .npy (modes, Ny, Nx) or (Ny, Nx) array, or an HDF5 state file")
+    sampling_A: tuple | None = param(None, unit="Å", doc="(y, x) pixel size; default: the data's real-space sampling")
+    scale_to_data: bool = param(True, doc="rescale Σ|P|² to the mean pattern sum")
+
+
+def init_probe_from_file(config: ProbeFileConfig, ctx: Any) -> ProbeState:
+    """Probe modes read from a file."""
+    from phaser_std.physics.probe import load_probe
+
+    path = Path(config.path).expanduser()
+    if not path.is_absolute():
+        path = Path(ctx.plan_dir) / path
+    modes = load_probe(path)
+    if config.sampling_A is not None:
+        s = np.broadcast_to(np.asarray(config.sampling_A, dtype=float), (2,))
+        sampling = (float(s[0]), float(s[1]))
+    else:
+        sampling = ctx.data.real_space_sampling_A()
+        file_sampling = _file_probe_sampling(path)
+        if file_sampling is not None and not np.allclose(file_sampling, sampling, rtol=1e-6):
+            raise ValueError(f"probe in {path} has pixel size {tuple(file_sampling)} Å but the data's "
+                             f"real-space sampling is {sampling} Å; resample the probe or the data")
+    shape = ctx.data.pattern_shape
+    if tuple(modes.shape[-2:]) != tuple(shape):
+        raise ValueError(f"probe in {path} is {modes.shape[-2:]} but the patterns are {shape}; "
+                         "resample the probe or crop/bin the data to match")
+    if config.scale_to_data:
+        modes = _scale_to_data(modes, ctx)
+    return ProbeState(data=modes, sampling_A=tuple(float(v) for v in sampling))
+
+
+def _file_probe_sampling(path: Path) -> np.ndarray | None:
+    """The ``sampling_A`` attribute of ``/probe`` in an HDF5 state file, if any."""
+    if path.suffix.lower() == ".npy":
+        return None
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        s = f["probe"].attrs.get("sampling_A")
+    return None if s is None else np.asarray(s, dtype=float).reshape(2)
+
+
+# ------------------------------------------------------------------------------ object
+def _need_probe_and_scan(ctx: Any, who: str) -> None:
+    if ctx.probe is None or ctx.scan_A is None:
+        raise ValueError(f"object initializer {who!r} needs the probe and scan to be initialised first")
+
+
+@attrs.frozen
+class VacuumObjectConfig:
+    """An all-ones object covering the scan."""
+
+    pad_px: int = param(8, unit="px", doc="spare pixels on each side of the scanned area")
+
+
+def init_vacuum_object(config: VacuumObjectConfig, ctx: Any) -> ObjectState:
+    """Vacuum (transmission 1) in every slice."""
+    from phaser_std.physics.objects import vacuum_object
+
+    _need_probe_and_scan(ctx, "vacuum")
+    return vacuum_object(ctx.scan_A, ctx.probe.shape, ctx.probe.sampling_A, ctx.n_slices,
+                         ctx.thicknesses_A, config.pad_px)
+
+
+@attrs.frozen
+class RandomObjectConfig:
+    """Unit amplitude with a small random phase (seeded)."""
+
+    phase_sigma_rad: float = param(1e-3, unit="rad", doc="standard deviation of the total phase")
+    pad_px: int = param(8, unit="px", doc="spare pixels on each side of the scanned area")
+
+
+def init_random_object(config: RandomObjectConfig, ctx: Any) -> ObjectState:
+    """Random phase object from the ``object-init`` stream of the plan's seed."""
+    from phaser_std.physics.objects import random_object
+
+    _need_probe_and_scan(ctx, "random")
+    rng = np.random.default_rng(_stream(ctx.seed, "object-init"))
+    return random_object(ctx.scan_A, ctx.probe.shape, ctx.probe.sampling_A, rng, config.phase_sigma_rad,
+                         ctx.n_slices, ctx.thicknesses_A, config.pad_px)
+
+
+# ------------------------------------------------------------------------------ scan
+@attrs.frozen
+class FromDataScanConfig:
+    """Scan positions recorded with the data, else a raster from its scan shape and step."""
+
+    rotation_deg: float = param(0.0, unit="deg", doc="scan rotation applied when building a raster")
+
+
+def init_scan_from_data(config: FromDataScanConfig, ctx: Any) -> np.ndarray:
+    """``RawData.scan_positions_A`` or a raster from ``scan_shape`` and ``scan_step_A``."""
+    from phaser_std.physics.scan import raster_scan
+
+    data = ctx.data
+    if data.scan_positions_A is not None:
+        scan = np.asarray(data.scan_positions_A, dtype=np.float64).reshape(-1, 2)
+    else:
+        missing = [k for k in ("scan_shape", "scan_step_A") if getattr(data, k) is None]
+        if missing:
+            raise ValueError(f"scan initializer 'from_data': the data has no scan positions and no "
+                             f"{' or '.join(missing)}; give them in raw_data or use init.scan type 'raster'")
+        scan = raster_scan(data.scan_shape, data.scan_step_A, config.rotation_deg)
+    if scan.shape[0] != data.n_patterns:
+        raise ValueError(f"scan has {scan.shape[0]} positions but the data have {data.n_patterns} patterns")
+    return scan
+
+
+@attrs.frozen
+class RasterScanConfig:
+    """A raster scan centred on the origin."""
+
+    shape: tuple | None = param(None, doc="(ny, nx) points; default: the data's scan_shape")
+    step_A: tuple | None = param(None, unit="Å", doc="(y, x) step (or one number); default: the data's")
+    rotation_deg: float = param(0.0, unit="deg", doc="turns the fast axis from +x toward +y")
+
+
+def init_raster_scan(config: RasterScanConfig, ctx: Any) -> np.ndarray:
+    """Raster scan from the config (falling back to the data's scan shape/step)."""
+    from phaser_std.physics.scan import raster_scan
+
+    shape = config.shape if config.shape is not None else ctx.data.scan_shape
+    step = config.step_A if config.step_A is not None else ctx.data.scan_step_A
+    if shape is None:
+        raise ValueError("scan initializer 'raster': shape is missing (not in init.scan nor the data)")
+    if step is None:
+        raise ValueError("scan initializer 'raster': step_A is missing (not in init.scan nor the data)")
+    scan = raster_scan(tuple(shape), step, config.rotation_deg)
+    if scan.shape[0] != ctx.data.n_patterns:
+        raise ValueError(f"raster scan {tuple(shape)} has {scan.shape[0]} positions but the data have "
+                         f"{ctx.data.n_patterns} patterns")
+    return scan
+
+
+@attrs.frozen
+class ScanFileConfig:
+    """Scan positions (N, 2) (y, x) [Å] from a file."""
+
+    path: str = param(doc=".npy or text (N, 2) (y, x) [Å], or an HDF5 file with a /scan dataset")
+
+
+def init_scan_from_file(config: ScanFileConfig, ctx: Any) -> np.ndarray:
+    """Positions read from ``.npy``, ``.txt``/``.csv`` or an HDF5 ``/scan`` dataset."""
+    path = Path(config.path).expanduser()
+    if not path.is_absolute():
+        path = Path(ctx.plan_dir) / path
+    if not path.exists():
+        raise FileNotFoundError(f"scan file {path} does not exist")
+    suf = path.suffix.lower()
+    if suf == ".npy":
+        scan = np.load(path)
+    elif suf in (".txt", ".csv", ".dat"):
+        scan = np.loadtxt(path, delimiter="," if suf == ".csv" else None)
+    else:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            key = next((k for k in ("scan", "scan_A", "scan_positions_A") if k in f), None)
+            if key is None:
+                raise KeyError(f"{path} has no '/scan' dataset")
+            node = f[key]
+            if isinstance(node, h5py.Group):
+                node = node[next(iter(node.keys()))]
+            scan = node[()]
+    scan = np.asarray(scan, dtype=np.float64)
+    if scan.ndim != 2 or scan.shape[1] != 2:
+        raise ValueError(f"scan in {path} must be (N, 2) (y, x) [Å], got shape {scan.shape}")
+    if scan.shape[0] != ctx.data.n_patterns:
+        raise ValueError(f"scan in {path} has {scan.shape[0]} positions but the data have "
+                         f"{ctx.data.n_patterns} patterns")
+    return scan
 
 
 def register_all(register) -> None:
-    pass
+    register("focused", init_focused_probe, config=FocusedProbeConfig, target="probe")
+    register("from_file", init_probe_from_file, config=ProbeFileConfig, target="probe")
+    register("vacuum", init_vacuum_object, config=VacuumObjectConfig, target="object")
+    register("random", init_random_object, config=RandomObjectConfig, target="object")
+    register("from_data", init_scan_from_data, config=FromDataScanConfig, target="scan")
+    register("raster", init_raster_scan, config=RasterScanConfig, target="scan")
+    register("from_file", init_scan_from_file, config=ScanFileConfig, target="scan")

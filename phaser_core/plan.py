@@ -1,0 +1,713 @@
+"""Plan files: YAML or JSON -> a frozen, fully validated :class:`Plan`.
+
+The steps (:func:`load_plan`):
+
+1. parse with ruamel.yaml's round-trip loader so every node keeps its line and column
+   (JSON is parsed the same way: it is YAML);
+2. check ``file_type: phaser_plan`` and migrate older ``version`` s with the pure functions
+   in :mod:`phaser_core.plan_migrate`;
+3. apply ``--set path=value`` overrides to the raw mapping;
+4. structure with cattrs into the attrs classes below. Each ``*Spec`` field
+   (``{type: NAME, ...config}``) is structured by one hook that looks ``NAME`` up in the
+   *live* registry and structures the other keys into that component's config class, so a
+   third-party component is usable by name with no change here. Unknown keys are errors;
+5. fill every default (including default components' configs) and run cross-field checks.
+
+Every problem found is collected and raised together as one
+:class:`phaser_core.errors.PlanError` whose ``errors`` are
+:class:`phaser_core.plan_errors.PlanIssue` (``file:line:col: path: message``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import typing
+from collections.abc import Mapping
+from collections.abc import Sequence as Sequence_abc
+from pathlib import Path
+from types import NoneType, UnionType
+from typing import Any, Literal, Union
+
+import attrs
+import cattrs
+import numpy as np
+from cattrs.gen import make_dict_structure_fn
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from .config import (
+    ComponentSpec,
+    EngineSpec,
+    Flag,
+    LoaderSpec,
+    ObjectInitSpec,
+    ObserverSpec,
+    PreprocessorSpec,
+    ProbeInitSpec,
+    ScanInitSpec,
+    param,
+)
+from .errors import PlanError, UnknownComponentError
+from .plan_errors import (
+    Issue,
+    IssueGroup,
+    PlanIssue,
+    collect,
+    describe_value,
+    format_path,
+    to_issues,
+    unknown_key_message,
+)
+from .plan_migrate import CURRENT_VERSION, migrate
+
+FILE_TYPE = "phaser_plan"
+DTYPES = ("float32", "float64")
+
+__all__ = [
+    "FILE_TYPE", "CURRENT_VERSION", "SlicesPlan", "InitPlan", "OutputPlan", "Plan",
+    "load_plan", "plan_to_dict", "dump_plan", "apply_overrides", "make_converter", "PlanIssue",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# The plan classes
+# ---------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class SlicesPlan:
+    """Object slices: ``{n: 1}`` for a 2D object, ``{n: 20, total_thickness_A: 200}`` for multislice."""
+
+    n: int = param(1, doc="number of object slices")
+    total_thickness_A: float | None = param(None, unit="Å", doc="total object thickness, split evenly over n slices")
+    thicknesses_A: tuple[float, ...] | None = param(None, unit="Å", doc="thickness of each slice (n values)")
+
+    def resolve(self) -> np.ndarray:
+        """The ``n`` slice thicknesses [Å] (zeros for a single slice without a thickness)."""
+        if self.thicknesses_A is not None:
+            return np.asarray(self.thicknesses_A, dtype=np.float64)
+        if self.total_thickness_A is not None:
+            return np.full(self.n, float(self.total_thickness_A) / self.n)
+        if self.n == 1:
+            return np.zeros(1)
+        raise ValueError(f"slices: n={self.n} needs total_thickness_A or thicknesses_A")
+
+
+@attrs.frozen
+class InitPlan:
+    """How the first engine's state is made (ignored when a run resumes)."""
+
+    probe: ProbeInitSpec = param(ProbeInitSpec("focused"), doc="probe initialiser")
+    object: ObjectInitSpec = param(ObjectInitSpec("vacuum"), doc="object initialiser")
+    scan: ScanInitSpec = param(ScanInitSpec("from_data"), doc="scan-position initialiser")
+    state: str | None = param(None, doc="a state file (HDF5) to start from instead of the initialisers")
+
+
+@attrs.frozen
+class OutputPlan:
+    """What the run writes besides the state file."""
+
+    checkpoint_every: int = param(10, doc="write checkpoint.h5 every this many iterations (0: never)")
+    images: tuple[str, ...] = param(("object_phase", "object_phase_sum", "probe", "probe_recip"),
+                                    doc="images written (TIFF + PNG)")
+    image_every: int | None = param(None, doc="write images every this many iterations; null: at the end of each engine")
+
+
+@attrs.frozen(kw_only=True)
+class Plan:
+    """A whole reconstruction: data, initial state, engines in order, observers, outputs."""
+
+    file_type: str = param(FILE_TYPE, doc="always 'phaser_plan'")
+    version: int = param(CURRENT_VERSION, doc="plan format version")
+    name: str = param("phaser", doc="run name")
+    backend: str = param("numpy", doc="compute backend (numpy, jax, cupy or any registered backend)")
+    dtype: str = param("float32", doc="real dtype: float32 or float64")
+    seed: int = param(0, doc="seed of every random stream")
+    raw_data: LoaderSpec = param(doc="the raw-data loader")
+    post_load: tuple[PreprocessorSpec, ...] = param((), doc="steps applied to the loaded data, in order")
+    init: InitPlan = param(InitPlan(), doc="initialisers")
+    slices: SlicesPlan = param(SlicesPlan(), doc="object slices")
+    engines: tuple[EngineSpec, ...] = param(doc="engines, run in order")
+    observers: tuple[ObserverSpec, ...] = param((), doc="extra observers")
+    output: OutputPlan = param(OutputPlan(), doc="outputs")
+
+
+# ---------------------------------------------------------------------------------------
+# Strict structuring
+# ---------------------------------------------------------------------------------------
+
+
+def _is_spec(t: Any) -> bool:
+    return isinstance(t, type) and issubclass(t, ComponentSpec)
+
+
+def _is_union(t: Any) -> bool:
+    return typing.get_origin(t) in (Union, UnionType)
+
+
+def _is_seq(t: Any) -> bool:
+    origin = typing.get_origin(t)
+    if origin in (list, tuple, Sequence_abc):
+        args = typing.get_args(t)
+        return origin is not tuple or (len(args) == 2 and args[1] is Ellipsis)
+    return False
+
+
+def _is_fixed_tuple(t: Any) -> bool:
+    args = typing.get_args(t)
+    return typing.get_origin(t) is tuple and bool(args) and Ellipsis not in args
+
+
+def _is_dict(t: Any) -> bool:
+    return typing.get_origin(t) in (dict, typing.Mapping, Mapping)
+
+
+def describe_type(t: Any) -> str:
+    """Words for what a plan key expects, for error messages and ``phaser describe``."""
+    if t is int:
+        return "an integer"
+    if t is float:
+        return "a number"
+    if t is str:
+        return "a string"
+    if t is bool:
+        return "true or false"
+    if t is NoneType or t is None:
+        return "null"
+    if t is Path:
+        return "a path"
+    if t is Flag:
+        return "true, false or {after, every, before}"
+    if _is_spec(t):
+        return f"a {{type: NAME, ...}} mapping naming a {t.kind.replace('_', ' ')}"
+    if _is_union(t):
+        return " or ".join(dict.fromkeys(describe_type(a) for a in typing.get_args(t)))
+    if typing.get_origin(t) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(t))
+    if _is_seq(t) or _is_fixed_tuple(t):
+        return "a list"
+    if attrs.has(t) or _is_dict(t):
+        return "a mapping"
+    return getattr(t, "__name__", str(t))
+
+
+def _accepts_shape(t: Any, v: Any) -> bool:
+    """Whether ``v`` has the right shape (mapping / list / scalar) for type ``t``."""
+    if t is Flag:
+        return isinstance(v, (bool, Mapping))
+    if _is_spec(t):
+        return isinstance(v, (Mapping, str))
+    if attrs.has(t) or _is_dict(t):
+        return isinstance(v, Mapping)
+    if _is_seq(t) or _is_fixed_tuple(t):
+        return isinstance(v, (list, tuple))
+    if t is Any:
+        return True
+    return not isinstance(v, (Mapping, list, tuple))
+
+
+def make_converter(registry: Any, allow_local: bool | None = None) -> cattrs.Converter:
+    """A cattrs converter that structures plan data strictly, resolving specs in ``registry``."""
+    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+
+    def s_int(v: Any, _: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise Issue(f"expected an integer, got {describe_value(v)}")
+        return int(v)
+
+    def s_float(v: Any, _: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise Issue(f"expected a number, got {describe_value(v)}")
+        return float(v)
+
+    def s_str(v: Any, _: Any) -> str:
+        if not isinstance(v, str):
+            raise Issue(f"expected a string, got {describe_value(v)}")
+        return str(v)
+
+    def s_bool(v: Any, _: Any) -> bool:
+        if not isinstance(v, bool):
+            raise Issue(f"expected true or false, got {describe_value(v)}")
+        return v
+
+    def s_path(v: Any, _: Any) -> Path:
+        return Path(s_str(v, str))
+
+    for t, fn in ((int, s_int), (float, s_float), (str, s_str), (bool, s_bool), (Path, s_path)):
+        conv.register_structure_hook(t, fn)
+
+    def seq_factory(t: Any) -> Any:
+        (elem, *_) = typing.get_args(t) or (Any,)
+        origin = typing.get_origin(t)
+        make = tuple if origin is tuple else list
+
+        def hook(v: Any, _: Any) -> Any:
+            if not isinstance(v, (list, tuple)):
+                raise Issue(f"expected a list, got {describe_value(v)}")
+            out, errors = [], []
+            for i, item in enumerate(v):
+                try:
+                    out.append(conv.structure(item, elem))
+                except Exception as exc:  # noqa: BLE001 - collected, reported together
+                    errors.append(IssueGroup([exc], rel=(i,)))
+            if errors:
+                raise IssueGroup(errors)
+            return make(out)
+
+        return hook
+
+    def fixed_tuple_factory(t: Any) -> Any:
+        elems = typing.get_args(t)
+
+        def hook(v: Any, _: Any) -> Any:
+            if not isinstance(v, (list, tuple)) or len(v) != len(elems):
+                raise Issue(f"expected a list of {len(elems)} values, got {describe_value(v)}"
+                            + (f" of length {len(v)}" if isinstance(v, (list, tuple)) else ""))
+            out, errors = [], []
+            for i, (item, et) in enumerate(zip(v, elems)):
+                try:
+                    out.append(conv.structure(item, et))
+                except Exception as exc:  # noqa: BLE001
+                    errors.append(IssueGroup([exc], rel=(i,)))
+            if errors:
+                raise IssueGroup(errors)
+            return tuple(out)
+
+        return hook
+
+    def dict_factory(t: Any) -> Any:
+        kt, vt = (typing.get_args(t) + (Any, Any))[:2]
+
+        def hook(v: Any, _: Any) -> Any:
+            if not isinstance(v, Mapping):
+                raise Issue(f"expected a mapping, got {describe_value(v)}")
+            out, errors = {}, []
+            for key, item in v.items():
+                try:
+                    out[conv.structure(key, kt) if kt is not Any else key] = (
+                        conv.structure(item, vt) if vt is not Any else item)
+                except Exception as exc:  # noqa: BLE001
+                    errors.append(IssueGroup([exc], rel=(key,)))
+            if errors:
+                raise IssueGroup(errors)
+            return out
+
+        return hook
+
+    def literal_factory(t: Any) -> Any:
+        allowed = typing.get_args(t)
+
+        def hook(v: Any, _: Any) -> Any:
+            if v in allowed and not (isinstance(v, bool) and not any(isinstance(a, bool) for a in allowed)):
+                return v
+            msg = f"expected one of {', '.join(repr(a) for a in allowed)}, got {describe_value(v)}"
+            if isinstance(v, str):
+                import difflib
+
+                close = difflib.get_close_matches(v, [a for a in allowed if isinstance(a, str)], n=1)
+                if close:
+                    msg += f"; did you mean {close[0]!r}?"
+            raise Issue(msg)
+
+        return hook
+
+    def union_factory(t: Any) -> Any:
+        args = typing.get_args(t)
+        members = [a for a in args if a is not NoneType]
+        nullable = len(members) < len(args)
+
+        def hook(v: Any, _: Any) -> Any:
+            if v is None:
+                if nullable:
+                    return None
+                raise Issue(f"expected {describe_type(t)}, got null")
+            cands = [m for m in members if _accepts_shape(m, v)]
+            if len(cands) == 1:
+                return conv.structure(v, cands[0])
+            for m in cands:
+                try:
+                    return conv.structure(v, m)
+                except Exception:  # noqa: BLE001 - try the next member
+                    continue
+            raise Issue(f"expected {describe_type(t)}, got {describe_value(v)}")
+
+        return hook
+
+    def attrs_factory(cl: type) -> Any:
+        fn = make_dict_structure_fn(cl, conv, _cattrs_forbid_extra_keys=True, _cattrs_detailed_validation=True)
+        keys = [f.alias or f.name for f in attrs.fields(cl)]
+
+        def hook(v: Any, _: Any) -> Any:
+            if not isinstance(v, Mapping):
+                raise Issue(f"expected a mapping (keys: {', '.join(keys)}), got {describe_value(v)}")
+            try:
+                return fn(v, cl)
+            except (cattrs.BaseValidationError, Issue, IssueGroup):
+                raise
+            except (TypeError, ValueError) as exc:  # an attrs validator of the class
+                raise Issue(str(exc), anchor="node") from exc
+
+        return hook
+
+    flag_fn = make_dict_structure_fn(Flag, conv, _cattrs_forbid_extra_keys=True, _cattrs_detailed_validation=True)
+
+    def s_flag(v: Any, _: Any) -> Flag:
+        if isinstance(v, bool):
+            return Flag(enabled=v)
+        if isinstance(v, Mapping):
+            return flag_fn(v, Flag)
+        raise Issue(f"expected true, false or a mapping with after/every/before, got {describe_value(v)}")
+
+    def spec_factory(cls: type) -> Any:
+        kind = cls.kind
+        label = kind.replace("_", " ")
+
+        def hook(v: Any, _: Any) -> Any:
+            if isinstance(v, str):
+                v = {"type": v}
+            if not isinstance(v, Mapping):
+                raise Issue(f"expected a {{type: NAME, ...}} mapping naming a {label}, got {describe_value(v)}")
+            if "type" not in v:
+                raise Issue(f"missing key 'type' (the {label} to use; available: {registry.inventory(kind)})",
+                            anchor="node")
+            name = v["type"]
+            if not isinstance(name, str):
+                raise Issue(f"expected the name of a {label}, got {describe_value(name)}", rel=("type",))
+            try:
+                comp = registry.resolve(kind, name, allow_local=allow_local)
+            except UnknownComponentError as exc:
+                raise Issue(str(exc), rel=("type",)) from None
+            if not callable(comp.obj):
+                raise Issue(f"{label} {name!r} is not callable (got {type(comp.obj).__name__})", rel=("type",))
+            rest = {k: v[k] for k in v if k != "type"}
+            if comp.config is None:
+                if rest:
+                    raise IssueGroup([Issue(unknown_key_message(k, ["type"]), rel=(k,), anchor="key") for k in rest])
+                return cls(type=comp.name, config=None)
+            return cls(type=comp.name, config=conv.structure(rest, comp.config))
+
+        return hook
+
+    # Later registrations take precedence over earlier ones and over cattrs' defaults.
+    conv.register_structure_hook_factory(attrs.has, attrs_factory)
+    conv.register_structure_hook_factory(_is_seq, seq_factory)
+    conv.register_structure_hook_factory(_is_fixed_tuple, fixed_tuple_factory)
+    conv.register_structure_hook_factory(_is_dict, dict_factory)
+    conv.register_structure_hook_factory(lambda t: typing.get_origin(t) is Literal, literal_factory)
+    conv.register_structure_hook_factory(_is_union, union_factory)
+    conv.register_structure_hook_factory(_is_spec, spec_factory)
+    conv.register_structure_hook(Flag, s_flag)
+    conv.register_structure_hook(Any, lambda v, _: v)
+    return conv
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------
+
+
+def _yaml_rt() -> YAML:
+    yaml = YAML(typ="rt")
+    yaml.allow_duplicate_keys = False
+    return yaml
+
+
+def _read(path_or_text: Any) -> tuple[Any, str, str | None]:
+    """(raw document, display name, text); raises PlanError for unreadable files and syntax errors."""
+    if isinstance(path_or_text, Mapping):
+        return path_or_text, "<plan>", None
+    if isinstance(path_or_text, os.PathLike) or (
+        isinstance(path_or_text, str) and "\n" not in path_or_text
+        and (os.path.exists(path_or_text) or re.search(r"\.(ya?ml|json)$", path_or_text, re.I))
+    ):
+        name = str(path_or_text)
+        try:
+            text = Path(path_or_text).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise PlanError([PlanIssue("file not found", file=name)], source=name) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PlanError([PlanIssue(f"cannot read the plan: {exc}", file=name)], source=name) from None
+    else:
+        name, text = "<plan>", str(path_or_text)
+    try:
+        doc = _yaml_rt().load(io.StringIO(text))
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = " ".join(str(p) for p in (exc.context, exc.problem) if p) or str(exc)
+        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
+        raise PlanError([PlanIssue(f"invalid YAML: {problem}", file=name, line=line, col=col)], source=name) from None
+    except YAMLError as exc:
+        if name.lower().endswith(".json"):
+            try:
+                return json.loads(text), name, text
+            except json.JSONDecodeError as jexc:
+                raise PlanError([PlanIssue(f"invalid JSON: {jexc.msg}", file=name, line=jexc.lineno,
+                                           col=jexc.colno)], source=name) from None
+        raise PlanError([PlanIssue(f"invalid YAML: {exc}", file=name)], source=name) from None
+    return doc, name, text
+
+
+_PATH_TOKEN = re.compile(r"([^.\[\]]+)|\[(-?\d+)\]")
+
+
+def _parse_override_path(path: str) -> list[str | int]:
+    parts: list[str | int] = []
+    pos = 0
+    path = path.strip()
+    while pos < len(path):
+        if path[pos] == "." and parts:
+            pos += 1
+        m = _PATH_TOKEN.match(path, pos)
+        if m is None:
+            raise ValueError(f"cannot parse the path {path!r} (use e.g. engines[0].niter)")
+        parts.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
+        pos = m.end()
+    if not parts:
+        raise ValueError("empty path")
+    return parts
+
+
+def apply_overrides(doc: Any, overrides: list[str] | tuple[str, ...]) -> list[PlanIssue]:
+    """Apply ``path=value`` strings to the raw plan mapping in place; returns the problems found.
+
+    ``value`` is parsed as YAML (``5`` is an int, ``true`` a bool, ``{type: epie}`` a mapping).
+    Missing mapping keys along the path are created; list indices must exist.
+    """
+    issues = []
+    for text in overrides:
+        if "=" not in text:
+            issues.append(PlanIssue(f"--set {text!r}: expected path=value", file="--set"))
+            continue
+        path_s, _, value_s = text.partition("=")
+        try:
+            path = _parse_override_path(path_s)
+            value = YAML(typ="safe", pure=True).load(value_s) if value_s.strip() else None
+        except (ValueError, YAMLError) as exc:
+            issues.append(PlanIssue(f"--set {text!r}: {exc}", file="--set"))
+            continue
+        node = doc
+        try:
+            for i, part in enumerate(path):
+                last = i == len(path) - 1
+                if isinstance(part, int):
+                    if not isinstance(node, list):
+                        raise ValueError(f"{format_path(path[:i]) or 'the plan'} is not a list")
+                    if not -len(node) <= part < len(node):
+                        raise ValueError(f"{format_path(path[:i])} has {len(node)} items, no index {part}")
+                else:
+                    if not isinstance(node, dict):
+                        raise ValueError(f"{format_path(path[:i]) or 'the plan'} is not a mapping")
+                    if not last and part not in node:
+                        node[part] = {}
+                if last:
+                    node[part] = value
+                else:
+                    node = node[part]
+        except ValueError as exc:
+            issues.append(PlanIssue(f"--set {text!r}: {exc}", file="--set"))
+    return issues
+
+
+def _check_header(doc: Any) -> tuple[Any, list[Issue]]:
+    """Check file_type/version and migrate; returns the migrated doc and problems."""
+    problems: list[Issue] = []
+    ft = doc.get("file_type")
+    if ft != FILE_TYPE:
+        problems.append(Issue(f"expected file_type: {FILE_TYPE}, got {describe_value(ft)}"
+                              + (" (is this a plan file?)" if ft is None else ""),
+                              rel=("file_type",) if "file_type" in doc else (), anchor="value" if ft else "node"))
+    version = doc.get("version", CURRENT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int):
+        problems.append(Issue(f"expected an integer, got {describe_value(version)}", rel=("version",)))
+    elif version > CURRENT_VERSION:
+        problems.append(Issue(f"plan version {version} is newer than this phaser supports ({CURRENT_VERSION}); "
+                              "upgrade phaser", rel=("version",)))
+    elif version < CURRENT_VERSION:
+        try:
+            doc = migrate(doc, version)
+        except ValueError as exc:
+            problems.append(Issue(str(exc), rel=("version",)))
+    return doc, problems
+
+
+def _fill_defaults(obj: Any, registry: Any, allow_local: bool | None, path: tuple, errors: list) -> Any:
+    """Replace every spec's ``config=None`` by its component's default config, recursively."""
+    if isinstance(obj, ComponentSpec):
+        try:
+            comp = registry.resolve(obj.kind, obj.type, allow_local=allow_local)
+        except UnknownComponentError as exc:
+            errors.append(Issue(str(exc), rel=path + ("type",)))
+            return obj
+        config = obj.config
+        if config is None and comp.config is not None:
+            try:
+                config = comp.make_config()
+            except TypeError as exc:
+                errors.append(Issue(f"{obj.kind.replace('_', ' ')} {obj.type!r} has required settings: {exc}",
+                                    rel=path, anchor="node"))
+                return obj
+        if config is not None:
+            config = _fill_defaults(config, registry, allow_local, path, errors)
+        if config is obj.config and comp.name == obj.type:
+            return obj
+        return attrs.evolve(obj, type=comp.name, config=config)
+    if attrs.has(type(obj)):
+        changes = {}
+        for f in attrs.fields(type(obj)):
+            if not f.init:
+                continue
+            value = getattr(obj, f.name)
+            new = _fill_defaults(value, registry, allow_local, path + (f.alias or f.name,), errors)
+            if new is not value:
+                changes[f.alias or f.name] = new
+        return attrs.evolve(obj, **changes) if changes else obj
+    if isinstance(obj, tuple):
+        new_items = tuple(_fill_defaults(x, registry, allow_local, path + (i,), errors) for i, x in enumerate(obj))
+        return new_items if any(a is not b for a, b in zip(new_items, obj)) else obj
+    if isinstance(obj, dict):
+        return {k: _fill_defaults(v, registry, allow_local, path + (k,), errors) for k, v in obj.items()}
+    return obj
+
+
+def _cross_checks(plan: Plan, registry: Any) -> list[Issue]:
+    issues: list[Issue] = []
+    if not plan.engines:
+        issues.append(Issue("at least one engine is needed (e.g. [{type: conventional, niter: 100}])",
+                            rel=("engines",)))
+    if plan.dtype not in DTYPES:
+        issues.append(Issue(f"expected one of {', '.join(DTYPES)}, got {plan.dtype!r}", rel=("dtype",)))
+    if ("backend", plan.backend) not in registry:
+        issues.append(Issue(registry.unknown_message("backend", plan.backend), rel=("backend",)))
+    if plan.seed < 0:
+        issues.append(Issue(f"must be >= 0, got {plan.seed}", rel=("seed",)))
+    s = plan.slices
+    if s.n < 1:
+        issues.append(Issue(f"must be >= 1, got {s.n}", rel=("slices", "n")))
+    if s.thicknesses_A is not None:
+        if s.total_thickness_A is not None:
+            issues.append(Issue("give total_thickness_A or thicknesses_A, not both", rel=("slices",), anchor="node"))
+        if len(s.thicknesses_A) != s.n:
+            issues.append(Issue(f"has {len(s.thicknesses_A)} values but n is {s.n}", rel=("slices", "thicknesses_A")))
+        if any(t < 0 for t in s.thicknesses_A):
+            issues.append(Issue("thicknesses must be >= 0 [Å]", rel=("slices", "thicknesses_A")))
+    elif s.total_thickness_A is not None:
+        if s.total_thickness_A < 0:
+            issues.append(Issue(f"must be >= 0 [Å], got {s.total_thickness_A}", rel=("slices", "total_thickness_A")))
+    elif s.n > 1:
+        issues.append(Issue(f"n = {s.n} slices need total_thickness_A or thicknesses_A [Å]", rel=("slices",),
+                            anchor="node"))
+    if plan.output.checkpoint_every < 0:
+        issues.append(Issue("must be >= 0 (0: never)", rel=("output", "checkpoint_every")))
+    if plan.output.image_every is not None and plan.output.image_every < 1:
+        issues.append(Issue("must be >= 1, or null for the end of each engine", rel=("output", "image_every")))
+    return issues
+
+
+def load_plan(path_or_text: Any, *, registry: Any = None, overrides: list[str] | tuple[str, ...] = (),
+              allow_local: bool | None = None) -> Plan:
+    """Read, migrate, override, structure and check a plan.
+
+    :param path_or_text: a path (``str`` ending in .yaml/.yml/.json or an existing file,
+        or a :class:`~pathlib.Path`), YAML/JSON text, or an already-loaded mapping.
+    :param registry: the component registry (default: the process-wide one).
+    :param overrides: ``["engines[0].niter=5", ...]`` applied before structuring.
+    :param allow_local: allow ``type: "package.module:attr"`` components (``None``: the
+        ``PHASER_ALLOW_LOCAL_COMPONENTS`` environment setting, default allowed).
+    :raises PlanError: with every problem found (``.errors`` is a list of PlanIssue).
+    """
+    if registry is None:
+        from .registry import get_registry
+
+        registry = get_registry()
+    doc, name, _ = _read(path_or_text)
+    root = doc
+    if doc is None:
+        raise PlanError([PlanIssue("the plan is empty", file=name)], source=name)
+    if not isinstance(doc, Mapping):
+        raise PlanError(to_issues(collect(Issue(f"a plan must be a mapping, got {describe_value(doc)}",
+                                                anchor="node")), root, name), source=name)
+    doc, header = _check_header(doc)
+    if header:
+        raise PlanError(to_issues([r for e in header for r in collect(e)], root, name), source=name)
+    override_issues = apply_overrides(doc, list(overrides))
+    if override_issues:
+        raise PlanError(override_issues, source=name)
+    conv = make_converter(registry, allow_local)
+    try:
+        plan = conv.structure(doc, Plan)
+    except Exception as exc:  # noqa: BLE001 - every structuring problem is reported as a plan error
+        raise PlanError(to_issues(collect(exc), doc, name), source=name) from None
+    errors: list[Issue] = []
+    plan = _fill_defaults(plan, registry, allow_local, (), errors)
+    errors += _cross_checks(plan, registry)
+    if errors:
+        raise PlanError(to_issues([r for e in errors for r in collect(e)], doc, name), source=name)
+    return plan
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def plan_to_dict(plan: Plan, registry: Any = None) -> dict:
+    """The fully resolved plan as plain data: every default filled, every spec ``{type: name, **config}``."""
+    if registry is None:
+        from .registry import get_registry
+
+        registry = get_registry()
+    conv = cattrs.Converter()
+
+    def u_spec(spec: ComponentSpec) -> dict:
+        config = spec.resolved_config(registry)
+        out: dict[str, Any] = {"type": spec.type}
+        if config is not None:
+            out.update(conv.unstructure(config, unstructure_as=type(config)))
+        return out
+
+    def u_flag(flag: Flag) -> Any:
+        extras = {k: getattr(flag, k) for k in ("after", "every", "before") if getattr(flag, k) is not None}
+        if not extras or not flag.enabled:
+            return bool(flag.enabled)
+        return extras
+
+    conv.register_unstructure_hook_func(lambda t: isinstance(t, type) and issubclass(t, ComponentSpec), u_spec)
+    conv.register_unstructure_hook(Flag, u_flag)
+    conv.register_unstructure_hook(Path, str)
+    return _plain(conv.unstructure(plan, unstructure_as=Plan))
+
+
+def dump_plan(plan: Plan, path: str | Path, registry: Any = None, *, header: str | None = None) -> None:
+    """Write the fully resolved plan as YAML (``header`` lines are written as ``#`` comments)."""
+    data = plan_to_dict(plan, registry)
+    yaml = YAML(typ="rt")
+    yaml.default_flow_style = False
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    yaml.representer.add_representer(
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
+    buf = io.StringIO()
+    if header:
+        for line in header.splitlines():
+            buf.write(f"# {line}\n")
+    yaml.dump(data, buf)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(buf.getvalue(), encoding="utf-8")
+    os.replace(tmp, path)

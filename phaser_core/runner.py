@@ -1,0 +1,284 @@
+"""The run: load and preprocess data, build or resume the state, run engines, notify observers.
+
+:func:`run_plan` is what ``phaser run`` calls. The flow:
+
+1. Build the backend ``registry.get("backend", plan.backend).obj(plan.dtype)`` and the
+   observers: ``output`` (when there is an output folder), ``logger``, ``progress`` (unless
+   ``quiet``), then ``plan.observers``, then the ``observers`` argument.
+2. ``before_run``; load ``plan.raw_data`` and apply ``plan.post_load`` in order.
+3. The initial state: on ``resume`` the newest of ``DIR/checkpoint.h5`` and
+   ``DIR/final.h5``; else the state file ``plan.init.state``; else the scan, probe and object
+   initialisers, in that order.
+4. Each engine in plan order: ``before_engine``, ``engine.run(state, data, ctx)``,
+   ``after_engine``. Then ``after_run``, or ``on_run_error`` when anything raised or the run
+   was interrupted.
+
+**Iteration counters** (``state.iteration``): before a fresh engine the runner sets
+``engine_num`` to the engine's index and ``engine_iter`` to 0; an engine runs its
+iterations ``engine_iter, engine_iter + 1, ..., niter - 1`` and, after each one, sets
+``engine_iter`` and ``total_iter`` to the number of iterations completed (in the engine and
+in the run) before notifying ``after_iteration``. A resumed engine therefore continues from
+``engine_iter``. Engines derive per-iteration random numbers from (seed, engine_num,
+iteration) and keep anything else they carry between iterations in ``state.extra``, so a
+resumed run ends in the same state as an uninterrupted one.
+
+**Ctrl-C**: the first SIGINT sets ``ctx.stop_requested``; engines stop after the current
+iteration, the output observer writes ``checkpoint.h5`` and :class:`RunInterrupted` is
+raised with the command that resumes. A second SIGINT raises ``KeyboardInterrupt`` at once
+(the checkpoint then holds the last completed iteration).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import attrs
+import numpy as np
+
+from .context import InitContext, LoadContext, RunContext
+from .errors import PhaserError, StateFileError
+from .observer import notify
+from .registry import get_registry
+from .state import IterationCounters, Progress, ReconsState
+
+CHECKPOINT_NAME = "checkpoint.h5"
+FINAL_NAME = "final.h5"
+#: observers the runner adds unless the plan names them itself
+DEFAULT_OBSERVERS = ("output", "logger", "progress")
+
+
+class RunInterrupted(PhaserError):
+    """The run stopped early on request (Ctrl-C) after saving a checkpoint.
+
+    ``state`` is the state at the last completed iteration, ``out_dir`` the run folder.
+    """
+
+    def __init__(self, message: str, *, state: ReconsState | None = None, out_dir: Path | None = None):
+        super().__init__(message)
+        self.state = state
+        self.out_dir = out_dir
+
+
+# -- observers ----------------------------------------------------------------------------
+
+
+def _output_config(plan: Any, component: Any) -> Any:
+    """The output observer's config from ``plan.output`` (fields the config class knows)."""
+    output = getattr(plan, "output", None)
+    if output is None or component.config is None:
+        return component.make_config()
+    names = attrs.fields_dict(component.config)
+    return component.make_config(**{k: getattr(output, k) for k in names if hasattr(output, k)})
+
+
+def build_observers(plan: Any, registry: Any, *, out_dir: Path | None, quiet: bool,
+                    extra: list | None = None) -> list:
+    """Default observers (output, logger, progress) + ``plan.observers`` + ``extra``."""
+    plan_specs = tuple(getattr(plan, "observers", ()) or ())
+    named = {spec.type for spec in plan_specs}
+    observers: list = []
+    for name in DEFAULT_OBSERVERS:
+        if name in named or (name == "output" and out_dir is None) or (name == "progress" and quiet):
+            continue
+        comp = registry.get("observer", name)
+        config = _output_config(plan, comp) if name == "output" else comp.make_config()
+        observers.append(comp.obj(config))
+    observers.extend(spec.build(registry) for spec in plan_specs)
+    observers.extend(extra or ())
+    return observers
+
+
+def _notify_all(observers: list, method: str, *args: Any) -> None:
+    """Call ``method`` on every observer even if some raise (the error path)."""
+    for obs in observers:
+        try:
+            getattr(obs, method)(*args)
+        except Exception as exc:  # noqa: BLE001 - one broken observer must not stop the checkpoint
+            print(f"phaser: observer {type(obs).__name__}.{method} failed: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+
+
+# -- data and initial state ---------------------------------------------------------------
+
+
+def load_data(plan: Any, registry: Any, plan_dir: Path) -> Any:
+    """``plan.raw_data`` loaded, then each ``plan.post_load`` step applied in order."""
+    ctx = LoadContext(plan_dir=Path(plan_dir), seed=int(plan.seed), dtype=str(plan.dtype))
+    data = plan.raw_data.build(registry, ctx)
+    for step in getattr(plan, "post_load", ()) or ():
+        data = step.build(registry, data, ctx)
+    return data
+
+
+def _wavelength(data: Any) -> float | None:
+    try:
+        return float(data.wavelength_A())
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+def initial_state(plan: Any, data: Any, registry: Any, plan_dir: Path) -> ReconsState:
+    """The state before the first engine: from ``plan.init.state`` or the initialisers."""
+    init = plan.init
+    state_path = getattr(init, "state", None)
+    if state_path:
+        from .statefile import load_state
+
+        path = LoadContext(plan_dir=Path(plan_dir)).resolve(state_path)
+        state = load_state(path)
+        # a new run from a previous result: its own counters, progress and engine carry-over
+        return attrs.evolve(state, iteration=IterationCounters(), progress=Progress(), extra={})
+    thicknesses = np.asarray(plan.slices.resolve(), dtype=np.float64)
+    wavelength = _wavelength(data)
+    ictx = InitContext(data=data, seed=int(plan.seed), dtype=str(plan.dtype), plan_dir=Path(plan_dir),
+                       n_slices=int(thicknesses.size), thicknesses_A=thicknesses, wavelength_A=wavelength)
+    scan = np.asarray(init.scan.build(registry, ictx), dtype=np.float64)
+    ictx = attrs.evolve(ictx, scan_A=scan)
+    probe = init.probe.build(registry, ictx)
+    ictx = attrs.evolve(ictx, probe=probe)
+    obj = init.object.build(registry, ictx)
+    return ReconsState(probe=probe, object=obj, scan_A=scan, wavelength_A=wavelength)
+
+
+def _total_iter(path: Path) -> int:
+    """``total_iter`` of a state file without reading its arrays."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f["iteration"].attrs["total_iter"])
+    except (OSError, KeyError) as exc:
+        raise StateFileError(f"cannot read the iteration counters of {path}: {exc}. "
+                             "The file is damaged or not a phaser state file.") from exc
+
+
+def resume_file(out_dir: Path) -> Path:
+    """The state file to resume from: the newer of ``checkpoint.h5`` and ``final.h5``."""
+    out_dir = Path(out_dir)
+    found = [out_dir / n for n in (FINAL_NAME, CHECKPOINT_NAME) if (out_dir / n).is_file()]
+    if not found:
+        raise PhaserError(f"cannot resume {out_dir}: it holds neither {CHECKPOINT_NAME} nor {FINAL_NAME}. "
+                          f"Start the run with: phaser run PLAN --out {out_dir}")
+    # final.h5 first: on a tie it wins
+    return max(found, key=_total_iter)
+
+
+def _niter(spec: Any, registry: Any) -> int | None:
+    """The engine's iteration count from its config (``niter``), when it has one."""
+    try:
+        niter = getattr(spec.resolved_config(registry), "niter", None)
+    except Exception:  # noqa: BLE001 - the engine's build reports config problems itself
+        return None
+    return int(niter) if niter is not None else None
+
+
+# -- Ctrl-C -------------------------------------------------------------------------------
+
+
+@contextmanager
+def _sigint_handler(ctx: RunContext) -> Iterator[None]:
+    """First SIGINT: ``ctx.stop_requested = True``; second: ``KeyboardInterrupt``."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if ctx.stop_requested:
+            raise KeyboardInterrupt
+        ctx.stop_requested = True
+        print("\nphaser: stopping after the current iteration and writing a checkpoint "
+              "(press Ctrl-C again to abort at once)", file=sys.stderr, flush=True)
+
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+
+def _interrupted(state: ReconsState, out_dir: Path | None) -> RunInterrupted:
+    it = state.iteration
+    where = f"after iteration {int(it.total_iter)} (engine {int(it.engine_num)}, iteration {int(it.engine_iter)})"
+    if out_dir is None:
+        return RunInterrupted(f"run interrupted {where}; it had no output folder, so nothing was saved",
+                              state=state, out_dir=None)
+    return RunInterrupted(f"run interrupted {where}; checkpoint written to {Path(out_dir) / CHECKPOINT_NAME}. "
+                          f"Resume with: phaser run --resume {out_dir}", state=state, out_dir=Path(out_dir))
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+def run_plan(plan: Any, *, out_dir: Path | None = None, registry: Any = None, resume: bool = False,
+             plan_dir: Path = Path("."), observers: list | None = None, quiet: bool = False) -> ReconsState:
+    """Run ``plan`` and return the final state (host arrays).
+
+    :param out_dir: the run folder for checkpoints, ``final.h5``, ``log.txt`` and images;
+        ``None`` writes nothing.
+    :param registry: the component registry (default: the process-wide one).
+    :param resume: continue the run in ``out_dir`` from its newest state file.
+    :param plan_dir: the folder relative paths in the plan are resolved against.
+    :param observers: extra observer instances, notified after the plan's.
+    :param quiet: no progress display.
+    :raises RunInterrupted: after a first Ctrl-C, once the checkpoint is written.
+    """
+    registry = registry if registry is not None else get_registry()
+    out_dir = Path(out_dir) if out_dir is not None else None
+    plan_dir = Path(plan_dir)
+    if resume and out_dir is None:
+        raise PhaserError("resume needs the run folder: run_plan(..., out_dir=DIR, resume=True)")
+    backend = registry.get("backend", plan.backend).obj(plan.dtype)
+    obs = build_observers(plan, registry, out_dir=out_dir, quiet=quiet, extra=observers)
+    ctx = RunContext(backend=backend, registry=registry, observers=obs, seed=int(plan.seed), out_dir=out_dir,
+                     engine_num=0, plan=plan)
+    engines = tuple(plan.engines)
+    state: ReconsState | None = None
+    with _sigint_handler(ctx):
+        try:
+            notify(obs, "before_run", plan, ctx)
+            data = load_data(plan, registry, plan_dir)
+            if resume:
+                from .statefile import load_state
+
+                state = load_state(resume_file(out_dir))
+                first = int(state.iteration.engine_num)
+            else:
+                state = initial_state(plan, data, registry, plan_dir)
+                first = 0
+            for num, spec in enumerate(engines):
+                if num < first:
+                    continue
+                niter = _niter(spec, registry)
+                if resume and num == first:
+                    if niter is not None and int(state.iteration.engine_iter) >= niter:
+                        continue  # finished before the interruption
+                else:
+                    state = attrs.evolve(state, iteration=IterationCounters(
+                        engine_num=num, engine_iter=0, total_iter=int(state.iteration.total_iter)))
+                ctx.engine_num = num
+                if ctx.stop_requested:
+                    raise _interrupted(state, out_dir)
+                engine = spec.build(registry)
+                notify(obs, "before_engine", engine, state, ctx)
+                new_state = engine.run(state, data, ctx)
+                if not isinstance(new_state, ReconsState):
+                    raise PhaserError(f"engine {num} ({spec.type}) returned {type(new_state).__name__}, "
+                                      "not a ReconsState: engine.run must return the updated state")
+                state = new_state
+                finished = niter is None or int(state.iteration.engine_iter) >= niter
+                if ctx.stop_requested and not finished:
+                    raise _interrupted(state, out_dir)
+                notify(obs, "after_engine", engine, state, ctx)
+                if ctx.stop_requested and num < len(engines) - 1:
+                    raise _interrupted(state, out_dir)
+            notify(obs, "after_run", state, ctx)
+        except BaseException as exc:
+            _notify_all(obs, "on_run_error", exc, state, ctx)
+            raise
+    return state

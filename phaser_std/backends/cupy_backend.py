@@ -1,0 +1,72 @@
+"""The cupy backend: numpy-compatible arrays on a CUDA GPU.
+
+Only this module (imported by the factory in :mod:`phaser_std.backends` after checking that
+cupy imports and a GPU is present) imports cupy. There is no jit (the identity): cupy
+launches one kernel per operation. ``add_at`` accumulates in place with
+:func:`cupyx.scatter_add`; always use the returned array anyway, as on every backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cupy
+import cupyx
+import numpy as np
+
+from phaser_core.backend import BaseBackend
+
+
+def gpu_count() -> int:
+    """Number of CUDA devices cupy can see (raises a cupy error without a driver)."""
+    return int(cupy.cuda.runtime.getDeviceCount())
+
+
+class CupyBackend(BaseBackend):
+    """cupy arrays on the current CUDA device."""
+
+    name = "cupy"
+    xp = cupy
+
+    @property
+    def real_dtype(self) -> Any:
+        return np.dtype(np.float64 if self.dtype == "float64" else np.float32)
+
+    @property
+    def complex_dtype(self) -> Any:
+        return np.dtype(np.complex128 if self.dtype == "float64" else np.complex64)
+
+    def asarray(self, x: Any, dtype: Any = None) -> Any:
+        """Copy ``x`` (numpy, cupy or a Python scalar/list) to the GPU. Floats and complex
+        values follow the dtype policy unless ``dtype`` is given; integers keep their type."""
+        if not isinstance(x, cupy.ndarray):
+            x = np.asarray(x)
+        if dtype is None:
+            kind = np.dtype(x.dtype).kind
+            dtype = {"f": self.real_dtype, "c": self.complex_dtype}.get(kind)
+        return cupy.asarray(x, dtype=dtype)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """A host copy of ``x`` (numpy arrays and scalars pass through ``np.asarray``)."""
+        if isinstance(x, cupy.ndarray):
+            return x.get()
+        return np.asarray(x)
+
+    def add_at(self, target: Any, index: tuple, values: Any) -> Any:
+        """``target[index] += values`` with repeated indices accumulated (in place)."""
+        values = cupy.asarray(values, dtype=target.dtype)
+        if target.dtype.kind == "c":
+            # scatter_add has no complex atomics on every GPU: add real and imaginary parts
+            real = target.real.copy()
+            imag = target.imag.copy()
+            cupyx.scatter_add(real, index, values.real)
+            cupyx.scatter_add(imag, index, values.imag)
+            target[...] = real + 1j * imag
+            return target
+        cupyx.scatter_add(target, index, values)
+        return target
+
+    def synchronize(self, x: Any = None) -> Any:
+        """Wait for all work queued on the current device; returns ``x``."""
+        cupy.cuda.get_current_stream().synchronize()
+        return x

@@ -1,0 +1,173 @@
+"""Pieces every loader shares: detector orientation, metadata overrides, unit conversion.
+
+Detector orientation. A loader's patterns must have their detector axes parallel to the
+object axes (CONVENTIONS: y down, x right looking along the beam). The options below are
+applied to the detector axes ``(Qy, Qx)`` of every pattern, in this order:
+
+1. ``transpose``: swap Qy and Qx (reflection about the main diagonal);
+2. ``flip_y``: reverse Qy (the top detector row becomes the bottom one);
+3. ``flip_x``: reverse Qx;
+4. ``rotate90``: ``k`` quarter turns, as ``numpy.rot90(pattern, k)`` (from +x toward −y,
+   i.e. counter-clockwise on screen, for positive ``k``).
+
+After any of them the zero angle is again taken to be at pixel ``(Qy//2, Qx//2)``. For
+square, even detectors a flip moves the zero-angle pixel by one pixel; datasets whose
+zero angle matters to the pixel should be re-centred with ``center_diffraction``.
+A transpose or an odd ``rotate90`` also swaps the two entries of the detector sampling.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+import numpy as np
+
+from phaser_core.config import param
+from phaser_core.data import RawData
+from phaser_core.errors import DataError
+from phaser_core.physics_constants import wavelength_A
+
+
+def pair_or_none(v: Any) -> tuple[float, float] | None:
+    """``None`` stays ``None``; a scalar ``s`` becomes ``(s, s)``; a pair becomes a float tuple."""
+    if v is None:
+        return None
+    arr = np.asarray(v, dtype=np.float64).ravel()
+    if arr.size == 1:
+        return (float(arr[0]), float(arr[0]))
+    if arr.size != 2:
+        raise ValueError(f"expected a scalar or a (y, x) pair, got {v!r}")
+    return (float(arr[0]), float(arr[1]))
+
+
+def int_pair_or_none(v: Any) -> tuple[int, int] | None:
+    if v is None:
+        return None
+    arr = np.asarray(v).ravel()
+    if arr.size != 2:
+        raise ValueError(f"expected a (ny, nx) pair, got {v!r}")
+    return (int(arr[0]), int(arr[1]))
+
+
+def float_or_none(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+@attrs.frozen(kw_only=True)
+class LoaderCommon:
+    """Keys every bundled loader accepts: detector orientation and metadata overrides.
+
+    Plan values that are not ``null`` replace the file's. Subclass it (keyword-only attrs
+    class) to add a loader's own keys.
+    """
+
+    flip_y: bool = param(False, doc="reverse the detector's Qy axis (after transpose)")
+    flip_x: bool = param(False, doc="reverse the detector's Qx axis (after transpose)")
+    transpose: bool = param(False, doc="swap the detector axes Qy and Qx (applied first)")
+    rotate90: int = param(0, doc="quarter turns numpy.rot90(pattern, k) (applied last)")
+    energy_eV: float | None = param(None, unit="eV", doc="beam energy; overrides the file",
+                                    converter=float_or_none)
+    convergence_angle_mrad: float | None = param(None, unit="mrad", doc="probe semi-angle; overrides the file",
+                                                 converter=float_or_none)
+    defocus_A: float | None = param(None, unit="Å", doc="defocus, positive = underfocus (= −C10); overrides the file",
+                                    converter=float_or_none)
+    angular_sampling_mrad: tuple[float, float] | None = param(
+        None, unit="mrad/px", doc="(y, x) detector sampling (as stored, before orientation); overrides the file",
+        converter=pair_or_none)
+    reciprocal_sampling_invA: tuple[float, float] | None = param(
+        None, unit="1/Å per px", doc="(y, x) detector sampling (before orientation); overrides the file "
+        "and angular_sampling_mrad", converter=pair_or_none)
+    scan_step_A: tuple[float, float] | None = param(None, unit="Å", doc="(y, x) raster step; overrides the file",
+                                                     converter=pair_or_none)
+    scan_shape: tuple[int, int] | None = param(None, doc="(ny, nx) raster shape; overrides the file",
+                                                converter=int_pair_or_none)
+
+
+def orient_patterns(patterns: Any, cfg: Any) -> Any:
+    """Apply ``transpose``, ``flip_y``, ``flip_x``, ``rotate90`` to the last two axes.
+
+    Returns views where numpy allows (no copy); the caller makes the result contiguous once.
+    """
+    p = patterns
+    if getattr(cfg, "transpose", False):
+        p = np.swapaxes(p, -1, -2)
+    if getattr(cfg, "flip_y", False):
+        p = p[..., ::-1, :]
+    if getattr(cfg, "flip_x", False):
+        p = p[..., :, ::-1]
+    k = int(getattr(cfg, "rotate90", 0) or 0) % 4
+    if k:
+        p = np.rot90(p, k, axes=(-2, -1))
+    return p
+
+
+def orient_sampling(sampling: tuple[float, float] | None, cfg: Any) -> tuple[float, float] | None:
+    """The (y, x) detector sampling after :func:`orient_patterns`."""
+    if sampling is None:
+        return None
+    swap = bool(getattr(cfg, "transpose", False)) ^ (int(getattr(cfg, "rotate90", 0) or 0) % 2 == 1)
+    return (sampling[1], sampling[0]) if swap else (sampling[0], sampling[1])
+
+
+def orient_mask(mask: np.ndarray | None, cfg: Any) -> np.ndarray | None:
+    return None if mask is None else np.ascontiguousarray(orient_patterns(np.asarray(mask, dtype=bool), cfg))
+
+
+def as_host_patterns(p: Any, dtype: str | np.dtype) -> Any:
+    """One contiguous array of ``dtype``; a memory map or array of the right dtype and layout
+    is returned as is (no copy)."""
+    dt = np.dtype(dtype)
+    if isinstance(p, np.ndarray) and p.dtype == dt and p.flags.c_contiguous:
+        return p
+    return np.ascontiguousarray(p, dtype=dt)
+
+
+def angular_to_reciprocal(angular_mrad: tuple[float, float], energy_eV: float) -> tuple[float, float]:
+    """Detector sampling [mrad/px] -> [1/Å per px]: Δk = Δθ / λ."""
+    lam = wavelength_A(energy_eV)
+    return (angular_mrad[0] * 1e-3 / lam, angular_mrad[1] * 1e-3 / lam)
+
+
+def to_stack(patterns: Any, name: str) -> tuple[Any, tuple[int, int] | None]:
+    """(Ny, Nx, Qy, Qx) -> (N, Qy, Qx) view and the scan shape; (N, Qy, Qx) unchanged."""
+    if patterns.ndim == 4:
+        ny, nx = patterns.shape[:2]
+        return patterns.reshape(ny * nx, *patterns.shape[2:]), (int(ny), int(nx))
+    if patterns.ndim == 3:
+        return patterns, None
+    raise DataError(f"{name}: patterns must be (Ny, Nx, Qy, Qx) or (N, Qy, Qx), got shape {patterns.shape}")
+
+
+def apply_overrides(data: RawData, cfg: Any, *, file_angular_mrad: tuple[float, float] | None = None) -> RawData:
+    """Replace file metadata by the config values that are not ``None`` and resolve the
+    detector sampling: explicit reciprocal sampling wins, then an angular sampling (config,
+    then file) converted with the (final) energy."""
+    changes: dict[str, Any] = {}
+    for key in ("energy_eV", "convergence_angle_mrad", "defocus_A", "scan_step_A", "scan_shape"):
+        v = getattr(cfg, key, None)
+        if v is not None:
+            changes[key] = v
+    data = data.replace(**changes)
+    recip = getattr(cfg, "reciprocal_sampling_invA", None)
+    ang = getattr(cfg, "angular_sampling_mrad", None)
+    if recip is not None:
+        data = data.replace(reciprocal_sampling_invA=orient_sampling(recip, cfg))
+    elif ang is not None or (data.reciprocal_sampling_invA is None and file_angular_mrad is not None):
+        ang_y_x = orient_sampling(ang if ang is not None else file_angular_mrad, cfg)
+        if data.energy_eV is None:
+            raise DataError(f"{data.source}: an angular detector sampling needs energy_eV (plan or file) "
+                             "to convert to 1/Å")
+        data = data.replace(reciprocal_sampling_invA=angular_to_reciprocal(ang_y_x, data.energy_eV))
+    if data.scan_shape is not None and data.scan_positions_A is None:
+        n = data.scan_shape[0] * data.scan_shape[1]
+        if n != data.n_patterns:
+            raise DataError(f"{data.source}: scan_shape {data.scan_shape} has {n} points but there are "
+                             f"{data.n_patterns} patterns; fix scan_shape in the plan")
+    return data
+
+
+def check_finite_positive(value: float | None, name: str, source: str) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise DataError(f"{source}: {name} must be a positive number, got {value}")

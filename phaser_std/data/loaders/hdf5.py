@@ -1,0 +1,122 @@
+"""The ``hdf5`` loader: phaser's own raw-data file (written by ``phaser simulate``).
+
+Layout (docs/file-formats.md, "Raw data: the hdf5 format"):
+
+- ``/patterns`` float ``(Ny, Nx, Qy, Qx)`` or ``(N, Qy, Qx)`` [electrons], zero angle at
+  pixel ``(Qy//2, Qx//2)``; ``/patterns_noiseless`` optionally (pick it with ``key``);
+- ``/scan_positions`` optional ``(N, 2)`` (y, x) [Å];
+- ``/mask`` optional ``(Qy, Qx)`` bool (True = valid pixel);
+- root attributes ``energy_eV`` [eV], ``convergence_angle_mrad`` [mrad], ``defocus_A`` [Å]
+  (positive = underfocus), ``reciprocal_sampling_invA`` [1/Å per px] or
+  ``angular_sampling_mrad`` [mrad/px] (scalar or (y, x)), ``scan_step_A`` (y, x) [Å],
+  ``scan_shape`` (ny, nx);
+- ``/ground_truth`` optional group: ``phase`` (H, W) [rad] (attr ``sampling_A``), group
+  attr ``periodic``, ``potential`` (slices, H, W) [rad], ``probe`` (modes, Ny, Nx),
+  ``scan_positions`` (N, 2) [Å], ``thicknesses_A``.
+
+Orientation: the file's detector axes are parallel to the object axes already (Qy along
+y, Qx along x); the ``flip_*``/``transpose``/``rotate90`` keys exist for files written by
+other tools (see :mod:`phaser_std.data.loaders._common`).
+
+The patterns are read with one ``read_direct`` into a single array of the run's dtype
+(h5py converts chunk by chunk; no second copy) unless an orientation option is set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import numpy as np
+
+from phaser_core.config import param
+from phaser_core.context import LoadContext
+from phaser_core.data import RawData
+from phaser_core.errors import DataError
+
+from ._common import (LoaderCommon, apply_overrides, as_host_patterns, orient_mask, orient_patterns,
+                      orient_sampling, pair_or_none, to_stack)
+
+
+@attrs.frozen(kw_only=True)
+class Hdf5Config(LoaderCommon):
+    """Keys of the ``hdf5`` loader."""
+
+    path: str = param(doc="the .h5 file (relative to the plan's folder)")
+    key: str = param("patterns", doc="dataset holding the patterns, e.g. patterns_noiseless")
+    ground_truth: bool = param(True, doc="read the /ground_truth group when present")
+
+
+def _attr(attrs_: Any, name: str) -> Any:
+    v = attrs_.get(name)
+    if isinstance(v, bytes):
+        v = v.decode()
+    return v
+
+
+def read_ground_truth(group: Any) -> dict[str, Any]:
+    """The ``/ground_truth`` group as a dict of numpy arrays plus its attributes."""
+    gt: dict[str, Any] = {k: _attr(group.attrs, k) for k in group.attrs}
+    for name, ds in group.items():
+        if hasattr(ds, "shape"):
+            gt[name] = ds[()]
+            for k, v in ds.attrs.items():
+                gt[f"{name}_{k}"] = v.decode() if isinstance(v, bytes) else v
+    if "periodic" in gt:
+        gt["periodic"] = bool(gt["periodic"])
+    return gt
+
+
+def load_hdf5(config: Hdf5Config, ctx: LoadContext) -> RawData:
+    """Read phaser's hdf5 raw-data file (see the module docstring for the layout)."""
+    import h5py
+
+    path = ctx.resolve(config.path)
+    if not path.exists():
+        raise DataError(f"hdf5 loader: file {path} does not exist (check raw_data.path)")
+    with h5py.File(path, "r") as f:
+        if config.key not in f:
+            keys = ", ".join(k for k in f if hasattr(f[k], "shape"))
+            raise DataError(f"{path}: no dataset {config.key!r}; datasets in the file: {keys}")
+        ds = f[config.key]
+        if ds.ndim not in (3, 4):
+            raise DataError(f"{path}:/{config.key} must be (Ny, Nx, Qy, Qx) or (N, Qy, Qx), got {ds.shape}")
+        raw = np.empty(ds.shape, dtype=np.dtype(ctx.dtype))
+        if ds.size:
+            ds.read_direct(raw)
+        patterns, shape_from_array = to_stack(raw, f"{path}:/{config.key}")
+        patterns = as_host_patterns(orient_patterns(patterns, config), ctx.dtype)
+
+        a = f.attrs
+        scan_shape = _attr(a, "scan_shape")
+        scan_shape = tuple(int(v) for v in scan_shape) if scan_shape is not None else shape_from_array
+        positions = np.asarray(f["scan_positions"][()], dtype=np.float64) if "scan_positions" in f else None
+        if positions is not None and positions.shape != (patterns.shape[0], 2):
+            raise DataError(f"{path}:/scan_positions has shape {positions.shape}, expected "
+                             f"({patterns.shape[0]}, 2) (one (y, x) row per pattern)")
+        mask = orient_mask(f["mask"][()], config) if "mask" in f else None
+        gt = read_ground_truth(f["ground_truth"]) if (config.ground_truth and "ground_truth" in f) else None
+        probe = None
+        recip = pair_or_none(_attr(a, "reciprocal_sampling_invA"))
+        data = RawData(
+            patterns=patterns,
+            reciprocal_sampling_invA=orient_sampling(recip, config),
+            energy_eV=None if a.get("energy_eV") is None else float(a["energy_eV"]),
+            convergence_angle_mrad=None if a.get("convergence_angle_mrad") is None
+            else float(a["convergence_angle_mrad"]),
+            defocus_A=None if a.get("defocus_A") is None else float(a["defocus_A"]),
+            scan_positions_A=positions,
+            scan_shape=scan_shape,
+            scan_step_A=pair_or_none(_attr(a, "scan_step_A")),
+            mask=mask,
+            probe=probe,
+            ground_truth=gt,
+            source=f"{path}:/{config.key}",
+            extra={k: _attr(a, k) for k in a if k not in _KNOWN_ATTRS},
+        )
+        file_ang = pair_or_none(_attr(a, "angular_sampling_mrad"))
+    return apply_overrides(data, config, file_angular_mrad=file_ang)
+
+
+_KNOWN_ATTRS = {"energy_eV", "convergence_angle_mrad", "defocus_A", "reciprocal_sampling_invA",
+                "angular_sampling_mrad", "scan_step_A", "scan_shape"}

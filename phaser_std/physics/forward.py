@@ -1,0 +1,287 @@
+"""The forward model shared by every engine and every backend, and its adjoint.
+
+All kernels take a backend ``bk`` and use ``bk.xp`` plus the backend's methods, contain no
+Python control flow on array values and no in-place writes (``bk.add_at``/``bk.set_at``
+with their return values), so they run under ``bk.jit`` on jax. Everything is batched over
+a group of B positions; Python loops run only over slices (a static count).
+
+Shapes: probe modes ``(M, Ny, Nx)``; object ``(S, H, W)``; views ``(B, S, Ny, Nx)``;
+waves ``(B, M, Ny, Nx)``; propagators ``(S-1, Ny, Nx)`` (shared) or ``(B, S-1, Ny, Nx)``
+(per-position tilt), corner-centred; detector-plane arrays corner-centred ``(B, Qy, Qx)``.
+
+Call sequence of an engine, per group of positions ``idx``::
+
+    starts, frac = scan_to_pixels(scan_A[idx], obj.corner_A, obj.sampling_A, probe.shape)
+    # (host or device; check_views_inside(starts, probe.shape, obj.shape) once on the host)
+    props = make_propagators(bk, probe.shape, obj.sampling_A, wavelength_A,
+                             obj.thicknesses_A, tilt_mrad)          # once per engine
+    probes = shift_probes(bk, probe_modes, frac)                    # (B, M, Ny, Nx)
+    views = get_views(bk, obj_data, starts, probe.shape)            # (B, S, Ny, Nx)
+    psis, exit_waves = multislice_forward(bk, probes, views, props)
+    wave_k = farfield(bk, exit_waves)                                # (B, M, Qy, Qx)
+    model = intensity(bk, wave_k)                                    # (B, Qy, Qx)
+    # ... the noise model gives dL/d conj(wave_k) (gradient engines) or an updated
+    # wave_k (ePIE/LSQML: exit-wave difference chi = farfield_adjoint(new_k) - exit) ...
+    grad_exit = farfield_adjoint(bk, grad_k)                         # (B, M, Ny, Nx)
+    grad_views, grad_probes = multislice_backward(bk, probes, views, props, psis, grad_exit)
+    obj_grad = add_views(bk, xp.zeros_like(obj_data), starts, grad_views)   # (S, H, W)
+    probe_grad = unshift_probes(bk, grad_probes, frac)               # (M, Ny, Nx), summed over B
+
+When the reconstruction grid differs from the detector, ``fit_to_shape`` crops or zero-pads
+a corner-centred array in reciprocal space (the model intensity to the detector shape;
+it is its own adjoint's inverse: ``fit_to_shape(g, probe_shape)`` maps gradients back).
+
+Gradients follow the Wirtinger convention: for a real loss L, ``grad = dL/d conj(z)``,
+so that dL = 2·Re Σ conj(grad)·dz; steepest descent is ``z -= step·grad``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from phaser_std.physics.propagation import fresnel_propagator, fresnel_propagators_tilted
+
+__all__ = [
+    "scan_to_pixels",
+    "check_views_inside",
+    "view_indices",
+    "get_views",
+    "add_views",
+    "shift_probes",
+    "unshift_probes",
+    "make_propagators",
+    "propagate",
+    "multislice_forward",
+    "multislice_backward",
+    "farfield",
+    "farfield_adjoint",
+    "intensity",
+    "fit_to_shape",
+    "forward_intensity",
+]
+
+
+# --------------------------------------------------------------------------- positions
+def scan_to_pixels(scan_A: Any, corner_A: Sequence[float], sampling_A: Sequence[float],
+                   probe_shape: Sequence[int], xp: Any = np) -> tuple[Any, Any]:
+    """Scan positions ``(B, 2)`` (y, x) [Å] -> integer view corners ``(B, 2)`` int32 and
+    sub-pixel fractions ``(B, 2)`` [px] in [−0.5, 0.5].
+
+    The probe's centre pixel ``(Ny//2, Nx//2)`` sits at the scan position: the position in
+    object pixels is ``(scan − corner_A)/sampling_A = start + (Ny//2, Nx//2) + frac``.
+    ``corner_A`` is the (y, x) position [Å] of object pixel (0, 0)'s centre.
+    """
+    scan = xp.asarray(scan_A)
+    corner = xp.asarray(np.asarray(corner_A, dtype=np.float64))
+    samp = xp.asarray(np.asarray(sampling_A, dtype=np.float64))
+    half = xp.asarray(np.array([int(probe_shape[0]) // 2, int(probe_shape[1]) // 2], dtype=np.float64))
+    p = (scan - corner) / samp - half
+    start = xp.round(p)
+    frac = p - start
+    return start.astype(xp.int32), frac
+
+
+def check_views_inside(starts: Any, probe_shape: Sequence[int], obj_shape: Sequence[int]) -> None:
+    """Host-side check that every view lies inside the object; raises ``ValueError``
+    saying how far out the worst one is (jax would silently clamp)."""
+    s = np.asarray(starts)
+    h, w = int(obj_shape[-2]), int(obj_shape[-1])
+    ny, nx = int(probe_shape[0]), int(probe_shape[1])
+    lo = s.min(axis=0) if s.size else np.zeros(2)
+    hi = (s.max(axis=0) + np.array([ny, nx])) if s.size else np.zeros(2)
+    if lo[0] < 0 or lo[1] < 0 or hi[0] > h or hi[1] > w:
+        raise ValueError(
+            f"probe views fall outside the ({h}, {w}) object: rows {lo[0]}..{hi[0]}, cols "
+            f"{lo[1]}..{hi[1]}; build the object with phaser_std.physics.objects.object_grid "
+            "around the scan (or increase pad_px)")
+
+
+def view_indices(bk: Any, starts: Any, probe_shape: Sequence[int]) -> tuple[Any, Any]:
+    """Row and column index arrays ``(B, Ny, 1)`` and ``(B, 1, Nx)`` of each view."""
+    xp = bk.xp
+    ny, nx = int(probe_shape[0]), int(probe_shape[1])
+    starts = xp.asarray(starts)
+    iy = starts[:, 0][:, None] + xp.arange(ny)[None, :]
+    ix = starts[:, 1][:, None] + xp.arange(nx)[None, :]
+    return iy[:, :, None], ix[:, None, :]
+
+
+def get_views(bk: Any, obj: Any, starts: Any, probe_shape: Sequence[int]) -> Any:
+    """Gather object views: ``obj`` ``(S, H, W)`` -> ``(B, S, Ny, Nx)`` (one gather)."""
+    xp = bk.xp
+    iy, ix = view_indices(bk, starts, probe_shape)
+    v = obj[:, iy, ix]  # (S, B, Ny, Nx)
+    return xp.moveaxis(v, 0, 1)
+
+
+def add_views(bk: Any, target: Any, starts: Any, values: Any) -> Any:
+    """Scatter-add views into ``target``; overlapping views accumulate.
+
+    ``target`` ``(S, H, W)`` with ``values`` ``(B, S, Ny, Nx)``, or ``target`` ``(H, W)``
+    with ``values`` ``(B, Ny, Nx)``. Returns the updated target (may be in place).
+    """
+    xp = bk.xp
+    probe_shape = values.shape[-2:]
+    iy, ix = view_indices(bk, starts, probe_shape)
+    if target.ndim == 2:
+        return bk.add_at(target, (iy, ix), values)
+    return bk.add_at(target, (slice(None), iy, ix), xp.moveaxis(values, 1, 0))
+
+
+# --------------------------------------------------------------------------- sub-pixel shifts
+def _shift_ramp(bk: Any, frac: Any, shape: Sequence[int]) -> Any:
+    """exp(−2πi k·d) ``(B, Ny, Nx)`` for shifts ``frac`` ``(B, 2)`` [px], corner-centred."""
+    xp = bk.xp
+    ky = xp.asarray(np.fft.fftfreq(int(shape[0])))
+    kx = xp.asarray(np.fft.fftfreq(int(shape[1])))
+    frac = xp.asarray(frac)
+    ph = ky[None, :, None] * frac[:, 0][:, None, None] + kx[None, None, :] * frac[:, 1][:, None, None]
+    return xp.exp((-2j * np.pi) * ph).astype(bk.complex_dtype)
+
+
+def shift_probes(bk: Any, probe: Any, frac: Any) -> Any:
+    """Shift probe modes ``(M, Ny, Nx)`` by ``frac`` ``(B, 2)`` [px] (positive: toward
+    larger indices) with a Fourier phase ramp exp(−2πi k·d) -> ``(B, M, Ny, Nx)``."""
+    ramp = _shift_ramp(bk, frac, probe.shape[-2:])
+    return bk.ifft2(bk.fft2(probe)[None] * ramp[:, None])
+
+
+def unshift_probes(bk: Any, grad: Any, frac: Any) -> Any:
+    """Adjoint of :func:`shift_probes`: ``(B, M, Ny, Nx)`` -> ``(M, Ny, Nx)`` summed over B."""
+    xp = bk.xp
+    ramp = _shift_ramp(bk, frac, grad.shape[-2:])
+    return xp.sum(bk.ifft2(bk.fft2(grad) * xp.conj(ramp)[:, None]), axis=0)
+
+
+# --------------------------------------------------------------------------- propagation
+def make_propagators(bk: Any, shape: Sequence[int], sampling_A: Any, wavelength_A: float,
+                     thicknesses_A: Any, tilt_mrad: Any = (0.0, 0.0),
+                     bandlimit: float | None = 2.0 / 3.0) -> Any | None:
+    """Propagators between slices, corner-centred, on ``bk`` in its complex dtype.
+
+    ``thicknesses_A`` (S,) [Å]: the wave is propagated by ``thicknesses_A[i]`` after slice
+    i, the last slice is not propagated. ``tilt_mrad`` (2,) gives ``(S-1, Ny, Nx)``;
+    ``(B, 2)`` gives per-position ``(B, S-1, Ny, Nx)``. Returns None for one slice.
+    """
+    xp = bk.xp
+    t = np.asarray(thicknesses_A, dtype=np.float64).reshape(-1)
+    if t.size <= 1:
+        return None
+    tilt = tilt_mrad if hasattr(tilt_mrad, "shape") else np.asarray(tilt_mrad, dtype=np.float64)
+    if len(tilt.shape) == 1:
+        tl = tuple(float(v) for v in np.asarray(bk.to_numpy(tilt)))
+        hs = [fresnel_propagator(shape, sampling_A, wavelength_A, dz, tl, bandlimit) for dz in t[:-1]]
+        return bk.asarray(np.stack(hs)).astype(bk.complex_dtype)
+    hs = [fresnel_propagators_tilted(shape, sampling_A, wavelength_A, dz, tilt, bandlimit, xp=xp)
+          for dz in t[:-1]]
+    return xp.stack(hs, axis=1).astype(bk.complex_dtype)
+
+
+def _prop_for_slice(props: Any, i: int) -> Any:
+    """Propagator after slice i, broadcastable against ``(B, M, Ny, Nx)``."""
+    if props.ndim == 3:
+        return props[i]
+    return props[:, i][:, None]
+
+
+def propagate(bk: Any, wave: Any, h: Any) -> Any:
+    """ifft2(fft2(wave)·h): Fresnel propagation with a corner-centred propagator."""
+    return bk.ifft2(bk.fft2(wave) * h)
+
+
+# --------------------------------------------------------------------------- multislice
+def multislice_forward(bk: Any, probes: Any, views: Any, props: Any) -> tuple[list, Any]:
+    """Multislice through object views.
+
+    ``probes`` ``(B, M, Ny, Nx)`` or ``(M, Ny, Nx)``; ``views`` ``(B, S, Ny, Nx)``;
+    ``props`` as from :func:`make_propagators` (None when S == 1).
+    Returns ``(psis, exit_waves)``: ``psis[i]`` the wave entering slice i
+    ``(B, M, Ny, Nx)`` (``psis[0]`` the probe), and the exit wave ψ_{S-1}·O_{S-1}.
+    """
+    n_slices = views.shape[1]
+    psi = probes if probes.ndim == 4 else probes[None]
+    psis = [psi]
+    for i in range(n_slices - 1):
+        psi = propagate(bk, psi * views[:, i][:, None], _prop_for_slice(props, i))
+        psis.append(psi)
+    return psis, psi * views[:, n_slices - 1][:, None]
+
+
+def multislice_backward(bk: Any, probes: Any, views: Any, props: Any, psis: list,
+                        grad_exit: Any) -> tuple[Any, Any]:
+    """Adjoint of :func:`multislice_forward`.
+
+    ``grad_exit`` ``(B, M, Ny, Nx)`` = dL/d conj(exit wave). Returns ``(grad_views
+    (B, S, Ny, Nx), grad_probes (B, M, Ny, Nx))``: dL/d conj(view) (summed over modes) and
+    dL/d conj(entrance probe) per position (use :func:`unshift_probes` to reach the
+    unshifted probe modes). ``psis`` are those returned by the forward pass.
+    """
+    xp = bk.xp
+    n_slices = views.shape[1]
+    g = grad_exit
+    grads = [None] * n_slices
+    for i in range(n_slices - 1, -1, -1):
+        o = views[:, i][:, None]
+        grads[i] = xp.sum(xp.conj(psis[i]) * g, axis=1)
+        g = xp.conj(o) * g
+        if i > 0:
+            g = propagate(bk, g, xp.conj(_prop_for_slice(props, i - 1)))
+    return xp.stack(grads, axis=1), g
+
+
+# --------------------------------------------------------------------------- far field
+def farfield(bk: Any, exit_waves: Any) -> Any:
+    """Detector-plane wave, unitary ``fft2``, corner-centred."""
+    return bk.fft2(exit_waves)
+
+
+def farfield_adjoint(bk: Any, wave_k: Any) -> Any:
+    """Adjoint (= inverse, unitary) of :func:`farfield`."""
+    return bk.ifft2(wave_k)
+
+
+def intensity(bk: Any, wave_k: Any) -> Any:
+    """Σ_modes |wave_k|²: ``(B, M, Qy, Qx)`` -> ``(B, Qy, Qx)``."""
+    xp = bk.xp
+    return xp.sum(xp.real(wave_k) ** 2 + xp.imag(wave_k) ** 2, axis=-3)
+
+
+def _fft_indices(n_small: int, n_big: int) -> np.ndarray:
+    """Indices in a corner-centred length-``n_big`` axis of the ``n_small`` frequencies
+    closest to zero, in corner-centred order of the small axis."""
+    f = np.round(np.fft.fftfreq(n_small) * n_small).astype(np.int64)
+    return np.mod(f, n_big)
+
+
+def fit_to_shape(bk: Any, x: Any, shape: Sequence[int]) -> Any:
+    """Crop or zero-pad a corner-centred reciprocal-space array ``(..., Qy, Qx)`` to
+    ``shape`` (per axis), keeping the zero frequency at the corner and the frequencies
+    around it. Cropping and padding to the original shape are adjoint to each other."""
+    xp = bk.xp
+    out = x
+    for axis, n_new in zip((-2, -1), (int(shape[0]), int(shape[1]))):
+        n_old = out.shape[axis]
+        if n_new == n_old:
+            continue
+        if n_new < n_old:
+            idx = xp.asarray(_fft_indices(n_new, n_old))
+            out = xp.take(out, idx, axis=axis)
+        else:
+            idx = xp.asarray(_fft_indices(n_old, n_new))
+            new_shape = list(out.shape)
+            new_shape[axis] = n_new
+            z = xp.zeros(tuple(new_shape), dtype=out.dtype)
+            index = (Ellipsis, idx, slice(None)) if axis == -2 else (Ellipsis, idx)
+            out = bk.set_at(z, index, out)
+    return out
+
+
+def forward_intensity(bk: Any, probe: Any, obj: Any, starts: Any, frac: Any, props: Any) -> Any:
+    """Convenience: model intensities ``(B, Ny, Nx)`` corner-centred for probe modes
+    ``(M, Ny, Nx)``, object ``(S, H, W)`` and view corners/fractions."""
+    probes = shift_probes(bk, probe, frac)
+    views = get_views(bk, obj, starts, probe.shape[-2:])
+    _, exit_waves = multislice_forward(bk, probes, views, props)
+    return intensity(bk, farfield(bk, exit_waves))

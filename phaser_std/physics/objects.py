@@ -1,0 +1,152 @@
+"""Object grids and initial objects, slice and pixel-size resampling.
+
+An object is ``(S, H, W)`` complex transmission functions (:class:`ObjectState`) with
+``corner_A`` the (y, x) position [Å] of pixel (0, 0)'s centre in the scan frame.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from phaser_core.state import ObjectState
+from phaser_std.physics.optics import _pair
+
+__all__ = [
+    "object_grid",
+    "vacuum_object",
+    "random_object",
+    "resample_slices",
+    "resample_object_slices",
+    "resample_pixel_size",
+]
+
+
+def object_grid(scan_A: Any, probe_shape: Sequence[int], sampling_A: Any, pad_px: int = 8
+                ) -> tuple[tuple[int, int], tuple[float, float]]:
+    """Shape ``(H, W)`` and ``corner_A`` (y, x) [Å] of an object grid with pixel size
+    ``sampling_A`` [Å] covering every probe view of ``scan_A`` ``(N, 2)`` [Å] with
+    ``pad_px`` spare pixels on each side (room for position correction)."""
+    scan = np.asarray(scan_A, dtype=np.float64).reshape(-1, 2)
+    if scan.shape[0] == 0:
+        raise ValueError("object_grid needs at least one scan position")
+    s = np.array(_pair(sampling_A))
+    n = np.array([int(probe_shape[0]), int(probe_shape[1])])
+    lo, hi = scan.min(axis=0), scan.max(axis=0)
+    pad = int(pad_px)
+    corner = lo - (n // 2 + pad) * s
+    size = np.ceil((hi - lo) / s - 1e-9).astype(int) + n + 2 * pad + 1
+    return (int(size[0]), int(size[1])), (float(corner[0]), float(corner[1]))
+
+
+def _thicknesses(n_slices: int, thicknesses_A: Any) -> np.ndarray:
+    if thicknesses_A is None:
+        return np.zeros(int(n_slices))
+    t = np.asarray(thicknesses_A, dtype=np.float64).reshape(-1)
+    if t.size == 1 and n_slices > 1:
+        t = np.full(int(n_slices), float(t[0]))
+    if t.size != n_slices:
+        raise ValueError(f"{t.size} slice thicknesses given for {n_slices} slices")
+    return t
+
+
+def vacuum_object(scan_A: Any, probe_shape: Sequence[int], sampling_A: Any, n_slices: int = 1,
+                  thicknesses_A: Any = None, pad_px: int = 8) -> ObjectState:
+    """An all-ones (vacuum) object of ``n_slices`` slices around the scan."""
+    shape, corner = object_grid(scan_A, probe_shape, sampling_A, pad_px)
+    data = np.ones((int(n_slices), *shape), dtype=np.complex128)
+    return ObjectState(data=data, sampling_A=_pair(sampling_A), corner_A=corner,
+                       thicknesses_A=_thicknesses(n_slices, thicknesses_A))
+
+
+def random_object(scan_A: Any, probe_shape: Sequence[int], sampling_A: Any, rng: np.random.Generator,
+                  phase_sigma_rad: float = 1e-3, n_slices: int = 1, thicknesses_A: Any = None,
+                  pad_px: int = 8) -> ObjectState:
+    """Unit-amplitude object with Gaussian random phase of std ``phase_sigma_rad`` [rad]
+    (divided evenly between slices, so the total phase has that spread)."""
+    obj = vacuum_object(scan_A, probe_shape, sampling_A, n_slices, thicknesses_A, pad_px)
+    sigma = float(phase_sigma_rad) / math.sqrt(int(n_slices))
+    obj.data = np.exp(1j * rng.normal(0.0, sigma, size=obj.data.shape))
+    return obj
+
+
+def resample_slices(data: Any, thicknesses_A: Any, n_new: int,
+                    new_thicknesses_A: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Resample ``(S, H, W)`` transmission functions to ``n_new`` slices over the same
+    total thickness, conserving the total complex phase (Σ log O per pixel).
+
+    The log (i·phase + log-amplitude) of each old slice is spread uniformly over its depth
+    and integrated over each new slice's depth. Phases per old slice should stay below π
+    (principal log). Zero thicknesses are treated as equal depths.
+    Returns ``(data (n_new, H, W) complex128, thicknesses (n_new,) [Å])``.
+    """
+    d = np.asarray(data)
+    n_old = d.shape[0]
+    t_old = _thicknesses(n_old, thicknesses_A)
+    total = float(t_old.sum())
+    n_new = int(n_new)
+    if n_new < 1:
+        raise ValueError(f"the number of slices must be >= 1, got {n_new}")
+    if new_thicknesses_A is not None:
+        t_new = _thicknesses(n_new, new_thicknesses_A)
+        if total > 0 and not np.isclose(t_new.sum(), total, rtol=1e-6):
+            raise ValueError(f"new slice thicknesses sum to {t_new.sum()} Å, the object is {total} Å thick")
+    else:
+        t_new = np.full(n_new, total / n_new)
+    # depth coordinates (unit depths when the thickness is unknown)
+    eo = t_old if total > 0 else np.ones(n_old)
+    en = t_new if total > 0 else np.full(n_new, n_old / n_new)
+    zo = np.concatenate([[0.0], np.cumsum(eo)])
+    zn = np.concatenate([[0.0], np.cumsum(en)])
+    zn[-1] = zo[-1]
+    overlap = np.clip(np.minimum(zn[1:, None], zo[None, 1:]) - np.maximum(zn[:-1, None], zo[None, :-1]), 0, None)
+    weights = overlap / eo[None, :]  # (n_new, n_old), columns sum to 1
+    logs = np.log(d.astype(np.complex128))
+    new = np.exp(np.tensordot(weights, logs, axes=(1, 0)))
+    return new, t_new
+
+
+def resample_object_slices(obj: ObjectState, n_new: int, new_thicknesses_A: Any = None) -> ObjectState:
+    """:func:`resample_slices` on an :class:`ObjectState` (host arrays)."""
+    data, t = resample_slices(obj.data, obj.thicknesses_A, n_new, new_thicknesses_A)
+    return ObjectState(data=data, sampling_A=tuple(obj.sampling_A), corner_A=tuple(obj.corner_A), thicknesses_A=t)
+
+
+def _crop_pad_centred(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Crop or zero-pad the last two axes of a centred spectrum (zero at N//2)."""
+    out = np.zeros(a.shape[:-2] + tuple(shape), dtype=a.dtype)
+    src, dst = [], []
+    for n_old, n_new in zip(a.shape[-2:], shape):
+        n = min(n_old, n_new)
+        so, sn = n_old // 2 - n // 2, n_new // 2 - n // 2
+        src.append(slice(so, so + n))
+        dst.append(slice(sn, sn + n))
+    out[(Ellipsis, *dst)] = a[(Ellipsis, *src)]
+    return out
+
+
+def resample_pixel_size(obj: ObjectState, new_sampling_A: Any) -> ObjectState:
+    """Resample the object to pixel size ``new_sampling_A`` [Å] (approximately: the new
+    shape is rounded, and the pixel size adjusted so the field of view is unchanged) by
+    Fourier crop/pad of each slice's log (phase and log-amplitude)."""
+    d = np.asarray(obj.data).astype(np.complex128)
+    s_old = np.array(obj.sampling_A, dtype=np.float64)
+    s_req = np.array(_pair(new_sampling_A))
+    h, w = d.shape[-2:]
+    new_shape = (max(1, int(round(h * s_old[0] / s_req[0]))), max(1, int(round(w * s_old[1] / s_req[1]))))
+    if new_shape == (h, w):
+        return ObjectState(data=d, sampling_A=tuple(obj.sampling_A), corner_A=tuple(obj.corner_A),
+                           thicknesses_A=np.asarray(obj.thicknesses_A))
+    s_new = s_old * np.array([h, w]) / np.array(new_shape)
+    logs = np.log(d)
+    spec = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(logs, axes=(-2, -1))), axes=(-2, -1))
+    spec = _crop_pad_centred(spec, new_shape) * (new_shape[0] * new_shape[1]) / (h * w)
+    new_logs = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(spec, axes=(-2, -1))), axes=(-2, -1))
+    # the Fourier interpolation keeps pixel (h//2, w//2) fixed in space
+    corner = (np.array(obj.corner_A) + s_old * (np.array([h, w]) // 2)
+              - s_new * (np.array(new_shape) // 2))
+    return ObjectState(data=np.exp(new_logs), sampling_A=(float(s_new[0]), float(s_new[1])),
+                       corner_A=(float(corner[0]), float(corner[1])),
+                       thicknesses_A=np.asarray(obj.thicknesses_A))

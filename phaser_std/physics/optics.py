@@ -1,0 +1,105 @@
+"""Electron optics: wavelength, interaction parameter, reciprocal grids, aberrations.
+
+Spatial frequencies are in cycles per Å (no factor 2π). The aberration function follows
+Krivanek's polar notation (see docs/conventions.md); ``defocus_A`` is −C10.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from phaser_core.physics_constants import interaction_parameter, wavelength_A
+
+__all__ = [
+    "wavelength_A",
+    "interaction_parameter",
+    "fftfreq_grid",
+    "fftfreq_grid_centred",
+    "aberration_phase",
+    "ABERRATION_ORDERS",
+    "normalize_aberrations",
+]
+
+#: Krivanek coefficient name -> (n, m). Angles are named ``phi{n}{m}`` [rad].
+ABERRATION_ORDERS: dict[str, tuple[int, int]] = {
+    "C10": (1, 0), "C12": (1, 2),
+    "C21": (2, 1), "C23": (2, 3),
+    "C30": (3, 0), "C32": (3, 2), "C34": (3, 4),
+    "C41": (4, 1), "C43": (4, 3), "C45": (4, 5),
+    "C50": (5, 0), "C52": (5, 2), "C54": (5, 4), "C56": (5, 6),
+}
+_ANGLES = {f"phi{n}{m}" for (n, m) in ABERRATION_ORDERS.values() if m != 0}
+
+
+def fftfreq_grid(shape: tuple[int, int], sampling_A: tuple[float, float] | float,
+                 xp: Any = np) -> tuple[Any, Any]:
+    """Spatial frequencies ``(ky, kx)`` [1/Å] of an ``(Ny, Nx)`` grid, zero at the corner
+    (``fftfreq`` order), broadcastable as ``(Ny, 1)`` and ``(1, Nx)``."""
+    sy, sx = _pair(sampling_A)
+    ny, nx = int(shape[0]), int(shape[1])
+    ky = xp.asarray(np.fft.fftfreq(ny, d=sy)).reshape(ny, 1)
+    kx = xp.asarray(np.fft.fftfreq(nx, d=sx)).reshape(1, nx)
+    return ky, kx
+
+
+def fftfreq_grid_centred(shape: tuple[int, int], sampling_A: tuple[float, float] | float,
+                         xp: Any = np) -> tuple[Any, Any]:
+    """Like :func:`fftfreq_grid` with zero frequency at pixel ``(Ny//2, Nx//2)``."""
+    sy, sx = _pair(sampling_A)
+    ny, nx = int(shape[0]), int(shape[1])
+    ky = xp.asarray(np.fft.fftshift(np.fft.fftfreq(ny, d=sy))).reshape(ny, 1)
+    kx = xp.asarray(np.fft.fftshift(np.fft.fftfreq(nx, d=sx))).reshape(1, nx)
+    return ky, kx
+
+
+def _pair(v: Any) -> tuple[float, float]:
+    if np.ndim(v) == 0:
+        return float(v), float(v)
+    a = tuple(float(x) for x in v)
+    if len(a) != 2:
+        raise ValueError(f"expected a scalar or a (y, x) pair, got {v!r}")
+    return a[0], a[1]
+
+
+def normalize_aberrations(aberrations: Mapping[str, float] | None, defocus_A: float = 0.0) -> dict[str, float]:
+    """Validate aberration names and fold ``defocus_A`` (= −C10) into ``C10`` [Å].
+
+    Raises ``ValueError`` naming unknown keys.
+    """
+    out = {k: float(v) for k, v in (aberrations or {}).items()}
+    unknown = sorted(set(out) - set(ABERRATION_ORDERS) - _ANGLES)
+    if unknown:
+        raise ValueError(
+            f"unknown aberration coefficient(s) {unknown}; use Krivanek names "
+            f"{sorted(ABERRATION_ORDERS)} [Å] and angles {sorted(_ANGLES)} [rad]"
+        )
+    if defocus_A:
+        out["C10"] = out.get("C10", 0.0) - float(defocus_A)
+    return out
+
+
+def aberration_phase(ky: Any, kx: Any, wavelength_A: float, aberrations: Mapping[str, float], xp: Any = None) -> Any:
+    """Aberration function χ(k) [rad] for spatial frequencies ``ky``, ``kx`` [1/Å].
+
+    χ(k) = (2π/λ) Σ C_nm α^(n+1) cos(m(φ − φ_nm)) / (n+1), α = λ|k|, φ = atan2(ky, kx).
+    ``aberrations`` maps Krivanek names (``C10`` … ``C56``) [Å] and angles ``phi12`` …
+    [rad]; missing entries are zero. C10 > 0 is overfocus (``defocus_A`` = −C10).
+    """
+    if xp is None:
+        xp = np
+    lam = float(wavelength_A)
+    ab = normalize_aberrations(aberrations)
+    alpha = lam * xp.sqrt(ky**2 + kx**2)
+    phi = xp.arctan2(ky, kx)
+    chi = xp.zeros_like(alpha)
+    for name, (n, m) in ABERRATION_ORDERS.items():
+        c = ab.get(name, 0.0)
+        if c == 0.0:
+            continue
+        term = c * alpha ** (n + 1) / (n + 1)
+        if m:
+            term = term * xp.cos(m * (phi - ab.get(f"phi{n}{m}", 0.0)))
+        chi = chi + term
+    return (2.0 * np.pi / lam) * chi

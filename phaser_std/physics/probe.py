@@ -1,0 +1,174 @@
+"""Probe construction: focused (aberrated) probes, mixed-state modes, probes from files.
+
+A probe is complex, real space, centred on pixel ``(Ny//2, Nx//2)``. It is built in
+reciprocal space as A(k)·exp(−iχ(k)) (A: condenser aperture, χ: aberration function,
+``defocus_A`` = −C10) and brought to real space with a centred unitary inverse FFT.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from phaser_std.physics.optics import _pair, aberration_phase, fftfreq_grid_centred, normalize_aberrations
+
+__all__ = ["make_probe", "make_modes", "orthogonalize_modes", "load_probe", "probe_aperture"]
+
+
+def probe_aperture(shape: tuple[int, int], sampling_A: Any, wavelength_A: float, conv_angle_mrad: float,
+                   soft_edge_px: float = 0.0) -> np.ndarray:
+    """Condenser aperture A(k) on the centred reciprocal grid of an ``(Ny, Nx)`` real-space
+    grid with pixel size ``sampling_A`` [Å]; semi-angle ``conv_angle_mrad`` [mrad].
+
+    ``soft_edge_px`` > 0 gives a linear edge of that width in reciprocal-space pixels.
+    """
+    ky, kx = fftfreq_grid_centred(shape, sampling_A)
+    k = np.sqrt(ky**2 + kx**2)
+    k_cut = float(conv_angle_mrad) * 1e-3 / float(wavelength_A)
+    if soft_edge_px and soft_edge_px > 0:
+        sy, sx = _pair(sampling_A)
+        dk = min(1.0 / (shape[0] * sy), 1.0 / (shape[1] * sx))
+        return np.clip((k_cut - k) / (float(soft_edge_px) * dk) + 0.5, 0.0, 1.0)
+    return (k <= k_cut).astype(np.float64)
+
+
+def make_probe(
+    shape: tuple[int, int],
+    sampling_A: Any,
+    wavelength_A: float,
+    conv_angle_mrad: float,
+    *,
+    defocus_A: float = 0.0,
+    aberrations: Mapping[str, float] | None = None,
+    soft_edge_px: float = 0.0,
+    xp: Any = np,
+) -> Any:
+    """A single probe ``(Ny, Nx)`` complex128, centred on ``(Ny//2, Nx//2)``, Σ|P|² = 1.
+
+    ``sampling_A`` [Å/px] (scalar or (y, x)); ``wavelength_A`` [Å]; ``conv_angle_mrad``
+    [mrad] aperture semi-angle; ``defocus_A`` [Å] (= −C10; positive: crossover downstream);
+    ``aberrations`` Krivanek coefficients [Å] and angles [rad] (added to the defocus).
+    """
+    if conv_angle_mrad <= 0:
+        raise ValueError(f"conv_angle_mrad must be positive, got {conv_angle_mrad}")
+    ab = normalize_aberrations(aberrations, defocus_A)
+    ky, kx = fftfreq_grid_centred(shape, sampling_A)
+    a = probe_aperture(shape, sampling_A, wavelength_A, conv_angle_mrad, soft_edge_px)
+    if not a.any():
+        raise ValueError(
+            f"the aperture ({conv_angle_mrad} mrad) contains no reciprocal pixel of the "
+            f"{tuple(shape)} grid at {sampling_A} Å/px: increase the grid or the angle")
+    chi = aberration_phase(ky, kx, wavelength_A, ab)
+    spec = a * np.exp(-1j * chi)
+    probe = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(spec), norm="ortho"))
+    probe = probe / np.sqrt(np.sum(np.abs(probe) ** 2))
+    return xp.asarray(probe.astype(np.complex128))
+
+
+def _poly_orders(n: int) -> list[tuple[int, int]]:
+    """(py, px) exponents by increasing total degree: (0,0), (0,1), (1,0), (1,1), (0,2), ..."""
+    out: list[tuple[int, int]] = []
+    deg = 0
+    while len(out) < n:
+        for py in range(deg + 1):
+            px = deg - py
+            if deg == 2 and py == 1:
+                continue
+            out.append((py, px))
+        if deg == 2:
+            out.insert(len(out) - 2, (1, 1))
+        deg += 1
+    return out[:n]
+
+
+def make_modes(probe: Any, n_modes: int, first_mode_power: float = 0.8,
+               rng: np.random.Generator | None = None) -> np.ndarray:
+    """Mixed-state probe modes ``(M, Ny, Nx)`` complex128 from one probe ``(Ny, Nx)`` (or
+    ``(1, Ny, Nx)``).
+
+    Mode 0 is the probe; the others are the probe times low-order polynomials in x, y
+    (x, y, xy, x², y², ...; Hermite-Gauss-like), Gram-Schmidt orthogonalised. Mode powers:
+    ``first_mode_power`` of the input power for mode 0, the rest split equally, so the
+    mode powers sum exactly to Σ|probe|². ``rng`` adds a small random perturbation to the
+    extra modes (None: deterministic).
+    """
+    p = np.asarray(probe)
+    if p.ndim == 3:
+        p = p[0]
+    p = p.astype(np.complex128)
+    total = float(np.sum(np.abs(p) ** 2))
+    n_modes = int(n_modes)
+    if n_modes < 1:
+        raise ValueError(f"n_modes must be >= 1, got {n_modes}")
+    if n_modes == 1:
+        return p[None].copy()
+    if not 0.0 < first_mode_power <= 1.0:
+        raise ValueError(f"first_mode_power must be in (0, 1], got {first_mode_power}")
+    ny, nx = p.shape
+    w = np.abs(p) ** 2
+    w = w / w.sum()
+    yy, xx = np.meshgrid(np.arange(ny) - ny // 2, np.arange(nx) - nx // 2, indexing="ij")
+    # centre and scale coordinates by the probe's intensity-weighted width
+    cy, cx = float((w * yy).sum()), float((w * xx).sum())
+    sy = max(np.sqrt(float((w * (yy - cy) ** 2).sum())), 1.0)
+    sx = max(np.sqrt(float((w * (xx - cx) ** 2).sum())), 1.0)
+    y, x = (yy - cy) / sy, (xx - cx) / sx
+    basis: list[np.ndarray] = []
+    for py, px in _poly_orders(n_modes):
+        m = p * (y**py) * (x**px)
+        if rng is not None and basis:
+            m = m + 0.05 * np.abs(p) * (rng.normal(size=p.shape) + 1j * rng.normal(size=p.shape))
+        for b in basis:
+            m = m - np.vdot(b, m) * b
+        norm = np.sqrt(np.sum(np.abs(m) ** 2))
+        if norm < 1e-12 * np.sqrt(total):
+            raise ValueError("could not build an independent probe mode; the probe is too small "
+                             "on its grid for this many modes")
+        basis.append(m / norm)
+    powers = np.full(n_modes, (1.0 - first_mode_power) / (n_modes - 1)) * total
+    powers[0] = first_mode_power * total
+    return np.stack([np.sqrt(pw) * b for pw, b in zip(powers, basis)])
+
+
+def orthogonalize_modes(bk: Any, modes: Any) -> Any:
+    """Orthogonalise probe modes ``(M, Ny, Nx)`` (eigen-decomposition of their Gram matrix),
+    sorted by decreasing power; the total power Σ|P|² is unchanged. Backend-agnostic."""
+    xp = bk.xp
+    m = modes.shape[0]
+    flat = xp.reshape(modes, (m, -1))
+    gram = flat @ xp.conj(flat).T  # (M, M) Hermitian
+    evals, evecs = xp.linalg.eigh(gram)
+    order = xp.argsort(-xp.real(evals))
+    evecs = evecs[:, order]
+    new = xp.conj(evecs).T @ flat
+    return xp.reshape(new, modes.shape)
+
+
+def load_probe(path: str | Path) -> np.ndarray:
+    """Load probe modes ``(M, Ny, Nx)`` complex from a ``.npy`` file or from the ``/probe``
+    dataset of an HDF5 state file (a 2-D array becomes one mode)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"probe file {path} does not exist")
+    if path.suffix.lower() == ".npy":
+        arr = np.load(path)
+    else:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            if "probe" not in f:
+                raise KeyError(f"{path} has no '/probe' dataset; give a .npy file or a phaser state file")
+            node = f["probe"]
+            if isinstance(node, h5py.Group):
+                if "data" not in node:
+                    raise KeyError(f"{path}: group '/probe' has no 'data' dataset")
+                node = node["data"]
+            arr = node[()]
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ValueError(f"probe in {path} must be (Ny, Nx) or (modes, Ny, Nx), got shape {arr.shape}")
+    return arr.astype(np.complex128)

@@ -1,0 +1,52 @@
+"""Scan positions: raster grids, rotation, affine distortion, jitter.
+
+Positions are ``(N, 2)`` float64 ``(y, x)`` [Å] in the object frame. A raster scan is
+centred on the origin and row-major (fast axis x). With rotation θ [deg] the fast-scan
+direction is (y, x) = (sin θ, cos θ).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["raster_scan", "jitter"]
+
+
+def raster_scan(
+    shape: tuple[int, int],
+    step_A: Any,
+    rotation_deg: float = 0.0,
+    affine: Any = None,
+) -> np.ndarray:
+    """Raster scan of ``shape`` (ny, nx) points with ``step_A`` (y, x) [Å] (scalar allowed).
+
+    Returns ``(ny·nx, 2)`` float64 (y, x) [Å], centred on the origin, row-major with x the
+    fast axis. ``rotation_deg`` turns the fast axis from +x toward +y; ``affine`` is an
+    optional 2x2 matrix applied to (y, x) column vectors after the rotation.
+    """
+    ny, nx = (int(s) for s in shape)
+    if ny < 1 or nx < 1:
+        raise ValueError(f"scan shape must be positive, got {shape}")
+    step = np.broadcast_to(np.asarray(step_A, dtype=np.float64), (2,))
+    y = (np.arange(ny) - (ny - 1) / 2.0) * step[0]
+    x = (np.arange(nx) - (nx - 1) / 2.0) * step[1]
+    yy, xx = np.meshgrid(y, x, indexing="ij")
+    pos = np.stack([yy.ravel(), xx.ravel()], axis=-1)
+    th = np.deg2rad(float(rotation_deg))
+    # (y, x) column vectors: fast axis unit (0, 1) -> (sin θ, cos θ); slow (1, 0) -> (cos θ, −sin θ)
+    rot = np.array([[np.cos(th), np.sin(th)], [-np.sin(th), np.cos(th)]])
+    pos = pos @ rot.T
+    if affine is not None:
+        a = np.asarray(affine, dtype=np.float64)
+        if a.shape != (2, 2):
+            raise ValueError(f"affine must be a 2x2 matrix acting on (y, x), got shape {a.shape}")
+        pos = pos @ a.T
+    return np.ascontiguousarray(pos)
+
+
+def jitter(scan_A: Any, sigma_A: float, rng: np.random.Generator) -> np.ndarray:
+    """Add Gaussian jitter of standard deviation ``sigma_A`` [Å] to each coordinate."""
+    scan = np.asarray(scan_A, dtype=np.float64)
+    return scan + rng.normal(0.0, float(sigma_A), size=scan.shape)

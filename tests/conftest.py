@@ -1,0 +1,64 @@
+"""Shared fixtures.
+
+``backend_name`` runs a test once per backend (numpy, jax, cupy), skipping the ones that
+are not usable here with the reason (not installed, no GPU). ``backend`` is that backend
+with the default float32 policy; ``make_backend(dtype)`` builds it with another policy.
+A jax float64 backend turns on ``jax_enable_x64`` for the whole process; ``make_backend``
+restores the previous setting after the test so other tests see jax's default.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from phaser_core.errors import BackendUnavailable
+from phaser_core.registry import get_registry
+
+BACKEND_NAMES = ("numpy", "jax", "cupy")
+
+
+def build_backend(name: str, dtype: str = "float32"):
+    """The registered backend ``name`` with ``dtype``, or skip the test saying why not."""
+    try:
+        return get_registry().get("backend", name).obj(dtype)
+    except BackendUnavailable as exc:
+        if name == "cupy":
+            pytest.skip(f"cupy needs a CUDA GPU ({exc})")
+        pytest.skip(f"backend {name} unavailable: {exc}")
+
+
+def _x64_flag():
+    if "jax" not in sys.modules:
+        return None
+    return bool(sys.modules["jax"].config.read("jax_enable_x64"))
+
+
+@pytest.fixture(params=BACKEND_NAMES)
+def backend_name(request) -> str:
+    """Each backend name in turn (skipped where unavailable)."""
+    build_backend(request.param)  # skip early with the reason
+    return request.param
+
+
+@pytest.fixture
+def make_backend(backend_name):
+    """``make_backend(dtype="float32")``: the parametrized backend with that dtype policy."""
+    before = _x64_flag()
+    yield lambda dtype="float32": build_backend(backend_name, dtype)
+    after = _x64_flag()
+    if after is not None and after != bool(before):
+        sys.modules["jax"].config.update("jax_enable_x64", bool(before))
+
+
+@pytest.fixture
+def backend(make_backend):
+    """The parametrized backend with the default float32 policy."""
+    return make_backend("float32")
+
+
+@pytest.fixture
+def numpy_backend():
+    """The reference numpy backend (float64, for reference computations)."""
+    return build_backend("numpy", "float64")

@@ -1,0 +1,298 @@
+"""Every installed backend against numpy: FFTs, indexed add/set, random streams, dtypes, jit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import assert_close, tolerance
+
+from phaser_core.backend import Backend
+from phaser_core.errors import BackendUnavailable
+from phaser_core.registry import get_registry
+
+SHAPES = [(8, 8), (6, 10), (5, 7)]  # even, rectangular, odd
+
+
+def _cplx(rng, shape, dtype=np.complex128):
+    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
+
+
+# -- FFTs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fft2_matches_numpy_and_is_unitary(make_backend, dtype, shape):
+    bk = make_backend(dtype)
+    x = _cplx(np.random.default_rng(1), (3, *shape))
+    xb = bk.asarray(x)
+    f = bk.fft2(xb)
+    assert bk.to_numpy(f).dtype == bk.complex_dtype
+    ref = np.fft.fft2(x.astype(bk.complex_dtype).astype(np.complex128), norm="ortho")
+    assert_close(bk.to_numpy(f), ref, dtype, factor=4, err_msg="fft2")
+    # unitary: Σ|ψ|² equal in both spaces (per batch entry)
+    energy_r = np.sum(np.abs(bk.to_numpy(xb)) ** 2, axis=(-2, -1))
+    energy_k = np.sum(np.abs(bk.to_numpy(f)) ** 2, axis=(-2, -1))
+    assert_close(energy_k, energy_r, dtype, factor=20, err_msg="Parseval")
+    back = bk.ifft2(f)
+    assert_close(bk.to_numpy(back), bk.to_numpy(xb), dtype, factor=4, err_msg="ifft2(fft2(x))")
+    assert_close(bk.to_numpy(bk.ifft2(xb)), np.fft.ifft2(x.astype(bk.complex_dtype), norm="ortho"),
+                 dtype, factor=4, err_msg="ifft2")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fft2c_matches_numpy_reference(make_backend, dtype, shape):
+    bk = make_backend(dtype)
+    x = _cplx(np.random.default_rng(2), shape).astype(bk.complex_dtype)
+    shift = lambda a: np.fft.fftshift(a, axes=(-2, -1))  # noqa: E731
+    ishift = lambda a: np.fft.ifftshift(a, axes=(-2, -1))  # noqa: E731
+    ref = shift(np.fft.fft2(ishift(x.astype(np.complex128)), norm="ortho"))
+    assert_close(bk.to_numpy(bk.fft2c(bk.asarray(x))), ref, dtype, factor=4, err_msg="fft2c")
+    iref = shift(np.fft.ifft2(ishift(x.astype(np.complex128)), norm="ortho"))
+    assert_close(bk.to_numpy(bk.ifft2c(bk.asarray(x))), iref, dtype, factor=4, err_msg="ifft2c")
+    assert_close(bk.to_numpy(bk.ifft2c(bk.fft2c(bk.asarray(x)))), x, dtype, factor=4, err_msg="round trip")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fft2c_centring(backend, shape):
+    """A delta at (N//2, N//2) transforms to a flat, zero-phase spectrum; a constant to a
+    delta at the centre pixel; a plane wave exp(+2πi k·r) to a peak at centre + k."""
+    ny, nx = shape
+    n = ny * nx
+    delta = np.zeros(shape, np.complex64)
+    delta[ny // 2, nx // 2] = 1
+    flat = backend.to_numpy(backend.fft2c(backend.asarray(delta)))
+    assert_close(flat, np.full(shape, 1 / np.sqrt(n), np.complex128), "float32", err_msg="flat spectrum")
+    peak = backend.to_numpy(backend.fft2c(backend.asarray(np.ones(shape, np.complex64))))
+    expected = np.zeros(shape, np.complex128)
+    expected[ny // 2, nx // 2] = np.sqrt(n)
+    assert_close(peak, expected, "float32", factor=4, err_msg="constant -> centre delta")
+    # plane wave with (ky, kx) = (1, 2) cycles across the field: forward kernel exp(-2πi k·r)
+    yy, xx = np.mgrid[:ny, :nx]
+    wave = np.exp(2j * np.pi * (1 * yy / ny + 2 * xx / nx)).astype(np.complex64)
+    spec = np.abs(backend.to_numpy(backend.fft2c(backend.asarray(wave))))
+    assert np.unravel_index(np.argmax(spec), shape) == (ny // 2 + 1, (nx // 2 + 2) % nx)
+    # the inverse puts the zero frequency back at the centre too
+    back = backend.to_numpy(backend.ifft2c(backend.asarray(np.full(shape, 1 / np.sqrt(n), np.complex64))))
+    assert_close(back, delta, "float32", err_msg="ifft2c of flat spectrum")
+
+
+def test_fftshift_roundtrip(backend):
+    x = np.arange(35, dtype=np.float32).reshape(5, 7)
+    xb = backend.asarray(x)
+    np.testing.assert_array_equal(backend.to_numpy(backend.fftshift(xb)), np.fft.fftshift(x))
+    np.testing.assert_array_equal(backend.to_numpy(backend.ifftshift(backend.fftshift(xb))), x)
+
+
+# -- indexed add / set ----------------------------------------------------------------------
+
+
+def _windows(corners, ny, nx):
+    """Fancy-index tuple of (B, Ny, Nx) index arrays for windows with the given corners."""
+    corners = np.asarray(corners)
+    iy = corners[:, 0, None, None] + np.arange(ny)[None, :, None]
+    ix = corners[:, 1, None, None] + np.arange(nx)[None, None, :]
+    return (np.broadcast_to(iy, (len(corners), ny, nx)), np.broadcast_to(ix, (len(corners), ny, nx)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_add_at_overlapping_windows(make_backend, dtype):
+    bk = make_backend(dtype)
+    rng = np.random.default_rng(3)
+    ny, nx = 4, 5
+    corners = [(0, 0), (1, 2), (1, 2), (3, 1), (0, 0), (2, 3)]  # overlapping and repeated
+    index = _windows(corners, ny, nx)
+    values = _cplx(rng, (len(corners), ny, nx)).astype(bk.complex_dtype)
+    start = _cplx(rng, (8, 9)).astype(bk.complex_dtype)
+    expected = start.astype(np.complex128)
+    for b, (cy, cx) in enumerate(corners):
+        expected[cy:cy + ny, cx:cx + nx] += values[b]
+    idx = tuple(bk.asarray(i) for i in index)
+    out = bk.add_at(bk.asarray(start), idx, bk.asarray(values))
+    result = bk.to_numpy(out)
+    assert result.dtype == bk.complex_dtype
+    assert_close(result, expected, dtype, factor=4, err_msg="add_at")
+    # host index arrays work too, and real targets
+    real = bk.add_at(bk.asarray(np.zeros((8, 9))), index, bk.asarray(np.ones((len(corners), ny, nx))))
+    counts = np.zeros((8, 9))
+    for cy, cx in corners:
+        counts[cy:cy + ny, cx:cx + nx] += 1
+    np.testing.assert_array_equal(bk.to_numpy(real), counts)
+    assert counts.max() >= 3  # the test really has repeated, overlapping windows
+
+
+def test_add_at_with_leading_slice(backend):
+    """Adding a window stack into every slice of a (S, H, W) object: index (slice, iy, ix)."""
+    ny, nx = 3, 3
+    corners = [(0, 0), (1, 1), (1, 1)]
+    iy, ix = _windows(corners, ny, nx)
+    vals = np.ones((2, len(corners), ny, nx), np.complex64) * np.array([1, 2j])[:, None, None, None]
+    out = backend.to_numpy(backend.add_at(backend.asarray(np.zeros((2, 5, 5), np.complex64)),
+                                          (slice(None), iy, ix), backend.asarray(vals)))
+    expected = np.zeros((2, 5, 5), np.complex64)
+    np.add.at(expected, (slice(None), iy, ix), vals)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_set_at(backend):
+    index = _windows([(0, 0), (4, 4)], 3, 3)
+    vals = np.arange(18, dtype=np.float32).reshape(2, 3, 3)
+    out = backend.to_numpy(backend.set_at(backend.asarray(np.zeros((8, 8), np.float32)), index,
+                                          backend.asarray(vals)))
+    expected = np.zeros((8, 8), np.float32)
+    expected[index] = vals
+    np.testing.assert_array_equal(out, expected)
+    sl = backend.to_numpy(backend.set_at(backend.asarray(np.zeros((4, 4), np.float32)),
+                                         (slice(1, 3), 2), backend.asarray(np.float32(7))))
+    assert sl[1, 2] == 7 and sl[2, 2] == 7 and sl.sum() == 14
+
+
+# -- random streams -----------------------------------------------------------------------
+
+
+def test_rng_streams(backend, numpy_backend):
+    a = backend.rng(42, "grouping").random(8)
+    np.testing.assert_array_equal(a, numpy_backend.rng(42, "grouping").random(8))
+    np.testing.assert_array_equal(a, backend.rng(42, "grouping").random(8))  # reproducible
+    assert not np.allclose(a, backend.rng(42, "object-init").random(8))
+    assert not np.allclose(a, backend.rng(43, "grouping").random(8))
+    assert isinstance(backend.rng(0, "x"), np.random.Generator)
+
+
+# -- dtype policy -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype,real,cplx", [("float32", np.float32, np.complex64),
+                                             ("float64", np.float64, np.complex128)])
+def test_dtype_policy(make_backend, dtype, real, cplx):
+    bk = make_backend(dtype)
+    assert isinstance(bk, Backend)
+    assert bk.dtype == dtype
+    assert np.dtype(bk.real_dtype) == real and np.dtype(bk.complex_dtype) == cplx
+    assert bk.to_numpy(bk.asarray(np.ones(3, np.float64))).dtype == real
+    assert bk.to_numpy(bk.asarray(np.ones(3, np.float32))).dtype == real
+    assert bk.to_numpy(bk.asarray(np.ones(3, np.complex128))).dtype == cplx
+    assert bk.to_numpy(bk.asarray([1.5, 2.5])).dtype == real
+    assert bk.to_numpy(bk.asarray(np.ones(3, np.int32))).dtype.kind == "i"
+    z = bk.asarray(np.ones((4, 4), np.complex128))
+    assert bk.to_numpy(bk.fft2c(z)).dtype == cplx
+    assert bk.to_numpy(bk.ifft2(bk.fft2(z))).dtype == cplx
+    assert bk.to_numpy(bk.xp.abs(z)).dtype == real
+    assert bk.to_numpy(bk.asarray(np.ones(2), dtype=np.float32)).dtype == np.float32  # explicit wins
+    with pytest.raises(ValueError, match="dtype"):
+        type(bk)("float16")
+
+
+def test_to_numpy_gives_numpy(backend):
+    out = backend.to_numpy(backend.asarray(np.arange(6.0).reshape(2, 3)))
+    assert type(out) is np.ndarray
+    np.testing.assert_array_equal(out, np.arange(6.0, dtype=np.float32).reshape(2, 3))
+    assert backend.synchronize(backend.asarray(np.ones(2))) is not None
+    backend.synchronize()
+
+
+# -- jit ----------------------------------------------------------------------------------
+
+
+def test_jit_same_numbers(backend):
+    bk = backend
+
+    def step(obj, probe, scale):
+        wave = bk.fft2(obj * probe) * scale
+        return bk.xp.abs(wave) ** 2, bk.ifft2(wave)
+
+    rng = np.random.default_rng(5)
+    obj = bk.asarray(_cplx(rng, (2, 8, 8)))
+    probe = bk.asarray(_cplx(rng, (8, 8)))
+    plain = step(obj, probe, 2.0)
+    fast = bk.jit(step, static_argnums=(2,))
+    compiled = fast(obj, probe, 2.0)
+    for a, b in zip(compiled, plain):
+        assert_close(bk.to_numpy(a), bk.to_numpy(b), "float32", factor=4, err_msg="jit")
+        assert bk.to_numpy(a).dtype == bk.to_numpy(b).dtype
+    again = fast(obj, probe, 2.0)  # cached call
+    assert_close(bk.to_numpy(again[0]), bk.to_numpy(plain[0]), "float32", factor=4)
+
+
+def test_add_at_inside_jit(backend):
+    bk = backend
+    index = _windows([(0, 0), (1, 1), (0, 0)], 3, 3)
+
+    def accumulate(target, values):
+        return bk.add_at(target, index, values)
+
+    f = bk.jit(accumulate)
+    vals = bk.asarray(np.ones((3, 3, 3), np.float32))
+    out = bk.to_numpy(f(bk.asarray(np.zeros((5, 5), np.float32)), vals))
+    expected = np.zeros((5, 5), np.float32)
+    np.add.at(expected, index, np.ones((3, 3, 3), np.float32))
+    np.testing.assert_array_equal(out, expected)
+
+
+# -- registry and jax specifics -------------------------------------------------------------
+
+
+def test_registry_lists_all_backends():
+    reg = get_registry()
+    for name in ("numpy", "jax", "cupy"):
+        assert ("backend", name) in reg
+
+
+def test_unavailable_backend_says_how_to_fix():
+    try:
+        get_registry().get("backend", "cupy").obj("float32")
+    except BackendUnavailable as exc:
+        msg = str(exc)
+        assert "phaser-ptycho[cupy]" in msg or "GPU" in msg
+    else:
+        pytest.skip("cupy and a GPU are available here")
+
+
+def test_jax_float32_stays_float32_with_x64_on():
+    """x64 is process-global: a float32 jax backend must stay float32 after a float64 one."""
+    pytest.importorskip("jax")
+    import jax
+
+    before = jax.config.read("jax_enable_x64")
+    try:
+        reg = get_registry().get("backend", "jax")
+        bk64 = reg.obj("float64")
+        assert bk64.to_numpy(bk64.asarray(np.ones(2))).dtype == np.float64
+        bk32 = reg.obj("float32")
+        x = bk32.asarray(np.ones((4, 4), np.complex128))
+        assert x.dtype == np.complex64
+        assert bk32.fft2c(x).dtype == np.complex64
+        assert bk32.xp.abs(x).dtype == np.float32
+        assert bk32.add_at(x, (np.array([0, 0]), np.array([1, 1])), bk32.asarray(np.ones(2, np.complex128))).dtype \
+            == np.complex64
+        assert bk32.jit(lambda a: bk32.fft2(a) * 2.0)(x).dtype == np.complex64
+    finally:
+        jax.config.update("jax_enable_x64", before)
+
+
+def test_jax_float32_without_x64_has_no_warnings():
+    pytest.importorskip("jax")
+    import warnings
+
+    import jax
+
+    if jax.config.read("jax_enable_x64"):
+        pytest.skip("x64 already on in this process")
+    bk = get_registry().get("backend", "jax").obj("float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert bk.asarray(np.ones(3, np.float64)).dtype == np.float32
+        assert bk.asarray(np.ones(3, np.complex128)).dtype == np.complex64
+        assert bk.asarray(np.ones(3, np.int64)).dtype == np.int32
+
+
+def test_tolerance_helper_can_fail():
+    """The float32 tolerance rejects a 1e-4 relative error and accepts rounding error."""
+    x = np.linspace(1, 2, 10)
+    assert_close(x.astype(np.float32), x, "float32")
+    with pytest.raises(AssertionError):
+        assert_close(x * (1 + 1e-4), x, "float32")
+    with pytest.raises(AssertionError):
+        assert_close(x.astype(np.float32), x, "float64")
+    assert tolerance(np.complex64) == tolerance("float32")

@@ -1,0 +1,230 @@
+"""The shared forward model: views, shifts, multislice, far field, and its adjoint."""
+
+import numpy as np
+import pytest
+
+from phaser_core.physics_constants import wavelength_A
+from phaser_std.backends.numpy_backend import NumpyBackend
+from phaser_std.physics import forward as fw
+from phaser_std.physics.objects import object_grid
+from phaser_std.physics.probe import make_modes, make_probe
+from phaser_std.physics.scan import raster_scan
+
+LAM = wavelength_A(200e3)
+NY = NX = 24
+SAMP = (0.4, 0.4)
+
+
+def _jax_backend(dtype="float32"):
+    """The jax backend from the registry (or its module directly when the registry cannot be
+    built while other plugins are in progress); skips when jax is unavailable."""
+    try:
+        from phaser_core.registry import get_registry
+
+        return get_registry().get("backend", "jax").obj(dtype)
+    except Exception as exc:  # noqa: BLE001
+        try:
+            from phaser_std.backends.jax_backend import JaxBackend
+        except Exception as exc2:  # noqa: BLE001
+            pytest.skip(f"jax backend unavailable: {exc}; {exc2}")
+        return JaxBackend(dtype)
+
+
+def _setup(n_slices=1, n_modes=2, rng_seed=0, subpixel=True):
+    rng = np.random.default_rng(rng_seed)
+    probe = make_modes(make_probe((NY, NX), SAMP, LAM, 20.0, defocus_A=30.0), n_modes)
+    scan = raster_scan((3, 3), (1.7, 1.3), rotation_deg=10.0)
+    if not subpixel:
+        scan = np.round(scan / SAMP[0]) * SAMP[0]
+    shape, corner = object_grid(scan, (NY, NX), SAMP, pad_px=2)
+    obj = (rng.uniform(0.8, 1.0, (n_slices, *shape)) * np.exp(1j * rng.uniform(-0.5, 0.5, (n_slices, *shape))))
+    return probe, obj, scan, corner
+
+
+def test_scan_to_pixels_puts_probe_centre_on_position():
+    corner = (-3.0, 2.0)
+    scan = np.array([[0.3, -1.1], [5.0, 7.77]])
+    starts, frac = fw.scan_to_pixels(scan, corner, SAMP, (NY, NX))
+    pos = (starts + np.array([NY // 2, NX // 2]) + frac) * np.array(SAMP) + np.array(corner)
+    np.testing.assert_allclose(pos, scan, atol=1e-12)
+    assert starts.dtype == np.int32 and np.all(np.abs(frac) <= 0.5)
+
+
+def test_shift_probe_moves_towards_larger_indices():
+    bk = NumpyBackend("float64")
+    p = np.zeros((1, 16, 16), complex)
+    p[0, 8, 8] = 1
+    # integer shift by the phase ramp is exact
+    out = fw.shift_probes(bk, p, np.array([[1.0, -2.0]]))
+    assert np.unravel_index(np.argmax(np.abs(out[0, 0])), (16, 16)) == (9, 6)
+    np.testing.assert_allclose(np.abs(out[0, 0, 9, 6]), 1.0, atol=1e-12)
+
+
+def test_single_slice_equals_hand_computed_farfield():
+    bk = NumpyBackend("float64")
+    probe, obj, scan, corner = _setup(n_slices=1)
+    starts, frac = fw.scan_to_pixels(scan, corner, SAMP, (NY, NX))
+    model = fw.forward_intensity(bk, probe, obj, starts, frac, None)
+    ky = np.fft.fftfreq(NY)[:, None]
+    kx = np.fft.fftfreq(NX)[None, :]
+    for b in range(len(scan)):
+        y0, x0 = starts[b]
+        o = obj[0, y0:y0 + NY, x0:x0 + NX]
+        ramp = np.exp(-2j * np.pi * (ky * frac[b, 0] + kx * frac[b, 1]))
+        ref = 0.0
+        for m in range(probe.shape[0]):
+            pm = np.fft.ifft2(np.fft.fft2(probe[m]) * ramp)
+            ref = ref + np.abs(np.fft.fft2(pm * o) / np.sqrt(NY * NX)) ** 2
+        np.testing.assert_allclose(model[b], ref, rtol=1e-10, atol=1e-14)
+    # with the probe power, Σ I = Σ|P|² |O|² ≤ Σ|P|² (unitary far field)
+    assert np.all(model.sum(axis=(1, 2)) <= np.sum(np.abs(probe) ** 2) + 1e-12)
+
+
+def test_multislice_matches_loop_with_per_position_tilt():
+    bk = NumpyBackend("float64")
+    probe, obj, scan, corner = _setup(n_slices=3)
+    t = np.array([4.0, 6.0, 5.0])
+    starts, frac = fw.scan_to_pixels(scan, corner, SAMP, (NY, NX))
+    tilts = np.random.default_rng(1).normal(0, 5.0, size=(len(scan), 2))
+    props = fw.make_propagators(bk, (NY, NX), SAMP, LAM, t, tilts)
+    assert props.shape == (len(scan), 2, NY, NX)
+    probes = fw.shift_probes(bk, probe, frac)
+    views = fw.get_views(bk, obj, starts, (NY, NX))
+    _, exit_w = fw.multislice_forward(bk, probes, views, props)
+    for b in [0, 4]:
+        single = fw.make_propagators(bk, (NY, NX), SAMP, LAM, t, tuple(tilts[b]))
+        psi = probes[b]
+        for i in range(3):
+            psi = psi * views[b, i]
+            if i < 2:
+                psi = np.fft.ifft2(np.fft.fft2(psi) * single[i])
+        np.testing.assert_allclose(exit_w[b], psi, atol=1e-12)
+
+
+def test_get_views_and_add_views_match_python_loop():
+    bk = NumpyBackend("float64")
+    rng = np.random.default_rng(2)
+    obj = rng.normal(size=(2, 40, 41)) + 1j * rng.normal(size=(2, 40, 41))
+    starts = np.array([[0, 0], [3, 5], [3, 5], [10, 12], [16, 17]], dtype=np.int32)  # overlapping + repeated
+    views = fw.get_views(bk, obj, starts, (NY, NX))
+    for b, (y, x) in enumerate(starts):
+        np.testing.assert_array_equal(views[b], obj[:, y:y + NY, x:x + NX])
+    vals = rng.normal(size=(5, 2, NY, NX)) + 1j * rng.normal(size=(5, 2, NY, NX))
+    out = fw.add_views(bk, np.zeros_like(obj), starts, vals)
+    ref = np.zeros_like(obj)
+    for b, (y, x) in enumerate(starts):
+        ref[:, y:y + NY, x:x + NX] += vals[b]
+    np.testing.assert_allclose(out, ref, atol=1e-12)
+    out2 = fw.add_views(bk, np.zeros((40, 41)), starts, np.abs(vals[:, 0]))
+    ref2 = np.zeros((40, 41))
+    for b, (y, x) in enumerate(starts):
+        ref2[y:y + NY, x:x + NX] += np.abs(vals[b, 0])
+    np.testing.assert_allclose(out2, ref2, atol=1e-12)
+
+
+def test_fit_to_shape_crop_and_pad_are_adjoint():
+    bk = NumpyBackend("float64")
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 20, 17)) + 1j * rng.normal(size=(2, 20, 17))
+    y = rng.normal(size=(2, 16, 22)) + 1j * rng.normal(size=(2, 16, 22))
+    fx = fw.fit_to_shape(bk, x, (16, 22))
+    assert fx.shape == (2, 16, 22)
+    back = fw.fit_to_shape(bk, y, (20, 17))
+    assert np.vdot(fx, y) == pytest.approx(np.vdot(x, back), rel=1e-12)
+    # the zero frequency stays at the corner and low frequencies are kept
+    assert fx[0, 0, 0] == x[0, 0, 0] and fx[0, -1, 1] == x[0, -1, 1]
+    centred = np.fft.fftshift(fw.fit_to_shape(bk, np.fft.ifftshift(np.arange(36.0).reshape(6, 6)), (4, 4)))
+    np.testing.assert_array_equal(centred, np.arange(36.0).reshape(6, 6)[1:5, 1:5])
+
+
+@pytest.mark.parametrize("n_slices", [1, 3])
+def test_adjoint_matches_finite_differences(n_slices):
+    """dL = 2 Re Σ conj(grad)·dz for L = Σ (I − D)², grad = dL/d conj(z) (float64)."""
+    bk = NumpyBackend("float64")
+    probe, obj, scan, corner = _setup(n_slices=n_slices, rng_seed=5)
+    t = np.full(n_slices, 5.0)
+    starts, frac = fw.scan_to_pixels(scan, corner, SAMP, (NY, NX))
+    props = fw.make_propagators(bk, (NY, NX), SAMP, LAM, t, (3.0, -2.0))
+    rng = np.random.default_rng(7)
+    data = rng.uniform(0, 0.01, size=(len(scan), NY, NX))
+
+    def loss(p, o):
+        i = fw.forward_intensity(bk, p, o, starts, frac, props)
+        return float(np.sum((i - data) ** 2))
+
+    probes = fw.shift_probes(bk, probe, frac)
+    views = fw.get_views(bk, obj, starts, (NY, NX))
+    psis, exit_w = fw.multislice_forward(bk, probes, views, props)
+    wave_k = fw.farfield(bk, exit_w)
+    model = fw.intensity(bk, wave_k)
+    grad_k = 2 * (model - data)[:, None] * wave_k
+    gv, gp = fw.multislice_backward(bk, probes, views, props, psis, fw.farfield_adjoint(bk, grad_k))
+    g_obj = fw.add_views(bk, np.zeros_like(obj), starts, gv)
+    g_probe = fw.unshift_probes(bk, gp, frac)
+
+    d_obj = rng.normal(size=obj.shape) + 1j * rng.normal(size=obj.shape)
+    d_probe = rng.normal(size=probe.shape) + 1j * rng.normal(size=probe.shape)
+    eps = 1e-6
+    fd_obj = (loss(probe, obj + eps * d_obj) - loss(probe, obj - eps * d_obj)) / (2 * eps)
+    fd_probe = (loss(probe + eps * d_probe, obj) - loss(probe - eps * d_probe, obj)) / (2 * eps)
+    an_obj = 2 * np.real(np.vdot(g_obj, d_obj))
+    an_probe = 2 * np.real(np.vdot(g_probe, d_probe))
+    assert an_obj == pytest.approx(fd_obj, rel=1e-6)
+    assert an_probe == pytest.approx(fd_probe, rel=1e-6)
+
+
+def test_numpy_and_jax_forward_agree_float32():
+    bj = _jax_backend("float32")
+    bn = NumpyBackend("float32")
+    probe, obj, scan, corner = _setup(n_slices=2)
+    t = np.array([6.0, 6.0])
+    starts, frac = fw.scan_to_pixels(scan, corner, SAMP, (NY, NX))
+    results = []
+    for bk in (bn, bj):
+        props = fw.make_propagators(bk, (NY, NX), SAMP, LAM, t)
+        f = bk.jit(lambda p, o, s, fr: fw.forward_intensity(bk, p, o, s, fr, props))
+        out = f(bk.asarray(probe), bk.asarray(obj), bk.asarray(starts), bk.asarray(frac))
+        results.append(bk.to_numpy(out))
+    ref = NumpyBackend("float64")
+    exact = fw.forward_intensity(ref, probe, obj, starts, frac, fw.make_propagators(ref, (NY, NX), SAMP, LAM, t))
+    scale = np.max(exact)
+    for r in results:
+        assert r.dtype == np.float32
+        np.testing.assert_allclose(r, exact, atol=1e-5 * scale)
+    np.testing.assert_allclose(results[0], results[1], atol=1e-5 * scale)
+
+
+def test_jax_add_views_matches_numpy():
+    bj = _jax_backend("float32")
+    rng = np.random.default_rng(4)
+    starts = np.array([[0, 0], [2, 3], [2, 3]], dtype=np.int32)
+    vals = (rng.normal(size=(3, 2, NY, NX)) + 1j * rng.normal(size=(3, 2, NY, NX))).astype(np.complex64)
+    ref = fw.add_views(NumpyBackend("float32"), np.zeros((2, 30, 30), np.complex64), starts, vals)
+    out = bj.jit(lambda t, s, v: fw.add_views(bj, t, s, v))(bj.asarray(np.zeros((2, 30, 30), np.complex64)),
+                                                           bj.asarray(starts), bj.asarray(vals))
+    np.testing.assert_allclose(bj.to_numpy(out), ref, atol=1e-5)
+
+
+def test_jax_backward_matches_numpy_float32():
+    bj = _jax_backend("float32")
+    probe, obj, scan, corner = _setup(n_slices=2)
+    t = np.array([6.0, 6.0])
+    starts, frac = fw.scan_to_pixels(scan, corner, SAMP, (NY, NX))
+    g_exit = np.random.default_rng(9).normal(size=(len(scan), probe.shape[0], NY, NX)) * (1 + 0.5j)
+
+    def run(bk):
+        props = fw.make_propagators(bk, (NY, NX), SAMP, LAM, t)
+
+        def f(p, o, s, fr, g):
+            probes = fw.shift_probes(bk, p, fr)
+            views = fw.get_views(bk, o, s, (NY, NX))
+            psis, _ = fw.multislice_forward(bk, probes, views, props)
+            gv, gp = fw.multislice_backward(bk, probes, views, props, psis, g)
+            return fw.add_views(bk, bk.xp.zeros_like(o), s, gv), fw.unshift_probes(bk, gp, fr)
+
+        out = bk.jit(f)(*(bk.asarray(a) for a in (probe, obj, starts, frac, g_exit)))
+        return [bk.to_numpy(o) for o in out]
+
+    ref = run(NumpyBackend("float64"))
+    for r, j in zip(ref, run(bj)):
+        np.testing.assert_allclose(j, r, atol=1e-5 * np.max(np.abs(r)))

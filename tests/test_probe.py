@@ -1,0 +1,143 @@
+"""Probe construction, mixed-state modes, orthogonalisation and probe files."""
+
+import h5py
+import numpy as np
+import pytest
+
+from phaser_core.physics_constants import wavelength_A
+from phaser_std.backends.numpy_backend import NumpyBackend
+from phaser_std.physics.probe import load_probe, make_modes, make_probe, orthogonalize_modes
+
+LAM = wavelength_A(300e3)
+
+
+def test_probe_normalised_and_centred():
+    for shape in [(32, 32), (33, 40)]:
+        p = make_probe(shape, 0.3, LAM, 25.0)
+        assert p.shape == shape and p.dtype == np.complex128
+        assert np.sum(np.abs(p) ** 2) == pytest.approx(1.0, rel=1e-12)
+        assert np.unravel_index(np.argmax(np.abs(p)), shape) == (shape[0] // 2, shape[1] // 2)
+
+
+def test_probe_spectrum_is_aperture_times_exp_minus_i_chi():
+    shape, s = (32, 32), 0.3
+    p = make_probe(shape, s, LAM, 25.0, defocus_A=80.0)
+    spec = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(p), norm="ortho"))
+    k = np.fft.fftshift(np.fft.fftfreq(32, s))
+    k2 = k[:, None] ** 2 + k[None, :] ** 2
+    inside = np.sqrt(k2) <= 25e-3 / LAM
+    assert np.all(np.abs(spec[~inside]) < 1e-12)
+    # defocus Δ = −C10: χ = −πλΔk², spectrum ∝ exp(+iπλΔk²)
+    ratio = spec[inside] / np.exp(1j * np.pi * LAM * 80.0 * k2[inside])
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-9)
+
+
+def test_soft_edge_and_errors():
+    p = make_probe((32, 32), 0.3, LAM, 25.0, soft_edge_px=2.0)
+    assert np.sum(np.abs(p) ** 2) == pytest.approx(1.0, rel=1e-12)
+    with pytest.raises(ValueError, match="conv_angle"):
+        make_probe((32, 32), 0.3, LAM, 0.0)
+    with pytest.raises(ValueError, match="C99"):
+        make_probe((32, 32), 0.3, LAM, 25.0, aberrations={"C99": 1.0})
+
+
+@pytest.mark.parametrize("n_modes", [2, 4, 6])
+def test_modes_powers_sum_to_one_and_orthogonal(n_modes):
+    p = make_probe((48, 48), 0.3, LAM, 25.0, defocus_A=100.0)
+    m = make_modes(p, n_modes, first_mode_power=0.7)
+    assert m.shape == (n_modes, 48, 48)
+    powers = np.sum(np.abs(m) ** 2, axis=(1, 2))
+    assert powers.sum() == pytest.approx(1.0, abs=1e-12)
+    assert powers[0] == pytest.approx(0.7, abs=1e-12)
+    flat = m.reshape(n_modes, -1)
+    gram = flat.conj() @ flat.T
+    np.testing.assert_allclose(gram, np.diag(powers), atol=1e-12)
+    unit = flat / np.sqrt(powers)[:, None]
+    np.testing.assert_allclose(unit.conj() @ unit.T, np.eye(n_modes), atol=1e-12)
+
+
+def test_modes_keep_input_power_with_rng():
+    p = 3.0 * make_probe((32, 32), 0.3, LAM, 25.0, defocus_A=50.0)
+    m = make_modes(p, 3, rng=np.random.default_rng(0))
+    assert np.sum(np.abs(m) ** 2) == pytest.approx(9.0, rel=1e-12)
+
+
+def test_orthogonalize_modes_keeps_power_and_sorts():
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(3, 16, 16)) + 1j * rng.normal(size=(3, 16, 16))
+    m[2] *= 3
+    out = orthogonalize_modes(NumpyBackend("float64"), m)
+    powers = np.sum(np.abs(out) ** 2, axis=(1, 2))
+    assert powers.sum() == pytest.approx(np.sum(np.abs(m) ** 2), rel=1e-12)
+    assert np.all(np.diff(powers) <= 0)
+    flat = out.reshape(3, -1)
+    gram = flat.conj() @ flat.T
+    np.testing.assert_allclose(gram - np.diag(np.diag(gram)), 0.0, atol=1e-9)
+    # same incoherent sum of intensities (the mixed state is unchanged)
+    np.testing.assert_allclose(np.sum(np.abs(out) ** 2, 0), np.sum(np.abs(m) ** 2, 0), rtol=1e-10)
+
+
+def test_load_probe_npy_and_h5(tmp_path):
+    p = make_modes(make_probe((16, 16), 0.3, LAM, 25.0), 2)
+    np.save(tmp_path / "p.npy", p[0])
+    assert load_probe(tmp_path / "p.npy").shape == (1, 16, 16)
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        f["probe"] = p
+    np.testing.assert_array_equal(load_probe(tmp_path / "s.h5"), p)
+    with h5py.File(tmp_path / "bad.h5", "w") as f:
+        f["other"] = p
+    with pytest.raises(KeyError, match="probe"):
+        load_probe(tmp_path / "bad.h5")
+
+
+def _ctx(**meta):
+    from phaser_core.context import InitContext
+    from phaser_core.data import RawData
+
+    kw = dict(reciprocal_sampling_invA=(0.05, 0.05), energy_eV=200e3, convergence_angle_mrad=20.0,
+              scan_shape=(2, 3), scan_step_A=(1.0, 1.0))
+    kw.update(meta)
+    return InitContext(data=RawData(patterns=np.full((6, 32, 32), 5.0), **kw), seed=1)
+
+
+def test_focused_initializer_uses_metadata_and_scales_to_dose():
+    from phaser_std.physics.initializers import FocusedProbeConfig, init_focused_probe
+
+    ctx = _ctx(defocus_A=40.0)
+    st = init_focused_probe(FocusedProbeConfig(n_modes=2), ctx)
+    assert st.data.shape == (2, 32, 32)
+    assert st.sampling_A == pytest.approx((1 / (32 * 0.05),) * 2)
+    assert np.sum(np.abs(st.data) ** 2) == pytest.approx(5.0 * 32 * 32, rel=1e-10)
+    ref = make_probe((32, 32), st.sampling_A, wavelength_A(200e3), 20.0, defocus_A=40.0)
+    np.testing.assert_allclose(st.data[0] / np.sqrt(0.8 * 5.0 * 32 * 32), ref, atol=1e-12)
+
+
+def test_focused_initializer_names_missing_key():
+    from phaser_std.physics.initializers import FocusedProbeConfig, init_focused_probe
+
+    with pytest.raises(ValueError, match="conv_angle_mrad"):
+        init_focused_probe(FocusedProbeConfig(), _ctx(convergence_angle_mrad=None))
+    with pytest.raises(ValueError, match="energy_eV"):
+        init_focused_probe(FocusedProbeConfig(), _ctx(energy_eV=None))
+    st = init_focused_probe(FocusedProbeConfig(conv_angle_mrad=15.0), _ctx(convergence_angle_mrad=None))
+    assert st.n_modes == 1
+
+
+def test_probe_from_file_initializer(tmp_path):
+    from phaser_std.physics.initializers import ProbeFileConfig, init_probe_from_file
+
+    ctx = _ctx()
+    p = make_modes(make_probe((32, 32), 0.625, wavelength_A(200e3), 20.0), 2)
+    with h5py.File(tmp_path / "state.h5", "w") as f:
+        f["probe"] = p
+        f["probe"].attrs["sampling_A"] = [0.625, 0.625]
+    import attrs
+
+    ctx = attrs.evolve(ctx, plan_dir=tmp_path)
+    st = init_probe_from_file(ProbeFileConfig(path="state.h5"), ctx)
+    assert st.data.shape == (2, 32, 32)
+    assert np.sum(np.abs(st.data) ** 2) == pytest.approx(5.0 * 32 * 32, rel=1e-10)
+    with h5py.File(tmp_path / "state.h5", "a") as f:
+        f["probe"].attrs["sampling_A"] = [0.5, 0.5]
+    with pytest.raises(ValueError, match="pixel size"):
+        init_probe_from_file(ProbeFileConfig(path="state.h5"), ctx)
