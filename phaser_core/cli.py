@@ -1,15 +1,26 @@
-"""The ``phaser`` command line (argparse + rich)."""
+"""The ``phaser`` command line (argparse + rich).
+
+Commands: ``validate``, ``plugins``, ``describe``, ``run``, plus whatever plugins add through
+the ``register_commands`` hook. A plan error or any :class:`PhaserError` is printed as a
+message, never as a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
-from typing import Callable, Sequence
+import typing
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
+import attrs
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from .errors import PhaserError
+from .errors import PhaserError, PlanError
 from .registry import KINDS, get_registry
 
 
@@ -27,24 +38,325 @@ class CommandRegistry:
         return self._subparsers.add_parser(name, help=help, description=help, **kwargs)
 
 
+def _out() -> Console:
+    return Console(soft_wrap=True, highlight=False)
+
+
+def _err() -> Console:
+    return Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def _print_plan_error(exc: PlanError, *, as_json: bool = False, source: str | None = None) -> None:
+    if as_json:
+        print(json.dumps({"valid": False, "file": source or exc.source,
+                          "errors": [_issue_dict(e) for e in exc.errors]}, indent=2))
+        return
+    for issue in exc.errors:
+        print(str(issue))
+    n = len(exc.errors)
+    _err().print(f"[red]{n} error{'s' if n != 1 else ''}[/red] in {escape(str(source or exc.source or 'the plan'))}")
+
+
+def _issue_dict(issue: Any) -> dict:
+    to_dict = getattr(issue, "to_dict", None)
+    return to_dict() if to_dict is not None else {"text": str(issue)}
+
+
+# ---------------------------------------------------------------------------------------
+# phaser validate
+# ---------------------------------------------------------------------------------------
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .plan import load_plan
+
+    try:
+        plan = load_plan(args.plan, registry=get_registry(), overrides=args.set or (),
+                         allow_local=False if args.no_local else None)
+    except PlanError as exc:
+        _print_plan_error(exc, as_json=args.json, source=args.plan)
+        return 1
+    if args.json:
+        print(json.dumps({"valid": True, "file": args.plan, "errors": []}, indent=2))
+    else:
+        engines = ", ".join(e.type for e in plan.engines)
+        _out().print(f"[green]{escape(args.plan)}: valid[/green] (plan {escape(plan.name)!r}, "
+                     f"engines: {escape(engines)})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# phaser plugins
+# ---------------------------------------------------------------------------------------
+
+
 def _cmd_plugins(args: argparse.Namespace) -> int:
     registry = get_registry()
-    console = Console()
+    comps = registry.components()
+    if getattr(args, "json", False):
+        print(json.dumps([
+            {"kind": c.kind, "name": c.name, "aliases": list(c.aliases), "owner": str(c.owner),
+             "plugin": c.owner.plugin, "distribution": c.owner.distribution, "version": c.owner.version,
+             "doc": c.doc, "meta": {k: v for k, v in c.meta.items() if isinstance(v, (str, int, float, bool))}}
+            for c in comps], indent=2))
+        return 0
+    console = _out()
     table = Table(title="phaser components")
     for col in ("kind", "name", "aliases", "owner", "description"):
-        table.add_column(col)
-    for comp in registry.components():
-        table.add_row(comp.kind, comp.name, ", ".join(comp.aliases), str(comp.owner), comp.doc)
+        table.add_column(col, overflow="fold")
+    for comp in comps:
+        table.add_row(comp.kind, comp.name, ", ".join(comp.aliases), escape(str(comp.owner)), escape(comp.doc))
     console.print(table)
     return 0
+
+
+# ---------------------------------------------------------------------------------------
+# phaser describe
+# ---------------------------------------------------------------------------------------
+
+
+def normalize_kind(text: str) -> list[str]:
+    """Registry kinds meant by ``text``: ``solver``, ``solvers``, ``noise-model``, ``initializer`` ..."""
+    k = re.sub(r"[\s-]+", "_", text.strip().lower())
+    candidates = [k]
+    if k.endswith("s"):
+        candidates.append(k[:-1])
+    for c in candidates:
+        if c in KINDS:
+            return [c]
+        if c in ("initializer", "initialiser", "init"):
+            return ["probe_initializer", "object_initializer", "scan_initializer"]
+        if c.replace("initialiser", "initializer") in KINDS:
+            return [c.replace("initialiser", "initializer")]
+        if c + "_initializer" in KINDS:
+            return [c + "_initializer"]
+    import difflib
+
+    close = difflib.get_close_matches(k, list(KINDS), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise PhaserError(f"unknown component kind {text!r}{hint} kinds: {', '.join(KINDS)}")
+
+
+def _type_name(t: Any) -> str:
+    if isinstance(t, str):
+        return t
+    from .config import ComponentSpec, Flag
+
+    if t is type(None):
+        return "null"
+    if isinstance(t, type) and issubclass(t, ComponentSpec):
+        return f"{t.kind} spec"
+    if t is Flag:
+        return "flag"
+    origin = typing.get_origin(t)
+    if origin is not None:
+        args = typing.get_args(t)
+        if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+            return " | ".join(_type_name(a) for a in args)
+        if origin is typing.Literal:
+            return " | ".join(repr(a) for a in args)
+        inner = ", ".join("..." if a is Ellipsis else _type_name(a) for a in args)
+        return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
+    return getattr(t, "__name__", str(t))
+
+
+def _default_repr(f: attrs.Attribute) -> Any:
+    default = f.default
+    if default is attrs.NOTHING:
+        return "(required)"
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        default = default.factory() if not default.takes_self else "(computed)"
+    return _compact(default)
+
+
+def _compact(value: Any) -> Any:
+    """A default as short plan-like text: ``{type: lsqml}``, ``{size: 64, kind: sparse}``, ``true``."""
+    from .config import ComponentSpec, Flag
+
+    if isinstance(value, ComponentSpec):
+        return f"{{type: {value.type}}}"
+    if isinstance(value, Flag):
+        extras = {k: getattr(value, k) for k in ("after", "every", "before") if getattr(value, k) is not None}
+        if not extras or not value.enabled:
+            return "true" if value.enabled else "false"
+        return "{" + ", ".join(f"{k}: {v}" for k, v in extras.items()) + "}"
+    if attrs.has(type(value)):
+        return "{" + ", ".join(f"{f.name}: {_compact(getattr(value, f.name))}" for f in attrs.fields(type(value))) + "}"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(str(_compact(v)) for v in value) + "]"
+    return value
+
+
+def describe_component(comp: Any) -> dict:
+    """Config fields of a component: name, type, default, unit, doc."""
+    fields = []
+    if comp.config is not None:
+        try:
+            hints = typing.get_type_hints(comp.config)
+        except Exception:  # noqa: BLE001 - fall back to the annotation strings
+            hints = {}
+        for f in attrs.fields(comp.config):
+            default = _default_repr(f)
+            fields.append({
+                "name": f.alias or f.name,
+                "type": _type_name(hints.get(f.name, f.type)),
+                "default": default if isinstance(default, (str, int, float, bool, type(None))) else repr(default),
+                "unit": f.metadata.get("unit"),
+                "doc": f.metadata.get("doc", ""),
+            })
+    return {"kind": comp.kind, "name": comp.name, "aliases": list(comp.aliases), "owner": str(comp.owner),
+            "doc": comp.doc, "meta": {k: v for k, v in comp.meta.items() if isinstance(v, (str, int, float, bool))},
+            "fields": fields}
+
+
+def _cmd_describe(args: argparse.Namespace) -> int:
+    registry = get_registry()
+    kinds = normalize_kind(args.kind)
+    comp = None
+    for kind in kinds:
+        if (kind, args.name) in registry:
+            comp = registry.get(kind, args.name)
+            break
+    if comp is None:
+        registry.get(kinds[0], args.name)  # raises with a suggestion and the inventory
+    info = describe_component(comp)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    console = _out()
+    console.print(f"[bold]{escape(info['name'])}[/bold] ({info['kind'].replace('_', ' ')}, from {escape(info['owner'])})")
+    if info["aliases"]:
+        console.print(f"aliases: {escape(', '.join(info['aliases']))}")
+    if info["doc"]:
+        console.print(escape(info["doc"]))
+    if not info["fields"]:
+        console.print("no settings")
+        return 0
+    table = Table(title=f"{info['name']} settings")
+    for col in ("key", "type", "default", "unit", "description"):
+        table.add_column(col, overflow="fold")
+    for f in info["fields"]:
+        table.add_row(f["name"], escape(f["type"]), escape(str(f["default"])), f["unit"] or "", escape(f["doc"]))
+    console.print(table)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# phaser run
+# ---------------------------------------------------------------------------------------
+
+_PLAN_DIR_HEADER = "plan_dir: "
+
+
+def _default_out_dir(name: str) -> Path:
+    base = Path(re.sub(r"[^\w.-]+", "_", name) or "phaser")
+    out, i = base, 1
+    while out.exists() and any(out.iterdir()):
+        out = base.with_name(f"{base.name}_{i}")
+        i += 1
+    return out
+
+
+def _read_plan_dir(plan_file: Path) -> Path | None:
+    try:
+        with open(plan_file, encoding="utf-8") as fh:
+            for line in fh:
+                if not line.startswith("#"):
+                    break
+                text = line[1:].strip()
+                if text.startswith(_PLAN_DIR_HEADER):
+                    return Path(text[len(_PLAN_DIR_HEADER):])
+    except OSError:
+        return None
+    return None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .plan import dump_plan, load_plan
+
+    registry = get_registry()
+    overrides = list(args.set or ())
+    if args.backend:
+        overrides.append(f"backend={args.backend}")
+    if args.resume:
+        out_dir = Path(args.resume)
+        plan_file = out_dir / "plan.yaml"
+        if not plan_file.exists():
+            raise PhaserError(f"cannot resume: {plan_file} does not exist (give the output folder of a run)")
+        source = str(plan_file)
+        plan_dir = _read_plan_dir(plan_file) or out_dir
+        resume = True
+    else:
+        if not args.plan:
+            raise PhaserError("give a PLAN file, or --resume DIR to continue a run")
+        source = args.plan
+        plan_dir = Path(args.plan).resolve().parent
+        resume = False
+        out_dir = None
+    try:
+        plan = load_plan(source, registry=registry, overrides=overrides,
+                         allow_local=False if args.no_local else None)
+    except PlanError as exc:
+        _print_plan_error(exc, source=source)
+        return 1
+    if out_dir is None:
+        out_dir = Path(args.out) if args.out else _default_out_dir(plan.name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dump_plan(plan, out_dir / "plan.yaml", registry,
+              header=f"resolved plan written by phaser run\n{_PLAN_DIR_HEADER}{plan_dir.resolve()}")
+    try:
+        from .runner import run_plan
+    except ImportError as exc:
+        raise PhaserError(f"phaser run needs phaser_core.runner, which cannot be imported: {exc}") from exc
+    if not args.quiet:
+        _err().print(f"running {escape(plan.name)!r} -> {escape(str(out_dir))}")
+    try:
+        run_plan(plan, out_dir=out_dir, registry=registry, resume=resume, plan_dir=plan_dir, quiet=args.quiet)
+    except KeyboardInterrupt:
+        _err().print("[yellow]interrupted[/yellow]")
+        return 130
+    if not args.quiet:
+        _err().print(f"[green]done[/green]: outputs in {escape(str(out_dir))}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# The parser
+# ---------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phaser", description="Electron ptychography from declarative plans.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     cli = CommandRegistry(sub)
+
+    p = cli.command("validate", help="Check a plan file; print every error with file:line:col (exit 1 if invalid).")
+    p.add_argument("plan", metavar="PLAN", help="plan file (YAML or JSON)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--no-local", action="store_true", help='forbid local components (type: "package.module:attr")')
+    p.add_argument("--set", action="append", metavar="PATH=VALUE", help="override a plan value, e.g. engines[0].niter=5")
+    p.set_defaults(handler=_cmd_validate)
+
     p = cli.command("plugins", help="List every registered component by kind, with its owner and version.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=_cmd_plugins)
+
+    p = cli.command("describe", help="Show a component's settings: types, defaults, units and docs.")
+    p.add_argument("kind", metavar="KIND", help="solver, noise_model, engine, loader, ... (plural forms accepted)")
+    p.add_argument("name", metavar="NAME", help="the component's name")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=_cmd_describe)
+
+    p = cli.command("run", help="Validate and run a plan; write outputs (resolved plan, checkpoints, images).")
+    p.add_argument("plan", metavar="PLAN", nargs="?", help="plan file (YAML or JSON)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: ./<plan name>)")
+    p.add_argument("--set", action="append", metavar="PATH=VALUE", help="override a plan value, e.g. engines[0].niter=5")
+    p.add_argument("--resume", metavar="DIR", help="continue the run whose outputs are in DIR")
+    p.add_argument("--backend", metavar="NAME", help="override the plan's backend")
+    p.add_argument("--no-local", action="store_true", help='forbid local components (type: "package.module:attr")')
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(handler=_cmd_run)
+
     get_registry().call_register_commands(cli)
     return parser
 
@@ -53,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
     except PhaserError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
+        _err().print(f"[red]error:[/red] {escape(str(exc))}")
         return 2
     args = parser.parse_args(argv)
     handler: Callable | None = getattr(args, "handler", None)
@@ -62,8 +374,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(handler(args) or 0)
+    except PlanError as exc:
+        _print_plan_error(exc)
+        return 1
     except PhaserError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
+        _err().print(f"[red]error:[/red] {escape(str(exc))}")
         return 1
 
 

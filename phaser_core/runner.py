@@ -280,5 +280,8 @@ def run_plan(plan: Any, *, out_dir: Path | None = None, registry: Any = None, re
             notify(obs, "after_run", state, ctx)
         except BaseException as exc:
             _notify_all(obs, "on_run_error", exc, state, ctx)
+            if isinstance(exc, KeyboardInterrupt) and out_dir is not None and (out_dir / CHECKPOINT_NAME).is_file():
+                print(f"phaser: aborted; {out_dir / CHECKPOINT_NAME} holds the last completed iteration. "
+                      f"Resume with: phaser run --resume {out_dir}", file=sys.stderr, flush=True)
             raise
     return state

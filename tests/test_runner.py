@@ -482,3 +482,27 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     full = run_plan(make_plan(niters=(4, 3)), registry=make_registry(), quiet=True)
     assert_states_equal(resumed, full)
     assert "engine 1 (fake) start at iteration 1" in (out / "log.txt").read_text()
+
+
+def test_real_plan_from_yaml_runs(tmp_path):
+    """The runner reads a phaser_core.plan.Plan built by load_plan the same way as the stand-in."""
+    from phaser_core.plan import load_plan
+
+    reg = make_registry()
+    plan = load_plan("""
+file_type: phaser_plan
+version: 1
+name: fake
+raw_data: {type: fake_loader, n: 4}
+post_load: [{type: fake_scale, factor: 2.0}]
+init: {probe: {type: fake_probe}, object: {type: fake_object}, scan: {type: fake_scan}}
+slices: {n: 2, total_thickness_A: 20}
+engines: [{type: fake, niter: 2}, {type: fake, niter: 1}]
+output: {checkpoint_every: 1, images: [probe, object_phase]}
+""", registry=reg)
+    state = run_plan(plan, registry=reg, out_dir=tmp_path, quiet=True)
+    assert attrs.astuple(state.iteration) == (1, 1, 3)
+    assert state.object.n_slices == 2
+    names = sorted(p.name for p in (tmp_path / "images").iterdir())
+    assert names == sorted(f"{pre}_{kind}.{ext}" for pre in ("engine0", "engine1", "final")
+                           for kind in ("probe", "object_phase") for ext in ("tif", "png"))

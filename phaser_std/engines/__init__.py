@@ -1,5 +1,10 @@
-"""(to be filled)"""
+"""Reconstruction engines and the components they plug in (noise models, solvers, ...)."""
+
+from __future__ import annotations
 
 
 def register_all(register) -> None:
-    pass
+    from phaser_std.engines.conventional import ConventionalConfig, ConventionalEngine
+
+    register("conventional", ConventionalEngine, config=ConventionalConfig,
+             doc="ePIE / LSQML over groups of positions; multislice, probe modes, position correction.")

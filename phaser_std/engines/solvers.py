@@ -2,7 +2,8 @@
 
 Gradient solvers (sgd, adam, adamw, nadam, polyak_sgd) live in
 :mod:`phaser_std.engines.optimizers`. The conventional solvers (``epie``, ``lsqml``) and the
-position solver (``momentum``) are registered below by the engine author.
+position solver (``momentum``) live in
+:mod:`phaser_std.engines.conventional_solvers` and :mod:`phaser_std.engines.positions`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ def register_all(register) -> None:
 
     register_gradient(register)
 
-    # --- conventional solvers (role="conventional"): epie, lsqml ---------------------------
-    # TODO(engine author): register("epie", ..., role="conventional"), register("lsqml", ...)
+    from phaser_std.engines.conventional_solvers import register_conventional
+    from phaser_std.engines.positions import register_position_solvers
 
-    # --- position solvers (role="position"): momentum ------------------------------------
-    # TODO(engine author): register("momentum", ..., role="position")
+    register_conventional(register)
+    register_position_solvers(register)

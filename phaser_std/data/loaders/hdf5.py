@@ -62,8 +62,9 @@ def read_ground_truth(group: Any) -> dict[str, Any]:
             gt[name] = ds[()]
             for k, v in ds.attrs.items():
                 gt[f"{name}_{k}"] = v.decode() if isinstance(v, bytes) else v
-    if "periodic" in gt:
-        gt["periodic"] = bool(gt["periodic"])
+    if "periodic" in gt:  # written as "yes"/"no" (what the benchmark scorer reads); bools accepted
+        v = gt["periodic"]
+        gt["periodic"] = str(v).strip().lower() in ("yes", "true", "1") if isinstance(v, str) else bool(v)
     return gt
 
 

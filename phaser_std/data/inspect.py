@@ -1,0 +1,270 @@
+"""``phaser inspect``: acquisition parameters, sampling figures and an overview image.
+
+Sampling figures (symbols: Δk detector pixel [1/Å]; Δθ = λΔk [rad]; Q detector pixels;
+s = 1/(QΔk) real-space pixel [Å]; Δr scan step [Å]; α convergence semi-angle [rad];
+Δf defocus [Å]; per axis y and x):
+
+- **Linear oversampling** (the fundamental ptychographic sampling of Edo et al., Phys. Rev.
+  A 87, 053850 (2013)): R = 1/(2·Δr·Δk) = D/(2Δr), D = 1/Δk the probe window. The
+  sampling condition of the 4D dataset is R ≥ 1 on each axis (scan step at most half the
+  window the detector sampling resolves).
+- **Areal oversampling**: measured intensities per reconstructed object pixel,
+  O = Qy·Qx·s_y·s_x / (Δr_y·Δr_x) = 1/(Δk_y·Δk_x·Δr_y·Δr_x) = 4·R_y·R_x; the data hold
+  O real numbers per complex unknown of the object.
+- **Probe sampling**: detector pixels across the bright-field disc, 2α/Δθ, and the
+  real-space pixel s relative to the aperture-limited half-period λ/(4α) (the finest
+  period the probe transfers is λ/(2α)); s/(λ/(4α)) ≤ 1 means the probe is sampled at
+  Nyquist. The detector collects up to θ_max = (Q/2)·Δθ, reported as a multiple of α.
+- **Ronchigram magnification** (Gilgenbach, Chen and LeBeau, Microsc. Microanal. (2024)
+  ozae055): with defocus Δf, a specimen point at distance r from the probe axis appears
+  in the bright-field disc at angle r/Δf, so the shadow image samples the specimen at
+  |Δf|·Δθ [Å per detector pixel]. M = s / (|Δf|·Δθ) is the number of detector pixels per
+  reconstructed pixel (the shadow image's magnification relative to the object grid);
+  the shadow image moves Δr/(|Δf|·Δθ) detector pixels per scan step. In focus M → ∞.
+- **Probe overlap** (geometric): beam diameter at the entrance surface
+  d = 2·α·|Δf| + d₀ with d₀ = 1.22·λ/α the in-focus diameter [Å]; linear overlap
+  1 − Δr/d (Bunk et al., Ultramicroscopy 108, 481 (2008)).
+
+The PNG shows the PACBED (log scale), a virtual bright-field image (disc θ ≤ α), an
+annular dark-field image (θ from 1.5α to the detector edge) and the probe-overlap map
+Σ_positions |P(r − p)|² over the object field.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phaser_core.data import RawData
+from phaser_core.errors import DataError
+
+
+def sampling_figures(data: RawData) -> dict[str, Any]:
+    """The figures of the module docstring, as a dict of floats (``None`` where unknown)."""
+    out: dict[str, Any] = {}
+    qy, qx = data.pattern_shape
+    lam = data.wavelength_A() if data.energy_eV is not None else None
+    dk = data.reciprocal_sampling_invA
+    alpha = data.convergence_angle_mrad * 1e-3 if data.convergence_angle_mrad is not None else None
+    step = data.scan_step_A
+    if step is None and data.scan_positions_A is not None and len(data.scan_positions_A) > 1:
+        pos = np.asarray(data.scan_positions_A)
+        d = np.sqrt(((pos[:, None] - pos[None]) ** 2).sum(-1)) if len(pos) <= 4096 else None
+        if d is not None:
+            np.fill_diagonal(d, np.inf)
+            nn = float(np.median(d.min(axis=1)))
+            step = (nn, nn)
+    out["wavelength_A"] = lam
+    out["scan_step_A"] = step
+    if dk is not None:
+        s = data.real_space_sampling_A()
+        out["real_space_pixel_A"] = s
+        out["probe_window_A"] = (1.0 / dk[0], 1.0 / dk[1])
+        if lam is not None:
+            out["angular_sampling_mrad"] = (lam * dk[0] * 1e3, lam * dk[1] * 1e3)
+        if step is not None:
+            r = (1.0 / (2 * step[0] * dk[0]), 1.0 / (2 * step[1] * dk[1]))
+            out["linear_oversampling"] = r
+            out["areal_oversampling"] = 4.0 * r[0] * r[1]
+        if lam is not None and alpha is not None:
+            dth = (lam * dk[0], lam * dk[1])
+            out["bf_disc_px"] = (2 * alpha / dth[0], 2 * alpha / dth[1])
+            nyq = lam / (4 * alpha)
+            out["probe_sampling"] = (s[0] / nyq, s[1] / nyq)
+            out["max_angle_over_alpha"] = ((qy // 2) * dth[0] / alpha, (qx // 2) * dth[1] / alpha)
+            df = data.defocus_A
+            if df is not None:
+                if df == 0:
+                    out["ronchigram_magnification"] = (math.inf, math.inf)
+                    out["shadow_pixel_A"] = (0.0, 0.0)
+                else:
+                    out["shadow_pixel_A"] = (abs(df) * dth[0], abs(df) * dth[1])
+                    out["ronchigram_magnification"] = (s[0] / (abs(df) * dth[0]), s[1] / (abs(df) * dth[1]))
+                d = 2 * alpha * abs(df) + 1.22 * lam / alpha
+                out["probe_diameter_A"] = d
+                if step is not None:
+                    out["linear_overlap"] = (1 - step[0] / d, 1 - step[1] / d)
+    return out
+
+
+def _fmt(v: Any, unit: str = "", digits: int = 4) -> str:
+    if v is None:
+        return "unknown"
+    if isinstance(v, (tuple, list, np.ndarray)):
+        vals = [_fmt(x, "", digits) for x in v]
+        s = f"({', '.join(vals)})" if len(set(vals)) > 1 else vals[0]
+        return f"{s} {unit}".strip()
+    if isinstance(v, float):
+        if math.isinf(v):
+            return "∞"
+        return f"{v:.{digits}g} {unit}".strip()
+    return f"{v} {unit}".strip()
+
+
+def summary_rows(data: RawData) -> list[tuple[str, str, str]]:
+    """(quantity, value, note) rows: acquisition parameters then sampling figures."""
+    f = sampling_figures(data)
+    n = data.n_patterns
+    rows = [
+        ("source", str(data.source), ""),
+        ("patterns", f"{n} x {data.pattern_shape[0]} x {data.pattern_shape[1]}", "N x Qy x Qx"),
+        ("scan shape", " x ".join(map(str, data.scan_shape)) if data.scan_shape else "none (explicit positions)",
+         "ny x nx"),
+        ("energy", _fmt(data.energy_eV / 1e3 if data.energy_eV else None, "kV"), ""),
+        ("wavelength", _fmt(f["wavelength_A"], "Å"), ""),
+        ("convergence semi-angle", _fmt(data.convergence_angle_mrad, "mrad"), ""),
+        ("defocus", _fmt(data.defocus_A, "Å"), "positive = underfocus"),
+        ("detector sampling", _fmt(data.reciprocal_sampling_invA, "1/Å"), "per pixel"),
+        ("angular sampling", _fmt(f.get("angular_sampling_mrad"), "mrad"), "per pixel"),
+        ("real-space pixel", _fmt(f.get("real_space_pixel_A"), "Å"), "1/(Q·Δk)"),
+        ("probe window", _fmt(f.get("probe_window_A"), "Å"), "1/Δk"),
+        ("scan step", _fmt(f.get("scan_step_A"), "Å"), ""),
+    ]
+    p = np.asarray(data.patterns)
+    sums = p.reshape(n, -1).sum(axis=1, dtype=np.float64)
+    rows.append(("mean counts / pattern", _fmt(float(np.nanmean(sums)), "e"), ""))
+    if f.get("scan_step_A") is not None:
+        area = f["scan_step_A"][0] * f["scan_step_A"][1]
+        rows.append(("dose", _fmt(float(np.nanmean(sums)) / area, "e/Å²"), "mean counts / step area"))
+    rows += [
+        ("linear oversampling", _fmt(f.get("linear_oversampling")), "1/(2·Δr·Δk), Edo 2013; ≥ 1 needed"),
+        ("areal oversampling", _fmt(f.get("areal_oversampling")), "intensities per object pixel"),
+        ("probe sampling", _fmt(f.get("probe_sampling")), "s / (λ/4α); ≤ 1 at Nyquist"),
+        ("bright-field disc", _fmt(f.get("bf_disc_px"), "px"), "2α/Δθ across"),
+        ("max. collection angle", _fmt(f.get("max_angle_over_alpha"), "α"), "(Q/2)·Δθ"),
+        ("Ronchigram magnification", _fmt(f.get("ronchigram_magnification")),
+         "s/(|Δf|·Δθ), Gilgenbach 2024"),
+        ("shadow-image pixel", _fmt(f.get("shadow_pixel_A"), "Å"), "|Δf|·Δθ"),
+        ("probe diameter", _fmt(f.get("probe_diameter_A"), "Å"), "2α|Δf| + 1.22λ/α"),
+        ("linear probe overlap", _fmt(f.get("linear_overlap")), "1 − Δr/d"),
+    ]
+    if data.ground_truth is not None:
+        rows.append(("ground truth", ", ".join(k for k in data.ground_truth if not k.endswith("_units")), ""))
+    return rows
+
+
+def print_summary(data: RawData, console: Any = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title="phaser inspect")
+    for col in ("quantity", "value", "note"):
+        table.add_column(col)
+    for row in summary_rows(data):
+        table.add_row(*row)
+    console.print(table)
+
+
+def virtual_images(data: RawData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PACBED (Qy, Qx), virtual bright-field and annular dark-field intensities (N,).
+
+    BF: θ ≤ α; ADF: 1.5α ≤ θ (to the detector edge). Without the convergence angle, the
+    BF radius is estimated from the PACBED (pixels above half its maximum)."""
+    p = np.asarray(data.patterns)
+    qy, qx = data.pattern_shape
+    pac = np.nanmean(p, axis=0, dtype=np.float64)
+    yy, xx = np.indices((qy, qx))
+    if data.reciprocal_sampling_invA is not None:
+        ky = (yy - qy // 2) * data.reciprocal_sampling_invA[0]
+        kx = (xx - qx // 2) * data.reciprocal_sampling_invA[1]
+        k = np.sqrt(ky**2 + kx**2)
+    else:
+        k = np.sqrt((yy - qy // 2) ** 2 + (xx - qx // 2) ** 2).astype(np.float64)
+    if data.convergence_angle_mrad is not None and data.energy_eV is not None and data.reciprocal_sampling_invA:
+        kbf = data.convergence_angle_mrad * 1e-3 / data.wavelength_A()
+    else:
+        bright = pac > 0.5 * pac.max()
+        kbf = float(k[bright].max()) if bright.any() else float(k.max()) / 4
+    bf_mask = k <= kbf
+    adf_mask = k >= 1.5 * kbf
+    flat = p.reshape(len(p), -1)
+    bf = flat[:, bf_mask.ravel()].sum(axis=1, dtype=np.float64)
+    adf = flat[:, adf_mask.ravel()].sum(axis=1, dtype=np.float64) if adf_mask.any() else np.zeros(len(p))
+    return pac, bf, adf
+
+
+def overlap_map(data: RawData, max_field_px: int = 1024) -> tuple[np.ndarray, tuple[float, float]] | None:
+    """Σ_positions |P(r − p)|² on a grid of the real-space pixel, with the focused (defocused)
+    probe from the metadata; ``None`` when the metadata are insufficient."""
+    from phaser_std.data.preprocess import raster_positions
+    from phaser_std.physics.probe import make_probe
+
+    pos = raster_positions(data)
+    if (pos is None or data.reciprocal_sampling_invA is None or data.energy_eV is None
+            or data.convergence_angle_mrad is None):
+        return None
+    s = data.real_space_sampling_A()
+    q = data.pattern_shape
+    probe = make_probe(q, s, data.wavelength_A(), data.convergence_angle_mrad, defocus_A=data.defocus_A or 0.0)
+    inten = np.abs(probe) ** 2
+    px = pos / np.asarray(s)
+    lo = np.floor(px.min(axis=0)).astype(int) - np.array(q) // 2 - 1
+    hi = np.ceil(px.max(axis=0)).astype(int) + np.array(q) // 2 + 2
+    shape = hi - lo
+    if (shape > max_field_px).any():
+        return None
+    field = np.zeros(tuple(shape), dtype=np.float64)
+    starts = np.rint(px).astype(int) - np.array(q) // 2 - lo
+    for y0, x0 in starts:
+        field[y0:y0 + q[0], x0:x0 + q[1]] += inten
+    return field, (float(lo[0] * s[0]), float(lo[1] * s[1]))
+
+
+def write_png(data: RawData, path: str | Path) -> Path:
+    """Write the 2x2 overview (PACBED, BF, ADF, probe overlap) as a PNG with matplotlib Agg."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    pac, bf, adf = virtual_images(data)
+    fig, axes = plt.subplots(2, 2, figsize=(9, 8))
+    ax = axes[0, 0]
+    ax.imshow(np.log10(np.clip(pac, 1e-3 * max(pac.max(), 1e-30), None)), cmap="magma")
+    ax.set_title("PACBED (log10)")
+    for ax, img, title in ((axes[0, 1], bf, "virtual bright field"), (axes[1, 0], adf, "annular dark field")):
+        if data.scan_shape is not None and data.scan_shape[0] * data.scan_shape[1] == len(img):
+            ax.imshow(img.reshape(data.scan_shape), cmap="gray")
+        else:
+            from phaser_std.data.preprocess import raster_positions
+
+            pos = raster_positions(data)
+            if pos is not None:
+                ax.scatter(pos[:, 1], pos[:, 0], c=img, cmap="gray", s=8)
+                ax.invert_yaxis()
+                ax.set_aspect("equal")
+        ax.set_title(title)
+    ax = axes[1, 1]
+    ov = overlap_map(data)
+    if ov is not None:
+        field, corner = ov
+        s = data.real_space_sampling_A()
+        ext = (corner[1], corner[1] + field.shape[1] * s[1], corner[0] + field.shape[0] * s[0], corner[0])
+        im = ax.imshow(field, cmap="viridis", extent=ext)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+        ax.set_xlabel("x [Å]")
+        ax.set_ylabel("y [Å]")
+        ax.set_title("probe overlap Σ|P(r−p)|²")
+    else:
+        ax.text(0.5, 0.5, "probe overlap: metadata missing", ha="center", va="center")
+        ax.set_axis_off()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def load_for_inspect(path: str | Path, key: str = "patterns") -> RawData:
+    from phaser_core.context import LoadContext
+    from phaser_std.data.loaders.hdf5 import Hdf5Config, load_hdf5
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} does not exist")
+    return load_hdf5(Hdf5Config(path=str(path.resolve()), key=key), LoadContext())

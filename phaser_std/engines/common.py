@@ -1,0 +1,135 @@
+"""What every engine does around its update rule: settings, device transfer, the loop.
+
+An engine (conventional or gradient) supplies a per-group step and a per-iteration hook;
+:class:`EngineLoop` owns the rest: resampling the state to the engine's settings, moving
+patterns and state to the backend, the dry run that scales the probe to the data, the
+per-iteration grouping from the plan seed, flags, constraints, timing, observers and
+Ctrl-C. Positions stay on the host in float64 [Å]; view corners are computed per group.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import attrs
+import numpy as np
+
+from phaser_core.config import Flag, RegularizerSpec, param
+from phaser_core.observer import notify
+from phaser_core.plan import SlicesPlan
+from phaser_core.state import ObjectState, ProbeState, ReconsState
+from phaser_std.engines.grouping import iteration_groups
+from phaser_std.physics.forward import check_views_inside, scan_to_pixels
+from phaser_std.physics.objects import resample_object_slices
+from phaser_std.physics.resample import resample_probe_state
+
+
+@attrs.frozen
+class GroupingConfig:
+    """How positions are grouped for the per-group updates."""
+
+    size: int = param(64, doc="positions per group")
+    kind: str = param("sparse", doc="'sparse' (random over the scan) or 'compact' (spatial clusters)",
+                      validator=attrs.validators.in_(("sparse", "compact")))
+    regroup: bool | None = param(None, doc="new partition every iteration (default: sparse yes, compact no)")
+
+
+@attrs.frozen
+class ConstraintInfo:
+    """Geometry that constraint and cost regularizers need."""
+
+    probe_sampling_A: tuple[float, float]
+    object_sampling_A: tuple[float, float]
+    wavelength_A: float
+    thicknesses_A: Any
+    iteration: int = 0
+    fraction: float = 1.0
+
+
+def resample_for_engine(state: ReconsState, probe_modes: int | None, slices: SlicesPlan | None,
+                        seed: int, engine_num: int) -> ReconsState:
+    """The state with the engine's number of probe modes and object slices (host arrays)."""
+    if probe_modes is not None and probe_modes != state.probe.n_modes:
+        rng = np.random.default_rng(np.random.SeedSequence([seed, engine_num, 7]))
+        state = attrs.evolve(state, probe=resample_probe_state(state.probe, probe_modes, rng=rng))
+    if slices is not None:
+        thick = slices.resolve()
+        if slices.n != state.object.n_slices or not np.allclose(thick, state.object.thicknesses_A):
+            state = attrs.evolve(state, object=resample_object_slices(state.object, slices.n, thick))
+    return state
+
+
+def patterns_to_device(bk: Any, patterns: Any) -> Any:
+    """``(N, Qy, Qx)`` centred patterns [e⁻] -> corner-centred on the backend (one copy)."""
+    return bk.asarray(np.fft.ifftshift(np.asarray(patterns, dtype=np.dtype(bk.dtype)), axes=(-2, -1)))
+
+
+def build_constraints(specs: tuple[RegularizerSpec, ...], registry: Any) -> list:
+    return [spec.build(registry) for spec in specs]
+
+
+def apply_constraints(bk: Any, constraints: list, probe: Any, obj: Any, info: ConstraintInfo) -> tuple[Any, Any]:
+    for c in constraints:
+        probe, obj = c.apply(bk, probe, obj, info)
+    return probe, obj
+
+
+class EngineLoop:
+    """Runs ``niter`` iterations of an engine over groups of positions.
+
+    ``group_step(iteration, idx, mask, starts, frac) -> loss_sum`` updates the engine's
+    device state; ``end_iteration(iteration)`` runs per-iteration updates (positions,
+    constraints). The loop records progress, notifies observers and honours
+    ``ctx.stop_requested``.
+    """
+
+    def __init__(self, *, name: str, niter: int, grouping: GroupingConfig, ctx: Any, n_positions: int):
+        self.name = name
+        self.niter = int(niter)
+        self.grouping = grouping
+        self.ctx = ctx
+        self.n_positions = n_positions
+
+    def groups(self, scan_A: np.ndarray, iteration: int) -> Any:
+        return iteration_groups(self.ctx.backend, self.ctx.seed, self.ctx.engine_num, iteration, scan_A,
+                                self.grouping.size, self.grouping.kind, self.grouping.regroup)
+
+    def run(self, state: ReconsState, *, scan_A: Callable[[], np.ndarray], obj_geometry: Callable[[], ObjectState],
+            probe_shape: tuple[int, int], group_step: Callable, end_iteration: Callable,
+            snapshot: Callable[[], ReconsState]) -> ReconsState:
+        ctx = self.ctx
+        start_iter = state.iteration.engine_iter if state.iteration.engine_num == ctx.engine_num else 0
+        total = state.iteration.total_iter
+        for it in range(start_iter, self.niter):
+            t0 = time.perf_counter()
+            positions = scan_A()
+            geometry = obj_geometry()
+            groups = self.groups(positions, it)
+            loss_sum = 0.0
+            for gi in range(len(groups)):
+                idx = groups.indices[gi]
+                mask = groups.mask[gi]
+                starts, frac = scan_to_pixels(positions[idx], geometry.corner_A, geometry.sampling_A, probe_shape)
+                check_views_inside(starts, probe_shape, geometry.shape)
+                loss_sum = loss_sum + group_step(it, idx, mask, starts, frac)
+            end_iteration(it)
+            loss = float(ctx.backend.to_numpy(loss_sum)) / self.n_positions
+            ctx.backend.synchronize()
+            dt = time.perf_counter() - t0
+            total += 1
+            state = snapshot()
+            state.iteration.engine_num = ctx.engine_num
+            state.iteration.engine_iter = it + 1
+            state.iteration.total_iter = total
+            state.progress.append(total, loss, dt, ctx.engine_num)
+            metrics = {"loss": loss, "time_s": dt, "engine_iter": it + 1, "niter": self.niter,
+                       "total_iter": total, "engine": self.name, "engine_num": ctx.engine_num}
+            if not np.isfinite(loss):
+                raise FloatingPointError(f"{self.name} engine: the loss became {loss} at iteration {it + 1}; "
+                                         "lower the step sizes (beta_*, learning_rate) or raise the noise "
+                                         "model's eps")
+            notify(ctx.observers, "after_iteration", state, metrics, ctx)
+            if getattr(ctx, "stop_requested", False):
+                break
+        return snapshot() if start_iter >= self.niter else state

@@ -1,0 +1,316 @@
+"""Constraint regularizers: projections applied to the state after a group or an iteration.
+
+Interface (every engine)::
+
+    reg = spec.build(registry)            # cls(config)
+    if reg.when == "group": ...           # or "iter": the engine decides where to call it
+    probe, obj = reg.apply(bk, probe, obj, info)
+
+``probe`` ``(M, Ny, Nx)`` and ``obj`` ``(S, H, W)`` are complex backend arrays; ``info`` is a
+:class:`phaser_std.engines.regularizers.RegInfo` (``sampling_A`` (y, x) [Å],
+``wavelength_A`` [Å], ``thicknesses_A`` [Å], ``illumination`` (H, W) or None, ...).
+``apply`` is pure (returns new arrays; no in-place writes, no Python branching on array
+values), so it runs on numpy, cupy and inside ``jax.jit``; filters and masks depend only on
+shapes and config and are built on the host with numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+import numpy as np
+
+from phaser_core.config import param
+from phaser_std.physics.optics import _pair, fftfreq_grid, fftfreq_grid_centred
+
+__all__ = ["ClampObjectAmplitude", "LimitProbeSupport", "ObjLowPass", "ObjBlur", "RemovePhaseRamp",
+           "Layers", "OrthogonalizeProbeModes", "CenterProbe", "CONSTRAINTS"]
+
+_WHEN = attrs.validators.in_(("group", "iter"))
+
+
+def _when(default: str = "iter") -> Any:
+    return param(default, validator=_WHEN, doc='apply after each "group" or each "iter"(ation)')
+
+
+class Constraint:
+    """Base class: ``when`` from the config, ``apply`` defined by subclasses."""
+
+    name = "constraint"
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    @property
+    def when(self) -> str:
+        return self.config.when
+
+    def apply(self, bk: Any, probe: Any, obj: Any, info: Any) -> tuple[Any, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ClampAmplitudeConfig:
+    max_amplitude: float = param(1.0, doc="upper bound of |O|")
+    min_amplitude: float = param(0.0, doc="lower bound of |O|")
+    when: str = _when("group")
+
+
+class ClampObjectAmplitude(Constraint):
+    """Rescale the object so that ``min_amplitude <= |O| <= max_amplitude``, phase kept
+    (removes the scale ambiguity between object amplitude and probe intensity)."""
+
+    name = "clamp_object_amplitude"
+
+    def __init__(self, config: ClampAmplitudeConfig):
+        super().__init__(config)
+        if not 0 <= config.min_amplitude <= config.max_amplitude:
+            raise ValueError(f"clamp_object_amplitude: need 0 <= min_amplitude <= max_amplitude, got "
+                             f"{config.min_amplitude}, {config.max_amplitude}")
+
+    def apply(self, bk, probe, obj, info):
+        xp = bk.xp
+        a = xp.abs(obj)
+        tiny = 1e-30
+        safe = xp.where(a > tiny, a, 1.0)
+        clamped = xp.clip(a, self.config.min_amplitude, self.config.max_amplitude)
+        new = xp.where(a > tiny, obj * (clamped / safe), self.config.min_amplitude + 0 * obj)
+        return probe, new.astype(obj.dtype)
+
+
+# ---------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ProbeSupportConfig:
+    max_angle_mrad: float | None = param(None, unit="mrad", doc="zero probe Fourier components beyond this angle")
+    radius_A: float | None = param(None, unit="Å", doc="zero the probe beyond this radius from the centre")
+    when: str = _when("iter")
+
+
+class LimitProbeSupport(Constraint):
+    """Probe support in reciprocal space (``θ = λ|k| <= max_angle_mrad``) and/or real space
+    (``|r − centre| <= radius_A``); both are hard masks on the centred grids."""
+
+    name = "limit_probe_support"
+
+    def __init__(self, config: ProbeSupportConfig):
+        super().__init__(config)
+        if config.max_angle_mrad is None and config.radius_A is None:
+            raise ValueError("limit_probe_support: give max_angle_mrad [mrad] and/or radius_A [Å]")
+
+    def apply(self, bk, probe, obj, info):
+        xp = bk.xp
+        shape = tuple(probe.shape[-2:])
+        out = probe
+        if self.config.max_angle_mrad is not None:
+            if info.wavelength_A is None:
+                raise ValueError("limit_probe_support with max_angle_mrad needs the wavelength (info.wavelength_A)")
+            ky, kx = fftfreq_grid_centred(shape, info.sampling_A)
+            theta_mrad = 1e3 * float(info.wavelength_A) * np.sqrt(ky ** 2 + kx ** 2)
+            mask = bk.asarray((theta_mrad <= self.config.max_angle_mrad).astype(np.float64))
+            out = bk.ifft2c(bk.fft2c(out) * mask)
+        if self.config.radius_A is not None:
+            sy, sx = _pair(info.sampling_A)
+            y = (np.arange(shape[0]) - shape[0] // 2)[:, None] * sy
+            x = (np.arange(shape[1]) - shape[1] // 2)[None, :] * sx
+            mask = bk.asarray((np.sqrt(y ** 2 + x ** 2) <= self.config.radius_A).astype(np.float64))
+            out = out * mask
+        return out.astype(probe.dtype), obj
+
+
+# ---------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class LowPassConfig:
+    cutoff: float = param(0.8, doc="frequency where the Gaussian filter is ½, as a fraction of Nyquist")
+    when: str = _when("iter")
+
+
+class ObjLowPass(Constraint):
+    """Gaussian low-pass of every object slice: ``F(f) = exp(−ln2·(f/f_c)²)`` with ``f``
+    [cycles/px] and ``f_c = cutoff·½`` (F = ½ at the cutoff; periodic in the plane)."""
+
+    name = "obj_low_pass"
+
+    def apply(self, bk, probe, obj, info):
+        if self.config.cutoff <= 0:
+            raise ValueError(f"obj_low_pass: cutoff must be > 0 (fraction of Nyquist), got {self.config.cutoff}")
+        ky, kx = fftfreq_grid(tuple(obj.shape[-2:]), 1.0)
+        fc = 0.5 * self.config.cutoff
+        filt = bk.asarray(np.exp(-math.log(2.0) * (ky ** 2 + kx ** 2) / fc ** 2))
+        return probe, bk.ifft2(bk.fft2(obj) * filt).astype(obj.dtype)
+
+
+@attrs.frozen
+class BlurConfig:
+    sigma_A: float = param(0.5, unit="Å", doc="standard deviation of the Gaussian blur")
+    weight: float = param(1.0, doc="blend: w·blurred + (1 − w)·O")
+    when: str = _when("iter")
+
+
+class ObjBlur(Constraint):
+    """Gaussian blur of every object slice in the plane, ``sigma_A`` [Å], Fourier filter
+    ``1 − w(1 − exp(−2π²σ²k²))`` (k [1/Å])."""
+
+    name = "obj_blur"
+
+    def apply(self, bk, probe, obj, info):
+        ky, kx = fftfreq_grid(tuple(obj.shape[-2:]), info.sampling_A)
+        g = np.exp(-2.0 * np.pi ** 2 * self.config.sigma_A ** 2 * (ky ** 2 + kx ** 2))
+        filt = bk.asarray(1.0 - self.config.weight * (1.0 - g))
+        return probe, bk.ifft2(bk.fft2(obj) * filt).astype(obj.dtype)
+
+
+# ---------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class PhaseRampConfig:
+    remove_offset: bool = param(True, doc="also remove the (weighted) mean phase of each slice")
+    when: str = _when("iter")
+
+
+class RemovePhaseRamp(Constraint):
+    """Remove an affine phase ``a + g_y·y + g_x·x`` from each slice (a ptychographic ambiguity).
+
+    The slope is the weighted mean phase difference between neighbouring pixels,
+    ``g_y = arg Σ w·O[y+1]·conj(O[y])`` (immune to phase wrapping); products of neighbours
+    already weight by object amplitude, and ``w`` is ``info.illumination`` (the probe
+    intensity summed over positions, so only the illuminated area counts) when given, else 1.
+    The offset is ``arg Σ w·|O|·O`` after removing the ramp. Amplitudes are unchanged.
+    """
+
+    name = "remove_phase_ramp"
+
+    def apply(self, bk, probe, obj, info):
+        xp = bk.xp
+        s, h, w = obj.shape
+        illum = getattr(info, "illumination", None)
+        wt = xp.ones((h, w), dtype=bk.real_dtype) if illum is None else xp.real(illum).astype(bk.real_dtype)
+        wy = xp.sqrt(wt[1:, :] * wt[:-1, :])
+        wx = xp.sqrt(wt[:, 1:] * wt[:, :-1])
+        gy = xp.angle(xp.sum(wy * obj[:, 1:, :] * xp.conj(obj[:, :-1, :]), axis=(-2, -1)))  # (S,)
+        gx = xp.angle(xp.sum(wx * obj[:, :, 1:] * xp.conj(obj[:, :, :-1]), axis=(-2, -1)))
+        y = xp.asarray(np.arange(h) - (h - 1) / 2.0, dtype=bk.real_dtype)[None, :, None]
+        x = xp.asarray(np.arange(w) - (w - 1) / 2.0, dtype=bk.real_dtype)[None, None, :]
+        ramp = gy[:, None, None] * y + gx[:, None, None] * x
+        out = obj * xp.exp(-1j * ramp)
+        if self.config.remove_offset:
+            off = xp.angle(xp.sum(wt * xp.abs(out) * out, axis=(-2, -1)))
+            out = out * xp.exp(-1j * off)[:, None, None]
+        return probe, out.astype(obj.dtype)
+
+
+# ---------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class LayersConfig:
+    sigma_slices: float = param(1.0, doc="standard deviation of the blur along depth [slices]")
+    weight: float = param(0.9, doc="blend: w·blurred + (1 − w)·O")
+    when: str = _when("iter")
+
+
+def depth_blur_matrix(n: int, sigma: float) -> np.ndarray:
+    """``(n, n)`` row-normalised Gaussian weights along depth, truncated at the object's top
+    and bottom (no wrap-around: the top slice never mixes with the bottom one)."""
+    z = np.arange(n)
+    if sigma <= 0:
+        return np.eye(n)
+    k = np.exp(-0.5 * ((z[:, None] - z[None, :]) / sigma) ** 2)
+    k[np.abs(z[:, None] - z[None, :]) > math.ceil(3 * sigma)] = 0.0
+    return k / k.sum(axis=1, keepdims=True)
+
+
+class Layers(Constraint):
+    """Gaussian blur of the complex object along depth in real space (a matrix over slices,
+    renormalised at the top and bottom: no Fourier filter, so no wrap-around mixing of the
+    first and last slices), blended ``w·blurred + (1 − w)·O``. No-op for one slice.
+    Blurring O rather than log O avoids phase-wrapping trouble; for weak phase objects
+    they agree to first order."""
+
+    name = "layers"
+
+    def apply(self, bk, probe, obj, info):
+        n = obj.shape[0]
+        if n == 1:
+            return probe, obj
+        w = self.config.weight
+        mat = w * depth_blur_matrix(n, self.config.sigma_slices) + (1 - w) * np.eye(n)
+        m = bk.asarray(mat.astype(np.complex128))
+        return probe, bk.xp.einsum("ij,jhw->ihw", m, obj).astype(obj.dtype)
+
+
+# ---------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class OrthoConfig:
+    when: str = _when("iter")
+
+
+class OrthogonalizeProbeModes(Constraint):
+    """Orthogonalise the probe modes (eigenvectors of their Gram matrix), sorted by
+    decreasing power; total power unchanged (:func:`phaser_std.physics.probe.orthogonalize_modes`)."""
+
+    name = "orthogonalize_probe_modes"
+
+    def apply(self, bk, probe, obj, info):
+        if probe.shape[0] == 1:
+            return probe, obj
+        from phaser_std.physics.probe import orthogonalize_modes
+
+        return orthogonalize_modes(bk, probe).astype(probe.dtype), obj
+
+
+@attrs.frozen
+class CenterConfig:
+    when: str = _when("iter")
+
+
+class CenterProbe(Constraint):
+    """Shift the probe (all modes by the same Fourier shift) so that the centre of mass of
+    Σ_modes |P|² sits at pixel ``(Ny//2, Nx//2)``.
+
+    The object is deliberately **not** shifted the opposite way: a probe offset is equivalent
+    to a constant offset of every scan position, and the object adapts to the re-centred
+    probe over the next updates; shifting the object too would need sub-pixel interpolation
+    of the whole field of view every time and blur it.
+    """
+
+    name = "center_probe"
+
+    def apply(self, bk, probe, obj, info):
+        xp = bk.xp
+        ny, nx = probe.shape[-2:]
+        inten = xp.sum(xp.real(probe) ** 2 + xp.imag(probe) ** 2, axis=0)
+        total = xp.sum(inten)
+        y = xp.asarray(np.arange(ny) - ny // 2, dtype=bk.real_dtype)[:, None]
+        x = xp.asarray(np.arange(nx) - nx // 2, dtype=bk.real_dtype)[None, :]
+        safe = xp.where(total > 0, total, 1.0)
+        cy = xp.sum(inten * y) / safe
+        cx = xp.sum(inten * x) / safe
+        ky = xp.asarray(np.fft.fftfreq(ny), dtype=bk.real_dtype)[:, None]
+        kx = xp.asarray(np.fft.fftfreq(nx), dtype=bk.real_dtype)[None, :]
+        # shift by d = −c: spectrum times exp(−2πi k·d) = exp(+2πi k·c)
+        phase = xp.exp(2j * np.pi * (ky * cy + kx * cx))
+        return bk.ifft2(bk.fft2(probe) * phase).astype(probe.dtype), obj
+
+
+CONSTRAINTS = (
+    ("clamp_object_amplitude", ClampObjectAmplitude, ClampAmplitudeConfig),
+    ("limit_probe_support", LimitProbeSupport, ProbeSupportConfig),
+    ("obj_low_pass", ObjLowPass, LowPassConfig),
+    ("obj_blur", ObjBlur, BlurConfig),
+    ("remove_phase_ramp", RemovePhaseRamp, PhaseRampConfig),
+    ("layers", Layers, LayersConfig),
+    ("orthogonalize_probe_modes", OrthogonalizeProbeModes, OrthoConfig),
+    ("center_probe", CenterProbe, CenterConfig),
+)

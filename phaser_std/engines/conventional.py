@@ -1,0 +1,149 @@
+"""The conventional engine: ePIE or LSQML over groups of positions, any slices and modes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import numpy as np
+
+from phaser_core.config import Flag, NoiseModelSpec, RegularizerSpec, SolverSpec, param
+from phaser_core.errors import DataError
+from phaser_core.plan import SlicesPlan
+from phaser_core.state import ObjectState, ProbeState, ReconsState
+from phaser_std.engines.common import (
+    ConstraintInfo,
+    EngineLoop,
+    GroupingConfig,
+    apply_constraints,
+    build_constraints,
+    patterns_to_device,
+    resample_for_engine,
+)
+from phaser_std.engines.conventional_solvers import make_group_step
+from phaser_std.physics.forward import forward_intensity, make_propagators, scan_to_pixels
+
+
+@attrs.frozen
+class ConventionalConfig:
+    """Settings of the ``conventional`` engine (ePIE, LSQML)."""
+
+    niter: int = param(10, doc="iterations")
+    grouping: GroupingConfig = param(factory=GroupingConfig, doc="how positions are grouped")
+    probe_modes: int | None = param(None, doc="number of incoherent probe modes (null: keep)")
+    slices: SlicesPlan | None = param(None, doc="object slices for this engine (null: keep)")
+    noise_model: NoiseModelSpec = param(NoiseModelSpec("amplitude"), doc="detector noise model")
+    solver: SolverSpec = param(SolverSpec("lsqml"), doc="update rule: epie or lsqml")
+    position_solver: SolverSpec | None = param(None, doc="position correction (e.g. {type: momentum})")
+    group_constraints: tuple[RegularizerSpec, ...] = param((), doc="constraints applied after every group")
+    iter_constraints: tuple[RegularizerSpec, ...] = param((), doc="constraints applied after every iteration")
+    update_object: Flag = param(Flag(), doc="when the object is updated")
+    update_probe: Flag = param(Flag(), doc="when the probe is updated")
+    update_positions: Flag = param(Flag(after=1), doc="when positions are corrected (needs position_solver)")
+    bandlimit: float | None = param(2.0 / 3.0, doc="propagator band limit as a fraction of Nyquist")
+    scale_probe: bool = param(True, doc="scale the probe intensity to the data before the first iteration")
+
+
+def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: Any, scan_A: np.ndarray,
+                        geometry: ObjectState, props: Any, batch: int = 256) -> Any:
+    """The probe scaled so the model's total intensity equals the data's (the dry run)."""
+    shape = probe.shape[-2:]
+    model_sum = 0.0
+    for i in range(0, scan_A.shape[0], batch):
+        starts, frac = scan_to_pixels(scan_A[i:i + batch], geometry.corner_A, geometry.sampling_A, shape)
+        model_sum += float(bk.to_numpy(bk.xp.sum(forward_intensity(bk, probe, obj, bk.asarray(starts),
+                                                                     bk.asarray(frac), props))))
+    data_sum = float(bk.to_numpy(bk.xp.sum(patterns)))
+    if model_sum <= 0 or data_sum <= 0:
+        raise DataError("cannot scale the probe to the data: the data or the model has no intensity")
+    return probe * np.sqrt(data_sum / model_sum)
+
+
+class ConventionalEngine:
+    """ePIE/LSQML engine; the update rule is the ``solver`` component."""
+
+    def __init__(self, config: ConventionalConfig | None = None):
+        self.config = config or ConventionalConfig()
+
+    def run(self, state: ReconsState, data: Any, ctx: Any) -> ReconsState:
+        cfg = self.config
+        bk = ctx.backend
+        reg = ctx.registry
+        state = resample_for_engine(state, cfg.probe_modes, cfg.slices, ctx.seed, ctx.engine_num)
+        noise = cfg.noise_model.build(reg)
+        solver = cfg.solver.build(reg)
+        pos_solver = cfg.position_solver.build(reg) if cfg.position_solver is not None else None
+        group_constraints = build_constraints(cfg.group_constraints, reg)
+        iter_constraints = build_constraints(cfg.iter_constraints, reg)
+
+        probe_shape = state.probe.shape
+        if tuple(data.pattern_shape) != tuple(probe_shape):
+            raise DataError(f"patterns are {data.pattern_shape} but the probe is {probe_shape}: "
+                            "crop or bin the data (post_load) or initialise the probe on the detector grid")
+        wavelength = state.wavelength_A or data.wavelength_A()
+        geometry = state.object
+        tilt = np.asarray(state.tilt_mrad, dtype=np.float64)
+        if tilt.ndim != 1:
+            raise DataError("the conventional engine supports a global tilt only; "
+                            "use the gradient engine for per-position tilt")
+        props = make_propagators(bk, probe_shape, geometry.sampling_A, wavelength, geometry.thicknesses_A,
+                                 tilt, cfg.bandlimit)
+        patterns = patterns_to_device(bk, data.patterns)
+        probe = bk.asarray(np.asarray(state.probe.data), dtype=bk.complex_dtype)
+        obj = bk.asarray(np.asarray(geometry.data), dtype=bk.complex_dtype)
+        scan = np.array(state.scan_A, dtype=np.float64)
+        extra = dict(state.extra)
+
+        if cfg.scale_probe and not extra.get("probe_scaled", False):
+            probe = scale_probe_to_data(bk, probe, obj, patterns, scan, geometry, props)
+            extra["probe_scaled"] = True
+
+        step = bk.jit(make_group_step(bk, solver, noise, props, probe_shape),
+                      static_argnames=("update_object", "update_probe", "update_positions"))
+        info = ConstraintInfo(probe_sampling_A=tuple(state.probe.sampling_A),
+                              object_sampling_A=tuple(geometry.sampling_A), wavelength_A=wavelength,
+                              thicknesses_A=geometry.thicknesses_A)
+        live = {"probe": probe, "obj": obj, "scan": scan, "shift": np.zeros_like(scan)}
+        sampling = np.asarray(geometry.sampling_A, dtype=np.float64)
+        half = np.array(probe_shape) // 2
+        lo = np.asarray(geometry.corner_A) + sampling * half
+        hi = np.asarray(geometry.corner_A) + sampling * (np.array(geometry.shape) - np.array(probe_shape) + half - 1)
+
+        def positions_on(it: int) -> bool:
+            return pos_solver is not None and cfg.update_positions(it)
+
+        def group_step(it, idx, mask, starts, frac):
+            upd_pos = positions_on(it)
+            obj_, probe_, loss, shift = step(live["obj"], live["probe"], patterns[bk.asarray(idx)],
+                                             bk.asarray(starts), bk.asarray(frac), bk.asarray(mask),
+                                             update_object=cfg.update_object(it), update_probe=cfg.update_probe(it),
+                                             update_positions=upd_pos)
+            if group_constraints:
+                probe_, obj_ = apply_constraints(bk, group_constraints, probe_, obj_, attrs.evolve(info, iteration=it))
+            live["obj"], live["probe"] = obj_, probe_
+            if upd_pos:
+                live["shift"][idx[mask]] += bk.to_numpy(shift)[mask] * sampling
+            return loss
+
+        def end_iteration(it):
+            if iter_constraints:
+                live["probe"], live["obj"] = apply_constraints(bk, iter_constraints, live["probe"], live["obj"],
+                                                               attrs.evolve(info, iteration=it))
+            if positions_on(it):
+                new = pos_solver.update(live["scan"], live["shift"], extra)
+                live["scan"] = np.clip(new, lo, hi)
+                live["shift"] = np.zeros_like(live["scan"])
+
+        def snapshot() -> ReconsState:
+            return ReconsState(
+                probe=ProbeState(data=bk.to_numpy(live["probe"]), sampling_A=tuple(state.probe.sampling_A)),
+                object=ObjectState(data=bk.to_numpy(live["obj"]), sampling_A=tuple(geometry.sampling_A),
+                                   corner_A=tuple(geometry.corner_A), thicknesses_A=np.asarray(geometry.thicknesses_A)),
+                scan_A=live["scan"].copy(), tilt_mrad=tilt.copy(), iteration=state.iteration,
+                progress=state.progress, wavelength_A=wavelength, extra=extra)
+
+        loop = EngineLoop(name="conventional", niter=cfg.niter, grouping=cfg.grouping, ctx=ctx,
+                          n_positions=scan.shape[0])
+        return loop.run(state, scan_A=lambda: live["scan"], obj_geometry=lambda: geometry,
+                        probe_shape=probe_shape, group_step=group_step, end_iteration=end_iteration,
+                        snapshot=snapshot)
