@@ -572,15 +572,23 @@ def _fill_defaults(obj: Any, registry: Any, allow_local: bool | None, path: tupl
     return obj
 
 
+def _raw_checks(doc: Mapping, registry: Any) -> list[Issue]:
+    """Checks of top-level names that do not need structuring (reported with structuring errors)."""
+    issues: list[Issue] = []
+    dtype = doc.get("dtype", "float32")
+    if isinstance(dtype, str) and dtype not in DTYPES:
+        issues.append(Issue(f"expected one of {', '.join(DTYPES)}, got {dtype!r}", rel=("dtype",)))
+    backend = doc.get("backend", "numpy")
+    if isinstance(backend, str) and ("backend", backend) not in registry:
+        issues.append(Issue(registry.unknown_message("backend", backend), rel=("backend",)))
+    return issues
+
+
 def _cross_checks(plan: Plan, registry: Any) -> list[Issue]:
     issues: list[Issue] = []
     if not plan.engines:
         issues.append(Issue("at least one engine is needed (e.g. [{type: conventional, niter: 100}])",
                             rel=("engines",)))
-    if plan.dtype not in DTYPES:
-        issues.append(Issue(f"expected one of {', '.join(DTYPES)}, got {plan.dtype!r}", rel=("dtype",)))
-    if ("backend", plan.backend) not in registry:
-        issues.append(Issue(registry.unknown_message("backend", plan.backend), rel=("backend",)))
     if plan.seed < 0:
         issues.append(Issue(f"must be >= 0, got {plan.seed}", rel=("seed",)))
     s = plan.slices
@@ -636,11 +644,12 @@ def load_plan(path_or_text: Any, *, registry: Any = None, overrides: list[str] |
     if override_issues:
         raise PlanError(override_issues, source=name)
     conv = make_converter(registry, allow_local)
+    errors: list[Issue] = _raw_checks(doc, registry)
     try:
         plan = conv.structure(doc, Plan)
     except Exception as exc:  # noqa: BLE001 - every structuring problem is reported as a plan error
-        raise PlanError(to_issues(collect(exc), doc, name), source=name) from None
-    errors: list[Issue] = []
+        raws = collect(exc) + [r for e in errors for r in collect(e)]
+        raise PlanError(to_issues(raws, doc, name), source=name) from None
     plan = _fill_defaults(plan, registry, allow_local, (), errors)
     errors += _cross_checks(plan, registry)
     if errors:

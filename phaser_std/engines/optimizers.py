@@ -136,7 +136,7 @@ class GradientSolver:
     def init(self, params: Any, bk: Any = None) -> Any:
         """Solver state for ``params`` (one array). ``bk`` picks optax (jax) or the xp rules."""
         if _is_jax(bk, params):
-            return self._optax_tx().init(params)
+            return self._optax_tx(params).init(params)
         xp = bk.xp if bk is not None else np
         return self._np_init(xp, params)
 
@@ -153,17 +153,31 @@ class GradientSolver:
                 hp[k] = bk.xp.asarray(v, dtype=hp[k].dtype)
             state = state._replace(hyperparams=hp)
             extra = {"value": value} if self.needs_value else {}
-            return self._optax_tx().update(grads, state, params, **extra)
+            return self._optax_tx(params).update(grads, state, params, **extra)
         return self._np_update(bk.xp, grads, state, params, hyper, value)
 
     needs_value = False
 
-    def _optax_tx(self) -> Any:
+    def _optax_tx(self, params: Any) -> Any:
+        """The optax transformation; hyperparameters in the real dtype of ``params`` (optax
+        would otherwise cast them to the complex parameter dtype)."""
         import optax  # noqa: PLC0415 - jax backend only
 
-        if getattr(self, "_tx", None) is None:
-            self._tx = self._optax(optax)
-        return self._tx
+        dtype = np.dtype(np.real(np.zeros((), dtype=params.dtype)).dtype)
+        cache = self.__dict__.setdefault("_tx", {})
+        if dtype not in cache:
+            real_inject = optax.inject_hyperparams
+
+            class _Optax:  # optax namespace whose inject_hyperparams fixes the dtype
+                def __getattr__(self, k: str) -> Any:
+                    return getattr(optax, k)
+
+                @staticmethod
+                def inject_hyperparams(fn: Any, static_args: Any = ()) -> Any:
+                    return real_inject(fn, static_args=static_args, hyperparam_dtype=dtype)
+
+            cache[dtype] = self._optax(_Optax())
+        return cache[dtype]
 
     # -- checkpoints ---------------------------------------------------------------------
 

@@ -1,0 +1,86 @@
+"""Scoring reconstructions against a ground truth (simulated data).
+
+The ground truth's pixel (i, j) sits at (i, j)·s_gt [Å] in the frame of the scan positions
+(the layout ``phaser simulate`` writes, see docs/file-formats.md); a reconstructed object's
+pixel (i, j) at ``corner_A + (i, j)·sampling_A``. :func:`phase_score` samples the ground
+truth at the reconstruction's pixel centres inside the scanned area, removes an offset and
+an affine phase ramp (ambiguities of ptychography) by least squares and reports the
+Pearson correlation and the RMS error [rad].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def sample_bilinear(image: np.ndarray, yy: np.ndarray, xx: np.ndarray, periodic: bool = False) -> np.ndarray:
+    """``image`` at fractional pixel coordinates (``yy``, ``xx``), bilinear; edge-clamped or periodic."""
+    h, w = image.shape
+    y0 = np.floor(yy).astype(np.int64)
+    x0 = np.floor(xx).astype(np.int64)
+    fy = yy - y0
+    fx = xx - x0
+
+    def at(iy: np.ndarray, ix: np.ndarray) -> np.ndarray:
+        if periodic:
+            return image[np.mod(iy, h), np.mod(ix, w)]
+        return image[np.clip(iy, 0, h - 1), np.clip(ix, 0, w - 1)]
+
+    return ((1 - fy) * (1 - fx) * at(y0, x0) + (1 - fy) * fx * at(y0, x0 + 1)
+            + fy * (1 - fx) * at(y0 + 1, x0) + fy * fx * at(y0 + 1, x0 + 1))
+
+
+def remove_ramp(values: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """``values`` minus its least-squares plane a + b·y + c·x."""
+    a = np.stack([np.ones(values.size), yy.ravel(), xx.ravel()], axis=1)
+    coef, *_ = np.linalg.lstsq(a, values.ravel(), rcond=None)
+    return values - (a @ coef).reshape(values.shape)
+
+
+def phase_score(recon_phase: np.ndarray, recon_sampling_A: Any, recon_corner_A: Any, gt_phase: np.ndarray,
+                gt_sampling_A: Any, scan_A: np.ndarray, *, periodic: bool = False, margin_A: float = 0.0) -> dict:
+    """Compare a reconstructed phase (H, W) [rad] with the ground truth.
+
+    Only pixels inside the bounding box of ``scan_A`` (shrunk by ``margin_A`` [Å]) count.
+    Returns ``{"pearson", "rms_rad", "n_pixels"}`` after removing an offset and a phase ramp
+    from both images.
+    """
+    s = np.broadcast_to(np.asarray(recon_sampling_A, dtype=np.float64), (2,))
+    sg = np.broadcast_to(np.asarray(gt_sampling_A, dtype=np.float64), (2,))
+    corner = np.asarray(recon_corner_A, dtype=np.float64)
+    lo = np.asarray(scan_A).min(axis=0) + margin_A
+    hi = np.asarray(scan_A).max(axis=0) - margin_A
+    i0, j0 = np.maximum(np.ceil((lo - corner) / s).astype(int), 0)
+    i1, j1 = np.minimum(np.floor((hi - corner) / s).astype(int) + 1, recon_phase.shape)
+    if i1 - i0 < 3 or j1 - j0 < 3:
+        raise ValueError("the scanned area holds fewer than 3x3 reconstruction pixels")
+    ii, jj = np.meshgrid(np.arange(i0, i1), np.arange(j0, j1), indexing="ij")
+    gy = (corner[0] + ii * s[0]) / sg[0]
+    gx = (corner[1] + jj * s[1]) / sg[1]
+    gt = sample_bilinear(np.asarray(gt_phase, dtype=np.float64), gy, gx, periodic)
+    rec = np.asarray(recon_phase, dtype=np.float64)[i0:i1, j0:j1]
+    yy = (ii - ii.mean()) / max(1, ii.max() - ii.min())
+    xx = (jj - jj.mean()) / max(1, jj.max() - jj.min())
+    rec_c = remove_ramp(rec, yy, xx)
+    gt_c = remove_ramp(gt, yy, xx)
+    pearson = float(np.corrcoef(rec_c.ravel(), gt_c.ravel())[0, 1])
+    rms = float(np.sqrt(np.mean((rec_c - gt_c) ** 2)))
+    return {"pearson": pearson, "rms_rad": rms, "n_pixels": int(rec.size)}
+
+
+def score_state(state: Any, ground_truth: dict, *, slice_index: int | None = None, margin_A: float = 0.0) -> dict:
+    """:func:`phase_score` of a state's summed object phase (or one slice) against
+    ``RawData.ground_truth`` (``phase`` or ``potential`` per slice, ``sampling_A``)."""
+    obj = np.asarray(state.object.data)
+    phases = np.angle(obj)
+    if slice_index is None:
+        recon = phases.sum(axis=0)
+        gt = np.asarray(ground_truth["phase"])
+    else:
+        recon = phases[slice_index]
+        gt = np.asarray(ground_truth["potential"])[slice_index]
+    periodic = str(ground_truth.get("periodic", "no")).lower() in ("yes", "true", "1")
+    return phase_score(recon, state.object.sampling_A, state.object.corner_A, gt, ground_truth["sampling_A"],
+                       np.asarray(state.scan_A), periodic=periodic, margin_A=margin_A)

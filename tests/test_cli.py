@@ -1,0 +1,191 @@
+"""The ``phaser`` command line: validate, plugins, describe, run (on a registry of fakes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from phaser_core import cli
+from phaser_core.plan import load_plan
+from phaser_core.registry import set_registry
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+from plan_fakes import MINIMAL_PLAN, make_registry  # noqa: E402
+
+ROOT = TESTS.parent
+INVALID = ROOT / "examples" / "invalid_plan.yaml"
+
+
+def run_cli_subprocess(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """``phaser ARGS`` in a fresh interpreter whose registry holds the fakes."""
+    env = dict(os.environ, COLUMNS="200")
+    return subprocess.run([sys.executable, str(TESTS / "plan_fakes.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def fake_registry():
+    registry = make_registry()
+    set_registry(registry)
+    yield registry
+    set_registry(None)
+
+
+# -- validate ---------------------------------------------------------------------------
+
+
+def test_validate_invalid_example_three_errors_no_traceback():
+    """Done-when: misspelled solver, string niter, unknown key -> three located errors, exit 1."""
+    proc = run_cli_subprocess("validate", str(INVALID))
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 3, proc.stdout
+    name = str(INVALID)
+    assert lines[0] == (f"{name}:10:13: engines[0].solver.type: unknown solver 'epei'; did you mean 'epie'? "
+                        "available: epie, lsqml (phaser-ptycho 0.1.0)")
+    assert lines[1] == f"{name}:11:12: engines[0].niter: expected an integer, got 'ten'"
+    assert lines[2].startswith(f"{name}:13:5: engines[0]: unknown key 'probe_modess'")
+    assert "3 errors" in proc.stderr
+
+
+def test_validate_json(fake_registry, capsys):
+    assert cli.main(["validate", str(INVALID), "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["valid"] is False and len(out["errors"]) == 3
+    first = out["errors"][0]
+    assert (first["line"], first["col"], first["path"]) == (10, 13, "engines[0].solver.type")
+    assert "did you mean 'epie'?" in first["message"]
+
+
+def test_validate_valid_plan(fake_registry, tmp_path, capsys):
+    path = tmp_path / "plan.yaml"
+    path.write_text(MINIMAL_PLAN)
+    assert cli.main(["validate", str(path)]) == 0
+    assert "valid" in capsys.readouterr().out
+    assert cli.main(["validate", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"valid": True, "file": str(path), "errors": []}
+    assert cli.main(["validate", str(path), "--set", "engines[0].niter=x"]) == 1
+    assert "engines[0].niter: expected an integer, got 'x'" in capsys.readouterr().out
+
+
+def test_validate_no_local(fake_registry, tmp_path, capsys):
+    path = tmp_path / "plan.yaml"
+    path.write_text(MINIMAL_PLAN + "    solver: {type: 'os:getcwd'}\n")
+    assert cli.main(["validate", str(path), "--no-local"]) == 1
+    assert "not allowed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content", [None, "file_type: phaser_plan\nengines: [1\n", "\tfoo: : :\n", "[1, 2]\n", ""])
+def test_validate_never_tracebacks(tmp_path, content):
+    path = tmp_path / "plan.yaml"
+    if content is not None:
+        path.write_text(content)
+    proc = run_cli_subprocess("validate", str(path))
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert proc.stdout.startswith(str(path)), proc.stdout
+
+
+# -- plugins and describe ---------------------------------------------------------------
+
+
+def test_plugins_json_and_table(fake_registry, capsys):
+    assert cli.main(["plugins", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    epie = next(r for r in rows if r["name"] == "epie")
+    assert epie["kind"] == "solver" and epie["owner"] == "phaser-ptycho 0.1.0" and epie["version"] == "0.1.0"
+    assert {r["kind"] for r in rows} >= {"engine", "solver", "noise_model", "loader", "backend"}
+    assert cli.main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "conventional" in out and "lsqml" in out
+
+
+@pytest.mark.parametrize("kind", ["solver", "solvers", "Solver"])
+def test_describe_fields(fake_registry, capsys, kind):
+    assert cli.main(["describe", kind, "epie", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "solver" and info["owner"] == "phaser-ptycho 0.1.0"
+    field = {f["name"]: f for f in info["fields"]}["beta_object"]
+    assert field == {"name": "beta_object", "type": "float | schedule spec", "default": 1.0, "unit": None,
+                     "doc": "object step size"}
+
+
+def test_describe_units_plural_kinds_and_table(fake_registry, capsys):
+    assert cli.main(["describe", "noise_models", "amplitude", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["fields"][0]["default"] == 0.01
+    assert cli.main(["describe", "initializer", "focused", "--json"]) == 0
+    fields = {f["name"]: f for f in json.loads(capsys.readouterr().out)["fields"]}
+    assert fields["conv_angle_mrad"]["unit"] == "mrad" and fields["defocus_A"]["unit"] == "Å"
+    assert cli.main(["describe", "engine", "conventional", "--json"]) == 0
+    fields = {f["name"]: f for f in json.loads(capsys.readouterr().out)["fields"]}
+    assert fields["niter"]["type"] == "int" and fields["niter"]["default"] == 100
+    assert fields["solver"]["default"] == "{type: lsqml}" and fields["update_probe"]["default"] == "true"
+    assert fields["grouping"]["default"] == "{size: 64, kind: sparse}"
+    assert cli.main(["describe", "engines", "conventional"]) == 0
+    assert "niter" in capsys.readouterr().out
+
+
+def test_describe_unknown(fake_registry, capsys):
+    assert cli.main(["describe", "solver", "epei"]) == 1
+    err = capsys.readouterr().err
+    assert "did you mean 'epie'?" in err and "Traceback" not in err
+    assert cli.main(["describe", "solvr", "epie"]) == 1
+    assert "did you mean 'solver'?" in capsys.readouterr().err
+
+
+# -- run --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_runner(monkeypatch):
+    calls = []
+    module = types.ModuleType("phaser_core.runner")
+
+    def run_plan(plan, **kwargs):
+        calls.append((plan, kwargs))
+        return None
+
+    module.run_plan = run_plan
+    monkeypatch.setitem(sys.modules, "phaser_core.runner", module)
+    return calls
+
+
+def test_run_writes_resolved_plan_and_calls_runner(fake_registry, fake_runner, tmp_path, capsys):
+    plan_path = tmp_path / "in" / "plan.yaml"
+    plan_path.parent.mkdir()
+    plan_path.write_text(MINIMAL_PLAN)
+    out = tmp_path / "out"
+    rc = cli.main(["run", str(plan_path), "--out", str(out), "--set", "engines[0].niter=5", "--set", "seed=3",
+                   "--quiet"])
+    assert rc == 0
+    (plan, kwargs), = fake_runner
+    assert plan.engines[0].config.niter == 5 and plan.seed == 3
+    assert kwargs["out_dir"] == out and kwargs["resume"] is False and kwargs["quiet"] is True
+    assert kwargs["plan_dir"] == plan_path.parent.resolve() and kwargs["registry"] is fake_registry
+    written = load_plan(out / "plan.yaml", registry=fake_registry)
+    assert written == plan
+    # resume: reads DIR/plan.yaml, keeps the original plan directory, --backend overrides
+    rc = cli.main(["run", "--resume", str(out), "--backend", "numpy", "--quiet"])
+    assert rc == 0
+    plan2, kwargs2 = fake_runner[1]
+    assert plan2 == plan and kwargs2["resume"] is True and kwargs2["out_dir"] == out
+    assert kwargs2["plan_dir"] == plan_path.parent.resolve()
+
+
+def test_run_invalid_plan_no_traceback(fake_registry, fake_runner, tmp_path, capsys):
+    assert cli.main(["run", str(INVALID), "--out", str(tmp_path / "o")]) == 1
+    captured = capsys.readouterr()
+    assert "unknown solver 'epei'" in captured.out and "Traceback" not in captured.err
+    assert fake_runner == [] and not (tmp_path / "o").exists()
+    assert cli.main(["run", str(INVALID), "--backend", "nmupy", "--out", str(tmp_path / "o")]) == 1
+    assert "backend: unknown backend 'nmupy'" in capsys.readouterr().out
+    assert cli.main(["run", "--resume", str(tmp_path / "missing")]) == 1
+    assert "cannot resume" in capsys.readouterr().err
