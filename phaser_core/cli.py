@@ -53,6 +53,7 @@ def _print_plan_error(exc: PlanError, *, as_json: bool = False, source: str | No
         return
     for issue in exc.errors:
         print(str(issue))
+    sys.stdout.flush()
     n = len(exc.errors)
     _err().print(f"[red]{n} error{'s' if n != 1 else ''}[/red] in {escape(str(source or exc.source or 'the plan'))}")
 
@@ -71,7 +72,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from .plan import load_plan
 
     try:
-        plan = load_plan(args.plan, registry=get_registry(), overrides=args.set or (),
+        plan = load_plan(Path(args.plan), registry=get_registry(), overrides=args.set or (),
                          allow_local=False if args.no_local else None)
     except PlanError as exc:
         _print_plan_error(exc, as_json=args.json, source=args.plan)
@@ -181,10 +182,20 @@ def _compact(value: Any) -> Any:
             return "true" if value.enabled else "false"
         return "{" + ", ".join(f"{k}: {v}" for k, v in extras.items()) + "}"
     if attrs.has(type(value)):
-        return "{" + ", ".join(f"{f.name}: {_compact(getattr(value, f.name))}" for f in attrs.fields(type(value))) + "}"
-    if isinstance(value, tuple):
-        return "[" + ", ".join(str(_compact(v)) for v in value) + "]"
+        return "{" + ", ".join(f"{f.name}: {_yamlish(_compact(getattr(value, f.name)))}"
+                               for f in attrs.fields(type(value))) + "}"
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_yamlish(_compact(v)) for v in value) + "]"
     return value
+
+
+def _yamlish(value: Any) -> str:
+    """A scalar as a plan would write it: ``null``, ``true``, ``0.01``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def describe_component(comp: Any) -> dict:
@@ -236,7 +247,8 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     for col in ("key", "type", "default", "unit", "description"):
         table.add_column(col, overflow="fold")
     for f in info["fields"]:
-        table.add_row(f["name"], escape(f["type"]), escape(str(f["default"])), f["unit"] or "", escape(f["doc"]))
+        table.add_row(f["name"], escape(f["type"]), escape(_yamlish(f["default"])), escape(f["unit"] or ""),
+                      escape(f["doc"]))
     console.print(table)
     return 0
 
@@ -294,7 +306,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         resume = False
         out_dir = None
     try:
-        plan = load_plan(source, registry=registry, overrides=overrides,
+        plan = load_plan(Path(source), registry=registry, overrides=overrides,
                          allow_local=False if args.no_local else None)
     except PlanError as exc:
         _print_plan_error(exc, source=source)

@@ -185,3 +185,19 @@ def test_invalid_config_raises():
         GaussianNoise(GaussianNoise().config.__class__(sigma=0.0))
     with pytest.raises(ValueError, match="eps"):
         PoissonNoise(PoissonNoise().config.__class__(eps=0.0))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_runs_inside_jit(name):
+    bk = _backend("jax")
+    psi, meas = _data(7)
+    model = _model(name)
+
+    def step(p, m):
+        inten = intensity(bk, p)
+        return model.loss(bk, inten, m), model.wave_update(bk, p, inten, m)
+
+    loss_j, upd_j = bk.jit(step)(bk.asarray(psi), bk.asarray(meas))
+    loss_e, upd_e = step(bk.asarray(psi), bk.asarray(meas))
+    np.testing.assert_allclose(np.asarray(loss_j), np.asarray(loss_e), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(upd_j), np.asarray(upd_e), rtol=1e-4, atol=1e-4)

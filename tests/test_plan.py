@@ -70,7 +70,7 @@ def test_minimal_plan_gets_every_default(registry):
     # init defaults are filled too (focused has a config; vacuum has none)
     assert plan.init.probe.type == "focused" and plan.init.probe.config == plan_fakes.FocusedConfig()
     assert plan.init.object.type == "vacuum" and plan.init.object.config is None
-    assert plan.output == OutputPlan() and plan.slices == SlicesPlan()
+    assert plan.output == OutputPlan() and plan.slices == SlicesPlan() and isinstance(plan.init, InitPlan)
 
 
 def test_nested_specs_flags_and_schedules(registry):

@@ -68,23 +68,58 @@ def _optimal_step(xp: Any, chi: Any, d: Any, gamma: float, axes: tuple) -> Any:
 
 
 class ConventionalSolver:
-    """Base of ePIE and LSQML: the object, wave and probe updates of one slice."""
+    """Base of ePIE and LSQML: the backward sweep through the slices.
+
+    At slice i (from the last), χ is the wanted change of the wave leaving the slice.
+    The object slice takes the part of χ it can explain; the rest, χ − ΔO_i·ψ_i, is what
+    the wave entering the slice must change by, and goes back one slice as
+    conj(O_i)·(χ − ΔO_i·ψ_i) through the adjoint propagator. Passing only the
+    unexplained rest (a Gauss-Seidel sweep) keeps S slices from each taking the full
+    correction, which would overshoot S-fold. At the entrance plane the probe takes the
+    remaining change.
+    """
 
     name = "conventional"
 
     def __init__(self, config: Any):
         self.config = config
 
-    # -- object ---------------------------------------------------------------------------
-    def object_update(self, bk: Any, obj_slice: Any, starts: Any, psi: Any, chi: Any, mask: Any) -> Any:
+    def object_update(self, bk: Any, obj_slice: Any, starts: Any, psi: Any, chi: Any, mask: Any,
+                      probe_dir: Any = None) -> tuple[Any, Any, Any]:
+        """(new slice, the applied update's views (B, Ny, Nx), the probe step (B,) or None)."""
         raise NotImplementedError
 
-    def probe_update(self, bk: Any, probe: Any, frac: Any, o0: Any, chi0: Any, probes: Any, mask: Any) -> Any:
+    def probe_update(self, bk: Any, probe: Any, frac: Any, o0: Any, chi0: Any, mask: Any) -> Any:
         raise NotImplementedError
+
+    def probe_direction(self, bk: Any, frac: Any, o0: Any, chi0: Any, mask: Any) -> Any:
+        return None
 
     def wave_backprop(self, bk: Any, o: Any, chi: Any) -> Any:
-        """Update of the wave entering a slice from the update χ after it: conj(O)χ."""
+        """Update of the wave entering a slice from the unexplained update χ after it."""
         return bk.xp.conj(o)[:, None] * chi
+
+    def sweep(self, bk: Any, obj: Any, probe: Any, starts: Any, frac: Any, views: Any, psis: list, props: Any,
+              chi: Any, mask: Any, update_object: bool, update_probe: bool) -> tuple[Any, Any, Any]:
+        """The backward sweep: (new object, new probe, χ at the entrance plane)."""
+        xp = bk.xp
+        n_slices = views.shape[1]
+        new_slices = [None] * n_slices
+        for i in range(n_slices - 1, -1, -1):
+            o = views[:, i]
+            if update_object:
+                pdir = self.probe_direction(bk, frac, o, chi, mask) if (i == 0 and update_probe) else None
+                new_slices[i], applied, probe_step = self.object_update(bk, obj[i], starts, psis[i], chi, mask, pdir)
+            else:
+                new_slices[i], applied, probe_step = obj[i], None, None
+            if i > 0:
+                rest = chi if applied is None else chi - applied[:, None] * psis[i]
+                chi = propagate(bk, self.wave_backprop(bk, o, rest), xp.conj(props[i - 1]))
+        new_obj = xp.stack(new_slices, axis=0)
+        new_probe = probe
+        if update_probe:
+            new_probe = self.probe_update(bk, probe, frac, views[:, 0], chi, mask, probe_step)
+        return new_obj, new_probe, chi
 
 
 class EpieSolver(ConventionalSolver):
@@ -92,20 +127,22 @@ class EpieSolver(ConventionalSolver):
 
     name = "epie"
 
-    def object_update(self, bk, obj_slice, starts, psi, chi, mask):
+    def object_update(self, bk, obj_slice, starts, psi, chi, mask, probe_dir=None):
         xp = bk.xp
         m = mask[:, None, None]
         num = xp.sum(xp.conj(psi) * chi, axis=1) * m
         illum = xp.sum(_abs2(xp, psi), axis=1) * m
         num_map = add_views(bk, xp.zeros_like(obj_slice), starts, num)
         illum_map = add_views(bk, xp.zeros(obj_slice.shape, dtype=bk.real_dtype), starts, illum)
-        return obj_slice + self.config.beta_object * num_map / (xp.max(illum_map) + 1e-30)
+        delta = self.config.beta_object * num_map / (xp.max(illum_map) + 1e-30)
+        applied = get_views(bk, delta[None], starts, psi.shape[-2:])[:, 0]
+        return obj_slice + delta, applied, None
 
     def wave_backprop(self, bk, o, chi):
         xp = bk.xp
         return xp.conj(o)[:, None] * chi / (xp.max(_abs2(xp, o)) + 1e-30)
 
-    def probe_update(self, bk, probe, frac, o0, chi0, probes, mask):
+    def probe_update(self, bk, probe, frac, o0, chi0, mask, probe_step=None):
         xp = bk.xp
         m = mask[:, None, None]
         num = unshift_probes(bk, xp.conj(o0)[:, None] * chi0 * m[:, None], frac)
@@ -114,11 +151,24 @@ class EpieSolver(ConventionalSolver):
 
 
 class LsqmlSolver(ConventionalSolver):
-    """LSQML with per-position optimal steps, illumination-normalised directions."""
+    """LSQML with per-position optimal steps, illumination-normalised directions.
+
+    At the entrance slice the object and probe steps of each position are solved jointly
+    (Odstrčil et al. 2018, eq. 23: a 2x2 least-squares system), so the two updates do not
+    both take the same correction.
+    """
 
     name = "lsqml"
 
-    def object_update(self, bk, obj_slice, starts, psi, chi, mask):
+    def probe_direction(self, bk, frac, o0, chi0, mask):
+        xp = bk.xp
+        cfg = self.config
+        m = mask[:, None, None]
+        num = unshift_probes(bk, xp.conj(o0)[:, None] * chi0 * m[:, None], frac)  # (M, Ny, Nx)
+        den = xp.sum(_abs2(xp, o0) * m, axis=0)
+        return num / (den + cfg.illum_reg_probe * xp.max(den) + 1e-30), frac, o0
+
+    def object_update(self, bk, obj_slice, starts, psi, chi, mask, probe_dir=None):
         xp = bk.xp
         cfg = self.config
         m = mask[:, None, None]
@@ -128,39 +178,64 @@ class LsqmlSolver(ConventionalSolver):
         illum_map = add_views(bk, xp.zeros(obj_slice.shape, dtype=bk.real_dtype), starts, illum)
         direction = num_map / (illum_map + cfg.illum_reg_object * xp.max(illum_map) + 1e-30)
         d_views = get_views(bk, direction[None], starts, psi.shape[-2:])[:, 0]
-        alpha = _optimal_step(xp, chi, d_views[:, None] * psi, cfg.gamma, (1, 2, 3)) * mask
-        alpha = xp.clip(alpha, 0.0, None)
+        a = d_views[:, None] * psi
+        probe_step = None
+        if probe_dir is None:
+            alpha = _optimal_step(xp, chi, a, cfg.gamma, (1, 2, 3))
+        else:
+            pdir, frac, o0 = probe_dir
+            b = shift_probes(bk, pdir, frac) * o0[:, None]
+            alpha, probe_step = _joint_steps(xp, chi, a, b, cfg.gamma)
+            probe_step = (xp.clip(probe_step, 0.0, None) * mask, pdir)
+        alpha = xp.clip(alpha, 0.0, None) * mask
         weight = add_views(bk, xp.zeros(obj_slice.shape, dtype=bk.real_dtype), starts, alpha[:, None, None] * illum)
-        weight = weight / (illum_map + 1e-30 * xp.max(illum_map) + 1e-30)
-        return obj_slice + cfg.beta_object * weight * direction
+        weight = weight / (illum_map + 1e-30)
+        delta = cfg.beta_object * weight * direction
+        applied = get_views(bk, delta[None], starts, psi.shape[-2:])[:, 0]
+        return obj_slice + delta, applied, probe_step
 
-    def probe_update(self, bk, probe, frac, o0, chi0, probes, mask):
+    def probe_update(self, bk, probe, frac, o0, chi0, mask, probe_step=None):
         xp = bk.xp
         cfg = self.config
-        m = mask[:, None, None]
-        num = unshift_probes(bk, xp.conj(o0)[:, None] * chi0 * m[:, None], frac)  # (M, Ny, Nx)
-        den = xp.sum(_abs2(xp, o0) * m, axis=0)
-        direction = num / (den + cfg.illum_reg_probe * xp.max(den) + 1e-30)
-        d = shift_probes(bk, direction, frac) * o0[:, None]  # (B, M, Ny, Nx)
-        alpha = xp.clip(_optimal_step(xp, chi0, d, cfg.gamma, (1, 2, 3)), 0.0, None)
-        alpha_mean = xp.sum(alpha * mask) / xp.maximum(xp.sum(mask), 1.0)
-        return probe + cfg.beta_probe * alpha_mean * direction
+        if probe_step is None:
+            pdir, _, _ = self.probe_direction(bk, frac, o0, chi0, mask)
+            b = shift_probes(bk, pdir, frac) * o0[:, None]
+            alpha = xp.clip(_optimal_step(xp, chi0, b, cfg.gamma, (1, 2, 3)), 0.0, None) * mask
+        else:
+            alpha, pdir = probe_step
+        alpha_mean = xp.sum(alpha) / xp.maximum(xp.sum(mask), 1.0)
+        return probe + cfg.beta_probe * alpha_mean * pdir
+
+
+def _joint_steps(xp: Any, chi: Any, a: Any, b: Any, gamma: float) -> tuple[Any, Any]:
+    """Per-position (α_a, α_b) minimising Σ|χ − α_a·a − α_b·b|² (Odstrčil eq. 23)."""
+    axes = (1, 2, 3)
+    aa = xp.sum(_abs2(xp, a), axis=axes)
+    bb = xp.sum(_abs2(xp, b), axis=axes)
+    ab = xp.sum(xp.real(xp.conj(a) * b), axis=axes)
+    ca = xp.sum(xp.real(xp.conj(a) * chi), axis=axes)
+    cb = xp.sum(xp.real(xp.conj(b) * chi), axis=axes)
+    aa = aa + gamma * xp.max(aa) + 1e-30
+    bb = bb + gamma * xp.max(bb) + 1e-30
+    det = aa * bb - ab * ab
+    det = xp.where(det > 1e-12 * aa * bb, det, aa * bb)
+    return (bb * ca - ab * cb) / det, (aa * cb - ab * ca) / det
 
 
 def position_direction(bk: Any, probes: Any, o0: Any, chi0: Any, mask: Any) -> Any:
     """Per-position least-squares shift ``(B, 2)`` (y, x) [px] that best explains χ₀.
 
-    The wave after the first slice moves by d as ∂(ψ·O)/∂d = O·F⁻¹[−2πik·F[ψ]]; the
-    shift is Re Σ conj(∂)·χ / Σ|∂|² per axis (Odstrčil et al. 2018, §4.2).
+    Moving the probe by d over the object changes the wave after the first slice like
+    P(r)·O(r + d) up to a rigid translation, which the detector cannot see (a far-field
+    phase ramp); so the visible derivative is P·∂O/∂r (the object gradient, Odstrčil et al.
+    2018 §4.2), not O·∂P (whose largest part is that invisible ramp). The shift is
+    Re Σ conj(P·∂O)·χ / Σ|P·∂O|² per axis, with central differences for ∂O.
     """
     xp = bk.xp
-    ny, nx = probes.shape[-2:]
-    ky = bk.asarray(np.fft.fftfreq(ny))[:, None]
-    kx = bk.asarray(np.fft.fftfreq(nx))[None, :]
-    fp = bk.fft2(probes)
     out = []
-    for k in (ky, kx):
-        dpsi = bk.ifft2(fp * (-2j * np.pi * k)) * o0[:, None]
+    for axis in (-2, -1):
+        d_obj = 0.5 * (xp.roll(o0, -1, axis=axis) - xp.roll(o0, 1, axis=axis))
+        dpsi = probes * d_obj[:, None]
         num = xp.sum(xp.real(xp.conj(dpsi) * chi0), axis=(1, 2, 3))
         den = xp.sum(_abs2(xp, dpsi), axis=(1, 2, 3))
         out.append(num / (den + 1e-3 * xp.max(den) + 1e-30))
@@ -187,19 +262,9 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
         model = intensity(bk, wave_k)
         loss = xp.sum(noise.loss(bk, model, measured) * mask_f)
         chi = farfield_adjoint(bk, noise.wave_update(bk, wave_k, model, measured)) * mask_f[:, None, None, None]
-        n_slices = views.shape[1]
-        new_slices = []
-        for i in range(n_slices - 1, -1, -1):
-            o = views[:, i]
-            if update_object:
-                new_slices.append(solver.object_update(bk, obj[i], starts, psis[i], chi, mask_f))
-            else:
-                new_slices.append(obj[i])
-            if i > 0:
-                chi = propagate(bk, solver.wave_backprop(bk, o, chi), xp.conj(props[i - 1]))
-        new_obj = xp.stack(new_slices[::-1], axis=0)
+        new_obj, new_probe, chi = solver.sweep(bk, obj, probe, starts, frac, views, psis, props, chi, mask_f,
+                                               update_object, update_probe)
         o0 = views[:, 0]
-        new_probe = solver.probe_update(bk, probe, frac, o0, chi, probes, mask_f) if update_probe else probe
         if update_positions:
             shift = position_direction(bk, probes, o0, chi, mask_f)
         else:

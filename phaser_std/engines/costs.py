@@ -48,10 +48,16 @@ class SmoothCostConfig:
 # -- finite differences -------------------------------------------------------------------
 
 
+def _sl(x: Any, axis: int, start: int | None, stop: int | None) -> Any:
+    """``x[..., start:stop, ...]`` along ``axis`` (plain slicing: cheap on every backend)."""
+    idx = [slice(None)] * x.ndim
+    idx[axis] = slice(start, stop)
+    return x[tuple(idx)]
+
+
 def _diff(xp: Any, x: Any, axis: int) -> Any:
     """Forward difference along ``axis`` (length n − 1)."""
-    n = x.shape[axis]
-    return xp.take(x, xp.arange(1, n), axis=axis) - xp.take(x, xp.arange(0, n - 1), axis=axis)
+    return _sl(x, axis, 1, None) - _sl(x, axis, None, -1)
 
 
 def _diff_adj(xp: Any, g: Any, axis: int) -> Any:
@@ -69,7 +75,7 @@ def _pad_end(xp: Any, d: Any, axis: int) -> Any:
 
 
 def _crop_end(xp: Any, d: Any, axis: int) -> Any:
-    return xp.take(d, xp.arange(0, d.shape[axis] - 1), axis=axis)
+    return _sl(d, axis, None, -1)
 
 
 def _abs2(xp: Any, z: Any) -> Any:
@@ -284,17 +290,13 @@ class ProbePhaseTikhonov(CostRegularizer):
         s = xp.sqrt(_abs2(xp, f) + eps)
         pen = 0.0
         gf = xp.zeros_like(f)
-        n = f.shape[-1]
-        m = f.shape[-2]
-        for ax, length in ((-2, m), (-1, n)):
-            a = xp.take(f, xp.arange(1, length), axis=ax)
-            b = xp.take(f, xp.arange(0, length - 1), axis=ax)
-            sa = xp.take(s, xp.arange(1, length), axis=ax)
-            sb = xp.take(s, xp.arange(0, length - 1), axis=ax)
+        for ax in (-2, -1):
+            a, b = _sl(f, ax, 1, None), _sl(f, ax, None, -1)
+            sa, sb = _sl(s, ax, 1, None), _sl(s, ax, None, -1)
             pen = pen + 2 * xp.sum(sa * sb - xp.real(a * xp.conj(b)))
             ga = sb * a / sa - b  # ∂/∂ā
             gb = sa * b / sb - a  # ∂/∂b̄
-            z = xp.zeros_like(xp.take(f, xp.arange(0, 1), axis=ax))
+            z = xp.zeros_like(_sl(f, ax, None, 1))
             gf = gf + xp.concatenate([z, ga], axis=ax) + xp.concatenate([gb, z], axis=ax)
         return pen, bk.ifft2c(gf)
 

@@ -5,15 +5,14 @@ object axes (CONVENTIONS: y down, x right looking along the beam). The options b
 applied to the detector axes ``(Qy, Qx)`` of every pattern, in this order:
 
 1. ``transpose``: swap Qy and Qx (reflection about the main diagonal);
-2. ``flip_y``: reverse Qy (the top detector row becomes the bottom one);
-3. ``flip_x``: reverse Qx;
-4. ``rotate90``: ``k`` quarter turns, as ``numpy.rot90(pattern, k)`` (from +x toward −y,
-   i.e. counter-clockwise on screen, for positive ``k``).
+2. ``flip_y``: reflect Qy (ky -> −ky: the top of the detector becomes the bottom);
+3. ``flip_x``: reflect Qx (kx -> −kx);
+4. ``rotate90``: ``k`` quarter turns in the sense of ``numpy.rot90(pattern, k)`` (from +x
+   toward −y, i.e. counter-clockwise on screen, for positive ``k``).
 
-After any of them the zero angle is again taken to be at pixel ``(Qy//2, Qx//2)``. For
-square, even detectors a flip moves the zero-angle pixel by one pixel; datasets whose
-zero angle matters to the pixel should be re-centred with ``center_diffraction``.
-A transpose or an odd ``rotate90`` also swaps the two entries of the detector sampling.
+Reflections and rotations are about the zero-angle pixel ``(Qy//2, Qx//2)``, so it stays
+there (for an even axis, edge row/column 0 has no partner and maps onto itself). A
+transpose or an odd ``rotate90`` also swaps the two entries of the detector sampling.
 """
 
 from __future__ import annotations
@@ -63,10 +62,10 @@ class LoaderCommon:
     class) to add a loader's own keys.
     """
 
-    flip_y: bool = param(False, doc="reverse the detector's Qy axis (after transpose)")
-    flip_x: bool = param(False, doc="reverse the detector's Qx axis (after transpose)")
+    flip_y: bool = param(False, doc="reflect the detector's Qy axis about pixel Qy//2 (after transpose)")
+    flip_x: bool = param(False, doc="reflect the detector's Qx axis about pixel Qx//2 (after transpose)")
     transpose: bool = param(False, doc="swap the detector axes Qy and Qx (applied first)")
-    rotate90: int = param(0, doc="quarter turns numpy.rot90(pattern, k) (applied last)")
+    rotate90: int = param(0, doc="quarter turns like numpy.rot90(pattern, k), about (Qy//2, Qx//2) (applied last)")
     energy_eV: float | None = param(None, unit="eV", doc="beam energy; overrides the file",
                                     converter=float_or_none)
     convergence_angle_mrad: float | None = param(None, unit="mrad", doc="probe semi-angle; overrides the file",
@@ -85,22 +84,52 @@ class LoaderCommon:
                                                 converter=int_pair_or_none)
 
 
+def _centred_flip(n: int) -> np.ndarray:
+    """Index map of a reflection about pixel n//2: i -> (2·(n//2) − i) mod n."""
+    return (2 * (n // 2) - np.arange(n)) % n
+
+
+def orientation_indices(shape: tuple[int, int], cfg: Any) -> tuple[bool, np.ndarray, np.ndarray] | None:
+    """``(swap, ry, rx)`` with out[i, j] = src[ry[i], rx[j]] (or src[rx[j], ry[i]] when
+    ``swap``) for the configured transpose, flips and rotation; ``None`` for the identity."""
+    t = bool(getattr(cfg, "transpose", False))
+    fy = bool(getattr(cfg, "flip_y", False))
+    fx = bool(getattr(cfg, "flip_x", False))
+    k = int(getattr(cfg, "rotate90", 0) or 0) % 4
+    if not (t or fy or fx or k):
+        return None
+    swap, ry, rx = False, np.arange(shape[0]), np.arange(shape[1])
+
+    def transpose() -> None:
+        nonlocal swap, ry, rx
+        swap, ry, rx = not swap, rx, ry
+
+    if t:
+        transpose()
+    if fy:
+        ry = ry[_centred_flip(len(ry))]
+    if fx:
+        rx = rx[_centred_flip(len(rx))]
+    for _ in range(k):  # numpy.rot90(a, 1) == flip_rows(transpose(a))
+        transpose()
+        ry = ry[_centred_flip(len(ry))]
+    return swap, ry, rx
+
+
 def orient_patterns(patterns: Any, cfg: Any) -> Any:
     """Apply ``transpose``, ``flip_y``, ``flip_x``, ``rotate90`` to the last two axes.
 
-    Returns views where numpy allows (no copy); the caller makes the result contiguous once.
+    Flips and rotations are about the zero-angle pixel (Qy//2, Qx//2), which therefore stays
+    where CONVENTIONS put it (for an even axis the edge row/column 0 maps onto itself).
+    The identity returns ``patterns`` itself; anything else is one gather (one copy).
     """
-    p = patterns
-    if getattr(cfg, "transpose", False):
-        p = np.swapaxes(p, -1, -2)
-    if getattr(cfg, "flip_y", False):
-        p = p[..., ::-1, :]
-    if getattr(cfg, "flip_x", False):
-        p = p[..., :, ::-1]
-    k = int(getattr(cfg, "rotate90", 0) or 0) % 4
-    if k:
-        p = np.rot90(p, k, axes=(-2, -1))
-    return p
+    idx = orientation_indices(tuple(patterns.shape[-2:]), cfg)
+    if idx is None:
+        return patterns
+    swap, ry, rx = idx
+    if swap:
+        return patterns[..., rx[None, :], ry[:, None]]
+    return patterns[..., ry[:, None], rx[None, :]]
 
 
 def orient_sampling(sampling: tuple[float, float] | None, cfg: Any) -> tuple[float, float] | None:

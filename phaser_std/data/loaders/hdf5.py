@@ -18,8 +18,10 @@ Orientation: the file's detector axes are parallel to the object axes already (Q
 y, Qx along x); the ``flip_*``/``transpose``/``rotate90`` keys exist for files written by
 other tools (see :mod:`phaser_std.data.loaders._common`).
 
-The patterns are read with one ``read_direct`` into a single array of the run's dtype
-(h5py converts chunk by chunk; no second copy) unless an orientation option is set.
+Large files: a contiguous, uncompressed dataset of the run's dtype is memory-mapped (no
+read at all until used); otherwise the patterns are read with one ``read_direct`` into a
+single array of the run's dtype (h5py converts chunk by chunk; no second copy). An
+orientation option costs one more copy.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class Hdf5Config(LoaderCommon):
     path: str = param(doc="the .h5 file (relative to the plan's folder)")
     key: str = param("patterns", doc="dataset holding the patterns, e.g. patterns_noiseless")
     ground_truth: bool = param(True, doc="read the /ground_truth group when present")
+    mmap: bool = param(True, doc="memory-map the patterns when the dataset allows it (contiguous, "
+                       "uncompressed, of the run's dtype, no orientation option) instead of reading them")
 
 
 def _attr(attrs_: Any, name: str) -> Any:
@@ -82,9 +86,11 @@ def load_hdf5(config: Hdf5Config, ctx: LoadContext) -> RawData:
         ds = f[config.key]
         if ds.ndim not in (3, 4):
             raise DataError(f"{path}:/{config.key} must be (Ny, Nx, Qy, Qx) or (N, Qy, Qx), got {ds.shape}")
-        raw = np.empty(ds.shape, dtype=np.dtype(ctx.dtype))
-        if ds.size:
-            ds.read_direct(raw)
+        raw = _memmap(ds, path, ctx.dtype) if config.mmap and not _reorients(config) else None
+        if raw is None:
+            raw = np.empty(ds.shape, dtype=np.dtype(ctx.dtype))
+            if ds.size:
+                ds.read_direct(raw)
         patterns, shape_from_array = to_stack(raw, f"{path}:/{config.key}")
         patterns = as_host_patterns(orient_patterns(patterns, config), ctx.dtype)
 
@@ -117,6 +123,21 @@ def load_hdf5(config: Hdf5Config, ctx: LoadContext) -> RawData:
         )
         file_ang = pair_or_none(_attr(a, "angular_sampling_mrad"))
     return apply_overrides(data, config, file_angular_mrad=file_ang)
+
+
+def _reorients(config: Hdf5Config) -> bool:
+    return bool(config.flip_y or config.flip_x or config.transpose or (config.rotate90 or 0) % 4)
+
+
+def _memmap(ds: Any, path: Any, dtype: str) -> np.ndarray | None:
+    """A read-only memory map of a contiguous, uncompressed dataset of ``dtype``, else None."""
+    dt = np.dtype(dtype)
+    if ds.chunks is not None or ds.compression is not None or ds.dtype != dt or not ds.dtype.isnative:
+        return None
+    offset = ds.id.get_offset()
+    if offset is None or ds.size == 0:
+        return None
+    return np.memmap(path, dtype=dt, mode="r", offset=offset, shape=ds.shape)
 
 
 _KNOWN_ATTRS = {"energy_eV", "convergence_angle_mrad", "defocus_A", "reciprocal_sampling_invA",

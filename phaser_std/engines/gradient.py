@@ -1,0 +1,251 @@
+"""The gradient engine: stochastic gradient descent on the noise-model loss plus cost
+regularizers (paper III.B, III.D), on every backend.
+
+Variables and when they step:
+
+- ``object`` and ``probe`` are per-group variables: after every group their gradient goes
+  through their solver and the update is added (then the group constraints run).
+- ``positions`` and ``tilt`` are per-iteration variables: their gradients are summed over
+  all groups of the iteration and one solver step is taken at its end. The position step
+  has its mean removed (a global shift is an object shift, not a position error).
+
+On jax the group step is one ``bk.jit``-compiled function whose gradient comes from
+``jax.value_and_grad``; on numpy and cupy the same step uses the analytic adjoint of the
+forward model (:mod:`phaser_std.engines.gradient_step`). Both hand the solvers
+``g = 2·∂L/∂z̄`` (= ``conj(jax.grad)``).
+
+Per-iteration scaling of the accumulated gradients: positions (converted to dL/d[Å]) and a
+per-position tilt are divided by the probe intensity Σ|P|² [e⁻ per pattern], a global tilt
+by N·Σ|P|², so learning rates do not depend on dose.
+
+Carried between iterations in ``state.extra["gradient"]`` (saved in checkpoints): every
+solver's state (numpy arrays), so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import numpy as np
+
+from phaser_core.config import Flag, NoiseModelSpec, RegularizerSpec, SolverSpec, param
+from phaser_core.errors import DataError
+from phaser_core.plan import SlicesPlan
+from phaser_core.state import ObjectState, ProbeState, ReconsState
+from phaser_std.engines.common import EngineLoop, GroupingConfig, patterns_to_device, resample_for_engine
+from phaser_std.engines.conventional import scale_probe_to_data
+from phaser_std.engines.gradient_step import GroupModel, StepCounter, make_group_step
+from phaser_std.engines.regularizers import RegInfo
+from phaser_std.physics.forward import make_propagators
+
+__all__ = ["GradientSolvers", "GradientConfig", "GradientEngine"]
+
+
+@attrs.frozen
+class GradientSolvers:
+    """One gradient solver per variable (``null``: that variable is never updated)."""
+
+    object: SolverSpec | None = param(SolverSpec("adam"), doc="solver of the object (per group)")
+    probe: SolverSpec | None = param(SolverSpec("adam"), doc="solver of the probe (per group)")
+    positions: SolverSpec | None = param(None, doc="solver of the scan positions (per iteration)")
+    tilt: SolverSpec | None = param(None, doc="solver of the tilt (per iteration)")
+
+
+def _default_solvers() -> GradientSolvers:
+    from phaser_std.engines.optimizers import AdamConfig
+
+    return GradientSolvers(object=SolverSpec("adam", AdamConfig(learning_rate=5e-3)),
+                           probe=SolverSpec("adam", AdamConfig(learning_rate=1e-2)))
+
+
+@attrs.frozen
+class GradientConfig:
+    """Settings of the ``gradient`` engine."""
+
+    niter: int = param(50, doc="iterations")
+    grouping: GroupingConfig = param(factory=GroupingConfig, doc="how positions are grouped")
+    probe_modes: int | None = param(None, doc="number of incoherent probe modes (null: keep)")
+    slices: SlicesPlan | None = param(None, doc="object slices for this engine (null: keep)")
+    noise_model: NoiseModelSpec = param(NoiseModelSpec("amplitude"), doc="detector noise model")
+    solvers: GradientSolvers = param(factory=_default_solvers, doc="{object, probe, positions, tilt}: solver each")
+    regularizers: tuple[RegularizerSpec, ...] = param((), doc="cost regularizers, summed into the loss")
+    group_constraints: tuple[RegularizerSpec, ...] = param((), doc="constraints applied after every group")
+    iter_constraints: tuple[RegularizerSpec, ...] = param((), doc="constraints applied after every iteration")
+    update_object: Flag = param(Flag(), doc="when the object is updated")
+    update_probe: Flag = param(Flag(), doc="when the probe is updated")
+    update_positions: Flag = param(Flag(after=1), doc="when positions are refined (needs solvers.positions)")
+    update_tilt: Flag = param(Flag(after=1), doc="when the tilt is refined (needs solvers.tilt)")
+    tilt: str = param("global", doc="'global' (one (y, x) tilt) or 'per_position'",
+                      validator=attrs.validators.in_(("global", "per_position")))
+    bandlimit: float | None = param(2.0 / 3.0, doc="propagator band limit as a fraction of Nyquist")
+    scale_probe: bool = param(True, doc="scale the probe intensity to the data before the first iteration")
+
+
+def _pack(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k.replace("/", "."): v for k, v in arrays.items()}
+
+
+def _unpack(arrays: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {k.replace(".", "/"): np.asarray(v) for k, v in arrays.items()}
+
+
+class _HostBackend:
+    """numpy float64 for the per-iteration solvers (positions, tilt) on every backend."""
+
+    name = "numpy"
+    xp = np
+
+
+class GradientEngine:
+    """Gradient-descent engine (autodiff on jax, analytic adjoint on numpy/cupy)."""
+
+    def __init__(self, config: GradientConfig | None = None):
+        self.config = config or GradientConfig()
+        #: counts traces (jax) / calls (numpy) of the group step (tests)
+        self.step_counter = StepCounter()
+
+    def run(self, state: ReconsState, data: Any, ctx: Any) -> ReconsState:  # noqa: C901 - one flow
+        cfg = self.config
+        bk = ctx.backend
+        reg = ctx.registry
+        state = resample_for_engine(state, cfg.probe_modes, cfg.slices, ctx.seed, ctx.engine_num)
+        noise = cfg.noise_model.build(reg)
+        costs = tuple(spec.build(reg) for spec in cfg.regularizers)
+        for spec, c in zip(cfg.regularizers, costs):
+            if not hasattr(c, "cost"):
+                raise ValueError(f"gradient engine: regularizers: {spec.type!r} is not a cost regularizer; "
+                                 "put constraints under group_constraints / iter_constraints")
+        group_constraints = [spec.build(reg) for spec in cfg.group_constraints]
+        iter_constraints = [spec.build(reg) for spec in cfg.iter_constraints]
+        solvers = {k: (getattr(cfg.solvers, k).build(reg) if getattr(cfg.solvers, k) is not None else None)
+                   for k in ("object", "probe", "positions", "tilt")}
+
+        probe_shape = state.probe.shape
+        if tuple(data.pattern_shape) != tuple(probe_shape):
+            raise DataError(f"patterns are {data.pattern_shape} but the probe is {probe_shape}: "
+                            "crop or bin the data (post_load) or initialise the probe on the detector grid")
+        wavelength = state.wavelength_A or data.wavelength_A()
+        geometry = state.object
+        sampling = tuple(float(s) for s in geometry.sampling_A)
+        if not np.allclose(sampling, state.probe.sampling_A):
+            raise DataError(f"object pixel {sampling} Å differs from the probe pixel {state.probe.sampling_A} Å")
+        thick = tuple(float(t) for t in np.asarray(geometry.thicknesses_A).reshape(-1))
+        scan = np.array(state.scan_A, dtype=np.float64)
+        n_pos = scan.shape[0]
+        tilt = np.asarray(state.tilt_mrad, dtype=np.float64)
+        if cfg.tilt == "per_position" and tilt.ndim == 1:
+            tilt = np.broadcast_to(tilt, (n_pos, 2)).copy()
+        elif cfg.tilt == "global" and tilt.ndim == 2:
+            tilt = tilt.mean(axis=0)
+
+        base_props = make_propagators(bk, probe_shape, sampling, wavelength, thick, (0.0, 0.0), cfg.bandlimit)
+        patterns = patterns_to_device(bk, data.patterns)
+        probe = bk.asarray(np.asarray(state.probe.data), dtype=bk.complex_dtype)
+        obj = bk.asarray(np.asarray(geometry.data), dtype=bk.complex_dtype)
+        extra = dict(state.extra)
+        saved = dict(extra.get("gradient", {}) or {})
+
+        if cfg.scale_probe and not extra.get("probe_scaled", False):
+            mean_tilt = tilt if tilt.ndim == 1 else tilt.mean(axis=0)
+            props = make_propagators(bk, probe_shape, sampling, wavelength, thick, mean_tilt, cfg.bandlimit)
+            probe = scale_probe_to_data(bk, probe, obj, patterns, scan, geometry, props)
+            extra["probe_scaled"] = True
+
+        info = RegInfo(sampling_A=sampling, wavelength_A=wavelength, thicknesses_A=np.asarray(thick))
+        model = GroupModel(noise=noise, costs=costs, base_props=base_props, sampling_A=sampling,
+                           thicknesses_A=thick, reg_info=info, n_positions=n_pos)
+        step = make_group_step(bk, model, solvers, group_constraints, counter=self.step_counter)
+        step = bk.jit(step, static_argnames=("update_object", "update_probe", "grad_positions", "grad_tilt"))
+
+        # solver states: restored from a checkpoint when present, else fresh
+        host = _HostBackend()
+        live: dict[str, Any] = {"object": obj, "probe": probe, "scan": scan, "tilt": tilt}
+        opt_states: dict[str, Any] = {}
+        for k in ("object", "probe"):
+            if solvers[k] is not None:
+                opt_states[k] = (solvers[k].state_from_numpy(_unpack(saved[k]), live[k], bk) if k in saved
+                                 else solvers[k].init(live[k], bk))
+        host_states: dict[str, Any] = {}
+        for k in ("positions", "tilt"):
+            if solvers[k] is not None:
+                like = live["scan"] if k == "positions" else live["tilt"]
+                host_states[k] = (solvers[k].state_from_numpy(_unpack(saved[k]), like, None) if k in saved
+                                  else solvers[k].init(like, host))
+
+        half = np.array(probe_shape) // 2
+        lo = np.asarray(geometry.corner_A) + np.asarray(sampling) * half
+        hi = np.asarray(geometry.corner_A) + np.asarray(sampling) * (
+            np.array(geometry.shape) - np.array(probe_shape) + half - 1)
+        cur: dict[str, Any] = {"it": None}
+
+        def flags(it: int) -> dict[str, bool]:
+            return {"update_object": solvers["object"] is not None and cfg.update_object(it),
+                    "update_probe": solvers["probe"] is not None and cfg.update_probe(it),
+                    "grad_positions": solvers["positions"] is not None and cfg.update_positions(it),
+                    "grad_tilt": solvers["tilt"] is not None and cfg.update_tilt(it) and len(thick) > 1}
+
+        def begin_iteration(it: int) -> None:
+            cur["it"] = it
+            cur["flags"] = flags(it)
+            cur["hyper"] = {k: (solvers[k].hyperparams(it) if solvers[k] is not None else {})
+                            for k in ("object", "probe")}
+            cur["cost_w"] = bk.asarray(np.array([c.weight(it) for c in costs], dtype=np.float64))
+            cur["acc"] = {"positions": bk.xp.zeros((n_pos, 2), dtype=bk.real_dtype),
+                          "tilt": bk.xp.zeros(live["tilt"].shape, dtype=bk.real_dtype)}
+            cur["tilt_dev"] = bk.asarray(live["tilt"])
+
+        def group_step(it, idx, mask, starts, frac):
+            if cur["it"] != it:
+                begin_iteration(it)
+            idx_d = bk.asarray(idx)
+            tilt_g = cur["tilt_dev"] if live["tilt"].ndim == 1 else cur["tilt_dev"][idx_d]
+            params = {"object": live["object"], "probe": live["probe"]}
+            params, states, cur["acc"], loss = step(
+                params, opt_states, cur["acc"], patterns, idx_d, bk.asarray(starts), bk.asarray(frac), tilt_g,
+                bk.asarray(mask), cur["hyper"], cur["cost_w"], **cur["flags"])
+            live["object"], live["probe"] = params["object"], params["probe"]
+            opt_states.update(states)
+            return loss
+
+        def end_iteration(it):
+            fl = cur["flags"]
+            if iter_constraints:
+                p, o = live["probe"], live["object"]
+                for c in iter_constraints:
+                    p, o = c.apply(bk, p, o, info.replace(iteration=it))
+                live["probe"], live["object"] = p, o
+            probe_int = float(bk.to_numpy(bk.xp.sum(bk.xp.abs(live["probe"]) ** 2)))
+            probe_int = max(probe_int, 1e-30)
+            if fl["grad_positions"]:
+                g = bk.to_numpy(cur["acc"]["positions"]).astype(np.float64) / np.asarray(sampling) / probe_int
+                g -= g.mean(axis=0)
+                u, host_states["positions"] = solvers["positions"].update(
+                    host, g, host_states["positions"], live["scan"], it)
+                u = np.asarray(u, dtype=np.float64)
+                u -= u.mean(axis=0)
+                live["scan"] = np.clip(live["scan"] + u, lo, hi)
+            if fl["grad_tilt"]:
+                g = bk.to_numpy(cur["acc"]["tilt"]).astype(np.float64) / probe_int
+                if g.ndim == 1:
+                    g /= n_pos
+                u, host_states["tilt"] = solvers["tilt"].update(host, g, host_states["tilt"], live["tilt"], it)
+                live["tilt"] = live["tilt"] + np.asarray(u, dtype=np.float64)
+            cur["it"] = None
+
+        def snapshot() -> ReconsState:
+            saved_now = {k: _pack(solvers[k].state_to_numpy(s, bk)) for k, s in opt_states.items()}
+            saved_now.update({k: _pack(solvers[k].state_to_numpy(s)) for k, s in host_states.items()})
+            extra["gradient"] = saved_now
+            return ReconsState(
+                probe=ProbeState(data=bk.to_numpy(live["probe"]), sampling_A=tuple(state.probe.sampling_A)),
+                object=ObjectState(data=bk.to_numpy(live["object"]), sampling_A=tuple(geometry.sampling_A),
+                                   corner_A=tuple(geometry.corner_A),
+                                   thicknesses_A=np.asarray(geometry.thicknesses_A)),
+                scan_A=live["scan"].copy(), tilt_mrad=np.array(live["tilt"]), iteration=state.iteration,
+                progress=state.progress, wavelength_A=wavelength, extra=extra)
+
+        loop = EngineLoop(name="gradient", niter=cfg.niter, grouping=cfg.grouping, ctx=ctx, n_positions=n_pos)
+        return loop.run(state, scan_A=lambda: live["scan"], obj_geometry=lambda: geometry,
+                        probe_shape=probe_shape, group_step=group_step, end_iteration=end_iteration,
+                        snapshot=snapshot)

@@ -1,0 +1,357 @@
+"""The pure per-group step of the gradient engine: loss, gradients, optimizer update.
+
+Two ways to the same gradients:
+
+- **autodiff** (jax): ``jax.value_and_grad`` of :func:`group_loss` (the forward model, the
+  noise-model loss and the cost regularizers).
+- **analytic adjoint** (numpy, cupy; also usable on jax): the noise model's ``dL/dI``
+  -> :func:`~phaser_std.engines.noise_models.wirtinger_far_grad` -> ``farfield_adjoint``
+  -> back-propagation through the slices (:func:`_backward`, the adjoint of
+  ``multislice_forward`` that also yields the tilt derivative) -> ``add_views`` /
+  ``unshift_probes``, plus the cost regularizers' analytic ``grad``.
+
+**Gradient convention.** For a real loss L of a complex variable z = x + iy the engines
+hand the optimizers the steepest-*ascent* direction in (x, y)::
+
+    g = ∂L/∂x + i·∂L/∂y = 2·∂L/∂z̄ = conj(jax.grad(L)(z))
+
+(``jax.grad`` of a real function of a complex argument returns ``2·conj(∂L/∂z̄)``,
+i.e. the conjugate of ``g``: ``tests/test_gradient_engine.py::test_wirtinger_factor`` pins
+this numerically on |z|²). The analytic path computes the Wirtinger derivative ∂L/∂z̄ and
+doubles it. Real variables (positions [px], tilt [mrad]) get the ordinary derivative.
+Descent is ``z += update`` with ``update = −lr·g`` for sgd (optimizers add their updates).
+
+**Per-group scaling** (as the published phaser): the probe gradient is divided by the number
+of valid positions in the group, the object gradient by that number times the probe
+intensity Σ|P|² [e⁻ per pattern], so SGD step sizes do not depend on dose or group size
+(Adam is invariant to a constant scale anyway). Positions and tilt gradients are returned
+unscaled and accumulated over the iteration; the engine scales them.
+
+**Costs** enter as ``weight · fraction · penalty`` with ``fraction = B_valid / N``: summed
+over an iteration's groups every penalty is added once, whatever the group size.
+
+**Jit.** :func:`make_group_step` returns one function doing forward, loss, gradient,
+optimizer update and group constraints; on jax the engine wraps it in ``bk.jit`` with the
+update flags static. The ragged last group comes padded (``mask``), so every group has the
+same shapes and nothing recompiles.
+
+Shapes: object ``(S, H, W)``, probe ``(M, Ny, Nx)``, ``starts``/``frac`` ``(B, 2)``
+int/[px], ``tilt`` ``(2,)`` global or ``(B, 2)`` per position [mrad], patterns
+``(N, Qy, Qx)`` corner-centred [e⁻], ``mask`` ``(B,)`` bool.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import attrs
+import numpy as np
+
+from phaser_std.engines.noise_models import wirtinger_far_grad
+from phaser_std.physics.forward import (
+    _prop_for_slice,
+    add_views,
+    farfield,
+    farfield_adjoint,
+    get_views,
+    intensity,
+    multislice_forward,
+    shift_probes,
+    unshift_probes,
+)
+
+__all__ = ["GroupModel", "tilt_ramps", "group_loss", "analytic_gradients", "autodiff_gradients",
+           "group_gradients", "make_group_step"]
+
+VARIABLES = ("object", "probe", "positions", "tilt")
+
+
+@attrs.frozen(kw_only=True)
+class GroupModel:
+    """What a group's loss depends on besides the variables.
+
+    :ivar noise: the noise model (``loss``, ``grad_intensity``).
+    :ivar costs: cost regularizers (``cost``, ``grad``).
+    :ivar base_props: untilted band-limited propagators ``(S-1, Ny, Nx)`` or None (one slice).
+    :ivar sampling_A: (y, x) pixel size [Å] of probe and object.
+    :ivar thicknesses_A: per-slice thickness [Å] (host tuple; the last is not propagated).
+    :ivar reg_info: a :class:`~phaser_std.engines.regularizers.RegInfo` for costs/constraints.
+    :ivar n_positions: N, the number of scan positions (for the cost fraction).
+    """
+
+    noise: Any
+    costs: tuple = ()
+    base_props: Any = None
+    sampling_A: tuple[float, float]
+    thicknesses_A: tuple[float, ...]
+    reg_info: Any
+    n_positions: int
+
+
+# --------------------------------------------------------------------------- tilt
+def _k_grids(bk: Any, shape: Sequence[int], sampling_A: Sequence[float]) -> tuple[Any, Any]:
+    ky = bk.asarray(np.fft.fftfreq(int(shape[0]), d=float(sampling_A[0])).reshape(-1, 1), dtype=bk.real_dtype)
+    kx = bk.asarray(np.fft.fftfreq(int(shape[1]), d=float(sampling_A[1])).reshape(1, -1), dtype=bk.real_dtype)
+    return ky, kx
+
+
+def tilt_ramps(bk: Any, shape: Sequence[int], sampling_A: Sequence[float], thicknesses_A: Sequence[float],
+               tilt_mrad: Any) -> Any:
+    """exp(−2πiΔz_i(k_y tan t_y + k_x tan t_x)) per propagation step, corner-centred.
+
+    ``tilt_mrad`` ``(2,)`` -> ``(S-1, Ny, Nx)``; ``(B, 2)`` -> ``(B, S-1, Ny, Nx)``.
+    Differentiable in the tilt (jax). The tilted propagator is ``base · ramp``
+    (CONVENTIONS: a tilt t moves the wave laterally by Δz·tan t).
+    """
+    xp = bk.xp
+    ky, kx = _k_grids(bk, shape, sampling_A)
+    dz = np.asarray(thicknesses_A, dtype=np.float64)[:-1]
+    t = xp.tan(tilt_mrad * 1e-3)
+    lin = ky * t[..., 0, None, None] + kx * t[..., 1, None, None]  # (..., Ny, Nx)
+    dzs = bk.asarray(dz, dtype=bk.real_dtype)
+    phase = (-2 * np.pi) * dzs[:, None, None] * lin[..., None, :, :]  # (..., S-1, Ny, Nx)
+    return xp.exp(1j * phase).astype(bk.complex_dtype)
+
+
+def _props(bk: Any, model: GroupModel, shape: Sequence[int], tilt: Any) -> Any:
+    if model.base_props is None:
+        return None
+    return model.base_props * tilt_ramps(bk, shape, model.sampling_A, model.thicknesses_A, tilt)
+
+
+# --------------------------------------------------------------------------- loss
+def _fraction(bk: Any, mask_f: Any, n_positions: int) -> Any:
+    return bk.xp.sum(mask_f) / float(n_positions)
+
+
+def _forward(bk: Any, model: GroupModel, obj: Any, probe: Any, frac: Any, tilt: Any, starts: Any) -> tuple:
+    shape = probe.shape[-2:]
+    probes = shift_probes(bk, probe, frac)
+    views = get_views(bk, obj, starts, shape)
+    props = _props(bk, model, shape, tilt)
+    psis, exit_waves = multislice_forward(bk, probes, views, props)
+    wave_k = farfield(bk, exit_waves)
+    return probes, views, props, psis, wave_k, intensity(bk, wave_k)
+
+
+def _cost_total(bk: Any, model: GroupModel, probe: Any, obj: Any, fraction: Any, cost_w: Any) -> Any:
+    total = 0.0
+    info = model.reg_info.replace(fraction=fraction)
+    for k, reg in enumerate(model.costs):
+        total = total + reg.cost(bk, probe, obj, info, weight=cost_w[k])
+    return total
+
+
+def group_loss(bk: Any, model: GroupModel, obj: Any, probe: Any, frac: Any, tilt: Any, starts: Any,
+               measured: Any, mask: Any, cost_w: Any) -> tuple[Any, Any]:
+    """``(total, data)``: the noise-model loss summed over the group's valid patterns plus
+    the cost regularizers (``total``), and the data term alone."""
+    mask_f = mask.astype(bk.real_dtype)
+    *_, model_I = _forward(bk, model, obj, probe, frac, tilt, starts)
+    data = bk.xp.sum(model.noise.loss(bk, model_I, measured) * mask_f)
+    return data + _cost_total(bk, model, probe, obj, _fraction(bk, mask_f, model.n_positions), cost_w), data
+
+
+# --------------------------------------------------------------------------- analytic adjoint
+def _backward(bk: Any, views: Any, props: Any, psis: list, grad_exit: Any, want_tilt: bool) -> tuple:
+    """Adjoint of ``multislice_forward`` (as :func:`~phaser_std.physics.forward.multislice_backward`),
+    also returning per-position, per-step ``Re Σ_modes,k F(ψ_i)·conj(F(g_i))`` weighted by
+    the ramp derivative factors (see :func:`analytic_gradients`): a list over steps of
+    ``(B, M, Ny, Nx)`` products ``F(ψ_i)·conj(F(∂L/∂ψ̄_i))`` when ``want_tilt``."""
+    xp = bk.xp
+    n_slices = views.shape[1]
+    g = grad_exit
+    grads = [None] * n_slices
+    tilt_terms = [None] * max(n_slices - 1, 0)
+    for i in range(n_slices - 1, -1, -1):
+        o = views[:, i][:, None]
+        grads[i] = xp.sum(xp.conj(psis[i]) * g, axis=1)
+        g = xp.conj(o) * g  # ∂L/∂ψ̄_i
+        if i > 0:
+            fg = bk.fft2(g)
+            if want_tilt:
+                tilt_terms[i - 1] = bk.fft2(psis[i]) * xp.conj(fg)
+            g = bk.ifft2(fg * xp.conj(_prop_for_slice(props, i - 1)))
+    return xp.stack(grads, axis=1), g, tilt_terms
+
+
+def analytic_gradients(bk: Any, model: GroupModel, obj: Any, probe: Any, frac: Any, tilt: Any, starts: Any,
+                       measured: Any, mask: Any, cost_w: Any, wrt: Sequence[str] = VARIABLES) -> tuple:
+    """``(total, data, grads)`` by the analytic adjoint (any backend, no autodiff).
+
+    ``grads`` has the keys of ``wrt``: ``object`` ``(S, H, W)`` and ``probe`` ``(M, Ny, Nx)``
+    as ``2·∂L/∂z̄``; ``positions`` ``(B, 2)`` dL/d(frac) [1/px]; ``tilt`` ``(2,)`` or
+    ``(B, 2)`` dL/dt [1/mrad]. Unscaled (see the module docstring).
+    """
+    xp = bk.xp
+    mask_f = mask.astype(bk.real_dtype)
+    shape = probe.shape[-2:]
+    probes, views, props, psis, wave_k, model_I = _forward(bk, model, obj, probe, frac, tilt, starts)
+    data = xp.sum(model.noise.loss(bk, model_I, measured) * mask_f)
+    fraction = _fraction(bk, mask_f, model.n_positions)
+    total = data + _cost_total(bk, model, probe, obj, fraction, cost_w)
+
+    d_i = model.noise.grad_intensity(bk, model_I, measured) * mask_f[:, None, None]
+    grad_exit = farfield_adjoint(bk, wirtinger_far_grad(bk, wave_k, d_i))
+    want_tilt = "tilt" in wrt and props is not None
+    grad_views, grad_probes, tilt_terms = _backward(bk, views, props, psis, grad_exit, want_tilt)
+
+    out: dict[str, Any] = {}
+    if "object" in wrt:
+        out["object"] = 2 * add_views(bk, xp.zeros_like(obj), starts, grad_views)
+    if "probe" in wrt:
+        out["probe"] = 2 * unshift_probes(bk, grad_probes, frac)
+    if "positions" in wrt:
+        # d(shifted probe)/d frac = F⁻¹[F(P)·ramp·(−2πi k)], k [1/px]; dL/dd = 2 Re Σ conj(g)·that
+        fp = bk.fft2(probes)
+        cols = []
+        for k in _k_grids(bk, shape, (1.0, 1.0)):
+            dp = bk.ifft2(fp * ((-2j * np.pi) * k))
+            cols.append(2 * xp.sum(xp.real(xp.conj(grad_probes) * dp), axis=(1, 2, 3)))
+        out["positions"] = xp.stack(cols, axis=1)
+    if "tilt" in wrt:
+        out["tilt"] = _tilt_grad(bk, model, shape, tilt, tilt_terms) if want_tilt else xp.zeros_like(tilt)
+
+    if model.costs and ("object" in wrt or "probe" in wrt):
+        info = model.reg_info.replace(fraction=fraction)
+        for k, reg in enumerate(model.costs):
+            gp, go = reg.grad(bk, probe, obj, info, weight=cost_w[k])
+            if go is not None and "object" in out:
+                out["object"] = out["object"] + 2 * go
+            if gp is not None and "probe" in out:
+                out["probe"] = out["probe"] + 2 * gp
+    return total, data, out
+
+
+def _tilt_grad(bk: Any, model: GroupModel, shape: Sequence[int], tilt: Any, terms: list) -> Any:
+    """dL/dt [1/mrad] from the per-step products F(ψ_i)·conj(F(g_i)) (B, M, Ny, Nx):
+    ∂H/∂t_y = H·(−2πiΔz k_y)·sec²(t_y)·1e-3, dL/dt = 2 Re Σ conj(∂L/∂H̄)·∂H/∂t and
+    conj(∂L/∂H̄)·H = F(ψ_{i+1})·conj(F(g_{i+1}))."""
+    xp = bk.xp
+    ky, kx = _k_grids(bk, shape, model.sampling_A)
+    dz = np.asarray(model.thicknesses_A, dtype=np.float64)[:-1]
+    gy = 0.0
+    gx = 0.0
+    for i, term in enumerate(terms):
+        s = xp.sum(term, axis=1)  # (B, Ny, Nx), over modes
+        c = (-2j * np.pi * float(dz[i]))
+        gy = gy + 2 * xp.sum(xp.real(s * (c * ky)), axis=(-2, -1))
+        gx = gx + 2 * xp.sum(xp.real(s * (c * kx)), axis=(-2, -1))
+    g = xp.stack([gy, gx], axis=-1)  # (B, 2)
+    sec2 = (1 + xp.tan(tilt * 1e-3) ** 2) * 1e-3
+    if tilt.ndim == 1:
+        return xp.sum(g, axis=0) * sec2
+    return g * sec2
+
+
+# --------------------------------------------------------------------------- autodiff
+def _value_and_grad(bk: Any, fn: Any, **kwargs: Any) -> Any:
+    vg = getattr(bk, "value_and_grad", None)
+    if vg is not None:
+        return vg(fn, **kwargs)
+    import jax  # noqa: PLC0415 - jax backend only (the backend has no value_and_grad method)
+
+    return jax.value_and_grad(fn, **kwargs)
+
+
+def autodiff_gradients(bk: Any, model: GroupModel, obj: Any, probe: Any, frac: Any, tilt: Any, starts: Any,
+                       measured: Any, mask: Any, cost_w: Any, wrt: Sequence[str] = VARIABLES) -> tuple:
+    """As :func:`analytic_gradients`, by ``jax.value_and_grad`` (jax backend only)."""
+    xp = bk.xp
+    variables = {"object": obj, "probe": probe, "positions": frac, "tilt": tilt}
+    diff = {k: variables[k] for k in wrt}
+
+    def fn(d):
+        v = dict(variables, **d)
+        return group_loss(bk, model, v["object"], v["probe"], v["positions"], v["tilt"], starts, measured,
+                          mask, cost_w)
+
+    (total, data), g = _value_and_grad(bk, fn, has_aux=True)(diff)
+    out = {k: (xp.conj(v) if k in ("object", "probe") else v) for k, v in g.items()}
+    return total, data, out
+
+
+def group_gradients(bk: Any, model: GroupModel, *args: Any, method: str = "auto", **kwargs: Any) -> tuple:
+    """Dispatch: ``method`` "autodiff", "analytic" or "auto" (autodiff on jax)."""
+    if method == "auto":
+        method = "autodiff" if getattr(bk, "name", "") == "jax" else "analytic"
+    if method == "autodiff":
+        return autodiff_gradients(bk, model, *args, **kwargs)
+    if method != "analytic":
+        raise ValueError(f"gradient method must be 'auto', 'autodiff' or 'analytic', got {method!r}")
+    return analytic_gradients(bk, model, *args, **kwargs)
+
+
+# --------------------------------------------------------------------------- the step
+class StepCounter:
+    """Counts how often the step's Python body runs: once per jax trace (compile), once per
+    call on numpy/cupy. Tests use it to prove a ragged group does not recompile."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+def make_group_step(bk: Any, model: GroupModel, solvers: dict, constraints: Sequence[Any] = (),
+                    method: str = "auto", counter: StepCounter | None = None):
+    """The pure group step.
+
+    ``step(params, opt_states, acc, patterns, idx, starts, frac, tilt, mask, hyper, cost_w,
+    *, update_object, update_probe, grad_positions, grad_tilt) -> (params, opt_states, acc,
+    data_loss)``
+
+    - ``params`` ``{"object", "probe"}``; ``opt_states`` their solver states.
+    - ``acc`` ``{"positions": (N, 2), "tilt": (2,) | (N, 2)}``: per-iteration gradient sums
+      (positions in 1/px, tilt in 1/mrad, unscaled); the group's contributions are added at
+      ``idx`` (padding rows contribute zero).
+    - ``hyper`` ``{"object": {...}, "probe": {...}}`` scheduled solver hyperparameters,
+      ``cost_w`` ``(n_costs,)`` scheduled cost weights: traced values, never recompiled.
+    - ``tilt`` the group's tilt: ``(2,)`` global or ``(B, 2)``.
+    """
+    xp = bk.xp
+
+    def step(params, opt_states, acc, patterns, idx, starts, frac, tilt, mask, hyper, cost_w, *,
+             update_object=True, update_probe=True, grad_positions=False, grad_tilt=False):
+        if counter is not None:
+            counter.n += 1
+        obj, probe = params["object"], params["probe"]
+        measured = patterns[idx]
+        wrt = tuple(k for k, on in (("object", update_object), ("probe", update_probe),
+                                    ("positions", grad_positions), ("tilt", grad_tilt)) if on)
+        if not wrt:
+            _, data = group_loss(bk, model, obj, probe, frac, tilt, starts, measured, mask, cost_w)
+            return params, opt_states, acc, data
+        total, data, g = group_gradients(bk, model, obj, probe, frac, tilt, starts, measured, mask, cost_w,
+                                         method=method, wrt=wrt)
+        n_valid = xp.maximum(xp.sum(mask.astype(bk.real_dtype)), 1.0)
+        probe_int = xp.sum(xp.real(probe) ** 2 + xp.imag(probe) ** 2)
+        new_params = dict(params)
+        new_states = dict(opt_states)
+        if update_object:
+            go = (g["object"] / (n_valid * probe_int)).astype(obj.dtype)
+            u, new_states["object"] = solvers["object"].update(bk, go, opt_states["object"], obj,
+                                                               hyper=hyper["object"], value=total)
+            new_params["object"] = obj + u
+        if update_probe:
+            gp = (g["probe"] / n_valid).astype(probe.dtype)
+            u, new_states["probe"] = solvers["probe"].update(bk, gp, opt_states["probe"], probe,
+                                                             hyper=hyper["probe"], value=total)
+            new_params["probe"] = probe + u
+        if constraints:
+            p, o = new_params["probe"], new_params["object"]
+            for c in constraints:
+                p, o = c.apply(bk, p, o, model.reg_info)
+            new_params["probe"], new_params["object"] = p, o
+        new_acc = dict(acc)
+        mask_f = mask.astype(bk.real_dtype)
+        if grad_positions:
+            gpos = g["positions"] * mask_f[:, None]
+            new_acc["positions"] = bk.add_at(acc["positions"], (idx,), gpos.astype(acc["positions"].dtype))
+        if grad_tilt:
+            gt = g["tilt"]
+            if acc["tilt"].ndim == 1:
+                new_acc["tilt"] = acc["tilt"] + gt.astype(acc["tilt"].dtype)
+            else:
+                new_acc["tilt"] = bk.add_at(acc["tilt"], (idx,), (gt * mask_f[:, None]).astype(acc["tilt"].dtype))
+        return new_params, new_states, new_acc, data
+
+    return step

@@ -1,0 +1,73 @@
+"""phaser inspect: the sampling figures (formulas) and the CLI's table and PNG."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from phaser_core.data import RawData
+from phaser_core.physics_constants import wavelength_A
+from phaser_std.data.inspect import sampling_figures, virtual_images
+from phaser_std.data.simulate import simulate, spec_from_dict, write_hdf5
+
+TINY = {
+    "energy_eV": 200e3, "convergence_angle_mrad": 20.0, "defocus_A": 100.0,
+    "detector_shape": [32, 32], "reciprocal_sampling_invA": 0.2,
+    "scan": {"shape": [4, 4], "step_A": 0.5}, "dose": 1e4,
+    "object": {"cell_A": [3.0, 3.0], "atoms": [{"position": [0.0, 0.0], "strength_rad": 0.5}]},
+}
+
+
+def test_sampling_figures_formulas():
+    data = RawData(patterns=np.zeros((4, 32, 32), np.float32), reciprocal_sampling_invA=(0.2, 0.2),
+                   energy_eV=200e3, convergence_angle_mrad=20.0, defocus_A=100.0, scan_shape=(2, 2),
+                   scan_step_A=(0.5, 0.25))
+    f = sampling_figures(data)
+    lam = wavelength_A(200e3)
+    assert f["linear_oversampling"] == pytest.approx((1 / (2 * 0.5 * 0.2), 1 / (2 * 0.25 * 0.2)))
+    assert f["areal_oversampling"] == pytest.approx(32 * 32 * (1 / 6.4) ** 2 / (0.5 * 0.25))
+    s = 1 / (32 * 0.2)
+    assert f["probe_sampling"][0] == pytest.approx(s / (lam / (4 * 0.02)))
+    assert f["bf_disc_px"][0] == pytest.approx(2 * 0.02 / (lam * 0.2))
+    assert f["ronchigram_magnification"][0] == pytest.approx(s / (100.0 * lam * 0.2))
+    assert f["probe_diameter_A"] == pytest.approx(2 * 0.02 * 100 + 1.22 * lam / 0.02)
+    infocus = sampling_figures(data.replace(defocus_A=0.0))
+    assert infocus["ronchigram_magnification"][0] == np.inf
+
+
+def test_virtual_images_see_the_bright_field_disc(tmp_path):
+    sim = simulate(spec_from_dict(TINY))
+    data = RawData(patterns=sim.patterns_noiseless.reshape(16, 32, 32), reciprocal_sampling_invA=(0.2, 0.2),
+                   energy_eV=200e3, convergence_angle_mrad=20.0, scan_shape=(4, 4))
+    pac, bf, adf = virtual_images(data)
+    total = data.patterns.sum(axis=(1, 2))
+    assert np.all(bf > 0.8 * total) and np.all(adf < 0.1 * total)
+    assert pac.shape == (32, 32)
+
+
+def test_cli_inspect_prints_figures_and_writes_png(tmp_path, capsys):
+    from phaser_core.cli import main
+    from phaser_core.registry import set_registry
+
+    path = write_hdf5(simulate(spec_from_dict(TINY)), tmp_path / "d.h5")
+    png = tmp_path / "out" / "overview.png"
+    set_registry(None)
+    assert main(["inspect", str(path), "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    for text in ("linear oversampling", "areal oversampling", "probe sampling", "Ronchigram", "200 kV",
+                 "0.5 Å", "4 x 4"):
+        assert text in out, text
+    line = next(ln for ln in out.splitlines() if "linear oversampling" in ln)
+    assert line.split("│")[2].strip() == "5"  # 1/(2 · 0.5 Å · 0.2 /Å)
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    with Image.open(png) as im:
+        assert im.size[0] > 300 and im.size[1] > 300
+
+
+def test_cli_inspect_missing_file(tmp_path, capsys):
+    from phaser_core.cli import main
+
+    assert main(["inspect", str(tmp_path / "nope.h5")]) == 1
+    assert "does not exist" in capsys.readouterr().err

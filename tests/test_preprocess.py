@@ -1,0 +1,164 @@
+"""Post-load steps: shapes, sampling, dose, seeding, masks; inputs are never modified."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from phaser_core.context import LoadContext
+from phaser_core.data import RawData
+from phaser_core.errors import DataError
+from phaser_std.data import preprocess as pp
+
+CTX = LoadContext(seed=5)
+
+
+def make_data(n_y=3, n_x=4, q=16, dtype=np.float32, centre=None) -> RawData:
+    """Gaussian discs centred on pixel ``centre`` (default Q//2), varying amplitude per pattern."""
+    yy, xx = np.indices((q, q))
+    cy, cx = centre if centre is not None else (q // 2, q // 2)
+    disc = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 2.0**2))
+    amp = 1 + 0.1 * np.arange(n_y * n_x)
+    patterns = (amp[:, None, None] * disc * 100).astype(dtype)
+    return RawData(patterns=patterns, reciprocal_sampling_invA=(0.1, 0.12), energy_eV=200e3,
+                   convergence_angle_mrad=20.0, scan_shape=(n_y, n_x), scan_step_A=(0.5, 0.4))
+
+
+def frozen(data: RawData) -> np.ndarray:
+    return np.array(data.patterns, copy=True)
+
+
+def test_all_registered():
+    from phaser_core.registry import Registry
+
+    names = set(Registry.build().names("preprocessor"))
+    assert {"crop_data", "bin", "pad", "scale", "poisson", "drop_nan_patterns", "center_diffraction",
+            "detector_mask"} <= names
+
+
+def test_crop_detector_keeps_zero_angle_and_sampling():
+    data = make_data()
+    before = frozen(data)
+    out = pp.crop_data(pp.CropConfig(size=(8, 10)), data, CTX)
+    assert out.pattern_shape == (8, 10)
+    assert out.reciprocal_sampling_invA == data.reciprocal_sampling_invA
+    # the maximum (zero angle, pixel 8 of 16) is at the new Q//2
+    assert np.unravel_index(np.argmax(out.patterns[0]), (8, 10)) == (4, 5)
+    np.testing.assert_array_equal(data.patterns, before)
+    assert out.real_space_sampling_A() == pytest.approx((1 / (8 * 0.1), 1 / (10 * 0.12)))
+
+
+def test_crop_scan():
+    data = make_data()
+    out = pp.crop_data(pp.CropConfig(scan=(1, 3, 0, 2)), data, CTX)
+    assert out.scan_shape == (2, 2) and out.n_patterns == 4
+    np.testing.assert_array_equal(out.patterns, data.patterns[[4, 5, 8, 9]])
+    full = pp.raster_positions(data)
+    np.testing.assert_array_equal(out.scan_positions_A, full[[4, 5, 8, 9]])
+    with pytest.raises(DataError, match="fit the detector"):
+        pp.crop_data(pp.CropConfig(size=(32, 8)), data, CTX)
+
+
+def test_bin_conserves_counts_and_scales_sampling():
+    data = make_data().replace(mask=np.ones((16, 16), bool))
+    data.mask[3, 3] = False
+    out = pp.bin_detector(pp.BinConfig(factor=2), data, CTX)
+    assert out.pattern_shape == (8, 8)
+    np.testing.assert_allclose(out.patterns.sum(axis=(1, 2)), data.patterns.sum(axis=(1, 2)), rtol=1e-6)
+    assert out.reciprocal_sampling_invA == pytest.approx((0.2, 0.24))
+    assert not out.mask[1, 1] and out.mask.sum() == 63
+    out3 = pp.bin_detector(pp.BinConfig(factor=(3, 4)), data, CTX)
+    assert out3.pattern_shape == (5, 4)
+
+
+def test_pad_masks_new_pixels():
+    data = make_data()
+    out = pp.pad(pp.PadConfig(size=(20, 24)), data, CTX)
+    assert out.pattern_shape == (20, 24)
+    assert np.unravel_index(np.argmax(out.patterns[0]), (20, 24)) == (10, 12)
+    assert out.mask.sum() == 16 * 16 and out.mask[10, 12] and not out.mask[0, 0]
+    np.testing.assert_array_equal(out.patterns[:, 2:18, 4:20], data.patterns)
+
+
+def test_scale():
+    data = make_data()
+    before = frozen(data)
+    out = pp.scale(pp.ScaleConfig(factor=0.5), data, CTX)
+    np.testing.assert_allclose(out.patterns, before * 0.5)
+    np.testing.assert_array_equal(data.patterns, before)
+    assert out.patterns.dtype == np.float32
+
+
+def test_poisson_reaches_dose_and_is_seeded():
+    data = make_data()
+    before = frozen(data)
+    cfg = pp.PoissonConfig(dose=2000.0)
+    a = pp.poisson(cfg, data, CTX)
+    b = pp.poisson(cfg, data, CTX)
+    c = pp.poisson(cfg, data, LoadContext(seed=6))
+    np.testing.assert_array_equal(a.patterns, b.patterns)
+    assert not np.array_equal(a.patterns, c.patterns)
+    assert np.all(a.patterns == np.round(a.patterns)) and a.patterns.dtype == np.float32
+    # expected mean counts per pattern: 2000 e/Å² · 0.5·0.4 Å² = 400 e; 12 patterns -> σ_mean ≈ 6
+    assert abs(a.patterns.sum(axis=(1, 2)).mean() - 400.0) < 30
+    np.testing.assert_array_equal(data.patterns, before)
+    # the seed key overrides the plan's seed
+    d = pp.poisson(pp.PoissonConfig(dose=2000.0, seed=6), data, CTX)
+    np.testing.assert_array_equal(d.patterns, c.patterns)
+
+
+def test_poisson_stream_is_the_documented_one():
+    from phaser_core.backend import stream_seed
+
+    data = make_data()
+    out = pp.poisson(pp.PoissonConfig(scale=1.0), data, CTX)
+    rng = np.random.default_rng(stream_seed(5, "poisson-resample"))
+    np.testing.assert_array_equal(out.patterns, rng.poisson(np.asarray(data.patterns, np.float64)))
+
+
+def test_drop_nan_patterns_drops_positions_consistently():
+    data = make_data()
+    p = np.array(data.patterns)
+    p[2, 0, 0] = np.nan
+    p[7] = 0.0
+    data = data.replace(patterns=p)
+    out = pp.drop_nan_patterns(pp.DropNanConfig(), data, CTX)
+    keep = [i for i in range(12) if i not in (2, 7)]
+    assert out.n_patterns == 10 and out.scan_shape is None
+    np.testing.assert_array_equal(out.patterns, p[keep])
+    np.testing.assert_array_equal(out.scan_positions_A, pp.raster_positions(data)[keep])
+    np.testing.assert_array_equal(out.extra["kept_indices"], keep)
+    assert np.isnan(data.patterns[2, 0, 0])  # input untouched
+    # a NaN fraction threshold keeps pattern 2 (1 NaN pixel of 256) and zero-fills it
+    out2 = pp.drop_nan_patterns(pp.DropNanConfig(threshold=0.5), data, CTX)
+    assert out2.n_patterns == 11 and not np.isnan(out2.patterns).any()
+
+
+def test_center_diffraction_integer_and_subpixel():
+    data = make_data(centre=(6, 11))
+    out = pp.center_diffraction(pp.CenterConfig(subpixel=False), data, CTX)
+    assert np.unravel_index(np.argmax(out.patterns[0]), (16, 16)) == (8, 8)
+    assert out.extra["center_shift_px"] == pytest.approx((2.0, -3.0), abs=0.05)
+    assert out.mask.sum() == 14 * 13 and out.mask[2:, :13].all()  # shifted down 2, left 3
+    # sub-pixel: a disc at (7.5, 8.25) is centred to within a small fraction of a pixel
+    yy, xx = np.indices((16, 16))
+    disc = np.exp(-((yy - 7.5) ** 2 + (xx - 8.25) ** 2) / 8.0)
+    sub = make_data().replace(patterns=np.stack([disc, 2 * disc]).astype(np.float64), scan_shape=None)
+    out = pp.center_diffraction(pp.CenterConfig(), sub, CTX)
+    com = pp.centre_of_mass(out.patterns.mean(axis=0))
+    assert com == pytest.approx((8.0, 8.0), abs=0.05)
+    np.testing.assert_allclose(out.patterns.sum(), sub.patterns.sum(), rtol=1e-3)
+
+
+def test_detector_mask_from_file_and_rectangles(tmp_path):
+    data = make_data()
+    m = np.ones((16, 16), bool)
+    m[0, :] = False
+    np.save(tmp_path / "m.npy", m)
+    out = pp.detector_mask(pp.DetectorMaskConfig(path="m.npy", rectangles=[[5, 7, 5, 6]], zero_masked=True),
+                           data, LoadContext(plan_dir=tmp_path))
+    assert not out.mask[0].any() and not out.mask[5:7, 5].any() and out.mask.sum() == 256 - 16 - 2
+    assert np.all(out.patterns[:, 0, :] == 0) and data.patterns[0, 5, 5] != 0
+    with pytest.raises(DataError, match="shape"):
+        np.save(tmp_path / "bad.npy", np.ones((8, 8)))
+        pp.detector_mask(pp.DetectorMaskConfig(path="bad.npy"), data, LoadContext(plan_dir=tmp_path))
