@@ -400,7 +400,7 @@ def make_converter(registry: Any, allow_local: bool | None = None) -> cattrs.Con
     conv.register_structure_hook_factory(_is_union, union_factory)
     conv.register_structure_hook_factory(_is_spec, spec_factory)
     conv.register_structure_hook(Flag, s_flag)
-    conv.register_structure_hook(Any, lambda v, _: v)
+    conv.register_structure_hook(Any, lambda v, _: _plain(v))
     return conv
 
 

@@ -189,3 +189,23 @@ def test_run_invalid_plan_no_traceback(fake_registry, fake_runner, tmp_path, cap
     assert "backend: unknown backend 'nmupy'" in capsys.readouterr().out
     assert cli.main(["run", "--resume", str(tmp_path / "missing")]) == 1
     assert "cannot resume" in capsys.readouterr().err
+
+
+def test_validate_invalid_example_with_the_real_registry():
+    """The done-when check against the installed plugins (skips until the real engine exists)."""
+    from phaser_core.registry import get_registry
+
+    real = get_registry()
+    if ("engine", "conventional") not in real or ("solver", "epie") not in real:
+        pytest.skip("the real 'conventional' engine / 'epie' solver are not registered yet")
+    env = dict(os.environ, COLUMNS="200")
+    proc = subprocess.run([sys.executable, "-m", "phaser_core.cli", "validate", str(INVALID)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 3, proc.stdout
+    assert lines[0].startswith(f"{INVALID}:10:13: engines[0].solver.type: unknown solver 'epei'; "
+                               "did you mean 'epie'? available: ")
+    assert "epie" in lines[0].split("available:")[1] and "lsqml" in lines[0].split("available:")[1]
+    assert lines[1] == f"{INVALID}:11:12: engines[0].niter: expected an integer, got 'ten'"
+    assert lines[2].startswith(f"{INVALID}:13:5: engines[0]: unknown key 'probe_modess'")

@@ -61,7 +61,7 @@ class CropConfig:
     """Crop the detector to ``size`` about the zero-angle pixel and/or the raster scan to
     ``scan`` = [y_start, y_stop, x_start, x_stop] (python slices of scan rows/columns)."""
 
-    size: tuple[int, int] | None = param(None, unit="px", doc="(Qy, Qx) detector size to keep, centred on Q//2",
+    size: int | tuple[int, int] | None = param(None, unit="px", doc="(Qy, Qx) detector size to keep, centred on Q//2",
                                           converter=int_pair_or_none)
     scan: tuple[int, ...] | None = param(None, doc="[y_start, y_stop, x_start, x_stop] of the raster to keep",
                                          converter=_optional_tuple)
@@ -105,7 +105,7 @@ def crop_data(config: CropConfig, data: RawData, ctx: LoadContext) -> RawData:
 class BinConfig:
     """Sum ``factor`` x ``factor`` blocks of detector pixels."""
 
-    factor: tuple[int, int] = param((2, 2), unit="px", doc="bin factor (y, x) or one integer",
+    factor: int | tuple[int, int] = param((2, 2), unit="px", doc="bin factor (y, x) or one integer",
                                     converter=_int_pair)
 
 
@@ -141,7 +141,7 @@ def bin_detector(config: BinConfig, data: RawData, ctx: LoadContext) -> RawData:
 class PadConfig:
     """Pad the detector to ``size`` about the zero-angle pixel."""
 
-    size: tuple[int, int] = param(unit="px", doc="(Qy, Qx) detector size after padding", converter=_int_pair)
+    size: int | tuple[int, int] = param(unit="px", doc="(Qy, Qx) detector size after padding", converter=_int_pair)
     value: float = param(0.0, unit="e", doc="value of the added pixels")
     mask_padding: bool = param(True, doc="mark the added pixels invalid in the mask (engines leave them free)")
 

@@ -45,8 +45,10 @@ def int_pair_or_none(v: Any) -> tuple[int, int] | None:
     if v is None:
         return None
     arr = np.asarray(v).ravel()
+    if arr.size == 1:
+        return (int(arr[0]), int(arr[0]))
     if arr.size != 2:
-        raise ValueError(f"expected a (ny, nx) pair, got {v!r}")
+        raise ValueError(f"expected an integer or a (ny, nx) pair, got {v!r}")
     return (int(arr[0]), int(arr[1]))
 
 
@@ -72,13 +74,13 @@ class LoaderCommon:
                                                  converter=float_or_none)
     defocus_A: float | None = param(None, unit="Å", doc="defocus, positive = underfocus (= −C10); overrides the file",
                                     converter=float_or_none)
-    angular_sampling_mrad: tuple[float, float] | None = param(
+    angular_sampling_mrad: float | tuple[float, float] | None = param(
         None, unit="mrad/px", doc="(y, x) detector sampling (as stored, before orientation); overrides the file",
         converter=pair_or_none)
-    reciprocal_sampling_invA: tuple[float, float] | None = param(
+    reciprocal_sampling_invA: float | tuple[float, float] | None = param(
         None, unit="1/Å per px", doc="(y, x) detector sampling (before orientation); overrides the file "
         "and angular_sampling_mrad", converter=pair_or_none)
-    scan_step_A: tuple[float, float] | None = param(None, unit="Å", doc="(y, x) raster step; overrides the file",
+    scan_step_A: float | tuple[float, float] | None = param(None, unit="Å", doc="(y, x) raster step; overrides the file",
                                                      converter=pair_or_none)
     scan_shape: tuple[int, int] | None = param(None, doc="(ny, nx) raster shape; overrides the file",
                                                 converter=int_pair_or_none)

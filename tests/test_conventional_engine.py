@@ -1,0 +1,196 @@
+"""End-to-end tests of the conventional engine (ePIE, LSQML) on data from ``phaser simulate``.
+
+Every dataset is simulated here (seeded) and reconstructed through the full run flow
+(plan -> loader -> initialisers -> engine); quality is scored against the simulator's
+ground truth with :mod:`phaser_std.analysis`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from phaser_core.errors import PhaserError
+from phaser_core.observer import Observer
+from phaser_core.statefile import load_state
+from phaser_std.analysis import score_state
+from recon import ground_truth, make_dataset, position_rms, run, true_positions
+
+jax = pytest.importorskip("jax", reason="jax is needed for the fast engine tests")
+
+MULTISLICE = {"slices": [{"shift_A": [0, 0], "thickness_A": 25.0},
+                         {"shift_A": [1.6, 0.0], "thickness_A": 25.0},
+                         {"shift_A": [0.0, 1.4], "thickness_A": 25.0}]}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("conventional")
+
+
+@pytest.fixture(scope="module")
+def single(data_dir) -> Path:
+    """16x16 positions, 64² patterns, 1e5 e/Å² (Poisson) plus the noiseless patterns."""
+    return make_dataset(data_dir / "single.h5", dose=1e5)
+
+
+def _engine(solver: str, niter: int, **more) -> dict:
+    return {"type": "conventional", "niter": niter, "grouping": {"size": 32}, "solver": {"type": solver}, **more}
+
+
+@pytest.mark.parametrize("solver,niter", [("epie", 25), ("lsqml", 12)])
+@pytest.mark.parametrize("key,threshold", [("patterns_noiseless", 0.95), ("patterns", 0.9)])
+def test_single_slice_recovers_the_phase(single, solver, niter, key, threshold):
+    state = run(single, [_engine(solver, niter)], backend="jax", key=key)
+    score = score_state(state, ground_truth(single))
+    assert score["pearson"] >= threshold, score
+
+
+def test_multislice_lsqml_resolves_each_slice_better_than_single_slice(data_dir):
+    data = make_dataset(data_dir / "ms.h5", convergence_angle_mrad=30.0, object=MULTISLICE)
+    gt = ground_truth(data)
+    single = run(data, [_engine("lsqml", 15)], backend="jax", key="patterns_noiseless")
+    multi = run(data, [_engine("lsqml", 15, slices={"n": 3, "total_thickness_A": 75.0})], backend="jax",
+                key="patterns_noiseless")
+    assert multi.object.n_slices == 3
+    for i in range(3):
+        ms = score_state(multi, gt, slice_index=i)["pearson"]
+        # the single-slice object scored against slice i (its best possible match is the sum)
+        ss_gt = dict(gt, phase=gt["potential"][i])
+        ss = score_state(single, ss_gt)["pearson"]
+        assert ms > ss + 0.05, (i, ms, ss)
+        assert ms > 0.9, (i, ms)
+
+
+@pytest.mark.parametrize("solver", ["lsqml", "epie"])
+def test_position_correction_reduces_a_random_error(data_dir, solver):
+    data = make_dataset(data_dir / "jitter.h5", scan={"shape": [16, 16], "step_A": 0.6, "jitter_A": 0.3}, seed=1)
+    nominal, true = true_positions(data)
+    before = position_rms(nominal, true)
+    state = run(data, [_engine(solver, 30, position_solver={"type": "momentum"}, update_positions={"after": 3})],
+                backend="jax", key="patterns_noiseless")
+    after = position_rms(state.scan_A, true)
+    assert before > 0.3
+    assert after < 0.1, (before, after)
+
+
+def test_four_probe_modes_fit_partially_coherent_data_better_than_one(data_dir):
+    data = make_dataset(data_dir / "modes.h5", coherence={"source_size_A": 0.4, "n_source": 3}, dose=None)
+    one = run(data, [_engine("lsqml", 15, probe_modes=1)], backend="jax")
+    four = run(data, [_engine("lsqml", 15, probe_modes=4)], backend="jax")
+    assert four.probe.n_modes == 4
+    assert four.progress.loss[-1] < 0.7 * one.progress.loss[-1], (four.progress.loss[-1], one.progress.loss[-1])
+    powers = np.sum(np.abs(four.probe.data) ** 2, axis=(-2, -1))
+    assert np.all(np.diff(powers) <= 1e-6 * powers.sum()), "modes are not ordered by power"
+
+
+@pytest.mark.parametrize("noise", ["amplitude", "anscombe", "poisson", "gaussian"])
+def test_every_noise_model_converges(single, noise):
+    state = run(single, [_engine("lsqml", 12, noise_model={"type": noise})], backend="jax")
+    loss = np.asarray(state.progress.loss)
+    assert np.all(np.isfinite(loss))
+    assert loss[-1] < 0.9 * loss[0], loss  # noisy data: the loss falls to the noise floor
+    assert score_state(state, ground_truth(single))["pearson"] > 0.9
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+@pytest.mark.parametrize("solver", ["epie", "lsqml"])
+def test_loss_decreases_on_average_and_stays_finite(single, backend, solver):
+    state = run(single, [_engine(solver, 8, probe_modes=2)], backend=backend)
+    loss = np.asarray(state.progress.loss)
+    assert np.all(np.isfinite(loss)) and np.all(np.isfinite(state.object.data)) and np.all(np.isfinite(state.probe.data))
+    # monotone on average (noisy data: it settles at the noise floor, with small wiggles there)
+    half = len(loss) // 2
+    assert loss[1:half].mean() < loss[0] and loss[half:].mean() <= 1.001 * loss[1:half].mean(), loss
+    assert loss.min() < 0.9 * loss[0], loss
+
+
+def test_numpy_and_jax_give_the_same_reconstruction(single):
+    engines = [_engine("lsqml", 4, position_solver={"type": "momentum"}, update_positions={"after": 1})]
+    a = run(single, engines, backend="numpy")
+    b = run(single, engines, backend="jax")
+    scale = np.abs(a.object.data).max()
+    assert np.max(np.abs(a.object.data - b.object.data)) < 2e-3 * scale
+    assert np.allclose(a.progress.loss, b.progress.loss, rtol=1e-3)
+    assert np.max(np.abs(a.scan_A - b.scan_A)) < 1e-3
+
+
+class _Crash(Observer):
+    """Raises after a given iteration (after the output observer wrote its checkpoint)."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def after_iteration(self, state, metrics, ctx):
+        if metrics["total_iter"] == self.at:
+            raise RuntimeError("simulated crash")
+
+
+def test_a_crashed_run_resumes_to_the_uninterrupted_result(single, tmp_path):
+    from phaser_core.plan import load_plan
+    from phaser_core.runner import run_plan
+
+    plan = load_plan({
+        "file_type": "phaser_plan", "version": 1, "backend": "numpy", "seed": 3,
+        "raw_data": {"type": "hdf5", "path": str(single)},
+        "output": {"checkpoint_every": 1, "images": []},
+        "engines": [_engine("lsqml", 3, position_solver={"type": "momentum"}, update_positions={"after": 1}),
+                    _engine("epie", 3, probe_modes=2)],
+    })
+    full = run_plan(plan, out_dir=tmp_path / "full", quiet=True)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_plan(plan, out_dir=tmp_path / "crash", quiet=True, observers=[_Crash(at=4)])
+    resumed = run_plan(plan, out_dir=tmp_path / "crash", quiet=True, resume=True)
+    assert resumed.iteration.total_iter == full.iteration.total_iter == 6
+    np.testing.assert_allclose(resumed.object.data, full.object.data, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(resumed.probe.data, full.probe.data, rtol=0, atol=1e-5 * np.abs(full.probe.data).max())
+    np.testing.assert_allclose(resumed.scan_A, full.scan_A, atol=1e-9)
+    np.testing.assert_allclose(resumed.progress.loss, full.progress.loss, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_iteration_then_resume_matches(single, tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(f"""file_type: phaser_plan
+version: 1
+backend: numpy
+seed: 5
+raw_data: {{type: hdf5, path: {single}}}
+output: {{checkpoint_every: 1, images: []}}
+engines:
+  - {{type: conventional, niter: 8, grouping: {{size: 16}}, solver: {{type: lsqml}}}}
+""")
+    phaser = [sys.executable, "-m", "phaser_core.cli"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    subprocess.run([*phaser, "run", str(plan), "--out", str(tmp_path / "full"), "--quiet"], check=True, env=env,
+                   capture_output=True)
+    proc = subprocess.Popen([*phaser, "run", str(plan), "--out", str(tmp_path / "killed"), "--quiet"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "checkpoint.h5"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if ckpt.exists():
+            try:
+                if load_state(ckpt).iteration.total_iter >= 3:
+                    break
+            except PhaserError:
+                pass
+        time.sleep(0.05)
+    time.sleep(0.1)  # land inside the next iteration
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert load_state(ckpt).iteration.total_iter < 8, "the run finished before it could be killed"
+    subprocess.run([*phaser, "run", "--resume", str(tmp_path / "killed"), "--quiet"], check=True, env=env,
+                   capture_output=True)
+    full = load_state(tmp_path / "full" / "final.h5")
+    resumed = load_state(tmp_path / "killed" / "final.h5")
+    np.testing.assert_allclose(resumed.object.data, full.object.data, atol=1e-5)
+    np.testing.assert_allclose(resumed.probe.data, full.probe.data, atol=1e-5 * np.abs(full.probe.data).max())
+    np.testing.assert_allclose(resumed.progress.loss, full.progress.loss, rtol=1e-6)

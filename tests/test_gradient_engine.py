@@ -1,0 +1,241 @@
+"""The gradient engine: gradients (analytic == autodiff == finite differences), backends
+agree, no recompiles, and end-to-end recoveries on simulated data (phaser_std.data.simulate,
+an implementation of the forward model independent of the engine's)."""
+
+from __future__ import annotations
+
+import attrs
+import numpy as np
+import pytest
+
+from phaser_core.config import Flag, NoiseModelSpec, RegularizerSpec, SolverSpec
+from phaser_core.context import RunContext
+from phaser_core.data import RawData
+from phaser_core.registry import get_registry
+from phaser_core.state import ObjectState, ProbeState, ReconsState
+from phaser_std.data.simulate import simulate, spec_from_dict
+from phaser_std.engines.common import GroupingConfig
+from phaser_std.engines.gradient import GradientConfig, GradientEngine, GradientSolvers
+from phaser_std.engines.gradient_step import GroupModel, analytic_gradients, autodiff_gradients
+from phaser_std.engines.optimizers import AdamConfig, SGDConfig
+from phaser_std.engines.regularizers import RegInfo
+from phaser_std.physics.forward import make_propagators
+from phaser_std.physics.optics import wavelength_A
+from phaser_std.physics.probe import make_probe
+
+from conftest import build_backend
+
+REG = get_registry()
+NOISE_MODELS = ("gaussian", "poisson", "amplitude", "anscombe")
+
+
+# --------------------------------------------------------------------------- helpers
+@pytest.fixture
+def jax64():
+    import sys
+
+    before = None
+    if "jax" in sys.modules:
+        before = bool(sys.modules["jax"].config.read("jax_enable_x64"))
+    bk = build_backend("jax", "float64")
+    yield bk
+    if before is not None and not before:
+        sys.modules["jax"].config.update("jax_enable_x64", False)
+
+
+def _group_case(seed: int = 1, n_slices: int = 3, per_position_tilt: bool = False, noise: str = "poisson",
+                costs=("obj_l2", "obj_tikhonov", "layers_tikhonov", "probe_recip_tikhonov")):
+    """A tiny multislice group (host numpy, float64): 2 probe modes, 5 positions, one padded."""
+    rng = np.random.default_rng(seed)
+    q = 24
+    samp = (0.25, 0.25)
+    lam = wavelength_A(200e3)
+    probe = np.stack([make_probe((q, q), samp, lam, 20.0, defocus_A=30.0),
+                      0.3 * make_probe((q, q), samp, lam, 20.0, defocus_A=50.0)]) * 30
+    h = w = 40
+    obj = np.exp(1j * 0.3 * rng.standard_normal((n_slices, h, w))) * (0.9 + 0.1 * rng.random((n_slices, h, w)))
+    b = 5
+    starts = rng.integers(0, h - q, (b, 2)).astype(np.int32)
+    frac = rng.uniform(-0.5, 0.5, (b, 2))
+    mask = np.array([1, 1, 1, 1, 0], bool)
+    measured = rng.poisson(50, (b, q, q)).astype(float)
+    measured[:, 0, :3] = 0
+    tilt = rng.normal(0, 2, (b, 2)) if per_position_tilt else np.array([1.0, -2.0])
+    regs = tuple(RegularizerSpec(n).build(REG) for n in costs)
+    cw = rng.uniform(0.05, 0.5, len(regs))
+    thick = (4.0,) * n_slices
+    args = dict(obj=obj, probe=probe, frac=frac, tilt=tilt, starts=starts, measured=measured, mask=mask, cost_w=cw)
+
+    def model(bk):
+        props = make_propagators(bk, (q, q), samp, lam, thick, (0.0, 0.0), 2 / 3)
+        return GroupModel(noise=NoiseModelSpec(noise).build(REG), costs=regs, base_props=props, sampling_A=samp,
+                          thicknesses_A=thick, reg_info=RegInfo(sampling_A=samp, wavelength_A=lam), n_positions=20)
+
+    return model, args
+
+
+def _grads(fn, bk, model, args, wrt=("object", "probe", "positions", "tilt")):
+    a = {k: bk.asarray(v) for k, v in args.items()}
+    total, _, g = fn(bk, model(bk), a["obj"], a["probe"], a["frac"], a["tilt"], a["starts"], a["measured"],
+                     a["mask"], a["cost_w"], wrt=wrt)
+    return float(bk.to_numpy(total)), {k: bk.to_numpy(v) for k, v in g.items()}
+
+
+def _rel(a, b):
+    return float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / max(np.max(np.abs(b)), 1e-300))
+
+
+def _deramp(a: np.ndarray) -> np.ndarray:
+    y, x = np.mgrid[:a.shape[0], :a.shape[1]]
+    m = np.stack([np.ones(a.size), y.ravel(), x.ravel()], 1)
+    return a.ravel() - m @ np.linalg.lstsq(m, a.ravel(), rcond=None)[0]
+
+
+def _sim(q=32, dk=0.2, scan=(8, 8), defocus=40.0, dose=None, jitter=0.0, tilt=(0.0, 0.0), slices=None,
+         thickness=8.0, seed=0):
+    spec = {"energy_eV": 200e3, "convergence_angle_mrad": 25, "defocus_A": defocus, "detector_shape": [q, q],
+            "reciprocal_sampling_invA": dk, "scan": {"shape": list(scan), "step_A": 0.6, "jitter_A": jitter},
+            "dose": dose, "tilt_mrad": list(tilt), "seed": seed,
+            "object": {"cell_A": [3.19, 5.525], "thickness_A": thickness,
+                       "atoms": [{"position": [0.0, 0.0], "strength_rad": 0.6, "width_A": 0.3},
+                                 {"position": [0.5, 0.5], "strength_rad": 0.6, "width_A": 0.3},
+                                 {"position": [0.0, 0.3333], "strength_rad": 0.35, "width_A": 0.3},
+                                 {"position": [0.5, 0.8333], "strength_rad": 0.35, "width_A": 0.3}]}}
+    if slices is not None:
+        spec["object"]["slices"] = slices
+    sim = simulate(spec_from_dict(spec))
+    samp = sim.sampling_A
+    lam = wavelength_A(200e3)
+    n = sim.positions_A.shape[0]
+    pats = sim.patterns.reshape(n, q, q).astype(np.float32)
+    data = RawData(patterns=pats, reciprocal_sampling_invA=(dk, dk), energy_eV=200e3, convergence_angle_mrad=25,
+                   defocus_A=defocus)
+    pad = 6  # object = the simulated field plus a margin, aligned with it
+    h, w = sim.phases.shape[-2:]
+    corner = (-pad * samp[0], -pad * samp[1])
+    n_slices = sim.phases.shape[0]
+    obj = np.ones((n_slices, h + 2 * pad, w + 2 * pad), np.complex64)
+    state = ReconsState(
+        probe=ProbeState(data=make_probe((q, q), samp, lam, 25.0, defocus_A=defocus)[None], sampling_A=samp),
+        object=ObjectState(data=obj, sampling_A=samp, corner_A=corner, thicknesses_A=np.asarray(sim.thicknesses_A)),
+        scan_A=sim.positions_A.copy(), wavelength_A=lam)
+    return sim, data, state, pad
+
+
+def _run(state, data, backend="numpy", dtype="float32", **cfg):
+    bk = build_backend(backend, dtype)
+    eng = GradientEngine(GradientConfig(**cfg))
+    out = eng.run(state, data, RunContext(backend=bk, registry=REG, seed=0))
+    return out, eng
+
+
+def _phase_corr(out, sim, pad, q, slice_i=0, margin=None):
+    ph = np.angle(out.object.data[slice_i])[pad:-pad, pad:-pad]
+    truth = sim.phases[slice_i]
+    m = margin if margin is not None else q // 2 + 2
+    a, b = ph[m:-m, m:-m], truth[m:-m, m:-m]
+    return float(np.corrcoef(_deramp(a), _deramp(b))[0, 1])
+
+
+def _adam(lr):
+    return SolverSpec("adam", AdamConfig(learning_rate=lr))
+
+
+# --------------------------------------------------------------------------- conventions
+def test_wirtinger_factor(jax64):
+    """jax.grad of a real L(z) is 2·conj(∂L/∂z̄): for L = Σ|z|², ∂L/∂z̄ = z and jax.grad = 2·conj(z).
+    The engine hands the solvers conj(jax.grad) = 2·∂L/∂z̄ (the steepest-ascent direction)."""
+    from phaser_std.engines.gradient_step import _value_and_grad
+
+    bk = jax64
+    z = np.array([3.0 + 4.0j, -1.0 + 0.5j])
+    val, g = _value_and_grad(bk, lambda v: bk.xp.sum(bk.xp.real(v * bk.xp.conj(v))))(bk.asarray(z))
+    np.testing.assert_allclose(bk.to_numpy(g), 2 * np.conj(z), rtol=1e-14)
+    assert float(val) == pytest.approx(np.sum(np.abs(z) ** 2), rel=1e-14)
+
+
+# --------------------------------------------------------------------------- (1) analytic == autodiff
+@pytest.mark.parametrize("per_position_tilt", [False, True])
+def test_analytic_gradient_matches_autodiff(jax64, per_position_tilt):
+    model, args = _group_case(per_position_tilt=per_position_tilt)
+    np_bk = build_backend("numpy", "float64")
+    t_np, g_np = _grads(analytic_gradients, np_bk, model, args)
+    t_jx, g_jx = _grads(autodiff_gradients, jax64, model, args)
+    assert t_np == pytest.approx(t_jx, rel=1e-12)
+    for k in ("object", "probe", "positions", "tilt"):
+        assert g_np[k].shape == g_jx[k].shape, k
+        assert np.max(np.abs(g_jx[k])) > 0, k
+        assert _rel(g_np[k], g_jx[k]) < 1e-10, (k, _rel(g_np[k], g_jx[k]))
+    # padded position (mask False) contributes nothing
+    assert np.all(g_np["positions"][-1] == 0)
+
+
+@pytest.mark.parametrize("noise", NOISE_MODELS)
+def test_analytic_matches_autodiff_float32(noise):
+    """Same check in float32 on the default (float32) backends, per noise model."""
+    model, args = _group_case(n_slices=2, noise=noise, costs=("obj_tv", "probe_phase_tikhonov"))
+    t_np, g_np = _grads(analytic_gradients, build_backend("numpy", "float32"), model, args)
+    t_jx, g_jx = _grads(autodiff_gradients, build_backend("jax", "float32"), model, args)
+    assert t_np == pytest.approx(t_jx, rel=1e-4)
+    for k in g_np:
+        assert _rel(g_np[k], g_jx[k]) < 2e-3, (noise, k, _rel(g_np[k], g_jx[k]))
+
+
+# --------------------------------------------------------------------------- (2) finite differences
+def test_autodiff_gradient_matches_finite_differences(jax64):
+    """dL/dε of L(x + ε·d) = Re Σ conj(g)·d (complex, g = 2∂L/∂z̄) or Σ g·d (real), central
+    differences in float64 along a random direction d per variable."""
+    model, args = _group_case(seed=3)
+    bk = jax64
+    m = model(bk)
+    _, g = _grads(autodiff_gradients, bk, model, args)
+    rng = np.random.default_rng(7)
+    names = {"object": "obj", "probe": "probe", "positions": "frac", "tilt": "tilt"}
+
+    def loss(a):
+        d = {k: bk.asarray(v) for k, v in a.items()}
+        from phaser_std.engines.gradient_step import group_loss
+
+        return float(group_loss(bk, m, d["obj"], d["probe"], d["frac"], d["tilt"], d["starts"], d["measured"],
+                                d["mask"], d["cost_w"])[0])
+
+    for var, key in names.items():
+        x = args[key]
+        d = rng.standard_normal(x.shape)
+        if np.iscomplexobj(x):
+            d = d + 1j * rng.standard_normal(x.shape)
+            expected = float(np.sum(np.real(np.conj(g[var]) * d)))
+        else:
+            expected = float(np.sum(g[var] * d))
+        h = 1e-6 * max(1.0, float(np.max(np.abs(x))))
+        fd = (loss(dict(args, **{key: x + h * d})) - loss(dict(args, **{key: x - h * d}))) / (2 * h)
+        assert fd == pytest.approx(expected, rel=1e-6, abs=1e-9 * abs(expected) + 1e-8), var
+
+
+# --------------------------------------------------------------------------- (3) backends agree, no recompile
+def test_numpy_and_jax_same_reconstruction_and_no_recompile():
+    sim, data, state, pad = _sim(scan=(8, 8))  # 64 positions, groups of 24: the last is ragged (16)
+    cfg = dict(niter=5, grouping=GroupingConfig(size=24), solvers=GradientSolvers(object=_adam(2e-2),
+                                                                                   probe=_adam(1e-2)))
+    out_np, _ = _run(attrs.evolve(state), data, "numpy", **cfg)
+    out_jx, eng = _run(attrs.evolve(state), data, "jax", **cfg)
+    assert eng.step_counter.n == 1, f"the jax group step was traced {eng.step_counter.n} times"
+    a, b = out_np.object.data, out_jx.object.data
+    init = state.object.data
+    change = np.linalg.norm(a - init)
+    assert change > 1.0  # it moved
+    assert np.linalg.norm(a - b) / change < 2e-3
+    assert _rel(out_jx.probe.data, out_np.probe.data) < 2e-3
+    np.testing.assert_allclose(out_np.progress.loss, out_jx.progress.loss, rtol=1e-4)
+    assert out_np.progress.loss[-1] < 0.5 * out_np.progress.loss[0]
+
+
+def test_ragged_group_no_recompile_three_iterations():
+    """3 iterations, 3 groups each with a ragged last one, positions refined (flag turns on at
+    iteration 1, which is the one legitimate second trace)."""
+    sim, data, state, pad = _sim(scan=(6, 6))  # 36 positions, groups of 16: 16, 16, 4
+    _, eng = _run(state, data, "jax", niter=3, grouping=GroupingConfig(size=16),
+                  solvers=GradientSolvers(object=_adam(1e-2), probe=_adam(1e-2),
+                                          positions=SolverSpec("sgd", SGDConfig(learning_rate=0.1))),
+                  update_positions=Flag(after=0))
+    assert eng.step_counter.n == 1
