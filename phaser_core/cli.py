@@ -317,13 +317,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     dump_plan(plan, out_dir / "plan.yaml", registry,
               header=f"resolved plan written by phaser run\n{_PLAN_DIR_HEADER}{plan_dir.resolve()}")
     try:
-        from .runner import run_plan
+        from .runner import RunInterrupted, run_plan
     except ImportError as exc:
         raise PhaserError(f"phaser run needs phaser_core.runner, which cannot be imported: {exc}") from exc
     if not args.quiet:
         _err().print(f"running {escape(plan.name)!r} -> {escape(str(out_dir))}")
     try:
         run_plan(plan, out_dir=out_dir, registry=registry, resume=resume, plan_dir=plan_dir, quiet=args.quiet)
+    except RunInterrupted as exc:
+        _err().print(f"[yellow]interrupted[/yellow]: {escape(str(exc))}")
+        return 130
     except KeyboardInterrupt:
         _err().print("[yellow]interrupted[/yellow]")
         return 130

@@ -20,7 +20,7 @@ class PluginLoadError(PluginError):
         self.original = original
         where = f" (distribution {distribution})" if distribution else ""
         super().__init__(
-            f"plugin {plugin!r}{where} failed to import: "
+            f"plugin {plugin!r}{where} failed to load: "
             f"{type(original).__name__}: {original}. "
             f"Fix or uninstall it, or set PHASER_DISABLE_PLUGINS={plugin} to skip it."
         )

@@ -112,9 +112,12 @@ def register_noise_models(register):
     """Register detector noise models (gaussian, poisson, amplitude, anscombe, ...).
 
     :param register: ``register(name, cls, config=ConfigClass)``; ``cls(config)`` is an
-        object with ``loss(model_intensity, measured, xp)`` (negative log-likelihood summed
-        per pattern) and ``wave_update(wave_k, model_intensity, measured, xp)`` (the
-        analytic detector-plane wave update of the conventional engines).
+        object with ``loss(bk, model_I, measured_I) -> (B,)`` (negative log-likelihood per
+        pattern, zero at a perfect fit), ``grad_intensity(bk, model_I, measured_I)`` (dL/dI,
+        for the analytic gradient path) and ``wave_update(bk, far_wave, model_I,
+        measured_I)`` (the detector-plane wave update ΔΨ of the conventional engines).
+        Intensities are ``(B, Qy, Qx)`` [e⁻], corner-centred; ``far_wave`` is
+        ``(B, modes, Qy, Qx)``.
     :returns: nothing.
     Called once when the registry is built.
     """
@@ -125,9 +128,12 @@ def register_regularizers(register):
     """Register regularizers.
 
     :param register: ``register(name, cls, config=ConfigClass, role=ROLE)`` with ``ROLE``
-        ``"constraint"`` (applied to the state per group or per iteration, in every engine)
-        or ``"cost"`` (a penalty added to the loss of the gradient engine). ``cls(config)``
-        returns the regularizer.
+        ``"constraint"`` (applied to the state per group or per iteration, in every engine:
+        ``apply(bk, probe, obj, info) -> (probe, obj)``) or ``"cost"`` (a penalty added to
+        the loss of the gradient engine: ``cost(bk, probe, obj, info)`` and its Wirtinger
+        gradient ``grad(bk, probe, obj, info) -> (dprobe, dobj)``). ``info`` is a
+        :class:`phaser_std.engines.regularizers.RegInfo` (sampling [Å], wavelength [Å],
+        thicknesses [Å], iteration, group fraction). ``cls(config)`` returns the regularizer.
     :returns: nothing.
     Called once when the registry is built.
     """
@@ -139,7 +145,11 @@ def register_solvers(register):
 
     :param register: ``register(name, cls, config=ConfigClass, role=ROLE)`` with ``ROLE``
         ``"conventional"`` (epie, lsqml), ``"gradient"`` (sgd, adam, ...) or ``"position"``
-        (position correction). ``cls(config)`` returns the solver.
+        (position correction). ``cls(config)`` returns the solver. Conventional solvers
+        provide ``sweep(...)`` (the backward update through the slices, see
+        ``phaser_std.engines.conventional_solvers``); gradient solvers ``init(params, bk)``
+        and ``update(bk, grads, state, params, iteration)`` (optax-shaped); position solvers
+        ``update(scan_A, shift_A, extra) -> scan_A`` [Å].
     :returns: nothing.
     Called once when the registry is built.
     """

@@ -287,7 +287,12 @@ class Registry:
             for hook in hooks:
                 impl = getattr(plugin, hook, None)
                 if impl is not None and pm.parse_hookimpl_opts(plugin, hook) is not None:
-                    impl(register=registry._register_callback(hook, owner))
+                    try:
+                        impl(register=registry._register_callback(hook, owner))
+                    except PluginError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - re-raised with the plugin's name
+                        raise PluginLoadError(plugin_name, owner.distribution, exc) from exc
         return registry
 
     def call_register_commands(self, cli: Any) -> None:

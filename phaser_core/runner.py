@@ -86,7 +86,12 @@ def build_observers(plan: Any, registry: Any, *, out_dir: Path | None, quiet: bo
         if name in named or (name == "output" and out_dir is None) or (name == "progress" and quiet):
             continue
         comp = registry.get("observer", name)
-        config = _output_config(plan, comp) if name == "output" else comp.make_config()
+        if name == "output":
+            config = _output_config(plan, comp)
+        elif name == "logger" and quiet and comp.config is not None and "echo" in attrs.fields_dict(comp.config):
+            config = comp.make_config(echo="never")  # quiet: the log file only
+        else:
+            config = comp.make_config()
         observers.append(comp.obj(config))
     observers.extend(spec.build(registry) for spec in plan_specs)
     observers.extend(extra or ())

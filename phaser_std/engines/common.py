@@ -20,6 +20,7 @@ from phaser_core.observer import notify
 from phaser_core.plan import SlicesPlan
 from phaser_core.state import ObjectState, ProbeState, ReconsState
 from phaser_std.engines.grouping import iteration_groups
+from phaser_std.engines.regularizers import RegInfo
 from phaser_std.physics.forward import check_views_inside, scan_to_pixels
 from phaser_std.physics.objects import resample_object_slices
 from phaser_std.physics.resample import resample_probe_state
@@ -33,18 +34,6 @@ class GroupingConfig:
     kind: str = param("sparse", doc="'sparse' (random over the scan) or 'compact' (spatial clusters)",
                       validator=attrs.validators.in_(("sparse", "compact")))
     regroup: bool | None = param(None, doc="new partition every iteration (default: sparse yes, compact no)")
-
-
-@attrs.frozen
-class ConstraintInfo:
-    """Geometry that constraint and cost regularizers need."""
-
-    probe_sampling_A: tuple[float, float]
-    object_sampling_A: tuple[float, float]
-    wavelength_A: float
-    thicknesses_A: Any
-    iteration: int = 0
-    fraction: float = 1.0
 
 
 def resample_for_engine(state: ReconsState, probe_modes: int | None, slices: SlicesPlan | None,
@@ -69,7 +58,7 @@ def build_constraints(specs: tuple[RegularizerSpec, ...], registry: Any) -> list
     return [spec.build(registry) for spec in specs]
 
 
-def apply_constraints(bk: Any, constraints: list, probe: Any, obj: Any, info: ConstraintInfo) -> tuple[Any, Any]:
+def apply_constraints(bk: Any, constraints: list, probe: Any, obj: Any, info: RegInfo) -> tuple[Any, Any]:
     for c in constraints:
         probe, obj = c.apply(bk, probe, obj, info)
     return probe, obj

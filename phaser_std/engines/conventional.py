@@ -12,7 +12,6 @@ from phaser_core.errors import DataError
 from phaser_core.plan import SlicesPlan
 from phaser_core.state import ObjectState, ProbeState, ReconsState
 from phaser_std.engines.common import (
-    ConstraintInfo,
     EngineLoop,
     GroupingConfig,
     apply_constraints,
@@ -21,6 +20,7 @@ from phaser_std.engines.common import (
     resample_for_engine,
 )
 from phaser_std.engines.conventional_solvers import make_group_step
+from phaser_std.engines.regularizers import RegInfo
 from phaser_std.physics.forward import forward_intensity, make_propagators, scan_to_pixels
 
 
@@ -100,9 +100,8 @@ class ConventionalEngine:
 
         step = bk.jit(make_group_step(bk, solver, noise, props, probe_shape),
                       static_argnames=("update_object", "update_probe", "update_positions"))
-        info = ConstraintInfo(probe_sampling_A=tuple(state.probe.sampling_A),
-                              object_sampling_A=tuple(geometry.sampling_A), wavelength_A=wavelength,
-                              thicknesses_A=geometry.thicknesses_A)
+        info = RegInfo(sampling_A=tuple(geometry.sampling_A), wavelength_A=wavelength,
+                       thicknesses_A=np.asarray(geometry.thicknesses_A))
         live = {"probe": probe, "obj": obj, "scan": scan, "shift": np.zeros_like(scan)}
         sampling = np.asarray(geometry.sampling_A, dtype=np.float64)
         half = np.array(probe_shape) // 2
