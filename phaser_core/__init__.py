@@ -7,12 +7,17 @@ third-party plugin, through the ``phaser.plugins`` entry point.
 from .backend import Backend, BaseBackend
 from .config import (
     ComponentSpec,
+    ConstraintSpec,
+    ConventionalSolverSpec,
+    CostSpec,
     EngineSpec,
     Flag,
+    GradientSolverSpec,
     LoaderSpec,
     NoiseModelSpec,
     ObjectInitSpec,
     ObserverSpec,
+    PositionSolverSpec,
     PreprocessorSpec,
     ProbeInitSpec,
     RegularizerSpec,

@@ -45,6 +45,8 @@ class ComponentSpec:
     """
 
     kind: ClassVar[str] = ""
+    #: when set, only components registered with this ``role`` meta are accepted
+    role: ClassVar[str | None] = None
     type: str
     config: Any = None
 
@@ -62,9 +64,10 @@ class ComponentSpec:
         return comp.obj(self.resolved_config(registry), *args, **kwargs)
 
 
-def _spec(kind_name: str, doc: str) -> type:
-    cls = attrs.frozen(type(f"{''.join(p.title() for p in kind_name.split('_'))}Spec", (ComponentSpec,),
-                            {"kind": kind_name, "__doc__": doc, "__annotations__": {}}))
+def _spec(kind_name: str, doc: str, role: str | None = None, base: type = ComponentSpec) -> type:
+    name = f"{(role or '').title()}{''.join(p.title() for p in kind_name.split('_'))}Spec"
+    cls = attrs.frozen(type(name, (base,), {"kind": kind_name, "role": role, "__doc__": doc,
+                                            "__annotations__": {}}))
     cls.__module__ = __name__
     return cls
 
@@ -81,9 +84,18 @@ ScheduleSpec = _spec("schedule", "A hyperparameter schedule.")
 EngineSpec = _spec("engine", "An engine (``engines:`` items).")
 ObserverSpec = _spec("observer", "An observer (``observers:`` items).")
 
+ConventionalSolverSpec = _spec("solver", "A conventional update rule (epie, lsqml).", "conventional", SolverSpec)
+GradientSolverSpec = _spec("solver", "A gradient optimizer (sgd, adam, ...).", "gradient", SolverSpec)
+PositionSolverSpec = _spec("solver", "A position-correction solver.", "position", SolverSpec)
+ConstraintSpec = _spec("regularizer", "A constraint regularizer (applied to the state).", "constraint",
+                       RegularizerSpec)
+CostSpec = _spec("regularizer", "A cost regularizer (a penalty in the gradient engine's loss).", "cost",
+                 RegularizerSpec)
+
 SPEC_CLASSES: tuple[type, ...] = (LoaderSpec, PreprocessorSpec, ProbeInitSpec, ObjectInitSpec, ScanInitSpec,
                                   NoiseModelSpec, RegularizerSpec, SolverSpec, ScheduleSpec, EngineSpec,
-                                  ObserverSpec)
+                                  ObserverSpec, ConventionalSolverSpec, GradientSolverSpec, PositionSolverSpec,
+                                  ConstraintSpec, CostSpec)
 
 
 @attrs.frozen

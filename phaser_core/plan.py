@@ -376,10 +376,15 @@ def make_converter(registry: Any, allow_local: bool | None = None) -> cattrs.Con
             name = v["type"]
             if not isinstance(name, str):
                 raise Issue(f"expected the name of a {label}, got {describe_value(name)}", rel=("type",))
+            role = getattr(cls, "role", None)
             try:
                 comp = registry.resolve(kind, name, allow_local=allow_local)
             except UnknownComponentError as exc:
-                raise Issue(str(exc), rel=("type",)) from None
+                msg = registry.unknown_message(kind, name, role=role) if role and ":" not in name else str(exc)
+                raise Issue(msg, rel=("type",)) from None
+            if role is not None and ":" not in name and comp.meta.get("role") != role:
+                raise Issue(f"{label} {name!r} is a {comp.meta.get('role')} {label}, not a {role} one; "
+                            f"available: {registry.inventory(kind, role=role)}", rel=("type",))
             if not callable(comp.obj):
                 raise Issue(f"{label} {name!r} is not callable (got {type(comp.obj).__name__})", rel=("type",))
             rest = {k: v[k] for k in v if k != "type"}

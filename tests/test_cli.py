@@ -154,6 +154,7 @@ def fake_runner(monkeypatch):
         return None
 
     module.run_plan = run_plan
+    module.RunInterrupted = type("RunInterrupted", (Exception,), {})
     monkeypatch.setitem(sys.modules, "phaser_core.runner", module)
     return calls
 

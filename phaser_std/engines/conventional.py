@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from phaser_core.config import Flag, NoiseModelSpec, RegularizerSpec, SolverSpec, param
+from phaser_core.config import ConstraintSpec, ConventionalSolverSpec, Flag, NoiseModelSpec, PositionSolverSpec, param
 from phaser_core.errors import DataError
 from phaser_core.plan import SlicesPlan
 from phaser_core.state import ObjectState, ProbeState, ReconsState
@@ -33,10 +33,10 @@ class ConventionalConfig:
     probe_modes: int | None = param(None, doc="number of incoherent probe modes (null: keep)")
     slices: SlicesPlan | None = param(None, doc="object slices for this engine (null: keep)")
     noise_model: NoiseModelSpec = param(NoiseModelSpec("amplitude"), doc="detector noise model")
-    solver: SolverSpec = param(SolverSpec("lsqml"), doc="update rule: epie or lsqml")
-    position_solver: SolverSpec | None = param(None, doc="position correction (e.g. {type: momentum})")
-    group_constraints: tuple[RegularizerSpec, ...] = param((), doc="constraints applied after every group")
-    iter_constraints: tuple[RegularizerSpec, ...] = param((), doc="constraints applied after every iteration")
+    solver: ConventionalSolverSpec = param(ConventionalSolverSpec("lsqml"), doc="update rule: epie or lsqml")
+    position_solver: PositionSolverSpec | None = param(None, doc="position correction (e.g. {type: momentum})")
+    group_constraints: tuple[ConstraintSpec, ...] = param((), doc="constraints applied after every group")
+    iter_constraints: tuple[ConstraintSpec, ...] = param((), doc="constraints applied after every iteration")
     update_object: Flag = param(Flag(), doc="when the object is updated")
     update_probe: Flag = param(Flag(), doc="when the probe is updated")
     update_positions: Flag = param(Flag(after=1), doc="when positions are corrected (needs position_solver)")

@@ -36,27 +36,29 @@ from phaser_core.state import ObjectState, ProbeState, ReconsState
 from phaser_std.engines.common import EngineLoop, GroupingConfig, patterns_to_device, resample_for_engine
 from phaser_std.engines.conventional import scale_probe_to_data
 from phaser_std.engines.gradient_step import GroupModel, StepCounter, make_group_step
+from phaser_std.engines.optimizers import AdamConfig
 from phaser_std.engines.regularizers import RegInfo
 from phaser_std.physics.forward import make_propagators
 
 __all__ = ["GradientSolvers", "GradientConfig", "GradientEngine"]
 
 
+def _adam(lr: float) -> Any:
+    return lambda: SolverSpec("adam", AdamConfig(learning_rate=lr))
+
+
 @attrs.frozen
 class GradientSolvers:
-    """One gradient solver per variable (``null``: that variable is never updated)."""
+    """One gradient solver (``role="gradient"``: sgd, adam, adamw, nadam, polyak_sgd) per
+    variable; ``null``: that variable is never updated. Learning rates: object and probe in
+    units of |O| and |P|/√e⁻ per step (Adam), positions [Å] and tilt [mrad] per iteration."""
 
-    object: SolverSpec | None = param(SolverSpec("adam"), doc="solver of the object (per group)")
-    probe: SolverSpec | None = param(SolverSpec("adam"), doc="solver of the probe (per group)")
-    positions: SolverSpec | None = param(None, doc="solver of the scan positions (per iteration)")
-    tilt: SolverSpec | None = param(None, doc="solver of the tilt (per iteration)")
-
-
-def _default_solvers() -> GradientSolvers:
-    from phaser_std.engines.optimizers import AdamConfig
-
-    return GradientSolvers(object=SolverSpec("adam", AdamConfig(learning_rate=5e-3)),
-                           probe=SolverSpec("adam", AdamConfig(learning_rate=1e-2)))
+    object: SolverSpec | None = param(factory=_adam(1e-2), doc="solver of the object (per group)")
+    probe: SolverSpec | None = param(factory=_adam(1e-2), doc="solver of the probe (per group)")
+    positions: SolverSpec | None = param(None, doc="solver of the scan positions (per iteration), e.g. "
+                                                   "{type: sgd, learning_rate: 3, momentum: 0.5}")
+    tilt: SolverSpec | None = param(None, doc="solver of the tilt (per iteration), e.g. {type: adam, "
+                                              "learning_rate: 0.2}")
 
 
 @attrs.frozen
@@ -68,7 +70,7 @@ class GradientConfig:
     probe_modes: int | None = param(None, doc="number of incoherent probe modes (null: keep)")
     slices: SlicesPlan | None = param(None, doc="object slices for this engine (null: keep)")
     noise_model: NoiseModelSpec = param(NoiseModelSpec("amplitude"), doc="detector noise model")
-    solvers: GradientSolvers = param(factory=_default_solvers, doc="{object, probe, positions, tilt}: solver each")
+    solvers: GradientSolvers = param(factory=GradientSolvers, doc="{object, probe, positions, tilt}: solver each")
     regularizers: tuple[RegularizerSpec, ...] = param((), doc="cost regularizers, summed into the loss")
     group_constraints: tuple[RegularizerSpec, ...] = param((), doc="constraints applied after every group")
     iter_constraints: tuple[RegularizerSpec, ...] = param((), doc="constraints applied after every iteration")
@@ -118,8 +120,19 @@ class GradientEngine:
                                  "put constraints under group_constraints / iter_constraints")
         group_constraints = [spec.build(reg) for spec in cfg.group_constraints]
         iter_constraints = [spec.build(reg) for spec in cfg.iter_constraints]
-        solvers = {k: (getattr(cfg.solvers, k).build(reg) if getattr(cfg.solvers, k) is not None else None)
-                   for k in ("object", "probe", "positions", "tilt")}
+        for where, specs, built in (("group_constraints", cfg.group_constraints, group_constraints),
+                                    ("iter_constraints", cfg.iter_constraints, iter_constraints)):
+            for spec, c in zip(specs, built):
+                if not hasattr(c, "apply"):
+                    raise ValueError(f"gradient engine: {where}: {spec.type!r} is not a constraint regularizer; "
+                                     "put cost regularizers under regularizers")
+        solvers: dict[str, Any] = {}
+        for k in ("object", "probe", "positions", "tilt"):
+            spec = getattr(cfg.solvers, k)
+            if spec is not None and spec.component(reg).meta.get("role") != "gradient":
+                raise ValueError(f"gradient engine: solvers.{k}: {spec.type!r} is not a gradient solver; use one "
+                                 f"of {sorted(reg.names('solver', role='gradient'))}")
+            solvers[k] = spec.build(reg) if spec is not None else None
 
         probe_shape = state.probe.shape
         if tuple(data.pattern_shape) != tuple(probe_shape):

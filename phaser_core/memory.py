@@ -1,0 +1,419 @@
+"""The memory planner: estimate a run's peak memory before anything large is allocated.
+
+Engine-agnostic: the data shape comes from the loader (``RawData.patterns.shape``; the
+``hdf5`` and ``npy`` loaders memory-map their files, so no pattern is read), the state
+shapes from the initial state (or a state file), and each engine contributes its own terms
+through ``engine.estimate_memory(data_shape, state_shapes, dtype, backend=NAME)``, which
+returns a list of ``(term_name, bytes, setting_hint)`` or ``(term_name, bytes,
+setting_hint, where)`` with ``where`` ``"device"`` (default) or ``"host"``.
+
+The run's peak is the shared host terms (raw patterns, the initial state) plus the largest
+engine's terms. :func:`check_memory` (called by :func:`phaser_core.runner.run_plan` before
+the first engine) raises a :class:`PhaserError` naming the largest term and the setting to
+change when the peak exceeds what is available:
+
+- the budget ``PHASER_MEMORY_BUDGET_GIB`` (environment) when set, else
+- host RAM (``MemAvailable`` of ``/proc/meminfo``, or ``os.sysconf``) for CPU backends, and
+  for a GPU backend the device memory it reports for the device terms.
+
+``PHASER_MEMORY_CHECK=0`` turns the check off. ``phaser plan-memory PLAN`` and ``phaser run
+--dry-run`` print the estimate. ``python -m phaser_core.memory measure PLAN`` runs a plan and
+prints its measured peak resident-memory growth (the calibration in docs/memory.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import attrs
+import numpy as np
+
+from .errors import PhaserError
+
+GiB = float(1 << 30)
+MiB = float(1 << 20)
+ENV_BUDGET = "PHASER_MEMORY_BUDGET_GIB"
+ENV_CHECK = "PHASER_MEMORY_CHECK"
+
+__all__ = ["DataShape", "Term", "EngineEstimate", "MemoryEstimate", "data_shape", "state_shapes",
+           "estimate_plan", "estimate_run", "available_memory", "check_memory", "format_bytes",
+           "format_report", "ENV_BUDGET", "ENV_CHECK"]
+
+
+# ---------------------------------------------------------------------------------------
+# What an estimate is made of
+# ---------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class DataShape:
+    """The patterns as the run sees them.
+
+    :ivar n_patterns: N.
+    :ivar pattern_shape: (Qy, Qx) [px].
+    :ivar host_itemsize: bytes per value of the host patterns (the loader's array).
+    :ivar mapped: whether the host patterns are a memory map of the file (pages are read
+        when the engine copies them to the device, and count as resident memory).
+    """
+
+    n_patterns: int
+    pattern_shape: tuple[int, int]
+    host_itemsize: int = 4
+    mapped: bool = False
+
+    @property
+    def host_bytes(self) -> int:
+        return int(self.n_patterns) * int(self.pattern_shape[0]) * int(self.pattern_shape[1]) * int(self.host_itemsize)
+
+
+@attrs.frozen
+class Term:
+    """One contribution to the peak [bytes]; ``hint`` says which setting changes it."""
+
+    name: str
+    bytes: int
+    hint: str = ""
+    where: str = "device"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "bytes": int(self.bytes), "GiB": self.bytes / GiB, "hint": self.hint,
+                "where": self.where}
+
+
+@attrs.frozen
+class EngineEstimate:
+    index: int
+    type: str
+    terms: tuple[Term, ...]
+
+    @property
+    def total(self) -> int:
+        return int(sum(t.bytes for t in self.terms))
+
+
+@attrs.frozen
+class MemoryEstimate:
+    """Shared terms plus one :class:`EngineEstimate` per engine; ``peak`` is the largest run total."""
+
+    backend: str
+    dtype: str
+    data: DataShape
+    shapes: dict
+    shared: tuple[Term, ...]
+    engines: tuple[EngineEstimate, ...]
+
+    @property
+    def peak_engine(self) -> EngineEstimate | None:
+        return max(self.engines, key=lambda e: e.total) if self.engines else None
+
+    @property
+    def peak_terms(self) -> tuple[Term, ...]:
+        eng = self.peak_engine
+        return self.shared + (eng.terms if eng is not None else ())
+
+    @property
+    def peak(self) -> int:
+        return int(sum(t.bytes for t in self.peak_terms))
+
+    def peak_where(self, where: str) -> int:
+        return int(sum(t.bytes for t in self.peak_terms if t.where == where))
+
+    def largest(self, where: str | None = None) -> Term:
+        terms = [t for t in self.peak_terms if where is None or t.where == where] or list(self.peak_terms)
+        return max(terms, key=lambda t: t.bytes)
+
+    def to_dict(self) -> dict:
+        eng = self.peak_engine
+        return {
+            "backend": self.backend, "dtype": self.dtype,
+            "data": {"n_patterns": self.data.n_patterns, "pattern_shape": list(self.data.pattern_shape),
+                     "host_itemsize": self.data.host_itemsize, "mapped": self.data.mapped},
+            "state_shapes": {k: list(v) for k, v in self.shapes.items()},
+            "shared": [t.to_dict() for t in self.shared],
+            "engines": [{"index": e.index, "type": e.type, "total_bytes": e.total,
+                         "terms": [t.to_dict() for t in e.terms]} for e in self.engines],
+            "peak_bytes": self.peak, "peak_GiB": self.peak / GiB,
+            "peak_engine": None if eng is None else eng.index,
+            "largest": self.largest().to_dict() if self.peak_terms else None,
+        }
+
+
+def format_bytes(n: float) -> str:
+    n = float(n)
+    if n >= GiB:
+        return f"{n / GiB:.2f} GiB"
+    if n >= MiB:
+        return f"{n / MiB:.1f} MiB"
+    return f"{n / 1024:.1f} KiB"
+
+
+# ---------------------------------------------------------------------------------------
+# Shapes
+# ---------------------------------------------------------------------------------------
+
+
+def data_shape(data: Any) -> DataShape:
+    """:class:`DataShape` of a :class:`~phaser_core.data.RawData` (reads no pattern)."""
+    pats = data.patterns
+    base = pats
+    while base is not None and not isinstance(base, np.memmap) and getattr(base, "base", None) is not None:
+        base = base.base
+    mapped = isinstance(pats, np.memmap) or isinstance(base, np.memmap) or isinstance(base, __import__("mmap").mmap)
+    return DataShape(n_patterns=int(pats.shape[0]), pattern_shape=(int(pats.shape[-2]), int(pats.shape[-1])),
+                     host_itemsize=int(np.dtype(pats.dtype).itemsize), mapped=bool(mapped))
+
+
+def state_shapes(state: Any) -> dict:
+    """``{"probe": (M, Ny, Nx), "object": (S, H, W), "scan": (N, 2)}`` of a ReconsState,
+    plus ``"object_itemsize"``-free shapes only (engines choose their own dtype)."""
+    probe = tuple(int(v) for v in np.shape(state.probe.data))
+    if len(probe) == 2:
+        probe = (1, *probe)
+    obj = tuple(int(v) for v in np.shape(state.object.data))
+    if len(obj) == 2:
+        obj = (1, *obj)
+    return {"probe": probe, "object": obj, "scan": tuple(int(v) for v in np.shape(state.scan_A))}
+
+
+# ---------------------------------------------------------------------------------------
+# The estimate
+# ---------------------------------------------------------------------------------------
+
+
+def _engine_terms(engine: Any, data: DataShape, shapes: dict, dtype: str, backend: str) -> list[Term] | None:
+    fn = getattr(engine, "estimate_memory", None)
+    if fn is None:
+        return None
+    try:
+        raw = fn(data, shapes, dtype, backend=backend)
+    except TypeError:
+        raw = fn(data, shapes, dtype)
+    terms = []
+    for item in raw:
+        name, nbytes, hint, *rest = item
+        terms.append(Term(str(name), int(nbytes), str(hint), str(rest[0]) if rest else "device"))
+    return terms
+
+
+def estimate_run(plan: Any, data: Any, state: Any, registry: Any, backend: str | None = None) -> MemoryEstimate:
+    """The estimate for ``plan`` given its loaded ``data`` and initial ``state`` (host)."""
+    backend = backend or str(plan.backend)
+    dtype = str(plan.dtype)
+    ds = data_shape(data)
+    shapes = state_shapes(state)
+    shared = [Term("raw patterns in host memory" + (" (memory-mapped file pages)" if ds.mapped else ""),
+                   ds.host_bytes, "crop or bin the data (post_load), or scan a smaller area", "host")]
+    obj_host = int(np.asarray(state.object.data).nbytes) + int(np.asarray(state.probe.data).nbytes)
+    shared.append(Term("initial state (host copy kept by the runner)", obj_host,
+                       "a smaller object field (fewer slices, less padding)", "host"))
+    engines = []
+    for num, spec in enumerate(plan.engines):
+        engine = spec.build(registry)
+        terms = _engine_terms(engine, ds, shapes, dtype, backend)
+        if terms is None:
+            terms = [Term(f"engine {spec.type!r} gives no estimate", 0, "")]
+        engines.append(EngineEstimate(num, str(spec.type), tuple(terms)))
+    return MemoryEstimate(backend=backend, dtype=dtype, data=ds, shapes=shapes, shared=tuple(shared),
+                          engines=tuple(engines))
+
+
+def estimate_plan(plan: Any, registry: Any = None, plan_dir: Path = Path("."),
+                  backend: str | None = None) -> MemoryEstimate:
+    """Load the data (memory-mapped where the loader can) and build the initial state, then
+    estimate; allocates nothing engine-sized."""
+    from .registry import get_registry
+    from .runner import initial_state, load_data
+
+    registry = registry if registry is not None else get_registry()
+    data = load_data(plan, registry, Path(plan_dir))
+    state = initial_state(plan, data, registry, Path(plan_dir))
+    return estimate_run(plan, data, state, registry, backend=backend)
+
+
+# ---------------------------------------------------------------------------------------
+# What is available, and the check
+# ---------------------------------------------------------------------------------------
+
+
+def host_available() -> int | None:
+    """Available host memory [bytes]: ``MemAvailable`` of /proc/meminfo, else os.sysconf."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def device_available(backend: Any) -> int | None:
+    """Memory of the backend's accelerator [bytes] when it reports one; None on a CPU."""
+    dev = getattr(backend, "device", None)
+    if dev is not None and str(getattr(dev, "platform", "cpu")) != "cpu":
+        try:
+            stats = dev.memory_stats() or {}
+            limit = stats.get("bytes_limit")
+            if limit:
+                return int(limit) - int(stats.get("bytes_in_use", 0))
+        except Exception:  # noqa: BLE001 - a backend without memory stats
+            return None
+    if getattr(backend, "name", "") == "cupy":
+        try:
+            free, _total = backend.xp.cuda.Device().mem_info
+            return int(free)
+        except Exception:  # noqa: BLE001
+            return None
+    return None
+
+
+def available_memory(backend: Any = None) -> dict:
+    """``{"device": bytes|None, "host": bytes|None, "source": text}``: the limits the check
+    uses. ``device`` is None on CPU backends (everything counts against ``host``)."""
+    env = os.environ.get(ENV_BUDGET)
+    dev = device_available(backend) if backend is not None else None
+    host = host_available()
+    if env:
+        try:
+            budget = int(float(env) * GiB)
+        except ValueError:
+            raise PhaserError(f"{ENV_BUDGET}={env!r} is not a number of GiB") from None
+        if dev is not None:
+            return {"device": budget, "host": host, "source": f"{ENV_BUDGET}={env}"}
+        return {"device": None, "host": budget, "source": f"{ENV_BUDGET}={env}"}
+    src = "MemAvailable (host)" + (", device memory" if dev is not None else "")
+    return {"device": dev, "host": host, "source": src}
+
+
+def check_memory(est: MemoryEstimate, backend: Any = None) -> None:
+    """Raise :class:`PhaserError` when ``est`` does not fit what :func:`available_memory` gives."""
+    if os.environ.get(ENV_CHECK, "1").strip().lower() in ("0", "false", "no", "off"):
+        return
+    avail = available_memory(backend)
+    pools = []
+    if avail["device"] is not None:
+        pools.append(("device", est.peak_where("device"), avail["device"], "device"))
+        pools.append(("host", est.peak_where("host"), avail["host"], "host"))
+    else:
+        pools.append(("memory", est.peak, avail["host"], None))
+    for label, need, have, where in pools:
+        if have is None or need <= have:
+            continue
+        big = est.largest(where)
+        eng = est.peak_engine
+        which = f" (engine {eng.index}: {eng.type})" if eng is not None else ""
+        raise PhaserError(
+            f"the run needs about {format_bytes(need)} of {label}{which} but {format_bytes(have)} is available "
+            f"({avail['source']}). The largest term: {big.name} needs {format_bytes(big.bytes)}: {big.hint}. "
+            f"See `phaser plan-memory PLAN`; set {ENV_CHECK}=0 to run anyway.")
+
+
+# ---------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------
+
+
+def format_report(est: MemoryEstimate, avail: dict | None = None) -> str:
+    """A plain-text table of every term, per engine, and the peak."""
+    d = est.data
+    m, ny, nx = est.shapes["probe"]
+    s, h, w = est.shapes["object"]
+    lines = [f"memory estimate ({est.backend}, {est.dtype}): {d.n_patterns} patterns of "
+             f"{d.pattern_shape[0]}x{d.pattern_shape[1]}, probe {m}x{ny}x{nx}, object {s}x{h}x{w} (initial)"]
+    width = max([len(t.name) for t in est.shared] + [len(t.name) for e in est.engines for t in e.terms] + [10])
+
+    def row(t: Term) -> str:
+        return f"  {t.name:<{width}}  {format_bytes(t.bytes):>11}  {t.where:<6}  {t.hint}"
+
+    lines.append("shared:")
+    lines.extend(row(t) for t in est.shared)
+    for e in est.engines:
+        lines.append(f"engine {e.index} ({e.type}): {format_bytes(e.total)}")
+        lines.extend(row(t) for t in sorted(e.terms, key=lambda t: -t.bytes))
+    big = est.largest() if est.peak_terms else None
+    lines.append(f"peak: {format_bytes(est.peak)}" + (f" (engine {est.peak_engine.index})" if est.peak_engine else "")
+                 + (f"; largest term: {big.name} ({format_bytes(big.bytes)})" if big else ""))
+    if avail is not None:
+        have = avail["device"] if avail["device"] is not None else avail["host"]
+        if have is not None:
+            lines.append(f"available: {format_bytes(have)} ({avail['source']}) -> "
+                         + ("fits" if est.peak_where("device") <= have or avail["device"] is None and est.peak <= have
+                            else "DOES NOT FIT"))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# Measuring a run's peak (calibration; run in a fresh process)
+# ---------------------------------------------------------------------------------------
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def measure_peak(plan_path: str | Path) -> dict:
+    """Run the plan in *this* process and return ``{"baseline": RSS before the run,
+    "peak": peak RSS during it, "growth": peak - baseline}`` [bytes].
+
+    The baseline is taken after imports and the backend's runtime is up; the peak is
+    ``VmHWM`` after resetting it (``/proc/self/clear_refs``), else ``ru_maxrss``. Call it in
+    a fresh process (``python -m phaser_core.memory measure PLAN``).
+    """
+    import resource
+
+    from .plan import load_plan
+    from .registry import get_registry
+    from .runner import run_plan
+
+    registry = get_registry()
+    path = Path(plan_path)
+    plan = load_plan(path, registry=registry)
+    bk = registry.get("backend", plan.backend).obj(plan.dtype)
+    bk.synchronize(bk.xp.sum(bk.asarray(np.ones(4, dtype=np.float32))))  # the runtime is up
+    reset = True
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+    except OSError:
+        reset = False
+    baseline = _status_kib("VmRSS") * 1024
+    run_plan(plan, out_dir=None, registry=registry, plan_dir=path.resolve().parent, quiet=True)
+    if reset:
+        peak = _status_kib("VmHWM") * 1024
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"baseline": baseline, "peak": peak, "growth": peak - baseline, "reset": reset}
+
+
+def measure_in_subprocess(plan_path: str | Path, timeout: float = 600.0) -> dict:
+    """:func:`measure_peak` in a fresh Python process; returns its dict."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "phaser_core.memory", "measure", str(plan_path)],
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise PhaserError(f"measuring {plan_path} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _main(argv: Sequence[str]) -> int:
+    if len(argv) == 2 and argv[0] == "measure":
+        print(json.dumps(measure_peak(argv[1])))
+        return 0
+    print("usage: python -m phaser_core.memory measure PLAN", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))
