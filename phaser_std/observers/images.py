@@ -164,6 +164,10 @@ def preview(image: Image, gap: int = 2) -> np.ndarray:
     return out
 
 
+#: PNG previews are enlarged (nearest neighbour, whole factors) until each panel is this big [px]
+PREVIEW_MIN_PX = 256
+
+
 def write_png(image: Image, path: Path) -> Path:
     """Write the 8-bit preview of ``image`` as a greyscale PNG."""
     from PIL import Image as PILImage
@@ -171,7 +175,11 @@ def write_png(image: Image, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    PILImage.fromarray(preview(image)).save(tmp, format="PNG")
+    pixels = preview(image)
+    zoom = max(1, -(-PREVIEW_MIN_PX // max(1, min(image.data.shape[-2:]))))
+    if zoom > 1:  # small grids (64 px probes) are unreadable at 1:1; enlarge by whole pixels
+        pixels = np.kron(pixels, np.ones((zoom, zoom), np.uint8))
+    PILImage.fromarray(pixels).save(tmp, format="PNG")
     tmp.replace(path)
     return path
 
