@@ -26,7 +26,9 @@ sys.path.insert(0, "/work/shared/bench")
 class Timer:
     def __init__(self, data: str, score_every: int, target: float | None):
         self.t_last = None
+        self.c_last = None
         self.iter_times: list[float] = []
+        self.cpu_times: list[float] = []
         self.losses: list[float] = []
         self.scores: list[tuple[int, float, float]] = []
         self.score_every = score_every
@@ -45,9 +47,11 @@ class Timer:
 
     def before_engine(self, engine, state, ctx):
         self.t_last = time.perf_counter()
+        self.c_last = time.process_time()
 
     def after_iteration(self, state, metrics, ctx):
         now = time.perf_counter()
+        self.cpu_times.append(time.process_time() - self.c_last)
         self.iter_times.append(now - self.t_last)
         self.losses.append(float(metrics["loss"]))
         it = len(self.iter_times)
@@ -57,6 +61,7 @@ class Timer:
             if self.t_target is None and self.target is not None and p["pearson"] >= self.target:
                 self.t_target = float(sum(self.iter_times))
         self.t_last = time.perf_counter()
+        self.c_last = time.process_time()
 
 
 def score(state, gt, gt_s, periodic) -> dict:
@@ -95,6 +100,8 @@ def main(arg: str) -> None:
         "first_iter_s": times[0] if times else None,
         "s_per_iter_median": float(np.median(rest)) if rest else None,
         "s_per_iter": float(np.mean(rest)) if rest else None,
+        "cpu_times_s": [round(x, 4) for x in timer.cpu_times],
+        "cpu_s_per_iter_median": float(np.median(timer.cpu_times[1:])) if rest else None,
         "final_loss": timer.losses[-1] if timer.losses else None,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "scores": timer.scores, "time_to_target_s": timer.t_target,

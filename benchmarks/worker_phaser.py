@@ -2,7 +2,9 @@
 
     .anchor-venv/bin/python benchmarks/worker_phaser.py --score-every K --target 0.9 -- RUN_PHASER_ARGS
 
-Without ``--score-every`` this is run_phaser.py unchanged. With it, the harness's timing
+It adds the process CPU time per iteration (``cpu_times_s``, ``cpu_s_per_iter_median``; all
+threads, a measure that a shared machine's load disturbs less than wall time). With
+``--score-every K``, the harness's timing
 observer is wrapped: every K iterations the summed object phase is scored against the
 ground truth (the harness's ``phase_metrics.compare_phase``, as in its ``score``), outside
 the timed interval, and ``time_to_target_s`` (sum of iteration times, the first one with
@@ -31,30 +33,36 @@ def main() -> None:
             target = float(own[i + 1])
     import run_phaser
 
-    if not score_every:
-        run_phaser.main(rest)
-        return
-
     import h5py
     import numpy
-    from phase_metrics import compare_phase
 
     data = rest[rest.index("--data") + 1]
-    with h5py.File(data, "r") as f:
-        gt = f["ground_truth/phase"][()]
-        gt_s = float(numpy.atleast_1d(f["ground_truth/phase"].attrs["sampling_A"])[0])
-        periodic = str(f["ground_truth"].attrs.get("periodic", "no")).lower().startswith("yes")
-    extra = {"scores": [], "time_to_target_s": None}
+    gt = None
+    if score_every:
+        from phase_metrics import compare_phase
+
+        with h5py.File(data, "r") as f:
+            gt = f["ground_truth/phase"][()]
+            gt_s = float(numpy.atleast_1d(f["ground_truth/phase"].attrs["sampling_A"])[0])
+            periodic = str(f["ground_truth"].attrs.get("periodic", "no")).lower().startswith("yes")
+    extra = {"scores": [], "time_to_target_s": None, "cpu_times_s": []}
     orig = run_phaser.make_timer
 
     def make_timer(time_limit=None):
         timer = orig(time_limit)
         inner = timer.update_iteration
+        inner_start = timer.start_engine
+        clock = {"c": None}
+
+        def start_engine(init_state):
+            inner_start(init_state)
+            clock["c"] = time.process_time()
 
         def update_iteration(state, i, n, errors):
             inner(state, i, n, errors)
+            extra["cpu_times_s"].append(round(time.process_time() - clock["c"], 4))
             k = len(timer.iter_times)
-            if k % score_every == 0 or i == n:
+            if score_every and (k % score_every == 0 or i == n):
                 from phaser.utils.num import to_numpy
 
                 obj = to_numpy(state.object.data)
@@ -67,8 +75,10 @@ def main() -> None:
                 if extra["time_to_target_s"] is None and target is not None and m["pearson"] >= target:
                     extra["time_to_target_s"] = float(sum(timer.iter_times))
             timer.t_last = time.perf_counter()   # scoring is not timed
+            clock["c"] = time.process_time()
 
         timer.update_iteration = update_iteration
+        timer.start_engine = start_engine
         return timer
 
     run_phaser.make_timer = make_timer
@@ -82,6 +92,8 @@ def main() -> None:
     lines = [ln for ln in buf.getvalue().splitlines() if ln.startswith("{")]
     res = json.loads(lines[-1])
     res.update(extra)
+    cpu = extra["cpu_times_s"][1:]
+    res["cpu_s_per_iter_median"] = float(numpy.median(cpu)) if cpu else None
     print(json.dumps(res))
 
 

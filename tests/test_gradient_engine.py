@@ -174,13 +174,19 @@ def test_analytic_gradient_matches_autodiff(jax64, per_position_tilt):
 
 
 @pytest.mark.parametrize("noise", NOISE_MODELS)
-def test_analytic_matches_autodiff_float32(noise):
-    """Same check in float32 on the default (float32) backends, per noise model."""
-    model, args = _group_case(n_slices=2, noise=noise, costs=("obj_tv", "probe_phase_tikhonov"))
+def test_analytic_matches_autodiff_float32_no_nan(noise):
+    """Per noise model, float32 (the default backends): analytic == autodiff, and both finite
+    where the object (hence the model intensity) and some measured counts are exactly zero
+    (test 7 at the gradient level). obj_phase_l1 is left out: jax's gradient of angle() is
+    NaN at 0, an issue of costs.py."""
+    model, args = _group_case(n_slices=2, noise=noise, costs=("obj_tv", "obj_l1", "probe_phase_tikhonov"))
+    args["obj"][:, :10, :] = 0.0
     t_np, g_np = _grads(analytic_gradients, build_backend("numpy", "float32"), model, args)
     t_jx, g_jx = _grads(autodiff_gradients, build_backend("jax", "float32"), model, args)
+    assert np.isfinite(t_np) and np.isfinite(t_jx)
     assert t_np == pytest.approx(t_jx, rel=1e-4)
     for k in g_np:
+        assert np.all(np.isfinite(g_np[k])) and np.all(np.isfinite(g_jx[k])), (noise, k)
         assert _rel(g_np[k], g_jx[k]) < 2e-3, (noise, k, _rel(g_np[k], g_jx[k]))
 
 
@@ -298,11 +304,13 @@ def test_global_tilt_refinement():
 
 
 # --------------------------------------------------------------------------- (7) no NaN
-@pytest.mark.parametrize("backend", ["numpy", "jax"])
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("jax", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("noise", NOISE_MODELS)
-def test_no_nan_any_noise_model(backend, noise):
+def test_no_nan_engine_any_noise_model(backend, noise):
     """Zero measured counts and zero model intensity (the aperture-limited probe through a
-    vacuum object has exactly zero intensity outside the bright-field disc)."""
+    vacuum object has exactly zero intensity outside the bright-field disc). On jax this
+    compiles a step per noise model, hence slow;
+    test_analytic_matches_autodiff_float32_no_nan covers jax at the gradient level."""
     sim, data, state, pad = _sim(q=24, scan=(4, 4), dose=1e3, seed=5)
     pats = np.array(data.patterns)
     pats[:, :3, :] = 0.0
@@ -316,16 +324,6 @@ def test_no_nan_any_noise_model(backend, noise):
                   update_positions=Flag(after=0))
     for arr in (out.object.data, out.probe.data, out.scan_A, np.asarray(out.progress.loss)):
         assert np.all(np.isfinite(arr))
-    # and the raw gradients where the object (hence the model intensity) is exactly zero
-    # (obj_phase_l1 is left out: jax's gradient of angle() is NaN at 0, a costs.py issue)
-    model, args = _group_case(n_slices=2, noise=noise, costs=("obj_tv", "obj_l1", "probe_recip_tv"))
-    args["obj"][:, :10, :] = 0.0
-    bk = build_backend(backend, "float32")
-    fn = analytic_gradients if backend == "numpy" else autodiff_gradients
-    total, g = _grads(fn, bk, model, args)
-    assert np.isfinite(total)
-    for k, v in g.items():
-        assert np.all(np.isfinite(v)), (backend, noise, k)
 
 
 # --------------------------------------------------------------------------- (8) layer regularization

@@ -95,15 +95,17 @@ class EngineLoop:
             positions = scan_A()
             geometry = obj_geometry()
             groups = self.groups(positions, it)
-            loss_sum = 0.0
+            # view corners of every position once per iteration (host, vectorised), then
+            # sliced per group; the per-group losses stay on the device until the end
+            all_starts, all_frac = scan_to_pixels(positions, geometry.corner_A, geometry.sampling_A, probe_shape)
+            check_views_inside(all_starts, probe_shape, geometry.shape)
+            losses = []
             for gi in range(len(groups)):
                 idx = groups.indices[gi]
                 mask = groups.mask[gi]
-                starts, frac = scan_to_pixels(positions[idx], geometry.corner_A, geometry.sampling_A, probe_shape)
-                check_views_inside(starts, probe_shape, geometry.shape)
-                loss_sum = loss_sum + group_step(it, idx, mask, starts, frac)
+                losses.append(group_step(it, idx, mask, all_starts[idx], all_frac[idx]))
             end_iteration(it)
-            loss = float(ctx.backend.to_numpy(loss_sum)) / self.n_positions
+            loss = float(sum(float(ctx.backend.to_numpy(v)) for v in losses)) / self.n_positions
             ctx.backend.synchronize()
             dt = time.perf_counter() - t0
             total += 1

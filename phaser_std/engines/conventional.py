@@ -46,14 +46,28 @@ class ConventionalConfig:
 
 def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: Any, scan_A: np.ndarray,
                         geometry: ObjectState, props: Any, batch: int = 256) -> Any:
-    """The probe scaled so the model's total intensity equals the data's (the dry run)."""
+    """The probe scaled so the model's total intensity equals the data's (the dry run).
+
+    One compiled function over equal batches (the last one padded and masked), so jax
+    compiles it once instead of dispatching every kernel eagerly."""
     shape = probe.shape[-2:]
+    xp = bk.xp
+    n = scan_A.shape[0]
+    batch = max(1, min(batch, n))
+
+    def batch_sum(probe_, obj_, starts, frac, mask):
+        inten = forward_intensity(bk, probe_, obj_, starts, frac, props)
+        return xp.sum(xp.sum(inten, axis=(-2, -1)) * mask)
+
+    fn = bk.jit(batch_sum)
     model_sum = 0.0
-    for i in range(0, scan_A.shape[0], batch):
-        starts, frac = scan_to_pixels(scan_A[i:i + batch], geometry.corner_A, geometry.sampling_A, shape)
-        model_sum += float(bk.to_numpy(bk.xp.sum(forward_intensity(bk, probe, obj, bk.asarray(starts),
-                                                                     bk.asarray(frac), props))))
-    data_sum = float(bk.to_numpy(bk.xp.sum(patterns)))
+    for i in range(0, n, batch):
+        sel = np.arange(i, i + batch)
+        mask = (sel < n).astype(np.float64)
+        sel = np.minimum(sel, n - 1)
+        starts, frac = scan_to_pixels(scan_A[sel], geometry.corner_A, geometry.sampling_A, shape)
+        model_sum += float(bk.to_numpy(fn(probe, obj, bk.asarray(starts), bk.asarray(frac), bk.asarray(mask))))
+    data_sum = float(bk.to_numpy(xp.sum(patterns)))
     if model_sum <= 0 or data_sum <= 0:
         raise DataError("cannot scale the probe to the data: the data or the model has no intensity")
     return probe * np.sqrt(data_sum / model_sum)
@@ -98,10 +112,22 @@ class ConventionalEngine:
             probe = scale_probe_to_data(bk, probe, obj, patterns, scan, geometry, props)
             extra["probe_scaled"] = True
 
-        step = bk.jit(make_group_step(bk, solver, noise, props, probe_shape),
-                      static_argnames=("update_object", "update_probe", "update_positions"))
         info = RegInfo(sampling_A=tuple(geometry.sampling_A), wavelength_A=wavelength,
                        thicknesses_A=np.asarray(geometry.thicknesses_A))
+        group_step_fn = make_group_step(bk, solver, noise, props, probe_shape)
+
+        def fused_step(obj_, probe_, patterns_, idx, starts, frac, mask, update_object=True, update_probe=True,
+                       update_positions=False):
+            # the pattern gather and the group constraints run inside the compiled step
+            # (constraints are pure and do not depend on the iteration), so one group is one
+            # dispatch on jax instead of one per array operation
+            obj_, probe_, loss, shift = group_step_fn(obj_, probe_, patterns_[idx], starts, frac, mask,
+                                                      update_object, update_probe, update_positions)
+            if group_constraints:
+                probe_, obj_ = apply_constraints(bk, group_constraints, probe_, obj_, info)
+            return obj_, probe_, loss, shift
+
+        step = bk.jit(fused_step, static_argnames=("update_object", "update_probe", "update_positions"))
         live = {"probe": probe, "obj": obj, "scan": scan, "shift": np.zeros_like(scan)}
         sampling = np.asarray(geometry.sampling_A, dtype=np.float64)
         half = np.array(probe_shape) // 2
@@ -113,12 +139,10 @@ class ConventionalEngine:
 
         def group_step(it, idx, mask, starts, frac):
             upd_pos = positions_on(it)
-            obj_, probe_, loss, shift = step(live["obj"], live["probe"], patterns[bk.asarray(idx)],
+            obj_, probe_, loss, shift = step(live["obj"], live["probe"], patterns, bk.asarray(idx),
                                              bk.asarray(starts), bk.asarray(frac), bk.asarray(mask),
                                              update_object=cfg.update_object(it), update_probe=cfg.update_probe(it),
                                              update_positions=upd_pos)
-            if group_constraints:
-                probe_, obj_ = apply_constraints(bk, group_constraints, probe_, obj_, attrs.evolve(info, iteration=it))
             live["obj"], live["probe"] = obj_, probe_
             if upd_pos:
                 live["shift"][idx[mask]] += bk.to_numpy(shift)[mask] * sampling
@@ -146,3 +170,9 @@ class ConventionalEngine:
         return loop.run(state, scan_A=lambda: live["scan"], obj_geometry=lambda: geometry,
                         probe_shape=probe_shape, group_step=group_step, end_iteration=end_iteration,
                         snapshot=snapshot)
+
+    def estimate_memory(self, data_shape: Any, state_shapes: dict, dtype: str, backend: str = "numpy") -> list:
+        """Peak-memory terms ``[(name, bytes, setting_hint, where)]`` (phaser_core.memory)."""
+        from phaser_std.engines.memory import conventional_terms
+
+        return conventional_terms(self.config, data_shape, state_shapes, dtype, backend)

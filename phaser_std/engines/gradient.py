@@ -262,3 +262,9 @@ class GradientEngine:
         return loop.run(state, scan_A=lambda: live["scan"], obj_geometry=lambda: geometry,
                         probe_shape=probe_shape, group_step=group_step, end_iteration=end_iteration,
                         snapshot=snapshot)
+
+    def estimate_memory(self, data_shape: Any, state_shapes: dict, dtype: str, backend: str = "numpy") -> list:
+        """Peak-memory terms ``[(name, bytes, setting_hint, where)]`` (phaser_core.memory)."""
+        from phaser_std.engines.memory import gradient_terms
+
+        return gradient_terms(self.config, data_shape, state_shapes, dtype, backend)

@@ -131,14 +131,32 @@ def add_views(bk: Any, target: Any, starts: Any, values: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- sub-pixel shifts
+_FREQ_CACHE: dict = {}
+
+
+def _fftfreq(n: int) -> np.ndarray:
+    """``np.fft.fftfreq(n)`` (float64, host), built once per length."""
+    f = _FREQ_CACHE.get(n)
+    if f is None:
+        f = _FREQ_CACHE[n] = np.fft.fftfreq(n)
+    return f
+
+
 def _shift_ramp(bk: Any, frac: Any, shape: Sequence[int]) -> Any:
-    """exp(−2πi k·d) ``(B, Ny, Nx)`` for shifts ``frac`` ``(B, 2)`` [px], corner-centred."""
+    """exp(−2πi k·d) ``(B, Ny, Nx)`` for shifts ``frac`` ``(B, 2)`` [px], corner-centred.
+
+    Separable: the exponential is taken on the ``(B, Ny)`` and ``(B, Nx)`` factors only and
+    their outer product formed, not on ``B·Ny·Nx`` phases.
+    """
     xp = bk.xp
-    ky = xp.asarray(np.fft.fftfreq(int(shape[0])))
-    kx = xp.asarray(np.fft.fftfreq(int(shape[1])))
-    frac = xp.asarray(frac)
-    ph = ky[None, :, None] * frac[:, 0][:, None, None] + kx[None, None, :] * frac[:, 1][:, None, None]
-    return xp.exp((-2j * np.pi) * ph).astype(bk.complex_dtype)
+    cdt = bk.complex_dtype
+    rdt = bk.real_dtype
+    ky = xp.asarray(_fftfreq(int(shape[0])).astype(rdt))
+    kx = xp.asarray(_fftfreq(int(shape[1])).astype(rdt))
+    frac = xp.asarray(frac).astype(rdt)
+    ry = xp.exp((-2j * np.pi) * (ky[None, :] * frac[:, 0][:, None])).astype(cdt)   # (B, Ny)
+    rx = xp.exp((-2j * np.pi) * (kx[None, :] * frac[:, 1][:, None])).astype(cdt)   # (B, Nx)
+    return ry[:, :, None] * rx[:, None, :]
 
 
 def shift_probes(bk: Any, probe: Any, frac: Any) -> Any:
@@ -149,10 +167,13 @@ def shift_probes(bk: Any, probe: Any, frac: Any) -> Any:
 
 
 def unshift_probes(bk: Any, grad: Any, frac: Any) -> Any:
-    """Adjoint of :func:`shift_probes`: ``(B, M, Ny, Nx)`` -> ``(M, Ny, Nx)`` summed over B."""
+    """Adjoint of :func:`shift_probes`: ``(B, M, Ny, Nx)`` -> ``(M, Ny, Nx)`` summed over B.
+
+    The sum over positions is taken in Fourier space, before the inverse FFT (M inverse
+    FFTs instead of B·M)."""
     xp = bk.xp
     ramp = _shift_ramp(bk, frac, grad.shape[-2:])
-    return xp.sum(bk.ifft2(bk.fft2(grad) * xp.conj(ramp)[:, None]), axis=0)
+    return bk.ifft2(xp.sum(bk.fft2(grad) * xp.conj(ramp)[:, None], axis=0))
 
 
 # --------------------------------------------------------------------------- propagation

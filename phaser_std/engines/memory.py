@@ -1,0 +1,177 @@
+"""Peak-memory estimates of the bundled engines (used by :mod:`phaser_core.memory`).
+
+Each estimate is a list of ``(term_name, bytes, setting_hint, where)``; the planner adds
+the shared host terms (raw patterns, the runner's initial state) and sums. Sizes (all
+counts; ``r``/``c`` the real/complex itemsize [bytes] of the run's dtype):
+
+- N patterns of P = Qy·Qx pixels; probe M modes of Ny·Nx = P; object S slices of H·W;
+- a group of B = min(grouping.size, N) positions: one *wave array* is B·M·P·c, the object
+  *views* B·S·P·c;
+- the probe-scaling pass before the first iteration runs the forward model on
+  b = min(256, N) positions at a time (:func:`~phaser_std.engines.conventional.scale_probe_to_data`).
+
+Peak = persistent terms (patterns on the device, object, probe, optimizer state, host
+snapshot) + the largest transient phase: the probe-scaling pass or one group step. A group
+step holds the views, the S waves entering each slice (kept for the backward sweep), the
+exit wave, the far field, χ and FFT workspace: ``views + (S + k)·wave`` with ``k``
+calibrated per engine and backend by measuring real runs (peak RSS growth; the table is in
+docs/memory.md). jax adds its runtime/compilation overhead; numpy a small constant for what
+a run imports and caches (FFT plans).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+MiB = 1 << 20
+
+#: Calibrated constants: {backend: {name: value}}; counts are in wave arrays (B·M·P·c).
+CONSTANTS: dict[str, dict[str, float]] = {
+    "numpy": {
+        "overhead_MiB": 16.0,   # imports, FFT plan caches, small arrays made during a run
+        "dry_waves": 3.0,       # probe-scaling pass: views + (S + dry_waves)·wave(b)
+        "dry_ramp": 5.0,        # the sub-pixel ramp (float64 phase, complex128 exp): 5·b·P·8 bytes
+        "conv_waves": 6.0,      # conventional group step: views + (S + conv_waves)·wave(B)
+        "conv_object": 4.0,     # object-sized maps and copies per group update (in S·H·W·c)
+        "grad_waves": 6.0,      # gradient group step (analytic adjoint)
+        "grad_object": 5.0,     # gradient, scaled gradient, optimizer temporaries (in S·H·W·c)
+    },
+    "jax": {
+        "overhead_MiB": 60.0,   # XLA compilation of the group step and the runtime's buffers
+        "dry_waves": 3.0,
+        "dry_ramp": 5.0,
+        "conv_waves": 4.0,
+        "conv_object": 3.0,
+        "grad_waves": 6.0,      # autodiff residuals + cotangents
+        "grad_object": 4.0,
+    },
+}
+#: cupy behaves like numpy (eager, same temporaries) on the device
+CONSTANTS["cupy"] = dict(CONSTANTS["numpy"])
+DRY_RUN_BATCH = 256
+
+
+@attrs.frozen
+class Sizes:
+    """Sizes of one engine's run; see the module docstring."""
+
+    n: int
+    p: int
+    m: int
+    s: int
+    hw: int
+    b: int
+    r: int
+    backend: str
+
+    @property
+    def c(self) -> int:
+        return 2 * self.r
+
+    def wave(self, b: int | None = None) -> int:
+        return (self.b if b is None else b) * self.m * self.p * self.c
+
+    def views(self, b: int | None = None) -> int:
+        return (self.b if b is None else b) * self.s * self.p * self.c
+
+    @property
+    def obj(self) -> int:
+        return self.s * self.hw * self.c
+
+    @property
+    def k(self) -> dict[str, float]:
+        return CONSTANTS.get(self.backend, CONSTANTS["numpy"])
+
+
+def sizes(config: Any, data_shape: Any, state_shapes: dict, dtype: str, backend: str) -> Sizes:
+    """:class:`Sizes` for an engine ``config`` (``probe_modes``, ``slices``, ``grouping``)."""
+    m0, ny, nx = state_shapes["probe"]
+    s0, h, w = state_shapes["object"]
+    m = int(getattr(config, "probe_modes", None) or m0)
+    slices = getattr(config, "slices", None)
+    s = int(slices.n) if slices is not None else int(s0)
+    n = int(data_shape.n_patterns)
+    qy, qx = data_shape.pattern_shape
+    b = max(1, min(int(config.grouping.size), n))
+    r = 8 if str(dtype) == "float64" else 4
+    return Sizes(n=n, p=int(qy) * int(qx), m=m, s=s, hw=int(h) * int(w), b=b, r=r, backend=str(backend))
+
+
+def _group_hint(z: Sizes, size: int) -> str:
+    return f"lower grouping.size (now {size})"
+
+
+def _common_terms(config: Any, z: Sizes) -> tuple[list[tuple], tuple]:
+    """Persistent terms every engine has, and the probe-scaling pass (name, bytes, hint)."""
+    k = z.k
+    terms = [
+        ("patterns on the device (N·Qy·Qx)", z.n * z.p * z.r, "crop or bin the patterns (post_load)", "device"),
+        ("object (S·H·W complex)", z.obj,
+         f"fewer slices (slices.n = {z.s}) or a smaller object field (object pad_px)", "device"),
+        ("probe modes", z.m * z.p * z.c, f"fewer probe modes (probe_modes = {z.m})", "device"),
+        ("host snapshot of the state (observers, checkpoints)", z.obj + z.m * z.p * z.c,
+         "a smaller object (fewer slices)", "host"),
+        ("backend runtime, compilation and caches", int(k["overhead_MiB"] * MiB), "", "host"),
+    ]
+    dry = (0, "")
+    if getattr(config, "scale_probe", False):
+        b = min(DRY_RUN_BATCH, z.n)
+        ramp = int(k["dry_ramp"] * b * z.p * 8)
+        waves = z.views(b) + int((z.s + k["dry_waves"]) * z.wave(b))
+        dry = (max(ramp, waves), f"probe-scaling pass ({b} positions at a time, {z.s} slices x {z.m} modes)")
+    return terms, dry
+
+
+def _transient(group: tuple[int, str], dry: tuple[int, str], group_hint: str) -> tuple:
+    """The larger of the group step and the probe-scaling pass, as one term."""
+    if dry[0] > group[0]:
+        return (dry[1], dry[0], "set scale_probe: false once the probe intensity is right, or use fewer "
+                "modes/slices for the first engine", "device")
+    return (group[1], group[0], group_hint, "device")
+
+
+def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: str,
+                       backend: str = "numpy") -> list[tuple]:
+    """Terms of the ``conventional`` engine (ePIE, LSQML)."""
+    z = sizes(config, data_shape, state_shapes, dtype, backend)
+    terms, dry = _common_terms(config, z)
+    k = z.k
+    group = z.views() + int((z.s + k["conv_waves"]) * z.wave())
+    name = (f"group step: views, {z.s} slice waves, far field, chi and FFT workspace "
+            f"(B={z.b} x M={z.m} x {z.p} px)")
+    terms.append(_transient((group, name), dry, _group_hint(z, config.grouping.size)))
+    terms.append(("object-sized maps of a group update (illumination, update, new object)",
+                  int(k["conv_object"] * z.obj), f"fewer slices (slices.n = {z.s})", "device"))
+    return terms
+
+
+def gradient_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: str,
+                   backend: str = "numpy") -> list[tuple]:
+    """Terms of the ``gradient`` engine: the group step with its autodiff residuals (jax) or
+    analytic adjoint (numpy/cupy), object-sized gradients and the optimizer state."""
+    z = sizes(config, data_shape, state_shapes, dtype, backend)
+    terms, dry = _common_terms(config, z)
+    k = z.k
+    group = z.views() + int((z.s + k["grad_waves"]) * z.wave())
+    what = "autodiff residuals" if backend == "jax" else "adjoint"
+    name = (f"group step: views, {z.s} slice waves, far field, {what} and FFT workspace "
+            f"(B={z.b} x M={z.m} x {z.p} px)")
+    terms.append(_transient((group, name), dry, _group_hint(z, config.grouping.size)))
+    terms.append(("object gradient and update temporaries", int(k["grad_object"] * z.obj),
+                  f"fewer slices (slices.n = {z.s})", "device"))
+    solvers = getattr(config, "solvers", None)
+    opt = 0
+    for var, size in (("object", z.obj), ("probe", z.m * z.p * z.c)):
+        spec = getattr(solvers, var, None) if solvers is not None else None
+        if spec is None:
+            continue
+        kind = str(spec.type)
+        # adam-like: two moments (mu complex, nu real); momentum/sgd trace: one
+        per = 1.5 if "adam" in kind else (1.0 if kind in ("sgd", "momentum") else 1.5)
+        opt += int(per * size)
+    if opt:
+        terms.append(("optimizer state (adam: 2 moments per variable)", opt,
+                      "sgd instead of adam for the object, or fewer slices", "device"))
+    return terms

@@ -1,0 +1,129 @@
+"""Calibrate the memory planner: measure the peak resident-memory growth of real runs
+(each in a fresh process) and compare it with ``phaser plan-memory``'s estimate.
+
+Not a test (run by hand; minutes on a laptop):
+
+    python tests/memory_calibration.py [--out DIR] [--only numpy|jax] [--json FILE]
+
+Datasets are simulated into DIR (cached). Prints a markdown table (case, estimate,
+measured, ratio) as in docs/memory.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+SIZES = {"16x16/64": (16, 64), "32x32/64": (32, 64), "16x16/128": (16, 128), "32x32/128": (32, 128)}
+
+#: (backend, engine, size, slices, modes, group, extra engine keys)
+CASES = [
+    ("numpy", "lsqml", "16x16/64", 1, 1, 16, {}),
+    ("numpy", "lsqml", "16x16/64", 3, 4, 64, {}),
+    ("numpy", "epie", "32x32/64", 1, 4, 64, {}),
+    ("numpy", "lsqml", "32x32/64", 3, 4, 64, {"scale_probe": False}),
+    ("numpy", "lsqml", "16x16/128", 1, 1, 16, {}),
+    ("numpy", "lsqml", "16x16/128", 3, 4, 64, {}),
+    ("numpy", "lsqml", "32x32/128", 3, 4, 64, {}),
+    ("jax", "lsqml", "16x16/64", 1, 1, 16, {}),
+    ("jax", "lsqml", "16x16/64", 3, 4, 64, {}),
+    ("jax", "epie", "32x32/64", 1, 4, 64, {}),
+    ("jax", "lsqml", "32x32/64", 3, 4, 64, {"scale_probe": False}),
+    ("jax", "lsqml", "16x16/128", 1, 1, 16, {}),
+    ("jax", "lsqml", "16x16/128", 3, 4, 64, {}),
+    ("numpy", "gradient", "16x16/64", 1, 1, 16, {}),
+    ("numpy", "gradient", "16x16/64", 3, 4, 64, {"scale_probe": False}),
+    ("numpy", "gradient", "16x16/128", 1, 4, 64, {}),
+    ("jax", "gradient", "16x16/64", 1, 1, 16, {}),
+    ("jax", "gradient", "16x16/64", 3, 4, 64, {"scale_probe": False}),
+    ("jax", "gradient", "16x16/128", 1, 4, 64, {}),
+    ("numpy", "lsqml", "16x16/128", 1, 4, 64, {"scale_probe": False}),
+    ("jax", "lsqml", "16x16/128", 1, 4, 64, {"scale_probe": False}),
+    ("numpy", "gradient", "16x16/128", 3, 1, 64, {"scale_probe": False}),
+    ("jax", "gradient", "16x16/128", 3, 1, 64, {"scale_probe": False}),
+]
+
+
+def dataset(out: Path, size: str) -> Path:
+    from recon import make_dataset
+
+    n, q = SIZES[size]
+    path = out / f"d{n}_{q}.h5"
+    if not path.exists():
+        make_dataset(path, detector_shape=[q, q], reciprocal_sampling_invA=0.1 * 64 / q,
+                     scan={"shape": [n, n], "step_A": 0.6}, dose=None)
+    return path
+
+
+def case_plan(out: Path, case: tuple) -> Path:
+    backend, engine, size, slices, modes, group, extra = case
+    eng = {"niter": 1, "grouping": {"size": group}, "probe_modes": modes, **extra}
+    if slices > 1:
+        eng["slices"] = {"n": slices, "total_thickness_A": 10.0 * slices}
+    if engine == "gradient":
+        eng["type"] = "gradient"
+    else:
+        eng.update(type="conventional", solver={"type": engine})
+    plan = {"file_type": "phaser_plan", "version": 1, "backend": backend,
+            "raw_data": {"type": "hdf5", "path": str(dataset(out, size))}, "engines": [eng]}
+    name = f"{backend}_{engine}_{size.replace('/', '_')}_S{slices}_M{modes}_B{group}" + (
+        "_noscale" if extra.get("scale_probe") is False else "")
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(plan))
+    return path
+
+
+def label(case: tuple) -> str:
+    backend, engine, size, slices, modes, group, extra = case
+    s = f"{backend} {engine} {size} S={slices} M={modes} B={group}"
+    return s + (" no probe scaling" if extra.get("scale_probe") is False else "")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="/tmp/phaser_memcal")
+    ap.add_argument("--only", default=None)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--estimate-only", action="store_true")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from phaser_core.memory import estimate_plan, measure_in_subprocess
+    from phaser_core.plan import load_plan
+
+    old = {}
+    if args.json and Path(args.json).exists():
+        old = {r["case"]: r for r in json.loads(Path(args.json).read_text())}
+    rows = []
+    print("| case | estimate [MiB] | measured [MiB] | ratio |\n| --- | ---: | ---: | ---: |", flush=True)
+    for case in CASES:
+        if args.only and case[0] != args.only:
+            continue
+        path = case_plan(out, case)
+        est = estimate_plan(load_plan(path), plan_dir=path.parent).peak
+        meas = old.get(label(case), {}).get("measured")
+        if meas is None and not args.estimate_only:
+            t0 = time.time()
+            try:
+                meas = measure_in_subprocess(path)["growth"]
+            except Exception as exc:  # noqa: BLE001 - report and go on
+                print(f"| {label(case)} | failed: {str(exc)[-300:]!r} |", flush=True)
+                continue
+            dt = time.time() - t0
+        else:
+            dt = 0.0
+        ratio = est / meas if meas else float("nan")
+        rows.append({"case": label(case), "estimate": est, "measured": meas, "ratio": ratio, "seconds": dt})
+        print(f"| {label(case)} | {est / 2**20:.0f} | {(meas or 0) / 2**20:.0f} | {ratio:.2f} |", flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
