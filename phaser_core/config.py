@@ -135,5 +135,32 @@ def schedule_value(value: Any, iteration: int, registry: Any) -> float:
     return float(value)
 
 
+def yx_pair(value: Any, kind: type = float) -> tuple:
+    """A (y, x) pair from a scalar ``s`` (-> ``(s, s)``) or a 2-sequence; ``kind`` float or int."""
+    import numpy as np
+
+    arr = np.asarray(value).ravel()
+    if arr.size == 1:
+        return (kind(arr[0]), kind(arr[0]))
+    if arr.size != 2:
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(f"expected {what} or a (y, x) pair, got {value!r}")
+    return (kind(arr[0]), kind(arr[1]))
+
+
+def yx_pair_or_none(value: Any) -> tuple[float, float] | None:
+    """:func:`yx_pair` of floats, or ``None``."""
+    return None if value is None else yx_pair(value, float)
+
+
+def yx_int_pair(value: Any) -> tuple[int, int]:
+    """:func:`yx_pair` of ints."""
+    return yx_pair(value, int)
+
+
+def yx_int_pair_or_none(value: Any) -> tuple[int, int] | None:
+    return None if value is None else yx_pair(value, int)
+
+
 def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)

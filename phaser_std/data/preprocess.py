@@ -23,16 +23,11 @@ from phaser_core.context import LoadContext
 from phaser_core.data import RawData
 from phaser_core.errors import DataError
 
+from phaser_core.config import yx_int_pair as _int_pair
+
 from .loaders._common import int_pair_or_none
 
 
-def _int_pair(v: Any) -> tuple[int, int]:
-    arr = np.asarray(v).ravel()
-    if arr.size == 1:
-        return (int(arr[0]), int(arr[0]))
-    if arr.size != 2:
-        raise ValueError(f"expected an integer or a (y, x) pair, got {v!r}")
-    return (int(arr[0]), int(arr[1]))
 
 
 def _optional_tuple(v: Any) -> tuple | None:

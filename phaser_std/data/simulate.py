@@ -35,6 +35,7 @@ import attrs
 import numpy as np
 
 from phaser_core.backend import stream_seed
+from phaser_core.config import yx_int_pair as _int_pair, yx_pair as _pair, yx_pair_or_none as _opt_pair
 from phaser_core.errors import DataError
 from phaser_core.physics_constants import wavelength_A
 
@@ -44,26 +45,10 @@ from phaser_core.physics_constants import wavelength_A
 # ---------------------------------------------------------------------------------------
 
 
-def _pair(v: Any) -> tuple[float, float]:
-    arr = np.asarray(v, dtype=np.float64).ravel()
-    if arr.size == 1:
-        return (float(arr[0]), float(arr[0]))
-    if arr.size != 2:
-        raise ValueError(f"expected a number or a (y, x) pair, got {v!r}")
-    return (float(arr[0]), float(arr[1]))
 
 
-def _opt_pair(v: Any) -> tuple[float, float] | None:
-    return None if v is None else _pair(v)
 
 
-def _int_pair(v: Any) -> tuple[int, int]:
-    arr = np.asarray(v).ravel()
-    if arr.size == 1:
-        return (int(arr[0]), int(arr[0]))
-    if arr.size != 2:
-        raise ValueError(f"expected an integer or a (y, x) pair, got {v!r}")
-    return (int(arr[0]), int(arr[1]))
 
 
 @attrs.frozen(kw_only=True)

@@ -10,6 +10,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from phaser_core.config import yx_pair as _pair
+
 from phaser_core.physics_constants import interaction_parameter, wavelength_A
 
 __all__ = [
@@ -54,13 +56,6 @@ def fftfreq_grid_centred(shape: tuple[int, int], sampling_A: tuple[float, float]
     return ky, kx
 
 
-def _pair(v: Any) -> tuple[float, float]:
-    if np.ndim(v) == 0:
-        return float(v), float(v)
-    a = tuple(float(x) for x in v)
-    if len(a) != 2:
-        raise ValueError(f"expected a scalar or a (y, x) pair, got {v!r}")
-    return a[0], a[1]
 
 
 def normalize_aberrations(aberrations: Mapping[str, float] | None, defocus_A: float = 0.0) -> dict[str, float]:

@@ -23,33 +23,14 @@ from typing import Any
 import attrs
 import numpy as np
 
-from phaser_core.config import param
+from phaser_core.config import param, yx_int_pair_or_none as int_pair_or_none, yx_pair_or_none as pair_or_none
 from phaser_core.data import RawData
 from phaser_core.errors import DataError
 from phaser_core.physics_constants import wavelength_A
 
 
-def pair_or_none(v: Any) -> tuple[float, float] | None:
-    """``None`` stays ``None``; a scalar ``s`` becomes ``(s, s)``; a pair becomes a float tuple."""
-    if v is None:
-        return None
-    arr = np.asarray(v, dtype=np.float64).ravel()
-    if arr.size == 1:
-        return (float(arr[0]), float(arr[0]))
-    if arr.size != 2:
-        raise ValueError(f"expected a scalar or a (y, x) pair, got {v!r}")
-    return (float(arr[0]), float(arr[1]))
 
 
-def int_pair_or_none(v: Any) -> tuple[int, int] | None:
-    if v is None:
-        return None
-    arr = np.asarray(v).ravel()
-    if arr.size == 1:
-        return (int(arr[0]), int(arr[0]))
-    if arr.size != 2:
-        raise ValueError(f"expected an integer or a (ny, nx) pair, got {v!r}")
-    return (int(arr[0]), int(arr[1]))
 
 
 def float_or_none(v: Any) -> float | None:
