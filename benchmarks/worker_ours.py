@@ -13,6 +13,7 @@ every that many iterations, outside the timed intervals.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -21,6 +22,13 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, "/work/shared/bench")
+if os.environ.get("PHASER_BENCH_TREE"):
+    # time another source tree (e.g. `git archive` of a baseline commit) with the same venv:
+    # put it first on sys.path and drop the editable install's finder that would win
+    sys.path.insert(0, os.environ["PHASER_BENCH_TREE"])
+    os.environ.setdefault("PHASER_DISABLE_PLUGINS", "phaser_example_loader")
+    sys.meta_path = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "").lower()
+                     and "editable" not in repr(f).lower()]
 
 
 class Timer:

@@ -1,6 +1,7 @@
 """The ``phaser`` command line (argparse + rich).
 
-Commands: ``validate``, ``plugins``, ``describe``, ``run``, plus whatever plugins add through
+Commands: ``validate``, ``plugins``, ``describe``, ``run`` (``--dry-run``: the memory estimate),
+``plan-memory``, plus whatever plugins add through
 the ``register_commands`` hook. A plan error or any :class:`PhaserError` is printed as a
 message, never as a traceback.
 """
@@ -311,6 +312,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except PlanError as exc:
         _print_plan_error(exc, source=source)
         return 1
+    if getattr(args, "dry_run", False):
+        return _print_memory_estimate(plan, plan_dir, resume_dir=out_dir if resume else None)
     if out_dir is None:
         out_dir = Path(args.out) if args.out else _default_out_dir(plan.name)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -333,6 +336,60 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.quiet:
         _err().print(f"[green]done[/green]: outputs in {escape(str(out_dir))}")
     return 0
+
+
+# ---------------------------------------------------------------------------------------
+# phaser plan-memory (and phaser run --dry-run)
+# ---------------------------------------------------------------------------------------
+
+
+def _print_memory_estimate(plan: Any, plan_dir: Path, *, as_json: bool = False, budget_gib: float | None = None,
+                           resume_dir: Path | None = None) -> int:
+    """Print the memory planner's estimate for ``plan``; 1 when it exceeds ``budget_gib``."""
+    from . import memory
+
+    registry = get_registry()
+    if resume_dir is not None:
+        from .runner import load_data, resume_file
+        from .statefile import load_state
+
+        data = load_data(plan, registry, plan_dir)
+        est = memory.estimate_run(plan, data, load_state(resume_file(resume_dir)), registry)
+    else:
+        est = memory.estimate_plan(plan, registry, plan_dir)
+    avail = None
+    if budget_gib is not None:
+        avail = {"device": None, "host": int(budget_gib * memory.GiB), "source": f"--budget-GiB {budget_gib:g}"}
+    fits = avail is None or est.peak <= avail["host"]
+    if as_json:
+        out = est.to_dict()
+        if avail is not None:
+            out.update(budget_bytes=avail["host"], fits=fits)
+        print(json.dumps(out, indent=2))
+    else:
+        print(memory.format_report(est, avail))
+    if not fits:
+        big = est.largest()
+        _err().print(f"[red]does not fit[/red] in {budget_gib:g} GiB: the largest term is {escape(big.name)} "
+                     f"({memory.format_bytes(big.bytes)}): {escape(big.hint)}")
+        return 1
+    return 0
+
+
+def _cmd_plan_memory(args: argparse.Namespace) -> int:
+    from .plan import load_plan
+
+    overrides = list(args.set or ())
+    if args.backend:
+        overrides.append(f"backend={args.backend}")
+    try:
+        plan = load_plan(Path(args.plan), registry=get_registry(), overrides=overrides,
+                         allow_local=False if args.no_local else None)
+    except PlanError as exc:
+        _print_plan_error(exc, source=args.plan)
+        return 1
+    return _print_memory_estimate(plan, Path(args.plan).resolve().parent, as_json=args.json,
+                                  budget_gib=args.budget_GiB)
 
 
 # ---------------------------------------------------------------------------------------
@@ -370,7 +427,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", metavar="NAME", help="override the plan's backend")
     p.add_argument("--no-local", action="store_true", help='forbid local components (type: "package.module:attr")')
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--dry-run", action="store_true", help="print the memory estimate and exit (runs nothing)")
     p.set_defaults(handler=_cmd_run)
+
+    p = cli.command("plan-memory", help="Estimate a plan's peak memory per engine, term by term, before running it.")
+    p.add_argument("plan", metavar="PLAN", help="plan file (YAML or JSON)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--budget-GiB", dest="budget_GiB", type=float, metavar="X",
+                   help="exit 1 when the estimated peak exceeds X GiB")
+    p.add_argument("--set", action="append", metavar="PATH=VALUE", help="override a plan value, e.g. engines[0].grouping.size=32")
+    p.add_argument("--backend", metavar="NAME", help="override the plan's backend")
+    p.add_argument("--no-local", action="store_true", help='forbid local components (type: "package.module:attr")')
+    p.set_defaults(handler=_cmd_plan_memory)
 
     get_registry().call_register_commands(cli)
     return parser

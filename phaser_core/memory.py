@@ -123,8 +123,9 @@ class MemoryEstimate:
         return int(sum(t.bytes for t in self.peak_terms if t.where == where))
 
     def largest(self, where: str | None = None) -> Term:
+        """The largest term a setting can change (one with a hint), else the largest."""
         terms = [t for t in self.peak_terms if where is None or t.where == where] or list(self.peak_terms)
-        return max(terms, key=lambda t: t.bytes)
+        return max([t for t in terms if t.hint] or terms, key=lambda t: t.bytes)
 
     def to_dict(self) -> dict:
         eng = self.peak_engine

@@ -8,7 +8,8 @@
 2. ``before_run``; load ``plan.raw_data`` and apply ``plan.post_load`` in order.
 3. The initial state: on ``resume`` the newest of ``DIR/checkpoint.h5`` and
    ``DIR/final.h5``; else the state file ``plan.init.state``; else the scan, probe and object
-   initialisers, in that order.
+   initialisers, in that order. Then the memory check (:mod:`phaser_core.memory`): a run
+   whose estimated peak does not fit stops here with a :class:`PhaserError`.
 4. Each engine in plan order: ``before_engine``, ``engine.run(state, data, ctx)``,
    ``after_engine``. Then ``after_run``, or ``on_run_error`` when anything raised or the run
    was interrupted.
@@ -217,6 +218,25 @@ def _interrupted(state: ReconsState, out_dir: Path | None) -> RunInterrupted:
                           f"Resume with: phaser run --resume {out_dir}", state=state, out_dir=Path(out_dir))
 
 
+# -- memory check (phaser_core.memory) ------------------------------------------------------
+
+
+def _check_memory(plan: Any, data: Any, state: ReconsState, registry: Any, backend: Any) -> None:
+    """Stop before the first engine when the memory planner's estimate does not fit the
+    available memory (``PHASER_MEMORY_BUDGET_GIB``, host RAM, the GPU's memory);
+    ``PHASER_MEMORY_CHECK=0`` skips it. An estimator that fails only warns."""
+    from .memory import check_memory, estimate_run
+
+    try:
+        est = estimate_run(plan, data, state, registry, backend=getattr(backend, "name", None))
+    except PhaserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the estimate must never break a run that would fit
+        print(f"phaser: memory estimate skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return
+    check_memory(est, backend)
+
+
 # -- the run ------------------------------------------------------------------------------
 
 
@@ -256,6 +276,7 @@ def run_plan(plan: Any, *, out_dir: Path | None = None, registry: Any = None, re
             else:
                 state = initial_state(plan, data, registry, plan_dir)
                 first = 0
+            _check_memory(plan, data, state, registry, backend)
             for num, spec in enumerate(engines):
                 if num < first:
                     continue

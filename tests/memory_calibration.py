@@ -46,6 +46,23 @@ CASES = [
     ("jax", "lsqml", "16x16/128", 1, 4, 64, {"scale_probe": False}),
     ("numpy", "gradient", "16x16/128", 3, 1, 64, {"scale_probe": False}),
     ("jax", "gradient", "16x16/128", 3, 1, 64, {"scale_probe": False}),
+    ("numpy", "lsqml", "16x16/64", 1, 1, 16, {"scale_probe": False}),
+    ("numpy", "lsqml", "16x16/128", 3, 4, 64, {"scale_probe": False}),
+    ("jax", "lsqml", "16x16/64", 1, 1, 16, {"scale_probe": False}),
+    ("jax", "lsqml", "16x16/128", 3, 4, 64, {"scale_probe": False}),
+    ("jax", "gradient", "16x16/64", 1, 1, 16, {"scale_probe": False}),
+    ("numpy", "gradient", "16x16/128", 3, 4, 64, {"scale_probe": False}),
+    ("jax", "gradient", "16x16/128", 3, 4, 64, {"scale_probe": False}),
+]
+
+#: held out: measured after the constants were fitted to CASES, to check the model
+VALIDATION = [
+    ("jax", "lsqml", "32x32/128", 3, 4, 64, {}),
+    ("numpy", "gradient", "32x32/64", 1, 4, 16, {}),
+    ("jax", "gradient", "32x32/64", 3, 1, 64, {}),
+    ("jax", "epie", "16x16/128", 1, 4, 16, {}),
+    ("numpy", "lsqml", "32x32/64", 1, 1, 256, {"scale_probe": False}),
+    ("jax", "lsqml", "32x32/64", 3, 1, 256, {"scale_probe": False}),
 ]
 
 
@@ -101,7 +118,7 @@ def main(argv=None) -> int:
         old = {r["case"]: r for r in json.loads(Path(args.json).read_text())}
     rows = []
     print("| case | estimate [MiB] | measured [MiB] | ratio |\n| --- | ---: | ---: | ---: |", flush=True)
-    for case in CASES:
+    for case in CASES + VALIDATION:
         if args.only and case[0] != args.only:
             continue
         path = case_plan(out, case)
@@ -118,7 +135,8 @@ def main(argv=None) -> int:
         else:
             dt = 0.0
         ratio = est / meas if meas else float("nan")
-        rows.append({"case": label(case), "estimate": est, "measured": meas, "ratio": ratio, "seconds": dt})
+        rows.append({"case": label(case), "estimate": est, "measured": meas, "ratio": ratio, "seconds": dt,
+                     "validation": case in VALIDATION})
         print(f"| {label(case)} | {est / 2**20:.0f} | {(meas or 0) / 2**20:.0f} | {ratio:.2f} |", flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -285,7 +285,6 @@ def test_position_refinement_reduces_error():
 
 
 # --------------------------------------------------------------------------- (6) tilt refinement
-@pytest.mark.slow
 def test_global_tilt_refinement():
     """The tilt is degenerate with a sheared multislice object; depth (layers) Tikhonov on a
     crystal (identical slices) removes that and the tilt becomes identifiable."""
@@ -347,7 +346,7 @@ def test_layer_regularization_improves_per_slice_structure():
 
 
 # --------------------------------------------------------------------------- resume
-def test_resume_continues_exactly():
+def test_resume_continues_exactly(tmp_path):
     """3 iterations then 2 more from the returned state (solver moments restored from
     state.extra) equal 5 uninterrupted iterations."""
     sim, data, state, pad = _sim(q=24, scan=(5, 5), seed=6)
@@ -357,7 +356,11 @@ def test_resume_continues_exactly():
         update_positions=Flag(after=1))
     full, _ = _run(copy.deepcopy(state), data, "numpy", dtype="float64", niter=5, **cfg)
     part, _ = _run(copy.deepcopy(state), data, "numpy", dtype="float64", niter=3, **cfg)
-    assert set(part.extra["gradient"]) == {"object", "probe", "positions"}
+    assert set(part.extra["gradient"]) == {"object", "probe", "positions", "engine_num"}
+    from phaser_core.statefile import load_state, save_state
+
+    save_state(part, tmp_path / "checkpoint.h5")
+    part = load_state(tmp_path / "checkpoint.h5")  # solver states go through the state file
     resumed, _ = _run(part, data, "numpy", dtype="float64", niter=5, **cfg)
     assert resumed.iteration.engine_iter == 5
     np.testing.assert_allclose(resumed.object.data, full.object.data, rtol=0, atol=1e-10)

@@ -96,6 +96,11 @@ class JaxBackend(BaseBackend):
         ``donate_argnums``, ...) passed through."""
         return jax.jit(fn, **kwargs)
 
+    def value_and_grad(self, fn: Callable, **kwargs: Any) -> Callable:
+        """:func:`jax.value_and_grad` (``has_aux``, ``argnums``, ...): automatic gradients.
+        Backends without it (numpy, cupy) use the analytic adjoint instead."""
+        return jax.value_and_grad(fn, **kwargs)
+
     def synchronize(self, x: Any = None) -> Any:
         """Block until ``x`` (any pytree of arrays) is computed; returns ``x``. With no
         argument, waits for all work jax has dispatched."""

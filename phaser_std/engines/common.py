@@ -38,7 +38,15 @@ class GroupingConfig:
 
 def resample_for_engine(state: ReconsState, probe_modes: int | None, slices: SlicesPlan | None,
                         seed: int, engine_num: int) -> ReconsState:
-    """The state with the engine's number of probe modes and object slices (host arrays)."""
+    """The state with the engine's number of probe modes and object slices (host arrays).
+
+    The returned state has its own iteration counters and progress record, which the
+    engine loop updates in place, so the caller's state is never changed.
+    """
+    state = attrs.evolve(state, iteration=attrs.evolve(state.iteration),
+                         progress=attrs.evolve(state.progress, iters=list(state.progress.iters),
+                                               loss=list(state.progress.loss), time_s=list(state.progress.time_s),
+                                               engine=list(state.progress.engine)))
     if probe_modes is not None and probe_modes != state.probe.n_modes:
         rng = np.random.default_rng(np.random.SeedSequence([seed, engine_num, 7]))
         state = attrs.evolve(state, probe=resample_probe_state(state.probe, probe_modes, rng=rng))

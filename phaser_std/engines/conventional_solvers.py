@@ -86,7 +86,7 @@ class ConventionalSolver:
 
     def object_update(self, bk: Any, obj_slice: Any, starts: Any, psi: Any, chi: Any, mask: Any,
                       probe_dir: Any = None) -> tuple[Any, Any, Any]:
-        """(new slice, the applied update's views (B, Ny, Nx), the probe step (B,) or None)."""
+        """(new slice, the applied update ``(H, W)``, the probe step (B,) or None)."""
         raise NotImplementedError
 
     def probe_update(self, bk: Any, probe: Any, frac: Any, o0: Any, chi0: Any, mask: Any) -> Any:
@@ -113,6 +113,9 @@ class ConventionalSolver:
             else:
                 new_slices[i], applied, probe_step = obj[i], None, None
             if i > 0:
+                # the applied update's views are gathered only where a slice follows
+                if applied is not None:
+                    applied = get_views(bk, applied[None], starts, psis[i].shape[-2:])[:, 0]
                 rest = chi if applied is None else chi - applied[:, None] * psis[i]
                 chi = propagate(bk, self.wave_backprop(bk, o, rest), xp.conj(props[i - 1]))
         new_obj = xp.stack(new_slices, axis=0)
@@ -135,8 +138,7 @@ class EpieSolver(ConventionalSolver):
         num_map = add_views(bk, xp.zeros_like(obj_slice), starts, num)
         illum_map = add_views(bk, xp.zeros(obj_slice.shape, dtype=bk.real_dtype), starts, illum)
         delta = self.config.beta_object * num_map / (xp.max(illum_map) + 1e-30)
-        applied = get_views(bk, delta[None], starts, psi.shape[-2:])[:, 0]
-        return obj_slice + delta, applied, None
+        return obj_slice + delta, delta, None
 
     def wave_backprop(self, bk, o, chi):
         xp = bk.xp
@@ -191,8 +193,7 @@ class LsqmlSolver(ConventionalSolver):
         weight = add_views(bk, xp.zeros(obj_slice.shape, dtype=bk.real_dtype), starts, alpha[:, None, None] * illum)
         weight = weight / (illum_map + 1e-30)
         delta = cfg.beta_object * weight * direction
-        applied = get_views(bk, delta[None], starts, psi.shape[-2:])[:, 0]
-        return obj_slice + delta, applied, probe_step
+        return obj_slice + delta, delta, probe_step
 
     def probe_update(self, bk, probe, frac, o0, chi0, mask, probe_step=None):
         xp = bk.xp

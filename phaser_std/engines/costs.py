@@ -192,7 +192,8 @@ class ObjPhaseL1(CostRegularizer):
     def _penalty_grad(self, bk, x, info):
         xp = bk.xp
         eps = self.config.eps
-        phi = xp.angle(x)
+        # angle() has a NaN gradient at exactly 0 under autodiff: evaluate it away from 0
+        phi = xp.angle(xp.where(_abs2(xp, x) > 0, x, 1.0))
         s = xp.sqrt(phi * phi + eps)
         dphi = 1j * x / (2 * (_abs2(xp, x) + 1e-30))
         return xp.sum(s - eps ** 0.5), (phi / s) * dphi

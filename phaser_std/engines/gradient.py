@@ -29,7 +29,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from phaser_core.config import Flag, NoiseModelSpec, RegularizerSpec, SolverSpec, param
+from phaser_core.config import ConstraintSpec, CostSpec, Flag, GradientSolverSpec, NoiseModelSpec, param
 from phaser_core.errors import DataError
 from phaser_core.plan import SlicesPlan
 from phaser_core.state import ObjectState, ProbeState, ReconsState
@@ -44,7 +44,7 @@ __all__ = ["GradientSolvers", "GradientConfig", "GradientEngine"]
 
 
 def _adam(lr: float) -> Any:
-    return lambda: SolverSpec("adam", AdamConfig(learning_rate=lr))
+    return lambda: GradientSolverSpec("adam", AdamConfig(learning_rate=lr))
 
 
 @attrs.frozen
@@ -53,11 +53,11 @@ class GradientSolvers:
     variable; ``null``: that variable is never updated. Learning rates: object and probe in
     units of |O| and |P|/√e⁻ per step (Adam), positions [Å] and tilt [mrad] per iteration."""
 
-    object: SolverSpec | None = param(factory=_adam(1e-2), doc="solver of the object (per group)")
-    probe: SolverSpec | None = param(factory=_adam(1e-2), doc="solver of the probe (per group)")
-    positions: SolverSpec | None = param(None, doc="solver of the scan positions (per iteration), e.g. "
+    object: GradientSolverSpec | None = param(factory=_adam(1e-2), doc="solver of the object (per group)")
+    probe: GradientSolverSpec | None = param(factory=_adam(1e-2), doc="solver of the probe (per group)")
+    positions: GradientSolverSpec | None = param(None, doc="solver of the scan positions (per iteration), e.g. "
                                                    "{type: sgd, learning_rate: 3, momentum: 0.5}")
-    tilt: SolverSpec | None = param(None, doc="solver of the tilt (per iteration), e.g. {type: adam, "
+    tilt: GradientSolverSpec | None = param(None, doc="solver of the tilt (per iteration), e.g. {type: adam, "
                                               "learning_rate: 0.2}")
 
 
@@ -71,9 +71,9 @@ class GradientConfig:
     slices: SlicesPlan | None = param(None, doc="object slices for this engine (null: keep)")
     noise_model: NoiseModelSpec = param(NoiseModelSpec("amplitude"), doc="detector noise model")
     solvers: GradientSolvers = param(factory=GradientSolvers, doc="{object, probe, positions, tilt}: solver each")
-    regularizers: tuple[RegularizerSpec, ...] = param((), doc="cost regularizers, summed into the loss")
-    group_constraints: tuple[RegularizerSpec, ...] = param((), doc="constraints applied after every group")
-    iter_constraints: tuple[RegularizerSpec, ...] = param((), doc="constraints applied after every iteration")
+    regularizers: tuple[CostSpec, ...] = param((), doc="cost regularizers, summed into the loss")
+    group_constraints: tuple[ConstraintSpec, ...] = param((), doc="constraints applied after every group")
+    iter_constraints: tuple[ConstraintSpec, ...] = param((), doc="constraints applied after every iteration")
     update_object: Flag = param(Flag(), doc="when the object is updated")
     update_probe: Flag = param(Flag(), doc="when the probe is updated")
     update_positions: Flag = param(Flag(after=1), doc="when positions are refined (needs solvers.positions)")
@@ -158,6 +158,8 @@ class GradientEngine:
         obj = bk.asarray(np.asarray(geometry.data), dtype=bk.complex_dtype)
         extra = dict(state.extra)
         saved = dict(extra.get("gradient", {}) or {})
+        if int(np.asarray(saved.pop("engine_num", -1))) != ctx.engine_num:
+            saved = {}  # another engine's solver states: this engine starts fresh
 
         if cfg.scale_probe and not extra.get("probe_scaled", False):
             mean_tilt = tilt if tilt.ndim == 1 else tilt.mean(axis=0)
@@ -175,16 +177,23 @@ class GradientEngine:
         host = _HostBackend()
         live: dict[str, Any] = {"object": obj, "probe": probe, "scan": scan, "tilt": tilt}
         opt_states: dict[str, Any] = {}
+        def restore(k: str, like: Any, backend: Any) -> Any:
+            fresh = solvers[k].init(like, backend if backend is not None else host)
+            if k not in saved:
+                return fresh
+            arrays = _unpack(saved[k])
+            shapes = {p: tuple(a.shape) for p, a in solvers[k].state_to_numpy(fresh, backend).items()}
+            if shapes != {p: tuple(a.shape) for p, a in arrays.items()}:
+                return fresh  # saved for other shapes or another solver
+            return solvers[k].state_from_numpy(arrays, like, backend)
+
         for k in ("object", "probe"):
             if solvers[k] is not None:
-                opt_states[k] = (solvers[k].state_from_numpy(_unpack(saved[k]), live[k], bk) if k in saved
-                                 else solvers[k].init(live[k], bk))
+                opt_states[k] = restore(k, live[k], bk)
         host_states: dict[str, Any] = {}
         for k in ("positions", "tilt"):
             if solvers[k] is not None:
-                like = live["scan"] if k == "positions" else live["tilt"]
-                host_states[k] = (solvers[k].state_from_numpy(_unpack(saved[k]), like, None) if k in saved
-                                  else solvers[k].init(like, host))
+                host_states[k] = restore(k, live["scan"] if k == "positions" else live["tilt"], None)
 
         half = np.array(probe_shape) // 2
         lo = np.asarray(geometry.corner_A) + np.asarray(sampling) * half
@@ -249,6 +258,7 @@ class GradientEngine:
         def snapshot() -> ReconsState:
             saved_now = {k: _pack(solvers[k].state_to_numpy(s, bk)) for k, s in opt_states.items()}
             saved_now.update({k: _pack(solvers[k].state_to_numpy(s)) for k, s in host_states.items()})
+            saved_now["engine_num"] = np.asarray(ctx.engine_num)
             extra["gradient"] = saved_now
             return ReconsState(
                 probe=ProbeState(data=bk.to_numpy(live["probe"]), sampling_A=tuple(state.probe.sampling_A)),

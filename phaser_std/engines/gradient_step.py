@@ -247,11 +247,9 @@ def _tilt_grad(bk: Any, model: GroupModel, shape: Sequence[int], tilt: Any, term
 # --------------------------------------------------------------------------- autodiff
 def _value_and_grad(bk: Any, fn: Any, **kwargs: Any) -> Any:
     vg = getattr(bk, "value_and_grad", None)
-    if vg is not None:
-        return vg(fn, **kwargs)
-    import jax  # noqa: PLC0415 - jax backend only (the backend has no value_and_grad method)
-
-    return jax.value_and_grad(fn, **kwargs)
+    if vg is None:
+        raise TypeError(f"the {bk.name} backend has no automatic differentiation; use the analytic path")
+    return vg(fn, **kwargs)
 
 
 def autodiff_gradients(bk: Any, model: GroupModel, obj: Any, probe: Any, frac: Any, tilt: Any, starts: Any,

@@ -27,25 +27,28 @@ import attrs
 
 MiB = 1 << 20
 
-#: Calibrated constants: {backend: {name: value}}; counts are in wave arrays (B·M·P·c).
+#: Calibrated constants per backend (fitted to the runs in docs/memory.md). A transient
+#: phase is ``views + (slice_waves·S + waves)·wave + pixels·B·P·c`` [bytes]; ``overhead_MiB``
+#: and ``compile_per_slice_MiB`` are what the backend itself adds (imports, FFT plans; jax:
+#: the XLA compilations, which grow with the unrolled slices).
 CONSTANTS: dict[str, dict[str, float]] = {
     "numpy": {
-        "overhead_MiB": 16.0,   # imports, FFT plan caches, small arrays made during a run
-        "dry_waves": 3.0,       # probe-scaling pass: views + (S + dry_waves)·wave(b)
-        "dry_ramp": 5.0,        # the sub-pixel ramp (float64 phase, complex128 exp): 5·b·P·8 bytes
-        "conv_waves": 6.0,      # conventional group step: views + (S + conv_waves)·wave(B)
-        "conv_object": 4.0,     # object-sized maps and copies per group update (in S·H·W·c)
-        "grad_waves": 6.0,      # gradient group step (analytic adjoint)
-        "grad_object": 5.0,     # gradient, scaled gradient, optimizer temporaries (in S·H·W·c)
+        "overhead_MiB": 20.7, "compile_per_slice_MiB": 0.0, "grad_overhead_MiB": 0.0,
+        "dry_slice_waves": 1.0, "dry_waves": 3.42, "dry_pixels": -0.58,
+        "dry_ramp": 5.0,   # the float64 sub-pixel ramp: 5·b·P·8 bytes, when that is larger
+        "conv_slice_waves": 2.71, "conv_waves": 6.76, "conv_pixels": 0.0,
+        "conv_object": 4.0,   # object-sized maps and copies per group update (in S·H·W·c)
+        "grad_slice_waves": 2.93, "grad_waves": 1.36, "grad_pixels": 7.30,
+        "grad_object": 5.0,   # gradient, scaled gradient, optimizer temporaries (in S·H·W·c)
     },
     "jax": {
-        "overhead_MiB": 60.0,   # XLA compilation of the group step and the runtime's buffers
-        "dry_waves": 3.0,
-        "dry_ramp": 5.0,
-        "conv_waves": 4.0,
-        "conv_object": 3.0,
-        "grad_waves": 6.0,      # autodiff residuals + cotangents
-        "grad_object": 4.0,
+        # the probe-scaling pass is compiled: the slice waves are not kept (no backward)
+        "overhead_MiB": 70.9, "compile_per_slice_MiB": 12.6, "grad_overhead_MiB": 37.8,
+        "dry_slice_waves": 0.23, "dry_waves": 1.71, "dry_pixels": -1.0, "dry_ramp": 0.0,
+        # pixels: the scatter-add index maps of the object updates (B·Ny·Nx per map)
+        "conv_slice_waves": 1.0, "conv_waves": 4.34, "conv_pixels": 8.0, "conv_object": 3.0,
+        # autodiff residuals: about one wave per slice kept for the backward pass
+        "grad_slice_waves": 1.04, "grad_waves": 3.97, "grad_pixels": 2.94, "grad_object": 4.0,
     },
 }
 #: cupy behaves like numpy (eager, same temporaries) on the device
@@ -80,6 +83,13 @@ class Sizes:
     def obj(self) -> int:
         return self.s * self.hw * self.c
 
+    def phase(self, kind: str, b: int | None = None) -> int:
+        """A transient phase (``kind`` dry, conv or grad) of ``b`` positions (default B) [bytes]."""
+        b = self.b if b is None else b
+        k = self.k
+        waves = k[f"{kind}_slice_waves"] * self.s + k[f"{kind}_waves"]
+        return max(0, self.views(b) + int(waves * self.wave(b)) + int(k[f"{kind}_pixels"] * b * self.p * self.c))
+
     @property
     def k(self) -> dict[str, float]:
         return CONSTANTS.get(self.backend, CONSTANTS["numpy"])
@@ -103,9 +113,10 @@ def _group_hint(z: Sizes, size: int) -> str:
     return f"lower grouping.size (now {size})"
 
 
-def _common_terms(config: Any, z: Sizes) -> tuple[list[tuple], tuple]:
+def _common_terms(config: Any, z: Sizes, family: str = "conv") -> tuple[list[tuple], tuple]:
     """Persistent terms every engine has, and the probe-scaling pass (name, bytes, hint)."""
     k = z.k
+    overhead = k["overhead_MiB"] + k["compile_per_slice_MiB"] * z.s + (k["grad_overhead_MiB"] if family == "grad" else 0)
     terms = [
         ("patterns on the device (N·Qy·Qx)", z.n * z.p * z.r, "crop or bin the patterns (post_load)", "device"),
         ("object (S·H·W complex)", z.obj,
@@ -113,14 +124,15 @@ def _common_terms(config: Any, z: Sizes) -> tuple[list[tuple], tuple]:
         ("probe modes", z.m * z.p * z.c, f"fewer probe modes (probe_modes = {z.m})", "device"),
         ("host snapshot of the state (observers, checkpoints)", z.obj + z.m * z.p * z.c,
          "a smaller object (fewer slices)", "host"),
-        ("backend runtime, compilation and caches", int(k["overhead_MiB"] * MiB), "", "host"),
+        ("backend runtime, compilation and caches",
+         int(overhead * MiB), "", "host"),
     ]
     dry = (0, "")
     if getattr(config, "scale_probe", False):
         b = min(DRY_RUN_BATCH, z.n)
         ramp = int(k["dry_ramp"] * b * z.p * 8)
-        waves = z.views(b) + int((z.s + k["dry_waves"]) * z.wave(b))
-        dry = (max(ramp, waves), f"probe-scaling pass ({b} positions at a time, {z.s} slices x {z.m} modes)")
+        dry = (max(ramp, z.phase("dry", b)),
+               f"probe-scaling pass ({b} positions at a time, {z.s} slices x {z.m} modes)")
     return terms, dry
 
 
@@ -138,7 +150,7 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
     z = sizes(config, data_shape, state_shapes, dtype, backend)
     terms, dry = _common_terms(config, z)
     k = z.k
-    group = z.views() + int((z.s + k["conv_waves"]) * z.wave())
+    group = z.phase("conv")
     name = (f"group step: views, {z.s} slice waves, far field, chi and FFT workspace "
             f"(B={z.b} x M={z.m} x {z.p} px)")
     terms.append(_transient((group, name), dry, _group_hint(z, config.grouping.size)))
@@ -152,9 +164,9 @@ def gradient_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: str,
     """Terms of the ``gradient`` engine: the group step with its autodiff residuals (jax) or
     analytic adjoint (numpy/cupy), object-sized gradients and the optimizer state."""
     z = sizes(config, data_shape, state_shapes, dtype, backend)
-    terms, dry = _common_terms(config, z)
+    terms, dry = _common_terms(config, z, "grad")
     k = z.k
-    group = z.views() + int((z.s + k["grad_waves"]) * z.wave())
+    group = z.phase("grad")
     what = "autodiff residuals" if backend == "jax" else "adjoint"
     name = (f"group step: views, {z.s} slice waves, far field, {what} and FFT workspace "
             f"(B={z.b} x M={z.m} x {z.p} px)")

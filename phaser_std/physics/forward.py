@@ -124,6 +124,19 @@ def add_views(bk: Any, target: Any, starts: Any, values: Any) -> Any:
     """
     xp = bk.xp
     probe_shape = values.shape[-2:]
+    if isinstance(target, np.ndarray) and isinstance(values, np.ndarray):
+        # host numpy: B slice-adds beat np.add.at's per-element loop by ~10x
+        ny, nx = int(probe_shape[0]), int(probe_shape[1])
+        st = np.asarray(starts)
+        if target.ndim == 2:
+            for b in range(st.shape[0]):
+                y, x = int(st[b, 0]), int(st[b, 1])
+                target[y:y + ny, x:x + nx] += values[b]
+        else:
+            for b in range(st.shape[0]):
+                y, x = int(st[b, 0]), int(st[b, 1])
+                target[:, y:y + ny, x:x + nx] += values[b]
+        return target
     iy, ix = view_indices(bk, starts, probe_shape)
     if target.ndim == 2:
         return bk.add_at(target, (iy, ix), values)

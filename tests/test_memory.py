@@ -1,0 +1,168 @@
+"""The memory planner: estimates, the CLI, the pre-run check and one calibration check."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from phaser_core.cli import main as cli_main
+from phaser_core.errors import PhaserError
+from phaser_core.memory import DataShape, GiB, estimate_plan, measure_in_subprocess
+from phaser_core.plan import load_plan
+from phaser_core.runner import run_plan
+from phaser_std.engines.conventional import ConventionalConfig, ConventionalEngine
+from phaser_std.engines.gradient import GradientConfig, GradientEngine
+from phaser_std.engines.common import GroupingConfig
+from phaser_std.engines.memory import conventional_terms
+from phaser_core.plan import SlicesPlan
+from recon import make_dataset
+
+DATA = DataShape(n_patterns=4096, pattern_shape=(128, 128), host_itemsize=4, mapped=True)
+SHAPES = {"probe": (1, 128, 128), "object": (1, 600, 600), "scan": (4096, 2)}
+
+
+def _terms(engine, backend="numpy", dtype="float32") -> dict:
+    return {t[0].split(" (")[0]: t[1] for t in engine.estimate_memory(DATA, SHAPES, dtype, backend=backend)}
+
+
+def _group_term(engine, backend="numpy") -> int:
+    """The group-step term (probe scaling off, so the group step is the transient term)."""
+    terms = engine.estimate_memory(DATA, SHAPES, "float32", backend=backend)
+    (value,) = [t[1] for t in terms if t[0].startswith("group step")]
+    return value
+
+
+def _conv(size=64, modes=None, slices=None, **kw):
+    sl = SlicesPlan(n=slices, total_thickness_A=10.0 * slices) if slices else None
+    return ConventionalEngine(ConventionalConfig(grouping=GroupingConfig(size=size), probe_modes=modes, slices=sl,
+                                                 scale_probe=False, **kw))
+
+
+def _grad(size=64, modes=None, slices=None):
+    sl = SlicesPlan(n=slices, total_thickness_A=10.0 * slices) if slices else None
+    return GradientEngine(GradientConfig(grouping=GroupingConfig(size=size), probe_modes=modes, slices=sl,
+                                         scale_probe=False))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+@pytest.mark.parametrize("make", [_conv, _grad])
+def test_group_term_scales_with_group_size_slices_and_modes(make, backend):
+    base = _group_term(make(size=16), backend)
+    # linear in the group size (every array of the group step has B rows)
+    assert _group_term(make(size=64), backend) == pytest.approx(4 * base, rel=1e-6)
+    # modes multiply the wave arrays (not the views): more than 1x, less than 4x
+    m4 = _group_term(make(size=16, modes=4), backend)
+    assert 2.5 * base < m4 < 4 * base
+    # slices add views and one kept wave per slice: grows, but less than 3x for 3 slices
+    s3 = _group_term(make(size=16, slices=3), backend)
+    assert 1.2 * base < s3 < 3 * base
+    # float64 doubles every array
+    e = make(size=16)
+    t64 = [t[1] for t in e.estimate_memory(DATA, SHAPES, "float64", backend=backend) if t[0].startswith("group")]
+    assert t64[0] == 2 * base
+
+
+def test_object_and_optimizer_terms_scale_with_slices():
+    one, three = _terms(_grad(slices=1)), _terms(_grad(slices=3))
+    assert three["object"] == 3 * one["object"]
+    assert one["object"] == 600 * 600 * 8
+    # adam: complex first moment + real second moment of the object, plus the probe's
+    assert one["optimizer state"] == int(1.5 * 600 * 600 * 8) + int(1.5 * 128 * 128 * 8)
+    assert _terms(_conv())["patterns on the device"] == 4096 * 128 * 128 * 4
+
+
+def test_probe_scaling_pass_is_the_transient_when_groups_are_small():
+    eng = ConventionalEngine(ConventionalConfig(grouping=GroupingConfig(size=16), probe_modes=4))
+    terms = eng.estimate_memory(DATA, SHAPES, "float32", backend="numpy")
+    names = [t[0] for t in terms]
+    assert any(n.startswith("probe-scaling pass") for n in names)
+    assert not any(n.startswith("group step") for n in names)
+
+
+# ---------------------------------------------------------------------------------------
+# On a real (tiny) plan: the CLI, the pre-run check
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("memory")
+    data = make_dataset(d / "tiny.h5", detector_shape=[32, 32], reciprocal_sampling_invA=0.2,
+                        scan={"shape": [8, 8], "step_A": 0.6})
+    plan = {"file_type": "phaser_plan", "version": 1, "backend": "numpy", "raw_data": {"type": "hdf5", "path": data.name},
+            "engines": [{"type": "conventional", "niter": 1, "grouping": {"size": 16}, "solver": {"type": "lsqml"},
+                         "probe_modes": 2, "slices": {"n": 2, "total_thickness_A": 20.0}}]}
+    path = d / "plan.json"
+    path.write_text(json.dumps(plan))
+    return path
+
+
+def test_estimate_of_a_plan(tiny):
+    est = estimate_plan(load_plan(tiny), plan_dir=tiny.parent)
+    assert est.data.n_patterns == 64 and est.data.pattern_shape == (32, 32)
+    assert est.data.mapped  # the hdf5 loader memory-maps: no pattern was read
+    assert est.peak == sum(t.bytes for t in est.peak_terms) > 64 * 32 * 32 * 4
+    d = est.to_dict()
+    assert d["peak_bytes"] == est.peak and d["engines"][0]["type"] == "conventional"
+
+
+def test_plan_memory_prints_the_terms(tiny, capsys):
+    assert cli_main(["plan-memory", str(tiny)]) == 0
+    out = capsys.readouterr().out
+    for words in ("patterns on the device", "object (S·H·W complex)", "probe-scaling pass", "peak:"):
+        assert words in out
+    assert cli_main(["plan-memory", str(tiny), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["peak_bytes"] > 0 and d["largest"]["name"]
+    # over a budget: exit 1 and name the largest term
+    assert cli_main(["plan-memory", str(tiny), "--budget-GiB", "0.0001"]) == 1
+    assert "largest term" in capsys.readouterr().err
+
+
+def test_run_dry_run_prints_the_estimate_and_runs_nothing(tiny, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli_main(["run", str(tiny), "--out", str(out), "--dry-run"]) == 0
+    assert "peak:" in capsys.readouterr().out
+    assert not out.exists()
+
+
+def test_a_run_over_the_budget_stops_naming_the_largest_term(tiny, monkeypatch):
+    monkeypatch.setenv("PHASER_MEMORY_BUDGET_GIB", "0.001")
+    plan = load_plan(tiny)
+    with pytest.raises(PhaserError) as err:
+        run_plan(plan, plan_dir=tiny.parent, quiet=True)
+    msg = str(err.value)
+    est = estimate_plan(plan, plan_dir=tiny.parent)
+    big = est.largest()
+    assert big.name in msg and big.hint in msg and "PHASER_MEMORY_BUDGET_GIB=0.001" in msg
+    # with the group step the largest term, the message says which setting to lower
+    plan2 = load_plan(tiny, overrides=["engines[0].scale_probe=false", "engines[0].grouping.size=64"])
+    with pytest.raises(PhaserError, match=r"lower grouping.size \(now 64\)"):
+        run_plan(plan2, plan_dir=tiny.parent, quiet=True)
+    # a generous budget runs
+    monkeypatch.setenv("PHASER_MEMORY_BUDGET_GIB", "50")
+    state = run_plan(plan, plan_dir=tiny.parent, quiet=True)
+    assert state.iteration.total_iter == 1
+    # the check can be turned off
+    monkeypatch.setenv("PHASER_MEMORY_BUDGET_GIB", "0.001")
+    monkeypatch.setenv("PHASER_MEMORY_CHECK", "0")
+    assert run_plan(plan, plan_dir=tiny.parent, quiet=True).iteration.total_iter == 1
+
+
+@pytest.mark.slow
+def test_calibration_small_case_within_25_percent(tmp_path):
+    """One calibration case of docs/memory.md, measured in a fresh process (peak RSS growth)."""
+    data = make_dataset(tmp_path / "cal.h5", scan={"shape": [16, 16], "step_A": 0.6})
+    plan = {"file_type": "phaser_plan", "version": 1, "backend": "numpy", "raw_data": {"type": "hdf5", "path": data.name},
+            "engines": [{"type": "conventional", "niter": 1, "grouping": {"size": 64}, "solver": {"type": "lsqml"},
+                         "probe_modes": 4, "slices": {"n": 3, "total_thickness_A": 30.0}}]}
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    est = estimate_plan(load_plan(path), plan_dir=tmp_path).peak
+    measured = measure_in_subprocess(path)["growth"]
+    assert 0.75 <= est / measured <= 1.25, (est / 2**20, measured / 2**20)
