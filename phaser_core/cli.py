@@ -147,7 +147,7 @@ def _type_name(t: Any) -> str:
     if t is type(None):
         return "null"
     if isinstance(t, type) and issubclass(t, ComponentSpec):
-        return f"{t.kind} spec"
+        return f"{t.role + ' ' if t.role else ''}{t.kind} spec"
     if t is Flag:
         return "flag"
     origin = typing.get_origin(t)

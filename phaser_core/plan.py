@@ -182,7 +182,8 @@ def describe_type(t: Any) -> str:
     if t is Flag:
         return "true, false or {after, every, before}"
     if _is_spec(t):
-        return f"a {{type: NAME, ...}} mapping naming a {t.kind.replace('_', ' ')}"
+        role = f"{t.role} " if t.role else ""
+        return f"a {{type: NAME, ...}} mapping naming a {role}{t.kind.replace('_', ' ')}"
     if _is_union(t):
         return " or ".join(dict.fromkeys(describe_type(a) for a in typing.get_args(t)))
     if typing.get_origin(t) is Literal:
