@@ -296,3 +296,24 @@ def test_tolerance_helper_can_fail():
     with pytest.raises(AssertionError):
         assert_close(x.astype(np.float32), x, "float64")
     assert tolerance(np.complex64) == tolerance("float32")
+
+
+def test_interleaved_index_adds_complex_values_through_the_real_view():
+    """The cupy backend's complex scatter-add (checked here with numpy's float view)."""
+    from phaser_std.backends._indexing import interleaved_index
+
+    rng = np.random.default_rng(0)
+    target = (rng.normal(size=(2, 9, 10)) + 1j * rng.normal(size=(2, 9, 10))).astype(np.complex64)
+    starts = np.array([[0, 0], [1, 2], [1, 2], [3, 4]])
+    iy = (starts[:, 0][:, None] + np.arange(5))[:, :, None]
+    ix = (starts[:, 1][:, None] + np.arange(6))[:, None, :]
+    values = (rng.normal(size=(2, 4, 5, 6)) + 1j * rng.normal(size=(2, 4, 5, 6))).astype(np.complex64)
+    index = (slice(None), iy, ix)
+    expected = target.copy()
+    np.add.at(expected, index, values)
+    re_index, im_index = interleaved_index(index, target.ndim)
+    flat = target.view(np.float32)
+    np.add.at(flat, re_index, values.real)
+    np.add.at(flat, im_index, values.imag)
+    np.testing.assert_allclose(target, expected, rtol=1e-6, atol=1e-6)
+    assert interleaved_index((slice(None), iy, slice(0, 6)), 3) is None

@@ -15,6 +15,7 @@ import cupyx
 import numpy as np
 
 from phaser_core.backend import BaseBackend
+from phaser_std.backends._indexing import interleaved_index
 
 
 def gpu_count() -> int:
@@ -53,15 +54,23 @@ class CupyBackend(BaseBackend):
         return np.asarray(x)
 
     def add_at(self, target: Any, index: tuple, values: Any) -> Any:
-        """``target[index] += values`` with repeated indices accumulated (in place)."""
+        """``target[index] += values`` with repeated indices accumulated (in place).
+
+        ``cupyx.scatter_add`` has no complex atomics, so a contiguous complex target is
+        added to through its interleaved real view (no object-sized temporaries)."""
         values = cupy.asarray(values, dtype=target.dtype)
         if target.dtype.kind == "c":
-            # scatter_add has no complex atomics on every GPU: add real and imaginary parts
-            real = target.real.copy()
-            imag = target.imag.copy()
-            cupyx.scatter_add(real, index, values.real)
-            cupyx.scatter_add(imag, index, values.imag)
-            target[...] = real + 1j * imag
+            split = interleaved_index(index, target.ndim) if target.flags.c_contiguous else None
+            if split is None:
+                real, imag = target.real.copy(), target.imag.copy()
+                cupyx.scatter_add(real, index, values.real)
+                cupyx.scatter_add(imag, index, values.imag)
+                target[...] = real + 1j * imag
+                return target
+            flat = target.view(self.real_dtype)
+            re_index, im_index = split
+            cupyx.scatter_add(flat, re_index, cupy.ascontiguousarray(values.real))
+            cupyx.scatter_add(flat, im_index, cupy.ascontiguousarray(values.imag))
             return target
         cupyx.scatter_add(target, index, values)
         return target
