@@ -247,7 +247,9 @@ def main(argv=None) -> None:
         cid = C.case_id(case)
         ours = run_ours(case, data, a)
         ph = None
-        if not a.no_phaser and case["backend"] in a.phaser_backends:
+        # phaserEM's gradient engine needs jax (or torch): no numpy counterpart
+        if not a.no_phaser and case["backend"] in a.phaser_backends \
+                and not (case["engine"] == "gradient" and case["backend"] == "numpy"):
             ph = run_phaser(case, data, a, work / cid.replace("/", "_"))
         row = summarize(case, ours, ph)
         rows.append(row)

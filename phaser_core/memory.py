@@ -24,6 +24,7 @@ prints its measured peak resident-memory growth (the calibration in docs/memory.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import sys
 from pathlib import Path
@@ -133,7 +134,7 @@ class MemoryEstimate:
             "backend": self.backend, "dtype": self.dtype,
             "data": {"n_patterns": self.data.n_patterns, "pattern_shape": list(self.data.pattern_shape),
                      "host_itemsize": self.data.host_itemsize, "mapped": self.data.mapped},
-            "state_shapes": {k: list(v) for k, v in self.shapes.items()},
+            "state_shapes": {k: list(v) for k, v in self.shapes.items() if isinstance(v, tuple)},
             "shared": [t.to_dict() for t in self.shared],
             "engines": [{"index": e.index, "type": e.type, "total_bytes": e.total,
                          "terms": [t.to_dict() for t in e.terms]} for e in self.engines],
@@ -163,14 +164,15 @@ def data_shape(data: Any) -> DataShape:
     base = pats
     while base is not None and not isinstance(base, np.memmap) and getattr(base, "base", None) is not None:
         base = base.base
-    mapped = isinstance(pats, np.memmap) or isinstance(base, np.memmap) or isinstance(base, __import__("mmap").mmap)
+    mapped = isinstance(pats, np.memmap) or isinstance(base, np.memmap) or isinstance(base, mmap.mmap)
     return DataShape(n_patterns=int(pats.shape[0]), pattern_shape=(int(pats.shape[-2]), int(pats.shape[-1])),
                      host_itemsize=int(np.dtype(pats.dtype).itemsize), mapped=bool(mapped))
 
 
 def state_shapes(state: Any) -> dict:
-    """``{"probe": (M, Ny, Nx), "object": (S, H, W), "scan": (N, 2)}`` of a ReconsState,
-    plus ``"object_itemsize"``-free shapes only (engines choose their own dtype)."""
+    """``{"probe": (M, Ny, Nx), "object": (S, H, W), "scan": (N, 2)}`` of a ReconsState
+    (engines choose their own dtype). The planner adds ``"probe_scaled"``: whether the
+    probe-scaling pass already ran before this engine."""
     probe = tuple(int(v) for v in np.shape(state.probe.data))
     if len(probe) == 2:
         probe = (1, *probe)
@@ -212,9 +214,12 @@ def estimate_run(plan: Any, data: Any, state: Any, registry: Any, backend: str |
     shared.append(Term("initial state (host copy kept by the runner)", obj_host,
                        "a smaller object field (fewer slices, less padding)", "host"))
     engines = []
+    # the probe-scaling pass runs once per run (the first engine that asks for it)
+    scaled = bool((getattr(state, "extra", None) or {}).get("probe_scaled", False))
     for num, spec in enumerate(plan.engines):
         engine = spec.build(registry)
-        terms = _engine_terms(engine, ds, shapes, dtype, backend)
+        terms = _engine_terms(engine, ds, dict(shapes, probe_scaled=scaled), dtype, backend)
+        scaled = scaled or bool(getattr(getattr(engine, "config", None), "scale_probe", False))
         if terms is None:
             terms = [Term(f"engine {spec.type!r} gives no estimate", 0, "")]
         engines.append(EngineEstimate(num, str(spec.type), tuple(terms)))
@@ -342,11 +347,12 @@ def format_report(est: MemoryEstimate, avail: dict | None = None) -> str:
     lines.append(f"peak: {format_bytes(est.peak)}" + (f" (engine {est.peak_engine.index})" if est.peak_engine else "")
                  + (f"; largest term: {big.name} ({format_bytes(big.bytes)})" if big else ""))
     if avail is not None:
-        have = avail["device"] if avail["device"] is not None else avail["host"]
+        on_device = avail["device"] is not None
+        have = avail["device"] if on_device else avail["host"]
+        need = est.peak_where("device") if on_device else est.peak
         if have is not None:
             lines.append(f"available: {format_bytes(have)} ({avail['source']}) -> "
-                         + ("fits" if est.peak_where("device") <= have or avail["device"] is None and est.peak <= have
-                            else "DOES NOT FIT"))
+                         + ("fits" if need <= have else "DOES NOT FIT"))
     return "\n".join(lines)
 
 

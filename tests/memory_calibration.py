@@ -3,10 +3,13 @@
 
 Not a test (run by hand; minutes on a laptop):
 
-    python tests/memory_calibration.py [--out DIR] [--only numpy|jax] [--json FILE]
+    python tests/memory_calibration.py [--out DIR] [--only numpy|jax] [--json FILE] [--fit]
 
 Datasets are simulated into DIR (cached). Prints a markdown table (case, estimate,
-measured, ratio) as in docs/memory.md.
+measured, ratio) as in docs/memory.md; measurements already in ``--json FILE`` are reused
+(``--estimate-only`` measures nothing new). ``--fit`` then prints the constants of
+``phaser_std.engines.memory.CONSTANTS`` fitted (bounded least squares on the relative error)
+to the measurements in FILE; paste them there after a change to an engine.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ VALIDATION = [
     ("jax", "epie", "16x16/128", 1, 4, 16, {}),
     ("numpy", "lsqml", "32x32/64", 1, 1, 256, {"scale_probe": False}),
     ("jax", "lsqml", "32x32/64", 3, 1, 256, {"scale_probe": False}),
+    ("numpy", "lsqml", "32x32/128", 3, 4, 256, {"scale_probe": False}),
+    ("jax", "lsqml", "32x32/128", 3, 4, 256, {"scale_probe": False}),
 ]
 
 
@@ -107,6 +112,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=None)
     ap.add_argument("--json", default=None)
     ap.add_argument("--estimate-only", action="store_true")
+    ap.add_argument("--fit", action="store_true", help="fit the constants to the measurements in --json")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +146,52 @@ def main(argv=None) -> int:
         print(f"| {label(case)} | {est / 2**20:.0f} | {(meas or 0) / 2**20:.0f} | {ratio:.2f} |", flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=1))
+    if args.fit and args.json:
+        fit(json.loads(Path(args.json).read_text()))
     return 0
+
+
+PARAMS = ("overhead_MiB", "compile_per_slice_MiB", "dry_slice_waves", "dry_waves", "dry_pixels",
+          "conv_slice_waves", "conv_waves", "conv_pixels", "grad_slice_waves", "grad_waves", "grad_pixels",
+          "grad_overhead_MiB")
+
+
+def fit(rows: list[dict]) -> None:
+    """Fit the per-backend constants: measured ≈ patterns (host + device) + overhead +
+    views + (a·S + k)·wave + d·B·P·c of the transient phase (probe scaling or group step)."""
+    import numpy as np
+    from scipy.optimize import lsq_linear
+
+    from phaser_std.engines.memory import dry_run_batch
+
+    measured = {r["case"]: r["measured"] for r in rows if r.get("measured")}
+    mib = float(1 << 20)
+    for backend in ("numpy", "jax"):
+        a_rows, y = [], []
+        for case in CASES + VALIDATION:
+            if case[0] != backend or label(case) not in measured:
+                continue
+            _, engine, size, s, m, group, extra = case
+            n, q = SIZES[size]
+            n_pos, p, c = n * n, q * q, 8
+            scale = extra.get("scale_probe", True)
+            b = min(dry_run_batch(), n_pos) if scale else min(group, n_pos)
+            fixed = 2 * n_pos * p * 4 + b * s * p * c
+            x = np.zeros(len(PARAMS))
+            x[0], x[1] = mib, s * mib
+            off = 2 if scale else (5 if engine != "gradient" else 8)
+            x[off:off + 3] = (s * b * m * p * c, b * m * p * c, b * p * c)
+            x[11] = mib if engine == "gradient" else 0.0
+            meas = measured[label(case)]
+            a_rows.append(x / meas)
+            y.append((meas - fixed) / meas)
+        if not a_rows:
+            continue
+        jax = backend == "jax"
+        lo = [0, 0, 0 if jax else 1, 0, -6, 1, 0, 0, 1, 0, 0, 0]
+        hi = [300, 60 if jax else 1e-9, 4 if jax else 5, 8, 8, 6, 16, 8, 6, 16, 8, 100 if jax else 1e-9]
+        sol = lsq_linear(np.array(a_rows), np.array(y), bounds=(lo, hi))
+        print(f"{backend}: " + ", ".join(f"{k}={v:.2f}" for k, v in zip(PARAMS, sol.x)))
 
 
 if __name__ == "__main__":

@@ -45,11 +45,13 @@ class ConventionalConfig:
 
 
 def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: Any, scan_A: np.ndarray,
-                        geometry: ObjectState, props: Any, batch: int = 256) -> Any:
+                        geometry: ObjectState, props: Any, batch: int = 64) -> Any:
     """The probe scaled so the model's total intensity equals the data's (the dry run).
 
     One compiled function over equal batches (the last one padded and masked), so jax
-    compiles it once instead of dispatching every kernel eagerly."""
+    compiles it once instead of dispatching every kernel eagerly. Batches of 64: on numpy
+    the waves entering every slice are held for a batch (S·B·M·Ny·Nx complex values), which
+    at 256 set the peak memory of multislice runs."""
     shape = probe.shape[-2:]
     xp = bk.xp
     n = scan_A.shape[0]
@@ -70,7 +72,9 @@ def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: Any, scan_A: np
     data_sum = float(bk.to_numpy(xp.sum(patterns)))
     if model_sum <= 0 or data_sum <= 0:
         raise DataError("cannot scale the probe to the data: the data or the model has no intensity")
-    return probe * np.sqrt(data_sum / model_sum)
+    # a Python float (weakly typed): a numpy float64 scalar would promote a complex64 probe
+    # to complex128 on the numpy backend, and every wave computed from it
+    return probe * float(np.sqrt(data_sum / model_sum))
 
 
 class ConventionalEngine:

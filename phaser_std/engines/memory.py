@@ -8,15 +8,17 @@ counts; ``r``/``c`` the real/complex itemsize [bytes] of the run's dtype):
 - a group of B = min(grouping.size, N) positions: one *wave array* is B·M·P·c, the object
   *views* B·S·P·c;
 - the probe-scaling pass before the first iteration runs the forward model on
-  b = min(256, N) positions at a time (:func:`~phaser_std.engines.conventional.scale_probe_to_data`).
+  b = min(batch, N) positions at a time (:func:`~phaser_std.engines.conventional.scale_probe_to_data`,
+  ``batch`` its default).
 
 Peak = persistent terms (patterns on the device, object, probe, optimizer state, host
 snapshot) + the largest transient phase: the probe-scaling pass or one group step. A group
-step holds the views, the S waves entering each slice (kept for the backward sweep), the
-exit wave, the far field, χ and FFT workspace: ``views + (S + k)·wave`` with ``k``
-calibrated per engine and backend by measuring real runs (peak RSS growth; the table is in
-docs/memory.md). jax adds its runtime/compilation overhead; numpy a small constant for what
-a run imports and caches (FFT plans).
+step holds the views, the waves entering each slice (kept for the backward sweep, or as
+jax's autodiff residuals), the exit wave, the far field, χ, FFT workspace and scatter-add
+maps: ``views + (a·S + k)·wave + d·B·P·c``, with ``a``, ``k``, ``d`` and the backend's own
+overhead fitted per backend and engine family to measured runs (peak RSS growth;
+``tests/memory_calibration.py --fit``; the table is in docs/memory.md). Object-sized terms
+and the position/tilt extras are counted from the code, not fitted.
 """
 
 from __future__ import annotations
@@ -33,27 +35,37 @@ MiB = 1 << 20
 #: the XLA compilations, which grow with the unrolled slices).
 CONSTANTS: dict[str, dict[str, float]] = {
     "numpy": {
-        "overhead_MiB": 20.7, "compile_per_slice_MiB": 0.0, "grad_overhead_MiB": 0.0,
-        "dry_slice_waves": 1.0, "dry_waves": 3.42, "dry_pixels": -0.58,
-        "dry_ramp": 5.0,   # the float64 sub-pixel ramp: 5·b·P·8 bytes, when that is larger
-        "conv_slice_waves": 2.71, "conv_waves": 6.76, "conv_pixels": 0.0,
+        "overhead_MiB": 31.95, "compile_per_slice_MiB": 0.00, "grad_overhead_MiB": 0.00,
+        # eager forward: the slice waves (and FFT outputs) stay alive until the pass ends
+        "dry_slice_waves": 3.40, "dry_waves": 4.32, "dry_pixels": -3.57,
+        "conv_slice_waves": 2.44, "conv_waves": 4.64, "conv_pixels": 4.97,
         "conv_object": 4.0,   # object-sized maps and copies per group update (in S·H·W·c)
-        "grad_slice_waves": 2.93, "grad_waves": 1.36, "grad_pixels": 7.30,
+        "grad_slice_waves": 2.94, "grad_waves": 1.31, "grad_pixels": 8.00,
         "grad_object": 5.0,   # gradient, scaled gradient, optimizer temporaries (in S·H·W·c)
     },
     "jax": {
-        # the probe-scaling pass is compiled: the slice waves are not kept (no backward)
-        "overhead_MiB": 70.9, "compile_per_slice_MiB": 12.6, "grad_overhead_MiB": 37.8,
-        "dry_slice_waves": 0.23, "dry_waves": 1.71, "dry_pixels": -1.0, "dry_ramp": 0.0,
-        # pixels: the scatter-add index maps of the object updates (B·Ny·Nx per map)
-        "conv_slice_waves": 1.0, "conv_waves": 4.34, "conv_pixels": 8.0, "conv_object": 3.0,
-        # autodiff residuals: about one wave per slice kept for the backward pass
-        "grad_slice_waves": 1.04, "grad_waves": 3.97, "grad_pixels": 2.94, "grad_object": 4.0,
+        # XLA compilations of the probe-scaling pass and the group step (grow with the
+        # unrolled slices; the gradient engine's value_and_grad program is larger)
+        "overhead_MiB": 70.08, "compile_per_slice_MiB": 23.43, "grad_overhead_MiB": 24.66,
+        # the probe-scaling pass is compiled (one program per batch shape)
+        "dry_slice_waves": 2.47, "dry_waves": 0.25, "dry_pixels": 5.22,
+        "conv_slice_waves": 1.00, "conv_waves": 5.17, "conv_pixels": 0.00, "conv_object": 3.0,
+        # autodiff residuals: the slice waves kept for the backward pass, plus cotangents
+        "grad_slice_waves": 1.00, "grad_waves": 2.86, "grad_pixels": 1.48, "grad_object": 4.0,
     },
 }
 #: cupy behaves like numpy (eager, same temporaries) on the device
 CONSTANTS["cupy"] = dict(CONSTANTS["numpy"])
-DRY_RUN_BATCH = 256
+
+
+def dry_run_batch() -> int:
+    """Positions per batch of the probe-scaling pass: the default ``batch`` of
+    :func:`~phaser_std.engines.conventional.scale_probe_to_data` (kept in sync by reading it)."""
+    import inspect
+
+    from phaser_std.engines.conventional import scale_probe_to_data
+
+    return int(inspect.signature(scale_probe_to_data).parameters["batch"].default)
 
 
 @attrs.frozen
@@ -113,14 +125,15 @@ def _group_hint(z: Sizes, size: int) -> str:
     return f"lower grouping.size (now {size})"
 
 
-def _common_terms(config: Any, z: Sizes, family: str = "conv") -> tuple[list[tuple], tuple]:
+def _common_terms(config: Any, z: Sizes, family: str = "conv", state_shapes: dict | None = None
+                  ) -> tuple[list[tuple], tuple]:
     """Persistent terms every engine has, and the probe-scaling pass (name, bytes, hint)."""
     k = z.k
     overhead = k["overhead_MiB"] + k["compile_per_slice_MiB"] * z.s + (k["grad_overhead_MiB"] if family == "grad" else 0)
     terms = [
         ("patterns on the device (N·Qy·Qx)", z.n * z.p * z.r, "crop or bin the patterns (post_load)", "device"),
         ("object (S·H·W complex)", z.obj,
-         f"fewer slices (slices.n = {z.s}) or a smaller object field (object pad_px)", "device"),
+         f"fewer slices (slices.n = {z.s}) or a smaller object field (init.object.pad_px)", "device"),
         ("probe modes", z.m * z.p * z.c, f"fewer probe modes (probe_modes = {z.m})", "device"),
         ("host snapshot of the state (observers, checkpoints)", z.obj + z.m * z.p * z.c,
          "a smaller object (fewer slices)", "host"),
@@ -128,10 +141,9 @@ def _common_terms(config: Any, z: Sizes, family: str = "conv") -> tuple[list[tup
          int(overhead * MiB), "", "host"),
     ]
     dry = (0, "")
-    if getattr(config, "scale_probe", False):
-        b = min(DRY_RUN_BATCH, z.n)
-        ramp = int(k["dry_ramp"] * b * z.p * 8)
-        dry = (max(ramp, z.phase("dry", b)),
+    if getattr(config, "scale_probe", False) and not (state_shapes or {}).get("probe_scaled", False):
+        b = min(dry_run_batch(), z.n)
+        dry = (z.phase("dry", b),
                f"probe-scaling pass ({b} positions at a time, {z.s} slices x {z.m} modes)")
     return terms, dry
 
@@ -139,8 +151,8 @@ def _common_terms(config: Any, z: Sizes, family: str = "conv") -> tuple[list[tup
 def _transient(group: tuple[int, str], dry: tuple[int, str], group_hint: str) -> tuple:
     """The larger of the group step and the probe-scaling pass, as one term."""
     if dry[0] > group[0]:
-        return (dry[1], dry[0], "set scale_probe: false once the probe intensity is right, or use fewer "
-                "modes/slices for the first engine", "device")
+        return (dry[1], dry[0], "set scale_probe: false when the probe intensity is already right, or use "
+                "fewer probe_modes/slices in the first engine", "device")
     return (group[1], group[0], group_hint, "device")
 
 
@@ -148,7 +160,7 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
                        backend: str = "numpy") -> list[tuple]:
     """Terms of the ``conventional`` engine (ePIE, LSQML)."""
     z = sizes(config, data_shape, state_shapes, dtype, backend)
-    terms, dry = _common_terms(config, z)
+    terms, dry = _common_terms(config, z, "conv", state_shapes)
     k = z.k
     group = z.phase("conv")
     name = (f"group step: views, {z.s} slice waves, far field, chi and FFT workspace "
@@ -156,6 +168,10 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
     terms.append(_transient((group, name), dry, _group_hint(z, config.grouping.size)))
     terms.append(("object-sized maps of a group update (illumination, update, new object)",
                   int(k["conv_object"] * z.obj), f"fewer slices (slices.n = {z.s})", "device"))
+    if getattr(config, "position_solver", None) is not None:
+        # position_direction: P·∂O per axis (counted, not calibrated)
+        terms.append(("position-correction direction (2 waves)", 2 * z.wave(), _group_hint(z, config.grouping.size),
+                      "device"))
     return terms
 
 
@@ -164,7 +180,7 @@ def gradient_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: str,
     """Terms of the ``gradient`` engine: the group step with its autodiff residuals (jax) or
     analytic adjoint (numpy/cupy), object-sized gradients and the optimizer state."""
     z = sizes(config, data_shape, state_shapes, dtype, backend)
-    terms, dry = _common_terms(config, z, "grad")
+    terms, dry = _common_terms(config, z, "grad", state_shapes)
     k = z.k
     group = z.phase("grad")
     what = "autodiff residuals" if backend == "jax" else "adjoint"
@@ -174,6 +190,13 @@ def gradient_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: str,
     terms.append(("object gradient and update temporaries", int(k["grad_object"] * z.obj),
                   f"fewer slices (slices.n = {z.s})", "device"))
     solvers = getattr(config, "solvers", None)
+    if getattr(solvers, "positions", None) is not None:
+        # d(shifted probe)/d(position): F(P) and one derivative per axis (counted, not calibrated)
+        terms.append(("position gradient (3 waves)", 3 * z.wave(), _group_hint(z, config.grouping.size), "device"))
+    if getattr(config, "tilt", "global") == "per_position" and z.s > 1:
+        # per-position propagators and their tilt ramps (counted, not calibrated)
+        terms.append(("per-position propagators (B·(S-1)·P, x2)", 2 * z.b * (z.s - 1) * z.p * z.c,
+                      _group_hint(z, config.grouping.size), "device"))
     opt = 0
     for var, size in (("object", z.obj), ("probe", z.m * z.p * z.c)):
         spec = getattr(solvers, var, None) if solvers is not None else None

@@ -172,11 +172,33 @@ def _shift_ramp(bk: Any, frac: Any, shape: Sequence[int]) -> Any:
     return ry[:, :, None] * rx[:, None, :]
 
 
+def _fft_module(bk: Any) -> Any:
+    """The FFT namespace for ``bk``'s arrays: ``scipy.fft`` for numpy arrays (the same
+    pocketfft, but complex64 2-D transforms run ~4x faster than ``numpy.fft``'s on this
+    kind of batch: 9 vs 41 ms for (64, 4, 64, 64)), else ``bk.xp.fft``."""
+    if bk.xp is np:
+        import scipy.fft
+
+        return scipy.fft
+    return bk.xp.fft
+
+
+def _fft2_pair(bk: Any, x: Any) -> Any:
+    """Unnormalised forward FFT over the last two axes; followed by :func:`_ifft2_pair`
+    (which divides by Ny·Nx) the pair is the identity, exactly like the unitary
+    ``bk.fft2``/``bk.ifft2`` pair, without the two extra scaling passes over the array."""
+    return _fft_module(bk).fft2(x, axes=(-2, -1))
+
+
+def _ifft2_pair(bk: Any, x: Any) -> Any:
+    return _fft_module(bk).ifft2(x, axes=(-2, -1))
+
+
 def shift_probes(bk: Any, probe: Any, frac: Any) -> Any:
     """Shift probe modes ``(M, Ny, Nx)`` by ``frac`` ``(B, 2)`` [px] (positive: toward
     larger indices) with a Fourier phase ramp exp(−2πi k·d) -> ``(B, M, Ny, Nx)``."""
     ramp = _shift_ramp(bk, frac, probe.shape[-2:])
-    return bk.ifft2(bk.fft2(probe)[None] * ramp[:, None])
+    return _ifft2_pair(bk, _fft2_pair(bk, probe)[None] * ramp[:, None])
 
 
 def unshift_probes(bk: Any, grad: Any, frac: Any) -> Any:
@@ -186,7 +208,7 @@ def unshift_probes(bk: Any, grad: Any, frac: Any) -> Any:
     FFTs instead of B·M)."""
     xp = bk.xp
     ramp = _shift_ramp(bk, frac, grad.shape[-2:])
-    return bk.ifft2(xp.sum(bk.fft2(grad) * xp.conj(ramp)[:, None], axis=0))
+    return _ifft2_pair(bk, xp.sum(_fft2_pair(bk, grad) * xp.conj(ramp)[:, None], axis=0))
 
 
 # --------------------------------------------------------------------------- propagation
@@ -222,7 +244,7 @@ def _prop_for_slice(props: Any, i: int) -> Any:
 
 def propagate(bk: Any, wave: Any, h: Any) -> Any:
     """ifft2(fft2(wave)·h): Fresnel propagation with a corner-centred propagator."""
-    return bk.ifft2(bk.fft2(wave) * h)
+    return _ifft2_pair(bk, _fft2_pair(bk, wave) * h)
 
 
 # --------------------------------------------------------------------------- multislice
@@ -268,12 +290,12 @@ def multislice_backward(bk: Any, probes: Any, views: Any, props: Any, psis: list
 # --------------------------------------------------------------------------- far field
 def farfield(bk: Any, exit_waves: Any) -> Any:
     """Detector-plane wave, unitary ``fft2``, corner-centred."""
-    return bk.fft2(exit_waves)
+    return _fft_module(bk).fft2(exit_waves, axes=(-2, -1), norm="ortho")
 
 
 def farfield_adjoint(bk: Any, wave_k: Any) -> Any:
     """Adjoint (= inverse, unitary) of :func:`farfield`."""
-    return bk.ifft2(wave_k)
+    return _fft_module(bk).ifft2(wave_k, axes=(-2, -1), norm="ortho")
 
 
 def intensity(bk: Any, wave_k: Any) -> Any:

@@ -1,0 +1,59 @@
+#!/usr/bin/env python
+"""Markdown tables from bench.py JSON files (for RESULTS.md).
+
+    /work/venv/bin/python benchmarks/report.py benchmarks/results/matrix-jax.json [...]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _f(v, fmt="{:.3f}"):
+    return "-" if v is None else fmt.format(v)
+
+
+def machine_line(m: dict) -> str:
+    ph = m.get("phaserEM") or {}
+    return (f"{m.get('date_utc')} · {m.get('cpu_model')} x{m.get('cpu_count')} · {m.get('mem_total_gib')} GiB · "
+            f"python {m.get('python')} · ours: numpy {m.get('numpy')}, jax {m.get('jax')}, scipy {m.get('scipy')} · "
+            f"phaserEM {ph.get('phaserEM')} (jax {ph.get('jax')}, numpy {ph.get('numpy')}) · "
+            f"load avg at start {m.get('loadavg_start')}, end {m.get('loadavg_end')} · {_f(m.get('total_s'), '{:.0f}')} s")
+
+
+def table(doc: dict) -> str:
+    rows = doc["rows"]
+    ttt = bool(doc.get("args", {}).get("ttt"))
+    head = ["case", "first s ours", "first s ph", "s/iter ours", "s/iter ph", "ratio", "CPU ratio",
+            "RSS MiB ours", "RSS MiB ph", "pearson ours", "pearson ph"]
+    if ttt:
+        head += ["t→target ours", "t→target ph", "ttt ratio"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        v = [r["case"], _f(r["ours_first_s"], "{:.1f}"), _f(r["phaser_first_s"], "{:.1f}"), _f(r["ours_s_iter"]),
+             _f(r["phaser_s_iter"]), _f(r["speedup"], "{:.2f}x"), _f(r["speedup_cpu"], "{:.2f}x"),
+             _f(r["ours_rss_mib"], "{:.0f}"), _f(r["phaser_rss_mib"], "{:.0f}"), _f(r["ours_pearson"]),
+             _f(r["phaser_pearson"])]
+        if ttt:
+            v += [_f(r["ours_ttt_s"], "{:.1f}"), _f(r["phaser_ttt_s"], "{:.1f}"), _f(r["ttt_speedup"], "{:.2f}x")]
+        if r.get("ours_error") or r.get("phaser_error"):
+            v[0] += " (error)"
+        out.append("| " + " | ".join(v) + " |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    for path in sys.argv[1:]:
+        doc = json.load(open(path))
+        a = doc.get("args", {})
+        print(f"### `{path}`\n")
+        print(f"Machine: {machine_line(doc['machine'])}\n")
+        print(f"Args: iters {a.get('iters')}, probe_after {a.get('probe_after')}, ttt {a.get('ttt')}, "
+              f"target {a.get('target')}, score_every {a.get('score_every')}\n")
+        print(table(doc))
+        print()
+
+
+if __name__ == "__main__":
+    main()
