@@ -53,11 +53,15 @@ def test_single_slice_recovers_the_phase(single, solver, niter, key, threshold):
     assert score["pearson"] >= threshold, score
 
 
-def test_multislice_lsqml_resolves_each_slice_better_than_single_slice(data_dir):
-    data = make_dataset(data_dir / "ms.h5", convergence_angle_mrad=30.0, object=MULTISLICE)
+@pytest.mark.parametrize("multislice", ["joint", "sequential"])
+def test_multislice_lsqml_resolves_each_slice_better_than_single_slice(data_dir, multislice):
+    data = data_dir / "ms.h5"
+    if not data.exists():
+        make_dataset(data, convergence_angle_mrad=30.0, object=MULTISLICE)
     gt = ground_truth(data)
-    single = run(data, [_engine("lsqml", 15)], backend="jax", key="patterns_noiseless")
-    multi = run(data, [_engine("lsqml", 15, slices={"n": 3, "total_thickness_A": 75.0})], backend="jax",
+    single = run(data, [_engine("lsqml", 20)], backend="jax", key="patterns_noiseless")
+    multi = run(data, [{**_engine("lsqml", 20, slices={"n": 3, "total_thickness_A": 75.0}),
+                        "solver": {"type": "lsqml", "multislice": multislice}}], backend="jax",
                 key="patterns_noiseless")
     assert multi.object.n_slices == 3
     for i in range(3):

@@ -49,11 +49,14 @@ class EpieConfig:
 
 @attrs.frozen
 class LsqmlConfig:
-    beta_object: float = param(0.9, doc="object step (0..1]")
-    beta_probe: float = param(0.9, doc="probe step (0..1]")
-    illum_reg_object: float = param(1e-2, doc="δ_O: added to the illumination, as a fraction of its maximum")
-    illum_reg_probe: float = param(1e-2, doc="δ_P: added to Σ|O|², as a fraction of its maximum")
+    beta_object: float = param(0.5, doc="object step (0..1]")
+    beta_probe: float = param(0.5, doc="probe step (0..1]")
+    illum_reg_object: float = param(0.1, doc="δ_O: added to the illumination, as a fraction of its maximum")
+    illum_reg_probe: float = param(0.1, doc="δ_P: added to Σ|O|², as a fraction of its maximum")
     gamma: float = param(1e-6, doc="regularises the optimal-step denominators (relative)")
+    multislice: str = param("joint", doc="'joint': one step for all slices and the probe along their "
+                            "combined direction; 'sequential': slice by slice from the exit, each taking "
+                            "what the later ones left", validator=attrs.validators.in_(("joint", "sequential")))
 
 
 def _abs2(xp: Any, z: Any) -> Any:
@@ -194,6 +197,58 @@ class LsqmlSolver(ConventionalSolver):
         weight = weight / (illum_map + 1e-30)
         delta = cfg.beta_object * weight * direction
         return obj_slice + delta, delta, probe_step
+
+    def sweep(self, bk, obj, probe, starts, frac, views, psis, props, chi, mask, update_object, update_probe):
+        """Single slice: the joint object/probe step of the base sweep. Multislice: a
+        steepest-descent step on all slices and the probe together.
+
+        χ goes back through every slice whole (the gradient: conj(O_i)χ through the
+        adjoint propagator); each slice's direction is its gradient divided by its
+        illumination. One linearised forward pass carries all directions (objects and
+        probe) to the exit plane, and each position's step α is the least-squares fit of
+        χ there (Odstrčil et al. 2018, eq. 23 with one combined direction). Slices share
+        the correction instead of the last slice taking all of it.
+        """
+        n_slices = views.shape[1]
+        if n_slices == 1 or not update_object or self.config.multislice == "sequential":
+            return super().sweep(bk, obj, probe, starts, frac, views, psis, props, chi, mask, update_object,
+                                 update_probe)
+        xp = bk.xp
+        cfg = self.config
+        m = mask[:, None, None]
+        shape = psis[0].shape[-2:]
+        directions, illums, illum_maps = [None] * n_slices, [None] * n_slices, [None] * n_slices
+        g = chi
+        for i in range(n_slices - 1, -1, -1):
+            psi = psis[i]
+            num = xp.sum(xp.conj(psi) * g, axis=1) * m
+            illums[i] = xp.sum(_abs2(xp, psi), axis=1) * m
+            num_map = add_views(bk, xp.zeros_like(obj[i]), starts, num)
+            illum_maps[i] = add_views(bk, xp.zeros(obj[i].shape, dtype=bk.real_dtype), starts, illums[i])
+            directions[i] = num_map / (illum_maps[i] + cfg.illum_reg_object * xp.max(illum_maps[i]) + 1e-30)
+            if i > 0:
+                g = propagate(bk, xp.conj(views[:, i])[:, None] * g, xp.conj(props[i - 1]))
+        chi0 = g
+        pdir = self.probe_direction(bk, frac, views[:, 0], chi0, mask)[0] if update_probe else None
+        # the combined direction, carried to the exit plane (linearised multislice)
+        d_wave = shift_probes(bk, pdir, frac) if update_probe else xp.zeros_like(psis[0])
+        for i in range(n_slices):
+            d_view = get_views(bk, directions[i][None], starts, shape)[:, 0]
+            d_wave = d_wave * views[:, i][:, None] + d_view[:, None] * psis[i]
+            if i < n_slices - 1:
+                d_wave = propagate(bk, d_wave, props[i])
+        alpha = xp.clip(_optimal_step(xp, chi, d_wave, cfg.gamma, (1, 2, 3)), 0.0, None) * mask
+        new_slices = []
+        for i in range(n_slices):
+            weight = add_views(bk, xp.zeros(obj[i].shape, dtype=bk.real_dtype), starts,
+                               alpha[:, None, None] * illums[i])
+            weight = weight / (illum_maps[i] + 1e-30)
+            new_slices.append(obj[i] + cfg.beta_object * weight * directions[i])
+        new_probe = probe
+        if update_probe:
+            alpha_mean = xp.sum(alpha) / xp.maximum(xp.sum(mask), 1.0)
+            new_probe = probe + cfg.beta_probe * alpha_mean * pdir
+        return xp.stack(new_slices, axis=0), new_probe, chi0
 
     def probe_update(self, bk, probe, frac, o0, chi0, mask, probe_step=None):
         xp = bk.xp
