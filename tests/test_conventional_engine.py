@@ -198,3 +198,14 @@ engines:
     np.testing.assert_allclose(resumed.object.data, full.object.data, atol=1e-5)
     np.testing.assert_allclose(resumed.probe.data, full.probe.data, atol=1e-5 * np.abs(full.probe.data).max())
     np.testing.assert_allclose(resumed.progress.loss, full.progress.loss, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_step_sizes_follow_a_schedule(single, backend):
+    """beta_object = 0 for two iterations (object frozen), then 1: a piecewise schedule."""
+    schedule = {"type": "piecewise", "init": 0.0, "boundaries": [2], "values": [1.0]}
+    solver = {"type": "epie", "beta_object": schedule, "beta_probe": 0.0}
+    frozen = run(single, [{**_engine("epie", 2), "solver": solver}], backend=backend)
+    np.testing.assert_array_equal(frozen.object.data, np.ones_like(frozen.object.data))
+    moving = run(single, [{**_engine("epie", 3), "solver": solver}], backend=backend)
+    assert np.abs(moving.object.data - 1).max() > 0.05

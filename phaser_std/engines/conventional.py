@@ -120,12 +120,12 @@ class ConventionalEngine:
                        thicknesses_A=np.asarray(geometry.thicknesses_A))
         group_step_fn = make_group_step(bk, solver, noise, props, probe_shape)
 
-        def fused_step(obj_, probe_, patterns_, idx, starts, frac, mask, update_object=True, update_probe=True,
-                       update_positions=False):
+        def fused_step(obj_, probe_, patterns_, idx, starts, frac, mask, hyper, update_object=True,
+                       update_probe=True, update_positions=False):
             # the pattern gather and the group constraints run inside the compiled step
             # (constraints are pure and do not depend on the iteration), so one group is one
             # dispatch on jax instead of one per array operation
-            obj_, probe_, loss, shift = group_step_fn(obj_, probe_, patterns_[idx], starts, frac, mask,
+            obj_, probe_, loss, shift = group_step_fn(obj_, probe_, patterns_[idx], starts, frac, mask, hyper,
                                                       update_object, update_probe, update_positions)
             if group_constraints:
                 probe_, obj_ = apply_constraints(bk, group_constraints, probe_, obj_, info)
@@ -143,8 +143,10 @@ class ConventionalEngine:
 
         def group_step(it, idx, mask, starts, frac):
             upd_pos = positions_on(it)
+            hyper = {k: bk.asarray(np.asarray(v, dtype=bk.real_dtype))
+                     for k, v in solver.hyperparams(it, reg).items()}
             obj_, probe_, loss, shift = step(live["obj"], live["probe"], patterns, bk.asarray(idx),
-                                             bk.asarray(starts), bk.asarray(frac), bk.asarray(mask),
+                                             bk.asarray(starts), bk.asarray(frac), bk.asarray(mask), hyper,
                                              update_object=cfg.update_object(it), update_probe=cfg.update_probe(it),
                                              update_positions=upd_pos)
             live["obj"], live["probe"] = obj_, probe_

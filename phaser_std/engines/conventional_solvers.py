@@ -22,12 +22,13 @@ Everything runs under ``bk.jit`` (pure, static shapes, no in-place writes).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import attrs
 import numpy as np
 
-from phaser_core.config import param
+from phaser_core.config import Schedulable, param, schedule_value
 from phaser_std.physics.forward import (
     add_views,
     farfield,
@@ -43,14 +44,14 @@ from phaser_std.physics.forward import (
 
 @attrs.frozen
 class EpieConfig:
-    beta_object: float = param(1.0, doc="object step (0..1]")
-    beta_probe: float = param(1.0, doc="probe step (0..1]")
+    beta_object: Schedulable = param(1.0, doc="object step (0..1], or a schedule over iterations")
+    beta_probe: Schedulable = param(1.0, doc="probe step (0..1], or a schedule over iterations")
 
 
 @attrs.frozen
 class LsqmlConfig:
-    beta_object: float = param(0.5, doc="object step (0..1]")
-    beta_probe: float = param(0.5, doc="probe step (0..1]")
+    beta_object: Schedulable = param(0.5, doc="object step (0..1], or a schedule over iterations")
+    beta_probe: Schedulable = param(0.5, doc="probe step (0..1], or a schedule over iterations")
     illum_reg_object: float = param(0.1, doc="δ_O: added to the illumination, as a fraction of its maximum")
     illum_reg_probe: float = param(0.1, doc="δ_P: added to Σ|O|², as a fraction of its maximum")
     gamma: float = param(1e-6, doc="regularises the optimal-step denominators (relative)")
@@ -86,6 +87,19 @@ class ConventionalSolver:
 
     def __init__(self, config: Any):
         self.config = config
+        self.beta_object = config.beta_object if isinstance(config.beta_object, (int, float)) else 1.0
+        self.beta_probe = config.beta_probe if isinstance(config.beta_probe, (int, float)) else 1.0
+
+    def hyperparams(self, iteration: int, registry: Any) -> dict[str, float]:
+        """The step sizes at an engine iteration (schedules evaluated on the host)."""
+        return {"beta_object": schedule_value(self.config.beta_object, iteration, registry),
+                "beta_probe": schedule_value(self.config.beta_probe, iteration, registry)}
+
+    def with_steps(self, beta_object: Any, beta_probe: Any) -> "ConventionalSolver":
+        """A copy using these step sizes (traced scalars under jit: no recompilation)."""
+        solver = copy.copy(self)
+        solver.beta_object, solver.beta_probe = beta_object, beta_probe
+        return solver
 
     def object_update(self, bk: Any, obj_slice: Any, starts: Any, psi: Any, chi: Any, mask: Any,
                       probe_dir: Any = None) -> tuple[Any, Any, Any]:
@@ -140,7 +154,7 @@ class EpieSolver(ConventionalSolver):
         illum = xp.sum(_abs2(xp, psi), axis=1) * m
         num_map = add_views(bk, xp.zeros_like(obj_slice), starts, num)
         illum_map = add_views(bk, xp.zeros(obj_slice.shape, dtype=bk.real_dtype), starts, illum)
-        delta = self.config.beta_object * num_map / (xp.max(illum_map) + 1e-30)
+        delta = self.beta_object * num_map / (xp.max(illum_map) + 1e-30)
         return obj_slice + delta, delta, None
 
     def wave_backprop(self, bk, o, chi):
@@ -152,7 +166,7 @@ class EpieSolver(ConventionalSolver):
         m = mask[:, None, None]
         num = unshift_probes(bk, xp.conj(o0)[:, None] * chi0 * m[:, None], frac)
         den = xp.max(xp.sum(_abs2(xp, o0) * m, axis=0))
-        return probe + self.config.beta_probe * num / (den + 1e-30)
+        return probe + self.beta_probe * num / (den + 1e-30)
 
 
 class LsqmlSolver(ConventionalSolver):
@@ -195,7 +209,7 @@ class LsqmlSolver(ConventionalSolver):
         alpha = xp.clip(alpha, 0.0, None) * mask
         weight = add_views(bk, xp.zeros(obj_slice.shape, dtype=bk.real_dtype), starts, alpha[:, None, None] * illum)
         weight = weight / (illum_map + 1e-30)
-        delta = cfg.beta_object * weight * direction
+        delta = self.beta_object * weight * direction
         return obj_slice + delta, delta, probe_step
 
     def sweep(self, bk, obj, probe, starts, frac, views, psis, props, chi, mask, update_object, update_probe):
@@ -243,11 +257,11 @@ class LsqmlSolver(ConventionalSolver):
             weight = add_views(bk, xp.zeros(obj[i].shape, dtype=bk.real_dtype), starts,
                                alpha[:, None, None] * illums[i])
             weight = weight / (illum_maps[i] + 1e-30)
-            new_slices.append(obj[i] + cfg.beta_object * weight * directions[i])
+            new_slices.append(obj[i] + self.beta_object * weight * directions[i])
         new_probe = probe
         if update_probe:
             alpha_mean = xp.sum(alpha) / xp.maximum(xp.sum(mask), 1.0)
-            new_probe = probe + cfg.beta_probe * alpha_mean * pdir
+            new_probe = probe + self.beta_probe * alpha_mean * pdir
         return xp.stack(new_slices, axis=0), new_probe, chi0
 
     def probe_update(self, bk, probe, frac, o0, chi0, mask, probe_step=None):
@@ -260,7 +274,7 @@ class LsqmlSolver(ConventionalSolver):
         else:
             alpha, pdir = probe_step
         alpha_mean = xp.sum(alpha) / xp.maximum(xp.sum(mask), 1.0)
-        return probe + cfg.beta_probe * alpha_mean * pdir
+        return probe + self.beta_probe * alpha_mean * pdir
 
 
 def _joint_steps(xp: Any, chi: Any, a: Any, b: Any, gamma: float) -> tuple[Any, Any]:
@@ -301,14 +315,15 @@ def position_direction(bk: Any, probes: Any, o0: Any, chi0: Any, mask: Any) -> A
 def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any, probe_shape: tuple[int, int]):
     """The pure per-group step of a conventional engine.
 
-    ``step(obj, probe, measured, starts, frac, mask, update_object, update_probe,
-    update_positions) -> (obj, probe, loss_sum, shift_px)``: ``measured`` ``(B, Qy, Qx)``
+    ``step(obj, probe, measured, starts, frac, mask, hyper, update_object, update_probe,
+    update_positions) -> (obj, probe, loss_sum, shift_px)``: ``hyper`` holds the step sizes
+    ``beta_object`` and ``beta_probe`` (scalars); ``measured`` ``(B, Qy, Qx)``
     corner-centred [e⁻]; ``loss_sum`` the noise-model loss summed over the group's
     patterns before the update; ``shift_px`` ``(B, 2)`` the position-correction direction.
     """
     xp = bk.xp
 
-    def step(obj, probe, measured, starts, frac, mask, update_object=True, update_probe=True,
+    def step(obj, probe, measured, starts, frac, mask, hyper, update_object=True, update_probe=True,
              update_positions=False):
         mask_f = mask.astype(bk.real_dtype)
         probes = shift_probes(bk, probe, frac)
@@ -318,8 +333,9 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
         model = intensity(bk, wave_k)
         loss = xp.sum(noise.loss(bk, model, measured) * mask_f)
         chi = farfield_adjoint(bk, noise.wave_update(bk, wave_k, model, measured)) * mask_f[:, None, None, None]
-        new_obj, new_probe, chi = solver.sweep(bk, obj, probe, starts, frac, views, psis, props, chi, mask_f,
-                                               update_object, update_probe)
+        stepper = solver.with_steps(hyper["beta_object"], hyper["beta_probe"])
+        new_obj, new_probe, chi = stepper.sweep(bk, obj, probe, starts, frac, views, psis, props, chi, mask_f,
+                                                update_object, update_probe)
         o0 = views[:, 0]
         if update_positions:
             shift = position_direction(bk, probes, o0, chi, mask_f)
