@@ -209,3 +209,10 @@ def test_step_sizes_follow_a_schedule(single, backend):
     np.testing.assert_array_equal(frozen.object.data, np.ones_like(frozen.object.data))
     moving = run(single, [{**_engine("epie", 3), "solver": solver}], backend=backend)
     assert np.abs(moving.object.data - 1).max() > 0.05
+
+
+@pytest.mark.parametrize("solver", ["epie", "lsqml"])
+def test_probe_is_refined_from_a_wrong_initial_defocus(single, solver):
+    """The data have 50 Å defocus; the initial probe assumes 80 Å."""
+    state = run(single, [_engine(solver, 20)], backend="jax", init={"probe": {"type": "focused", "defocus_A": 80.0}})
+    assert score_state(state, ground_truth(single))["pearson"] >= 0.95
