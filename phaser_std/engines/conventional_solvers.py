@@ -203,7 +203,9 @@ class LsqmlSolver(ConventionalSolver):
             alpha = _optimal_step(xp, chi, a, cfg.gamma, (1, 2, 3))
         else:
             pdir, frac, o0 = probe_dir
-            b = shift_probes(bk, pdir, frac) * o0[:, None]
+            # the step size only: the probe direction without its sub-pixel shift (≤ ½ px)
+            # changes α negligibly and saves an inverse FFT of every wave of the group
+            b = pdir[None] * o0[:, None]
             alpha, probe_step = _joint_steps(xp, chi, a, b, cfg.gamma)
             probe_step = (xp.clip(probe_step, 0.0, None) * mask, pdir)
         alpha = xp.clip(alpha, 0.0, None) * mask
@@ -245,7 +247,8 @@ class LsqmlSolver(ConventionalSolver):
         chi0 = g
         pdir = self.probe_direction(bk, frac, views[:, 0], chi0, mask)[0] if update_probe else None
         # the combined direction, carried to the exit plane (linearised multislice)
-        d_wave = shift_probes(bk, pdir, frac) if update_probe else xp.zeros_like(psis[0])
+        # (step sizes only: the probe direction without its sub-pixel shift, as in the single slice)
+        d_wave = xp.broadcast_to(pdir[None], psis[0].shape) if update_probe else xp.zeros_like(psis[0])
         for i in range(n_slices):
             d_view = get_views(bk, directions[i][None], starts, shape)[:, 0]
             d_wave = d_wave * views[:, i][:, None] + d_view[:, None] * psis[i]
