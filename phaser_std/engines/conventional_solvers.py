@@ -247,8 +247,7 @@ class LsqmlSolver(ConventionalSolver):
         chi0 = g
         pdir = self.probe_direction(bk, frac, views[:, 0], chi0, mask)[0] if update_probe else None
         # the combined direction, carried to the exit plane (linearised multislice)
-        # (step sizes only: the probe direction without its sub-pixel shift, as in the single slice)
-        d_wave = xp.broadcast_to(pdir[None], psis[0].shape) if update_probe else xp.zeros_like(psis[0])
+        d_wave = shift_probes(bk, pdir, frac) if update_probe else xp.zeros_like(psis[0])
         for i in range(n_slices):
             d_view = get_views(bk, directions[i][None], starts, shape)[:, 0]
             d_wave = d_wave * views[:, i][:, None] + d_view[:, None] * psis[i]
