@@ -51,7 +51,8 @@ class EpieConfig:
 @attrs.frozen
 class LsqmlConfig:
     beta_object: Schedulable = param(0.5, doc="object step (0..1], or a schedule over iterations")
-    beta_probe: Schedulable = param(1.0, doc="probe step (0..1], or a schedule over iterations")
+    beta_probe: Schedulable = param(0.5, doc="probe step (0..1], or a schedule over iterations; "
+                                    "1.0 recovers a poorly known single-slice probe faster")
     illum_reg_object: float = param(0.1, doc="δ_O: added to the illumination, as a fraction of its maximum")
     illum_reg_probe: float = param(0.1, doc="δ_P: added to Σ|O|², as a fraction of its maximum")
     gamma: float = param(1e-6, doc="regularises the optimal-step denominators (relative)")
