@@ -65,6 +65,17 @@ def _abs2(xp: Any, z: Any) -> Any:
     return xp.real(z) ** 2 + xp.imag(z) ** 2
 
 
+def _object_maps(bk: Any, obj_slice: Any, starts: Any, psi: Any, chi: Any, m: Any) -> tuple[Any, Any, Any]:
+    """The object-update numerator Σ conj(ψ)·χ scatter-added on the slice ``(H, W)``, the
+    per-position illumination Σ_modes |ψ|² ``(B, Ny, Nx)`` and its scatter-added map."""
+    xp = bk.xp
+    num = xp.sum(xp.conj(psi) * chi, axis=1) * m
+    illum = xp.sum(_abs2(xp, psi), axis=1) * m
+    num_map = add_views(bk, xp.zeros_like(obj_slice), starts, num)
+    illum_map = add_views(bk, xp.zeros(obj_slice.shape, dtype=bk.real_dtype), starts, illum)
+    return num_map, illum, illum_map
+
+
 def _optimal_step(xp: Any, chi: Any, d: Any, gamma: float, axes: tuple) -> Any:
     """α = Re Σ χ·conj(d) / (Σ|d|² + γ·max): the least-squares step along ``d`` (Odstrčil eq. 23)."""
     num = xp.sum(xp.real(chi * xp.conj(d)), axis=axes)
@@ -151,10 +162,7 @@ class EpieSolver(ConventionalSolver):
     def object_update(self, bk, obj_slice, starts, psi, chi, mask, probe_dir=None):
         xp = bk.xp
         m = mask[:, None, None]
-        num = xp.sum(xp.conj(psi) * chi, axis=1) * m
-        illum = xp.sum(_abs2(xp, psi), axis=1) * m
-        num_map = add_views(bk, xp.zeros_like(obj_slice), starts, num)
-        illum_map = add_views(bk, xp.zeros(obj_slice.shape, dtype=bk.real_dtype), starts, illum)
+        num_map, _, illum_map = _object_maps(bk, obj_slice, starts, psi, chi, m)
         delta = self.beta_object * num_map / (xp.max(illum_map) + 1e-30)
         return obj_slice + delta, delta, None
 
@@ -192,10 +200,7 @@ class LsqmlSolver(ConventionalSolver):
         xp = bk.xp
         cfg = self.config
         m = mask[:, None, None]
-        num = xp.sum(xp.conj(psi) * chi, axis=1) * m
-        illum = xp.sum(_abs2(xp, psi), axis=1) * m
-        num_map = add_views(bk, xp.zeros_like(obj_slice), starts, num)
-        illum_map = add_views(bk, xp.zeros(obj_slice.shape, dtype=bk.real_dtype), starts, illum)
+        num_map, illum, illum_map = _object_maps(bk, obj_slice, starts, psi, chi, m)
         direction = num_map / (illum_map + cfg.illum_reg_object * xp.max(illum_map) + 1e-30)
         d_views = get_views(bk, direction[None], starts, psi.shape[-2:])[:, 0]
         a = d_views[:, None] * psi
@@ -238,10 +243,7 @@ class LsqmlSolver(ConventionalSolver):
         g = chi
         for i in range(n_slices - 1, -1, -1):
             psi = psis[i]
-            num = xp.sum(xp.conj(psi) * g, axis=1) * m
-            illums[i] = xp.sum(_abs2(xp, psi), axis=1) * m
-            num_map = add_views(bk, xp.zeros_like(obj[i]), starts, num)
-            illum_maps[i] = add_views(bk, xp.zeros(obj[i].shape, dtype=bk.real_dtype), starts, illums[i])
+            num_map, illums[i], illum_maps[i] = _object_maps(bk, obj[i], starts, psi, g, m)
             directions[i] = num_map / (illum_maps[i] + cfg.illum_reg_object * xp.max(illum_maps[i]) + 1e-30)
             if i > 0:
                 g = propagate(bk, xp.conj(views[:, i])[:, None] * g, xp.conj(props[i - 1]))
