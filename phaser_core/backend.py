@@ -72,11 +72,12 @@ class BaseBackend:
 
     @property
     def real_dtype(self) -> Any:
-        return self.xp.dtype(DTYPES[self.dtype][0])
+        """The float dtype of the policy, as a numpy dtype (every array library accepts it)."""
+        return np.dtype(DTYPES[self.dtype][0])
 
     @property
     def complex_dtype(self) -> Any:
-        return self.xp.dtype(DTYPES[self.dtype][1])
+        return np.dtype(DTYPES[self.dtype][1])
 
     def asarray(self, x: Any, dtype: Any = None) -> Any:
         """Move ``x`` to this backend. Floats and complex values follow the dtype policy

@@ -29,14 +29,6 @@ class CupyBackend(BaseBackend):
     name = "cupy"
     xp = cupy
 
-    @property
-    def real_dtype(self) -> Any:
-        return np.dtype(np.float64 if self.dtype == "float64" else np.float32)
-
-    @property
-    def complex_dtype(self) -> Any:
-        return np.dtype(np.complex128 if self.dtype == "float64" else np.complex64)
-
     def asarray(self, x: Any, dtype: Any = None) -> Any:
         """Copy ``x`` (numpy, cupy or a Python scalar/list) to the GPU. Floats and complex
         values follow the dtype policy unless ``dtype`` is given; integers keep their type."""

@@ -45,14 +45,6 @@ class JaxBackend(BaseBackend):
             enable_x64()
 
     @property
-    def real_dtype(self) -> Any:
-        return np.dtype(np.float64 if self.dtype == "float64" else np.float32)
-
-    @property
-    def complex_dtype(self) -> Any:
-        return np.dtype(np.complex128 if self.dtype == "float64" else np.complex64)
-
-    @property
     def device(self) -> Any:
         """The jax device arrays are placed on."""
         return jax.devices()[0]
