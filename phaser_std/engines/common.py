@@ -15,10 +15,10 @@ from typing import Any, Callable
 import attrs
 import numpy as np
 
-from phaser_core.config import Flag, RegularizerSpec, param
+from phaser_core.config import RegularizerSpec, param
 from phaser_core.observer import notify
 from phaser_core.plan import SlicesPlan
-from phaser_core.state import ObjectState, ProbeState, ReconsState
+from phaser_core.state import ObjectState, ReconsState
 from phaser_std.engines.grouping import iteration_groups
 from phaser_std.engines.regularizers import RegInfo
 from phaser_std.physics.forward import check_views_inside, scan_to_pixels

@@ -105,7 +105,6 @@ class LimitProbeSupport(Constraint):
             raise ValueError("limit_probe_support: give max_angle_mrad [mrad] and/or radius_A [Å]")
 
     def apply(self, bk, probe, obj, info):
-        xp = bk.xp
         shape = tuple(probe.shape[-2:])
         out = probe
         if self.config.max_angle_mrad is not None:

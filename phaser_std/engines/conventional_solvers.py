@@ -26,7 +26,6 @@ import copy
 from typing import Any
 
 import attrs
-import numpy as np
 
 from phaser_core.config import Schedulable, param, schedule_value
 from phaser_std.physics.forward import (

@@ -9,8 +9,6 @@ is kept in ``state.extra`` so a resumed run continues exactly.
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 import numpy as np
 
