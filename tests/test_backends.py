@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from helpers import assert_close, tolerance
@@ -317,3 +319,30 @@ def test_interleaved_index_adds_complex_values_through_the_real_view():
     np.add.at(flat, im_index, values.imag)
     np.testing.assert_allclose(target, expected, rtol=1e-6, atol=1e-6)
     assert interleaved_index((slice(None), iy, slice(0, 6)), 3) is None
+
+
+def test_jax_compiled_steps_are_cached_on_disk(tmp_path):
+    """A second process finds the compiled function in $PHASER_CACHE_DIR/jax."""
+    pytest.importorskip("jax", reason="jax is not installed")
+    import subprocess
+    import sys
+
+    code = """
+import os
+
+import numpy as np
+from phaser_core.registry import get_registry
+bk = get_registry().get("backend", "jax").obj("float32")
+f = bk.jit(lambda x: bk.fft2(x * 2.0).sum())
+x = bk.asarray(np.ones((4, 256, 256), np.complex64))
+for _ in range(3):
+    x = x + f(x)
+print(float(abs(bk.to_numpy(f(x)))))
+"""
+    env = dict(os.environ, PHASER_CACHE_DIR=str(tmp_path), PHASER_JAX_CACHE="1", PHASER_JAX_CACHE_MIN_COMPILE_S="0")
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
+    assert any((tmp_path / "jax").iterdir()), "nothing was written to the compilation cache"
+    off = tmp_path / "off"
+    env = dict(os.environ, PHASER_CACHE_DIR=str(off), PHASER_JAX_CACHE="0")
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
+    assert not off.exists()

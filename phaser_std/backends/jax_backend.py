@@ -14,17 +14,47 @@ turned off again by phaser, since arrays already created in 64 bits would then m
 
 Arrays are immutable: :meth:`add_at` and :meth:`set_at` return new arrays (``x.at[i].add``),
 so callers must always use the returned value.
+
+Compilation cache. Compiled group steps are kept on disk (jax's persistent compilation
+cache) in ``$PHASER_CACHE_DIR/jax`` (default ``~/.cache/phaser/jax``), so a second run on
+data of the same shapes starts without recompiling (measured: first iteration 0.7 -> 0.2 s
+on ``examples/sim_small``). ``PHASER_JAX_CACHE=0`` turns it off, functions that compile faster
+than ``PHASER_JAX_CACHE_MIN_COMPILE_S`` (0.1 s) are not stored; a cache directory the user
+configured in jax is left alone.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+import os
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from phaser_core.backend import BaseBackend
+
+
+def enable_compilation_cache() -> Path | None:
+    """Point jax's persistent compilation cache at phaser's cache folder (see the module
+    docstring); returns the folder, or None when disabled or already configured."""
+    if os.environ.get("PHASER_JAX_CACHE", "1").lower() in ("0", "false", "no"):
+        return None
+    if getattr(jax.config, "jax_compilation_cache_dir", None):
+        return None
+    base = os.environ.get("PHASER_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "phaser")
+    folder = Path(base) / "jax"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # read-only home: run without the cache
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    # only functions worth caching (the group steps take 0.3-3 s to compile)
+    min_s = float(os.environ.get("PHASER_JAX_CACHE_MIN_COMPILE_S", "0.1"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_s)
+    return folder
 
 
 def enable_x64() -> None:
@@ -41,6 +71,7 @@ class JaxBackend(BaseBackend):
 
     def __init__(self, dtype: str = "float32"):
         super().__init__(dtype)
+        enable_compilation_cache()
         if self.dtype == "float64":
             enable_x64()
 
