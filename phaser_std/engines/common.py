@@ -1,10 +1,11 @@
-"""What every engine does around its update rule: settings, device transfer, the loop.
+"""What every engine does around its update rule: settings, transfer, the iteration loop.
 
-An engine (conventional or gradient) supplies a per-group step and a per-iteration hook;
-:class:`EngineLoop` owns the rest: resampling the state to the engine's settings, moving
-patterns and state to the backend, the dry run that scales the probe to the data, the
-per-iteration grouping from the plan seed, flags, constraints, timing, observers and
-Ctrl-C. Positions stay on the host in float64 [Å]; view corners are computed per group.
+Engines (conventional, gradient) resample the state to their settings
+(:func:`resample_for_engine`), move patterns to the backend (:func:`patterns_to_device`)
+and supply three hooks to :class:`EngineLoop`: the start of an iteration, the per-group
+step and the end of an iteration. The loop owns the rest: the grouping from the plan seed,
+view corners of all positions once per iteration, timing, the progress record, observers
+and Ctrl-C. Positions stay on the host in float64 [Å].
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import attrs
 import numpy as np
 
 from phaser_core.config import RegularizerSpec, param
+from phaser_core.errors import PhaserError
 from phaser_core.observer import notify
 from phaser_core.plan import SlicesPlan
 from phaser_core.state import ObjectState, ReconsState
@@ -72,12 +74,17 @@ def apply_constraints(bk: Any, constraints: list, probe: Any, obj: Any, info: Re
     return probe, obj
 
 
+class EngineDiverged(PhaserError):
+    """The loss became NaN or infinite; the last finite state is what observers hold."""
+
+
 class EngineLoop:
     """Runs ``niter`` iterations of an engine over groups of positions.
 
-    ``group_step(iteration, idx, mask, starts, frac) -> loss_sum`` updates the engine's
-    device state; ``end_iteration(iteration)`` runs per-iteration updates (positions,
-    constraints). The loop records progress, notifies observers and honours
+    ``begin_iteration(iteration)`` evaluates what is fixed for an iteration (flags,
+    scheduled hyperparameters); ``group_step(iteration, idx, mask, starts, frac) ->
+    loss_sum`` updates the engine's device state; ``end_iteration(iteration)`` runs
+    per-iteration updates (positions, constraints). The loop records progress, notifies observers and honours
     ``ctx.stop_requested``.
     """
 
@@ -94,12 +101,14 @@ class EngineLoop:
 
     def run(self, state: ReconsState, *, scan_A: Callable[[], np.ndarray], obj_geometry: Callable[[], ObjectState],
             probe_shape: tuple[int, int], group_step: Callable, end_iteration: Callable,
-            snapshot: Callable[[], ReconsState]) -> ReconsState:
+            snapshot: Callable[[], ReconsState], begin_iteration: Callable | None = None) -> ReconsState:
         ctx = self.ctx
         start_iter = state.iteration.engine_iter if state.iteration.engine_num == ctx.engine_num else 0
         total = state.iteration.total_iter
         for it in range(start_iter, self.niter):
             t0 = time.perf_counter()
+            if begin_iteration is not None:
+                begin_iteration(it)
             positions = scan_A()
             geometry = obj_geometry()
             groups = self.groups(positions, it)
@@ -125,7 +134,7 @@ class EngineLoop:
             metrics = {"loss": loss, "time_s": dt, "engine_iter": it + 1, "niter": self.niter,
                        "total_iter": total, "engine": self.name, "engine_num": ctx.engine_num}
             if not np.isfinite(loss):
-                raise FloatingPointError(f"{self.name} engine: the loss became {loss} at iteration {it + 1}; "
+                raise EngineDiverged(f"{self.name} engine: the loss became {loss} at iteration {it + 1}; "
                                          "lower the step sizes (beta_*, learning_rate) or raise the noise "
                                          "model's eps")
             notify(ctx.observers, "after_iteration", state, metrics, ctx)

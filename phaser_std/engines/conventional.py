@@ -141,16 +141,20 @@ class ConventionalEngine:
         def positions_on(it: int) -> bool:
             return pos_solver is not None and cfg.update_positions(it)
 
+        cur: dict[str, Any] = {}
+
+        def begin_iteration(it):
+            cur["hyper"] = {k: bk.asarray(np.asarray(v, dtype=bk.real_dtype))
+                            for k, v in solver.hyperparams(it, reg).items()}
+            cur["flags"] = {"update_object": cfg.update_object(it), "update_probe": cfg.update_probe(it),
+                            "update_positions": positions_on(it)}
+
         def group_step(it, idx, mask, starts, frac):
-            upd_pos = positions_on(it)
-            hyper = {k: bk.asarray(np.asarray(v, dtype=bk.real_dtype))
-                     for k, v in solver.hyperparams(it, reg).items()}
             obj_, probe_, loss, shift = step(live["obj"], live["probe"], patterns, bk.asarray(idx),
-                                             bk.asarray(starts), bk.asarray(frac), bk.asarray(mask), hyper,
-                                             update_object=cfg.update_object(it), update_probe=cfg.update_probe(it),
-                                             update_positions=upd_pos)
+                                             bk.asarray(starts), bk.asarray(frac), bk.asarray(mask), cur["hyper"],
+                                             **cur["flags"])
             live["obj"], live["probe"] = obj_, probe_
-            if upd_pos:
+            if cur["flags"]["update_positions"]:
                 live["shift"][idx[mask]] += bk.to_numpy(shift)[mask] * sampling
             return loss
 
@@ -175,7 +179,7 @@ class ConventionalEngine:
                           n_positions=scan.shape[0])
         return loop.run(state, scan_A=lambda: live["scan"], obj_geometry=lambda: geometry,
                         probe_shape=probe_shape, group_step=group_step, end_iteration=end_iteration,
-                        snapshot=snapshot)
+                        snapshot=snapshot, begin_iteration=begin_iteration)
 
     def estimate_memory(self, data_shape: Any, state_shapes: dict, dtype: str, backend: str = "numpy") -> list:
         """Peak-memory terms ``[(name, bytes, setting_hint, where)]`` (phaser_core.memory)."""

@@ -199,7 +199,7 @@ class GradientEngine:
         lo = np.asarray(geometry.corner_A) + np.asarray(sampling) * half
         hi = np.asarray(geometry.corner_A) + np.asarray(sampling) * (
             np.array(geometry.shape) - np.array(probe_shape) + half - 1)
-        cur: dict[str, Any] = {"it": None}
+        cur: dict[str, Any] = {}
 
         def flags(it: int) -> dict[str, bool]:
             return {"update_object": solvers["object"] is not None and cfg.update_object(it),
@@ -208,7 +208,6 @@ class GradientEngine:
                     "grad_tilt": solvers["tilt"] is not None and cfg.update_tilt(it) and len(thick) > 1}
 
         def begin_iteration(it: int) -> None:
-            cur["it"] = it
             cur["flags"] = flags(it)
             cur["hyper"] = {k: (solvers[k].hyperparams(it) if solvers[k] is not None else {})
                             for k in ("object", "probe")}
@@ -218,8 +217,6 @@ class GradientEngine:
             cur["tilt_dev"] = bk.asarray(live["tilt"])
 
         def group_step(it, idx, mask, starts, frac):
-            if cur["it"] != it:
-                begin_iteration(it)
             idx_d = bk.asarray(idx)
             tilt_g = cur["tilt_dev"] if live["tilt"].ndim == 1 else cur["tilt_dev"][idx_d]
             params = {"object": live["object"], "probe": live["probe"]}
@@ -253,7 +250,6 @@ class GradientEngine:
                     g /= n_pos
                 u, host_states["tilt"] = solvers["tilt"].update(host, g, host_states["tilt"], live["tilt"], it)
                 live["tilt"] = live["tilt"] + np.asarray(u, dtype=np.float64)
-            cur["it"] = None
 
         def snapshot() -> ReconsState:
             saved_now = {k: _pack(solvers[k].state_to_numpy(s, bk)) for k, s in opt_states.items()}
@@ -271,7 +267,7 @@ class GradientEngine:
         loop = EngineLoop(name="gradient", niter=cfg.niter, grouping=cfg.grouping, ctx=ctx, n_positions=n_pos)
         return loop.run(state, scan_A=lambda: live["scan"], obj_geometry=lambda: geometry,
                         probe_shape=probe_shape, group_step=group_step, end_iteration=end_iteration,
-                        snapshot=snapshot)
+                        snapshot=snapshot, begin_iteration=begin_iteration)
 
     def estimate_memory(self, data_shape: Any, state_shapes: dict, dtype: str, backend: str = "numpy") -> list:
         """Peak-memory terms ``[(name, bytes, setting_hint, where)]`` (phaser_core.memory)."""

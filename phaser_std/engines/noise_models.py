@@ -30,18 +30,10 @@ from typing import Any
 import attrs
 
 from phaser_core.config import param
+from phaser_std.physics.forward import intensity  # re² + im²: finite jax.grad at Ψ = 0
 
 __all__ = ["intensity", "wirtinger_far_grad", "GaussianNoise", "PoissonNoise", "AmplitudeNoise",
            "AnscombeNoise", "register_all"]
-
-
-def intensity(bk: Any, far_wave: Any) -> Any:
-    """``Σ_modes |Ψ|²`` of ``far_wave`` ``(B, M, Qy, Qx)`` -> ``(B, Qy, Qx)``.
-
-    Written as ``re² + im²`` (not ``abs(Ψ)**2``): ``jax.grad`` of ``abs`` is NaN at 0.
-    """
-    xp = bk.xp
-    return xp.sum(xp.real(far_wave) ** 2 + xp.imag(far_wave) ** 2, axis=1)
 
 
 def wirtinger_far_grad(bk: Any, far_wave: Any, dL_dI: Any) -> Any:
