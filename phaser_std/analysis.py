@@ -39,6 +39,21 @@ def remove_ramp(values: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarra
     return values - (a @ coef).reshape(values.shape)
 
 
+def scan_box(shape: tuple, sampling_A: Any, corner_A: Any, scan_A: np.ndarray,
+             margin_A: float = 0.0) -> tuple[int, int, int, int]:
+    """Pixel bounds ``(i0, i1, j0, j1)`` of the scan's bounding box [Å] (shrunk by
+    ``margin_A``) on a grid with pixel (0, 0)'s centre at ``corner_A``."""
+    s = np.broadcast_to(np.asarray(sampling_A, dtype=np.float64), (2,))
+    corner = np.asarray(corner_A, dtype=np.float64)
+    lo = np.asarray(scan_A).min(axis=0) + margin_A
+    hi = np.asarray(scan_A).max(axis=0) - margin_A
+    i0, j0 = np.maximum(np.ceil((lo - corner) / s).astype(int), 0)
+    i1, j1 = np.minimum(np.floor((hi - corner) / s).astype(int) + 1, shape[-2:])
+    if i1 - i0 < 3 or j1 - j0 < 3:
+        raise ValueError("the scanned area holds fewer than 3x3 reconstruction pixels")
+    return int(i0), int(i1), int(j0), int(j1)
+
+
 def phase_score(recon_phase: np.ndarray, recon_sampling_A: Any, recon_corner_A: Any, gt_phase: np.ndarray,
                 gt_sampling_A: Any, scan_A: np.ndarray, *, periodic: bool = False, margin_A: float = 0.0) -> dict:
     """Compare a reconstructed phase (H, W) [rad] with the ground truth.
@@ -50,12 +65,7 @@ def phase_score(recon_phase: np.ndarray, recon_sampling_A: Any, recon_corner_A: 
     s = np.broadcast_to(np.asarray(recon_sampling_A, dtype=np.float64), (2,))
     sg = np.broadcast_to(np.asarray(gt_sampling_A, dtype=np.float64), (2,))
     corner = np.asarray(recon_corner_A, dtype=np.float64)
-    lo = np.asarray(scan_A).min(axis=0) + margin_A
-    hi = np.asarray(scan_A).max(axis=0) - margin_A
-    i0, j0 = np.maximum(np.ceil((lo - corner) / s).astype(int), 0)
-    i1, j1 = np.minimum(np.floor((hi - corner) / s).astype(int) + 1, recon_phase.shape)
-    if i1 - i0 < 3 or j1 - j0 < 3:
-        raise ValueError("the scanned area holds fewer than 3x3 reconstruction pixels")
+    i0, i1, j0, j1 = scan_box(recon_phase.shape, s, corner, scan_A, margin_A)
     ii, jj = np.meshgrid(np.arange(i0, i1), np.arange(j0, j1), indexing="ij")
     gy = (corner[0] + ii * s[0]) / sg[0]
     gx = (corner[1] + jj * s[1]) / sg[1]
@@ -74,13 +84,21 @@ def score_state(state: Any, ground_truth: dict, *, slice_index: int | None = Non
     """:func:`phase_score` of a state's summed object phase (or one slice) against
     ``RawData.ground_truth`` (``phase`` or ``potential`` per slice, ``sampling_A``)."""
     obj = np.asarray(state.object.data)
-    phases = np.angle(obj)
+    # remove each slice's mean phase over the scanned area before taking angles, so an
+    # offset near ±π does not wrap (a constant is removed from the score anyway)
+    i0, i1, j0, j1 = scan_box(obj.shape, state.object.sampling_A, state.object.corner_A,
+                              np.asarray(state.scan_A), margin_A)
+    mean = obj[:, i0:i1, j0:j1].mean(axis=(-2, -1), keepdims=True)
+    phases = np.angle(obj * np.conj(mean) / np.maximum(np.abs(mean), 1e-30))
     if slice_index is None:
         recon = phases.sum(axis=0)
         gt = np.asarray(ground_truth["phase"])
     else:
+        potential = np.asarray(ground_truth["potential"])
+        if potential.shape[0] != obj.shape[0]:
+            raise ValueError(f"the state has {obj.shape[0]} slices, the ground truth {potential.shape[0]}")
         recon = phases[slice_index]
-        gt = np.asarray(ground_truth["potential"])[slice_index]
+        gt = potential[slice_index]
     periodic = str(ground_truth.get("periodic", "no")).lower() in ("yes", "true", "1")
     return phase_score(recon, state.object.sampling_A, state.object.corner_A, gt, ground_truth["sampling_A"],
                        np.asarray(state.scan_A), periodic=periodic, margin_A=margin_A)

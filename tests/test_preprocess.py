@@ -68,7 +68,19 @@ def test_bin_conserves_counts_and_scales_sampling():
     assert out.reciprocal_sampling_invA == pytest.approx((0.2, 0.24))
     assert not out.mask[1, 1] and out.mask.sum() == 63
     out3 = pp.bin_detector(pp.BinConfig(factor=(3, 4)), data, CTX)
-    assert out3.pattern_shape == (5, 4)
+    # 16 px in blocks of 4 with pixel 8 in a middle position of block n//2: only 3 blocks fit
+    assert out3.pattern_shape == (5, 3)
+
+
+@pytest.mark.parametrize("q,f", [(128, 2), (96, 3), (128, 3), (64, 4), (65, 2), (64, 1)])
+def test_bin_keeps_the_zero_angle_at_the_centre_pixel(q, f):
+    """Zero angle at Q//2 before binning -> the binned pixel n//2 holds it."""
+    p = np.zeros((1, q, q), np.float32)
+    p[0, q // 2, q // 2] = 1.0
+    out = pp.bin_detector(pp.BinConfig(factor=f), RawData(patterns=p), CTX)
+    n = out.pattern_shape[0]
+    assert np.unravel_index(np.argmax(out.patterns[0]), (n, n)) == (n // 2, n // 2)
+    assert n >= q // f - 1
 
 
 def test_pad_masks_new_pixels():

@@ -127,7 +127,7 @@ def summary_rows(data: RawData) -> list[tuple[str, str, str]]:
     sums = p.reshape(n, -1).sum(axis=1, dtype=np.float64)
     rows.append(("mean counts / pattern", _fmt(float(np.nanmean(sums)), "e"), ""))
     if f.get("scan_step_A") is not None:
-        area = f["scan_step_A"][0] * f["scan_step_A"][1]
+        area = abs(f["scan_step_A"][0] * f["scan_step_A"][1])
         rows.append(("dose", _fmt(float(np.nanmean(sums)) / area, "e/Å²"), "mean counts / step area"))
     rows += [
         ("linear oversampling", _fmt(f.get("linear_oversampling")), "1/(2·Δr·Δk), Edo 2013; ≥ 1 needed"),
@@ -244,7 +244,9 @@ def write_png(data: RawData, path: str | Path) -> Path:
     if ov is not None:
         field, corner = ov
         s = data.real_space_sampling_A()
-        ext = (corner[1], corner[1] + field.shape[1] * s[1], corner[0] + field.shape[0] * s[0], corner[0])
+        # corner is pixel (0, 0)'s centre; imshow's extent is the outer pixel edges
+        ext = (corner[1] - s[1] / 2, corner[1] + (field.shape[1] - 0.5) * s[1],
+               corner[0] + (field.shape[0] - 0.5) * s[0], corner[0] - s[0] / 2)
         im = ax.imshow(field, cmap="viridis", extent=ext)
         fig.colorbar(im, ax=ax, fraction=0.046)
         ax.set_xlabel("x [Å]")

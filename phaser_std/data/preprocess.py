@@ -104,13 +104,27 @@ class BinConfig:
                                     converter=_int_pair)
 
 
+def _bin_layout(q: int, f: int) -> tuple[int, int]:
+    """(first pixel, number of blocks) so that pixel q//2 is a middle pixel of block n//2
+    (the centre for odd ``f``; either of the two middle ones for even ``f``), keeping as
+    many blocks as fit."""
+    n = q // f
+    while n > 0:
+        for k in dict.fromkeys((f // 2, (f - 1) // 2)):
+            start = q // 2 - (n // 2) * f - k
+            if start >= 0 and start + n * f <= q:
+                return start, n
+        n -= 1
+    raise DataError(f"bin: factor {f} is larger than the detector ({q} px)")
+
+
 def bin_detector(config: BinConfig, data: RawData, ctx: LoadContext) -> RawData:
     """Sum blocks of detector pixels (counts are conserved; Δk is multiplied by the factor).
 
-    Pixels beyond a whole number of blocks are cropped symmetrically first. The zero angle,
-    at pixel Q//2, lands at new pixel (Q//2)//f: with even ``f`` it then sits on a block's
-    edge rather than its centre; run ``center_diffraction`` afterwards if that matters.
-    A binned pixel is valid when every pixel in its block is.
+    The blocks are laid so that the zero angle (pixel Q//2) stays at the new pixel n//2,
+    n the binned size: exactly at its centre for odd ``f``, ½ old pixel (1/(2f) new pixel)
+    off it for even ``f``, which no block layout avoids. Pixels outside whole blocks are
+    dropped. A binned pixel is valid when every pixel in its block is.
     """
     fy, fx = config.factor
     if fy < 1 or fx < 1:
@@ -119,7 +133,7 @@ def bin_detector(config: BinConfig, data: RawData, ctx: LoadContext) -> RawData:
     ny, nx = qy // fy, qx // fx
     if ny == 0 or nx == 0:
         raise DataError(f"bin: factor {config.factor} is larger than the detector {(qy, qx)}")
-    cy, cx = (qy - ny * fy) // 2, (qx - nx * fx) // 2
+    (cy, ny), (cx, nx) = _bin_layout(qy, fy), _bin_layout(qx, fx)
     p = np.asarray(data.patterns)[:, cy:cy + ny * fy, cx:cx + nx * fx]
     binned = p.reshape(p.shape[0], ny, fy, nx, fx).sum(axis=(2, 4), dtype=np.float64).astype(p.dtype)
     mask = None

@@ -46,10 +46,24 @@ class FocusedProbeConfig:
     conv_angle_mrad: float | None = param(None, unit="mrad", doc="aperture semi-angle; default: the data's")
     defocus_A: float | None = param(None, unit="Å",
                                     doc="defocus (= −C10, positive: crossover downstream); default: the data's, else 0")
-    aberrations: dict | None = param(None, doc="Krivanek coefficients C10..C56 [Å] and angles phi12.. [rad]")
+    aberrations: dict | None = param(None, doc="Krivanek coefficients C10..C56 [Å] and angles phi12.. [rad] "
+                                               "(null: the data file's `aberrations`, if any)")
     soft_edge_px: float = param(0.0, unit="px", doc="width of a soft aperture edge in reciprocal pixels")
     n_modes: int = param(1, doc="number of mixed-state probe modes")
     first_mode_power: float = param(0.8, doc="fraction of the power in mode 0 when n_modes > 1")
+
+
+def _data_aberrations(data: Any) -> dict | None:
+    """Aberrations [Å, rad] recorded with the data (``aberrations`` attribute: a mapping or
+    its JSON text, as ``phaser simulate`` writes it), or None."""
+    value = (data.extra or {}).get("aberrations")
+    if value is None:
+        return None
+    if isinstance(value, (bytes, str)):
+        import json
+
+        value = json.loads(value)
+    return {str(k): float(v) for k, v in dict(value).items()} or None
 
 
 def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
@@ -65,9 +79,10 @@ def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
         raise ValueError("probe initializer 'focused': energy_eV is missing; give it in the plan's "
                          "raw_data or the data file")
     defocus = config.defocus_A if config.defocus_A is not None else (data.defocus_A or 0.0)
+    aberrations = config.aberrations if config.aberrations is not None else _data_aberrations(data)
     sampling = data.real_space_sampling_A()
     probe = make_probe(data.pattern_shape, sampling, _wavelength(ctx), float(conv), defocus_A=float(defocus),
-                       aberrations=config.aberrations, soft_edge_px=config.soft_edge_px)
+                       aberrations=aberrations, soft_edge_px=config.soft_edge_px)
     rng = np.random.default_rng(_stream(ctx.seed, "probe-modes"))
     modes = make_modes(probe, config.n_modes, config.first_mode_power, rng if config.n_modes > 1 else None)
     return ProbeState(data=_scale_to_data(modes, ctx), sampling_A=tuple(float(s) for s in sampling))
@@ -170,7 +185,8 @@ def init_random_object(config: RandomObjectConfig, ctx: Any) -> ObjectState:
 class FromDataScanConfig:
     """Scan positions recorded with the data, else a raster from its scan shape and step."""
 
-    rotation_deg: float = param(0.0, unit="deg", doc="scan rotation applied when building a raster")
+    rotation_deg: float = param(0.0, unit="deg", doc="scan rotation: applied when building a raster, and "
+                                "about their centroid to positions recorded with the data")
 
 
 def init_scan_from_data(config: FromDataScanConfig, ctx: Any) -> np.ndarray:
@@ -180,6 +196,12 @@ def init_scan_from_data(config: FromDataScanConfig, ctx: Any) -> np.ndarray:
     data = ctx.data
     if data.scan_positions_A is not None:
         scan = np.asarray(data.scan_positions_A, dtype=np.float64).reshape(-1, 2)
+        if config.rotation_deg:
+            # the raster convention (fast axis (sin θ, cos θ)) about the positions' centroid
+            t = np.deg2rad(config.rotation_deg)
+            rot = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])  # (y, x) -> (y', x')
+            centre = scan.mean(axis=0)
+            scan = (scan - centre) @ rot.T + centre
     else:
         missing = [k for k in ("scan_shape", "scan_step_A") if getattr(data, k) is None]
         if missing:

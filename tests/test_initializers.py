@@ -1,0 +1,46 @@
+"""Initialisers that read the data's metadata: aberrations and scan rotation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from phaser_core.context import InitContext
+from phaser_core.data import RawData
+from phaser_core.physics_constants import wavelength_A
+from phaser_std.physics.initializers import (FocusedProbeConfig, FromDataScanConfig, init_focused_probe,
+                                             init_scan_from_data)
+from phaser_std.physics.probe import make_probe
+from phaser_std.physics.scan import raster_scan
+
+
+def _data(**extra) -> RawData:
+    return RawData(patterns=np.ones((12, 32, 32), np.float32), reciprocal_sampling_invA=(0.1, 0.1),
+                   energy_eV=200e3, convergence_angle_mrad=20.0, defocus_A=40.0, scan_shape=(3, 4),
+                   scan_step_A=(0.5, 0.5), extra=extra)
+
+
+def test_focused_probe_takes_the_aberrations_recorded_with_the_data():
+    aberrations = {"C30": 2.0e4, "C12": 30.0, "phi12": 0.4}
+    data = _data(aberrations=json.dumps(aberrations))
+    probe = init_focused_probe(FocusedProbeConfig(), InitContext(data=data)).data[0]
+    expected = make_probe((32, 32), data.real_space_sampling_A(), wavelength_A(200e3), 20.0, defocus_A=40.0,
+                          aberrations=aberrations)
+    without = make_probe((32, 32), data.real_space_sampling_A(), wavelength_A(200e3), 20.0, defocus_A=40.0)
+    scale = np.sqrt(np.sum(np.abs(probe) ** 2))
+    np.testing.assert_allclose(probe / scale, expected, atol=1e-6)
+    assert np.abs(probe / scale - without).max() > 1e-2
+    # the plan's value wins
+    plan = init_focused_probe(FocusedProbeConfig(aberrations={}), InitContext(data=data)).data[0]
+    np.testing.assert_allclose(plan / scale, without, atol=1e-6)
+
+
+@pytest.mark.parametrize("rotation", [0.0, 17.0])
+def test_scan_rotation_applies_to_recorded_positions_like_a_raster(rotation):
+    positions = raster_scan((3, 4), (0.5, 0.5)) + np.array([5.0, 7.0])
+    data = _data().replace(scan_positions_A=positions)
+    scan = init_scan_from_data(FromDataScanConfig(rotation_deg=rotation), InitContext(data=data))
+    expected = raster_scan((3, 4), (0.5, 0.5), rotation) + np.array([5.0, 7.0])
+    np.testing.assert_allclose(scan, expected, atol=1e-12)
