@@ -49,7 +49,8 @@ class Backend(Protocol):
 def stream_seed(seed: int, stream: str) -> np.random.SeedSequence:
     """A seed sequence for the named random stream of ``seed`` (stable across processes)."""
     digest = hashlib.sha256(stream.encode()).digest()
-    return np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *np.frombuffer(digest[:8], dtype=np.uint32)])
+    high, low = divmod(int(seed), 2**32)
+    return np.random.SeedSequence([low, high, *np.frombuffer(digest[:8], dtype=np.uint32)])
 
 
 class BaseBackend:

@@ -262,7 +262,7 @@ _PLAN_DIR_HEADER = "plan_dir: "
 
 
 def _default_out_dir(name: str) -> Path:
-    base = Path(re.sub(r"[^\w.-]+", "_", name) or "phaser")
+    base = Path(re.sub(r"[^\w.-]+|^\.+$", "_", name) or "phaser")
     out, i = base, 1
     while out.exists() and any(out.iterdir()):
         out = base.with_name(f"{base.name}_{i}")
@@ -292,6 +292,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.backend:
         overrides.append(f"backend={args.backend}")
     if args.resume:
+        if args.plan or args.out:
+            raise PhaserError("--resume DIR continues the run in DIR with its own plan.yaml: "
+                              "give no PLAN and no --out with it")
         out_dir = Path(args.resume)
         plan_file = out_dir / "plan.yaml"
         if not plan_file.exists():
@@ -316,6 +319,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _print_memory_estimate(plan, plan_dir, resume_dir=out_dir if resume else None)
     if out_dir is None:
         out_dir = Path(args.out) if args.out else _default_out_dir(plan.name)
+        from .files import CHECKPOINT_NAME, FINAL_NAME
+
+        if any((out_dir / name).exists() for name in (CHECKPOINT_NAME, FINAL_NAME)):
+            raise PhaserError(f"{out_dir} holds a previous run: continue it with `phaser run --resume "
+                              f"{out_dir}`, or choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     dump_plan(plan, out_dir / "plan.yaml", registry,
               header=f"resolved plan written by phaser run\n{_PLAN_DIR_HEADER}{plan_dir.resolve()}")

@@ -108,7 +108,7 @@ class Flag:
 
     enabled: bool = True
     after: int | None = None
-    every: int | None = None
+    every: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))
     before: int | None = None
 
     def __call__(self, iteration: int) -> bool:
@@ -118,7 +118,7 @@ class Flag:
             return False
         if self.before is not None and iteration >= self.before:
             return False
-        if self.every is not None and self.every > 0 and (iteration - (self.after or 0)) % self.every != 0:
+        if self.every is not None and (iteration - (self.after or 0)) % self.every != 0:
             return False
         return True
 

@@ -51,6 +51,7 @@ from .config import (
     param,
 )
 from .errors import PlanError, UnknownComponentError
+from .files import atomic_write
 from .plan_errors import (
     Issue,
     IssueGroup,
@@ -110,7 +111,8 @@ class InitPlan:
 class OutputPlan:
     """What the run writes besides the state file."""
 
-    checkpoint_every: int = param(10, doc="write checkpoint.h5 every this many iterations (0: never)")
+    checkpoint_every: int = param(10, doc="write checkpoint.h5 every this many iterations (0: only at the end of "
+                                                "each engine and on an interruption)")
     images: tuple[str, ...] = param(("object_phase", "object_phase_sum", "probe", "probe_recip"),
                                     doc="images written (TIFF + PNG)")
     image_every: int | None = param(None, doc="write images every this many iterations; null: at the end of each engine")
@@ -424,7 +426,9 @@ def _yaml_rt() -> YAML:
 def _read(path_or_text: Any) -> tuple[Any, str, str | None]:
     """(raw document, display name, text); raises PlanError for unreadable files and syntax errors."""
     if isinstance(path_or_text, Mapping):
-        return path_or_text, "<plan>", None
+        import copy
+
+        return copy.deepcopy(path_or_text), "<plan>", None  # overrides and migrations edit it
     if isinstance(path_or_text, os.PathLike) or (
         isinstance(path_or_text, str) and "\n" not in path_or_text
         and (os.path.exists(path_or_text) or re.search(r"\.(ya?ml|json)$", path_or_text, re.I))
@@ -614,9 +618,17 @@ def _cross_checks(plan: Plan, registry: Any) -> list[Issue]:
         issues.append(Issue(f"n = {s.n} slices need total_thickness_A or thicknesses_A [Å]", rel=("slices",),
                             anchor="node"))
     if plan.output.checkpoint_every < 0:
-        issues.append(Issue("must be >= 0 (0: never)", rel=("output", "checkpoint_every")))
+        issues.append(Issue("must be >= 0 (0: only at engine ends)", rel=("output", "checkpoint_every")))
     if plan.output.image_every is not None and plan.output.image_every < 1:
         issues.append(Issue("must be >= 1, or null for the end of each engine", rel=("output", "image_every")))
+    if ("observer", "output") in registry:
+        # the output observer knows which images exist: ask its config now, not at run time
+        comp = registry.get("observer", "output")
+        names = attrs.fields_dict(comp.config) if comp.config is not None else {}
+        try:
+            comp.make_config(**{k: getattr(plan.output, k) for k in names if hasattr(plan.output, k)})
+        except (TypeError, ValueError) as exc:
+            issues.append(Issue(str(exc), rel=("output", "images")))
     return issues
 
 
@@ -722,7 +734,5 @@ def dump_plan(plan: Plan, path: str | Path, registry: Any = None, *, header: str
         for line in header.splitlines():
             buf.write(f"# {line}\n")
     yaml.dump(data, buf)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
+    text = buf.getvalue()
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

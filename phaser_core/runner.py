@@ -43,12 +43,11 @@ import numpy as np
 
 from .context import InitContext, LoadContext, RunContext
 from .errors import PhaserError, StateFileError
+from .files import CHECKPOINT_NAME, FINAL_NAME
 from .observer import notify
 from .registry import get_registry
 from .state import IterationCounters, Progress, ReconsState
 
-CHECKPOINT_NAME = "checkpoint.h5"
-FINAL_NAME = "final.h5"
 #: observers the runner adds unless the plan names them itself
 DEFAULT_OBSERVERS = ("output", "logger", "progress")
 
@@ -266,12 +265,13 @@ def run_plan(plan: Any, *, out_dir: Path | None = None, registry: Any = None, re
     state: ReconsState | None = None
     with _sigint_handler(ctx):
         try:
+            resume_from = resume_file(out_dir) if resume else None  # before the (slow) data load
             notify(obs, "before_run", plan, ctx)
             data = load_data(plan, registry, plan_dir)
-            if resume:
+            if resume_from is not None:
                 from .statefile import load_state
 
-                state = load_state(resume_file(out_dir))
+                state = load_state(resume_from)
                 first = int(state.iteration.engine_num)
             else:
                 state = initial_state(plan, data, registry, plan_dir)

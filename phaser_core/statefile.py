@@ -20,13 +20,13 @@ a crash or SIGKILL during a save leaves either the old file or the new one, neve
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
+from .files import atomic_write
 from .errors import StateFileError
 from .state import IterationCounters, ObjectState, ProbeState, Progress, ReconsState
 
@@ -74,21 +74,12 @@ def save_state(state: ReconsState, path: str | os.PathLike, *, backend: Any = No
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise StateFileError(f"cannot write state file {path}: folder {folder} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
+
+    def write(tmp_name: str) -> None:
         with h5py.File(tmp_name, "w") as f:
             _write(f, state, backend)
-        with open(tmp_name, "rb+") as fh:  # make the bytes durable before the rename
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+
+    return atomic_write(path, write)
 
 
 def _write(f: h5py.File, state: ReconsState, backend: Any) -> None:

@@ -21,11 +21,10 @@ import numpy as np
 
 from phaser_core.config import param
 from phaser_core.observer import Observer
+from phaser_core.files import CHECKPOINT_NAME, FINAL_NAME
 
 from .images import IMAGE_KINDS, check_kinds, write_images
 
-CHECKPOINT_NAME = "checkpoint.h5"
-FINAL_NAME = "final.h5"
 IMAGES_DIR = "images"
 
 

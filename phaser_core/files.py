@@ -1,0 +1,37 @@
+"""Writing files so that a crash never leaves a torn one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+#: the run folder's state files (a public layout: other tools read them)
+CHECKPOINT_NAME = "checkpoint.h5"
+FINAL_NAME = "final.h5"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_name)`` on a temporary file beside ``path``, make it durable
+    (fsync), give it the usual permissions (0666 less the umask; ``mkstemp`` makes 0600)
+    and rename it over ``path``. On any error the temporary file is removed."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    os.close(fd)
+    try:
+        write(tmp_name)
+        with open(tmp_name, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
