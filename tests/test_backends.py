@@ -215,6 +215,10 @@ def test_jit_same_numbers(backend):
         assert bk.to_numpy(a).dtype == bk.to_numpy(b).dtype
     again = fast(obj, probe, 2.0)  # cached call
     assert_close(bk.to_numpy(again[0]), bk.to_numpy(plain[0]), "float32", factor=4)
+    # and both equal a plain numpy computation (on numpy, jit is the identity)
+    o, p = bk.to_numpy(obj).astype(np.complex128), bk.to_numpy(probe).astype(np.complex128)
+    reference = np.abs(np.fft.fft2(o * p, norm="ortho") * 2.0) ** 2
+    assert_close(bk.to_numpy(compiled[0]), reference, "float32", factor=4)
 
 
 def test_add_at_inside_jit(backend):
@@ -341,7 +345,11 @@ print(float(abs(bk.to_numpy(f(x)))))
 """
     env = dict(os.environ, PHASER_CACHE_DIR=str(tmp_path), PHASER_JAX_CACHE="1", PHASER_JAX_CACHE_MIN_COMPILE_S="0")
     subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
-    assert any((tmp_path / "jax").iterdir()), "nothing was written to the compilation cache"
+    written = sorted(p.name for p in (tmp_path / "jax").iterdir())
+    assert written, "nothing was written to the compilation cache"
+    # a second process compiles nothing new: every function is found in the cache
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
+    assert sorted(p.name for p in (tmp_path / "jax").iterdir()) == written
     off = tmp_path / "off"
     env = dict(os.environ, PHASER_CACHE_DIR=str(off), PHASER_JAX_CACHE="0")
     subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)

@@ -75,14 +75,18 @@ def test_multislice_lsqml_resolves_each_slice_better_than_single_slice(data_dir,
 
 @pytest.mark.parametrize("solver", ["lsqml", "epie"])
 def test_position_correction_reduces_a_random_error(data_dir, solver):
-    data = make_dataset(data_dir / "jitter.h5", scan={"shape": [16, 16], "step_A": 0.6, "jitter_A": 0.3}, seed=1)
+    data = data_dir / "jitter.h5"
+    if not data.exists():  # 0.3 Å RMS in all: 0.3/√2 per axis
+        make_dataset(data, scan={"shape": [16, 16], "step_A": 0.6, "jitter_A": 0.3 / np.sqrt(2)}, seed=1)
     nominal, true = true_positions(data)
     before = position_rms(nominal, true)
     state = run(data, [_engine(solver, 30, position_solver={"type": "momentum"}, update_positions={"after": 3})],
                 backend="jax", key="patterns_noiseless")
     after = position_rms(state.scan_A, true)
-    assert before > 0.3
+    assert 0.25 < before < 0.35, before
     assert after < 0.1, (before, after)
+    # the mean drift is removed: the scan as a whole does not move
+    np.testing.assert_allclose(state.scan_A.mean(axis=0), nominal.mean(axis=0), atol=1e-6)
 
 
 def test_four_probe_modes_fit_partially_coherent_data_better_than_one(data_dir):
@@ -90,7 +94,8 @@ def test_four_probe_modes_fit_partially_coherent_data_better_than_one(data_dir):
     one = run(data, [_engine("lsqml", 15, probe_modes=1)], backend="jax")
     four = run(data, [_engine("lsqml", 15, probe_modes=4)], backend="jax")
     assert four.probe.n_modes == 4
-    assert four.progress.loss[-1] < 0.7 * one.progress.loss[-1], (four.progress.loss[-1], one.progress.loss[-1])
+    # measured ratio 0.20
+    assert four.progress.loss[-1] < 0.4 * one.progress.loss[-1], (four.progress.loss[-1], one.progress.loss[-1])
     powers = np.sum(np.abs(four.probe.data) ** 2, axis=(-2, -1))
     assert np.all(np.diff(powers) <= 1e-6 * powers.sum()), "modes are not ordered by power"
 
@@ -121,9 +126,25 @@ def test_numpy_and_jax_give_the_same_reconstruction(single):
     a = run(single, engines, backend="numpy")
     b = run(single, engines, backend="jax")
     scale = np.abs(a.object.data).max()
-    assert np.max(np.abs(a.object.data - b.object.data)) < 2e-3 * scale
-    assert np.allclose(a.progress.loss, b.progress.loss, rtol=1e-3)
-    assert np.max(np.abs(a.scan_A - b.scan_A)) < 1e-3
+    # float32 on both; measured 6.8e-7·max, 5.5e-8 and 2.2e-7 Å (positions move 0.05 Å)
+    assert np.max(np.abs(a.object.data - b.object.data)) < 2e-5 * scale
+    np.testing.assert_allclose(a.progress.loss, b.progress.loss, rtol=1e-5)
+    assert np.max(np.abs(a.scan_A - b.scan_A)) < 1e-5
+    assert np.max(np.abs(a.scan_A - single_nominal_positions(single))) > 0.01  # they did move
+
+
+def single_nominal_positions(path):
+    return true_positions(path)[0]
+
+
+class _Seen(Observer):
+    """Records the overall iteration numbers it is told about."""
+
+    def __init__(self):
+        self.iters = []
+
+    def after_iteration(self, state, metrics, ctx):
+        self.iters.append(metrics["total_iter"])
 
 
 class _Crash(Observer):
@@ -151,12 +172,15 @@ def test_a_crashed_run_resumes_to_the_uninterrupted_result(single, tmp_path):
     full = run_plan(plan, out_dir=tmp_path / "full", quiet=True)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_plan(plan, out_dir=tmp_path / "crash", quiet=True, observers=[_Crash(at=4)])
-    resumed = run_plan(plan, out_dir=tmp_path / "crash", quiet=True, resume=True)
+    seen = _Seen()
+    resumed = run_plan(plan, out_dir=tmp_path / "crash", quiet=True, resume=True, observers=[seen])
+    assert seen.iters == [5, 6], "the resumed run must start from the checkpoint of iteration 4"
     assert resumed.iteration.total_iter == full.iteration.total_iter == 6
-    np.testing.assert_allclose(resumed.object.data, full.object.data, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(resumed.probe.data, full.probe.data, rtol=0, atol=1e-5 * np.abs(full.probe.data).max())
-    np.testing.assert_allclose(resumed.scan_A, full.scan_A, atol=1e-9)
-    np.testing.assert_allclose(resumed.progress.loss, full.progress.loss, rtol=1e-6)
+    # numpy, same seed: bit for bit
+    np.testing.assert_array_equal(resumed.object.data, full.object.data)
+    np.testing.assert_array_equal(resumed.probe.data, full.probe.data)
+    np.testing.assert_array_equal(resumed.scan_A, full.scan_A)
+    np.testing.assert_array_equal(resumed.progress.loss, full.progress.loss)
 
 
 @pytest.mark.slow
@@ -195,9 +219,11 @@ engines:
                    capture_output=True)
     full = load_state(tmp_path / "full" / "final.h5")
     resumed = load_state(tmp_path / "killed" / "final.h5")
-    np.testing.assert_allclose(resumed.object.data, full.object.data, atol=1e-5)
-    np.testing.assert_allclose(resumed.probe.data, full.probe.data, atol=1e-5 * np.abs(full.probe.data).max())
-    np.testing.assert_allclose(resumed.progress.loss, full.progress.loss, rtol=1e-6)
+    # the second process continued from the checkpoint rather than starting over
+    assert " start at iteration " in (tmp_path / "killed" / "log.txt").read_text()
+    np.testing.assert_array_equal(resumed.object.data, full.object.data)
+    np.testing.assert_array_equal(resumed.probe.data, full.probe.data)
+    np.testing.assert_array_equal(resumed.progress.loss, full.progress.loss)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "jax"])
@@ -214,5 +240,15 @@ def test_step_sizes_follow_a_schedule(single, backend):
 @pytest.mark.parametrize("solver", ["epie", "lsqml"])
 def test_probe_is_refined_from_a_wrong_initial_defocus(single, solver):
     """The data have 50 Å defocus; the initial probe assumes 80 Å."""
+    gt = ground_truth(single)
+    start = run(single, [_engine(solver, 20, update_probe=False)], backend="jax",
+                init={"probe": {"type": "focused", "defocus_A": 80.0}})
     state = run(single, [_engine(solver, 20)], backend="jax", init={"probe": {"type": "focused", "defocus_A": 80.0}})
-    assert score_state(state, ground_truth(single))["pearson"] >= 0.95
+    assert score_state(state, gt)["pearson"] >= 0.95
+
+    def overlap(probe):
+        p, t = np.asarray(probe)[0], np.asarray(gt["probe"])[0]
+        return abs(np.vdot(p, t)) / (np.linalg.norm(p) * np.linalg.norm(t))
+
+    # measured: 0.79 with the probe frozen; 0.93 (ePIE) and 0.87 (LSQML) refined
+    assert overlap(state.probe.data) > 0.85 > overlap(start.probe.data)

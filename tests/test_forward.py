@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import build_backend
 
 from phaser_core.physics_constants import wavelength_A
 from phaser_std.backends.numpy_backend import NumpyBackend
@@ -16,18 +17,8 @@ SAMP = (0.4, 0.4)
 
 
 def _jax_backend(dtype="float32"):
-    """The jax backend from the registry (or its module directly when the registry cannot be
-    built while other plugins are in progress); skips when jax is unavailable."""
-    try:
-        from phaser_core.registry import get_registry
-
-        return get_registry().get("backend", "jax").obj(dtype)
-    except Exception as exc:  # noqa: BLE001
-        try:
-            from phaser_std.backends.jax_backend import JaxBackend
-        except Exception as exc2:  # noqa: BLE001
-            pytest.skip(f"jax backend unavailable: {exc}; {exc2}")
-        return JaxBackend(dtype)
+    """The registered jax backend; skips only when jax is not installed."""
+    return build_backend("jax", dtype)
 
 
 def _setup(n_slices=1, n_modes=2, rng_seed=0, subpixel=True):

@@ -75,3 +75,19 @@ def test_aberration_phase_formula_and_angles():
 def test_unknown_aberration_name_is_an_error():
     with pytest.raises(ValueError, match="C31"):
         normalize_aberrations({"C31": 1.0})
+
+
+ALL_ORDERS = [(n, m) for n in range(1, 6) for m in range((n + 1) % 2, n + 2, 2)]  # C10, C12, C21, ... C56
+
+
+@pytest.mark.parametrize("n,m", ALL_ORDERS, ids=lambda v: str(v))
+def test_every_krivanek_coefficient_up_to_fifth_order(n, m):
+    """χ = (2π/λ) C_nm α^(n+1) cos(m(φ − φ_nm)) / (n+1) for each C_nm alone, n ≤ 5."""
+    ky, kx = fftfreq_grid((16, 16), 0.3)
+    lam = 0.025
+    a = lam * np.sqrt(ky**2 + kx**2)
+    phi = np.arctan2(ky, kx)
+    c, angle = 10.0 ** (n + 1), 0.37
+    ab = {f"C{n}{m}": c, **({f"phi{n}{m}": angle} if m else {})}
+    ref = 2 * np.pi / lam * c * a ** (n + 1) * np.cos(m * (phi - (angle if m else 0.0))) / (n + 1)
+    np.testing.assert_allclose(aberration_phase(ky, kx, lam, ab), ref, rtol=1e-12, atol=1e-12)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import build_backend
 
 from phaser_core.config import ScheduleSpec
 from phaser_core.registry import get_registry
@@ -23,10 +24,7 @@ CASES = [
 
 
 def _backend(name):
-    try:
-        return get_registry().get("backend", name).obj("float32")
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"backend {name} unavailable: {exc}")
+    return build_backend(name, "float32")  # skips only when the backend is unavailable (cupy)
 
 
 def _solver(name, **cfg):
