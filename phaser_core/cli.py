@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import PhaserError, PlanError
+from .errors import PhaserError, PlanError, did_you_mean
 from .registry import KINDS, get_registry
 
 
@@ -132,11 +132,7 @@ def normalize_kind(text: str) -> list[str]:
             return [c.replace("initialiser", "initializer")]
         if c + "_initializer" in KINDS:
             return [c + "_initializer"]
-    import difflib
-
-    close = difflib.get_close_matches(k, list(KINDS), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise PhaserError(f"unknown component kind {text!r}{hint} kinds: {', '.join(KINDS)}")
+    raise PhaserError(f"unknown component kind {text!r}{did_you_mean(k, KINDS)} kinds: {', '.join(KINDS)}")
 
 
 def _type_name(t: Any) -> str:

@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 
+def did_you_mean(name: object, candidates: object) -> str:
+    """``"; did you mean 'x'?"`` for the closest candidate (difflib, cutoff 0.6), or ``""``."""
+    import difflib
+
+    if not isinstance(name, str):
+        return ""
+    close = difflib.get_close_matches(name, [c for c in candidates if isinstance(c, str)], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 class PhaserError(Exception):
     """Base class of every error phaser raises on purpose."""
 

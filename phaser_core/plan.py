@@ -50,7 +50,7 @@ from .config import (
     ScanInitSpec,
     param,
 )
-from .errors import PlanError, UnknownComponentError
+from .errors import PlanError, UnknownComponentError, did_you_mean
 from .files import atomic_write
 from .plan_errors import (
     Issue,
@@ -307,13 +307,7 @@ def make_converter(registry: Any, allow_local: bool | None = None) -> cattrs.Con
             if v in allowed and not (isinstance(v, bool) and not any(isinstance(a, bool) for a in allowed)):
                 return v
             msg = f"expected one of {', '.join(repr(a) for a in allowed)}, got {describe_value(v)}"
-            if isinstance(v, str):
-                import difflib
-
-                close = difflib.get_close_matches(v, [a for a in allowed if isinstance(a, str)], n=1)
-                if close:
-                    msg += f"; did you mean {close[0]!r}?"
-            raise Issue(msg)
+            raise Issue(msg + did_you_mean(v, allowed))
 
         return hook
 

@@ -9,7 +9,7 @@ data) and turns every leaf into one :class:`PlanIssue`, formatted like a compile
 
 from __future__ import annotations
 
-import difflib
+
 from collections.abc import Mapping, Sequence
 from typing import Any, Iterable
 
@@ -22,7 +22,7 @@ from cattrs.errors import (
     IterableValidationNote,
 )
 
-from .errors import PhaserError
+from .errors import PhaserError, did_you_mean
 
 PathT = tuple  # tuple[str | int, ...]
 
@@ -110,11 +110,9 @@ def describe_value(value: Any) -> str:
 def unknown_key_message(key: Any, valid: Iterable[str]) -> str:
     valid = list(valid)
     msg = f"unknown key {key!r}"
-    if isinstance(key, str):
-        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-        if close:
-            msg += f"; did you mean {close[0]!r}?"
-            return msg + (f" valid keys: {', '.join(valid)}" if valid else "")
+    hint = did_you_mean(key, valid)
+    if hint:
+        return msg + hint + (f" valid keys: {', '.join(valid)}" if valid else "")
     return msg + (f"; valid keys: {', '.join(valid)}" if valid else " (this component takes no settings)")
 
 

@@ -9,7 +9,6 @@ cannot be disabled.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.metadata as md
 import os
@@ -22,6 +21,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import (
+    did_you_mean,
     DuplicateComponentError,
     PluginError,
     PluginLoadError,
@@ -166,12 +166,6 @@ class Registry:
         """Names of ``kind`` whose meta matches, e.g. ``names("solver", role="gradient")``."""
         return [c.name for c in self.components(kind) if all(c.meta.get(k) == v for k, v in meta.items())]
 
-    def suggest(self, kind: str, name: str) -> str | None:
-        """The closest registered name or alias (difflib), or None."""
-        candidates = list(self._by_kind[kind]) + list(self._aliases[kind])
-        close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
-        return close[0] if close else None
-
     def inventory(self, kind: str, **meta: Any) -> str:
         """``epie, lsqml (phaser_std); mypie (phaser-mylab 0.3)``: names grouped by owner."""
         groups: dict[str, list[str]] = {}
@@ -182,11 +176,8 @@ class Registry:
 
     def unknown_message(self, kind: str, name: str, **meta: Any) -> str:
         label = kind.replace("_", " ")
-        msg = f"unknown {label} {name!r}"
-        guess = self.suggest(kind, name)
-        if guess is not None:
-            msg += f"; did you mean {guess!r}?"
-        return msg + f" available: {self.inventory(kind, **meta)}"
+        hint = did_you_mean(name, [*self._by_kind[kind], *self._aliases[kind]])
+        return f"unknown {label} {name!r}{hint} available: {self.inventory(kind, **meta)}"
 
     # -- local objects ------------------------------------------------------------------
 

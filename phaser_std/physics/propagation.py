@@ -43,11 +43,8 @@ def fresnel_propagator(
     """Fresnel propagator over ``dz_A`` [Å], ``(Ny, Nx)`` complex128, zero frequency at the
     corner. ``sampling_A`` [Å/px] scalar or (y, x); ``tilt_mrad`` (t_y, t_x) [mrad];
     ``bandlimit`` fraction of Nyquist (None: no limit). Apply as ``ifft2(fft2(ψ)·H)``."""
-    ky, kx = fftfreq_grid(shape, sampling_A, xp=np)
-    ty, tx = (np.tan(float(t) * 1e-3) for t in tilt_mrad)
-    dz = float(dz_A)
-    phase = -np.pi * float(wavelength_A) * dz * (ky**2 + kx**2) - 2 * np.pi * dz * (ky * ty + kx * tx)
-    h = np.exp(1j * phase) * bandlimit_mask(shape, sampling_A, bandlimit, xp=np)
+    tilts = np.asarray([[float(t) for t in tilt_mrad]], dtype=np.float64)
+    h = fresnel_propagators_tilted(shape, sampling_A, wavelength_A, dz_A, tilts, bandlimit, xp=np)[0]
     return xp.asarray(h.astype(np.complex128))
 
 
