@@ -40,8 +40,9 @@ def main():
     starts = bk.asarray(rng.integers(0, H - N, (B, 2)).astype(np.int32))
     frac = bk.asarray(rng.random((B, 2)).astype(np.float32) - 0.5)
     mask = bk.asarray(np.ones(B, bool))
+    hyper = {"beta_object": bk.asarray(0.5), "beta_probe": bk.asarray(0.5)}
     for uo, up in ((True, True), (True, False), (False, True), (False, False)):
-        f = lambda: bk.synchronize(step(obj, probe, meas, starts, frac, mask, update_object=uo, update_probe=up))
+        f = lambda: bk.synchronize(step(obj, probe, meas, starts, frac, mask, hyper, update_object=uo, update_probe=up))
         f()
         t0 = time.perf_counter()
         for _ in range(a.n):

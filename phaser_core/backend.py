@@ -132,6 +132,18 @@ class BaseBackend:
         """Compile ``fn`` where the backend can; the identity elsewhere."""
         return fn
 
+    def scan(self, fn: Callable, carry: Any, xs: tuple) -> tuple[Any, dict]:
+        """``jax.lax.scan`` over the leading axis of the arrays in the tuple ``xs`` (None
+        entries are passed as None): ``fn(carry, x) -> (carry, y)`` with ``y`` a dict of
+        arrays; returns the last carry and each ``y`` entry stacked along a new leading
+        axis. A Python loop here; jax compiles it as one loop."""
+        n = next(x for x in xs if x is not None).shape[0]
+        ys = []
+        for i in range(n):
+            carry, y = fn(carry, tuple(None if x is None else x[i] for x in xs))
+            ys.append(y)
+        return carry, {k: self.xp.stack([y[k] for y in ys]) for k in (ys[0] if ys else {})}
+
     def rng(self, seed: int, stream: str) -> np.random.Generator:
         """A host random generator for the named stream of ``seed``. The same on every
         backend, so the same plan gives the same groupings and noise everywhere."""

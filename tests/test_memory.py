@@ -38,10 +38,12 @@ def _conv(size=64, modes=None, slices=None, **kw):
                                                  scale_probe=False, **kw))
 
 
-def _grad(size=64, modes=None, slices=None):
+def _grad(size=64, modes=None, slices=None, chunk="group"):
+    """A gradient engine computing whole groups at once unless ``chunk`` says otherwise."""
     sl = SlicesPlan(n=slices, total_thickness_A=10.0 * slices) if slices else None
-    return GradientEngine(GradientConfig(grouping=GroupingConfig(size=size), probe_modes=modes, slices=sl,
-                                         scale_probe=False))
+    chunk = size if chunk == "group" else chunk
+    return GradientEngine(GradientConfig(grouping=GroupingConfig(size=size, chunk=chunk), probe_modes=modes,
+                                         slices=sl, scale_probe=False))
 
 
 @pytest.mark.parametrize("backend", ["numpy", "jax"])
@@ -60,6 +62,18 @@ def test_group_term_scales_with_group_size_slices_and_modes(make, backend):
     e = make(size=16)
     t64 = [t[1] for t in e.estimate_memory(DATA, SHAPES, "float64", backend=backend) if t[0].startswith("group")]
     assert t64[0] == pytest.approx(2 * base, rel=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_gradient_group_term_counts_the_chunk_not_the_group(backend):
+    # 128² px, 1 mode, 1 slice: 128 KiB of waves per position, so the automatic chunk on a
+    # CPU is 32 positions (4 MiB); a group of 256 then costs a chunk of 32 plus its patterns
+    auto_256 = _group_term(_grad(size=256, chunk=None), backend)
+    whole_32 = _group_term(_grad(size=32), backend)
+    patterns = (256 - 32) * 128 * 128 * 4
+    assert auto_256 == whole_32 + patterns
+    assert _group_term(_grad(size=256, chunk=64), backend) == _group_term(_grad(size=64), backend) + \
+        (256 - 64) * 128 * 128 * 4
 
 
 def test_object_and_optimizer_terms_scale_with_slices():

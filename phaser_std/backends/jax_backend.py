@@ -119,6 +119,10 @@ class JaxBackend(BaseBackend):
         ``donate_argnums``, ...) passed through."""
         return jax.jit(fn, **kwargs)
 
+    def scan(self, fn: Callable, carry: Any, xs: Any) -> tuple[Any, Any]:
+        """:func:`jax.lax.scan` (one compiled loop)."""
+        return jax.lax.scan(fn, carry, xs)
+
     def value_and_grad(self, fn: Callable, **kwargs: Any) -> Callable:
         """:func:`jax.value_and_grad` (``has_aux``, ``argnums``, ...): automatic gradients.
         Backends without it (numpy, cupy) use the analytic adjoint instead."""

@@ -36,6 +36,9 @@ class GroupingConfig:
     kind: str = param("sparse", doc="'sparse' (random over the scan) or 'compact' (spatial clusters)",
                       validator=attrs.validators.in_(("sparse", "compact")))
     regroup: bool | None = param(None, doc="new partition every iteration (default: sparse yes, compact no)")
+    chunk: int | None = param(None, doc="positions computed at once inside a group, a divisor of size "
+                              "(null: sized to the CPU caches, the whole group on a GPU); speed and memory "
+                              "only, the update is the same")
 
 
 def resample_for_engine(state: ReconsState, probe_modes: int | None, slices: SlicesPlan | None,

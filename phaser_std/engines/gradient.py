@@ -33,6 +33,7 @@ from phaser_core.config import ConstraintSpec, CostSpec, Flag, GradientSolverSpe
 from phaser_core.errors import DataError
 from phaser_core.plan import SlicesPlan
 from phaser_core.state import ObjectState, ProbeState, ReconsState
+from phaser_std.engines.chunking import backend_on_cpu, resolve_chunk
 from phaser_std.engines.common import EngineLoop, GroupingConfig, patterns_to_device, resample_for_engine
 from phaser_std.engines.conventional import scale_probe_to_data
 from phaser_std.engines.gradient_step import GroupModel, StepCounter, make_group_step
@@ -170,7 +171,9 @@ class GradientEngine:
         info = RegInfo(sampling_A=sampling, wavelength_A=wavelength, thicknesses_A=np.asarray(thick))
         model = GroupModel(noise=noise, costs=costs, base_props=base_props, sampling_A=sampling,
                            thicknesses_A=thick, reg_info=info, n_positions=n_pos)
-        step = make_group_step(bk, model, solvers, group_constraints, counter=self.step_counter)
+        chunk = resolve_chunk(cfg.grouping.chunk, min(cfg.grouping.size, n_pos), state.probe.n_modes, len(thick),
+                              probe_shape, np.dtype(bk.complex_dtype).itemsize, backend_on_cpu(bk))
+        step = make_group_step(bk, model, solvers, group_constraints, counter=self.step_counter, chunk=chunk)
         step = bk.jit(step, static_argnames=("update_object", "update_probe", "grad_positions", "grad_tilt"))
 
         # solver states: restored from a checkpoint when present, else fresh

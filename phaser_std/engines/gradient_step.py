@@ -61,7 +61,7 @@ from phaser_std.physics.forward import (
 )
 
 __all__ = ["GroupModel", "tilt_ramps", "group_loss", "analytic_gradients", "autodiff_gradients",
-           "group_gradients", "make_group_step"]
+           "cost_gradients", "group_gradients", "chunked_gradients", "make_group_step"]
 
 VARIABLES = ("object", "probe", "positions", "tilt")
 
@@ -213,14 +213,38 @@ def analytic_gradients(bk: Any, model: GroupModel, obj: Any, probe: Any, frac: A
         out["tilt"] = _tilt_grad(bk, model, shape, tilt, tilt_terms) if want_tilt else xp.zeros_like(tilt)
 
     if model.costs and ("object" in wrt or "probe" in wrt):
-        info = model.reg_info.replace(fraction=fraction)
-        for k, reg in enumerate(model.costs):
-            gp, go = reg.grad(bk, probe, obj, info, weight=cost_w[k])
-            if go is not None and "object" in out:
-                out["object"] = out["object"] + 2 * go
-            if gp is not None and "probe" in out:
-                out["probe"] = out["probe"] + 2 * gp
+        _, cost_grads = cost_gradients(bk, model, obj, probe, fraction, cost_w, "analytic", wrt)
+        for k, v in cost_grads.items():
+            out[k] = out[k] + v
     return total, data, out
+
+
+def cost_gradients(bk: Any, model: GroupModel, obj: Any, probe: Any, fraction: Any, cost_w: Any, method: str,
+                   wrt: Sequence[str] = VARIABLES) -> tuple[Any, dict]:
+    """``(cost, grads)``: the cost regularizers' total and its gradients ``2·∂C/∂z̄`` for
+    ``object`` and ``probe`` (those in ``wrt``), by autodiff or their analytic ``grad``."""
+    cost = _cost_total(bk, model, probe, obj, fraction, cost_w)
+    keys = [k for k in ("object", "probe") if k in wrt]
+    if not model.costs or not keys:
+        return cost, {}
+    if method == "autodiff":
+        variables = {"object": obj, "probe": probe}
+
+        def fn(d):
+            v = dict(variables, **d)
+            return _cost_total(bk, model, v["probe"], v["object"], fraction, cost_w)
+
+        g = _value_and_grad(bk, fn)({k: variables[k] for k in keys})[1]
+        return cost, {k: bk.xp.conj(v) for k, v in g.items()}
+    out = {k: bk.xp.zeros_like(obj if k == "object" else probe) for k in keys}
+    info = model.reg_info.replace(fraction=fraction)
+    for k, reg in enumerate(model.costs):
+        gp, go = reg.grad(bk, probe, obj, info, weight=cost_w[k])
+        if go is not None and "object" in out:
+            out["object"] = out["object"] + 2 * go
+        if gp is not None and "probe" in out:
+            out["probe"] = out["probe"] + 2 * gp
+    return cost, out
 
 
 def _tilt_grad(bk: Any, model: GroupModel, shape: Sequence[int], tilt: Any, terms: list) -> Any:
@@ -269,15 +293,60 @@ def autodiff_gradients(bk: Any, model: GroupModel, obj: Any, probe: Any, frac: A
     return total, data, out
 
 
+def _method(bk: Any, method: str) -> str:
+    if method == "auto":
+        return "autodiff" if getattr(bk, "name", "") == "jax" else "analytic"
+    if method not in ("autodiff", "analytic"):
+        raise ValueError(f"gradient method must be 'auto', 'autodiff' or 'analytic', got {method!r}")
+    return method
+
+
 def group_gradients(bk: Any, model: GroupModel, *args: Any, method: str = "auto", **kwargs: Any) -> tuple:
     """Dispatch: ``method`` "autodiff", "analytic" or "auto" (autodiff on jax)."""
-    if method == "auto":
-        method = "autodiff" if getattr(bk, "name", "") == "jax" else "analytic"
-    if method == "autodiff":
+    if _method(bk, method) == "autodiff":
         return autodiff_gradients(bk, model, *args, **kwargs)
-    if method != "analytic":
-        raise ValueError(f"gradient method must be 'auto', 'autodiff' or 'analytic', got {method!r}")
     return analytic_gradients(bk, model, *args, **kwargs)
+
+
+def chunked_gradients(bk: Any, model: GroupModel, chunk: int, obj: Any, probe: Any, frac: Any, tilt: Any,
+                      starts: Any, measured: Any, mask: Any, cost_w: Any, method: str = "auto",
+                      wrt: Sequence[str] = VARIABLES) -> tuple:
+    """As :func:`group_gradients`, with the group's positions taken ``chunk`` at a time
+    (``bk.scan``; ``chunk`` divides the group size) and the object, probe and global-tilt
+    gradients summed over the chunks. The cost regularizers enter once, on the whole group.
+    Same result, less memory traffic (:mod:`phaser_std.engines.chunking`)."""
+    method = _method(bk, method)
+    n = frac.shape[0] // chunk
+    per_position_tilt = tilt.ndim == 2
+
+    def split(a: Any) -> Any:
+        return a.reshape((n, chunk) + tuple(a.shape[1:]))
+
+    xs = (split(frac), split(starts), split(measured), split(mask), split(tilt) if per_position_tilt else None)
+    data_model = attrs.evolve(model, costs=())
+    summed = [k for k in wrt if k in ("object", "probe") or (k == "tilt" and not per_position_tilt)]
+    stacked = [k for k in wrt if k not in summed]
+    like = {"object": obj, "probe": probe, "tilt": tilt}
+
+    def body(carry, x):
+        fr, st, me, ma, ti = x
+        _, data, g = group_gradients(bk, data_model, obj, probe, fr, tilt if ti is None else ti, st, me, ma,
+                                     cost_w, method=method, wrt=wrt)
+        new = {k: carry[k] + g[k].astype(carry[k].dtype) for k in summed}
+        new["data"] = carry["data"] + data
+        return new, {k: g[k] for k in stacked}
+
+    init = {k: bk.xp.zeros_like(like[k]) for k in summed}
+    init["data"] = bk.xp.zeros((), dtype=bk.real_dtype)
+    carry, ys = bk.scan(body, init, xs)
+    data = carry.pop("data")
+    out = dict(carry)
+    out.update({k: v.reshape((-1,) + tuple(v.shape[2:])) for k, v in ys.items()})
+    fraction = _fraction(bk, mask.astype(bk.real_dtype), model.n_positions)
+    cost, cost_grads = cost_gradients(bk, model, obj, probe, fraction, cost_w, method, wrt)
+    for k, v in cost_grads.items():
+        out[k] = out[k] + v
+    return data + cost, data, out
 
 
 # --------------------------------------------------------------------------- the step
@@ -290,7 +359,7 @@ class StepCounter:
 
 
 def make_group_step(bk: Any, model: GroupModel, solvers: dict, constraints: Sequence[Any] = (),
-                    method: str = "auto", counter: StepCounter | None = None):
+                    method: str = "auto", counter: StepCounter | None = None, chunk: int | None = None):
     """The pure group step.
 
     ``step(params, opt_states, acc, patterns, idx, starts, frac, tilt, mask, hyper, cost_w,
@@ -304,6 +373,9 @@ def make_group_step(bk: Any, model: GroupModel, solvers: dict, constraints: Sequ
     - ``hyper`` ``{"object": {...}, "probe": {...}}`` scheduled solver hyperparameters,
       ``cost_w`` ``(n_costs,)`` scheduled cost weights: traced values, never recompiled.
     - ``tilt`` the group's tilt: ``(2,)`` global or ``(B, 2)``.
+
+    ``chunk`` (a divisor of the group size, or None: the whole group) sets how many
+    positions the gradients are computed for at once (:func:`chunked_gradients`).
     """
     xp = bk.xp
 
@@ -318,8 +390,12 @@ def make_group_step(bk: Any, model: GroupModel, solvers: dict, constraints: Sequ
         if not wrt:
             _, data = group_loss(bk, model, obj, probe, frac, tilt, starts, measured, mask, cost_w)
             return params, opt_states, acc, data
-        total, data, g = group_gradients(bk, model, obj, probe, frac, tilt, starts, measured, mask, cost_w,
-                                         method=method, wrt=wrt)
+        if chunk is None or chunk >= mask.shape[0]:
+            total, data, g = group_gradients(bk, model, obj, probe, frac, tilt, starts, measured, mask, cost_w,
+                                             method=method, wrt=wrt)
+        else:
+            total, data, g = chunked_gradients(bk, model, chunk, obj, probe, frac, tilt, starts, measured, mask,
+                                               cost_w, method=method, wrt=wrt)
         n_valid = xp.maximum(xp.sum(mask.astype(bk.real_dtype)), 1.0)
         probe_int = xp.sum(xp.real(probe) ** 2 + xp.imag(probe) ** 2)
         new_params = dict(params)

@@ -6,7 +6,8 @@ counts; ``r``/``c`` the real/complex itemsize [bytes] of the run's dtype):
 
 - N patterns of P = Qy·Qx pixels; probe M modes of Ny·Nx = P; object S slices of H·W;
 - a group of B = min(grouping.size, N) positions: one *wave array* is B·M·P·c, the object
-  *views* B·S·P·c;
+  *views* B·S·P·c; the gradient engine computes a group ``grouping.chunk`` positions at a
+  time (:mod:`~phaser_std.engines.chunking`), so its group step counts the chunk's waves;
 - the probe-scaling pass before the first iteration runs the forward model on
   b = min(batch, N) positions at a time (:func:`~phaser_std.engines.conventional.scale_probe_to_data`,
   ``batch`` its default).
@@ -26,6 +27,8 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+
+from phaser_std.engines.chunking import named_backend_on_cpu, resolve_chunk
 
 MiB = 1 << 20
 
@@ -182,10 +185,13 @@ def gradient_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: str,
     z = sizes(config, data_shape, state_shapes, dtype, backend)
     terms, dry = _common_terms(config, z, "grad", state_shapes)
     k = z.k
-    group = z.phase("grad")
+    chunk = resolve_chunk(getattr(config.grouping, "chunk", None), z.b, z.m, z.s, (z.p, 1), z.c,
+                          named_backend_on_cpu(backend))
+    # the per-position work runs `chunk` positions at a time; the group's patterns whole
+    group = z.phase("grad", chunk) + z.b * z.p * z.r
     what = "autodiff residuals" if backend == "jax" else "adjoint"
     name = (f"group step: views, {z.s} slice waves, far field, {what} and FFT workspace "
-            f"(B={z.b} x M={z.m} x {z.p} px)")
+            f"({chunk} of B={z.b} positions at a time x M={z.m} x {z.p} px)")
     terms.append(_transient((group, name), dry, _group_hint(z, config.grouping.size)))
     terms.append(("object gradient and update temporaries", int(k["grad_object"] * z.obj),
                   f"fewer slices (slices.n = {z.s})", "device"))

@@ -1,0 +1,72 @@
+"""How many positions of a group are computed at once (the group's *chunk*).
+
+A group's update is defined on the whole group (its gradient or its accumulated update is
+a sum over positions), but nothing forces the per-position work (shift, multislice, far
+field, noise model, adjoint) to run on all B positions at once. On a CPU the arrays of a
+whole group, ``B x modes x slices x Ny x Nx`` complex numbers, quickly outgrow the caches and
+every pass over them goes to main memory: with 4 probe modes or 8 slices a group of 64 is
+1.4-1.9x slower than the same group computed 4-16 positions at a time and summed
+(``benchmarks/NOTES.md``). The sum is the same, so the chunk changes speed and peak memory,
+not the result (to float rounding).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["CACHE_BUDGET_BYTES", "auto_chunk", "resolve_chunk", "backend_on_cpu", "named_backend_on_cpu"]
+
+#: Per-chunk wave data [bytes] the automatic choice aims at (a share of a CPU's L2/L3).
+CACHE_BUDGET_BYTES = 4 * 2**20
+
+
+def auto_chunk(group_size: int, bytes_per_position: int, budget: int = CACHE_BUDGET_BYTES) -> int:
+    """The largest divisor of ``group_size`` whose waves (``bytes_per_position`` each
+    [bytes]) fit ``budget`` [bytes]; the whole group when it fits or when no divisor of
+    at least half the wanted size exists (a prime group size)."""
+    group_size = int(group_size)
+    want = max(1, int(budget) // max(int(bytes_per_position), 1))
+    if want >= group_size:
+        return group_size
+    best = max(d for d in range(1, want + 1) if group_size % d == 0)
+    return best if 2 * best >= want else group_size
+
+
+def resolve_chunk(requested: int | None, group_size: int, n_modes: int, n_slices: int,
+                  wave_shape: tuple[int, int], itemsize: int, on_cpu: bool) -> int:
+    """The chunk an engine uses: ``requested`` when given (it must divide the group size),
+    else :func:`auto_chunk` on a CPU (waves of ``n_modes·n_slices·Ny·Nx`` complex numbers of
+    ``itemsize`` [bytes] per position) and the whole group on a GPU, whose batches should
+    stay large."""
+    if requested is not None:
+        requested = int(requested)
+        if requested < 1 or group_size % requested:
+            raise ValueError(f"grouping.chunk: {requested} must be a positive divisor of the group size "
+                             f"{group_size}")
+        return requested
+    if not on_cpu:
+        return group_size
+    per_position = int(n_modes) * int(n_slices) * int(wave_shape[0]) * int(wave_shape[1]) * int(itemsize)
+    return auto_chunk(group_size, per_position)
+
+
+def backend_on_cpu(bk: Any) -> bool:
+    """Whether ``bk`` computes on the CPU (numpy; jax on its CPU platform)."""
+    if bk.name == "cupy":
+        return False
+    device = getattr(bk, "device", None)
+    return device is None or getattr(device, "platform", "cpu") == "cpu"
+
+
+def named_backend_on_cpu(backend: str) -> bool:
+    """:func:`backend_on_cpu` from a backend's name (the memory planner has no backend):
+    jax counts as CPU unless its default platform is a GPU."""
+    if backend == "cupy":
+        return False
+    if backend == "jax":
+        try:
+            import jax
+        except ImportError:
+            return True
+        return jax.default_backend() == "cpu"
+    return True

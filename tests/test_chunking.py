@@ -1,0 +1,53 @@
+"""How a group's positions are split into chunks, and the backends' scan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from phaser_std.engines.chunking import CACHE_BUDGET_BYTES, auto_chunk, resolve_chunk
+
+from conftest import build_backend
+
+
+@pytest.mark.parametrize("group, per_position, expected", [
+    (64, 64 * 64 * 8, 64),            # 1 mode, 1 slice, 64² complex64: 2 MiB a group, fits
+    (64, 4 * 64 * 64 * 8, 32),        # 4 modes: 8 MiB a group -> 32 positions (4 MiB)
+    (64, 8 * 64 * 64 * 8, 16),        # 8 slices
+    (64, 4 * 8 * 64 * 64 * 8, 4),     # 4 modes x 8 slices
+    (48, 4 * 64 * 64 * 8, 24),        # wants 32: the largest divisor of 48 up to 32 is 24
+    (37, 4 * 64 * 64 * 8, 37),        # a prime group: no divisor near 32, the whole group
+    (64, 10 * CACHE_BUDGET_BYTES, 1), # one position already exceeds the budget
+])
+def test_auto_chunk(group, per_position, expected):
+    assert auto_chunk(group, per_position) == expected
+
+
+def test_resolve_chunk_explicit_gpu_and_errors():
+    args = (64, 4, 8, (64, 64), 8)
+    assert resolve_chunk(None, *args, on_cpu=True) == 4
+    assert resolve_chunk(None, *args, on_cpu=False) == 64  # a GPU keeps whole groups
+    assert resolve_chunk(16, *args, on_cpu=True) == 16
+    for bad in (0, 5, 128):
+        with pytest.raises(ValueError, match=f"grouping.chunk: {bad} must be a positive divisor"):
+            resolve_chunk(bad, *args, on_cpu=True)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_scan_carries_and_stacks(backend):
+    """``bk.scan`` (a loop on numpy, ``lax.scan`` on jax): the carry threads through the
+    steps in order, per-step outputs stack on a new axis, None entries of xs pass as None."""
+    bk = build_backend(backend, "float32")
+    xs = (bk.asarray(np.arange(12, dtype=np.float32).reshape(4, 3)), None)
+
+    def body(carry, x):
+        row, nothing = x
+        assert nothing is None
+        return carry * 2 + bk.xp.sum(row), {"twice": 2 * row}
+
+    carry, ys = bk.scan(body, bk.asarray(np.float32(1.0)), xs)
+    expected = 1.0
+    for row in np.arange(12).reshape(4, 3):
+        expected = expected * 2 + row.sum()
+    assert float(bk.to_numpy(carry)) == expected
+    np.testing.assert_array_equal(bk.to_numpy(ys["twice"]), 2 * np.arange(12).reshape(4, 3))
