@@ -9,7 +9,7 @@ a backend's own imports cupy or jax.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -41,6 +41,8 @@ class Backend(Protocol):
     def ifftshift(self, x: Any) -> Any: ...
     def add_at(self, target: Any, index: tuple, values: Any) -> Any: ...
     def set_at(self, target: Any, index: tuple, values: Any) -> Any: ...
+    def get_windows(self, arr: Any, starts: Any, shape: tuple[int, int]) -> Any: ...
+    def add_windows(self, target: Any, starts: Any, values: Any) -> Any: ...
     def jit(self, fn: Callable, **kwargs: Any) -> Callable: ...
     def rng(self, seed: int, stream: str) -> np.random.Generator: ...
     def synchronize(self, x: Any = None) -> Any: ...
@@ -51,6 +53,14 @@ def stream_seed(seed: int, stream: str) -> np.random.SeedSequence:
     digest = hashlib.sha256(stream.encode()).digest()
     high, low = divmod(int(seed), 2**32)
     return np.random.SeedSequence([low, high, *np.frombuffer(digest[:8], dtype=np.uint32)])
+
+
+def _window_indices(xp: Any, starts: Any, shape: Sequence[int]) -> tuple[Any, Any]:
+    """Row and column index arrays ``(B, Ny, 1)`` and ``(B, 1, Nx)`` of windows at ``starts``."""
+    starts = xp.asarray(starts)
+    iy = starts[:, 0][:, None] + xp.arange(int(shape[0]))[None, :]
+    ix = starts[:, 1][:, None] + xp.arange(int(shape[1]))[None, :]
+    return iy[:, :, None], ix[:, None, :]
 
 
 class BaseBackend:
@@ -127,6 +137,23 @@ class BaseBackend:
         """``target[index] = values``. May work in place: always use the returned array."""
         target[index] = values
         return target
+
+    def get_windows(self, arr: Any, starts: Any, shape: tuple[int, int]) -> Any:
+        """Windows of ``shape`` (Ny, Nx) cut from ``arr`` ``(..., H, W)`` at the corners
+        ``starts`` ``(B, 2)`` (row, col; inside the array) -> ``(B, ..., Ny, Nx)``."""
+        iy, ix = _window_indices(self.xp, starts, shape)
+        lead = arr.ndim - 2
+        v = arr[(slice(None),) * lead + (iy, ix)]  # (..., B, Ny, Nx)
+        return self.xp.moveaxis(v, lead, 0) if lead else v
+
+    def add_windows(self, target: Any, starts: Any, values: Any) -> Any:
+        """Add ``values`` ``(B, ..., Ny, Nx)`` into ``target`` ``(..., H, W)`` at the corners
+        ``starts`` ``(B, 2)``; overlapping windows accumulate. Use the returned array."""
+        iy, ix = _window_indices(self.xp, starts, values.shape[-2:])
+        lead = target.ndim - 2
+        if lead:
+            values = self.xp.moveaxis(values, 0, lead)
+        return self.add_at(target, (slice(None),) * lead + (iy, ix), values)
 
     def jit(self, fn: Callable, **kwargs: Any) -> Callable:
         """Compile ``fn`` where the backend can; the identity elsewhere."""

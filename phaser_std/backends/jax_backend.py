@@ -114,6 +114,27 @@ class JaxBackend(BaseBackend):
         """``target[index] = values``. Returns a new array."""
         return target.at[index].set(values)
 
+    def get_windows(self, arr: Any, starts: Any, shape: tuple[int, int]) -> Any:
+        """One windowed gather (``vmap`` of ``dynamic_slice``): XLA copies whole rows,
+        where an index-array gather moves element by element (5x slower on CPU), and its
+        transpose under autodiff is the windowed scatter of :meth:`add_windows`."""
+        lead = tuple(arr.shape[:-2])
+        size = lead + (int(shape[0]), int(shape[1]))
+        zeros = (jnp.zeros((), dtype=jnp.int32),) * len(lead)  # int32 like the corners, also under x64
+        return jax.vmap(lambda st: jax.lax.dynamic_slice(arr, zeros + (st[0], st[1]), size))(
+            jnp.asarray(starts, dtype=jnp.int32))
+
+    def add_windows(self, target: Any, starts: Any, values: Any) -> Any:
+        """One windowed ``scatter_add`` (3-5x faster on CPU than scattering element by
+        element). Returns a new array."""
+        lead = target.ndim - 2
+        starts = jnp.asarray(starts, dtype=jnp.int32)
+        index = jnp.concatenate([jnp.zeros((starts.shape[0], lead), dtype=jnp.int32), starts], axis=1)
+        dims = jax.lax.ScatterDimensionNumbers(update_window_dims=tuple(range(1, values.ndim)),
+                                               inserted_window_dims=(),
+                                               scatter_dims_to_operand_dims=tuple(range(target.ndim)))
+        return jax.lax.scatter_add(target, index, values.astype(target.dtype), dims)
+
     def jit(self, fn: Callable, **kwargs: Any) -> Callable:
         """:func:`jax.jit` with ``kwargs`` (``static_argnums``, ``static_argnames``,
         ``donate_argnums``, ...) passed through."""

@@ -46,7 +46,6 @@ from phaser_std.physics.propagation import fresnel_propagator, fresnel_propagato
 __all__ = [
     "scan_to_pixels",
     "check_views_inside",
-    "view_indices",
     "get_views",
     "add_views",
     "shift_probes",
@@ -98,22 +97,10 @@ def check_views_inside(starts: Any, probe_shape: Sequence[int], obj_shape: Seque
             "around the scan (or increase pad_px)")
 
 
-def view_indices(bk: Any, starts: Any, probe_shape: Sequence[int]) -> tuple[Any, Any]:
-    """Row and column index arrays ``(B, Ny, 1)`` and ``(B, 1, Nx)`` of each view."""
-    xp = bk.xp
-    ny, nx = int(probe_shape[0]), int(probe_shape[1])
-    starts = xp.asarray(starts)
-    iy = starts[:, 0][:, None] + xp.arange(ny)[None, :]
-    ix = starts[:, 1][:, None] + xp.arange(nx)[None, :]
-    return iy[:, :, None], ix[:, None, :]
-
-
 def get_views(bk: Any, obj: Any, starts: Any, probe_shape: Sequence[int]) -> Any:
-    """Gather object views: ``obj`` ``(S, H, W)`` -> ``(B, S, Ny, Nx)`` (one gather)."""
-    xp = bk.xp
-    iy, ix = view_indices(bk, starts, probe_shape)
-    v = obj[:, iy, ix]  # (S, B, Ny, Nx)
-    return xp.moveaxis(v, 0, 1)
+    """Gather object views: ``obj`` ``(S, H, W)`` -> ``(B, S, Ny, Nx)`` (one gather,
+    :meth:`~phaser_core.backend.BaseBackend.get_windows`)."""
+    return bk.get_windows(obj, starts, (int(probe_shape[0]), int(probe_shape[1])))
 
 
 def add_views(bk: Any, target: Any, starts: Any, values: Any) -> Any:
@@ -122,25 +109,7 @@ def add_views(bk: Any, target: Any, starts: Any, values: Any) -> Any:
     ``target`` ``(S, H, W)`` with ``values`` ``(B, S, Ny, Nx)``, or ``target`` ``(H, W)``
     with ``values`` ``(B, Ny, Nx)``. Returns the updated target (may be in place).
     """
-    xp = bk.xp
-    probe_shape = values.shape[-2:]
-    if isinstance(target, np.ndarray) and isinstance(values, np.ndarray):
-        # host numpy: B slice-adds beat np.add.at's per-element loop by ~10x
-        ny, nx = int(probe_shape[0]), int(probe_shape[1])
-        st = np.asarray(starts)
-        if target.ndim == 2:
-            for b in range(st.shape[0]):
-                y, x = int(st[b, 0]), int(st[b, 1])
-                target[y:y + ny, x:x + nx] += values[b]
-        else:
-            for b in range(st.shape[0]):
-                y, x = int(st[b, 0]), int(st[b, 1])
-                target[:, y:y + ny, x:x + nx] += values[b]
-        return target
-    iy, ix = view_indices(bk, starts, probe_shape)
-    if target.ndim == 2:
-        return bk.add_at(target, (iy, ix), values)
-    return bk.add_at(target, (slice(None), iy, ix), xp.moveaxis(values, 1, 0))
+    return bk.add_windows(target, starts, values)
 
 
 # --------------------------------------------------------------------------- sub-pixel shifts
