@@ -77,6 +77,20 @@ def apply_constraints(bk: Any, constraints: list, probe: Any, obj: Any, info: Re
     return probe, obj
 
 
+def scan_groups(bk: Any, group_step: Callable, carry: tuple, per_group: tuple) -> tuple[tuple, dict]:
+    """Run ``group_step(*carry, *x) -> (*new_carry, outputs)`` over the groups of an
+    iteration: ``per_group`` holds ``(G, ...)`` arrays (one row per group), ``outputs`` a
+    dict of per-group arrays, returned stacked ``(G, ...)``. On jax this is one
+    ``lax.scan`` inside the caller's jit: one dispatch per iteration instead of one per
+    group (the per-group Python call cost ~0.5 ms, 10-20% of a 64-position group on CPU)."""
+
+    def body(c, x):
+        *new, outputs = group_step(*c, *x)
+        return tuple(new), outputs
+
+    return bk.scan(body, tuple(carry), tuple(per_group))
+
+
 class EngineDiverged(PhaserError):
     """The loss became NaN or infinite; the last finite state is what observers hold."""
 
@@ -85,8 +99,11 @@ class EngineLoop:
     """Runs ``niter`` iterations of an engine over groups of positions.
 
     ``begin_iteration(iteration)`` evaluates what is fixed for an iteration (flags,
-    scheduled hyperparameters); ``group_step(iteration, idx, mask, starts, frac) ->
-    loss_sum`` updates the engine's device state; ``end_iteration(iteration)`` runs
+    scheduled hyperparameters); ``run_groups(iteration, indices, masks, starts, frac) ->
+    loss_sums`` runs all groups of the iteration in order (``(G, B)`` indices and masks,
+    ``(G, B, 2)`` view corners and fractions; one compiled loop on jax, see
+    :func:`scan_groups`), or ``group_step(iteration, idx, mask, starts, frac) -> loss_sum``
+    one group at a time, updating the engine's device state; ``end_iteration(iteration)`` runs
     per-iteration updates (positions, constraints). The loop records progress, notifies observers and honours
     ``ctx.stop_requested``.
     """
@@ -103,8 +120,11 @@ class EngineLoop:
                                 self.grouping.size, self.grouping.kind, self.grouping.regroup)
 
     def run(self, state: ReconsState, *, scan_A: Callable[[], np.ndarray], obj_geometry: Callable[[], ObjectState],
-            probe_shape: tuple[int, int], group_step: Callable, end_iteration: Callable,
-            snapshot: Callable[[], ReconsState], begin_iteration: Callable | None = None) -> ReconsState:
+            probe_shape: tuple[int, int], end_iteration: Callable, snapshot: Callable[[], ReconsState],
+            group_step: Callable | None = None, run_groups: Callable | None = None,
+            begin_iteration: Callable | None = None) -> ReconsState:
+        if (group_step is None) == (run_groups is None):
+            raise TypeError("EngineLoop.run needs one of group_step and run_groups")
         ctx = self.ctx
         start_iter = state.iteration.engine_iter if state.iteration.engine_num == ctx.engine_num else 0
         total = state.iteration.total_iter
@@ -119,13 +139,14 @@ class EngineLoop:
             # sliced per group; the per-group losses stay on the device until the end
             all_starts, all_frac = scan_to_pixels(positions, geometry.corner_A, geometry.sampling_A, probe_shape)
             check_views_inside(all_starts, probe_shape, geometry.shape)
-            losses = []
-            for gi in range(len(groups)):
-                idx = groups.indices[gi]
-                mask = groups.mask[gi]
-                losses.append(group_step(it, idx, mask, all_starts[idx], all_frac[idx]))
+            if run_groups is not None:
+                ind = groups.indices
+                losses = [run_groups(it, ind, groups.mask, all_starts[ind], all_frac[ind])]
+            else:
+                losses = [group_step(it, idx, mask, all_starts[idx], all_frac[idx])
+                          for idx, mask in zip(groups.indices, groups.mask)]
             end_iteration(it)
-            loss = float(sum(float(ctx.backend.to_numpy(v)) for v in losses)) / self.n_positions
+            loss = float(sum(float(np.sum(ctx.backend.to_numpy(v))) for v in losses)) / self.n_positions
             ctx.backend.synchronize()
             dt = time.perf_counter() - t0
             total += 1

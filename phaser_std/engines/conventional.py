@@ -18,6 +18,7 @@ from phaser_std.engines.common import (
     build_constraints,
     patterns_to_device,
     resample_for_engine,
+    scan_groups,
 )
 from phaser_std.engines.conventional_solvers import make_group_step
 from phaser_std.engines.regularizers import RegInfo
@@ -131,7 +132,17 @@ class ConventionalEngine:
                 probe_, obj_ = apply_constraints(bk, group_constraints, probe_, obj_, info)
             return obj_, probe_, loss, shift
 
-        step = bk.jit(fused_step, static_argnames=("update_object", "update_probe", "update_positions"))
+        def iteration_step(obj_, probe_, patterns_, indices, starts, frac, masks, hyper, update_object=True,
+                           update_probe=True, update_positions=False):
+            def one(o, p, idx, st, fr, m):
+                o, p, loss, shift = fused_step(o, p, patterns_, idx, st, fr, m, hyper, update_object,
+                                               update_probe, update_positions)
+                return o, p, {"loss": loss, "shift": shift}
+
+            (obj_, probe_), out = scan_groups(bk, one, (obj_, probe_), (indices, starts, frac, masks))
+            return obj_, probe_, out["loss"], out["shift"]
+
+        step = bk.jit(iteration_step, static_argnames=("update_object", "update_probe", "update_positions"))
         live = {"probe": probe, "obj": obj, "scan": scan, "shift": np.zeros_like(scan)}
         sampling = np.asarray(geometry.sampling_A, dtype=np.float64)
         half = np.array(probe_shape) // 2
@@ -149,14 +160,14 @@ class ConventionalEngine:
             cur["flags"] = {"update_object": cfg.update_object(it), "update_probe": cfg.update_probe(it),
                             "update_positions": positions_on(it)}
 
-        def group_step(it, idx, mask, starts, frac):
-            obj_, probe_, loss, shift = step(live["obj"], live["probe"], patterns, bk.asarray(idx),
-                                             bk.asarray(starts), bk.asarray(frac), bk.asarray(mask), cur["hyper"],
-                                             **cur["flags"])
+        def run_groups(it, indices, masks, starts, frac):
+            obj_, probe_, losses, shifts = step(live["obj"], live["probe"], patterns, bk.asarray(indices),
+                                                bk.asarray(starts), bk.asarray(frac), bk.asarray(masks),
+                                                cur["hyper"], **cur["flags"])
             live["obj"], live["probe"] = obj_, probe_
             if cur["flags"]["update_positions"]:
-                live["shift"][idx[mask]] += bk.to_numpy(shift)[mask] * sampling
-            return loss
+                live["shift"][indices[masks]] += bk.to_numpy(shifts)[masks] * sampling
+            return losses
 
         def end_iteration(it):
             if iter_constraints:
@@ -178,7 +189,7 @@ class ConventionalEngine:
         loop = EngineLoop(name="conventional", niter=cfg.niter, grouping=cfg.grouping, ctx=ctx,
                           n_positions=scan.shape[0])
         return loop.run(state, scan_A=lambda: live["scan"], obj_geometry=lambda: geometry,
-                        probe_shape=probe_shape, group_step=group_step, end_iteration=end_iteration,
+                        probe_shape=probe_shape, run_groups=run_groups, end_iteration=end_iteration,
                         snapshot=snapshot, begin_iteration=begin_iteration)
 
     def estimate_memory(self, data_shape: Any, state_shapes: dict, dtype: str, backend: str = "numpy") -> list:

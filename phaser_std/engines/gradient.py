@@ -34,7 +34,7 @@ from phaser_core.errors import DataError
 from phaser_core.plan import SlicesPlan
 from phaser_core.state import ObjectState, ProbeState, ReconsState
 from phaser_std.engines.chunking import backend_on_cpu, resolve_chunk
-from phaser_std.engines.common import EngineLoop, GroupingConfig, patterns_to_device, resample_for_engine
+from phaser_std.engines.common import EngineLoop, GroupingConfig, patterns_to_device, resample_for_engine, scan_groups
 from phaser_std.engines.conventional import scale_probe_to_data
 from phaser_std.engines.gradient_step import GroupModel, StepCounter, make_group_step
 from phaser_std.engines.optimizers import AdamConfig
@@ -174,7 +174,21 @@ class GradientEngine:
         chunk = resolve_chunk(cfg.grouping.chunk, min(cfg.grouping.size, n_pos), state.probe.n_modes, len(thick),
                               probe_shape, np.dtype(bk.complex_dtype).itemsize, backend_on_cpu(bk))
         step = make_group_step(bk, model, solvers, group_constraints, counter=self.step_counter, chunk=chunk)
-        step = bk.jit(step, static_argnames=("update_object", "update_probe", "grad_positions", "grad_tilt"))
+
+        def iteration_step(params, opt_states, acc, patterns_, indices, starts, frac, tilt_, masks, hyper, cost_w,
+                           **flags):
+            def one(params, opt_states, acc, idx, st, fr, m):
+                tilt_g = tilt_[idx] if tilt_.ndim == 2 else tilt_
+                params, opt_states, acc, loss = step(params, opt_states, acc, patterns_, idx, st, fr, tilt_g, m,
+                                                     hyper, cost_w, **flags)
+                return params, opt_states, acc, {"loss": loss}
+
+            (params, opt_states, acc), out = scan_groups(bk, one, (params, opt_states, acc),
+                                                         (indices, starts, frac, masks))
+            return params, opt_states, acc, out["loss"]
+
+        iteration = bk.jit(iteration_step,
+                           static_argnames=("update_object", "update_probe", "grad_positions", "grad_tilt"))
 
         # solver states: restored from a checkpoint when present, else fresh
         host = _HostBackend()
@@ -219,16 +233,14 @@ class GradientEngine:
                           "tilt": bk.xp.zeros(live["tilt"].shape, dtype=bk.real_dtype)}
             cur["tilt_dev"] = bk.asarray(live["tilt"])
 
-        def group_step(it, idx, mask, starts, frac):
-            idx_d = bk.asarray(idx)
-            tilt_g = cur["tilt_dev"] if live["tilt"].ndim == 1 else cur["tilt_dev"][idx_d]
+        def run_groups(it, indices, masks, starts, frac):
             params = {"object": live["object"], "probe": live["probe"]}
-            params, states, cur["acc"], loss = step(
-                params, opt_states, cur["acc"], patterns, idx_d, bk.asarray(starts), bk.asarray(frac), tilt_g,
-                bk.asarray(mask), cur["hyper"], cur["cost_w"], **cur["flags"])
+            params, states, cur["acc"], losses = iteration(
+                params, opt_states, cur["acc"], patterns, bk.asarray(indices), bk.asarray(starts), bk.asarray(frac),
+                cur["tilt_dev"], bk.asarray(masks), cur["hyper"], cur["cost_w"], **cur["flags"])
             live["object"], live["probe"] = params["object"], params["probe"]
             opt_states.update(states)
-            return loss
+            return losses
 
         def end_iteration(it):
             fl = cur["flags"]
@@ -269,7 +281,7 @@ class GradientEngine:
 
         loop = EngineLoop(name="gradient", niter=cfg.niter, grouping=cfg.grouping, ctx=ctx, n_positions=n_pos)
         return loop.run(state, scan_A=lambda: live["scan"], obj_geometry=lambda: geometry,
-                        probe_shape=probe_shape, group_step=group_step, end_iteration=end_iteration,
+                        probe_shape=probe_shape, run_groups=run_groups, end_iteration=end_iteration,
                         snapshot=snapshot, begin_iteration=begin_iteration)
 
     def estimate_memory(self, data_shape: Any, state_shapes: dict, dtype: str, backend: str = "numpy") -> list:
