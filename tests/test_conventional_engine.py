@@ -133,6 +133,23 @@ def test_numpy_and_jax_give_the_same_reconstruction(single):
     assert np.max(np.abs(a.scan_A - single_nominal_positions(single))) > 0.01  # they did move
 
 
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_lsqml_in_chunks_equals_whole_groups(single, backend):
+    """Single-slice LSQML with groups of 32 computed 8 positions at a time: the same
+    reconstruction (probe, object, positions) as whole groups, to float32 rounding."""
+    def engines(chunk):
+        return [_engine("lsqml", 3, grouping={"size": 32, "chunk": chunk}, probe_modes=2,
+                        position_solver={"type": "momentum"}, update_positions={"after": 1})]
+
+    whole = run(single, engines(32), backend=backend)
+    chunked = run(single, engines(8), backend=backend)
+    scale = np.abs(whole.object.data).max()
+    assert np.max(np.abs(chunked.object.data - whole.object.data)) < 2e-5 * scale
+    assert np.max(np.abs(chunked.probe.data - whole.probe.data)) < 2e-5 * np.abs(whole.probe.data).max()
+    np.testing.assert_allclose(chunked.progress.loss, whole.progress.loss, rtol=1e-5)
+    assert np.max(np.abs(chunked.scan_A - whole.scan_A)) < 1e-5
+
+
 def single_nominal_positions(path):
     return true_positions(path)[0]
 

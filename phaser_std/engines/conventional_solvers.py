@@ -28,6 +28,7 @@ from typing import Any
 import attrs
 
 from phaser_core.config import Schedulable, param, schedule_value
+from phaser_std.engines.lsqml_chunked import lsqml_single_slice_chunked
 from phaser_std.physics.forward import (
     add_views,
     farfield,
@@ -316,7 +317,8 @@ def position_direction(bk: Any, probes: Any, o0: Any, chi0: Any, mask: Any) -> A
     return xp.stack(out, axis=1) * mask[:, None]
 
 
-def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any, probe_shape: tuple[int, int]):
+def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any, probe_shape: tuple[int, int],
+                    chunk: int | None = None):
     """The pure per-group step of a conventional engine.
 
     ``step(obj, probe, measured, starts, frac, mask, hyper, update_object, update_probe,
@@ -324,12 +326,27 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
     ``beta_object`` and ``beta_probe`` (scalars); ``measured`` ``(B, Qy, Qx)``
     corner-centred [e⁻]; ``loss_sum`` the noise-model loss summed over the group's
     patterns before the update; ``shift_px`` ``(B, 2)`` the position-correction direction.
+
+    ``chunk`` (a divisor of B; None: the whole group): single-slice LSQML computes the group
+    that many positions at a time (:mod:`~phaser_std.engines.lsqml_chunked`, same result).
+    ePIE and multislice sweeps always take the whole group: the slices' updates depend on
+    each other through group-wide maps.
     """
     xp = bk.xp
 
     def step(obj, probe, measured, starts, frac, mask, hyper, update_object=True, update_probe=True,
              update_positions=False):
         mask_f = mask.astype(bk.real_dtype)
+        if props is None and isinstance(solver, LsqmlSolver) and chunk is not None and chunk < mask.shape[0]:
+            stepper = solver.with_steps(hyper["beta_object"], hyper["beta_probe"])
+            new_obj, new_probe, loss, chi, probes = lsqml_single_slice_chunked(
+                bk, stepper, noise, obj, probe, measured, starts, frac, mask, chunk, update_object, update_probe)
+            if update_positions:
+                o0 = get_views(bk, obj, starts, probe_shape)[:, 0]
+                shift = position_direction(bk, probes, o0, chi, mask_f)
+            else:
+                shift = xp.zeros((mask.shape[0], 2), dtype=bk.real_dtype)
+            return new_obj, new_probe, loss, shift
         probes = shift_probes(bk, probe, frac)
         views = get_views(bk, obj, starts, probe_shape)
         psis, exit_waves = multislice_forward(bk, probes, views, props)
