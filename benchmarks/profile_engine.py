@@ -1,0 +1,94 @@
+"""Profile one benchmark case inside the engine (jax): XLA op times per iteration.
+
+    /work/venv/bin/python benchmarks/profile_engine.py epie multi64 --modes 1 --group 64
+
+Runs the case's plan (``cases.our_engine``) for ``--iters`` iterations, the last
+``--traced`` of them under ``jax.profiler``, and prints the ops taking the most time per
+iteration (host-side Python frames and executor bookkeeping left out). Ops of concurrent
+thunks overlap, so the column does not add up to the wall time.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import cases  # noqa: E402
+
+
+class _Trace:
+    def __init__(self, start: int, folder: str):
+        self.n, self.start, self.folder, self.t = 0, start, folder, []
+        self.last = None
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+    def before_engine(self, *a):
+        self.last = time.perf_counter()
+
+    def after_iteration(self, state, metrics, ctx):
+        import jax
+
+        self.n += 1
+        now = time.perf_counter()
+        self.t.append(now - self.last)
+        if self.n == self.start:
+            jax.profiler.start_trace(self.folder, create_perfetto_trace=True)
+        if self.n == metrics["niter"] and self.n > self.start:
+            jax.profiler.stop_trace()
+        self.last = time.perf_counter()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("engine")
+    ap.add_argument("dataset")
+    ap.add_argument("--modes", type=int, default=1)
+    ap.add_argument("--group", type=int, default=64)
+    ap.add_argument("--iters", type=int, default=6)
+    ap.add_argument("--traced", type=int, default=3)
+    ap.add_argument("--top", type=int, default=25)
+    a = ap.parse_args()
+    from phaser_core.plan import load_plan
+    from phaser_core.runner import run_plan
+
+    data = cases.dataset_path(a.dataset)
+    block = cases.our_engine(a.engine, niter=a.iters, group=a.group, modes=a.modes, slices=cases.n_slices(a.dataset),
+                             thickness=cases.total_thickness(a.dataset))
+    folder = tempfile.mkdtemp(prefix="phaser-trace-")
+    tr = _Trace(a.iters - a.traced, folder)
+    plan = {"file_type": "phaser_plan", "version": 1, "backend": "jax", "dtype": "float32", "seed": 0,
+            "raw_data": {"type": "hdf5", "path": str(data)}, "engines": [block]}
+    run_plan(load_plan(plan), quiet=True, observers=[tr])
+    print(f"{a.engine}/{a.dataset}/m{a.modes}/g{a.group}: s/iter {[round(t, 4) for t in tr.t]}")
+    trace = glob.glob(f"{folder}/**/*.trace.json.gz", recursive=True)[0]
+    events = [e for e in json.load(gzip.open(trace))["traceEvents"] if e.get("ph") == "X"]
+    total = collections.defaultdict(float)
+    count = collections.Counter()
+    for e in events:
+        total[e["name"]] += e["dur"]
+        count[e["name"]] += 1
+    skip = ("$", "Thunk", "PjRt", "Pjit", "Execute", "Await", "Handle", "Parse", "Allocate")
+    shown = 0
+    for name, us in sorted(total.items(), key=lambda kv: -kv[1]):
+        if name.startswith(skip) or any(s in name for s in ("ThunkExecutor", "PjitFunction")):
+            continue
+        print(f"{us / a.traced / 1e3:9.2f} ms/iter  x{count[name] / a.traced:6.0f}  {name[:90]}")
+        shown += 1
+        if shown >= a.top:
+            break
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
