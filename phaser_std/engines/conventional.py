@@ -173,10 +173,14 @@ class ConventionalEngine:
                 live["shift"][indices[masks]] += bk.to_numpy(shifts)[masks] * sampling
             return losses
 
+        # compiled once on jax (the iteration is a traced value)
+        iteration_constraints = bk.jit(lambda p, o, it: apply_constraints(bk, iter_constraints, p, o,
+                                                                          attrs.evolve(info, iteration=it)))
+
         def end_iteration(it):
             if iter_constraints:
-                live["probe"], live["obj"] = apply_constraints(bk, iter_constraints, live["probe"], live["obj"],
-                                                               attrs.evolve(info, iteration=it))
+                live["probe"], live["obj"] = iteration_constraints(live["probe"], live["obj"],
+                                                                   bk.asarray(np.int32(it)))
             if positions_on(it):
                 new = pos_solver.update(live["scan"], live["shift"], extra)
                 live["scan"] = np.clip(new, lo, hi)

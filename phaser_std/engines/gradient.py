@@ -229,8 +229,8 @@ class GradientEngine:
             cur["hyper"] = {k: (solvers[k].hyperparams(it) if solvers[k] is not None else {})
                             for k in ("object", "probe")}
             cur["cost_w"] = bk.asarray(np.array([c.weight(it) for c in costs], dtype=np.float64))
-            cur["acc"] = {"positions": bk.xp.zeros((n_pos, 2), dtype=bk.real_dtype),
-                          "tilt": bk.xp.zeros(live["tilt"].shape, dtype=bk.real_dtype)}
+            cur["acc"] = {"positions": bk.asarray(np.zeros((n_pos, 2), dtype=bk.real_dtype)),
+                          "tilt": bk.asarray(np.zeros(live["tilt"].shape, dtype=bk.real_dtype))}
             cur["tilt_dev"] = bk.asarray(live["tilt"])
 
         def run_groups(it, indices, masks, starts, frac):
@@ -242,15 +242,20 @@ class GradientEngine:
             opt_states.update(states)
             return losses
 
+        def iteration_constraints(probe_, obj_, it):
+            # compiled once on jax (the iteration is a traced value): eager, each operation
+            # would compile its own small program in the first iteration
+            for c in iter_constraints:
+                probe_, obj_ = c.apply(bk, probe_, obj_, info.replace(iteration=it))
+            return probe_, obj_, bk.xp.sum(bk.xp.real(probe_) ** 2 + bk.xp.imag(probe_) ** 2)
+
+        iteration_constraints = bk.jit(iteration_constraints)
+
         def end_iteration(it):
             fl = cur["flags"]
-            if iter_constraints:
-                p, o = live["probe"], live["object"]
-                for c in iter_constraints:
-                    p, o = c.apply(bk, p, o, info.replace(iteration=it))
-                live["probe"], live["object"] = p, o
-            probe_int = float(bk.to_numpy(bk.xp.sum(bk.xp.abs(live["probe"]) ** 2)))
-            probe_int = max(probe_int, 1e-30)
+            live["probe"], live["object"], probe_int = iteration_constraints(
+                live["probe"], live["object"], bk.asarray(np.int32(it)))
+            probe_int = max(float(bk.to_numpy(probe_int)), 1e-30)
             if fl["grad_positions"]:
                 g = bk.to_numpy(cur["acc"]["positions"]).astype(np.float64) / np.asarray(sampling) / probe_int
                 g -= g.mean(axis=0)

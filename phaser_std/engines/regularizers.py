@@ -28,7 +28,8 @@ class RegInfo:
     :ivar thicknesses_A: per-slice thickness [Å] (numpy), or None.
     :ivar fraction: group_size / n_positions; costs are multiplied by it so that one
         iteration adds each penalty once (1.0 for a full-batch evaluation).
-    :ivar iteration: engine iteration (0-based), for scheduled cost weights.
+    :ivar iteration: engine iteration (0-based), for scheduled cost weights; a traced integer
+        scalar inside compiled steps (constraints run under ``bk.jit``).
     :ivar illumination: ``(H, W)`` Σ|P|² over positions on the object grid (backend array),
         or None; weights the phase-ramp fit to the illuminated area.
     """
@@ -37,7 +38,7 @@ class RegInfo:
     wavelength_A: float | None = None
     thicknesses_A: Any = None
     fraction: float = 1.0
-    iteration: int = 0
+    iteration: Any = 0
     illumination: Any = None
 
     def replace(self, **changes: Any) -> "RegInfo":
