@@ -55,6 +55,19 @@ def stream_seed(seed: int, stream: str) -> np.random.SeedSequence:
     return np.random.SeedSequence([low, high, *np.frombuffer(digest[:8], dtype=np.uint32)])
 
 
+def _leading(x: Any) -> int:
+    return _leading(x[0]) if isinstance(x, tuple) else int(x.shape[0])
+
+
+def _row(x: Any, i: int) -> Any:
+    """Row ``i`` of an array, of each array of a (named) tuple; None stays None."""
+    if x is None:
+        return None
+    if isinstance(x, tuple):
+        return type(x)(*(_row(e, i) for e in x))
+    return x[i]
+
+
 def _window_indices(xp: Any, starts: Any, shape: Sequence[int]) -> tuple[Any, Any]:
     """Row and column index arrays ``(B, Ny, 1)`` and ``(B, 1, Nx)`` of windows at ``starts``."""
     starts = xp.asarray(starts)
@@ -159,15 +172,22 @@ class BaseBackend:
         """Compile ``fn`` where the backend can; the identity elsewhere."""
         return fn
 
+    def materialize(self, x: Any) -> Any:
+        """``x`` (a pytree of arrays), computed once where it stands: a compiler may not
+        recompute it inside its consumers (jax: ``lax.optimization_barrier``). The identity
+        on eager backends."""
+        return x
+
     def scan(self, fn: Callable, carry: Any, xs: tuple) -> tuple[Any, dict]:
         """``jax.lax.scan`` over the leading axis of the arrays in the tuple ``xs`` (None
-        entries are passed as None): ``fn(carry, x) -> (carry, y)`` with ``y`` a dict of
+        entries are passed as None, tuple entries element by element): ``fn(carry, x) ->
+        (carry, y)`` with ``y`` a dict of
         arrays; returns the last carry and each ``y`` entry stacked along a new leading
         axis. A Python loop here; jax compiles it as one loop."""
-        n = next(x for x in xs if x is not None).shape[0]
+        n = _leading(next(x for x in xs if x is not None))
         ys = []
         for i in range(n):
-            carry, y = fn(carry, tuple(None if x is None else x[i] for x in xs))
+            carry, y = fn(carry, tuple(_row(x, i) for x in xs))
             ys.append(y)
         return carry, {k: self.xp.stack([y[k] for y in ys]) for k in (ys[0] if ys else {})}
 

@@ -219,3 +219,28 @@ def test_jax_backward_matches_numpy_float32():
     ref = run(NumpyBackend("float64"))
     for r, j in zip(ref, run(bj)):
         np.testing.assert_allclose(j, r, atol=1e-5 * np.max(np.abs(r)))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_precomputed_shift_ramp_gives_the_same_shifts(backend):
+    """Shifting and un-shifting with a ShiftRamp computed once for all positions (as the
+    engines do outside their compiled loops), also split into per-group rows, equals
+    shifting with the fractions."""
+    bk = build_backend(backend, "float32")
+    rng = np.random.default_rng(2)
+    probe = bk.asarray((rng.standard_normal((2, 16, 12)) + 1j * rng.standard_normal((2, 16, 12))).astype(np.complex64))
+    frac = rng.uniform(-0.5, 0.5, (3, 4, 2)).astype(np.float32)  # 3 groups of 4
+    ramps = fw.shift_ramp_factors(bk, bk.asarray(frac), (16, 12))
+    assert ramps.y.shape == (3, 4, 16) and ramps.x.shape == (3, 4, 12)
+    waves = bk.asarray(rng.standard_normal((4, 2, 16, 12)).astype(np.complex64))
+    _, rows = bk.scan(lambda c, x: (c, {"y": x[0].y}), 0, (ramps,))
+    np.testing.assert_array_equal(bk.to_numpy(rows["y"]), bk.to_numpy(ramps.y))
+    for g in range(3):
+        group = fw.ShiftRamp(ramps.y[g], ramps.x[g])
+        f = bk.asarray(frac[g])
+        np.testing.assert_allclose(bk.to_numpy(fw.shift_probes(bk, probe, group)),
+                                   bk.to_numpy(fw.shift_probes(bk, probe, f)), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(bk.to_numpy(fw.unshift_probes(bk, waves, group)),
+                                   bk.to_numpy(fw.unshift_probes(bk, waves, f)), rtol=0, atol=1e-5)
+    split = fw.split_rows(fw.ShiftRamp(ramps.y.reshape(12, 16), ramps.x.reshape(12, 12)), 3)
+    np.testing.assert_array_equal(bk.to_numpy(split.x), bk.to_numpy(ramps.x))

@@ -23,7 +23,7 @@ from phaser_std.engines.common import (
 )
 from phaser_std.engines.conventional_solvers import make_group_step
 from phaser_std.engines.regularizers import RegInfo
-from phaser_std.physics.forward import forward_intensity, make_propagators, scan_to_pixels
+from phaser_std.physics.forward import forward_intensity, make_propagators, scan_to_pixels, shift_ramp_factors
 
 
 @attrs.frozen
@@ -138,12 +138,13 @@ class ConventionalEngine:
 
         def iteration_step(obj_, probe_, patterns_, indices, starts, frac, masks, hyper, update_object=True,
                            update_probe=True, update_positions=False):
+            ramps = shift_ramp_factors(bk, frac, probe_shape)  # once, outside the loop (ShiftRamp)
             def one(o, p, idx, st, fr, m):
                 o, p, loss, shift = fused_step(o, p, patterns_, idx, st, fr, m, hyper, update_object,
                                                update_probe, update_positions)
                 return o, p, {"loss": loss, "shift": shift}
 
-            (obj_, probe_), out = scan_groups(bk, one, (obj_, probe_), (indices, starts, frac, masks))
+            (obj_, probe_), out = scan_groups(bk, one, (obj_, probe_), (indices, starts, ramps, masks))
             return obj_, probe_, out["loss"], out["shift"]
 
         step = bk.jit(iteration_step, static_argnames=("update_object", "update_probe", "update_positions"))

@@ -39,7 +39,7 @@ from phaser_std.engines.conventional import scale_probe_to_data
 from phaser_std.engines.gradient_step import GroupModel, StepCounter, make_group_step
 from phaser_std.engines.optimizers import AdamConfig
 from phaser_std.engines.regularizers import RegInfo
-from phaser_std.physics.forward import make_propagators
+from phaser_std.physics.forward import make_propagators, shift_ramp_factors
 
 __all__ = ["GradientSolvers", "GradientConfig", "GradientEngine"]
 
@@ -177,6 +177,8 @@ class GradientEngine:
 
         def iteration_step(params, opt_states, acc, patterns_, indices, starts, frac, tilt_, masks, hyper, cost_w,
                            **flags):
+            if not flags.get("grad_positions"):
+                frac = shift_ramp_factors(bk, frac, probe_shape)  # once, outside the loop (ShiftRamp)
             def one(params, opt_states, acc, idx, st, fr, m):
                 tilt_g = tilt_[idx] if tilt_.ndim == 2 else tilt_
                 params, opt_states, acc, loss = step(params, opt_states, acc, patterns_, idx, st, fr, tilt_g, m,

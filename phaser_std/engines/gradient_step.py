@@ -57,6 +57,7 @@ from phaser_std.physics.forward import (
     intensity,
     multislice_forward,
     shift_probes,
+    split_rows,
     unshift_probes,
 )
 
@@ -316,11 +317,11 @@ def chunked_gradients(bk: Any, model: GroupModel, chunk: int, obj: Any, probe: A
     gradients summed over the chunks. The cost regularizers enter once, on the whole group.
     Same result, less memory traffic (:mod:`phaser_std.engines.chunking`)."""
     method = _method(bk, method)
-    n = frac.shape[0] // chunk
+    n = mask.shape[0] // chunk
     per_position_tilt = tilt.ndim == 2
 
     def split(a: Any) -> Any:
-        return a.reshape((n, chunk) + tuple(a.shape[1:]))
+        return split_rows(a, n)
 
     xs = (split(frac), split(starts), split(measured), split(mask), split(tilt) if per_position_tilt else None)
     data_model = attrs.evolve(model, costs=())

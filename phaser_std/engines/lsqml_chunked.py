@@ -32,6 +32,7 @@ from phaser_std.physics.forward import (
     get_views,
     intensity,
     shift_probes,
+    split_rows,
 )
 
 __all__ = ["lsqml_single_slice_chunked"]
@@ -46,7 +47,8 @@ def lsqml_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe
                                update_probe: bool) -> tuple[Any, Any, Any, Any, Any]:
     """``(new_obj, new_probe, loss_sum, chi, probes)`` for one slice, ``chunk`` (a divisor of
     the group size B) positions at a time. ``chi`` and ``probes`` ``(B, M, Ny, Nx)`` are the
-    exit-wave update and shifted probes (for the position direction). ``solver`` is an
+    exit-wave update and shifted probes (for the position direction). ``frac`` may be a
+    :class:`~phaser_std.physics.forward.ShiftRamp`. ``solver`` is an
     :class:`~phaser_std.engines.conventional_solvers.LsqmlSolver` with its step sizes set."""
     xp = bk.xp
     cfg = solver.config
@@ -55,7 +57,7 @@ def lsqml_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe
     mask_f = mask.astype(bk.real_dtype)
 
     def split(a: Any) -> Any:
-        return a.reshape((n, chunk) + tuple(a.shape[1:]))
+        return split_rows(a, n)
 
     def forward(carry, x):
         num_map, illum_map, pnum_k, pden, loss = carry

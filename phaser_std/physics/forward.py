@@ -37,13 +37,16 @@ so that dL = 2·Re Σ conj(grad)·dz; steepest descent is ``z -= step·grad``.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
 from phaser_std.physics.propagation import fresnel_propagator, fresnel_propagators_tilted
 
 __all__ = [
+    "ShiftRamp",
+    "shift_ramp_factors",
+    "split_rows",
     "scan_to_pixels",
     "check_views_inside",
     "get_views",
@@ -124,21 +127,47 @@ def _fftfreq(n: int) -> np.ndarray:
     return f
 
 
-def _shift_ramp(bk: Any, frac: Any, shape: Sequence[int]) -> Any:
-    """exp(−2πi k·d) ``(B, Ny, Nx)`` for shifts ``frac`` ``(B, 2)`` [px], corner-centred.
+class ShiftRamp(NamedTuple):
+    """The separable Fourier ramp of sub-pixel shifts: ``y`` = exp(−2πi k_y d_y) ``(B, Ny)``
+    and ``x`` = exp(−2πi k_x d_x) ``(B, Nx)``, corner-centred.
 
-    Separable: the exponential is taken on the ``(B, Ny)`` and ``(B, Nx)`` factors only and
-    their outer product formed, not on ``B·Ny·Nx`` phases.
-    """
+    Every function taking sub-pixel fractions ``frac`` also takes these precomputed factors.
+    Engines compute them once per iteration for all positions, outside the compiled group
+    loop: inside it XLA fuses the sines and cosines into each consumer and evaluates them
+    per element of the ``(B, M, Ny, Nx)`` product (measured: 1.5 ms of a 5 ms group step).
+    Fractions stay needed where positions are differentiated."""
+
+    y: Any
+    x: Any
+
+
+def shift_ramp_factors(bk: Any, frac: Any, shape: Sequence[int]) -> ShiftRamp:
+    """:class:`ShiftRamp` of shifts ``frac`` ``(..., 2)`` [px] (any leading shape) for
+    ``shape`` (Ny, Nx)."""
     xp = bk.xp
     cdt = bk.complex_dtype
     rdt = bk.real_dtype
     ky = xp.asarray(_fftfreq(int(shape[0])).astype(rdt))
     kx = xp.asarray(_fftfreq(int(shape[1])).astype(rdt))
     frac = xp.asarray(frac).astype(rdt)
-    ry = xp.exp((-2j * np.pi) * (ky[None, :] * frac[:, 0][:, None])).astype(cdt)   # (B, Ny)
-    rx = xp.exp((-2j * np.pi) * (kx[None, :] * frac[:, 1][:, None])).astype(cdt)   # (B, Nx)
-    return ry[:, :, None] * rx[:, None, :]
+    ry = xp.exp((-2j * np.pi) * (ky * frac[..., 0][..., None])).astype(cdt)
+    rx = xp.exp((-2j * np.pi) * (kx * frac[..., 1][..., None])).astype(cdt)
+    return ShiftRamp(ry, rx)
+
+
+def _shift_ramp(bk: Any, frac: Any, shape: Sequence[int]) -> Any:
+    """exp(−2πi k·d) ``(B, Ny, Nx)`` for shifts ``frac`` ``(B, 2)`` [px] or their
+    :class:`ShiftRamp`: the outer product of the factors (exponentials on ``B·(Ny + Nx)``
+    phases, not ``B·Ny·Nx``)."""
+    f = frac if isinstance(frac, ShiftRamp) else shift_ramp_factors(bk, frac, shape)
+    return f.y[:, :, None] * f.x[:, None, :]
+
+
+def split_rows(a: Any, n: int) -> Any:
+    """``(n·C, ...)`` -> ``(n, C, ...)``; a :class:`ShiftRamp` factor by factor."""
+    if isinstance(a, ShiftRamp):
+        return ShiftRamp(split_rows(a.y, n), split_rows(a.x, n))
+    return a.reshape((n, a.shape[0] // n) + tuple(a.shape[1:]))
 
 
 def _fft2_pair(bk: Any, x: Any) -> Any:
