@@ -134,15 +134,23 @@ def test_numpy_and_jax_give_the_same_reconstruction(single):
 
 
 @pytest.mark.parametrize("backend", ["numpy", "jax"])
-def test_lsqml_in_chunks_equals_whole_groups(single, backend):
-    """Single-slice LSQML with groups of 32 computed 8 positions at a time: the same
-    reconstruction (probe, object, positions) as whole groups, to float32 rounding."""
+@pytest.mark.parametrize("slices", [None, {"n": 3, "total_thickness_A": 75.0}])
+def test_lsqml_in_chunks_equals_whole_groups(data_dir, single, backend, slices):
+    """LSQML (single slice; multislice joint step) with groups of 32 computed 8 positions
+    at a time: the same reconstruction (probe, object, positions) as whole groups, to
+    float32 rounding."""
+    data = single
+    if slices:
+        data = data_dir / "ms.h5"
+        if not data.exists():
+            make_dataset(data, convergence_angle_mrad=30.0, object=MULTISLICE)
+
     def engines(chunk):
-        return [_engine("lsqml", 3, grouping={"size": 32, "chunk": chunk}, probe_modes=2,
+        return [_engine("lsqml", 3, grouping={"size": 32, "chunk": chunk}, probe_modes=2, slices=slices,
                         position_solver={"type": "momentum"}, update_positions={"after": 1})]
 
-    whole = run(single, engines(32), backend=backend)
-    chunked = run(single, engines(8), backend=backend)
+    whole = run(data, engines(32), backend=backend)
+    chunked = run(data, engines(8), backend=backend)
     scale = np.abs(whole.object.data).max()
     assert np.max(np.abs(chunked.object.data - whole.object.data)) < 2e-5 * scale
     assert np.max(np.abs(chunked.probe.data - whole.probe.data)) < 2e-5 * np.abs(whole.probe.data).max()

@@ -6,7 +6,8 @@ field, noise model, adjoint) to run on all B positions at once. On a CPU the arr
 whole group, ``B x modes x slices x Ny x Nx`` complex numbers, quickly outgrow the caches and
 every pass over them goes to main memory: with 4 probe modes or 8 slices a group of 64 is
 1.4-1.9x slower than the same group computed 4-16 positions at a time and summed
-(``benchmarks/NOTES.md``). The sum is the same, so the chunk changes speed and peak memory,
+(``benchmarks/NOTES.md``). The gradient engine chunks every group; LSQML (single slice, and
+the multislice ``joint`` step) chunks groups larger than its budget. The sum is the same, so the chunk changes speed and peak memory,
 not the result (to float rounding).
 """
 
@@ -14,10 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CACHE_BUDGET_BYTES", "auto_chunk", "resolve_chunk", "backend_on_cpu", "named_backend_on_cpu"]
+__all__ = ["CACHE_BUDGET_BYTES", "SWEEP_BUDGET_BYTES", "auto_chunk", "resolve_chunk", "backend_on_cpu", "named_backend_on_cpu"]
 
-#: Per-chunk wave data [bytes] the automatic choice aims at (a share of a CPU's L2/L3).
+#: Per-chunk wave data [bytes] the automatic choice aims at (a share of a CPU's L2/L3),
+#: counted as modes x slices x Ny x Nx complex numbers per position. The gradient step and
+#: single-slice LSQML gain down to 4 MiB; the multislice LSQML step keeps every slice's
+#: waves of its chunks for a second pass and loses to that bookkeeping below ~16 MiB
+#: (measured on the 2-core benchmark machine, benchmarks/NOTES.md).
 CACHE_BUDGET_BYTES = 4 * 2**20
+SWEEP_BUDGET_BYTES = 16 * 2**20
 
 
 def auto_chunk(group_size: int, bytes_per_position: int, budget: int = CACHE_BUDGET_BYTES) -> int:
@@ -33,7 +39,8 @@ def auto_chunk(group_size: int, bytes_per_position: int, budget: int = CACHE_BUD
 
 
 def resolve_chunk(requested: int | None, group_size: int, n_modes: int, n_slices: int,
-                  wave_shape: tuple[int, int], itemsize: int, on_cpu: bool) -> int:
+                  wave_shape: tuple[int, int], itemsize: int, on_cpu: bool,
+                  budget: int = CACHE_BUDGET_BYTES) -> int:
     """The chunk an engine uses: ``requested`` when given (it must divide the group size),
     else :func:`auto_chunk` on a CPU (waves of ``n_modes·n_slices·Ny·Nx`` complex numbers of
     ``itemsize`` [bytes] per position) and the whole group on a GPU, whose batches should
@@ -47,7 +54,7 @@ def resolve_chunk(requested: int | None, group_size: int, n_modes: int, n_slices
     if not on_cpu:
         return group_size
     per_position = int(n_modes) * int(n_slices) * int(wave_shape[0]) * int(wave_shape[1]) * int(itemsize)
-    return auto_chunk(group_size, per_position)
+    return auto_chunk(group_size, per_position, budget)
 
 
 def backend_on_cpu(bk: Any) -> bool:

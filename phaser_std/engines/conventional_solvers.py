@@ -28,7 +28,7 @@ from typing import Any
 import attrs
 
 from phaser_core.config import Schedulable, param, schedule_value
-from phaser_std.engines.lsqml_chunked import lsqml_single_slice_chunked
+from phaser_std.engines.lsqml_chunked import lsqml_multislice_chunked, lsqml_single_slice_chunked
 from phaser_std.physics.forward import (
     add_views,
     farfield,
@@ -327,10 +327,11 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
     corner-centred [e⁻]; ``loss_sum`` the noise-model loss summed over the group's
     patterns before the update; ``shift_px`` ``(B, 2)`` the position-correction direction.
 
-    ``chunk`` (a divisor of B; None: the whole group): single-slice LSQML computes the group
-    that many positions at a time (:mod:`~phaser_std.engines.lsqml_chunked`, same result).
-    ePIE and multislice sweeps always take the whole group: the slices' updates depend on
-    each other through group-wide maps.
+    ``chunk`` (a divisor of B; None: the whole group): LSQML (single slice, and the
+    multislice ``joint`` step) computes the group that many positions at a time
+    (:mod:`~phaser_std.engines.lsqml_chunked`, same result). ePIE and the ``sequential``
+    sweep always take the whole group: each slice's update needs the group-wide update of
+    the slice after it.
     """
     xp = bk.xp
 
@@ -344,6 +345,17 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
             if update_positions:
                 o0 = get_views(bk, obj, starts, probe_shape)[:, 0]
                 shift = position_direction(bk, probes, o0, chi, mask_f)
+            else:
+                shift = xp.zeros((mask.shape[0], 2), dtype=bk.real_dtype)
+            return new_obj, new_probe, loss, shift
+        if props is not None and isinstance(solver, LsqmlSolver) and solver.config.multislice == "joint" \
+                and update_object and chunk is not None and chunk < mask.shape[0]:
+            stepper = solver.with_steps(hyper["beta_object"], hyper["beta_probe"])
+            new_obj, new_probe, loss, chi0, probes = lsqml_multislice_chunked(
+                bk, stepper, noise, obj, probe, props, measured, starts, frac, mask, chunk, update_probe)
+            if update_positions:
+                o0 = get_views(bk, obj, starts, probe_shape)[:, 0]
+                shift = position_direction(bk, probes, o0, chi0, mask_f)
             else:
                 shift = xp.zeros((mask.shape[0], 2), dtype=bk.real_dtype)
             return new_obj, new_probe, loss, shift

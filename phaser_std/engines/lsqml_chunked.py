@@ -1,4 +1,5 @@
-"""The single-slice LSQML group step computed a chunk of positions at a time.
+"""The LSQML group steps (single slice, and the multislice ``joint`` step) computed a chunk
+of positions at a time.
 
 Same update as :class:`~phaser_std.engines.conventional_solvers.LsqmlSolver` on one slice
 (the joint object/probe step of Odstrčil et al. 2018, eq. 23), but the group's per-position
@@ -31,11 +32,13 @@ from phaser_std.physics.forward import (
     farfield_adjoint,
     get_views,
     intensity,
+    multislice_forward,
+    propagate,
     shift_probes,
     split_rows,
 )
 
-__all__ = ["lsqml_single_slice_chunked"]
+__all__ = ["lsqml_single_slice_chunked", "lsqml_multislice_chunked"]
 
 
 def _abs2(xp: Any, z: Any) -> Any:
@@ -138,3 +141,95 @@ def _solve_2x2(xp: Any, d: dict, gamma: float) -> tuple[Any, Any]:
     det = aa * bb - ab * ab
     det = xp.where(det > 1e-12 * aa * bb, det, aa * bb)
     return (bb * ca - ab * cb) / det, (aa * cb - ab * ca) / det
+
+
+def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: Any, props: Any, measured: Any,
+                             starts: Any, frac: Any, mask: Any, chunk: int,
+                             update_probe: bool) -> tuple[Any, Any, Any, Any, Any]:
+    """The multislice ``joint`` LSQML step (object updated), ``chunk`` positions at a time;
+    returns as :func:`lsqml_single_slice_chunked` (``chi`` at the entrance plane).
+
+    Part 1 per chunk: forward through the slices, χ, and χ back through them, adding each
+    slice's numerator and illumination maps and the probe numerator; the waves entering
+    the slices are kept. On the group: the slices' and the probe's directions. Part 2 per
+    chunk: the combined direction carried to the exit plane (linearised multislice) and the
+    two sums of each position's least-squares step. On the group: the steps, the object
+    and probe updates. As ``LsqmlSolver.sweep`` with ``multislice: joint``."""
+    xp = bk.xp
+    cfg = solver.config
+    shape = probe.shape[-2:]
+    n_slices = obj.shape[0]
+    n = mask.shape[0] // chunk
+    mask_f = mask.astype(bk.real_dtype)
+
+    def split(a: Any) -> Any:
+        return split_rows(a, n)
+
+    def backward(carry, x):
+        num_maps, illum_maps, pnum_k, pden, loss = carry
+        me, st, fr, m = x
+        probes = shift_probes(bk, probe, fr)
+        views = get_views(bk, obj, st, shape)  # (C, S, Ny, Nx)
+        psis, exit_wave = multislice_forward(bk, probes, views, props)
+        wave_k = farfield(bk, exit_wave)
+        model = intensity(bk, wave_k)
+        loss = loss + xp.sum(noise.loss(bk, model, me) * m)
+        chi = farfield_adjoint(bk, noise.wave_update(bk, wave_k, model, me)) * m[:, None, None, None]
+        mm = m[:, None, None]
+        g = chi
+        nums, illums = [None] * n_slices, [None] * n_slices
+        for i in range(n_slices - 1, -1, -1):
+            nums[i] = xp.sum(xp.conj(psis[i]) * g, axis=1) * mm
+            illums[i] = xp.sum(_abs2(xp, psis[i]), axis=1) * mm
+            if i > 0:
+                g = propagate(bk, xp.conj(views[:, i])[:, None] * g, xp.conj(props[i - 1]))
+        num_maps = add_views(bk, num_maps, st, xp.stack(nums, axis=1))
+        illums = xp.stack(illums, axis=1)  # (C, S, Ny, Nx)
+        illum_maps = add_views(bk, illum_maps, st, illums)
+        if update_probe:
+            o0 = views[:, 0]
+            gk = _fft2_pair(bk, xp.conj(o0)[:, None] * g)
+            pnum_k = pnum_k + xp.sum(gk * xp.conj(_shift_ramp(bk, fr, shape))[:, None], axis=0)
+            pden = pden + xp.sum(_abs2(xp, o0) * mm, axis=0)
+        kept = {"chi": chi, "chi0": g, "probes": probes, "psis": xp.stack(psis, axis=1), "illums": illums}
+        return (num_maps, illum_maps, pnum_k, pden, loss), kept
+
+    init = (xp.zeros(obj.shape, dtype=obj.dtype), xp.zeros(obj.shape, dtype=bk.real_dtype),
+            xp.zeros(probe.shape, dtype=probe.dtype), xp.zeros(shape, dtype=bk.real_dtype),
+            xp.zeros((), dtype=bk.real_dtype))
+    (num_maps, illum_maps, pnum_k, pden, loss), kept = bk.scan(
+        backward, init, (split(measured), split(starts), split(frac), split(mask_f)))
+    peak = xp.max(illum_maps, axis=(1, 2), keepdims=True)
+    directions = num_maps / (illum_maps + cfg.illum_reg_object * peak + 1e-30)
+    pdir = None
+    if update_probe:
+        pdir = _ifft2_pair(bk, pnum_k) / (pden + cfg.illum_reg_probe * xp.max(pden) + 1e-30)
+
+    def carried(carry, x):
+        ch, ps, st, fr = x
+        views = get_views(bk, obj, st, shape)
+        d_views = get_views(bk, directions, st, shape)
+        d_wave = shift_probes(bk, pdir, fr) if update_probe else xp.zeros_like(ps[:, 0])
+        for i in range(n_slices):
+            d_wave = d_wave * views[:, i][:, None] + d_views[:, i][:, None] * ps[:, i]
+            if i < n_slices - 1:
+                d_wave = propagate(bk, d_wave, props[i])
+        axes = (1, 2, 3)
+        return carry, {"num": xp.sum(xp.real(ch * xp.conj(d_wave)), axis=axes),
+                       "den": xp.sum(_abs2(xp, d_wave), axis=axes)}
+
+    _, sums = bk.scan(carried, 0.0, (kept["chi"], kept["psis"], split(starts), split(frac)))
+    num, den = sums["num"].reshape(-1), sums["den"].reshape(-1)
+    alpha = xp.clip(num / (den + cfg.gamma * xp.max(den) + 1e-30), 0.0, None) * mask_f
+    illums = kept["illums"].reshape((-1,) + tuple(kept["illums"].shape[2:]))
+    weight = add_views(bk, xp.zeros(obj.shape, dtype=bk.real_dtype), starts, alpha[:, None, None, None] * illums)
+    new_obj = obj + solver.beta_object * (weight / (illum_maps + 1e-30)) * directions
+    new_probe = probe
+    if update_probe:
+        step = xp.sum(alpha) / xp.maximum(xp.sum(mask_f), 1.0)
+        new_probe = probe + solver.beta_probe * step * pdir
+
+    def whole(a: Any) -> Any:
+        return a.reshape((-1,) + tuple(a.shape[2:]))
+
+    return new_obj, new_probe, loss, whole(kept["chi0"]), whole(kept["probes"])
