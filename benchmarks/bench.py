@@ -107,9 +107,9 @@ def _last_json(text: str) -> dict | None:
 
 def run_ours(case: dict, data: Path, a) -> dict:
     ds = case["dataset"]
-    block = C.our_engine(case["engine"], niter=a.iters, group=case["group"], modes=case["modes"],
-                         slices=C.n_slices(ds), thickness=C.total_thickness(ds),
-                         probe_after=a.probe_after)
+    make = C.our_default_engine if a.ours_defaults else C.our_engine
+    block = make(case["engine"], niter=a.iters, group=case["group"], modes=case["modes"],
+                 slices=C.n_slices(ds), thickness=C.total_thickness(ds), probe_after=a.probe_after)
     job = {"data": str(data), "backend": case["backend"], "engine_block": block,
            "score_every": a.score_every if a.ttt else 0, "target": a.target, "final_score": True}
     t0 = time.perf_counter()
@@ -218,6 +218,8 @@ def main(argv=None) -> None:
     ap.add_argument("--target", type=float, default=0.9, help="pearson vs ground truth for --ttt")
     ap.add_argument("--score-every", type=int, default=1)
     ap.add_argument("--no-phaser", action="store_true", help="ours only")
+    ap.add_argument("--ours-defaults", action="store_true",
+                    help="our engines with our own default settings (phaserEM keeps its example settings)")
     ap.add_argument("--phaser-backends", nargs="*", default=["jax", "numpy"],
                     help="backends on which phaserEM runs beside ours")
     ap.add_argument("--timeout", type=float, default=900.0, help="per process [s]")

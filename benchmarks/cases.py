@@ -103,6 +103,23 @@ def our_engine(engine: str, *, niter: int, group: int, modes: int, slices: int, 
     raise ValueError(engine)
 
 
+def our_default_engine(engine: str, *, niter: int, group: int, modes: int, slices: int, thickness: float,
+                       probe_after: int = 0) -> dict:
+    """Our engine block with our own defaults (what `phaser describe engine ...` lists):
+    only the engine, solver, group size, modes and slices are set (``bench.py --ours-defaults``,
+    for time to target "with each package's example settings")."""
+    block: dict = {"niter": niter, "grouping": {"size": group}, "probe_modes": modes}
+    if probe_after:
+        block["update_probe"] = {"after": probe_after}
+    if slices > 1:
+        block["slices"] = {"n": slices, "total_thickness_A": thickness}
+    if engine in ("epie", "lsqml"):
+        return {"type": "conventional", **block, "solver": {"type": engine}}
+    if engine == "gradient":
+        return {"type": "gradient", **block}
+    raise ValueError(engine)
+
+
 def phaser_args(engine: str, *, niter: int, group: int, modes: int, slices: int, thickness: float,
                 backend: str, probe_after: int = 0) -> list[str]:
     """Arguments of /work/shared/bench/run_phaser.py for the same case."""
