@@ -185,11 +185,14 @@ class BaseBackend:
         arrays; returns the last carry and each ``y`` entry stacked along a new leading
         axis. A Python loop here; jax compiles it as one loop."""
         n = _leading(next(x for x in xs if x is not None))
-        ys = []
+        out: dict = {}
         for i in range(n):
             carry, y = fn(carry, tuple(_row(x, i) for x in xs))
-            ys.append(y)
-        return carry, {k: self.xp.stack([y[k] for y in ys]) for k in (ys[0] if ys else {})}
+            for k, v in y.items():
+                if i == 0:  # filled row by row: no list of rows and stacked copy at once
+                    out[k] = self.xp.empty((n,) + tuple(v.shape), dtype=v.dtype)
+                out[k][i] = v
+        return carry, out
 
     def rng(self, seed: int, stream: str) -> np.random.Generator:
         """A host random generator for the named stream of ``seed``. The same on every
