@@ -407,8 +407,11 @@ def measure_in_subprocess(plan_path: str | Path, timeout: float = 600.0) -> dict
     """:func:`measure_peak` in a fresh Python process; returns its dict."""
     import subprocess
 
+    # compiled programs from jax's persistent cache need far less memory than compiling
+    # them: measure the worst case, a first run
+    env = dict(os.environ, PHASER_JAX_CACHE="0")
     proc = subprocess.run([sys.executable, "-m", "phaser_core.memory", "measure", str(plan_path)],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         raise PhaserError(f"measuring {plan_path} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

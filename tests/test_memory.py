@@ -32,10 +32,12 @@ def _group_term(engine, backend="numpy") -> int:
     return value
 
 
-def _conv(size=64, modes=None, slices=None, **kw):
+def _conv(size=64, modes=None, slices=None, chunk="group", **kw):
+    """A conventional engine computing whole groups at once unless ``chunk`` says otherwise."""
     sl = SlicesPlan(n=slices, total_thickness_A=10.0 * slices) if slices else None
-    return ConventionalEngine(ConventionalConfig(grouping=GroupingConfig(size=size), probe_modes=modes, slices=sl,
-                                                 scale_probe=False, **kw))
+    chunk = size if chunk == "group" else chunk
+    return ConventionalEngine(ConventionalConfig(grouping=GroupingConfig(size=size, chunk=chunk), probe_modes=modes,
+                                                 slices=sl, scale_probe=False, **kw))
 
 
 def _grad(size=64, modes=None, slices=None, chunk="group"):
@@ -74,6 +76,16 @@ def test_gradient_group_term_counts_the_chunk_not_the_group(backend):
     assert auto_256 == whole_32 + patterns
     assert _group_term(_grad(size=256, chunk=64), backend) == _group_term(_grad(size=64), backend) + \
         (256 - 64) * 128 * 128 * 4
+
+
+def test_chunked_lsqml_group_term_is_the_chunk_plus_what_is_kept():
+    """Single-slice LSQML in chunks (128² px, 4 modes: 512 KiB of waves per position, so
+    chunks of 8) holds a chunk's working set plus the group's χ and shifted probes."""
+    whole_8 = _group_term(_conv(size=8, modes=4))
+    chunked = _group_term(_conv(size=256, modes=4, chunk=None))
+    wave = 256 * 4 * 128 * 128 * 8
+    assert chunked == whole_8 + 2 * wave + 2 * 256 * 128 * 128 * 4
+    assert chunked < 0.6 * _group_term(_conv(size=256, modes=4))
 
 
 def test_object_and_optimizer_terms_scale_with_slices():

@@ -28,7 +28,7 @@ from typing import Any
 
 import attrs
 
-from phaser_std.engines.chunking import named_backend_on_cpu, resolve_chunk
+from phaser_std.engines.chunking import CACHE_BUDGET_BYTES, SWEEP_BUDGET_BYTES, named_backend_on_cpu, resolve_chunk
 
 MiB = 1 << 20
 
@@ -165,9 +165,19 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
     z = sizes(config, data_shape, state_shapes, dtype, backend)
     terms, dry = _common_terms(config, z, "conv", state_shapes)
     k = z.k
-    group = z.phase("conv")
-    name = (f"group step: views, {z.s} slice waves, far field, chi and FFT workspace "
-            f"(B={z.b} x M={z.m} x {z.p} px)")
+    chunk = _lsqml_chunk(config, z, backend)
+    if chunk < z.b:
+        # chunked LSQML: a chunk's working set, plus what is kept of the whole group for the
+        # second part: χ and the shifted probes (and χ at the entrance) and the waves
+        # entering every slice (multislice), with the per-slice illumination
+        kept = (2 + (z.s + 1 if z.s > 1 else 0)) * z.wave() + z.b * z.s * z.p * z.r
+        group = z.phase("conv", chunk) + kept + z.b * z.p * z.r
+        name = (f"group step: {chunk} of B={z.b} positions at a time, the group's chi and slice waves kept "
+                f"(M={z.m} x {z.p} px)")
+    else:
+        group = z.phase("conv")
+        name = (f"group step: views, {z.s} slice waves, far field, chi and FFT workspace "
+                f"(B={z.b} x M={z.m} x {z.p} px)")
     terms.append(_transient((group, name), dry, _group_hint(z, config.grouping.size)))
     terms.append(("object-sized maps of a group update (illumination, update, new object)",
                   int(k["conv_object"] * z.obj), f"fewer slices (slices.n = {z.s})", "device"))
@@ -176,6 +186,19 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
         terms.append(("position-correction direction (2 waves)", 2 * z.wave(), _group_hint(z, config.grouping.size),
                       "device"))
     return terms
+
+
+def _lsqml_chunk(config: Any, z: Sizes, backend: str) -> int:
+    """The chunk of the conventional engine's group step (:mod:`~phaser_std.engines.chunking`):
+    LSQML single slice or the multislice ``joint`` step; B otherwise."""
+    solver = getattr(config, "solver", None)
+    if getattr(solver, "type", None) != "lsqml":
+        return z.b
+    if z.s > 1 and getattr(getattr(solver, "config", None), "multislice", "joint") != "joint":
+        return z.b
+    budget = SWEEP_BUDGET_BYTES if z.s > 1 else CACHE_BUDGET_BYTES
+    return resolve_chunk(getattr(config.grouping, "chunk", None), z.b, z.m, z.s, (z.p, 1), z.c,
+                         named_backend_on_cpu(backend), budget)
 
 
 def gradient_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: str,
