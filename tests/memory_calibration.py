@@ -158,40 +158,72 @@ PARAMS = ("overhead_MiB", "compile_per_slice_MiB", "dry_slice_waves", "dry_waves
 
 def fit(rows: list[dict]) -> None:
     """Fit the per-backend constants: measured ≈ patterns (host + device) + overhead +
-    views + (a·S + k)·wave + d·B·P·c of the transient phase (probe scaling or group step)."""
+    views + (a·S + k)·wave + d·B·P·c of the transient phase, the larger of the probe-scaling
+    pass (when it runs) and the group step. The larger one depends on the constants, so the
+    fit alternates: assign each case its larger phase under the current constants, refit
+    (bounded least squares on the relative error), until the assignment settles."""
     import numpy as np
     from scipy.optimize import lsq_linear
 
+    from phaser_std.engines.chunking import CACHE_BUDGET_BYTES, SWEEP_BUDGET_BYTES, auto_chunk
     from phaser_std.engines.memory import dry_run_batch
 
     measured = {r["case"]: r["measured"] for r in rows if r.get("measured")}
     mib = float(1 << 20)
+
+    def features(case, phase):
+        _, engine, size, s, m, group, extra = case
+        n, q = SIZES[size]
+        n_pos, p, c = n * n, q * q, 8
+        x = np.zeros(len(PARAMS))
+        x[0], x[1] = mib, s * mib
+        x[11] = mib if engine == "gradient" else 0.0
+        if phase == "dry":
+            b = min(dry_run_batch(), n_pos)
+            x[2:5] = (s * b * m * p * c, b * m * p * c, b * p * c)
+            return x, 2 * n_pos * p * 4 + b * s * p * c
+        b = min(group, n_pos)
+        kept = 0
+        if engine == "gradient":
+            b_all, b = b, auto_chunk(b, m * s * p * c)
+            kept = b_all * p * 4
+        elif engine == "lsqml":
+            budget = SWEEP_BUDGET_BYTES if s > 1 else CACHE_BUDGET_BYTES
+            chunk = auto_chunk(b, m * s * p * c, budget)
+            if chunk < b:
+                kept = (2 + (s + 1 if s > 1 else 0)) * b * m * p * c + b * s * p * 4 + b * p * 4
+                b = chunk
+        off = 5 if engine != "gradient" else 8
+        x[off:off + 3] = (s * b * m * p * c, b * m * p * c, b * p * c)
+        return x, 2 * n_pos * p * 4 + b * s * p * c + kept
+
     for backend in ("numpy", "jax"):
-        a_rows, y = [], []
-        for case in CASES + VALIDATION:
-            if case[0] != backend or label(case) not in measured:
-                continue
-            _, engine, size, s, m, group, extra = case
-            n, q = SIZES[size]
-            n_pos, p, c = n * n, q * q, 8
-            scale = extra.get("scale_probe", True)
-            b = min(dry_run_batch(), n_pos) if scale else min(group, n_pos)
-            fixed = 2 * n_pos * p * 4 + b * s * p * c
-            x = np.zeros(len(PARAMS))
-            x[0], x[1] = mib, s * mib
-            off = 2 if scale else (5 if engine != "gradient" else 8)
-            x[off:off + 3] = (s * b * m * p * c, b * m * p * c, b * p * c)
-            x[11] = mib if engine == "gradient" else 0.0
-            meas = measured[label(case)]
-            a_rows.append(x / meas)
-            y.append((meas - fixed) / meas)
-        if not a_rows:
+        cases = [c for c in CASES + VALIDATION if c[0] == backend and label(c) in measured]
+        if not cases:
             continue
         jax = backend == "jax"
         lo = [0, 0, 0 if jax else 1, 0, -6, 1, 0, 0, 1, 0, 0, 0]
-        hi = [300, 60 if jax else 1e-9, 4 if jax else 5, 8, 8, 6, 16, 8, 6, 16, 8, 100 if jax else 1e-9]
-        sol = lsq_linear(np.array(a_rows), np.array(y), bounds=(lo, hi))
-        print(f"{backend}: " + ", ".join(f"{k}={v:.2f}" for k, v in zip(PARAMS, sol.x)))
+        hi = [300, 60 if jax else 1e-9, 4 if jax else 5, 8, 8, 6, 8, 8, 6, 8, 8, 100 if jax else 1e-9]
+        phases = {label(c): "group" for c in cases}
+        sol = None
+        for _ in range(10):
+            a_rows, y = [], []
+            for case in cases:
+                x, fixed = features(case, phases[label(case)])
+                meas = measured[label(case)]
+                a_rows.append(x / meas)
+                y.append((meas - fixed) / meas)
+            sol = lsq_linear(np.array(a_rows), np.array(y), bounds=(lo, hi)).x
+            new = {}
+            for case in cases:
+                scale = case[6].get("scale_probe", True)
+                est = {ph: features(case, ph)[0] @ sol + features(case, ph)[1]
+                       for ph in (("dry", "group") if scale else ("group",))}
+                new[label(case)] = max(est, key=est.get)
+            if new == phases:
+                break
+            phases = new
+        print(f"{backend}: " + ", ".join(f"{k}={v:.2f}" for k, v in zip(PARAMS, sol)))
 
 
 if __name__ == "__main__":
