@@ -338,21 +338,16 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
     def step(obj, probe, measured, starts, frac, mask, hyper, update_object=True, update_probe=True,
              update_positions=False):
         mask_f = mask.astype(bk.real_dtype)
-        if props is None and isinstance(solver, LsqmlSolver) and chunk is not None and chunk < mask.shape[0]:
+        chunked = (isinstance(solver, LsqmlSolver) and chunk is not None and chunk < mask.shape[0]
+                   and (props is None or (update_object and solver.config.multislice == "joint")))
+        if chunked:
             stepper = solver.with_steps(hyper["beta_object"], hyper["beta_probe"])
-            new_obj, new_probe, loss, chi, probes = lsqml_single_slice_chunked(
-                bk, stepper, noise, obj, probe, measured, starts, frac, mask, chunk, update_object, update_probe)
-            if update_positions:
-                o0 = get_views(bk, obj, starts, probe_shape)[:, 0]
-                shift = position_direction(bk, probes, o0, chi, mask_f)
+            if props is None:
+                new_obj, new_probe, loss, chi0, probes = lsqml_single_slice_chunked(
+                    bk, stepper, noise, obj, probe, measured, starts, frac, mask, chunk, update_object, update_probe)
             else:
-                shift = xp.zeros((mask.shape[0], 2), dtype=bk.real_dtype)
-            return new_obj, new_probe, loss, shift
-        if props is not None and isinstance(solver, LsqmlSolver) and solver.config.multislice == "joint" \
-                and update_object and chunk is not None and chunk < mask.shape[0]:
-            stepper = solver.with_steps(hyper["beta_object"], hyper["beta_probe"])
-            new_obj, new_probe, loss, chi0, probes = lsqml_multislice_chunked(
-                bk, stepper, noise, obj, probe, props, measured, starts, frac, mask, chunk, update_probe)
+                new_obj, new_probe, loss, chi0, probes = lsqml_multislice_chunked(
+                    bk, stepper, noise, obj, probe, props, measured, starts, frac, mask, chunk, update_probe)
             if update_positions:
                 o0 = get_views(bk, obj, starts, probe_shape)[:, 0]
                 shift = position_direction(bk, probes, o0, chi0, mask_f)
