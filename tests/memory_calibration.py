@@ -165,7 +165,7 @@ def fit(rows: list[dict]) -> None:
     import numpy as np
     from scipy.optimize import lsq_linear
 
-    from phaser_std.engines.chunking import CACHE_BUDGET_BYTES, SWEEP_BUDGET_BYTES, auto_chunk
+    from phaser_std.engines.chunking import auto_chunk, conventional_budget
     from phaser_std.engines.memory import dry_run_batch
 
     measured = {r["case"]: r["measured"] for r in rows if r.get("measured")}
@@ -187,11 +187,12 @@ def fit(rows: list[dict]) -> None:
         if engine == "gradient":
             b_all, b = b, auto_chunk(b, m * s * p * c)
             kept = b_all * p * 4
-        elif engine == "lsqml":
-            budget = SWEEP_BUDGET_BYTES if s > 1 else CACHE_BUDGET_BYTES
-            chunk = auto_chunk(b, m * s * p * c, budget)
+        elif engine == "lsqml" or (engine == "epie" and s == 1):
+            chunk = auto_chunk(b, m * s * p * c, conventional_budget(engine, s))
             if chunk < b:
-                kept = (2 + (s + 1 if s > 1 else 0)) * b * m * p * c + b * s * p * 4 + b * p * 4
+                kept = b * p * 4
+                if engine == "lsqml":
+                    kept += (2 + (s + 1 if s > 1 else 0)) * b * m * p * c + b * s * p * 4
                 b = chunk
         off = 5 if engine != "gradient" else 8
         x[off:off + 3] = (s * b * m * p * c, b * m * p * c, b * p * c)

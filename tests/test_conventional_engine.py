@@ -134,11 +134,12 @@ def test_numpy_and_jax_give_the_same_reconstruction(single):
 
 
 @pytest.mark.parametrize("backend", ["numpy", "jax"])
-@pytest.mark.parametrize("slices", [None, {"n": 3, "total_thickness_A": 75.0}])
-def test_lsqml_in_chunks_equals_whole_groups(data_dir, single, backend, slices):
-    """LSQML (single slice; multislice joint step) with groups of 32 computed 8 positions
-    at a time: the same reconstruction (probe, object, positions) as whole groups, to
-    float32 rounding."""
+@pytest.mark.parametrize("solver,slices", [("lsqml", None), ("lsqml", {"n": 3, "total_thickness_A": 75.0}),
+                                           ("epie", None)])
+def test_chunks_equal_whole_groups(data_dir, single, backend, solver, slices):
+    """LSQML (single slice; multislice joint step) and single-slice ePIE with groups of 32
+    computed 8 positions at a time: the same reconstruction (probe, object, positions) as
+    whole groups, to float32 rounding."""
     data = single
     if slices:
         data = data_dir / "ms.h5"
@@ -146,7 +147,7 @@ def test_lsqml_in_chunks_equals_whole_groups(data_dir, single, backend, slices):
             make_dataset(data, convergence_angle_mrad=30.0, object=MULTISLICE)
 
     def engines(chunk):
-        return [_engine("lsqml", 3, grouping={"size": 32, "chunk": chunk}, probe_modes=2, slices=slices,
+        return [_engine(solver, 3, grouping={"size": 32, "chunk": chunk}, probe_modes=2, slices=slices,
                         position_solver={"type": "momentum"}, update_positions={"after": 1})]
 
     whole = run(data, engines(32), backend=backend)

@@ -7,7 +7,7 @@ whole group, ``B x modes x slices x Ny x Nx`` complex numbers, quickly outgrow t
 every pass over them goes to main memory: with 4 probe modes or 8 slices a group of 64 is
 1.4-1.9x slower than the same group computed 4-16 positions at a time and summed
 (``benchmarks/NOTES.md``). The gradient engine chunks every group; LSQML (single slice, and
-the multislice ``joint`` step) chunks groups larger than its budget. The sum is the same, so the chunk changes speed and peak memory,
+the multislice ``joint`` step) and single-slice ePIE chunk groups larger than their budget. The sum is the same, so the chunk changes speed and peak memory,
 not the result (to float rounding).
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CACHE_BUDGET_BYTES", "SWEEP_BUDGET_BYTES", "auto_chunk", "resolve_chunk", "backend_on_cpu", "named_backend_on_cpu"]
+__all__ = ["CACHE_BUDGET_BYTES", "SWEEP_BUDGET_BYTES", "conventional_budget", "auto_chunk", "resolve_chunk", "backend_on_cpu", "named_backend_on_cpu"]
 
 #: Per-chunk wave data [bytes] the automatic choice aims at (a share of a CPU's L2/L3),
 #: counted as modes x slices x Ny x Nx complex numbers per position. The gradient step and
@@ -55,6 +55,13 @@ def resolve_chunk(requested: int | None, group_size: int, n_modes: int, n_slices
         return group_size
     per_position = int(n_modes) * int(n_slices) * int(wave_shape[0]) * int(wave_shape[1]) * int(itemsize)
     return auto_chunk(group_size, per_position, budget)
+
+
+def conventional_budget(solver: str, n_slices: int) -> int:
+    """The chunk budget [bytes] of a conventional engine's group step: the single-slice
+    steps (ePIE, LSQML) gain down to :data:`CACHE_BUDGET_BYTES`, the multislice LSQML step
+    uses :data:`SWEEP_BUDGET_BYTES`."""
+    return CACHE_BUDGET_BYTES if int(n_slices) == 1 else SWEEP_BUDGET_BYTES
 
 
 def backend_on_cpu(bk: Any) -> bool:

@@ -11,7 +11,7 @@ from phaser_core.config import ConstraintSpec, ConventionalSolverSpec, Flag, Noi
 from phaser_core.errors import DataError
 from phaser_core.plan import SlicesPlan
 from phaser_core.state import ObjectState, ProbeState, ReconsState
-from phaser_std.engines.chunking import CACHE_BUDGET_BYTES, SWEEP_BUDGET_BYTES, backend_on_cpu, resolve_chunk
+from phaser_std.engines.chunking import backend_on_cpu, conventional_budget, resolve_chunk
 from phaser_std.engines.common import (
     EngineLoop,
     GroupingConfig,
@@ -122,8 +122,7 @@ class ConventionalEngine:
                        thicknesses_A=np.asarray(geometry.thicknesses_A))
         chunk = resolve_chunk(cfg.grouping.chunk, min(cfg.grouping.size, scan.shape[0]), state.probe.n_modes,
                               geometry.n_slices, probe_shape, np.dtype(bk.complex_dtype).itemsize,
-                              backend_on_cpu(bk),
-                              budget=SWEEP_BUDGET_BYTES if geometry.n_slices > 1 else CACHE_BUDGET_BYTES)
+                              backend_on_cpu(bk), budget=conventional_budget(cfg.solver.type, geometry.n_slices))
         group_step_fn = make_group_step(bk, solver, noise, props, probe_shape, chunk=chunk)
 
         def fused_step(obj_, probe_, patterns_, idx, starts, frac, mask, hyper, update_object=True,

@@ -28,7 +28,8 @@ from typing import Any
 import attrs
 
 from phaser_core.config import Schedulable, param, schedule_value
-from phaser_std.engines.lsqml_chunked import lsqml_multislice_chunked, lsqml_single_slice_chunked
+from phaser_std.engines.lsqml_chunked import (epie_single_slice_chunked, lsqml_multislice_chunked,
+                                              lsqml_single_slice_chunked)
 from phaser_std.physics.forward import (
     add_views,
     farfield,
@@ -338,11 +339,17 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
     def step(obj, probe, measured, starts, frac, mask, hyper, update_object=True, update_probe=True,
              update_positions=False):
         mask_f = mask.astype(bk.real_dtype)
-        chunked = (isinstance(solver, LsqmlSolver) and chunk is not None and chunk < mask.shape[0]
-                   and (props is None or (update_object and solver.config.multislice == "joint")))
+        chunked = chunk is not None and chunk < mask.shape[0] and (
+            (isinstance(solver, LsqmlSolver) and (props is None or (update_object
+                                                                   and solver.config.multislice == "joint")))
+            or (isinstance(solver, EpieSolver) and props is None))
         if chunked:
             stepper = solver.with_steps(hyper["beta_object"], hyper["beta_probe"])
-            if props is None:
+            if isinstance(solver, EpieSolver):
+                new_obj, new_probe, loss, chi0, probes = epie_single_slice_chunked(
+                    bk, stepper, noise, obj, probe, measured, starts, frac, mask, chunk, update_object, update_probe,
+                    keep_waves=update_positions)
+            elif props is None:
                 new_obj, new_probe, loss, chi0, probes = lsqml_single_slice_chunked(
                     bk, stepper, noise, obj, probe, measured, starts, frac, mask, chunk, update_object, update_probe)
             else:

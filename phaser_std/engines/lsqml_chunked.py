@@ -1,5 +1,5 @@
-"""The LSQML group steps (single slice, and the multislice ``joint`` step) computed a chunk
-of positions at a time.
+"""The LSQML group steps (single slice, and the multislice ``joint`` step) and the
+single-slice ePIE step computed a chunk of positions at a time.
 
 Same update as :class:`~phaser_std.engines.conventional_solvers.LsqmlSolver` on one slice
 (the joint object/probe step of Odstrčil et al. 2018, eq. 23), but the group's per-position
@@ -38,7 +38,7 @@ from phaser_std.physics.forward import (
     split_rows,
 )
 
-__all__ = ["lsqml_single_slice_chunked", "lsqml_multislice_chunked"]
+__all__ = ["lsqml_single_slice_chunked", "lsqml_multislice_chunked", "epie_single_slice_chunked"]
 
 
 def _abs2(xp: Any, z: Any) -> Any:
@@ -233,3 +233,51 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
         return a.reshape((-1,) + tuple(a.shape[2:]))
 
     return new_obj, new_probe, loss, whole(kept["chi0"]), whole(kept["probes"])
+
+
+def epie_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: Any, measured: Any, starts: Any,
+                              frac: Any, mask: Any, chunk: int, update_object: bool, update_probe: bool,
+                              keep_waves: bool) -> tuple[Any, Any, Any, Any, Any]:
+    """The single-slice ePIE group step, ``chunk`` positions at a time: every term of its
+    update is a sum over positions (object numerator and illumination maps, probe numerator
+    and Σ|O|²), normalised by group-wide maxima after the sums, so one pass over the chunks
+    gives the whole group's update. Returns as :func:`lsqml_single_slice_chunked`; ``chi``
+    and ``probes`` only with ``keep_waves`` (else None)."""
+    xp = bk.xp
+    shape = probe.shape[-2:]
+    n = mask.shape[0] // chunk
+    mask_f = mask.astype(bk.real_dtype)
+
+    def one(carry, x):
+        num_map, illum_map, pnum_k, pden, loss = carry
+        me, st, fr, m = x
+        probes = shift_probes(bk, probe, fr)
+        o0 = get_views(bk, obj, st, shape)[:, 0]
+        wave_k = farfield(bk, probes * o0[:, None])
+        model = intensity(bk, wave_k)
+        loss = loss + xp.sum(noise.loss(bk, model, me) * m)
+        chi = farfield_adjoint(bk, noise.wave_update(bk, wave_k, model, me)) * m[:, None, None, None]
+        mm = m[:, None, None]
+        if update_object:
+            num_map = add_views(bk, num_map, st, xp.sum(xp.conj(probes) * chi, axis=1)[:, None] * mm[:, None])
+            illum_map = add_views(bk, illum_map, st, (xp.sum(_abs2(xp, probes), axis=1) * mm)[:, None])
+        if update_probe:
+            g = _fft2_pair(bk, xp.conj(o0)[:, None] * chi)
+            pnum_k = pnum_k + xp.sum(g * xp.conj(_shift_ramp(bk, fr, shape))[:, None], axis=0)
+            pden = pden + xp.sum(_abs2(xp, o0) * mm, axis=0)
+        return (num_map, illum_map, pnum_k, pden, loss), ({"chi": chi, "probes": probes} if keep_waves else {})
+
+    init = (xp.zeros(obj.shape, dtype=obj.dtype), xp.zeros(obj.shape, dtype=bk.real_dtype),
+            xp.zeros(probe.shape, dtype=probe.dtype), xp.zeros(shape, dtype=bk.real_dtype),
+            xp.zeros((), dtype=bk.real_dtype))
+    (num_map, illum_map, pnum_k, pden, loss), kept = bk.scan(
+        one, init, tuple(split_rows(a, n) for a in (measured, starts, frac, mask_f)))
+    new_obj, new_probe = obj, probe
+    if update_object:
+        new_obj = obj + solver.beta_object * num_map / (xp.max(illum_map) + 1e-30)
+    if update_probe:
+        new_probe = probe + solver.beta_probe * _ifft2_pair(bk, pnum_k) / (xp.max(pden) + 1e-30)
+    if not keep_waves:
+        return new_obj, new_probe, loss, None, None
+    whole = {k: v.reshape((-1,) + tuple(v.shape[2:])) for k, v in kept.items()}
+    return new_obj, new_probe, loss, whole["chi"], whole["probes"]

@@ -28,7 +28,7 @@ from typing import Any
 
 import attrs
 
-from phaser_std.engines.chunking import CACHE_BUDGET_BYTES, SWEEP_BUDGET_BYTES, named_backend_on_cpu, resolve_chunk
+from phaser_std.engines.chunking import conventional_budget, named_backend_on_cpu, resolve_chunk
 
 MiB = 1 << 20
 
@@ -165,12 +165,16 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
     z = sizes(config, data_shape, state_shapes, dtype, backend)
     terms, dry = _common_terms(config, z, "conv", state_shapes)
     k = z.k
-    chunk = _lsqml_chunk(config, z, backend)
+    chunk = _conventional_chunk(config, z, backend)
     if chunk < z.b:
         # chunked LSQML: a chunk's working set, plus what is kept of the whole group for the
         # second part: χ and the shifted probes (and χ at the entrance) and the waves
-        # entering every slice (multislice), with the per-slice illumination
-        kept = (2 + (z.s + 1 if z.s > 1 else 0)) * z.wave() + z.b * z.s * z.p * z.r
+        # entering every slice (multislice), with the per-slice illumination; chunked ePIE
+        # keeps χ and the probes only to refine positions
+        if config.solver.type == "epie":
+            kept = 2 * z.wave() if getattr(config, "position_solver", None) is not None else 0
+        else:
+            kept = (2 + (z.s + 1 if z.s > 1 else 0)) * z.wave() + z.b * z.s * z.p * z.r
         group = z.phase("conv", chunk) + kept + z.b * z.p * z.r
         name = (f"group step: {chunk} of B={z.b} positions at a time, the group's chi and slice waves kept "
                 f"(M={z.m} x {z.p} px)")
@@ -188,17 +192,19 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
     return terms
 
 
-def _lsqml_chunk(config: Any, z: Sizes, backend: str) -> int:
+def _conventional_chunk(config: Any, z: Sizes, backend: str) -> int:
     """The chunk of the conventional engine's group step (:mod:`~phaser_std.engines.chunking`):
-    LSQML single slice or the multislice ``joint`` step; B otherwise."""
+    LSQML single slice or the multislice ``joint`` step, ePIE single slice; B otherwise."""
     solver = getattr(config, "solver", None)
-    if getattr(solver, "type", None) != "lsqml":
+    kind = getattr(solver, "type", None)
+    if kind == "epie" and z.s > 1:
         return z.b
-    if z.s > 1 and getattr(getattr(solver, "config", None), "multislice", "joint") != "joint":
+    if kind == "lsqml" and z.s > 1 and getattr(getattr(solver, "config", None), "multislice", "joint") != "joint":
         return z.b
-    budget = SWEEP_BUDGET_BYTES if z.s > 1 else CACHE_BUDGET_BYTES
+    if kind not in ("epie", "lsqml"):
+        return z.b
     return resolve_chunk(getattr(config.grouping, "chunk", None), z.b, z.m, z.s, (z.p, 1), z.c,
-                         named_backend_on_cpu(backend), budget)
+                         named_backend_on_cpu(backend), conventional_budget(kind, z.s))
 
 
 def gradient_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: str,
