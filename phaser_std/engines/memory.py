@@ -38,21 +38,21 @@ MiB = 1 << 20
 #: the XLA compilations, which grow with the unrolled slices).
 CONSTANTS: dict[str, dict[str, float]] = {
     "numpy": {
-        "overhead_MiB": 33.68, "compile_per_slice_MiB": 0.00, "grad_overhead_MiB": 0.00,
+        "overhead_MiB": 33.01, "compile_per_slice_MiB": 0.00, "grad_overhead_MiB": 0.00,
         # eager forward: the slice waves (and FFT outputs) stay alive until the pass ends
-        "dry_slice_waves": 2.09, "dry_waves": 2.11, "dry_pixels": -0.44,
-        "conv_slice_waves": 6.00, "conv_waves": 2.95, "conv_pixels": 1.30,
+        "dry_slice_waves": 2.13, "dry_waves": 2.07, "dry_pixels": -0.27,
+        "conv_slice_waves": 6.00, "conv_waves": 4.17, "conv_pixels": 0.39,
         "conv_object": 4.0,   # object-sized maps and copies per group update (in S·H·W·c)
-        "grad_slice_waves": 5.20, "grad_waves": 1.28, "grad_pixels": 8.00,
+        "grad_slice_waves": 3.60, "grad_waves": 6.73, "grad_pixels": 8.00,
         "grad_object": 5.0,   # gradient, scaled gradient, optimizer temporaries (in S·H·W·c)
     },
     "jax": {
         # XLA compilations of the probe-scaling pass and the group step (grow with the
         # unrolled slices; the gradient engine's value_and_grad program is larger)
-        "overhead_MiB": 86.85, "compile_per_slice_MiB": 5.00, "grad_overhead_MiB": 26.87,
+        "overhead_MiB": 92.29, "compile_per_slice_MiB": 2.96, "grad_overhead_MiB": 25.18,
         # the probe-scaling pass is compiled (one program per batch shape)
         "dry_slice_waves": 0.10, "dry_waves": 0.10, "dry_pixels": 0.00,
-        "conv_slice_waves": 1.00, "conv_waves": 6.40, "conv_pixels": 7.27, "conv_object": 3.0,
+        "conv_slice_waves": 1.00, "conv_waves": 8.00, "conv_pixels": 5.62, "conv_object": 3.0,
         # autodiff residuals: the slice waves kept for the backward pass, plus cotangents
         "grad_slice_waves": 6.00, "grad_waves": 8.00, "grad_pixels": 8.00, "grad_object": 4.0,
     },
