@@ -6,20 +6,21 @@ field, noise model, adjoint) to run on all B positions at once. On a CPU the arr
 whole group, ``B x modes x slices x Ny x Nx`` complex numbers, quickly outgrow the caches and
 every pass over them goes to main memory: with 4 probe modes or 8 slices a group of 64 is
 1.4-1.9x slower than the same group computed 4-16 positions at a time and summed
-(``benchmarks/NOTES.md``). The gradient engine chunks every group; LSQML (single slice, and
-the multislice ``joint`` step) and single-slice ePIE chunk groups larger than their budget. The sum is the same, so the chunk changes speed and peak memory,
-not the result (to float rounding).
+(``benchmarks/NOTES.md``). The gradient engine, single-slice ePIE and LSQML, and LSQML's
+multislice ``joint`` step chunk groups larger than their budget. The sums are the same, so
+the chunk changes speed and peak memory, not the result (to float rounding).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CACHE_BUDGET_BYTES", "SWEEP_BUDGET_BYTES", "conventional_budget", "auto_chunk", "resolve_chunk", "backend_on_cpu", "named_backend_on_cpu"]
+__all__ = ["CACHE_BUDGET_BYTES", "SWEEP_BUDGET_BYTES", "conventional_budget", "auto_chunk", "resolve_chunk",
+           "backend_on_cpu", "named_backend_on_cpu"]
 
 #: Per-chunk wave data [bytes] the automatic choice aims at (a share of a CPU's L2/L3),
 #: counted as modes x slices x Ny x Nx complex numbers per position. The gradient step and
-#: single-slice LSQML gain down to 4 MiB; the multislice LSQML step keeps every slice's
+#: the single-slice steps gain down to 4 MiB; the multislice LSQML step keeps every slice's
 #: waves of its chunks for a second pass and loses to that bookkeeping below ~16 MiB
 #: (measured on the 2-core benchmark machine, benchmarks/NOTES.md).
 CACHE_BUDGET_BYTES = 4 * 2**20

@@ -28,7 +28,7 @@ from typing import Any
 import attrs
 
 from phaser_core.config import Schedulable, param, schedule_value
-from phaser_std.engines.lsqml_chunked import (epie_single_slice_chunked, lsqml_multislice_chunked,
+from phaser_std.engines.chunked_steps import (epie_single_slice_chunked, lsqml_multislice_chunked,
                                               lsqml_single_slice_chunked)
 from phaser_std.physics.forward import (
     add_views,
@@ -330,7 +330,7 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
 
     ``chunk`` (a divisor of B; None: the whole group): LSQML (single slice, and the
     multislice ``joint`` step) computes the group that many positions at a time
-    (:mod:`~phaser_std.engines.lsqml_chunked`, same result). ePIE and the ``sequential``
+    (:mod:`~phaser_std.engines.chunked_steps`, same result). ePIE and the ``sequential``
     sweep always take the whole group: each slice's update needs the group-wide update of
     the slice after it.
     """

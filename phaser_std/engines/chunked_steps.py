@@ -1,11 +1,12 @@
-"""The LSQML group steps (single slice, and the multislice ``joint`` step) and the
-single-slice ePIE step computed a chunk of positions at a time.
+"""Conventional group steps computed a chunk of positions at a time: single-slice LSQML,
+LSQML's multislice ``joint`` step and single-slice ePIE.
 
-Same update as :class:`~phaser_std.engines.conventional_solvers.LsqmlSolver` on one slice
-(the joint object/probe step of Odstrčil et al. 2018, eq. 23), but the group's per-position
-arrays are never all live at once: with 4 probe modes a group of 64 holds several 8 MiB
-wave arrays, which fall out of the CPU's L3 and make each pass 2-3x slower per element than
-for 32 positions (``benchmarks/NOTES.md``). The step has three parts:
+Each gives the same update as the whole-group step of
+:mod:`~phaser_std.engines.conventional_solvers`, but the group's per-position arrays are
+never all live at once: with 4 probe modes a group of 64 holds several 8 MiB wave arrays,
+which fall out of the CPU's L3 and make each pass 2-3x slower per element than for 32
+positions (``benchmarks/NOTES.md``). Single-slice LSQML (Odstrčil et al. 2018, eq. 23, the
+joint object/probe step) has three parts:
 
 1. per chunk (``bk.scan``): forward model, loss, χ; the object numerator Σ conj(ψ)χ and
    illumination Σ|ψ|² scatter-added, the probe numerator accumulated in Fourier space;
@@ -16,7 +17,9 @@ for 32 positions (``benchmarks/NOTES.md``). The step has three parts:
 3. on the group: the steps α (the regularisation γ·max over the *group*, as unchunked),
    the illumination-weighted object step and the mean probe step.
 
-Results equal the unchunked step to float rounding (``tests/test_conventional_engine.py``).
+The multislice step follows the same plan through the slices; ePIE needs only part 1 (its
+update is sums over positions normalised by group-wide maxima). Results equal the
+whole-group steps to float rounding (``tests/test_conventional_engine.py``).
 """
 
 from __future__ import annotations
