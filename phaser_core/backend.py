@@ -44,6 +44,7 @@ class Backend(Protocol):
     def get_windows(self, arr: Any, starts: Any, shape: tuple[int, int]) -> Any: ...
     def add_windows(self, target: Any, starts: Any, values: Any) -> Any: ...
     def jit(self, fn: Callable, **kwargs: Any) -> Callable: ...
+    def scan(self, fn: Callable, carry: Any, xs: tuple) -> tuple[Any, dict]: ...
     def rng(self, seed: int, stream: str) -> np.random.Generator: ...
     def synchronize(self, x: Any = None) -> Any: ...
 
@@ -172,18 +173,12 @@ class BaseBackend:
         """Compile ``fn`` where the backend can; the identity elsewhere."""
         return fn
 
-    def materialize(self, x: Any) -> Any:
-        """``x`` (a pytree of arrays), computed once where it stands: a compiler may not
-        recompute it inside its consumers (jax: ``lax.optimization_barrier``). The identity
-        on eager backends."""
-        return x
-
     def scan(self, fn: Callable, carry: Any, xs: tuple) -> tuple[Any, dict]:
         """``jax.lax.scan`` over the leading axis of the arrays in the tuple ``xs`` (None
         entries are passed as None, tuple entries element by element): ``fn(carry, x) ->
-        (carry, y)`` with ``y`` a dict of
-        arrays; returns the last carry and each ``y`` entry stacked along a new leading
-        axis. A Python loop here; jax compiles it as one loop."""
+        (carry, y)`` with ``y`` a dict of arrays; returns the last carry and each ``y``
+        entry stacked along a new leading axis. A Python loop here; jax compiles it as one
+        loop."""
         n = _leading(next(x for x in xs if x is not None))
         out: dict = {}
         for i in range(n):

@@ -150,11 +150,6 @@ class JaxBackend(BaseBackend):
         ``donate_argnums``, ...) passed through."""
         return jax.jit(fn, **kwargs)
 
-    def materialize(self, x: Any) -> Any:
-        """:func:`jax.lax.optimization_barrier`: XLA computes ``x`` once instead of fusing
-        (and re-evaluating) it into every consumer."""
-        return jax.lax.optimization_barrier(x)
-
     def scan(self, fn: Callable, carry: Any, xs: Any) -> tuple[Any, Any]:
         """:func:`jax.lax.scan` (one compiled loop)."""
         return jax.lax.scan(fn, carry, xs)

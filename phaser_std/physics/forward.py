@@ -183,7 +183,8 @@ def _ifft2_pair(bk: Any, x: Any) -> Any:
 
 def shift_probes(bk: Any, probe: Any, frac: Any) -> Any:
     """Shift probe modes ``(M, Ny, Nx)`` by ``frac`` ``(B, 2)`` [px] (positive: toward
-    larger indices) with a Fourier phase ramp exp(−2πi k·d) -> ``(B, M, Ny, Nx)``."""
+    larger indices; or its :class:`ShiftRamp`) with a Fourier phase ramp exp(−2πi k·d)
+    -> ``(B, M, Ny, Nx)``."""
     ramp = _shift_ramp(bk, frac, probe.shape[-2:])
     return _ifft2_pair(bk, _fft2_pair(bk, probe)[None] * ramp[:, None])
 
