@@ -51,3 +51,29 @@ def test_scan_carries_and_stacks(backend):
         expected = expected * 2 + row.sum()
     assert float(bk.to_numpy(carry)) == expected
     np.testing.assert_array_equal(bk.to_numpy(ys["twice"]), 2 * np.arange(12).reshape(4, 3))
+
+
+def test_solver_subclasses_keep_the_whole_group_step():
+    """The chunked steps re-implement the built-in ePIE and LSQML rules; a subclass that
+    changes a rule (here: an ePIE that never moves the object) must still be called."""
+    from phaser_std.engines.conventional_solvers import EpieConfig, EpieSolver, make_group_step
+    from phaser_std.engines.noise_models import AmplitudeConfig, AmplitudeNoise
+
+    class FrozenObject(EpieSolver):
+        def object_update(self, bk, obj_slice, starts, psi, chi, mask, probe_dir=None):
+            return obj_slice, None, None
+
+    bk = build_backend("numpy", "float32")
+    rng = np.random.default_rng(1)
+    n, b, h = 16, 8, 48
+    obj = np.exp(0.3j * rng.random((1, h, h))).astype(np.complex64)
+    probe = (rng.random((1, n, n)) + 1j * rng.random((1, n, n))).astype(np.complex64)
+    args = (obj, probe, (rng.random((b, n, n)) * 10).astype(np.float32), rng.integers(0, h - n, (b, 2)),
+            (rng.random((b, 2)) - 0.5).astype(np.float32), np.ones(b, bool),
+            {"beta_object": np.float32(1.0), "beta_probe": np.float32(1.0)})
+    frozen = make_group_step(bk, FrozenObject(EpieConfig()), AmplitudeNoise(AmplitudeConfig()), None, (n, n), chunk=2)
+    new_obj, new_probe, _, _ = frozen(*args)
+    np.testing.assert_array_equal(new_obj, obj)
+    assert not np.allclose(new_probe, probe)  # the probe still updates
+    plain = make_group_step(bk, EpieSolver(EpieConfig()), AmplitudeNoise(AmplitudeConfig()), None, (n, n), chunk=2)
+    assert not np.allclose(plain(*args)[0], obj)  # the built-in rule, chunked, moves it

@@ -339,13 +339,15 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
     def step(obj, probe, measured, starts, frac, mask, hyper, update_object=True, update_probe=True,
              update_positions=False):
         mask_f = mask.astype(bk.real_dtype)
+        # the chunked steps re-implement these two rules exactly: a subclass (a plugin's
+        # variant of a sweep or an update) keeps the whole-group path that calls its methods
+        kind = type(solver)
         chunked = chunk is not None and chunk < mask.shape[0] and (
-            (isinstance(solver, LsqmlSolver) and (props is None or (update_object
-                                                                   and solver.config.multislice == "joint")))
-            or (isinstance(solver, EpieSolver) and props is None))
+            (kind is LsqmlSolver and (props is None or (update_object and solver.config.multislice == "joint")))
+            or (kind is EpieSolver and props is None))
         if chunked:
             stepper = solver.with_steps(hyper["beta_object"], hyper["beta_probe"])
-            if isinstance(solver, EpieSolver):
+            if kind is EpieSolver:
                 new_obj, new_probe, loss, chi0, probes = epie_single_slice_chunked(
                     bk, stepper, noise, obj, probe, measured, starts, frac, mask, chunk, update_object, update_probe,
                     keep_waves=update_positions)
