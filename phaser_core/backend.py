@@ -65,7 +65,8 @@ def _row(x: Any, i: int) -> Any:
     if x is None:
         return None
     if isinstance(x, tuple):
-        return type(x)(*(_row(e, i) for e in x))
+        rows = [_row(e, i) for e in x]
+        return type(x)(*rows) if hasattr(x, "_fields") else tuple(rows)
     return x[i]
 
 

@@ -218,25 +218,17 @@ def locate(root: Any, path: PathT, anchor: str) -> tuple[int, int] | None:
             if last and anchor == "key":
                 return _lc_child(node, part, "key") or best
             pos = _lc_child(node, part, "value")
-            child = node[part]
-            if last and anchor == "node":
-                return _lc_of_node(child) or pos or best
-            if pos is not None:
-                best = pos
-            node = child
         elif (isinstance(node, Sequence) and not isinstance(node, str) and isinstance(part, int)
               and 0 <= part < len(node)):
             pos = _lc_child(node, part, "item")
-            child = node[part]
-            if last and anchor == "node":
-                return _lc_of_node(child) or pos or best
-            if pos is not None:
-                best = pos
-            node = child
         else:
             return best
-    if anchor == "node" and path == ():
-        return best
+        child = node[part]
+        if last and anchor == "node":
+            return _lc_of_node(child) or pos or best
+        if pos is not None:
+            best = pos
+        node = child
     return best
 
 

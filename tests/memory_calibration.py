@@ -188,7 +188,7 @@ def fit(rows: list[dict]) -> None:
             b_all, b = b, auto_chunk(b, m * s * p * c)
             kept = b_all * p * 4
         elif engine == "lsqml" or (engine == "epie" and s == 1):
-            chunk = auto_chunk(b, m * s * p * c, conventional_budget(engine, s))
+            chunk = auto_chunk(b, m * s * p * c, conventional_budget(s))
             if chunk < b:
                 kept = b * p * 4
                 if engine == "lsqml":

@@ -357,23 +357,29 @@ def test_jax_compiled_steps_are_cached_on_disk(tmp_path):
     import sys
 
     code = """
-import os
-
+import jax
 import numpy as np
 from phaser_core.registry import get_registry
+hits = []
+jax.monitoring.register_event_listener(
+    lambda name, **kw: hits.append(name) if name == "/jax/compilation_cache/cache_hits" else None)
 bk = get_registry().get("backend", "jax").obj("float32")
 f = bk.jit(lambda x: bk.fft2(x * 2.0).sum())
 x = bk.asarray(np.ones((4, 256, 256), np.complex64))
 for _ in range(3):
     x = x + f(x)
 print(float(abs(bk.to_numpy(f(x)))))
+print("cache hits", len(hits))
 """
     env = dict(os.environ, PHASER_CACHE_DIR=str(tmp_path), PHASER_JAX_CACHE="1", PHASER_JAX_CACHE_MIN_COMPILE_S="0")
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
+    first = subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True, text=True)
     written = sorted(p.name for p in (tmp_path / "jax").iterdir())
     assert written, "nothing was written to the compilation cache"
-    # a second process compiles nothing new: every function is found in the cache
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
+    assert "cache hits 0" in first.stdout, first.stdout
+    # a second process loads its programs from the cache instead of compiling them
+    second = subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True, text=True)
+    hits = int(second.stdout.split("cache hits")[-1])
+    assert hits >= 2, second.stdout  # the jitted function and the ops around it
     assert sorted(p.name for p in (tmp_path / "jax").iterdir()) == written
     off = tmp_path / "off"
     env = dict(os.environ, PHASER_CACHE_DIR=str(off), PHASER_JAX_CACHE="0")

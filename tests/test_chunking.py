@@ -38,12 +38,13 @@ def test_scan_carries_and_stacks(backend):
     """``bk.scan`` (a loop on numpy, ``lax.scan`` on jax): the carry threads through the
     steps in order, per-step outputs stack on a new axis, None entries of xs pass as None."""
     bk = build_backend(backend, "float32")
-    xs = (bk.asarray(np.arange(12, dtype=np.float32).reshape(4, 3)), None)
+    rows = bk.asarray(np.arange(12, dtype=np.float32).reshape(4, 3))
+    xs = (rows, None, (rows, 10 * rows))  # an array, None, a plain tuple of arrays
 
     def body(carry, x):
-        row, nothing = x
+        row, nothing, (same, tenfold) = x
         assert nothing is None
-        return carry * 2 + bk.xp.sum(row), {"twice": 2 * row}
+        return carry * 2 + bk.xp.sum(row), {"twice": 2 * row, "ratio": tenfold - 10 * same}
 
     carry, ys = bk.scan(body, bk.asarray(np.float32(1.0)), xs)
     expected = 1.0
@@ -51,6 +52,7 @@ def test_scan_carries_and_stacks(backend):
         expected = expected * 2 + row.sum()
     assert float(bk.to_numpy(carry)) == expected
     np.testing.assert_array_equal(bk.to_numpy(ys["twice"]), 2 * np.arange(12).reshape(4, 3))
+    np.testing.assert_array_equal(bk.to_numpy(ys["ratio"]), np.zeros((4, 3)))  # the tuple's rows, in order
 
 
 def test_solver_subclasses_keep_the_whole_group_step():

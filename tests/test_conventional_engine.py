@@ -128,6 +128,7 @@ def test_numpy_and_jax_give_the_same_reconstruction(single):
     scale = np.abs(a.object.data).max()
     # float32 on both; measured 6.8e-7·max, 5.5e-8 and 2.2e-7 Å (positions move 0.05 Å)
     assert np.max(np.abs(a.object.data - b.object.data)) < 2e-5 * scale
+    assert np.max(np.abs(a.probe.data - b.probe.data)) < 2e-5 * np.abs(a.probe.data).max()
     np.testing.assert_allclose(a.progress.loss, b.progress.loss, rtol=1e-5)
     assert np.max(np.abs(a.scan_A - b.scan_A)) < 1e-5
     assert np.max(np.abs(a.scan_A - single_nominal_positions(single))) > 0.01  # they did move

@@ -233,8 +233,9 @@ def test_precomputed_shift_ramp_gives_the_same_shifts(backend):
     ramps = fw.shift_ramp_factors(bk, bk.asarray(frac), (16, 12))
     assert ramps.y.shape == (3, 4, 16) and ramps.x.shape == (3, 4, 12)
     waves = bk.asarray(rng.standard_normal((4, 2, 16, 12)).astype(np.complex64))
-    _, rows = bk.scan(lambda c, x: (c, {"y": x[0].y}), 0, (ramps,))
+    _, rows = bk.scan(lambda c, x: (c, {"y": x[0].y, "x": x[0].x}), 0, (ramps,))
     np.testing.assert_array_equal(bk.to_numpy(rows["y"]), bk.to_numpy(ramps.y))
+    np.testing.assert_array_equal(bk.to_numpy(rows["x"]), bk.to_numpy(ramps.x))
     for g in range(3):
         group = fw.ShiftRamp(ramps.y[g], ramps.x[g])
         f = bk.asarray(frac[g])
@@ -244,3 +245,4 @@ def test_precomputed_shift_ramp_gives_the_same_shifts(backend):
                                    bk.to_numpy(fw.unshift_probes(bk, waves, f)), rtol=0, atol=1e-5)
     split = fw.split_rows(fw.ShiftRamp(ramps.y.reshape(12, 16), ramps.x.reshape(12, 12)), 3)
     np.testing.assert_array_equal(bk.to_numpy(split.x), bk.to_numpy(ramps.x))
+    np.testing.assert_array_equal(bk.to_numpy(split.y), bk.to_numpy(ramps.y))

@@ -270,6 +270,9 @@ def test_chunked_engine_run_equals_whole_groups():
     change = np.linalg.norm(whole.object.data - state.object.data)
     assert change > 0.5
     assert np.linalg.norm(chunked.object.data - whole.object.data) / change < 1e-4
+    probe_change = np.linalg.norm(whole.probe.data - state.probe.data)
+    assert probe_change > 0
+    assert np.linalg.norm(chunked.probe.data - whole.probe.data) / probe_change < 1e-4
     np.testing.assert_allclose(chunked.progress.loss, whole.progress.loss, rtol=1e-5)
 
 
@@ -402,6 +405,7 @@ def test_resume_continues_exactly(tmp_path):
     resumed, _ = _run(part, data, "numpy", dtype="float64", niter=5, **cfg)
     assert resumed.iteration.engine_iter == 5
     np.testing.assert_allclose(resumed.object.data, full.object.data, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(resumed.probe.data, full.probe.data, rtol=0, atol=1e-10)
     np.testing.assert_allclose(resumed.scan_A, full.scan_A, rtol=0, atol=1e-10)
 
 

@@ -23,9 +23,8 @@ iteration of an engine also compiles a few dozen one-operation programs (initial
 optimizer states), 10-40 ms each, which load from the cache in a few ms (measured: the
 gradient engine's first run of ``benchmarks`` single64 1.03 -> 0.84 s with them cached).
 ``PHASER_JAX_CACHE=0`` turns the cache off; ``PHASER_JAX_CACHE_MIN_COMPILE_S`` [s] (default 0)
-stores only programs that took longer to compile; ``PHASER_JAX_CACHE_MAX_MIB`` (default 1024,
-0: no bound) bounds its size, the least recently used programs going first; a cache
-directory the user configured in jax is left alone.
+stores only programs that took longer to compile; a cache directory the user configured
+in jax is left alone.
 """
 
 from __future__ import annotations
@@ -58,15 +57,6 @@ def enable_compilation_cache() -> Path | None:
     jax.config.update("jax_compilation_cache_dir", str(folder))
     min_s = float(os.environ.get("PHASER_JAX_CACHE_MIN_COMPILE_S", "0"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_s)
-    # least recently used entries go beyond this size (a benchmark session of a few
-    # thousand programs took 61 MiB); jax needs `filelock` for it (the jax extra has it)
-    max_mib = float(os.environ.get("PHASER_JAX_CACHE_MAX_MIB", "1024"))
-    if max_mib > 0:
-        try:
-            import filelock  # noqa: F401
-            jax.config.update("jax_compilation_cache_max_size", int(max_mib * 2**20))
-        except (ImportError, AttributeError):  # without filelock or the option: not bounded
-            pass
     return folder
 
 

@@ -20,6 +20,11 @@ joint object/probe step) has three parts:
 The multislice step follows the same plan through the slices; ePIE needs only part 1 (its
 update is sums over positions normalised by group-wide maxima). Results equal the
 whole-group steps to float rounding (``tests/test_conventional_engine.py``).
+
+Arguments as the group step of :func:`~phaser_std.engines.conventional_solvers.make_group_step`:
+object ``(S, H, W)``, probe modes ``(M, Ny, Nx)``, ``measured`` ``(B, Qy, Qx)``
+corner-centred [e⁻], ``starts`` ``(B, 2)`` view corners [px], ``frac`` ``(B, 2)`` sub-pixel
+shifts [px] or their :class:`~phaser_std.physics.forward.ShiftRamp`, ``mask`` ``(B,)``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 from phaser_std.physics.forward import (
+    abs2,
     _fft2_pair,
     _ifft2_pair,
     _shift_ramp,
@@ -41,11 +47,8 @@ from phaser_std.physics.forward import (
     split_rows,
 )
 
-__all__ = ["lsqml_single_slice_chunked", "lsqml_multislice_chunked", "epie_single_slice_chunked"]
-
-
-def _abs2(xp: Any, z: Any) -> Any:
-    return xp.real(z) ** 2 + xp.imag(z) ** 2
+__all__ = ["lsqml_single_slice_chunked", "lsqml_multislice_chunked", "epie_single_slice_chunked",
+           "inner_products", "solve_2x2"]
 
 
 def lsqml_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: Any, measured: Any,
@@ -75,13 +78,13 @@ def lsqml_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe
         loss = loss + xp.sum(noise.loss(bk, model, me) * m)
         chi = farfield_adjoint(bk, noise.wave_update(bk, wave_k, model, me)) * m[:, None, None, None]
         mm = m[:, None, None]
-        illum = xp.sum(_abs2(xp, probes), axis=1) * mm
+        illum = xp.sum(abs2(xp, probes), axis=1) * mm
         num_map = add_views(bk, num_map, st, xp.sum(xp.conj(probes) * chi, axis=1)[:, None] * mm[:, None])
         illum_map = add_views(bk, illum_map, st, illum[:, None])
         # Σ_b F[conj(O_b)χ_b]·conj(ramp_b): the probe numerator before its inverse FFT
         g = _fft2_pair(bk, xp.conj(o0)[:, None] * chi)
         pnum_k = pnum_k + xp.sum(g * xp.conj(_shift_ramp(bk, fr, shape))[:, None], axis=0)
-        pden = pden + xp.sum(_abs2(xp, o0) * mm, axis=0)
+        pden = pden + xp.sum(abs2(xp, o0) * mm, axis=0)
         return (num_map, illum_map, pnum_k, pden, loss), {"chi": chi, "probes": probes, "illum": illum}
 
     zeros_c = xp.zeros(obj.shape, dtype=obj.dtype)
@@ -108,17 +111,13 @@ def lsqml_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe
             b = pdir[None] * o0[:, None]
         else:
             b = shift_probes(bk, pdir, fr) * o0[:, None]
-        axes = (1, 2, 3)
-        dot = {"aa": xp.sum(_abs2(xp, a), axis=axes), "bb": xp.sum(_abs2(xp, b), axis=axes),
-               "ab": xp.sum(xp.real(xp.conj(a) * b), axis=axes), "ca": xp.sum(xp.real(xp.conj(a) * ch), axis=axes),
-               "cb": xp.sum(xp.real(xp.conj(b) * ch), axis=axes)}
-        return carry, dot
+        return carry, inner_products(xp, ch, a, b)
 
     _, dots = bk.scan(products, 0.0, (kept["chi"], kept["probes"], split(starts), split(frac)))
     d = {k: v.reshape(-1) for k, v in dots.items()}
     new_obj, new_probe = obj, probe
     if update_object and update_probe:
-        alpha, beta = _solve_2x2(xp, d, cfg.gamma)
+        alpha, beta = solve_2x2(xp, d, cfg.gamma)
     elif update_object:
         alpha, beta = d["ca"] / (d["aa"] + cfg.gamma * xp.max(d["aa"]) + 1e-30), None
     else:
@@ -136,8 +135,18 @@ def lsqml_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe
     return new_obj, new_probe, loss, chi, probes
 
 
-def _solve_2x2(xp: Any, d: dict, gamma: float) -> tuple[Any, Any]:
-    """Per-position (α_a, α_b) from the inner products (as ``_joint_steps``, γ·max over the group)."""
+def inner_products(xp: Any, chi: Any, a: Any, b: Any) -> dict:
+    """Per position (sums over modes and pixels), the inner products of the 2x2 system
+    min Σ|χ − α_a·a − α_b·b|²: ``aa``, ``bb``, ``ab``, ``ca``, ``cb`` (each ``(B,)``)."""
+    axes = (1, 2, 3)
+    return {"aa": xp.sum(abs2(xp, a), axis=axes), "bb": xp.sum(abs2(xp, b), axis=axes),
+            "ab": xp.sum(xp.real(xp.conj(a) * b), axis=axes), "ca": xp.sum(xp.real(xp.conj(a) * chi), axis=axes),
+            "cb": xp.sum(xp.real(xp.conj(b) * chi), axis=axes)}
+
+
+def solve_2x2(xp: Any, d: dict, gamma: float) -> tuple[Any, Any]:
+    """Per-position (α_a, α_b) from :func:`inner_products` (Odstrčil et al. 2018, eq. 23),
+    each diagonal regularised by γ times its largest value over the group."""
     aa = d["aa"] + gamma * xp.max(d["aa"]) + 1e-30
     bb = d["bb"] + gamma * xp.max(d["bb"]) + 1e-30
     ab, ca, cb = d["ab"], d["ca"], d["cb"]
@@ -183,7 +192,7 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
         nums, illums = [None] * n_slices, [None] * n_slices
         for i in range(n_slices - 1, -1, -1):
             nums[i] = xp.sum(xp.conj(psis[i]) * g, axis=1) * mm
-            illums[i] = xp.sum(_abs2(xp, psis[i]), axis=1) * mm
+            illums[i] = xp.sum(abs2(xp, psis[i]), axis=1) * mm
             if i > 0:
                 g = propagate(bk, xp.conj(views[:, i])[:, None] * g, xp.conj(props[i - 1]))
         num_maps = add_views(bk, num_maps, st, xp.stack(nums, axis=1))
@@ -193,8 +202,8 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
             o0 = views[:, 0]
             gk = _fft2_pair(bk, xp.conj(o0)[:, None] * g)
             pnum_k = pnum_k + xp.sum(gk * xp.conj(_shift_ramp(bk, fr, shape))[:, None], axis=0)
-            pden = pden + xp.sum(_abs2(xp, o0) * mm, axis=0)
-        kept = {"chi": chi, "chi0": g, "probes": probes, "psis": xp.stack(psis, axis=1), "illums": illums}
+            pden = pden + xp.sum(abs2(xp, o0) * mm, axis=0)
+        kept = {"chi": chi, "chi0": g, "psis": xp.stack(psis, axis=1), "illums": illums}  # psis[:, 0]: the probes
         return (num_maps, illum_maps, pnum_k, pden, loss), kept
 
     init = (xp.zeros(obj.shape, dtype=obj.dtype), xp.zeros(obj.shape, dtype=bk.real_dtype),
@@ -219,7 +228,7 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
                 d_wave = propagate(bk, d_wave, props[i])
         axes = (1, 2, 3)
         return carry, {"num": xp.sum(xp.real(ch * xp.conj(d_wave)), axis=axes),
-                       "den": xp.sum(_abs2(xp, d_wave), axis=axes)}
+                       "den": xp.sum(abs2(xp, d_wave), axis=axes)}
 
     _, sums = bk.scan(carried, 0.0, (kept["chi"], kept["psis"], split(starts), split(frac)))
     num, den = sums["num"].reshape(-1), sums["den"].reshape(-1)
@@ -235,7 +244,7 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
     def whole(a: Any) -> Any:
         return a.reshape((-1,) + tuple(a.shape[2:]))
 
-    return new_obj, new_probe, loss, whole(kept["chi0"]), whole(kept["probes"])
+    return new_obj, new_probe, loss, whole(kept["chi0"]), whole(kept["psis"][:, :, 0])
 
 
 def epie_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: Any, measured: Any, starts: Any,
@@ -263,11 +272,11 @@ def epie_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe:
         mm = m[:, None, None]
         if update_object:
             num_map = add_views(bk, num_map, st, xp.sum(xp.conj(probes) * chi, axis=1)[:, None] * mm[:, None])
-            illum_map = add_views(bk, illum_map, st, (xp.sum(_abs2(xp, probes), axis=1) * mm)[:, None])
+            illum_map = add_views(bk, illum_map, st, (xp.sum(abs2(xp, probes), axis=1) * mm)[:, None])
         if update_probe:
             g = _fft2_pair(bk, xp.conj(o0)[:, None] * chi)
             pnum_k = pnum_k + xp.sum(g * xp.conj(_shift_ramp(bk, fr, shape))[:, None], axis=0)
-            pden = pden + xp.sum(_abs2(xp, o0) * mm, axis=0)
+            pden = pden + xp.sum(abs2(xp, o0) * mm, axis=0)
         return (num_map, illum_map, pnum_k, pden, loss), ({"chi": chi, "probes": probes} if keep_waves else {})
 
     init = (xp.zeros(obj.shape, dtype=obj.dtype), xp.zeros(obj.shape, dtype=bk.real_dtype),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CACHE_BUDGET_BYTES", "SWEEP_BUDGET_BYTES", "conventional_budget", "auto_chunk", "resolve_chunk",
+__all__ = ["CACHE_BUDGET_BYTES", "SWEEP_BUDGET_BYTES", "conventional_budget", "has_chunked_step", "auto_chunk", "resolve_chunk",
            "backend_on_cpu", "named_backend_on_cpu"]
 
 #: Per-chunk wave data [bytes] the automatic choice aims at (a share of a CPU's L2/L3),
@@ -58,7 +58,17 @@ def resolve_chunk(requested: int | None, group_size: int, n_modes: int, n_slices
     return auto_chunk(group_size, per_position, budget)
 
 
-def conventional_budget(solver: str, n_slices: int) -> int:
+def has_chunked_step(solver: str, n_slices: int, multislice: str = "joint") -> bool:
+    """Whether the built-in conventional rule ``solver`` has a chunked group step
+    (:mod:`~phaser_std.engines.chunked_steps`): ePIE and LSQML on one slice, LSQML's
+    multislice ``joint`` step (when the object is updated). The others need each slice's
+    group-wide update before the next slice."""
+    if int(n_slices) == 1:
+        return solver in ("epie", "lsqml")
+    return solver == "lsqml" and multislice == "joint"
+
+
+def conventional_budget(n_slices: int) -> int:
     """The chunk budget [bytes] of a conventional engine's group step: the single-slice
     steps (ePIE, LSQML) gain down to :data:`CACHE_BUDGET_BYTES`, the multislice LSQML step
     uses :data:`SWEEP_BUDGET_BYTES`."""

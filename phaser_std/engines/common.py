@@ -16,6 +16,7 @@ from typing import Any, Callable
 import attrs
 import numpy as np
 
+from phaser_core.backend import stream_seed
 from phaser_core.config import RegularizerSpec, param
 from phaser_core.errors import PhaserError
 from phaser_core.observer import notify
@@ -53,7 +54,7 @@ def resample_for_engine(state: ReconsState, probe_modes: int | None, slices: Sli
                                                loss=list(state.progress.loss), time_s=list(state.progress.time_s),
                                                engine=list(state.progress.engine)))
     if probe_modes is not None and probe_modes != state.probe.n_modes:
-        rng = np.random.default_rng(np.random.SeedSequence([seed, engine_num, 7]))
+        rng = np.random.default_rng(stream_seed(seed, f"probe-modes-{int(engine_num)}"))
         state = attrs.evolve(state, probe=resample_probe_state(state.probe, probe_modes, rng=rng))
     if slices is not None:
         thick = slices.resolve()

@@ -28,9 +28,11 @@ from typing import Any
 import attrs
 
 from phaser_core.config import Schedulable, param, schedule_value
-from phaser_std.engines.chunked_steps import (epie_single_slice_chunked, lsqml_multislice_chunked,
-                                              lsqml_single_slice_chunked)
+from phaser_std.engines.chunking import has_chunked_step
+from phaser_std.engines.chunked_steps import (epie_single_slice_chunked, inner_products, lsqml_multislice_chunked,
+                                              lsqml_single_slice_chunked, solve_2x2)
 from phaser_std.physics.forward import (
+    abs2,
     add_views,
     farfield,
     farfield_adjoint,
@@ -62,16 +64,12 @@ class LsqmlConfig:
                             "what the later ones left", validator=attrs.validators.in_(("joint", "sequential")))
 
 
-def _abs2(xp: Any, z: Any) -> Any:
-    return xp.real(z) ** 2 + xp.imag(z) ** 2
-
-
 def _object_maps(bk: Any, obj_slice: Any, starts: Any, psi: Any, chi: Any, m: Any) -> tuple[Any, Any, Any]:
     """The object-update numerator Σ conj(ψ)·χ scatter-added on the slice ``(H, W)``, the
     per-position illumination Σ_modes |ψ|² ``(B, Ny, Nx)`` and its scatter-added map."""
     xp = bk.xp
     num = xp.sum(xp.conj(psi) * chi, axis=1) * m
-    illum = xp.sum(_abs2(xp, psi), axis=1) * m
+    illum = xp.sum(abs2(xp, psi), axis=1) * m
     num_map = add_views(bk, xp.zeros_like(obj_slice), starts, num)
     illum_map = add_views(bk, xp.zeros(obj_slice.shape, dtype=bk.real_dtype), starts, illum)
     return num_map, illum, illum_map
@@ -80,7 +78,7 @@ def _object_maps(bk: Any, obj_slice: Any, starts: Any, psi: Any, chi: Any, m: An
 def _optimal_step(xp: Any, chi: Any, d: Any, gamma: float, axes: tuple) -> Any:
     """α = Re Σ χ·conj(d) / (Σ|d|² + γ·max): the least-squares step along ``d`` (Odstrčil eq. 23)."""
     num = xp.sum(xp.real(chi * xp.conj(d)), axis=axes)
-    den = xp.sum(_abs2(xp, d), axis=axes)
+    den = xp.sum(abs2(xp, d), axis=axes)
     return num / (den + gamma * xp.max(den) + 1e-30)
 
 
@@ -169,13 +167,13 @@ class EpieSolver(ConventionalSolver):
 
     def wave_backprop(self, bk, o, chi):
         xp = bk.xp
-        return xp.conj(o)[:, None] * chi / (xp.max(_abs2(xp, o)) + 1e-30)
+        return xp.conj(o)[:, None] * chi / (xp.max(abs2(xp, o)) + 1e-30)
 
     def probe_update(self, bk, probe, frac, o0, chi0, mask, probe_step=None):
         xp = bk.xp
         m = mask[:, None, None]
         num = unshift_probes(bk, xp.conj(o0)[:, None] * chi0 * m[:, None], frac)
-        den = xp.max(xp.sum(_abs2(xp, o0) * m, axis=0))
+        den = xp.max(xp.sum(abs2(xp, o0) * m, axis=0))
         return probe + self.beta_probe * num / (den + 1e-30)
 
 
@@ -194,7 +192,7 @@ class LsqmlSolver(ConventionalSolver):
         cfg = self.config
         m = mask[:, None, None]
         num = unshift_probes(bk, xp.conj(o0)[:, None] * chi0 * m[:, None], frac)  # (M, Ny, Nx)
-        den = xp.sum(_abs2(xp, o0) * m, axis=0)
+        den = xp.sum(abs2(xp, o0) * m, axis=0)
         return num / (den + cfg.illum_reg_probe * xp.max(den) + 1e-30), frac, o0
 
     def object_update(self, bk, obj_slice, starts, psi, chi, mask, probe_dir=None):
@@ -285,17 +283,7 @@ class LsqmlSolver(ConventionalSolver):
 
 def _joint_steps(xp: Any, chi: Any, a: Any, b: Any, gamma: float) -> tuple[Any, Any]:
     """Per-position (α_a, α_b) minimising Σ|χ − α_a·a − α_b·b|² (Odstrčil eq. 23)."""
-    axes = (1, 2, 3)
-    aa = xp.sum(_abs2(xp, a), axis=axes)
-    bb = xp.sum(_abs2(xp, b), axis=axes)
-    ab = xp.sum(xp.real(xp.conj(a) * b), axis=axes)
-    ca = xp.sum(xp.real(xp.conj(a) * chi), axis=axes)
-    cb = xp.sum(xp.real(xp.conj(b) * chi), axis=axes)
-    aa = aa + gamma * xp.max(aa) + 1e-30
-    bb = bb + gamma * xp.max(bb) + 1e-30
-    det = aa * bb - ab * ab
-    det = xp.where(det > 1e-12 * aa * bb, det, aa * bb)
-    return (bb * ca - ab * cb) / det, (aa * cb - ab * ca) / det
+    return solve_2x2(xp, inner_products(xp, chi, a, b), gamma)
 
 
 def position_direction(bk: Any, probes: Any, o0: Any, chi0: Any, mask: Any) -> Any:
@@ -313,7 +301,7 @@ def position_direction(bk: Any, probes: Any, o0: Any, chi0: Any, mask: Any) -> A
         d_obj = 0.5 * (xp.roll(o0, -1, axis=axis) - xp.roll(o0, 1, axis=axis))
         dpsi = probes * d_obj[:, None]
         num = xp.sum(xp.real(xp.conj(dpsi) * chi0), axis=(1, 2, 3))
-        den = xp.sum(_abs2(xp, dpsi), axis=(1, 2, 3))
+        den = xp.sum(abs2(xp, dpsi), axis=(1, 2, 3))
         out.append(num / (den + 1e-3 * xp.max(den) + 1e-30))
     return xp.stack(out, axis=1) * mask[:, None]
 
@@ -335,18 +323,19 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
     the slice after it.
     """
     xp = bk.xp
+    n_slices = 1 if props is None else int(props.shape[-3]) + 1
 
     def step(obj, probe, measured, starts, frac, mask, hyper, update_object=True, update_probe=True,
              update_positions=False):
         mask_f = mask.astype(bk.real_dtype)
-        # the chunked steps re-implement these two rules exactly: a subclass (a plugin's
-        # variant of a sweep or an update) keeps the whole-group path that calls its methods
+        stepper = solver.with_steps(hyper["beta_object"], hyper["beta_probe"])
+        # the chunked steps re-implement the two built-in rules exactly: a subclass (a
+        # plugin's variant of a sweep or an update) keeps the whole-group path calling it
         kind = type(solver)
-        chunked = chunk is not None and chunk < mask.shape[0] and (
-            (kind is LsqmlSolver and (props is None or (update_object and solver.config.multislice == "joint")))
-            or (kind is EpieSolver and props is None))
+        chunked = (chunk is not None and chunk < mask.shape[0] and kind in (EpieSolver, LsqmlSolver)
+                   and has_chunked_step(solver.name, n_slices, getattr(solver.config, "multislice", "joint"))
+                   and (update_object or kind is EpieSolver or n_slices == 1))
         if chunked:
-            stepper = solver.with_steps(hyper["beta_object"], hyper["beta_probe"])
             if kind is EpieSolver:
                 new_obj, new_probe, loss, chi0, probes = epie_single_slice_chunked(
                     bk, stepper, noise, obj, probe, measured, starts, frac, mask, chunk, update_object, update_probe,
@@ -357,12 +346,17 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
             else:
                 new_obj, new_probe, loss, chi0, probes = lsqml_multislice_chunked(
                     bk, stepper, noise, obj, probe, props, measured, starts, frac, mask, chunk, update_probe)
-            if update_positions:
-                o0 = get_views(bk, obj, starts, probe_shape)[:, 0]
-                shift = position_direction(bk, probes, o0, chi0, mask_f)
-            else:
-                shift = xp.zeros((mask.shape[0], 2), dtype=bk.real_dtype)
-            return new_obj, new_probe, loss, shift
+            o0 = get_views(bk, obj[:1], starts, probe_shape)[:, 0] if update_positions else None
+        else:
+            new_obj, new_probe, loss, chi0, probes, o0 = whole_group(stepper, obj, probe, measured, starts, frac,
+                                                                     mask_f, update_object, update_probe)
+        if update_positions:
+            shift = position_direction(bk, probes, o0, chi0, mask_f)
+        else:
+            shift = xp.zeros((mask.shape[0], 2), dtype=bk.real_dtype)
+        return new_obj, new_probe, loss, shift
+
+    def whole_group(stepper, obj, probe, measured, starts, frac, mask_f, update_object, update_probe):
         probes = shift_probes(bk, probe, frac)
         views = get_views(bk, obj, starts, probe_shape)
         psis, exit_waves = multislice_forward(bk, probes, views, props)
@@ -370,15 +364,9 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
         model = intensity(bk, wave_k)
         loss = xp.sum(noise.loss(bk, model, measured) * mask_f)
         chi = farfield_adjoint(bk, noise.wave_update(bk, wave_k, model, measured)) * mask_f[:, None, None, None]
-        stepper = solver.with_steps(hyper["beta_object"], hyper["beta_probe"])
         new_obj, new_probe, chi = stepper.sweep(bk, obj, probe, starts, frac, views, psis, props, chi, mask_f,
                                                 update_object, update_probe)
-        o0 = views[:, 0]
-        if update_positions:
-            shift = position_direction(bk, probes, o0, chi, mask_f)
-        else:
-            shift = xp.zeros((views.shape[0], 2), dtype=bk.real_dtype)
-        return new_obj, new_probe, loss, shift
+        return new_obj, new_probe, loss, chi, probes, views[:, 0]
 
     return step
 

@@ -125,10 +125,13 @@ def _fraction(bk: Any, mask_f: Any, n_positions: int) -> Any:
     return bk.xp.sum(mask_f) / float(n_positions)
 
 
-def _forward(bk: Any, model: GroupModel, obj: Any, probe: Any, frac: Any, tilt: Any, starts: Any) -> tuple:
+def _forward(bk: Any, model: GroupModel, obj: Any, probe: Any, frac: Any, tilt: Any, starts: Any,
+             views: Any = None) -> tuple:
+    """The forward model of a group; ``views`` ``(B, S, Ny, Nx)`` when already gathered."""
     shape = probe.shape[-2:]
     probes = shift_probes(bk, probe, frac)
-    views = get_views(bk, obj, starts, shape)
+    if views is None:
+        views = get_views(bk, obj, starts, shape)
     props = _props(bk, model, shape, tilt)
     psis, exit_waves = multislice_forward(bk, probes, views, props)
     wave_k = farfield(bk, exit_waves)
@@ -144,11 +147,11 @@ def _cost_total(bk: Any, model: GroupModel, probe: Any, obj: Any, fraction: Any,
 
 
 def group_loss(bk: Any, model: GroupModel, obj: Any, probe: Any, frac: Any, tilt: Any, starts: Any,
-               measured: Any, mask: Any, cost_w: Any) -> tuple[Any, Any]:
+               measured: Any, mask: Any, cost_w: Any, views: Any = None) -> tuple[Any, Any]:
     """``(total, data)``: the noise-model loss summed over the group's valid patterns plus
     the cost regularizers (``total``), and the data term alone."""
     mask_f = mask.astype(bk.real_dtype)
-    *_, model_I = _forward(bk, model, obj, probe, frac, tilt, starts)
+    *_, model_I = _forward(bk, model, obj, probe, frac, tilt, starts, views)
     data = bk.xp.sum(model.noise.loss(bk, model_I, measured) * mask_f)
     return data + _cost_total(bk, model, probe, obj, _fraction(bk, mask_f, model.n_positions), cost_w), data
 
@@ -177,20 +180,28 @@ def _backward(bk: Any, views: Any, props: Any, psis: list, grad_exit: Any, want_
 
 
 def analytic_gradients(bk: Any, model: GroupModel, obj: Any, probe: Any, frac: Any, tilt: Any, starts: Any,
-                       measured: Any, mask: Any, cost_w: Any, wrt: Sequence[str] = VARIABLES) -> tuple:
+                       measured: Any, mask: Any, cost_w: Any, wrt: Sequence[str] = VARIABLES,
+                       views: Any = None) -> tuple:
     """``(total, data, grads)`` by the analytic adjoint (any backend, no autodiff).
 
     ``grads`` has the keys of ``wrt``: ``object`` ``(S, H, W)`` and ``probe`` ``(M, Ny, Nx)``
     as ``2·∂L/∂z̄``; ``positions`` ``(B, 2)`` dL/d(frac) [1/px]; ``tilt`` ``(2,)`` or
-    ``(B, 2)`` dL/dt [1/mrad]. Unscaled (see the module docstring).
+    ``(B, 2)`` dL/dt [1/mrad]. Unscaled (see the module docstring). Given the gathered
+    ``views`` (and no cost regularizers), the object's gradient comes back per view as
+    ``views`` ``(B, S, Ny, Nx)``, for the caller to add into the object where it wants.
     """
     xp = bk.xp
     mask_f = mask.astype(bk.real_dtype)
     shape = probe.shape[-2:]
-    probes, views, props, psis, wave_k, model_I = _forward(bk, model, obj, probe, frac, tilt, starts)
+    per_view = views is not None
+    probes, views, props, psis, wave_k, model_I = _forward(bk, model, obj, probe, frac, tilt, starts, views)
     data = xp.sum(model.noise.loss(bk, model_I, measured) * mask_f)
     fraction = _fraction(bk, mask_f, model.n_positions)
-    total = data + _cost_total(bk, model, probe, obj, fraction, cost_w)
+    if model.costs and ("object" in wrt or "probe" in wrt):
+        cost, cost_grads = cost_gradients(bk, model, obj, probe, fraction, cost_w, "analytic", wrt)
+    else:
+        cost, cost_grads = _cost_total(bk, model, probe, obj, fraction, cost_w), {}
+    total = data + cost
 
     d_i = model.noise.grad_intensity(bk, model_I, measured) * mask_f[:, None, None]
     grad_exit = farfield_adjoint(bk, wirtinger_far_grad(bk, wave_k, d_i))
@@ -198,7 +209,9 @@ def analytic_gradients(bk: Any, model: GroupModel, obj: Any, probe: Any, frac: A
     grad_views, grad_probes, tilt_terms = _backward(bk, views, props, psis, grad_exit, want_tilt)
 
     out: dict[str, Any] = {}
-    if "object" in wrt:
+    if "object" in wrt and per_view:
+        out["views"] = 2 * grad_views
+    elif "object" in wrt:
         out["object"] = 2 * add_views(bk, xp.zeros_like(obj), starts, grad_views)
     if "probe" in wrt:
         out["probe"] = 2 * unshift_probes(bk, grad_probes, frac)
@@ -213,10 +226,8 @@ def analytic_gradients(bk: Any, model: GroupModel, obj: Any, probe: Any, frac: A
     if "tilt" in wrt:
         out["tilt"] = _tilt_grad(bk, model, shape, tilt, tilt_terms) if want_tilt else xp.zeros_like(tilt)
 
-    if model.costs and ("object" in wrt or "probe" in wrt):
-        _, cost_grads = cost_gradients(bk, model, obj, probe, fraction, cost_w, "analytic", wrt)
-        for k, v in cost_grads.items():
-            out[k] = out[k] + v
+    for k, v in cost_grads.items():
+        out[k] = out[k] + v
     return total, data, out
 
 
@@ -278,19 +289,22 @@ def _value_and_grad(bk: Any, fn: Any, **kwargs: Any) -> Any:
 
 
 def autodiff_gradients(bk: Any, model: GroupModel, obj: Any, probe: Any, frac: Any, tilt: Any, starts: Any,
-                       measured: Any, mask: Any, cost_w: Any, wrt: Sequence[str] = VARIABLES) -> tuple:
-    """As :func:`analytic_gradients`, by ``jax.value_and_grad`` (jax backend only)."""
+                       measured: Any, mask: Any, cost_w: Any, wrt: Sequence[str] = VARIABLES,
+                       views: Any = None) -> tuple:
+    """As :func:`analytic_gradients`, by ``jax.value_and_grad`` (jax backend only); given
+    ``views`` the object is differentiated through them (``views`` in the result)."""
     xp = bk.xp
-    variables = {"object": obj, "probe": probe, "positions": frac, "tilt": tilt}
-    diff = {k: variables[k] for k in wrt}
+    variables = {"object": obj, "probe": probe, "positions": frac, "tilt": tilt, "views": views}
+    keys = [("views" if k == "object" and views is not None else k) for k in wrt]
+    diff = {k: variables[k] for k in keys}
 
     def fn(d):
         v = dict(variables, **d)
         return group_loss(bk, model, v["object"], v["probe"], v["positions"], v["tilt"], starts, measured,
-                          mask, cost_w)
+                          mask, cost_w, v["views"])
 
     (total, data), g = _value_and_grad(bk, fn, has_aux=True)(diff)
-    out = {k: (xp.conj(v) if k in ("object", "probe") else v) for k, v in g.items()}
+    out = {k: (xp.conj(v) if k in ("object", "probe", "views") else v) for k, v in g.items()}
     return total, data, out
 
 
@@ -328,12 +342,18 @@ def chunked_gradients(bk: Any, model: GroupModel, chunk: int, obj: Any, probe: A
     summed = [k for k in wrt if k in ("object", "probe") or (k == "tilt" and not per_position_tilt)]
     stacked = [k for k in wrt if k not in summed]
     like = {"object": obj, "probe": probe, "tilt": tilt}
+    shape = probe.shape[-2:]
 
     def body(carry, x):
         fr, st, me, ma, ti = x
+        # the object's gradient per view, added into the carry window by window: no
+        # object-sized temporary per chunk
+        views = get_views(bk, obj, st, shape)
         _, data, g = group_gradients(bk, data_model, obj, probe, fr, tilt if ti is None else ti, st, me, ma,
-                                     cost_w, method=method, wrt=wrt)
-        new = {k: carry[k] + g[k].astype(carry[k].dtype) for k in summed}
+                                     cost_w, method=method, wrt=wrt, views=views)
+        new = {k: carry[k] + g[k].astype(carry[k].dtype) for k in summed if k != "object"}
+        if "object" in summed:
+            new["object"] = add_views(bk, carry["object"], st, g["views"].astype(carry["object"].dtype))
         new["data"] = carry["data"] + data
         return new, {k: g[k] for k in stacked}
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import attrs
 
-from phaser_std.engines.chunking import conventional_budget, named_backend_on_cpu, resolve_chunk
+from phaser_std.engines.chunking import conventional_budget, has_chunked_step, named_backend_on_cpu, resolve_chunk
 
 MiB = 1 << 20
 
@@ -73,7 +73,8 @@ def dry_run_batch() -> int:
 
 @attrs.frozen
 class Sizes:
-    """Sizes of one engine's run; see the module docstring."""
+    """Sizes of one engine's run (counts; ``r`` the real itemsize [bytes]); the methods
+    and properties return [bytes]. See the module docstring."""
 
     n: int
     p: int
@@ -193,18 +194,13 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
 
 
 def _conventional_chunk(config: Any, z: Sizes, backend: str) -> int:
-    """The chunk of the conventional engine's group step (:mod:`~phaser_std.engines.chunking`):
-    LSQML single slice or the multislice ``joint`` step, ePIE single slice; B otherwise."""
+    """The chunk of the conventional engine's group step (:mod:`~phaser_std.engines.chunking`)."""
     solver = getattr(config, "solver", None)
-    kind = getattr(solver, "type", None)
-    if kind == "epie" and z.s > 1:
-        return z.b
-    if kind == "lsqml" and z.s > 1 and getattr(getattr(solver, "config", None), "multislice", "joint") != "joint":
-        return z.b
-    if kind not in ("epie", "lsqml"):
+    multislice = getattr(getattr(solver, "config", None), "multislice", "joint")
+    if not has_chunked_step(str(getattr(solver, "type", "")), z.s, multislice):
         return z.b
     return resolve_chunk(getattr(config.grouping, "chunk", None), z.b, z.m, z.s, (z.p, 1), z.c,
-                         named_backend_on_cpu(backend), conventional_budget(kind, z.s))
+                         named_backend_on_cpu(backend), conventional_budget(z.s))
 
 
 def gradient_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: str,

@@ -59,6 +59,7 @@ __all__ = [
     "multislice_backward",
     "farfield",
     "farfield_adjoint",
+    "abs2",
     "intensity",
     "fit_to_shape",
     "forward_intensity",
@@ -286,10 +287,14 @@ def farfield_adjoint(bk: Any, wave_k: Any) -> Any:
     return bk.ifft2(wave_k)
 
 
+def abs2(xp: Any, z: Any) -> Any:
+    """|z|² without the square root of ``abs`` (real dtype of ``z``)."""
+    return xp.real(z) ** 2 + xp.imag(z) ** 2
+
+
 def intensity(bk: Any, wave_k: Any) -> Any:
-    """Σ_modes |wave_k|²: ``(B, M, Qy, Qx)`` -> ``(B, Qy, Qx)``."""
-    xp = bk.xp
-    return xp.sum(xp.real(wave_k) ** 2 + xp.imag(wave_k) ** 2, axis=-3)
+    """Σ_modes |wave_k|² [e⁻]: ``(B, M, Qy, Qx)`` -> ``(B, Qy, Qx)``."""
+    return bk.xp.sum(abs2(bk.xp, wave_k), axis=-3)
 
 
 def _fft_indices(n_small: int, n_big: int) -> np.ndarray:
