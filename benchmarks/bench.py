@@ -35,7 +35,10 @@ import cases as C  # noqa: E402
 
 REPO = C.HERE.parent
 OUR_PY = Path(sys.executable)
-ANCHOR_PY = REPO / ".anchor-venv" / "bin" / "python"
+#: phaserEM's interpreter (its own venv; PHASER_ANCHOR_PY where it lives elsewhere)
+ANCHOR_PY = Path(os.environ.get("PHASER_ANCHOR_PY", REPO / ".anchor-venv" / "bin" / "python"))
+#: our command line, run by this interpreter (no dependence on where pip put the script)
+PHASER_CLI = [str(OUR_PY), "-m", "phaser_core.cli"]
 
 
 # --------------------------------------------------------------------------- data
@@ -50,9 +53,8 @@ def ensure_dataset(name: str) -> Path:
     spec = path.with_suffix(".yaml")
     with open(spec, "w") as f:
         YAML().dump(C.DATASETS[name], f)
-    exe = OUR_PY.parent / "phaser"
     print(f"simulating {name} -> {path.name}", flush=True)
-    subprocess.run([str(exe), "simulate", str(spec), "--out", str(path)], check=True)
+    subprocess.run([*PHASER_CLI, "simulate", str(spec), "--out", str(path)], check=True)
     return path
 
 
@@ -91,7 +93,25 @@ def machine() -> dict:
         info["jax_devices"] = [str(d) for d in jax.devices()]
     except Exception:
         pass
+    try:
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+        if gpu.returncode == 0:
+            info["gpus"] = [ln.strip() for ln in gpu.stdout.splitlines() if ln.strip()]
+            info["cupy"] = version("cupy-cuda13x") if _has_dist("cupy-cuda13x") else None
+    except (OSError, subprocess.SubprocessError):
+        pass
     return info
+
+
+def _has_dist(name: str) -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version(name)
+        return True
+    except PackageNotFoundError:
+        return False
 
 
 # --------------------------------------------------------------------------- runs
@@ -156,12 +176,15 @@ def summarize(case: dict, ours: dict, ph: dict | None) -> dict:
         row[f"{tag}_s_iter"] = r.get("s_per_iter_median")
         row[f"{tag}_cpu_s_iter"] = r.get("cpu_s_per_iter_median")
         row[f"{tag}_rss_mib"] = r.get("peak_rss_mib")
+        row[f"{tag}_gpu_mib"] = r.get("peak_gpu_mib")
         row[f"{tag}_pearson"] = r.get("pearson")
         row[f"{tag}_ttt_s"] = r.get("time_to_target_s")
         row[f"{tag}_error"] = r.get("error")
     row["speedup"] = _ratio(row["phaser_s_iter"], row["ours_s_iter"])
     row["speedup_cpu"] = _ratio(row["phaser_cpu_s_iter"], row["ours_cpu_s_iter"])
     row["mem_ratio"] = _ratio(row["ours_rss_mib"], row["phaser_rss_mib"])
+    row["gpu_mem_ratio"] = _ratio(row["ours_gpu_mib"], row["phaser_gpu_mib"])
+    row["phaser_backend"] = (ph or {}).get("backend")
     row["ttt_speedup"] = _ratio(row["phaser_ttt_s"], row["ours_ttt_s"])
     return row
 
@@ -177,6 +200,9 @@ def print_table(rows: list[dict], ttt: bool) -> None:
     t = Table(title="ours vs phaserEM 0.3.1 (ratio = phaserEM / ours; > 1: ours faster)")
     cols = ["case", "first s ours/ph", "s/iter ours", "s/iter ph", "ratio", "cpu ratio", "RSS MiB ours/ph",
             "pearson ours/ph"]
+    gpu = any(r.get("ours_gpu_mib") is not None for r in rows)
+    if gpu:
+        cols += ["GPU MiB ours/ph"]
     if ttt:
         cols += ["t→target ours/ph", "ttt ratio"]
     for c in cols:
@@ -188,6 +214,8 @@ def print_table(rows: list[dict], ttt: bool) -> None:
                 _f(r["speedup_cpu"], "{:.2f}x"),
                 f"{_f(r['ours_rss_mib'], '{:.0f}')}/{_f(r['phaser_rss_mib'], '{:.0f}')}",
                 f"{_f(r['ours_pearson'], '{:.3f}')}/{_f(r['phaser_pearson'], '{:.3f}')}"]
+        if gpu:
+            vals += [f"{_f(r['ours_gpu_mib'], '{:.0f}')}/{_f(r['phaser_gpu_mib'], '{:.0f}')}"]
         if ttt:
             vals += [f"{_f(r['ours_ttt_s'], '{:.1f}')}/{_f(r['phaser_ttt_s'], '{:.1f}')}",
                      _f(r["ttt_speedup"], "{:.2f}x")]
@@ -199,7 +227,7 @@ def print_table(rows: list[dict], ttt: bool) -> None:
 
 # --------------------------------------------------------------------------- main
 def gradient_available() -> bool:
-    p = subprocess.run([str(OUR_PY.parent / "phaser"), "plugins"], capture_output=True, text=True)
+    p = subprocess.run([*PHASER_CLI, "plugins"], capture_output=True, text=True)
     return "gradient" in p.stdout
 
 
@@ -221,7 +249,9 @@ def main(argv=None) -> None:
     ap.add_argument("--ours-defaults", action="store_true",
                     help="our engines with our own default settings (phaserEM keeps its example settings)")
     ap.add_argument("--phaser-backends", nargs="*", default=["jax", "numpy"],
-                    help="backends on which phaserEM runs beside ours")
+                    help="backends on which phaserEM runs beside ours; a cupy case is compared "
+                         "with phaserEM on jax (it has no cupy runner), run once for both")
+    ap.add_argument("--simulate-only", action="store_true", help="simulate the cases' datasets and stop")
     ap.add_argument("--timeout", type=float, default=900.0, help="per process [s]")
     ap.add_argument("--out", default=None, help="JSON output path")
     a = ap.parse_args(argv)
@@ -239,20 +269,30 @@ def main(argv=None) -> None:
     out = Path(a.out) if a.out else C.HERE / "results" / f"bench-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     work = C.CACHE / "runs" / stamp
+    if a.simulate_only:
+        for name in dict.fromkeys(c["dataset"] for c in todo):
+            print(ensure_dataset(name))
+        return
     mach = machine()
     print(f"{len(todo)} cases; machine: {mach.get('cpu_model')} x{mach.get('cpu_count')}, "
           f"load {mach.get('loadavg_start')}", flush=True)
     rows, raw = [], []
+    phaser_done: dict[str, dict] = {}  # phaserEM's jax runs, shared by the jax and cupy cases
     t_all = time.perf_counter()
     for i, case in enumerate(todo):
         data = ensure_dataset(case["dataset"])
         cid = C.case_id(case)
         ours = run_ours(case, data, a)
         ph = None
+        ph_case = {**case, "backend": "jax"} if case["backend"] == "cupy" else case
+        ph_id = C.case_id(ph_case)
         # phaserEM's gradient engine needs jax (or torch): no numpy counterpart
-        if not a.no_phaser and case["backend"] in a.phaser_backends \
+        if not a.no_phaser and ph_case["backend"] in a.phaser_backends \
                 and not (case["engine"] == "gradient" and case["backend"] == "numpy"):
-            ph = run_phaser(case, data, a, work / cid.replace("/", "_"))
+            if ph_id not in phaser_done:
+                phaser_done[ph_id] = run_phaser(ph_case, data, a, work / ph_id.replace("/", "_"))
+                phaser_done[ph_id]["backend"] = ph_case["backend"]
+            ph = phaser_done[ph_id]
         row = summarize(case, ours, ph)
         rows.append(row)
         raw.append({"case": case, "ours": ours, "phaser": ph})

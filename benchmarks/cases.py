@@ -13,11 +13,13 @@ import copy
 import hashlib
 import itertools
 import json
+import os
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
-SHARED_BENCH = Path("/work/shared/bench")
+#: the phaserEM harness (../shared/bench); PHASER_SHARED_BENCH points elsewhere (a GPU machine)
+SHARED_BENCH = Path(os.environ.get("PHASER_SHARED_BENCH", "/work/shared/bench"))
 
 #: a MoS2-like projected cell (the object of the engine tests)
 CELL_ATOMS = [
@@ -122,7 +124,7 @@ def our_default_engine(engine: str, *, niter: int, group: int, modes: int, slice
 
 def phaser_args(engine: str, *, niter: int, group: int, modes: int, slices: int, thickness: float,
                 backend: str, probe_after: int = 0) -> list[str]:
-    """Arguments of /work/shared/bench/run_phaser.py for the same case."""
+    """Arguments of the harness's run_phaser.py for the same case."""
     a = ["--engine", engine, "--backend", backend, "--iters", str(niter), "--group", str(group),
          "--modes", str(modes), "--slices", str(slices), "--probe-after", str(probe_after),
          "--dtype", "float32", "--quiet"]

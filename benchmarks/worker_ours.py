@@ -21,7 +21,11 @@ import time
 import h5py
 import numpy as np
 
-sys.path.insert(0, "/work/shared/bench")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cases import SHARED_BENCH  # noqa: E402
+from device_memory import device_peak_mib  # noqa: E402
+
+sys.path.insert(0, str(SHARED_BENCH))
 if os.environ.get("PHASER_BENCH_TREE"):
     # time another source tree (e.g. `git archive` of a baseline commit) with the same venv:
     # put it first on sys.path and drop the editable install's finder that would win
@@ -92,6 +96,8 @@ def main(arg: str) -> None:
 
     if job["backend"] == "jax":
         import jax  # noqa: F401
+    elif job["backend"] == "cupy":
+        import cupy  # noqa: F401
     t_import = time.perf_counter() - t0
     plan = {"file_type": "phaser_plan", "version": 1, "backend": job["backend"], "dtype": "float32",
             "seed": 0, "raw_data": {"type": "hdf5", "path": job["data"], "key": job.get("key", "patterns")},
@@ -112,6 +118,7 @@ def main(arg: str) -> None:
         "cpu_s_per_iter_median": float(np.median(timer.cpu_times[1:])) if rest else None,
         "final_loss": timer.losses[-1] if timer.losses else None,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_gpu_mib": device_peak_mib(),
         "scores": timer.scores, "time_to_target_s": timer.t_target,
     }
     if job.get("final_score") and not timer.scores:

@@ -1,4 +1,4 @@
-"""Run /work/shared/bench/run_phaser.py (phaserEM) in its venv, optionally scoring per iteration.
+"""Run the harness's run_phaser.py (phaserEM; ``cases.SHARED_BENCH``) in its venv, optionally scoring per iteration.
 
     .anchor-venv/bin/python benchmarks/worker_phaser.py --score-every K --target 0.9 -- RUN_PHASER_ARGS
 
@@ -15,10 +15,15 @@ its compilation included, up to the first iteration reaching ``--target`` pearso
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
-sys.path.insert(0, "/work/shared/bench")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cases import SHARED_BENCH  # noqa: E402
+from device_memory import device_peak_mib  # noqa: E402
+
+sys.path.insert(0, str(SHARED_BENCH))
 
 
 def main() -> None:
@@ -92,6 +97,7 @@ def main() -> None:
     lines = [ln for ln in buf.getvalue().splitlines() if ln.startswith("{")]
     res = json.loads(lines[-1])
     res.update(extra)
+    res["peak_gpu_mib"] = device_peak_mib()
     cpu = extra["cpu_times_s"][1:]
     res["cpu_s_per_iter_median"] = float(numpy.median(cpu)) if cpu else None
     print(json.dumps(res))

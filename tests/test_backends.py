@@ -175,6 +175,30 @@ def test_set_at(backend):
     assert sl[1, 2] == 7 and sl[2, 2] == 7 and sl.sum() == 14
 
 
+# -- matrix products ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_matmul_keeps_full_precision(make_backend, dtype):
+    """A (4, 3000) x (3000, 5) complex product to float32 rounding. TF32 (a GPU's default
+    for float32 products in jax: inputs rounded to 10 mantissa bits) is off by 2.8e-4 of
+    the largest entry here (emulated on the host), 7x this tolerance; float32 by 3.5e-7."""
+    bk = make_backend(dtype)
+    rng = np.random.default_rng(5)
+    a = _cplx(rng, (4, 3000)).astype(bk.complex_dtype)
+    b = _cplx(rng, (3000, 5)).astype(bk.complex_dtype)
+    ref = a.astype(np.complex128) @ b.astype(np.complex128)
+    got = bk.to_numpy(bk.matmul(bk.asarray(a), bk.asarray(b)))
+    assert_close(got, ref, dtype, factor=20, err_msg="matmul")
+
+
+def test_jax_matmul_asks_for_highest_precision():
+    jax = pytest.importorskip("jax")
+    bk = get_registry().get("backend", "jax").obj("float32")
+    jaxpr = str(jax.make_jaxpr(bk.matmul)(np.ones((2, 3), np.float32), np.ones((3, 2), np.float32)))
+    assert "HIGHEST" in jaxpr, jaxpr
+
+
 # -- random streams -----------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from phaser_core.errors import PhaserError
 from phaser_core.observer import Observer
 from phaser_core.statefile import load_state
 from phaser_std.analysis import score_state
+from helpers import assert_close
 from recon import ground_truth, make_dataset, position_rms, run, true_positions
 
 jax = pytest.importorskip("jax", reason="jax is needed for the fast engine tests")
@@ -208,6 +209,57 @@ def test_a_crashed_run_resumes_to_the_uninterrupted_result(single, tmp_path):
     np.testing.assert_array_equal(resumed.probe.data, full.probe.data)
     np.testing.assert_array_equal(resumed.scan_A, full.scan_A)
     np.testing.assert_array_equal(resumed.progress.loss, full.progress.loss)
+
+
+@pytest.mark.parametrize("checkpoint_every", [1, 0], ids=["periodic-checkpoint", "on-error-checkpoint"])
+def test_a_crash_inside_lsqml_with_position_correction_resumes_to_the_uninterrupted_result(
+        single, tmp_path, checkpoint_every):
+    """The crash lands inside an LSQML engine with two probe modes and momentum position
+    correction (engine iteration 2 of 4, after the positions moved twice), so the resumed
+    run must restore the engine's mid-run state: the modes (not resampled again), the
+    probe scaling flag and the position solver's velocity in ``state.extra``.
+
+    ``checkpoint_every=1`` resumes from the periodic checkpoint of the crash iteration,
+    ``0`` from the one the output observer writes on the error."""
+    from phaser_core.plan import load_plan
+    from phaser_core.runner import run_plan
+
+    plan = load_plan({
+        "file_type": "phaser_plan", "version": 1, "backend": "numpy", "seed": 7,
+        "raw_data": {"type": "hdf5", "path": str(single)},
+        "output": {"checkpoint_every": checkpoint_every, "images": []},
+        "engines": [_engine("epie", 1),
+                    _engine("lsqml", 4, probe_modes=2, position_solver={"type": "momentum"},
+                            update_positions={"after": 0})],
+    })
+    full = run_plan(plan, out_dir=tmp_path / "full", quiet=True)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_plan(plan, out_dir=tmp_path / "crash", quiet=True, observers=[_Crash(at=3)])
+
+    ckpt = load_state(tmp_path / "crash" / "checkpoint.h5")
+    assert (ckpt.iteration.engine_num, ckpt.iteration.engine_iter, ckpt.iteration.total_iter) == (1, 2, 3)
+    assert ckpt.probe.n_modes == 2
+    velocity = np.asarray(ckpt.extra["position_velocity"])
+    # the checkpoint holds a live position-solver state: without it the test would prove nothing
+    assert velocity.shape == ckpt.scan_A.shape and np.max(np.abs(velocity)) > 1e-4, np.max(np.abs(velocity))
+
+    seen = _Seen()
+    resumed = run_plan(plan, out_dir=tmp_path / "crash", quiet=True, resume=True, observers=[seen])
+    assert seen.iters == [4, 5], "the resumed run must continue engine 1 from its iteration 2"
+    assert resumed.iteration.total_iter == full.iteration.total_iter == 5
+    assert resumed.probe.n_modes == full.probe.n_modes == 2
+    # the positions did move (0.6 Å step, 16x16 scan), so scan_A equality means something
+    nominal = single_nominal_positions(single)
+    assert np.max(np.abs(full.scan_A - nominal)) > 1e-3
+    # complex64 state on numpy; the positions are float64 but built from float32 shifts
+    assert_close(resumed.object.data, full.object.data, np.complex64, err_msg="object")
+    assert_close(resumed.probe.data, full.probe.data, np.complex64, err_msg="probe")
+    assert_close(resumed.scan_A, full.scan_A, np.float32, err_msg="positions")
+    assert_close(resumed.extra["position_velocity"], full.extra["position_velocity"], np.float32,
+                 err_msg="position-solver velocity")
+    assert resumed.extra.get("probe_scaled") is True
+    assert_close(resumed.progress.loss, full.progress.loss, np.float32, err_msg="loss history")
+    assert resumed.progress.iters == full.progress.iters == [1, 2, 3, 4, 5]
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from phaser_core.context import LoadContext
 from phaser_core.data import RawData
 from phaser_core.errors import DataError
 from phaser_std.data import preprocess as pp
+from helpers import assert_close
 
 CTX = LoadContext(seed=5)
 
@@ -44,6 +45,9 @@ def test_crop_detector_keeps_zero_angle_and_sampling():
     assert out.reciprocal_sampling_invA == data.reciprocal_sampling_invA
     # the maximum (zero angle, pixel 8 of 16) is at the new Q//2
     assert np.unravel_index(np.argmax(out.patterns[0]), (8, 10)) == (4, 5)
+    # the window is rows 8-4 .. 8+4, columns 8-5 .. 8+5 of every pattern, values untouched
+    np.testing.assert_array_equal(out.patterns, before[:, 4:12, 3:13])
+    assert out.patterns.dtype == np.float32 and out.n_patterns == 12
     np.testing.assert_array_equal(data.patterns, before)
     assert out.real_space_sampling_A() == pytest.approx((1 / (8 * 0.1), 1 / (10 * 0.12)))
 
@@ -67,9 +71,28 @@ def test_bin_conserves_counts_and_scales_sampling():
     np.testing.assert_allclose(out.patterns.sum(axis=(1, 2)), data.patterns.sum(axis=(1, 2)), rtol=1e-6)
     assert out.reciprocal_sampling_invA == pytest.approx((0.2, 0.24))
     assert not out.mask[1, 1] and out.mask.sum() == 63
+    # factor 2: blocks (0, 1), (2, 3), ... so pixel 8 is the first pixel of block 4 = n//2
+    p = np.asarray(data.patterns, np.float64)
+    assert_close(out.patterns, p.reshape(12, 8, 2, 8, 2).sum(axis=(2, 4)), np.float32)
     out3 = pp.bin_detector(pp.BinConfig(factor=(3, 4)), data, CTX)
     # 16 px in blocks of 4 with pixel 8 in a middle position of block n//2: only 3 blocks fit
     assert out3.pattern_shape == (5, 3)
+    # rows: 5 blocks of 3 from row 1 (block 2 = rows 7, 8, 9, centred on pixel 8; row 0 dropped);
+    # columns: 3 blocks of 4 with pixel 8 at one of the two middle places of block 1, which
+    # the layout leaves open: columns 6..9 (from column 2) or 7..10 (from column 3)
+    def blocks(x0):
+        return np.array([[p[:, 1 + 3 * i:4 + 3 * i, x0 + 4 * j:x0 + 4 + 4 * j].sum(axis=(1, 2)) for j in range(3)]
+                         for i in range(5)]).transpose(2, 0, 1)
+
+    matches = []
+    for x0 in (2, 3):
+        try:
+            assert_close(out3.patterns, blocks(x0), np.float32)
+            matches.append(x0)
+        except AssertionError:
+            pass
+    assert len(matches) == 1, "the (3, 4) binning is not a documented block layout"
+    assert out3.reciprocal_sampling_invA == pytest.approx((0.3, 0.48))
 
 
 @pytest.mark.parametrize("q,f", [(128, 2), (96, 3), (128, 3), (64, 4), (65, 2), (64, 1)])
@@ -152,6 +175,10 @@ def test_center_diffraction_integer_and_subpixel():
     assert np.unravel_index(np.argmax(out.patterns[0]), (16, 16)) == (8, 8)
     assert out.extra["center_shift_px"] == pytest.approx((2.0, -3.0), abs=0.05)
     assert out.mask.sum() == 14 * 13 and out.mask[2:, :13].all()  # shifted down 2, left 3
+    # whole pixels move unchanged: out[y + 2, x - 3] = in[y, x], zero where nothing came in
+    expected = np.zeros_like(data.patterns)
+    expected[:, 2:, :13] = data.patterns[:, :14, 3:]
+    np.testing.assert_array_equal(out.patterns, expected)
     # sub-pixel: a disc at (7.5, 8.25) is centred to within a small fraction of a pixel
     yy, xx = np.indices((16, 16))
     disc = np.exp(-((yy - 7.5) ** 2 + (xx - 8.25) ** 2) / 8.0)

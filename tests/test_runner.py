@@ -268,20 +268,79 @@ def test_lifecycle_order_two_engines():
     assert state.progress.iters == [1, 2, 3, 4, 5]
 
 
+@attrs.frozen
+class TagConfig:
+    tag: str = "default"
+
+
+class TaggedRecorder(Recorder):
+    """A Recorder built from a plan entry: remembers its config and logs into a shared list."""
+
+    built: list = []  # every instance the registry built (reset by the test)
+
+    def __init__(self, config=None, log=None):
+        super().__init__(config)
+        self.config = config
+        self.log = log
+        self.plan_seen = None
+        self.metrics: list[dict] = []
+        TaggedRecorder.built.append(self)
+
+    def before_run(self, plan, ctx):
+        self.plan_seen = plan
+        super().before_run(plan, ctx)
+
+    def after_iteration(self, state, metrics, ctx):
+        super().after_iteration(state, metrics, ctx)
+        self.metrics.append(dict(metrics))
+        if self.log is not None:
+            self.log.append((self.config.tag, state.iteration.total_iter))
+
+
 def test_plan_observers_and_post_load_are_used():
     reg = make_registry()
-    seen = {}
+    seen = []
 
     def spy_step(config, data, ctx):
-        seen["max"] = float(data.patterns.max())
+        seen.append(float(data.patterns.max()))
         return data
 
+    shared: list = []
+    TaggedRecorder.built = []
     reg.add("preprocessor", "spy", spy_step, OWNER)
-    plan = make_plan(niters=(1,), post_load=(PreprocessorSpec("fake_scale", ScaleConfig(3.0)),
-                                             PreprocessorSpec("spy")),
-                     observers=(ObserverSpec("recorder"),))
-    run_plan(plan, registry=reg, quiet=True)
-    assert seen["max"] == 3.0  # the steps ran in plan order
+    reg.add("observer", "tagged", lambda config: TaggedRecorder(config, log=shared), OWNER, config=TagConfig)
+    plan = make_plan(niters=(2, 1), post_load=(PreprocessorSpec("fake_scale", ScaleConfig(3.0)),
+                                               PreprocessorSpec("spy")),
+                     observers=(ObserverSpec("tagged", TagConfig(tag="from-plan")),))
+    extra = TaggedRecorder(TagConfig(tag="extra"), log=shared)
+    state = run_plan(plan, registry=reg, observers=[extra], quiet=True)
+
+    assert seen == [3.0]  # the steps ran once, in plan order (the loader's patterns are 1)
+    # the plan's observer was built once from its entry (with the plan's config) ...
+    built = [obs for obs in TaggedRecorder.built if obs is not extra]
+    assert len(built) == 1
+    obs = built[0]
+    assert obs.config == TagConfig(tag="from-plan")
+    assert obs.plan_seen is plan
+    # ... and told about every lifecycle step, with the counters of each iteration
+    assert obs.calls == [
+        ("before_run",),
+        ("before_engine", 0, 0),
+        ("after_iteration", 0, 1, 1),
+        ("after_iteration", 0, 2, 2),
+        ("after_engine", 0, 2),
+        ("before_engine", 1, 0),
+        ("after_iteration", 1, 1, 3),
+        ("after_engine", 1, 1),
+        ("after_run", 3),
+    ]
+    assert [(m["total_iter"], m["engine_iter"], m["niter"]) for m in obs.metrics] == [(1, 1, 2), (2, 2, 2),
+                                                                                     (3, 1, 1)]
+    assert [m["loss"] for m in obs.metrics] == state.progress.loss
+    # the extra observer saw the same calls, each after the plan's observer
+    assert extra.calls == obs.calls
+    assert shared == [("from-plan", 1), ("extra", 1), ("from-plan", 2), ("extra", 2), ("from-plan", 3),
+                      ("extra", 3)]
 
 
 def test_error_calls_on_run_error_and_writes_checkpoint(tmp_path):

@@ -33,6 +33,7 @@ from typing import Any
 
 import attrs
 import numpy as np
+import scipy.fft as sfft
 
 from phaser_core.backend import stream_seed
 from phaser_core.config import yx_int_pair as _int_pair, yx_pair as _pair, yx_pair_or_none as _opt_pair
@@ -354,7 +355,7 @@ def _fourier_shift(a: np.ndarray, ky: np.ndarray, kx: np.ndarray, dy: float, dx:
     ramp = np.exp(-2j * np.pi * (ky * dy[..., None, None] + kx * dx[..., None, None]))
     if ramp.ndim > 2 and a.ndim > 2:
         ramp = ramp[:, None]
-    return np.fft.ifft2(np.fft.fft2(a, axes=(-2, -1)) * ramp, axes=(-2, -1))
+    return sfft.ifft2(sfft.fft2(a, axes=(-2, -1), workers=-1) * ramp, axes=(-2, -1), workers=-1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -395,7 +396,8 @@ def forward(probe: np.ndarray, transmission: np.ndarray, positions_A: np.ndarray
     """Far-field intensities (N, Qy, Qx), zero angle at Q//2, of ``probe`` (modes, Qy, Qx)
     through ``transmission`` (slices, H, W) at ``positions_A`` (N, 2) [Å] in the field frame.
 
-    ``propagators[i]`` (corner-centred) propagates from slice i to slice i+1.
+    ``propagators[i]`` (corner-centred) propagates from slice i to slice i+1. FFTs run on
+    every core (:mod:`scipy.fft` workers).
     """
     m, qy, qx = probe.shape
     sy, sx = sampling_A
@@ -417,8 +419,9 @@ def forward(probe: np.ndarray, transmission: np.ndarray, positions_A: np.ndarray
         for i in range(transmission.shape[0]):
             psi = psi * transmission[i][iy, ix][:, None]
             if i < transmission.shape[0] - 1:
-                psi = np.fft.ifft2(np.fft.fft2(psi, axes=(-2, -1)) * propagators[i], axes=(-2, -1))
-        far = np.fft.fft2(psi, axes=(-2, -1), norm="ortho")
+                psi = sfft.ifft2(sfft.fft2(psi, axes=(-2, -1), workers=-1) * propagators[i], axes=(-2, -1),
+                                 workers=-1)
+        far = sfft.fft2(psi, axes=(-2, -1), norm="ortho", workers=-1)
         out[sl] = np.fft.fftshift(np.sum(np.abs(far) ** 2, axis=1), axes=(-2, -1))
     return out
 

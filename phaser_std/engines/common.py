@@ -1,9 +1,11 @@
 """What every engine does around its update rule: settings, transfer, the iteration loop.
 
 Engines (conventional, gradient) resample the state to their settings
-(:func:`resample_for_engine`), move patterns to the backend (:func:`patterns_to_device`)
-and supply three hooks to :class:`EngineLoop`: the start of an iteration, the per-group
-step and the end of an iteration. The loop owns the rest: the grouping from the plan seed,
+(:func:`resample_for_engine`), set up their arrays with :func:`engine_arrays` (the check
+that the patterns are on the probe's grid, the transfer to the backend, the probe scaling,
+the position bounds and the snapshot back to a state) and supply three hooks to
+:class:`EngineLoop`: the start of an iteration, the per-group step and the end of an
+iteration. The loop owns the rest: the grouping from the plan seed,
 view corners of all positions once per iteration, timing, the progress record, observers
 and Ctrl-C. Positions stay on the host in float64 [Å].
 """
@@ -18,13 +20,13 @@ import numpy as np
 
 from phaser_core.backend import stream_seed
 from phaser_core.config import RegularizerSpec, param
-from phaser_core.errors import PhaserError
+from phaser_core.errors import DataError, PhaserError
 from phaser_core.observer import notify
 from phaser_core.plan import SlicesPlan
-from phaser_core.state import ObjectState, ReconsState
+from phaser_core.state import ObjectState, ProbeState, ReconsState
 from phaser_std.engines.grouping import iteration_groups
 from phaser_std.engines.regularizers import RegInfo
-from phaser_std.physics.forward import check_views_inside, scan_to_pixels
+from phaser_std.physics.forward import check_views_inside, forward_intensity, scan_to_pixels
 from phaser_std.physics.objects import resample_object_slices
 from phaser_std.physics.resample import resample_probe_state
 
@@ -66,6 +68,118 @@ def resample_for_engine(state: ReconsState, probe_modes: int | None, slices: Sli
 def patterns_to_device(bk: Any, patterns: Any) -> Any:
     """``(N, Qy, Qx)`` centred patterns [e⁻] -> corner-centred on the backend (one copy)."""
     return bk.asarray(np.fft.ifftshift(np.asarray(patterns, dtype=np.dtype(bk.dtype)), axes=(-2, -1)))
+
+
+def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: Any, scan_A: np.ndarray,
+                        geometry: ObjectState, props: Any, batch: int = 64) -> Any:
+    """The probe scaled so the model's total intensity equals the data's (the dry run).
+
+    One compiled function over equal batches (the last one padded and masked), so jax
+    compiles it once instead of dispatching every kernel eagerly. Batches of 64: on numpy
+    the waves entering every slice are held for a batch (S·B·M·Ny·Nx complex values), which
+    at 256 set the peak memory of multislice runs."""
+    shape = probe.shape[-2:]
+    xp = bk.xp
+    n = scan_A.shape[0]
+    batch = max(1, min(batch, n))
+
+    def batch_sum(probe_, obj_, starts, frac, mask):
+        inten = forward_intensity(bk, probe_, obj_, starts, frac, props)
+        return xp.sum(xp.sum(inten, axis=(-2, -1)) * mask)
+
+    fn = bk.jit(batch_sum)
+    model_sum = 0.0
+    for i in range(0, n, batch):
+        sel = np.arange(i, i + batch)
+        mask = (sel < n).astype(np.float64)
+        sel = np.minimum(sel, n - 1)
+        starts, frac = scan_to_pixels(scan_A[sel], geometry.corner_A, geometry.sampling_A, shape)
+        model_sum += float(bk.to_numpy(fn(probe, obj, bk.asarray(starts), bk.asarray(frac), bk.asarray(mask))))
+    data_sum = float(bk.to_numpy(xp.sum(patterns)))
+    if model_sum <= 0 or data_sum <= 0:
+        raise DataError("cannot scale the probe to the data: the data or the model has no intensity")
+    # a Python float (weakly typed): a numpy float64 scalar would promote a complex64 probe
+    # to complex128 on the numpy backend, and every wave computed from it
+    return probe * float(np.sqrt(data_sum / model_sum))
+
+
+@attrs.define
+class EngineArrays:
+    """What an engine run starts from (:func:`engine_arrays`), and its way back to a state.
+
+    On the backend: ``patterns`` ``(N, Qy, Qx)`` [e⁻] corner-centred; ``probe``
+    ``(M, Ny, Nx)`` [√e⁻] and ``obj`` ``(S, H, W)`` [transmission, 1] in the backend's
+    complex dtype. On the host: ``scan_A`` ``(N, 2)`` [Å] float64 (a copy of the state's);
+    ``scan_lo_A`` and ``scan_hi_A`` ``(2,)`` [Å], the positions whose ``(Ny, Nx)`` view stays
+    inside the object (:meth:`clip_scan`); ``extra``, a copy of ``state.extra`` that the
+    engine writes to and :meth:`snapshot` hands back.
+    """
+
+    state: ReconsState  #: the engine's state (resample_for_engine): iteration counters, progress
+    probe_shape: tuple[int, int]  #: ``(Ny, Nx)`` [px], equal to the detector's ``(Qy, Qx)``
+    wavelength_A: float  #: [Å]: the state's, else the data's
+    geometry: ObjectState  #: the object's grid (sampling, corner, slice thicknesses) [Å]
+    patterns: Any
+    probe: Any
+    obj: Any
+    scan_A: np.ndarray
+    extra: dict
+    scan_lo_A: np.ndarray
+    scan_hi_A: np.ndarray
+
+    def scale_probe(self, bk: Any, props: Callable[[], Any]) -> None:
+        """Scale ``probe`` to the data (:func:`scale_probe_to_data`) unless an earlier engine
+        did (``extra["probe_scaled"]``, then set); ``props()`` gives the propagators of the dry
+        run and is called only when the probe is scaled."""
+        if self.extra.get("probe_scaled", False):
+            return
+        self.probe = scale_probe_to_data(bk, self.probe, self.obj, self.patterns, self.scan_A, self.geometry,
+                                         props())
+        self.extra["probe_scaled"] = True
+
+    def clip_scan(self, scan_A: np.ndarray) -> np.ndarray:
+        """Positions ``(N, 2)`` [Å] clipped to ``[scan_lo_A, scan_hi_A]``, so views stay inside the object."""
+        return np.clip(scan_A, self.scan_lo_A, self.scan_hi_A)
+
+    def snapshot(self, bk: Any, probe: Any, obj: Any, scan_A: np.ndarray, tilt_mrad: np.ndarray) -> ReconsState:
+        """A host state of the live ``probe`` and ``obj`` (backend arrays), positions ``scan_A``
+        [Å] and tilt ``tilt_mrad`` [mrad] (copied), on the engine's grid, sharing the state's
+        iteration counters and progress and this run's ``extra``."""
+        state, geometry = self.state, self.geometry
+        return ReconsState(
+            probe=ProbeState(data=bk.to_numpy(probe), sampling_A=tuple(state.probe.sampling_A)),
+            object=ObjectState(data=bk.to_numpy(obj), sampling_A=tuple(geometry.sampling_A),
+                               corner_A=tuple(geometry.corner_A), thicknesses_A=np.asarray(geometry.thicknesses_A)),
+            scan_A=np.array(scan_A), tilt_mrad=np.array(tilt_mrad), iteration=state.iteration,
+            progress=state.progress, wavelength_A=self.wavelength_A, extra=self.extra)
+
+
+def engine_arrays(bk: Any, state: ReconsState, data: Any) -> EngineArrays:
+    """The set-up shared by the engines: the state's arrays on the backend ``bk``.
+
+    ``state`` is the engine's (after :func:`resample_for_engine`) and ``data`` the raw data
+    (``patterns`` ``(N, Qy, Qx)`` [e⁻] centred, ``pattern_shape``, ``wavelength_A()`` [Å]).
+    Raises :class:`DataError` when the patterns ``(Qy, Qx)`` are not on the probe's
+    ``(Ny, Nx)`` grid: the engines do not resample, the data is cropped or binned first
+    (post_load) or the probe initialised on the detector grid. The probe is not scaled here:
+    engines call :meth:`EngineArrays.scale_probe` after their own checks.
+    """
+    probe_shape = state.probe.shape
+    if tuple(data.pattern_shape) != tuple(probe_shape):
+        raise DataError(f"patterns are {data.pattern_shape} but the probe is {probe_shape}: "
+                        "crop or bin the data (post_load) or initialise the probe on the detector grid")
+    geometry = state.object
+    sampling = np.asarray(geometry.sampling_A, dtype=np.float64)
+    half = np.array(probe_shape) // 2
+    corner = np.asarray(geometry.corner_A)
+    return EngineArrays(
+        state=state, probe_shape=probe_shape, wavelength_A=state.wavelength_A or data.wavelength_A(),
+        geometry=geometry, patterns=patterns_to_device(bk, data.patterns),
+        probe=bk.asarray(np.asarray(state.probe.data), dtype=bk.complex_dtype),
+        obj=bk.asarray(np.asarray(geometry.data), dtype=bk.complex_dtype),
+        scan_A=np.array(state.scan_A, dtype=np.float64), extra=dict(state.extra),
+        scan_lo_A=corner + sampling * half,
+        scan_hi_A=corner + sampling * (np.array(geometry.shape) - np.array(probe_shape) + half - 1))
 
 
 def build_constraints(specs: tuple[RegularizerSpec, ...], registry: Any) -> list:

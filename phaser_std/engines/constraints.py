@@ -244,7 +244,8 @@ class Layers(Constraint):
         w = self.config.weight
         mat = w * depth_blur_matrix(n, self.config.sigma_slices) + (1 - w) * np.eye(n)
         m = bk.asarray(mat.astype(np.complex128))
-        return probe, bk.xp.einsum("ij,jhw->ihw", m, obj).astype(obj.dtype)
+        mixed = bk.matmul(m, bk.xp.reshape(obj, (n, -1)))
+        return probe, bk.xp.reshape(mixed, obj.shape).astype(obj.dtype)
 
 
 # ---------------------------------------------------------------------------------------

@@ -10,20 +10,25 @@ import numpy as np
 from phaser_core.config import ConstraintSpec, ConventionalSolverSpec, Flag, NoiseModelSpec, PositionSolverSpec, param
 from phaser_core.errors import DataError
 from phaser_core.plan import SlicesPlan
-from phaser_core.state import ObjectState, ProbeState, ReconsState
+from phaser_core.state import ReconsState
 from phaser_std.engines.chunking import backend_on_cpu, conventional_budget, resolve_chunk
 from phaser_std.engines.common import (
     EngineLoop,
     GroupingConfig,
     apply_constraints,
     build_constraints,
-    patterns_to_device,
+    engine_arrays,
     resample_for_engine,
+    scale_probe_to_data,
     scan_groups,
 )
 from phaser_std.engines.conventional_solvers import make_group_step
 from phaser_std.engines.regularizers import RegInfo
-from phaser_std.physics.forward import forward_intensity, make_propagators, scan_to_pixels, shift_ramp_factors
+from phaser_std.physics.forward import make_propagators, shift_ramp_factors
+
+# scale_probe_to_data lives in common (both engines scale the probe); it is still named
+# here, where phaser_std.engines.memory reads its batch size
+__all__ = ["ConventionalConfig", "ConventionalEngine", "scale_probe_to_data"]
 
 
 @attrs.frozen
@@ -46,39 +51,6 @@ class ConventionalConfig:
     scale_probe: bool = param(True, doc="scale the probe intensity to the data before the first iteration")
 
 
-def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: Any, scan_A: np.ndarray,
-                        geometry: ObjectState, props: Any, batch: int = 64) -> Any:
-    """The probe scaled so the model's total intensity equals the data's (the dry run).
-
-    One compiled function over equal batches (the last one padded and masked), so jax
-    compiles it once instead of dispatching every kernel eagerly. Batches of 64: on numpy
-    the waves entering every slice are held for a batch (S·B·M·Ny·Nx complex values), which
-    at 256 set the peak memory of multislice runs."""
-    shape = probe.shape[-2:]
-    xp = bk.xp
-    n = scan_A.shape[0]
-    batch = max(1, min(batch, n))
-
-    def batch_sum(probe_, obj_, starts, frac, mask):
-        inten = forward_intensity(bk, probe_, obj_, starts, frac, props)
-        return xp.sum(xp.sum(inten, axis=(-2, -1)) * mask)
-
-    fn = bk.jit(batch_sum)
-    model_sum = 0.0
-    for i in range(0, n, batch):
-        sel = np.arange(i, i + batch)
-        mask = (sel < n).astype(np.float64)
-        sel = np.minimum(sel, n - 1)
-        starts, frac = scan_to_pixels(scan_A[sel], geometry.corner_A, geometry.sampling_A, shape)
-        model_sum += float(bk.to_numpy(fn(probe, obj, bk.asarray(starts), bk.asarray(frac), bk.asarray(mask))))
-    data_sum = float(bk.to_numpy(xp.sum(patterns)))
-    if model_sum <= 0 or data_sum <= 0:
-        raise DataError("cannot scale the probe to the data: the data or the model has no intensity")
-    # a Python float (weakly typed): a numpy float64 scalar would promote a complex64 probe
-    # to complex128 on the numpy backend, and every wave computed from it
-    return probe * float(np.sqrt(data_sum / model_sum))
-
-
 class ConventionalEngine:
     """ePIE/LSQML engine; the update rule is the ``solver`` component."""
 
@@ -96,27 +68,17 @@ class ConventionalEngine:
         group_constraints = build_constraints(cfg.group_constraints, reg)
         iter_constraints = build_constraints(cfg.iter_constraints, reg)
 
-        probe_shape = state.probe.shape
-        if tuple(data.pattern_shape) != tuple(probe_shape):
-            raise DataError(f"patterns are {data.pattern_shape} but the probe is {probe_shape}: "
-                            "crop or bin the data (post_load) or initialise the probe on the detector grid")
-        wavelength = state.wavelength_A or data.wavelength_A()
-        geometry = state.object
+        arrays = engine_arrays(bk, state, data)
+        probe_shape, wavelength, geometry = arrays.probe_shape, arrays.wavelength_A, arrays.geometry
         tilt = np.asarray(state.tilt_mrad, dtype=np.float64)
         if tilt.ndim != 1:
             raise DataError("the conventional engine supports a global tilt only; "
                             "use the gradient engine for per-position tilt")
         props = make_propagators(bk, probe_shape, geometry.sampling_A, wavelength, geometry.thicknesses_A,
                                  tilt, cfg.bandlimit)
-        patterns = patterns_to_device(bk, data.patterns)
-        probe = bk.asarray(np.asarray(state.probe.data), dtype=bk.complex_dtype)
-        obj = bk.asarray(np.asarray(geometry.data), dtype=bk.complex_dtype)
-        scan = np.array(state.scan_A, dtype=np.float64)
-        extra = dict(state.extra)
-
-        if cfg.scale_probe and not extra.get("probe_scaled", False):
-            probe = scale_probe_to_data(bk, probe, obj, patterns, scan, geometry, props)
-            extra["probe_scaled"] = True
+        if cfg.scale_probe:
+            arrays.scale_probe(bk, lambda: props)
+        patterns, scan, extra = arrays.patterns, arrays.scan_A, arrays.extra
 
         info = RegInfo(sampling_A=tuple(geometry.sampling_A), wavelength_A=wavelength,
                        thicknesses_A=np.asarray(geometry.thicknesses_A))
@@ -148,11 +110,8 @@ class ConventionalEngine:
             return obj_, probe_, out["loss"], out["shift"]
 
         step = bk.jit(iteration_step, static_argnames=("update_object", "update_probe", "update_positions"))
-        live = {"probe": probe, "obj": obj, "scan": scan, "shift": np.zeros_like(scan)}
+        live = {"probe": arrays.probe, "obj": arrays.obj, "scan": scan, "shift": np.zeros_like(scan)}
         sampling = np.asarray(geometry.sampling_A, dtype=np.float64)
-        half = np.array(probe_shape) // 2
-        lo = np.asarray(geometry.corner_A) + sampling * half
-        hi = np.asarray(geometry.corner_A) + sampling * (np.array(geometry.shape) - np.array(probe_shape) + half - 1)
 
         def positions_on(it: int) -> bool:
             return pos_solver is not None and cfg.update_positions(it)
@@ -184,16 +143,11 @@ class ConventionalEngine:
                                                                    bk.asarray(np.int32(it)))
             if positions_on(it):
                 new = pos_solver.update(live["scan"], live["shift"], extra)
-                live["scan"] = np.clip(new, lo, hi)
+                live["scan"] = arrays.clip_scan(new)
                 live["shift"] = np.zeros_like(live["scan"])
 
         def snapshot() -> ReconsState:
-            return ReconsState(
-                probe=ProbeState(data=bk.to_numpy(live["probe"]), sampling_A=tuple(state.probe.sampling_A)),
-                object=ObjectState(data=bk.to_numpy(live["obj"]), sampling_A=tuple(geometry.sampling_A),
-                                   corner_A=tuple(geometry.corner_A), thicknesses_A=np.asarray(geometry.thicknesses_A)),
-                scan_A=live["scan"].copy(), tilt_mrad=tilt.copy(), iteration=state.iteration,
-                progress=state.progress, wavelength_A=wavelength, extra=extra)
+            return arrays.snapshot(bk, live["probe"], live["obj"], live["scan"], tilt)
 
         loop = EngineLoop(name="conventional", niter=cfg.niter, grouping=cfg.grouping, ctx=ctx,
                           n_positions=scan.shape[0])

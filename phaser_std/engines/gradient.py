@@ -32,10 +32,9 @@ import numpy as np
 from phaser_core.config import ConstraintSpec, CostSpec, Flag, GradientSolverSpec, NoiseModelSpec, param
 from phaser_core.errors import DataError
 from phaser_core.plan import SlicesPlan
-from phaser_core.state import ObjectState, ProbeState, ReconsState
+from phaser_core.state import ReconsState
 from phaser_std.engines.chunking import backend_on_cpu, resolve_chunk
-from phaser_std.engines.common import EngineLoop, GroupingConfig, patterns_to_device, resample_for_engine, scan_groups
-from phaser_std.engines.conventional import scale_probe_to_data
+from phaser_std.engines.common import EngineLoop, GroupingConfig, engine_arrays, resample_for_engine, scan_groups
 from phaser_std.engines.gradient_step import GroupModel, StepCounter, make_group_step
 from phaser_std.engines.optimizers import AdamConfig
 from phaser_std.engines.regularizers import RegInfo
@@ -135,17 +134,13 @@ class GradientEngine:
                                  f"of {sorted(reg.names('solver', role='gradient'))}")
             solvers[k] = spec.build(reg) if spec is not None else None
 
-        probe_shape = state.probe.shape
-        if tuple(data.pattern_shape) != tuple(probe_shape):
-            raise DataError(f"patterns are {data.pattern_shape} but the probe is {probe_shape}: "
-                            "crop or bin the data (post_load) or initialise the probe on the detector grid")
-        wavelength = state.wavelength_A or data.wavelength_A()
-        geometry = state.object
+        arrays = engine_arrays(bk, state, data)
+        probe_shape, wavelength, geometry = arrays.probe_shape, arrays.wavelength_A, arrays.geometry
         sampling = tuple(float(s) for s in geometry.sampling_A)
         if not np.allclose(sampling, state.probe.sampling_A):
             raise DataError(f"object pixel {sampling} Å differs from the probe pixel {state.probe.sampling_A} Å")
         thick = tuple(float(t) for t in np.asarray(geometry.thicknesses_A).reshape(-1))
-        scan = np.array(state.scan_A, dtype=np.float64)
+        scan = arrays.scan_A
         n_pos = scan.shape[0]
         tilt = np.asarray(state.tilt_mrad, dtype=np.float64)
         if cfg.tilt == "per_position" and tilt.ndim == 1:
@@ -154,19 +149,15 @@ class GradientEngine:
             tilt = tilt.mean(axis=0)
 
         base_props = make_propagators(bk, probe_shape, sampling, wavelength, thick, (0.0, 0.0), cfg.bandlimit)
-        patterns = patterns_to_device(bk, data.patterns)
-        probe = bk.asarray(np.asarray(state.probe.data), dtype=bk.complex_dtype)
-        obj = bk.asarray(np.asarray(geometry.data), dtype=bk.complex_dtype)
-        extra = dict(state.extra)
+        patterns, extra = arrays.patterns, arrays.extra
         saved = dict(extra.get("gradient", {}) or {})
         if int(np.asarray(saved.pop("engine_num", -1))) != ctx.engine_num:
             saved = {}  # another engine's solver states: this engine starts fresh
 
-        if cfg.scale_probe and not extra.get("probe_scaled", False):
+        if cfg.scale_probe:
             mean_tilt = tilt if tilt.ndim == 1 else tilt.mean(axis=0)
-            props = make_propagators(bk, probe_shape, sampling, wavelength, thick, mean_tilt, cfg.bandlimit)
-            probe = scale_probe_to_data(bk, probe, obj, patterns, scan, geometry, props)
-            extra["probe_scaled"] = True
+            arrays.scale_probe(bk, lambda: make_propagators(bk, probe_shape, sampling, wavelength, thick, mean_tilt,
+                                                            cfg.bandlimit))
 
         info = RegInfo(sampling_A=sampling, wavelength_A=wavelength, thicknesses_A=np.asarray(thick))
         model = GroupModel(noise=noise, costs=costs, base_props=base_props, sampling_A=sampling,
@@ -194,7 +185,7 @@ class GradientEngine:
 
         # solver states: restored from a checkpoint when present, else fresh
         host = _HostBackend()
-        live: dict[str, Any] = {"object": obj, "probe": probe, "scan": scan, "tilt": tilt}
+        live: dict[str, Any] = {"object": arrays.obj, "probe": arrays.probe, "scan": scan, "tilt": tilt}
         opt_states: dict[str, Any] = {}
         def restore(k: str, like: Any, backend: Any) -> Any:
             fresh = solvers[k].init(like, backend if backend is not None else host)
@@ -214,10 +205,6 @@ class GradientEngine:
             if solvers[k] is not None:
                 host_states[k] = restore(k, live["scan"] if k == "positions" else live["tilt"], None)
 
-        half = np.array(probe_shape) // 2
-        lo = np.asarray(geometry.corner_A) + np.asarray(sampling) * half
-        hi = np.asarray(geometry.corner_A) + np.asarray(sampling) * (
-            np.array(geometry.shape) - np.array(probe_shape) + half - 1)
         cur: dict[str, Any] = {}
 
         def flags(it: int) -> dict[str, bool]:
@@ -265,7 +252,7 @@ class GradientEngine:
                     host, g, host_states["positions"], live["scan"], it)
                 u = np.asarray(u, dtype=np.float64)
                 u -= u.mean(axis=0)
-                live["scan"] = np.clip(live["scan"] + u, lo, hi)
+                live["scan"] = arrays.clip_scan(live["scan"] + u)
             if fl["grad_tilt"]:
                 g = bk.to_numpy(cur["acc"]["tilt"]).astype(np.float64) / probe_int
                 if g.ndim == 1:
@@ -278,13 +265,7 @@ class GradientEngine:
             saved_now.update({k: _pack(solvers[k].state_to_numpy(s)) for k, s in host_states.items()})
             saved_now["engine_num"] = np.asarray(ctx.engine_num)
             extra["gradient"] = saved_now
-            return ReconsState(
-                probe=ProbeState(data=bk.to_numpy(live["probe"]), sampling_A=tuple(state.probe.sampling_A)),
-                object=ObjectState(data=bk.to_numpy(live["object"]), sampling_A=tuple(geometry.sampling_A),
-                                   corner_A=tuple(geometry.corner_A),
-                                   thicknesses_A=np.asarray(geometry.thicknesses_A)),
-                scan_A=live["scan"].copy(), tilt_mrad=np.array(live["tilt"]), iteration=state.iteration,
-                progress=state.progress, wavelength_A=wavelength, extra=extra)
+            return arrays.snapshot(bk, live["probe"], live["object"], live["scan"], live["tilt"])
 
         loop = EngineLoop(name="gradient", niter=cfg.niter, grouping=cfg.grouping, ctx=ctx, n_positions=n_pos)
         return loop.run(state, scan_A=lambda: live["scan"], obj_geometry=lambda: geometry,

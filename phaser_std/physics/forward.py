@@ -27,9 +27,11 @@ Call sequence of an engine, per group of positions ``idx``::
     obj_grad = add_views(bk, xp.zeros_like(obj_data), starts, grad_views)   # (S, H, W)
     probe_grad = unshift_probes(bk, grad_probes, frac)               # (M, Ny, Nx), summed over B
 
-When the reconstruction grid differs from the detector, ``fit_to_shape`` crops or zero-pads
-a corner-centred array in reciprocal space (the model intensity to the detector shape;
-it is its own adjoint's inverse: ``fit_to_shape(g, probe_shape)`` maps gradients back).
+The reconstruction grid is the detector grid: ``(Ny, Nx) == (Qy, Qx)``, and nothing here
+crops, pads or resamples in reciprocal space. Patterns on another grid are refused when an
+engine starts (:func:`phaser_std.engines.common.engine_arrays` raises a ``DataError``
+asking to crop or bin the data in ``post_load``, or to initialise the probe on the
+detector grid).
 
 Gradients follow the Wirtinger convention: for a real loss L, ``grad = dL/d conj(z)``,
 so that dL = 2·Re Σ conj(grad)·dz; steepest descent is ``z -= step·grad``.
@@ -61,7 +63,6 @@ __all__ = [
     "farfield_adjoint",
     "abs2",
     "intensity",
-    "fit_to_shape",
     "forward_intensity",
 ]
 
@@ -295,36 +296,6 @@ def abs2(xp: Any, z: Any) -> Any:
 def intensity(bk: Any, wave_k: Any) -> Any:
     """Σ_modes |wave_k|² [e⁻]: ``(B, M, Qy, Qx)`` -> ``(B, Qy, Qx)``."""
     return bk.xp.sum(abs2(bk.xp, wave_k), axis=-3)
-
-
-def _fft_indices(n_small: int, n_big: int) -> np.ndarray:
-    """Indices in a corner-centred length-``n_big`` axis of the ``n_small`` frequencies
-    closest to zero, in corner-centred order of the small axis."""
-    f = np.round(np.fft.fftfreq(n_small) * n_small).astype(np.int64)
-    return np.mod(f, n_big)
-
-
-def fit_to_shape(bk: Any, x: Any, shape: Sequence[int]) -> Any:
-    """Crop or zero-pad a corner-centred reciprocal-space array ``(..., Qy, Qx)`` to
-    ``shape`` (per axis), keeping the zero frequency at the corner and the frequencies
-    around it. Cropping and padding to the original shape are adjoint to each other."""
-    xp = bk.xp
-    out = x
-    for axis, n_new in zip((-2, -1), (int(shape[0]), int(shape[1]))):
-        n_old = out.shape[axis]
-        if n_new == n_old:
-            continue
-        if n_new < n_old:
-            idx = xp.asarray(_fft_indices(n_new, n_old))
-            out = xp.take(out, idx, axis=axis)
-        else:
-            idx = xp.asarray(_fft_indices(n_old, n_new))
-            new_shape = list(out.shape)
-            new_shape[axis] = n_new
-            z = xp.zeros(tuple(new_shape), dtype=out.dtype)
-            index = (Ellipsis, idx, slice(None)) if axis == -2 else (Ellipsis, idx)
-            out = bk.set_at(z, index, out)
-    return out
 
 
 def forward_intensity(bk: Any, probe: Any, obj: Any, starts: Any, frac: Any, props: Any) -> Any:

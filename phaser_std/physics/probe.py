@@ -138,11 +138,11 @@ def orthogonalize_modes(bk: Any, modes: Any) -> Any:
     xp = bk.xp
     m = modes.shape[0]
     flat = xp.reshape(modes, (m, -1))
-    gram = flat @ xp.conj(flat).T  # (M, M) Hermitian
+    gram = bk.matmul(flat, xp.conj(flat).T)  # (M, M) Hermitian
     evals, evecs = xp.linalg.eigh(gram)
     order = xp.argsort(-xp.real(evals))
     evecs = evecs[:, order]
-    new = xp.conj(evecs).T @ flat
+    new = bk.matmul(xp.conj(evecs).T, flat)
     return xp.reshape(new, modes.shape)
 
 
