@@ -19,7 +19,8 @@ def machine_line(m: dict) -> str:
     return (f"{m.get('date_utc')} · {m.get('cpu_model')} x{m.get('cpu_count')} · {m.get('mem_total_gib')} GiB · "
             f"python {m.get('python')} · ours: numpy {m.get('numpy')}, jax {m.get('jax')}, scipy {m.get('scipy')} · "
             f"phaserEM {ph.get('phaserEM')} (jax {ph.get('jax')}, numpy {ph.get('numpy')}) · "
-            f"load avg at start {m.get('loadavg_start')}, end {m.get('loadavg_end')} · {_f(m.get('total_s'), '{:.0f}')} s")
+            f"load avg at start {m.get('loadavg_start')}, end {m.get('loadavg_end')} · {_f(m.get('total_s'), '{:.0f}')} s"
+            + (f" · GPU {'; '.join(m['gpus'])}, cupy {m.get('cupy')}" if m.get("gpus") else ""))
 
 
 def table(doc: dict) -> str:
@@ -27,6 +28,9 @@ def table(doc: dict) -> str:
     ttt = bool(doc.get("args", {}).get("ttt"))
     head = ["case", "first s ours", "first s ph", "s/iter ours", "s/iter ph", "ratio", "CPU ratio",
             "RSS MiB ours", "RSS MiB ph", "pearson ours", "pearson ph"]
+    gpu = any(r.get("ours_gpu_mib") is not None for r in rows)
+    if gpu:
+        head += ["GPU MiB ours", "GPU MiB ph"]
     if ttt:
         head += ["t→target ours", "t→target ph", "ttt ratio"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -35,6 +39,8 @@ def table(doc: dict) -> str:
              _f(r["phaser_s_iter"]), _f(r["speedup"], "{:.2f}x"), _f(r["speedup_cpu"], "{:.2f}x"),
              _f(r["ours_rss_mib"], "{:.0f}"), _f(r["phaser_rss_mib"], "{:.0f}"), _f(r["ours_pearson"]),
              _f(r["phaser_pearson"])]
+        if gpu:
+            v += [_f(r.get("ours_gpu_mib"), "{:.0f}"), _f(r.get("phaser_gpu_mib"), "{:.0f}")]
         if ttt:
             v += [_f(r["ours_ttt_s"], "{:.1f}"), _f(r["phaser_ttt_s"], "{:.1f}"), _f(r["ttt_speedup"], "{:.2f}x")]
         if r.get("ours_error") or r.get("phaser_error"):

@@ -2,8 +2,9 @@
 
 Only this module (imported by the factory in :mod:`phaser_std.backends` after checking that
 cupy imports and a GPU is present) imports cupy. There is no jit (the identity): cupy
-launches one kernel per operation. ``add_at`` accumulates in place with
-:func:`cupyx.scatter_add`; always use the returned array anyway, as on every backend.
+launches one kernel per operation. ``add_at`` accumulates in place with ``cupy.add.at``
+(``cupyx.scatter_add`` is deprecated since cupy 14); always use the returned array anyway,
+as on every backend.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import cupy
-import cupyx
 import numpy as np
 
 from phaser_core.backend import BaseBackend
@@ -48,23 +48,23 @@ class CupyBackend(BaseBackend):
     def add_at(self, target: Any, index: tuple, values: Any) -> Any:
         """``target[index] += values`` with repeated indices accumulated (in place).
 
-        ``cupyx.scatter_add`` has no complex atomics, so a contiguous complex target is
+        ``cupy.add.at`` has no complex atomics, so a contiguous complex target is
         added to through its interleaved real view (no object-sized temporaries)."""
         values = cupy.asarray(values, dtype=target.dtype)
         if target.dtype.kind == "c":
             split = interleaved_index(index, target.ndim) if target.flags.c_contiguous else None
             if split is None:
                 real, imag = target.real.copy(), target.imag.copy()
-                cupyx.scatter_add(real, index, values.real)
-                cupyx.scatter_add(imag, index, values.imag)
+                cupy.add.at(real, index, values.real)
+                cupy.add.at(imag, index, values.imag)
                 target[...] = real + 1j * imag
                 return target
             flat = target.view(self.real_dtype)
             re_index, im_index = split
-            cupyx.scatter_add(flat, re_index, cupy.ascontiguousarray(values.real))
-            cupyx.scatter_add(flat, im_index, cupy.ascontiguousarray(values.imag))
+            cupy.add.at(flat, re_index, cupy.ascontiguousarray(values.real))
+            cupy.add.at(flat, im_index, cupy.ascontiguousarray(values.imag))
             return target
-        cupyx.scatter_add(target, index, values)
+        cupy.add.at(target, index, values)
         return target
 
     def synchronize(self, x: Any = None) -> Any:

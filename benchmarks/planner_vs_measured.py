@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""The memory planner's estimate beside the peaks a benchmark measured.
+
+    /work/venv/bin/python benchmarks/planner_vs_measured.py benchmarks/results/h100-gpu-*.json
+
+For each case of the bench.py JSON files, the plan the benchmark ran (``cases.our_engine``)
+is estimated with ``phaser plan-memory``'s code on the same dataset (simulated here if
+missing). Cases measured on a GPU (``peak_gpu_mib``) are compared with the planner's device
+terms, estimated as for a GPU (whole groups: ``named_backend_on_cpu`` answers False);
+the others with its whole peak against the peak RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cases as C  # noqa: E402
+from bench import ensure_dataset  # noqa: E402
+
+
+def estimate_mib(case: dict, on_gpu: bool) -> float:
+    import phaser_std.engines.memory as planner
+    from phaser_core.memory import estimate_plan
+    from phaser_core.plan import load_plan
+
+    ds = case["dataset"]
+    block = C.our_engine(case["engine"], niter=4, group=case["group"], modes=case["modes"], slices=C.n_slices(ds),
+                         thickness=C.total_thickness(ds))
+    plan = load_plan({"file_type": "phaser_plan", "version": 1, "backend": case["backend"], "dtype": "float32",
+                      "seed": 0, "raw_data": {"type": "hdf5", "path": str(ensure_dataset(ds))}, "engines": [block]})
+    on_cpu = planner.named_backend_on_cpu
+    if on_gpu:
+        planner.named_backend_on_cpu = lambda name: False
+    try:
+        est = estimate_plan(plan, backend=case["backend"])
+    finally:
+        planner.named_backend_on_cpu = on_cpu
+    return (est.peak_where("device") if on_gpu else est.peak) / 2**20
+
+
+def main(paths: list[str]) -> None:
+    within = total = 0
+    for path in paths:
+        for row in json.load(open(path))["rows"]:
+            gpu = row.get("ours_gpu_mib")
+            measured = gpu if gpu is not None else row.get("ours_rss_mib")
+            if not measured:
+                continue
+            est = estimate_mib(row, on_gpu=gpu is not None)
+            ratio = est / measured
+            total += 1
+            within += 0.75 <= ratio <= 1.25
+            print(f"{row['case']:34s} {'GPU' if gpu is not None else 'RSS'} measured {measured:7.0f} MiB  "
+                  f"planner {est:7.0f} MiB  ratio {ratio:.2f}")
+    print(f"within 25%: {within} of {total}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
