@@ -109,7 +109,9 @@ class ConventionalEngine:
             (obj_, probe_), out = scan_groups(bk, one, (obj_, probe_), (indices, starts, ramps, masks))
             return obj_, probe_, out["loss"], out["shift"]
 
-        step = bk.jit(iteration_step, static_argnames=("update_object", "update_probe", "update_positions"))
+        # object and probe donated: the updated ones take their buffers (no second object)
+        step = bk.jit(iteration_step, static_argnames=("update_object", "update_probe", "update_positions"),
+                      donate_argnames=("obj_", "probe_"))
         live = {"probe": arrays.probe, "obj": arrays.obj, "scan": scan, "shift": np.zeros_like(scan)}
         sampling = np.asarray(geometry.sampling_A, dtype=np.float64)
 
@@ -135,7 +137,8 @@ class ConventionalEngine:
 
         # compiled once on jax (the iteration is a traced value)
         iteration_constraints = bk.jit(lambda p, o, it: apply_constraints(bk, iter_constraints, p, o,
-                                                                          attrs.evolve(info, iteration=it)))
+                                                                          attrs.evolve(info, iteration=it)),
+                                       donate_argnums=(0, 1))
 
         def end_iteration(it):
             if iter_constraints:

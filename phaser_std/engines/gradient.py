@@ -180,8 +180,11 @@ class GradientEngine:
                                                          (indices, starts, frac, masks))
             return params, opt_states, acc, out["loss"]
 
+        # the parameters, solver states and sums are donated: the new ones take their buffers
+        # (without it the object and its solver states were held twice, as inputs and outputs)
         iteration = bk.jit(iteration_step,
-                           static_argnames=("update_object", "update_probe", "grad_positions", "grad_tilt"))
+                           static_argnames=("update_object", "update_probe", "grad_positions", "grad_tilt"),
+                           donate_argnames=("params", "opt_states", "acc"))
 
         # solver states: restored from a checkpoint when present, else fresh
         host = _HostBackend()
@@ -238,7 +241,7 @@ class GradientEngine:
                 probe_, obj_ = c.apply(bk, probe_, obj_, info.replace(iteration=it))
             return probe_, obj_, bk.xp.sum(bk.xp.real(probe_) ** 2 + bk.xp.imag(probe_) ** 2)
 
-        iteration_constraints = bk.jit(iteration_constraints)
+        iteration_constraints = bk.jit(iteration_constraints, donate_argnums=(0, 1))
 
         def end_iteration(it):
             fl = cur["flags"]
