@@ -364,18 +364,16 @@ def _print_memory_estimate(plan: Any, plan_dir: Path, *, as_json: bool = False, 
     avail = None
     if budget_gib is not None:
         avail = {"device": None, "host": int(budget_gib * memory.GiB), "source": f"--budget-GiB {budget_gib:g}"}
-    fits = avail is None or est.peak <= avail["host"]
+    short = [c for c in memory.pool_checks(est, avail) if not c.fits] if avail is not None else []
     if as_json:
         out = est.to_dict()
         if avail is not None:
-            out.update(budget_bytes=avail["host"], fits=fits)
+            out.update(budget_bytes=avail["host"], fits=not short)
         print(json.dumps(out, indent=2))
     else:
         print(memory.format_report(est, avail))
-    if not fits:
-        big = est.largest()
-        _err().print(f"[red]does not fit[/red] in {budget_gib:g} GiB: the largest term is {escape(big.name)} "
-                     f"({memory.format_bytes(big.bytes)}): {escape(big.hint)}")
+    if short:
+        _err().print(f"[red]does not fit[/red]: {escape(memory.shortfall_message(est, short[0], avail['source']))}")
         return 1
     return 0
 

@@ -41,7 +41,8 @@ ENV_BUDGET = "PHASER_MEMORY_BUDGET_GIB"
 ENV_CHECK = "PHASER_MEMORY_CHECK"
 
 __all__ = ["DataShape", "Term", "EngineEstimate", "MemoryEstimate", "data_shape", "state_shapes",
-           "estimate_plan", "estimate_run", "available_memory", "check_memory", "format_bytes",
+           "estimate_plan", "estimate_run", "available_memory", "check_memory", "pool_checks", "PoolCheck",
+           "shortfall_message", "format_bytes",
            "format_report", "ENV_BUDGET", "ENV_CHECK"]
 
 
@@ -298,27 +299,50 @@ def available_memory(backend: Any = None) -> dict:
     return {"device": dev, "host": host, "source": src}
 
 
+@attrs.frozen
+class PoolCheck:
+    """One memory pool a run draws on, against what is available in it."""
+
+    label: str  #: "device", "host", or "memory" (CPU backends: one pool)
+    need: int  #: the estimate's peak in this pool [bytes]
+    have: int | None  #: available [bytes]; None: unknown (never fails)
+    where: str | None  #: the terms' ``where`` this pool counts (None: all)
+
+    @property
+    def fits(self) -> bool:
+        return self.have is None or self.need <= self.have
+
+
+def pool_checks(est: MemoryEstimate, avail: dict) -> list[PoolCheck]:
+    """The pools of ``avail`` (:func:`available_memory`) with the estimate's need in each: on
+    an accelerator the device terms against the device and the host terms against the host;
+    on a CPU every term against the host. The one rule behind the run's check, the report
+    and ``plan-memory --budget-GiB``."""
+    if avail["device"] is not None:
+        return [PoolCheck("device", est.peak_where("device"), avail["device"], "device"),
+                PoolCheck("host", est.peak_where("host"), avail["host"], "host")]
+    return [PoolCheck("memory", est.peak, avail["host"], None)]
+
+
+def shortfall_message(est: MemoryEstimate, check: PoolCheck, source: str) -> str:
+    """What does not fit, in one sentence naming the largest term and its setting."""
+    big = est.largest(check.where)
+    eng = est.peak_engine
+    which = f" (engine {eng.index}: {eng.type})" if eng is not None else ""
+    return (f"the run needs about {format_bytes(check.need)} of {check.label}{which} but "
+            f"{format_bytes(check.have or 0)} is available ({source}). The largest term: {big.name} needs "
+            f"{format_bytes(big.bytes)}: {big.hint}.")
+
+
 def check_memory(est: MemoryEstimate, backend: Any = None) -> None:
     """Raise :class:`PhaserError` when ``est`` does not fit what :func:`available_memory` gives."""
     if os.environ.get(ENV_CHECK, "1").strip().lower() in ("0", "false", "no", "off"):
         return
     avail = available_memory(backend)
-    pools = []
-    if avail["device"] is not None:
-        pools.append(("device", est.peak_where("device"), avail["device"], "device"))
-        pools.append(("host", est.peak_where("host"), avail["host"], "host"))
-    else:
-        pools.append(("memory", est.peak, avail["host"], None))
-    for label, need, have, where in pools:
-        if have is None or need <= have:
-            continue
-        big = est.largest(where)
-        eng = est.peak_engine
-        which = f" (engine {eng.index}: {eng.type})" if eng is not None else ""
-        raise PhaserError(
-            f"the run needs about {format_bytes(need)} of {label}{which} but {format_bytes(have)} is available "
-            f"({avail['source']}). The largest term: {big.name} needs {format_bytes(big.bytes)}: {big.hint}. "
-            f"See `phaser plan-memory PLAN`; set {ENV_CHECK}=0 to run anyway.")
+    for check in pool_checks(est, avail):
+        if not check.fits:
+            raise PhaserError(f"{shortfall_message(est, check, avail['source'])} "
+                              f"See `phaser plan-memory PLAN`; set {ENV_CHECK}=0 to run anyway.")
 
 
 # ---------------------------------------------------------------------------------------
@@ -347,12 +371,10 @@ def format_report(est: MemoryEstimate, avail: dict | None = None) -> str:
     lines.append(f"peak: {format_bytes(est.peak)}" + (f" (engine {est.peak_engine.index})" if est.peak_engine else "")
                  + (f"; largest term: {big.name} ({format_bytes(big.bytes)})" if big else ""))
     if avail is not None:
-        on_device = avail["device"] is not None
-        have = avail["device"] if on_device else avail["host"]
-        need = est.peak_where("device") if on_device else est.peak
-        if have is not None:
-            lines.append(f"available: {format_bytes(have)} ({avail['source']}) -> "
-                         + ("fits" if need <= have else "DOES NOT FIT"))
+        for check in pool_checks(est, avail):
+            if check.have is not None:
+                lines.append(f"available {check.label}: {format_bytes(check.have)} ({avail['source']}), needs "
+                             f"{format_bytes(check.need)} -> " + ("fits" if check.fits else "DOES NOT FIT"))
     return "\n".join(lines)
 
 

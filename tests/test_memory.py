@@ -9,7 +9,8 @@ import pytest
 
 from phaser_core.cli import main as cli_main
 from phaser_core.errors import PhaserError
-from phaser_core.memory import DataShape, estimate_plan, measure_in_subprocess
+from phaser_core.memory import (DataShape, estimate_plan, format_report, measure_in_subprocess, pool_checks,
+                                 shortfall_message)
 from phaser_core.plan import SlicesPlan, load_plan
 from phaser_core.runner import run_plan
 from phaser_std.engines.common import GroupingConfig
@@ -199,3 +200,22 @@ def test_probe_scaling_pass_counts_only_for_the_first_engine(tiny):
     assert any(n.startswith("probe-scaling pass") for n in first)
     assert not any(n.startswith("probe-scaling pass") for n in second)
     assert any(n.startswith("optimizer state") for n in second)
+
+
+def test_report_and_check_judge_the_same_pools(tiny):
+    """On an accelerator the device terms go against the device and the host terms against
+    the host, in the run's check and in the report alike: a host that is too small fails
+    both, although the device has room."""
+    est = estimate_plan(load_plan(tiny), plan_dir=tiny.parent)
+    device, host = est.peak_where("device"), est.peak_where("host")
+    assert device > 0 and host > 0
+    tight_host = {"device": 10 * device, "host": host // 2, "source": "test"}
+    checks = pool_checks(est, tight_host)
+    assert [(c.label, c.need, c.fits) for c in checks] == [("device", device, True), ("host", host, False)]
+    report = format_report(est, tight_host)
+    assert "available device" in report and "available host" in report
+    assert report.count("DOES NOT FIT") == 1 and "fits" in report
+    # a CPU backend: one pool, every term
+    (cpu,) = pool_checks(est, {"device": None, "host": est.peak - 1, "source": "test"})
+    assert cpu.label == "memory" and cpu.need == est.peak and not cpu.fits
+    assert "host" in shortfall_message(est, checks[1], "test")
