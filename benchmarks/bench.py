@@ -130,6 +130,8 @@ def run_ours(case: dict, data: Path, a) -> dict:
     make = C.our_default_engine if a.ours_defaults else C.our_engine
     block = make(case["engine"], niter=a.iters, group=case["group"], modes=case["modes"],
                  slices=C.n_slices(ds), thickness=C.total_thickness(ds), probe_after=a.probe_after)
+    for item in a.set or ():
+        set_path(block, item)
     job = {"data": str(data), "backend": case["backend"], "engine_block": block,
            "score_every": a.score_every if a.ttt else 0, "target": a.target, "final_score": True}
     t0 = time.perf_counter()
@@ -140,6 +142,20 @@ def run_ours(case: dict, data: Path, a) -> dict:
         return {"error": (p.stderr or p.stdout)[-1500:]}
     res["process_s"] = time.perf_counter() - t0
     return res
+
+
+def set_path(block: dict, item: str) -> None:
+    """``KEY.PATH=VALUE`` (VALUE read as YAML) into our engine block, e.g. ``grouping.chunk=16``."""
+    from ruamel.yaml import YAML
+
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--set {item!r}: write KEY.PATH=VALUE, e.g. grouping.chunk=16")
+    *parents, last = key.split(".")
+    node = block
+    for k in parents:
+        node = node.setdefault(k, {})
+    node[last] = YAML(typ="safe").load(text)
 
 
 def run_phaser(case: dict, data: Path, a, out: Path) -> dict:
@@ -251,6 +267,8 @@ def main(argv=None) -> None:
     ap.add_argument("--phaser-backends", nargs="*", default=["jax", "numpy"],
                     help="backends on which phaserEM runs beside ours; a cupy case is compared "
                          "with phaserEM on jax (it has no cupy runner), run once for both")
+    ap.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
+                    help="change our engine block (phaserEM unchanged), e.g. --set grouping.chunk=16; repeatable")
     ap.add_argument("--simulate-only", action="store_true", help="simulate the cases' datasets and stop")
     ap.add_argument("--timeout", type=float, default=900.0, help="per process [s]")
     ap.add_argument("--out", default=None, help="JSON output path")

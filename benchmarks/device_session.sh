@@ -4,7 +4,9 @@
 #   benchmarks/prepare_device.sh                        # here: wheels -> .whl, harness -> .bench-shared
 #   device run (carry .whl .bench-shared): bash benchmarks/device_session.sh STAGES
 #
-# STAGES is a comma list of: tests, paper, quick, cupy, paper-phaser, paper-cupy, suite
+# STAGES is a comma list of: tests, paper, quick, cupy, paper-phaser, paper-cupy,
+# gradient-variants (the paper-size gradient engine in chunks of 16 and 32 positions;
+# NOTES.md session 4), suite
 # (default: tests,paper,quick). Each stage has its own time limit (seconds, PHASER_T_<STAGE>)
 # so the call ends inside the lease; whatever a stage wrote under $OUT comes back, also
 # when it was cut off (bench.py rewrites its JSON after every case). The machine has no
@@ -90,6 +92,12 @@ want paper-cupy && bench gpu-paper-cupy "${PHASER_T_PAPER_CUPY:-100}" --paper --
     --iters 3 --timeout 90 --cases '*/cupy/paper_multi/m1/g64'
 want paper-phaser && bench gpu-paper-phaser "${PHASER_T_PAPER_PHASER:-200}" --paper --backends jax \
     --phaser-backends jax --iters 3 --timeout 190 --cases '*/jax/paper_multi/m1/g64'
+if want gradient-variants; then
+    for v in grouping.chunk=16 grouping.chunk=32; do
+        bench "gpu-paper-gradient-${v#grouping.}" "${PHASER_T_VARIANT:-60}" --paper --no-phaser --backends jax \
+            --iters 4 --timeout 55 --cases 'gradient/jax/paper_multi/m1/g64' --set "$v"
+    done
+fi
 if want suite; then
     say "the whole non-slow suite on the GPU machine"
     XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${PHASER_T_SUITE:-200}" python3 -m pytest -m "not slow" -q \
