@@ -4,7 +4,8 @@ Whole runs through the plan flow (loader, initialisers, engine) for the conventi
 engine (ePIE with probe modes, LSQML with position refinement, multislice LSQML) and the
 gradient engine (single slice and multislice). jax runs on its default device (the GPU
 where there is one); cupy needs a GPU and is skipped without one, saying so. The numpy
-run of each case is the reference (computed once per module).
+run of each case is the reference (computed once per module). Also: the engines' shared
+set-up refuses a probe off the detector grid.
 """
 
 from __future__ import annotations
@@ -76,3 +77,27 @@ def test_backend_reconstructs_like_numpy(backend_name, case, data):
     assert errors["positions_A"] < POSITION_ATOL_A, msg
     # the reference run did something: its loss fell
     assert np.asarray(ref.progress.loss)[-1] < np.asarray(ref.progress.loss)[0]
+
+
+def test_a_probe_off_the_detector_grid_is_refused_saying_what_to_do(data, tmp_path):
+    """Engines reconstruct on the detector's grid. A probe file on another grid is refused
+    by its initialiser; a state on another grid (a resumed run, data cropped since) by the
+    engines' shared set-up: both name the two shapes and the fix."""
+    from phaser_core.errors import DataError
+    from phaser_core.plan import load_plan
+    from phaser_core.registry import get_registry
+    from phaser_core.runner import load_data
+    from phaser_std.engines.common import engine_arrays
+
+    probe = tmp_path / "probe32.npy"
+    np.save(probe, np.ones((1, 32, 32), np.complex64))
+    with pytest.raises(ValueError, match=r"is \(32, 32\) but the patterns are \(64, 64\); resample the probe or crop"):
+        run(data, [{**CASES["epie-modes"], "niter": 1}], init={"probe": {"type": "from_file", "path": str(probe)}})
+
+    state = run(data, [{**CASES["epie-modes"], "niter": 1}])  # a 64² probe
+    plan = load_plan({"file_type": "phaser_plan", "version": 1, "raw_data": {"type": "hdf5", "path": str(data)},
+                      "post_load": [{"type": "crop_data", "size": 32}], "engines": [CASES["epie-modes"]]})
+    cropped = load_data(plan, get_registry(), tmp_path)
+    bk = get_registry().get("backend", "numpy").obj("float32")
+    with pytest.raises(DataError, match=r"patterns are \(32, 32\) but the probe is \(64, 64\).*crop or bin"):
+        engine_arrays(bk, state, cropped)

@@ -19,16 +19,13 @@ from phaser_std.engines.common import (
     build_constraints,
     engine_arrays,
     resample_for_engine,
-    scale_probe_to_data,
     scan_groups,
 )
 from phaser_std.engines.conventional_solvers import make_group_step
 from phaser_std.engines.regularizers import RegInfo
 from phaser_std.physics.forward import make_propagators, shift_ramp_factors
 
-# scale_probe_to_data lives in common (both engines scale the probe); it is still named
-# here, where phaser_std.engines.memory reads its batch size
-__all__ = ["ConventionalConfig", "ConventionalEngine", "scale_probe_to_data"]
+__all__ = ["ConventionalConfig", "ConventionalEngine"]
 
 
 @attrs.frozen

@@ -9,7 +9,7 @@ counts; ``r``/``c`` the real/complex itemsize [bytes] of the run's dtype):
   *views* B·S·P·c; the gradient engine computes a group ``grouping.chunk`` positions at a
   time (:mod:`~phaser_std.engines.chunking`), so its group step counts the chunk's waves;
 - the probe-scaling pass before the first iteration runs the forward model on
-  b = min(batch, N) positions at a time (:func:`~phaser_std.engines.conventional.scale_probe_to_data`,
+  b = min(batch, N) positions at a time (:func:`~phaser_std.engines.common.scale_probe_to_data`,
   ``batch`` its default).
 
 Peak = persistent terms (patterns on the device, object, probe, optimizer state, host
@@ -69,10 +69,10 @@ CONSTANTS["cupy"] = dict(CONSTANTS["numpy"])
 
 def dry_run_batch() -> int:
     """Positions per batch of the probe-scaling pass: the default ``batch`` of
-    :func:`~phaser_std.engines.conventional.scale_probe_to_data` (kept in sync by reading it)."""
+    :func:`~phaser_std.engines.common.scale_probe_to_data` (kept in sync by reading it)."""
     import inspect
 
-    from phaser_std.engines.conventional import scale_probe_to_data
+    from phaser_std.engines.common import scale_probe_to_data
 
     return int(inspect.signature(scale_probe_to_data).parameters["batch"].default)
 
