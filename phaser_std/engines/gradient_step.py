@@ -421,15 +421,19 @@ def make_group_step(bk: Any, model: GroupModel, solvers: dict, constraints: Sequ
         probe_int = xp.sum(xp.real(probe) ** 2 + xp.imag(probe) ** 2)
         new_params = dict(params)
         new_states = dict(opt_states)
+        # each gradient is normalised (per position, and per unit probe intensity for the
+        # object); the loss handed to a solver that uses it (polyak_sgd's step (L − f_min)/‖g‖²)
+        # is normalised alike, so that it belongs to the same function as the gradient
         if update_object:
-            go = (g["object"] / (n_valid * probe_int)).astype(obj.dtype)
+            norm = n_valid * probe_int
+            go = (g["object"] / norm).astype(obj.dtype)
             u, new_states["object"] = solvers["object"].update(bk, go, opt_states["object"], obj,
-                                                               hyper=hyper["object"], value=total)
+                                                               hyper=hyper["object"], value=total / norm)
             new_params["object"] = obj + u
         if update_probe:
             gp = (g["probe"] / n_valid).astype(probe.dtype)
             u, new_states["probe"] = solvers["probe"].update(bk, gp, opt_states["probe"], probe,
-                                                             hyper=hyper["probe"], value=total)
+                                                             hyper=hyper["probe"], value=total / n_valid)
             new_params["probe"] = probe + u
         if constraints:
             p, o = new_params["probe"], new_params["object"]
