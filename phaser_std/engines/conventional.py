@@ -18,6 +18,7 @@ from phaser_std.engines.common import (
     apply_constraints,
     build_constraints,
     engine_arrays,
+    group_patterns,
     resample_for_engine,
     scan_groups,
 )
@@ -89,7 +90,8 @@ class ConventionalEngine:
             # the pattern gather and the group constraints run inside the compiled step
             # (constraints are pure and do not depend on the iteration), so one group is one
             # dispatch on jax instead of one per array operation
-            obj_, probe_, loss, shift = group_step_fn(obj_, probe_, patterns_[idx], starts, frac, mask, hyper,
+            obj_, probe_, loss, shift = group_step_fn(obj_, probe_, group_patterns(bk, patterns_, idx), starts,
+                                                      frac, mask, hyper,
                                                       update_object, update_probe, update_positions)
             if group_constraints:
                 probe_, obj_ = apply_constraints(bk, group_constraints, probe_, obj_, info)

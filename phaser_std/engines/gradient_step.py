@@ -47,6 +47,7 @@ from typing import Any, Sequence
 import attrs
 import numpy as np
 
+from phaser_std.engines.common import group_patterns
 from phaser_std.engines.noise_models import wirtinger_far_grad
 from phaser_std.physics.forward import (
     _prop_for_slice,
@@ -405,7 +406,7 @@ def make_group_step(bk: Any, model: GroupModel, solvers: dict, constraints: Sequ
         if counter is not None:
             counter.n += 1
         obj, probe = params["object"], params["probe"]
-        measured = patterns[idx]
+        measured = group_patterns(bk, patterns, idx)
         wrt = tuple(k for k, on in (("object", update_object), ("probe", update_probe),
                                     ("positions", grad_positions), ("tilt", grad_tilt)) if on)
         if not wrt:

@@ -141,6 +141,8 @@ def _common_terms(config: Any, z: Sizes, family: str = "conv", state_shapes: dic
     k = z.k
     overhead = k["overhead_MiB"] + k["compile_per_slice_MiB"] * z.s + (k["grad_overhead_MiB"] if family == "grad" else 0)
     terms = [
+        # counted data is stored as uint16 (engines.common.patterns_to_device); knowing that
+        # takes reading every pattern, so the real dtype is counted: an upper bound
         ("patterns on the device (N·Qy·Qx)", z.n * z.p * z.r, "crop or bin the patterns (post_load)", "device"),
         ("object (S·H·W complex)", z.obj,
          f"fewer slices (slices.n = {z.s}) or a smaller object field (init.object.pad_px)", "device"),
