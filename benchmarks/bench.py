@@ -8,7 +8,7 @@
     /work/venv/bin/python benchmarks/bench.py --paper --no-phaser     # the paper's sizes (GPU)
 
 Every case runs in its own process, ours (``worker_ours.py`` in this venv) and phaserEM
-(``worker_phaser.py`` -> ``/work/shared/bench/run_phaser.py`` in ``.anchor-venv``) back to
+(``worker_phaser.py`` -> ``../shared/bench/run_phaser.py`` in ``.anchor-venv``) back to
 back on the same ``phaser simulate`` file, with matched settings (``cases.py``). Reported
 per case: first iteration (compilation included), median s/iter over the remaining
 iterations (wall and process CPU), peak RSS, and with ``--ttt`` the time (sum of iteration
@@ -98,20 +98,21 @@ def machine() -> dict:
                               "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
         if gpu.returncode == 0:
             info["gpus"] = [ln.strip() for ln in gpu.stdout.splitlines() if ln.strip()]
-            info["cupy"] = version("cupy-cuda13x") if _has_dist("cupy-cuda13x") else None
+            info["cupy"] = _cupy_version()
     except (OSError, subprocess.SubprocessError):
         pass
     return info
 
 
-def _has_dist(name: str) -> bool:
-    from importlib.metadata import PackageNotFoundError, version
+def _cupy_version() -> str | None:
+    """The installed cupy wheel's name and version (cupy-cuda12x, cupy-cuda13x, ...), if any."""
+    from importlib.metadata import distributions
 
-    try:
-        version(name)
-        return True
-    except PackageNotFoundError:
-        return False
+    for dist in distributions():
+        name = dist.metadata["Name"] or ""
+        if name.lower().startswith("cupy"):
+            return f"{name} {dist.version}"
+    return None
 
 
 # --------------------------------------------------------------------------- runs

@@ -18,8 +18,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
-#: the phaserEM harness (../shared/bench); PHASER_SHARED_BENCH points elsewhere (a GPU machine)
-SHARED_BENCH = Path(os.environ.get("PHASER_SHARED_BENCH", "/work/shared/bench"))
+#: the phaserEM harness (../shared/bench beside the repository); PHASER_SHARED_BENCH points
+#: elsewhere (a GPU machine, where ../shared does not travel)
+SHARED_BENCH = Path(os.environ.get("PHASER_SHARED_BENCH", HERE.parent.parent / "shared" / "bench"))
 
 #: a MoS2-like projected cell (the object of the engine tests)
 CELL_ATOMS = [
