@@ -100,8 +100,9 @@ if want gradient-variants; then
 fi
 if want suite; then
     say "the whole non-slow suite on the GPU machine"
+    workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 4")  # pytest-xdist, where the image has it
     XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${PHASER_T_SUITE:-200}" python3 -m pytest -m "not slow" -q \
-        -p no:cacheprovider -n 4 >"$OUT/pytest-suite.txt" 2>&1
+        -p no:cacheprovider $workers >"$OUT/pytest-suite.txt" 2>&1
     say "suite rc=$? $(tail -1 "$OUT/pytest-suite.txt")"
     grep -E "^(FAILED|ERROR)" "$OUT/pytest-suite.txt" | head -20
 fi

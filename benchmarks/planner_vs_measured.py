@@ -5,7 +5,7 @@
 
 For each case of the bench.py JSON files, the plan the benchmark ran (``cases.our_engine``)
 is estimated with ``phaser plan-memory``'s code on the same dataset (simulated here if
-missing). Cases measured on a GPU (``peak_gpu_mib``) are compared with the planner's device
+missing). Cases measured on a GPU (rows with ``ours_gpu_mib``) are compared with the planner's device
 terms, estimated as for a GPU (whole groups: ``named_backend_on_cpu`` answers False);
 the others with its whole peak against the peak RSS.
 """
