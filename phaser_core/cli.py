@@ -373,7 +373,7 @@ def _print_memory_estimate(plan: Any, plan_dir: Path, *, as_json: bool = False, 
     else:
         print(memory.format_report(est, avail))
     if short:
-        _err().print(f"[red]does not fit[/red]: {escape(memory.shortfall_message(est, short[0], avail['source']))}")
+        _err().print(f"[red]does not fit[/red]: {escape(memory.shortfall_message(est, short[0]))}")
         return 1
     return 0
 

@@ -293,7 +293,8 @@ def available_memory(backend: Any = None) -> dict:
         except ValueError:
             raise PhaserError(f"{ENV_BUDGET}={env!r} is not a number of GiB") from None
         if dev is not None:
-            return {"device": budget, "host": host, "source": f"{ENV_BUDGET}={env}"}
+            return {"device": budget, "host": host, "source": f"{ENV_BUDGET}={env}",
+                    "host_source": "MemAvailable (host)"}
         return {"device": None, "host": budget, "source": f"{ENV_BUDGET}={env}"}
     src = "MemAvailable (host)" + (", device memory" if dev is not None else "")
     return {"device": dev, "host": host, "source": src}
@@ -307,6 +308,7 @@ class PoolCheck:
     need: int  #: the estimate's peak in this pool [bytes]
     have: int | None  #: available [bytes]; None: unknown (never fails)
     where: str | None  #: the terms' ``where`` this pool counts (None: all)
+    source: str = ""  #: where ``have`` comes from (MemAvailable, a budget setting, ...)
 
     @property
     def fits(self) -> bool:
@@ -318,19 +320,20 @@ def pool_checks(est: MemoryEstimate, avail: dict) -> list[PoolCheck]:
     an accelerator the device terms against the device and the host terms against the host;
     on a CPU every term against the host. The one rule behind the run's check, the report
     and ``plan-memory --budget-GiB``."""
+    src = avail.get("source", "")
     if avail["device"] is not None:
-        return [PoolCheck("device", est.peak_where("device"), avail["device"], "device"),
-                PoolCheck("host", est.peak_where("host"), avail["host"], "host")]
-    return [PoolCheck("memory", est.peak, avail["host"], None)]
+        return [PoolCheck("device", est.peak_where("device"), avail["device"], "device", src),
+                PoolCheck("host", est.peak_where("host"), avail["host"], "host", avail.get("host_source", src))]
+    return [PoolCheck("memory", est.peak, avail["host"], None, src)]
 
 
-def shortfall_message(est: MemoryEstimate, check: PoolCheck, source: str) -> str:
+def shortfall_message(est: MemoryEstimate, check: PoolCheck) -> str:
     """What does not fit, in one sentence naming the largest term and its setting."""
     big = est.largest(check.where)
     eng = est.peak_engine
     which = f" (engine {eng.index}: {eng.type})" if eng is not None else ""
     return (f"the run needs about {format_bytes(check.need)} of {check.label}{which} but "
-            f"{format_bytes(check.have or 0)} is available ({source}). The largest term: {big.name} needs "
+            f"{format_bytes(check.have or 0)} is available ({check.source}). The largest term: {big.name} needs "
             f"{format_bytes(big.bytes)}: {big.hint}.")
 
 
@@ -341,7 +344,7 @@ def check_memory(est: MemoryEstimate, backend: Any = None) -> None:
     avail = available_memory(backend)
     for check in pool_checks(est, avail):
         if not check.fits:
-            raise PhaserError(f"{shortfall_message(est, check, avail['source'])} "
+            raise PhaserError(f"{shortfall_message(est, check)} "
                               f"See `phaser plan-memory PLAN`; set {ENV_CHECK}=0 to run anyway.")
 
 
@@ -373,7 +376,7 @@ def format_report(est: MemoryEstimate, avail: dict | None = None) -> str:
     if avail is not None:
         for check in pool_checks(est, avail):
             if check.have is not None:
-                lines.append(f"available {check.label}: {format_bytes(check.have)} ({avail['source']}), needs "
+                lines.append(f"available {check.label}: {format_bytes(check.have)} ({check.source}), needs "
                              f"{format_bytes(check.need)} -> " + ("fits" if check.fits else "DOES NOT FIT"))
     return "\n".join(lines)
 

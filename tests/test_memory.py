@@ -218,4 +218,8 @@ def test_report_and_check_judge_the_same_pools(tiny):
     # a CPU backend: one pool, every term
     (cpu,) = pool_checks(est, {"device": None, "host": est.peak - 1, "source": "test"})
     assert cpu.label == "memory" and cpu.need == est.peak and not cpu.fits
-    assert "host" in shortfall_message(est, checks[1], "test")
+    assert "host" in shortfall_message(est, checks[1])
+    # a budget set for the device is not the host's limit: the host line says where its figure is from
+    budgeted = pool_checks(est, {"device": device, "host": host, "source": "PHASER_MEMORY_BUDGET_GIB=1",
+                                 "host_source": "MemAvailable (host)"})
+    assert [c.source for c in budgeted] == ["PHASER_MEMORY_BUDGET_GIB=1", "MemAvailable (host)"]

@@ -89,7 +89,18 @@ def patterns_to_device(bk: Any, patterns: Any) -> Any:
 
 def group_patterns(bk: Any, patterns: Any, idx: Any) -> Any:
     """The patterns ``idx`` of a group, in the backend's real dtype [e⁻]."""
-    return patterns[idx].astype(bk.real_dtype)
+    group = patterns[idx]
+    return group if group.dtype == bk.real_dtype else group.astype(bk.real_dtype)
+
+
+def total_counts(bk: Any, patterns: Any) -> float:
+    """Σ of the patterns on the backend [e⁻]. Counted (uint16) data sums exactly on numpy
+    and cupy (in uint64); jax without x64 would sum integers in uint32, which a large data
+    set overflows, so it sums in the real dtype, as it does float data."""
+    xp = bk.xp
+    integer = np.dtype(patterns.dtype).kind in "ui"
+    dtype = bk.real_dtype if integer and bk.name == "jax" else None
+    return float(bk.to_numpy(xp.sum(patterns, dtype=dtype)))
 
 
 def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: Any, scan_A: np.ndarray,
@@ -117,7 +128,7 @@ def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: Any, scan_A: np
         sel = np.minimum(sel, n - 1)
         starts, frac = scan_to_pixels(scan_A[sel], geometry.corner_A, geometry.sampling_A, shape)
         model_sum += float(bk.to_numpy(fn(probe, obj, bk.asarray(starts), bk.asarray(frac), bk.asarray(mask))))
-    data_sum = float(bk.to_numpy(xp.sum(patterns, dtype=bk.real_dtype)))
+    data_sum = total_counts(bk, patterns)
     if model_sum <= 0 or data_sum <= 0:
         raise DataError("cannot scale the probe to the data: the data or the model has no intensity")
     # a Python float (weakly typed): a numpy float64 scalar would promote a complex64 probe
@@ -134,7 +145,9 @@ class EngineArrays:
     complex dtype. On the host: ``scan_A`` ``(N, 2)`` [Å] float64 (a copy of the state's);
     ``scan_lo_A`` and ``scan_hi_A`` ``(2,)`` [Å], the positions whose ``(Ny, Nx)`` view stays
     inside the object (:meth:`clip_scan`); ``extra``, a copy of ``state.extra`` that the
-    engine writes to and :meth:`snapshot` hands back.
+    engine writes to and :meth:`snapshot` hands back. An engine takes ``probe`` and ``obj``
+    into its own live state before iterating and sets them to None here: on jax the
+    iteration programs donate those buffers.
     """
 
     state: ReconsState  #: the engine's state (resample_for_engine): iteration counters, progress

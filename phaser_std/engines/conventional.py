@@ -112,6 +112,7 @@ class ConventionalEngine:
         step = bk.jit(iteration_step, static_argnames=("update_object", "update_probe", "update_positions"),
                       donate_argnames=("obj_", "probe_"))
         live = {"probe": arrays.probe, "obj": arrays.obj, "scan": scan, "shift": np.zeros_like(scan)}
+        arrays.probe = arrays.obj = None  # `live` owns them now: the iteration program donates their buffers
         sampling = np.asarray(geometry.sampling_A, dtype=np.float64)
 
         def positions_on(it: int) -> bool:

@@ -189,6 +189,7 @@ class GradientEngine:
         # solver states: restored from a checkpoint when present, else fresh
         host = _HostBackend()
         live: dict[str, Any] = {"object": arrays.obj, "probe": arrays.probe, "scan": scan, "tilt": tilt}
+        arrays.probe = arrays.obj = None  # `live` owns them now: the iteration program donates their buffers
         opt_states: dict[str, Any] = {}
         def restore(k: str, like: Any, backend: Any) -> Any:
             fresh = solvers[k].init(like, backend if backend is not None else host)

@@ -340,7 +340,10 @@ class AdamW(Adam):
 class PolyakSGD(GradientSolver):
     """SGD with Polyak's step (optax.polyak_sgd): ``d = −scaling·g``,
     ``step = min((L − f_min)/(‖d‖² + eps), max_learning_rate)`` (0 where ‖d‖² + eps is
-    below machine epsilon), ``u = step·d``. Needs ``value`` (the loss) in ``update``."""
+    below machine epsilon), ``u = step·d``. Needs ``value`` (the loss) in ``update``. In the
+    gradient engine the object's and the probe's solvers each step toward the same loss gap,
+    so polyak_sgd on both moves about twice as far as either alone: lower
+    ``max_learning_rate`` (or use it for one of them) when the loss oscillates."""
 
     name = "polyak_sgd"
     schedulable = ("max_learning_rate", "scaling")
