@@ -235,6 +235,20 @@ def make_plan(niters=(3, 3), checkpoint_every=1, n_slices=1, sigint_at=(), **kw)
                     slices=Slices(n=n_slices), output=Output(checkpoint_every=checkpoint_every), **kw)
 
 
+def lifecycle(niters) -> list[tuple]:
+    """The observer calls of a run whose engines iterate ``niters`` times each: (hook,
+    engine, engine iteration, total iteration) as the recorders note them."""
+    calls: list[tuple] = [("before_run",)]
+    total = 0
+    for engine, n in enumerate(niters):
+        calls.append(("before_engine", engine, 0))
+        for it in range(1, n + 1):
+            total += 1
+            calls.append(("after_iteration", engine, it, total))
+        calls.append(("after_engine", engine, n))
+    return calls + [("after_run", total)]
+
+
 def assert_states_equal(a, b):
     np.testing.assert_array_equal(a.object.data, b.object.data)
     np.testing.assert_array_equal(a.probe.data, b.probe.data)
@@ -263,7 +277,7 @@ def test_lifecycle_order_two_engines():
         ("after_iteration", 1, 3, 5),
         ("after_engine", 1, 3),
         ("after_run", 5),
-    ]
+    ] == lifecycle((2, 3))
     assert state.iteration.total_iter == 5
     assert state.progress.iters == [1, 2, 3, 4, 5]
 
@@ -323,17 +337,7 @@ def test_plan_observers_and_post_load_are_used():
     assert obs.config == TagConfig(tag="from-plan")
     assert obs.plan_seen is plan
     # ... and told about every lifecycle step, with the counters of each iteration
-    assert obs.calls == [
-        ("before_run",),
-        ("before_engine", 0, 0),
-        ("after_iteration", 0, 1, 1),
-        ("after_iteration", 0, 2, 2),
-        ("after_engine", 0, 2),
-        ("before_engine", 1, 0),
-        ("after_iteration", 1, 1, 3),
-        ("after_engine", 1, 1),
-        ("after_run", 3),
-    ]
+    assert obs.calls == lifecycle((2, 1))
     assert [(m["total_iter"], m["engine_iter"], m["niter"]) for m in obs.metrics] == [(1, 1, 2), (2, 2, 2),
                                                                                      (3, 1, 1)]
     assert [m["loss"] for m in obs.metrics] == state.progress.loss
