@@ -131,9 +131,10 @@ def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: Any, scan_A: np
     data_sum = total_counts(bk, patterns)
     if model_sum <= 0 or data_sum <= 0:
         raise DataError("cannot scale the probe to the data: the data or the model has no intensity")
-    # a Python float (weakly typed): a numpy float64 scalar would promote a complex64 probe
-    # to complex128 on the numpy backend, and every wave computed from it
-    return probe * float(np.sqrt(data_sum / model_sum))
+    # scaled on the host (a small array; on jax an eager multiply compiles a program of its
+    # own), by a Python float: a numpy float64 scalar would promote a complex64 probe to
+    # complex128, and every wave computed from it
+    return bk.asarray(bk.to_numpy(probe) * float(np.sqrt(data_sum / model_sum)), dtype=bk.complex_dtype)
 
 
 @attrs.define
