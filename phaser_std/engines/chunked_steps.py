@@ -51,6 +51,72 @@ __all__ = ["lsqml_single_slice_chunked", "lsqml_multislice_chunked", "epie_singl
            "inner_products", "solve_2x2"]
 
 
+def _unsplit(a: Any) -> Any:
+    """``(n, C, ...)`` -> ``(n·C, ...)``: the chunks' outputs back to the group's rows."""
+    return a.reshape((-1,) + tuple(a.shape[2:]))
+
+
+def _sums_init(bk: Any, obj: Any, probe: Any) -> tuple:
+    """Zero sums of a chunked pass: the object numerator (complex) and illumination (real)
+    maps ``(S, H, W)``, the probe numerator in reciprocal space ``(M, Ny, Nx)``, the probe
+    denominator Σ|O|² ``(Ny, Nx)`` and the loss."""
+    xp = bk.xp
+    return (xp.zeros(obj.shape, dtype=obj.dtype), xp.zeros(obj.shape, dtype=bk.real_dtype),
+            xp.zeros(probe.shape, dtype=probe.dtype), xp.zeros(probe.shape[-2:], dtype=bk.real_dtype),
+            xp.zeros((), dtype=bk.real_dtype))
+
+
+def _exit_update(bk: Any, noise: Any, exit_wave: Any, measured: Any, m: Any) -> tuple[Any, Any]:
+    """``(loss, chi)`` of a chunk: its noise-model loss summed over its valid positions and
+    the exit-wave update χ ``(C, M, Ny, Nx)`` (zero at padded positions, ``m`` = 0)."""
+    xp = bk.xp
+    wave_k = farfield(bk, exit_wave)
+    model = intensity(bk, wave_k)
+    loss = xp.sum(noise.loss(bk, model, measured) * m)
+    return loss, farfield_adjoint(bk, noise.wave_update(bk, wave_k, model, measured)) * m[:, None, None, None]
+
+
+def _add_probe_sums(bk: Any, pnum_k: Any, pden: Any, o0: Any, g: Any, fr: Any, mm: Any) -> tuple[Any, Any]:
+    """Add a chunk's probe numerator Σ_b F[conj(O_b)·g_b]·conj(ramp_b) (before its inverse
+    FFT) and denominator Σ_b |O_b|², for the update g ``(C, M, Ny, Nx)`` at the entrance
+    plane and the first slice's views ``o0`` ``(C, Ny, Nx)``."""
+    xp = bk.xp
+    shape = o0.shape[-2:]
+    gk = _fft2_pair(bk, xp.conj(o0)[:, None] * g)
+    pnum_k = pnum_k + xp.sum(gk * xp.conj(_shift_ramp(bk, fr, shape))[:, None], axis=0)
+    return pnum_k, pden + xp.sum(abs2(xp, o0) * mm, axis=0)
+
+
+def _single_slice_sums(bk: Any, noise: Any, obj: Any, probe: Any, measured: Any, starts: Any, frac: Any,
+                       mask_f: Any, n: int, object_sums: bool, probe_sums: bool,
+                       keep: bool = True) -> tuple[tuple, dict]:
+    """One pass over the ``n`` chunks of a single-slice group: ``((num_map, illum_map,
+    pnum_k, pden, loss), kept)``, the sums of :func:`_sums_init` (the object's with
+    ``object_sums``, the probe's with ``probe_sums``) and, with ``keep``, per chunk ``chi``,
+    the shifted ``probes`` and their illumination Σ_modes|P|² ``illum`` ``(C, Ny, Nx)``. The
+    common first half of the single-slice ePIE and LSQML steps."""
+    xp = bk.xp
+    shape = probe.shape[-2:]
+
+    def one(carry, x):
+        num_map, illum_map, pnum_k, pden, loss = carry
+        me, st, fr, m = x
+        probes = shift_probes(bk, probe, fr)
+        o0 = get_views(bk, obj, st, shape)[:, 0]  # (C, Ny, Nx): the one slice
+        chunk_loss, chi = _exit_update(bk, noise, probes * o0[:, None], me, m)
+        mm = m[:, None, None]
+        illum = xp.sum(abs2(xp, probes), axis=1) * mm
+        if object_sums:
+            num_map = add_views(bk, num_map, st, xp.sum(xp.conj(probes) * chi, axis=1)[:, None] * mm[:, None])
+            illum_map = add_views(bk, illum_map, st, illum[:, None])
+        if probe_sums:
+            pnum_k, pden = _add_probe_sums(bk, pnum_k, pden, o0, chi, fr, mm)
+        kept = {"chi": chi, "probes": probes, "illum": illum} if keep else {}
+        return (num_map, illum_map, pnum_k, pden, loss + chunk_loss), kept
+
+    return bk.scan(one, _sums_init(bk, obj, probe), tuple(split_rows(a, n) for a in (measured, starts, frac, mask_f)))
+
+
 def lsqml_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: Any, measured: Any,
                                starts: Any, frac: Any, mask: Any, chunk: int, update_object: bool,
                                update_probe: bool) -> tuple[Any, Any, Any, Any, Any]:
@@ -64,36 +130,9 @@ def lsqml_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe
     shape = probe.shape[-2:]
     n = mask.shape[0] // chunk
     mask_f = mask.astype(bk.real_dtype)
-
-    def split(a: Any) -> Any:
-        return split_rows(a, n)
-
-    def forward(carry, x):
-        num_map, illum_map, pnum_k, pden, loss = carry
-        me, st, fr, m = x
-        probes = shift_probes(bk, probe, fr)
-        o0 = get_views(bk, obj, st, shape)[:, 0]  # (C, Ny, Nx): the one slice
-        wave_k = farfield(bk, probes * o0[:, None])
-        model = intensity(bk, wave_k)
-        loss = loss + xp.sum(noise.loss(bk, model, me) * m)
-        chi = farfield_adjoint(bk, noise.wave_update(bk, wave_k, model, me)) * m[:, None, None, None]
-        mm = m[:, None, None]
-        illum = xp.sum(abs2(xp, probes), axis=1) * mm
-        num_map = add_views(bk, num_map, st, xp.sum(xp.conj(probes) * chi, axis=1)[:, None] * mm[:, None])
-        illum_map = add_views(bk, illum_map, st, illum[:, None])
-        # Σ_b F[conj(O_b)χ_b]·conj(ramp_b): the probe numerator before its inverse FFT
-        g = _fft2_pair(bk, xp.conj(o0)[:, None] * chi)
-        pnum_k = pnum_k + xp.sum(g * xp.conj(_shift_ramp(bk, fr, shape))[:, None], axis=0)
-        pden = pden + xp.sum(abs2(xp, o0) * mm, axis=0)
-        return (num_map, illum_map, pnum_k, pden, loss), {"chi": chi, "probes": probes, "illum": illum}
-
-    zeros_c = xp.zeros(obj.shape, dtype=obj.dtype)
-    init = (zeros_c, xp.zeros(obj.shape, dtype=bk.real_dtype), xp.zeros(probe.shape, dtype=probe.dtype),
-            xp.zeros(shape, dtype=bk.real_dtype), xp.zeros((), dtype=bk.real_dtype))
-    (num_map, illum_map, pnum_k, pden, loss), kept = bk.scan(
-        forward, init, (split(measured), split(starts), split(frac), split(mask_f)))
-    chi = kept["chi"].reshape((-1,) + tuple(kept["chi"].shape[2:]))
-    probes = kept["probes"].reshape(chi.shape)
+    (num_map, illum_map, pnum_k, pden, loss), kept = _single_slice_sums(
+        bk, noise, obj, probe, measured, starts, frac, mask_f, n, update_object, update_probe)
+    chi, probes = _unsplit(kept["chi"]), _unsplit(kept["probes"])
     if not update_object and not update_probe:
         return obj, probe, loss, chi, probes
 
@@ -113,7 +152,7 @@ def lsqml_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe
             b = shift_probes(bk, pdir, fr) * o0[:, None]
         return carry, inner_products(xp, ch, a, b)
 
-    _, dots = bk.scan(products, 0.0, (kept["chi"], kept["probes"], split(starts), split(frac)))
+    _, dots = bk.scan(products, 0.0, (kept["chi"], kept["probes"], split_rows(starts, n), split_rows(frac, n)))
     d = {k: v.reshape(-1) for k, v in dots.items()}
     new_obj, new_probe = obj, probe
     if update_object and update_probe:
@@ -124,9 +163,8 @@ def lsqml_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe
         alpha, beta = None, d["cb"] / (d["bb"] + cfg.gamma * xp.max(d["bb"]) + 1e-30)
     if update_object:
         alpha = xp.clip(alpha, 0.0, None) * mask_f
-        illum = kept["illum"].reshape((-1,) + tuple(shape))
         weight = add_views(bk, xp.zeros(obj.shape, dtype=bk.real_dtype), starts,
-                           (alpha[:, None, None] * illum)[:, None])
+                           (alpha[:, None, None] * _unsplit(kept["illum"]))[:, None])
         new_obj = obj + solver.beta_object * (weight / (illum_map + 1e-30)) * direction
     if update_probe:
         beta = xp.clip(beta, 0.0, None) * mask_f
@@ -183,10 +221,8 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
         probes = shift_probes(bk, probe, fr)
         views = get_views(bk, obj, st, shape)  # (C, S, Ny, Nx)
         psis, exit_wave = multislice_forward(bk, probes, views, props)
-        wave_k = farfield(bk, exit_wave)
-        model = intensity(bk, wave_k)
-        loss = loss + xp.sum(noise.loss(bk, model, me) * m)
-        chi = farfield_adjoint(bk, noise.wave_update(bk, wave_k, model, me)) * m[:, None, None, None]
+        chunk_loss, chi = _exit_update(bk, noise, exit_wave, me, m)
+        loss = loss + chunk_loss
         mm = m[:, None, None]
         g = chi
         nums, illums = [None] * n_slices, [None] * n_slices
@@ -199,18 +235,12 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
         illums = xp.stack(illums, axis=1)  # (C, S, Ny, Nx)
         illum_maps = add_views(bk, illum_maps, st, illums)
         if update_probe:
-            o0 = views[:, 0]
-            gk = _fft2_pair(bk, xp.conj(o0)[:, None] * g)
-            pnum_k = pnum_k + xp.sum(gk * xp.conj(_shift_ramp(bk, fr, shape))[:, None], axis=0)
-            pden = pden + xp.sum(abs2(xp, o0) * mm, axis=0)
+            pnum_k, pden = _add_probe_sums(bk, pnum_k, pden, views[:, 0], g, fr, mm)
         kept = {"chi": chi, "chi0": g, "psis": xp.stack(psis, axis=1), "illums": illums}  # psis[:, 0]: the probes
         return (num_maps, illum_maps, pnum_k, pden, loss), kept
 
-    init = (xp.zeros(obj.shape, dtype=obj.dtype), xp.zeros(obj.shape, dtype=bk.real_dtype),
-            xp.zeros(probe.shape, dtype=probe.dtype), xp.zeros(shape, dtype=bk.real_dtype),
-            xp.zeros((), dtype=bk.real_dtype))
     (num_maps, illum_maps, pnum_k, pden, loss), kept = bk.scan(
-        backward, init, (split(measured), split(starts), split(frac), split(mask_f)))
+        backward, _sums_init(bk, obj, probe), (split(measured), split(starts), split(frac), split(mask_f)))
     peak = xp.max(illum_maps, axis=(1, 2), keepdims=True)
     directions = num_maps / (illum_maps + cfg.illum_reg_object * peak + 1e-30)
     pdir = None
@@ -233,18 +263,14 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
     _, sums = bk.scan(carried, 0.0, (kept["chi"], kept["psis"], split(starts), split(frac)))
     num, den = sums["num"].reshape(-1), sums["den"].reshape(-1)
     alpha = xp.clip(num / (den + cfg.gamma * xp.max(den) + 1e-30), 0.0, None) * mask_f
-    illums = kept["illums"].reshape((-1,) + tuple(kept["illums"].shape[2:]))
-    weight = add_views(bk, xp.zeros(obj.shape, dtype=bk.real_dtype), starts, alpha[:, None, None, None] * illums)
+    weight = add_views(bk, xp.zeros(obj.shape, dtype=bk.real_dtype), starts,
+                       alpha[:, None, None, None] * _unsplit(kept["illums"]))
     new_obj = obj + solver.beta_object * (weight / (illum_maps + 1e-30)) * directions
     new_probe = probe
     if update_probe:
         step = xp.sum(alpha) / xp.maximum(xp.sum(mask_f), 1.0)
         new_probe = probe + solver.beta_probe * step * pdir
-
-    def whole(a: Any) -> Any:
-        return a.reshape((-1,) + tuple(a.shape[2:]))
-
-    return new_obj, new_probe, loss, whole(kept["chi0"]), whole(kept["psis"][:, :, 0])
+    return new_obj, new_probe, loss, _unsplit(kept["chi0"]), _unsplit(kept["psis"][:, :, 0])
 
 
 def epie_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: Any, measured: Any, starts: Any,
@@ -253,37 +279,14 @@ def epie_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe:
     """The single-slice ePIE group step, ``chunk`` positions at a time: every term of its
     update is a sum over positions (object numerator and illumination maps, probe numerator
     and Σ|O|²), normalised by group-wide maxima after the sums, so one pass over the chunks
-    gives the whole group's update. Returns as :func:`lsqml_single_slice_chunked`; ``chi``
-    and ``probes`` only with ``keep_waves`` (else None)."""
+    (:func:`_single_slice_sums`) gives the whole group's update. Returns as
+    :func:`lsqml_single_slice_chunked`; ``chi`` and ``probes`` only with ``keep_waves``
+    (else None)."""
     xp = bk.xp
-    shape = probe.shape[-2:]
     n = mask.shape[0] // chunk
-    mask_f = mask.astype(bk.real_dtype)
-
-    def one(carry, x):
-        num_map, illum_map, pnum_k, pden, loss = carry
-        me, st, fr, m = x
-        probes = shift_probes(bk, probe, fr)
-        o0 = get_views(bk, obj, st, shape)[:, 0]
-        wave_k = farfield(bk, probes * o0[:, None])
-        model = intensity(bk, wave_k)
-        loss = loss + xp.sum(noise.loss(bk, model, me) * m)
-        chi = farfield_adjoint(bk, noise.wave_update(bk, wave_k, model, me)) * m[:, None, None, None]
-        mm = m[:, None, None]
-        if update_object:
-            num_map = add_views(bk, num_map, st, xp.sum(xp.conj(probes) * chi, axis=1)[:, None] * mm[:, None])
-            illum_map = add_views(bk, illum_map, st, (xp.sum(abs2(xp, probes), axis=1) * mm)[:, None])
-        if update_probe:
-            g = _fft2_pair(bk, xp.conj(o0)[:, None] * chi)
-            pnum_k = pnum_k + xp.sum(g * xp.conj(_shift_ramp(bk, fr, shape))[:, None], axis=0)
-            pden = pden + xp.sum(abs2(xp, o0) * mm, axis=0)
-        return (num_map, illum_map, pnum_k, pden, loss), ({"chi": chi, "probes": probes} if keep_waves else {})
-
-    init = (xp.zeros(obj.shape, dtype=obj.dtype), xp.zeros(obj.shape, dtype=bk.real_dtype),
-            xp.zeros(probe.shape, dtype=probe.dtype), xp.zeros(shape, dtype=bk.real_dtype),
-            xp.zeros((), dtype=bk.real_dtype))
-    (num_map, illum_map, pnum_k, pden, loss), kept = bk.scan(
-        one, init, tuple(split_rows(a, n) for a in (measured, starts, frac, mask_f)))
+    (num_map, illum_map, pnum_k, pden, loss), kept = _single_slice_sums(
+        bk, noise, obj, probe, measured, starts, frac, mask.astype(bk.real_dtype), n, update_object, update_probe,
+        keep=keep_waves)
     new_obj, new_probe = obj, probe
     if update_object:
         new_obj = obj + solver.beta_object * num_map / (xp.max(illum_map) + 1e-30)
@@ -291,5 +294,4 @@ def epie_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe:
         new_probe = probe + solver.beta_probe * _ifft2_pair(bk, pnum_k) / (xp.max(pden) + 1e-30)
     if not keep_waves:
         return new_obj, new_probe, loss, None, None
-    whole = {k: v.reshape((-1,) + tuple(v.shape[2:])) for k, v in kept.items()}
-    return new_obj, new_probe, loss, whole["chi"], whole["probes"]
+    return new_obj, new_probe, loss, _unsplit(kept["chi"]), _unsplit(kept["probes"])

@@ -251,12 +251,11 @@ class EngineLoop:
 
     ``begin_iteration(iteration)`` evaluates what is fixed for an iteration (flags,
     scheduled hyperparameters); ``run_groups(iteration, indices, masks, starts, frac) ->
-    loss_sums`` runs all groups of the iteration in order (``(G, B)`` indices and masks,
-    ``(G, B, 2)`` view corners and fractions; one compiled loop on jax, see
-    :func:`scan_groups`), or ``group_step(iteration, idx, mask, starts, frac) -> loss_sum``
-    one group at a time, updating the engine's device state; ``end_iteration(iteration)`` runs
-    per-iteration updates (positions, constraints). The loop records progress, notifies observers and honours
-    ``ctx.stop_requested``.
+    loss_sums`` runs all groups of the iteration in order, updating the engine's device
+    state (``(G, B)`` indices and masks, ``(G, B, 2)`` view corners [px] and fractions; one
+    compiled loop on jax, see :func:`scan_groups`); ``end_iteration(iteration)`` runs
+    per-iteration updates (positions, constraints). The loop records progress, notifies
+    observers and honours ``ctx.stop_requested``.
     """
 
     def __init__(self, *, name: str, niter: int, grouping: GroupingConfig, ctx: Any, n_positions: int):
@@ -271,11 +270,8 @@ class EngineLoop:
                                 self.grouping.size, self.grouping.kind, self.grouping.regroup)
 
     def run(self, state: ReconsState, *, scan_A: Callable[[], np.ndarray], obj_geometry: Callable[[], ObjectState],
-            probe_shape: tuple[int, int], end_iteration: Callable, snapshot: Callable[[], ReconsState],
-            group_step: Callable | None = None, run_groups: Callable | None = None,
-            begin_iteration: Callable | None = None) -> ReconsState:
-        if (group_step is None) == (run_groups is None):
-            raise TypeError("EngineLoop.run needs one of group_step and run_groups")
+            probe_shape: tuple[int, int], run_groups: Callable, end_iteration: Callable,
+            snapshot: Callable[[], ReconsState], begin_iteration: Callable | None = None) -> ReconsState:
         ctx = self.ctx
         start_iter = state.iteration.engine_iter if state.iteration.engine_num == ctx.engine_num else 0
         total = state.iteration.total_iter
@@ -287,17 +283,13 @@ class EngineLoop:
             geometry = obj_geometry()
             groups = self.groups(positions, it)
             # view corners of every position once per iteration (host, vectorised), then
-            # sliced per group; the per-group losses stay on the device until the end
+            # gathered per group; the per-group losses stay on the device until the end
             all_starts, all_frac = scan_to_pixels(positions, geometry.corner_A, geometry.sampling_A, probe_shape)
             check_views_inside(all_starts, probe_shape, geometry.shape)
-            if run_groups is not None:
-                ind = groups.indices
-                losses = [run_groups(it, ind, groups.mask, all_starts[ind], all_frac[ind])]
-            else:
-                losses = [group_step(it, idx, mask, all_starts[idx], all_frac[idx])
-                          for idx, mask in zip(groups.indices, groups.mask)]
+            ind = groups.indices
+            losses = run_groups(it, ind, groups.mask, all_starts[ind], all_frac[ind])
             end_iteration(it)
-            loss = float(sum(float(np.sum(ctx.backend.to_numpy(v))) for v in losses)) / self.n_positions
+            loss = float(np.sum(ctx.backend.to_numpy(losses))) / self.n_positions
             ctx.backend.synchronize()
             dt = time.perf_counter() - t0
             total += 1

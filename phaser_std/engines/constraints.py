@@ -24,6 +24,7 @@ import numpy as np
 
 from phaser_core.config import param
 from phaser_std.physics.optics import _pair, fftfreq_grid, fftfreq_grid_centred
+from phaser_std.physics.forward import abs2
 
 __all__ = ["ClampObjectAmplitude", "LimitProbeSupport", "ObjLowPass", "ObjBlur", "RemovePhaseRamp",
            "Layers", "OrthogonalizeProbeModes", "CenterProbe", "CONSTRAINTS"]
@@ -290,7 +291,7 @@ class CenterProbe(Constraint):
     def apply(self, bk, probe, obj, info):
         xp = bk.xp
         ny, nx = probe.shape[-2:]
-        inten = xp.sum(xp.real(probe) ** 2 + xp.imag(probe) ** 2, axis=0)
+        inten = xp.sum(abs2(xp, probe), axis=0)
         total = xp.sum(inten)
         y = xp.asarray(np.arange(ny) - ny // 2, dtype=bk.real_dtype)[:, None]
         x = xp.asarray(np.arange(nx) - nx // 2, dtype=bk.real_dtype)[None, :]

@@ -30,6 +30,7 @@ import attrs
 import numpy as np
 
 from phaser_core.config import ScheduleSpec, Schedulable, param
+from phaser_std.physics.forward import abs2
 
 __all__ = ["CostRegularizer", "COSTS"]
 
@@ -78,17 +79,13 @@ def _crop_end(xp: Any, d: Any, axis: int) -> Any:
     return _sl(d, axis, None, -1)
 
 
-def _abs2(xp: Any, z: Any) -> Any:
-    return xp.real(z) ** 2 + xp.imag(z) ** 2
-
-
 def _tikh(xp: Any, x: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
     """``Σ_axes Σ |Δx|²`` and its ``∂/∂x̄``."""
     pen = 0.0
     grad = xp.zeros_like(x)
     for ax in axes:
         d = _diff(xp, x, ax)
-        pen = pen + xp.sum(_abs2(xp, d))
+        pen = pen + xp.sum(abs2(xp, d))
         grad = grad + _diff_adj(xp, d, ax)
     return pen, grad
 
@@ -97,7 +94,7 @@ def _tv(xp: Any, x: Any, axes: tuple[int, ...], eps: float) -> tuple[Any, Any]:
     """Isotropic TV ``Σ (√(Σ_axes |Δx|² + eps) − √eps)`` (differences padded with 0 at the
     far edge) and its ``∂/∂x̄``."""
     ds = [_pad_end(xp, _diff(xp, x, ax), ax) for ax in axes]
-    t = xp.sqrt(sum(_abs2(xp, d) for d in ds) + eps)
+    t = xp.sqrt(sum(abs2(xp, d) for d in ds) + eps)
     pen = xp.sum(t - eps ** 0.5)
     grad = xp.zeros_like(x)
     for ax, d in zip(axes, ds):
@@ -107,7 +104,7 @@ def _tv(xp: Any, x: Any, axes: tuple[int, ...], eps: float) -> tuple[Any, Any]:
 
 def _smooth_abs(xp: Any, z: Any, eps: float) -> tuple[Any, Any]:
     """``Σ (√(|z|² + eps) − √eps)`` and its ``∂/∂z̄``."""
-    s = xp.sqrt(_abs2(xp, z) + eps)
+    s = xp.sqrt(abs2(xp, z) + eps)
     return xp.sum(s - eps ** 0.5), z / (2 * s)
 
 
@@ -181,7 +178,7 @@ class ObjL2(CostRegularizer):
 
     def _penalty_grad(self, bk, x, info):
         d = x - 1
-        return bk.xp.sum(_abs2(bk.xp, d)), d
+        return bk.xp.sum(abs2(bk.xp, d)), d
 
 
 class ObjPhaseL1(CostRegularizer):
@@ -193,9 +190,9 @@ class ObjPhaseL1(CostRegularizer):
         xp = bk.xp
         eps = self.config.eps
         # angle() has a NaN gradient at exactly 0 under autodiff: evaluate it away from 0
-        phi = xp.angle(xp.where(_abs2(xp, x) > 0, x, 1.0))
+        phi = xp.angle(xp.where(abs2(xp, x) > 0, x, 1.0))
         s = xp.sqrt(phi * phi + eps)
-        dphi = 1j * x / (2 * (_abs2(xp, x) + 1e-30))
+        dphi = 1j * x / (2 * (abs2(xp, x) + 1e-30))
         return xp.sum(s - eps ** 0.5), (phi / s) * dphi
 
 
@@ -223,7 +220,7 @@ class ObjRecipL1(CostRegularizer):
         nodc_np[0, 0] = 0.0
         nodc = bk.asarray(nodc_np)
         eps = self.config.eps
-        sf = xp.sqrt(_abs2(xp, f) + eps)
+        sf = xp.sqrt(abs2(xp, f) + eps)
         pen = xp.sum(nodc * (sf - eps ** 0.5))
         gf = f / (2 * sf)
         gproj = bk.ifft2(gf * nodc)
@@ -256,7 +253,7 @@ class LayersTikhonov(CostRegularizer):
 
     def _penalty_grad(self, bk, x, info):
         if x.shape[0] == 1:
-            return bk.xp.sum(0 * _abs2(bk.xp, x)), bk.xp.zeros_like(x)
+            return bk.xp.sum(0 * abs2(bk.xp, x)), bk.xp.zeros_like(x)
         return _tikh(bk.xp, x, (0,))
 
 
@@ -267,7 +264,7 @@ class LayersTV(CostRegularizer):
 
     def _penalty_grad(self, bk, x, info):
         if x.shape[0] == 1:
-            return bk.xp.sum(0 * _abs2(bk.xp, x)), bk.xp.zeros_like(x)
+            return bk.xp.sum(0 * abs2(bk.xp, x)), bk.xp.zeros_like(x)
         pen, g = _smooth_abs(bk.xp, _diff(bk.xp, x, 0), self.config.eps)
         return pen, _diff_adj(bk.xp, g, 0)
 
@@ -288,7 +285,7 @@ class ProbePhaseTikhonov(CostRegularizer):
         xp = bk.xp
         eps = self.config.eps
         f = bk.fft2c(x)
-        s = xp.sqrt(_abs2(xp, f) + eps)
+        s = xp.sqrt(abs2(xp, f) + eps)
         pen = 0.0
         gf = xp.zeros_like(f)
         for ax in (-2, -1):

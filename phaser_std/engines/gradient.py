@@ -38,7 +38,7 @@ from phaser_std.engines.common import EngineLoop, GroupingConfig, engine_arrays,
 from phaser_std.engines.gradient_step import GroupModel, StepCounter, make_group_step
 from phaser_std.engines.optimizers import AdamConfig
 from phaser_std.engines.regularizers import RegInfo
-from phaser_std.physics.forward import make_propagators, shift_ramp_factors
+from phaser_std.physics.forward import abs2, make_propagators, shift_ramp_factors
 
 __all__ = ["GradientSolvers", "GradientConfig", "GradientEngine"]
 
@@ -240,7 +240,7 @@ class GradientEngine:
             # would compile its own small program in the first iteration
             for c in iter_constraints:
                 probe_, obj_ = c.apply(bk, probe_, obj_, info.replace(iteration=it))
-            return probe_, obj_, bk.xp.sum(bk.xp.real(probe_) ** 2 + bk.xp.imag(probe_) ** 2)
+            return probe_, obj_, bk.xp.sum(abs2(bk.xp, probe_))
 
         iteration_constraints = bk.jit(iteration_constraints, donate_argnums=(0, 1))
 

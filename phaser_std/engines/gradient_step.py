@@ -51,6 +51,7 @@ from phaser_std.engines.common import group_patterns
 from phaser_std.engines.noise_models import wirtinger_far_grad
 from phaser_std.physics.forward import (
     _prop_for_slice,
+    abs2,
     add_views,
     farfield,
     farfield_adjoint,
@@ -421,7 +422,7 @@ def make_group_step(bk: Any, model: GroupModel, solvers: dict, constraints: Sequ
             total, data, g = chunked_gradients(bk, model, chunk, obj, probe, frac, tilt, starts, measured, mask,
                                                cost_w, method=method, wrt=wrt)
         n_valid = xp.maximum(xp.sum(mask.astype(bk.real_dtype)), 1.0)
-        probe_int = xp.sum(xp.real(probe) ** 2 + xp.imag(probe) ** 2)
+        probe_int = xp.sum(abs2(xp, probe))
         new_params = dict(params)
         new_states = dict(opt_states)
         # each gradient is normalised (per position, and per unit probe intensity for the
