@@ -155,8 +155,8 @@ class BaseBackend:
         return target
 
     def get_windows(self, arr: Any, starts: Any, shape: tuple[int, int]) -> Any:
-        """Windows of ``shape`` (Ny, Nx) cut from ``arr`` ``(..., H, W)`` at the corners
-        ``starts`` ``(B, 2)`` (row, col; inside the array) -> ``(B, ..., Ny, Nx)``."""
+        """Windows of ``shape`` (Ny, Nx) [px] cut from ``arr`` ``(..., H, W)`` at the corners
+        ``starts`` ``(B, 2)`` (row, col) [px], inside the array -> ``(B, ..., Ny, Nx)``."""
         iy, ix = _window_indices(self.xp, starts, shape)
         lead = arr.ndim - 2
         v = arr[(slice(None),) * lead + (iy, ix)]  # (..., B, Ny, Nx)
@@ -164,7 +164,8 @@ class BaseBackend:
 
     def add_windows(self, target: Any, starts: Any, values: Any) -> Any:
         """Add ``values`` ``(B, ..., Ny, Nx)`` into ``target`` ``(..., H, W)`` at the corners
-        ``starts`` ``(B, 2)``; overlapping windows accumulate. Use the returned array."""
+        ``starts`` ``(B, 2)`` (row, col) [px]; overlapping windows accumulate. Use the
+        returned array."""
         iy, ix = _window_indices(self.xp, starts, values.shape[-2:])
         lead = target.ndim - 2
         if lead:

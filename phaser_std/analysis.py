@@ -41,8 +41,9 @@ def remove_ramp(values: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarra
 
 def scan_box(shape: tuple, sampling_A: Any, corner_A: Any, scan_A: np.ndarray,
              margin_A: float = 0.0) -> tuple[int, int, int, int]:
-    """Pixel bounds ``(i0, i1, j0, j1)`` of the scan's bounding box [Å] (shrunk by
-    ``margin_A``) on a grid with pixel (0, 0)'s centre at ``corner_A``."""
+    """Pixel bounds ``(i0, i1, j0, j1)`` [px] of the bounding box of ``scan_A`` ``(N, 2)``
+    (y, x) [Å], shrunk by ``margin_A`` [Å] on each side, on a grid of ``shape`` with pixel
+    size ``sampling_A`` (y, x) [Å] and pixel (0, 0)'s centre at ``corner_A`` (y, x) [Å]."""
     s = np.broadcast_to(np.asarray(sampling_A, dtype=np.float64), (2,))
     corner = np.asarray(corner_A, dtype=np.float64)
     lo = np.asarray(scan_A).min(axis=0) + margin_A

@@ -182,7 +182,9 @@ def test_set_at(backend):
 def test_matmul_keeps_full_precision(make_backend, dtype):
     """A (4, 3000) x (3000, 5) complex product to float32 rounding. TF32 (a GPU's default
     for float32 products in jax: inputs rounded to 10 mantissa bits) is off by 2.8e-4 of
-    the largest entry here (emulated on the host), 7x this tolerance; float32 by 3.5e-7."""
+    the largest entry here (emulated on the host), 7x this tolerance; float32 by 3.5e-7.
+    Only a GPU computes in TF32: on a CPU this checks plain correctness, and
+    ``test_jax_matmul_asks_for_highest_precision`` that jax is asked for full precision."""
     bk = make_backend(dtype)
     rng = np.random.default_rng(5)
     a = _cplx(rng, (4, 3000)).astype(bk.complex_dtype)

@@ -2,7 +2,7 @@
 
 The object, the probe and the gradient engine's solver states are donated to the iteration
 program, so XLA writes the new ones into the old buffers: a large multislice object is not
-held twice (measured on the paper's 80x80 x 128² x 20-slice case: the gradient engine's
+held twice (the test checks the object-sized share: the object, and adam's moments) (measured on the paper's 80x80 x 128² x 20-slice case: the gradient engine's
 peak 1659 -> 1400 MiB by XLA's buffer assignment; benchmarks/NOTES.md, session 4).
 """
 

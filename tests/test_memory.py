@@ -9,8 +9,8 @@ import pytest
 
 from phaser_core.cli import main as cli_main
 from phaser_core.errors import PhaserError
-from phaser_core.memory import (DataShape, estimate_plan, format_report, measure_in_subprocess, pool_checks,
-                                 shortfall_message)
+from phaser_core.memory import (DataShape, estimate_plan, format_bytes, format_report, measure_in_subprocess,
+                                 pool_checks, shortfall_message)
 from phaser_core.plan import SlicesPlan, load_plan
 from phaser_core.runner import run_plan
 from phaser_std.engines.common import GroupingConfig
@@ -68,15 +68,21 @@ def test_group_term_scales_with_group_size_slices_and_modes(make, backend):
 
 
 @pytest.mark.parametrize("backend", ["numpy", "jax"])
-def test_gradient_group_term_counts_the_chunk_not_the_group(backend):
+def test_gradient_group_term_counts_the_chunk_not_the_group(backend, monkeypatch):
     # 128² px, 1 mode, 1 slice: 128 KiB of waves per position, so the automatic chunk on a
     # CPU is 32 positions (4 MiB); a group of 256 then costs a chunk of 32 plus its patterns
+    import phaser_std.engines.memory as planner
+
+    monkeypatch.setattr(planner, "named_backend_on_cpu", lambda name: True)  # also on a GPU machine
     auto_256 = _group_term(_grad(size=256, chunk=None), backend)
     whole_32 = _group_term(_grad(size=32), backend)
     patterns = (256 - 32) * 128 * 128 * 4
     assert auto_256 == whole_32 + patterns
     assert _group_term(_grad(size=256, chunk=64), backend) == _group_term(_grad(size=64), backend) + \
         (256 - 64) * 128 * 128 * 4
+    # on a GPU the automatic chunk is the whole group
+    monkeypatch.setattr(planner, "named_backend_on_cpu", lambda name: False)
+    assert _group_term(_grad(size=256, chunk=None), backend) == _group_term(_grad(size=256, chunk=256), backend)
 
 
 def test_chunked_lsqml_group_term_is_the_chunk_plus_what_is_kept():
@@ -209,12 +215,19 @@ def test_report_and_check_judge_the_same_pools(tiny):
     est = estimate_plan(load_plan(tiny), plan_dir=tiny.parent)
     device, host = est.peak_where("device"), est.peak_where("host")
     assert device > 0 and host > 0
-    tight_host = {"device": 10 * device, "host": host // 2, "source": "test"}
+    # the device has room for its terms but not for the whole peak: a rule that compared the
+    # whole peak with the device would call the device short too
+    tight_host = {"device": device + host // 2, "source": "test"}
+    tight_host["host"] = host // 2
+    assert device < tight_host["device"] < est.peak
     checks = pool_checks(est, tight_host)
     assert [(c.label, c.need, c.fits) for c in checks] == [("device", device, True), ("host", host, False)]
-    report = format_report(est, tight_host)
-    assert "available device" in report and "available host" in report
-    assert report.count("DOES NOT FIT") == 1 and "fits" in report
+    report = format_report(est, tight_host).splitlines()
+    device_line = [ln for ln in report if ln.startswith("available device")]
+    host_line = [ln for ln in report if ln.startswith("available host")]
+    assert device_line == [f"available device: {format_bytes(device + host // 2)} (test), needs "
+                           f"{format_bytes(device)} -> fits"]
+    assert host_line == [f"available host: {format_bytes(host // 2)} (test), needs {format_bytes(host)} -> DOES NOT FIT"]
     # a CPU backend: one pool, every term
     (cpu,) = pool_checks(est, {"device": None, "host": est.peak - 1, "source": "test"})
     assert cpu.label == "memory" and cpu.need == est.peak and not cpu.fits

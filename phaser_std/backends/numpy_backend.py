@@ -20,6 +20,8 @@ class NumpyBackend(BaseBackend):
 
     @property
     def fft(self) -> Any:
+        # imported on first use (a dict lookup afterwards): the memory planner's numpy
+        # overhead constant counts scipy.fft's pages in the run, not in the imports
         import scipy.fft
 
         return scipy.fft

@@ -131,7 +131,8 @@ def _fftfreq(n: int) -> np.ndarray:
 
 class ShiftRamp(NamedTuple):
     """The separable Fourier ramp of sub-pixel shifts: ``y`` = exp(−2πi k_y d_y) ``(B, Ny)``
-    and ``x`` = exp(−2πi k_x d_x) ``(B, Nx)``, corner-centred.
+    and ``x`` = exp(−2πi k_x d_x) ``(B, Nx)``, corner-centred, with k [1/px] and the shifts
+    d [px].
 
     Every function taking sub-pixel fractions ``frac`` also takes these precomputed factors.
     Engines compute them once per iteration for all positions, outside the compiled group

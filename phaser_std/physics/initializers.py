@@ -191,17 +191,13 @@ class FromDataScanConfig:
 
 def init_scan_from_data(config: FromDataScanConfig, ctx: Any) -> np.ndarray:
     """``RawData.scan_positions_A`` or a raster from ``scan_shape`` and ``scan_step_A``."""
-    from phaser_std.physics.scan import raster_scan
+    from phaser_std.physics.scan import raster_scan, rotate_positions
 
     data = ctx.data
     if data.scan_positions_A is not None:
         scan = np.asarray(data.scan_positions_A, dtype=np.float64).reshape(-1, 2)
         if config.rotation_deg:
-            # the raster convention (fast axis (sin θ, cos θ)) about the positions' centroid
-            t = np.deg2rad(config.rotation_deg)
-            rot = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])  # (y, x) -> (y', x')
-            centre = scan.mean(axis=0)
-            scan = (scan - centre) @ rot.T + centre
+            scan = rotate_positions(scan, config.rotation_deg, scan.mean(axis=0))  # about the centroid
     else:
         missing = [k for k in ("scan_shape", "scan_step_A") if getattr(data, k) is None]
         if missing:

@@ -11,7 +11,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["raster_scan", "jitter"]
+__all__ = ["raster_scan", "rotate_positions", "jitter"]
+
+
+def rotate_positions(pos_A: np.ndarray, rotation_deg: float, centre_A: Any) -> np.ndarray:
+    """Positions ``(N, 2)`` (y, x) [Å] rotated by ``rotation_deg`` [deg] about ``centre_A``
+    (y, x) [Å], in the raster's convention: the fast axis unit (0, 1) goes to
+    (sin θ, cos θ), the slow axis (1, 0) to (cos θ, −sin θ)."""
+    th = np.deg2rad(float(rotation_deg))
+    rot = np.array([[np.cos(th), np.sin(th)], [-np.sin(th), np.cos(th)]])
+    centre = np.asarray(centre_A, dtype=np.float64)
+    return (np.asarray(pos_A, dtype=np.float64) - centre) @ rot.T + centre
 
 
 def raster_scan(
@@ -34,10 +44,7 @@ def raster_scan(
     x = (np.arange(nx) - (nx - 1) / 2.0) * step[1]
     yy, xx = np.meshgrid(y, x, indexing="ij")
     pos = np.stack([yy.ravel(), xx.ravel()], axis=-1)
-    th = np.deg2rad(float(rotation_deg))
-    # (y, x) column vectors: fast axis unit (0, 1) -> (sin θ, cos θ); slow (1, 0) -> (cos θ, −sin θ)
-    rot = np.array([[np.cos(th), np.sin(th)], [-np.sin(th), np.cos(th)]])
-    pos = pos @ rot.T
+    pos = rotate_positions(pos, rotation_deg, (0.0, 0.0))
     if affine is not None:
         a = np.asarray(affine, dtype=np.float64)
         if a.shape != (2, 2):
