@@ -16,6 +16,7 @@ switches (``update_probe: {after: 5}``) and scheduled hyperparameters.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, ClassVar, Union
 
 import attrs
@@ -164,3 +165,12 @@ def yx_int_pair_or_none(value: Any) -> tuple[int, int] | None:
 
 def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def env_enabled(name: str, default: bool = True) -> bool:
+    """Whether the environment switch ``name`` is on: ``0``, ``false``, ``no`` or ``off``
+    (any case) turn it off, any other value on; unset gives ``default``."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() not in ("0", "false", "no", "off")

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import attrs
 import numpy as np
 
+from .config import env_enabled
 from .errors import PhaserError
 
 GiB = float(1 << 30)
@@ -339,7 +340,7 @@ def shortfall_message(est: MemoryEstimate, check: PoolCheck) -> str:
 
 def check_memory(est: MemoryEstimate, backend: Any = None) -> None:
     """Raise :class:`PhaserError` when ``est`` does not fit what :func:`available_memory` gives."""
-    if os.environ.get(ENV_CHECK, "1").strip().lower() in ("0", "false", "no", "off"):
+    if not env_enabled(ENV_CHECK):
         return
     avail = available_memory(backend)
     for check in pool_checks(est, avail):

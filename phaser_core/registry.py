@@ -20,6 +20,7 @@ import attrs
 import pluggy
 
 from . import hookspecs
+from .config import env_enabled
 from .errors import (
     did_you_mean,
     DuplicateComponentError,
@@ -192,7 +193,7 @@ class Registry:
         if ":" not in name:
             return self.get(kind, name)
         if allow_local is None:
-            allow_local = os.environ.get(LOCAL_ENV, "1").lower() not in ("0", "false", "no")
+            allow_local = env_enabled(LOCAL_ENV)
         if not allow_local:
             raise UnknownComponentError(kind, name, f"local component {name!r} is not allowed here "
                                         "(plans may only name registered components)")

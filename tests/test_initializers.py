@@ -37,6 +37,15 @@ def test_focused_probe_takes_the_aberrations_recorded_with_the_data():
     np.testing.assert_allclose(plan / scale, without, atol=1e-6)
 
 
+def test_a_defocus_recorded_twice_is_refused():
+    """A file with defocus_A and aberrations.C10 would count the defocus twice (make_probe
+    adds C10 to it): the initialiser names both values unless the plan gives the aberrations."""
+    data = _data(aberrations=json.dumps({"C10": -40.0, "C30": 1.0e4}))
+    with pytest.raises(ValueError, match=r"defocus twice: defocus_A = 40.0 Å and aberrations C10 = -40.0 Å"):
+        init_focused_probe(FocusedProbeConfig(), InitContext(data=data))
+    init_focused_probe(FocusedProbeConfig(aberrations={"C30": 1.0e4}), InitContext(data=data))
+
+
 @pytest.mark.parametrize("rotation", [0.0, 17.0])
 def test_scan_rotation_applies_to_recorded_positions_like_a_raster(rotation):
     positions = raster_scan((3, 4), (0.5, 0.5)) + np.array([5.0, 7.0])

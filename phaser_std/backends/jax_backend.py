@@ -39,12 +39,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from phaser_core.backend import BaseBackend
+from phaser_core.config import env_enabled
 
 
 def enable_compilation_cache() -> Path | None:
     """Point jax's persistent compilation cache at phaser's cache folder (see the module
     docstring); returns the folder, or None when disabled or already configured."""
-    if os.environ.get("PHASER_JAX_CACHE", "1").lower() in ("0", "false", "no"):
+    if not env_enabled("PHASER_JAX_CACHE"):
         return None
     if getattr(jax.config, "jax_compilation_cache_dir", None):
         return None

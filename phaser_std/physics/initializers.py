@@ -63,7 +63,13 @@ def _data_aberrations(data: Any) -> dict | None:
         import json
 
         value = json.loads(value)
-    return {str(k): float(v) for k, v in dict(value).items()} or None
+    ab = {str(k): float(v) for k, v in dict(value).items()}
+    if "C10" in ab and getattr(data, "defocus_A", None) is not None:
+        # make_probe adds C10 to the defocus: both recorded would count the defocus twice
+        raise ValueError(f"the data gives the defocus twice: defocus_A = {data.defocus_A} Å and aberrations "
+                         f"C10 = {ab['C10']} Å (C10 = −defocus_A); set init.probe.defocus_A and "
+                         "init.probe.aberrations in the plan to say which to use")
+    return ab or None
 
 
 def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
