@@ -68,6 +68,10 @@ VALIDATION = [
     ("jax", "lsqml", "32x32/64", 3, 1, 256, {"scale_probe": False}),
     ("numpy", "lsqml", "32x32/128", 3, 4, 256, {"scale_probe": False}),
     ("jax", "lsqml", "32x32/128", 3, 4, 256, {"scale_probe": False}),
+    # added with the chunked multislice ePIE step (after the fit)
+    ("numpy", "epie", "16x16/128", 3, 4, 64, {"scale_probe": False}),
+    ("jax", "epie", "16x16/128", 3, 4, 64, {"scale_probe": False}),
+    ("jax", "epie", "32x32/64", 3, 1, 256, {"scale_probe": False}),
 ]
 
 
@@ -187,12 +191,14 @@ def fit(rows: list[dict]) -> None:
         if engine == "gradient":
             b_all, b = b, auto_chunk(b, m * s * p * c)
             kept = b_all * p * 4
-        elif engine == "lsqml" or (engine == "epie" and s == 1):
+        elif engine in ("lsqml", "epie"):
             chunk = auto_chunk(b, m * s * p * c, conventional_budget(s))
             if chunk < b:
                 kept = b * p * 4
                 if engine == "lsqml":
                     kept += (2 + (s + 1 if s > 1 else 0)) * b * m * p * c + b * s * p * 4
+                elif s > 1:
+                    kept += (s + 2) * b * m * p * c
                 b = chunk
         off = 5 if engine != "gradient" else 8
         x[off:off + 3] = (s * b * m * p * c, b * m * p * c, b * p * c)

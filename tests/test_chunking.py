@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from phaser_std.engines.chunking import CACHE_BUDGET_BYTES, auto_chunk, resolve_chunk
+from phaser_std.engines.chunking import CACHE_BUDGET_BYTES, auto_chunk, has_chunked_step, resolve_chunk
 
 from conftest import build_backend
 
@@ -31,6 +31,16 @@ def test_resolve_chunk_explicit_gpu_and_errors():
     for bad in (0, 5, 128):
         with pytest.raises(ValueError, match=f"grouping.chunk: {bad} must be a positive divisor"):
             resolve_chunk(bad, *args, on_cpu=True)
+
+
+@pytest.mark.parametrize("solver, slices, multislice, expected", [
+    ("epie", 1, "joint", True), ("epie", 8, "joint", True), ("lsqml", 1, "sequential", True),
+    ("lsqml", 8, "joint", True), ("lsqml", 8, "sequential", False), ("my_plugin_rule", 1, "joint", False),
+])
+def test_which_conventional_steps_have_chunks(solver, slices, multislice, expected):
+    """ePIE chunks with any number of slices; LSQML's ``sequential`` multislice sweep and
+    rules the package does not know take whole groups."""
+    assert has_chunked_step(solver, slices, multislice) is expected
 
 
 @pytest.mark.parametrize("backend", ["numpy", "jax"])

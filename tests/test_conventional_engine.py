@@ -136,12 +136,14 @@ def test_numpy_and_jax_give_the_same_reconstruction(single):
 
 
 @pytest.mark.parametrize("backend", ["numpy", "jax"])
-@pytest.mark.parametrize("solver,slices", [("lsqml", None), ("lsqml", {"n": 3, "total_thickness_A": 75.0}),
-                                           ("epie", None)])
-def test_chunks_equal_whole_groups(data_dir, single, backend, solver, slices):
-    """LSQML (single slice; multislice joint step) and single-slice ePIE with groups of 32
-    computed 8 positions at a time: the same reconstruction (probe, object, positions) as
-    whole groups, to float32 rounding."""
+@pytest.mark.parametrize("solver,slices,object_after", [
+    ("lsqml", None, 0), ("lsqml", {"n": 3, "total_thickness_A": 75.0}, 0), ("epie", None, 0),
+    ("epie", {"n": 3, "total_thickness_A": 75.0}, 0), ("epie", {"n": 3, "total_thickness_A": 75.0}, 1)])
+def test_chunks_equal_whole_groups(data_dir, single, backend, solver, slices, object_after):
+    """LSQML (single slice; multislice joint step) and ePIE (single slice; multislice, also
+    with the probe alone in the first iteration) with groups of 32 computed 8 positions at a
+    time: the same reconstruction (probe, object, positions) as whole groups, to float32
+    rounding."""
     data = single
     if slices:
         data = data_dir / "ms.h5"
@@ -150,7 +152,8 @@ def test_chunks_equal_whole_groups(data_dir, single, backend, solver, slices):
 
     def engines(chunk):
         return [_engine(solver, 3, grouping={"size": 32, "chunk": chunk}, probe_modes=2, slices=slices,
-                        position_solver={"type": "momentum"}, update_positions={"after": 1})]
+                        position_solver={"type": "momentum"}, update_positions={"after": 1},
+                        update_object={"after": object_after})]
 
     whole = run(data, engines(32), backend=backend)
     chunked = run(data, engines(8), backend=backend)

@@ -48,6 +48,7 @@ from phaser_std.physics.forward import (
 )
 
 __all__ = ["lsqml_single_slice_chunked", "lsqml_multislice_chunked", "epie_single_slice_chunked",
+           "epie_multislice_chunked",
            "inner_products", "solve_2x2"]
 
 
@@ -295,3 +296,91 @@ def epie_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe:
     if not keep_waves:
         return new_obj, new_probe, loss, None, None
     return new_obj, new_probe, loss, _unsplit(kept["chi"]), _unsplit(kept["probes"])
+
+
+def epie_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: Any, props: Any, measured: Any,
+                            starts: Any, frac: Any, mask: Any, chunk: int, update_object: bool, update_probe: bool,
+                            keep_waves: bool) -> tuple[Any, Any, Any, Any, Any]:
+    """The multislice ePIE (3PIE) group step, ``chunk`` positions at a time; returns as
+    :func:`epie_single_slice_chunked` (``chi`` at the entrance plane).
+
+    The backward sweep passes to the slice before only what the updated slice cannot
+    explain, so slice i's update (a sum over the whole group) must be known before χ goes
+    back through it. One pass over the chunks runs the forward model and adds the last
+    slice's sums; then one pass per slice (from the last) takes χ back through the updated
+    slice and adds the sums of the slice before (the probe's at the entrance plane). Every
+    pass works on one chunk's waves of one or two slices, which stay in the cache where the
+    whole group's do not; the waves entering the slices are kept between the passes, as the
+    whole-group sweep keeps them. As ``ConventionalSolver.sweep`` with ``EpieSolver``."""
+    xp = bk.xp
+    shape = probe.shape[-2:]
+    n_slices = obj.shape[0]
+    if n_slices < 2:
+        raise ValueError("epie_multislice_chunked needs at least two slices (one: epie_single_slice_chunked)")
+    n = mask.shape[0] // chunk
+    mask_f = mask.astype(bk.real_dtype)
+    sts, frs, ms = split_rows(starts, n), split_rows(frac, n), split_rows(mask_f, n)
+
+    def slice_sums(num_map, illum_map, st, psi, g, mm):
+        """Add one slice's numerator Σ_modes conj(ψ)·g and illumination Σ_modes|ψ|²."""
+        num_map = add_views(bk, num_map, st, xp.sum(xp.conj(psi) * g, axis=1) * mm)
+        return num_map, add_views(bk, illum_map, st, xp.sum(abs2(xp, psi), axis=1) * mm)
+
+    def forward(carry, x):
+        num_map, illum_map, loss, view_peak = carry
+        me, st, fr, m = x
+        probes = shift_probes(bk, probe, fr)
+        views = get_views(bk, obj, st, shape)  # (C, S, Ny, Nx)
+        psis, exit_wave = multislice_forward(bk, probes, views, props)
+        chunk_loss, chi = _exit_update(bk, noise, exit_wave, me, m)
+        if update_object:
+            num_map, illum_map = slice_sums(num_map, illum_map, st, psis[-1], chi, m[:, None, None])
+        view_peak = xp.maximum(view_peak, xp.max(abs2(xp, views), axis=(0, 2, 3)))
+        kept = {"chi": chi, **{f"psi{i}": psis[i] for i in range(n_slices)}}
+        return (num_map, illum_map, loss + chunk_loss, view_peak), kept
+
+    def back_through(i, delta):
+        """The pass taking χ from the exit of slice ``i`` (updated by ``delta``, None: not
+        updated) to its entrance, adding the sums of slice i-1 (and the probe's at i = 1)."""
+        def back(carry, x):
+            num_map, illum_map, pnum_k, pden = carry
+            g, psi, psi_before, st, fr, m = x
+            mm = m[:, None, None]
+            o = get_views(bk, obj[i:i + 1], st, shape)[:, 0]
+            rest = g if delta is None else g - get_views(bk, delta[None], st, shape)[:, 0][:, None] * psi
+            g = propagate(bk, xp.conj(o)[:, None] * rest / (view_peak[i] + 1e-30), xp.conj(props[i - 1]))
+            if update_object:
+                num_map, illum_map = slice_sums(num_map, illum_map, st, psi_before, g, mm)
+            if update_probe and i == 1:
+                # padded positions carry a nonzero rest (the applied update): masked here
+                pnum_k, pden = _add_probe_sums(bk, pnum_k, pden, get_views(bk, obj[:1], st, shape)[:, 0],
+                                               g * mm[:, None], fr, mm)
+            return (num_map, illum_map, pnum_k, pden), {"chi": g}
+        return back
+
+    def zero_maps():  # fresh ones for every pass: numpy adds views in place
+        return xp.zeros(obj.shape[1:], dtype=obj.dtype), xp.zeros(obj.shape[1:], dtype=bk.real_dtype)
+
+    (num_map, illum_map, loss, view_peak), kept = bk.scan(
+        forward, (*zero_maps(), xp.zeros((), dtype=bk.real_dtype), xp.zeros((n_slices,), dtype=bk.real_dtype)),
+        (split_rows(measured, n), sts, frs, ms))
+    chi = kept["chi"]
+    new_slices = list(obj)
+    pnum_k, pden = xp.zeros(probe.shape, dtype=probe.dtype), xp.zeros(shape, dtype=bk.real_dtype)
+    for i in range(n_slices - 1, -1, -1):
+        delta = None
+        if update_object:
+            delta = solver.beta_object * num_map / (xp.max(illum_map) + 1e-30)
+            new_slices[i] = obj[i] + delta
+        if i == 0:
+            break
+        (num_map, illum_map, pnum_k, pden), out = bk.scan(
+            back_through(i, delta), (*zero_maps(), pnum_k, pden),
+            (chi, kept[f"psi{i}"], kept[f"psi{i - 1}"], sts, frs, ms))
+        chi = out["chi"]
+    new_obj, new_probe = (xp.stack(new_slices, axis=0) if update_object else obj), probe
+    if update_probe:
+        new_probe = probe + solver.beta_probe * _ifft2_pair(bk, pnum_k) / (xp.max(pden) + 1e-30)
+    if not keep_waves:
+        return new_obj, new_probe, loss, None, None
+    return new_obj, new_probe, loss, _unsplit(chi), _unsplit(kept["psi0"])

@@ -60,10 +60,10 @@ def resolve_chunk(requested: int | None, group_size: int, n_modes: int, n_slices
 
 def has_chunked_step(solver: str, n_slices: int, multislice: str = "joint") -> bool:
     """Whether the built-in conventional rule ``solver`` has a chunked group step
-    (:mod:`~phaser_std.engines.chunked_steps`): ePIE and LSQML on one slice, LSQML's
-    multislice ``joint`` step (when the object is updated). The others need each slice's
-    group-wide update before the next slice."""
-    if int(n_slices) == 1:
+    (:mod:`~phaser_std.engines.chunked_steps`): ePIE (any slices), LSQML on one slice and
+    its multislice ``joint`` step (when the object is updated). LSQML's ``sequential``
+    sweep has none."""
+    if solver == "epie" or int(n_slices) == 1:
         return solver in ("epie", "lsqml")
     return solver == "lsqml" and multislice == "joint"
 

@@ -29,8 +29,8 @@ import attrs
 
 from phaser_core.config import Schedulable, param, schedule_value
 from phaser_std.engines.chunking import has_chunked_step
-from phaser_std.engines.chunked_steps import (epie_single_slice_chunked, inner_products, lsqml_multislice_chunked,
-                                              lsqml_single_slice_chunked, solve_2x2)
+from phaser_std.engines.chunked_steps import (epie_multislice_chunked, epie_single_slice_chunked, inner_products,
+                                              lsqml_multislice_chunked, lsqml_single_slice_chunked, solve_2x2)
 from phaser_std.physics.forward import (
     abs2,
     add_views,
@@ -316,11 +316,10 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
     corner-centred [e⁻]; ``loss_sum`` the noise-model loss summed over the group's
     patterns before the update; ``shift_px`` ``(B, 2)`` the position-correction direction.
 
-    ``chunk`` (a divisor of B; None: the whole group): LSQML (single slice, and the
-    multislice ``joint`` step) computes the group that many positions at a time
-    (:mod:`~phaser_std.engines.chunked_steps`, same result). ePIE and the ``sequential``
-    sweep always take the whole group: each slice's update needs the group-wide update of
-    the slice after it.
+    ``chunk`` (a divisor of B; None: the whole group): ePIE and LSQML (single slice, and
+    LSQML's multislice ``joint`` step) compute the group that many positions at a time
+    (:mod:`~phaser_std.engines.chunked_steps`, same result). LSQML's ``sequential`` sweep
+    always takes the whole group.
     """
     xp = bk.xp
     n_slices = 1 if props is None else int(props.shape[-3]) + 1
@@ -336,7 +335,11 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
                    and has_chunked_step(solver.name, n_slices, getattr(solver.config, "multislice", "joint"))
                    and (update_object or kind is EpieSolver or n_slices == 1))
         if chunked:
-            if kind is EpieSolver:
+            if kind is EpieSolver and props is not None:
+                new_obj, new_probe, loss, chi0, probes = epie_multislice_chunked(
+                    bk, stepper, noise, obj, probe, props, measured, starts, frac, mask, chunk, update_object,
+                    update_probe, keep_waves=update_positions)
+            elif kind is EpieSolver:
                 new_obj, new_probe, loss, chi0, probes = epie_single_slice_chunked(
                     bk, stepper, noise, obj, probe, measured, starts, frac, mask, chunk, update_object, update_probe,
                     keep_waves=update_positions)

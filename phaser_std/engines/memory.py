@@ -179,8 +179,11 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
         # chunked LSQML: a chunk's working set, plus what is kept of the whole group for the
         # second part: χ and the shifted probes (and χ at the entrance) and the waves
         # entering every slice (multislice), with the per-slice illumination; chunked ePIE
-        # keeps χ and the probes only to refine positions
-        if config.solver.type == "epie":
+        # keeps the waves entering every slice and χ into and out of a slice's pass
+        # (multislice), or χ and the probes only to refine positions (one slice)
+        if config.solver.type == "epie" and z.s > 1:
+            kept = (z.s + 2) * z.wave()
+        elif config.solver.type == "epie":
             kept = 2 * z.wave() if getattr(config, "position_solver", None) is not None else 0
         else:
             kept = (2 + (z.s + 1 if z.s > 1 else 0)) * z.wave() + z.b * z.s * z.p * z.r
