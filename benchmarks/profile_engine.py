@@ -58,6 +58,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=6)
     ap.add_argument("--traced", type=int, default=3)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--chunk", type=int, default=None, help="grouping.chunk (default: the engine's choice)")
+    ap.add_argument("--by-kind", action="store_true", help="sum the ops by kind (fft, fusion names) instead")
     a = ap.parse_args()
     from phaser_core.plan import load_plan
     from phaser_core.runner import run_plan
@@ -65,6 +67,8 @@ def main() -> None:
     data = cases.dataset_path(a.dataset)
     block = cases.our_engine(a.engine, niter=a.iters, group=a.group, modes=a.modes, slices=cases.n_slices(a.dataset),
                              thickness=cases.total_thickness(a.dataset))
+    if a.chunk:
+        block["grouping"]["chunk"] = a.chunk
     folder = tempfile.mkdtemp(prefix="phaser-trace-")
     tr = _Trace(a.iters - a.traced, folder)
     plan = {"file_type": "phaser_plan", "version": 1, "backend": "jax", "dtype": "float32", "seed": 0,
@@ -79,10 +83,16 @@ def main() -> None:
         total[e["name"]] += e["dur"]
         count[e["name"]] += 1
     skip = ("$", "Thunk", "PjRt", "Pjit", "Execute", "Await", "Handle", "Parse", "Allocate")
+    for name in [n for n in total if n.startswith(skip) or any(s in n for s in ("ThunkExecutor", "PjitFunction"))]:
+        del total[name]
+    if a.by_kind:  # fft.171, fft.172 ... -> fft
+        kinds: dict = collections.defaultdict(float)
+        for name, us in total.items():
+            kinds[name.rsplit(".", 1)[0] if name.rsplit(".", 1)[-1].isdigit() else name] += us
+        print(f"{sum(total.values()) / a.traced / 1e3:9.2f} ms/iter  all ops (concurrent ones overlap)")
+        total, count = kinds, collections.Counter({k: a.traced for k in kinds})
     shown = 0
     for name, us in sorted(total.items(), key=lambda kv: -kv[1]):
-        if name.startswith(skip) or any(s in name for s in ("ThunkExecutor", "PjitFunction")):
-            continue
         print(f"{us / a.traced / 1e3:9.2f} ms/iter  x{count[name] / a.traced:6.0f}  {name[:90]}")
         shown += 1
         if shown >= a.top:
