@@ -20,9 +20,9 @@ def data(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("donation") / "data.h5", scan={"shape": [8, 8]})
 
 
-@pytest.fixture
-def iteration_memory(monkeypatch):
-    """XLA's memory analysis of every compiled ``iteration_step`` program, in call order."""
+def _record_programs(monkeypatch, name: str) -> list:
+    """XLA's memory analysis of every call of the compiled programs named ``name``, in call
+    order."""
     from phaser_std.backends.jax_backend import JaxBackend
 
     seen: list = []
@@ -30,7 +30,7 @@ def iteration_memory(monkeypatch):
 
     def jit(self, fn, **kwargs):
         compiled = original(self, fn, **kwargs)
-        if getattr(fn, "__name__", "") != "iteration_step":
+        if getattr(fn, "__name__", "") != name:
             return compiled
 
         def call(*args, **kw):
@@ -41,6 +41,18 @@ def iteration_memory(monkeypatch):
 
     monkeypatch.setattr(JaxBackend, "jit", jit)
     return seen
+
+
+@pytest.fixture
+def iteration_memory(monkeypatch):
+    """XLA's memory analysis of every compiled ``iteration_step`` program, in call order."""
+    return _record_programs(monkeypatch, "iteration_step")
+
+
+@pytest.fixture
+def constraint_memory(monkeypatch):
+    """The same for the programs applying the constraints after each iteration."""
+    return _record_programs(monkeypatch, "iteration_constraints")
 
 
 @pytest.mark.parametrize("engine,object_copies", [
@@ -55,3 +67,21 @@ def test_iteration_writes_the_object_into_its_own_buffers(data, iteration_memory
     obj_bytes = np.asarray(state.object.data).astype(np.complex64).nbytes
     aliased = iteration_memory[0].alias_size_in_bytes
     assert aliased >= object_copies * obj_bytes, (aliased, obj_bytes)
+
+
+@pytest.mark.parametrize("engine", [
+    {"type": "conventional", "solver": {"type": "epie"}},
+    {"type": "gradient"},
+])
+def test_iteration_constraints_write_the_object_into_its_own_buffer(data, constraint_memory, engine):
+    """The constraints after each iteration (here an amplitude clamp and the probe's
+    support) take the object and probe buffers too: no second object at the end of an
+    iteration."""
+    constraints = [{"type": "clamp_object_amplitude", "max_amplitude": 1.0},
+                   {"type": "limit_probe_support", "max_angle_mrad": 30}]
+    state = run(data, [{**engine, "niter": 1, "grouping": {"size": 16}, "iter_constraints": constraints}],
+                backend="jax")
+    assert constraint_memory, "no iteration-constraint program was compiled"
+    obj_bytes = np.asarray(state.object.data).astype(np.complex64).nbytes
+    probe_bytes = np.asarray(state.probe.data).astype(np.complex64).nbytes
+    assert constraint_memory[0].alias_size_in_bytes >= obj_bytes + probe_bytes

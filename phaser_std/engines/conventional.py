@@ -135,10 +135,11 @@ class ConventionalEngine:
                 live["shift"][indices[masks]] += bk.to_numpy(shifts)[masks] * sampling
             return losses
 
-        # compiled once on jax (the iteration is a traced value)
-        iteration_constraints = bk.jit(lambda p, o, it: apply_constraints(bk, iter_constraints, p, o,
-                                                                          attrs.evolve(info, iteration=it)),
-                                       donate_argnums=(0, 1))
+        def iteration_constraints(probe_, obj_, it):
+            return apply_constraints(bk, iter_constraints, probe_, obj_, attrs.evolve(info, iteration=it))
+
+        # compiled once on jax (the iteration is a traced value); probe and object donated
+        iteration_constraints = bk.jit(iteration_constraints, donate_argnums=(0, 1))
 
         def end_iteration(it):
             if iter_constraints:
