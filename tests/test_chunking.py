@@ -12,11 +12,13 @@ from conftest import build_backend
 
 @pytest.mark.parametrize("group, per_position, expected", [
     (64, 64 * 64 * 8, 64),            # 1 mode, 1 slice, 64² complex64: 2 MiB a group, fits
-    (64, 4 * 64 * 64 * 8, 32),        # 4 modes: 8 MiB a group -> 32 positions (4 MiB)
-    (64, 8 * 64 * 64 * 8, 16),        # 8 slices
-    (64, 4 * 8 * 64 * 64 * 8, 4),     # 4 modes x 8 slices
-    (48, 4 * 64 * 64 * 8, 24),        # wants 32: the largest divisor of 48 up to 32 is 24
-    (37, 4 * 64 * 64 * 8, 37),        # a prime group: no divisor near 32, the whole group
+    (256, 64 * 64 * 8, 64),           # a group of 256 -> 64 positions (2 MiB)
+    (64, 4 * 64 * 64 * 8, 16),        # 4 modes: 8 MiB a group -> 16 positions (2 MiB)
+    (64, 8 * 64 * 64 * 8, 8),         # 8 slices
+    (64, 4 * 8 * 64 * 64 * 8, 2),     # 4 modes x 8 slices
+    (48, 4 * 64 * 64 * 8, 16),        # wants 16: a divisor of 48
+    (40, 4 * 64 * 64 * 8, 10),        # wants 16: the largest divisor of 40 up to 16 is 10
+    (37, 4 * 64 * 64 * 8, 37),        # a prime group: no divisor near 16, the whole group
     (64, 10 * CACHE_BUDGET_BYTES, 1), # one position already exceeds the budget
 ])
 def test_auto_chunk(group, per_position, expected):
@@ -25,7 +27,7 @@ def test_auto_chunk(group, per_position, expected):
 
 def test_resolve_chunk_explicit_gpu_and_errors():
     args = (64, 4, 8, (64, 64), 8)
-    assert resolve_chunk(None, *args, on_cpu=True) == 4
+    assert resolve_chunk(None, *args, on_cpu=True) == 2
     assert resolve_chunk(None, *args, on_cpu=False) == 64  # a GPU keeps whole groups
     assert resolve_chunk(16, *args, on_cpu=True) == 16
     for bad in (0, 5, 128):

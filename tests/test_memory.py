@@ -70,14 +70,14 @@ def test_group_term_scales_with_group_size_slices_and_modes(make, backend):
 @pytest.mark.parametrize("backend", ["numpy", "jax"])
 def test_gradient_group_term_counts_the_chunk_not_the_group(backend, monkeypatch):
     # 128² px, 1 mode, 1 slice: 128 KiB of waves per position, so the automatic chunk on a
-    # CPU is 32 positions (4 MiB); a group of 256 then costs a chunk of 32 plus its patterns
+    # CPU is 16 positions (2 MiB); a group of 256 then costs a chunk of 16 plus its patterns
     import phaser_std.engines.memory as planner
 
     monkeypatch.setattr(planner, "named_backend_on_cpu", lambda name: True)  # also on a GPU machine
     auto_256 = _group_term(_grad(size=256, chunk=None), backend)
-    whole_32 = _group_term(_grad(size=32), backend)
-    patterns = (256 - 32) * 128 * 128 * 4
-    assert auto_256 == whole_32 + patterns
+    whole_16 = _group_term(_grad(size=16), backend)
+    patterns = (256 - 16) * 128 * 128 * 4
+    assert auto_256 == whole_16 + patterns
     assert _group_term(_grad(size=256, chunk=64), backend) == _group_term(_grad(size=64), backend) + \
         (256 - 64) * 128 * 128 * 4
     # on a GPU the automatic chunk is the whole group
@@ -87,11 +87,11 @@ def test_gradient_group_term_counts_the_chunk_not_the_group(backend, monkeypatch
 
 def test_chunked_lsqml_group_term_is_the_chunk_plus_what_is_kept():
     """Single-slice LSQML in chunks (128² px, 4 modes: 512 KiB of waves per position, so
-    chunks of 8) holds a chunk's working set plus the group's χ and shifted probes."""
-    whole_8 = _group_term(_conv(size=8, modes=4))
+    chunks of 4) holds a chunk's working set plus the group's χ and shifted probes."""
+    whole_4 = _group_term(_conv(size=4, modes=4))
     chunked = _group_term(_conv(size=256, modes=4, chunk=None))
     wave = 256 * 4 * 128 * 128 * 8
-    assert chunked == whole_8 + 2 * wave + 2 * 256 * 128 * 128 * 4
+    assert chunked == whole_4 + 2 * wave + 2 * 256 * 128 * 128 * 4
     assert chunked < 0.6 * _group_term(_conv(size=256, modes=4))
 
 

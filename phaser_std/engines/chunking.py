@@ -20,10 +20,11 @@ __all__ = ["CACHE_BUDGET_BYTES", "SWEEP_BUDGET_BYTES", "conventional_budget", "h
 
 #: Per-chunk wave data [bytes] the automatic choice aims at (a share of a CPU's L2/L3),
 #: counted as modes x slices x Ny x Nx complex numbers per position. The gradient step and
-#: the single-slice steps gain down to 4 MiB; the multislice LSQML step keeps every slice's
-#: waves of its chunks for a second pass and loses to that bookkeeping below ~16 MiB
-#: (measured on the 2-core benchmark machine, benchmarks/NOTES.md).
-CACHE_BUDGET_BYTES = 4 * 2**20
+#: the single-slice steps gain down to 2 MiB (single-slice LSQML and ePIE with 4 modes
+#: 20-28% faster than with 4 MiB, the gradient engine 0-20%); the multislice steps keep every
+#: slice's waves of the group between passes and lose to that bookkeeping below ~16 MiB
+#: (measured on the 2-core benchmark machine, benchmarks/NOTES.md 11, 16 and 19).
+CACHE_BUDGET_BYTES = 2 * 2**20
 SWEEP_BUDGET_BYTES = 16 * 2**20
 
 
@@ -70,8 +71,8 @@ def has_chunked_step(solver: str, n_slices: int, multislice: str = "joint") -> b
 
 def conventional_budget(n_slices: int) -> int:
     """The chunk budget [bytes] of a conventional engine's group step: the single-slice
-    steps (ePIE, LSQML) gain down to :data:`CACHE_BUDGET_BYTES`, the multislice LSQML step
-    uses :data:`SWEEP_BUDGET_BYTES`."""
+    steps (ePIE, LSQML) gain down to :data:`CACHE_BUDGET_BYTES`, the multislice steps use
+    :data:`SWEEP_BUDGET_BYTES`."""
     return CACHE_BUDGET_BYTES if int(n_slices) == 1 else SWEEP_BUDGET_BYTES
 
 
