@@ -196,7 +196,7 @@ def fit(rows: list[dict]) -> None:
             if chunk < b:
                 kept = b * p * 4
                 if engine == "lsqml":
-                    kept += (2 + (s + 1 if s > 1 else 0)) * b * m * p * c + b * s * p * 4
+                    kept += (2 + (s if s > 1 else 0)) * b * m * p * c + b * s * p * 4
                 elif s > 1:
                     kept += (s + 2) * b * m * p * c
                 b = chunk
@@ -209,7 +209,11 @@ def fit(rows: list[dict]) -> None:
         if not cases:
             continue
         jax = backend == "jax"
-        lo = [0, 0, 0 if jax else 1, 0, -6, 1, 0, 0, 1, 0, 0, 0]
+        # lower bounds from the code: the probe-scaling pass holds at least one wave of its
+        # batch, a conventional step at least two (the shifted probes and χ). Left free, the
+        # jax fit put both near 0 and moved that memory into the overhead, which held on the
+        # CPU cases but underestimated whole groups (a GPU's) by up to 2x.
+        lo = [0, 0, 0 if jax else 1, 1, -6, 1, 2, 0, 1, 0, 0, 0]
         hi = [300, 60 if jax else 1e-9, 4 if jax else 5, 8, 8, 6, 8, 8, 6, 8, 8, 100 if jax else 1e-9]
         phases = {label(c): "group" for c in cases}
         sol = None

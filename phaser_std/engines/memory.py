@@ -38,21 +38,21 @@ MiB = 1 << 20
 #: the XLA compilations, which grow with the unrolled slices).
 CONSTANTS: dict[str, dict[str, float]] = {
     "numpy": {
-        "overhead_MiB": 33.01, "compile_per_slice_MiB": 0.00, "grad_overhead_MiB": 0.00,
+        "overhead_MiB": 34.33, "compile_per_slice_MiB": 0.00, "grad_overhead_MiB": 0.00,
         # eager forward: the slice waves (and FFT outputs) stay alive until the pass ends
-        "dry_slice_waves": 2.13, "dry_waves": 2.07, "dry_pixels": -0.27,
-        "conv_slice_waves": 6.00, "conv_waves": 4.17, "conv_pixels": 0.39,
+        "dry_slice_waves": 2.54, "dry_waves": 1.71, "dry_pixels": -0.59,
+        "conv_slice_waves": 5.36, "conv_waves": 8.00, "conv_pixels": 3.61,
         "conv_object": 4.0,   # object-sized maps and copies per group update (in S·H·W·c)
-        "grad_slice_waves": 3.60, "grad_waves": 6.73, "grad_pixels": 8.00,
+        "grad_slice_waves": 6.00, "grad_waves": 8.00, "grad_pixels": 8.00,
         "grad_object": 5.0,   # gradient, scaled gradient, optimizer temporaries (in S·H·W·c)
     },
     "jax": {
         # XLA compilations of the probe-scaling pass and the group step (grow with the
         # unrolled slices; the gradient engine's value_and_grad program is larger)
-        "overhead_MiB": 92.29, "compile_per_slice_MiB": 2.96, "grad_overhead_MiB": 25.18,
+        "overhead_MiB": 81.73, "compile_per_slice_MiB": 18.75, "grad_overhead_MiB": 11.68,
         # the probe-scaling pass is compiled (one program per batch shape)
-        "dry_slice_waves": 0.10, "dry_waves": 0.10, "dry_pixels": 0.00,
-        "conv_slice_waves": 1.00, "conv_waves": 8.00, "conv_pixels": 5.62,
+        "dry_slice_waves": 1.08, "dry_waves": 1.42, "dry_pixels": 0.45,
+        "conv_slice_waves": 1.00, "conv_waves": 2.00, "conv_pixels": 0.00,
         # autodiff residuals: the slice waves kept for the backward pass, plus cotangents
         "grad_slice_waves": 6.00, "grad_waves": 8.00, "grad_pixels": 8.00,
         # object-sized temporaries of a group update beside the object (and the optimizer
@@ -177,8 +177,9 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
     chunk = _conventional_chunk(config, z, backend)
     if chunk < z.b:
         # chunked LSQML: a chunk's working set, plus what is kept of the whole group for the
-        # second part: χ and the shifted probes (and χ at the entrance) and the waves
-        # entering every slice (multislice), with the per-slice illumination; chunked ePIE
+        # second part: χ and the shifted probes (one slice), or χ, χ at the entrance and the
+        # waves entering every slice, the first of them the shifted probes (multislice), with
+        # the per-slice illumination; chunked ePIE
         # keeps the waves entering every slice and χ into and out of a slice's pass
         # (multislice), or χ and the probes only to refine positions (one slice)
         if config.solver.type == "epie" and z.s > 1:
@@ -186,7 +187,7 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
         elif config.solver.type == "epie":
             kept = 2 * z.wave() if getattr(config, "position_solver", None) is not None else 0
         else:
-            kept = (2 + (z.s + 1 if z.s > 1 else 0)) * z.wave() + z.b * z.s * z.p * z.r
+            kept = (2 + (z.s if z.s > 1 else 0)) * z.wave() + z.b * z.s * z.p * z.r
         group = z.phase("conv", chunk) + kept + z.b * z.p * z.r
         name = (f"group step: {chunk} of B={z.b} positions at a time, the group's chi and slice waves kept "
                 f"(M={z.m} x {z.p} px)")
