@@ -68,7 +68,7 @@ VALIDATION = [
     ("jax", "lsqml", "32x32/64", 3, 1, 256, {"scale_probe": False}),
     ("numpy", "lsqml", "32x32/128", 3, 4, 256, {"scale_probe": False}),
     ("jax", "lsqml", "32x32/128", 3, 4, 256, {"scale_probe": False}),
-    # added with the chunked multislice ePIE step (after the fit)
+    # added with the chunked multislice ePIE step (session 5; in the refit since)
     ("numpy", "epie", "16x16/128", 3, 4, 64, {"scale_probe": False}),
     ("jax", "epie", "16x16/128", 3, 4, 64, {"scale_probe": False}),
     ("jax", "epie", "32x32/64", 3, 1, 256, {"scale_probe": False}),

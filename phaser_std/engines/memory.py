@@ -176,12 +176,11 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
     k = z.k
     chunk = _conventional_chunk(config, z, backend)
     if chunk < z.b:
-        # chunked LSQML: a chunk's working set, plus what is kept of the whole group for the
-        # second part: χ and the shifted probes (one slice), or χ, χ at the entrance and the
-        # waves entering every slice, the first of them the shifted probes (multislice), with
-        # the per-slice illumination; chunked ePIE
-        # keeps the waves entering every slice and χ into and out of a slice's pass
-        # (multislice), or χ and the probes only to refine positions (one slice)
+        # a chunk's working set, plus what is kept of the whole group between passes.
+        # LSQML: χ and the shifted probes (one slice), or χ, χ at the entrance and the waves
+        # entering every slice, the first of them the shifted probes (multislice), with the
+        # per-slice illumination. ePIE: the waves entering every slice and χ into and out
+        # of a slice's pass (multislice), or χ and the probes only to refine positions.
         if config.solver.type == "epie" and z.s > 1:
             kept = (z.s + 2) * z.wave()
         elif config.solver.type == "epie":
