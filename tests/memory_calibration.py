@@ -58,7 +58,8 @@ CASES = [
     ("jax", "gradient", "16x16/128", 3, 4, 64, {"scale_probe": False}),
 ]
 
-#: held out: measured after the constants were fitted to CASES, to check the model
+#: first measured after a fit to CASES, to check the model (held out then); ``--fit`` now uses
+#: them too (docs/memory.md)
 VALIDATION = [
     ("jax", "lsqml", "32x32/128", 3, 4, 64, {}),
     ("numpy", "gradient", "32x32/64", 1, 4, 16, {}),
@@ -169,7 +170,7 @@ def fit(rows: list[dict]) -> None:
     import numpy as np
     from scipy.optimize import lsq_linear
 
-    from phaser_std.engines.chunking import auto_chunk, conventional_budget
+    from phaser_std.engines.chunking import auto_chunk, conventional_budget, has_chunked_step
     from phaser_std.engines.memory import dry_run_batch
 
     measured = {r["case"]: r["measured"] for r in rows if r.get("measured")}
@@ -191,7 +192,7 @@ def fit(rows: list[dict]) -> None:
         if engine == "gradient":
             b_all, b = b, auto_chunk(b, m * s * p * c)
             kept = b_all * p * 4
-        elif engine in ("lsqml", "epie"):
+        elif has_chunked_step(engine, s):  # the cases have no position solver, no explicit chunk
             chunk = auto_chunk(b, m * s * p * c, conventional_budget(s))
             if chunk < b:
                 kept = b * p * 4
@@ -210,10 +211,12 @@ def fit(rows: list[dict]) -> None:
             continue
         jax = backend == "jax"
         # lower bounds from the code: the probe-scaling pass holds at least one wave of its
-        # batch, a conventional step at least two (the shifted probes and χ). Left free, the
-        # jax fit put both near 0 and moved that memory into the overhead, which held on the
-        # CPU cases but underestimated whole groups (a GPU's) by up to 2x.
-        lo = [0, 0, 0 if jax else 1, 1, -6, 1, 2, 0, 1, 0, 0, 0]
+        # batch; a whole conventional group step at least 3 waves and one B·P array beside
+        # its views (XLA's buffer assignment of jax's whole-group ePIE/LSQML steps: 3.6-7.7
+        # waves of temporaries, 64² px, 1 and 4 modes, groups of 16 and 64). Left free, the
+        # jax fit put these near 0 and moved that memory into the overhead: right for the
+        # CPU cases (mostly chunked) but under by up to 2x for whole groups (a GPU's).
+        lo = [0, 0, 0 if jax else 1, 1, -6, 1, 2, 1, 1, 0, 0, 0]
         hi = [300, 60 if jax else 1e-9, 4 if jax else 5, 8, 8, 6, 8, 8, 6, 8, 8, 100 if jax else 1e-9]
         phases = {label(c): "group" for c in cases}
         sol = None

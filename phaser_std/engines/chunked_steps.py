@@ -1,11 +1,11 @@
 """Conventional group steps computed a chunk of positions at a time: single-slice LSQML,
-LSQML's multislice ``joint`` step and single-slice ePIE.
+LSQML's multislice ``joint`` step and ePIE (single slice and multislice).
 
 Each gives the same update as the whole-group step of
 :mod:`~phaser_std.engines.conventional_solvers`, but the group's per-position arrays are
 never all live at once: with 4 probe modes a group of 64 holds several 8 MiB wave arrays,
-which fall out of the CPU's L3 and make each pass 2-3x slower per element than for 32
-positions (``benchmarks/NOTES.md``). Single-slice LSQML (Odstrčil et al. 2018, eq. 23, the
+which fall out of the CPU's L3 and make each pass 2-3x slower per element than for a
+chunk of a few MiB (``benchmarks/NOTES.md``). Single-slice LSQML (Odstrčil et al. 2018, eq. 23, the
 joint object/probe step) has three parts:
 
 1. per chunk (``bk.scan``): forward model, loss, χ; the object numerator Σ conj(ψ)χ and
@@ -17,8 +17,10 @@ joint object/probe step) has three parts:
 3. on the group: the steps α (the regularisation γ·max over the *group*, as unchunked),
    the illumination-weighted object step and the mean probe step.
 
-The multislice step follows the same plan through the slices; ePIE needs only part 1 (its
-update is sums over positions normalised by group-wide maxima). Results equal the
+The multislice step follows the same plan through the slices. Single-slice ePIE needs only
+part 1 (its update is sums over positions normalised by group-wide maxima); multislice ePIE
+one pass per slice, since each slice's update must be applied before χ goes back through
+it (:func:`epie_multislice_chunked`). Results equal the
 whole-group steps to float rounding (``tests/test_conventional_engine.py``).
 
 Arguments as the group step of :func:`~phaser_std.engines.conventional_solvers.make_group_step`:
@@ -308,10 +310,10 @@ def epie_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: A
     explain, so slice i's update (a sum over the whole group) must be known before χ goes
     back through it. One pass over the chunks runs the forward model and adds the last
     slice's sums; then one pass per slice (from the last) takes χ back through the updated
-    slice and adds the sums of the slice before (the probe's at the entrance plane). Every
-    pass works on one chunk's waves of one or two slices, which stay in the cache where the
-    whole group's do not; the waves entering the slices are kept between the passes, as the
-    whole-group sweep keeps them. As ``ConventionalSolver.sweep`` with ``EpieSolver``."""
+    slice and adds the sums of the slice before (the probe's at the entrance plane). The
+    backward passes work on one chunk's waves of two slices, the forward pass on one chunk's
+    waves of all slices, which stay in the cache where the whole group's do not; the waves
+    entering the slices are kept between the passes, as the whole-group sweep keeps them. As ``ConventionalSolver.sweep`` with ``EpieSolver``."""
     xp = bk.xp
     shape = probe.shape[-2:]
     n_slices = obj.shape[0]
@@ -365,7 +367,7 @@ def epie_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: A
         forward, (*zero_maps(), xp.zeros((), dtype=bk.real_dtype), xp.zeros((n_slices,), dtype=bk.real_dtype)),
         (split_rows(measured, n), sts, frs, ms))
     chi = kept["chi"]
-    new_slices = list(obj)
+    new_slices = [None] * n_slices
     pnum_k, pden = xp.zeros(probe.shape, dtype=probe.dtype), xp.zeros(shape, dtype=bk.real_dtype)
     for i in range(n_slices - 1, -1, -1):
         delta = None

@@ -6,7 +6,7 @@ field, noise model, adjoint) to run on all B positions at once. On a CPU the arr
 whole group, ``B x modes x slices x Ny x Nx`` complex numbers, quickly outgrow the caches and
 every pass over them goes to main memory: with 4 probe modes or 8 slices a group of 64 is
 1.4-1.9x slower than the same group computed 4-16 positions at a time and summed
-(``benchmarks/NOTES.md``). The gradient engine, single-slice ePIE and LSQML, and LSQML's
+(``benchmarks/NOTES.md``). The gradient engine, ePIE, single-slice LSQML and LSQML's
 multislice ``joint`` step chunk groups larger than their budget. The sums are the same, so
 the chunk changes speed and peak memory, not the result (to float rounding).
 """

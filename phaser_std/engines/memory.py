@@ -6,8 +6,9 @@ counts; ``r``/``c`` the real/complex itemsize [bytes] of the run's dtype):
 
 - N patterns of P = Qy·Qx pixels; probe M modes of Ny·Nx = P; object S slices of H·W;
 - a group of B = min(grouping.size, N) positions: one *wave array* is B·M·P·c, the object
-  *views* B·S·P·c; the gradient engine computes a group ``grouping.chunk`` positions at a
-  time (:mod:`~phaser_std.engines.chunking`), so its group step counts the chunk's waves;
+  *views* B·S·P·c; a group computed ``grouping.chunk`` positions at a time (the gradient
+  engine; the conventional steps of :func:`~phaser_std.engines.chunking.has_chunked_step`)
+  counts the chunk's waves, plus what the step keeps of the whole group between passes;
 - the probe-scaling pass before the first iteration runs the forward model on
   b = min(batch, N) positions at a time (:func:`~phaser_std.engines.common.scale_probe_to_data`,
   ``batch`` its default).
@@ -49,10 +50,10 @@ CONSTANTS: dict[str, dict[str, float]] = {
     "jax": {
         # XLA compilations of the probe-scaling pass and the group step (grow with the
         # unrolled slices; the gradient engine's value_and_grad program is larger)
-        "overhead_MiB": 81.73, "compile_per_slice_MiB": 18.75, "grad_overhead_MiB": 11.68,
+        "overhead_MiB": 81.60, "compile_per_slice_MiB": 18.33, "grad_overhead_MiB": 12.58,
         # the probe-scaling pass is compiled (one program per batch shape)
-        "dry_slice_waves": 1.08, "dry_waves": 1.42, "dry_pixels": 0.45,
-        "conv_slice_waves": 1.00, "conv_waves": 2.00, "conv_pixels": 0.00,
+        "dry_slice_waves": 1.08, "dry_waves": 1.40, "dry_pixels": 0.57,
+        "conv_slice_waves": 1.00, "conv_waves": 2.00, "conv_pixels": 1.00,
         # autodiff residuals: the slice waves kept for the backward pass, plus cotangents
         "grad_slice_waves": 6.00, "grad_waves": 8.00, "grad_pixels": 8.00,
         # object-sized temporaries of a group update beside the object (and the optimizer
