@@ -100,7 +100,7 @@ def main(arg: str) -> None:
         import cupy  # noqa: F401
     t_import = time.perf_counter() - t0
     plan = {"file_type": "phaser_plan", "version": 1, "backend": job["backend"], "dtype": "float32",
-            "seed": 0, "raw_data": {"type": "hdf5", "path": job["data"], "key": job.get("key", "patterns")},
+            "seed": int(job.get("seed", 0)), "raw_data": {"type": "hdf5", "path": job["data"], "key": job.get("key", "patterns")},
             "engines": [job["engine_block"]]}
     timer = Timer(job["data"], int(job.get("score_every", 0)), job.get("target"))
     t1 = time.perf_counter()
