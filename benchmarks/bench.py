@@ -13,7 +13,7 @@ back on the same ``phaser simulate`` file, with matched settings (``cases.py``).
 per case: first iteration (compilation included), median s/iter over the remaining
 iterations (wall and process CPU), peak RSS, and with ``--ttt`` the time (sum of iteration
 times) to reach the target pearson correlation against the ground truth. Writes JSON
-(``--out``, default ``benchmarks/results/<date>.json``) with the machine description and
+(``--out``, default ``benchmarks/results/bench-<date-time>.json``) with the machine description and
 prints a rich table with ratios (phaserEM / ours: > 1 means we are faster).
 """
 
@@ -88,6 +88,9 @@ def machine() -> dict:
             p, j, n = out.stdout.split()
             info["phaserEM"] = {"phaserEM": p, "jax": j, "numpy": n}
     try:
+        # the driver only lists the devices: on a GPU it must not take jax's default 75% of
+        # the memory away from the workers
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         import jax
 
         info["jax_devices"] = [str(d) for d in jax.devices()]
@@ -126,18 +129,29 @@ def _last_json(text: str) -> dict | None:
     return None
 
 
-def run_ours(case: dict, data: Path, a) -> dict:
+def our_block(case: dict, niter: int, ours_defaults: bool = False, probe_after: int = 0,
+              settings: tuple | list | None = ()) -> dict:
+    """Our engine block of a case: matched to phaserEM's settings (or our defaults), then the
+    ``--set KEY.PATH=VALUE`` items."""
     ds = case["dataset"]
-    make = C.our_default_engine if a.ours_defaults else C.our_engine
-    block = make(case["engine"], niter=a.iters, group=case["group"], modes=case["modes"],
-                 slices=C.n_slices(ds), thickness=C.total_thickness(ds), probe_after=a.probe_after)
-    for item in a.set or ():
+    make = C.our_default_engine if ours_defaults else C.our_engine
+    block = make(case["engine"], niter=niter, group=case["group"], modes=case["modes"],
+                 slices=C.n_slices(ds), thickness=C.total_thickness(ds), probe_after=probe_after)
+    for item in settings or ():
         set_path(block, item)
+    return block
+
+
+def run_ours(case: dict, data: Path, a) -> dict:
+    block = our_block(case, a.iters, a.ours_defaults, a.probe_after, a.set)
     job = {"data": str(data), "backend": case["backend"], "engine_block": block,
            "score_every": a.score_every if a.ttt else 0, "target": a.target, "final_score": True}
     t0 = time.perf_counter()
-    p = subprocess.run([str(OUR_PY), str(C.HERE / "worker_ours.py"), json.dumps(job)], capture_output=True,
-                       text=True, timeout=a.timeout, cwd=REPO)
+    try:
+        p = subprocess.run([str(OUR_PY), str(C.HERE / "worker_ours.py"), json.dumps(job)], capture_output=True,
+                           text=True, timeout=a.timeout, cwd=REPO)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {a.timeout} s"}
     res = _last_json(p.stdout)
     if p.returncode != 0 or res is None:
         return {"error": (p.stderr or p.stdout)[-1500:]}
@@ -316,9 +330,10 @@ def main(argv=None) -> None:
         rows.append(row)
         raw.append({"case": case, "ours": ours, "phaser": ph})
         print(f"[{i + 1}/{len(todo)}] {cid}: ours {_f(row['ours_s_iter'])} s/iter (first "
-              f"{_f(row['ours_first_s'], '{:.1f}')}), phaserEM {_f(row['phaser_s_iter'])} "
-              f"(first {_f(row['phaser_first_s'], '{:.1f}')}), ratio {_f(row['speedup'], '{:.2f}')}"
-              + (f", ttt {_f(row['ours_ttt_s'], '{:.1f}')}/{_f(row['phaser_ttt_s'], '{:.1f}')}" if a.ttt else "")
+              f"{_f(row['ours_first_s'], '{:.1f}')} s), phaserEM {_f(row['phaser_s_iter'])} s/iter "
+              f"(first {_f(row['phaser_first_s'], '{:.1f}')} s), ratio phaserEM/ours {_f(row['speedup'], '{:.2f}')}x"
+              + (f", time to target ours/phaserEM {_f(row['ours_ttt_s'], '{:.1f}')}/"
+                 f"{_f(row['phaser_ttt_s'], '{:.1f}')} s" if a.ttt else "")
               + (" ERROR " + str(row.get("ours_error") or row.get("phaser_error"))[-300:]
                  if row.get("ours_error") or row.get("phaser_error") else ""), flush=True)
         out.write_text(json.dumps({"machine": mach, "args": vars(a), "rows": rows, "raw": raw}, indent=1))

@@ -17,18 +17,17 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import cases as C  # noqa: E402
-from bench import ensure_dataset  # noqa: E402
+from bench import ensure_dataset, our_block  # noqa: E402
 
 
-def estimate_mib(case: dict, on_gpu: bool) -> float:
+def estimate_mib(case: dict, on_gpu: bool, args: dict) -> float:
     import phaser_std.engines.memory as planner
     from phaser_core.memory import estimate_plan
     from phaser_core.plan import load_plan
 
     ds = case["dataset"]
-    block = C.our_engine(case["engine"], niter=4, group=case["group"], modes=case["modes"], slices=C.n_slices(ds),
-                         thickness=C.total_thickness(ds))
+    # the block the benchmark ran (its --set items, --ours-defaults), for a few iterations
+    block = our_block(case, 4, bool(args.get("ours_defaults")), int(args.get("probe_after") or 0), args.get("set"))
     plan = load_plan({"file_type": "phaser_plan", "version": 1, "backend": case["backend"], "dtype": "float32",
                       "seed": 0, "raw_data": {"type": "hdf5", "path": str(ensure_dataset(ds))}, "engines": [block]})
     on_cpu = planner.named_backend_on_cpu
@@ -44,12 +43,13 @@ def estimate_mib(case: dict, on_gpu: bool) -> float:
 def main(paths: list[str]) -> None:
     within = total = 0
     for path in paths:
-        for row in json.load(open(path))["rows"]:
+        doc = json.load(open(path))
+        for row in doc["rows"]:
             gpu = row.get("ours_gpu_mib")
             measured = gpu if gpu is not None else row.get("ours_rss_mib")
             if not measured:
                 continue
-            est = estimate_mib(row, on_gpu=gpu is not None)
+            est = estimate_mib(row, on_gpu=gpu is not None, args=doc.get("args", {}))
             ratio = est / measured
             total += 1
             within += 0.75 <= ratio <= 1.25

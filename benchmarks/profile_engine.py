@@ -87,10 +87,13 @@ def main() -> None:
         del total[name]
     if a.by_kind:  # fft.171, fft.172 ... -> fft
         kinds: dict = collections.defaultdict(float)
+        kind_count: collections.Counter = collections.Counter()
         for name, us in total.items():
-            kinds[name.rsplit(".", 1)[0] if name.rsplit(".", 1)[-1].isdigit() else name] += us
+            kind = name.rsplit(".", 1)[0] if name.rsplit(".", 1)[-1].isdigit() else name
+            kinds[kind] += us
+            kind_count[kind] += count[name]
         print(f"{sum(total.values()) / a.traced / 1e3:9.2f} ms/iter  all ops (concurrent ones overlap)")
-        total, count = kinds, collections.Counter({k: a.traced for k in kinds})
+        total, count = kinds, kind_count
     shown = 0
     for name, us in sorted(total.items(), key=lambda kv: -kv[1]):
         print(f"{us / a.traced / 1e3:9.2f} ms/iter  x{count[name] / a.traced:6.0f}  {name[:90]}")

@@ -118,7 +118,7 @@ def main(arg: str) -> None:
         "cpu_s_per_iter_median": float(np.median(timer.cpu_times[1:])) if rest else None,
         "final_loss": timer.losses[-1] if timer.losses else None,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-        "peak_gpu_mib": device_peak_mib(),
+        "peak_gpu_mib": device_peak_mib(job["backend"]),
         "scores": timer.scores, "time_to_target_s": timer.t_target,
     }
     if job.get("final_score") and not timer.scores:

@@ -97,7 +97,7 @@ def main() -> None:
     lines = [ln for ln in buf.getvalue().splitlines() if ln.startswith("{")]
     res = json.loads(lines[-1])
     res.update(extra)
-    res["peak_gpu_mib"] = device_peak_mib()
+    res["peak_gpu_mib"] = device_peak_mib(rest[rest.index("--backend") + 1] if "--backend" in rest else "jax")
     cpu = extra["cpu_times_s"][1:]
     res["cpu_s_per_iter_median"] = float(numpy.median(cpu)) if cpu else None
     print(json.dumps(res))
