@@ -193,6 +193,7 @@ def fit(rows: list[dict]) -> None:
             b_all, b = b, auto_chunk(b, m * s * p * c)
             kept = b_all * p * 4
         elif has_chunked_step(engine, s):  # the cases have no position solver, no explicit chunk
+            # the kept terms mirror phaser_std/engines/memory.conventional_terms (keep in step)
             chunk = auto_chunk(b, m * s * p * c, conventional_budget(s))
             if chunk < b:
                 kept = b * p * 4

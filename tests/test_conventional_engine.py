@@ -171,6 +171,7 @@ def test_chunks_equal_whole_groups(data_dir, single, backend, solver, slices, ob
     assert np.max(np.abs(chunked.probe.data - whole.probe.data)) < 2e-5 * np.abs(whole.probe.data).max()
     np.testing.assert_allclose(chunked.progress.loss, whole.progress.loss, rtol=1e-5)
     assert np.max(np.abs(chunked.scan_A - whole.scan_A)) < 1e-5
+    assert np.max(np.abs(whole.scan_A - single_nominal_positions(data))) > 0.01  # they did move
 
 
 def single_nominal_positions(path):

@@ -271,7 +271,7 @@ def test_chunked_engine_run_equals_whole_groups():
     assert change > 0.5
     assert np.linalg.norm(chunked.object.data - whole.object.data) / change < 1e-4
     probe_change = np.linalg.norm(whole.probe.data - state.probe.data)
-    assert probe_change > 0
+    assert probe_change > 1e-3 * np.linalg.norm(state.probe.data)  # the probe was updated
     assert np.linalg.norm(chunked.probe.data - whole.probe.data) / probe_change < 1e-4
     np.testing.assert_allclose(chunked.progress.loss, whole.progress.loss, rtol=1e-5)
 

@@ -3,6 +3,7 @@ memory), other data in the real dtype; either way the engines see the same numbe
 
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pytest
 from recon import make_dataset, run
@@ -48,6 +49,8 @@ def test_counted_and_float_storage_reconstruct_identically(tmp_path, monkeypatch
     if backend_name == "jax":
         pytest.importorskip("jax")
     data = make_dataset(tmp_path / "counted.h5", scan={"shape": [8, 8]}, dose=1e5)
+    with h5py.File(data, "r") as f:
+        assert whole_counts(f["patterns"][...])  # so the first run stores uint16
     engines = [{"type": "conventional", "niter": 2, "grouping": {"size": 16}, "solver": {"type": "lsqml"}},
                {"type": "gradient", "niter": 2, "grouping": {"size": 16}}]
     stored = run(data, engines, backend=backend_name)
