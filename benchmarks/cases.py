@@ -98,7 +98,9 @@ def our_engine(engine: str, *, niter: int, group: int, modes: int, slices: int, 
         regs = [{"type": "obj_l2", "cost": 1.0}, {"type": "obj_tikh", "cost": 5.0}]
         if slices > 1:
             regs.append({"type": "layers_tikh", "cost": 500.0})
-        return {"type": "gradient", **common,
+        # cost_per group: phaserEM adds each cost's whole penalty at every group (its fraction
+        # evaluates to 1), so its example weights act positions/group times ours per iteration
+        return {"type": "gradient", **common, "cost_per": "group",
                 "solvers": {"object": {"type": "adam", "learning_rate": 1e-2, "nesterov": True},
                             "probe": {"type": "adam", "learning_rate": 1e-2, "nesterov": True}},
                 "regularizers": regs,

@@ -223,6 +223,33 @@ def test_autodiff_gradient_matches_finite_differences(jax64):
         assert fd == pytest.approx(expected, rel=1e-6, abs=1e-9 * abs(expected) + 1e-8), var
 
 
+def test_cost_per_group_adds_the_whole_penalty():
+    """``cost_per: iteration`` adds (valid positions / N) of each penalty per group; ``group``
+    adds all of it (the published phaser in effect), on the analytic and autodiff paths."""
+    from phaser_std.engines.gradient_step import group_loss
+
+    model, args = _group_case(seed=4)
+    bk = build_backend("numpy", "float64")
+    a = {k: bk.asarray(v) for k, v in args.items()}
+    per_iter = model(bk)
+    per_group = attrs.evolve(per_iter, costs_per_group=True)
+    call = ("obj", "probe", "frac", "tilt", "starts", "measured", "mask", "cost_w")
+    t_iter, data = group_loss(bk, per_iter, *(a[k] for k in call))
+    t_group, data2 = group_loss(bk, per_group, *(a[k] for k in call))
+    assert float(data) == float(data2) and float(t_group - data) > 0
+    fraction = 4 / 20  # 4 valid positions of the 5, n_positions 20
+    assert float(t_iter - data) == pytest.approx(fraction * float(t_group - data), rel=1e-12)
+    # and the gradients follow (analytic adjoint, numpy): the cost part scales by 1/fraction
+    _, g_none = _grads(analytic_gradients, bk, lambda bk: attrs.evolve(per_iter, costs=()), args)
+    _, g_iter = _grads(analytic_gradients, bk, lambda bk: per_iter, args)
+    _, g_group = _grads(analytic_gradients, bk, lambda bk: per_group, args)
+    for var in ("object", "probe"):
+        np.testing.assert_allclose(g_group[var] - g_none[var], (g_iter[var] - g_none[var]) / fraction,
+                                   rtol=1e-9, atol=1e-12 * np.abs(g_group[var]).max())
+    with pytest.raises(ValueError, match="cost_per"):
+        GradientConfig(cost_per="batch")
+
+
 # --------------------------------------------------------------------------- (3) backends agree, no recompile
 def test_numpy_and_jax_same_reconstruction_and_no_recompile():
     sim, data, state, pad = _sim(scan=(8, 8))  # 64 positions, groups of 24: the last is ragged (16)

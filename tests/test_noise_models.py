@@ -50,7 +50,13 @@ def test_loss_zero_at_perfect_fit_and_positive_elsewhere(bk, name):
     meas_b = bk.asarray(meas)
     loss_fit = bk.to_numpy(model.loss(bk, meas_b, meas_b))
     assert loss_fit.shape == (3,)
-    np.testing.assert_array_equal(loss_fit, 0.0)  # exactly zero at a perfect fit
+    if name == "poisson":
+        # the likelihood of a mean I + eps: within [−eps, 0] per pixel at I = I_e, 0 where I_e = 0
+        eps = model.config.eps
+        assert np.all(loss_fit <= 0) and np.all(loss_fit >= -eps * meas[0].size)
+        assert bk.to_numpy(model.loss(bk, bk.asarray(meas * 0), bk.asarray(meas * 0))).max() == 0.0
+    else:
+        np.testing.assert_array_equal(loss_fit, 0.0)  # exactly zero at a perfect fit
     loss_off = bk.to_numpy(model.loss(bk, bk.asarray(meas * 1.3 + 0.5), meas_b))
     assert np.all(loss_off > 1e-3 * float(np.sum(meas)) / 3)
 
@@ -61,7 +67,9 @@ def test_wave_update_zero_at_perfect_fit(bk, name):
     model = _model(name)
     psi_b = bk.asarray(psi)
     inten = intensity(bk, psi_b)
-    upd = bk.to_numpy(model.wave_update(bk, psi_b, inten, inten))
+    # Poisson's stationary point is I + eps = I_e (eps: the background of the mean)
+    fit = inten + model.config.eps if name == "poisson" else inten
+    upd = bk.to_numpy(model.wave_update(bk, psi_b, inten, fit))
     assert upd.shape == psi.shape
     np.testing.assert_allclose(upd, 0.0, atol=1e-5 * np.abs(psi).max())
 
@@ -137,6 +145,21 @@ def test_amplitude_loss_definition_and_anscombe_offset():
     ans = AnscombeNoise()
     assert ans.offset == 0.375
     np.testing.assert_allclose(ans.loss(bk, i, ie), [2 * (np.sqrt(4.375 + e) - np.sqrt(9.375 + e)) ** 2])
+
+
+def test_poisson_is_the_likelihood_of_a_mean_with_background():
+    """L = Σ (I' − I_e') − I_e·log(I'/I_e'), I' = I + eps, I_e' = I_e + eps: the published
+    phaser's Σ I + I_e·(log(I_e + eps) − log(I + eps) − 1), gradient 1 − I_e/I'."""
+    bk = _backend("numpy", "float64")
+    eps = 0.1
+    model = PoissonNoise(PoissonNoise().config.__class__(eps=eps))
+    i = np.array([[[4.0, 0.0, 2.0]]])
+    ie = np.array([[[9.0, 3.0, 0.0]]])
+    published = np.sum(i + ie * (np.log(ie + eps) - np.log(i + eps) - 1.0))
+    np.testing.assert_allclose(model.loss(bk, i, ie), [published], rtol=1e-12)
+    np.testing.assert_allclose(model.grad_intensity(bk, i, ie), 1.0 - ie / (i + eps), rtol=1e-12)
+    # a dark pixel pulls the model to zero, not to a count of eps
+    assert model.grad_intensity(bk, np.array([[[eps]]]), np.array([[[0.0]]]))[0, 0, 0] == 1.0
 
 
 def test_poisson_close_to_amplitude_near_fit_and_gaussian_definition():

@@ -14,8 +14,10 @@ and the steepest-ascent direction handed to the optimizers is ``2·∂c/∂z̄``
 
 **Normalisation.** ``cost = weight · info.fraction · penalty``, where the engine sets
 ``info.fraction = group_size / n_positions``: summed over one iteration's groups each
-penalty is added exactly once, whatever the group size. (The published phaser scales only
-the object costs and adds probe costs unscaled at every group; here both are scaled.)
+penalty is added exactly once, whatever the group size. (The published phaser 0.3.1 means
+to scale its object costs so, but computes the fraction from the scan already cut to the
+group, so it is 1: there every cost adds its whole penalty at every group. The gradient
+engine's ``cost_per: group`` sets ``info.fraction = 1`` to reproduce that.)
 
 Non-smooth penalties (L1, TV) are smoothed with ``eps`` (``√(|x|² + eps) − √eps``) so they
 and their gradients stay finite at 0 (e.g. the vacuum initial object, where O − 1 = 0).

@@ -72,6 +72,11 @@ class GradientConfig:
     noise_model: NoiseModelSpec = param(NoiseModelSpec("amplitude"), doc="detector noise model")
     solvers: GradientSolvers = param(factory=GradientSolvers, doc="{object, probe, positions, tilt}: solver each")
     regularizers: tuple[CostSpec, ...] = param((), doc="cost regularizers, summed into the loss")
+    cost_per: str = param("iteration", doc="'iteration': every group adds weight·(group/positions) of each "
+                          "penalty, so an iteration adds it once whatever the group size; 'group': every group "
+                          "adds weight·penalty (the published phaser 0.3.1 in effect: its costs act positions/group "
+                          "times as strong; set it to run that package's plans with their weights)",
+                          validator=attrs.validators.in_(("iteration", "group")))
     group_constraints: tuple[ConstraintSpec, ...] = param((), doc="constraints applied after every group")
     iter_constraints: tuple[ConstraintSpec, ...] = param((), doc="constraints applied after every iteration")
     update_object: Flag = param(Flag(), doc="when the object is updated")
@@ -161,7 +166,8 @@ class GradientEngine:
 
         info = RegInfo(sampling_A=sampling, wavelength_A=wavelength, thicknesses_A=np.asarray(thick))
         model = GroupModel(noise=noise, costs=costs, base_props=base_props, sampling_A=sampling,
-                           thicknesses_A=thick, reg_info=info, n_positions=n_pos)
+                           thicknesses_A=thick, reg_info=info, n_positions=n_pos,
+                           costs_per_group=cfg.cost_per == "group")
         chunk = resolve_chunk(cfg.grouping.chunk, min(cfg.grouping.size, n_pos), state.probe.n_modes, len(thick),
                               probe_shape, np.dtype(bk.complex_dtype).itemsize, backend_on_cpu(bk))
         step = make_group_step(bk, model, solvers, group_constraints, counter=self.step_counter, chunk=chunk)

@@ -28,7 +28,8 @@ intensity Σ|P|² [e⁻ per pattern], so SGD step sizes do not depend on dose or
 unscaled and accumulated over the iteration; the engine scales them.
 
 **Costs** enter as ``weight · fraction · penalty`` with ``fraction = B_valid / N``: summed
-over an iteration's groups every penalty is added once, whatever the group size.
+over an iteration's groups every penalty is added once, whatever the group size. With the
+engine's ``cost_per: group`` the fraction is 1: every group adds the whole penalty.
 
 **Jit.** :func:`make_group_step` returns one function doing forward, loss, gradient,
 optimizer update and group constraints; on jax the engine wraps it in ``bk.jit`` with the
@@ -80,6 +81,8 @@ class GroupModel:
     :ivar thicknesses_A: per-slice thickness [Å] (host tuple; the last is not propagated).
     :ivar reg_info: a :class:`~phaser_std.engines.regularizers.RegInfo` for costs/constraints.
     :ivar n_positions: N, the number of scan positions (for the cost fraction).
+    :ivar costs_per_group: every group adds the full penalty (fraction 1) instead of
+        ``B_valid / N`` of it (the engine's ``cost_per: group``).
     """
 
     noise: Any
@@ -89,6 +92,7 @@ class GroupModel:
     thicknesses_A: tuple[float, ...]
     reg_info: Any
     n_positions: int
+    costs_per_group: bool = False
 
 
 # --------------------------------------------------------------------------- tilt
@@ -123,8 +127,11 @@ def _props(bk: Any, model: GroupModel, shape: Sequence[int], tilt: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- loss
-def _fraction(bk: Any, mask_f: Any, n_positions: int) -> Any:
-    return bk.xp.sum(mask_f) / float(n_positions)
+def _fraction(bk: Any, mask_f: Any, model: GroupModel) -> Any:
+    """The share of each cost's penalty this group adds: ``B_valid / N``, or 1 per group."""
+    if model.costs_per_group:
+        return 1.0
+    return bk.xp.sum(mask_f) / float(model.n_positions)
 
 
 def _forward(bk: Any, model: GroupModel, obj: Any, probe: Any, frac: Any, tilt: Any, starts: Any,
@@ -155,7 +162,7 @@ def group_loss(bk: Any, model: GroupModel, obj: Any, probe: Any, frac: Any, tilt
     mask_f = mask.astype(bk.real_dtype)
     *_, model_I = _forward(bk, model, obj, probe, frac, tilt, starts, views)
     data = bk.xp.sum(model.noise.loss(bk, model_I, measured) * mask_f)
-    return data + _cost_total(bk, model, probe, obj, _fraction(bk, mask_f, model.n_positions), cost_w), data
+    return data + _cost_total(bk, model, probe, obj, _fraction(bk, mask_f, model), cost_w), data
 
 
 # --------------------------------------------------------------------------- analytic adjoint
@@ -198,7 +205,7 @@ def analytic_gradients(bk: Any, model: GroupModel, obj: Any, probe: Any, frac: A
     per_view = views is not None
     probes, views, props, psis, wave_k, model_I = _forward(bk, model, obj, probe, frac, tilt, starts, views)
     data = xp.sum(model.noise.loss(bk, model_I, measured) * mask_f)
-    fraction = _fraction(bk, mask_f, model.n_positions)
+    fraction = _fraction(bk, mask_f, model)
     if model.costs and ("object" in wrt or "probe" in wrt):
         cost, cost_grads = cost_gradients(bk, model, obj, probe, fraction, cost_w, "analytic", wrt)
     else:
@@ -362,7 +369,7 @@ def chunked_gradients(bk: Any, model: GroupModel, chunk: int, obj: Any, probe: A
     # the cost regularizers first: their gradients start the sums the chunks add to, so their
     # object-sized intermediates are gone before the chunks run and never meet the solver's
     # (XLA's buffer assignment, paper size, chunks of 16: 803 -> 285 MiB of temporaries)
-    fraction = _fraction(bk, mask.astype(bk.real_dtype), model.n_positions)
+    fraction = _fraction(bk, mask.astype(bk.real_dtype), model)
     cost, cost_grads = cost_gradients(bk, model, obj, probe, fraction, cost_w, method, wrt)
     init = {k: (cost_grads[k].astype(like[k].dtype) if k in cost_grads else bk.xp.zeros_like(like[k]))
             for k in summed}

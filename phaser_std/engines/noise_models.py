@@ -95,18 +95,21 @@ class GaussianNoise:
 
 @attrs.frozen
 class PoissonConfig:
-    eps: float = param(1e-3, unit="e⁻", doc="offset inside the logarithms (minimum detectable signal)")
+    eps: float = param(1e-3, unit="e⁻", doc="background added to the model intensity (keeps the log finite)")
     step: float | None = param(None, doc="fixed wave-update step α; null: the per-pattern Newton step")
 
 
 class PoissonNoise:
-    """Poisson counting noise with Stirling's approximation (paper III.A), on ``I + eps``:
+    """Poisson counting noise (paper III.A): the negative log-likelihood of the counts
+    ``I_e`` for a mean ``I' = I + eps`` (the model plus a background ``eps``), as the
+    published phaser defines it:
 
-    ``L = Σ (I' − I_e') − I_e'·log(I'/I_e')`` with ``I' = I + eps``, ``I_e' = I_e + eps``;
-    ``L >= 0`` and ``L = 0`` exactly at ``I = I_e``; ``dL/dI = 1 − I_e'/I'``.
+    ``L = Σ (I' − I_e') − I_e·log(I'/I_e')`` with ``I_e' = I_e + eps``;
+    ``dL/dI = 1 − I_e/I'``. ``L`` is 0 at ``I = I_e = 0``, within ``[−eps, 0]`` per pixel
+    at ``I = I_e`` and ≈ ``(I − I_e)²/(2I_e)`` near the fit of bright pixels.
 
     Wave update (implemented for the conventional engines, unlike the published phaser):
-    ``ΔΨ = −α (1 − I_e'/I') Ψ``. ``α`` is one Newton step of the pattern's Poisson loss along
+    ``ΔΨ = −α (1 − I_e/I') Ψ``. ``α`` is one Newton step of the pattern's Poisson loss along
     that direction (the per-pattern optimal step of Odstrčil et al. 2018, Opt. Express 26,
     3108, §3), clipped to [0, 1]; it tends to ½ near the fit (the per-pixel Gauss–Newton step,
     the same first-order update as the amplitude model) and falls back to ½ where the
@@ -122,12 +125,11 @@ class PoissonNoise:
         xp = bk.xp
         eps = self.config.eps
         ip = model_I + eps
-        iep = _clip(bk, measured_I) + eps
-        return _sum_pattern(bk, (ip - iep) - iep * (xp.log(ip) - xp.log(iep)))
+        ie = _clip(bk, measured_I)
+        return _sum_pattern(bk, (ip - (ie + eps)) - ie * (xp.log(ip) - xp.log(ie + eps)))
 
     def grad_intensity(self, bk: Any, model_I: Any, measured_I: Any) -> Any:
-        eps = self.config.eps
-        return 1.0 - (_clip(bk, measured_I) + eps) / (model_I + eps)
+        return 1.0 - _clip(bk, measured_I) / (model_I + self.config.eps)
 
     def step_size(self, bk: Any, model_I: Any, measured_I: Any) -> Any:
         """Per-pattern step ``α`` ``(B,)`` of the wave update (see the class docstring)."""
@@ -136,11 +138,12 @@ class PoissonNoise:
         if self.config.step is not None:
             return xp.full(model_I.shape[:1], float(self.config.step), dtype=bk.real_dtype)
         ip = model_I + eps
-        iep = _clip(bk, measured_I) + eps
-        g = 1.0 - iep / ip
+        ie = _clip(bk, measured_I)
+        g = 1.0 - ie / ip
         # L(α) along Ψ(1 − αg): I(α) = I(1 − αg)²; first and second derivatives at α = 0
+        # (d²L/dI² = I_e/I'²)
         d1 = _sum_pattern(bk, 2.0 * g * g * model_I)  # = −dL/dα
-        d2 = _sum_pattern(bk, 4.0 * g * g * model_I ** 2 * iep / ip ** 2 + 2.0 * g ** 3 * model_I)
+        d2 = _sum_pattern(bk, 4.0 * g * g * model_I ** 2 * ie / ip ** 2 + 2.0 * g ** 3 * model_I)
         safe_d2 = xp.where(d2 > 0, d2, 1.0)
         alpha = xp.where((d2 > 0) & (d1 > 0), d1 / safe_d2, 0.5)
         return xp.clip(alpha, 0.0, 1.0)
