@@ -223,9 +223,10 @@ def test_autodiff_gradient_matches_finite_differences(jax64):
         assert fd == pytest.approx(expected, rel=1e-6, abs=1e-9 * abs(expected) + 1e-8), var
 
 
-def test_cost_per_group_adds_the_whole_penalty():
+def test_cost_per_group_adds_the_whole_penalty(jax64):
     """``cost_per: iteration`` adds (valid positions / N) of each penalty per group; ``group``
-    adds all of it (the published phaser in effect), on the analytic and autodiff paths."""
+    adds all of it (the published phaser in effect): in the loss, the analytic gradients
+    (numpy) and the autodiff gradients (jax)."""
     from phaser_std.engines.gradient_step import group_loss
 
     model, args = _group_case(seed=4)
@@ -240,12 +241,12 @@ def test_cost_per_group_adds_the_whole_penalty():
     fraction = 4 / 20  # 4 valid positions of the 5, n_positions 20
     assert float(t_iter - data) == pytest.approx(fraction * float(t_group - data), rel=1e-12)
     # and the gradients follow (analytic adjoint, numpy): the cost part scales by 1/fraction
-    _, g_none = _grads(analytic_gradients, bk, lambda bk: attrs.evolve(per_iter, costs=()), args)
-    _, g_iter = _grads(analytic_gradients, bk, lambda bk: per_iter, args)
-    _, g_group = _grads(analytic_gradients, bk, lambda bk: per_group, args)
-    for var in ("object", "probe"):
-        np.testing.assert_allclose(g_group[var] - g_none[var], (g_iter[var] - g_none[var]) / fraction,
-                                   rtol=1e-9, atol=1e-12 * np.abs(g_group[var]).max())
+    for fn, b in ((analytic_gradients, bk), (autodiff_gradients, jax64)):
+        g = {k: _grads(fn, b, lambda b: attrs.evolve(model(b), costs_per_group=per, costs=c), args)[1]
+             for k, per, c in (("none", False, ()), ("iter", False, model(b).costs), ("group", True, model(b).costs))}
+        for var in ("object", "probe"):
+            np.testing.assert_allclose(g["group"][var] - g["none"][var], (g["iter"][var] - g["none"][var]) / fraction,
+                                       rtol=1e-9, atol=1e-12 * np.abs(g["group"][var]).max())
     with pytest.raises(ValueError, match="cost_per"):
         GradientConfig(cost_per="batch")
 

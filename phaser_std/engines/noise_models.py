@@ -105,8 +105,9 @@ class PoissonNoise:
     published phaser defines it:
 
     ``L = Σ (I' − I_e') − I_e·log(I'/I_e')`` with ``I_e' = I_e + eps``;
-    ``dL/dI = 1 − I_e/I'``. ``L`` is 0 at ``I = I_e = 0``, within ``[−eps, 0]`` per pixel
-    at ``I = I_e`` and ≈ ``(I − I_e)²/(2I_e)`` near the fit of bright pixels.
+    ``dL/dI = 1 − I_e/I'``. ``L`` is 0 at ``I = I_e`` and ≈ ``(I − I_e)²/(2I_e)`` near it for
+    bright pixels; its minimum, at ``I = max(I_e − eps, 0)``, lies within ``[−eps, 0]`` per
+    pixel, and a dark pixel pulls the model to zero.
 
     Wave update (implemented for the conventional engines, unlike the published phaser):
     ``ΔΨ = −α (1 − I_e/I') Ψ``. ``α`` is one Newton step of the pattern's Poisson loss along
