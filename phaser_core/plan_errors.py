@@ -178,6 +178,10 @@ def _collect(exc: BaseException, path: PathT, out: list[_Raw]) -> None:
             _collect(sub, path, out)
     elif isinstance(exc, PhaserError):
         out.append(_Raw(path, "value", str(exc), path))
+    elif len(exc.args) >= 2 and isinstance(exc.args[0], str) and isinstance(exc.args[1], attrs.Attribute):
+        # an attrs validator's (message, attribute, ...): point at the key, say the message
+        name = exc.args[1].alias or exc.args[1].name
+        out.append(_Raw(path + (name,), "value", exc.args[0], path + (name,)))
     else:
         out.append(_Raw(path, "value", f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc), path))
 

@@ -322,3 +322,16 @@ position_solver: {type: lsqml}
     again = load_plan(path, registry=registry)
     assert again == plan
     assert plan_to_dict(again, registry) == data
+
+
+def test_choice_validator_error_names_the_key_and_its_line():
+    """An attrs ``in_`` validator's error (a real engine's ``cost_per``) points at the value's
+    line and says the message, not the attribute's repr."""
+    from phaser_core.registry import get_registry
+
+    text = ("file_type: phaser_plan\nversion: 1\nraw_data: {type: hdf5, path: data.h5}\nengines:\n"
+            "  - type: gradient\n    niter: 2\n    cost_per: batch\n")
+    (err,) = errors_of(text, get_registry())
+    assert err.path_str == "engines[0].cost_per"
+    assert err.message == "'cost_per' must be in ('iteration', 'group') (got 'batch')"
+    assert (err.line, err.col) == (7, 15)
