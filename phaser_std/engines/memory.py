@@ -191,6 +191,15 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
         group = z.phase("conv", chunk) + kept + z.b * z.p * z.r
         name = (f"group step: {chunk} of B={z.b} positions at a time, the group's chi and slice waves kept "
                 f"(M={z.m} x {z.p} px)")
+        if config.solver.type == "lsqml" and z.s > 1 and _has_iterations_without_object_update(config):
+            # LSQML's multislice step runs in chunks only while the object is updated
+            # (conventional_solvers.make_group_step): other iterations take whole groups
+            whole = z.phase("conv")
+            if whole > group:
+                group = whole
+                name = (f"group step of an iteration without the object update (update_object): views, "
+                        f"{z.s} slice waves, "
+                        f"far field, chi and FFT workspace (B={z.b} x M={z.m} x {z.p} px)")
     else:
         group = z.phase("conv")
         name = (f"group step: views, {z.s} slice waves, far field, chi and FFT workspace "
@@ -203,6 +212,12 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
         terms.append(("position-correction direction (2 waves)", 2 * z.wave(), _group_hint(z, config.grouping.size),
                       "device"))
     return terms
+
+
+def _has_iterations_without_object_update(config: Any) -> bool:
+    """Whether some iteration of the engine leaves the object alone (``update_object``)."""
+    flag = getattr(config, "update_object", None)
+    return flag is not None and not all(flag(it) for it in range(int(config.niter)))
 
 
 def _conventional_chunk(config: Any, z: Sizes, backend: str) -> int:
