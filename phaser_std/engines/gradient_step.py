@@ -196,8 +196,9 @@ def analytic_gradients(bk: Any, model: GroupModel, obj: Any, probe: Any, frac: A
     ``grads`` has the keys of ``wrt``: ``object`` ``(S, H, W)`` and ``probe`` ``(M, Ny, Nx)``
     as ``2·∂L/∂z̄``; ``positions`` ``(B, 2)`` dL/d(frac) [1/px]; ``tilt`` ``(2,)`` or
     ``(B, 2)`` dL/dt [1/mrad]. Unscaled (see the module docstring). Given the gathered
-    ``views`` (and no cost regularizers), the object's gradient comes back per view as
-    ``views`` ``(B, S, Ny, Nx)``, for the caller to add into the object where it wants.
+    ``views``, the data term's object gradient comes back per view as ``views``
+    ``(B, S, Ny, Nx)``, for the caller to add into the object where it wants; the cost
+    regularizers' object gradient, if any, then comes back whole as ``object``.
     """
     xp = bk.xp
     mask_f = mask.astype(bk.real_dtype)
@@ -236,7 +237,7 @@ def analytic_gradients(bk: Any, model: GroupModel, obj: Any, probe: Any, frac: A
         out["tilt"] = _tilt_grad(bk, model, shape, tilt, tilt_terms) if want_tilt else xp.zeros_like(tilt)
 
     for k, v in cost_grads.items():
-        out[k] = out[k] + v
+        out[k] = out[k] + v if k in out else v
     return total, data, out
 
 
