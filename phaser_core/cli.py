@@ -315,9 +315,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _print_memory_estimate(plan, plan_dir, resume_dir=out_dir if resume else None)
     if out_dir is None:
         out_dir = Path(args.out) if args.out else _default_out_dir(plan.name)
-        from .files import CHECKPOINT_NAME, FINAL_NAME
+        from .files import holds_previous_run
 
-        if any((out_dir / name).exists() for name in (CHECKPOINT_NAME, FINAL_NAME)):
+        if holds_previous_run(out_dir):
             raise PhaserError(f"{out_dir} holds a previous run: continue it with `phaser run --resume "
                               f"{out_dir}`, or choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,11 @@ CHECKPOINT_NAME = "checkpoint.h5"
 FINAL_NAME = "final.h5"
 
 
+def holds_previous_run(out_dir: str | os.PathLike) -> bool:
+    """Whether the run folder ``out_dir`` holds a checkpoint or a final state."""
+    return any((Path(out_dir) / name).exists() for name in (CHECKPOINT_NAME, FINAL_NAME))
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_name)`` on a temporary file beside ``path``, make it durable
     (fsync), give it the usual permissions (0666 less the umask; ``mkstemp`` makes 0600)

@@ -43,7 +43,7 @@ import numpy as np
 
 from .context import InitContext, LoadContext, RunContext
 from .errors import PhaserError, StateFileError
-from .files import CHECKPOINT_NAME, FINAL_NAME
+from .files import CHECKPOINT_NAME, FINAL_NAME, holds_previous_run
 from .observer import notify
 from .registry import get_registry
 from .state import IterationCounters, Progress, ReconsState
@@ -240,13 +240,16 @@ def _check_memory(plan: Any, data: Any, state: ReconsState, registry: Any, backe
 
 
 def run_plan(plan: Any, *, out_dir: Path | None = None, registry: Any = None, resume: bool = False,
-             plan_dir: Path = Path("."), observers: list | None = None, quiet: bool = False) -> ReconsState:
+             plan_dir: Path = Path("."), observers: list | None = None, quiet: bool = False,
+             overwrite: bool = False) -> ReconsState:
     """Run ``plan`` and return the final state (host arrays).
 
     :param out_dir: the run folder for checkpoints, ``final.h5``, ``log.txt`` and images;
         ``None`` writes nothing.
     :param registry: the component registry (default: the process-wide one).
     :param resume: continue the run in ``out_dir`` from its newest state file.
+    :param overwrite: start afresh in an ``out_dir`` that holds a previous run (refused
+        otherwise, so that a run is not lost by mistake).
     :param plan_dir: the folder relative paths in the plan are resolved against.
     :param observers: extra observer instances, notified after the plan's.
     :param quiet: no progress display.
@@ -257,6 +260,9 @@ def run_plan(plan: Any, *, out_dir: Path | None = None, registry: Any = None, re
     plan_dir = Path(plan_dir)
     if resume and out_dir is None:
         raise PhaserError("resume needs the run folder: run_plan(..., out_dir=DIR, resume=True)")
+    if out_dir is not None and not resume and not overwrite and holds_previous_run(out_dir):
+        raise PhaserError(f"{out_dir} holds a previous run: continue it with run_plan(..., resume=True), "
+                          "start afresh with overwrite=True, or choose another out_dir")
     backend = registry.get("backend", plan.backend).obj(plan.dtype)
     obs = build_observers(plan, registry, out_dir=out_dir, quiet=quiet, extra=observers)
     ctx = RunContext(backend=backend, registry=registry, observers=obs, seed=int(plan.seed), out_dir=out_dir,

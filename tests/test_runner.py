@@ -569,3 +569,13 @@ output: {checkpoint_every: 1, images: [probe, object_phase]}
     names = sorted(p.name for p in (tmp_path / "images").iterdir())
     assert names == sorted(f"{pre}_{kind}.{ext}" for pre in ("engine0", "engine1", "final")
                            for kind in ("probe", "object_phase") for ext in ("tif", "png"))
+
+
+def test_run_plan_refuses_a_folder_with_a_previous_run(tmp_path):
+    """The API keeps a previous run as the CLI does: refused unless resumed or overwritten."""
+    run_plan(make_plan(niters=(2,)), out_dir=tmp_path, registry=make_registry(), quiet=True)
+    with pytest.raises(PhaserError, match="holds a previous run.*resume=True.*overwrite=True"):
+        run_plan(make_plan(niters=(2,)), out_dir=tmp_path, registry=make_registry(), quiet=True)
+    state = run_plan(make_plan(niters=(2,)), out_dir=tmp_path, registry=make_registry(), quiet=True,
+                     overwrite=True)
+    assert int(state.iteration.total_iter) == 2
