@@ -102,6 +102,8 @@ def main(arg: str) -> None:
     plan = {"file_type": "phaser_plan", "version": 1, "backend": job["backend"], "dtype": "float32",
             "seed": int(job.get("seed", 0)), "raw_data": {"type": "hdf5", "path": job["data"], "key": job.get("key", "patterns")},
             "engines": [job["engine_block"]]}
+    if job.get("init"):
+        plan["init"] = job["init"]  # e.g. {"probe": {"type": "focused", "soft_edge_px": 1}}
     timer = Timer(job["data"], int(job.get("score_every", 0)), job.get("target"))
     t1 = time.perf_counter()
     state = run_plan(load_plan(plan), quiet=True, observers=[timer])

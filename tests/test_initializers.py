@@ -37,6 +37,24 @@ def test_focused_probe_takes_the_aberrations_recorded_with_the_data():
     np.testing.assert_allclose(plan / scale, without, atol=1e-6)
 
 
+def test_focused_probe_takes_the_aperture_edge_of_the_data():
+    """By default the aperture's edge width is estimated from the patterns: data whose
+    bright-field disc has a 1-px soft rim get a soft probe, and the plan's value wins."""
+    lam = wavelength_A(200e3)
+    base = _data()
+    soft = make_probe((32, 32), base.real_space_sampling_A(), lam, 20.0, defocus_A=40.0, soft_edge_px=1.0)
+    disc = np.abs(np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(soft), norm="ortho"))) ** 2
+    data = RawData(patterns=np.repeat(1e4 * disc[None], 12, axis=0).astype(np.float32),
+                   reciprocal_sampling_invA=(0.1, 0.1), energy_eV=200e3, convergence_angle_mrad=20.0,
+                   defocus_A=40.0, scan_shape=(3, 4), scan_step_A=(0.5, 0.5))
+    probe = init_focused_probe(FocusedProbeConfig(), InitContext(data=data)).data[0]
+    scale = np.sqrt(np.sum(np.abs(probe) ** 2))
+    np.testing.assert_allclose(probe / scale, soft, atol=1e-6)
+    hard = init_focused_probe(FocusedProbeConfig(soft_edge_px=0.0), InitContext(data=data)).data[0]
+    expected = make_probe((32, 32), base.real_space_sampling_A(), lam, 20.0, defocus_A=40.0)
+    np.testing.assert_allclose(hard / scale, expected, atol=1e-6)
+
+
 def test_a_defocus_recorded_twice_is_refused():
     """A file with defocus_A and aberrations.C10 would count the defocus twice (make_probe
     adds C10 to it): the initialiser names both values unless the plan gives the aberrations."""

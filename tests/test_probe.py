@@ -6,7 +6,7 @@ import pytest
 
 from phaser_core.physics_constants import wavelength_A
 from phaser_std.backends.numpy_backend import NumpyBackend
-from phaser_std.physics.probe import load_probe, make_modes, make_probe, orthogonalize_modes
+from phaser_std.physics.probe import estimate_soft_edge_px, load_probe, make_modes, make_probe, orthogonalize_modes
 
 LAM = wavelength_A(300e3)
 
@@ -141,3 +141,31 @@ def test_probe_from_file_initializer(tmp_path):
         f["probe"].attrs["sampling_A"] = [0.5, 0.5]
     with pytest.raises(ValueError, match="pixel size"):
         init_probe_from_file(ProbeFileConfig(path="state.h5"), ctx)
+
+
+@pytest.mark.parametrize("edge_px", [0.0, 1.0])
+def test_soft_edge_estimate_picks_the_edge_the_data_were_made_with(edge_px):
+    """Poisson patterns of `phaser simulate` (200 kV, 25 mrad, 48² px) with a hard and with a
+    1-px soft aperture edge: the estimate from their mean pattern is that edge."""
+    from phaser_std.data.simulate import simulate, spec_from_dict
+
+    sim = simulate(spec_from_dict({"energy_eV": 200e3, "convergence_angle_mrad": 25.0, "defocus_A": 40.0,
+                                   "detector_shape": [48, 48], "reciprocal_sampling_invA": 0.1,
+                                   "scan": {"shape": [8, 8], "step_A": 0.6}, "dose": 1e5,
+                                   "soft_edge_px": edge_px, "seed": 3}))
+    mean = sim.patterns.reshape(-1, 48, 48).mean(axis=0)
+    assert estimate_soft_edge_px(mean, sim.sampling_A, wavelength_A(200e3), 25.0) == edge_px
+
+
+def test_soft_edge_estimate_is_zero_without_a_rim():
+    lam = wavelength_A(200e3)
+    # a flat pattern: nothing to fit
+    assert estimate_soft_edge_px(np.ones((32, 32)), 0.3, lam, 25.0) == 0.0
+    # a bright-field disc larger than the detector: no rim pixels on it
+    big = np.abs(np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(make_probe((32, 32), 0.3, lam, 80.0))))) ** 2
+    assert estimate_soft_edge_px(big, 0.3, lam, 80.0) == 0.0
+    # masked rim pixels do not count
+    spec = np.abs(np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(make_probe((32, 32), 0.3, lam, 25.0,
+                                                                          soft_edge_px=1.0))))) ** 2
+    assert estimate_soft_edge_px(spec, 0.3, lam, 25.0) == 1.0
+    assert estimate_soft_edge_px(spec, 0.3, lam, 25.0, mask=np.zeros((32, 32), bool)) == 0.0

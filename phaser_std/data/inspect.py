@@ -134,6 +134,7 @@ def summary_rows(data: RawData) -> list[tuple[str, str, str]]:
         ("areal oversampling", _fmt(f.get("areal_oversampling")), "intensities per object pixel"),
         ("probe sampling", _fmt(f.get("probe_sampling")), "s / (λ/4α); ≤ 1 at Nyquist"),
         ("bright-field disc", _fmt(f.get("bf_disc_px"), "px"), "2α/Δθ across"),
+        ("aperture edge", _fmt(_edge_px(data, f), "px"), "rim width, 0 = hard (soft_edge_px)"),
         ("max. collection angle", _fmt(f.get("max_angle_over_alpha"), "α"), "(Q/2)·Δθ"),
         ("Ronchigram magnification", _fmt(f.get("ronchigram_magnification")),
          "s/(|Δf|·Δθ), Gilgenbach 2024"),
@@ -144,6 +145,19 @@ def summary_rows(data: RawData) -> list[tuple[str, str, str]]:
     if data.ground_truth is not None:
         rows.append(("ground truth", ", ".join(k for k in data.ground_truth if not k.endswith("_units")), ""))
     return rows
+
+
+def _edge_px(data: RawData, figures: dict[str, Any]) -> float | None:
+    """The aperture edge width the probe initializer would estimate [reciprocal px]."""
+    if data.convergence_angle_mrad is None or figures.get("wavelength_A") is None:
+        return None
+    from phaser_std.physics.initializers import data_soft_edge_px
+
+    try:
+        sampling = data.real_space_sampling_A()
+    except Exception:  # noqa: BLE001 - no detector sampling: nothing to estimate
+        return None
+    return data_soft_edge_px(data, sampling, figures["wavelength_A"], float(data.convergence_angle_mrad))
 
 
 def print_summary(data: RawData, console: Any = None) -> None:

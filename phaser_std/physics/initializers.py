@@ -48,7 +48,9 @@ class FocusedProbeConfig:
                                     doc="defocus (= −C10, positive: crossover downstream); default: the data's, else 0")
     aberrations: dict | None = param(None, doc="Krivanek coefficients C10..C56 [Å] and angles phi12.. [rad] "
                                                "(null: the data file's `aberrations`, if any)")
-    soft_edge_px: float = param(0.0, unit="px", doc="width of a soft aperture edge in reciprocal pixels")
+    soft_edge_px: float | None = param(None, unit="px", doc="width of a soft aperture edge in reciprocal pixels; "
+                                       "null: estimated from the rim of the data's bright-field disc (0 for a hard "
+                                       "edge, about 1 where detector pixels or the simulator smooth it)")
     n_modes: int = param(1, doc="number of mixed-state probe modes")
     first_mode_power: float = param(0.8, doc="fraction of the power in mode 0 when n_modes > 1")
 
@@ -72,6 +74,22 @@ def _data_aberrations(data: Any) -> dict | None:
     return ab or None
 
 
+def data_soft_edge_px(data: Any, sampling_A: Any, wavelength_A: float, conv_angle_mrad: float,
+                      n_sample: int = 256) -> float:
+    """The aperture edge width [reciprocal px] of :func:`~phaser_std.physics.probe.estimate_soft_edge_px`
+    on the mean of up to ``n_sample`` evenly spaced patterns of ``data`` (0 without data)."""
+    from phaser_std.physics.probe import estimate_soft_edge_px
+
+    try:
+        pats = data.patterns
+        n = int(pats.shape[0])
+        idx = np.linspace(0, n - 1, min(n, n_sample)).astype(int)
+        mean = np.mean(np.asarray(pats[idx], dtype=np.float64), axis=0)
+    except Exception:  # noqa: BLE001 - no usable data: a hard edge
+        return 0.0
+    return estimate_soft_edge_px(mean, sampling_A, wavelength_A, conv_angle_mrad, mask=getattr(data, "mask", None))
+
+
 def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
     """Focused (aberrated) probe on the detector-sized grid, scaled to the data's dose."""
     from phaser_std.physics.probe import make_modes, make_probe
@@ -87,8 +105,11 @@ def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
     defocus = config.defocus_A if config.defocus_A is not None else (data.defocus_A or 0.0)
     aberrations = config.aberrations if config.aberrations is not None else _data_aberrations(data)
     sampling = data.real_space_sampling_A()
+    soft = config.soft_edge_px
+    if soft is None:
+        soft = data_soft_edge_px(data, sampling, _wavelength(ctx), float(conv))
     probe = make_probe(data.pattern_shape, sampling, _wavelength(ctx), float(conv), defocus_A=float(defocus),
-                       aberrations=aberrations, soft_edge_px=config.soft_edge_px)
+                       aberrations=aberrations, soft_edge_px=soft)
     rng = np.random.default_rng(_stream(ctx.seed, "probe-modes"))
     modes = make_modes(probe, config.n_modes, config.first_mode_power, rng if config.n_modes > 1 else None)
     return ProbeState(data=_scale_to_data(modes, ctx), sampling_A=tuple(float(s) for s in sampling))

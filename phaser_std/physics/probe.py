@@ -14,7 +14,11 @@ import numpy as np
 
 from phaser_std.physics.optics import _pair, aberration_phase, fftfreq_grid_centred, normalize_aberrations
 
-__all__ = ["make_probe", "make_modes", "orthogonalize_modes", "load_probe", "probe_aperture"]
+__all__ = ["make_probe", "make_modes", "orthogonalize_modes", "load_probe", "probe_aperture",
+           "estimate_soft_edge_px", "SOFT_EDGE_CANDIDATES_PX"]
+
+#: aperture edge widths [reciprocal px] :func:`estimate_soft_edge_px` chooses among
+SOFT_EDGE_CANDIDATES_PX = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
 
 def probe_aperture(shape: tuple[int, int], sampling_A: Any, wavelength_A: float, conv_angle_mrad: float,
@@ -32,6 +36,45 @@ def probe_aperture(shape: tuple[int, int], sampling_A: Any, wavelength_A: float,
         dk = min(1.0 / (shape[0] * sy), 1.0 / (shape[1] * sx))
         return np.clip((k_cut - k) / (float(soft_edge_px) * dk) + 0.5, 0.0, 1.0)
     return (k <= k_cut).astype(np.float64)
+
+
+def estimate_soft_edge_px(mean_pattern: Any, sampling_A: Any, wavelength_A: float, conv_angle_mrad: float,
+                          mask: Any = None, rim_px: float = 3.0, min_pixels: int = 16) -> float:
+    """The aperture edge width [reciprocal px] that best explains the rim of the
+    bright-field disc in ``mean_pattern`` (``(Qy, Qx)`` [e⁻], centred like the patterns).
+
+    A hard aperture gives 0. A detector whose pixels integrate the edge, or a simulator
+    that antialiases the aperture (abTEM's default), gives about 1. The estimate is the
+    candidate of :data:`SOFT_EDGE_CANDIDATES_PX` whose ``s·A_w(k)² + b`` (least squares
+    in the scale s and the background b) best fits the valid pixels within ``rim_px`` of
+    the cutoff α/λ. It is 0 when fewer than ``min_pixels`` such pixels lie on the detector
+    (a bright-field disc larger than the detector) or the fit is degenerate.
+    """
+    mean = np.asarray(mean_pattern, dtype=np.float64)
+    shape = mean.shape
+    ky, kx = fftfreq_grid_centred(shape, sampling_A)
+    k = np.sqrt(ky**2 + kx**2)
+    sy, sx = _pair(sampling_A)
+    dk = min(1.0 / (shape[0] * sy), 1.0 / (shape[1] * sx))
+    k_cut = float(conv_angle_mrad) * 1e-3 / float(wavelength_A)
+    rim = (np.abs(k - k_cut) < rim_px * dk) & np.isfinite(mean)
+    if mask is not None:
+        rim &= np.asarray(mask, dtype=bool)
+    if int(rim.sum()) < min_pixels:
+        return 0.0
+    y = mean[rim]
+    spread = float(np.sum((y - y.mean()) ** 2))
+    if not spread > 0:
+        return 0.0
+    best, best_res = 0.0, np.inf
+    for w in SOFT_EDGE_CANDIDATES_PX:
+        a = probe_aperture(shape, sampling_A, wavelength_A, conv_angle_mrad, w)[rim] ** 2
+        design = np.stack([a, np.ones_like(a)], axis=1)
+        coef = np.linalg.lstsq(design, y, rcond=None)[0]
+        res = float(np.sum((design @ coef - y) ** 2))
+        if coef[0] > 0 and res < best_res:
+            best, best_res = float(w), res
+    return best
 
 
 def make_probe(

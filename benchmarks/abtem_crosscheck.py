@@ -1,0 +1,127 @@
+"""Simulate a 4D-STEM data set with abTEM (an independent simulator) into phaser's hdf5 raw
+format, to check our conventions end to end: reconstruct it with ``phaser run`` and score
+the phase against abTEM's projected potential.
+
+abTEM is not a dependency of phaser; run this in its own environment::
+
+    python3 -m venv /tmp/abvenv && /tmp/abvenv/bin/pip install abtem h5py
+    /tmp/abvenv/bin/python benchmarks/abtem_crosscheck.py --out /tmp/abtem_mos2.h5 [--layers 3]
+
+Conversion (abTEM indexes arrays (x, y); phaser (y, x), docs/file-formats.md):
+- patterns: abTEM ``(scan_x, scan_y, kx, ky)``, zero frequency at index n//2 ->
+  ``(scan_y, scan_x, ky, kx)`` cropped to ``--det`` pixels about the centre;
+- scan positions: abTEM (x, y) [Å] -> (y, x), in the frame of the ground truth;
+- ground truth: σ·(projected potential) [rad], abTEM ``(x, y)`` -> ``(y, x)``;
+- defocus: abTEM's ``defocus`` is −C10 (positive: underfocus), which is ``defocus_A``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+
+def simulate(args: argparse.Namespace) -> dict:
+    import abtem
+    from abtem.core.energy import energy2sigma, energy2wavelength
+    from ase import Atoms
+    from ase.build import mx2
+
+    abtem.config.set({"device": "cpu", "fft": "numpy"})
+    if args.material == "mos2":
+        cell = mx2(formula="MoS2", kind="2H", a=3.19, thickness=3.19, size=(1, 1, 1), vacuum=2.0)
+        cell = abtem.orthogonalize_cell(cell)  # 3.19 x 5.53 Å: a slightly anisotropic detector sampling
+    else:  # SrTiO3 [001], cubic 3.905 Å: a square field, one detector sampling
+        a = 3.905
+        cell = Atoms("SrTiO3", scaled_positions=[(0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0.5, 0), (0.5, 0, 0.5),
+                                                  (0, 0.5, 0.5)], cell=(a, a, a), pbc=True)
+    atoms = cell * (args.reps[0], args.reps[1], args.layers)
+    atoms.center(vacuum=2.0, axis=2)
+    potential = abtem.Potential(atoms, sampling=args.sampling, slice_thickness=args.slice_thickness,
+                                projection="infinite", parametrization="lobato", periodic=True)
+    probe = abtem.Probe(energy=args.energy, semiangle_cutoff=args.alpha, defocus=args.defocus)
+    probe.grid.match(potential)
+    extent = np.asarray(potential.extent, dtype=float)  # (x, y) [Å]
+    margin = 0.0
+    scan = abtem.GridScan(start=(margin, margin), end=tuple(extent - margin), sampling=args.step)
+    detector = abtem.PixelatedDetector(max_angle=None)
+    measurement = probe.scan(potential, scan=scan, detectors=detector).compute()
+    pats = np.asarray(measurement.array, dtype=np.float64)  # (scan_x, scan_y, kx, ky)
+    nkx, nky = pats.shape[-2:]
+    q = args.det
+    cx, cy = nkx // 2, nky // 2
+    pats = pats[..., cx - q // 2:cx + q // 2, cy - q // 2:cy + q // 2]
+    pats = np.transpose(pats, (1, 0, 3, 2))  # (scan_y, scan_x, ky, kx)
+    wavelength = energy2wavelength(args.energy)
+    dk = 1.0 / extent  # (x, y) [1/Å per px] of the full grid
+    # positions of the scan grid, (x, y) [Å] -> (y, x)
+    pos_xy = np.asarray(scan.get_positions(), dtype=float).reshape(-1, 2)
+    nsx, nsy = pats.shape[1], pats.shape[0]
+    pos_xy = pos_xy.reshape(nsx, nsy, 2)
+    pos_yx = np.transpose(pos_xy, (1, 0, 2))[..., ::-1].reshape(-1, 2)
+    sigma = energy2sigma(args.energy)
+    vproj = np.asarray(potential.project().compute().array, dtype=np.float64)  # (x, y) [V·Å]
+    phase = (sigma * vproj).T  # (y, x) [rad]
+    rng = np.random.default_rng(args.seed)
+    expected = pats / pats.sum(axis=(-2, -1), keepdims=True).mean() * args.dose
+    counts = rng.poisson(expected).astype(np.float32)
+    return {
+        "patterns": counts, "patterns_noiseless": expected.astype(np.float32),
+        "scan_positions": pos_yx, "phase": phase.astype(np.float32),
+        "sampling_A": float(potential.sampling[0]), "dk_yx": (float(dk[1]), float(dk[0])),
+        "scan_shape": (nsy, nsx), "step": float(args.step), "wavelength": float(wavelength),
+        "thickness_A": float(potential.thickness), "n_atoms": len(atoms),
+    }
+
+
+def write(path: str, sim: dict, args: argparse.Namespace) -> None:
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.create_dataset("patterns", data=sim["patterns"], compression="gzip")
+        f.create_dataset("patterns_noiseless", data=sim["patterns_noiseless"], compression="gzip")
+        f["scan_positions"] = sim["scan_positions"]
+        f.attrs["energy_eV"] = float(args.energy)
+        f.attrs["convergence_angle_mrad"] = float(args.alpha)
+        f.attrs["defocus_A"] = float(args.defocus)
+        dky, dkx = sim["dk_yx"]
+        f.attrs["reciprocal_sampling_invA"] = dky if abs(dky - dkx) < 1e-9 * dky else np.array([dky, dkx])
+        f.attrs["scan_shape"] = np.array(sim["scan_shape"])
+        f.attrs["scan_step_A"] = np.array([sim["step"], sim["step"]])
+        f.attrs["wavelength_A"] = sim["wavelength"]
+        f.attrs["simulator"] = "abTEM"
+        f.attrs["simulation_spec"] = json.dumps({k: v for k, v in vars(args).items() if k != "out"})
+        gt = f.create_group("ground_truth")
+        gt["phase"] = sim["phase"]
+        gt["phase"].attrs["sampling_A"] = sim["sampling_A"]
+        gt.attrs["sampling_A"] = sim["sampling_A"]
+        gt.attrs["periodic"] = "yes"
+        gt.attrs["thickness_A"] = sim["thickness_A"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--energy", type=float, default=200e3, help="[eV]")
+    ap.add_argument("--alpha", type=float, default=25.0, help="convergence semi-angle [mrad]")
+    ap.add_argument("--defocus", type=float, default=50.0, help="abTEM defocus = −C10 [Å] (+: underfocus)")
+    ap.add_argument("--material", choices=("mos2", "srtio3"), default="srtio3")
+    ap.add_argument("--reps", type=int, nargs=2, default=(6, 6), help="unit cells along x, y")
+    ap.add_argument("--layers", type=int, default=1, help="unit cells (MoS2: layers) along the beam")
+    ap.add_argument("--sampling", type=float, default=0.05, help="potential sampling [Å]")
+    ap.add_argument("--slice-thickness", type=float, default=1.0, help="[Å]")
+    ap.add_argument("--step", type=float, default=0.6, help="scan step [Å]")
+    ap.add_argument("--det", type=int, default=64, help="detector pixels kept about the centre")
+    ap.add_argument("--dose", type=float, default=1e5, help="electrons per pattern")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    sim = simulate(args)
+    write(args.out, sim, args)
+    print(json.dumps({"out": args.out, "patterns": list(sim["patterns"].shape), "dk_yx": sim["dk_yx"],
+                      "sampling_A": sim["sampling_A"], "thickness_A": sim["thickness_A"]}))
+
+
+if __name__ == "__main__":
+    main()
