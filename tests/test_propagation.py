@@ -64,3 +64,30 @@ def test_tilted_batch_matches_single():
     for b in range(2):
         np.testing.assert_allclose(hb[b], fresnel_propagator((16, 20), (0.3, 0.25), LAM, 30.0, tuple(tilts[b])),
                                    atol=1e-12)
+
+
+def test_band_limit_is_raised_to_cover_the_probe_aperture():
+    """A 25 mrad probe on a 32² grid whose Nyquist is 1.33 /Å: the aperture (0.997 /Å) lies
+    at 0.75 of Nyquist, beyond the 2/3 rule. The covering band limit keeps it whole; the
+    plain 2/3 limit would remove its rim at every propagation."""
+    from phaser_std.physics.propagation import covering_bandlimit, probe_bandwidth
+
+    lam = wavelength_A(200e3)
+    s = 1.0 / (32 * 0.083)
+    p = make_probe((32, 32), s, lam, 25.0, defocus_A=30.0)
+    k_nyq = 1.0 / (2 * s)
+    aperture = 25e-3 / lam / k_nyq
+    assert abs(probe_bandwidth(p, s) - aperture) < 1.5 / (32 * s) / k_nyq  # within a pixel and a half
+    f = covering_bandlimit(2 / 3, p, s)
+    assert f > aperture and f == pytest.approx(probe_bandwidth(p, s) + 0.083 / k_nyq)
+    assert covering_bandlimit(None, p, s) is None
+    # a probe well inside 2/3 keeps the 2/3 rule, and a larger requested limit is kept
+    small = make_probe((32, 32), s, lam, 10.0)
+    assert covering_bandlimit(2 / 3, small, s) == 2 / 3
+    assert covering_bandlimit(0.9, p, s) == 0.9
+    # propagating 20 Å keeps the probe's power with the covering limit, not with 2/3
+    for limit, kept in ((f, True), (2 / 3, False)):
+        h = fresnel_propagator((32, 32), s, lam, 20.0, bandlimit=limit)
+        out = np.fft.ifft2(np.fft.fft2(np.fft.ifftshift(p)) * h)
+        power = float(np.sum(np.abs(out) ** 2))
+        assert (power == pytest.approx(1.0, abs=1e-9)) is kept, (limit, power)

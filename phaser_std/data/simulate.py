@@ -161,7 +161,8 @@ class SimSpec:
     #: beam tilt (y, x) [mrad] (enters the propagator: Δz·tan t lateral shift per slice)
     tilt_mrad: tuple[float, float] = attrs.field(default=(0.0, 0.0), converter=_pair)
     coherence: CoherenceSpec | None = None
-    #: propagator band limit, fraction of Nyquist (null: none)
+    #: propagator band limit, fraction of Nyquist (null: none); raised to cover the probe's
+    #: aperture, as in the engines
     bandlimit: float | None = 2.0 / 3.0
     #: probe aperture soft edge [reciprocal px]
     soft_edge_px: float = 0.0
@@ -428,7 +429,7 @@ def forward(probe: np.ndarray, transmission: np.ndarray, positions_A: np.ndarray
 
 def simulate(spec: SimSpec, seed: int | None = None) -> Simulation:
     """Run the simulation described by ``spec`` (``seed`` overrides ``spec.seed``)."""
-    from phaser_std.physics.propagation import fresnel_propagator
+    from phaser_std.physics.propagation import covering_bandlimit, fresnel_propagator
     from phaser_std.physics.scan import raster_scan
 
     if seed is not None:
@@ -447,11 +448,13 @@ def simulate(spec: SimSpec, seed: int | None = None) -> Simulation:
     # lattice origin at the field centre (scan centre) so the pattern is symmetric about it
     phases, thick = slice_phases(spec, shape, samp, origin_A=tuple(offset))
     transmission = np.exp(1j * phases)
-    props = [fresnel_propagator(q, samp, lam, dz, tilt_mrad=spec.tilt_mrad, bandlimit=spec.bandlimit)
-             for dz in thick[:-1]]
     area = abs(spec.scan.step_A[0] * spec.scan.step_A[1])
     dose = spec.dose if spec.dose is not None else spec.nominal_dose
     probe = simulate_probe(spec) * np.sqrt(dose * area)
+    # the reconstruction engines' rule: the band limit never cuts the probe's aperture
+    bandlimit = covering_bandlimit(spec.bandlimit, probe, samp)
+    props = [fresnel_propagator(q, samp, lam, dz, tilt_mrad=spec.tilt_mrad, bandlimit=bandlimit)
+             for dz in thick[:-1]]
     expected = forward(probe, transmission, true, samp, props)
     ny, nx = spec.scan.shape
     expected = expected.reshape(ny, nx, *q)

@@ -25,6 +25,7 @@ from phaser_std.engines.common import (
 from phaser_std.engines.conventional_solvers import make_group_step
 from phaser_std.engines.regularizers import RegInfo
 from phaser_std.physics.forward import make_propagators, shift_ramp_factors
+from phaser_std.physics.propagation import covering_bandlimit
 
 __all__ = ["ConventionalConfig", "ConventionalEngine"]
 
@@ -45,7 +46,8 @@ class ConventionalConfig:
     update_object: Flag = param(Flag(), doc="when the object is updated")
     update_probe: Flag = param(Flag(), doc="when the probe is updated")
     update_positions: Flag = param(Flag(after=1), doc="when positions are corrected (needs position_solver)")
-    bandlimit: float | None = param(2.0 / 3.0, doc="propagator band limit as a fraction of Nyquist")
+    bandlimit: float | None = param(2.0 / 3.0, doc="propagator band limit as a fraction of Nyquist (raised to "
+                                    "the probe's aperture plus one pixel where that reaches beyond it; null: none)")
     scale_probe: bool = param(True, doc="scale the probe intensity to the data before the first iteration")
 
 
@@ -72,8 +74,9 @@ class ConventionalEngine:
         if tilt.ndim != 1:
             raise DataError("the conventional engine supports a global tilt only; "
                             "use the gradient engine for per-position tilt")
+        bandlimit = covering_bandlimit(cfg.bandlimit, state.probe.data, geometry.sampling_A)
         props = make_propagators(bk, probe_shape, geometry.sampling_A, wavelength, geometry.thicknesses_A,
-                                 tilt, cfg.bandlimit)
+                                 tilt, bandlimit)
         if cfg.scale_probe:
             arrays.scale_probe(bk, lambda: props)
         patterns, scan, extra = arrays.patterns, arrays.scan_A, arrays.extra

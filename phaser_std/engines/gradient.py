@@ -39,6 +39,7 @@ from phaser_std.engines.gradient_step import GroupModel, StepCounter, make_group
 from phaser_std.engines.optimizers import AdamConfig
 from phaser_std.engines.regularizers import RegInfo
 from phaser_std.physics.forward import abs2, make_propagators, shift_ramp_factors
+from phaser_std.physics.propagation import covering_bandlimit
 
 __all__ = ["GradientSolvers", "GradientConfig", "GradientEngine"]
 
@@ -85,7 +86,8 @@ class GradientConfig:
     update_tilt: Flag = param(Flag(after=1), doc="when the tilt is refined (needs solvers.tilt)")
     tilt: str = param("global", doc="'global' (one (y, x) tilt) or 'per_position'",
                       validator=attrs.validators.in_(("global", "per_position")))
-    bandlimit: float | None = param(2.0 / 3.0, doc="propagator band limit as a fraction of Nyquist")
+    bandlimit: float | None = param(2.0 / 3.0, doc="propagator band limit as a fraction of Nyquist (raised to "
+                                    "the probe's aperture plus one pixel where that reaches beyond it; null: none)")
     scale_probe: bool = param(True, doc="scale the probe intensity to the data before the first iteration")
 
 
@@ -153,7 +155,8 @@ class GradientEngine:
         elif cfg.tilt == "global" and tilt.ndim == 2:
             tilt = tilt.mean(axis=0)
 
-        base_props = make_propagators(bk, probe_shape, sampling, wavelength, thick, (0.0, 0.0), cfg.bandlimit)
+        bandlimit = covering_bandlimit(cfg.bandlimit, state.probe.data, sampling)
+        base_props = make_propagators(bk, probe_shape, sampling, wavelength, thick, (0.0, 0.0), bandlimit)
         patterns, extra = arrays.patterns, arrays.extra
         saved = dict(extra.get("gradient", {}) or {})
         if int(np.asarray(saved.pop("engine_num", -1))) != ctx.engine_num:
@@ -162,7 +165,7 @@ class GradientEngine:
         if cfg.scale_probe:
             mean_tilt = tilt if tilt.ndim == 1 else tilt.mean(axis=0)
             arrays.scale_probe(bk, lambda: make_propagators(bk, probe_shape, sampling, wavelength, thick, mean_tilt,
-                                                            cfg.bandlimit))
+                                                            bandlimit))
 
         info = RegInfo(sampling_A=sampling, wavelength_A=wavelength, thicknesses_A=np.asarray(thick))
         model = GroupModel(noise=noise, costs=costs, base_props=base_props, sampling_A=sampling,
