@@ -5,7 +5,12 @@ the phase against abTEM's projected potential.
 abTEM is not a dependency of phaser; run this in its own environment::
 
     python3 -m venv /tmp/abvenv && /tmp/abvenv/bin/pip install abtem h5py
-    /tmp/abvenv/bin/python benchmarks/abtem_crosscheck.py --out /tmp/abtem_mos2.h5 [--layers 3]
+    /tmp/abvenv/bin/python benchmarks/abtem_crosscheck.py --out /tmp/abtem_sto.h5 [--layers 6]
+
+The file in ``tests/data/abtem_srtio3.h5`` (``tests/test_abtem_data.py``) was made with::
+
+    /tmp/abvenv/bin/python benchmarks/abtem_crosscheck.py --out tests/data/abtem_srtio3.h5 \
+        --reps 3 3 --det 32 --sampling 0.1 --layers 2 --compact
 
 Conversion (abTEM indexes arrays (x, y); phaser (y, x), docs/file-formats.md):
 - patterns: abTEM ``(scan_x, scan_y, kx, ky)``, zero frequency at index n//2 ->
@@ -80,8 +85,12 @@ def write(path: str, sim: dict, args: argparse.Namespace) -> None:
     import h5py
 
     with h5py.File(path, "w") as f:
-        f.create_dataset("patterns", data=sim["patterns"], compression="gzip")
-        f.create_dataset("patterns_noiseless", data=sim["patterns_noiseless"], compression="gzip")
+        if args.compact:  # counts as uint16, no noiseless copy: a file small enough for the tests
+            f.create_dataset("patterns", data=sim["patterns"].astype(np.uint16), compression="gzip",
+                             compression_opts=9, shuffle=True)
+        else:
+            f.create_dataset("patterns", data=sim["patterns"], compression="gzip")
+            f.create_dataset("patterns_noiseless", data=sim["patterns_noiseless"], compression="gzip")
         f["scan_positions"] = sim["scan_positions"]
         f.attrs["energy_eV"] = float(args.energy)
         f.attrs["convergence_angle_mrad"] = float(args.alpha)
@@ -116,6 +125,7 @@ def main() -> None:
     ap.add_argument("--det", type=int, default=64, help="detector pixels kept about the centre")
     ap.add_argument("--dose", type=float, default=1e5, help="electrons per pattern")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--compact", action="store_true", help="uint16 counts only (tests/data)")
     args = ap.parse_args()
     sim = simulate(args)
     write(args.out, sim, args)

@@ -2,10 +2,11 @@
 
 The ground truth's pixel (i, j) sits at (i, j)·s_gt [Å] in the frame of the scan positions
 (the layout ``phaser simulate`` writes, see docs/file-formats.md); a reconstructed object's
-pixel (i, j) at ``corner_A + (i, j)·sampling_A``. :func:`phase_score` samples the ground
-truth at the reconstruction's pixel centres inside the scanned area, removes an offset and
-an affine phase ramp (ambiguities of ptychography) by least squares and reports the
-Pearson correlation and the RMS error [rad].
+pixel (i, j) at ``corner_A + (i, j)·sampling_A``. :func:`phase_score` band-limits the
+ground truth to the reconstruction's Nyquist frequency (a finer ground truth holds detail
+no reconstruction on that grid can show), samples it at the reconstruction's pixel centres
+inside the scanned area, removes an offset and an affine phase ramp (ambiguities of
+ptychography) by least squares and reports the Pearson correlation and the RMS error [rad].
 """
 
 from __future__ import annotations
@@ -30,6 +31,19 @@ def sample_bilinear(image: np.ndarray, yy: np.ndarray, xx: np.ndarray, periodic:
 
     return ((1 - fy) * (1 - fx) * at(y0, x0) + (1 - fy) * fx * at(y0, x0 + 1)
             + fy * (1 - fx) * at(y0 + 1, x0) + fy * fx * at(y0 + 1, x0 + 1))
+
+
+def bandlimit_image(image: np.ndarray, sampling_A: Any, k_max: Any) -> np.ndarray:
+    """``image`` without the spatial frequencies beyond ``k_max`` (y, x) [1/Å] on either
+    axis (a box filter in Fourier space; the image is treated as periodic)."""
+    s = np.broadcast_to(np.asarray(sampling_A, dtype=np.float64), (2,))
+    k = np.broadcast_to(np.asarray(k_max, dtype=np.float64), (2,))
+    ky = np.abs(np.fft.fftfreq(image.shape[0], s[0]))[:, None]
+    kx = np.abs(np.fft.fftfreq(image.shape[1], s[1]))[None, :]
+    keep = (ky <= k[0] + 1e-12) & (kx <= k[1] + 1e-12)
+    if keep.all():
+        return np.asarray(image, dtype=np.float64)
+    return np.real(np.fft.ifft2(np.fft.fft2(image) * keep))
 
 
 def remove_ramp(values: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
@@ -57,7 +71,8 @@ def scan_box(shape: tuple, sampling_A: Any, corner_A: Any, scan_A: np.ndarray,
 
 def phase_score(recon_phase: np.ndarray, recon_sampling_A: Any, recon_corner_A: Any, gt_phase: np.ndarray,
                 gt_sampling_A: Any, scan_A: np.ndarray, *, periodic: bool = False, margin_A: float = 0.0) -> dict:
-    """Compare a reconstructed phase (H, W) [rad] with the ground truth.
+    """Compare a reconstructed phase (H, W) [rad] with the ground truth, band-limited to
+    the reconstruction's Nyquist frequency 1/(2·``recon_sampling_A``).
 
     Only pixels inside the bounding box of ``scan_A`` (shrunk by ``margin_A`` [Å]) count.
     Returns ``{"pearson", "rms_rad", "n_pixels"}`` after removing an offset and a phase ramp
@@ -70,7 +85,8 @@ def phase_score(recon_phase: np.ndarray, recon_sampling_A: Any, recon_corner_A: 
     ii, jj = np.meshgrid(np.arange(i0, i1), np.arange(j0, j1), indexing="ij")
     gy = (corner[0] + ii * s[0]) / sg[0]
     gx = (corner[1] + jj * s[1]) / sg[1]
-    gt = sample_bilinear(np.asarray(gt_phase, dtype=np.float64), gy, gx, periodic)
+    gt_bl = bandlimit_image(np.asarray(gt_phase, dtype=np.float64), sg, 1.0 / (2.0 * s))
+    gt = sample_bilinear(gt_bl, gy, gx, periodic)
     rec = np.asarray(recon_phase, dtype=np.float64)[i0:i1, j0:j1]
     yy = (ii - ii.mean()) / max(1, ii.max() - ii.min())
     xx = (jj - jj.mean()) / max(1, jj.max() - jj.min())
