@@ -46,7 +46,9 @@ def simulate(args: argparse.Namespace) -> dict:
     atoms.center(vacuum=2.0, axis=2)
     potential = abtem.Potential(atoms, sampling=args.sampling, slice_thickness=args.slice_thickness,
                                 projection="infinite", parametrization="lobato", periodic=True)
-    probe = abtem.Probe(energy=args.energy, semiangle_cutoff=args.alpha, defocus=args.defocus)
+    aberrations = json.loads(args.aberrations) if args.aberrations else {}
+    probe = abtem.Probe(energy=args.energy, semiangle_cutoff=args.alpha, defocus=args.defocus,
+                        aberrations=aberrations)
     probe.grid.match(potential)
     extent = np.asarray(potential.extent, dtype=float)  # (x, y) [Å]
     margin = 0.0
@@ -101,6 +103,8 @@ def write(path: str, sim: dict, args: argparse.Namespace) -> None:
         f.attrs["scan_step_A"] = np.array([sim["step"], sim["step"]])
         f.attrs["wavelength_A"] = sim["wavelength"]
         f.attrs["simulator"] = "abTEM"
+        if args.aberrations:  # Krivanek C_nm [Å], phi_nm [rad]: the same names and angles as ours
+            f.attrs["aberrations"] = args.aberrations
         f.attrs["simulation_spec"] = json.dumps({k: v for k, v in vars(args).items() if k != "out"})
         gt = f.create_group("ground_truth")
         gt["phase"] = sim["phase"]
@@ -126,6 +130,7 @@ def main() -> None:
     ap.add_argument("--dose", type=float, default=1e5, help="electrons per pattern")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--compact", action="store_true", help="uint16 counts only (tests/data)")
+    ap.add_argument("--aberrations", default="", help='JSON, e.g. \'{"C12": 30, "phi12": 0.5, "C30": 1e5}\' [Å, rad]')
     args = ap.parse_args()
     sim = simulate(args)
     write(args.out, sim, args)

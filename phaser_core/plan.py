@@ -151,6 +151,8 @@ def _is_union(t: Any) -> bool:
 
 
 def _is_seq(t: Any) -> bool:
+    if t in (list, tuple):  # bare, as in `shape: tuple | None`
+        return True
     origin = typing.get_origin(t)
     if origin in (list, tuple, Sequence_abc):
         args = typing.get_args(t)
@@ -164,7 +166,7 @@ def _is_fixed_tuple(t: Any) -> bool:
 
 
 def _is_dict(t: Any) -> bool:
-    return typing.get_origin(t) in (dict, typing.Mapping, Mapping)
+    return t is dict or t is Mapping or typing.get_origin(t) in (dict, typing.Mapping, Mapping)
 
 
 def describe_type(t: Any) -> str:
@@ -244,7 +246,7 @@ def make_converter(registry: Any, allow_local: bool | None = None) -> cattrs.Con
 
     def seq_factory(t: Any) -> Any:
         (elem, *_) = typing.get_args(t) or (Any,)
-        origin = typing.get_origin(t)
+        origin = typing.get_origin(t) or t  # a bare `tuple` or `list` is its own origin
         make = tuple if origin is tuple else list
 
         def hook(v: Any, _: Any) -> Any:

@@ -1,6 +1,7 @@
 """Data from an independent simulator: abTEM 1.0.11, SrTiO₃ [001], two unit cells thick.
 
-``tests/data/abtem_srtio3.h5`` (394 kB; how it was made: ``benchmarks/abtem_crosscheck.py``):
+``tests/data/abtem_srtio3.h5`` (394 kB) and ``abtem_srtio3_aberrated.h5`` (345 kB); how they
+were made: ``benchmarks/abtem_crosscheck.py``.
 3x3 cells (11.7 Å), 20x20 positions 0.6 Å apart, 32² detector pixels of 0.0854 /Å (the
 detector reaches 1.45α), 200 kV, 25 mrad, abTEM defocus 50 Å (= −C10, our ``defocus_A``),
 Poisson counts at 1e5 e⁻ per pattern; the ground truth is σ·V_proj from abTEM. abTEM
@@ -21,17 +22,23 @@ from phaser_std.physics.initializers import data_soft_edge_px
 from recon import ground_truth, run
 
 DATA = Path(__file__).resolve().parent / "data" / "abtem_srtio3.h5"
+#: one cell thick, the probe aberrated: C12 40 Å at 0.5 rad, C23 300 Å at 0.3 rad, C30 1e5 Å
+#: (recorded in the file's ``aberrations`` attribute with abTEM's names and angles)
+ABERRATED = DATA.with_name("abtem_srtio3_aberrated.h5")
 THICKNESS_A = 9.8575  # the abTEM potential: two cells and 2 Å of vacuum on either side
 
 
-def _score(engine: str, slices: int = 1, niter: int = 8, **raw) -> float:
+def _score(engine: str, slices: int = 1, niter: int = 8, data: Path = DATA, init: dict | None = None,
+           **raw) -> float:
     block = {"type": "conventional", "niter": niter, "grouping": {"size": 64}, "solver": {"type": engine},
              "update_probe": False}
     if slices > 1:
         block["slices"] = {"n": slices, "total_thickness_A": THICKNESS_A}
-    plan_raw = {"raw_data": {"type": "hdf5", "path": str(DATA), **raw}} if raw else {}
-    state = run(DATA, [block], **plan_raw)
-    return score_state(state, ground_truth(DATA))["pearson"]
+    plan = {"raw_data": {"type": "hdf5", "path": str(data), **raw}} if raw else {}
+    if init:
+        plan["init"] = init
+    state = run(data, [block], **plan)
+    return score_state(state, ground_truth(data))["pearson"]
 
 
 def test_the_aperture_edge_of_abtem_data_is_estimated_soft():
@@ -56,3 +63,13 @@ def test_abtem_data_reconstruct_with_the_probe_of_the_metadata(engine):
 def test_the_opposite_defocus_sign_fails_on_abtem_data():
     """With defocus_A = −50 Å (the published phaser's sign) the fixed probe is wrong."""
     assert _score("epie", niter=4, defocus_A=-50.0) < 0.6
+
+
+def test_abtem_aberrations_mean_the_same_here():
+    """abTEM's Krivanek coefficients and angles, taken as they are, give the probe of its
+    data (measured 0.977 with the probe fixed); the angles negated, or no aberrations, do
+    not (0.01-0.03 and 0.30-0.33)."""
+    assert _score("epie", niter=6, data=ABERRATED) > 0.95
+    wrong = {"C12": 40.0, "phi12": -0.5, "C23": 300.0, "phi23": -0.3, "C30": 1e5}
+    assert _score("epie", niter=6, data=ABERRATED, init={"probe": {"type": "focused", "aberrations": wrong}}) < 0.5
+    assert _score("epie", niter=6, data=ABERRATED, init={"probe": {"type": "focused", "aberrations": {}}}) < 0.5

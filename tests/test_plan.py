@@ -335,3 +335,20 @@ def test_choice_validator_error_names_the_key_and_its_line():
     assert err.path_str == "engines[0].cost_per"
     assert err.message == "'cost_per' must be in ('iteration', 'group') (got 'batch')"
     assert (err.line, err.col) == (7, 15)
+
+
+def test_untyped_tuple_and_dict_fields_take_lists_and_mappings():
+    """Fields typed as a bare ``tuple`` or ``dict`` (the raster scan's shape and step, the
+    focused probe's aberrations) take a YAML list or mapping; they were refused before
+    ("expected tuple or null, got a list")."""
+    from phaser_core.registry import get_registry
+
+    text = ("file_type: phaser_plan\nversion: 1\nraw_data: {type: hdf5, path: data.h5}\n"
+            "init:\n  scan: {type: raster, shape: [20, 20], step_A: [0.6, 0.5]}\n"
+            "  probe: {type: focused, aberrations: {C30: 1.0e5, C12: 40, phi12: 0.5}}\n"
+            "engines:\n  - type: conventional\n    niter: 1\n")
+    plan = load_plan(text, registry=get_registry())
+    assert plan.init.scan.config.shape == (20, 20) and plan.init.scan.config.step_A == (0.6, 0.5)
+    assert plan.init.probe.config.aberrations == {"C30": 1.0e5, "C12": 40, "phi12": 0.5}
+    (err,) = errors_of(text.replace("shape: [20, 20]", "shape: 20x20"), get_registry())
+    assert err.path_str == "init.scan.shape" and "got" in err.message
