@@ -81,6 +81,10 @@ def test_band_limit_is_raised_to_cover_the_probe_aperture():
     f = covering_bandlimit(2 / 3, p, s)
     assert f > aperture and f == pytest.approx(probe_bandwidth(p, s) + 0.083 / k_nyq)
     assert covering_bandlimit(None, p, s) is None
+    # the data's aperture, when known, stands in for the probe's bandwidth (a resumed run,
+    # whose probe has been refined, then gets the same propagators)
+    k_alpha = 25e-3 / lam
+    assert covering_bandlimit(2 / 3, p, s, aperture_invA=k_alpha) == pytest.approx((k_alpha + 0.083) / k_nyq)
     # a probe well inside 2/3 keeps the 2/3 rule, and a larger requested limit is kept
     small = make_probe((32, 32), s, lam, 10.0)
     assert covering_bandlimit(2 / 3, small, s) == 2 / 3

@@ -13,7 +13,7 @@ import numpy as np
 from phaser_std.physics.optics import _pair, fftfreq_grid
 
 __all__ = ["fresnel_propagator", "fresnel_propagators_tilted", "bandlimit_mask", "probe_bandwidth",
-           "covering_bandlimit"]
+           "aperture_invA", "covering_bandlimit"]
 
 
 def bandlimit_mask(shape: tuple[int, int], sampling_A: Any, bandlimit: float | None = 2.0 / 3.0, xp: Any = np) -> Any:
@@ -50,10 +50,22 @@ def probe_bandwidth(probe: Any, sampling_A: Any, power: float = 0.999) -> float:
     return radius / min(1.0 / (2 * sy), 1.0 / (2 * sx))
 
 
-def covering_bandlimit(bandlimit: float | None, probe: Any, sampling_A: Any, margin_px: float = 1.0) -> float | None:
-    """``bandlimit`` [fraction of k_Nyquist], raised to the probe's bandwidth
-    (:func:`probe_bandwidth`) plus ``margin_px`` reciprocal pixels where the probe's
-    aperture reaches beyond it, so that propagating never cuts the incident probe.
+def aperture_invA(data: Any, wavelength_A: float) -> float | None:
+    """The probe aperture's radius α/λ [1/Å] from the data's ``convergence_angle_mrad``
+    (None when the data do not say)."""
+    alpha = getattr(data, "convergence_angle_mrad", None)
+    if alpha is None or not wavelength_A:
+        return None
+    return float(alpha) * 1e-3 / float(wavelength_A)
+
+
+def covering_bandlimit(bandlimit: float | None, probe: Any, sampling_A: Any, margin_px: float = 1.0,
+                       aperture_invA: float | None = None) -> float | None:
+    """``bandlimit`` [fraction of k_Nyquist], raised to the probe's aperture plus
+    ``margin_px`` reciprocal pixels where the aperture reaches beyond it, so that
+    propagating never cuts the incident probe. The aperture is ``aperture_invA`` = α/λ
+    [1/Å] when the data say it: the same on a resumed run, so the propagators are too.
+    Without it, the probe's bandwidth (:func:`probe_bandwidth`) stands in.
 
     The 2/3 rule keeps products of band-limited waves from aliasing, but a detector that
     collects little beyond the bright-field disc puts the aperture above 2/3 of Nyquist
@@ -66,7 +78,8 @@ def covering_bandlimit(bandlimit: float | None, probe: Any, sampling_A: Any, mar
     shape = np.asarray(probe).shape[-2:]
     dk = max(1.0 / (shape[0] * sy), 1.0 / (shape[1] * sx))
     k_nyq = min(1.0 / (2 * sy), 1.0 / (2 * sx))
-    needed = probe_bandwidth(probe, sampling_A) + margin_px * dk / k_nyq
+    width = aperture_invA / k_nyq if aperture_invA is not None else probe_bandwidth(probe, sampling_A)
+    needed = width + margin_px * dk / k_nyq
     return float(max(float(bandlimit), needed))
 
 
