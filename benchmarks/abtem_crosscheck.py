@@ -48,7 +48,7 @@ def simulate(args: argparse.Namespace) -> dict:
                                 projection="infinite", parametrization="lobato", periodic=True)
     aberrations = json.loads(args.aberrations) if args.aberrations else {}
     probe = abtem.Probe(energy=args.energy, semiangle_cutoff=args.alpha, defocus=args.defocus,
-                        aberrations=aberrations)
+                        aberrations=aberrations, tilt=tuple(args.tilt))  # abTEM: (x, y) [mrad]
     probe.grid.match(potential)
     extent = np.asarray(potential.extent, dtype=float)  # (x, y) [Å]
     margin = 0.0
@@ -103,6 +103,8 @@ def write(path: str, sim: dict, args: argparse.Namespace) -> None:
         f.attrs["scan_step_A"] = np.array([sim["step"], sim["step"]])
         f.attrs["wavelength_A"] = sim["wavelength"]
         f.attrs["simulator"] = "abTEM"
+        if any(args.tilt):  # ours is (y, x)
+            f.attrs["tilt_mrad"] = np.array([args.tilt[1], args.tilt[0]], dtype=float)
         if args.aberrations:  # Krivanek C_nm [Å], phi_nm [rad]: the same names and angles as ours
             f.attrs["aberrations"] = args.aberrations
         f.attrs["simulation_spec"] = json.dumps({k: v for k, v in vars(args).items() if k != "out"})
@@ -130,6 +132,8 @@ def main() -> None:
     ap.add_argument("--dose", type=float, default=1e5, help="electrons per pattern")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--compact", action="store_true", help="uint16 counts only (tests/data)")
+    ap.add_argument("--tilt", type=float, nargs=2, default=(0.0, 0.0), metavar=("TX", "TY"),
+                    help="beam tilt in abTEM's (x, y) order [mrad]; written as tilt_mrad (y, x)")
     ap.add_argument("--aberrations", default="", help='JSON, e.g. \'{"C12": 30, "phi12": 0.5, "C30": 1e5}\' [Å, rad]')
     args = ap.parse_args()
     sim = simulate(args)
