@@ -4,20 +4,24 @@ the phase against abTEM's projected potential.
 
 abTEM is not a dependency of phaser; run this in its own environment::
 
-    python3 -m venv /tmp/abvenv && /tmp/abvenv/bin/pip install abtem h5py
+    python3 -m venv /tmp/abvenv && /tmp/abvenv/bin/pip install abtem==1.0.11 h5py
     /tmp/abvenv/bin/python benchmarks/abtem_crosscheck.py --out /tmp/abtem_sto.h5 [--layers 6]
 
-The file in ``tests/data/abtem_srtio3.h5`` (``tests/test_abtem_data.py``) was made with::
+The files in ``tests/data`` (``tests/test_abtem_data.py``) were made with (then their
+``scan_step_A`` attribute was corrected to GridScan's 0.58575 Å, which the script now
+writes itself)::
 
-    /tmp/abvenv/bin/python benchmarks/abtem_crosscheck.py --out tests/data/abtem_srtio3.h5 \
-        --reps 3 3 --det 32 --sampling 0.1 --layers 2 --compact
+    abtem_crosscheck.py --out tests/data/abtem_srtio3.h5 --reps 3 3 --det 32 --sampling 0.1 --layers 2 --compact
+    abtem_crosscheck.py --out tests/data/abtem_srtio3_aberrated.h5 --reps 3 3 --det 32 --sampling 0.1 --layers 1 --compact --aberrations '{"C12": 40, "phi12": 0.5, "C23": 300, "phi23": 0.3, "C30": 100000}'
 
 Conversion (abTEM indexes arrays (x, y); phaser (y, x), docs/file-formats.md):
 - patterns: abTEM ``(scan_x, scan_y, kx, ky)``, zero frequency at index n//2 ->
   ``(scan_y, scan_x, ky, kx)`` cropped to ``--det`` pixels about the centre;
 - scan positions: abTEM (x, y) [Å] -> (y, x), in the frame of the ground truth;
 - ground truth: σ·(projected potential) [rad], abTEM ``(x, y)`` -> ``(y, x)``;
-- defocus: abTEM's ``defocus`` is −C10 (positive: underfocus), which is ``defocus_A``.
+- defocus: abTEM's ``defocus`` is −C10 (positive: underfocus), which is ``defocus_A``;
+- aberrations: abTEM's Krivanek names and angles, written as they are (benchmarks/NOTES.md 25);
+- tilt: abTEM's ``(tx, ty)`` [mrad] -> ``tilt_mrad`` ``(ty, tx)``.
 """
 
 from __future__ import annotations
@@ -77,8 +81,10 @@ def simulate(args: argparse.Namespace) -> dict:
     return {
         "patterns": counts, "patterns_noiseless": expected.astype(np.float32),
         "scan_positions": pos_yx, "phase": phase.astype(np.float32),
-        "sampling_A": float(potential.sampling[0]), "dk_yx": (float(dk[1]), float(dk[0])),
-        "scan_shape": (nsy, nsx), "step": float(args.step), "wavelength": float(wavelength),
+        "sampling_yx": (float(potential.sampling[1]), float(potential.sampling[0])),
+        "dk_yx": (float(dk[1]), float(dk[0])), "scan_shape": (nsy, nsx),
+        # GridScan fits its step to the field (extent/gpts), not exactly --step
+        "step_yx": (float(scan.sampling[1]), float(scan.sampling[0])), "wavelength": float(wavelength),
         "thickness_A": float(potential.thickness), "n_atoms": len(atoms),
     }
 
@@ -100,7 +106,7 @@ def write(path: str, sim: dict, args: argparse.Namespace) -> None:
         dky, dkx = sim["dk_yx"]
         f.attrs["reciprocal_sampling_invA"] = dky if abs(dky - dkx) < 1e-9 * dky else np.array([dky, dkx])
         f.attrs["scan_shape"] = np.array(sim["scan_shape"])
-        f.attrs["scan_step_A"] = np.array([sim["step"], sim["step"]])
+        f.attrs["scan_step_A"] = np.array(sim["step_yx"])
         f.attrs["wavelength_A"] = sim["wavelength"]
         f.attrs["simulator"] = "abTEM"
         if any(args.tilt):  # ours is (y, x)
@@ -110,8 +116,11 @@ def write(path: str, sim: dict, args: argparse.Namespace) -> None:
         f.attrs["simulation_spec"] = json.dumps({k: v for k, v in vars(args).items() if k != "out"})
         gt = f.create_group("ground_truth")
         gt["phase"] = sim["phase"]
-        gt["phase"].attrs["sampling_A"] = sim["sampling_A"]
-        gt.attrs["sampling_A"] = sim["sampling_A"]
+        sy, sx = sim["sampling_yx"]
+        # a scalar where the pixels are square (what single-value readers expect), else (y, x)
+        gt_s = sy if abs(sy - sx) < 1e-9 * sy else np.array([sy, sx])
+        gt["phase"].attrs["sampling_A"] = gt_s
+        gt.attrs["sampling_A"] = gt_s
         gt.attrs["periodic"] = "yes"
         gt.attrs["thickness_A"] = sim["thickness_A"]
 
@@ -127,7 +136,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=1, help="unit cells (MoS2: layers) along the beam")
     ap.add_argument("--sampling", type=float, default=0.05, help="potential sampling [Å]")
     ap.add_argument("--slice-thickness", type=float, default=1.0, help="[Å]")
-    ap.add_argument("--step", type=float, default=0.6, help="scan step [Å]")
+    ap.add_argument("--step", type=float, default=0.6, help="scan step [Å] (GridScan fits it to the field)")
     ap.add_argument("--det", type=int, default=64, help="detector pixels kept about the centre")
     ap.add_argument("--dose", type=float, default=1e5, help="electrons per pattern")
     ap.add_argument("--seed", type=int, default=0)
@@ -139,7 +148,8 @@ def main() -> None:
     sim = simulate(args)
     write(args.out, sim, args)
     print(json.dumps({"out": args.out, "patterns": list(sim["patterns"].shape), "dk_yx": sim["dk_yx"],
-                      "sampling_A": sim["sampling_A"], "thickness_A": sim["thickness_A"]}))
+                      "sampling_yx_A": sim["sampling_yx"], "step_yx_A": sim["step_yx"],
+                      "thickness_A": sim["thickness_A"]}))
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ def _is_union(t: Any) -> bool:
 
 
 def _is_seq(t: Any) -> bool:
-    if t in (list, tuple):  # bare, as in `shape: tuple | None`
+    if t is list or t is tuple:  # bare, as in `shape: tuple | None`
         return True
     origin = typing.get_origin(t)
     if origin in (list, tuple, Sequence_abc):

@@ -248,8 +248,9 @@ def run_plan(plan: Any, *, out_dir: Path | None = None, registry: Any = None, re
         ``None`` writes nothing.
     :param registry: the component registry (default: the process-wide one).
     :param resume: continue the run in ``out_dir`` from its newest state file.
-    :param overwrite: start afresh in an ``out_dir`` that holds a previous run (refused
-        otherwise, so that a run is not lost by mistake).
+    :param overwrite: start afresh in an ``out_dir`` that holds a previous run, deleting
+        its ``checkpoint.h5`` and ``final.h5`` (refused otherwise, so that a run is not lost
+        by mistake).
     :param plan_dir: the folder relative paths in the plan are resolved against.
     :param observers: extra observer instances, notified after the plan's.
     :param quiet: no progress display.
@@ -260,9 +261,13 @@ def run_plan(plan: Any, *, out_dir: Path | None = None, registry: Any = None, re
     plan_dir = Path(plan_dir)
     if resume and out_dir is None:
         raise PhaserError("resume needs the run folder: run_plan(..., out_dir=DIR, resume=True)")
-    if out_dir is not None and not resume and not overwrite and holds_previous_run(out_dir):
-        raise PhaserError(f"{out_dir} holds a previous run: continue it with run_plan(..., resume=True), "
-                          "start afresh with overwrite=True, or choose another out_dir")
+    if out_dir is not None and not resume and holds_previous_run(out_dir):
+        if not overwrite:
+            raise PhaserError(f"{out_dir} holds a previous run: continue it with run_plan(..., resume=True), "
+                              "start afresh with overwrite=True, or choose another out_dir")
+        # the old state files go, so a later resume cannot pick them over this run's
+        for name in (CHECKPOINT_NAME, FINAL_NAME):
+            (out_dir / name).unlink(missing_ok=True)
     backend = registry.get("backend", plan.backend).obj(plan.dtype)
     obs = build_observers(plan, registry, out_dir=out_dir, quiet=quiet, extra=observers)
     ctx = RunContext(backend=backend, registry=registry, observers=obs, seed=int(plan.seed), out_dir=out_dir,

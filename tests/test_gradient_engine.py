@@ -268,6 +268,11 @@ def test_per_view_gradients_with_costs_add_up_to_the_object_gradient():
     summed = add_views(bk, np.zeros_like(args["obj"]), a["starts"], split["views"]) + split["object"]
     np.testing.assert_allclose(summed, whole["object"], rtol=1e-12, atol=1e-12 * np.abs(whole["object"]).max())
     np.testing.assert_allclose(split["probe"], whole["probe"], rtol=1e-12)
+    # and the split is the one claimed: ``object`` is the costs' part alone
+    _, _, no_costs = analytic_gradients(bk, attrs.evolve(m, costs=()), *call)
+    costs_only = whole["object"] - no_costs["object"]
+    assert np.abs(costs_only).max() > 0
+    np.testing.assert_allclose(split["object"], costs_only, rtol=1e-9, atol=1e-12 * np.abs(costs_only).max())
 
 
 # --------------------------------------------------------------------------- (3) backends agree, no recompile

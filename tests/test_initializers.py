@@ -71,3 +71,19 @@ def test_scan_rotation_applies_to_recorded_positions_like_a_raster(rotation):
     scan = init_scan_from_data(FromDataScanConfig(rotation_deg=rotation), InitContext(data=data))
     expected = raster_scan((3, 4), (0.5, 0.5), rotation) + np.array([5.0, 7.0])
     np.testing.assert_allclose(scan, expected, atol=1e-12)
+
+
+def test_a_nan_pattern_neither_breaks_the_edge_estimate_nor_the_scale():
+    """One pattern of NaN (a dead frame): the mean pattern leaves it out, so the soft rim is
+    still found and the probe still carries the data's counts."""
+    lam = wavelength_A(200e3)
+    base = _data()
+    soft = make_probe((32, 32), base.real_space_sampling_A(), lam, 20.0, defocus_A=40.0, soft_edge_px=1.0)
+    disc = 1e4 * np.abs(np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(soft), norm="ortho"))) ** 2
+    pats = np.repeat(disc[None], 12, axis=0).astype(np.float32)
+    pats[5] = np.nan
+    data = RawData(patterns=pats, reciprocal_sampling_invA=(0.1, 0.1), energy_eV=200e3, convergence_angle_mrad=20.0,
+                   defocus_A=40.0, scan_shape=(3, 4), scan_step_A=(0.5, 0.5))
+    probe = init_focused_probe(FocusedProbeConfig(), InitContext(data=data)).data[0]
+    assert np.sum(np.abs(probe) ** 2) == pytest.approx(float(disc.sum()), rel=1e-5)
+    np.testing.assert_allclose(probe / np.sqrt(disc.sum()), soft, atol=1e-6)

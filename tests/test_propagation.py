@@ -78,17 +78,13 @@ def test_band_limit_is_raised_to_cover_the_probe_aperture():
     k_nyq = 1.0 / (2 * s)
     aperture = 25e-3 / lam / k_nyq
     assert abs(probe_bandwidth(p, s) - aperture) < 1.5 / (32 * s) / k_nyq  # within a pixel and a half
-    f = covering_bandlimit(2 / 3, p, s)
-    assert f > aperture and f == pytest.approx(probe_bandwidth(p, s) + 0.083 / k_nyq)
-    assert covering_bandlimit(None, p, s) is None
-    # the data's aperture, when known, stands in for the probe's bandwidth (a resumed run,
-    # whose probe has been refined, then gets the same propagators)
-    k_alpha = 25e-3 / lam
-    assert covering_bandlimit(2 / 3, p, s, aperture_invA=k_alpha) == pytest.approx((k_alpha + 0.083) / k_nyq)
-    # a probe well inside 2/3 keeps the 2/3 rule, and a larger requested limit is kept
-    small = make_probe((32, 32), s, lam, 10.0)
-    assert covering_bandlimit(2 / 3, small, s) == 2 / 3
-    assert covering_bandlimit(0.9, p, s) == 0.9
+    k_alpha = 25e-3 / lam  # α/λ [1/Å]
+    f = covering_bandlimit(2 / 3, (32, 32), s, k_alpha)
+    assert f > aperture and f == pytest.approx((k_alpha + 0.083) / k_nyq)  # one pixel beyond
+    assert covering_bandlimit(None, (32, 32), s, k_alpha) is None
+    # an aperture well inside 2/3 keeps the 2/3 rule, and a larger requested limit is kept
+    assert covering_bandlimit(2 / 3, (32, 32), s, 10e-3 / lam) == 2 / 3
+    assert covering_bandlimit(0.9, (32, 32), s, k_alpha) == 0.9
     # propagating 20 Å keeps the probe's power with the covering limit, not with 2/3
     for limit, kept in ((f, True), (2 / 3, False)):
         h = fresnel_propagator((32, 32), s, lam, 20.0, bandlimit=limit)

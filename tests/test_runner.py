@@ -573,9 +573,16 @@ output: {checkpoint_every: 1, images: [probe, object_phase]}
 
 def test_run_plan_refuses_a_folder_with_a_previous_run(tmp_path):
     """The API keeps a previous run as the CLI does: refused unless resumed or overwritten."""
-    run_plan(make_plan(niters=(2,)), out_dir=tmp_path, registry=make_registry(), quiet=True)
+    run_plan(make_plan(niters=(3,)), out_dir=tmp_path, registry=make_registry(), quiet=True)
     with pytest.raises(PhaserError, match="holds a previous run.*resume=True.*overwrite=True"):
         run_plan(make_plan(niters=(2,)), out_dir=tmp_path, registry=make_registry(), quiet=True)
+    # overwriting starts afresh (not a resume of the 3 iterations) and removes the old
+    # state files, so that a resume after a crash cannot pick up the old final.h5
     state = run_plan(make_plan(niters=(2,)), out_dir=tmp_path, registry=make_registry(), quiet=True,
                      overwrite=True)
-    assert int(state.iteration.total_iter) == 2
+    assert list(state.progress.iters) == [1, 2]
+    run_plan(make_plan(niters=(3,)), out_dir=tmp_path / "b", registry=make_registry(), quiet=True)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_plan(make_plan(niters=(2,)), out_dir=tmp_path / "b", registry=make_registry(), quiet=True,
+                 overwrite=True, observers=[RaiseAfter(1)])
+    assert not (tmp_path / "b" / "final.h5").exists()

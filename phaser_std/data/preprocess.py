@@ -286,9 +286,13 @@ def drop_nan_patterns(config: DropNanConfig, data: RawData, ctx: LoadContext) ->
                         extra={**data.extra, "kept_indices": keep, "dropped_indices": np.nonzero(bad)[0]})
 
 
-def pacbed(data: RawData) -> np.ndarray:
-    """Position-averaged pattern (Qy, Qx) float64, NaN-safe, masked pixels set to 0."""
-    pacbed_ = np.nanmean(np.asarray(data.patterns, dtype=np.float64), axis=0)
+def pacbed(data: RawData, n_sample: int | None = None) -> np.ndarray:
+    """Position-averaged pattern (Qy, Qx) [e⁻] float64, NaN-safe, masked pixels set to 0;
+    over ``n_sample`` evenly spaced patterns when given (fewer reads of large data)."""
+    pats = data.patterns
+    if n_sample is not None and int(pats.shape[0]) > n_sample:
+        pats = pats[np.linspace(0, int(pats.shape[0]) - 1, n_sample).astype(int)]
+    pacbed_ = np.nanmean(np.asarray(pats, dtype=np.float64), axis=0)
     if data.mask is not None:
         pacbed_ = pacbed_ * np.asarray(data.mask, dtype=bool)
     return pacbed_

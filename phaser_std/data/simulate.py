@@ -452,8 +452,7 @@ def simulate(spec: SimSpec, seed: int | None = None) -> Simulation:
     dose = spec.dose if spec.dose is not None else spec.nominal_dose
     probe = simulate_probe(spec) * np.sqrt(dose * area)
     # the reconstruction engines' rule: the band limit never cuts the probe's aperture
-    bandlimit = covering_bandlimit(spec.bandlimit, probe, samp,
-                                   aperture_invA=spec.convergence_angle_mrad * 1e-3 / lam)
+    bandlimit = covering_bandlimit(spec.bandlimit, q, samp, spec.convergence_angle_mrad * 1e-3 / lam)
     props = [fresnel_propagator(q, samp, lam, dz, tilt_mrad=spec.tilt_mrad, bandlimit=bandlimit)
              for dz in thick[:-1]]
     expected = forward(probe, transmission, true, samp, props)

@@ -92,12 +92,12 @@ def _add_probe_sums(bk: Any, pnum_k: Any, pden: Any, o0: Any, g: Any, fr: Any, m
 
 def _single_slice_sums(bk: Any, noise: Any, obj: Any, probe: Any, measured: Any, starts: Any, frac: Any,
                        mask_f: Any, n: int, object_sums: bool, probe_sums: bool,
-                       keep: bool = True) -> tuple[tuple, dict]:
+                       keep: tuple[str, ...] = ("chi", "probes", "illum")) -> tuple[tuple, dict]:
     """One pass over the ``n`` chunks of a single-slice group: ``((num_map, illum_map,
     pnum_k, pden, loss), kept)``, the sums of :func:`_sums_init` (the object's with
-    ``object_sums``, the probe's with ``probe_sums``) and, with ``keep``, per chunk ``chi``,
-    the shifted ``probes`` and their illumination Σ_modes|P|² ``illum`` ``(C, Ny, Nx)``. The
-    common first half of the single-slice ePIE and LSQML steps."""
+    ``object_sums``, the probe's with ``probe_sums``) and, per chunk, those of ``chi``, the
+    shifted ``probes`` and their illumination Σ_modes|P|² ``illum`` ``(C, Ny, Nx)`` [e⁻]
+    named in ``keep``. The common first half of the single-slice ePIE and LSQML steps."""
     xp = bk.xp
     shape = probe.shape[-2:]
 
@@ -108,13 +108,13 @@ def _single_slice_sums(bk: Any, noise: Any, obj: Any, probe: Any, measured: Any,
         o0 = get_views(bk, obj, st, shape)[:, 0]  # (C, Ny, Nx): the one slice
         chunk_loss, chi = _exit_update(bk, noise, probes * o0[:, None], me, m)
         mm = m[:, None, None]
-        illum = xp.sum(abs2(xp, probes), axis=1) * mm
+        illum = xp.sum(abs2(xp, probes), axis=1) * mm if object_sums or "illum" in keep else None
         if object_sums:
             num_map = add_views(bk, num_map, st, xp.sum(xp.conj(probes) * chi, axis=1)[:, None] * mm[:, None])
             illum_map = add_views(bk, illum_map, st, illum[:, None])
         if probe_sums:
             pnum_k, pden = _add_probe_sums(bk, pnum_k, pden, o0, chi, fr, mm)
-        kept = {"chi": chi, "probes": probes, "illum": illum} if keep else {}
+        kept = {k: v for k, v in (("chi", chi), ("probes", probes), ("illum", illum)) if k in keep}
         return (num_map, illum_map, pnum_k, pden, loss + chunk_loss), kept
 
     return bk.scan(one, _sums_init(bk, obj, probe), tuple(split_rows(a, n) for a in (measured, starts, frac, mask_f)))
@@ -289,7 +289,7 @@ def epie_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe:
     n = mask.shape[0] // chunk
     (num_map, illum_map, pnum_k, pden, loss), kept = _single_slice_sums(
         bk, noise, obj, probe, measured, starts, frac, mask.astype(bk.real_dtype), n, update_object, update_probe,
-        keep=keep_waves)
+        keep=("chi", "probes") if keep_waves else ())
     new_obj, new_probe = obj, probe
     if update_object:
         new_obj = obj + solver.beta_object * num_map / (xp.max(illum_map) + 1e-30)

@@ -173,6 +173,27 @@ class EngineArrays:
                                          props())
         self.extra["probe_scaled"] = True
 
+    def bandlimit(self, requested: float | None, data: Any) -> float | None:
+        """The propagators' band limit [fraction of k_Nyquist]: ``requested`` raised to cover
+        the probe's aperture (:func:`~phaser_std.physics.propagation.covering_bandlimit`).
+
+        The aperture radius [1/Å] is taken once per run and kept in
+        ``extra["probe_aperture_invA"]``, so later engines and a resumed run build the same
+        propagators whatever the probe has become: α/λ from the data's convergence angle,
+        else the bandwidth of the probe this first engine starts from."""
+        from phaser_std.physics.propagation import covering_bandlimit, probe_bandwidth
+
+        radius = self.extra.get("probe_aperture_invA")
+        if radius is None:
+            alpha = getattr(data, "convergence_angle_mrad", None)
+            if alpha is not None:
+                radius = float(alpha) * 1e-3 / self.wavelength_A
+            else:
+                sy, sx = (float(v) for v in self.geometry.sampling_A)
+                radius = probe_bandwidth(self.state.probe.data, self.geometry.sampling_A) * min(0.5 / sy, 0.5 / sx)
+            self.extra["probe_aperture_invA"] = float(radius)
+        return covering_bandlimit(requested, self.probe_shape, self.geometry.sampling_A, float(radius))
+
     def clip_scan(self, scan_A: np.ndarray) -> np.ndarray:
         """Positions ``(N, 2)`` [Å] clipped to ``[scan_lo_A, scan_hi_A]``, so views stay inside the object."""
         return np.clip(scan_A, self.scan_lo_A, self.scan_hi_A)
@@ -289,7 +310,7 @@ class EngineLoop:
             ind = groups.indices
             losses = run_groups(it, ind, groups.mask, all_starts[ind], all_frac[ind])
             end_iteration(it)
-            loss = float(np.sum(ctx.backend.to_numpy(losses))) / self.n_positions
+            loss = float(np.sum(ctx.backend.to_numpy(losses), dtype=np.float64)) / self.n_positions
             ctx.backend.synchronize()
             dt = time.perf_counter() - t0
             total += 1

@@ -25,7 +25,6 @@ from phaser_std.engines.common import (
 from phaser_std.engines.conventional_solvers import make_group_step
 from phaser_std.engines.regularizers import RegInfo
 from phaser_std.physics.forward import make_propagators, shift_ramp_factors
-from phaser_std.physics.propagation import aperture_invA, covering_bandlimit
 
 __all__ = ["ConventionalConfig", "ConventionalEngine"]
 
@@ -74,8 +73,7 @@ class ConventionalEngine:
         if tilt.ndim != 1:
             raise DataError("the conventional engine supports a global tilt only; "
                             "use the gradient engine for per-position tilt")
-        bandlimit = covering_bandlimit(cfg.bandlimit, state.probe.data, geometry.sampling_A,
-                                       aperture_invA=aperture_invA(data, wavelength))
+        bandlimit = arrays.bandlimit(cfg.bandlimit, data)
         props = make_propagators(bk, probe_shape, geometry.sampling_A, wavelength, geometry.thicknesses_A,
                                  tilt, bandlimit)
         if cfg.scale_probe:

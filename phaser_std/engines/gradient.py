@@ -39,7 +39,6 @@ from phaser_std.engines.gradient_step import GroupModel, StepCounter, make_group
 from phaser_std.engines.optimizers import AdamConfig
 from phaser_std.engines.regularizers import RegInfo
 from phaser_std.physics.forward import abs2, make_propagators, shift_ramp_factors
-from phaser_std.physics.propagation import aperture_invA, covering_bandlimit
 
 __all__ = ["GradientSolvers", "GradientConfig", "GradientEngine"]
 
@@ -155,8 +154,7 @@ class GradientEngine:
         elif cfg.tilt == "global" and tilt.ndim == 2:
             tilt = tilt.mean(axis=0)
 
-        bandlimit = covering_bandlimit(cfg.bandlimit, state.probe.data, sampling,
-                                       aperture_invA=aperture_invA(data, wavelength))
+        bandlimit = arrays.bandlimit(cfg.bandlimit, data)
         base_props = make_propagators(bk, probe_shape, sampling, wavelength, thick, (0.0, 0.0), bandlimit)
         patterns, extra = arrays.patterns, arrays.extra
         saved = dict(extra.get("gradient", {}) or {})

@@ -215,7 +215,7 @@ def register_all(register) -> None:
     register("gaussian", GaussianNoise, config=GaussianConfig,
              doc="Additive Gaussian noise of standard deviation sigma [e⁻].")
     register("poisson", PoissonNoise, config=PoissonConfig,
-             doc="Poisson counting noise (Stirling form); conventional update with Newton step.")
+             doc="Poisson counting noise (likelihood of a mean I + eps); conventional update with Newton step.")
     register("amplitude", AmplitudeNoise, config=AmplitudeConfig,
              doc="Gaussian noise on 2√I (modulus constraint), NaN-safe at zero intensity.")
     register("anscombe", AnscombeNoise, config=AnscombeConfig,

@@ -94,7 +94,8 @@ class PolyakSGDConfig:
     max_learning_rate: Schedulable = param(1.0, doc="upper bound of the Polyak step")
     scaling: Schedulable = param(1.0, doc="scales the gradient before the Polyak step")
     f_min: float = param(0.0, doc="lower bound of the loss, normalised like the gradient (per position; the "
-                                  "object's also per unit probe intensity): 0 for phaser's noise models")
+                                  "object's also per unit probe intensity): 0 for phaser's noise models (poisson: "
+                                  "at most eps [e⁻] per pixel below 0)")
     eps: float = param(0.0, doc="added to ‖g‖² in the step's denominator")
 
 

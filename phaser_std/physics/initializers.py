@@ -24,18 +24,28 @@ def _wavelength(ctx: Any) -> float:
     return float(ctx.wavelength_A) if ctx.wavelength_A is not None else ctx.data.wavelength_A()
 
 
-def _scale_to_data(modes: np.ndarray, ctx: Any) -> np.ndarray:
-    """Scale so Σ|P|² equals the mean pattern sum [electrons] (unchanged without data)."""
+def _mean_pattern(data: Any, n_sample: int = 256) -> np.ndarray | None:
+    """The mean of up to ``n_sample`` evenly spaced patterns (Qy, Qx) [e⁻] (NaN-safe:
+    NaN values are left out, a pixel NaN everywhere and masked pixels count 0), or None
+    without usable data."""
+    import warnings
+
+    from phaser_std.data.preprocess import pacbed
+
     try:
-        pats = ctx.data.patterns
-        n = int(pats.shape[0])
-        idx = np.linspace(0, n - 1, min(n, 256)).astype(int)
-        mean = float(np.mean(np.sum(np.asarray(pats[idx], dtype=np.float64), axis=(-2, -1))))
-    except Exception:  # noqa: BLE001 - no usable data: keep unit power
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a pixel NaN in every sample
+            return np.nan_to_num(pacbed(data, n_sample=n_sample))
+    except Exception:  # noqa: BLE001 - no usable data
+        return None
+
+
+def _scale_to_data(modes: np.ndarray, mean_pattern: np.ndarray | None) -> np.ndarray:
+    """Scale so Σ|P|² equals the mean pattern's sum [e⁻] (unchanged without one)."""
+    total = float(np.sum(mean_pattern)) if mean_pattern is not None else 0.0
+    if not np.isfinite(total) or total <= 0:
         return modes
-    if not np.isfinite(mean) or mean <= 0:
-        return modes
-    return modes * np.sqrt(mean / float(np.sum(np.abs(modes) ** 2)))
+    return modes * np.sqrt(total / float(np.sum(np.abs(modes) ** 2)))
 
 
 # ------------------------------------------------------------------------------ probe
@@ -75,17 +85,13 @@ def _data_aberrations(data: Any) -> dict | None:
 
 
 def data_soft_edge_px(data: Any, sampling_A: Any, wavelength_A: float, conv_angle_mrad: float,
-                      n_sample: int = 256) -> float:
+                      mean_pattern: np.ndarray | None = None) -> float:
     """The aperture edge width [reciprocal px] of :func:`~phaser_std.physics.probe.estimate_soft_edge_px`
-    on the mean of up to ``n_sample`` evenly spaced patterns of ``data`` (0 without data)."""
+    on the data's mean pattern (:func:`_mean_pattern` unless given; 0 without data)."""
     from phaser_std.physics.probe import estimate_soft_edge_px
 
-    try:
-        pats = data.patterns
-        n = int(pats.shape[0])
-        idx = np.linspace(0, n - 1, min(n, n_sample)).astype(int)
-        mean = np.mean(np.asarray(pats[idx], dtype=np.float64), axis=0)
-    except Exception:  # noqa: BLE001 - no usable data: a hard edge
+    mean = mean_pattern if mean_pattern is not None else _mean_pattern(data)
+    if mean is None:
         return 0.0
     return estimate_soft_edge_px(mean, sampling_A, wavelength_A, conv_angle_mrad, mask=getattr(data, "mask", None))
 
@@ -105,14 +111,15 @@ def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
     defocus = config.defocus_A if config.defocus_A is not None else (data.defocus_A or 0.0)
     aberrations = config.aberrations if config.aberrations is not None else _data_aberrations(data)
     sampling = data.real_space_sampling_A()
+    mean = _mean_pattern(data)
     soft = config.soft_edge_px
     if soft is None:
-        soft = data_soft_edge_px(data, sampling, _wavelength(ctx), float(conv))
+        soft = data_soft_edge_px(data, sampling, _wavelength(ctx), float(conv), mean_pattern=mean)
     probe = make_probe(data.pattern_shape, sampling, _wavelength(ctx), float(conv), defocus_A=float(defocus),
                        aberrations=aberrations, soft_edge_px=soft)
     rng = np.random.default_rng(_stream(ctx.seed, "probe-modes"))
     modes = make_modes(probe, config.n_modes, config.first_mode_power, rng if config.n_modes > 1 else None)
-    return ProbeState(data=_scale_to_data(modes, ctx), sampling_A=tuple(float(s) for s in sampling))
+    return ProbeState(data=_scale_to_data(modes, mean), sampling_A=tuple(float(s) for s in sampling))
 
 
 def _stream(seed: int, name: str) -> np.random.SeedSequence:
@@ -152,7 +159,7 @@ def init_probe_from_file(config: ProbeFileConfig, ctx: Any) -> ProbeState:
         raise ValueError(f"probe in {path} is {modes.shape[-2:]} but the patterns are {shape}; "
                          "resample the probe or crop/bin the data to match")
     if config.scale_to_data:
-        modes = _scale_to_data(modes, ctx)
+        modes = _scale_to_data(modes, _mean_pattern(ctx.data))
     return ProbeState(data=modes, sampling_A=tuple(float(v) for v in sampling))
 
 

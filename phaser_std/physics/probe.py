@@ -47,8 +47,12 @@ def estimate_soft_edge_px(mean_pattern: Any, sampling_A: Any, wavelength_A: floa
     that antialiases the aperture (abTEM's default), gives about 1. The estimate is the
     candidate of :data:`SOFT_EDGE_CANDIDATES_PX` whose ``s·A_w(k)² + b`` (least squares
     in the scale s and the background b) best fits the valid pixels within ``rim_px`` of
-    the cutoff α/λ. It is 0 when fewer than ``min_pixels`` such pixels lie on the detector
-    (a bright-field disc larger than the detector) or the fit is degenerate.
+    the cutoff α/λ, provided it halves the residual of the hard edge. It is 0 when fewer
+    than ``min_pixels`` such pixels lie on the detector (a bright-field disc larger than
+    the detector) or the fit is degenerate.
+
+    Limits: the radius and centre are taken as given. A disc a pixel off centre or a few
+    per cent larger than α/λ can read as a soft edge of up to 2 px.
     """
     mean = np.asarray(mean_pattern, dtype=np.float64)
     shape = mean.shape
@@ -62,18 +66,24 @@ def estimate_soft_edge_px(mean_pattern: Any, sampling_A: Any, wavelength_A: floa
         rim &= np.asarray(mask, dtype=bool)
     if int(rim.sum()) < min_pixels:
         return 0.0
-    y = mean[rim]
-    spread = float(np.sum((y - y.mean()) ** 2))
-    if not spread > 0:
+    y, kr = mean[rim], k[rim]
+    if not float(np.sum((y - y.mean()) ** 2)) > 0:
         return 0.0
-    best, best_res = 0.0, np.inf
+    residual = {}
     for w in SOFT_EDGE_CANDIDATES_PX:
-        a = probe_aperture(shape, sampling_A, wavelength_A, conv_angle_mrad, w)[rim] ** 2
-        design = np.stack([a, np.ones_like(a)], axis=1)
+        # |A_w|² on the rim pixels (probe_aperture's edge, evaluated there only)
+        a = (kr <= k_cut).astype(np.float64) if w == 0 else np.clip((k_cut - kr) / (w * dk) + 0.5, 0.0, 1.0)
+        design = np.stack([a**2, np.ones_like(a)], axis=1)
         coef = np.linalg.lstsq(design, y, rcond=None)[0]
-        res = float(np.sum((design @ coef - y) ** 2))
-        if coef[0] > 0 and res < best_res:
-            best, best_res = float(w), res
+        if coef[0] > 0:
+            residual[float(w)] = float(np.sum((design @ coef - y) ** 2))
+    if not residual:
+        return 0.0
+    best = min(residual, key=residual.get)
+    # a soft edge must explain the rim clearly better than a hard one (half the residual):
+    # a disc slightly off centre or of a slightly wrong radius should not pass for one
+    if best > 0 and 0.0 in residual and residual[best] > 0.5 * residual[0.0]:
+        return 0.0
     return best
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from phaser_std.physics.optics import _pair, fftfreq_grid
 
 __all__ = ["fresnel_propagator", "fresnel_propagators_tilted", "bandlimit_mask", "probe_bandwidth",
-           "aperture_invA", "covering_bandlimit"]
+           "covering_bandlimit"]
 
 
 def bandlimit_mask(shape: tuple[int, int], sampling_A: Any, bandlimit: float | None = 2.0 / 3.0, xp: Any = np) -> Any:
@@ -26,9 +26,7 @@ def bandlimit_mask(shape: tuple[int, int], sampling_A: Any, bandlimit: float | N
     if bandlimit is None:
         m = np.ones((int(shape[0]), int(shape[1])))
     else:
-        sy, sx = _pair(sampling_A)
-        k_nyq = min(1.0 / (2 * sy), 1.0 / (2 * sx))
-        m = ((ky**2 + kx**2) <= (float(bandlimit) * k_nyq) ** 2).astype(np.float64)
+        m = ((ky**2 + kx**2) <= (float(bandlimit) * _k_nyquist(sampling_A)) ** 2).astype(np.float64)
     return xp.asarray(m)
 
 
@@ -46,41 +44,31 @@ def probe_bandwidth(probe: Any, sampling_A: Any, power: float = 0.999) -> float:
     if not cum[-1] > 0:
         return 0.0
     radius = float(k[order][np.searchsorted(cum, power * cum[-1])])
-    sy, sx = _pair(sampling_A)
-    return radius / min(1.0 / (2 * sy), 1.0 / (2 * sx))
+    return radius / _k_nyquist(sampling_A)
 
 
-def aperture_invA(data: Any, wavelength_A: float) -> float | None:
-    """The probe aperture's radius α/λ [1/Å] from the data's ``convergence_angle_mrad``
-    (None when the data do not say)."""
-    alpha = getattr(data, "convergence_angle_mrad", None)
-    if alpha is None or not wavelength_A:
-        return None
-    return float(alpha) * 1e-3 / float(wavelength_A)
-
-
-def covering_bandlimit(bandlimit: float | None, probe: Any, sampling_A: Any, margin_px: float = 1.0,
-                       aperture_invA: float | None = None) -> float | None:
-    """``bandlimit`` [fraction of k_Nyquist], raised to the probe's aperture plus
-    ``margin_px`` reciprocal pixels where the aperture reaches beyond it, so that
-    propagating never cuts the incident probe. The aperture is ``aperture_invA`` = α/λ
-    [1/Å] when the data say it: the same on a resumed run, so the propagators are too.
-    Without it, the probe's bandwidth (:func:`probe_bandwidth`) stands in.
+def covering_bandlimit(bandlimit: float | None, shape: tuple[int, int], sampling_A: Any, aperture_invA: float,
+                       margin_px: float = 1.0) -> float | None:
+    """``bandlimit`` [fraction of k_Nyquist], raised to the aperture radius ``aperture_invA``
+    = α/λ [1/Å] plus ``margin_px`` reciprocal pixels (of the ``shape`` grid's coarser axis)
+    where the aperture reaches beyond it, so that propagating never cuts the incident probe.
 
     The 2/3 rule keeps products of band-limited waves from aliasing, but a detector that
     collects little beyond the bright-field disc puts the aperture above 2/3 of Nyquist
-    (abTEM data cropped at 1.45α: the aperture at 0.73). A propagator cut inside the
+    (abTEM data cropped at 1.37α: the aperture at 0.73). A propagator cut inside the
     aperture removes part of the probe at every slice (benchmarks/NOTES.md 24). None
     stays None (no limit)."""
     if bandlimit is None:
         return None
     sy, sx = _pair(sampling_A)
-    shape = np.asarray(probe).shape[-2:]
     dk = max(1.0 / (shape[0] * sy), 1.0 / (shape[1] * sx))
-    k_nyq = min(1.0 / (2 * sy), 1.0 / (2 * sx))
-    width = aperture_invA / k_nyq if aperture_invA is not None else probe_bandwidth(probe, sampling_A)
-    needed = width + margin_px * dk / k_nyq
-    return float(max(float(bandlimit), needed))
+    return float(max(float(bandlimit), (float(aperture_invA) + margin_px * dk) / _k_nyquist(sampling_A)))
+
+
+def _k_nyquist(sampling_A: Any) -> float:
+    """The smaller axis' Nyquist frequency 1/(2s) [1/Å]: the band limit's reference."""
+    sy, sx = _pair(sampling_A)
+    return min(1.0 / (2 * sy), 1.0 / (2 * sx))
 
 
 def fresnel_propagator(
