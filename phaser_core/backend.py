@@ -24,6 +24,8 @@ class Backend(Protocol):
     xp: Any
     #: the float dtype name, ``"float32"`` (default) or ``"float64"``
     dtype: str
+    #: devices :meth:`sum_scan` may spread its steps over
+    lanes: int
 
     @property
     def real_dtype(self) -> Any: ...
@@ -46,6 +48,8 @@ class Backend(Protocol):
     def matmul(self, a: Any, b: Any) -> Any: ...
     def jit(self, fn: Callable, **kwargs: Any) -> Callable: ...
     def scan(self, fn: Callable, carry: Any, xs: tuple) -> tuple[Any, dict]: ...
+    def share(self, x: Any) -> Any: ...
+    def sum_scan(self, fn: Callable, carry: Any, xs: tuple, reduce: Any = None) -> tuple[Any, dict]: ...
     def rng(self, seed: int, stream: str) -> np.random.Generator: ...
     def synchronize(self, x: Any = None) -> Any: ...
 
@@ -90,6 +94,8 @@ class BaseBackend:
 
     name = "base"
     xp: Any = np
+    #: How many devices :meth:`sum_scan` spreads its steps over (1: none).
+    lanes = 1
 
     def __init__(self, dtype: str = "float32"):
         if dtype not in DTYPES:
@@ -196,6 +202,20 @@ class BaseBackend:
                     out[k] = self.xp.empty((n,) + tuple(v.shape), dtype=v.dtype)
                 out[k][i] = v
         return carry, out
+
+    def share(self, x: Any) -> Any:
+        """``x`` placed where every one of the backend's :attr:`lanes` reads it; here ``x``."""
+        return x
+
+    def sum_scan(self, fn: Callable, carry: Any, xs: tuple, reduce: Any = None) -> tuple[Any, dict]:
+        """:meth:`scan` over independent steps whose carry only accumulates: each step adds
+        its terms to the carry's entries (``carry + terms``, whatever their order), or for an
+        entry named ``"max"`` in ``reduce`` (a tuple parallel to the carry's top level;
+        None: all ``"sum"``) takes an element-wise maximum. A step must not read the carry
+        for anything else. Under that contract a backend with several :attr:`lanes` may run
+        the steps on its devices at once and add (or max) their carries at the end; the
+        result equals the plain scan's to float rounding. Here: :meth:`scan`."""
+        return self.scan(fn, carry, xs)
 
     def rng(self, seed: int, stream: str) -> np.random.Generator:
         """A host random generator for the named stream of ``seed``. The same on every

@@ -25,18 +25,30 @@ gradient engine's first run of ``benchmarks`` single64 1.03 -> 0.84 s with them 
 ``PHASER_JAX_CACHE=0`` turns the cache off; ``PHASER_JAX_CACHE_MIN_COMPILE_S`` [s] (default 0)
 stores only programs that took longer to compile; a cache directory the user configured
 in jax is left alone.
+
+CPU lanes. XLA:CPU runs an FFT on one core when it is called from its thread pool, which is
+where a group step's FFTs run (``benchmarks/NOTES.md`` 18, 22), so one jax device leaves
+half of a 2-core machine idle in the multislice steps. On import this module therefore asks
+jax for one CPU device per core (``jax_num_cpu_devices``, at most 8;
+``PHASER_JAX_CPU_DEVICES=N`` chooses, ``1`` turns it off; an ``XLA_FLAGS`` device count or a
+jax that is already running is left alone). A backend on a CPU with several devices places
+its arrays on all of them (replicated) and :meth:`JaxBackend.sum_scan` runs the chunks of a
+group on the devices at once (``shard_map``), adding their sums at the end. Everything else
+runs replicated, i.e. as on one device. Like x64, the device count is process-global.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+import functools
 import os
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from phaser_core.backend import BaseBackend
 from phaser_core.config import env_enabled
@@ -61,10 +73,68 @@ def enable_compilation_cache() -> Path | None:
     return folder
 
 
+MAX_CPU_LANES = 8
+LANE_AXIS = "lanes"
+
+
+def request_cpu_devices() -> int | None:
+    """Ask jax for one CPU device per core before its backends start (see the module
+    docstring); returns the number asked for, or None when left alone."""
+    want = os.environ.get("PHASER_JAX_CPU_DEVICES", "").strip()
+    n = int(want) if want else min(os.cpu_count() or 1, MAX_CPU_LANES)
+    if n <= 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return None
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:  # jax is already running: its devices stay as they are
+        return None
+    return n
+
+
+request_cpu_devices()
+
+
+def cpu_lane_mesh() -> Mesh | None:
+    """A one-axis mesh over jax's CPU devices when jax computes on a CPU with more than
+    one device; else None."""
+    devices = jax.devices()
+    if devices[0].platform != "cpu" or len(devices) < 2:
+        return None
+    return Mesh(np.array(devices), (LANE_AXIS,))
+
+
+def _shard_map() -> Callable:
+    try:
+        from jax import shard_map
+    except ImportError:  # jax < 0.6
+        from jax.experimental.shard_map import shard_map
+    return shard_map
+
+
 def enable_x64() -> None:
     """Turn on 64-bit floats in jax (process-global; see the module docstring)."""
     if not jax.config.read("jax_enable_x64"):
         jax.config.update("jax_enable_x64", True)
+
+
+class _PlacedJit:
+    """A jitted function whose array arguments are placed by ``place`` before each call
+    (and before :meth:`lower`)."""
+
+    def __init__(self, compiled: Callable, place: Callable):
+        self._compiled, self._place = compiled, place
+        functools.update_wrapper(self, compiled)
+
+    def _placed(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return jax.tree_util.tree_map(self._place, (args, kwargs))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        args, kwargs = self._placed(args, kwargs)
+        return self._compiled(*args, **kwargs)
+
+    def lower(self, *args: Any, **kwargs: Any) -> Any:
+        args, kwargs = self._placed(args, kwargs)
+        return self._compiled.lower(*args, **kwargs)
 
 
 class JaxBackend(BaseBackend):
@@ -78,6 +148,9 @@ class JaxBackend(BaseBackend):
         enable_compilation_cache()
         if self.dtype == "float64":
             enable_x64()
+        self.mesh = cpu_lane_mesh()
+        self.lanes = 1 if self.mesh is None else int(self.mesh.size)
+        self._placement = None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec())
 
     @property
     def device(self) -> Any:
@@ -110,6 +183,16 @@ class JaxBackend(BaseBackend):
                 dtype = {"i": np.int32, "u": np.uint32}[x.dtype.kind]
             return jax.device_put(np.asarray(x, dtype=dtype))
         return jnp.asarray(x, dtype=dtype)
+
+    def share(self, x: Any) -> Any:
+        """``x`` placed once where every lane reads it (see the module docstring): a large
+        array that each compiled step takes as an argument (the patterns), which would
+        otherwise be copied to the other lanes at every call. Arrays a compiled step
+        closes over must stay as :meth:`asarray` makes them."""
+        if self._placement is None or not isinstance(x, (jax.Array, np.ndarray)) \
+                or isinstance(x, jax.core.Tracer) or getattr(x, "sharding", None) == self._placement:
+            return x
+        return jax.device_put(x, self._placement)
 
     def to_numpy(self, x: Any) -> np.ndarray:
         """A writable host copy of ``x`` (numpy arrays and scalars pass through ``np.asarray``)."""
@@ -154,12 +237,52 @@ class JaxBackend(BaseBackend):
 
     def jit(self, fn: Callable, **kwargs: Any) -> Callable:
         """:func:`jax.jit` with ``kwargs`` (``static_argnums``, ``static_argnames``,
-        ``donate_argnums``, ...) passed through."""
-        return jax.jit(fn, **kwargs)
+        ``donate_argnums``, ...) passed through. On several CPU lanes the array arguments
+        are first placed on all of them (:meth:`share`), as the program's outputs are: the
+        first call and the later ones then see the same placement and compile once."""
+        compiled = jax.jit(fn, **kwargs)
+        return compiled if self._placement is None else _PlacedJit(compiled, self.share)
 
     def scan(self, fn: Callable, carry: Any, xs: Any) -> tuple[Any, Any]:
         """:func:`jax.lax.scan` (one compiled loop)."""
         return jax.lax.scan(fn, carry, xs)
+
+    def sum_scan(self, fn: Callable, carry: Any, xs: Any, reduce: Any = None) -> tuple[Any, Any]:
+        """:meth:`~phaser_core.backend.BaseBackend.sum_scan`: on several CPU lanes, each
+        device scans its share of the steps from zero sums (``"max"`` entries from the
+        carry given) and the shares are added (``psum``) or maxed (``pmax``); the stacked
+        outputs stay split over the devices along their leading axis. One lane, or steps
+        that do not divide among the lanes: :func:`jax.lax.scan`."""
+        n = next(int(x.shape[0]) for x in jax.tree_util.tree_leaves(xs))
+        if self.lanes == 1 or n % self.lanes:
+            return jax.lax.scan(fn, carry, xs)
+        keys = list(carry) if isinstance(carry, dict) else list(range(len(carry)))
+        ops = {k: "sum" for k in keys} if reduce is None else (
+            dict(reduce) if isinstance(reduce, dict) else dict(zip(keys, reduce)))
+        if set(ops) != set(keys) or set(ops.values()) - {"sum", "max"}:
+            raise ValueError(f"sum_scan: reduce must name 'sum' or 'max' for each carry entry {keys}")
+
+        def rebuild(values: dict) -> Any:
+            return dict(values) if isinstance(carry, dict) else type(carry)(values[k] for k in keys)
+
+
+        def share(carry, xs_local):
+            # lane 0 starts from the carry given, the others from zero (a "max" entry: all
+            # from the carry), so the psum of the shares is the whole sum
+            first = jax.lax.axis_index(LANE_AXIS) == 0
+            start = rebuild({k: jax.tree_util.tree_map(lambda c: jnp.where(first, c, jnp.zeros_like(c)), carry[k])
+                             if ops[k] == "sum" else carry[k] for k in keys})
+            local, ys = jax.lax.scan(fn, start, xs_local)
+            merged = {k: jax.lax.psum(local[k], LANE_AXIS) if ops[k] == "sum" else jax.lax.pmax(local[k], LANE_AXIS)
+                      for k in keys}
+            return merged, ys
+
+        split = PartitionSpec(LANE_AXIS)
+        whole = PartitionSpec()
+        merged, ys = _shard_map()(share, mesh=self.mesh, in_specs=(whole, split), out_specs=(whole, split),
+                                  check_vma=False)(carry, xs)
+        total = rebuild(merged)
+        return total, ys
 
     def value_and_grad(self, fn: Callable, **kwargs: Any) -> Callable:
         """:func:`jax.value_and_grad` (``has_aux``, ``argnums``, ...): automatic gradients.

@@ -117,7 +117,7 @@ def _single_slice_sums(bk: Any, noise: Any, obj: Any, probe: Any, measured: Any,
         kept = {k: v for k, v in (("chi", chi), ("probes", probes), ("illum", illum)) if k in keep}
         return (num_map, illum_map, pnum_k, pden, loss + chunk_loss), kept
 
-    return bk.scan(one, _sums_init(bk, obj, probe), tuple(split_rows(a, n) for a in (measured, starts, frac, mask_f)))
+    return bk.sum_scan(one, _sums_init(bk, obj, probe), tuple(split_rows(a, n) for a in (measured, starts, frac, mask_f)))
 
 
 def lsqml_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: Any, measured: Any,
@@ -155,7 +155,7 @@ def lsqml_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe
             b = shift_probes(bk, pdir, fr) * o0[:, None]
         return carry, inner_products(xp, ch, a, b)
 
-    _, dots = bk.scan(products, 0.0, (kept["chi"], kept["probes"], split_rows(starts, n), split_rows(frac, n)))
+    _, dots = bk.sum_scan(products, (), (kept["chi"], kept["probes"], split_rows(starts, n), split_rows(frac, n)))
     d = {k: v.reshape(-1) for k, v in dots.items()}
     new_obj, new_probe = obj, probe
     if update_object and update_probe:
@@ -242,7 +242,7 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
         kept = {"chi": chi, "chi0": g, "psis": xp.stack(psis, axis=1), "illums": illums}  # psis[:, 0]: the probes
         return (num_maps, illum_maps, pnum_k, pden, loss), kept
 
-    (num_maps, illum_maps, pnum_k, pden, loss), kept = bk.scan(
+    (num_maps, illum_maps, pnum_k, pden, loss), kept = bk.sum_scan(
         backward, _sums_init(bk, obj, probe), (split(measured), split(starts), split(frac), split(mask_f)))
     peak = xp.max(illum_maps, axis=(1, 2), keepdims=True)
     directions = num_maps / (illum_maps + cfg.illum_reg_object * peak + 1e-30)
@@ -263,7 +263,7 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
         return carry, {"num": xp.sum(xp.real(ch * xp.conj(d_wave)), axis=axes),
                        "den": xp.sum(abs2(xp, d_wave), axis=axes)}
 
-    _, sums = bk.scan(carried, 0.0, (kept["chi"], kept["psis"], split(starts), split(frac)))
+    _, sums = bk.sum_scan(carried, (), (kept["chi"], kept["psis"], split(starts), split(frac)))
     num, den = sums["num"].reshape(-1), sums["den"].reshape(-1)
     alpha = xp.clip(num / (den + cfg.gamma * xp.max(den) + 1e-30), 0.0, None) * mask_f
     weight = add_views(bk, xp.zeros(obj.shape, dtype=bk.real_dtype), starts,
@@ -363,9 +363,9 @@ def epie_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: A
     def zero_maps():  # fresh ones for every pass: numpy adds views in place
         return xp.zeros(obj.shape[1:], dtype=obj.dtype), xp.zeros(obj.shape[1:], dtype=bk.real_dtype)
 
-    (num_map, illum_map, loss, view_peak), kept = bk.scan(
+    (num_map, illum_map, loss, view_peak), kept = bk.sum_scan(
         forward, (*zero_maps(), xp.zeros((), dtype=bk.real_dtype), xp.zeros((n_slices,), dtype=bk.real_dtype)),
-        (split_rows(measured, n), sts, frs, ms))
+        (split_rows(measured, n), sts, frs, ms), reduce=("sum", "sum", "sum", "max"))
     chi = kept["chi"]
     new_slices = [None] * n_slices
     pnum_k, pden = xp.zeros(probe.shape, dtype=probe.dtype), xp.zeros(shape, dtype=bk.real_dtype)
@@ -376,7 +376,7 @@ def epie_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: A
             new_slices[i] = obj[i] + delta
         if i == 0:
             break
-        (num_map, illum_map, pnum_k, pden), out = bk.scan(
+        (num_map, illum_map, pnum_k, pden), out = bk.sum_scan(
             back_through(i, delta), (*zero_maps(), pnum_k, pden),
             (chi, kept[f"psi{i}"], kept[f"psi{i - 1}"], sts, frs, ms))
         chi = out["chi"]

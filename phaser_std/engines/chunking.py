@@ -42,11 +42,13 @@ def auto_chunk(group_size: int, bytes_per_position: int, budget: int = CACHE_BUD
 
 def resolve_chunk(requested: int | None, group_size: int, n_modes: int, n_slices: int,
                   wave_shape: tuple[int, int], itemsize: int, on_cpu: bool,
-                  budget: int = CACHE_BUDGET_BYTES) -> int:
+                  budget: int = CACHE_BUDGET_BYTES, lanes: int = 1) -> int:
     """The chunk an engine uses: ``requested`` when given (it must divide the group size),
     else :func:`auto_chunk` on a CPU (waves of ``n_modes·n_slices·Ny·Nx`` complex numbers of
     ``itemsize`` [bytes] per position) and the whole group on a GPU, whose batches should
-    stay large."""
+    stay large. With several CPU ``lanes`` (the backend's devices, which compute chunks at
+    once) the chunk is a divisor of the group's share per lane, so the chunks divide among
+    the lanes (when the group size does)."""
     if requested is not None:
         requested = int(requested)
         if requested < 1 or group_size % requested:
@@ -56,6 +58,9 @@ def resolve_chunk(requested: int | None, group_size: int, n_modes: int, n_slices
     if not on_cpu:
         return group_size
     per_position = int(n_modes) * int(n_slices) * int(wave_shape[0]) * int(wave_shape[1]) * int(itemsize)
+    lanes = max(int(lanes), 1)
+    if lanes > 1 and group_size % lanes == 0:
+        return auto_chunk(group_size // lanes, per_position, budget)
     return auto_chunk(group_size, per_position, budget)
 
 

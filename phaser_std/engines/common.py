@@ -84,7 +84,7 @@ def patterns_to_device(bk: Any, patterns: Any) -> Any:
     backend's real dtype. Engines read a group through :func:`group_patterns`."""
     host = np.asarray(patterns)
     dtype = np.dtype(np.uint16) if whole_counts(host) else np.dtype(bk.dtype)
-    return bk.asarray(np.fft.ifftshift(host.astype(dtype, copy=False), axes=(-2, -1)), dtype=dtype)
+    return bk.share(bk.asarray(np.fft.ifftshift(host.astype(dtype, copy=False), axes=(-2, -1)), dtype=dtype))
 
 
 def group_patterns(bk: Any, patterns: Any, idx: Any) -> Any:

@@ -84,7 +84,7 @@ class ConventionalEngine:
                        thicknesses_A=np.asarray(geometry.thicknesses_A))
         chunk = resolve_chunk(cfg.grouping.chunk, min(cfg.grouping.size, scan.shape[0]), state.probe.n_modes,
                               geometry.n_slices, probe_shape, np.dtype(bk.complex_dtype).itemsize,
-                              backend_on_cpu(bk), budget=conventional_budget(geometry.n_slices))
+                              backend_on_cpu(bk), budget=conventional_budget(geometry.n_slices), lanes=bk.lanes)
         group_step_fn = make_group_step(bk, solver, noise, props, probe_shape, chunk=chunk)
 
         def fused_step(obj_, probe_, patterns_, idx, starts, frac, mask, hyper, update_object=True,

@@ -171,7 +171,7 @@ class GradientEngine:
                            thicknesses_A=thick, reg_info=info, n_positions=n_pos,
                            costs_per_group=cfg.cost_per == "group")
         chunk = resolve_chunk(cfg.grouping.chunk, min(cfg.grouping.size, n_pos), state.probe.n_modes, len(thick),
-                              probe_shape, np.dtype(bk.complex_dtype).itemsize, backend_on_cpu(bk))
+                              probe_shape, np.dtype(bk.complex_dtype).itemsize, backend_on_cpu(bk), lanes=bk.lanes)
         step = make_group_step(bk, model, solvers, group_constraints, counter=self.step_counter, chunk=chunk)
 
         def iteration_step(params, opt_states, acc, patterns_, indices, starts, frac, tilt_, masks, hyper, cost_w,

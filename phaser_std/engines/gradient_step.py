@@ -375,7 +375,7 @@ def chunked_gradients(bk: Any, model: GroupModel, chunk: int, obj: Any, probe: A
     init = {k: (cost_grads[k].astype(like[k].dtype) if k in cost_grads else bk.xp.zeros_like(like[k]))
             for k in summed}
     init["data"] = bk.xp.zeros((), dtype=bk.real_dtype)
-    carry, ys = bk.scan(body, init, xs)
+    carry, ys = bk.sum_scan(body, init, xs)
     data = carry.pop("data")
     out = dict(carry)
     out.update({k: v.reshape((-1,) + tuple(v.shape[2:])) for k, v in ys.items()})
