@@ -143,12 +143,12 @@ class JaxBackend(BaseBackend):
     name = "jax"
     xp = jnp
 
-    def __init__(self, dtype: str = "float32"):
+    def __init__(self, dtype: str = "float32", lanes: bool = True):
         super().__init__(dtype)
         enable_compilation_cache()
         if self.dtype == "float64":
             enable_x64()
-        self.mesh = cpu_lane_mesh()
+        self.mesh = cpu_lane_mesh() if lanes else None
         self.lanes = 1 if self.mesh is None else int(self.mesh.size)
         self._placement = None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec())
 
@@ -183,6 +183,14 @@ class JaxBackend(BaseBackend):
                 dtype = {"i": np.int32, "u": np.uint32}[x.dtype.kind]
             return jax.device_put(np.asarray(x, dtype=dtype))
         return jnp.asarray(x, dtype=dtype)
+
+    def one_lane(self) -> "JaxBackend":
+        """This backend on jax's first device only (no lanes; itself when it has none)."""
+        if self.lanes == 1:
+            return self
+        if getattr(self, "_one_lane", None) is None:
+            self._one_lane = JaxBackend(self.dtype, lanes=False)
+        return self._one_lane
 
     def share(self, x: Any) -> Any:
         """``x`` placed once where every lane reads it (see the module docstring): a large

@@ -90,6 +90,21 @@ def _add_probe_sums(bk: Any, pnum_k: Any, pden: Any, o0: Any, g: Any, fr: Any, m
     return pnum_k, pden + xp.sum(abs2(xp, o0) * mm, axis=0)
 
 
+def _weighted_illumination(bk: Any, shape: tuple, starts: Any, alpha: Any, illums: Any) -> Any:
+    """Σ_b α_b·illum_b scattered into an object-shaped real map ``shape``, chunk by chunk
+    (the inputs split into chunks: ``starts`` ``(n, C, 2)``, ``alpha`` ``(n, C)``, ``illums``
+    ``(n, C, S, Ny, Nx)``): LSQML's illumination-weighted object step. In chunks, so the
+    illuminations kept per chunk stay where :meth:`sum_scan` computed them."""
+    xp = bk.xp
+
+    def add(carry, x):
+        st, a, il = x
+        return (add_views(bk, carry[0], st, a[:, None, None, None] * il),), {}
+
+    (weight,), _ = bk.sum_scan(add, (xp.zeros(shape, dtype=bk.real_dtype),), (starts, alpha, illums))
+    return weight
+
+
 def _single_slice_sums(bk: Any, noise: Any, obj: Any, probe: Any, measured: Any, starts: Any, frac: Any,
                        mask_f: Any, n: int, object_sums: bool, probe_sums: bool,
                        keep: tuple[str, ...] = ("chi", "probes", "illum")) -> tuple[tuple, dict]:
@@ -166,8 +181,8 @@ def lsqml_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe
         alpha, beta = None, d["cb"] / (d["bb"] + cfg.gamma * xp.max(d["bb"]) + 1e-30)
     if update_object:
         alpha = xp.clip(alpha, 0.0, None) * mask_f
-        weight = add_views(bk, xp.zeros(obj.shape, dtype=bk.real_dtype), starts,
-                           (alpha[:, None, None] * _unsplit(kept["illum"]))[:, None])
+        weight = _weighted_illumination(bk, obj.shape, split_rows(starts, n), split_rows(alpha, n),
+                                        kept["illum"][:, :, None])
         new_obj = obj + solver.beta_object * (weight / (illum_map + 1e-30)) * direction
     if update_probe:
         beta = xp.clip(beta, 0.0, None) * mask_f
@@ -266,8 +281,7 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
     _, sums = bk.sum_scan(carried, (), (kept["chi"], kept["psis"], split(starts), split(frac)))
     num, den = sums["num"].reshape(-1), sums["den"].reshape(-1)
     alpha = xp.clip(num / (den + cfg.gamma * xp.max(den) + 1e-30), 0.0, None) * mask_f
-    weight = add_views(bk, xp.zeros(obj.shape, dtype=bk.real_dtype), starts,
-                       alpha[:, None, None, None] * _unsplit(kept["illums"]))
+    weight = _weighted_illumination(bk, obj.shape, split(starts), split(alpha), kept["illums"])
     new_obj = obj + solver.beta_object * (weight / (illum_maps + 1e-30)) * directions
     new_probe = probe
     if update_probe:

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 __all__ = ["CACHE_BUDGET_BYTES", "SWEEP_BUDGET_BYTES", "conventional_budget", "has_chunked_step", "auto_chunk", "resolve_chunk",
-           "backend_on_cpu", "named_backend_on_cpu"]
+           "engine_chunk", "backend_on_cpu", "named_backend_on_cpu", "named_backend_lanes"]
 
 #: Per-chunk wave data [bytes] the automatic choice aims at (a share of a CPU's L2/L3),
 #: counted as modes x slices x Ny x Nx complex numbers per position. The gradient step and
@@ -64,6 +66,29 @@ def resolve_chunk(requested: int | None, group_size: int, n_modes: int, n_slices
     return auto_chunk(group_size, per_position, budget)
 
 
+def engine_chunk(bk: Any, requested: int | None, group_size: int, n_modes: int, n_slices: int,
+                 wave_shape: tuple[int, int], budget: int = CACHE_BUDGET_BYTES,
+                 chunked_step: bool = True) -> tuple[Any, int]:
+    """``(backend, chunk)`` of an engine's group step (:func:`resolve_chunk`).
+
+    On a backend with several CPU lanes (jax: one CPU device per core), a step that computes
+    its group in chunks spreads them over the lanes (``bk.sum_scan``), so the chunks must
+    divide among them. Where they cannot (the whole group in one chunk, a group size the
+    lanes do not divide, ``chunked_step`` False: a step without chunks) every lane would
+    compute the same whole step, slower than one device (1.7x measured, benchmarks/NOTES.md
+    27), so the engine gets the backend's one-lane twin (``bk.one_lane()``)."""
+    itemsize = int(np.dtype(bk.complex_dtype).itemsize)
+    on_cpu = backend_on_cpu(bk)
+    lanes = int(getattr(bk, "lanes", 1))
+    if lanes > 1 and chunked_step:
+        chunk = resolve_chunk(requested, group_size, n_modes, n_slices, wave_shape, itemsize, on_cpu, budget, lanes)
+        if chunk < group_size and (group_size // chunk) % lanes == 0:
+            return bk, chunk
+    if lanes > 1:
+        bk = bk.one_lane()
+    return bk, resolve_chunk(requested, group_size, n_modes, n_slices, wave_shape, itemsize, on_cpu, budget)
+
+
 def has_chunked_step(solver: str, n_slices: int, multislice: str = "joint") -> bool:
     """Whether the built-in conventional rule ``solver`` has a chunked group step
     (:mod:`~phaser_std.engines.chunked_steps`): ePIE (any slices), LSQML on one slice and
@@ -87,6 +112,15 @@ def backend_on_cpu(bk: Any) -> bool:
         return False
     device = getattr(bk, "device", None)
     return device is None or getattr(device, "platform", "cpu") == "cpu"
+
+
+def named_backend_lanes(backend: str) -> int:
+    """The CPU lanes a backend named ``backend`` would have (jax: its CPU devices when it
+    computes on the CPU; 1 otherwise), for the memory planner, which has no backend."""
+    if backend != "jax" or not named_backend_on_cpu(backend):
+        return 1
+    import jax
+    return max(1, len(jax.devices()))
 
 
 def named_backend_on_cpu(backend: str) -> bool:

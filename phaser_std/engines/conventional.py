@@ -11,7 +11,7 @@ from phaser_core.config import ConstraintSpec, ConventionalSolverSpec, Flag, Noi
 from phaser_core.errors import DataError
 from phaser_core.plan import SlicesPlan
 from phaser_core.state import ReconsState
-from phaser_std.engines.chunking import backend_on_cpu, conventional_budget, resolve_chunk
+from phaser_std.engines.chunking import conventional_budget, engine_chunk
 from phaser_std.engines.common import (
     EngineLoop,
     GroupingConfig,
@@ -22,7 +22,7 @@ from phaser_std.engines.common import (
     resample_for_engine,
     scan_groups,
 )
-from phaser_std.engines.conventional_solvers import make_group_step
+from phaser_std.engines.conventional_solvers import has_chunked_rule, make_group_step
 from phaser_std.engines.regularizers import RegInfo
 from phaser_std.physics.forward import make_propagators, shift_ramp_factors
 
@@ -67,6 +67,10 @@ class ConventionalEngine:
         group_constraints = build_constraints(cfg.group_constraints, reg)
         iter_constraints = build_constraints(cfg.iter_constraints, reg)
 
+        n_slices = int(np.shape(state.object.data)[0])
+        bk, chunk = engine_chunk(bk, cfg.grouping.chunk, min(cfg.grouping.size, np.shape(state.scan_A)[0]),
+                                 state.probe.n_modes, n_slices, state.probe.shape, conventional_budget(n_slices),
+                                 chunked_step=has_chunked_rule(solver, n_slices))
         arrays = engine_arrays(bk, state, data)
         probe_shape, wavelength, geometry = arrays.probe_shape, arrays.wavelength_A, arrays.geometry
         tilt = np.asarray(state.tilt_mrad, dtype=np.float64)
@@ -82,9 +86,6 @@ class ConventionalEngine:
 
         info = RegInfo(sampling_A=tuple(geometry.sampling_A), wavelength_A=wavelength,
                        thicknesses_A=np.asarray(geometry.thicknesses_A))
-        chunk = resolve_chunk(cfg.grouping.chunk, min(cfg.grouping.size, scan.shape[0]), state.probe.n_modes,
-                              geometry.n_slices, probe_shape, np.dtype(bk.complex_dtype).itemsize,
-                              backend_on_cpu(bk), budget=conventional_budget(geometry.n_slices), lanes=bk.lanes)
         group_step_fn = make_group_step(bk, solver, noise, props, probe_shape, chunk=chunk)
 
         def fused_step(obj_, probe_, patterns_, idx, starts, frac, mask, hyper, update_object=True,

@@ -306,6 +306,14 @@ def position_direction(bk: Any, probes: Any, o0: Any, chi0: Any, mask: Any) -> A
     return xp.stack(out, axis=1) * mask[:, None]
 
 
+def has_chunked_rule(solver: ConventionalSolver, n_slices: int) -> bool:
+    """Whether :func:`make_group_step` can compute ``solver``'s groups in chunks: the
+    built-in ePIE and LSQML rules (not a plugin's subclass) where
+    :func:`~phaser_std.engines.chunking.has_chunked_step` says so."""
+    return type(solver) in (EpieSolver, LsqmlSolver) and has_chunked_step(
+        solver.name, n_slices, getattr(solver.config, "multislice", "joint"))
+
+
 def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any, probe_shape: tuple[int, int],
                     chunk: int | None = None):
     """The pure per-group step of a conventional engine.
@@ -331,8 +339,7 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
         # the chunked steps re-implement the two built-in rules exactly: a subclass (a
         # plugin's variant of a sweep or an update) keeps the whole-group path calling it
         kind = type(solver)
-        chunked = (chunk is not None and chunk < mask.shape[0] and kind in (EpieSolver, LsqmlSolver)
-                   and has_chunked_step(solver.name, n_slices, getattr(solver.config, "multislice", "joint"))
+        chunked = (chunk is not None and chunk < mask.shape[0] and has_chunked_rule(solver, n_slices)
                    and (update_object or kind is EpieSolver or n_slices == 1))
         if chunked:
             if kind is EpieSolver and props is not None:

@@ -33,7 +33,7 @@ from phaser_core.config import ConstraintSpec, CostSpec, Flag, GradientSolverSpe
 from phaser_core.errors import DataError
 from phaser_core.plan import SlicesPlan
 from phaser_core.state import ReconsState
-from phaser_std.engines.chunking import backend_on_cpu, resolve_chunk
+from phaser_std.engines.chunking import engine_chunk
 from phaser_std.engines.common import EngineLoop, GroupingConfig, engine_arrays, resample_for_engine, scan_groups
 from phaser_std.engines.gradient_step import GroupModel, StepCounter, make_group_step
 from phaser_std.engines.optimizers import AdamConfig
@@ -140,6 +140,8 @@ class GradientEngine:
                                  f"of {sorted(reg.names('solver', role='gradient'))}")
             solvers[k] = spec.build(reg) if spec is not None else None
 
+        bk, chunk = engine_chunk(bk, cfg.grouping.chunk, min(cfg.grouping.size, np.shape(state.scan_A)[0]),
+                                 state.probe.n_modes, int(np.shape(state.object.data)[0]), state.probe.shape)
         arrays = engine_arrays(bk, state, data)
         probe_shape, wavelength, geometry = arrays.probe_shape, arrays.wavelength_A, arrays.geometry
         sampling = tuple(float(s) for s in geometry.sampling_A)
@@ -170,8 +172,6 @@ class GradientEngine:
         model = GroupModel(noise=noise, costs=costs, base_props=base_props, sampling_A=sampling,
                            thicknesses_A=thick, reg_info=info, n_positions=n_pos,
                            costs_per_group=cfg.cost_per == "group")
-        chunk = resolve_chunk(cfg.grouping.chunk, min(cfg.grouping.size, n_pos), state.probe.n_modes, len(thick),
-                              probe_shape, np.dtype(bk.complex_dtype).itemsize, backend_on_cpu(bk), lanes=bk.lanes)
         step = make_group_step(bk, model, solvers, group_constraints, counter=self.step_counter, chunk=chunk)
 
         def iteration_step(params, opt_states, acc, patterns_, indices, starts, frac, tilt_, masks, hyper, cost_w,
