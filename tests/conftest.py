@@ -9,7 +9,12 @@ restores the previous setting after the test so other tests see jax's default.
 
 from __future__ import annotations
 
+import os
 import sys
+
+# jax's CPU lanes (phaser_std.backends.jax_backend): two, whatever the machine's cores, so
+# the lanes path is tested everywhere (set before jax starts)
+os.environ.setdefault("PHASER_JAX_CPU_DEVICES", "2")
 
 import pytest
 

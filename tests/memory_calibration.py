@@ -170,41 +170,54 @@ def fit(rows: list[dict]) -> None:
     import numpy as np
     from scipy.optimize import lsq_linear
 
-    from phaser_std.engines.chunking import auto_chunk, conventional_budget, has_chunked_step
+    from phaser_std.engines.chunking import (CACHE_BUDGET_BYTES, auto_chunk, conventional_budget, has_chunked_step,
+                                             named_backend_lanes)
     from phaser_std.engines.memory import dry_run_batch
 
     measured = {r["case"]: r["measured"] for r in rows if r.get("measured")}
     mib = float(1 << 20)
 
+    def lanes_and_chunk(backend, engine, b, per_position, budget):
+        """(lanes, chunk) as chunking.engine_chunk chooses them (keep in step)."""
+        lanes = named_backend_lanes(backend)
+        if lanes > 1 and b % lanes == 0:
+            chunk = auto_chunk(b // lanes, per_position, budget)
+            if chunk < b and (b // chunk) % lanes == 0:
+                return lanes, chunk
+        return 1, auto_chunk(b, per_position, budget)
+
     def features(case, phase):
-        _, engine, size, s, m, group, extra = case
+        backend, engine, size, s, m, group, extra = case
         n, q = SIZES[size]
         n_pos, p, c = n * n, q * q, 8
         x = np.zeros(len(PARAMS))
         x[0], x[1] = mib, s * mib
         x[11] = mib if engine == "gradient" else 0.0
+        b = min(group, n_pos)
+        budget = CACHE_BUDGET_BYTES if engine == "gradient" else conventional_budget(s)
+        if engine == "gradient" or has_chunked_step(engine, s):
+            lanes, chunk = lanes_and_chunk(backend, engine, b, m * s * p * c, budget)
+        else:
+            lanes, chunk = 1, b
+        # patterns on the host and on each lane
+        patterns = (1 + lanes) * n_pos * p * 4
         if phase == "dry":
             b = min(dry_run_batch(), n_pos)
-            x[2:5] = (s * b * m * p * c, b * m * p * c, b * p * c)
-            return x, 2 * n_pos * p * 4 + b * s * p * c
-        b = min(group, n_pos)
+            x[2:5] = lanes * np.array((s * b * m * p * c, b * m * p * c, b * p * c))
+            return x, patterns + lanes * b * s * p * c
         kept = 0
         if engine == "gradient":
-            b_all, b = b, auto_chunk(b, m * s * p * c)
-            kept = b_all * p * 4
-        elif has_chunked_step(engine, s):  # the cases have no position solver, no explicit chunk
+            kept = b * p * 4
+        elif chunk < b:  # the cases have no position solver, no explicit chunk
             # the kept terms mirror phaser_std/engines/memory.conventional_terms (keep in step)
-            chunk = auto_chunk(b, m * s * p * c, conventional_budget(s))
-            if chunk < b:
-                kept = b * p * 4
-                if engine == "lsqml":
-                    kept += (2 + (s if s > 1 else 0)) * b * m * p * c + b * s * p * 4
-                elif s > 1:
-                    kept += (s + 2) * b * m * p * c
-                b = chunk
+            kept = b * p * 4
+            if engine == "lsqml":
+                kept += (2 + (s if s > 1 else 0)) * b * m * p * c + b * s * p * 4
+            elif s > 1:
+                kept += (s + 2) * b * m * p * c
         off = 5 if engine != "gradient" else 8
-        x[off:off + 3] = (s * b * m * p * c, b * m * p * c, b * p * c)
-        return x, 2 * n_pos * p * 4 + b * s * p * c + kept
+        x[off:off + 3] = lanes * np.array((s * chunk * m * p * c, chunk * m * p * c, chunk * p * c))
+        return x, patterns + lanes * chunk * s * p * c + kept
 
     for backend in ("numpy", "jax"):
         cases = [c for c in CASES + VALIDATION if c[0] == backend and label(c) in measured]

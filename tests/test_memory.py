@@ -74,6 +74,7 @@ def test_gradient_group_term_counts_the_chunk_not_the_group(backend, monkeypatch
     import phaser_std.engines.memory as planner
 
     monkeypatch.setattr(planner, "named_backend_on_cpu", lambda name: True)  # also on a GPU machine
+    monkeypatch.setattr(planner, "named_backend_lanes", lambda name: 1)  # lanes: the next test
     auto_256 = _group_term(_grad(size=256, chunk=None), backend)
     whole_16 = _group_term(_grad(size=16), backend)
     patterns = (256 - 16) * 128 * 128 * 4
@@ -270,3 +271,25 @@ def test_iterations_without_object_update_of_multislice_lsqml_count_the_whole_gr
     assert "without the object update" in name
     # the object updated from the start: the chunked term stays
     assert _group_term(_conv(size=256, modes=4, slices=3, chunk=None, update_object=Flag())) == chunked
+
+
+def test_cpu_lanes_hold_a_chunk_each_and_their_own_copy_of_the_shared_arrays(monkeypatch):
+    # jax with two CPU lanes: the group of 256 runs as chunks of 16 on each lane at once, and
+    # each lane holds the patterns, object and probe; one lane where the step cannot split
+    import phaser_std.engines.memory as planner
+
+    monkeypatch.setattr(planner, "named_backend_on_cpu", lambda name: True)
+    pattern_bytes = 128 * 128 * 4
+
+    def terms(lanes, **kw):
+        monkeypatch.setattr(planner, "named_backend_lanes", lambda name: lanes)
+        return {t[0].split(",")[0].split(" (")[0]: t[1]
+                for t in _grad(**kw).estimate_memory(DATA, SHAPES, "float32", backend="jax")}
+
+    one, two = terms(1, size=256, chunk=None), terms(2, size=256, chunk=None)
+    group = next(k for k in one if k.startswith("group"))
+    assert two[group] - 256 * pattern_bytes == pytest.approx(2 * (one[group] - 256 * pattern_bytes))
+    for shared in ("patterns on the device", "object", "probe modes"):
+        assert two[shared] == 2 * one[shared], shared
+    # a chunk as large as the group cannot split: one lane, as without lanes
+    assert terms(2, size=256, chunk=256) == terms(1, size=256, chunk=256)

@@ -119,8 +119,9 @@ def named_backend_lanes(backend: str) -> int:
     computes on the CPU; 1 otherwise), for the memory planner, which has no backend."""
     if backend != "jax" or not named_backend_on_cpu(backend):
         return 1
-    import jax
-    return max(1, len(jax.devices()))
+    from phaser_std.backends.jax_backend import cpu_lane_mesh
+    mesh = cpu_lane_mesh()
+    return 1 if mesh is None else int(mesh.size)
 
 
 def named_backend_on_cpu(backend: str) -> bool:
@@ -130,7 +131,8 @@ def named_backend_on_cpu(backend: str) -> bool:
         return False
     if backend == "jax":
         try:
-            import jax
+            # through the backend module, which asks jax for its CPU lanes before jax starts
+            from phaser_std.backends.jax_backend import jax
         except ImportError:
             return True
         return jax.default_backend() == "cpu"

@@ -29,7 +29,8 @@ from typing import Any
 
 import attrs
 
-from phaser_std.engines.chunking import conventional_budget, has_chunked_step, named_backend_on_cpu, resolve_chunk
+from phaser_std.engines.chunking import (CACHE_BUDGET_BYTES, conventional_budget, has_chunked_step, named_backend_lanes,
+                                         named_backend_on_cpu, resolve_chunk)
 
 MiB = 1 << 20
 
@@ -50,12 +51,12 @@ CONSTANTS: dict[str, dict[str, float]] = {
     "jax": {
         # XLA compilations of the probe-scaling pass and the group step (grow with the
         # unrolled slices; the gradient engine's value_and_grad program is larger)
-        "overhead_MiB": 81.60, "compile_per_slice_MiB": 18.33, "grad_overhead_MiB": 12.58,
+        "overhead_MiB": 95.93, "compile_per_slice_MiB": 11.72, "grad_overhead_MiB": 10.99,
         # the probe-scaling pass is compiled (one program per batch shape)
-        "dry_slice_waves": 1.08, "dry_waves": 1.40, "dry_pixels": 0.57,
+        "dry_slice_waves": 0.52, "dry_waves": 1.72, "dry_pixels": 1.13,
         "conv_slice_waves": 1.00, "conv_waves": 2.00, "conv_pixels": 1.00,
         # autodiff residuals: the slice waves kept for the backward pass, plus cotangents
-        "grad_slice_waves": 6.00, "grad_waves": 8.00, "grad_pixels": 8.00,
+        "grad_slice_waves": 5.72, "grad_waves": 8.00, "grad_pixels": 0.00,
         # object-sized temporaries of a group update beside the object (and the optimizer
         # state), which the iteration program updates in place (donated buffers). From XLA's
         # buffer assignment of the paper-size iteration programs (80x80 x 128² x 20 slices,
@@ -91,6 +92,10 @@ class Sizes:
     b: int
     r: int
     backend: str
+    #: devices computing the group step at once (jax's CPU lanes; 1 elsewhere). Each holds
+    #: the arrays every lane reads (patterns, object, probe, object-sized maps, optimizer
+    #: state) and the working set of its own chunk.
+    lanes: int = 1
 
     @property
     def c(self) -> int:
@@ -129,7 +134,20 @@ def sizes(config: Any, data_shape: Any, state_shapes: dict, dtype: str, backend:
     qy, qx = data_shape.pattern_shape
     b = max(1, min(int(config.grouping.size), n))
     r = 8 if str(dtype) == "float64" else 4
-    return Sizes(n=n, p=int(qy) * int(qx), m=m, s=s, hw=int(h) * int(w), b=b, r=r, backend=str(backend))
+    return Sizes(n=n, p=int(qy) * int(qx), m=m, s=s, hw=int(h) * int(w), b=b, r=r, backend=str(backend),
+                 lanes=named_backend_lanes(str(backend)))
+
+
+def lanes_and_chunk(z: Sizes, requested: int | None, budget: int, chunked_step: bool,
+                    backend: str) -> tuple[Sizes, int]:
+    """``(sizes, chunk)`` as :func:`~phaser_std.engines.chunking.engine_chunk` chooses
+    them: the sizes keep their lanes where the step's chunks divide among them, else one."""
+    on_cpu = named_backend_on_cpu(backend)
+    if z.lanes > 1 and chunked_step:
+        chunk = resolve_chunk(requested, z.b, z.m, z.s, (z.p, 1), z.c, on_cpu, budget, z.lanes)
+        if chunk < z.b and (z.b // chunk) % z.lanes == 0:
+            return z, chunk
+    return attrs.evolve(z, lanes=1), resolve_chunk(requested, z.b, z.m, z.s, (z.p, 1), z.c, on_cpu, budget)
 
 
 def _group_hint(z: Sizes, size: int) -> str:
@@ -141,13 +159,15 @@ def _common_terms(config: Any, z: Sizes, family: str = "conv", state_shapes: dic
     """Persistent terms every engine has, and the probe-scaling pass (name, bytes, hint)."""
     k = z.k
     overhead = k["overhead_MiB"] + k["compile_per_slice_MiB"] * z.s + (k["grad_overhead_MiB"] if family == "grad" else 0)
+    on = _on_lanes(z)
     terms = [
         # counted data is stored as uint16 (engines.common.patterns_to_device); knowing that
         # takes reading every pattern, so the real dtype is counted: an upper bound
-        ("patterns on the device (N·Qy·Qx)", z.n * z.p * z.r, "crop or bin the patterns (post_load)", "device"),
-        ("object (S·H·W complex)", z.obj,
+        (f"patterns on the device (N·Qy·Qx){on}", z.lanes * z.n * z.p * z.r,
+         "crop or bin the patterns (post_load)", "device"),
+        (f"object (S·H·W complex){on}", z.lanes * z.obj,
          f"fewer slices (slices.n = {z.s}) or a smaller object field (init.object.pad_px)", "device"),
-        ("probe modes", z.m * z.p * z.c, f"fewer probe modes (probe_modes = {z.m})", "device"),
+        (f"probe modes{on}", z.lanes * z.m * z.p * z.c, f"fewer probe modes (probe_modes = {z.m})", "device"),
         ("host snapshot of the state (observers, checkpoints)", z.obj + z.m * z.p * z.c,
          "a smaller object (fewer slices)", "host"),
         ("backend runtime, compilation and caches",
@@ -156,9 +176,14 @@ def _common_terms(config: Any, z: Sizes, family: str = "conv", state_shapes: dic
     dry = (0, "")
     if getattr(config, "scale_probe", False) and not (state_shapes or {}).get("probe_scaled", False):
         b = min(dry_run_batch(), z.n)
-        dry = (z.phase("dry", b),
-               f"probe-scaling pass ({b} positions at a time, {z.s} slices x {z.m} modes)")
+        dry = (z.lanes * z.phase("dry", b),
+               f"probe-scaling pass ({b} positions at a time, {z.s} slices x {z.m} modes){on}")
     return terms, dry
+
+
+def _on_lanes(z: Sizes) -> str:
+    """The note a term held once per lane carries."""
+    return f", on each of {z.lanes} CPU lanes" if z.lanes > 1 else ""
 
 
 def _transient(group: tuple[int, str], dry: tuple[int, str], group_hint: str) -> tuple:
@@ -172,10 +197,9 @@ def _transient(group: tuple[int, str], dry: tuple[int, str], group_hint: str) ->
 def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: str,
                        backend: str = "numpy") -> list[tuple]:
     """Terms of the ``conventional`` engine (ePIE, LSQML)."""
-    z = sizes(config, data_shape, state_shapes, dtype, backend)
+    z, chunk = _conventional_chunk(config, sizes(config, data_shape, state_shapes, dtype, backend), backend)
     terms, dry = _common_terms(config, z, "conv", state_shapes)
     k = z.k
-    chunk = _conventional_chunk(config, z, backend)
     if chunk < z.b:
         # a chunk's working set, plus what is kept of the whole group between passes.
         # LSQML: χ and the shifted probes (one slice), or χ, χ at the entrance and the waves
@@ -188,9 +212,9 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
             kept = 2 * z.wave() if getattr(config, "position_solver", None) is not None else 0
         else:
             kept = (2 + (z.s if z.s > 1 else 0)) * z.wave() + z.b * z.s * z.p * z.r
-        group = z.phase("conv", chunk) + kept + z.b * z.p * z.r
-        name = (f"group step: {chunk} of B={z.b} positions at a time, the group's chi and slice waves kept "
-                f"(M={z.m} x {z.p} px)")
+        group = z.lanes * z.phase("conv", chunk) + kept + z.b * z.p * z.r
+        name = (f"group step: {chunk} of B={z.b} positions at a time{' per lane' if z.lanes > 1 else ''}, "
+                f"the group's chi and slice waves kept (M={z.m} x {z.p} px)")
         if config.solver.type == "lsqml" and z.s > 1 and _has_iterations_without_object_update(config):
             # LSQML's multislice step runs in chunks only while the object is updated
             # (conventional_solvers.make_group_step): other iterations take whole groups
@@ -205,8 +229,8 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
         name = (f"group step: views, {z.s} slice waves, far field, chi and FFT workspace "
                 f"(B={z.b} x M={z.m} x {z.p} px)")
     terms.append(_transient((group, name), dry, _group_hint(z, config.grouping.size)))
-    terms.append(("object-sized maps of a group update (illumination, update, new object)",
-                  int(k["conv_object"] * z.obj), f"fewer slices (slices.n = {z.s})", "device"))
+    terms.append((f"object-sized maps of a group update (illumination, update, new object){_on_lanes(z)}",
+                  int(z.lanes * k["conv_object"] * z.obj), f"fewer slices (slices.n = {z.s})", "device"))
     if getattr(config, "position_solver", None) is not None:
         # position_direction: P·∂O per axis (counted, not calibrated)
         terms.append(("position-correction direction (2 waves)", 2 * z.wave(), _group_hint(z, config.grouping.size),
@@ -220,32 +244,33 @@ def _has_iterations_without_object_update(config: Any) -> bool:
     return flag is not None and not all(flag(it) for it in range(int(config.niter)))
 
 
-def _conventional_chunk(config: Any, z: Sizes, backend: str) -> int:
-    """The chunk of the conventional engine's group step (:mod:`~phaser_std.engines.chunking`)."""
+def _conventional_chunk(config: Any, z: Sizes, backend: str) -> tuple[Sizes, int]:
+    """The lanes and chunk of the conventional engine's group step
+    (:mod:`~phaser_std.engines.chunking`)."""
     solver = getattr(config, "solver", None)
     multislice = getattr(getattr(solver, "config", None), "multislice", "joint")
-    if not has_chunked_step(str(getattr(solver, "type", "")), z.s, multislice):
-        return z.b
-    return resolve_chunk(getattr(config.grouping, "chunk", None), z.b, z.m, z.s, (z.p, 1), z.c,
-                         named_backend_on_cpu(backend), conventional_budget(z.s))
+    chunked = has_chunked_step(str(getattr(solver, "type", "")), z.s, multislice)
+    if not chunked:
+        return attrs.evolve(z, lanes=1), z.b
+    return lanes_and_chunk(z, getattr(config.grouping, "chunk", None), conventional_budget(z.s), chunked, backend)
 
 
 def gradient_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: str,
                    backend: str = "numpy") -> list[tuple]:
     """Terms of the ``gradient`` engine: the group step with its autodiff residuals (jax) or
     analytic adjoint (numpy/cupy), object-sized gradients and the optimizer state."""
-    z = sizes(config, data_shape, state_shapes, dtype, backend)
+    z, chunk = lanes_and_chunk(sizes(config, data_shape, state_shapes, dtype, backend),
+                               getattr(config.grouping, "chunk", None), CACHE_BUDGET_BYTES, True, backend)
     terms, dry = _common_terms(config, z, "grad", state_shapes)
     k = z.k
-    chunk = resolve_chunk(getattr(config.grouping, "chunk", None), z.b, z.m, z.s, (z.p, 1), z.c,
-                          named_backend_on_cpu(backend))
-    # the per-position work runs `chunk` positions at a time; the group's patterns whole
-    group = z.phase("grad", chunk) + z.b * z.p * z.r
+    # the per-position work runs `chunk` positions at a time (on each lane); the group's
+    # patterns whole
+    group = z.lanes * z.phase("grad", chunk) + z.b * z.p * z.r
     what = "autodiff residuals" if backend == "jax" else "adjoint"
     name = (f"group step: views, {z.s} slice waves, far field, {what} and FFT workspace "
-            f"({chunk} of B={z.b} positions at a time x M={z.m} x {z.p} px)")
+            f"({chunk} of B={z.b} positions at a time{' per lane' if z.lanes > 1 else ''} x M={z.m} x {z.p} px)")
     terms.append(_transient((group, name), dry, _group_hint(z, config.grouping.size)))
-    terms.append(("object gradient and update temporaries", int(k["grad_object"] * z.obj),
+    terms.append((f"object gradient and update temporaries{_on_lanes(z)}", int(z.lanes * k["grad_object"] * z.obj),
                   f"fewer slices (slices.n = {z.s})", "device"))
     solvers = getattr(config, "solvers", None)
     if getattr(solvers, "positions", None) is not None:
@@ -265,6 +290,6 @@ def gradient_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: str,
         per = 1.5 if "adam" in kind else (1.0 if kind in ("sgd", "momentum") else 1.5)
         opt += int(per * size)
     if opt:
-        terms.append(("optimizer state (adam: 2 moments per variable)", opt,
+        terms.append((f"optimizer state (adam: 2 moments per variable){_on_lanes(z)}", z.lanes * opt,
                       "sgd instead of adam for the object, or fewer slices", "device"))
     return terms

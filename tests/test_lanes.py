@@ -1,0 +1,141 @@
+"""CPU lanes: jax with one CPU device per core computes a group's chunks on the devices at
+once (``JaxBackend.sum_scan``) and adds their sums, and gives the same numbers as one
+device to float32 rounding. The test session asks jax for two CPU devices
+(``PHASER_JAX_CPU_DEVICES`` in conftest.py), so these run on a one-core machine too; on a
+machine whose jax computes on a GPU they skip, saying so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import build_backend
+from recon import make_dataset, run
+
+from phaser_std.engines.chunking import engine_chunk, resolve_chunk
+
+
+@pytest.fixture(scope="module")
+def bk():
+    backend = build_backend("jax")
+    if backend.lanes < 2:
+        pytest.skip("jax has no CPU lanes here (it computes on a GPU, or was started before phaser)")
+    return backend
+
+
+def _steps(bk, n=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return bk.asarray(rng.normal(size=(n, 5)).astype(np.float32))
+
+
+def _step(carry, x):
+    total, peak, untouched, d = carry
+    (xi,) = x
+    return ((total + 2.0 * xi, bk_max(peak, xi), untouched, {"sq": d["sq"] + xi * xi}),
+            {"twice": 2.0 * xi})
+
+
+def bk_max(a, b):
+    import jax.numpy as jnp
+    return jnp.maximum(a, b)
+
+
+def test_sum_scan_on_lanes_equals_one_scan(bk):
+    import jax
+
+    xs = _steps(bk)
+    start = (bk.asarray(np.ones(5, np.float32)), bk.asarray(np.full(5, -1.0, np.float32)),
+             bk.asarray(np.arange(3.0, dtype=np.float32)), {"sq": bk.asarray(np.zeros(5, np.float32))})
+    want = jax.jit(lambda s, x: jax.lax.scan(_step, s, (x,)))(start, xs)
+    got = jax.jit(lambda s, x: bk.sum_scan(_step, s, (x,), reduce=("sum", "max", "sum", "sum")))(start, xs)
+    for w, g in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6, atol=1e-6)
+    # the carry entry no step touches keeps its value (counted once, not once per lane)
+    np.testing.assert_array_equal(np.asarray(got[0][2]), [0.0, 1.0, 2.0])
+    # the per-step outputs stay split over the lanes, in step order
+    assert len(got[1]["twice"].sharding.device_set) == bk.lanes
+
+
+def test_sum_scan_whose_steps_do_not_divide_among_the_lanes_is_one_scan(bk):
+    import jax
+
+    xs = _steps(bk, n=3)
+    start = (bk.asarray(np.zeros(5, np.float32)), bk.asarray(np.zeros(5, np.float32)),
+             bk.asarray(np.zeros(3, np.float32)), {"sq": bk.asarray(np.zeros(5, np.float32))})
+    want = jax.lax.scan(_step, start, (xs,))
+    got = jax.jit(lambda s, x: bk.sum_scan(_step, s, (x,), reduce=("sum", "max", "sum", "sum")))(start, xs)
+    for w, g in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6)
+
+
+def test_sum_scan_refuses_a_reduction_it_does_not_know(bk):
+    with pytest.raises(ValueError, match="'sum' or 'max'"):
+        bk.sum_scan(_step, (0.0, 0.0, 0.0, {"sq": 0.0}), (_steps(bk),), reduce=("sum", "min", "sum", "sum"))
+
+
+def test_chunks_divide_among_the_lanes():
+    # 64² px, 1 mode, 1 slice: 32 KiB per position, a group of 64 fits the 2 MiB budget whole;
+    # with two lanes each computes half of it
+    args = (64, 1, 1, (64, 64), 8, True)
+    assert resolve_chunk(None, *args) == 64
+    assert resolve_chunk(None, *args, lanes=2) == 32
+    # 4 modes: 8 MiB for the group, chunks of 2 MiB, i.e. 64 positions in 4 chunks of 16
+    assert resolve_chunk(None, 64, 4, 1, (64, 64), 8, True, lanes=2) == 16
+    # a group size the lanes do not divide keeps the one-lane choice
+    assert resolve_chunk(None, 63, 1, 1, (64, 64), 8, True, lanes=2) == resolve_chunk(None, 63, 1, 1, (64, 64), 8, True)
+
+
+def test_a_step_that_cannot_split_runs_on_one_lane(bk):
+    shape = (64, 64)
+    lanes_bk, chunk = engine_chunk(bk, None, 64, 1, 1, shape)
+    assert lanes_bk is bk and chunk == 32
+    for kwargs in ({"requested": 64}, {"requested": None, "chunked_step": False}):
+        requested = kwargs.pop("requested")
+        one, chunk = engine_chunk(bk, requested, 64, 1, 1, shape, **kwargs)
+        assert one.lanes == 1 and chunk == 64, kwargs
+        assert one is bk.one_lane()  # one twin, built once
+    one, chunk = engine_chunk(bk, None, 63, 1, 1, shape)  # 63 does not divide among 2 lanes
+    assert one.lanes == 1
+
+
+def test_patterns_are_placed_once_on_every_lane(bk):
+    from phaser_std.engines.common import patterns_to_device
+
+    patterns = patterns_to_device(bk, np.ones((4, 8, 8), np.float32))
+    assert len(patterns.sharding.device_set) == bk.lanes
+    assert patterns_to_device(bk.one_lane(), np.ones((4, 8, 8))).sharding.device_set == {bk.one_lane().device}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("lanes") / "data.h5", scan={"shape": [8, 8]}, dose=1e5)
+
+
+MULTI = {"n": 3, "total_thickness_A": 30.0}
+ENGINES = {
+    "epie-multislice": {"type": "conventional", "niter": 3, "grouping": {"size": 16}, "slices": MULTI,
+                        "solver": {"type": "epie"}},
+    "lsqml-multislice": {"type": "conventional", "niter": 3, "grouping": {"size": 16}, "slices": MULTI,
+                         "solver": {"type": "lsqml"}},
+    "lsqml-modes": {"type": "conventional", "niter": 3, "grouping": {"size": 16}, "probe_modes": 2,
+                    "solver": {"type": "lsqml"}},
+    "gradient-multislice": {"type": "gradient", "niter": 3, "grouping": {"size": 16}, "slices": MULTI},
+}
+
+
+@pytest.mark.parametrize("case", list(ENGINES))
+def test_lanes_reconstruct_as_one_device(bk, data, case, monkeypatch):
+    import phaser_std.backends.jax_backend as jb
+
+    got = run(data, [ENGINES[case]], backend="jax")
+    monkeypatch.setattr(jb, "cpu_lane_mesh", lambda: None)  # a jax backend without lanes
+    want = run(data, [ENGINES[case]], backend="jax")
+    scale = np.max(np.abs(want.object.data))
+    # measured (object; the probe's are smaller): at most 7.4e-7 (conventional) and 4.9e-6
+    # (gradient: Adam divides each step by a running RMS, which magnifies rounding)
+    tol = 1e-4 if ENGINES[case]["type"] == "gradient" else 1e-5
+    assert np.max(np.abs(got.object.data - want.object.data)) / scale < tol
+    assert np.max(np.abs(got.probe.data - want.probe.data)) / np.max(np.abs(want.probe.data)) < tol
+    np.testing.assert_allclose(got.progress.loss, want.progress.loss, rtol=2e-5)
