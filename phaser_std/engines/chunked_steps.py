@@ -254,7 +254,8 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
         illum_maps = add_views(bk, illum_maps, st, illums)
         if update_probe:
             pnum_k, pden = _add_probe_sums(bk, pnum_k, pden, views[:, 0], g, fr, mm)
-        kept = {"chi": chi, "chi0": g, "psis": xp.stack(psis, axis=1), "illums": illums}  # psis[:, 0]: the probes
+        # one kept array per slice: stacking them would copy the group's waves once more
+        kept = {"chi": chi, "chi0": g, "illums": illums, **{f"psi{i}": psis[i] for i in range(n_slices)}}
         return (num_maps, illum_maps, pnum_k, pden, loss), kept
 
     (num_maps, illum_maps, pnum_k, pden, loss), kept = bk.sum_scan(
@@ -269,16 +270,17 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
         ch, ps, st, fr = x
         views = get_views(bk, obj, st, shape)
         d_views = get_views(bk, directions, st, shape)
-        d_wave = shift_probes(bk, pdir, fr) if update_probe else xp.zeros_like(ps[:, 0])
+        d_wave = shift_probes(bk, pdir, fr) if update_probe else xp.zeros_like(ps[0])
         for i in range(n_slices):
-            d_wave = d_wave * views[:, i][:, None] + d_views[:, i][:, None] * ps[:, i]
+            d_wave = d_wave * views[:, i][:, None] + d_views[:, i][:, None] * ps[i]
             if i < n_slices - 1:
                 d_wave = propagate(bk, d_wave, props[i])
         axes = (1, 2, 3)
         return carry, {"num": xp.sum(xp.real(ch * xp.conj(d_wave)), axis=axes),
                        "den": xp.sum(abs2(xp, d_wave), axis=axes)}
 
-    _, sums = bk.sum_scan(carried, (), (kept["chi"], kept["psis"], split(starts), split(frac)))
+    psis = tuple(kept[f"psi{i}"] for i in range(n_slices))  # psi0: the shifted probes
+    _, sums = bk.sum_scan(carried, (), (kept["chi"], psis, split(starts), split(frac)))
     num, den = sums["num"].reshape(-1), sums["den"].reshape(-1)
     alpha = xp.clip(num / (den + cfg.gamma * xp.max(den) + 1e-30), 0.0, None) * mask_f
     weight = _weighted_illumination(bk, obj.shape, split(starts), split(alpha), kept["illums"])
@@ -287,7 +289,7 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
     if update_probe:
         step = xp.sum(alpha) / xp.maximum(xp.sum(mask_f), 1.0)
         new_probe = probe + solver.beta_probe * step * pdir
-    return new_obj, new_probe, loss, _unsplit(kept["chi0"]), _unsplit(kept["psis"][:, :, 0])
+    return new_obj, new_probe, loss, _unsplit(kept["chi0"]), _unsplit(kept["psi0"])
 
 
 def epie_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: Any, measured: Any, starts: Any,
