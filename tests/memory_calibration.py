@@ -170,7 +170,7 @@ def fit(rows: list[dict]) -> None:
     import numpy as np
     from scipy.optimize import lsq_linear
 
-    from phaser_std.engines.chunking import (CACHE_BUDGET_BYTES, auto_chunk, conventional_budget, has_chunked_step,
+    from phaser_std.engines.chunking import (CACHE_BUDGET_BYTES, LANE_MIN_BYTES, auto_chunk, conventional_budget, has_chunked_step,
                                              named_backend_lanes)
     from phaser_std.engines.memory import dry_run_batch
 
@@ -180,7 +180,7 @@ def fit(rows: list[dict]) -> None:
     def lanes_and_chunk(backend, engine, b, per_position, budget):
         """(lanes, chunk) as chunking.engine_chunk chooses them (keep in step)."""
         lanes = named_backend_lanes(backend)
-        if lanes > 1 and b % lanes == 0:
+        if lanes > 1 and b % lanes == 0 and b * per_position >= LANE_MIN_BYTES:
             chunk = auto_chunk(b // lanes, per_position, budget)
             if chunk < b and (b // chunk) % lanes == 0:
                 return lanes, chunk
@@ -230,7 +230,10 @@ def fit(rows: list[dict]) -> None:
         # waves of temporaries, 64² px, 1 and 4 modes, groups of 16 and 64). Left free, the
         # jax fit put these near 0 and moved that memory into the overhead: right for the
         # CPU cases (mostly chunked) but under by up to 2x for whole groups (a GPU's).
-        lo = [0, 0, 0 if jax else 1, 1, -6, 1, 2, 1, 1, 0, 0, 0]
+        # The gradient step holds at least the exit wave and its cotangent per position
+        # (2 waves); with the CPU lanes' few gradient cases the jax fit otherwise put its
+        # waves at 0 and moved them into the slice term (session 7).
+        lo = [0, 0, 0 if jax else 1, 1, -6, 1, 2, 1, 1, 2 if jax else 0, 0, 0]
         hi = [300, 60 if jax else 1e-9, 4 if jax else 5, 8, 8, 6, 8, 8, 6, 8, 8, 100 if jax else 1e-9]
         phases = {label(c): "group" for c in cases}
         sol = None

@@ -31,10 +31,12 @@ where a group step's FFTs run (``benchmarks/NOTES.md`` 18, 22), so one jax devic
 half of a 2-core machine idle in the multislice steps. On import this module therefore asks
 jax for one CPU device per core (``jax_num_cpu_devices``, at most 8;
 ``PHASER_JAX_CPU_DEVICES=N`` chooses, ``1`` turns it off; an ``XLA_FLAGS`` device count or a
-jax that is already running is left alone). A backend on a CPU with several devices places
-its arrays on all of them (replicated) and :meth:`JaxBackend.sum_scan` runs the chunks of a
-group on the devices at once (``shard_map``), adding their sums at the end. Everything else
-runs replicated, i.e. as on one device. Like x64, the device count is process-global.
+jax that is already running is left alone). A backend on a CPU with several devices runs
+the chunks of a group on the devices at once (:meth:`JaxBackend.sum_scan`, a ``shard_map``)
+and adds their sums; everything else runs replicated, i.e. each device computes it as one
+device would. Compiled programs take their array arguments on all devices
+(:meth:`JaxBackend.share`). Engines whose step cannot split use :meth:`JaxBackend.one_lane`.
+Like x64, the device count is process-global.
 """
 
 from __future__ import annotations
@@ -81,7 +83,11 @@ def request_cpu_devices() -> int | None:
     """Ask jax for one CPU device per core before its backends start (see the module
     docstring); returns the number asked for, or None when left alone."""
     want = os.environ.get("PHASER_JAX_CPU_DEVICES", "").strip()
-    n = int(want) if want else min(os.cpu_count() or 1, MAX_CPU_LANES)
+    try:
+        n = int(want) if want else min(os.cpu_count() or 1, MAX_CPU_LANES)
+    except ValueError:
+        raise ValueError(f"PHASER_JAX_CPU_DEVICES={want!r}: give a whole number of CPU devices (1: one device, "
+                         "no lanes)") from None
     if n <= 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return None
     try:
@@ -284,10 +290,11 @@ class JaxBackend(BaseBackend):
 
     def sum_scan(self, fn: Callable, carry: Any, xs: Any, reduce: Any = None) -> tuple[Any, Any]:
         """:meth:`~phaser_core.backend.BaseBackend.sum_scan`: on several CPU lanes, each
-        device scans its share of the steps from zero sums (``"max"`` entries from the
-        carry given) and the shares are added (``psum``) or maxed (``pmax``); the stacked
-        outputs stay split over the devices along their leading axis. One lane, or steps
-        that do not divide among the lanes: :func:`jax.lax.scan`."""
+        device scans its share of the steps, the first from the carry given and the others
+        from zero sums (``"max"`` entries: all from the carry), and the shares are added
+        (one packed ``psum``) or maxed (``pmax``); the stacked outputs stay split over the
+        devices along their leading axis. One lane, or steps that do not divide among the
+        lanes: :func:`jax.lax.scan`."""
         n = next(int(x.shape[0]) for x in jax.tree_util.tree_leaves(xs))
         if self.lanes == 1 or n % self.lanes:
             return jax.lax.scan(fn, carry, xs)
@@ -300,10 +307,10 @@ class JaxBackend(BaseBackend):
         def rebuild(values: dict) -> Any:
             return dict(values) if isinstance(carry, dict) else type(carry)(values[k] for k in keys)
 
-
         def share(carry, xs_local):
-            # lane 0 starts from the carry given, the others from zero (a "max" entry: all
-            # from the carry), so the psum of the shares is the whole sum
+            # the carry enters as an input (a shard_map body may not use the lanes' arrays
+            # from outside), and lane 0 adds it inside: psum-ing a carry the steps pass
+            # through unchanged, added afterwards, crashed XLA:CPU (NOTES.md 27)
             first = jax.lax.axis_index(LANE_AXIS) == 0
             start = rebuild({k: jax.tree_util.tree_map(lambda c: jnp.where(first, c, jnp.zeros_like(c)), carry[k])
                              if ops[k] == "sum" else carry[k] for k in keys})
@@ -315,8 +322,7 @@ class JaxBackend(BaseBackend):
         whole = PartitionSpec()
         merged, ys = _shard_map()(share, mesh=self.mesh, in_specs=(whole, split), out_specs=(whole, split),
                                   check_vma=False)(carry, xs)
-        total = rebuild(merged)
-        return total, ys
+        return rebuild(merged), ys
 
     def value_and_grad(self, fn: Callable, **kwargs: Any) -> Callable:
         """:func:`jax.value_and_grad` (``has_aux``, ``argnums``, ...): automatic gradients.

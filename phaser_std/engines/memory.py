@@ -29,8 +29,8 @@ from typing import Any
 
 import attrs
 
-from phaser_std.engines.chunking import (CACHE_BUDGET_BYTES, conventional_budget, has_chunked_step, named_backend_lanes,
-                                         named_backend_on_cpu, resolve_chunk)
+from phaser_std.engines.chunking import (CACHE_BUDGET_BYTES, LANE_MIN_BYTES, conventional_budget, has_chunked_step,
+                                         named_backend_lanes, named_backend_on_cpu, resolve_chunk)
 
 MiB = 1 << 20
 
@@ -51,12 +51,12 @@ CONSTANTS: dict[str, dict[str, float]] = {
     "jax": {
         # XLA compilations of the probe-scaling pass and the group step (grow with the
         # unrolled slices; the gradient engine's value_and_grad program is larger)
-        "overhead_MiB": 95.93, "compile_per_slice_MiB": 11.72, "grad_overhead_MiB": 10.99,
+        "overhead_MiB": 80.87, "compile_per_slice_MiB": 19.08, "grad_overhead_MiB": 0.00,
         # the probe-scaling pass is compiled (one program per batch shape)
-        "dry_slice_waves": 0.52, "dry_waves": 1.72, "dry_pixels": 1.13,
+        "dry_slice_waves": 0.38, "dry_waves": 1.38, "dry_pixels": 3.45,
         "conv_slice_waves": 1.00, "conv_waves": 2.00, "conv_pixels": 1.00,
         # autodiff residuals: the slice waves kept for the backward pass, plus cotangents
-        "grad_slice_waves": 5.72, "grad_waves": 8.00, "grad_pixels": 0.00,
+        "grad_slice_waves": 3.21, "grad_waves": 2.00, "grad_pixels": 0.00,
         # object-sized temporaries of a group update beside the object (and the optimizer
         # state), which the iteration program updates in place (donated buffers). From XLA's
         # buffer assignment of the paper-size iteration programs (80x80 x 128² x 20 slices,
@@ -143,7 +143,7 @@ def lanes_and_chunk(z: Sizes, requested: int | None, budget: int, chunked_step: 
     """``(sizes, chunk)`` as :func:`~phaser_std.engines.chunking.engine_chunk` chooses
     them: the sizes keep their lanes where the step's chunks divide among them, else one."""
     on_cpu = named_backend_on_cpu(backend)
-    if z.lanes > 1 and chunked_step:
+    if z.lanes > 1 and chunked_step and z.wave() * z.s >= LANE_MIN_BYTES:
         chunk = resolve_chunk(requested, z.b, z.m, z.s, (z.p, 1), z.c, on_cpu, budget, z.lanes)
         if chunk < z.b and (z.b // chunk) % z.lanes == 0:
             return z, chunk
