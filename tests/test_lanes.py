@@ -175,3 +175,23 @@ def test_a_crashed_run_on_lanes_resumes_bit_for_bit(bk, data, tmp_path):
     np.testing.assert_array_equal(resumed.object.data, full.object.data)
     np.testing.assert_array_equal(resumed.probe.data, full.probe.data)
     np.testing.assert_array_equal(resumed.progress.loss, full.progress.loss)
+
+
+def test_multislice_lsqml_with_whole_group_iterations_runs_on_one_lane(bk, data, monkeypatch):
+    # iterations without the object update take whole groups in LSQML's multislice step,
+    # which both lanes would repeat: such an engine runs on one lane; with the object always
+    # updated it splits
+    import phaser_std.engines.conventional as conventional
+
+    seen = []
+    original = conventional.engine_chunk
+
+    def recording(*args, **kwargs):
+        backend, chunk = original(*args, **kwargs)
+        seen.append(backend.lanes)
+        return backend, chunk
+
+    monkeypatch.setattr(conventional, "engine_chunk", recording)
+    run(data, [dict(ENGINES["lsqml-multislice"], update_object={"after": 1})], backend="jax")
+    run(data, [ENGINES["lsqml-multislice"]], backend="jax")
+    assert seen == [1, bk.lanes]

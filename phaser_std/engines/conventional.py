@@ -68,9 +68,13 @@ class ConventionalEngine:
         iter_constraints = build_constraints(cfg.iter_constraints, reg)
 
         n_slices = int(np.shape(state.object.data)[0])
+        # LSQML's multislice step takes whole groups in iterations without the object update,
+        # which every CPU lane would repeat: such an engine computes on one lane throughout
+        whole_some_iterations = (solver.name == "lsqml" and n_slices > 1
+                                 and not all(cfg.update_object(it) for it in range(int(cfg.niter))))
         bk, chunk = engine_chunk(bk, cfg.grouping.chunk, min(cfg.grouping.size, np.shape(state.scan_A)[0]),
                                  state.probe.n_modes, n_slices, state.probe.shape, conventional_budget(n_slices),
-                                 chunked_step=has_chunked_rule(solver, n_slices))
+                                 chunked_step=has_chunked_rule(solver, n_slices) and not whole_some_iterations)
         arrays = engine_arrays(bk, state, data)
         probe_shape, wavelength, geometry = arrays.probe_shape, arrays.wavelength_A, arrays.geometry
         tilt = np.asarray(state.tilt_mrad, dtype=np.float64)

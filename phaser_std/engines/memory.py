@@ -252,7 +252,9 @@ def _conventional_chunk(config: Any, z: Sizes, backend: str) -> tuple[Sizes, int
     chunked = has_chunked_step(str(getattr(solver, "type", "")), z.s, multislice)
     if not chunked:
         return attrs.evolve(z, lanes=1), z.b
-    return lanes_and_chunk(z, getattr(config.grouping, "chunk", None), conventional_budget(z.s), chunked, backend)
+    # as the engine: multislice LSQML with iterations that take whole groups runs on one lane
+    split = not (str(getattr(solver, "type", "")) == "lsqml" and z.s > 1 and _has_iterations_without_object_update(config))
+    return lanes_and_chunk(z, getattr(config.grouping, "chunk", None), conventional_budget(z.s), split, backend)
 
 
 def gradient_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: str,
