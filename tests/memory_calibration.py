@@ -170,7 +170,7 @@ def fit(rows: list[dict]) -> None:
     import numpy as np
     from scipy.optimize import lsq_linear
 
-    from phaser_std.engines.chunking import (CACHE_BUDGET_BYTES, LANE_MIN_BYTES, auto_chunk, conventional_budget, has_chunked_step,
+    from phaser_std.engines.chunking import (CACHE_BUDGET_BYTES, LANE_MIN_BYTES, auto_chunk, lane_budget, conventional_budget, has_chunked_step,
                                              named_backend_lanes)
     from phaser_std.engines.memory import dry_run_batch
 
@@ -181,7 +181,7 @@ def fit(rows: list[dict]) -> None:
         """(lanes, chunk) as chunking.engine_chunk chooses them (keep in step)."""
         lanes = named_backend_lanes(backend)
         if lanes > 1 and b % lanes == 0 and b * per_position >= LANE_MIN_BYTES:
-            chunk = auto_chunk(b // lanes, per_position, budget)
+            chunk = auto_chunk(b // lanes, per_position, lane_budget(budget))
             if chunk < b and (b // chunk) % lanes == 0:
                 return lanes, chunk
         return 1, auto_chunk(b, per_position, budget)

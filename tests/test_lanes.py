@@ -14,7 +14,7 @@ import pytest
 from conftest import build_backend
 from recon import make_dataset, run
 
-from phaser_std.engines.chunking import engine_chunk, resolve_chunk
+from phaser_std.engines.chunking import SWEEP_BUDGET_BYTES, engine_chunk, resolve_chunk
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +87,11 @@ def test_chunks_divide_among_the_lanes():
 
 def test_a_step_that_cannot_split_runs_on_one_lane(bk):
     shape = (64, 64)
+    # 32 KiB per position: chunks of the lanes' 256 KiB budget, 8 positions
     lanes_bk, chunk = engine_chunk(bk, None, 64, 1, 1, shape)
-    assert lanes_bk is bk and chunk == 32
+    assert lanes_bk is bk and chunk == 8
+    # the multislice conventional steps: 2 MiB on lanes (8 slices: 256 KiB per position)
+    assert engine_chunk(bk, None, 64, 1, 8, shape, budget=SWEEP_BUDGET_BYTES) == (bk, 8)
     for kwargs in ({"requested": 64}, {"requested": None, "chunked_step": False}):
         requested = kwargs.pop("requested")
         one, chunk = engine_chunk(bk, requested, 64, 1, 1, shape, **kwargs)
@@ -98,7 +101,7 @@ def test_a_step_that_cannot_split_runs_on_one_lane(bk):
     assert one.lanes == 1
     # a group of 16 (0.5 MiB of waves) is below LANE_MIN_BYTES; with 4 modes it is not
     assert engine_chunk(bk, None, 16, 1, 1, shape)[0].lanes == 1
-    assert engine_chunk(bk, None, 16, 4, 1, shape) == (bk, 8)
+    assert engine_chunk(bk, None, 16, 4, 1, shape) == (bk, 2)
 
 
 def test_patterns_are_placed_once_on_every_lane(bk):

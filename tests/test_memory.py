@@ -274,7 +274,7 @@ def test_iterations_without_object_update_of_multislice_lsqml_count_the_whole_gr
 
 
 def test_cpu_lanes_hold_a_chunk_each_and_their_own_copy_of_the_shared_arrays(monkeypatch):
-    # jax with two CPU lanes: the group of 256 runs as chunks of 16 on each lane at once, and
+    # jax with two CPU lanes: the group of 256 runs as chunks on each lane at once, and
     # each lane holds the patterns, object and probe; one lane where the step cannot split
     import phaser_std.engines.memory as planner
 
@@ -286,7 +286,8 @@ def test_cpu_lanes_hold_a_chunk_each_and_their_own_copy_of_the_shared_arrays(mon
         return {t[0].split(",")[0].split(" (")[0]: t[1]
                 for t in _grad(**kw).estimate_memory(DATA, SHAPES, "float32", backend="jax")}
 
-    one, two = terms(1, size=256, chunk=None), terms(2, size=256, chunk=None)
+    # on lanes the chunk follows the lanes' 256 KiB budget: 2 positions of 128 KiB each
+    one, two = terms(1, size=256, chunk=2), terms(2, size=256, chunk=None)
     group = next(k for k in one if k.startswith("group"))
     assert two[group] - 256 * pattern_bytes == pytest.approx(2 * (one[group] - 256 * pattern_bytes))
     for shared in ("patterns on the device", "object", "probe modes"):

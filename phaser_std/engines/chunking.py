@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CACHE_BUDGET_BYTES", "SWEEP_BUDGET_BYTES", "LANE_MIN_BYTES", "conventional_budget", "has_chunked_step", "auto_chunk", "resolve_chunk",
+__all__ = ["CACHE_BUDGET_BYTES", "SWEEP_BUDGET_BYTES", "LANE_MIN_BYTES", "LANE_CACHE_BUDGET_BYTES",
+           "LANE_SWEEP_BUDGET_BYTES", "lane_budget", "conventional_budget", "has_chunked_step", "auto_chunk", "resolve_chunk",
            "engine_chunk", "backend_on_cpu", "named_backend_on_cpu", "named_backend_lanes"]
 
 #: Per-chunk wave data [bytes] the automatic choice aims at (a share of a CPU's L2/L3),
@@ -31,6 +32,19 @@ SWEEP_BUDGET_BYTES = 16 * 2**20
 #: The smallest group [bytes of waves: B x modes x slices x Ny x Nx complex] whose chunks
 #: are spread over CPU lanes (:func:`engine_chunk`; measured, benchmarks/NOTES.md 27).
 LANE_MIN_BYTES = 1 * 2**20
+#: Chunk budgets [bytes] on CPU lanes, where each lane (core) works in its own L2 (1 MiB on
+#: the benchmark machine) beside the other: the single-slice steps and the gradient engine
+#: 256 KiB, the multislice conventional steps 2 MiB (measured with two lanes, group 64,
+#: benchmarks/NOTES.md 28: 1.1-1.35x faster than the one-device budgets).
+LANE_CACHE_BUDGET_BYTES = 256 * 2**10
+LANE_SWEEP_BUDGET_BYTES = 2 * 2**20
+
+
+def lane_budget(budget: int) -> int:
+    """The chunk budget [bytes] on CPU lanes for a step whose one-device budget is ``budget``."""
+    if int(budget) >= SWEEP_BUDGET_BYTES:
+        return LANE_SWEEP_BUDGET_BYTES
+    return min(int(budget), LANE_CACHE_BUDGET_BYTES)
 
 
 def auto_chunk(group_size: int, bytes_per_position: int, budget: int = CACHE_BUDGET_BYTES) -> int:
@@ -79,7 +93,8 @@ def engine_chunk(bk: Any, requested: int | None, group_size: int, n_modes: int, 
     divide among them. Where they cannot (the whole group in one chunk, a group size the
     lanes do not divide, ``chunked_step`` False: a step without chunks) every lane would
     compute the same whole step, slower than one device (1.7x measured, benchmarks/NOTES.md
-    27), so the engine gets the backend's one-lane twin (``bk.one_lane()``). So does a group
+    27), so the engine gets the backend's one-lane twin (``bk.one_lane()``). On lanes the
+    chunk follows :func:`lane_budget` instead of ``budget``. So does a group
     whose waves are smaller than :data:`LANE_MIN_BYTES`: the lanes meet once per pass over
     the chunks, and every lane does the group's object-sized work, which outweighs half of
     a small group's waves (single slice, one mode, groups of 16: 1.2-1.35x slower on two
@@ -89,7 +104,8 @@ def engine_chunk(bk: Any, requested: int | None, group_size: int, n_modes: int, 
     lanes = int(getattr(bk, "lanes", 1))
     waves = int(group_size) * int(n_modes) * int(n_slices) * int(wave_shape[0]) * int(wave_shape[1]) * itemsize
     if lanes > 1 and chunked_step and waves >= LANE_MIN_BYTES:
-        chunk = resolve_chunk(requested, group_size, n_modes, n_slices, wave_shape, itemsize, on_cpu, budget, lanes)
+        chunk = resolve_chunk(requested, group_size, n_modes, n_slices, wave_shape, itemsize, on_cpu,
+                              lane_budget(budget), lanes)
         if chunk < group_size and (group_size // chunk) % lanes == 0:
             return bk, chunk
     if lanes > 1:

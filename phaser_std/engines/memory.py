@@ -30,7 +30,7 @@ from typing import Any
 import attrs
 
 from phaser_std.engines.chunking import (CACHE_BUDGET_BYTES, LANE_MIN_BYTES, conventional_budget, has_chunked_step,
-                                         named_backend_lanes, named_backend_on_cpu, resolve_chunk)
+                                         lane_budget, named_backend_lanes, named_backend_on_cpu, resolve_chunk)
 
 MiB = 1 << 20
 
@@ -144,7 +144,7 @@ def lanes_and_chunk(z: Sizes, requested: int | None, budget: int, chunked_step: 
     them: the sizes keep their lanes where the step's chunks divide among them, else one."""
     on_cpu = named_backend_on_cpu(backend)
     if z.lanes > 1 and chunked_step and z.wave() * z.s >= LANE_MIN_BYTES:
-        chunk = resolve_chunk(requested, z.b, z.m, z.s, (z.p, 1), z.c, on_cpu, budget, z.lanes)
+        chunk = resolve_chunk(requested, z.b, z.m, z.s, (z.p, 1), z.c, on_cpu, lane_budget(budget), z.lanes)
         if chunk < z.b and (z.b // chunk) % z.lanes == 0:
             return z, chunk
     return attrs.evolve(z, lanes=1), resolve_chunk(requested, z.b, z.m, z.s, (z.p, 1), z.c, on_cpu, budget)
