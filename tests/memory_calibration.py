@@ -170,21 +170,16 @@ def fit(rows: list[dict]) -> None:
     import numpy as np
     from scipy.optimize import lsq_linear
 
-    from phaser_std.engines.chunking import (CACHE_BUDGET_BYTES, LANE_MIN_BYTES, auto_chunk, lane_budget, conventional_budget, has_chunked_step,
+    from phaser_std.engines.chunking import (CACHE_BUDGET_BYTES, conventional_budget, has_chunked_step, lane_plan,
                                              named_backend_lanes)
     from phaser_std.engines.memory import dry_run_batch
 
     measured = {r["case"]: r["measured"] for r in rows if r.get("measured")}
     mib = float(1 << 20)
 
-    def lanes_and_chunk(backend, engine, b, per_position, budget):
-        """(lanes, chunk) as chunking.engine_chunk chooses them (keep in step)."""
-        lanes = named_backend_lanes(backend)
-        if lanes > 1 and b % lanes == 0 and b * per_position >= LANE_MIN_BYTES:
-            chunk = auto_chunk(b // lanes, per_position, lane_budget(budget))
-            if chunk < b and (b // chunk) % lanes == 0:
-                return lanes, chunk
-        return 1, auto_chunk(b, per_position, budget)
+    def lanes_and_chunk(backend, b, m, s, p, c, budget):
+        """(lanes, chunk) as the engines choose them (chunking.lane_plan)."""
+        return lane_plan(named_backend_lanes(backend), None, b, m, s, (p, 1), c, True, budget)
 
     def features(case, phase):
         backend, engine, size, s, m, group, extra = case
@@ -196,7 +191,7 @@ def fit(rows: list[dict]) -> None:
         b = min(group, n_pos)
         budget = CACHE_BUDGET_BYTES if engine == "gradient" else conventional_budget(s)
         if engine == "gradient" or has_chunked_step(engine, s):
-            lanes, chunk = lanes_and_chunk(backend, engine, b, m * s * p * c, budget)
+            lanes, chunk = lanes_and_chunk(backend, b, m, s, p, c, budget)
         else:
             lanes, chunk = 1, b
         # patterns on the host and on each lane

@@ -19,7 +19,7 @@ import numpy as np
 
 __all__ = ["CACHE_BUDGET_BYTES", "SWEEP_BUDGET_BYTES", "LANE_MIN_BYTES", "LANE_CACHE_BUDGET_BYTES",
            "LANE_SWEEP_BUDGET_BYTES", "lane_budget", "conventional_budget", "has_chunked_step", "auto_chunk", "resolve_chunk",
-           "engine_chunk", "backend_on_cpu", "named_backend_on_cpu", "named_backend_lanes"]
+           "lane_plan", "engine_chunk", "backend_on_cpu", "named_backend_on_cpu", "named_backend_lanes"]
 
 #: Per-chunk wave data [bytes] the automatic choice aims at (a share of a CPU's L2/L3),
 #: counted as modes x slices x Ny x Nx complex numbers per position. The gradient step and
@@ -83,34 +83,39 @@ def resolve_chunk(requested: int | None, group_size: int, n_modes: int, n_slices
     return auto_chunk(group_size, per_position, budget)
 
 
-def engine_chunk(bk: Any, requested: int | None, group_size: int, n_modes: int, n_slices: int,
-                 wave_shape: tuple[int, int], budget: int = CACHE_BUDGET_BYTES,
-                 chunked_step: bool = True) -> tuple[Any, int]:
-    """``(backend, chunk)`` of an engine's group step (:func:`resolve_chunk`).
+def lane_plan(lanes: int, requested: int | None, group_size: int, n_modes: int, n_slices: int,
+              wave_shape: tuple[int, int], itemsize: int, on_cpu: bool, budget: int = CACHE_BUDGET_BYTES,
+              chunked_step: bool = True) -> tuple[int, int]:
+    """``(lanes_used, chunk)`` of a group step on a backend with ``lanes`` CPU lanes (jax: one
+    CPU device per core), shared by the engines (:func:`engine_chunk`) and the memory planner.
 
-    On a backend with several CPU lanes (jax: one CPU device per core), a step that computes
-    its group in chunks spreads them over the lanes (``bk.sum_scan``), so the chunks must
-    divide among them. Where they cannot (the whole group in one chunk, a group size the
-    lanes do not divide, ``chunked_step`` False: a step without chunks) every lane would
-    compute the same whole step, slower than one device (1.7x measured, benchmarks/NOTES.md
-    27), so the engine gets the backend's one-lane twin (``bk.one_lane()``). On lanes the
-    chunk follows :func:`lane_budget` instead of ``budget``. So does a group
-    whose waves are smaller than :data:`LANE_MIN_BYTES`: the lanes meet once per pass over
-    the chunks, and every lane does the group's object-sized work, which outweighs half of
-    a small group's waves (single slice, one mode, groups of 16: 1.2-1.35x slower on two
-    lanes)."""
-    itemsize = int(np.dtype(bk.complex_dtype).itemsize)
-    on_cpu = backend_on_cpu(bk)
-    lanes = int(getattr(bk, "lanes", 1))
-    waves = int(group_size) * int(n_modes) * int(n_slices) * int(wave_shape[0]) * int(wave_shape[1]) * itemsize
+    A step that computes its group in chunks spreads them over the lanes (``bk.sum_scan``),
+    with chunks of :func:`lane_budget` that divide among the lanes. Where they cannot (the
+    whole group in one chunk, a group size the lanes do not divide, ``chunked_step`` False: a
+    step without chunks) every lane would compute the same whole step, slower than one
+    device (1.7x measured, benchmarks/NOTES.md 27), so the step uses one lane and the
+    one-device ``budget``. So does a group whose waves are smaller than
+    :data:`LANE_MIN_BYTES`: the lanes meet once per pass over the chunks, and every lane does
+    the group's object-sized work, which outweighs half of a small group's waves (single
+    slice, one mode, groups of 16: 1.2-1.35x slower on two lanes)."""
+    waves = int(group_size) * int(n_modes) * int(n_slices) * int(wave_shape[0]) * int(wave_shape[1]) * int(itemsize)
     if lanes > 1 and chunked_step and waves >= LANE_MIN_BYTES:
         chunk = resolve_chunk(requested, group_size, n_modes, n_slices, wave_shape, itemsize, on_cpu,
                               lane_budget(budget), lanes)
         if chunk < group_size and (group_size // chunk) % lanes == 0:
-            return bk, chunk
-    if lanes > 1:
-        bk = bk.one_lane()
-    return bk, resolve_chunk(requested, group_size, n_modes, n_slices, wave_shape, itemsize, on_cpu, budget)
+            return int(lanes), chunk
+    return 1, resolve_chunk(requested, group_size, n_modes, n_slices, wave_shape, itemsize, on_cpu, budget)
+
+
+def engine_chunk(bk: Any, requested: int | None, group_size: int, n_modes: int, n_slices: int,
+                 wave_shape: tuple[int, int], budget: int = CACHE_BUDGET_BYTES,
+                 chunked_step: bool = True) -> tuple[Any, int]:
+    """``(backend, chunk)`` of an engine's group step: :func:`lane_plan` on ``bk``'s lanes;
+    where it gives one lane of several, the backend's one-lane twin (``bk.one_lane()``)."""
+    lanes = int(getattr(bk, "lanes", 1))
+    used, chunk = lane_plan(lanes, requested, group_size, n_modes, n_slices, wave_shape,
+                            int(np.dtype(bk.complex_dtype).itemsize), backend_on_cpu(bk), budget, chunked_step)
+    return (bk.one_lane() if used < lanes else bk), chunk
 
 
 def has_chunked_step(solver: str, n_slices: int, multislice: str = "joint") -> bool:

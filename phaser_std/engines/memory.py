@@ -29,8 +29,8 @@ from typing import Any
 
 import attrs
 
-from phaser_std.engines.chunking import (CACHE_BUDGET_BYTES, LANE_MIN_BYTES, conventional_budget, has_chunked_step,
-                                         lane_budget, named_backend_lanes, named_backend_on_cpu, resolve_chunk)
+from phaser_std.engines.chunking import (CACHE_BUDGET_BYTES, conventional_budget, has_chunked_step, lane_plan,
+                                         named_backend_lanes, named_backend_on_cpu)
 
 MiB = 1 << 20
 
@@ -140,14 +140,11 @@ def sizes(config: Any, data_shape: Any, state_shapes: dict, dtype: str, backend:
 
 def lanes_and_chunk(z: Sizes, requested: int | None, budget: int, chunked_step: bool,
                     backend: str) -> tuple[Sizes, int]:
-    """``(sizes, chunk)`` as :func:`~phaser_std.engines.chunking.engine_chunk` chooses
-    them: the sizes keep their lanes where the step's chunks divide among them, else one."""
-    on_cpu = named_backend_on_cpu(backend)
-    if z.lanes > 1 and chunked_step and z.wave() * z.s >= LANE_MIN_BYTES:
-        chunk = resolve_chunk(requested, z.b, z.m, z.s, (z.p, 1), z.c, on_cpu, lane_budget(budget), z.lanes)
-        if chunk < z.b and (z.b // chunk) % z.lanes == 0:
-            return z, chunk
-    return attrs.evolve(z, lanes=1), resolve_chunk(requested, z.b, z.m, z.s, (z.p, 1), z.c, on_cpu, budget)
+    """``(sizes, chunk)`` as the engine chooses them (:func:`~phaser_std.engines.chunking.lane_plan`):
+    the sizes keep their lanes where the step spreads its chunks over them, else one."""
+    used, chunk = lane_plan(z.lanes, requested, z.b, z.m, z.s, (z.p, 1), z.c, named_backend_on_cpu(backend),
+                            budget, chunked_step)
+    return attrs.evolve(z, lanes=used), chunk
 
 
 def _group_hint(z: Sizes, size: int) -> str:
