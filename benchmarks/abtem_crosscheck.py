@@ -55,8 +55,7 @@ def simulate(args: argparse.Namespace) -> dict:
                         aberrations=aberrations, tilt=tuple(args.tilt))  # abTEM: (x, y) [mrad]
     probe.grid.match(potential)
     extent = np.asarray(potential.extent, dtype=float)  # (x, y) [Å]
-    margin = 0.0
-    scan = abtem.GridScan(start=(margin, margin), end=tuple(extent - margin), sampling=args.step)
+    scan = abtem.GridScan(start=(0.0, 0.0), end=tuple(extent), sampling=args.step)
     detector = abtem.PixelatedDetector(max_angle=None)
     measurement = probe.scan(potential, scan=scan, detectors=detector).compute()
     pats = np.asarray(measurement.array, dtype=np.float64)  # (scan_x, scan_y, kx, ky)
@@ -81,10 +80,10 @@ def simulate(args: argparse.Namespace) -> dict:
     return {
         "patterns": counts, "patterns_noiseless": expected.astype(np.float32),
         "scan_positions": pos_yx, "phase": phase.astype(np.float32),
-        "sampling_yx": (float(potential.sampling[1]), float(potential.sampling[0])),
-        "dk_yx": (float(dk[1]), float(dk[0])), "scan_shape": (nsy, nsx),
+        "sampling_yx_A": (float(potential.sampling[1]), float(potential.sampling[0])),
+        "dk_yx_invA": (float(dk[1]), float(dk[0])), "scan_shape": (nsy, nsx),
         # GridScan fits its step to the field (extent/gpts), not exactly --step
-        "step_yx": (float(scan.sampling[1]), float(scan.sampling[0])), "wavelength": float(wavelength),
+        "step_yx_A": (float(scan.sampling[1]), float(scan.sampling[0])), "wavelength_A": float(wavelength),
         "thickness_A": float(potential.thickness), "n_atoms": len(atoms),
     }
 
@@ -103,11 +102,11 @@ def write(path: str, sim: dict, args: argparse.Namespace) -> None:
         f.attrs["energy_eV"] = float(args.energy)
         f.attrs["convergence_angle_mrad"] = float(args.alpha)
         f.attrs["defocus_A"] = float(args.defocus)
-        dky, dkx = sim["dk_yx"]
+        dky, dkx = sim["dk_yx_invA"]
         f.attrs["reciprocal_sampling_invA"] = dky if abs(dky - dkx) < 1e-9 * dky else np.array([dky, dkx])
         f.attrs["scan_shape"] = np.array(sim["scan_shape"])
-        f.attrs["scan_step_A"] = np.array(sim["step_yx"])
-        f.attrs["wavelength_A"] = sim["wavelength"]
+        f.attrs["scan_step_A"] = np.array(sim["step_yx_A"])
+        f.attrs["wavelength_A"] = sim["wavelength_A"]
         f.attrs["simulator"] = "abTEM"
         if any(args.tilt):  # ours is (y, x)
             f.attrs["tilt_mrad"] = np.array([args.tilt[1], args.tilt[0]], dtype=float)
@@ -116,7 +115,7 @@ def write(path: str, sim: dict, args: argparse.Namespace) -> None:
         f.attrs["simulation_spec"] = json.dumps({k: v for k, v in vars(args).items() if k != "out"})
         gt = f.create_group("ground_truth")
         gt["phase"] = sim["phase"]
-        sy, sx = sim["sampling_yx"]
+        sy, sx = sim["sampling_yx_A"]
         # a scalar where the pixels are square (what single-value readers expect), else (y, x)
         gt_s = sy if abs(sy - sx) < 1e-9 * sy else np.array([sy, sx])
         gt["phase"].attrs["sampling_A"] = gt_s
@@ -147,8 +146,8 @@ def main() -> None:
     args = ap.parse_args()
     sim = simulate(args)
     write(args.out, sim, args)
-    print(json.dumps({"out": args.out, "patterns": list(sim["patterns"].shape), "dk_yx": sim["dk_yx"],
-                      "sampling_yx_A": sim["sampling_yx"], "step_yx_A": sim["step_yx"],
+    print(json.dumps({"out": args.out, "patterns": list(sim["patterns"].shape), "dk_yx_invA": sim["dk_yx_invA"],
+                      "sampling_yx_A": sim["sampling_yx_A"], "step_yx_A": sim["step_yx_A"],
                       "thickness_A": sim["thickness_A"]}))
 
 

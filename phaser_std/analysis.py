@@ -35,7 +35,10 @@ def sample_bilinear(image: np.ndarray, yy: np.ndarray, xx: np.ndarray, periodic:
 
 def bandlimit_image(image: np.ndarray, sampling_A: Any, k_max: Any) -> np.ndarray:
     """``image`` without the spatial frequencies beyond ``k_max`` (y, x) [1/Å] on either
-    axis (a box filter in Fourier space; the image is treated as periodic)."""
+    axis (a box filter in Fourier space). The image is treated as periodic: a non-periodic
+    one rings at opposite edges. The scorer applies it only to ground truths finer than the
+    reconstruction, which ``phaser simulate`` writes on the reconstruction's own grid
+    (no filter) and abTEM's cross-check writes periodic."""
     s = np.broadcast_to(np.asarray(sampling_A, dtype=np.float64), (2,))
     k = np.broadcast_to(np.asarray(k_max, dtype=np.float64), (2,))
     ky = np.abs(np.fft.fftfreq(image.shape[0], s[0]))[:, None]

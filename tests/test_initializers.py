@@ -74,16 +74,20 @@ def test_scan_rotation_applies_to_recorded_positions_like_a_raster(rotation):
 
 
 def test_a_nan_pattern_neither_breaks_the_edge_estimate_nor_the_scale():
-    """One pattern of NaN (a dead frame): the mean pattern leaves it out, so the soft rim is
-    still found and the probe still carries the data's counts."""
+    """One pattern of NaN (a dead frame) and a pixel NaN in every pattern (a dead pixel, on
+    the aperture's rim): the mean pattern leaves the frame out and keeps the dead pixel NaN,
+    so the soft rim is still found from the live pixels and the probe carries the live
+    pixels' counts."""
     lam = wavelength_A(200e3)
     base = _data()
     soft = make_probe((32, 32), base.real_space_sampling_A(), lam, 20.0, defocus_A=40.0, soft_edge_px=1.0)
     disc = 1e4 * np.abs(np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(soft), norm="ortho"))) ** 2
     pats = np.repeat(disc[None], 12, axis=0).astype(np.float32)
     pats[5] = np.nan
+    pats[:, 16, 24] = np.nan  # 0.8 /Å from the centre: the rim of the 20 mrad disc (0.797 /Å)
     data = RawData(patterns=pats, reciprocal_sampling_invA=(0.1, 0.1), energy_eV=200e3, convergence_angle_mrad=20.0,
                    defocus_A=40.0, scan_shape=(3, 4), scan_step_A=(0.5, 0.5))
     probe = init_focused_probe(FocusedProbeConfig(), InitContext(data=data)).data[0]
-    assert np.sum(np.abs(probe) ** 2) == pytest.approx(float(disc.sum()), rel=1e-5)
-    np.testing.assert_allclose(probe / np.sqrt(disc.sum()), soft, atol=1e-6)
+    live = float(disc.sum() - disc[16, 24])
+    assert np.sum(np.abs(probe) ** 2) == pytest.approx(live, rel=1e-5)
+    np.testing.assert_allclose(probe / np.sqrt(live), soft, atol=1e-6)

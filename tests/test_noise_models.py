@@ -7,8 +7,8 @@ import pytest
 from conftest import build_backend
 
 from phaser_core.registry import get_registry
-from phaser_std.engines.noise_models import (AmplitudeNoise, AnscombeNoise, GaussianNoise, PoissonNoise,
-                                             intensity, wirtinger_far_grad)
+from phaser_std.engines.noise_models import (AmplitudeNoise, AnscombeNoise, GaussianNoise, PoissonConfig,
+                                             PoissonNoise, intensity, wirtinger_far_grad)
 
 NAMES = ("gaussian", "poisson", "amplitude", "anscombe")
 
@@ -146,7 +146,7 @@ def test_poisson_is_the_likelihood_of_a_mean_with_background():
     phaser's Σ I + I_e·(log(I_e + eps) − log(I + eps) − 1), gradient 1 − I_e/I'."""
     bk = _backend("numpy", "float64")
     eps = 0.1
-    model = PoissonNoise(PoissonNoise().config.__class__(eps=eps))
+    model = PoissonNoise(PoissonConfig(eps=eps))
     i = np.array([[[4.0, 0.0, 2.0]]])
     ie = np.array([[[9.0, 3.0, 0.0]]])
     published = np.sum(i + ie * (np.log(ie + eps) - np.log(i + eps) - 1.0))
@@ -154,10 +154,24 @@ def test_poisson_is_the_likelihood_of_a_mean_with_background():
     np.testing.assert_allclose(model.grad_intensity(bk, i, ie), 1.0 - ie / (i + eps), rtol=1e-12)
     # a dark pixel pulls the model to zero, not to a count of eps
     assert model.grad_intensity(bk, np.array([[[eps]]]), np.array([[[0.0]]]))[0, 0, 0] == 1.0
-    # the minimum, at I = I_e − eps, lies within [−eps, 0] per pixel
+    # the minimum over I ≥ 0 is at I = max(I_e − eps, 0) (the gradient vanishes there where
+    # I_e > eps, and is positive at I = 0 where I_e ≤ eps), and its value lies in [−eps, 0]
     ie = np.array([[[0.05, 0.1, 1.0, 50.0]]])
-    per_pixel = [model.loss(bk, np.maximum(ie - eps, 0.0)[..., k:k + 1], ie[..., k:k + 1])[0] for k in range(4)]
-    assert all(-eps <= v <= 0 for v in per_pixel), per_pixel
+    best = np.maximum(ie - eps, 0.0)
+    grad = model.grad_intensity(bk, best, ie)
+    np.testing.assert_allclose(grad[ie > eps], 0.0, atol=1e-12)
+    assert np.all(grad[ie <= eps] >= 0)
+
+    def per_pixel(i):
+        return np.array([model.loss(bk, i[..., k:k + 1], ie[..., k:k + 1])[0] for k in range(4)])
+
+    at_best = per_pixel(best)
+    assert np.all((-eps <= at_best) & (at_best <= 0)), at_best
+    for delta in (1e-3, 0.05):
+        assert np.all(per_pixel(best + delta) > at_best)
+        below = np.maximum(best - delta, 0.0)
+        moved = (below != best)[0, 0]
+        assert np.all(per_pixel(below)[moved] > at_best[moved])
 
 
 def test_poisson_close_to_amplitude_near_fit_and_gaussian_definition():

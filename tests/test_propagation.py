@@ -70,17 +70,17 @@ def test_band_limit_is_raised_to_cover_the_probe_aperture():
     """A 25 mrad probe on a 32² grid whose Nyquist is 1.33 /Å: the aperture (0.997 /Å) lies
     at 0.75 of Nyquist, beyond the 2/3 rule. The covering band limit keeps it whole; the
     plain 2/3 limit would remove its rim at every propagation."""
-    from phaser_std.physics.propagation import covering_bandlimit, probe_bandwidth
+    from phaser_std.physics.propagation import covering_bandlimit, probe_bandwidth_invA
 
     lam = wavelength_A(200e3)
     s = 1.0 / (32 * 0.083)
     p = make_probe((32, 32), s, lam, 25.0, defocus_A=30.0)
     k_nyq = 1.0 / (2 * s)
-    aperture = 25e-3 / lam / k_nyq
-    assert abs(probe_bandwidth(p, s) - aperture) < 1.5 / (32 * s) / k_nyq  # within a pixel and a half
     k_alpha = 25e-3 / lam  # α/λ [1/Å]
+    aperture_frac = k_alpha / k_nyq
+    assert abs(probe_bandwidth_invA(p, s) - k_alpha) < 1.5 / (32 * s)  # within a pixel and a half
     f = covering_bandlimit(2 / 3, (32, 32), s, k_alpha)
-    assert f > aperture and f == pytest.approx((k_alpha + 0.083) / k_nyq)  # one pixel beyond
+    assert f > aperture_frac and f == pytest.approx((k_alpha + 0.083) / k_nyq)  # one pixel beyond
     assert covering_bandlimit(None, (32, 32), s, k_alpha) is None
     # an aperture well inside 2/3 keeps the 2/3 rule, and a larger requested limit is kept
     assert covering_bandlimit(2 / 3, (32, 32), s, 10e-3 / lam) == 2 / 3

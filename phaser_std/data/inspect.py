@@ -40,6 +40,7 @@ import numpy as np
 
 from phaser_core.data import RawData
 from phaser_core.errors import DataError
+from phaser_std.physics.optics import mrad_to_invA
 
 
 def sampling_figures(data: RawData) -> dict[str, Any]:
@@ -149,14 +150,11 @@ def summary_rows(data: RawData) -> list[tuple[str, str, str]]:
 
 def _edge_px(data: RawData, figures: dict[str, Any]) -> float | None:
     """The aperture edge width the probe initializer would estimate [reciprocal px]."""
-    if data.convergence_angle_mrad is None or figures.get("wavelength_A") is None:
+    sampling = figures.get("real_space_pixel_A")
+    if data.convergence_angle_mrad is None or figures.get("wavelength_A") is None or sampling is None:
         return None
     from phaser_std.physics.initializers import data_soft_edge_px
 
-    try:
-        sampling = data.real_space_sampling_A()
-    except Exception:  # noqa: BLE001 - no detector sampling: nothing to estimate
-        return None
     return data_soft_edge_px(data, sampling, figures["wavelength_A"], float(data.convergence_angle_mrad))
 
 
@@ -189,7 +187,7 @@ def virtual_images(data: RawData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     else:
         k = np.sqrt((yy - qy // 2) ** 2 + (xx - qx // 2) ** 2).astype(np.float64)
     if data.convergence_angle_mrad is not None and data.energy_eV is not None and data.reciprocal_sampling_invA:
-        kbf = data.convergence_angle_mrad * 1e-3 / data.wavelength_A()
+        kbf = mrad_to_invA(data.convergence_angle_mrad, data.wavelength_A())
     else:
         bright = pac > 0.5 * pac.max()
         kbf = float(k[bright].max()) if bright.any() else float(k.max()) / 4

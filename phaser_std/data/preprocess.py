@@ -12,6 +12,7 @@ Registered names: ``crop_data``, ``bin``, ``pad``, ``scale``, ``poisson``,
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import attrs
@@ -287,12 +288,16 @@ def drop_nan_patterns(config: DropNanConfig, data: RawData, ctx: LoadContext) ->
 
 
 def pacbed(data: RawData, n_sample: int | None = None) -> np.ndarray:
-    """Position-averaged pattern (Qy, Qx) [e⁻] float64, NaN-safe, masked pixels set to 0;
-    over ``n_sample`` evenly spaced patterns when given (fewer reads of large data)."""
+    """Position-averaged pattern (Qy, Qx) [e⁻] float64 over ``n_sample`` evenly spaced
+    patterns when given (fewer reads of large data). NaN values are left out of the mean; a
+    pixel NaN in every pattern (a dead pixel) stays NaN, so callers can tell it from a dark
+    one; masked pixels are 0."""
     pats = data.patterns
     if n_sample is not None and int(pats.shape[0]) > n_sample:
         pats = pats[np.linspace(0, int(pats.shape[0]) - 1, n_sample).astype(int)]
-    pacbed_ = np.nanmean(np.asarray(pats, dtype=np.float64), axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "mean of empty slice": a dead pixel
+        pacbed_ = np.nanmean(np.asarray(pats, dtype=np.float64), axis=0)
     if data.mask is not None:
         pacbed_ = pacbed_ * np.asarray(data.mask, dtype=bool)
     return pacbed_

@@ -39,6 +39,7 @@ from phaser_core.backend import stream_seed
 from phaser_core.config import yx_int_pair as _int_pair, yx_pair as _pair, yx_pair_or_none as _opt_pair
 from phaser_core.errors import DataError
 from phaser_core.physics_constants import wavelength_A
+from phaser_std.physics.optics import mrad_to_invA
 
 
 # ---------------------------------------------------------------------------------------
@@ -173,7 +174,7 @@ class SimSpec:
             return self.reciprocal_sampling_invA
         if self.angular_sampling_mrad is not None:
             lam = wavelength_A(self.energy_eV)
-            return (self.angular_sampling_mrad[0] * 1e-3 / lam, self.angular_sampling_mrad[1] * 1e-3 / lam)
+            return (mrad_to_invA(self.angular_sampling_mrad[0], lam), mrad_to_invA(self.angular_sampling_mrad[1], lam))
         raise DataError("the spec needs reciprocal_sampling_invA or angular_sampling_mrad")
 
     def real_sampling_A(self) -> tuple[float, float]:
@@ -452,7 +453,7 @@ def simulate(spec: SimSpec, seed: int | None = None) -> Simulation:
     dose = spec.dose if spec.dose is not None else spec.nominal_dose
     probe = simulate_probe(spec) * np.sqrt(dose * area)
     # the reconstruction engines' rule: the band limit never cuts the probe's aperture
-    bandlimit = covering_bandlimit(spec.bandlimit, q, samp, spec.convergence_angle_mrad * 1e-3 / lam)
+    bandlimit = covering_bandlimit(spec.bandlimit, q, samp, mrad_to_invA(spec.convergence_angle_mrad, lam))
     props = [fresnel_propagator(q, samp, lam, dz, tilt_mrad=spec.tilt_mrad, bandlimit=bandlimit)
              for dz in thick[:-1]]
     expected = forward(probe, transmission, true, samp, props)

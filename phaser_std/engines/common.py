@@ -94,12 +94,16 @@ def group_patterns(bk: Any, patterns: Any, idx: Any) -> Any:
 
 
 def total_counts(bk: Any, patterns: Any) -> float:
-    """Σ of the patterns on the backend [e⁻]. Counted (uint16) data sums exactly on numpy
-    and cupy (in uint64); jax without x64 would sum integers in uint32, which a large data
-    set overflows, so it sums in the real dtype, as it does float data."""
+    """Σ of the patterns on the backend [e⁻]. numpy and cupy sum counted (uint16) data
+    exactly in uint64 and float data in float64, so whole-number data give the same total
+    either way it is stored. jax without x64 would sum integers in uint32, which a large
+    data set overflows, so it sums in the real dtype, as it does float data."""
     xp = bk.xp
     integer = np.dtype(patterns.dtype).kind in "ui"
-    dtype = bk.real_dtype if integer and bk.name == "jax" else None
+    if bk.name == "jax":
+        dtype = bk.real_dtype if integer else None
+    else:
+        dtype = None if integer else np.float64
     return float(bk.to_numpy(xp.sum(patterns, dtype=dtype)))
 
 
@@ -181,18 +185,18 @@ class EngineArrays:
         ``extra["probe_aperture_invA"]``, so later engines and a resumed run build the same
         propagators whatever the probe has become: α/λ from the data's convergence angle,
         else the bandwidth of the probe this first engine starts from."""
-        from phaser_std.physics.propagation import covering_bandlimit, probe_bandwidth
+        from phaser_std.physics.optics import mrad_to_invA
+        from phaser_std.physics.propagation import covering_bandlimit, probe_bandwidth_invA
 
-        radius = self.extra.get("probe_aperture_invA")
-        if radius is None:
+        radius_invA = self.extra.get("probe_aperture_invA")
+        if radius_invA is None:
             alpha = getattr(data, "convergence_angle_mrad", None)
             if alpha is not None:
-                radius = float(alpha) * 1e-3 / self.wavelength_A
+                radius_invA = mrad_to_invA(alpha, self.wavelength_A)
             else:
-                sy, sx = (float(v) for v in self.geometry.sampling_A)
-                radius = probe_bandwidth(self.state.probe.data, self.geometry.sampling_A) * min(0.5 / sy, 0.5 / sx)
-            self.extra["probe_aperture_invA"] = float(radius)
-        return covering_bandlimit(requested, self.probe_shape, self.geometry.sampling_A, float(radius))
+                radius_invA = probe_bandwidth_invA(self.state.probe.data, self.geometry.sampling_A)
+            self.extra["probe_aperture_invA"] = float(radius_invA)
+        return covering_bandlimit(requested, self.probe_shape, self.geometry.sampling_A, float(radius_invA))
 
     def clip_scan(self, scan_A: np.ndarray) -> np.ndarray:
         """Positions ``(N, 2)`` [Å] clipped to ``[scan_lo_A, scan_hi_A]``, so views stay inside the object."""

@@ -25,24 +25,21 @@ def _wavelength(ctx: Any) -> float:
 
 
 def _mean_pattern(data: Any, n_sample: int = 256) -> np.ndarray | None:
-    """The mean of up to ``n_sample`` evenly spaced patterns (Qy, Qx) [e⁻] (NaN-safe:
-    NaN values are left out, a pixel NaN everywhere and masked pixels count 0), or None
-    without usable data."""
-    import warnings
-
+    """The mean of up to ``n_sample`` evenly spaced patterns (Qy, Qx) [e⁻]
+    (:func:`~phaser_std.data.preprocess.pacbed`: NaN where a pixel is NaN in every pattern,
+    0 where masked), or None without usable data."""
     from phaser_std.data.preprocess import pacbed
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a pixel NaN in every sample
-            return np.nan_to_num(pacbed(data, n_sample=n_sample))
+        return pacbed(data, n_sample=n_sample)
     except Exception:  # noqa: BLE001 - no usable data
         return None
 
 
 def _scale_to_data(modes: np.ndarray, mean_pattern: np.ndarray | None) -> np.ndarray:
-    """Scale so Σ|P|² equals the mean pattern's sum [e⁻] (unchanged without one)."""
-    total = float(np.sum(mean_pattern)) if mean_pattern is not None else 0.0
+    """Scale so Σ|P|² equals the mean pattern's sum [e⁻] (dead pixels, NaN, left out;
+    unchanged without a pattern)."""
+    total = float(np.nansum(mean_pattern)) if mean_pattern is not None else 0.0
     if not np.isfinite(total) or total <= 0:
         return modes
     return modes * np.sqrt(total / float(np.sum(np.abs(modes) ** 2)))

@@ -22,7 +22,22 @@ __all__ = [
     "aberration_phase",
     "ABERRATION_ORDERS",
     "normalize_aberrations",
+    "mrad_to_invA",
+    "reciprocal_pixel_invA",
 ]
+
+def mrad_to_invA(angle_mrad: float, wavelength_A: float) -> float:
+    """A scattering angle [mrad] as a spatial frequency [1/Å]: k = θ/λ (small angles), e.g.
+    the aperture radius α/λ or a detector pixel Δθ/λ."""
+    return float(angle_mrad) * 1e-3 / float(wavelength_A)
+
+
+def reciprocal_pixel_invA(shape: tuple[int, int], sampling_A: tuple[float, float] | float) -> float:
+    """The finer reciprocal pixel [1/Å] of an ``(Ny, Nx)`` grid of ``sampling_A`` [Å]:
+    min(1/(Ny·sy), 1/(Nx·sx)), the unit of the aperture's edge width."""
+    sy, sx = _pair(sampling_A)
+    return min(1.0 / (int(shape[0]) * sy), 1.0 / (int(shape[1]) * sx))
+
 
 #: Krivanek coefficient name -> (n, m). Angles are named ``phi{n}{m}`` [rad].
 ABERRATION_ORDERS: dict[str, tuple[int, int]] = {

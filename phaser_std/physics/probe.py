@@ -12,7 +12,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from phaser_std.physics.optics import _pair, aberration_phase, fftfreq_grid_centred, normalize_aberrations
+from phaser_std.physics.optics import (aberration_phase, fftfreq_grid_centred, mrad_to_invA, normalize_aberrations,
+                                       reciprocal_pixel_invA)
 
 __all__ = ["make_probe", "make_modes", "orthogonalize_modes", "load_probe", "probe_aperture",
            "estimate_soft_edge_px", "SOFT_EDGE_CANDIDATES_PX"]
@@ -30,10 +31,9 @@ def probe_aperture(shape: tuple[int, int], sampling_A: Any, wavelength_A: float,
     """
     ky, kx = fftfreq_grid_centred(shape, sampling_A)
     k = np.sqrt(ky**2 + kx**2)
-    k_cut = float(conv_angle_mrad) * 1e-3 / float(wavelength_A)
+    k_cut = mrad_to_invA(conv_angle_mrad, wavelength_A)
     if soft_edge_px and soft_edge_px > 0:
-        sy, sx = _pair(sampling_A)
-        dk = min(1.0 / (shape[0] * sy), 1.0 / (shape[1] * sx))
+        dk = reciprocal_pixel_invA(shape, sampling_A)
         return np.clip((k_cut - k) / (float(soft_edge_px) * dk) + 0.5, 0.0, 1.0)
     return (k <= k_cut).astype(np.float64)
 
@@ -58,21 +58,18 @@ def estimate_soft_edge_px(mean_pattern: Any, sampling_A: Any, wavelength_A: floa
     shape = mean.shape
     ky, kx = fftfreq_grid_centred(shape, sampling_A)
     k = np.sqrt(ky**2 + kx**2)
-    sy, sx = _pair(sampling_A)
-    dk = min(1.0 / (shape[0] * sy), 1.0 / (shape[1] * sx))
-    k_cut = float(conv_angle_mrad) * 1e-3 / float(wavelength_A)
-    rim = (np.abs(k - k_cut) < rim_px * dk) & np.isfinite(mean)
+    dk = reciprocal_pixel_invA(shape, sampling_A)
+    rim = (np.abs(k - mrad_to_invA(conv_angle_mrad, wavelength_A)) < rim_px * dk) & np.isfinite(mean)
     if mask is not None:
         rim &= np.asarray(mask, dtype=bool)
     if int(rim.sum()) < min_pixels:
         return 0.0
-    y, kr = mean[rim], k[rim]
+    y = mean[rim]
     if not float(np.sum((y - y.mean()) ** 2)) > 0:
         return 0.0
     residual = {}
     for w in SOFT_EDGE_CANDIDATES_PX:
-        # |A_w|² on the rim pixels (probe_aperture's edge, evaluated there only)
-        a = (kr <= k_cut).astype(np.float64) if w == 0 else np.clip((k_cut - kr) / (w * dk) + 0.5, 0.0, 1.0)
+        a = probe_aperture(shape, sampling_A, wavelength_A, conv_angle_mrad, w)[rim]  # |A_w|² below
         design = np.stack([a**2, np.ones_like(a)], axis=1)
         coef = np.linalg.lstsq(design, y, rcond=None)[0]
         if coef[0] > 0:

@@ -12,7 +12,7 @@ import numpy as np
 
 from phaser_std.physics.optics import _pair, fftfreq_grid
 
-__all__ = ["fresnel_propagator", "fresnel_propagators_tilted", "bandlimit_mask", "probe_bandwidth",
+__all__ = ["fresnel_propagator", "fresnel_propagators_tilted", "bandlimit_mask", "probe_bandwidth_invA",
            "covering_bandlimit"]
 
 
@@ -30,10 +30,10 @@ def bandlimit_mask(shape: tuple[int, int], sampling_A: Any, bandlimit: float | N
     return xp.asarray(m)
 
 
-def probe_bandwidth(probe: Any, sampling_A: Any, power: float = 0.999) -> float:
-    """The radius [fraction of k_Nyquist] of the disc holding ``power`` of the probe's
-    spectral power. ``probe`` ``(Ny, Nx)`` or ``(M, Ny, Nx)`` complex, centred (modes summed);
-    k_Nyquist as in :func:`bandlimit_mask`."""
+def probe_bandwidth_invA(probe: Any, sampling_A: Any, power: float = 0.999) -> float:
+    """The radius [1/Å] of the disc holding ``power`` of the probe's spectral power
+    (its aperture α/λ for an ideal probe). ``probe`` ``(Ny, Nx)`` or ``(M, Ny, Nx)``
+    complex, centred (modes summed), on a grid of ``sampling_A`` [Å]."""
     p = np.asarray(probe)
     p = p.reshape((-1,) + p.shape[-2:])
     spec = np.sum(np.abs(np.fft.fft2(np.fft.ifftshift(p, axes=(-2, -1)))) ** 2, axis=0)
@@ -43,8 +43,7 @@ def probe_bandwidth(probe: Any, sampling_A: Any, power: float = 0.999) -> float:
     cum = np.cumsum(spec.reshape(-1)[order])
     if not cum[-1] > 0:
         return 0.0
-    radius = float(k[order][np.searchsorted(cum, power * cum[-1])])
-    return radius / _k_nyquist(sampling_A)
+    return float(k[order][np.searchsorted(cum, power * cum[-1])])
 
 
 def covering_bandlimit(bandlimit: float | None, shape: tuple[int, int], sampling_A: Any, aperture_invA: float,

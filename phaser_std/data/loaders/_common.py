@@ -27,6 +27,7 @@ from phaser_core.config import param, yx_int_pair_or_none as int_pair_or_none, y
 from phaser_core.data import RawData
 from phaser_core.errors import DataError
 from phaser_core.physics_constants import wavelength_A
+from phaser_std.physics.optics import mrad_to_invA
 
 
 
@@ -139,7 +140,7 @@ def as_host_patterns(p: Any, dtype: str | np.dtype) -> Any:
 def angular_to_reciprocal(angular_mrad: tuple[float, float], energy_eV: float) -> tuple[float, float]:
     """Detector sampling [mrad/px] -> [1/Å per px]: Δk = Δθ / λ."""
     lam = wavelength_A(energy_eV)
-    return (angular_mrad[0] * 1e-3 / lam, angular_mrad[1] * 1e-3 / lam)
+    return (mrad_to_invA(angular_mrad[0], lam), mrad_to_invA(angular_mrad[1], lam))
 
 
 def to_stack(patterns: Any, name: str) -> tuple[Any, tuple[int, int] | None]:
