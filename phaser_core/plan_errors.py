@@ -10,6 +10,7 @@ data) and turns every leaf into one :class:`PlanIssue`, formatted like a compile
 from __future__ import annotations
 
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Iterable
 
@@ -23,6 +24,9 @@ from cattrs.errors import (
 )
 
 from .errors import PhaserError, did_you_mean
+
+#: the message of attrs' comparison validators (ge, le, gt, lt), which name the field only here
+_VALIDATOR_MESSAGE = re.compile(r"^'(\w+)' must be [<>]=? ")
 
 PathT = tuple  # tuple[str | int, ...]
 
@@ -182,6 +186,10 @@ def _collect(exc: BaseException, path: PathT, out: list[_Raw]) -> None:
         # an attrs validator's (message, attribute, ...): point at the key, say the message
         name = exc.args[1].alias or exc.args[1].name
         out.append(_Raw(path + (name,), "value", exc.args[0], path + (name,)))
+    elif isinstance(exc, ValueError) and _VALIDATOR_MESSAGE.match(str(exc)):
+        # attrs' ge/le/gt/lt validators pass only "'name' must be >= 1: 0"
+        name = _VALIDATOR_MESSAGE.match(str(exc)).group(1)
+        out.append(_Raw(path + (name,), "value", str(exc), path + (name,)))
     else:
         out.append(_Raw(path, "value", f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc), path))
 

@@ -261,13 +261,10 @@ def run_plan(plan: Any, *, out_dir: Path | None = None, registry: Any = None, re
     plan_dir = Path(plan_dir)
     if resume and out_dir is None:
         raise PhaserError("resume needs the run folder: run_plan(..., out_dir=DIR, resume=True)")
-    if out_dir is not None and not resume and holds_previous_run(out_dir):
-        if not overwrite:
-            raise PhaserError(f"{out_dir} holds a previous run: continue it with run_plan(..., resume=True), "
-                              "start afresh with overwrite=True, or choose another out_dir")
-        # the old state files go, so a later resume cannot pick them over this run's
-        for name in (CHECKPOINT_NAME, FINAL_NAME):
-            (out_dir / name).unlink(missing_ok=True)
+    replaces_previous = out_dir is not None and not resume and holds_previous_run(out_dir)
+    if replaces_previous and not overwrite:
+        raise PhaserError(f"{out_dir} holds a previous run: continue it with run_plan(..., resume=True), "
+                          "start afresh with overwrite=True, or choose another out_dir")
     backend = registry.get("backend", plan.backend).obj(plan.dtype)
     obs = build_observers(plan, registry, out_dir=out_dir, quiet=quiet, extra=observers)
     ctx = RunContext(backend=backend, registry=registry, observers=obs, seed=int(plan.seed), out_dir=out_dir,
@@ -288,6 +285,11 @@ def run_plan(plan: Any, *, out_dir: Path | None = None, registry: Any = None, re
                 state = initial_state(plan, data, registry, plan_dir)
                 first = 0
             _check_memory(plan, data, state, registry, backend)
+            if replaces_previous:
+                # the old state files go once this run can start (a plan that fails to load
+                # or fit leaves them), so a later resume cannot pick them over this run's
+                for name in (CHECKPOINT_NAME, FINAL_NAME):
+                    (out_dir / name).unlink(missing_ok=True)
             for num, spec in enumerate(engines):
                 if num < first:
                     continue

@@ -202,10 +202,10 @@ def fit(rows: list[dict]) -> None:
             return x, patterns + lanes * b * s * p * c
         kept = 0
         if engine == "gradient":
-            kept = b * p * 4
+            kept = lanes * b * p * 4  # the group's patterns, gathered by every lane
         elif chunk < b:  # the cases have no position solver, no explicit chunk
             # the kept terms mirror phaser_std/engines/memory.conventional_terms (keep in step)
-            kept = b * p * 4
+            kept = lanes * b * p * 4
             if engine == "lsqml":
                 kept += (2 + (s if s > 1 else 0)) * b * m * p * c + b * s * p * 4
             elif s > 1:

@@ -223,7 +223,7 @@ def test_autodiff_gradient_matches_finite_differences(jax64):
         assert fd == pytest.approx(expected, rel=1e-6, abs=1e-9 * abs(expected) + 1e-8), var
 
 
-def test_cost_per_group_adds_the_whole_penalty(jax64):
+def test_cost_per_group_adds_the_whole_penalty(jax64, monkeypatch):
     """``cost_per: iteration`` adds (valid positions / N) of each penalty per group; ``group``
     adds all of it (the published phaser in effect): in the loss, the analytic gradients
     (numpy) and the autodiff gradients (jax)."""
@@ -249,6 +249,22 @@ def test_cost_per_group_adds_the_whole_penalty(jax64):
                                        rtol=1e-9, atol=1e-12 * np.abs(g["group"][var]).max())
     with pytest.raises(ValueError, match="cost_per"):
         GradientConfig(cost_per="batch")
+    # the engine hands its setting to the group model
+    import phaser_std.engines.gradient as gradient_engine
+
+    seen = []
+    plain = gradient_engine.GroupModel
+
+    def recording(**kwargs):
+        seen.append(kwargs["costs_per_group"])
+        return plain(**kwargs)
+
+    monkeypatch.setattr(gradient_engine, "GroupModel", recording)
+    _, data, state, _ = _sim(q=24, scan=(4, 4), seed=4)
+    for setting in ("group", "iteration"):
+        _run(copy.deepcopy(state), data, "numpy", niter=1, cost_per=setting,
+             regularizers=(RegularizerSpec("obj_tikhonov"),))
+    assert seen == [True, False]
 
 
 def test_per_view_gradients_with_costs_add_up_to_the_object_gradient():

@@ -126,6 +126,9 @@ ENGINES = {
     "lsqml-modes": {"type": "conventional", "niter": 3, "grouping": {"size": 16}, "probe_modes": 2,
                     "solver": {"type": "lsqml"}},
     "gradient-multislice": {"type": "gradient", "niter": 3, "grouping": {"size": 16}, "slices": MULTI},
+    # iteration 1 updates nothing: its loss alone, in chunks on the lanes
+    "gradient-loss-only-first": {"type": "gradient", "niter": 3, "grouping": {"size": 16}, "slices": MULTI,
+                                 "update_object": {"after": 1}, "update_probe": {"after": 1}},
 }
 
 

@@ -571,7 +571,7 @@ output: {checkpoint_every: 1, images: [probe, object_phase]}
                            for kind in ("probe", "object_phase") for ext in ("tif", "png"))
 
 
-def test_run_plan_refuses_a_folder_with_a_previous_run(tmp_path):
+def test_run_plan_refuses_a_folder_with_a_previous_run(tmp_path, monkeypatch):
     """The API keeps a previous run as the CLI does: refused unless resumed or overwritten."""
     run_plan(make_plan(niters=(3,)), out_dir=tmp_path, registry=make_registry(), quiet=True)
     with pytest.raises(PhaserError, match="holds a previous run.*resume=True.*overwrite=True"):
@@ -586,3 +586,15 @@ def test_run_plan_refuses_a_folder_with_a_previous_run(tmp_path):
         run_plan(make_plan(niters=(2,)), out_dir=tmp_path / "b", registry=make_registry(), quiet=True,
                  overwrite=True, observers=[RaiseAfter(1)])
     assert not (tmp_path / "b" / "final.h5").exists()
+    # a run that cannot start (its data fail to load) leaves the previous run as it was
+    run_plan(make_plan(niters=(3,)), out_dir=tmp_path / "c", registry=make_registry(), quiet=True)
+    import phaser_core.runner as runner
+
+    def no_data(*args, **kwargs):
+        raise PhaserError("the data file is gone")
+
+    monkeypatch.setattr(runner, "load_data", no_data)
+    with pytest.raises(PhaserError, match="the data file is gone"):
+        run_plan(make_plan(niters=(2,)), out_dir=tmp_path / "c", registry=make_registry(), quiet=True,
+                 overwrite=True)
+    assert (tmp_path / "c" / "final.h5").exists()

@@ -11,7 +11,7 @@ from phaser_core.config import ConstraintSpec, ConventionalSolverSpec, Flag, Noi
 from phaser_core.errors import DataError
 from phaser_core.plan import SlicesPlan
 from phaser_core.state import ReconsState
-from phaser_std.engines.chunking import conventional_budget, engine_chunk
+from phaser_std.engines.chunking import conventional_budget, engine_chunk, whole_groups_in_some_iteration
 from phaser_std.engines.common import (
     EngineLoop,
     GroupingConfig,
@@ -68,10 +68,7 @@ class ConventionalEngine:
         iter_constraints = build_constraints(cfg.iter_constraints, reg)
 
         n_slices = int(np.shape(state.object.data)[0])
-        # LSQML's multislice step takes whole groups in iterations without the object update,
-        # which every CPU lane would repeat: such an engine computes on one lane throughout
-        whole_some_iterations = (solver.name == "lsqml" and n_slices > 1
-                                 and not all(cfg.update_object(it) for it in range(int(cfg.niter))))
+        whole_some_iterations = whole_groups_in_some_iteration(solver.name, n_slices, cfg.update_object, cfg.niter)
         bk, chunk = engine_chunk(bk, cfg.grouping.chunk, min(cfg.grouping.size, np.shape(state.scan_A)[0]),
                                  state.probe.n_modes, n_slices, state.probe.shape, conventional_budget(n_slices),
                                  chunked_step=has_chunked_rule(solver, n_slices) and not whole_some_iterations)

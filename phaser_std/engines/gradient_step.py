@@ -382,6 +382,29 @@ def chunked_gradients(bk: Any, model: GroupModel, chunk: int, obj: Any, probe: A
     return data + cost, data, out
 
 
+def chunked_data_loss(bk: Any, model: GroupModel, chunk: int | None, obj: Any, probe: Any, frac: Any, tilt: Any,
+                      starts: Any, measured: Any, mask: Any) -> Any:
+    """The data term of :func:`group_loss` (noise-model loss summed over the valid
+    patterns), ``chunk`` positions at a time as :func:`chunked_gradients` computes the
+    gradients (None or the whole group: at once): an iteration that updates nothing still
+    runs in chunks, on every CPU lane its own."""
+    data_model = attrs.evolve(model, costs=())
+    if chunk is None or chunk >= mask.shape[0]:
+        return group_loss(bk, data_model, obj, probe, frac, tilt, starts, measured, mask, None)[1]
+    n = mask.shape[0] // chunk
+    per_position_tilt = tilt.ndim == 2
+
+    def body(carry, x):
+        fr, st, me, ma, ti = x
+        _, data = group_loss(bk, data_model, obj, probe, fr, tilt if ti is None else ti, st, me, ma, None)
+        return (carry[0] + data,), {}
+
+    xs = tuple(split_rows(a, n) for a in (frac, starts, measured, mask)) + (
+        split_rows(tilt, n) if per_position_tilt else None,)
+    (data,), _ = bk.sum_scan(body, (bk.xp.zeros((), dtype=bk.real_dtype),), xs)
+    return data
+
+
 # --------------------------------------------------------------------------- the step
 class StepCounter:
     """Counts how often the step's Python body runs: once per jax trace (compile), once per
@@ -421,8 +444,8 @@ def make_group_step(bk: Any, model: GroupModel, solvers: dict, constraints: Sequ
         wrt = tuple(k for k, on in (("object", update_object), ("probe", update_probe),
                                     ("positions", grad_positions), ("tilt", grad_tilt)) if on)
         if not wrt:
-            _, data = group_loss(bk, model, obj, probe, frac, tilt, starts, measured, mask, cost_w)
-            return params, opt_states, acc, data
+            return params, opt_states, acc, chunked_data_loss(bk, model, chunk, obj, probe, frac, tilt, starts,
+                                                               measured, mask)
         if chunk is None or chunk >= mask.shape[0]:
             total, data, g = group_gradients(bk, model, obj, probe, frac, tilt, starts, measured, mask, cost_w,
                                              method=method, wrt=wrt)

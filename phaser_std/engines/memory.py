@@ -30,7 +30,7 @@ from typing import Any
 import attrs
 
 from phaser_std.engines.chunking import (CACHE_BUDGET_BYTES, conventional_budget, has_chunked_step, lane_plan,
-                                         named_backend_lanes, named_backend_on_cpu)
+                                         named_backend_lanes, named_backend_on_cpu, whole_groups_in_some_iteration)
 
 MiB = 1 << 20
 
@@ -140,8 +140,9 @@ def sizes(config: Any, data_shape: Any, state_shapes: dict, dtype: str, backend:
 
 def lanes_and_chunk(z: Sizes, requested: int | None, budget: int, chunked_step: bool,
                     backend: str) -> tuple[Sizes, int]:
-    """``(sizes, chunk)`` as the engine chooses them (:func:`~phaser_std.engines.chunking.lane_plan`):
-    the sizes keep their lanes where the step spreads its chunks over them, else one."""
+    """``(sizes, chunk)`` as the engine chooses them (:func:`~phaser_std.engines.chunking.lane_plan`,
+    chunk ``budget`` [bytes]): the sizes keep their lanes where the step spreads its chunks
+    over them, else one."""
     used, chunk = lane_plan(z.lanes, requested, z.b, z.m, z.s, (z.p, 1), z.c, named_backend_on_cpu(backend),
                             budget, chunked_step)
     return attrs.evolve(z, lanes=used), chunk
@@ -209,10 +210,11 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
             kept = 2 * z.wave() if getattr(config, "position_solver", None) is not None else 0
         else:
             kept = (2 + (z.s if z.s > 1 else 0)) * z.wave() + z.b * z.s * z.p * z.r
-        group = z.lanes * z.phase("conv", chunk) + kept + z.b * z.p * z.r
+        group = z.lanes * (z.phase("conv", chunk) + z.b * z.p * z.r) + kept
         name = (f"group step: {chunk} of B={z.b} positions at a time{' per lane' if z.lanes > 1 else ''}, "
                 f"the group's chi and slice waves kept (M={z.m} x {z.p} px)")
-        if config.solver.type == "lsqml" and z.s > 1 and _has_iterations_without_object_update(config):
+        if whole_groups_in_some_iteration(config.solver.type, z.s, getattr(config, "update_object", None),
+                                          config.niter):
             # LSQML's multislice step runs in chunks only while the object is updated
             # (conventional_solvers.make_group_step): other iterations take whole groups
             whole = z.phase("conv")
@@ -235,12 +237,6 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
     return terms
 
 
-def _has_iterations_without_object_update(config: Any) -> bool:
-    """Whether some iteration of the engine leaves the object alone (``update_object``)."""
-    flag = getattr(config, "update_object", None)
-    return flag is not None and not all(flag(it) for it in range(int(config.niter)))
-
-
 def _conventional_chunk(config: Any, z: Sizes, backend: str) -> tuple[Sizes, int]:
     """The lanes and chunk of the conventional engine's group step
     (:mod:`~phaser_std.engines.chunking`)."""
@@ -250,7 +246,8 @@ def _conventional_chunk(config: Any, z: Sizes, backend: str) -> tuple[Sizes, int
     if not chunked:
         return attrs.evolve(z, lanes=1), z.b
     # as the engine: multislice LSQML with iterations that take whole groups runs on one lane
-    split = not (str(getattr(solver, "type", "")) == "lsqml" and z.s > 1 and _has_iterations_without_object_update(config))
+    split = not whole_groups_in_some_iteration(str(getattr(solver, "type", "")), z.s,
+                                               getattr(config, "update_object", None), config.niter)
     return lanes_and_chunk(z, getattr(config.grouping, "chunk", None), conventional_budget(z.s), split, backend)
 
 
@@ -263,8 +260,8 @@ def gradient_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: str,
     terms, dry = _common_terms(config, z, "grad", state_shapes)
     k = z.k
     # the per-position work runs `chunk` positions at a time (on each lane); the group's
-    # patterns whole
-    group = z.lanes * z.phase("grad", chunk) + z.b * z.p * z.r
+    # patterns whole, gathered by every lane
+    group = z.lanes * (z.phase("grad", chunk) + z.b * z.p * z.r)
     what = "autodiff residuals" if backend == "jax" else "adjoint"
     name = (f"group step: views, {z.s} slice waves, far field, {what} and FFT workspace "
             f"({chunk} of B={z.b} positions at a time{' per lane' if z.lanes > 1 else ''} x M={z.m} x {z.p} px)")
