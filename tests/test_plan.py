@@ -324,24 +324,21 @@ position_solver: {type: lsqml}
     assert plan_to_dict(again, registry) == data
 
 
-def test_validator_errors_name_the_key_and_its_line():
-    """An attrs ``in_`` validator's error (a real engine's ``cost_per``) points at the value's
-    line and says the message, not the attribute's repr."""
+@pytest.mark.parametrize("line, path, message, col", [
+    # an ``in_`` validator (a real engine's ``cost_per``) passes its attribute
+    ("cost_per: batch", "engines[0].cost_per", "'cost_per' must be in ('iteration', 'group') (got 'batch')", 15),
+    # a comparison validator (ge) names the field only in its message
+    ("update_probe: {every: 0}", "engines[0].update_probe.every", "'every' must be >= 1: 0", 27),
+])
+def test_validator_errors_name_the_key_and_its_line(line, path, message, col):
+    """An attrs validator's error points at the value's line and says the message, not the
+    attribute's repr."""
     from phaser_core.registry import get_registry
 
     text = ("file_type: phaser_plan\nversion: 1\nraw_data: {type: hdf5, path: data.h5}\nengines:\n"
-            "  - type: gradient\n    niter: 2\n    cost_per: batch\n")
+            f"  - type: gradient\n    niter: 2\n    {line}\n")
     (err,) = errors_of(text, get_registry())
-    assert err.path_str == "engines[0].cost_per"
-    assert err.message == "'cost_per' must be in ('iteration', 'group') (got 'batch')"
-    assert (err.line, err.col) == (7, 15)
-    # a comparison validator (ge) names the field only in its message: still its key and line
-    text = ("file_type: phaser_plan\nversion: 1\nraw_data: {type: hdf5, path: data.h5}\nengines:\n"
-            "  - type: gradient\n    niter: 2\n    update_probe: {every: 0}\n")
-    (err,) = errors_of(text, get_registry())
-    assert err.path_str == "engines[0].update_probe.every"
-    assert err.message == "'every' must be >= 1: 0"
-    assert (err.line, err.col) == (7, 27)
+    assert (err.path_str, err.message, err.line, err.col) == (path, message, 7, col)
 
 
 def test_untyped_tuple_and_dict_fields_take_lists_and_mappings():
