@@ -5,8 +5,9 @@
 #   device run (carry .whl .bench-shared): bash benchmarks/device_session.sh STAGES
 #
 # STAGES is a comma list of: tests, paper, quick, cupy, paper-phaser, paper-cupy,
-# gradient-variants (the paper-size gradient engine in chunks of 16 and 32 positions;
-# NOTES.md session 4), suite
+# gradient-variants (the paper-size gradient engine in chunks of 16 and 32 positions, and
+# without its regularizers; NOTES.md session 4), profile (the paper-size gradient engine
+# under jax.profiler; the trace comes back), suite
 # (default: tests,paper,quick). Each stage has its own time limit (seconds, PHASER_T_<STAGE>)
 # so the call ends inside the lease; whatever a stage wrote under $OUT comes back, also
 # when it was cut off (bench.py rewrites its JSON after every case). The machine has no
@@ -14,8 +15,13 @@
 # phaserEM runs in the same interpreter as ours (the image's jax), not in a venv of its own.
 set -u
 export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}
+# the device tool brings back at most 8 files: everything is written to $OUT/r and packed
+# into $OUT/results.tgz at the end (a call cut off by its limit brings back what $OUT/r holds)
+FINAL=${OUT:-/tmp/out}
+OUT=$FINAL/r
 mkdir -p "$OUT"
+pack() { tar czf "$FINAL/results.tgz" -C "$OUT" . && rm -rf "$OUT"; }
+trap pack EXIT
 STAGES=",${1:-tests,paper,quick},"
 T0=$(date +%s)
 say() { echo "[$(($(date +%s) - T0)) s] $*" | tee -a "$OUT/session.log"; }
@@ -93,10 +99,18 @@ want paper-cupy && bench gpu-paper-cupy "${PHASER_T_PAPER_CUPY:-100}" --paper --
 want paper-phaser && bench gpu-paper-phaser "${PHASER_T_PAPER_PHASER:-200}" --paper --backends jax \
     --phaser-backends jax --iters 3 --timeout 190 --cases '*/jax/paper_multi/m1/g64'
 if want gradient-variants; then
-    for v in grouping.chunk=16 grouping.chunk=32; do
-        bench "gpu-paper-gradient-${v#grouping.}" "${PHASER_T_VARIANT:-60}" --paper --no-phaser --backends jax \
+    for v in grouping.chunk=16 grouping.chunk=32 regularizers=[]; do
+        name=${v#grouping.}; name=${name//[^a-z0-9=]/}
+        bench "gpu-paper-gradient-${name/=/}" "${PHASER_T_VARIANT:-60}" --paper --no-phaser --backends jax \
             --iters 4 --timeout 55 --cases 'gradient/jax/paper_multi/m1/g64' --set "$v"
     done
+fi
+if want profile; then
+    say "profile: the paper-size gradient engine (whole groups) under jax.profiler"
+    timeout "${PHASER_T_PROFILE:-90}" python3 benchmarks/profile_engine.py gradient paper_multi --iters 5 --traced 2 \
+        --top 40 --keep-trace "$FINAL/trace-gradient-paper.json.gz" >"$OUT/profile-gradient-paper.txt" 2>&1
+    say "profile rc=$?"
+    head -50 "$OUT/profile-gradient-paper.txt"
 fi
 if want suite; then
     say "the whole non-slow suite on the GPU machine"

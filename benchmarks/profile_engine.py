@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench  # noqa: E402
 import cases  # noqa: E402
 
 
@@ -60,6 +61,9 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--chunk", type=int, default=None, help="grouping.chunk (default: the engine's choice)")
     ap.add_argument("--by-kind", action="store_true", help="sum the ops by kind (fft, fusion names) instead")
+    ap.add_argument("--keep-trace", default=None, help="copy the perfetto trace (.json.gz) here")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                    help="change the engine block, as bench.py --set")
     a = ap.parse_args()
     from phaser_core.plan import load_plan
     from phaser_core.runner import run_plan
@@ -69,6 +73,8 @@ def main() -> None:
                              thickness=cases.total_thickness(a.dataset))
     if a.chunk:
         block["grouping"]["chunk"] = a.chunk
+    for item in a.set:
+        bench.set_path(block, item)
     folder = tempfile.mkdtemp(prefix="phaser-trace-")
     tr = _Trace(a.iters - a.traced, folder)
     plan = {"file_type": "phaser_plan", "version": 1, "backend": "jax", "dtype": "float32", "seed": 0,
@@ -76,7 +82,22 @@ def main() -> None:
     run_plan(load_plan(plan), quiet=True, observers=[tr])
     print(f"{a.engine}/{a.dataset}/m{a.modes}/g{a.group}: s/iter {[round(t, 4) for t in tr.t]}")
     trace = glob.glob(f"{folder}/**/*.trace.json.gz", recursive=True)[0]
-    events = [e for e in json.load(gzip.open(trace))["traceEvents"] if e.get("ph") == "X"]
+    if a.keep_trace:
+        shutil.copy(trace, a.keep_trace)
+    raw = json.load(gzip.open(trace))["traceEvents"]
+    events = [e for e in raw if e.get("ph") == "X"]
+    # on a GPU the kernels run on a device track of their own: per-process busy time first
+    process = {e["pid"]: e.get("args", {}).get("name", "") for e in raw
+               if e.get("ph") == "M" and e.get("name") == "process_name"}
+    busy = collections.defaultdict(float)
+    for e in events:
+        busy[process.get(e.get("pid"), "?")] += e["dur"]
+    for name, us in sorted(busy.items(), key=lambda kv: -kv[1]):
+        print(f"{us / a.traced / 1e3:9.2f} ms/iter  process {name[:80]}")
+    device = {pid for pid, name in process.items() if "GPU" in name or "device" in name.lower()}
+    if device and not all(e.get("pid") in device for e in events):
+        events = [e for e in events if e.get("pid") in device]
+        print("(ops on the device tracks only)")
     total = collections.defaultdict(float)
     count = collections.Counter()
     for e in events:
