@@ -13,6 +13,13 @@ class Observer:
     ``after_run``; ``on_run_error`` replaces ``after_run`` when the run fails or is
     interrupted. ``metrics`` holds at least ``loss`` (noise-model NLL per pattern),
     ``time_s`` (seconds this iteration), ``engine_iter``, ``niter``, ``total_iter``.
+
+    The ``state`` of ``after_iteration`` is a :class:`~phaser_core.state.DeferredState`: its
+    counters, progress and wavelength are there at once; its probe, object, positions, tilt
+    and ``extra`` are copied from the engine when first read, which must happen during the
+    call (later reads raise :class:`~phaser_core.state.StateExpired`). An observer that
+    keeps a state keeps ``state.take()``. Reading no arrays costs nothing, which matters on
+    a GPU, where the copy can take as long as the iteration.
     """
 
     def before_run(self, plan: Any, ctx: Any) -> None: ...

@@ -26,7 +26,9 @@ resumed run ends in the same state as an uninterrupted one.
 **Ctrl-C**: the first SIGINT sets ``ctx.stop_requested``; engines stop after the current
 iteration, the output observer writes ``checkpoint.h5`` and :class:`RunInterrupted` is
 raised with the command that resumes. A second SIGINT raises ``KeyboardInterrupt`` at once
-(the checkpoint then holds the last completed iteration).
+(the checkpoint then holds the newest iteration the output observer could still copy: the
+last completed one when the interruption came between iterations, else the newest
+``checkpoint_every`` checkpoint).
 """
 
 from __future__ import annotations
@@ -320,7 +322,7 @@ def run_plan(plan: Any, *, out_dir: Path | None = None, registry: Any = None, re
         except BaseException as exc:
             _notify_all(obs, "on_run_error", exc, state, ctx)
             if isinstance(exc, KeyboardInterrupt) and out_dir is not None and (out_dir / CHECKPOINT_NAME).is_file():
-                print(f"phaser: aborted; {out_dir / CHECKPOINT_NAME} holds the last completed iteration. "
+                print(f"phaser: aborted; {out_dir / CHECKPOINT_NAME} holds the newest saved iteration. "
                       f"Resume with: phaser run --resume {out_dir}", file=sys.stderr, flush=True)
             raise
     return state

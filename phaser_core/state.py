@@ -103,3 +103,86 @@ class ReconsState:
     #: (y, x) detector sampling [1/Å per pixel] the probe grid corresponds to
     wavelength_A: float | None = None
     extra: dict[str, Any] = attrs.field(factory=dict)
+
+
+class StateExpired(RuntimeError):
+    """A :class:`DeferredState`'s arrays were read after its engine moved on."""
+
+
+#: the fields a :class:`DeferredState` copies from the engine only when first read
+DEFERRED_FIELDS = ("probe", "object", "scan_A", "tilt_mrad", "extra")
+
+
+class DeferredState(ReconsState):
+    """The state an engine hands to ``after_iteration``: the counters, progress and
+    wavelength at once; the probe, object, positions, tilt and ``extra`` copied to the host
+    only when first read (the engine's ``take`` callable makes that copy).
+
+    Copying a GPU engine's arrays to the host after every iteration was most of its time at
+    the paper's sizes (0.33 of 0.70 s/iter, gradient engine on an H100), while most
+    observers read only the counters and the loss. The copy can be taken until the engine
+    starts its next iteration (:meth:`close`; the engine's arrays are then reused or
+    updated in place); reading the arrays later raises :class:`StateExpired`. An observer
+    that keeps a state past its ``after_iteration`` call reads it there, or keeps
+    :meth:`take`'s result.
+    """
+
+    __slots__ = ("_take",)
+
+    @classmethod
+    def defer(cls, take: Any, *, iteration: IterationCounters, progress: Progress,
+              wavelength_A: float | None) -> "DeferredState":
+        """A state whose array fields come from ``take()`` (a :class:`ReconsState`) when first read."""
+        self = object.__new__(cls)
+        self.iteration, self.progress, self.wavelength_A = iteration, progress, wavelength_A
+        self._take = take
+        return self
+
+    @property
+    def taken(self) -> bool:
+        """Whether the arrays have been copied (reading them costs nothing more)."""
+        try:
+            _SLOTS["probe"].__get__(self, ReconsState)
+        except AttributeError:
+            return False
+        return True
+
+    def take(self) -> ReconsState:
+        """A plain :class:`ReconsState` with the arrays copied now (or already)."""
+        if not self.taken:
+            take = getattr(self, "_take", None)
+            if take is None:
+                raise StateExpired(
+                    f"the state after iteration {self.iteration.total_iter} was read after its engine moved on; "
+                    "an observer that keeps a state past after_iteration reads it there (state.take())")
+            full = take()
+            for name in DEFERRED_FIELDS:
+                _SLOTS[name].__set__(self, getattr(full, name))
+        return ReconsState(**{f.name: getattr(self, f.name) for f in attrs.fields(ReconsState)})
+
+    def close(self) -> None:
+        """The engine moves on: no copy can be taken after this (one taken stays readable)."""
+        self._take = None
+
+
+_SLOTS = {name: ReconsState.__dict__[name] for name in DEFERRED_FIELDS}
+
+
+def _deferred_field(name: str) -> property:
+    slot = _SLOTS[name]
+
+    def get(self: DeferredState) -> Any:
+        try:
+            return slot.__get__(self, ReconsState)
+        except AttributeError:
+            self.take()
+            return slot.__get__(self, ReconsState)
+
+    def put(self: DeferredState, value: Any) -> None:
+        slot.__set__(self, value)
+
+    return property(get, put, doc=f"``{name}``, copied from the engine when first read")
+
+
+for _name in DEFERRED_FIELDS:
+    setattr(DeferredState, _name, _deferred_field(_name))

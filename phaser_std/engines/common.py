@@ -23,7 +23,7 @@ from phaser_core.config import RegularizerSpec, param
 from phaser_core.errors import DataError, PhaserError
 from phaser_core.observer import notify
 from phaser_core.plan import SlicesPlan
-from phaser_core.state import ObjectState, ProbeState, ReconsState
+from phaser_core.state import DeferredState, IterationCounters, ObjectState, ProbeState, Progress, ReconsState
 from phaser_std.engines.grouping import iteration_groups
 from phaser_std.engines.regularizers import RegInfo
 from phaser_std.physics.forward import check_views_inside, forward_intensity, scan_to_pixels
@@ -268,7 +268,8 @@ def scan_groups(bk: Any, group_step: Callable, carry: tuple, per_group: tuple) -
 
 
 class EngineDiverged(PhaserError):
-    """The loss became NaN or infinite; the last finite state is what observers hold."""
+    """The loss became NaN or infinite; the newest checkpoint holds the last finite state
+    observers copied."""
 
 
 class EngineLoop:
@@ -281,6 +282,11 @@ class EngineLoop:
     compiled loop on jax, see :func:`scan_groups`); ``end_iteration(iteration)`` runs
     per-iteration updates (positions, constraints). The loop records progress, notifies
     observers and honours ``ctx.stop_requested``.
+
+    ``snapshot()`` copies the engine's arrays into a host :class:`ReconsState`. Observers get
+    a :class:`~phaser_core.state.DeferredState` that calls it only when they read the arrays
+    (a checkpoint, an image, a score), before the next iteration changes them; the state the
+    engine returns is copied.
     """
 
     def __init__(self, *, name: str, niter: int, grouping: GroupingConfig, ctx: Any, n_positions: int):
@@ -296,11 +302,19 @@ class EngineLoop:
 
     def run(self, state: ReconsState, *, scan_A: Callable[[], np.ndarray], obj_geometry: Callable[[], ObjectState],
             probe_shape: tuple[int, int], run_groups: Callable, end_iteration: Callable,
-            snapshot: Callable[[], ReconsState], begin_iteration: Callable | None = None) -> ReconsState:
+            snapshot: Callable[[], ReconsState], begin_iteration: Callable | None = None,
+            wavelength_A: float | None = None) -> ReconsState:
         ctx = self.ctx
         start_iter = state.iteration.engine_iter if state.iteration.engine_num == ctx.engine_num else 0
         total = state.iteration.total_iter
+        # counters and progress of its own: the incoming state (which the runner still holds
+        # and writes on an error) keeps describing its own arrays
+        progress = Progress(**{k: list(v) for k, v in attrs.asdict(state.progress).items()})
+        wavelength_A = wavelength_A if wavelength_A is not None else state.wavelength_A
+        seen: DeferredState | None = None
         for it in range(start_iter, self.niter):
+            if seen is not None:
+                seen.close()  # the arrays change from here on
             t0 = time.perf_counter()
             if begin_iteration is not None:
                 begin_iteration(it)
@@ -318,18 +332,16 @@ class EngineLoop:
             ctx.backend.synchronize()
             dt = time.perf_counter() - t0
             total += 1
-            state = snapshot()
-            state.iteration.engine_num = ctx.engine_num
-            state.iteration.engine_iter = it + 1
-            state.iteration.total_iter = total
-            state.progress.append(total, loss, dt, ctx.engine_num)
+            counters = IterationCounters(engine_num=ctx.engine_num, engine_iter=it + 1, total_iter=total)
+            progress.append(total, loss, dt, ctx.engine_num)
+            seen = DeferredState.defer(snapshot, iteration=counters, progress=progress, wavelength_A=wavelength_A)
             metrics = {"loss": loss, "time_s": dt, "engine_iter": it + 1, "niter": self.niter,
                        "total_iter": total, "engine": self.name, "engine_num": ctx.engine_num}
             if not np.isfinite(loss):
                 raise EngineDiverged(f"{self.name} engine: the loss became {loss} at iteration {it + 1}; "
                                          "lower the step sizes (beta_*, learning_rate) or raise the noise "
                                          "model's eps")
-            notify(ctx.observers, "after_iteration", state, metrics, ctx)
+            notify(ctx.observers, "after_iteration", seen, metrics, ctx)
             if getattr(ctx, "stop_requested", False):
                 break
-        return snapshot() if start_iter >= self.niter else state
+        return snapshot() if seen is None else seen.take()

@@ -161,7 +161,8 @@ class ConventionalEngine:
                           n_positions=scan.shape[0])
         return loop.run(state, scan_A=lambda: live["scan"], obj_geometry=lambda: geometry,
                         probe_shape=probe_shape, run_groups=run_groups, end_iteration=end_iteration,
-                        snapshot=snapshot, begin_iteration=begin_iteration)
+                        snapshot=snapshot, begin_iteration=begin_iteration,
+                        wavelength_A=arrays.wavelength_A)
 
     def estimate_memory(self, data_shape: Any, state_shapes: dict, dtype: str, backend: str = "numpy") -> list:
         """Peak-memory terms ``[(name, bytes, setting_hint, where)]`` (phaser_core.memory)."""

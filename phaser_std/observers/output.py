@@ -4,8 +4,11 @@ Files in ``ctx.out_dir`` (nothing is written when the run has no output folder):
 
 - ``checkpoint.h5``: the latest state, every ``checkpoint_every`` iterations (counted over
   the whole run), after each engine and when the run fails or is interrupted (the state
-  after the last completed iteration). Written atomically, so a SIGKILL leaves the previous
-  one intact. ``phaser run --resume DIR`` continues from it.
+  after the last completed iteration when the engine had not yet moved on, as on Ctrl-C or an
+  observer's error; after a crash inside an iteration, the newest checkpoint stands: the
+  engine's arrays are copied from the device only for checkpoints and images, see
+  :class:`~phaser_core.state.DeferredState`). Written atomically, so a SIGKILL leaves the
+  previous one intact. ``phaser run --resume DIR`` continues from it.
 - ``final.h5``: the state after the last engine.
 - ``images/engine{num}_{kind}.tif|.png`` after each engine, ``images/final_{kind}.*`` at
   the end and ``images/iter{total_iter:05d}_{kind}.*`` every ``image_every`` iterations.
@@ -21,6 +24,7 @@ import numpy as np
 
 from phaser_core.config import param
 from phaser_core.observer import Observer
+from phaser_core.state import DeferredState, StateExpired
 from phaser_core.files import CHECKPOINT_NAME, FINAL_NAME
 
 from .images import IMAGE_KINDS, check_kinds, write_images
@@ -72,6 +76,8 @@ def host_state(state: Any, bk: Any = None) -> Any:
     Engines may update their arrays in place (numpy) or keep them on a device (jax,
     cupy); the snapshot stays as it was when taken.
     """
+    if isinstance(state, DeferredState):
+        state = state.take()
     return attrs.evolve(
         state,
         probe=attrs.evolve(state.probe, data=_host_array(state.probe.data, bk)),
@@ -91,8 +97,12 @@ class OutputObserver(Observer):
 
     def __init__(self, config: OutputConfig | None = None):
         self.config = config if config is not None else OutputConfig()
-        #: host copy of the state after the last completed iteration (written on errors)
+        #: host copy of the newest state written (a checkpoint, images, an engine's end)
         self.snapshot: Any = None
+        #: the state after the last completed iteration: a deferred one as the engine handed
+        #: it over, its arrays copied only when written (on a GPU the copy costs about as
+        #: much as the iteration) and on an error while they are still there
+        self.latest: Any = None
         self.written: list[Path] = []
 
     # -- helpers ----------------------------------------------------------------------
@@ -120,7 +130,7 @@ class OutputObserver(Observer):
     # -- lifecycle --------------------------------------------------------------------
 
     def before_run(self, plan: Any, ctx: Any) -> None:
-        self.snapshot = None
+        self.snapshot = self.latest = None
         out = self._out(ctx)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
@@ -128,12 +138,19 @@ class OutputObserver(Observer):
     def after_iteration(self, state: Any, metrics: dict, ctx: Any) -> None:
         if self._out(ctx) is None:
             return
-        self.snapshot = host_state(state, getattr(ctx, "backend", None))
-        total = int(self.snapshot.iteration.total_iter)
+        # a plain state (an engine that does not defer its copies) may be changed in place
+        # by the next iteration: copied now, as the state to write on an error
+        self.latest = state if isinstance(state, DeferredState) else host_state(state, getattr(ctx, "backend", None))
+        total = int(state.iteration.total_iter)
         every = int(self.config.checkpoint_every or 0)
-        if every > 0 and total % every == 0:
+        checkpoint = every > 0 and total % every == 0
+        images = bool(self.config.image_every) and total % int(self.config.image_every) == 0
+        if checkpoint or images:
+            deferred = isinstance(self.latest, DeferredState)
+            self.snapshot = host_state(state, getattr(ctx, "backend", None)) if deferred else self.latest
+        if checkpoint:
             self._save(self.snapshot, CHECKPOINT_NAME, ctx)
-        if self.config.image_every and total % int(self.config.image_every) == 0:
+        if images:
             self._images(self.snapshot, f"iter{total:05d}", ctx)
 
     def after_engine(self, engine: Any, state: Any, ctx: Any) -> None:
@@ -151,10 +168,18 @@ class OutputObserver(Observer):
         self._images(host, "final", ctx)
 
     def on_run_error(self, error: BaseException, state: Any, ctx: Any) -> None:
-        """Save the newest consistent state (the last completed iteration) as the checkpoint."""
+        """Save the newest consistent state as the checkpoint: the last completed iteration
+        when its arrays are still there (the error came before the engine moved on), else
+        the newest written one or the runner's."""
         if self._out(ctx) is None:
             return
         best = self.snapshot
+        if self.latest is not None and (best is None or
+                                        int(self.latest.iteration.total_iter) > int(best.iteration.total_iter)):
+            try:
+                best = host_state(self.latest, getattr(ctx, "backend", None))
+            except StateExpired:
+                pass
         if state is not None:
             if best is None or int(state.iteration.total_iter) > int(best.iteration.total_iter):
                 best = host_state(state, getattr(ctx, "backend", None))
