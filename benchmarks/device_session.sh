@@ -70,7 +70,7 @@ if want tests; then
     XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${PHASER_T_TESTS:-100}" python3 -m pytest -q -p no:cacheprovider \
         -rs tests/test_backends.py tests/test_backend_engines.py tests/test_optimizers.py \
         tests/test_regularizers.py tests/test_noise_models.py tests/test_statefile.py tests/test_forward.py \
-        tests/test_chunking.py >"$OUT/pytest-backends.txt" 2>&1
+        tests/test_chunking.py tests/test_deferred_state.py >"$OUT/pytest-backends.txt" 2>&1
     say "tests rc=$? $(tail -1 "$OUT/pytest-backends.txt")"
     grep -E "^(FAILED|ERROR)" "$OUT/pytest-backends.txt" | head -20
 fi
