@@ -148,6 +148,23 @@ def test_a_crash_mid_iteration_resumes_exactly_from_the_newest_checkpoint(data, 
     assert attrs.astuple(saved.iteration) == (0, 4, 4) and saved.progress.iters == [1, 2, 3, 4]
     monkeypatch.setattr(common, "check_views_inside", original)
     resumed = run_plan(_plan(data, backend), out_dir=tmp_path / "crash", quiet=True, resume=True)
-    np.testing.assert_array_equal(resumed.object.data, full.object.data)
-    np.testing.assert_array_equal(resumed.probe.data, full.probe.data)
-    np.testing.assert_array_equal(resumed.progress.loss, full.progress.loss)
+    if _on_gpu(backend):
+        # overlapping views are added atomically on a GPU, in no fixed order: two whole runs
+        # differ at float32 rounding too (measured on an H100: 4e-7 jax, 6e-7 cupy, relative)
+        for got, want in ((resumed.object.data, full.object.data), (resumed.probe.data, full.probe.data)):
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.max(np.abs(want)))
+        np.testing.assert_allclose(resumed.progress.loss, full.progress.loss, rtol=1e-5)
+    else:
+        np.testing.assert_array_equal(resumed.object.data, full.object.data)
+        np.testing.assert_array_equal(resumed.probe.data, full.probe.data)
+        np.testing.assert_array_equal(resumed.progress.loss, full.progress.loss)
+
+
+def _on_gpu(backend: str) -> bool:
+    if backend == "cupy":
+        return True
+    if backend == "jax":
+        import jax
+
+        return jax.devices()[0].platform != "cpu"
+    return False
