@@ -30,13 +30,15 @@ def estimate_mib(case: dict, on_gpu: bool, args: dict) -> float:
     block = our_block(case, 4, bool(args.get("ours_defaults")), int(args.get("probe_after") or 0), args.get("set"))
     plan = load_plan({"file_type": "phaser_plan", "version": 1, "backend": case["backend"], "dtype": "float32",
                       "seed": 0, "raw_data": {"type": "hdf5", "path": str(ensure_dataset(ds))}, "engines": [block]})
-    on_cpu = planner.named_backend_on_cpu
-    if on_gpu:
-        planner.named_backend_on_cpu = lambda name: False
+    import phaser_std.engines.chunking as chunking
+
+    saved = planner.named_backend_on_cpu, chunking.named_backend_on_cpu
+    if on_gpu:  # as on the GPU machine: whole groups, no CPU lanes
+        planner.named_backend_on_cpu = chunking.named_backend_on_cpu = lambda name: False
     try:
         est = estimate_plan(plan, backend=case["backend"])
     finally:
-        planner.named_backend_on_cpu = on_cpu
+        planner.named_backend_on_cpu, chunking.named_backend_on_cpu = saved
     return (est.peak_where("device") if on_gpu else est.peak) / 2**20
 
 

@@ -64,3 +64,15 @@ class RawData:
 
     def replace(self, **changes: Any) -> "RawData":
         return attrs.evolve(self, **changes)
+
+
+def whole_counts(patterns: np.ndarray, block: int = 1 << 24) -> bool:
+    """True when every value of ``patterns`` is a whole number of electrons in [0, 65535]
+    (counted data, which engines keep exactly as uint16), checked ``block`` values at a time
+    so that the check allocates little."""
+    flat = np.asarray(patterns).reshape(-1)
+    for i in range(0, flat.size, block):
+        b = flat[i:i + block]
+        if not (b.min() >= 0 and b.max() <= 65535 and np.array_equal(b, np.rint(b))):
+            return False
+    return True

@@ -194,7 +194,8 @@ def fit(rows: list[dict]) -> None:
             lanes, chunk = lanes_and_chunk(backend, b, m, s, p, c, budget)
         else:
             lanes, chunk = 1, b
-        # patterns on the host and on each lane
+        # patterns on the host and on each lane (the datasets are noiseless, not counted:
+        # float32 on the device too, where counted data would be uint16)
         patterns = (1 + lanes) * n_pos * p * 4
         if phase == "dry":
             b = min(dry_run_batch(), n_pos)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import attrs
+import numpy as np
 import pytest
 
 from phaser_core.cli import main as cli_main
+from phaser_core.data import RawData
 from phaser_core.errors import PhaserError
-from phaser_core.memory import (DataShape, estimate_plan, format_bytes, format_report, measure_in_subprocess,
+from phaser_core.memory import (DataShape, data_shape, estimate_plan, format_bytes, format_report, measure_in_subprocess,
                                  pool_checks, shortfall_message)
 from phaser_core.plan import SlicesPlan, load_plan
 from phaser_core.runner import run_plan
@@ -122,6 +125,17 @@ def test_object_and_optimizer_terms_scale_with_slices():
     assert _terms(_conv())["patterns on the device"] == 4096 * 128 * 128 * 4
 
 
+@pytest.mark.parametrize("make", [_conv, _grad])
+def test_counted_patterns_take_two_bytes_a_value_on_the_device(make):
+    # engines keep counted data exactly as uint16 (engines.common.patterns_to_device)
+    counted = attrs.evolve(DATA, counted=True)
+    terms = {t[0].split(" (")[0]: t[1] for t in make().estimate_memory(counted, SHAPES, "float32", backend="numpy")}
+    assert terms["patterns on the device"] == 4096 * 128 * 128 * 2 == _terms(make())["patterns on the device"] // 2
+    counts = np.random.default_rng(0).poisson(3.0, size=(4, 8, 8)).astype(np.float32)
+    assert data_shape(RawData(patterns=counts)).counted
+    assert not data_shape(RawData(patterns=counts + 0.5)).counted
+
+
 def test_probe_scaling_pass_is_the_transient_when_groups_are_small():
     eng = ConventionalEngine(ConventionalConfig(grouping=GroupingConfig(size=16), probe_modes=4))
     terms = eng.estimate_memory(DATA, SHAPES, "float32", backend="numpy")
@@ -151,7 +165,7 @@ def tiny(tmp_path_factory) -> Path:
 def test_estimate_of_a_plan(tiny):
     est = estimate_plan(load_plan(tiny), plan_dir=tiny.parent)
     assert est.data.n_patterns == 64 and est.data.pattern_shape == (32, 32)
-    assert est.data.mapped  # the hdf5 loader memory-maps: no pattern was read
+    assert est.data.mapped  # the hdf5 loader memory-maps
     assert est.peak == sum(t.bytes for t in est.peak_terms) > 64 * 32 * 32 * 4
     d = est.to_dict()
     assert d["peak_bytes"] == est.peak and d["engines"][0]["type"] == "conventional"

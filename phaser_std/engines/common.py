@@ -20,6 +20,7 @@ import numpy as np
 
 from phaser_core.backend import stream_seed
 from phaser_core.config import RegularizerSpec, param
+from phaser_core.data import whole_counts
 from phaser_core.errors import DataError, PhaserError
 from phaser_core.observer import notify
 from phaser_core.plan import SlicesPlan
@@ -63,17 +64,6 @@ def resample_for_engine(state: ReconsState, probe_modes: int | None, slices: Sli
         if slices.n != state.object.n_slices or not np.allclose(thick, state.object.thicknesses_A):
             state = attrs.evolve(state, object=resample_object_slices(state.object, slices.n, thick))
     return state
-
-
-def whole_counts(patterns: np.ndarray, block: int = 1 << 24) -> bool:
-    """True when every value of ``patterns`` is a whole number of electrons in [0, 65535]
-    (counted data), checked ``block`` values at a time so that the check allocates little."""
-    flat = np.asarray(patterns).reshape(-1)
-    for i in range(0, flat.size, block):
-        b = flat[i:i + block]
-        if not (b.min() >= 0 and b.max() <= 65535 and np.array_equal(b, np.rint(b))):
-            return False
-    return True
 
 
 def patterns_to_device(bk: Any, patterns: Any) -> Any:
