@@ -292,6 +292,65 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
     return new_obj, new_probe, loss, _unsplit(kept["chi0"]), _unsplit(kept["psi0"])
 
 
+def lsqml_multislice_probe_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: Any, props: Any,
+                                   measured: Any, starts: Any, frac: Any, mask: Any, chunk: int, update_probe: bool,
+                                   keep_waves: bool) -> tuple[Any, Any, Any, Any, Any]:
+    """The multislice LSQML step of an iteration without the object update, ``chunk``
+    positions at a time; returns as :func:`lsqml_single_slice_chunked` (``chi`` at the
+    entrance plane; it and the shifted ``probes`` only with ``keep_waves``, else None).
+
+    Per chunk: forward through the slices, χ, and χ back through them unchanged (no slice
+    takes any of it) to the entrance plane, adding the probe's numerator and illumination.
+    On the group: the probe's direction. Per chunk: each position's least-squares step along
+    it at the entrance plane. As ``ConventionalSolver.sweep`` with ``LsqmlSolver`` and
+    ``update_object`` False."""
+    xp = bk.xp
+    cfg = solver.config
+    shape = probe.shape[-2:]
+    n_slices = obj.shape[0]
+    n = mask.shape[0] // chunk
+    mask_f = mask.astype(bk.real_dtype)
+
+    def backward(carry, x):
+        pnum_k, pden, loss = carry
+        me, st, fr, m = x
+        probes = shift_probes(bk, probe, fr)
+        views = get_views(bk, obj, st, shape)  # (C, S, Ny, Nx)
+        _, exit_wave = multislice_forward(bk, probes, views, props)
+        chunk_loss, g = _exit_update(bk, noise, exit_wave, me, m)
+        for i in range(n_slices - 1, 0, -1):
+            g = propagate(bk, xp.conj(views[:, i])[:, None] * g, xp.conj(props[i - 1]))
+        if update_probe:
+            pnum_k, pden = _add_probe_sums(bk, pnum_k, pden, views[:, 0], g, fr, m[:, None, None])
+        kept = {"chi0": g} if update_probe or keep_waves else {}
+        if keep_waves:
+            kept["probes"] = probes
+        return (pnum_k, pden, loss + chunk_loss), kept
+
+    init = (xp.zeros(probe.shape, dtype=probe.dtype), xp.zeros(shape, dtype=bk.real_dtype),
+            xp.zeros((), dtype=bk.real_dtype))
+    (pnum_k, pden, loss), kept = bk.sum_scan(
+        backward, init, tuple(split_rows(a, n) for a in (measured, starts, frac, mask_f)))
+    new_probe = probe
+    if update_probe:
+        pdir = _ifft2_pair(bk, pnum_k) / (pden + cfg.illum_reg_probe * xp.max(pden) + 1e-30)
+
+        def products(carry, x):
+            ch, st, fr = x
+            b = shift_probes(bk, pdir, fr) * get_views(bk, obj[:1], st, shape)[:, 0][:, None]
+            axes = (1, 2, 3)
+            return carry, {"cb": xp.sum(xp.real(xp.conj(b) * ch), axis=axes), "bb": xp.sum(abs2(xp, b), axis=axes)}
+
+        _, dots = bk.sum_scan(products, (), (kept["chi0"], split_rows(starts, n), split_rows(frac, n)))
+        cb, bb = dots["cb"].reshape(-1), dots["bb"].reshape(-1)
+        beta = xp.clip(cb / (bb + cfg.gamma * xp.max(bb) + 1e-30), 0.0, None) * mask_f
+        step = xp.sum(beta) / xp.maximum(xp.sum(mask_f), 1.0)
+        new_probe = probe + solver.beta_probe * step * pdir
+    if not keep_waves:
+        return obj, new_probe, loss, None, None
+    return obj, new_probe, loss, _unsplit(kept["chi0"]), _unsplit(kept["probes"])
+
+
 def epie_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: Any, measured: Any, starts: Any,
                               frac: Any, mask: Any, chunk: int, update_object: bool, update_probe: bool,
                               keep_waves: bool) -> tuple[Any, Any, Any, Any, Any]:

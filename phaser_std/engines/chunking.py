@@ -19,7 +19,7 @@ import numpy as np
 
 __all__ = ["CACHE_BUDGET_BYTES", "SWEEP_BUDGET_BYTES", "LANE_MIN_BYTES", "LANE_CACHE_BUDGET_BYTES",
            "LANE_SWEEP_BUDGET_BYTES", "lane_budget", "conventional_budget", "has_chunked_step", "auto_chunk", "resolve_chunk",
-           "lane_plan", "engine_chunk", "whole_groups_in_some_iteration", "backend_on_cpu", "named_backend_on_cpu", "named_backend_lanes"]
+           "lane_plan", "engine_chunk", "backend_on_cpu", "named_backend_on_cpu", "named_backend_lanes"]
 
 #: Per-chunk wave data [bytes] the automatic choice aims at (a share of a CPU's L2/L3),
 #: counted as modes x slices x Ny x Nx complex numbers per position. The gradient step and
@@ -121,21 +121,11 @@ def engine_chunk(bk: Any, requested: int | None, group_size: int, n_modes: int, 
 def has_chunked_step(solver: str, n_slices: int, multislice: str = "joint") -> bool:
     """Whether the built-in conventional rule ``solver`` has a chunked group step
     (:mod:`~phaser_std.engines.chunked_steps`): ePIE (any slices), LSQML on one slice and
-    its multislice ``joint`` step (when the object is updated). LSQML's ``sequential``
-    sweep has none."""
+    its multislice ``joint`` step (and its probe-only step, for iterations without the
+    object update). LSQML's ``sequential`` sweep has none."""
     if solver == "epie" or int(n_slices) == 1:
         return solver in ("epie", "lsqml")
     return solver == "lsqml" and multislice == "joint"
-
-
-def whole_groups_in_some_iteration(solver: str, n_slices: int, update_object: Any, niter: int) -> bool:
-    """Whether the conventional rule ``solver`` takes whole groups in some of ``niter``
-    iterations: LSQML's multislice step does where the object is not updated
-    (``update_object(iteration)`` False), as it has no chunked probe-only step. Every CPU
-    lane would repeat such a step, so an engine with one runs on one lane (engine and
-    memory planner alike)."""
-    return (solver == "lsqml" and int(n_slices) > 1 and update_object is not None
-            and not all(update_object(it) for it in range(int(niter))))
 
 
 def conventional_budget(n_slices: int) -> int:

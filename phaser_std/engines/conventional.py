@@ -11,7 +11,7 @@ from phaser_core.config import ConstraintSpec, ConventionalSolverSpec, Flag, Noi
 from phaser_core.errors import DataError
 from phaser_core.plan import SlicesPlan
 from phaser_core.state import ReconsState
-from phaser_std.engines.chunking import conventional_budget, engine_chunk, whole_groups_in_some_iteration
+from phaser_std.engines.chunking import conventional_budget, engine_chunk
 from phaser_std.engines.common import (
     EngineLoop,
     GroupingConfig,
@@ -68,10 +68,9 @@ class ConventionalEngine:
         iter_constraints = build_constraints(cfg.iter_constraints, reg)
 
         n_slices = int(np.shape(state.object.data)[0])
-        whole_some_iterations = whole_groups_in_some_iteration(solver.name, n_slices, cfg.update_object, cfg.niter)
         bk, chunk = engine_chunk(bk, cfg.grouping.chunk, min(cfg.grouping.size, np.shape(state.scan_A)[0]),
                                  state.probe.n_modes, n_slices, state.probe.shape, conventional_budget(n_slices),
-                                 chunked_step=has_chunked_rule(solver, n_slices) and not whole_some_iterations)
+                                 chunked_step=has_chunked_rule(solver, n_slices))
         arrays = engine_arrays(bk, state, data)
         probe_shape, wavelength, geometry = arrays.probe_shape, arrays.wavelength_A, arrays.geometry
         tilt = np.asarray(state.tilt_mrad, dtype=np.float64)

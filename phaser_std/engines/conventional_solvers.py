@@ -30,7 +30,8 @@ import attrs
 from phaser_core.config import Schedulable, param, schedule_value
 from phaser_std.engines.chunking import has_chunked_step
 from phaser_std.engines.chunked_steps import (epie_multislice_chunked, epie_single_slice_chunked, inner_products,
-                                              lsqml_multislice_chunked, lsqml_single_slice_chunked, solve_2x2)
+                                              lsqml_multislice_chunked, lsqml_multislice_probe_chunked,
+                                              lsqml_single_slice_chunked, solve_2x2)
 from phaser_std.physics.forward import (
     abs2,
     add_views,
@@ -339,8 +340,7 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
         # the chunked steps re-implement the two built-in rules exactly: a subclass (a
         # plugin's variant of a sweep or an update) keeps the whole-group path calling it
         kind = type(solver)
-        chunked = (chunk is not None and chunk < mask.shape[0] and has_chunked_rule(solver, n_slices)
-                   and (update_object or kind is EpieSolver or n_slices == 1))
+        chunked = chunk is not None and chunk < mask.shape[0] and has_chunked_rule(solver, n_slices)
         if chunked:
             if kind is EpieSolver and props is not None:
                 new_obj, new_probe, loss, chi0, probes = epie_multislice_chunked(
@@ -353,9 +353,13 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
             elif props is None:
                 new_obj, new_probe, loss, chi0, probes = lsqml_single_slice_chunked(
                     bk, stepper, noise, obj, probe, measured, starts, frac, mask, chunk, update_object, update_probe)
-            else:
+            elif update_object:
                 new_obj, new_probe, loss, chi0, probes = lsqml_multislice_chunked(
                     bk, stepper, noise, obj, probe, props, measured, starts, frac, mask, chunk, update_probe)
+            else:
+                new_obj, new_probe, loss, chi0, probes = lsqml_multislice_probe_chunked(
+                    bk, stepper, noise, obj, probe, props, measured, starts, frac, mask, chunk, update_probe,
+                    keep_waves=update_positions)
             o0 = get_views(bk, obj[:1], starts, probe_shape)[:, 0] if update_positions else None
         else:
             new_obj, new_probe, loss, chi0, probes, o0 = whole_group(stepper, obj, probe, measured, starts, frac,

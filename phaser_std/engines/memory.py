@@ -30,7 +30,7 @@ from typing import Any
 import attrs
 
 from phaser_std.engines.chunking import (CACHE_BUDGET_BYTES, conventional_budget, has_chunked_step, lane_plan,
-                                         named_backend_lanes, named_backend_on_cpu, whole_groups_in_some_iteration)
+                                         named_backend_lanes, named_backend_on_cpu)
 
 MiB = 1 << 20
 
@@ -203,8 +203,10 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
         # a chunk's working set, plus what is kept of the whole group between passes.
         # LSQML: χ and the shifted probes (one slice), or χ, χ at the entrance and the waves
         # entering every slice, the first of them the shifted probes (multislice), with the
-        # per-slice illumination. ePIE: the waves entering every slice and χ into and out
-        # of a slice's pass (multislice), or χ and the probes only to refine positions.
+        # per-slice illumination (its probe-only step, in iterations without the object
+        # update, keeps χ at the entrance alone: less). ePIE: the waves entering every slice
+        # and χ into and out of a slice's pass (multislice), or χ and the probes only to
+        # refine positions.
         if config.solver.type == "epie" and z.s > 1:
             kept = (z.s + 2) * z.wave()
         elif config.solver.type == "epie":
@@ -214,16 +216,6 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
         group = z.lanes * (z.phase("conv", chunk) + z.b * z.p * z.r) + kept
         name = (f"group step: {chunk} of B={z.b} positions at a time{' per lane' if z.lanes > 1 else ''}, "
                 f"the group's chi and slice waves kept (M={z.m} x {z.p} px)")
-        if whole_groups_in_some_iteration(config.solver.type, z.s, getattr(config, "update_object", None),
-                                          config.niter):
-            # LSQML's multislice step runs in chunks only while the object is updated
-            # (conventional_solvers.make_group_step): other iterations take whole groups
-            whole = z.phase("conv")
-            if whole > group:
-                group = whole
-                name = (f"group step of an iteration without the object update (update_object): views, "
-                        f"{z.s} slice waves, "
-                        f"far field, chi and FFT workspace (B={z.b} x M={z.m} x {z.p} px)")
     else:
         group = z.phase("conv")
         name = (f"group step: views, {z.s} slice waves, far field, chi and FFT workspace "
@@ -246,10 +238,7 @@ def _conventional_chunk(config: Any, z: Sizes, backend: str) -> tuple[Sizes, int
     chunked = has_chunked_step(str(getattr(solver, "type", "")), z.s, multislice)
     if not chunked:
         return attrs.evolve(z, lanes=1), z.b
-    # as the engine: multislice LSQML with iterations that take whole groups runs on one lane
-    split = not whole_groups_in_some_iteration(str(getattr(solver, "type", "")), z.s,
-                                               getattr(config, "update_object", None), config.niter)
-    return lanes_and_chunk(z, getattr(config.grouping, "chunk", None), conventional_budget(z.s), split, backend)
+    return lanes_and_chunk(z, getattr(config.grouping, "chunk", None), conventional_budget(z.s), True, backend)
 
 
 def gradient_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: str,
