@@ -304,12 +304,8 @@ def lsqml_multislice_probe_chunked(bk: Any, solver: Any, noise: Any, obj: Any, p
     On the group: the probe's direction. Per chunk: each position's least-squares step along
     it at the entrance plane. As ``ConventionalSolver.sweep`` with ``LsqmlSolver`` and
     ``update_object`` False."""
-    xp = bk.xp
-    cfg = solver.config
-    shape = probe.shape[-2:]
-    n_slices = obj.shape[0]
-    n = mask.shape[0] // chunk
-    mask_f = mask.astype(bk.real_dtype)
+    xp, cfg, shape = bk.xp, solver.config, probe.shape[-2:]
+    n, mask_f = mask.shape[0] // chunk, mask.astype(bk.real_dtype)
 
     def backward(carry, x):
         pnum_k, pden, loss = carry
@@ -318,7 +314,7 @@ def lsqml_multislice_probe_chunked(bk: Any, solver: Any, noise: Any, obj: Any, p
         views = get_views(bk, obj, st, shape)  # (C, S, Ny, Nx)
         _, exit_wave = multislice_forward(bk, probes, views, props)
         chunk_loss, g = _exit_update(bk, noise, exit_wave, me, m)
-        for i in range(n_slices - 1, 0, -1):
+        for i in range(obj.shape[0] - 1, 0, -1):
             g = propagate(bk, xp.conj(views[:, i])[:, None] * g, xp.conj(props[i - 1]))
         if update_probe:
             pnum_k, pden = _add_probe_sums(bk, pnum_k, pden, views[:, 0], g, fr, m[:, None, None])
