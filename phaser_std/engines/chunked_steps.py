@@ -154,7 +154,7 @@ def lsqml_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe
     if not update_object and not update_probe:
         return obj, probe, loss, chi, probes
 
-    direction = num_map / (illum_map + cfg.illum_reg_object * xp.max(illum_map) + 1e-30)
+    direction = bk.divide_real(num_map, illum_map + cfg.illum_reg_object * xp.max(illum_map) + 1e-30)
     pdir = _ifft2_pair(bk, pnum_k) / (pden + cfg.illum_reg_probe * xp.max(pden) + 1e-30)
 
     def products(carry, x):
@@ -261,7 +261,7 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
     (num_maps, illum_maps, pnum_k, pden, loss), kept = bk.sum_scan(
         backward, _sums_init(bk, obj, probe), (split(measured), split(starts), split(frac), split(mask_f)))
     peak = xp.max(illum_maps, axis=(1, 2), keepdims=True)
-    directions = num_maps / (illum_maps + cfg.illum_reg_object * peak + 1e-30)
+    directions = bk.divide_real(num_maps, illum_maps + cfg.illum_reg_object * peak + 1e-30)
     pdir = None
     if update_probe:
         pdir = _ifft2_pair(bk, pnum_k) / (pden + cfg.illum_reg_probe * xp.max(pden) + 1e-30)
@@ -363,7 +363,7 @@ def epie_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe:
         keep=("chi", "probes") if keep_waves else ())
     new_obj, new_probe = obj, probe
     if update_object:
-        new_obj = obj + solver.beta_object * num_map / (xp.max(illum_map) + 1e-30)
+        new_obj = obj + bk.divide_real(solver.beta_object * num_map, xp.max(illum_map) + 1e-30)
     if update_probe:
         new_probe = probe + solver.beta_probe * _ifft2_pair(bk, pnum_k) / (xp.max(pden) + 1e-30)
     if not keep_waves:
@@ -443,7 +443,7 @@ def epie_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: A
     for i in range(n_slices - 1, -1, -1):
         delta = None
         if update_object:
-            delta = solver.beta_object * num_map / (xp.max(illum_map) + 1e-30)
+            delta = bk.divide_real(solver.beta_object * num_map, xp.max(illum_map) + 1e-30)
             new_slices[i] = obj[i] + delta
         if i == 0:
             break

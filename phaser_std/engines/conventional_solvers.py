@@ -163,7 +163,7 @@ class EpieSolver(ConventionalSolver):
         xp = bk.xp
         m = mask[:, None, None]
         num_map, _, illum_map = _object_maps(bk, obj_slice, starts, psi, chi, m)
-        delta = self.beta_object * num_map / (xp.max(illum_map) + 1e-30)
+        delta = bk.divide_real(self.beta_object * num_map, xp.max(illum_map) + 1e-30)
         return obj_slice + delta, delta, None
 
     def wave_backprop(self, bk, o, chi):
@@ -201,7 +201,7 @@ class LsqmlSolver(ConventionalSolver):
         cfg = self.config
         m = mask[:, None, None]
         num_map, illum, illum_map = _object_maps(bk, obj_slice, starts, psi, chi, m)
-        direction = num_map / (illum_map + cfg.illum_reg_object * xp.max(illum_map) + 1e-30)
+        direction = bk.divide_real(num_map, illum_map + cfg.illum_reg_object * xp.max(illum_map) + 1e-30)
         d_views = get_views(bk, direction[None], starts, psi.shape[-2:])[:, 0]
         a = d_views[:, None] * psi
         probe_step = None
@@ -244,7 +244,8 @@ class LsqmlSolver(ConventionalSolver):
         for i in range(n_slices - 1, -1, -1):
             psi = psis[i]
             num_map, illums[i], illum_maps[i] = _object_maps(bk, obj[i], starts, psi, g, m)
-            directions[i] = num_map / (illum_maps[i] + cfg.illum_reg_object * xp.max(illum_maps[i]) + 1e-30)
+            directions[i] = bk.divide_real(num_map, illum_maps[i] + cfg.illum_reg_object * xp.max(illum_maps[i])
+                                           + 1e-30)
             if i > 0:
                 g = propagate(bk, xp.conj(views[:, i])[:, None] * g, xp.conj(props[i - 1]))
         chi0 = g

@@ -461,7 +461,7 @@ def make_group_step(bk: Any, model: GroupModel, solvers: dict, constraints: Sequ
         # is normalised alike, so that it belongs to the same function as the gradient
         if update_object:
             norm = n_valid * probe_int
-            go = (g["object"] / norm).astype(obj.dtype)
+            go = bk.divide_real(g["object"], norm).astype(obj.dtype)
             u, new_states["object"] = solvers["object"].update(bk, go, opt_states["object"], obj,
                                                                hyper=hyper["object"], value=total / norm)
             new_params["object"] = obj + u
