@@ -43,7 +43,7 @@ from .errors import (
 from .hookspecs import hookimpl, hookspec
 from .observer import Observer
 from .registry import Component, Registry, get_registry
-from .state import IterationCounters, ObjectState, ProbeState, Progress, ReconsState
+from .state import DeferredState, IterationCounters, ObjectState, ProbeState, Progress, ReconsState, StateExpired
 
 __version__ = "0.1.0"
 

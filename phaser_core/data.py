@@ -66,13 +66,18 @@ class RawData:
         return attrs.evolve(self, **changes)
 
 
-def whole_counts(patterns: np.ndarray, block: int = 1 << 24) -> bool:
-    """True when every value of ``patterns`` is a whole number of electrons in [0, 65535]
-    (counted data, which engines keep exactly as uint16), checked ``block`` values at a time
-    so that the check allocates little."""
+def count_dtype(patterns: np.ndarray, block: int = 1 << 24) -> np.dtype | None:
+    """The unsigned integer dtype that holds ``patterns`` exactly when every value is a
+    whole number of electrons in [0, 65535] (counted data): uint8 up to 255 counts, else
+    uint16; None for other data. Checked ``block`` values at a time, so that the check
+    allocates little."""
     flat = np.asarray(patterns).reshape(-1)
+    peak = 0.0
     for i in range(0, flat.size, block):
         b = flat[i:i + block]
-        if not (b.min() >= 0 and b.max() <= 65535 and np.array_equal(b, np.rint(b))):
-            return False
-    return True
+        top = b.max()
+        if not (b.min() >= 0 and top <= 65535 and np.array_equal(b, np.rint(b))):
+            return None
+        peak = max(peak, float(top))
+    return np.dtype(np.uint8) if peak <= 255 else np.dtype(np.uint16)
+

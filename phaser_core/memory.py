@@ -34,7 +34,7 @@ import attrs
 import numpy as np
 
 from .config import env_enabled
-from .data import whole_counts
+from .data import count_dtype
 from .errors import PhaserError
 
 GiB = float(1 << 30)
@@ -62,15 +62,16 @@ class DataShape:
     :ivar host_itemsize: bytes per value of the host patterns (the loader's array).
     :ivar mapped: whether the host patterns are a memory map of the file (pages are read
         when the engine copies them to the device, and count as resident memory).
-    :ivar counted: whether every value is a whole number of electrons in [0, 65535], which
-        engines keep on the device as uint16 (2 bytes a value, not the real dtype's).
+    :ivar count_itemsize: bytes a value takes on the device when every value is a whole
+        number of electrons up to 65535 (counted data, kept as uint8 or uint16: 1 or 2);
+        0 for other data (kept in the real dtype).
     """
 
     n_patterns: int
     pattern_shape: tuple[int, int]
     host_itemsize: int = 4
     mapped: bool = False
-    counted: bool = False
+    count_itemsize: int = 0
 
     @property
     def host_bytes(self) -> int:
@@ -166,7 +167,7 @@ def format_bytes(n: float) -> str:
 
 def data_shape(data: Any) -> DataShape:
     """:class:`DataShape` of a :class:`~phaser_core.data.RawData`. Reads the patterns once,
-    as the engine will, to tell counted data (stored on the device as uint16)."""
+    as the engine will, to tell counted data (stored on the device as uint8 or uint16)."""
     pats = data.patterns
     base = pats
     while base is not None and not isinstance(base, np.memmap) and getattr(base, "base", None) is not None:
@@ -174,7 +175,12 @@ def data_shape(data: Any) -> DataShape:
     mapped = isinstance(pats, np.memmap) or isinstance(base, np.memmap) or isinstance(base, mmap.mmap)
     return DataShape(n_patterns=int(pats.shape[0]), pattern_shape=(int(pats.shape[-2]), int(pats.shape[-1])),
                      host_itemsize=int(np.dtype(pats.dtype).itemsize), mapped=bool(mapped),
-                     counted=whole_counts(pats))
+                     count_itemsize=_count_itemsize(pats))
+
+
+def _count_itemsize(patterns: Any) -> int:
+    dtype = count_dtype(patterns)
+    return 0 if dtype is None else int(dtype.itemsize)
 
 
 def state_shapes(state: Any) -> dict:

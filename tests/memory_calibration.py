@@ -195,7 +195,7 @@ def fit(rows: list[dict]) -> None:
         else:
             lanes, chunk = 1, b
         # patterns on the host and on each lane (the datasets are noiseless, not counted:
-        # float32 on the device too, where counted data would be uint16)
+        # float32 on the device too, where counted data would be uint8 or uint16)
         patterns = (1 + lanes) * n_pos * p * 4
         if phase == "dry":
             b = min(dry_run_batch(), n_pos)

@@ -126,14 +126,19 @@ def test_object_and_optimizer_terms_scale_with_slices():
 
 
 @pytest.mark.parametrize("make", [_conv, _grad])
-def test_counted_patterns_take_two_bytes_a_value_on_the_device(make):
-    # engines keep counted data exactly as uint16 (engines.common.patterns_to_device)
-    counted = attrs.evolve(DATA, counted=True)
-    terms = {t[0].split(" (")[0]: t[1] for t in make().estimate_memory(counted, SHAPES, "float32", backend="numpy")}
-    assert terms["patterns on the device"] == 4096 * 128 * 128 * 2 == _terms(make())["patterns on the device"] // 2
+def test_counted_patterns_take_one_or_two_bytes_a_value_on_the_device(make):
+    # engines keep counted data exactly as uint8 or uint16 (engines.common.patterns_to_device)
+    floats = _terms(make())["patterns on the device"]
+    assert floats == 4096 * 128 * 128 * 4
+    for itemsize in (1, 2):
+        counted = attrs.evolve(DATA, count_itemsize=itemsize)
+        terms = {t[0].split(" (")[0]: t[1]
+                 for t in make().estimate_memory(counted, SHAPES, "float32", backend="numpy")}
+        assert terms["patterns on the device"] == floats * itemsize // 4
     counts = np.random.default_rng(0).poisson(3.0, size=(4, 8, 8)).astype(np.float32)
-    assert data_shape(RawData(patterns=counts)).counted
-    assert not data_shape(RawData(patterns=counts + 0.5)).counted
+    assert data_shape(RawData(patterns=counts)).count_itemsize == 1
+    assert data_shape(RawData(patterns=counts + 300.0)).count_itemsize == 2
+    assert data_shape(RawData(patterns=counts + 0.5)).count_itemsize == 0
 
 
 def test_probe_scaling_pass_is_the_transient_when_groups_are_small():

@@ -20,7 +20,7 @@ import numpy as np
 
 from phaser_core.backend import stream_seed
 from phaser_core.config import RegularizerSpec, param
-from phaser_core.data import whole_counts
+from phaser_core.data import count_dtype
 from phaser_core.errors import DataError, PhaserError
 from phaser_core.observer import notify
 from phaser_core.plan import SlicesPlan
@@ -69,11 +69,12 @@ def resample_for_engine(state: ReconsState, probe_modes: int | None, slices: Sli
 def patterns_to_device(bk: Any, patterns: Any) -> Any:
     """``(N, Qy, Qx)`` centred patterns [e⁻] -> corner-centred on the backend (one copy).
 
-    Counted data (:func:`whole_counts`) is kept exactly as uint16, half the memory of
-    float32 (the paper's multislice data set: 400 -> 200 MiB on the GPU); other data in the
-    backend's real dtype. Engines read a group through :func:`group_patterns`."""
+    Counted data (:func:`~phaser_core.data.count_dtype`) is kept exactly as uint8 (up to
+    255 counts) or uint16, a quarter or half the memory of float32 (the paper's multislice
+    data set, at most 191 counts: 400 -> 100 MiB on the GPU); other data in the backend's
+    real dtype. Engines read a group through :func:`group_patterns`."""
     host = np.asarray(patterns)
-    dtype = np.dtype(np.uint16) if whole_counts(host) else np.dtype(bk.dtype)
+    dtype = count_dtype(host) or np.dtype(bk.dtype)
     return bk.share(bk.asarray(np.fft.ifftshift(host.astype(dtype, copy=False), axes=(-2, -1)), dtype=dtype))
 
 
@@ -84,7 +85,7 @@ def group_patterns(bk: Any, patterns: Any, idx: Any) -> Any:
 
 
 def total_counts(bk: Any, patterns: Any) -> float:
-    """Σ of the patterns on the backend [e⁻]. numpy and cupy sum counted (uint16) data
+    """Σ of the patterns on the backend [e⁻]. numpy and cupy sum counted (uint8/uint16) data
     exactly in uint64 and float data in float64, so whole-number data give the same total
     either way it is stored. jax without x64 would sum integers in uint32, which a large
     data set overflows, so it sums in the real dtype, as it does float data."""

@@ -96,7 +96,7 @@ class Sizes:
     #: the arrays every lane reads (patterns, object, probe, object-sized maps, optimizer
     #: state) and the working set of its own chunk.
     lanes: int = 1
-    #: bytes a pattern value takes on the device: 2 for counted data (uint16), else ``r``
+    #: bytes a pattern value takes on the device: 1 or 2 for counted data (uint8, uint16), else ``r``
     q: int = 4
 
     @property
@@ -137,7 +137,7 @@ def sizes(config: Any, data_shape: Any, state_shapes: dict, dtype: str, backend:
     b = max(1, min(int(config.grouping.size), n))
     r = 8 if str(dtype) == "float64" else 4
     return Sizes(n=n, p=int(qy) * int(qx), m=m, s=s, hw=int(h) * int(w), b=b, r=r, backend=str(backend),
-                 lanes=named_backend_lanes(str(backend)), q=2 if getattr(data_shape, "counted", False) else r)
+                 lanes=named_backend_lanes(str(backend)), q=int(getattr(data_shape, "count_itemsize", 0)) or r)
 
 
 def lanes_and_chunk(z: Sizes, requested: int | None, budget: int, chunked_step: bool,
@@ -161,7 +161,7 @@ def _common_terms(config: Any, z: Sizes, family: str = "conv", state_shapes: dic
     overhead = k["overhead_MiB"] + k["compile_per_slice_MiB"] * z.s + (k["grad_overhead_MiB"] if family == "grad" else 0)
     on = _on_lanes(z)
     terms = [
-        # counted data is stored as uint16 (engines.common.patterns_to_device)
+        # counted data is stored as uint8 or uint16 (engines.common.patterns_to_device)
         (f"patterns on the device (N·Qy·Qx){on}", z.lanes * z.n * z.p * z.q,
          "crop or bin the patterns (post_load)", "device"),
         (f"object (S·H·W complex){on}", z.lanes * z.obj,
