@@ -226,8 +226,11 @@ def _check_memory(plan: Any, data: Any, state: ReconsState, registry: Any, backe
     """Stop before the first engine when the memory planner's estimate does not fit the
     available memory (``PHASER_MEMORY_BUDGET_GIB``, host RAM, the GPU's memory);
     ``PHASER_MEMORY_CHECK=0`` skips it. An estimator that fails only warns."""
-    from .memory import check_memory, estimate_run
+    from .config import env_enabled
+    from .memory import ENV_CHECK, check_memory, estimate_run
 
+    if not env_enabled(ENV_CHECK):
+        return  # nothing to check: no estimate (it reads the patterns once)
     try:
         est = estimate_run(plan, data, state, registry, backend=getattr(backend, "name", None))
     except PhaserError:

@@ -86,6 +86,11 @@ class Progress:
         self.time_s.append(float(time_s))
         self.engine.append(int(engine))
 
+    def copy(self) -> "Progress":
+        """A copy whose lists later appends to this one do not reach."""
+        return Progress(iters=list(self.iters), loss=list(self.loss), time_s=list(self.time_s),
+                        engine=list(self.engine))
+
 
 @attrs.define(kw_only=True)
 class ReconsState:
@@ -158,11 +163,16 @@ class DeferredState(ReconsState):
             full = take()
             for name in DEFERRED_FIELDS:
                 _SLOTS[name].__set__(self, getattr(full, name))
+            self._take = None  # the engine's arrays are no longer needed: let them go
         return ReconsState(**{f.name: getattr(self, f.name) for f in attrs.fields(ReconsState)})
 
     def close(self) -> None:
         """The engine moves on: no copy can be taken after this (one taken stays readable)."""
         self._take = None
+
+    def __repr__(self) -> str:  # attrs' would read (copy) every array
+        return (f"DeferredState(iteration={self.iteration!r}, "
+                f"arrays={'copied' if self.taken else 'not copied'})")
 
 
 _SLOTS = {name: ReconsState.__dict__[name] for name in DEFERRED_FIELDS}

@@ -79,12 +79,23 @@ MAX_CPU_LANES = 8
 LANE_AXIS = "lanes"
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container's CPU set or
+    ``taskset`` narrows), not the machine's count: every lane holds its own copy of the
+    patterns, object and optimizer state, so lanes without a core of their own cost memory
+    and wait on each other."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity on this platform (macOS, Windows)
+        return os.cpu_count() or 1
+
+
 def request_cpu_devices() -> int | None:
     """Ask jax for one CPU device per core before its backends start (see the module
     docstring); returns the number asked for, or None when left alone."""
     want = os.environ.get("PHASER_JAX_CPU_DEVICES", "").strip()
     try:
-        n = int(want) if want else min(os.cpu_count() or 1, MAX_CPU_LANES)
+        n = int(want) if want else min(usable_cores(), MAX_CPU_LANES)
     except ValueError:
         raise ValueError(f"PHASER_JAX_CPU_DEVICES={want!r}: give a whole number of CPU devices (1: one device, "
                          "no lanes)") from None

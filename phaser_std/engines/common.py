@@ -24,7 +24,7 @@ from phaser_core.data import count_dtype
 from phaser_core.errors import DataError, PhaserError
 from phaser_core.observer import notify
 from phaser_core.plan import SlicesPlan
-from phaser_core.state import DeferredState, IterationCounters, ObjectState, ProbeState, Progress, ReconsState
+from phaser_core.state import DeferredState, IterationCounters, ObjectState, ProbeState, ReconsState
 from phaser_std.engines.grouping import iteration_groups
 from phaser_std.engines.regularizers import RegInfo
 from phaser_std.physics.forward import check_views_inside, forward_intensity, scan_to_pixels
@@ -195,15 +195,16 @@ class EngineArrays:
 
     def snapshot(self, bk: Any, probe: Any, obj: Any, scan_A: np.ndarray, tilt_mrad: np.ndarray) -> ReconsState:
         """A host state of the live ``probe`` and ``obj`` (backend arrays), positions ``scan_A``
-        [Å] and tilt ``tilt_mrad`` [mrad] (copied), on the engine's grid, sharing the state's
-        iteration counters and progress and this run's ``extra``."""
+        [Å] and tilt ``tilt_mrad`` [mrad] (copied), on the engine's grid, with the state's
+        iteration counters and progress (the engine loop gives each iteration its own) and a
+        copy of this run's ``extra`` (later iterations replace its entries, not this one's)."""
         state, geometry = self.state, self.geometry
         return ReconsState(
             probe=ProbeState(data=bk.to_numpy(probe), sampling_A=tuple(state.probe.sampling_A)),
             object=ObjectState(data=bk.to_numpy(obj), sampling_A=tuple(geometry.sampling_A),
                                corner_A=tuple(geometry.corner_A), thicknesses_A=np.asarray(geometry.thicknesses_A)),
             scan_A=np.array(scan_A), tilt_mrad=np.array(tilt_mrad), iteration=state.iteration,
-            progress=state.progress, wavelength_A=self.wavelength_A, extra=self.extra)
+            progress=state.progress, wavelength_A=self.wavelength_A, extra=dict(self.extra))
 
 
 def engine_arrays(bk: Any, state: ReconsState, data: Any) -> EngineArrays:
@@ -300,7 +301,7 @@ class EngineLoop:
         total = state.iteration.total_iter
         # counters and progress of its own: the incoming state (which the runner still holds
         # and writes on an error) keeps describing its own arrays
-        progress = Progress(**{k: list(v) for k, v in attrs.asdict(state.progress).items()})
+        progress = state.progress.copy()
         wavelength_A = wavelength_A if wavelength_A is not None else state.wavelength_A
         seen: DeferredState | None = None
         for it in range(start_iter, self.niter):
@@ -325,7 +326,9 @@ class EngineLoop:
             total += 1
             counters = IterationCounters(engine_num=ctx.engine_num, engine_iter=it + 1, total_iter=total)
             progress.append(total, loss, dt, ctx.engine_num)
-            seen = DeferredState.defer(snapshot, iteration=counters, progress=progress, wavelength_A=wavelength_A)
+            # each state its own progress: a kept one stays at its iteration
+            seen = DeferredState.defer(snapshot, iteration=counters, progress=progress.copy(),
+                                       wavelength_A=wavelength_A)
             metrics = {"loss": loss, "time_s": dt, "engine_iter": it + 1, "niter": self.niter,
                        "total_iter": total, "engine": self.name, "engine_num": ctx.engine_num}
             if not np.isfinite(loss):

@@ -242,7 +242,7 @@ class GradientSolver:
                 raise KeyError(f"{self.name} solver state: checkpoint lacks {path!r}; it was saved by a "
                                f"different solver or backend (has {sorted(arrays)})")
             saved = arrays[path]
-            if np.iscomplexobj(saved) and not np.iscomplexobj(np.zeros((), dtype=node.dtype)):
+            if path.endswith("/nu") and np.iscomplexobj(saved) and not np.iscomplexobj(np.zeros((), dtype=node.dtype)):
                 saved = np.real(saved)  # Adam's ν from a checkpoint written when it was kept complex
             return asarray(saved, node)
 

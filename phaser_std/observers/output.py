@@ -86,8 +86,7 @@ def host_state(state: Any, bk: Any = None) -> Any:
         scan_A=_host_array(state.scan_A, bk),
         tilt_mrad=_host_array(state.tilt_mrad, bk),
         iteration=attrs.evolve(state.iteration),
-        progress=attrs.evolve(state.progress, iters=list(state.progress.iters), loss=list(state.progress.loss),
-                              time_s=list(state.progress.time_s), engine=list(state.progress.engine)),
+        progress=state.progress.copy(),
         extra=_host_array(dict(state.extra), bk),
     )
 
