@@ -138,12 +138,12 @@ def test_numpy_and_jax_give_the_same_reconstruction(single):
 
 @pytest.mark.parametrize("backend", ["numpy", "jax"])
 @pytest.mark.parametrize("solver,slices,object_after", [
-    ("lsqml", None, 0), ("lsqml", {"n": 3, "total_thickness_A": 75.0}, 0),
+    ("lsqml", None, 0), ("lsqml", None, 2), ("lsqml", {"n": 3, "total_thickness_A": 75.0}, 0),
     ("lsqml", {"n": 3, "total_thickness_A": 75.0}, 2), ("epie", None, 0),
     ("epie", {"n": 3, "total_thickness_A": 75.0}, 0), ("epie", {"n": 3, "total_thickness_A": 75.0}, 1)])
 def test_chunks_equal_whole_groups(data_dir, single, backend, solver, slices, object_after, monkeypatch):
-    """LSQML (single slice; multislice joint step, also with the probe alone, and the
-    positions, before the object from the third iteration) and ePIE (single slice;
+    """LSQML (single slice and multislice joint step, each also with the probe alone, and
+    the positions, before the object from the third iteration) and ePIE (single slice;
     multislice, also with the probe alone in the first iteration) with groups of 24
     computed 8 positions at a time: the same reconstruction (probe, object, positions) as
     whole groups, to float32 rounding. 256 positions in groups of 24 leave a padded last

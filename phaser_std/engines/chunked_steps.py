@@ -151,44 +151,61 @@ def lsqml_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe
     (num_map, illum_map, pnum_k, pden, loss), kept = _single_slice_sums(
         bk, noise, obj, probe, measured, starts, frac, mask_f, n, update_object, update_probe)
     chi, probes = _unsplit(kept["chi"]), _unsplit(kept["probes"])
-    if not update_object and not update_probe:
-        return obj, probe, loss, chi, probes
+    if not update_object:
+        new_probe = _lsqml_probe_only(bk, solver, obj, probe, pnum_k, pden, kept["chi"], starts, frac, mask_f, n) \
+            if update_probe else probe
+        return obj, new_probe, loss, chi, probes
 
     direction = bk.divide_real(num_map, illum_map + cfg.illum_reg_object * xp.max(illum_map) + 1e-30)
     pdir = _ifft2_pair(bk, pnum_k) / (pden + cfg.illum_reg_probe * xp.max(pden) + 1e-30)
 
     def products(carry, x):
-        ch, ps, st, fr = x
-        o0 = get_views(bk, obj, st, shape)[:, 0]
-        a = (get_views(bk, direction, st, shape)[:, 0][:, None] * ps) if update_object else xp.zeros_like(ps)
-        if not update_probe:
-            b = xp.zeros_like(ps)
-        elif update_object:
-            # the joint step's probe direction without its sub-pixel shift (as unchunked)
-            b = pdir[None] * o0[:, None]
-        else:
-            b = shift_probes(bk, pdir, fr) * o0[:, None]
+        ch, ps, st = x
+        a = get_views(bk, direction, st, shape)[:, 0][:, None] * ps
+        # the joint step's probe direction without its sub-pixel shift (as unchunked)
+        b = pdir[None] * get_views(bk, obj, st, shape)[:, 0][:, None] if update_probe else xp.zeros_like(ps)
         return carry, inner_products(xp, ch, a, b)
 
-    _, dots = bk.sum_scan(products, (), (kept["chi"], kept["probes"], split_rows(starts, n), split_rows(frac, n)))
+    _, dots = bk.sum_scan(products, (), (kept["chi"], kept["probes"], split_rows(starts, n)))
     d = {k: v.reshape(-1) for k, v in dots.items()}
-    new_obj, new_probe = obj, probe
-    if update_object and update_probe:
-        alpha, beta = solve_2x2(xp, d, cfg.gamma)
-    elif update_object:
-        alpha, beta = d["ca"] / (d["aa"] + cfg.gamma * xp.max(d["aa"]) + 1e-30), None
-    else:
-        alpha, beta = None, d["cb"] / (d["bb"] + cfg.gamma * xp.max(d["bb"]) + 1e-30)
-    if update_object:
-        alpha = xp.clip(alpha, 0.0, None) * mask_f
-        weight = _weighted_illumination(bk, obj.shape, split_rows(starts, n), split_rows(alpha, n),
-                                        kept["illum"][:, :, None])
-        new_obj = obj + solver.beta_object * (weight / (illum_map + 1e-30)) * direction
     if update_probe:
-        beta = xp.clip(beta, 0.0, None) * mask_f
-        step = xp.sum(beta) / xp.maximum(xp.sum(mask_f), 1.0)
-        new_probe = probe + solver.beta_probe * step * pdir
+        alpha, beta = solve_2x2(xp, d, cfg.gamma)
+    else:
+        alpha = d["ca"] / (d["aa"] + cfg.gamma * xp.max(d["aa"]) + 1e-30)
+    alpha = xp.clip(alpha, 0.0, None) * mask_f
+    weight = _weighted_illumination(bk, obj.shape, split_rows(starts, n), split_rows(alpha, n),
+                                    kept["illum"][:, :, None])
+    new_obj = obj + solver.beta_object * (weight / (illum_map + 1e-30)) * direction
+    new_probe = probe
+    if update_probe:
+        new_probe = probe + solver.beta_probe * _mean_step(xp, beta, mask_f) * pdir
     return new_obj, new_probe, loss, chi, probes
+
+
+def _mean_step(xp: Any, steps: Any, mask_f: Any) -> Any:
+    """The probe's step: the positions' least-squares steps, clipped at 0, averaged over the
+    valid positions."""
+    return xp.sum(xp.clip(steps, 0.0, None) * mask_f) / xp.maximum(xp.sum(mask_f), 1.0)
+
+
+def _lsqml_probe_only(bk: Any, solver: Any, obj: Any, probe: Any, pnum_k: Any, pden: Any, chi0: Any, starts: Any,
+                      frac: Any, mask_f: Any, n: int) -> Any:
+    """LSQML's probe update of an iteration without the object update, from the group's
+    probe sums (:func:`_add_probe_sums`) and the update ``chi0`` at the entrance plane kept
+    per chunk: the direction, then one pass over the chunks for each position's
+    least-squares step along its shifted direction (as ``LsqmlSolver.probe_update``)."""
+    xp, cfg, shape = bk.xp, solver.config, probe.shape[-2:]
+    pdir = _ifft2_pair(bk, pnum_k) / (pden + cfg.illum_reg_probe * xp.max(pden) + 1e-30)
+
+    def products(carry, x):
+        ch, st, fr = x
+        b = shift_probes(bk, pdir, fr) * get_views(bk, obj[:1], st, shape)[:, 0][:, None]
+        axes = (1, 2, 3)
+        return carry, {"cb": xp.sum(xp.real(xp.conj(b) * ch), axis=axes), "bb": xp.sum(abs2(xp, b), axis=axes)}
+
+    _, dots = bk.sum_scan(products, (), (chi0, split_rows(starts, n), split_rows(frac, n)))
+    cb, bb = dots["cb"].reshape(-1), dots["bb"].reshape(-1)
+    return probe + solver.beta_probe * _mean_step(xp, cb / (bb + cfg.gamma * xp.max(bb) + 1e-30), mask_f) * pdir
 
 
 def inner_products(xp: Any, chi: Any, a: Any, b: Any) -> dict:
@@ -304,7 +321,7 @@ def lsqml_multislice_probe_chunked(bk: Any, solver: Any, noise: Any, obj: Any, p
     On the group: the probe's direction. Per chunk: each position's least-squares step along
     it at the entrance plane. As ``ConventionalSolver.sweep`` with ``LsqmlSolver`` and
     ``update_object`` False."""
-    xp, cfg, shape = bk.xp, solver.config, probe.shape[-2:]
+    xp, shape = bk.xp, probe.shape[-2:]
     n, mask_f = mask.shape[0] // chunk, mask.astype(bk.real_dtype)
 
     def backward(carry, x):
@@ -329,19 +346,7 @@ def lsqml_multislice_probe_chunked(bk: Any, solver: Any, noise: Any, obj: Any, p
         backward, init, tuple(split_rows(a, n) for a in (measured, starts, frac, mask_f)))
     new_probe = probe
     if update_probe:
-        pdir = _ifft2_pair(bk, pnum_k) / (pden + cfg.illum_reg_probe * xp.max(pden) + 1e-30)
-
-        def products(carry, x):
-            ch, st, fr = x
-            b = shift_probes(bk, pdir, fr) * get_views(bk, obj[:1], st, shape)[:, 0][:, None]
-            axes = (1, 2, 3)
-            return carry, {"cb": xp.sum(xp.real(xp.conj(b) * ch), axis=axes), "bb": xp.sum(abs2(xp, b), axis=axes)}
-
-        _, dots = bk.sum_scan(products, (), (kept["chi0"], split_rows(starts, n), split_rows(frac, n)))
-        cb, bb = dots["cb"].reshape(-1), dots["bb"].reshape(-1)
-        beta = xp.clip(cb / (bb + cfg.gamma * xp.max(bb) + 1e-30), 0.0, None) * mask_f
-        step = xp.sum(beta) / xp.maximum(xp.sum(mask_f), 1.0)
-        new_probe = probe + solver.beta_probe * step * pdir
+        new_probe = _lsqml_probe_only(bk, solver, obj, probe, pnum_k, pden, kept["chi0"], starts, frac, mask_f, n)
     if not keep_waves:
         return obj, new_probe, loss, None, None
     return obj, new_probe, loss, _unsplit(kept["chi0"]), _unsplit(kept["probes"])
