@@ -16,6 +16,7 @@ import pytest
 from recon import make_dataset
 
 import phaser_std.engines.common as common
+from phaser_core.observer import Observer
 from phaser_core.plan import load_plan
 from phaser_core.runner import run_plan
 from phaser_core.state import (DeferredState, IterationCounters, ObjectState, ProbeState, Progress, ReconsState,
@@ -95,14 +96,11 @@ def snapshots(monkeypatch) -> list:
     return seen
 
 
-class _Keep:
+class _Keep(Observer):
     """Keeps every state and reads its counters (and, at ``read_at``, the object)."""
 
     def __init__(self, read_at: int = 0):
         self.states, self.read_at, self.objects = [], read_at, {}
-
-    def __getattr__(self, name):
-        return lambda *args: None
 
     def after_iteration(self, state, metrics, ctx):
         self.states.append(state)
@@ -149,14 +147,11 @@ def test_a_taken_state_lets_the_engine_arrays_go():
     assert ref() is None and state.object.data.shape == (1, 8, 8)
 
 
-class _ReadAt:
+class _ReadAt(Observer):
     """Reads the object after iteration ``at`` (so that state is copied)."""
 
     def __init__(self, at: int):
         self.at = at
-
-    def __getattr__(self, name):
-        return lambda *args: None
 
     def after_iteration(self, state, metrics, ctx):
         if metrics["total_iter"] == self.at:
