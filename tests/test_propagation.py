@@ -91,3 +91,24 @@ def test_band_limit_is_raised_to_cover_the_probe_aperture():
         out = np.fft.ifft2(np.fft.fft2(np.fft.ifftshift(p)) * h)
         power = float(np.sum(np.abs(out) ** 2))
         assert (power == pytest.approx(1.0, abs=1e-9)) is kept, (limit, power)
+
+
+def test_aperture_radius_covers_a_probe_wider_than_the_data_says():
+    """A plan's probe at 25 mrad over data that say 20 mrad (or a probe from a file): the
+    band limit from the data's α/λ alone cut 19% of its power at every propagation; the
+    radius from the probe's bandwidth, at least α/λ, keeps it all. A hard-edged probe at
+    the data's angle keeps α/λ (its 99.9% disc lies just inside)."""
+    from phaser_std.physics.propagation import aperture_radius_invA, covering_bandlimit, probe_bandwidth_invA
+
+    lam = wavelength_A(200e3)
+    s = 1.0 / (32 * 0.083)
+    wide = make_probe((32, 32), s, lam, 25.0, defocus_A=30.0)
+    radius = aperture_radius_invA(wide, s, alpha_mrad=20.0, wavelength_A=lam)
+    assert radius == probe_bandwidth_invA(wide, s) > 20e-3 / lam
+    assert aperture_radius_invA(make_probe((32, 32), s, lam, 20.0), s, 20.0, lam) >= 20e-3 / lam
+    assert aperture_radius_invA(wide, s) == probe_bandwidth_invA(wide, s)  # no angle given
+    for r, kept in ((radius, True), (20e-3 / lam, False)):
+        h = fresnel_propagator((32, 32), s, lam, 20.0, bandlimit=covering_bandlimit(2 / 3, (32, 32), s, r))
+        out = np.fft.ifft2(np.fft.fft2(np.fft.ifftshift(wide)) * h)
+        power = float(np.sum(np.abs(out) ** 2))
+        assert (power == pytest.approx(1.0, abs=1e-9)) is kept, (r, power)

@@ -430,7 +430,7 @@ def forward(probe: np.ndarray, transmission: np.ndarray, positions_A: np.ndarray
 
 def simulate(spec: SimSpec, seed: int | None = None) -> Simulation:
     """Run the simulation described by ``spec`` (``seed`` overrides ``spec.seed``)."""
-    from phaser_std.physics.propagation import covering_bandlimit, fresnel_propagator
+    from phaser_std.physics.propagation import aperture_radius_invA, covering_bandlimit, fresnel_propagator
     from phaser_std.physics.scan import raster_scan
 
     if seed is not None:
@@ -453,7 +453,8 @@ def simulate(spec: SimSpec, seed: int | None = None) -> Simulation:
     dose = spec.dose if spec.dose is not None else spec.nominal_dose
     probe = simulate_probe(spec) * np.sqrt(dose * area)
     # the reconstruction engines' rule: the band limit never cuts the probe's aperture
-    bandlimit = covering_bandlimit(spec.bandlimit, q, samp, mrad_to_invA(spec.convergence_angle_mrad, lam))
+    bandlimit = covering_bandlimit(spec.bandlimit, q, samp,
+                                   aperture_radius_invA(probe, samp, spec.convergence_angle_mrad, lam))
     props = [fresnel_propagator(q, samp, lam, dz, tilt_mrad=spec.tilt_mrad, bandlimit=bandlimit)
              for dz in thick[:-1]]
     expected = forward(probe, transmission, true, samp, props)

@@ -174,18 +174,15 @@ class EngineArrays:
 
         The aperture radius [1/Å] is taken once per run and kept in
         ``extra["probe_aperture_invA"]``, so later engines and a resumed run build the same
-        propagators whatever the probe has become: α/λ from the data's convergence angle,
-        else the bandwidth of the probe this first engine starts from."""
-        from phaser_std.physics.optics import mrad_to_invA
-        from phaser_std.physics.propagation import covering_bandlimit, probe_bandwidth_invA
+        propagators whatever the probe has become: the bandwidth of the probe this first
+        engine starts from, at least α/λ of the data's convergence angle
+        (:func:`~phaser_std.physics.propagation.aperture_radius_invA`)."""
+        from phaser_std.physics.propagation import aperture_radius_invA, covering_bandlimit
 
         radius_invA = self.extra.get("probe_aperture_invA")
         if radius_invA is None:
-            alpha = getattr(data, "convergence_angle_mrad", None)
-            if alpha is not None:
-                radius_invA = mrad_to_invA(alpha, self.wavelength_A)
-            else:
-                radius_invA = probe_bandwidth_invA(self.state.probe.data, self.geometry.sampling_A)
+            radius_invA = aperture_radius_invA(self.state.probe.data, self.geometry.sampling_A,
+                                               getattr(data, "convergence_angle_mrad", None), self.wavelength_A)
             self.extra["probe_aperture_invA"] = float(radius_invA)
         return covering_bandlimit(requested, self.probe_shape, self.geometry.sampling_A, float(radius_invA))
 

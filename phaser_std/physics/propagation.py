@@ -46,6 +46,22 @@ def probe_bandwidth_invA(probe: Any, sampling_A: Any, power: float = 0.999) -> f
     return float(k[order][np.searchsorted(cum, power * cum[-1])])
 
 
+def aperture_radius_invA(probe: Any, sampling_A: Any, alpha_mrad: float | None = None,
+                         wavelength_A: float | None = None) -> float:
+    """The radius [1/Å] a band limit must keep for ``probe`` (centred, ``(Ny, Nx)`` or
+    ``(M, Ny, Nx)``, on a grid of ``sampling_A`` [Å]): its bandwidth
+    (:func:`probe_bandwidth_invA`), and at least α/λ when the convergence semi-angle
+    ``alpha_mrad`` [mrad] and ``wavelength_A`` [Å] are given. The bandwidth covers a probe
+    whose aperture is not the data's (a plan's ``conv_angle_mrad``, a probe from a file) and
+    a soft edge; α/λ a hard edge, whose 99.9% disc lies a fraction of a pixel inside it."""
+    from phaser_std.physics.optics import mrad_to_invA
+
+    radius = probe_bandwidth_invA(probe, sampling_A)
+    if alpha_mrad is not None and wavelength_A is not None:
+        radius = max(radius, mrad_to_invA(alpha_mrad, wavelength_A))
+    return float(radius)
+
+
 def covering_bandlimit(bandlimit: float | None, shape: tuple[int, int], sampling_A: Any, aperture_invA: float,
                        margin_px: float = 1.0) -> float | None:
     """``bandlimit`` [fraction of k_Nyquist], raised to the aperture radius ``aperture_invA``
