@@ -169,3 +169,17 @@ def test_soft_edge_estimate_is_zero_without_a_rim():
                                                                           soft_edge_px=1.0))))) ** 2
     assert estimate_soft_edge_px(spec, 0.3, lam, 25.0) == 1.0
     assert estimate_soft_edge_px(spec, 0.3, lam, 25.0, mask=np.zeros((32, 32), bool)) == 0.0
+
+
+@pytest.mark.parametrize("shift_px", [1, 2])
+def test_a_hard_disc_off_centre_is_not_taken_for_a_soft_edge(shift_px):
+    """A hard-edged bright-field disc 1-2 px off the centre the estimate assumes: without
+    the rule that a soft edge must halve the hard edge's residual it reads as 0.75-2 px
+    (measured); with it, 0. A true soft edge at the centre is still found."""
+    from phaser_std.physics.probe import probe_aperture
+
+    shape, s, alpha = (64, 64), 0.1, 25.0
+    hard = probe_aperture(shape, s, LAM, alpha) * 100.0
+    assert estimate_soft_edge_px(np.roll(hard, shift_px, axis=1), s, LAM, alpha) == 0.0
+    soft = probe_aperture(shape, s, LAM, alpha, 2.0) ** 2 * 100.0
+    assert estimate_soft_edge_px(soft, s, LAM, alpha) == 2.0

@@ -51,8 +51,9 @@ def estimate_soft_edge_px(mean_pattern: Any, sampling_A: Any, wavelength_A: floa
     than ``min_pixels`` such pixels lie on the detector (a bright-field disc larger than
     the detector) or the fit is degenerate.
 
-    Limits: the radius and centre are taken as given. A disc a pixel off centre or a few
-    per cent larger than α/λ can read as a soft edge of up to 2 px.
+    Limits: the radius and centre are taken as given. A hard disc 1-2 px off centre would
+    otherwise fit as a soft edge of 0.75-2 px; the halving rule keeps it at 0
+    (``tests/test_probe.py``). A soft edge on a disc that is also off centre can be missed.
     """
     mean = np.asarray(mean_pattern, dtype=np.float64)
     shape = mean.shape
@@ -69,7 +70,7 @@ def estimate_soft_edge_px(mean_pattern: Any, sampling_A: Any, wavelength_A: floa
         return 0.0
     residual = {}
     for w in SOFT_EDGE_CANDIDATES_PX:
-        a = probe_aperture(shape, sampling_A, wavelength_A, conv_angle_mrad, w)[rim]  # |A_w|² below
+        a = probe_aperture(shape, sampling_A, wavelength_A, conv_angle_mrad, w)[rim]  # the model is s·a² + b
         design = np.stack([a**2, np.ones_like(a)], axis=1)
         coef = np.linalg.lstsq(design, y, rcond=None)[0]
         if coef[0] > 0:
