@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import attrs
@@ -64,6 +65,12 @@ class RawData:
 
     def replace(self, **changes: Any) -> "RawData":
         return attrs.evolve(self, **changes)
+
+    @functools.cached_property
+    def counted_dtype(self) -> np.dtype | None:
+        """:func:`count_dtype` of the patterns, found once (the memory planner and every
+        engine ask; a pass over all the patterns). Patterns are not changed in place."""
+        return count_dtype(self.patterns)
 
 
 def count_dtype(patterns: np.ndarray, block: int = 1 << 24) -> np.dtype | None:

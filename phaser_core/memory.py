@@ -166,21 +166,18 @@ def format_bytes(n: float) -> str:
 
 
 def data_shape(data: Any) -> DataShape:
-    """:class:`DataShape` of a :class:`~phaser_core.data.RawData`. Reads the patterns once,
-    as the engine will, to tell counted data (stored on the device as uint8 or uint16)."""
+    """:class:`DataShape` of a :class:`~phaser_core.data.RawData`. Tells counted data (stored
+    on the device as uint8 or uint16) with one pass over the patterns, which the engines
+    then reuse (``RawData.counted_dtype``)."""
     pats = data.patterns
+    counted = data.counted_dtype if hasattr(data, "counted_dtype") else count_dtype(pats)
     base = pats
     while base is not None and not isinstance(base, np.memmap) and getattr(base, "base", None) is not None:
         base = base.base
     mapped = isinstance(pats, np.memmap) or isinstance(base, np.memmap) or isinstance(base, mmap.mmap)
     return DataShape(n_patterns=int(pats.shape[0]), pattern_shape=(int(pats.shape[-2]), int(pats.shape[-1])),
                      host_itemsize=int(np.dtype(pats.dtype).itemsize), mapped=bool(mapped),
-                     count_itemsize=_count_itemsize(pats))
-
-
-def _count_itemsize(patterns: Any) -> int:
-    dtype = count_dtype(patterns)
-    return 0 if dtype is None else int(dtype.itemsize)
+                     count_itemsize=0 if counted is None else int(counted.itemsize))
 
 
 def state_shapes(state: Any) -> dict:

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from recon import make_dataset, run
 
-import phaser_std.engines.common as common
-from phaser_core.data import count_dtype
+from phaser_core.data import RawData, count_dtype
 from phaser_std.engines.common import group_patterns, patterns_to_device
 
 
@@ -57,8 +56,23 @@ def test_counted_and_float_storage_reconstruct_identically(tmp_path, monkeypatch
     engines = [{"type": "conventional", "niter": 2, "grouping": {"size": 16}, "solver": {"type": "lsqml"}},
                {"type": "gradient", "niter": 2, "grouping": {"size": 16}}]
     stored = run(data, engines, backend=backend_name)
-    monkeypatch.setattr(common, "count_dtype", lambda patterns, block=0: None)
+    monkeypatch.setattr(RawData, "counted_dtype", property(lambda self: None))
     as_float = run(data, engines, backend=backend_name)
     np.testing.assert_array_equal(stored.object.data, as_float.object.data)
     np.testing.assert_array_equal(stored.probe.data, as_float.probe.data)
     assert stored.progress.loss == as_float.progress.loss
+
+
+def test_a_run_reads_the_patterns_once_to_tell_counted_data(tmp_path, monkeypatch):
+    # the memory check and each engine need the storage dtype: one pass over the patterns
+    import phaser_core.data as data_module
+
+    data = make_dataset(tmp_path / "counted.h5", scan={"shape": [6, 6]}, dose=1e5)
+    calls = []
+    original = data_module.count_dtype
+    monkeypatch.setattr(data_module, "count_dtype", lambda patterns, block=1 << 24: calls.append(1)
+                        or original(patterns, block))
+    engines = [{"type": "conventional", "niter": 1, "grouping": {"size": 12}, "solver": {"type": "epie"}},
+               {"type": "gradient", "niter": 1, "grouping": {"size": 12}}]
+    run(data, engines, backend="numpy", out_dir=tmp_path / "run")
+    assert len(calls) == 1

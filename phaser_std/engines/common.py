@@ -66,15 +66,17 @@ def resample_for_engine(state: ReconsState, probe_modes: int | None, slices: Sli
     return state
 
 
-def patterns_to_device(bk: Any, patterns: Any) -> Any:
+def patterns_to_device(bk: Any, patterns: Any, counted: Any = "find") -> Any:
     """``(N, Qy, Qx)`` centred patterns [e⁻] -> corner-centred on the backend (one copy).
 
     Counted data (:func:`~phaser_core.data.count_dtype`) is kept exactly as uint8 (up to
     255 counts) or uint16, a quarter or half the memory of float32 (the paper's multislice
     data set, at most 191 counts: 400 -> 100 MiB on the GPU); other data in the backend's
-    real dtype. Engines read a group through :func:`group_patterns`."""
+    real dtype. Engines read a group through :func:`group_patterns`. ``counted``: the
+    integer dtype already found (``RawData.counted_dtype``; None: not counted), else
+    found here."""
     host = np.asarray(patterns)
-    dtype = count_dtype(host) or np.dtype(bk.dtype)
+    dtype = (count_dtype(host) if isinstance(counted, str) else counted) or np.dtype(bk.dtype)
     return bk.share(bk.asarray(np.fft.ifftshift(host.astype(dtype, copy=False), axes=(-2, -1)), dtype=dtype))
 
 
@@ -224,7 +226,7 @@ def engine_arrays(bk: Any, state: ReconsState, data: Any) -> EngineArrays:
     corner = np.asarray(geometry.corner_A)
     return EngineArrays(
         state=state, probe_shape=probe_shape, wavelength_A=state.wavelength_A or data.wavelength_A(),
-        geometry=geometry, patterns=patterns_to_device(bk, data.patterns),
+        geometry=geometry, patterns=patterns_to_device(bk, data.patterns, getattr(data, "counted_dtype", "find")),
         probe=bk.asarray(np.asarray(state.probe.data), dtype=bk.complex_dtype),
         obj=bk.asarray(np.asarray(geometry.data), dtype=bk.complex_dtype),
         scan_A=np.array(state.scan_A, dtype=np.float64), extra=dict(state.extra),
