@@ -49,7 +49,7 @@ def sampling_figures(data: RawData) -> dict[str, Any]:
     qy, qx = data.pattern_shape
     lam = data.wavelength_A() if data.energy_eV is not None else None
     dk = data.reciprocal_sampling_invA
-    alpha = data.convergence_angle_mrad * 1e-3 if data.convergence_angle_mrad is not None else None
+    alpha_rad = data.convergence_angle_mrad * 1e-3 if data.convergence_angle_mrad is not None else None
     step = data.scan_step_A
     if step is None and data.scan_positions_A is not None and len(data.scan_positions_A) > 1:
         pos = np.asarray(data.scan_positions_A)
@@ -70,12 +70,12 @@ def sampling_figures(data: RawData) -> dict[str, Any]:
             r = (1.0 / (2 * step[0] * dk[0]), 1.0 / (2 * step[1] * dk[1]))
             out["linear_oversampling"] = r
             out["areal_oversampling"] = 4.0 * r[0] * r[1]
-        if lam is not None and alpha is not None:
+        if lam is not None and alpha_rad is not None:
             dth = (lam * dk[0], lam * dk[1])
-            out["bf_disc_px"] = (2 * alpha / dth[0], 2 * alpha / dth[1])
-            nyq = lam / (4 * alpha)
+            out["bf_disc_px"] = (2 * alpha_rad / dth[0], 2 * alpha_rad / dth[1])
+            nyq = lam / (4 * alpha_rad)
             out["probe_sampling"] = (s[0] / nyq, s[1] / nyq)
-            out["max_angle_over_alpha"] = ((qy // 2) * dth[0] / alpha, (qx // 2) * dth[1] / alpha)
+            out["max_angle_over_alpha"] = ((qy // 2) * dth[0] / alpha_rad, (qx // 2) * dth[1] / alpha_rad)
             df = data.defocus_A
             if df is not None:
                 if df == 0:
@@ -84,7 +84,7 @@ def sampling_figures(data: RawData) -> dict[str, Any]:
                 else:
                     out["shadow_pixel_A"] = (abs(df) * dth[0], abs(df) * dth[1])
                     out["ronchigram_magnification"] = (s[0] / (abs(df) * dth[0]), s[1] / (abs(df) * dth[1]))
-                d = 2 * alpha * abs(df) + 1.22 * lam / alpha
+                d = 2 * alpha_rad * abs(df) + 1.22 * lam / alpha_rad
                 out["probe_diameter_A"] = d
                 if step is not None:
                     out["linear_overlap"] = (1 - step[0] / d, 1 - step[1] / d)

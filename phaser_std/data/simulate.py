@@ -39,7 +39,7 @@ from phaser_core.backend import stream_seed
 from phaser_core.config import yx_int_pair as _int_pair, yx_pair as _pair, yx_pair_or_none as _opt_pair
 from phaser_core.errors import DataError
 from phaser_core.physics_constants import wavelength_A
-from phaser_std.physics.optics import mrad_to_invA
+from phaser_std.data.loaders._common import angular_to_reciprocal
 
 
 # ---------------------------------------------------------------------------------------
@@ -173,8 +173,7 @@ class SimSpec:
         if self.reciprocal_sampling_invA is not None:
             return self.reciprocal_sampling_invA
         if self.angular_sampling_mrad is not None:
-            lam = wavelength_A(self.energy_eV)
-            return (mrad_to_invA(self.angular_sampling_mrad[0], lam), mrad_to_invA(self.angular_sampling_mrad[1], lam))
+            return angular_to_reciprocal(self.angular_sampling_mrad, self.energy_eV)
         raise DataError("the spec needs reciprocal_sampling_invA or angular_sampling_mrad")
 
     def real_sampling_A(self) -> tuple[float, float]:

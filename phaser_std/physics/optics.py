@@ -32,11 +32,14 @@ def mrad_to_invA(angle_mrad: float, wavelength_A: float) -> float:
     return float(angle_mrad) * 1e-3 / float(wavelength_A)
 
 
-def reciprocal_pixel_invA(shape: tuple[int, int], sampling_A: tuple[float, float] | float) -> float:
+def reciprocal_pixel_invA(shape: tuple[int, int], sampling_A: tuple[float, float] | float,
+                          coarser: bool = False) -> float:
     """The finer reciprocal pixel [1/Å] of an ``(Ny, Nx)`` grid of ``sampling_A`` [Å]:
-    min(1/(Ny·sy), 1/(Nx·sx)), the unit of the aperture's edge width."""
+    min(1/(Ny·sy), 1/(Nx·sx)), the unit of the aperture's edge width; ``coarser``: the
+    max, for a margin that must span a pixel along either axis."""
     sy, sx = _pair(sampling_A)
-    return min(1.0 / (int(shape[0]) * sy), 1.0 / (int(shape[1]) * sx))
+    pick = max if coarser else min
+    return pick(1.0 / (int(shape[0]) * sy), 1.0 / (int(shape[1]) * sx))
 
 
 #: Krivanek coefficient name -> (n, m). Angles are named ``phi{n}{m}`` [rad].

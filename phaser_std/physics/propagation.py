@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from phaser_std.physics.optics import _pair, fftfreq_grid
+from phaser_std.physics.optics import _pair, fftfreq_grid, reciprocal_pixel_invA
 
 __all__ = ["fresnel_propagator", "fresnel_propagators_tilted", "bandlimit_mask", "probe_bandwidth_invA",
            "covering_bandlimit"]
@@ -75,8 +75,7 @@ def covering_bandlimit(bandlimit: float | None, shape: tuple[int, int], sampling
     stays None (no limit)."""
     if bandlimit is None:
         return None
-    sy, sx = _pair(sampling_A)
-    dk = max(1.0 / (shape[0] * sy), 1.0 / (shape[1] * sx))
+    dk = reciprocal_pixel_invA(shape, sampling_A, coarser=True)
     return float(max(float(bandlimit), (float(aperture_invA) + margin_px * dk) / _k_nyquist(sampling_A)))
 
 
