@@ -8,8 +8,8 @@ defocus 50 Å (= −C10, our ``defocus_A``), Poisson counts at 1e5 e⁻ per patt
 truth is σ·V_proj [rad] from abTEM. abTEM antialiases its aperture (a one-pixel soft edge),
 and the aperture lies beyond 2/3 of our grid's Nyquist frequency. The reconstructions here
 pin the conventions and the band limit that covers the probe (without it two slices score
-0.83); the aperture-edge estimate is pinned by its own test (a hard edge instead lowers
-these scores by only 0.005-0.01). benchmarks/NOTES.md 23-25.
+0.83); the aperture-edge estimate is pinned by its own test (a hard edge instead lowered
+these scores by only 0.005-0.01 when measured; not asserted here). benchmarks/NOTES.md 23-25.
 """
 
 from __future__ import annotations
@@ -76,4 +76,3 @@ def test_abtem_aberrations_mean_the_same_here():
     wrong = {"C12": 40.0, "phi12": -0.5, "C23": 300.0, "phi23": -0.3, "C30": 1e5}
     assert _score("epie", niter=6, data=ABERRATED, init={"probe": {"type": "focused", "aberrations": wrong}}) < 0.5
     assert _score("epie", niter=6, data=ABERRATED, init={"probe": {"type": "focused", "aberrations": {}}}) < 0.5
-
