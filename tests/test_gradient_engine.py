@@ -312,14 +312,16 @@ def test_numpy_and_jax_same_reconstruction_and_no_recompile():
 
 @pytest.mark.parametrize("backend", ["numpy", "jax"])
 @pytest.mark.parametrize("per_position_tilt", [False, True])
-def test_chunked_gradients_equal_the_whole_group(backend, per_position_tilt):
+@pytest.mark.parametrize("chunk", [1, 5])
+def test_chunked_gradients_equal_the_whole_group(backend, per_position_tilt, chunk):
     """A group computed one position at a time (a scan over 5 chunks of 1, the padded one
-    included) has the whole group's loss and gradients: the costs enter once, the
-    per-position gradients come back in order."""
+    included), or as one chunk of 5 (what the engine runs for whole groups: the costs
+    apart, and on jax the views gathered per slice), has the whole group's loss and
+    gradients: the costs enter once, the per-position gradients come back in order."""
     model, args = _group_case(per_position_tilt=per_position_tilt)
     bk = build_backend(backend, "float32")
     total, whole = _grads(group_gradients, bk, model, args)
-    total_c, chunked = _grads(lambda bk, m, *a, **k: chunked_gradients(bk, m, 1, *a, **k), bk, model, args)
+    total_c, chunked = _grads(lambda bk, m, *a, **k: chunked_gradients(bk, m, chunk, *a, **k), bk, model, args)
     assert total_c == pytest.approx(total, rel=1e-5)
     assert set(chunked) == set(whole)
     for k in whole:

@@ -59,9 +59,11 @@ from phaser_std.physics.forward import (
     get_views,
     intensity,
     multislice_forward,
+    n_view_slices,
     shift_probes,
     split_rows,
     unshift_probes,
+    view_slice,
 )
 
 __all__ = ["GroupModel", "tilt_ramps", "group_loss", "analytic_gradients", "autodiff_gradients",
@@ -172,12 +174,12 @@ def _backward(bk: Any, views: Any, props: Any, psis: list, grad_exit: Any, want_
     the ramp derivative factors (see :func:`analytic_gradients`): a list over steps of
     ``(B, M, Ny, Nx)`` products ``F(ψ_i)·conj(F(∂L/∂ψ̄_i))`` when ``want_tilt``."""
     xp = bk.xp
-    n_slices = views.shape[1]
+    n_slices = n_view_slices(views)
     g = grad_exit
     grads = [None] * n_slices
     tilt_terms = [None] * max(n_slices - 1, 0)
     for i in range(n_slices - 1, -1, -1):
-        o = views[:, i][:, None]
+        o = view_slice(views, i)[:, None]
         grads[i] = xp.sum(xp.conj(psis[i]) * g, axis=1)
         g = xp.conj(o) * g  # ∂L/∂ψ̄_i
         if i > 0:
@@ -185,7 +187,7 @@ def _backward(bk: Any, views: Any, props: Any, psis: list, grad_exit: Any, want_
             if want_tilt:
                 tilt_terms[i - 1] = bk.fft2(psis[i]) * xp.conj(fg)
             g = bk.ifft2(fg * xp.conj(_prop_for_slice(props, i - 1)))
-    return xp.stack(grads, axis=1), g, tilt_terms
+    return (tuple(grads) if isinstance(views, tuple) else xp.stack(grads, axis=1)), g, tilt_terms
 
 
 def analytic_gradients(bk: Any, model: GroupModel, obj: Any, probe: Any, frac: Any, tilt: Any, starts: Any,
@@ -220,7 +222,7 @@ def analytic_gradients(bk: Any, model: GroupModel, obj: Any, probe: Any, frac: A
 
     out: dict[str, Any] = {}
     if "object" in wrt and per_view:
-        out["views"] = 2 * grad_views
+        out["views"] = _map_views(lambda v: 2 * v, grad_views)
     elif "object" in wrt:
         out["object"] = 2 * add_views(bk, xp.zeros_like(obj), starts, grad_views)
     if "probe" in wrt:
@@ -314,8 +316,13 @@ def autodiff_gradients(bk: Any, model: GroupModel, obj: Any, probe: Any, frac: A
                           mask, cost_w, v["views"])
 
     (total, data), g = _value_and_grad(bk, fn, has_aux=True)(diff)
-    out = {k: (xp.conj(v) if k in ("object", "probe", "views") else v) for k, v in g.items()}
+    out = {k: (_map_views(xp.conj, v) if k in ("object", "probe", "views") else v) for k, v in g.items()}
     return total, data, out
+
+
+def _map_views(fn: Any, views: Any) -> Any:
+    """``fn`` applied to ``views``, one array or a tuple per slice (:func:`get_views`)."""
+    return tuple(fn(v) for v in views) if isinstance(views, tuple) else fn(views)
 
 
 def _method(bk: Any, method: str) -> str:
@@ -357,13 +364,15 @@ def chunked_gradients(bk: Any, model: GroupModel, chunk: int, obj: Any, probe: A
     def body(carry, x):
         fr, st, me, ma, ti = x
         # the object's gradient per view, added into the carry window by window: no
-        # object-sized temporary per chunk
-        views = get_views(bk, obj, st, shape)
+        # object-sized temporary per chunk; for autodiff the views are gathered per slice
+        # (get_views), so its residuals and cotangents are S arrays, not one 4-d pair
+        views = get_views(bk, obj, st, shape, per_slice=method == "autodiff")
         _, data, g = group_gradients(bk, data_model, obj, probe, fr, tilt if ti is None else ti, st, me, ma,
                                      cost_w, method=method, wrt=wrt, views=views)
         new = {k: carry[k] + g[k].astype(carry[k].dtype) for k in summed if k != "object"}
         if "object" in summed:
-            new["object"] = add_views(bk, carry["object"], st, g["views"].astype(carry["object"].dtype))
+            dtype = carry["object"].dtype
+            new["object"] = add_views(bk, carry["object"], st, _map_views(lambda v: v.astype(dtype), g["views"]))
         new["data"] = carry["data"] + data
         return new, {k: g[k] for k in stacked}
 
@@ -446,12 +455,10 @@ def make_group_step(bk: Any, model: GroupModel, solvers: dict, constraints: Sequ
         if not wrt:
             return params, opt_states, acc, chunked_data_loss(bk, model, chunk, obj, probe, frac, tilt, starts,
                                                                measured, mask)
-        if chunk is None or chunk >= mask.shape[0]:
-            total, data, g = group_gradients(bk, model, obj, probe, frac, tilt, starts, measured, mask, cost_w,
-                                             method=method, wrt=wrt)
-        else:
-            total, data, g = chunked_gradients(bk, model, chunk, obj, probe, frac, tilt, starts, measured, mask,
-                                               cost_w, method=method, wrt=wrt)
+        # a whole group is one chunk: the costs apart and the views per slice, as in chunks
+        whole = chunk is None or chunk >= mask.shape[0]
+        total, data, g = chunked_gradients(bk, model, mask.shape[0] if whole else chunk, obj, probe, frac, tilt,
+                                           starts, measured, mask, cost_w, method=method, wrt=wrt)
         n_valid = xp.maximum(xp.sum(mask.astype(bk.real_dtype)), 1.0)
         probe_int = xp.sum(abs2(xp, probe))
         new_params = dict(params)
