@@ -155,6 +155,8 @@ def main(argv=None) -> int:
                "validation": case in VALIDATION}
         if meas is not None and dt:
             row["runs"] = runs
+        elif "runs" in old.get(label(case), {}):
+            row["runs"] = old[label(case)]["runs"]
         rows.append(row)
         print(f"| {label(case)} | {est / 2**20:.0f} | {(meas or 0) / 2**20:.0f} | {ratio:.2f} |", flush=True)
         if args.json:

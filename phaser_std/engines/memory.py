@@ -55,8 +55,13 @@ CONSTANTS: dict[str, dict[str, float]] = {
         # the probe-scaling pass is compiled (one program per batch shape)
         "dry_slice_waves": 0.38, "dry_waves": 1.38, "dry_pixels": 3.45,
         "conv_slice_waves": 1.00, "conv_waves": 2.00, "conv_pixels": 1.00,
-        # autodiff residuals: the slice waves kept for the backward pass, plus cotangents
-        "grad_slice_waves": 3.21, "grad_waves": 2.00, "grad_pixels": 0.00,
+        # autodiff residuals: the slice waves kept for the backward pass, plus cotangents.
+        # Set from XLA's buffer assignment of the paper-size step with the views gathered
+        # per slice (whole groups of 16/32/64: 5.4 MiB a position, 2.15 views' worth), not
+        # fitted: the CPU runs chunk multislice groups a position at a time, where the term
+        # is small and the fit does not pin it (a refit to session 9's runs puts it at its
+        # bound, 6); 3.21 -> 1.10 moved the CPU gradient cases by at most 3% (NOTES.md 40)
+        "grad_slice_waves": 1.10, "grad_waves": 2.00, "grad_pixels": 0.00,
         # object-sized temporaries of a group update beside the object (and the optimizer
         # state), which the iteration program updates in place (donated buffers). From XLA's
         # buffer assignment of the paper-size iteration programs (80x80 x 128² x 20 slices,
