@@ -110,9 +110,10 @@ def get_views(bk: Any, obj: Any, starts: Any, probe_shape: Sequence[int], per_sl
     S arrays ``(B, Ny, Nx)``, one gather per slice.
 
     Per slice is for differentiating through the views: jax's autodiff then keeps S
-    separate residuals and cotangents that :func:`add_views` scatters slice by slice,
-    instead of a ``(B, S, Ny, Nx)`` pair built and read by strided copies (XLA's buffer
-    assignment of the paper's 64 x 20 x 128² group: 632 -> 329 MiB of temporaries)."""
+    separate residuals and cotangents (which :func:`add_views` stacks into one
+    scatter-add) instead of a ``(B, S, Ny, Nx)`` pair built and read by strided copies
+    (XLA's buffer assignment of a model of the paper's 64 x 20 x 128² group step: 632 ->
+    329 MiB of temporaries; benchmarks/NOTES.md 38)."""
     window = (int(probe_shape[0]), int(probe_shape[1]))
     if per_slice:
         return tuple(bk.get_windows(obj[i], starts, window) for i in range(obj.shape[0]))
