@@ -76,3 +76,74 @@ def test_a_run_reads_the_patterns_once_to_tell_counted_data(tmp_path, monkeypatc
                {"type": "gradient", "niter": 1, "grouping": {"size": 12}}]
     run(data, engines, backend="numpy", out_dir=tmp_path / "run")
     assert len(calls) == 1
+
+
+STREAMED_ENGINES = [
+    {"type": "conventional", "niter": 2, "grouping": {"size": 8}, "solver": {"type": "epie"},
+     "slices": {"n": 2, "total_thickness_A": 20.0}},
+    {"type": "conventional", "niter": 2, "grouping": {"size": 8}, "solver": {"type": "lsqml"},
+     "position_solver": {"type": "momentum"}, "update_positions": {"after": 0}},
+    {"type": "gradient", "niter": 2, "grouping": {"size": 8}, "slices": {"n": 2, "total_thickness_A": 20.0},
+     "tilt": "per_position", "solvers": {"positions": {"type": "sgd", "learning_rate": 0.1}}},
+]
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "jax"])
+def test_streamed_patterns_reconstruct_identically(tmp_path, monkeypatch, backend_name):
+    """The patterns sent to the device a block of groups at a time (here 2 of the 8 groups
+    per block: four calls of each iteration program) give the reconstruction of patterns
+    kept on the device, to the last bit: the same group steps in the same order, the
+    positions' sums and per-position tilt still indexed by scan position. (The probe is
+    scaled beforehand: a streamed run sums the counts on the host, exactly, and jax's
+    device sum is float32.)"""
+    if backend_name == "jax":
+        pytest.importorskip("jax")
+    import phaser_std.engines.pattern_feed as feed
+
+    data = make_dataset(tmp_path / "data.h5", scan={"shape": [8, 8]}, dose=1e5)
+    calls = []
+    blocks = feed.PatternFeed.blocks
+
+    def counting(self, indices):
+        for block in blocks(self, indices):
+            calls.append(self.stream)
+            yield block
+
+    monkeypatch.setattr(feed.PatternFeed, "blocks", counting)
+    with h5py.File(data, "r") as f:
+        *scan, qy, qx = f["patterns"].shape  # (Sy, Sx, Qy, Qx)
+        assert np.prod(scan) == 64 and count_dtype(f["patterns"][...]) == np.uint8
+    monkeypatch.setattr(feed, "STREAM_BLOCK_BYTES", 2 * 8 * qy * qx)  # two groups of 8 patterns a block
+
+    def engines(stream):
+        return [{**e, "scale_probe": False, "grouping": {**e["grouping"], "stream_patterns": stream}}
+                for e in STREAMED_ENGINES]
+
+    kept = run(data, engines(False), backend=backend_name)
+    assert calls and not any(calls)
+    calls.clear()
+    streamed = run(data, engines(True), backend=backend_name)
+    assert calls.count(True) == 3 * 2 * 4  # engines x iterations x blocks
+    np.testing.assert_array_equal(streamed.object.data, kept.object.data)
+    np.testing.assert_array_equal(streamed.probe.data, kept.probe.data)
+    np.testing.assert_array_equal(streamed.scan_A, kept.scan_A)
+    np.testing.assert_array_equal(streamed.tilt_mrad, kept.tilt_mrad)
+    assert streamed.progress.loss == kept.progress.loss
+    assert not np.array_equal(streamed.scan_A, run(data, engines(True)[:1], backend=backend_name).scan_A)
+
+
+def test_stream_blocks_are_equal_divisors_that_fit():
+    from phaser_std.engines.pattern_feed import block_groups
+
+    assert block_groups(100, 1 << 20, 16 << 20) == 10  # 16 would not divide 100
+    assert block_groups(97, 1 << 20, 16 << 20) == 1     # a prime number of groups: one at a time
+    assert block_groups(8, 1 << 20, 64 << 20) == 8      # everything fits: one block
+    assert block_groups(8, 32 << 20, 16 << 20) == 1     # a group larger than the budget still goes
+
+
+def test_streaming_is_the_gpu_default(backend):
+    from phaser_std.engines.pattern_feed import PatternFeed
+
+    feed = PatternFeed(backend, np.ones((4, 8, 8), np.float32))
+    assert feed.stream == (backend.name == "cupy")  # jax and numpy run on this machine's CPU here
+    assert PatternFeed(backend, np.ones((4, 8, 8), np.float32), stream=True).device is None

@@ -20,12 +20,12 @@ import numpy as np
 
 from phaser_core.backend import stream_seed
 from phaser_core.config import RegularizerSpec, param
-from phaser_core.data import count_dtype
 from phaser_core.errors import DataError, PhaserError
 from phaser_core.observer import notify
 from phaser_core.plan import SlicesPlan
 from phaser_core.state import DeferredState, IterationCounters, ObjectState, ProbeState, ReconsState
 from phaser_std.engines.grouping import iteration_groups
+from phaser_std.engines.pattern_feed import PatternFeed, corner_centred, total_counts
 from phaser_std.engines.regularizers import RegInfo
 from phaser_std.physics.forward import check_views_inside, forward_intensity, scan_to_pixels
 from phaser_std.physics.objects import resample_object_slices
@@ -43,6 +43,9 @@ class GroupingConfig:
     chunk: int | None = param(None, doc="positions computed at once inside a group, a divisor of size "
                               "(null: sized to the CPU caches, the whole group on a GPU); speed and memory "
                               "only, the update is the same")
+    stream_patterns: bool | None = param(None, doc="send the patterns to the device a block of groups at a time "
+                                                   "instead of keeping all of them there (null: on a GPU yes, on "
+                                                   "a CPU no); memory only, the update is the same")
 
 
 def resample_for_engine(state: ReconsState, probe_modes: int | None, slices: SlicesPlan | None,
@@ -67,37 +70,19 @@ def resample_for_engine(state: ReconsState, probe_modes: int | None, slices: Sli
 
 
 def patterns_to_device(bk: Any, patterns: Any, counted: Any = "find") -> Any:
-    """``(N, Qy, Qx)`` centred patterns [e⁻] -> corner-centred on the backend (one copy).
-
-    Counted data (:func:`~phaser_core.data.count_dtype`) is kept exactly as uint8 (up to
-    255 counts) or uint16, a quarter or half the memory of float32 (the paper's multislice
-    data set, at most 191 counts: 400 -> 100 MiB on the GPU); other data in the backend's
-    real dtype. Engines read a group through :func:`group_patterns`. ``counted``: the
-    integer dtype already found (``RawData.counted_dtype``; None: not counted), else
-    found here."""
-    host = np.asarray(patterns)
-    dtype = (count_dtype(host) if isinstance(counted, str) else counted) or np.dtype(bk.dtype)
-    return bk.share(bk.asarray(np.fft.ifftshift(host.astype(dtype, copy=False), axes=(-2, -1)), dtype=dtype))
+    """``(N, Qy, Qx)`` centred patterns [e⁻] -> corner-centred on the backend (one copy), in
+    the dtype they are kept in (:func:`~phaser_std.engines.pattern_feed.corner_centred`:
+    counted data as uint8 or uint16, a quarter or half the memory of float32; other data in
+    the backend's real dtype). Engines read a group through :func:`group_patterns`; a
+    :class:`~phaser_std.engines.pattern_feed.PatternFeed` keeps them so or streams them."""
+    host = corner_centred(bk, patterns, counted)
+    return bk.share(bk.asarray(host, dtype=host.dtype))
 
 
 def group_patterns(bk: Any, patterns: Any, idx: Any) -> Any:
     """The patterns ``idx`` of a group, in the backend's real dtype [e⁻]."""
     group = patterns[idx]
     return group if group.dtype == bk.real_dtype else group.astype(bk.real_dtype)
-
-
-def total_counts(bk: Any, patterns: Any) -> float:
-    """Σ of the patterns on the backend [e⁻]. numpy and cupy sum counted (uint8/uint16) data
-    exactly in uint64 and float data in float64, so whole-number data give the same total
-    either way it is stored. jax without x64 would sum integers in uint32, which a large
-    data set overflows, so it sums in the real dtype, as it does float data."""
-    xp = bk.xp
-    integer = np.dtype(patterns.dtype).kind in "ui"
-    if bk.name == "jax":
-        dtype = bk.real_dtype if integer else None
-    else:
-        dtype = None if integer else np.float64
-    return float(bk.to_numpy(xp.sum(patterns, dtype=dtype)))
 
 
 def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: Any, scan_A: np.ndarray,
@@ -125,7 +110,7 @@ def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: Any, scan_A: np
         sel = np.minimum(sel, n - 1)
         starts, frac = scan_to_pixels(scan_A[sel], geometry.corner_A, geometry.sampling_A, shape)
         model_sum += float(bk.to_numpy(fn(probe, obj, bk.asarray(starts), bk.asarray(frac), bk.asarray(mask))))
-    data_sum = total_counts(bk, patterns)
+    data_sum = patterns.total_counts() if isinstance(patterns, PatternFeed) else total_counts(bk, patterns)
     if model_sum <= 0 or data_sum <= 0:
         raise DataError("cannot scale the probe to the data: the data or the model has no intensity")
     # scaled on the host (a small array; on jax an eager multiply compiles a program of its
@@ -138,7 +123,8 @@ def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: Any, scan_A: np
 class EngineArrays:
     """What an engine run starts from (:func:`engine_arrays`), and its way back to a state.
 
-    On the backend: ``patterns`` ``(N, Qy, Qx)`` [e⁻] corner-centred; ``probe``
+    ``patterns``: the :class:`~phaser_std.engines.pattern_feed.PatternFeed` of the
+    ``(N, Qy, Qx)`` patterns [e⁻], corner-centred. On the backend: ``probe``
     ``(M, Ny, Nx)`` [√e⁻] and ``obj`` ``(S, H, W)`` [transmission, 1] in the backend's
     complex dtype. On the host: ``scan_A`` ``(N, 2)`` [Å] float64 (a copy of the state's);
     ``scan_lo_A`` and ``scan_hi_A`` ``(2,)`` [Å], the positions whose ``(Ny, Nx)`` view stays
@@ -152,7 +138,7 @@ class EngineArrays:
     probe_shape: tuple[int, int]  #: ``(Ny, Nx)`` [px], equal to the detector's ``(Qy, Qx)``
     wavelength_A: float  #: [Å]: the state's, else the data's
     geometry: ObjectState  #: the object's grid (sampling, corner, slice thicknesses) [Å]
-    patterns: Any
+    patterns: PatternFeed
     probe: Any
     obj: Any
     scan_A: np.ndarray
@@ -206,7 +192,7 @@ class EngineArrays:
             progress=state.progress, wavelength_A=self.wavelength_A, extra=dict(self.extra))
 
 
-def engine_arrays(bk: Any, state: ReconsState, data: Any) -> EngineArrays:
+def engine_arrays(bk: Any, state: ReconsState, data: Any, stream: bool | None = None) -> EngineArrays:
     """The set-up shared by the engines: the state's arrays on the backend ``bk``.
 
     ``state`` is the engine's (after :func:`resample_for_engine`) and ``data`` the raw data
@@ -214,7 +200,9 @@ def engine_arrays(bk: Any, state: ReconsState, data: Any) -> EngineArrays:
     Raises :class:`DataError` when the patterns ``(Qy, Qx)`` are not on the probe's
     ``(Ny, Nx)`` grid: the engines do not resample, the data is cropped or binned first
     (post_load) or the probe initialised on the detector grid. The probe is not scaled here:
-    engines call :meth:`EngineArrays.scale_probe` after their own checks.
+    engines call :meth:`EngineArrays.scale_probe` after their own checks. ``stream``: the
+    patterns streamed to the device a block of groups at a time (None: on a GPU;
+    :mod:`~phaser_std.engines.pattern_feed`).
     """
     probe_shape = state.probe.shape
     if tuple(data.pattern_shape) != tuple(probe_shape):
@@ -226,7 +214,7 @@ def engine_arrays(bk: Any, state: ReconsState, data: Any) -> EngineArrays:
     corner = np.asarray(geometry.corner_A)
     return EngineArrays(
         state=state, probe_shape=probe_shape, wavelength_A=state.wavelength_A or data.wavelength_A(),
-        geometry=geometry, patterns=patterns_to_device(bk, data.patterns, getattr(data, "counted_dtype", "find")),
+        geometry=geometry, patterns=PatternFeed(bk, data.patterns, getattr(data, "counted_dtype", "find"), stream),
         probe=bk.asarray(np.asarray(state.probe.data), dtype=bk.complex_dtype),
         obj=bk.asarray(np.asarray(geometry.data), dtype=bk.complex_dtype),
         scan_A=np.array(state.scan_A, dtype=np.float64), extra=dict(state.extra),

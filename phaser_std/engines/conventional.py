@@ -71,7 +71,7 @@ class ConventionalEngine:
         bk, chunk = engine_chunk(bk, cfg.grouping.chunk, min(cfg.grouping.size, np.shape(state.scan_A)[0]),
                                  state.probe.n_modes, n_slices, state.probe.shape, conventional_budget(n_slices),
                                  chunked_step=has_chunked_rule(solver, n_slices))
-        arrays = engine_arrays(bk, state, data)
+        arrays = engine_arrays(bk, state, data, cfg.grouping.stream_patterns)
         probe_shape, wavelength, geometry = arrays.probe_shape, arrays.wavelength_A, arrays.geometry
         tilt = np.asarray(state.tilt_mrad, dtype=np.float64)
         if tilt.ndim != 1:
@@ -82,33 +82,34 @@ class ConventionalEngine:
                                  tilt, bandlimit)
         if cfg.scale_probe:
             arrays.scale_probe(bk, lambda: props)
-        patterns, scan, extra = arrays.patterns, arrays.scan_A, arrays.extra
+        feed, scan, extra = arrays.patterns, arrays.scan_A, arrays.extra
 
         info = RegInfo(sampling_A=tuple(geometry.sampling_A), wavelength_A=wavelength,
                        thicknesses_A=np.asarray(geometry.thicknesses_A))
         group_step_fn = make_group_step(bk, solver, noise, props, probe_shape, chunk=chunk)
 
-        def fused_step(obj_, probe_, patterns_, idx, starts, frac, mask, hyper, update_object=True,
+        def fused_step(obj_, probe_, patterns_, rows, starts, frac, mask, hyper, update_object=True,
                        update_probe=True, update_positions=False):
             # the pattern gather and the group constraints run inside the compiled step
             # (constraints are pure and do not depend on the iteration), so one group is one
             # dispatch on jax instead of one per array operation
-            obj_, probe_, loss, shift = group_step_fn(obj_, probe_, group_patterns(bk, patterns_, idx), starts,
+            obj_, probe_, loss, shift = group_step_fn(obj_, probe_, group_patterns(bk, patterns_, rows), starts,
                                                       frac, mask, hyper,
                                                       update_object, update_probe, update_positions)
             if group_constraints:
                 probe_, obj_ = apply_constraints(bk, group_constraints, probe_, obj_, info)
             return obj_, probe_, loss, shift
 
-        def iteration_step(obj_, probe_, patterns_, indices, starts, frac, masks, hyper, update_object=True,
+        def iteration_step(obj_, probe_, patterns_, rows, starts, frac, masks, hyper, update_object=True,
                            update_probe=True, update_positions=False):
             ramps = shift_ramp_factors(bk, frac, probe_shape)  # once, outside the loop (ShiftRamp)
-            def one(o, p, idx, st, fr, m):
-                o, p, loss, shift = fused_step(o, p, patterns_, idx, st, fr, m, hyper, update_object,
+            def one(o, p, row, st, fr, m):
+                o, p, loss, shift = fused_step(o, p, patterns_, row, st, fr, m, hyper, update_object,
                                                update_probe, update_positions)
                 return o, p, {"loss": loss, "shift": shift}
 
-            (obj_, probe_), out = scan_groups(bk, one, (obj_, probe_), (indices, starts, ramps, masks))
+            # rows: each group's rows in patterns_ (all of them, or a streamed block's)
+            (obj_, probe_), out = scan_groups(bk, one, (obj_, probe_), (rows, starts, ramps, masks))
             return obj_, probe_, out["loss"], out["shift"]
 
         # object and probe donated: the updated ones take their buffers (no second object)
@@ -130,13 +131,17 @@ class ConventionalEngine:
                             "update_positions": positions_on(it)}
 
         def run_groups(it, indices, masks, starts, frac):
-            obj_, probe_, losses, shifts = step(live["obj"], live["probe"], patterns, bk.asarray(indices),
-                                                bk.asarray(starts), bk.asarray(frac), bk.asarray(masks),
-                                                cur["hyper"], **cur["flags"])
-            live["obj"], live["probe"] = obj_, probe_
+            losses, shifts = [], []
+            # one call per block of groups (one block unless the patterns are streamed)
+            for sel, patterns, rows in feed.blocks(indices):
+                live["obj"], live["probe"], block_losses, block_shifts = step(
+                    live["obj"], live["probe"], patterns, rows, bk.asarray(starts[sel]), bk.asarray(frac[sel]),
+                    bk.asarray(masks[sel]), cur["hyper"], **cur["flags"])
+                losses.append(block_losses)
+                shifts.append(block_shifts)
             if cur["flags"]["update_positions"]:
-                live["shift"][indices[masks]] += bk.to_numpy(shifts)[masks] * sampling
-            return losses
+                live["shift"][indices[masks]] += np.concatenate([bk.to_numpy(s) for s in shifts])[masks] * sampling
+            return losses[0] if len(losses) == 1 else bk.xp.concatenate(losses)
 
         def iteration_constraints(probe_, obj_, it):
             return apply_constraints(bk, iter_constraints, probe_, obj_, attrs.evolve(info, iteration=it))

@@ -142,7 +142,7 @@ class GradientEngine:
 
         bk, chunk = engine_chunk(bk, cfg.grouping.chunk, min(cfg.grouping.size, np.shape(state.scan_A)[0]),
                                  state.probe.n_modes, int(np.shape(state.object.data)[0]), state.probe.shape)
-        arrays = engine_arrays(bk, state, data)
+        arrays = engine_arrays(bk, state, data, cfg.grouping.stream_patterns)
         probe_shape, wavelength, geometry = arrays.probe_shape, arrays.wavelength_A, arrays.geometry
         sampling = tuple(float(s) for s in geometry.sampling_A)
         if not np.allclose(sampling, state.probe.sampling_A):
@@ -158,7 +158,7 @@ class GradientEngine:
 
         bandlimit = arrays.bandlimit(cfg.bandlimit, data)
         base_props = make_propagators(bk, probe_shape, sampling, wavelength, thick, (0.0, 0.0), bandlimit)
-        patterns, extra = arrays.patterns, arrays.extra
+        feed, extra = arrays.patterns, arrays.extra
         saved = dict(extra.get("gradient", {}) or {})
         if int(np.asarray(saved.pop("engine_num", -1))) != ctx.engine_num:
             saved = {}  # another engine's solver states: this engine starts fresh
@@ -174,18 +174,18 @@ class GradientEngine:
                            costs_per_group=cfg.cost_per == "group")
         step = make_group_step(bk, model, solvers, group_constraints, counter=self.step_counter, chunk=chunk)
 
-        def iteration_step(params, opt_states, acc, patterns_, indices, starts, frac, tilt_, masks, hyper, cost_w,
-                           **flags):
+        def iteration_step(params, opt_states, acc, patterns_, rows, indices, starts, frac, tilt_, masks, hyper,
+                           cost_w, **flags):
             if not flags.get("grad_positions"):
                 frac = shift_ramp_factors(bk, frac, probe_shape)  # once, outside the loop (ShiftRamp)
-            def one(params, opt_states, acc, idx, st, fr, m):
+            def one(params, opt_states, acc, row, idx, st, fr, m):
                 tilt_g = tilt_[idx] if tilt_.ndim == 2 else tilt_
                 params, opt_states, acc, loss = step(params, opt_states, acc, patterns_, idx, st, fr, tilt_g, m,
-                                                     hyper, cost_w, **flags)
+                                                     hyper, cost_w, rows=row, **flags)
                 return params, opt_states, acc, {"loss": loss}
 
             (params, opt_states, acc), out = scan_groups(bk, one, (params, opt_states, acc),
-                                                         (indices, starts, frac, masks))
+                                                         (rows, indices, starts, frac, masks))
             return params, opt_states, acc, out["loss"]
 
         # the parameters, solver states and sums are donated: the new ones take their buffers
@@ -235,13 +235,19 @@ class GradientEngine:
             cur["tilt_dev"] = bk.asarray(live["tilt"])
 
         def run_groups(it, indices, masks, starts, frac):
-            params = {"object": live["object"], "probe": live["probe"]}
-            params, states, cur["acc"], losses = iteration(
-                params, opt_states, cur["acc"], patterns, bk.asarray(indices), bk.asarray(starts), bk.asarray(frac),
-                cur["tilt_dev"], bk.asarray(masks), cur["hyper"], cur["cost_w"], **cur["flags"])
-            live["object"], live["probe"] = params["object"], params["probe"]
-            opt_states.update(states)
-            return losses
+            losses = []
+            # one call per block of groups (one block unless the patterns are streamed); the
+            # positions' indices (sums, per-position tilt) stay those of the whole scan
+            for sel, patterns, rows in feed.blocks(indices):
+                params = {"object": live["object"], "probe": live["probe"]}
+                params, states, cur["acc"], block_losses = iteration(
+                    params, opt_states, cur["acc"], patterns, rows, bk.asarray(indices[sel]), bk.asarray(starts[sel]),
+                    bk.asarray(frac[sel]), cur["tilt_dev"], bk.asarray(masks[sel]), cur["hyper"], cur["cost_w"],
+                    **cur["flags"])
+                live["object"], live["probe"] = params["object"], params["probe"]
+                opt_states.update(states)
+                losses.append(block_losses)
+            return losses[0] if len(losses) == 1 else bk.xp.concatenate(losses)
 
         def iteration_constraints(probe_, obj_, it):
             # compiled once on jax (the iteration is a traced value): eager, each operation

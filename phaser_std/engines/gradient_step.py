@@ -428,7 +428,7 @@ def make_group_step(bk: Any, model: GroupModel, solvers: dict, constraints: Sequ
     """The pure group step.
 
     ``step(params, opt_states, acc, patterns, idx, starts, frac, tilt, mask, hyper, cost_w,
-    *, update_object, update_probe, grad_positions, grad_tilt) -> (params, opt_states, acc,
+    *, rows, update_object, update_probe, grad_positions, grad_tilt) -> (params, opt_states, acc,
     data_loss)``
 
     - ``params`` ``{"object", "probe"}``; ``opt_states`` their solver states.
@@ -438,18 +438,20 @@ def make_group_step(bk: Any, model: GroupModel, solvers: dict, constraints: Sequ
     - ``hyper`` ``{"object": {...}, "probe": {...}}`` scheduled solver hyperparameters,
       ``cost_w`` ``(n_costs,)`` scheduled cost weights: traced values, never recompiled.
     - ``tilt`` the group's tilt: ``(2,)`` global or ``(B, 2)``.
+    - ``rows`` the group's rows in ``patterns`` (a streamed block,
+      :mod:`~phaser_std.engines.pattern_feed`); None: ``idx``, the patterns are all there.
 
     ``chunk`` (a divisor of the group size, or None: the whole group) sets how many
     positions the gradients are computed for at once (:func:`chunked_gradients`).
     """
     xp = bk.xp
 
-    def step(params, opt_states, acc, patterns, idx, starts, frac, tilt, mask, hyper, cost_w, *,
+    def step(params, opt_states, acc, patterns, idx, starts, frac, tilt, mask, hyper, cost_w, *, rows=None,
              update_object=True, update_probe=True, grad_positions=False, grad_tilt=False):
         if counter is not None:
             counter.n += 1
         obj, probe = params["object"], params["probe"]
-        measured = group_patterns(bk, patterns, idx)
+        measured = group_patterns(bk, patterns, idx if rows is None else rows)
         wrt = tuple(k for k, on in (("object", update_object), ("probe", update_probe),
                                     ("positions", grad_positions), ("tilt", grad_tilt)) if on)
         if not wrt:

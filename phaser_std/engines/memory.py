@@ -31,6 +31,7 @@ import attrs
 
 from phaser_std.engines.chunking import (CACHE_BUDGET_BYTES, conventional_budget, has_chunked_step, lane_plan,
                                          named_backend_lanes, named_backend_on_cpu)
+from phaser_std.engines.pattern_feed import block_groups
 
 MiB = 1 << 20
 
@@ -165,10 +166,19 @@ def _common_terms(config: Any, z: Sizes, family: str = "conv", state_shapes: dic
     k = z.k
     overhead = k["overhead_MiB"] + k["compile_per_slice_MiB"] * z.s + (k["grad_overhead_MiB"] if family == "grad" else 0)
     on = _on_lanes(z)
-    terms = [
-        # counted data is stored as uint8 or uint16 (engines.common.patterns_to_device)
-        (f"patterns on the device (N·Qy·Qx){on}", z.lanes * z.n * z.p * z.q,
-         "crop or bin the patterns (post_load)", "device"),
+    # counted data is stored as uint8 or uint16 (engines.pattern_feed.corner_centred)
+    if _streamed(config, z):
+        # the host keeps them corner-centred; the device a block and the next one in flight
+        group = z.b * z.p * z.q
+        block = block_groups(-(-z.n // z.b), group) * group
+        patterns = [("patterns kept on the host for streaming (N·Qy·Qx)", z.n * z.p * z.q,
+                     "crop or bin the patterns (post_load)", "host"),
+                    ("streamed pattern blocks on the device (2 blocks)", 2 * block,
+                     "crop or bin the patterns (post_load)", "device")]
+    else:
+        patterns = [(f"patterns on the device (N·Qy·Qx){on}", z.lanes * z.n * z.p * z.q,
+                     "crop or bin the patterns (post_load), or grouping.stream_patterns: true", "device")]
+    terms = patterns + [
         (f"object (S·H·W complex){on}", z.lanes * z.obj,
          f"fewer slices (slices.n = {z.s}) or a smaller object field (init.object.pad_px)", "device"),
         (f"probe modes{on}", z.lanes * z.m * z.p * z.c, f"fewer probe modes (probe_modes = {z.m})", "device"),
@@ -183,6 +193,13 @@ def _common_terms(config: Any, z: Sizes, family: str = "conv", state_shapes: dic
         dry = (z.lanes * z.phase("dry", b),
                f"probe-scaling pass ({b} positions at a time, {z.s} slices x {z.m} modes){on}")
     return terms, dry
+
+
+def _streamed(config: Any, z: Sizes) -> bool:
+    """Whether the engine streams its patterns (:mod:`~phaser_std.engines.pattern_feed`):
+    ``grouping.stream_patterns``, by default on a GPU."""
+    stream = getattr(getattr(config, "grouping", None), "stream_patterns", None)
+    return (not named_backend_on_cpu(z.backend)) if stream is None else bool(stream)
 
 
 def _on_lanes(z: Sizes) -> str:

@@ -1,0 +1,101 @@
+"""How the groups of an iteration get their patterns: kept on the device, or streamed.
+
+By default the patterns stay on the device on a CPU (where device memory is host memory)
+and are streamed on a GPU: the host keeps them (corner-centred, in their stored dtype) and
+each iteration sends them a block of groups at a time, in group order, so the device holds
+one or two blocks (:data:`STREAM_BLOCK_BYTES` each) instead of all N patterns. The engines'
+iteration programs then run once per block instead of once per iteration; the group steps
+and their order are the same, so the reconstruction is too (``grouping.stream_patterns``
+sets it either way).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+
+from phaser_core.data import count_dtype
+from phaser_std.engines.chunking import backend_on_cpu
+
+__all__ = ["PatternFeed", "STREAM_BLOCK_BYTES", "corner_centred", "total_counts", "block_groups"]
+
+#: bytes of patterns sent to the device at once when streaming (whole groups; at least one)
+STREAM_BLOCK_BYTES = 16 << 20
+
+
+def corner_centred(bk: Any, patterns: Any, counted: Any = "find") -> np.ndarray:
+    """``(N, Qy, Qx)`` centred patterns [e⁻] -> corner-centred host array in the dtype they
+    are kept in: counted data (:func:`~phaser_core.data.count_dtype`) exactly as uint8 (up to
+    255 counts) or uint16, other data in the backend's real dtype. ``counted``: the integer
+    dtype already found (``RawData.counted_dtype``; None: not counted), else found here."""
+    host = np.asarray(patterns)
+    dtype = (count_dtype(host) if isinstance(counted, str) else counted) or np.dtype(bk.dtype)
+    return np.fft.ifftshift(host.astype(dtype, copy=False), axes=(-2, -1))
+
+
+def total_counts(bk: Any, patterns: Any) -> float:
+    """Σ of the patterns [e⁻], on the backend or the host. numpy and cupy sum counted
+    (uint8/uint16) data exactly in uint64 and float data in float64, so whole-number data
+    give the same total either way it is stored. jax without x64 would sum integers in
+    uint32, which a large data set overflows, so it sums in the real dtype, as it does float
+    data."""
+    integer = np.dtype(patterns.dtype).kind in "ui"
+    if isinstance(patterns, np.ndarray):
+        return float(np.sum(patterns, dtype=np.uint64 if integer else np.float64))
+    xp = bk.xp
+    if bk.name == "jax":
+        dtype = bk.real_dtype if integer else None
+    else:
+        dtype = None if integer else np.float64
+    return float(bk.to_numpy(xp.sum(patterns, dtype=dtype)))
+
+
+def block_groups(n_groups: int, group_bytes: int, budget: int | None = None) -> int:
+    """Groups per streamed block: the largest divisor of ``n_groups`` whose block of
+    patterns (``group_bytes`` a group) fits ``budget`` [bytes] (default
+    :data:`STREAM_BLOCK_BYTES`), at least 1. A divisor, so every block has the same shape
+    and the iteration program compiles once."""
+    budget = STREAM_BLOCK_BYTES if budget is None else budget
+    most = max(1, int(budget) // max(1, int(group_bytes)))
+    return max(d for d in range(1, min(n_groups, most) + 1) if n_groups % d == 0)
+
+
+class PatternFeed:
+    """The patterns ``(N, Qy, Qx)`` [e⁻] of an engine run, corner-centred, and the blocks of
+    them each call of an iteration program reads (:meth:`blocks`).
+
+    ``stream`` None: stream on a GPU, keep on the device on a CPU (see the module
+    docstring)."""
+
+    def __init__(self, bk: Any, patterns: Any, counted: Any = "find", stream: bool | None = None):
+        self.bk = bk
+        self.stream = (not backend_on_cpu(bk)) if stream is None else bool(stream)
+        host = corner_centred(bk, patterns, counted)
+        self.dtype = host.dtype
+        self.shape = tuple(host.shape)
+        if self.stream:
+            self.host, self.device = np.ascontiguousarray(host), None
+        else:
+            self.host, self.device = None, bk.share(bk.asarray(host, dtype=host.dtype))
+
+    def total_counts(self) -> float:
+        """Σ of all patterns [e⁻] (:func:`total_counts`)."""
+        return total_counts(self.bk, self.host if self.stream else self.device)
+
+    def blocks(self, indices: np.ndarray) -> Iterator[tuple[slice, Any, Any]]:
+        """``(groups, patterns, rows)`` for the ``(G, B)`` pattern ``indices`` of an
+        iteration: the slice of groups a call covers, the patterns it reads on the device and
+        the ``(g, B)`` rows of each group in them. Kept on the device: one block, all
+        patterns and ``indices`` themselves. Streamed: blocks of :func:`block_groups` groups,
+        each with its groups' patterns in group order (rows ``0 .. g·B-1``)."""
+        bk = self.bk
+        n_groups, size = indices.shape
+        if not self.stream:
+            yield slice(0, n_groups), self.device, bk.asarray(indices)
+            return
+        per = block_groups(n_groups, size * int(np.prod(self.shape[1:])) * self.dtype.itemsize)
+        rows = bk.asarray(np.arange(per * size).reshape(per, size))
+        for start in range(0, n_groups, per):
+            sel = indices[start:start + per].reshape(-1)
+            yield slice(start, start + per), bk.share(bk.asarray(self.host[sel], dtype=self.dtype)), rows
