@@ -92,7 +92,9 @@ def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: Any, scan_A: np
     One compiled function over equal batches (the last one padded and masked), so jax
     compiles it once instead of dispatching every kernel eagerly. Batches of 64: on numpy
     the waves entering every slice are held for a batch (S·B·M·Ny·Nx complex values), which
-    at 256 set the peak memory of multislice runs."""
+    at 256 set the peak memory of multislice runs. ``patterns``: the run's
+    :class:`~phaser_std.engines.pattern_feed.PatternFeed`, or the patterns [e⁻] on the
+    backend (only their total is read)."""
     shape = probe.shape[-2:]
     xp = bk.xp
     n = scan_A.shape[0]
