@@ -6,7 +6,8 @@
 #
 # STAGES is a comma list of: tests, paper, quick, cupy, paper-phaser, paper-cupy,
 # gradient-variants (the paper-size gradient engine in chunks of 16 and 32 positions, and
-# without its regularizers; NOTES.md session 4), profile (the paper-size gradient engine
+# without its regularizers; NOTES.md session 4), stream-variants (the paper size with the
+# patterns kept on the GPU, against the streamed default; NOTES.md 41), profile (the paper-size gradient engine
 # under jax.profiler; the trace comes back), suite
 # (default: tests,paper,quick). Each stage has its own time limit (seconds, PHASER_T_<STAGE>)
 # so the call ends inside the lease; whatever a stage wrote under $OUT comes back, also
@@ -103,6 +104,14 @@ if want gradient-variants; then
         name=${v#grouping.}; name=${name//[^a-z0-9=]/}
         bench "gpu-paper-gradient-${name/=/}" "${PHASER_T_VARIANT:-60}" --paper --no-phaser --backends jax \
             --iters 4 --timeout 55 --cases 'gradient/jax/paper_multi/m1/g64' --set "$v"
+    done
+fi
+if want stream-variants; then
+    # patterns kept on the GPU instead of streamed (the default there since session 9):
+    # the cost of streaming in s/iter and what it saves in peak memory (NOTES.md 41)
+    for e in epie lsqml gradient; do
+        bench "gpu-paper-$e-kept" "${PHASER_T_VARIANT:-60}" --paper --no-phaser --backends jax \
+            --iters 4 --timeout 55 --cases "$e/jax/paper_multi/m1/g64" --set grouping.stream_patterns=false
     done
 fi
 if want profile; then
