@@ -13,6 +13,7 @@ writes itself)::
 
     abtem_crosscheck.py --out tests/data/abtem_srtio3.h5 --reps 3 3 --det 32 --sampling 0.1 --layers 2 --compact
     abtem_crosscheck.py --out tests/data/abtem_srtio3_aberrated.h5 --reps 3 3 --det 32 --sampling 0.1 --layers 1 --compact --aberrations '{"C12": 40, "phi12": 0.5, "C23": 300, "phi23": 0.3, "C30": 100000}'
+    abtem_crosscheck.py --out tests/data/abtem_srtio3_tilted.h5 --reps 3 3 --det 32 --sampling 0.1 --layers 8 --compact --tilt 10 -6
 
 Conversion (abTEM indexes arrays (x, y); phaser (y, x), docs/file-formats.md):
 - patterns: abTEM ``(scan_x, scan_y, kx, ky)``, zero frequency at index n//2 ->

@@ -26,6 +26,9 @@ class RawData:
     convergence_angle_mrad: float | None = None
     #: CONVENTIONS sign: positive = underfocus (crossover downstream of the entrance surface) [Å]
     defocus_A: float | None = None
+    #: (y, x) beam tilt [mrad] (CONVENTIONS: it enters the propagator), the reconstruction's
+    #: initial global tilt; None: not recorded (zero)
+    tilt_mrad: tuple[float, float] | None = None
     #: (N, 2) (y, x) [Å], or None for a raster scan built from ``scan_step_A``
     scan_positions_A: np.ndarray | None = None
     scan_shape: tuple[int, int] | None = None

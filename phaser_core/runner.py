@@ -149,7 +149,10 @@ def initial_state(plan: Any, data: Any, registry: Any, plan_dir: Path) -> Recons
     probe = init.probe.build(registry, ictx)
     ictx = attrs.evolve(ictx, probe=probe)
     obj = init.object.build(registry, ictx)
-    return ReconsState(probe=probe, object=obj, scan_A=scan, wavelength_A=wavelength)
+    # the data's beam tilt (y, x) [mrad], when recorded, is the initial global tilt
+    tilt = getattr(data, "tilt_mrad", None)
+    tilt = np.zeros(2) if tilt is None else np.asarray(tilt, dtype=np.float64).reshape(2)
+    return ReconsState(probe=probe, object=obj, scan_A=scan, tilt_mrad=tilt, wavelength_A=wavelength)
 
 
 def _total_iter(path: Path) -> int:

@@ -28,14 +28,18 @@ DATA = Path(__file__).resolve().parent / "data" / "abtem_srtio3.h5"
 #: (recorded in the file's ``aberrations`` attribute with abTEM's names and angles)
 ABERRATED = DATA.with_name("abtem_srtio3_aberrated.h5")
 THICKNESS_A = 9.8575  # [Å] the abTEM potential: the atoms' 5.86 Å and 2 Å of vacuum on either side
+#: eight cells thick (33.29 Å), the beam tilted by abTEM's (tx, ty) = (10, −6) mrad, recorded in
+#: the file as ``tilt_mrad`` (y, x) = (−6, 10)
+TILTED = DATA.with_name("abtem_srtio3_tilted.h5")
+TILTED_THICKNESS_A = 33.2875
 
 
 def _score(engine: str, slices: int = 1, niter: int = 8, data: Path = DATA, init: dict | None = None,
-           **raw) -> float:
+           thickness_A: float = THICKNESS_A, **raw) -> float:
     block = {"type": "conventional", "niter": niter, "grouping": {"size": 64}, "solver": {"type": engine},
              "update_probe": False}
     if slices > 1:
-        block["slices"] = {"n": slices, "total_thickness_A": THICKNESS_A}
+        block["slices"] = {"n": slices, "total_thickness_A": thickness_A}
     plan = {"raw_data": {"type": "hdf5", "path": str(data), **raw}} if raw else {}
     if init:
         plan["init"] = init
@@ -76,3 +80,18 @@ def test_abtem_aberrations_mean_the_same_here():
     wrong = {"C12": 40.0, "phi12": -0.5, "C23": 300.0, "phi23": -0.3, "C30": 1e5}
     assert _score("epie", niter=6, data=ABERRATED, init={"probe": {"type": "focused", "aberrations": wrong}}) < 0.5
     assert _score("epie", niter=6, data=ABERRATED, init={"probe": {"type": "focused", "aberrations": {}}}) < 0.5
+
+
+def test_abtem_beam_tilt_means_the_same_here():
+    """abTEM's beam tilt through eight cells, read from the file's ``tilt_mrad`` as the
+    initial global tilt, is ours: the reconstruction scores highest with it (measured 0.931
+    at 10 iterations); without it 0.866, and with the tilt negated (0.532) or its axes
+    swapped (0.549) far lower. The loader's ``tilt_mrad`` overrides the file's."""
+    def score(**raw):
+        return _score("lsqml", slices=8, niter=10, data=TILTED, thickness_A=TILTED_THICKNESS_A, **raw)
+
+    from_file = score()
+    assert from_file > 0.9, from_file
+    assert score(tilt_mrad=[0.0, 0.0]) < from_file - 0.03
+    assert score(tilt_mrad=[6.0, -10.0]) < 0.7
+    assert score(tilt_mrad=[10.0, -6.0]) < 0.7

@@ -108,6 +108,34 @@ def test_transpose_swaps_anisotropic_sampling(tmp_path):
     assert data.pattern_shape == (6, 8) and data.reciprocal_sampling_invA == (0.2, 0.1)
 
 
+def test_hdf5_beam_tilt_is_the_initial_tilt(tmp_path):
+    """``tilt_mrad`` (y, x) [mrad] written by ``phaser simulate`` is read as the data's tilt
+    and starts the reconstruction's global tilt; the loader's key overrides it; absent, the
+    tilt is zero."""
+    import h5py
+
+    from phaser_core.plan import load_plan
+    from phaser_core.registry import get_registry
+    from phaser_core.runner import initial_state, load_data
+
+    path = tmp_path / "tilted.h5"
+    write_hdf5(simulate(spec_from_dict({**TINY, "tilt_mrad": [1.5, -2.5]})), path)
+    assert load_hdf5(Hdf5Config(path=str(path)), LoadContext()).tilt_mrad == (1.5, -2.5)
+    assert load_hdf5(Hdf5Config(path=str(path), tilt_mrad=[0, 4]), LoadContext()).tilt_mrad == (0.0, 4.0)
+
+    def start(raw: dict) -> np.ndarray:
+        plan = load_plan({"file_type": "phaser_plan", "version": 1, "raw_data": {"type": "hdf5", **raw},
+                          "engines": [{"type": "conventional", "niter": 1}]})
+        reg = get_registry()
+        return initial_state(plan, load_data(plan, reg, tmp_path), reg, tmp_path).tilt_mrad
+
+    np.testing.assert_array_equal(start({"path": str(path)}), [1.5, -2.5])
+    np.testing.assert_array_equal(start({"path": str(path), "tilt_mrad": [0.0, 0.0]}), [0.0, 0.0])
+    with h5py.File(path, "a") as f:
+        del f.attrs["tilt_mrad"]
+    np.testing.assert_array_equal(start({"path": str(path)}), [0.0, 0.0])
+
+
 def test_hdf5_errors_name_the_problem(h5file, tmp_path):
     with pytest.raises(DataError, match="patterns_noisy.*datasets in the file"):
         load_hdf5(Hdf5Config(path=str(h5file), key="patterns_noisy"), LoadContext())

@@ -62,6 +62,9 @@ class LoaderCommon:
     reciprocal_sampling_invA: float | tuple[float, float] | None = param(
         None, unit="1/Å per px", doc="(y, x) detector sampling (before orientation); overrides the file "
         "and angular_sampling_mrad", converter=pair_or_none)
+    tilt_mrad: float | tuple[float, float] | None = param(
+        None, unit="mrad", doc="(y, x) beam tilt, the reconstruction's initial global tilt; overrides the file",
+        converter=pair_or_none)
     scan_step_A: float | tuple[float, float] | None = param(None, unit="Å", doc="(y, x) raster step; overrides the file",
                                                      converter=pair_or_none)
     scan_shape: tuple[int, int] | None = param(None, doc="(ny, nx) raster shape; overrides the file",
@@ -158,7 +161,7 @@ def apply_overrides(data: RawData, cfg: Any, *, file_angular_mrad: tuple[float, 
     detector sampling: explicit reciprocal sampling wins, then an angular sampling (config,
     then file) converted with the (final) energy."""
     changes: dict[str, Any] = {}
-    for key in ("energy_eV", "convergence_angle_mrad", "defocus_A", "scan_step_A", "scan_shape"):
+    for key in ("energy_eV", "convergence_angle_mrad", "defocus_A", "tilt_mrad", "scan_step_A", "scan_shape"):
         v = getattr(cfg, key, None)
         if v is not None:
             changes[key] = v

@@ -7,7 +7,7 @@ Layout (docs/file-formats.md, "Raw data: the hdf5 format"):
 - ``/scan_positions`` optional ``(N, 2)`` (y, x) [Å];
 - ``/mask`` optional ``(Qy, Qx)`` bool (True = valid pixel);
 - root attributes ``energy_eV`` [eV], ``convergence_angle_mrad`` [mrad], ``defocus_A`` [Å]
-  (positive = underfocus), ``reciprocal_sampling_invA`` [1/Å per px] or
+  (positive = underfocus), ``tilt_mrad`` (y, x) [mrad], ``reciprocal_sampling_invA`` [1/Å per px] or
   ``angular_sampling_mrad`` [mrad/px] (scalar or (y, x)), ``scan_step_A`` (y, x) [Å],
   ``scan_shape`` (ny, nx);
 - ``/ground_truth`` optional group: ``phase`` (H, W) [rad] (attr ``sampling_A``), group
@@ -112,6 +112,7 @@ def load_hdf5(config: Hdf5Config, ctx: LoadContext) -> RawData:
             convergence_angle_mrad=None if a.get("convergence_angle_mrad") is None
             else float(a["convergence_angle_mrad"]),
             defocus_A=None if a.get("defocus_A") is None else float(a["defocus_A"]),
+            tilt_mrad=pair_or_none(_attr(a, "tilt_mrad")),
             scan_positions_A=positions,
             scan_shape=scan_shape,
             scan_step_A=pair_or_none(_attr(a, "scan_step_A")),
@@ -140,5 +141,5 @@ def _memmap(ds: Any, path: Any, dtype: str) -> np.ndarray | None:
     return np.memmap(path, dtype=dt, mode="r", offset=offset, shape=ds.shape)
 
 
-_KNOWN_ATTRS = {"energy_eV", "convergence_angle_mrad", "defocus_A", "reciprocal_sampling_invA",
+_KNOWN_ATTRS = {"energy_eV", "convergence_angle_mrad", "defocus_A", "tilt_mrad", "reciprocal_sampling_invA",
                 "angular_sampling_mrad", "scan_step_A", "scan_shape"}
