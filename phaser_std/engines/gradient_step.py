@@ -348,13 +348,8 @@ def chunked_gradients(bk: Any, model: GroupModel, chunk: int, obj: Any, probe: A
     gradients summed over the chunks. The cost regularizers enter once, on the whole group.
     Same result, less memory traffic (:mod:`phaser_std.engines.chunking`)."""
     method = _method(bk, method)
-    n = mask.shape[0] // chunk
     per_position_tilt = tilt.ndim == 2
-
-    def split(a: Any) -> Any:
-        return split_rows(a, n)
-
-    xs = (split(frac), split(starts), split(measured), split(mask), split(tilt) if per_position_tilt else None)
+    xs = _chunk_inputs(mask.shape[0] // chunk, frac, starts, measured, mask, tilt)
     data_model = attrs.evolve(model, costs=())
     summed = [k for k in wrt if k in ("object", "probe") or (k == "tilt" and not per_position_tilt)]
     stacked = [k for k in wrt if k not in summed]
@@ -400,18 +395,23 @@ def chunked_data_loss(bk: Any, model: GroupModel, chunk: int | None, obj: Any, p
     data_model = attrs.evolve(model, costs=())
     if chunk is None or chunk >= mask.shape[0]:
         return group_loss(bk, data_model, obj, probe, frac, tilt, starts, measured, mask, None)[1]
-    n = mask.shape[0] // chunk
-    per_position_tilt = tilt.ndim == 2
 
     def body(carry, x):
         fr, st, me, ma, ti = x
         _, data = group_loss(bk, data_model, obj, probe, fr, tilt if ti is None else ti, st, me, ma, None)
         return (carry[0] + data,), {}
 
-    xs = tuple(split_rows(a, n) for a in (frac, starts, measured, mask)) + (
-        split_rows(tilt, n) if per_position_tilt else None,)
+    xs = _chunk_inputs(mask.shape[0] // chunk, frac, starts, measured, mask, tilt)
     (data,), _ = bk.sum_scan(body, (bk.xp.zeros((), dtype=bk.real_dtype),), xs)
     return data
+
+
+def _chunk_inputs(n: int, frac: Any, starts: Any, measured: Any, mask: Any, tilt: Any) -> tuple:
+    """A group's per-position inputs split into ``n`` chunks for :meth:`sum_scan`: ``(frac,
+    starts, measured, mask, tilt)``, the tilt None when it is global (``(2,)``: every chunk
+    uses it whole)."""
+    return tuple(split_rows(a, n) for a in (frac, starts, measured, mask)) + (
+        split_rows(tilt, n) if tilt.ndim == 2 else None,)
 
 
 # --------------------------------------------------------------------------- the step
