@@ -39,6 +39,7 @@ from phaser_std.physics.forward import (
     _ifft2_pair,
     _shift_ramp,
     add_views,
+    back_through_slice,
     farfield,
     farfield_adjoint,
     get_views,
@@ -265,7 +266,7 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
             nums[i] = xp.sum(xp.conj(psis[i]) * g, axis=1) * mm
             illums[i] = xp.sum(abs2(xp, psis[i]), axis=1) * mm
             if i > 0:
-                g = propagate(bk, xp.conj(views[:, i])[:, None] * g, xp.conj(props[i - 1]))
+                g = back_through_slice(bk, g, views[:, i], props, i)
         num_maps = add_views(bk, num_maps, st, xp.stack(nums, axis=1))
         illums = xp.stack(illums, axis=1)  # (C, S, Ny, Nx)
         illum_maps = add_views(bk, illum_maps, st, illums)
@@ -332,7 +333,7 @@ def lsqml_multislice_probe_chunked(bk: Any, solver: Any, noise: Any, obj: Any, p
         _, exit_wave = multislice_forward(bk, probes, views, props)
         chunk_loss, g = _exit_update(bk, noise, exit_wave, me, m)
         for i in range(obj.shape[0] - 1, 0, -1):
-            g = propagate(bk, xp.conj(views[:, i])[:, None] * g, xp.conj(props[i - 1]))
+            g = back_through_slice(bk, g, views[:, i], props, i)
         if update_probe:
             pnum_k, pden = _add_probe_sums(bk, pnum_k, pden, views[:, 0], g, fr, m[:, None, None])
         kept = {"chi0": g} if update_probe or keep_waves else {}

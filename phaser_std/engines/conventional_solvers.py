@@ -35,6 +35,7 @@ from phaser_std.engines.chunked_steps import (epie_multislice_chunked, epie_sing
 from phaser_std.physics.forward import (
     abs2,
     add_views,
+    back_through_slice,
     farfield,
     farfield_adjoint,
     get_views,
@@ -247,7 +248,7 @@ class LsqmlSolver(ConventionalSolver):
             directions[i] = bk.divide_real(num_map, illum_maps[i] + cfg.illum_reg_object * xp.max(illum_maps[i])
                                            + 1e-30)
             if i > 0:
-                g = propagate(bk, xp.conj(views[:, i])[:, None] * g, xp.conj(props[i - 1]))
+                g = back_through_slice(bk, g, views[:, i], props, i)
         chi0 = g
         pdir = self.probe_direction(bk, frac, views[:, 0], chi0, mask)[0] if update_probe else None
         # the combined direction, carried to the exit plane (linearised multislice)

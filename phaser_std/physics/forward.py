@@ -61,6 +61,7 @@ __all__ = [
     "propagate",
     "multislice_forward",
     "multislice_backward",
+    "back_through_slice",
     "farfield",
     "farfield_adjoint",
     "abs2",
@@ -280,6 +281,14 @@ def multislice_forward(bk: Any, probes: Any, views: Any, props: Any) -> tuple[li
         psi = propagate(bk, psi * view_slice(views, i)[:, None], _prop_for_slice(props, i))
         psis.append(psi)
     return psis, psi * view_slice(views, n_slices - 1)[:, None]
+
+
+def back_through_slice(bk: Any, g: Any, view: Any, props: Any, i: int) -> Any:
+    """An update ``g`` ``(B, M, Ny, Nx)`` of the wave leaving slice ``i`` (> 0) carried back
+    to the wave leaving slice ``i - 1``: the adjoint of x -> O_i·propagate(x, H_{i-1}), i.e.
+    ``conj(O_i)·g`` (the adjoint of the transmission ``view`` ``(B, Ny, Nx)``, not its
+    inverse) propagated by ``conj(H_{i-1})``."""
+    return propagate(bk, bk.xp.conj(view)[:, None] * g, bk.xp.conj(_prop_for_slice(props, i - 1)))
 
 
 def multislice_backward(bk: Any, probes: Any, views: Any, props: Any, psis: list,
