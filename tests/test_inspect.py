@@ -45,6 +45,23 @@ def test_virtual_images_see_the_bright_field_disc(tmp_path):
     assert pac.shape == (32, 32)
 
 
+def test_virtual_images_leave_out_masked_pixels():
+    """A hot pixel outside the bright field, masked as invalid, enters neither the ADF
+    signal nor the bright-field radius estimated without the convergence angle."""
+    sim = simulate(spec_from_dict(TINY))
+    patterns = sim.patterns_noiseless.reshape(16, 32, 32).copy()
+    mask = np.ones((32, 32), bool)
+    mask[1, 1] = False
+    clean = RawData(patterns=patterns.copy(), scan_shape=(4, 4), mask=mask)
+    patterns[:, 1, 1] = 1e6  # a hot pixel in the dark corner
+    hot = RawData(patterns=patterns, scan_shape=(4, 4), mask=mask)
+    for got, want in zip(virtual_images(hot)[1:], virtual_images(clean)[1:]):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    # without the mask the hot pixel is the "bright field" and the images are wrong
+    unmasked = RawData(patterns=patterns, scan_shape=(4, 4))
+    assert not np.allclose(virtual_images(unmasked)[1], virtual_images(clean)[1], rtol=0.1)
+
+
 def test_cli_inspect_prints_figures_and_writes_png(tmp_path, capsys):
     from phaser_core.cli import main
     from phaser_core.registry import set_registry

@@ -174,10 +174,13 @@ def print_summary(data: RawData, console: Any = None) -> None:
 def virtual_images(data: RawData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """PACBED (Qy, Qx), virtual bright-field and annular dark-field intensities (N,).
 
-    BF: θ ≤ α; ADF: 1.5α ≤ θ (to the detector edge). Without the convergence angle, the
-    BF radius is estimated from the PACBED (pixels above half its maximum)."""
+    BF: θ ≤ α; ADF: 1.5α ≤ θ (to the detector edge); both over the valid detector pixels
+    (``data.mask``) only. Without the convergence angle, the BF radius is estimated from
+    the PACBED (valid pixels above half its largest valid value), in the units of the
+    detector grid: 1/Å with a known sampling, else pixels."""
     p = np.asarray(data.patterns)
     qy, qx = data.pattern_shape
+    valid = np.ones((qy, qx), bool) if data.mask is None else np.asarray(data.mask, bool)
     pac = np.nanmean(p, axis=0, dtype=np.float64)
     yy, xx = np.indices((qy, qx))
     if data.reciprocal_sampling_invA is not None:
@@ -189,10 +192,10 @@ def virtual_images(data: RawData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if data.convergence_angle_mrad is not None and data.energy_eV is not None and data.reciprocal_sampling_invA:
         kbf = mrad_to_invA(data.convergence_angle_mrad, data.wavelength_A())
     else:
-        bright = pac > 0.5 * pac.max()
+        bright = valid & (pac > 0.5 * pac[valid].max()) if valid.any() else valid
         kbf = float(k[bright].max()) if bright.any() else float(k.max()) / 4
-    bf_mask = k <= kbf
-    adf_mask = k >= 1.5 * kbf
+    bf_mask = (k <= kbf) & valid
+    adf_mask = (k >= 1.5 * kbf) & valid
     flat = p.reshape(len(p), -1)
     bf = flat[:, bf_mask.ravel()].sum(axis=1, dtype=np.float64)
     adf = flat[:, adf_mask.ravel()].sum(axis=1, dtype=np.float64) if adf_mask.any() else np.zeros(len(p))
