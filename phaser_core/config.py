@@ -154,6 +154,20 @@ def yx_pair_or_none(value: Any) -> tuple[float, float] | None:
     return None if value is None else yx_pair(value, float)
 
 
+def direction_or_none(value: Any) -> tuple[float, float] | None:
+    """A (y, x) direction of two finite numbers (a beam tilt [mrad]), or ``None``. Unlike
+    :func:`yx_pair` a single number is refused: the same value on both axes is a direction
+    along the diagonal, almost surely not what was meant."""
+    import numpy as np
+
+    if value is None:
+        return None
+    arr = np.asarray(value, dtype=float).ravel()
+    if arr.size != 2 or not np.all(np.isfinite(arr)):
+        raise ValueError(f"expected a (y, x) pair of finite numbers, got {value!r}")
+    return (float(arr[0]), float(arr[1]))
+
+
 def yx_int_pair(value: Any) -> tuple[int, int]:
     """:func:`yx_pair` of ints."""
     return yx_pair(value, int)

@@ -267,28 +267,36 @@ def test_cost_per_group_adds_the_whole_penalty(jax64, monkeypatch):
     assert seen == [True, False]
 
 
-def test_per_view_gradients_with_costs_add_up_to_the_object_gradient():
-    """Given gathered ``views``, the data term's object gradient comes back per view and the
-    costs' whole: scattered and added, they equal the object gradient of the plain call."""
+@pytest.mark.parametrize("method", ["analytic", "autodiff"])
+@pytest.mark.parametrize("per_slice", [False, True])
+def test_per_view_gradients_with_costs_add_up_to_the_object_gradient(request, method, per_slice):
+    """Given gathered ``views`` (4-d or a tuple per slice), the data term's object gradient
+    comes back per view and the costs' whole, by either method: scattered and added, they
+    equal the object gradient of the plain call."""
     from phaser_std.physics.forward import add_views, get_views
 
     model, args = _group_case(seed=5)
-    bk = build_backend("numpy", "float64")
+    bk = build_backend("numpy", "float64") if method == "analytic" else request.getfixturevalue("jax64")
+    grads = analytic_gradients if method == "analytic" else autodiff_gradients
     m = model(bk)
     a = {k: bk.asarray(v) for k, v in args.items()}
     call = (a["obj"], a["probe"], a["frac"], a["tilt"], a["starts"], a["measured"], a["mask"], a["cost_w"])
-    _, _, whole = analytic_gradients(bk, m, *call)
-    views = get_views(bk, a["obj"], a["starts"], a["probe"].shape[-2:])
-    _, _, split = analytic_gradients(bk, m, *call, views=views)
+    _, _, whole = grads(bk, m, *call)
+    views = get_views(bk, a["obj"], a["starts"], a["probe"].shape[-2:], per_slice=per_slice)
+    _, _, split = grads(bk, m, *call, views=views)
     assert set(split) >= {"views", "object", "probe"}
-    summed = add_views(bk, np.zeros_like(args["obj"]), a["starts"], split["views"]) + split["object"]
-    np.testing.assert_allclose(summed, whole["object"], rtol=1e-12, atol=1e-12 * np.abs(whole["object"]).max())
-    np.testing.assert_allclose(split["probe"], whole["probe"], rtol=1e-12)
+    assert isinstance(split["views"], tuple) == per_slice
+    summed = bk.to_numpy(add_views(bk, bk.asarray(np.zeros_like(args["obj"])), a["starts"], split["views"])
+                         + split["object"])
+    whole_obj = bk.to_numpy(whole["object"])
+    np.testing.assert_allclose(summed, whole_obj, rtol=1e-12, atol=1e-12 * np.abs(whole_obj).max())
+    np.testing.assert_allclose(bk.to_numpy(split["probe"]), bk.to_numpy(whole["probe"]), rtol=1e-12)
     # and the split is the one claimed: ``object`` is the costs' part alone
-    _, _, no_costs = analytic_gradients(bk, attrs.evolve(m, costs=()), *call)
-    costs_only = whole["object"] - no_costs["object"]
+    _, _, no_costs = grads(bk, attrs.evolve(m, costs=()), *call)
+    costs_only = whole_obj - bk.to_numpy(no_costs["object"])
     assert np.abs(costs_only).max() > 0
-    np.testing.assert_allclose(split["object"], costs_only, rtol=1e-9, atol=1e-12 * np.abs(costs_only).max())
+    np.testing.assert_allclose(bk.to_numpy(split["object"]), costs_only, rtol=1e-9,
+                               atol=1e-12 * np.abs(costs_only).max())
 
 
 # --------------------------------------------------------------------------- (3) backends agree, no recompile

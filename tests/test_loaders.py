@@ -131,9 +131,42 @@ def test_hdf5_beam_tilt_is_the_initial_tilt(tmp_path):
 
     np.testing.assert_array_equal(start({"path": str(path)}), [1.5, -2.5])
     np.testing.assert_array_equal(start({"path": str(path), "tilt_mrad": [0.0, 0.0]}), [0.0, 0.0])
+    # a direction needs both components: one number (the diagonal) is refused, as is NaN
+    for bad in (5.0, [1.0, 2.0, 3.0], [float("nan"), 0.0]):
+        with pytest.raises(ValueError, match="pair of finite numbers"):
+            Hdf5Config(path=str(path), tilt_mrad=bad)
+    with h5py.File(path, "a") as f:
+        f.attrs["tilt_mrad"] = np.array([1.0, 2.0, 3.0])
+    with pytest.raises(DataError, match="tilt_mrad.*pair"):
+        load_hdf5(Hdf5Config(path=str(path)), LoadContext())
     with h5py.File(path, "a") as f:
         del f.attrs["tilt_mrad"]
     np.testing.assert_array_equal(start({"path": str(path)}), [0.0, 0.0])
+
+
+def test_a_state_to_start_from_keeps_its_own_tilt(tmp_path):
+    """``init.state`` (and so a resumed run) keeps the state's tilt, not the data's."""
+    import attrs
+
+    from phaser_core.plan import load_plan
+    from phaser_core.registry import get_registry
+    from phaser_core.runner import initial_state, load_data
+    from phaser_core.statefile import save_state
+
+    path = tmp_path / "tilted.h5"
+    write_hdf5(simulate(spec_from_dict({**TINY, "tilt_mrad": [1.5, -2.5]})), path)
+    reg = get_registry()
+
+    def plan(**init):
+        return load_plan({"file_type": "phaser_plan", "version": 1, "raw_data": {"type": "hdf5", "path": str(path)},
+                          "init": init, "engines": [{"type": "conventional", "niter": 1}]})
+
+    fresh = plan()
+    state = initial_state(fresh, load_data(fresh, reg, tmp_path), reg, tmp_path)
+    save_state(attrs.evolve(state, tilt_mrad=np.array([0.25, 0.5])), tmp_path / "start.h5")
+    from_state = plan(state=str(tmp_path / "start.h5"))
+    got = initial_state(from_state, load_data(from_state, reg, tmp_path), reg, tmp_path).tilt_mrad
+    np.testing.assert_array_equal(got, [0.25, 0.5])
 
 
 def test_hdf5_errors_name_the_problem(h5file, tmp_path):

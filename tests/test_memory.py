@@ -141,6 +141,23 @@ def test_counted_patterns_take_one_or_two_bytes_a_value_on_the_device(make):
     assert data_shape(RawData(patterns=counts + 0.5)).count_itemsize == 0
 
 
+@pytest.mark.parametrize("make", [_conv, _grad])
+def test_streamed_patterns_are_counted_on_the_host_and_two_blocks_on_the_device(make):
+    """On a GPU (cupy here; jax too when its platform is a GPU) the engines stream the
+    patterns by default (engines.pattern_feed): the host holds them all, the device two
+    blocks of whole groups (16 MiB: 4 groups of 64 x 128² float32); grouping.stream_patterns
+    sets it either way."""
+    kept = _terms(make(), backend="numpy")
+    assert kept["patterns on the device"] == 4096 * 128 * 128 * 4 and "streamed pattern blocks on the device" not in kept
+    gpu = {t[0].split(" (")[0]: (t[1], t[3]) for t in make().estimate_memory(DATA, SHAPES, "float32", backend="cupy")}
+    assert "patterns on the device" not in gpu
+    assert gpu["patterns kept on the host for streaming"] == (4096 * 128 * 128 * 4, "host")
+    assert gpu["streamed pattern blocks on the device"] == (2 * 4 * 64 * 128 * 128 * 4, "device")
+    engine = make()
+    engine.config = attrs.evolve(engine.config, grouping=attrs.evolve(engine.config.grouping, stream_patterns=False))
+    assert _terms(engine, backend="cupy")["patterns on the device"] == 4096 * 128 * 128 * 4
+
+
 def test_probe_scaling_pass_is_the_transient_when_groups_are_small():
     eng = ConventionalEngine(ConventionalConfig(grouping=GroupingConfig(size=16), probe_modes=4))
     terms = eng.estimate_memory(DATA, SHAPES, "float32", backend="numpy")

@@ -79,23 +79,25 @@ def test_a_run_reads_the_patterns_once_to_tell_counted_data(tmp_path, monkeypatc
 
 
 STREAMED_ENGINES = [
-    {"type": "conventional", "niter": 2, "grouping": {"size": 8}, "solver": {"type": "epie"},
+    {"type": "conventional", "niter": 2, "grouping": {"size": 12}, "solver": {"type": "epie"},
      "slices": {"n": 2, "total_thickness_A": 20.0}},
-    {"type": "conventional", "niter": 2, "grouping": {"size": 8}, "solver": {"type": "lsqml"},
+    {"type": "conventional", "niter": 2, "grouping": {"size": 12}, "solver": {"type": "lsqml"},
      "position_solver": {"type": "momentum"}, "update_positions": {"after": 0}},
-    {"type": "gradient", "niter": 2, "grouping": {"size": 8}, "slices": {"n": 2, "total_thickness_A": 20.0},
-     "tilt": "per_position", "solvers": {"positions": {"type": "sgd", "learning_rate": 0.1}}},
+    {"type": "gradient", "niter": 2, "grouping": {"size": 12}, "slices": {"n": 2, "total_thickness_A": 20.0},
+     "tilt": "per_position", "update_tilt": {"after": 0},
+     "solvers": {"positions": {"type": "sgd", "learning_rate": 0.1}, "tilt": {"type": "sgd", "learning_rate": 0.1}}},
 ]
 
 
 @pytest.mark.parametrize("backend_name", ["numpy", "jax"])
-def test_streamed_patterns_reconstruct_identically(tmp_path, monkeypatch, backend_name):
-    """The patterns sent to the device a block of groups at a time (here 2 of the 8 groups
-    per block: four calls of each iteration program) give the reconstruction of patterns
-    kept on the device, to the last bit: the same group steps in the same order, the
-    positions' sums and per-position tilt still indexed by scan position. (The probe is
-    scaled beforehand: a streamed run sums the counts on the host, exactly, and jax's
-    device sum is float32.)"""
+@pytest.mark.parametrize("key", ["patterns", "patterns_noiseless"])
+def test_streamed_patterns_reconstruct_identically(tmp_path, monkeypatch, backend_name, key):
+    """The patterns sent to the device a block of groups at a time give the reconstruction
+    of patterns kept on the device, to the last bit: the same group steps in the same order,
+    the positions' sums and per-position tilt still indexed by scan position, the probe
+    scaled by the same total (summed on the host either way). 64 positions in groups of 12
+    (the last one ragged) and blocks of 4 groups: a block of 4 and a last one of 2 (its own
+    compiled program); counted (uint8) and float storage."""
     if backend_name == "jax":
         pytest.importorskip("jax")
     import phaser_std.engines.pattern_feed as feed
@@ -106,39 +108,69 @@ def test_streamed_patterns_reconstruct_identically(tmp_path, monkeypatch, backen
 
     def counting(self, indices):
         for block in blocks(self, indices):
-            calls.append(self.stream)
+            calls.append((self.stream, block[1].dtype))
             yield block
 
     monkeypatch.setattr(feed.PatternFeed, "blocks", counting)
     with h5py.File(data, "r") as f:
         *scan, qy, qx = f["patterns"].shape  # (Sy, Sx, Qy, Qx)
         assert np.prod(scan) == 64 and count_dtype(f["patterns"][...]) == np.uint8
-    monkeypatch.setattr(feed, "STREAM_BLOCK_BYTES", 2 * 8 * qy * qx)  # two groups of 8 patterns a block
+    itemsize = 1 if key == "patterns" else 4
+    monkeypatch.setattr(feed, "STREAM_BLOCK_BYTES", 4 * 12 * qy * qx * itemsize)  # four groups a block
 
     def engines(stream):
-        return [{**e, "scale_probe": False, "grouping": {**e["grouping"], "stream_patterns": stream}}
-                for e in STREAMED_ENGINES]
+        return [{**e, "grouping": {**e["grouping"], "stream_patterns": stream}} for e in STREAMED_ENGINES]
 
-    kept = run(data, engines(False), backend=backend_name)
-    assert calls and not any(calls)
+    kept = run(data, engines(False), backend=backend_name, key=key)
+    assert calls and not any(stream for stream, _ in calls)
     calls.clear()
-    streamed = run(data, engines(True), backend=backend_name)
-    assert calls.count(True) == 3 * 2 * 4  # engines x iterations x blocks
+    streamed = run(data, engines(True), backend=backend_name, key=key)
+    assert [stream for stream, _ in calls] == [True] * (3 * 2 * 2)  # engines x iterations x blocks
+    assert {np.dtype(dt) for _, dt in calls} == {np.dtype(np.uint8 if key == "patterns" else np.float32)}
     np.testing.assert_array_equal(streamed.object.data, kept.object.data)
     np.testing.assert_array_equal(streamed.probe.data, kept.probe.data)
     np.testing.assert_array_equal(streamed.scan_A, kept.scan_A)
     np.testing.assert_array_equal(streamed.tilt_mrad, kept.tilt_mrad)
     assert streamed.progress.loss == kept.progress.loss
-    assert not np.array_equal(streamed.scan_A, run(data, engines(True)[:1], backend=backend_name).scan_A)
+    # the positions and the per-position tilt did move (what the indices are checked by)
+    first = run(data, engines(True)[:1], backend=backend_name, key=key)
+    assert not np.array_equal(streamed.scan_A, first.scan_A)
+    assert np.ptp(streamed.tilt_mrad, axis=0).max() > 0
 
 
-def test_stream_blocks_are_equal_divisors_that_fit():
+def test_stream_blocks_hold_whole_groups_that_fit():
     from phaser_std.engines.pattern_feed import block_groups
 
-    assert block_groups(100, 1 << 20, 16 << 20) == 10  # 16 would not divide 100
-    assert block_groups(97, 1 << 20, 16 << 20) == 1     # a prime number of groups: one at a time
+    assert block_groups(100, 1 << 20, 16 << 20) == 16   # six blocks of 16 and one of 4
     assert block_groups(8, 1 << 20, 64 << 20) == 8      # everything fits: one block
     assert block_groups(8, 32 << 20, 16 << 20) == 1     # a group larger than the budget still goes
+
+
+def test_streaming_waits_so_that_two_blocks_at_most_are_on_the_device(monkeypatch):
+    """Before sending a block the feed waits for every call but the newest: a backend that
+    runs asynchronously (jax) would otherwise take all blocks of the iteration at once."""
+    import phaser_std.engines.pattern_feed as feed
+    from phaser_core.backend import BaseBackend
+
+    class Recording(BaseBackend):
+        name = "numpy"
+        waited: list = []
+
+        def synchronize(self, x=None):
+            self.waited.append(x)
+            return x
+
+    bk = Recording("float32")
+    monkeypatch.setattr(feed, "STREAM_BLOCK_BYTES", 2 * 4 * 8 * 8 * 4)  # two groups of 4 a block
+    pf = feed.PatternFeed(bk, np.random.default_rng(0).random((32, 8, 8)).astype(np.float32), stream=True)
+    indices = np.arange(32).reshape(8, 4)
+    for k, (groups, patterns, rows) in enumerate(pf.blocks(indices)):
+        # block k is sent once the calls up to k - 2 are done: the device holds k - 1 and k
+        assert bk.waited == [f"call {j}" for j in range(k - 1)], (k, bk.waited)
+        np.testing.assert_array_equal(patterns[rows], np.fft.ifftshift(
+            np.random.default_rng(0).random((32, 8, 8)).astype(np.float32), axes=(-2, -1))[indices[groups]])
+        pf.dispatched(f"call {k}")
+    assert k == 3
 
 
 def test_streaming_is_the_gpu_default(backend):

@@ -137,6 +137,7 @@ class ConventionalEngine:
                 live["obj"], live["probe"], block_losses, block_shifts = step(
                     live["obj"], live["probe"], patterns, rows, bk.asarray(starts[sel]), bk.asarray(frac[sel]),
                     bk.asarray(masks[sel]), cur["hyper"], **cur["flags"])
+                feed.dispatched(block_losses)
                 losses.append(block_losses)
                 shifts.append(block_shifts)
             if cur["flags"]["update_positions"]:

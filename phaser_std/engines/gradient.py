@@ -246,6 +246,7 @@ class GradientEngine:
                     **cur["flags"])
                 live["object"], live["probe"] = params["object"], params["probe"]
                 opt_states.update(states)
+                feed.dispatched(block_losses)
                 losses.append(block_losses)
             return losses[0] if len(losses) == 1 else bk.xp.concatenate(losses)
 

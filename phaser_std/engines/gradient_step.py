@@ -138,7 +138,8 @@ def _fraction(bk: Any, mask_f: Any, model: GroupModel) -> Any:
 
 def _forward(bk: Any, model: GroupModel, obj: Any, probe: Any, frac: Any, tilt: Any, starts: Any,
              views: Any = None) -> tuple:
-    """The forward model of a group; ``views`` ``(B, S, Ny, Nx)`` when already gathered."""
+    """The forward model of a group; ``views`` ``(B, S, Ny, Nx)`` or a tuple of S ``(B, Ny,
+    Nx)`` (:func:`~phaser_std.physics.forward.get_views`) when already gathered."""
     shape = probe.shape[-2:]
     probes = shift_probes(bk, probe, frac)
     if views is None:
@@ -304,10 +305,14 @@ def autodiff_gradients(bk: Any, model: GroupModel, obj: Any, probe: Any, frac: A
                        measured: Any, mask: Any, cost_w: Any, wrt: Sequence[str] = VARIABLES,
                        views: Any = None) -> tuple:
     """As :func:`analytic_gradients`, by ``jax.value_and_grad`` (jax backend only); given
-    ``views`` the object is differentiated through them (``views`` in the result)."""
+    ``views`` the data term's object gradient comes back per view as ``views`` and, when the
+    model has cost regularizers, their object gradient whole as ``object`` (as the analytic
+    path returns them)."""
     xp = bk.xp
     variables = {"object": obj, "probe": probe, "positions": frac, "tilt": tilt, "views": views}
     keys = [("views" if k == "object" and views is not None else k) for k in wrt]
+    if views is not None and "object" in wrt and model.costs:
+        keys.append("object")  # the object enters the loss through the costs alone
     diff = {k: variables[k] for k in keys}
 
     def fn(d):

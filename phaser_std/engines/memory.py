@@ -169,11 +169,12 @@ def _common_terms(config: Any, z: Sizes, family: str = "conv", state_shapes: dic
     # counted data is stored as uint8 or uint16 (engines.pattern_feed.corner_centred)
     if _streamed(config, z):
         # the host keeps them corner-centred; the device a block and the next one in flight
+        # (engines.pattern_feed waits for the older calls), on every lane
         group = z.b * z.p * z.q
         block = block_groups(-(-z.n // z.b), group) * group
         patterns = [("patterns kept on the host for streaming (N·Qy·Qx)", z.n * z.p * z.q,
                      "crop or bin the patterns (post_load)", "host"),
-                    ("streamed pattern blocks on the device (2 blocks)", 2 * block,
+                    (f"streamed pattern blocks on the device (2 blocks){on}", 2 * z.lanes * block,
                      "crop or bin the patterns (post_load)", "device")]
     else:
         patterns = [(f"patterns on the device (N·Qy·Qx){on}", z.lanes * z.n * z.p * z.q,

@@ -4,13 +4,14 @@ By default the patterns stay on the device on a CPU (where device memory is host
 and are streamed on a GPU: the host keeps them (corner-centred, in their stored dtype) and
 each iteration sends them a block of groups at a time, in group order, so the device holds
 one or two blocks (:data:`STREAM_BLOCK_BYTES` each) instead of all N patterns. The engines'
-iteration programs then run once per block instead of once per iteration; the group steps
-and their order are the same, so the reconstruction is too (``grouping.stream_patterns``
-sets it either way).
+iteration programs then run once per block instead of once per iteration (a last, smaller
+block compiles a second program); the group steps and their order are the same, so the
+reconstruction is too (``grouping.stream_patterns`` sets it either way).
 """
 
 from __future__ import annotations
 
+import collections
 from typing import Any, Iterator
 
 import numpy as np
@@ -52,13 +53,11 @@ def total_counts(bk: Any, patterns: Any) -> float:
 
 
 def block_groups(n_groups: int, group_bytes: int, budget: int | None = None) -> int:
-    """Groups per streamed block: the largest divisor of ``n_groups`` whose block of
-    patterns (``group_bytes`` a group) fits ``budget`` [bytes] (default
-    :data:`STREAM_BLOCK_BYTES`), at least 1. A divisor, so every block has the same shape
-    and the iteration program compiles once."""
+    """Groups per streamed block: as many whole groups (``group_bytes`` each) as fit
+    ``budget`` [bytes] (default :data:`STREAM_BLOCK_BYTES`), at least 1, at most
+    ``n_groups``. A last, smaller block takes the rest (its own compiled program)."""
     budget = STREAM_BLOCK_BYTES if budget is None else budget
-    most = max(1, int(budget) // max(1, int(group_bytes)))
-    return max(d for d in range(1, min(n_groups, most) + 1) if n_groups % d == 0)
+    return max(1, min(int(n_groups), int(budget) // max(1, int(group_bytes))))
 
 
 class PatternFeed:
@@ -66,7 +65,9 @@ class PatternFeed:
     them each call of an iteration program reads (:meth:`blocks`).
 
     ``stream`` None: stream on a GPU, keep on the device on a CPU (see the module
-    docstring)."""
+    docstring). Their total (the probe scaling's) is summed once on the host, exactly
+    (:func:`total_counts`), whichever way they are kept, so a streamed run and a kept one
+    scale the probe alike."""
 
     def __init__(self, bk: Any, patterns: Any, counted: Any = "find", stream: bool | None = None):
         self.bk = bk
@@ -74,28 +75,47 @@ class PatternFeed:
         host = corner_centred(bk, patterns, counted)
         self.dtype = host.dtype
         self.shape = tuple(host.shape)
+        self._total = total_counts(bk, host)
         if self.stream:
             self.host, self.device = np.ascontiguousarray(host), None
         else:
             self.host, self.device = None, bk.share(bk.asarray(host, dtype=host.dtype))
+        self._in_flight: collections.deque = collections.deque()
 
     def total_counts(self) -> float:
-        """Σ of all patterns [e⁻] (:func:`total_counts`)."""
-        return total_counts(self.bk, self.host if self.stream else self.device)
+        """Σ of all patterns [e⁻], summed on the host (:func:`total_counts`)."""
+        return self._total
 
     def blocks(self, indices: np.ndarray) -> Iterator[tuple[slice, Any, Any]]:
         """``(groups, patterns, rows)`` for the ``(G, B)`` pattern ``indices`` of an
         iteration: the slice of groups a call covers, the patterns it reads on the device and
         the ``(g, B)`` rows of each group in them. Kept on the device: one block, all
         patterns and ``indices`` themselves. Streamed: blocks of :func:`block_groups` groups,
-        each with its groups' patterns in group order (rows ``0 .. g·B-1``)."""
+        each with its groups' patterns in group order (rows ``0 .. g·B-1``).
+
+        The caller hands each call's output to :meth:`dispatched`: backends that run
+        asynchronously (jax) would otherwise take every block of the iteration onto the
+        device before the first finished, so before sending a block the feed waits for all
+        but the newest call, and a block or two are on the device at a time."""
         bk = self.bk
         n_groups, size = indices.shape
         if not self.stream:
             yield slice(0, n_groups), self.device, bk.asarray(indices)
             return
         per = block_groups(n_groups, size * int(np.prod(self.shape[1:])) * self.dtype.itemsize)
-        rows = bk.asarray(np.arange(per * size).reshape(per, size))
+        self._in_flight.clear()
+        rows = {}
         for start in range(0, n_groups, per):
-            sel = indices[start:start + per].reshape(-1)
-            yield slice(start, start + per), bk.share(bk.asarray(self.host[sel], dtype=self.dtype)), rows
+            sel = indices[start:start + per]
+            if len(sel) not in rows:
+                rows[len(sel)] = bk.asarray(np.arange(sel.size).reshape(sel.shape))
+            while len(self._in_flight) > 1:
+                bk.synchronize(self._in_flight.popleft())
+            yield (slice(start, start + len(sel)), bk.share(bk.asarray(self.host[sel.reshape(-1)], dtype=self.dtype)),
+                   rows[len(sel)])
+        self._in_flight.clear()
+
+    def dispatched(self, output: Any) -> None:
+        """Note the output of a call that read the latest block (see :meth:`blocks`)."""
+        if self.stream:
+            self._in_flight.append(output)

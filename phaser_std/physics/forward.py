@@ -124,23 +124,23 @@ def get_views(bk: Any, obj: Any, starts: Any, probe_shape: Sequence[int], per_sl
 def add_views(bk: Any, target: Any, starts: Any, values: Any) -> Any:
     """Scatter-add views into ``target``; overlapping views accumulate.
 
-    ``target`` ``(S, H, W)`` with ``values`` ``(B, S, Ny, Nx)`` or a sequence of S arrays
+    ``target`` ``(S, H, W)`` with ``values`` ``(B, S, Ny, Nx)`` or a tuple of S arrays
     ``(B, Ny, Nx)`` (:func:`get_views` per slice), or ``target`` ``(H, W)`` with ``values``
     ``(B, Ny, Nx)``. Returns the updated target (may be in place).
     """
-    if isinstance(values, (tuple, list)):
+    if isinstance(values, tuple):
         return bk.add_windows(target, starts, bk.xp.stack(values, axis=1))
     return bk.add_windows(target, starts, values)
 
 
 def n_view_slices(views: Any) -> int:
-    """S of ``views``: ``(B, S, Ny, Nx)`` or a sequence of S arrays ``(B, Ny, Nx)``."""
-    return len(views) if isinstance(views, (tuple, list)) else views.shape[1]
+    """S of ``views``: ``(B, S, Ny, Nx)`` or a tuple of S arrays ``(B, Ny, Nx)``."""
+    return len(views) if isinstance(views, tuple) else views.shape[1]
 
 
 def view_slice(views: Any, i: int) -> Any:
     """Slice ``i`` of ``views`` (either form of :func:`n_view_slices`): ``(B, Ny, Nx)``."""
-    return views[i] if isinstance(views, (tuple, list)) else views[:, i]
+    return views[i] if isinstance(views, tuple) else views[:, i]
 
 
 # --------------------------------------------------------------------------- sub-pixel shifts

@@ -23,7 +23,8 @@ from typing import Any
 import attrs
 import numpy as np
 
-from phaser_core.config import param, yx_int_pair_or_none as int_pair_or_none, yx_pair_or_none as pair_or_none
+from phaser_core.config import direction_or_none, param, yx_int_pair_or_none as int_pair_or_none, \
+    yx_pair_or_none as pair_or_none
 from phaser_core.data import RawData
 from phaser_core.errors import DataError
 from phaser_core.physics_constants import wavelength_A
@@ -62,9 +63,9 @@ class LoaderCommon:
     reciprocal_sampling_invA: float | tuple[float, float] | None = param(
         None, unit="1/Å per px", doc="(y, x) detector sampling (before orientation); overrides the file "
         "and angular_sampling_mrad", converter=pair_or_none)
-    tilt_mrad: float | tuple[float, float] | None = param(
-        None, unit="mrad", doc="(y, x) beam tilt, the reconstruction's initial global tilt; overrides the file",
-        converter=pair_or_none)
+    tilt_mrad: tuple[float, float] | None = param(
+        None, unit="mrad", doc="(y, x) beam tilt in the object's frame (the detector orientation keys leave it "
+        "alone), the reconstruction's initial global tilt; overrides the file", converter=direction_or_none)
     scan_step_A: float | tuple[float, float] | None = param(None, unit="Å", doc="(y, x) raster step; overrides the file",
                                                      converter=pair_or_none)
     scan_shape: tuple[int, int] | None = param(None, doc="(ny, nx) raster shape; overrides the file",

@@ -31,7 +31,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from phaser_core.config import param
+from phaser_core.config import direction_or_none, param
 from phaser_core.context import LoadContext
 from phaser_core.data import RawData
 from phaser_core.errors import DataError
@@ -112,7 +112,7 @@ def load_hdf5(config: Hdf5Config, ctx: LoadContext) -> RawData:
             convergence_angle_mrad=None if a.get("convergence_angle_mrad") is None
             else float(a["convergence_angle_mrad"]),
             defocus_A=None if a.get("defocus_A") is None else float(a["defocus_A"]),
-            tilt_mrad=pair_or_none(_attr(a, "tilt_mrad")),
+            tilt_mrad=_tilt(a, path),
             scan_positions_A=positions,
             scan_shape=scan_shape,
             scan_step_A=pair_or_none(_attr(a, "scan_step_A")),
@@ -124,6 +124,15 @@ def load_hdf5(config: Hdf5Config, ctx: LoadContext) -> RawData:
         )
         file_ang = pair_or_none(_attr(a, "angular_sampling_mrad"))
     return apply_overrides(data, config, file_angular_mrad=file_ang)
+
+
+def _tilt(attrs_: Any, path: Any) -> tuple[float, float] | None:
+    """The root attribute ``tilt_mrad`` (y, x) [mrad], or None when absent."""
+    try:
+        return direction_or_none(_attr(attrs_, "tilt_mrad"))
+    except (ValueError, TypeError):
+        raise DataError(f"{path}: attribute tilt_mrad is {_attr(attrs_, 'tilt_mrad')!r}; write the beam tilt "
+                        "as a (y, x) pair of numbers [mrad], or override it with the loader's tilt_mrad") from None
 
 
 def _reorients(config: Hdf5Config) -> bool:
