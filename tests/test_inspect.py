@@ -72,7 +72,7 @@ def test_cli_inspect_prints_figures_and_writes_png(tmp_path, capsys):
     assert main(["inspect", str(path), "--png", str(png)]) == 0
     out = capsys.readouterr().out
     for text in ("linear oversampling", "areal oversampling", "probe sampling", "Ronchigram", "200 kV",
-                 "0.5 Å", "4 x 4"):
+                 "0.5 Å", "4 x 4", "beam tilt"):
         assert text in out, text
     line = next(ln for ln in out.splitlines() if "linear oversampling" in ln)
     assert line.split("│")[2].strip() == "5"  # 1/(2 · 0.5 Å · 0.2 /Å)

@@ -118,6 +118,8 @@ def summary_rows(data: RawData) -> list[tuple[str, str, str]]:
         ("wavelength", _fmt(f["wavelength_A"], "Å"), ""),
         ("convergence semi-angle", _fmt(data.convergence_angle_mrad, "mrad"), ""),
         ("defocus", _fmt(data.defocus_A, "Å"), "positive = underfocus"),
+        ("beam tilt", _fmt(data.tilt_mrad, "mrad") if data.tilt_mrad is not None else "none recorded (0)",
+         "(y, x), the initial global tilt"),
         ("detector sampling", _fmt(data.reciprocal_sampling_invA, "1/Å"), "per pixel"),
         ("angular sampling", _fmt(f.get("angular_sampling_mrad"), "mrad"), "per pixel"),
         ("real-space pixel", _fmt(f.get("real_space_pixel_A"), "Å"), "1/(Q·Δk)"),
