@@ -136,28 +136,20 @@ def enable_x64() -> None:
 
 def _psum_packed(tree: Any) -> Any:
     """``psum`` over the lanes of every array in ``tree`` as one all-reduce of one packed
-    float array per real dtype (complex arrays as their real and imaginary parts): each
-    all-reduce is a rendezvous of the lanes, ~0.15 ms on a 2-core CPU whatever its size
-    (benchmarks/NOTES.md 27)."""
+    array: each all-reduce is a rendezvous of the lanes, ~0.15 ms on a 2-core CPU whatever
+    its size (benchmarks/NOTES.md 27). Where any array is complex, all are packed in the
+    complex dtype (real ones with a zero imaginary part, which adds nothing): splitting the
+    complex ones into real and imaginary parts instead took a de-interleaving copy that XLA
+    spread over the thread pool both lanes share, 0.6 ms a call in LSQML's single-slice
+    step (NOTES.md 44). The real parts add exactly as they would alone."""
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     if not leaves:
         return tree
-    parts: dict[Any, list] = {}
-    for x in leaves:
-        real = jnp.real(x) if jnp.iscomplexobj(x) else x
-        parts.setdefault(real.dtype, []).append(real.reshape(-1))
-        if jnp.iscomplexobj(x):
-            parts[real.dtype].append(jnp.imag(x).reshape(-1))
-    summed = {dt: iter(jnp.split(jax.lax.psum(jnp.concatenate(p), LANE_AXIS),
-                                 np.cumsum([q.size for q in p])[:-1].tolist()))
-              for dt, p in parts.items()}
-    out = []
-    for x in leaves:
-        dt = (jnp.real(x) if jnp.iscomplexobj(x) else x).dtype
-        value = next(summed[dt])
-        if jnp.iscomplexobj(x):
-            value = jax.lax.complex(value, next(summed[dt]))
-        out.append(value.reshape(x.shape).astype(x.dtype))
+    dtype = jnp.result_type(*leaves)
+    flat = [x.reshape(-1).astype(dtype) for x in leaves]
+    summed = jnp.split(jax.lax.psum(jnp.concatenate(flat), LANE_AXIS), np.cumsum([f.size for f in flat])[:-1].tolist())
+    out = [(v if jnp.iscomplexobj(x) else jnp.real(v)).reshape(x.shape).astype(x.dtype)
+           for x, v in zip(leaves, summed)]
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
