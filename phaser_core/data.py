@@ -90,4 +90,3 @@ def count_dtype(patterns: np.ndarray, block: int = 1 << 24) -> np.dtype | None:
             return None
         peak = max(peak, float(top))
     return np.dtype(np.uint8) if peak <= 255 else np.dtype(np.uint16)
-

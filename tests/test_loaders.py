@@ -145,7 +145,7 @@ def test_hdf5_beam_tilt_is_the_initial_tilt(tmp_path):
 
 
 def test_a_state_to_start_from_keeps_its_own_tilt(tmp_path):
-    """``init.state`` (and so a resumed run) keeps the state's tilt, not the data's."""
+    """``init.state`` keeps the state's tilt, not the data's."""
     import attrs
 
     from phaser_core.plan import load_plan

@@ -25,7 +25,7 @@ from phaser_core.observer import notify
 from phaser_core.plan import SlicesPlan
 from phaser_core.state import DeferredState, IterationCounters, ObjectState, ProbeState, ReconsState
 from phaser_std.engines.grouping import iteration_groups
-from phaser_std.engines.pattern_feed import PatternFeed, corner_centred, total_counts
+from phaser_std.engines.pattern_feed import PatternFeed, corner_centred
 from phaser_std.engines.regularizers import RegInfo
 from phaser_std.physics.forward import check_views_inside, forward_intensity, scan_to_pixels
 from phaser_std.physics.objects import resample_object_slices
@@ -85,7 +85,7 @@ def group_patterns(bk: Any, patterns: Any, idx: Any) -> Any:
     return group if group.dtype == bk.real_dtype else group.astype(bk.real_dtype)
 
 
-def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: Any, scan_A: np.ndarray,
+def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: PatternFeed, scan_A: np.ndarray,
                         geometry: ObjectState, props: Any, batch: int = 64) -> Any:
     """The probe scaled so the model's total intensity equals the data's (the dry run).
 
@@ -93,8 +93,7 @@ def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: Any, scan_A: np
     compiles it once instead of dispatching every kernel eagerly. Batches of 64: on numpy
     the waves entering every slice are held for a batch (S·B·M·Ny·Nx complex values), which
     at 256 set the peak memory of multislice runs. ``patterns``: the run's
-    :class:`~phaser_std.engines.pattern_feed.PatternFeed`, or the patterns [e⁻] on the
-    backend (only their total is read)."""
+    :class:`~phaser_std.engines.pattern_feed.PatternFeed` (only their total [e⁻] is read)."""
     shape = probe.shape[-2:]
     xp = bk.xp
     n = scan_A.shape[0]
@@ -112,7 +111,7 @@ def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: Any, scan_A: np
         sel = np.minimum(sel, n - 1)
         starts, frac = scan_to_pixels(scan_A[sel], geometry.corner_A, geometry.sampling_A, shape)
         model_sum += float(bk.to_numpy(fn(probe, obj, bk.asarray(starts), bk.asarray(frac), bk.asarray(mask))))
-    data_sum = patterns.total_counts() if isinstance(patterns, PatternFeed) else total_counts(bk, patterns)
+    data_sum = patterns.total_counts()
     if model_sum <= 0 or data_sum <= 0:
         raise DataError("cannot scale the probe to the data: the data or the model has no intensity")
     # scaled on the host (a small array; on jax an eager multiply compiles a program of its
@@ -246,6 +245,13 @@ def scan_groups(bk: Any, group_step: Callable, carry: tuple, per_group: tuple) -
         return tuple(new), outputs
 
     return bk.scan(body, tuple(carry), tuple(per_group))
+
+
+def joined(bk: Any, parts: list) -> Any:
+    """The per-group outputs of an iteration's calls (one per block of groups,
+    :meth:`~phaser_std.engines.pattern_feed.PatternFeed.run_blocks`) as one ``(G, ...)``
+    array, in group order."""
+    return parts[0] if len(parts) == 1 else bk.xp.concatenate(parts)
 
 
 class EngineDiverged(PhaserError):

@@ -19,6 +19,7 @@ from phaser_std.engines.common import (
     build_constraints,
     engine_arrays,
     group_patterns,
+    joined,
     resample_for_engine,
     scan_groups,
 )
@@ -131,18 +132,18 @@ class ConventionalEngine:
                             "update_positions": positions_on(it)}
 
         def run_groups(it, indices, masks, starts, frac):
-            losses, shifts = [], []
-            # one call per block of groups (one block unless the patterns are streamed)
-            for sel, patterns, rows in feed.blocks(indices):
-                live["obj"], live["probe"], block_losses, block_shifts = step(
+            def call(sel, patterns, rows):
+                live["obj"], live["probe"], losses, shifts = step(
                     live["obj"], live["probe"], patterns, rows, bk.asarray(starts[sel]), bk.asarray(frac[sel]),
                     bk.asarray(masks[sel]), cur["hyper"], **cur["flags"])
-                feed.dispatched(block_losses)
-                losses.append(block_losses)
-                shifts.append(block_shifts)
+                return losses, shifts
+
+            # one call per block of groups (one block unless the patterns are streamed)
+            blocks = feed.run_blocks(indices, call)
             if cur["flags"]["update_positions"]:
-                live["shift"][indices[masks]] += np.concatenate([bk.to_numpy(s) for s in shifts])[masks] * sampling
-            return losses[0] if len(losses) == 1 else bk.xp.concatenate(losses)
+                shifts = np.concatenate([bk.to_numpy(s) for _, s in blocks])
+                live["shift"][indices[masks]] += shifts[masks] * sampling
+            return joined(bk, [losses for losses, _ in blocks])
 
         def iteration_constraints(probe_, obj_, it):
             return apply_constraints(bk, iter_constraints, probe_, obj_, attrs.evolve(info, iteration=it))

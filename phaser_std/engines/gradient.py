@@ -34,7 +34,8 @@ from phaser_core.errors import DataError
 from phaser_core.plan import SlicesPlan
 from phaser_core.state import ReconsState
 from phaser_std.engines.chunking import engine_chunk
-from phaser_std.engines.common import EngineLoop, GroupingConfig, engine_arrays, resample_for_engine, scan_groups
+from phaser_std.engines.common import (EngineLoop, GroupingConfig, engine_arrays, joined, resample_for_engine,
+                                       scan_groups)
 from phaser_std.engines.gradient_step import GroupModel, StepCounter, make_group_step
 from phaser_std.engines.optimizers import AdamConfig
 from phaser_std.engines.regularizers import RegInfo
@@ -235,20 +236,19 @@ class GradientEngine:
             cur["tilt_dev"] = bk.asarray(live["tilt"])
 
         def run_groups(it, indices, masks, starts, frac):
-            losses = []
-            # one call per block of groups (one block unless the patterns are streamed); the
-            # positions' indices (sums, per-position tilt) stay those of the whole scan
-            for sel, patterns, rows in feed.blocks(indices):
+            def call(sel, patterns, rows):
                 params = {"object": live["object"], "probe": live["probe"]}
-                params, states, cur["acc"], block_losses = iteration(
+                params, states, cur["acc"], losses = iteration(
                     params, opt_states, cur["acc"], patterns, rows, bk.asarray(indices[sel]), bk.asarray(starts[sel]),
                     bk.asarray(frac[sel]), cur["tilt_dev"], bk.asarray(masks[sel]), cur["hyper"], cur["cost_w"],
                     **cur["flags"])
                 live["object"], live["probe"] = params["object"], params["probe"]
                 opt_states.update(states)
-                feed.dispatched(block_losses)
-                losses.append(block_losses)
-            return losses[0] if len(losses) == 1 else bk.xp.concatenate(losses)
+                return losses
+
+            # one call per block of groups (one block unless the patterns are streamed); the
+            # positions' indices (sums, per-position tilt) stay those of the whole scan
+            return joined(bk, feed.run_blocks(indices, call))
 
         def iteration_constraints(probe_, obj_, it):
             # compiled once on jax (the iteration is a traced value): eager, each operation

@@ -12,7 +12,7 @@ reconstruction is too (``grouping.stream_patterns`` sets it either way).
 from __future__ import annotations
 
 import collections
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -35,21 +35,11 @@ def corner_centred(bk: Any, patterns: Any, counted: Any = "find") -> np.ndarray:
     return np.fft.ifftshift(host.astype(dtype, copy=False), axes=(-2, -1))
 
 
-def total_counts(bk: Any, patterns: Any) -> float:
-    """Σ of the patterns [e⁻], on the backend or the host. numpy and cupy sum counted
-    (uint8/uint16) data exactly in uint64 and float data in float64, so whole-number data
-    give the same total either way it is stored. jax without x64 would sum integers in
-    uint32, which a large data set overflows, so it sums in the real dtype, as it does float
-    data."""
+def total_counts(patterns: np.ndarray) -> float:
+    """Σ of host ``patterns`` [e⁻]: counted (uint8/uint16) data exactly in uint64, float data
+    in float64, so whole-number data give the same total however they are stored."""
     integer = np.dtype(patterns.dtype).kind in "ui"
-    if isinstance(patterns, np.ndarray):
-        return float(np.sum(patterns, dtype=np.uint64 if integer else np.float64))
-    xp = bk.xp
-    if bk.name == "jax":
-        dtype = bk.real_dtype if integer else None
-    else:
-        dtype = None if integer else np.float64
-    return float(bk.to_numpy(xp.sum(patterns, dtype=dtype)))
+    return float(np.sum(patterns, dtype=np.uint64 if integer else np.float64))
 
 
 def block_groups(n_groups: int, group_bytes: int, budget: int | None = None) -> int:
@@ -75,7 +65,7 @@ class PatternFeed:
         host = corner_centred(bk, patterns, counted)
         self.dtype = host.dtype
         self.shape = tuple(host.shape)
-        self._total = total_counts(bk, host)
+        self._total = total_counts(host)
         if self.stream:
             self.host, self.device = np.ascontiguousarray(host), None
         else:
@@ -86,6 +76,15 @@ class PatternFeed:
         """Σ of all patterns [e⁻], summed on the host (:func:`total_counts`)."""
         return self._total
 
+    def run_blocks(self, indices: np.ndarray, call: Callable[[slice, Any, Any], Any]) -> list:
+        """``[call(groups, patterns, rows), ...]`` over the :meth:`blocks` of ``indices``, in
+        order; each call's output is what the feed waits on before sending a later block."""
+        outputs = []
+        for groups, patterns, rows in self.blocks(indices):
+            outputs.append(call(groups, patterns, rows))
+            self.dispatched(outputs[-1])
+        return outputs
+
     def blocks(self, indices: np.ndarray) -> Iterator[tuple[slice, Any, Any]]:
         """``(groups, patterns, rows)`` for the ``(G, B)`` pattern ``indices`` of an
         iteration: the slice of groups a call covers, the patterns it reads on the device and
@@ -93,7 +92,8 @@ class PatternFeed:
         patterns and ``indices`` themselves. Streamed: blocks of :func:`block_groups` groups,
         each with its groups' patterns in group order (rows ``0 .. g·B-1``).
 
-        The caller hands each call's output to :meth:`dispatched`: backends that run
+        The caller hands each call's output to :meth:`dispatched` (:meth:`run_blocks` does
+        both): backends that run
         asynchronously (jax) would otherwise take every block of the iteration onto the
         device before the first finished, so before sending a block the feed waits for all
         but the newest call, and a block or two are on the device at a time."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from phaser_std.physics.optics import _pair, fftfreq_grid, reciprocal_pixel_invA
+from phaser_std.physics.optics import _pair, fftfreq_grid, mrad_to_invA, reciprocal_pixel_invA
 
 __all__ = ["fresnel_propagator", "fresnel_propagators_tilted", "bandlimit_mask", "probe_bandwidth_invA",
            "covering_bandlimit"]
@@ -54,8 +54,6 @@ def aperture_radius_invA(probe: Any, sampling_A: Any, alpha_mrad: float | None =
     ``alpha_mrad`` [mrad] and ``wavelength_A`` [Å] are given. The bandwidth covers a probe
     whose aperture is not the data's (a plan's ``conv_angle_mrad``, a probe from a file) and
     a soft edge; α/λ a hard edge, whose 99.9% disc lies a fraction of a pixel inside it."""
-    from phaser_std.physics.optics import mrad_to_invA
-
     radius = probe_bandwidth_invA(probe, sampling_A)
     if alpha_mrad is not None and wavelength_A is not None:
         radius = max(radius, mrad_to_invA(alpha_mrad, wavelength_A))
