@@ -256,6 +256,23 @@ def test_dtype_policy(make_backend, dtype, real, cplx):
         type(bk)("float16")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_step_inputs_are_what_asarray_gives(make_backend, dtype):
+    """The batched transfer of a step's per-call arrays follows :meth:`asarray`: the dtype
+    policy for floats and complex values, integers keeping their kind, the same values."""
+    bk = make_backend(dtype)
+    host = (np.arange(6, dtype=np.int64).reshape(3, 2), np.linspace(0, 1, 4), np.ones(3, np.complex128) * 1j,
+            np.float64(0.25), np.array([True, False]))
+    got = bk.step_inputs(*host)
+    assert len(got) == len(host)
+    for h, g in zip(host, got):
+        want = bk.to_numpy(bk.asarray(h))
+        out = bk.to_numpy(g)
+        assert out.dtype == want.dtype and out.shape == np.shape(h)
+        np.testing.assert_array_equal(out, want)
+    assert bk.step_inputs() == ()
+
+
 def test_to_numpy_gives_numpy(backend):
     out = backend.to_numpy(backend.asarray(np.arange(6.0).reshape(2, 3)))
     assert type(out) is np.ndarray

@@ -17,6 +17,14 @@ from recon import make_dataset, run
 from phaser_std.engines.chunking import SWEEP_BUDGET_BYTES, engine_chunk, resolve_chunk
 
 
+def test_step_inputs_are_placed_once_on_every_lane(bk):
+    starts, frac = bk.step_inputs(np.zeros((2, 4, 2), np.int64), np.zeros((2, 4, 2)))
+    for x in (starts, frac):
+        assert x.sharding == bk.share(bk.asarray(np.zeros(3))).sharding
+        assert len(x.sharding.device_set) == bk.lanes
+    assert starts.dtype == np.int32 and frac.dtype == np.float32
+
+
 @pytest.fixture(scope="module")
 def bk():
     backend = build_backend("jax")

@@ -199,11 +199,20 @@ class JaxBackend(BaseBackend):
         (int64 becomes int32 while x64 is off, as jax does)."""
         if self.dtype == "float64":
             enable_x64()  # in case something turned it off since this backend was made
-        if not isinstance(x, jax.Array):
-            x = np.asarray(x)
+        if isinstance(x, jax.Array):
+            return jnp.asarray(x, dtype=self._target_dtype(x.dtype, dtype))
+        # cast on the host, then copy: a device-side conversion would compile a small XLA
+        # program for every new shape and dtype (~20 ms each on a CPU)
+        return jax.device_put(self._host_cast(x, dtype))
+
+    def _target_dtype(self, have: Any, dtype: Any) -> Any:
+        """The dtype :meth:`asarray` gives an array of dtype ``have`` (``dtype``: asked for)."""
         if dtype is None:
-            kind = np.dtype(x.dtype).kind
+            kind = np.dtype(have).kind
             dtype = {"f": self.real_dtype, "c": self.complex_dtype}.get(kind)
+            if dtype is None and np.dtype(have).itemsize == 8 and kind in "iu" \
+                    and not jax.config.read("jax_enable_x64"):
+                dtype = {"i": np.int32, "u": np.uint32}[kind]
         if dtype is not None and np.dtype(dtype).itemsize == 8 and np.dtype(dtype).kind in "fiu" \
                 and not jax.config.read("jax_enable_x64"):
             # jax would truncate with a warning; say which precision is really used
@@ -211,14 +220,23 @@ class JaxBackend(BaseBackend):
         elif dtype is not None and np.dtype(dtype) == np.complex128 \
                 and not jax.config.read("jax_enable_x64"):
             dtype = np.complex64
-        if isinstance(x, np.ndarray):
-            # cast on the host, then copy: a device-side conversion would compile a small
-            # XLA program for every new shape and dtype (~20 ms each on a CPU)
-            if dtype is None and x.dtype.itemsize == 8 and x.dtype.kind in "iu" \
-                    and not jax.config.read("jax_enable_x64"):
-                dtype = {"i": np.int32, "u": np.uint32}[x.dtype.kind]
-            return jax.device_put(np.asarray(x, dtype=dtype))
-        return jnp.asarray(x, dtype=dtype)
+        return dtype
+
+    def _host_cast(self, x: Any, dtype: Any = None) -> np.ndarray:
+        x = np.asarray(x)
+        return np.asarray(x, dtype=self._target_dtype(x.dtype, dtype))
+
+    def step_inputs(self, *xs: Any) -> tuple:
+        """Host arrays (numpy or scalars; dtypes as :meth:`asarray` gives them) placed as a
+        compiled step's arguments are, on every lane (:meth:`share`), in one batched
+        transfer. An engine sends its group rows, view corners, sub-pixel shifts and masks
+        every iteration: an :meth:`asarray` and then a :meth:`share` for each cost ~1.7 ms
+        of host time per iteration on a 2-core CPU, this ~0.3 ms
+        (``benchmarks/NOTES.md`` 45)."""
+        if self.dtype == "float64":
+            enable_x64()
+        host = [self._host_cast(x) for x in xs]
+        return tuple(jax.device_put(host) if self._placement is None else jax.device_put(host, self._placement))
 
     def one_lane(self) -> "JaxBackend":
         """This backend on jax's first device only (no lanes; itself when it has none)."""

@@ -126,16 +126,19 @@ class ConventionalEngine:
         cur: dict[str, Any] = {}
 
         def begin_iteration(it):
-            cur["hyper"] = {k: bk.asarray(np.asarray(v, dtype=bk.real_dtype))
-                            for k, v in solver.hyperparams(it, reg).items()}
+            hyper = solver.hyperparams(it, reg)
+            if cur.get("hyper_host") != hyper:  # sent again only when a schedule changes them
+                cur["hyper_host"] = hyper
+                cur["hyper"] = dict(zip(hyper, bk.step_inputs(*(np.asarray(v, dtype=bk.real_dtype)
+                                                                 for v in hyper.values()))))
             cur["flags"] = {"update_object": cfg.update_object(it), "update_probe": cfg.update_probe(it),
                             "update_positions": positions_on(it)}
 
         def run_groups(it, indices, masks, starts, frac):
             def call(sel, patterns, rows):
                 live["obj"], live["probe"], losses, shifts = step(
-                    live["obj"], live["probe"], patterns, rows, bk.asarray(starts[sel]), bk.asarray(frac[sel]),
-                    bk.asarray(masks[sel]), cur["hyper"], **cur["flags"])
+                    live["obj"], live["probe"], patterns, *bk.step_inputs(rows, starts[sel], frac[sel], masks[sel]),
+                    cur["hyper"], **cur["flags"])
                 return losses, shifts
 
             # one call per block of groups (one block unless the patterns are streamed)

@@ -230,18 +230,18 @@ class GradientEngine:
             cur["flags"] = flags(it)
             cur["hyper"] = {k: (solvers[k].hyperparams(it) if solvers[k] is not None else {})
                             for k in ("object", "probe")}
-            cur["cost_w"] = bk.asarray(np.array([c.weight(it) for c in costs], dtype=np.float64))
-            cur["acc"] = {"positions": bk.asarray(np.zeros((n_pos, 2), dtype=bk.real_dtype)),
-                          "tilt": bk.asarray(np.zeros(live["tilt"].shape, dtype=bk.real_dtype))}
-            cur["tilt_dev"] = bk.asarray(live["tilt"])
+            cur["cost_w"], acc_positions, acc_tilt, cur["tilt_dev"] = bk.step_inputs(
+                np.array([c.weight(it) for c in costs], dtype=np.float64), np.zeros((n_pos, 2), dtype=bk.real_dtype),
+                np.zeros(live["tilt"].shape, dtype=bk.real_dtype), live["tilt"])
+            cur["acc"] = {"positions": acc_positions, "tilt": acc_tilt}
 
         def run_groups(it, indices, masks, starts, frac):
             def call(sel, patterns, rows):
                 params = {"object": live["object"], "probe": live["probe"]}
+                rows_, idx, st, fr, m = bk.step_inputs(rows, indices[sel], starts[sel], frac[sel], masks[sel])
                 params, states, cur["acc"], losses = iteration(
-                    params, opt_states, cur["acc"], patterns, rows, bk.asarray(indices[sel]), bk.asarray(starts[sel]),
-                    bk.asarray(frac[sel]), cur["tilt_dev"], bk.asarray(masks[sel]), cur["hyper"], cur["cost_w"],
-                    **cur["flags"])
+                    params, opt_states, cur["acc"], patterns, rows_, idx, st, fr, cur["tilt_dev"], m, cur["hyper"],
+                    cur["cost_w"], **cur["flags"])
                 live["object"], live["probe"] = params["object"], params["probe"]
                 opt_states.update(states)
                 return losses

@@ -88,9 +88,11 @@ class PatternFeed:
     def blocks(self, indices: np.ndarray) -> Iterator[tuple[slice, Any, Any]]:
         """``(groups, patterns, rows)`` for the ``(G, B)`` pattern ``indices`` of an
         iteration: the slice of groups a call covers, the patterns it reads on the device and
-        the ``(g, B)`` rows of each group in them. Kept on the device: one block, all
-        patterns and ``indices`` themselves. Streamed: blocks of :func:`block_groups` groups,
-        each with its groups' patterns in group order (rows ``0 .. g·B-1``).
+        the ``(g, B)`` rows of each group in them, on the host (the caller sends them with
+        its other per-call arrays, :meth:`~phaser_core.backend.BaseBackend.step_inputs`).
+        Kept on the device: one block, all patterns and ``indices`` themselves. Streamed:
+        blocks of :func:`block_groups` groups, each with its groups' patterns in group order
+        (rows ``0 .. g·B-1``).
 
         The caller hands each call's output to :meth:`dispatched` (:meth:`run_blocks` does
         both): backends that run
@@ -100,19 +102,16 @@ class PatternFeed:
         bk = self.bk
         n_groups, size = indices.shape
         if not self.stream:
-            yield slice(0, n_groups), self.device, bk.asarray(indices)
+            yield slice(0, n_groups), self.device, np.asarray(indices, dtype=np.int32)
             return
         per = block_groups(n_groups, size * int(np.prod(self.shape[1:])) * self.dtype.itemsize)
         self._in_flight.clear()
-        rows = {}
         for start in range(0, n_groups, per):
             sel = indices[start:start + per]
-            if len(sel) not in rows:
-                rows[len(sel)] = bk.asarray(np.arange(sel.size).reshape(sel.shape))
             while len(self._in_flight) > 1:
                 bk.synchronize(self._in_flight.popleft())
             yield (slice(start, start + len(sel)), bk.share(bk.asarray(self.host[sel.reshape(-1)], dtype=self.dtype)),
-                   rows[len(sel)])
+                   np.arange(sel.size, dtype=np.int32).reshape(sel.shape))
         self._in_flight.clear()
 
     def dispatched(self, output: Any) -> None:
