@@ -144,7 +144,7 @@ def our_block(case: dict, niter: int, ours_defaults: bool = False, probe_after: 
 
 def run_ours(case: dict, data: Path, a) -> dict:
     block = our_block(case, a.iters, a.ours_defaults, a.probe_after, a.set)
-    job = {"data": str(data), "backend": case["backend"], "engine_block": block,
+    job = {"data": str(data), "backend": case["backend"], "dtype": a.dtype, "engine_block": block,
            "score_every": a.score_every if a.ttt else 0, "target": a.target, "final_score": True}
     t0 = time.perf_counter()
     try:
@@ -179,7 +179,7 @@ def run_phaser(case: dict, data: Path, a, out: Path) -> dict:
     ds = case["dataset"]
     args = C.phaser_args(case["engine"], niter=a.iters, group=case["group"], modes=case["modes"],
                          slices=C.n_slices(ds), thickness=C.total_thickness(ds), backend=case["backend"],
-                         probe_after=a.probe_after)
+                         probe_after=a.probe_after, dtype=a.dtype)
     own = ["--score-every", str(a.score_every), "--target", str(a.target)] if a.ttt else []
     cmd = [str(ANCHOR_PY), str(C.HERE / "worker_phaser.py"), *own, "--", "--data", str(data), *args,
            "--out", str(out)]
@@ -265,7 +265,7 @@ def gradient_available() -> bool:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="group 64, jax only (1 mode; 4 modes single slice)")
-    ap.add_argument("--big", action="store_true", help="add the 48x48 x 128² dataset")
+    ap.add_argument("--big", action="store_true", help="add the 48x48 x 128² and the 32x32 x 96² x 13-slice datasets")
     ap.add_argument("--paper", action="store_true", help="the paper's sizes (GPU machines)")
     ap.add_argument("--cases", nargs="*", default=None,
                     help="fnmatch patterns on engine/backend/dataset/mMODES/gGROUP, e.g. 'lsqml/jax/*/m1/g64'")
@@ -284,6 +284,8 @@ def main(argv=None) -> None:
                          "with phaserEM on jax (it has no cupy runner), run once for both")
     ap.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
                     help="change our engine block (phaserEM unchanged), e.g. --set grouping.chunk=16; repeatable")
+    ap.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                    help="floating-point precision of both packages")
     ap.add_argument("--simulate-only", action="store_true", help="simulate the cases' datasets and stop")
     ap.add_argument("--timeout", type=float, default=900.0, help="per process [s]")
     ap.add_argument("--out", default=None, help="JSON output path")

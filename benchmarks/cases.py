@@ -3,8 +3,9 @@
 Datasets are ``phaser simulate`` specs, simulated once (seeded) into ``benchmarks/.cache``.
 A case is one (engine, backend, slices, modes, group) reconstruction of one dataset; the
 settings each package runs with are built here from the case, matched between packages:
-same noise model per engine, same group size, modes, slices, iterations, float32, the
-probe updated from the first iteration (``--probe-after 0`` for phaserEM).
+same noise model per engine, same group size, modes, slices, iterations, float32 (or
+``--dtype float64`` for both), the probe updated from the first iteration
+(``--probe-after 0`` for phaserEM).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ DATASETS = {
     "single64": _spec(32, 64),                    # 1024 patterns of 64², 1 slice
     "multi64": _spec(16, 64, n_slices=8),         # 256 patterns of 64², 8 slices
     "single128": _spec(48, 128),                  # 2304 patterns of 128² (--big)
+    "multi96": _spec(32, 96, n_slices=13),        # 1024 patterns of 96², 13 slices (--big; the harness README's size)
     # the paper's sizes (--paper; GPU)
     "paper_single": _spec(64, 128),               # 4096 patterns of 128²
     "paper_multi": _spec(80, 128, n_slices=20),   # 6400 patterns of 128², 20 slices
@@ -126,11 +128,11 @@ def our_default_engine(engine: str, *, niter: int, group: int, modes: int, slice
 
 
 def phaser_args(engine: str, *, niter: int, group: int, modes: int, slices: int, thickness: float,
-                backend: str, probe_after: int = 0) -> list[str]:
+                backend: str, probe_after: int = 0, dtype: str = "float32") -> list[str]:
     """Arguments of the harness's run_phaser.py for the same case."""
     a = ["--engine", engine, "--backend", backend, "--iters", str(niter), "--group", str(group),
          "--modes", str(modes), "--slices", str(slices), "--probe-after", str(probe_after),
-         "--dtype", "float32", "--quiet"]
+         "--dtype", dtype, "--quiet"]
     if slices > 1:
         a += ["--thickness", str(thickness)]
     return a
@@ -151,7 +153,7 @@ def matrix(size: str = "default", engines=ENGINES, backends=BACKENDS) -> list[di
     if size == "paper":
         sets = ["paper_single", "paper_multi"]
     elif size == "big":
-        sets = ["single64", "multi64", "single128"]
+        sets = ["single64", "multi64", "single128", "multi96"]
     else:
         sets = ["single64", "multi64"]
     out = []

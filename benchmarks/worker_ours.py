@@ -99,7 +99,7 @@ def main(arg: str) -> None:
     elif job["backend"] == "cupy":
         import cupy  # noqa: F401
     t_import = time.perf_counter() - t0
-    plan = {"file_type": "phaser_plan", "version": 1, "backend": job["backend"], "dtype": "float32",
+    plan = {"file_type": "phaser_plan", "version": 1, "backend": job["backend"], "dtype": job.get("dtype", "float32"),
             "seed": int(job.get("seed", 0)), "raw_data": {"type": "hdf5", "path": job["data"], "key": job.get("key", "patterns")},
             "engines": [job["engine_block"]]}
     if job.get("init"):
