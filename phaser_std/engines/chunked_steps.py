@@ -12,10 +12,11 @@ joint object/probe step) has three parts:
    illumination Σ|ψ|² scatter-added, the probe numerator accumulated in Fourier space;
    χ, ψ and the per-position illumination kept for part 2;
 2. on the group: the object and probe directions (illumination-normalised, as the
-   unchunked step), then per chunk the five inner products of each position's 2x2
-   least-squares system;
-3. on the group: the steps α (the regularisation γ·max over the *group*, as unchunked),
-   the illumination-weighted object step and the mean probe step.
+   unchunked step) and the references of the steps' regularisation, the group's means of
+   the 2x2 systems' diagonals, exactly from the summed maps (:func:`step_references`);
+3. per chunk: each position's 2x2 least-squares system and its steps α, added as the
+   illumination-weighted object step and the sum of the probe steps (then, on the group,
+   their mean).
 
 The multislice step follows the same plan through the slices. Single-slice ePIE needs only
 part 1 (its update is sums over positions normalised by group-wide maxima); multislice ePIE
@@ -52,7 +53,7 @@ from phaser_std.physics.forward import (
 
 __all__ = ["lsqml_single_slice_chunked", "lsqml_multislice_chunked", "epie_single_slice_chunked",
            "epie_multislice_chunked",
-           "inner_products", "solve_2x2"]
+           "inner_products", "solve_2x2", "step_references", "group_mean"]
 
 
 def _unsplit(a: Any) -> Any:
@@ -159,28 +160,57 @@ def lsqml_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe
 
     direction = bk.divide_real(num_map, illum_map + cfg.illum_reg_object * xp.max(illum_map) + 1e-30)
     pdir = _ifft2_pair(bk, pnum_k) / (pden + cfg.illum_reg_probe * xp.max(pden) + 1e-30)
+    ref_a, ref_b = step_references(xp, direction, illum_map, pdir if update_probe else None, pden, mask_f)
 
-    def products(carry, x):
-        ch, ps, st = x
+    def steps(carry, x):
+        weight, probe_steps = carry
+        ch, ps, st, il, m = x
         a = get_views(bk, direction, st, shape)[:, 0][:, None] * ps
-        # the joint step's probe direction without its sub-pixel shift (as unchunked)
-        b = pdir[None] * get_views(bk, obj, st, shape)[:, 0][:, None] if update_probe else xp.zeros_like(ps)
-        return carry, inner_products(xp, ch, a, b)
+        if update_probe:
+            # the joint step's probe direction without its sub-pixel shift (as unchunked)
+            b = pdir[None] * get_views(bk, obj, st, shape)[:, 0][:, None]
+            alpha, beta = solve_2x2(xp, inner_products(xp, ch, a, b), cfg.gamma, ref_a, ref_b)
+            probe_steps = probe_steps + xp.sum(xp.clip(beta, 0.0, None) * m)
+        else:
+            alpha = _regularised_step(xp, xp.sum(xp.real(xp.conj(a) * ch), axis=(1, 2, 3)),
+                                      xp.sum(abs2(xp, a), axis=(1, 2, 3)), cfg.gamma, ref_a)
+        alpha = xp.clip(alpha, 0.0, None) * m
+        return (add_views(bk, weight, st, alpha[:, None, None, None] * il[:, None]), probe_steps), {}
 
-    _, dots = bk.sum_scan(products, (), (kept["chi"], kept["probes"], split_rows(starts, n)))
-    d = {k: v.reshape(-1) for k, v in dots.items()}
-    if update_probe:
-        alpha, beta = solve_2x2(xp, d, cfg.gamma)
-    else:
-        alpha = d["ca"] / (d["aa"] + cfg.gamma * xp.max(d["aa"]) + 1e-30)
-    alpha = xp.clip(alpha, 0.0, None) * mask_f
-    weight = _weighted_illumination(bk, obj.shape, split_rows(starts, n), split_rows(alpha, n),
-                                    kept["illum"][:, :, None])
+    zero = xp.zeros((), dtype=bk.real_dtype)
+    (weight, probe_steps), _ = bk.sum_scan(
+        steps, (xp.zeros(obj.shape, dtype=bk.real_dtype), zero),
+        (kept["chi"], kept["probes"], split_rows(starts, n), kept["illum"], split_rows(mask_f, n)))
     new_obj = obj + solver.beta_object * (weight / (illum_map + 1e-30)) * direction
     new_probe = probe
     if update_probe:
-        new_probe = probe + solver.beta_probe * _mean_step(xp, beta, mask_f) * pdir
+        new_probe = probe + solver.beta_probe * probe_steps / xp.maximum(xp.sum(mask_f), 1.0) * pdir
     return new_obj, new_probe, loss, chi, probes
+
+
+def step_references(xp: Any, direction: Any, illum_map: Any, pdir: Any, pden: Any, mask_f: Any) -> tuple[Any, Any]:
+    """The references of LSQML's single-slice step regularisation: the means over the
+    group's valid positions of Σ|a_b|² and Σ|b_b|² (``aa`` and ``bb`` of
+    :func:`inner_products`, a_b = d·ψ_b and b_b = p·O_b), from the group's sums alone:
+    Σ_b m_b·Σ|d·ψ_b|² = Σ |d|²·(illumination map) and Σ_b m_b·Σ|p·O_b|² = Σ Σ_modes|p|²·(the
+    probe denominator Σ_b m_b|O_b|²). So every position's steps follow from its own inner
+    products, without another pass or a meeting of the CPU lanes (``benchmarks/NOTES.md``
+    49). ``pdir`` None: ``ref_b`` is 0."""
+    n_valid = xp.maximum(xp.sum(mask_f), 1.0)
+    ref_a = xp.sum(abs2(xp, direction) * illum_map) / n_valid
+    ref_b = 0.0 if pdir is None else xp.sum(xp.sum(abs2(xp, pdir), axis=0) * pden) / n_valid
+    return ref_a, ref_b
+
+
+def _regularised_step(xp: Any, num: Any, den: Any, gamma: float, ref: Any) -> Any:
+    """num / (den + γ·ref): one direction's least-squares step, ``ref`` the group's mean of
+    ``den`` over its valid positions."""
+    return num / (den + gamma * ref + 1e-30)
+
+
+def group_mean(xp: Any, values: Any, mask_f: Any) -> Any:
+    """The mean of per-position ``values`` ``(B,)`` over the valid positions."""
+    return xp.sum(values * mask_f) / xp.maximum(xp.sum(mask_f), 1.0)
 
 
 def _mean_step(xp: Any, steps: Any, mask_f: Any) -> Any:
@@ -206,7 +236,8 @@ def _lsqml_probe_only(bk: Any, solver: Any, obj: Any, probe: Any, pnum_k: Any, p
 
     _, dots = bk.sum_scan(products, (), (chi0, split_rows(starts, n), split_rows(frac, n)))
     cb, bb = dots["cb"].reshape(-1), dots["bb"].reshape(-1)
-    return probe + solver.beta_probe * _mean_step(xp, cb / (bb + cfg.gamma * xp.max(bb) + 1e-30), mask_f) * pdir
+    steps = _regularised_step(xp, cb, bb, cfg.gamma, group_mean(xp, bb, mask_f))
+    return probe + solver.beta_probe * _mean_step(xp, steps, mask_f) * pdir
 
 
 def inner_products(xp: Any, chi: Any, a: Any, b: Any) -> dict:
@@ -218,11 +249,12 @@ def inner_products(xp: Any, chi: Any, a: Any, b: Any) -> dict:
             "cb": xp.sum(xp.real(xp.conj(b) * chi), axis=axes)}
 
 
-def solve_2x2(xp: Any, d: dict, gamma: float) -> tuple[Any, Any]:
+def solve_2x2(xp: Any, d: dict, gamma: float, ref_a: Any, ref_b: Any) -> tuple[Any, Any]:
     """Per-position (α_a, α_b) from :func:`inner_products` (Odstrčil et al. 2018, eq. 23),
-    each diagonal regularised by γ times its largest value over the group."""
-    aa = d["aa"] + gamma * xp.max(d["aa"]) + 1e-30
-    bb = d["bb"] + gamma * xp.max(d["bb"]) + 1e-30
+    each diagonal regularised by γ times its group mean over the valid positions (``ref_a``,
+    ``ref_b``: :func:`step_references`, or :func:`group_mean`)."""
+    aa = d["aa"] + gamma * ref_a + 1e-30
+    bb = d["bb"] + gamma * ref_b + 1e-30
     ab, ca, cb = d["ab"], d["ca"], d["cb"]
     det = aa * bb - ab * ab
     det = xp.where(det > 1e-12 * aa * bb, det, aa * bb)
@@ -300,7 +332,7 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
     psis = tuple(kept[f"psi{i}"] for i in range(n_slices))  # psi0: the shifted probes
     _, sums = bk.sum_scan(carried, (), (kept["chi"], psis, split(starts), split(frac)))
     num, den = sums["num"].reshape(-1), sums["den"].reshape(-1)
-    alpha = xp.clip(num / (den + cfg.gamma * xp.max(den) + 1e-30), 0.0, None) * mask_f
+    alpha = xp.clip(_regularised_step(xp, num, den, cfg.gamma, group_mean(xp, den, mask_f)), 0.0, None) * mask_f
     weight = _weighted_illumination(bk, obj.shape, split(starts), split(alpha), kept["illums"])
     new_obj = obj + solver.beta_object * (weight / (illum_maps + 1e-30)) * directions
     new_probe = probe

@@ -29,9 +29,9 @@ import attrs
 
 from phaser_core.config import Schedulable, param, schedule_value
 from phaser_std.engines.chunking import has_chunked_step
-from phaser_std.engines.chunked_steps import (epie_multislice_chunked, epie_single_slice_chunked, inner_products,
-                                              lsqml_multislice_chunked, lsqml_multislice_probe_chunked,
-                                              lsqml_single_slice_chunked, solve_2x2)
+from phaser_std.engines.chunked_steps import (epie_multislice_chunked, epie_single_slice_chunked, group_mean,
+                                              inner_products, lsqml_multislice_chunked,
+                                              lsqml_multislice_probe_chunked, lsqml_single_slice_chunked, solve_2x2)
 from phaser_std.physics.forward import (
     abs2,
     add_views,
@@ -60,7 +60,8 @@ class LsqmlConfig:
                                     "1.0 recovers a poorly known single-slice probe faster")
     illum_reg_object: float = param(0.1, doc="δ_O: added to the illumination, as a fraction of its maximum")
     illum_reg_probe: float = param(0.1, doc="δ_P: added to Σ|O|², as a fraction of its maximum")
-    gamma: float = param(1e-6, doc="regularises the optimal-step denominators (relative)")
+    gamma: float = param(1e-6, doc="regularises the optimal-step denominators, relative to their mean "
+                         "over the group's positions")
     multislice: str = param("joint", doc="'joint': one step for all slices and the probe along their "
                             "combined direction; 'sequential': slice by slice from the exit, each taking "
                             "what the later ones left", validator=attrs.validators.in_(("joint", "sequential")))
@@ -77,11 +78,14 @@ def _object_maps(bk: Any, obj_slice: Any, starts: Any, psi: Any, chi: Any, m: An
     return num_map, illum, illum_map
 
 
-def _optimal_step(xp: Any, chi: Any, d: Any, gamma: float, axes: tuple) -> Any:
-    """α = Re Σ χ·conj(d) / (Σ|d|² + γ·max): the least-squares step along ``d`` (Odstrčil eq. 23)."""
+def _optimal_step(xp: Any, chi: Any, d: Any, gamma: float, mask: Any) -> Any:
+    """α = Re Σ χ·conj(d) / (Σ|d|² + γ·mean): each position's least-squares step along ``d``
+    ``(B, M, Ny, Nx)`` (Odstrčil eq. 23), the denominator regularised by γ times its mean
+    over the group's valid positions (``mask`` ``(B,)``)."""
+    axes = (1, 2, 3)
     num = xp.sum(xp.real(chi * xp.conj(d)), axis=axes)
     den = xp.sum(abs2(xp, d), axis=axes)
-    return num / (den + gamma * xp.max(den) + 1e-30)
+    return num / (den + gamma * group_mean(xp, den, mask) + 1e-30)
 
 
 class ConventionalSolver:
@@ -207,13 +211,13 @@ class LsqmlSolver(ConventionalSolver):
         a = d_views[:, None] * psi
         probe_step = None
         if probe_dir is None:
-            alpha = _optimal_step(xp, chi, a, cfg.gamma, (1, 2, 3))
+            alpha = _optimal_step(xp, chi, a, cfg.gamma, mask)
         else:
             pdir, frac, o0 = probe_dir
             # the step size only: the probe direction without its sub-pixel shift (≤ ½ px)
             # changes α negligibly and saves an inverse FFT of every wave of the group
             b = pdir[None] * o0[:, None]
-            alpha, probe_step = _joint_steps(xp, chi, a, b, cfg.gamma)
+            alpha, probe_step = _joint_steps(xp, chi, a, b, cfg.gamma, mask)
             probe_step = (xp.clip(probe_step, 0.0, None) * mask, pdir)
         alpha = xp.clip(alpha, 0.0, None) * mask
         weight = add_views(bk, xp.zeros(obj_slice.shape, dtype=bk.real_dtype), starts, alpha[:, None, None] * illum)
@@ -258,7 +262,7 @@ class LsqmlSolver(ConventionalSolver):
             d_wave = d_wave * views[:, i][:, None] + d_view[:, None] * psis[i]
             if i < n_slices - 1:
                 d_wave = propagate(bk, d_wave, props[i])
-        alpha = xp.clip(_optimal_step(xp, chi, d_wave, cfg.gamma, (1, 2, 3)), 0.0, None) * mask
+        alpha = xp.clip(_optimal_step(xp, chi, d_wave, cfg.gamma, mask), 0.0, None) * mask
         new_slices = []
         for i in range(n_slices):
             weight = add_views(bk, xp.zeros(obj[i].shape, dtype=bk.real_dtype), starts,
@@ -277,16 +281,17 @@ class LsqmlSolver(ConventionalSolver):
         if probe_step is None:
             pdir, _, _ = self.probe_direction(bk, frac, o0, chi0, mask)
             b = shift_probes(bk, pdir, frac) * o0[:, None]
-            alpha = xp.clip(_optimal_step(xp, chi0, b, cfg.gamma, (1, 2, 3)), 0.0, None) * mask
+            alpha = xp.clip(_optimal_step(xp, chi0, b, cfg.gamma, mask), 0.0, None) * mask
         else:
             alpha, pdir = probe_step
         alpha_mean = xp.sum(alpha) / xp.maximum(xp.sum(mask), 1.0)
         return probe + self.beta_probe * alpha_mean * pdir
 
 
-def _joint_steps(xp: Any, chi: Any, a: Any, b: Any, gamma: float) -> tuple[Any, Any]:
+def _joint_steps(xp: Any, chi: Any, a: Any, b: Any, gamma: float, mask: Any) -> tuple[Any, Any]:
     """Per-position (α_a, α_b) minimising Σ|χ − α_a·a − α_b·b|² (Odstrčil eq. 23)."""
-    return solve_2x2(xp, inner_products(xp, chi, a, b), gamma)
+    d = inner_products(xp, chi, a, b)
+    return solve_2x2(xp, d, gamma, group_mean(xp, d["aa"], mask), group_mean(xp, d["bb"], mask))
 
 
 def position_direction(bk: Any, probes: Any, o0: Any, chi0: Any, mask: Any) -> Any:
