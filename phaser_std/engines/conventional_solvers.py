@@ -289,7 +289,8 @@ class LsqmlSolver(ConventionalSolver):
 
 
 def _joint_steps(xp: Any, chi: Any, a: Any, b: Any, gamma: float, mask: Any) -> tuple[Any, Any]:
-    """Per-position (α_a, α_b) minimising Σ|χ − α_a·a − α_b·b|² (Odstrčil eq. 23)."""
+    """Per-position (α_a, α_b) minimising Σ|χ − α_a·a − α_b·b|² + γ·(r_a·α_a² + r_b·α_b²)
+    (Odstrčil eq. 23), r the group means of Σ|a|² and Σ|b|² over the valid positions."""
     d = inner_products(xp, chi, a, b)
     return solve_2x2(xp, d, gamma, group_mean(xp, d["aa"], mask), group_mean(xp, d["bb"], mask))
 
