@@ -107,9 +107,10 @@ def test_a_step_that_cannot_split_runs_on_one_lane(bk):
         assert one is bk.one_lane()  # one twin, built once
     one, chunk = engine_chunk(bk, None, 63, 1, 1, shape)  # 63 does not divide among 2 lanes
     assert one.lanes == 1
-    # a group of 16 (0.5 MiB of waves) is below LANE_MIN_BYTES; with 4 modes it is not
-    assert engine_chunk(bk, None, 16, 1, 1, shape)[0].lanes == 1
-    assert engine_chunk(bk, None, 16, 4, 1, shape) == (bk, 2)
+    # a group of 8 (0.25 MiB of waves) is below LANE_MIN_BYTES; one of 16 or with 4 modes is not
+    assert engine_chunk(bk, None, 8, 1, 1, shape)[0].lanes == 1
+    assert engine_chunk(bk, None, 16, 1, 1, shape) == (bk, 8)
+    assert engine_chunk(bk, None, 8, 4, 1, shape) == (bk, 2)
 
 
 def test_patterns_are_placed_once_on_every_lane(bk):

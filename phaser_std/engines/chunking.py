@@ -30,8 +30,8 @@ __all__ = ["CACHE_BUDGET_BYTES", "SWEEP_BUDGET_BYTES", "LANE_MIN_BYTES", "LANE_C
 CACHE_BUDGET_BYTES = 2 * 2**20
 SWEEP_BUDGET_BYTES = 16 * 2**20
 #: The smallest group [bytes of waves: B x modes x slices x Ny x Nx complex] whose chunks
-#: are spread over CPU lanes (:func:`engine_chunk`; measured, benchmarks/NOTES.md 27).
-LANE_MIN_BYTES = 1 * 2**20
+#: are spread over CPU lanes (:func:`engine_chunk`; measured, benchmarks/NOTES.md 27, 51).
+LANE_MIN_BYTES = 512 * 2**10
 #: Chunk budgets [bytes] on CPU lanes, where each lane (core) works in its own L2 (1 MiB on
 #: the benchmark machine) beside the other: the single-slice steps and the gradient engine
 #: 256 KiB, the multislice conventional steps 2 MiB (measured with two lanes, group 64,
@@ -97,7 +97,9 @@ def lane_plan(lanes: int, requested: int | None, group_size: int, n_modes: int, 
     one-device ``budget``. So does a group whose waves are smaller than
     :data:`LANE_MIN_BYTES`: the lanes meet once per pass over the chunks, and every lane does
     the group's object-sized work, which outweighs half of a small group's waves (single
-    slice, one mode, groups of 16: 1.2-1.35x slower on two lanes)."""
+    slice, one mode, 64², groups of 8: LSQML 1.36x and the gradient engine 1.2x slower on
+    two lanes; groups of 16: ePIE 1.42x and the gradient engine 1.11x faster, LSQML the
+    same)."""
     waves = int(group_size) * int(n_modes) * int(n_slices) * int(wave_shape[0]) * int(wave_shape[1]) * int(itemsize)
     if lanes > 1 and chunked_step and waves >= LANE_MIN_BYTES:
         chunk = resolve_chunk(requested, group_size, n_modes, n_slices, wave_shape, itemsize, on_cpu,
