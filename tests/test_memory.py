@@ -156,6 +156,10 @@ def test_streamed_patterns_are_counted_on_the_host_and_two_blocks_on_the_device(
     engine = make()
     engine.config = attrs.evolve(engine.config, grouping=attrs.evolve(engine.config.grouping, stream_patterns=False))
     assert _terms(engine, backend="cupy")["patterns on the device"] == 4096 * 128 * 128 * 4
+    engine.config = attrs.evolve(engine.config, grouping=attrs.evolve(engine.config.grouping, stream_patterns=True))
+    forced = _terms(engine, backend="numpy")
+    assert "patterns on the device" not in forced
+    assert forced["streamed pattern blocks on the device"] == 2 * 4 * 64 * 128 * 128 * 4
 
 
 def test_probe_scaling_pass_is_the_transient_when_groups_are_small():

@@ -75,8 +75,7 @@ def patterns_to_device(bk: Any, patterns: Any, counted: Any = "find") -> Any:
     counted data as uint8 or uint16, a quarter or half the memory of float32; other data in
     the backend's real dtype). Engines read a group through :func:`group_patterns`; a
     :class:`~phaser_std.engines.pattern_feed.PatternFeed` keeps them so or streams them."""
-    host = corner_centred(bk, patterns, counted)
-    return bk.share(bk.asarray(host, dtype=host.dtype))
+    return bk.step_inputs(corner_centred(bk, patterns, counted))[0]
 
 
 def group_patterns(bk: Any, patterns: Any, idx: Any) -> Any:

@@ -69,7 +69,7 @@ class PatternFeed:
         if self.stream:
             self.host, self.device = np.ascontiguousarray(host), None
         else:
-            self.host, self.device = None, bk.share(bk.asarray(host, dtype=host.dtype))
+            self.host, self.device = None, bk.step_inputs(host)[0]
         self._in_flight: collections.deque = collections.deque()
 
     def total_counts(self) -> float:
@@ -95,10 +95,10 @@ class PatternFeed:
         (rows ``0 .. g·B-1``).
 
         The caller hands each call's output to :meth:`dispatched` (:meth:`run_blocks` does
-        both): backends that run
-        asynchronously (jax) would otherwise take every block of the iteration onto the
-        device before the first finished, so before sending a block the feed waits for all
-        but the newest call, and a block or two are on the device at a time."""
+        both): backends that run asynchronously (jax) would otherwise take every block of the
+        iteration onto the device before the first finished, so before sending a block the
+        feed waits for all but the newest call, and a block or two are on the device at a
+        time."""
         bk = self.bk
         n_groups, size = indices.shape
         if not self.stream:
@@ -110,7 +110,8 @@ class PatternFeed:
             sel = indices[start:start + per]
             while len(self._in_flight) > 1:
                 bk.synchronize(self._in_flight.popleft())
-            yield (slice(start, start + len(sel)), bk.share(bk.asarray(self.host[sel.reshape(-1)], dtype=self.dtype)),
+            # one transfer onto every lane (asarray, then share, would copy the block twice)
+            yield (slice(start, start + len(sel)), bk.step_inputs(self.host[sel.reshape(-1)])[0],
                    np.arange(sel.size, dtype=np.int32).reshape(sel.shape))
         self._in_flight.clear()
 
