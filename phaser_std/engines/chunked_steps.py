@@ -459,7 +459,7 @@ def epie_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: A
             mm = m[:, None, None]
             o = get_views(bk, obj[i:i + 1], st, shape)[:, 0]
             rest = g if delta is None else g - get_views(bk, delta[None], st, shape)[:, 0][:, None] * psi
-            g = propagate(bk, xp.conj(o)[:, None] * rest / (view_peak[i] + 1e-30), xp.conj(props[i - 1]))
+            g = propagate(bk, (xp.conj(o) * (1.0 / (view_peak[i] + 1e-30)))[:, None] * rest, xp.conj(props[i - 1]))
             if update_object:
                 num_map, illum_map = slice_sums(num_map, illum_map, st, psi_before, g, mm)
             if update_probe and i == 1:

@@ -173,7 +173,9 @@ class EpieSolver(ConventionalSolver):
 
     def wave_backprop(self, bk, o, chi):
         xp = bk.xp
-        return xp.conj(o)[:, None] * chi / (xp.max(abs2(xp, o)) + 1e-30)
+        # the (B, Ny, Nx) views scaled, not the (B, M, Ny, Nx) product divided: numpy
+        # divides complex by real as complex by complex, 4x slower than this multiply
+        return (xp.conj(o) * (1.0 / (xp.max(abs2(xp, o)) + 1e-30)))[:, None] * chi
 
     def probe_update(self, bk, probe, frac, o0, chi0, mask, probe_step=None):
         xp = bk.xp
