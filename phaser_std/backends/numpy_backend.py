@@ -42,10 +42,10 @@ class NumpyBackend(BaseBackend):
         return out
 
     def divide_real(self, z: Any, r: Any) -> Any:
-        """``z / r`` for real ``r`` with the same bits as numpy's ``z / r``, which makes ``r``
-        complex and then multiplies each part by ``1 / r`` (Smith's division with a zero
-        imaginary part), but 3-5x faster: the reciprocal is taken once on the real array
-        (1.9 against 0.4 ms for an (8, 300, 300) complex64 object). A complex ``r``: an
+        """``z / r`` for real ``r``, with the same bits as numpy's ``z / r``: numpy makes ``r``
+        complex, and its complex division by ``r + 0j`` multiplies each part by ``1 / r``
+        (numpy 2.4). Here the reciprocal is taken once on the real array, 2-3.5x faster
+        (1.8 against 0.56 ms for an (8, 300, 300) complex64 object). A complex ``r``: an
         ordinary division."""
         if not np.iscomplexobj(z) or np.iscomplexobj(r):
             return z / r
