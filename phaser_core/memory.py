@@ -36,6 +36,7 @@ import numpy as np
 from .config import env_enabled
 from .data import count_dtype
 from .errors import PhaserError
+from .state import unit_amplitude
 
 GiB = float(1 << 30)
 MiB = float(1 << 20)
@@ -183,7 +184,9 @@ def data_shape(data: Any) -> DataShape:
 def state_shapes(state: Any) -> dict:
     """``{"probe": (M, Ny, Nx), "object": (S, H, W), "scan": (N, 2)}`` of a ReconsState
     (engines choose their own dtype). The planner adds ``"probe_scaled"``: whether the
-    probe-scaling pass already ran before this engine."""
+    probe-scaling pass already ran before this engine, and ``"unit_object"``: whether the
+    engine starts from the initial object and it has unit amplitude (one slice of it then
+    scales the probe without a forward pass)."""
     probe = tuple(int(v) for v in np.shape(state.probe.data))
     if len(probe) == 2:
         probe = (1, *probe)
@@ -225,11 +228,15 @@ def estimate_run(plan: Any, data: Any, state: Any, registry: Any, backend: str |
     shared.append(Term("initial state (host copy kept by the runner)", obj_host,
                        "a smaller object field (fewer slices, less padding)", "host"))
     engines = []
-    # the probe-scaling pass runs once per run (the first engine that asks for it)
+    # the probe-scaling pass runs once per run (the first engine that asks for it); on one
+    # slice of unit amplitude (the initial object, before any engine changed it) it needs
+    # no forward pass
     scaled = bool((getattr(state, "extra", None) or {}).get("probe_scaled", False))
+    unit = unit_amplitude(state.object.data)
     for num, spec in enumerate(plan.engines):
         engine = spec.build(registry)
-        terms = _engine_terms(engine, ds, dict(shapes, probe_scaled=scaled), dtype, backend)
+        terms = _engine_terms(engine, ds, dict(shapes, probe_scaled=scaled, unit_object=unit and num == 0),
+                              dtype, backend)
         scaled = scaled or bool(getattr(getattr(engine, "config", None), "scale_probe", False))
         if terms is None:
             terms = [Term(f"engine {spec.type!r} gives no estimate", 0, "")]

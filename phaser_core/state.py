@@ -62,6 +62,14 @@ class ObjectState:
                 self.corner_A[1] + self.sampling_A[1] * np.arange(w))
 
 
+def unit_amplitude(data: Any, tol: float = 1e-6) -> bool:
+    """Whether every pixel of the host array ``data`` has |O|² within ``tol`` of 1: a vacuum
+    or random-phase start (complex64 rounding leaves ~1e-7)."""
+    data = np.asarray(data)
+    amp2 = data.real.astype(np.float64) ** 2 + data.imag.astype(np.float64) ** 2
+    return bool(np.all(np.abs(amp2 - 1.0) <= tol))
+
+
 @attrs.define(kw_only=True)
 class IterationCounters:
     """Where a run stands: engine index, iteration within it, iterations overall."""

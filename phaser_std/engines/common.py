@@ -23,7 +23,7 @@ from phaser_core.config import RegularizerSpec, param
 from phaser_core.errors import DataError, PhaserError
 from phaser_core.observer import notify
 from phaser_core.plan import SlicesPlan
-from phaser_core.state import DeferredState, IterationCounters, ObjectState, ProbeState, ReconsState
+from phaser_core.state import DeferredState, IterationCounters, ObjectState, ProbeState, ReconsState, unit_amplitude
 from phaser_std.engines.grouping import iteration_groups
 from phaser_std.engines.pattern_feed import PatternFeed, corner_centred
 from phaser_std.engines.regularizers import RegInfo
@@ -91,12 +91,22 @@ def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: PatternFeed, sc
     One compiled function over equal batches (the last one padded and masked), so jax
     compiles it once instead of dispatching every kernel eagerly. Batches of 64: on numpy
     the waves entering every slice are held for a batch (S·B·M·Ny·Nx complex values), which
-    at 256 set the peak memory of multislice runs. ``patterns``: the run's
+    at 256 set the peak memory of multislice runs. One slice of unit amplitude (a vacuum or
+    random-phase start) needs no forward pass: each position's model total is then
+    Σ_modes Σ|P|² (Parseval). ``patterns``: the run's
     :class:`~phaser_std.engines.pattern_feed.PatternFeed` (only their total [e⁻] is read)."""
     shape = probe.shape[-2:]
     xp = bk.xp
     n = scan_A.shape[0]
     batch = max(1, min(batch, n))
+    probe_host = bk.to_numpy(probe)
+    data_sum = patterns.total_counts()
+    if obj.shape[0] == 1 and unit_amplitude(bk.to_numpy(obj)):
+        # one slice of |O| = 1: the sub-pixel shift (a phase ramp) and the unitary far
+        # field keep Σ|ψ|², so each position's model total is Σ_modes Σ|P|² (Parseval)
+        # and no forward pass (nor, on jax, its compilation) is needed
+        model_sum = n * float(np.sum(np.abs(probe_host.astype(np.complex128)) ** 2))
+        return _scaled_probe(bk, probe_host, data_sum, model_sum)
 
     def batch_sum(probe_, obj_, starts, frac, mask):
         inten = forward_intensity(bk, probe_, obj_, starts, frac, props)
@@ -110,13 +120,16 @@ def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: PatternFeed, sc
         sel = np.minimum(sel, n - 1)
         starts, frac = scan_to_pixels(scan_A[sel], geometry.corner_A, geometry.sampling_A, shape)
         model_sum += float(bk.to_numpy(fn(probe, obj, bk.asarray(starts), bk.asarray(frac), bk.asarray(mask))))
-    data_sum = patterns.total_counts()
+    return _scaled_probe(bk, probe_host, data_sum, model_sum)
+
+
+def _scaled_probe(bk: Any, probe_host: np.ndarray, data_sum: float, model_sum: float) -> Any:
     if model_sum <= 0 or data_sum <= 0:
         raise DataError("cannot scale the probe to the data: the data or the model has no intensity")
     # scaled on the host (a small array; on jax an eager multiply compiles a program of its
     # own), by a Python float: a numpy float64 scalar would promote a complex64 probe to
     # complex128, and every wave computed from it
-    return bk.asarray(bk.to_numpy(probe) * float(np.sqrt(data_sum / model_sum)), dtype=bk.complex_dtype)
+    return bk.asarray(probe_host * float(np.sqrt(data_sum / model_sum)), dtype=bk.complex_dtype)
 
 
 @attrs.define

@@ -11,7 +11,7 @@ counts; ``r``/``c`` the real/complex itemsize [bytes] of the run's dtype):
   counts the chunk's waves, plus what the step keeps of the whole group between passes;
 - the probe-scaling pass before the first iteration runs the forward model on
   b = min(batch, N) positions at a time (:func:`~phaser_std.engines.common.scale_probe_to_data`,
-  ``batch`` its default).
+  ``batch`` its default), except on one slice of unit amplitude (no forward pass).
 
 Peak = persistent terms (patterns on the device, object, probe, optimizer state, host
 snapshot) + the largest transient phase: the probe-scaling pass or one group step. A group
@@ -189,7 +189,10 @@ def _common_terms(config: Any, z: Sizes, family: str = "conv", state_shapes: dic
          int(overhead * MiB), "", "host"),
     ]
     dry = (0, "")
-    if getattr(config, "scale_probe", False) and not (state_shapes or {}).get("probe_scaled", False):
+    given = state_shapes or {}
+    # one slice of unit amplitude scales the probe without a forward pass (scale_probe_to_data)
+    shortcut = z.s == 1 and given.get("unit_object", False)
+    if getattr(config, "scale_probe", False) and not given.get("probe_scaled", False) and not shortcut:
         b = min(dry_run_batch(), z.n)
         dry = (z.lanes * z.phase("dry", b),
                f"probe-scaling pass ({b} positions at a time, {z.s} slices x {z.m} modes){on}")
