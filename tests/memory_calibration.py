@@ -254,7 +254,8 @@ def fit(rows: list[dict]) -> None:
             sol = lsq_linear(np.array(a_rows), np.array(y), bounds=(lo, hi)).x
             new = {}
             for case in cases:
-                scale = case[6].get("scale_probe", True)
+                # one slice of the (vacuum) start scales the probe without a forward pass
+                scale = case[6].get("scale_probe", True) and case[3] > 1
                 est = {ph: features(case, ph)[0] @ sol + features(case, ph)[1]
                        for ph in (("dry", "group") if scale else ("group",))}
                 new[label(case)] = max(est, key=est.get)
