@@ -417,3 +417,31 @@ def test_resume_keeps_the_band_limit_when_the_data_give_no_convergence_angle(tmp
     assert full.extra["probe_aperture_invA"] == pytest.approx(25e-3 / wavelength_A(200e3), rel=0.05)
     np.testing.assert_array_equal(resumed.object.data, full.object.data)
     np.testing.assert_array_equal(resumed.probe.data, full.probe.data)
+
+
+def test_another_thickness_reuses_the_compiled_programs(tmp_path):
+    """The propagators are arguments of the compiled steps, not constants in them: a
+    multislice run with another slice thickness (same shapes) compiles nothing new, it
+    loads every program from jax's compilation cache."""
+    pytest.importorskip("jax", reason="jax is not installed")
+    data = make_dataset(tmp_path / "d.h5", detector_shape=[32, 32], scan={"shape": [6, 6]})
+    code = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+import recon
+for engine in ("lsqml", "epie"):
+    recon.run({str(data)!r}, [{{"type": "conventional", "niter": 2, "grouping": {{"size": 12}},
+                                "slices": {{"n": 3, "total_thickness_A": float(sys.argv[1])}},
+                                "solver": {{"type": engine}}}}], backend="jax")
+"""
+    cache = tmp_path / "cache"
+    env = dict(os.environ, PHASER_CACHE_DIR=str(cache), PHASER_JAX_CACHE="1", PHASER_JAX_CACHE_MIN_COMPILE_S="0")
+
+    def entries():
+        return {p.name for p in (cache / "jax").iterdir()}
+
+    subprocess.run([sys.executable, "-c", code, "30"], check=True, env=env, capture_output=True, text=True)
+    first = entries()
+    assert first, "nothing was written to the compilation cache"
+    subprocess.run([sys.executable, "-c", code, "45"], check=True, env=env, capture_output=True, text=True)
+    assert entries() == first, f"compiled anew for another thickness: {sorted(entries() - first)}"

@@ -108,8 +108,10 @@ def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: PatternFeed, sc
         model_sum = n * float(np.sum(np.abs(probe_host.astype(np.complex128)) ** 2))
         return _scaled_probe(bk, probe_host, data_sum, model_sum)
 
-    def batch_sum(probe_, obj_, starts, frac, mask):
-        inten = forward_intensity(bk, probe_, obj_, starts, frac, props)
+    def batch_sum(probe_, obj_, props_, starts, frac, mask):
+        # the propagators an argument, not constants of the program: another thickness or
+        # energy of the same shapes reuses it (jax's compilation cache)
+        inten = forward_intensity(bk, probe_, obj_, starts, frac, props_)
         return xp.sum(xp.sum(inten, axis=(-2, -1)) * mask)
 
     fn = bk.jit(batch_sum)
@@ -119,7 +121,8 @@ def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: PatternFeed, sc
         mask = (sel < n).astype(np.float64)
         sel = np.minimum(sel, n - 1)
         starts, frac = scan_to_pixels(scan_A[sel], geometry.corner_A, geometry.sampling_A, shape)
-        model_sum += float(bk.to_numpy(fn(probe, obj, bk.asarray(starts), bk.asarray(frac), bk.asarray(mask))))
+        model_sum += float(bk.to_numpy(fn(probe, obj, props, bk.asarray(starts), bk.asarray(frac),
+                                          bk.asarray(mask))))
     return _scaled_probe(bk, probe_host, data_sum, model_sum)
 
 

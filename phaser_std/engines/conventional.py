@@ -88,24 +88,27 @@ class ConventionalEngine:
         info = RegInfo(sampling_A=tuple(geometry.sampling_A), wavelength_A=wavelength,
                        thicknesses_A=np.asarray(geometry.thicknesses_A))
         group_step_fn = make_group_step(bk, solver, noise, props, probe_shape, chunk=chunk)
+        # an argument of the compiled step, not a constant in it (make_group_step), placed
+        # once where every lane reads it
+        props_arg = None if props is None else bk.share(props)
 
-        def fused_step(obj_, probe_, patterns_, rows, starts, frac, mask, hyper, update_object=True,
+        def fused_step(obj_, probe_, patterns_, props_, rows, starts, frac, mask, hyper, update_object=True,
                        update_probe=True, update_positions=False):
             # the pattern gather and the group constraints run inside the compiled step
             # (constraints are pure and do not depend on the iteration), so one group is one
             # dispatch on jax instead of one per array operation
             obj_, probe_, loss, shift = group_step_fn(obj_, probe_, group_patterns(bk, patterns_, rows), starts,
                                                       frac, mask, hyper,
-                                                      update_object, update_probe, update_positions)
+                                                      update_object, update_probe, update_positions, props_)
             if group_constraints:
                 probe_, obj_ = apply_constraints(bk, group_constraints, probe_, obj_, info)
             return obj_, probe_, loss, shift
 
-        def iteration_step(obj_, probe_, patterns_, rows, starts, frac, masks, hyper, update_object=True,
+        def iteration_step(obj_, probe_, patterns_, props_, rows, starts, frac, masks, hyper, update_object=True,
                            update_probe=True, update_positions=False):
             ramps = shift_ramp_factors(bk, frac, probe_shape)  # once, outside the loop (ShiftRamp)
             def one(o, p, row, st, fr, m):
-                o, p, loss, shift = fused_step(o, p, patterns_, row, st, fr, m, hyper, update_object,
+                o, p, loss, shift = fused_step(o, p, patterns_, props_, row, st, fr, m, hyper, update_object,
                                                update_probe, update_positions)
                 return o, p, {"loss": loss, "shift": shift}
 
@@ -137,7 +140,8 @@ class ConventionalEngine:
         def run_groups(it, indices, masks, starts, frac):
             def call(sel, patterns, rows):
                 live["obj"], live["probe"], losses, shifts = step(
-                    live["obj"], live["probe"], patterns, *bk.step_inputs(rows, starts[sel], frac[sel], masks[sel]),
+                    live["obj"], live["probe"], patterns, props_arg, *bk.step_inputs(rows, starts[sel], frac[sel],
+                                                                                      masks[sel]),
                     cur["hyper"], **cur["flags"])
                 return losses, shifts
 

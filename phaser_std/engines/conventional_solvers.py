@@ -330,10 +330,13 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
     """The pure per-group step of a conventional engine.
 
     ``step(obj, probe, measured, starts, frac, mask, hyper, update_object, update_probe,
-    update_positions) -> (obj, probe, loss_sum, shift_px)``: ``hyper`` holds the step sizes
-    ``beta_object`` and ``beta_probe`` (scalars); ``measured`` ``(B, Qy, Qx)``
+    update_positions, props) -> (obj, probe, loss_sum, shift_px)``: ``hyper`` holds the step
+    sizes ``beta_object`` and ``beta_probe`` (scalars); ``measured`` ``(B, Qy, Qx)``
     corner-centred [e⁻]; ``loss_sum`` the noise-model loss summed over the group's
-    patterns before the update; ``shift_px`` ``(B, 2)`` the position-correction direction.
+    patterns before the update; ``shift_px`` ``(B, 2)`` the position-correction direction;
+    ``props`` the propagators (default: the ``props`` given here, whose shape fixes the
+    slice count). A compiled step takes them as an argument, so that they are not constants
+    of the program: a run with another thickness or energy then reuses it (jax's cache).
 
     ``chunk`` (a divisor of B; None: the whole group): ePIE and LSQML (single slice, and
     LSQML's multislice ``joint`` step) compute the group that many positions at a time
@@ -343,8 +346,11 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
     xp = bk.xp
     n_slices = 1 if props is None else int(props.shape[-3]) + 1
 
+    default_props = props
+
     def step(obj, probe, measured, starts, frac, mask, hyper, update_object=True, update_probe=True,
-             update_positions=False):
+             update_positions=False, props=None):
+        props = default_props if props is None else props
         mask_f = mask.astype(bk.real_dtype)
         stepper = solver.with_steps(hyper["beta_object"], hyper["beta_probe"])
         # the chunked steps re-implement the two built-in rules exactly: a subclass (a
@@ -372,15 +378,15 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
                     keep_waves=update_positions)
             o0 = get_views(bk, obj[:1], starts, probe_shape)[:, 0] if update_positions else None
         else:
-            new_obj, new_probe, loss, chi0, probes, o0 = whole_group(stepper, obj, probe, measured, starts, frac,
-                                                                     mask_f, update_object, update_probe)
+            new_obj, new_probe, loss, chi0, probes, o0 = whole_group(stepper, obj, probe, props, measured, starts,
+                                                                     frac, mask_f, update_object, update_probe)
         if update_positions:
             shift = position_direction(bk, probes, o0, chi0, mask_f)
         else:
             shift = xp.zeros((mask.shape[0], 2), dtype=bk.real_dtype)
         return new_obj, new_probe, loss, shift
 
-    def whole_group(stepper, obj, probe, measured, starts, frac, mask_f, update_object, update_probe):
+    def whole_group(stepper, obj, probe, props, measured, starts, frac, mask_f, update_object, update_probe):
         probes = shift_probes(bk, probe, frac)
         views = get_views(bk, obj, starts, probe_shape)
         psis, exit_waves = multislice_forward(bk, probes, views, props)
