@@ -420,19 +420,21 @@ def test_resume_keeps_the_band_limit_when_the_data_give_no_convergence_angle(tmp
 
 
 def test_another_thickness_reuses_the_compiled_programs(tmp_path):
-    """The propagators are arguments of the compiled steps, not constants in them: a
-    multislice run with another slice thickness (same shapes) compiles nothing new, it
-    loads every program from jax's compilation cache."""
+    """The propagators (and the gradient engine's slice distances) are arguments of the
+    compiled steps, not constants in them: a multislice run with another slice thickness
+    (same shapes) compiles nothing new, it loads every program from jax's compilation
+    cache. ePIE, LSQML and the gradient engine (with its tilt refined, which the distances
+    enter)."""
     pytest.importorskip("jax", reason="jax is not installed")
     data = make_dataset(tmp_path / "d.h5", detector_shape=[32, 32], scan={"shape": [6, 6]})
     code = f"""
 import sys
 sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
 import recon
-for engine in ("lsqml", "epie"):
-    recon.run({str(data)!r}, [{{"type": "conventional", "niter": 2, "grouping": {{"size": 12}},
-                                "slices": {{"n": 3, "total_thickness_A": float(sys.argv[1])}},
-                                "solver": {{"type": engine}}}}], backend="jax")
+slices = {{"n": 3, "total_thickness_A": float(sys.argv[1])}}
+for block in ({{"type": "conventional", "solver": {{"type": "lsqml"}}}}, {{"type": "conventional", "solver": {{"type": "epie"}}}},
+              {{"type": "gradient", "solvers": {{"tilt": {{"type": "adam", "learning_rate": 0.2}}}}, "update_tilt": True}}):
+    recon.run({str(data)!r}, [dict(block, niter=2, grouping={{"size": 12}}, slices=slices)], backend="jax")
 """
     cache = tmp_path / "cache"
     env = dict(os.environ, PHASER_CACHE_DIR=str(cache), PHASER_JAX_CACHE="1", PHASER_JAX_CACHE_MIN_COMPILE_S="0")

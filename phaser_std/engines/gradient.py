@@ -174,15 +174,20 @@ class GradientEngine:
                            thicknesses_A=thick, reg_info=info, n_positions=n_pos,
                            costs_per_group=cfg.cost_per == "group")
         step = make_group_step(bk, model, solvers, group_constraints, counter=self.step_counter, chunk=chunk)
+        # the propagators and slice distances: arguments of the compiled step, not constants
+        # in it, so another thickness of the same shapes reuses it (jax's compilation cache)
+        physics = None if base_props is None else {
+            "base_props": bk.share(base_props),
+            "dz": bk.share(bk.asarray(np.asarray(thick, dtype=np.float64)[:-1], dtype=bk.real_dtype))}
 
-        def iteration_step(params, opt_states, acc, patterns_, rows, indices, starts, frac, tilt_, masks, hyper,
-                           cost_w, **flags):
+        def iteration_step(params, opt_states, acc, patterns_, physics_, rows, indices, starts, frac, tilt_, masks,
+                           hyper, cost_w, **flags):
             if not flags.get("grad_positions"):
                 frac = shift_ramp_factors(bk, frac, probe_shape)  # once, outside the loop (ShiftRamp)
             def one(params, opt_states, acc, row, idx, st, fr, m):
                 tilt_g = tilt_[idx] if tilt_.ndim == 2 else tilt_
                 params, opt_states, acc, loss = step(params, opt_states, acc, patterns_, idx, st, fr, tilt_g, m,
-                                                     hyper, cost_w, rows=row, **flags)
+                                                     hyper, cost_w, rows=row, physics=physics_, **flags)
                 return params, opt_states, acc, {"loss": loss}
 
             (params, opt_states, acc), out = scan_groups(bk, one, (params, opt_states, acc),
@@ -240,8 +245,8 @@ class GradientEngine:
                 params = {"object": live["object"], "probe": live["probe"]}
                 rows_, idx, st, fr, m = bk.step_inputs(rows, indices[sel], starts[sel], frac[sel], masks[sel])
                 params, states, cur["acc"], losses = iteration(
-                    params, opt_states, cur["acc"], patterns, rows_, idx, st, fr, cur["tilt_dev"], m, cur["hyper"],
-                    cur["cost_w"], **cur["flags"])
+                    params, opt_states, cur["acc"], patterns, physics, rows_, idx, st, fr, cur["tilt_dev"], m,
+                    cur["hyper"], cur["cost_w"], **cur["flags"])
                 live["object"], live["probe"] = params["object"], params["probe"]
                 opt_states.update(states)
                 return losses

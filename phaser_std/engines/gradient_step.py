@@ -81,6 +81,9 @@ class GroupModel:
     :ivar base_props: untilted band-limited propagators ``(S-1, Ny, Nx)`` or None (one slice).
     :ivar sampling_A: (y, x) pixel size [Å] of probe and object.
     :ivar thicknesses_A: per-slice thickness [Å] (host tuple; the last is not propagated).
+    :ivar dz: the propagation distances ``(S-1,)`` [Å] as a backend array, or None (taken
+        from ``thicknesses_A``). A compiled step is given them, with ``base_props``, as an
+        argument (:func:`make_group_step`'s ``physics``), so they are not constants of it.
     :ivar reg_info: a :class:`~phaser_std.engines.regularizers.RegInfo` for costs/constraints.
     :ivar n_positions: N, the number of scan positions (for the cost fraction).
     :ivar costs_per_group: every group adds the full penalty (fraction 1) instead of
@@ -93,6 +96,7 @@ class GroupModel:
     sampling_A: tuple[float, float]
     thicknesses_A: tuple[float, ...]
     reg_info: Any
+    dz: Any = None
     n_positions: int
     costs_per_group: bool = False
 
@@ -105,27 +109,32 @@ def _k_grids(bk: Any, shape: Sequence[int], sampling_A: Sequence[float]) -> tupl
 
 
 def tilt_ramps(bk: Any, shape: Sequence[int], sampling_A: Sequence[float], thicknesses_A: Sequence[float],
-               tilt_mrad: Any) -> Any:
+               tilt_mrad: Any, dz: Any = None) -> Any:
     """exp(−2πiΔz_i(k_y tan t_y + k_x tan t_x)) per propagation step, corner-centred.
 
     ``tilt_mrad`` ``(2,)`` -> ``(S-1, Ny, Nx)``; ``(B, 2)`` -> ``(B, S-1, Ny, Nx)``.
     Differentiable in the tilt (jax). The tilted propagator is ``base · ramp``
-    (CONVENTIONS: a tilt t moves the wave laterally by Δz·tan t).
+    (CONVENTIONS: a tilt t moves the wave laterally by Δz·tan t). ``dz`` ``(S-1,)`` [Å]: the
+    propagation distances as a backend array (default: from ``thicknesses_A``).
     """
     xp = bk.xp
     ky, kx = _k_grids(bk, shape, sampling_A)
-    dz = np.asarray(thicknesses_A, dtype=np.float64)[:-1]
     t = xp.tan(tilt_mrad * 1e-3)
     lin = ky * t[..., 0, None, None] + kx * t[..., 1, None, None]  # (..., Ny, Nx)
-    dzs = bk.asarray(dz, dtype=bk.real_dtype)
+    dzs = _slice_dz(bk, thicknesses_A) if dz is None else dz
     phase = (-2 * np.pi) * dzs[:, None, None] * lin[..., None, :, :]  # (..., S-1, Ny, Nx)
     return xp.exp(1j * phase).astype(bk.complex_dtype)
+
+
+def _slice_dz(bk: Any, thicknesses_A: Sequence[float]) -> Any:
+    """The propagation distances ``(S-1,)`` [Å] (all slices but the last) in the real dtype."""
+    return bk.asarray(np.asarray(thicknesses_A, dtype=np.float64)[:-1], dtype=bk.real_dtype)
 
 
 def _props(bk: Any, model: GroupModel, shape: Sequence[int], tilt: Any) -> Any:
     if model.base_props is None:
         return None
-    return model.base_props * tilt_ramps(bk, shape, model.sampling_A, model.thicknesses_A, tilt)
+    return model.base_props * tilt_ramps(bk, shape, model.sampling_A, model.thicknesses_A, tilt, model.dz)
 
 
 # --------------------------------------------------------------------------- loss
@@ -278,12 +287,12 @@ def _tilt_grad(bk: Any, model: GroupModel, shape: Sequence[int], tilt: Any, term
     conj(∂L/∂H̄)·H = F(ψ_{i+1})·conj(F(g_{i+1}))."""
     xp = bk.xp
     ky, kx = _k_grids(bk, shape, model.sampling_A)
-    dz = np.asarray(model.thicknesses_A, dtype=np.float64)[:-1]
+    dz = _slice_dz(bk, model.thicknesses_A) if model.dz is None else model.dz
     gy = 0.0
     gx = 0.0
     for i, term in enumerate(terms):
         s = xp.sum(term, axis=1)  # (B, Ny, Nx), over modes
-        c = (-2j * np.pi * float(dz[i]))
+        c = -2j * np.pi * dz[i]
         gy = gy + 2 * xp.sum(xp.real(s * (c * ky)), axis=(-2, -1))
         gx = gx + 2 * xp.sum(xp.real(s * (c * kx)), axis=(-2, -1))
     g = xp.stack([gy, gx], axis=-1)  # (B, 2)
@@ -433,8 +442,8 @@ def make_group_step(bk: Any, model: GroupModel, solvers: dict, constraints: Sequ
     """The pure group step.
 
     ``step(params, opt_states, acc, patterns, idx, starts, frac, tilt, mask, hyper, cost_w,
-    *, rows, update_object, update_probe, grad_positions, grad_tilt) -> (params, opt_states, acc,
-    data_loss)``
+    *, rows, physics, update_object, update_probe, grad_positions, grad_tilt) -> (params,
+    opt_states, acc, data_loss)``
 
     - ``params`` ``{"object", "probe"}``; ``opt_states`` their solver states.
     - ``acc`` ``{"positions": (N, 2), "tilt": (2,) | (N, 2)}``: per-iteration gradient sums
@@ -445,14 +454,20 @@ def make_group_step(bk: Any, model: GroupModel, solvers: dict, constraints: Sequ
     - ``tilt`` the group's tilt: ``(2,)`` global or ``(B, 2)``.
     - ``rows`` the group's rows in ``patterns`` (a streamed block,
       :mod:`~phaser_std.engines.pattern_feed`); None: ``idx``, the patterns are all there.
+    - ``physics`` ``{"base_props", "dz"}`` (:class:`GroupModel`'s fields) or None (the
+      model's own): given as arguments of a compiled step, another slice thickness of the
+      same shapes reuses the compiled program.
 
     ``chunk`` (a divisor of the group size, or None: the whole group) sets how many
     positions the gradients are computed for at once (:func:`chunked_gradients`).
     """
     xp = bk.xp
 
+    base_model = model
+
     def step(params, opt_states, acc, patterns, idx, starts, frac, tilt, mask, hyper, cost_w, *, rows=None,
-             update_object=True, update_probe=True, grad_positions=False, grad_tilt=False):
+             physics=None, update_object=True, update_probe=True, grad_positions=False, grad_tilt=False):
+        model = base_model if physics is None else attrs.evolve(base_model, **physics)
         if counter is not None:
             counter.n += 1
         obj, probe = params["object"], params["probe"]
