@@ -205,8 +205,7 @@ class GradientEngine:
         live: dict[str, Any] = {"object": arrays.obj, "probe": arrays.probe, "scan": scan, "tilt": tilt}
         arrays.probe = arrays.obj = None  # `live` owns them now: the iteration program donates their buffers
         opt_states: dict[str, Any] = {}
-        def restore(k: str, like: Any, backend: Any) -> Any:
-            fresh = solvers[k].init(like, backend if backend is not None else host)
+        def restore(k: str, like: Any, backend: Any, fresh: Any) -> Any:
             if k not in saved:
                 return fresh
             arrays = _unpack(saved[k])
@@ -215,13 +214,18 @@ class GradientEngine:
                 return fresh  # saved for other shapes or another solver
             return solvers[k].state_from_numpy(arrays, like, backend)
 
-        for k in ("object", "probe"):
-            if solvers[k] is not None:
-                opt_states[k] = restore(k, live[k], bk)
+        on_device = [k for k in ("object", "probe") if solvers[k] is not None]
+        # the object's and the probe's fresh states in one compiled program (on jax each
+        # solver's init is a program of its own: one compilation fewer in the first iteration)
+        fresh = bk.jit(lambda params: {k: solvers[k].init(params[k], bk) for k in on_device})(
+            {k: live[k] for k in on_device})
+        for k in on_device:
+            opt_states[k] = restore(k, live[k], bk, fresh[k])
         host_states: dict[str, Any] = {}
         for k in ("positions", "tilt"):
             if solvers[k] is not None:
-                host_states[k] = restore(k, live["scan"] if k == "positions" else live["tilt"], None)
+                like = live["scan"] if k == "positions" else live["tilt"]
+                host_states[k] = restore(k, like, None, solvers[k].init(like, host))
 
         cur: dict[str, Any] = {}
 
@@ -266,8 +270,13 @@ class GradientEngine:
 
         def end_iteration(it):
             fl = cur["flags"]
+            refine = fl["grad_positions"] or fl["grad_tilt"]
+            if not (iter_constraints or refine):
+                return  # nothing to constrain, no probe intensity to read: no call, no wait
             live["probe"], live["object"], probe_int = iteration_constraints(
                 live["probe"], live["object"], bk.asarray(np.int32(it)))
+            if not refine:
+                return
             probe_int = max(float(bk.to_numpy(probe_int)), 1e-30)
             if fl["grad_positions"]:
                 g = bk.to_numpy(cur["acc"]["positions"]).astype(np.float64) / np.asarray(sampling) / probe_int
