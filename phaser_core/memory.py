@@ -232,7 +232,8 @@ def estimate_run(plan: Any, data: Any, state: Any, registry: Any, backend: str |
     # slice of unit amplitude (the initial object, before any engine changed it) it needs
     # no forward pass
     scaled = bool((getattr(state, "extra", None) or {}).get("probe_scaled", False))
-    unit = unit_amplitude(state.object.data)
+    # only a one-slice object can take the shortcut (an engine's slices start from it)
+    unit = shapes["object"][0] == 1 and unit_amplitude(state.object.data)
     for num, spec in enumerate(plan.engines):
         engine = spec.build(registry)
         terms = _engine_terms(engine, ds, dict(shapes, probe_scaled=scaled, unit_object=unit and num == 0),

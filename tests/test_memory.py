@@ -254,6 +254,19 @@ def test_calibration_small_case_within_25_percent(tmp_path):
     assert 0.75 <= est / measured <= 1.25, (est / 2**20, measured / 2**20)
 
 
+def test_probe_scaling_pass_is_left_out_on_one_slice_of_unit_amplitude(tiny):
+    """One slice of the vacuum start scales the probe without a forward pass
+    (common.scale_probe_to_data), so there is no such term; two slices keep it."""
+    d = json.loads(tiny.read_text())
+    del d["engines"][0]["slices"]
+    path = tiny.parent / "one_slice.json"
+    path.write_text(json.dumps(d))
+    names = [t.name for t in estimate_plan(load_plan(path), plan_dir=tiny.parent).engines[0].terms]
+    assert not any(n.startswith("probe-scaling pass") for n in names)
+    names = [t.name for t in estimate_plan(load_plan(tiny), plan_dir=tiny.parent).engines[0].terms]
+    assert any(n.startswith("probe-scaling pass") for n in names)
+
+
 def test_probe_scaling_pass_counts_only_for_the_first_engine(tiny):
     d = json.loads(tiny.read_text())
     d["engines"].append({"type": "gradient", "niter": 1, "grouping": {"size": 16}})

@@ -109,12 +109,13 @@ def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: PatternFeed, sc
         return _scaled_probe(bk, probe_host, data_sum, model_sum)
 
     def batch_sum(probe_, obj_, props_, starts, frac, mask):
-        # the propagators an argument, not constants of the program: another thickness or
-        # energy of the same shapes reuses it (jax's compilation cache)
+        # the propagators an argument, not constants of the program: another slice
+        # thickness of the same shapes reuses it (jax's compilation cache)
         inten = forward_intensity(bk, probe_, obj_, starts, frac, props_)
         return xp.sum(xp.sum(inten, axis=(-2, -1)) * mask)
 
     fn = bk.jit(batch_sum)
+    check_views_inside(scan_to_pixels(scan_A, geometry.corner_A, geometry.sampling_A, shape)[0], shape, obj.shape)
     model_sum = 0.0
     for i in range(0, n, batch):
         sel = np.arange(i, i + batch)

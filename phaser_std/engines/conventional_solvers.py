@@ -336,7 +336,8 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
     patterns before the update; ``shift_px`` ``(B, 2)`` the position-correction direction;
     ``props`` the propagators (default: the ``props`` given here, whose shape fixes the
     slice count). A compiled step takes them as an argument, so that they are not constants
-    of the program: a run with another thickness or energy then reuses it (jax's cache).
+    of the program: a run with another slice thickness then reuses it (jax's cache; the
+    wavelength and pixel size stay constants where a constraint or cost uses them).
 
     ``chunk`` (a divisor of B; None: the whole group): ePIE and LSQML (single slice, and
     LSQML's multislice ``joint`` step) compute the group that many positions at a time

@@ -205,7 +205,8 @@ class GradientEngine:
         live: dict[str, Any] = {"object": arrays.obj, "probe": arrays.probe, "scan": scan, "tilt": tilt}
         arrays.probe = arrays.obj = None  # `live` owns them now: the iteration program donates their buffers
         opt_states: dict[str, Any] = {}
-        def restore(k: str, like: Any, backend: Any, fresh: Any) -> Any:
+        def restore(k: str, like: Any, backend: Any) -> Any:
+            fresh = solvers[k].init(like, backend if backend is not None else host)
             if k not in saved:
                 return fresh
             arrays = _unpack(saved[k])
@@ -214,18 +215,13 @@ class GradientEngine:
                 return fresh  # saved for other shapes or another solver
             return solvers[k].state_from_numpy(arrays, like, backend)
 
-        on_device = [k for k in ("object", "probe") if solvers[k] is not None]
-        # the object's and the probe's fresh states in one compiled program (on jax each
-        # solver's init is a program of its own: one compilation fewer in the first iteration)
-        fresh = bk.jit(lambda params: {k: solvers[k].init(params[k], bk) for k in on_device})(
-            {k: live[k] for k in on_device})
-        for k in on_device:
-            opt_states[k] = restore(k, live[k], bk, fresh[k])
+        for k in ("object", "probe"):
+            if solvers[k] is not None:
+                opt_states[k] = restore(k, live[k], bk)
         host_states: dict[str, Any] = {}
         for k in ("positions", "tilt"):
             if solvers[k] is not None:
-                like = live["scan"] if k == "positions" else live["tilt"]
-                host_states[k] = restore(k, like, None, solvers[k].init(like, host))
+                host_states[k] = restore(k, live["scan"] if k == "positions" else live["tilt"], None)
 
         cur: dict[str, Any] = {}
 
