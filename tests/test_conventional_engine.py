@@ -432,8 +432,10 @@ import sys
 sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
 import recon
 slices = {{"n": 3, "total_thickness_A": float(sys.argv[1])}}
-for block in ({{"type": "conventional", "solver": {{"type": "lsqml"}}}}, {{"type": "conventional", "solver": {{"type": "epie"}}}},
-              {{"type": "gradient", "solvers": {{"tilt": {{"type": "adam", "learning_rate": 0.2}}}}, "update_tilt": True}}):
+tilt = {{"tilt": {{"type": "adam", "learning_rate": 0.2}}}}
+for block in ({{"type": "conventional", "solver": {{"type": "lsqml"}}}},
+              {{"type": "conventional", "solver": {{"type": "epie"}}}},
+              {{"type": "gradient", "solvers": tilt, "update_tilt": True}}):
     recon.run({str(data)!r}, [dict(block, niter=2, grouping={{"size": 12}}, slices=slices)], backend="jax")
 """
     cache = tmp_path / "cache"

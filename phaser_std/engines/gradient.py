@@ -36,7 +36,7 @@ from phaser_core.state import ReconsState
 from phaser_std.engines.chunking import engine_chunk
 from phaser_std.engines.common import (EngineLoop, GroupingConfig, engine_arrays, joined, resample_for_engine,
                                        scan_groups)
-from phaser_std.engines.gradient_step import GroupModel, StepCounter, make_group_step
+from phaser_std.engines.gradient_step import GroupModel, StepCounter, make_group_step, slice_dz
 from phaser_std.engines.optimizers import AdamConfig
 from phaser_std.engines.regularizers import RegInfo
 from phaser_std.physics.forward import abs2, make_propagators, shift_ramp_factors
@@ -178,7 +178,7 @@ class GradientEngine:
         # in it, so another thickness of the same shapes reuses it (jax's compilation cache)
         physics = None if base_props is None else {
             "base_props": bk.share(base_props),
-            "dz": bk.share(bk.asarray(np.asarray(thick, dtype=np.float64)[:-1], dtype=bk.real_dtype))}
+            "dz": bk.share(slice_dz(bk, thick))}
 
         def iteration_step(params, opt_states, acc, patterns_, physics_, rows, indices, starts, frac, tilt_, masks,
                            hyper, cost_w, **flags):

@@ -67,7 +67,7 @@ from phaser_std.physics.forward import (
 )
 
 __all__ = ["GroupModel", "tilt_ramps", "group_loss", "analytic_gradients", "autodiff_gradients",
-           "cost_gradients", "group_gradients", "chunked_gradients", "make_group_step"]
+           "cost_gradients", "group_gradients", "chunked_gradients", "make_group_step", "slice_dz"]
 
 VARIABLES = ("object", "probe", "positions", "tilt")
 
@@ -121,12 +121,12 @@ def tilt_ramps(bk: Any, shape: Sequence[int], sampling_A: Sequence[float], thick
     ky, kx = _k_grids(bk, shape, sampling_A)
     t = xp.tan(tilt_mrad * 1e-3)
     lin = ky * t[..., 0, None, None] + kx * t[..., 1, None, None]  # (..., Ny, Nx)
-    dzs = _slice_dz(bk, thicknesses_A) if dz is None else dz
+    dzs = slice_dz(bk, thicknesses_A) if dz is None else dz
     phase = (-2 * np.pi) * dzs[:, None, None] * lin[..., None, :, :]  # (..., S-1, Ny, Nx)
     return xp.exp(1j * phase).astype(bk.complex_dtype)
 
 
-def _slice_dz(bk: Any, thicknesses_A: Sequence[float]) -> Any:
+def slice_dz(bk: Any, thicknesses_A: Sequence[float]) -> Any:
     """The propagation distances ``(S-1,)`` [Å] (all slices but the last) in the real dtype."""
     return bk.asarray(np.asarray(thicknesses_A, dtype=np.float64)[:-1], dtype=bk.real_dtype)
 
@@ -287,7 +287,7 @@ def _tilt_grad(bk: Any, model: GroupModel, shape: Sequence[int], tilt: Any, term
     conj(∂L/∂H̄)·H = F(ψ_{i+1})·conj(F(g_{i+1}))."""
     xp = bk.xp
     ky, kx = _k_grids(bk, shape, model.sampling_A)
-    dz = _slice_dz(bk, model.thicknesses_A) if model.dz is None else model.dz
+    dz = slice_dz(bk, model.thicknesses_A) if model.dz is None else model.dz
     gy = 0.0
     gx = 0.0
     for i, term in enumerate(terms):
