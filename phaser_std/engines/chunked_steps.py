@@ -53,7 +53,7 @@ from phaser_std.physics.forward import (
 
 __all__ = ["lsqml_single_slice_chunked", "lsqml_multislice_chunked", "epie_single_slice_chunked",
            "epie_multislice_chunked",
-           "inner_products", "solve_2x2", "step_references", "group_mean"]
+           "inner_products", "solve_2x2", "step_references", "group_mean", "regularised_step"]
 
 
 def _unsplit(a: Any) -> Any:
@@ -172,7 +172,7 @@ def lsqml_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe
             alpha, beta = solve_2x2(xp, inner_products(xp, ch, a, b), cfg.gamma, ref_a, ref_b)
             probe_steps = probe_steps + xp.sum(xp.clip(beta, 0.0, None) * m)
         else:
-            alpha = _regularised_step(xp, xp.sum(xp.real(xp.conj(a) * ch), axis=(1, 2, 3)),
+            alpha = regularised_step(xp, xp.sum(xp.real(xp.conj(a) * ch), axis=(1, 2, 3)),
                                       xp.sum(abs2(xp, a), axis=(1, 2, 3)), cfg.gamma, ref_a)
         alpha = xp.clip(alpha, 0.0, None) * m
         return (add_views(bk, weight, st, alpha[:, None, None, None] * il[:, None]), probe_steps), {}
@@ -202,7 +202,7 @@ def step_references(xp: Any, direction: Any, illum_map: Any, pdir: Any, pden: An
     return ref_a, ref_b
 
 
-def _regularised_step(xp: Any, num: Any, den: Any, gamma: float, ref: Any) -> Any:
+def regularised_step(xp: Any, num: Any, den: Any, gamma: float, ref: Any) -> Any:
     """num / (den + γ·ref): one direction's least-squares step, ``ref`` the group's mean of
     ``den`` over its valid positions."""
     return num / (den + gamma * ref + 1e-30)
@@ -216,7 +216,7 @@ def group_mean(xp: Any, values: Any, mask_f: Any) -> Any:
 def _mean_step(xp: Any, steps: Any, mask_f: Any) -> Any:
     """The probe's step: the positions' least-squares steps, clipped at 0, averaged over the
     valid positions."""
-    return xp.sum(xp.clip(steps, 0.0, None) * mask_f) / xp.maximum(xp.sum(mask_f), 1.0)
+    return group_mean(xp, xp.clip(steps, 0.0, None), mask_f)
 
 
 def _lsqml_probe_only(bk: Any, solver: Any, obj: Any, probe: Any, pnum_k: Any, pden: Any, chi0: Any, starts: Any,
@@ -236,7 +236,7 @@ def _lsqml_probe_only(bk: Any, solver: Any, obj: Any, probe: Any, pnum_k: Any, p
 
     _, dots = bk.sum_scan(products, (), (chi0, split_rows(starts, n), split_rows(frac, n)))
     cb, bb = dots["cb"].reshape(-1), dots["bb"].reshape(-1)
-    steps = _regularised_step(xp, cb, bb, cfg.gamma, group_mean(xp, bb, mask_f))
+    steps = regularised_step(xp, cb, bb, cfg.gamma, group_mean(xp, bb, mask_f))
     return probe + solver.beta_probe * _mean_step(xp, steps, mask_f) * pdir
 
 
@@ -332,7 +332,7 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
     psis = tuple(kept[f"psi{i}"] for i in range(n_slices))  # psi0: the shifted probes
     _, sums = bk.sum_scan(carried, (), (kept["chi"], psis, split(starts), split(frac)))
     num, den = sums["num"].reshape(-1), sums["den"].reshape(-1)
-    alpha = xp.clip(_regularised_step(xp, num, den, cfg.gamma, group_mean(xp, den, mask_f)), 0.0, None) * mask_f
+    alpha = xp.clip(regularised_step(xp, num, den, cfg.gamma, group_mean(xp, den, mask_f)), 0.0, None) * mask_f
     weight = _weighted_illumination(bk, obj.shape, split(starts), split(alpha), kept["illums"])
     new_obj = obj + solver.beta_object * (weight / (illum_maps + 1e-30)) * directions
     new_probe = probe

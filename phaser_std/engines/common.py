@@ -115,14 +115,14 @@ def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: PatternFeed, sc
         return xp.sum(xp.sum(inten, axis=(-2, -1)) * mask)
 
     fn = bk.jit(batch_sum)
-    check_views_inside(scan_to_pixels(scan_A, geometry.corner_A, geometry.sampling_A, shape)[0], shape, obj.shape)
+    all_starts, all_frac = scan_to_pixels(scan_A, geometry.corner_A, geometry.sampling_A, shape)
+    check_views_inside(all_starts, shape, obj.shape)
     model_sum = 0.0
     for i in range(0, n, batch):
         sel = np.arange(i, i + batch)
         mask = (sel < n).astype(np.float64)
         sel = np.minimum(sel, n - 1)
-        starts, frac = scan_to_pixels(scan_A[sel], geometry.corner_A, geometry.sampling_A, shape)
-        model_sum += float(bk.to_numpy(fn(probe, obj, props, bk.asarray(starts), bk.asarray(frac),
+        model_sum += float(bk.to_numpy(fn(probe, obj, props, bk.asarray(all_starts[sel]), bk.asarray(all_frac[sel]),
                                           bk.asarray(mask))))
     return _scaled_probe(bk, probe_host, data_sum, model_sum)
 

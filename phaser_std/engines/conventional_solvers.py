@@ -31,7 +31,8 @@ from phaser_core.config import Schedulable, param, schedule_value
 from phaser_std.engines.chunking import has_chunked_step
 from phaser_std.engines.chunked_steps import (epie_multislice_chunked, epie_single_slice_chunked, group_mean,
                                               inner_products, lsqml_multislice_chunked,
-                                              lsqml_multislice_probe_chunked, lsqml_single_slice_chunked, solve_2x2)
+                                              lsqml_multislice_probe_chunked, lsqml_single_slice_chunked,
+                                              regularised_step, solve_2x2)
 from phaser_std.physics.forward import (
     abs2,
     add_views,
@@ -85,7 +86,7 @@ def _optimal_step(xp: Any, chi: Any, d: Any, gamma: float, mask: Any) -> Any:
     axes = (1, 2, 3)
     num = xp.sum(xp.real(chi * xp.conj(d)), axis=axes)
     den = xp.sum(abs2(xp, d), axis=axes)
-    return num / (den + gamma * group_mean(xp, den, mask) + 1e-30)
+    return regularised_step(xp, num, den, gamma, group_mean(xp, den, mask))
 
 
 class ConventionalSolver:
