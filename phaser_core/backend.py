@@ -26,6 +26,8 @@ class Backend(Protocol):
     dtype: str
     #: devices :meth:`sum_scan` may spread its steps over
     lanes: int
+    #: whether :meth:`scan` compiles one loop body (True) or runs a Python loop
+    compiled_loops: bool
 
     @property
     def real_dtype(self) -> Any: ...
@@ -99,6 +101,9 @@ class BaseBackend:
     xp: Any = np
     #: How many devices :meth:`sum_scan` spreads its steps over (1: none).
     lanes = 1
+    #: Whether :meth:`scan` compiles one loop body (jax) rather than running a Python loop:
+    #: loops over slices then use it, so a program's size does not grow with the slices.
+    compiled_loops = False
 
     def __init__(self, dtype: str = "float32"):
         if dtype not in DTYPES:

@@ -91,3 +91,39 @@ def test_solver_subclasses_keep_the_whole_group_step():
     assert not np.allclose(new_probe, probe)  # the probe still updates
     plain = make_group_step(bk, EpieSolver(EpieConfig()), AmplitudeNoise(AmplitudeConfig()), None, (n, n), chunk=2)
     assert not np.allclose(plain(*args)[0], obj)  # the built-in rule, chunked, moves it
+
+
+@pytest.mark.parametrize("solver, update_object", [("epie", True), ("lsqml", True), ("lsqml", False)])
+def test_chunked_multislice_programs_do_not_grow_with_the_slices(solver, update_object):
+    """On jax the chunked multislice steps (and the forward model in them) loop over the
+    slices in one compiled loop body, so the program, and with it the compile time and
+    the compiler's memory, is the same size for 3 slices as for 12 (before, every slice
+    was unrolled into the program: 20 slices of 64² compiled ePIE's iteration in 1.2 s
+    and peaked above phaserEM's memory; benchmarks/NOTES.md 58)."""
+    pytest.importorskip("jax")
+    import jax
+
+    from phaser_std.engines.conventional_solvers import (EpieConfig, EpieSolver, LsqmlConfig, LsqmlSolver,
+                                                         make_group_step)
+    from phaser_std.engines.noise_models import AmplitudeConfig, AmplitudeNoise
+
+    bk = build_backend("jax", "float32")
+    rng = np.random.default_rng(2)
+    n, b, h = 16, 8, 48
+    rule = EpieSolver(EpieConfig()) if solver == "epie" else LsqmlSolver(LsqmlConfig())
+
+    def program_size(n_slices: int) -> int:
+        obj = np.exp(0.3j * rng.random((n_slices, h, h))).astype(np.complex64)
+        props = bk.asarray(np.exp(0.1j * rng.random((n_slices - 1, n, n))).astype(np.complex64))
+        probe = (rng.random((1, n, n)) + 1j * rng.random((1, n, n))).astype(np.complex64)
+        args = (obj, probe, (rng.random((b, n, n)) * 10).astype(np.float32),
+                rng.integers(0, h - n, (b, 2)).astype(np.int32), (rng.random((b, 2)) - 0.5).astype(np.float32),
+                np.ones(b, bool), {"beta_object": np.float32(1.0), "beta_probe": np.float32(1.0)})
+        step = make_group_step(bk, rule, AmplitudeNoise(AmplitudeConfig()), props, (n, n), chunk=2)
+        # the propagators an argument, as the engines pass them: closed over, they would be
+        # constants written into the program text
+        lowered = jax.jit(lambda h, *a: step(*a, update_object=update_object, props=h)).lower(props, *args)
+        return len(lowered.as_text())
+
+    small, large = program_size(3), program_size(12)
+    assert large < 1.1 * small, f"the program grew from {small} to {large} characters with 4x the slices"

@@ -178,6 +178,7 @@ class JaxBackend(BaseBackend):
 
     name = "jax"
     xp = jnp
+    compiled_loops = True
 
     def __init__(self, dtype: str = "float32", lanes: bool = True):
         super().__init__(dtype)

@@ -35,6 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 from phaser_std.physics.forward import (
+    _prop_for_slice,
     abs2,
     _fft2_pair,
     _ifft2_pair,
@@ -69,6 +70,32 @@ def _sums_init(bk: Any, obj: Any, probe: Any) -> tuple:
     return (xp.zeros(obj.shape, dtype=obj.dtype), xp.zeros(obj.shape, dtype=bk.real_dtype),
             xp.zeros(probe.shape, dtype=probe.dtype), xp.zeros(probe.shape[-2:], dtype=bk.real_dtype),
             xp.zeros((), dtype=bk.real_dtype))
+
+
+def _kept_waves(psis: Any) -> dict:
+    """The waves entering the slices as a scan's outputs: one stacked array as
+    :func:`~phaser_std.physics.forward.multislice_forward` returns it on compiled loops,
+    else one entry per slice (stacking them would copy every wave on numpy)."""
+    if isinstance(psis, list):
+        return {f"psi{i}": p for i, p in enumerate(psis)}
+    return {"psis": psis}
+
+
+def _waves_kept(kept: dict, n_slices: int) -> Any:
+    """All the chunks' kept waves (:func:`_kept_waves`) as a scan's inputs, each chunk's
+    indexable by slice: the ``(n, S, C, M, Ny, Nx)`` array or a tuple of S ``(n, C, M, Ny,
+    Nx)`` arrays."""
+    if "psis" in kept:
+        return kept["psis"]
+    return tuple(kept[f"psi{i}"] for i in range(n_slices))
+
+
+def _slice_waves(kept: dict, i: Any) -> Any:
+    """The chunks' kept waves entering slice ``i`` (traced on compiled loops): ``(n, C, M,
+    Ny, Nx)``."""
+    if "psis" in kept:
+        return kept["psis"][:, i]
+    return kept[f"psi{int(i)}"]
 
 
 def _exit_update(bk: Any, noise: Any, exit_wave: Any, measured: Any, m: Any) -> tuple[Any, Any]:
@@ -292,21 +319,25 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
         chunk_loss, chi = _exit_update(bk, noise, exit_wave, me, m)
         loss = loss + chunk_loss
         mm = m[:, None, None]
-        g = chi
-        nums, illums = [None] * n_slices, [None] * n_slices
-        for i in range(n_slices - 1, -1, -1):
-            nums[i] = xp.sum(xp.conj(psis[i]) * g, axis=1) * mm
-            illums[i] = xp.sum(abs2(xp, psis[i]), axis=1) * mm
-            if i > 0:
-                g = back_through_slice(bk, g, views[:, i], props, i)
-        num_maps = add_views(bk, num_maps, st, xp.stack(nums, axis=1))
-        illums = xp.stack(illums, axis=1)  # (C, S, Ny, Nx)
+
+        def slice_terms(psi, g):
+            return {"num": xp.sum(xp.conj(psi) * g, axis=1) * mm, "illum": xp.sum(abs2(xp, psi), axis=1) * mm}
+
+        def back(g, y):  # slice i's terms, then g back to the exit of slice i-1
+            (i,) = y
+            return back_through_slice(bk, g, views[:, i], props, i), slice_terms(psis[i], g)
+
+        g, later = bk.scan(back, chi, (xp.arange(n_slices - 1, 0, -1),))
+        first = slice_terms(psis[0], g)
+        # (C, S, Ny, Nx), slice 0 first: one scatter-add for all slices
+        nums, illums = (xp.moveaxis(xp.concatenate([first[k][None], xp.flip(later[k], 0)]), 0, 1)
+                        for k in ("num", "illum"))
+        num_maps = add_views(bk, num_maps, st, nums)
         illum_maps = add_views(bk, illum_maps, st, illums)
         if update_probe:
             pnum_k, pden = _add_probe_sums(bk, pnum_k, pden, views[:, 0], g, fr, mm)
-        # one kept array per slice: stacking them would copy the group's waves once more
-        kept = {"chi": chi, "chi0": g, "illums": illums, **{f"psi{i}": psis[i] for i in range(n_slices)}}
-        return (num_maps, illum_maps, pnum_k, pden, loss), kept
+        return (num_maps, illum_maps, pnum_k, pden, loss), {"chi": chi, "chi0": g, "illums": illums,
+                                                            **_kept_waves(psis)}
 
     (num_maps, illum_maps, pnum_k, pden, loss), kept = bk.sum_scan(
         backward, _sums_init(bk, obj, probe), (split(measured), split(starts), split(frac), split(mask_f)))
@@ -320,17 +351,20 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
         ch, ps, st, fr = x
         views = get_views(bk, obj, st, shape)
         d_views = get_views(bk, directions, st, shape)
-        d_wave = shift_probes(bk, pdir, fr) if update_probe else xp.zeros_like(ps[0])
-        for i in range(n_slices):
+
+        def through(d_wave, y):  # the combined direction through slice i to the next
+            (i,) = y
             d_wave = d_wave * views[:, i][:, None] + d_views[:, i][:, None] * ps[i]
-            if i < n_slices - 1:
-                d_wave = propagate(bk, d_wave, props[i])
+            return propagate(bk, d_wave, _prop_for_slice(props, i)), {}
+
+        d_wave = shift_probes(bk, pdir, fr) if update_probe else xp.zeros_like(ps[0])
+        d_wave, _ = bk.scan(through, d_wave, (xp.arange(n_slices - 1),))
+        d_wave = d_wave * views[:, -1][:, None] + d_views[:, -1][:, None] * ps[n_slices - 1]
         axes = (1, 2, 3)
         return carry, {"num": xp.sum(xp.real(ch * xp.conj(d_wave)), axis=axes),
                        "den": xp.sum(abs2(xp, d_wave), axis=axes)}
 
-    psis = tuple(kept[f"psi{i}"] for i in range(n_slices))  # psi0: the shifted probes
-    _, sums = bk.sum_scan(carried, (), (kept["chi"], psis, split(starts), split(frac)))
+    _, sums = bk.sum_scan(carried, (), (kept["chi"], _waves_kept(kept, n_slices), split(starts), split(frac)))
     num, den = sums["num"].reshape(-1), sums["den"].reshape(-1)
     alpha = xp.clip(regularised_step(xp, num, den, cfg.gamma, group_mean(xp, den, mask_f)), 0.0, None) * mask_f
     weight = _weighted_illumination(bk, obj.shape, split(starts), split(alpha), kept["illums"])
@@ -339,7 +373,7 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
     if update_probe:
         step = xp.sum(alpha) / xp.maximum(xp.sum(mask_f), 1.0)
         new_probe = probe + solver.beta_probe * step * pdir
-    return new_obj, new_probe, loss, _unsplit(kept["chi0"]), _unsplit(kept["psi0"])
+    return new_obj, new_probe, loss, _unsplit(kept["chi0"]), _unsplit(_slice_waves(kept, 0))
 
 
 def lsqml_multislice_probe_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: Any, props: Any,
@@ -364,8 +398,8 @@ def lsqml_multislice_probe_chunked(bk: Any, solver: Any, noise: Any, obj: Any, p
         views = get_views(bk, obj, st, shape)  # (C, S, Ny, Nx)
         _, exit_wave = multislice_forward(bk, probes, views, props)
         chunk_loss, g = _exit_update(bk, noise, exit_wave, me, m)
-        for i in range(obj.shape[0] - 1, 0, -1):
-            g = back_through_slice(bk, g, views[:, i], props, i)
+        g, _ = bk.scan(lambda g, y: (back_through_slice(bk, g, views[:, y[0]], props, y[0]), {}), g,
+                       (xp.arange(obj.shape[0] - 1, 0, -1),))
         if update_probe:
             pnum_k, pden = _add_probe_sums(bk, pnum_k, pden, views[:, 0], g, fr, m[:, None, None])
         kept = {"chi0": g} if update_probe or keep_waves else {}
@@ -447,51 +481,55 @@ def epie_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: A
         if update_object:
             num_map, illum_map = slice_sums(num_map, illum_map, st, psis[-1], chi, m[:, None, None])
         view_peak = xp.maximum(view_peak, xp.max(abs2(xp, views), axis=(0, 2, 3)))
-        kept = {"chi": chi, **{f"psi{i}": psis[i] for i in range(n_slices)}}
-        return (num_map, illum_map, loss + chunk_loss, view_peak), kept
-
-    def back_through(i, delta):
-        """The pass taking χ from the exit of slice ``i`` (updated by ``delta``, None: not
-        updated) to its entrance, adding the sums of slice i-1 (and the probe's at i = 1)."""
-        def back(carry, x):
-            num_map, illum_map, pnum_k, pden = carry
-            g, psi, psi_before, st, fr, m = x
-            mm = m[:, None, None]
-            o = get_views(bk, obj[i:i + 1], st, shape)[:, 0]
-            rest = g if delta is None else g - get_views(bk, delta[None], st, shape)[:, 0][:, None] * psi
-            g = propagate(bk, (xp.conj(o) * (1.0 / (view_peak[i] + 1e-30)))[:, None] * rest, xp.conj(props[i - 1]))
-            if update_object:
-                num_map, illum_map = slice_sums(num_map, illum_map, st, psi_before, g, mm)
-            if update_probe and i == 1:
-                # padded positions carry a nonzero rest (the applied update): masked here
-                pnum_k, pden = _add_probe_sums(bk, pnum_k, pden, get_views(bk, obj[:1], st, shape)[:, 0],
-                                               g * mm[:, None], fr, mm)
-            return (num_map, illum_map, pnum_k, pden), {"chi": g}
-        return back
+        return (num_map, illum_map, loss + chunk_loss, view_peak), {"chi": chi, **_kept_waves(psis)}
 
     def zero_maps():  # fresh ones for every pass: numpy adds views in place
         return xp.zeros(obj.shape[1:], dtype=obj.dtype), xp.zeros(obj.shape[1:], dtype=bk.real_dtype)
 
+    def slice_update(num_map, illum_map):
+        return bk.divide_real(solver.beta_object * num_map, xp.max(illum_map) + 1e-30)
+
+    def back_through(carry, x):
+        """One pass over the chunks taking χ from the exit of slice ``i`` (updated by the
+        sums in the carry) to the exit of slice i-1, adding the sums of slice i-1. A scan
+        over the slices, so the program holds one pass whatever their number."""
+        num_map, illum_map, chi = carry
+        (i,) = x
+        delta = slice_update(num_map, illum_map) if update_object else None
+        o_slice, h_back, scale = obj[i], xp.conj(props[i - 1]), 1.0 / (view_peak[i] + 1e-30)
+
+        def back(sums, y):
+            g, waves, st, m = y
+            psi, psi_before = waves[i], waves[i - 1]  # indexed here: no copies of the slices' waves
+            o = bk.get_windows(o_slice, st, shape)
+            rest = g if delta is None else g - bk.get_windows(delta, st, shape)[:, None] * psi
+            g = propagate(bk, (xp.conj(o) * scale)[:, None] * rest, h_back)
+            if update_object:
+                sums = slice_sums(*sums, st, psi_before, g, m[:, None, None])
+            return sums, {"chi": g}
+
+        sums, out = bk.sum_scan(back, zero_maps(), (chi, _waves_kept(kept, n_slices), sts, ms))
+        return (*sums, out["chi"]), ({"slice": o_slice + delta} if update_object else {})
+
     (num_map, illum_map, loss, view_peak), kept = bk.sum_scan(
         forward, (*zero_maps(), xp.zeros((), dtype=bk.real_dtype), xp.zeros((n_slices,), dtype=bk.real_dtype)),
         (split_rows(measured, n), sts, frs, ms), reduce=("sum", "sum", "sum", "max"))
-    chi = kept["chi"]
-    new_slices = [None] * n_slices
-    pnum_k, pden = xp.zeros(probe.shape, dtype=probe.dtype), xp.zeros(shape, dtype=bk.real_dtype)
-    for i in range(n_slices - 1, -1, -1):
-        delta = None
-        if update_object:
-            delta = bk.divide_real(solver.beta_object * num_map, xp.max(illum_map) + 1e-30)
-            new_slices[i] = obj[i] + delta
-        if i == 0:
-            break
-        (num_map, illum_map, pnum_k, pden), out = bk.sum_scan(
-            back_through(i, delta), (*zero_maps(), pnum_k, pden),
-            (chi, kept[f"psi{i}"], kept[f"psi{i - 1}"], sts, frs, ms))
-        chi = out["chi"]
-    new_obj, new_probe = (xp.stack(new_slices, axis=0) if update_object else obj), probe
+    (num_map, illum_map, chi), updated = bk.scan(back_through, (num_map, illum_map, kept["chi"]),
+                                                 (xp.arange(n_slices - 1, 0, -1),))
+    new_obj, new_probe = obj, probe
+    if update_object:  # the slices were updated from the last: slice 0's update ends the sweep
+        new_obj = xp.concatenate([(obj[0] + slice_update(num_map, illum_map))[None], updated["slice"][::-1]])
     if update_probe:
+        def probe_sums(sums, y):
+            g, st, fr, m = y
+            mm = m[:, None, None]
+            # padded positions carry a nonzero rest (the applied update): masked here
+            return _add_probe_sums(bk, *sums, bk.get_windows(obj[0], st, shape), g * mm[:, None], fr, mm), {}
+
+        (pnum_k, pden), _ = bk.sum_scan(
+            probe_sums, (xp.zeros(probe.shape, dtype=probe.dtype), xp.zeros(shape, dtype=bk.real_dtype)),
+            (chi, sts, frs, ms))
         new_probe = probe + solver.beta_probe * _ifft2_pair(bk, pnum_k) / (xp.max(pden) + 1e-30)
     if not keep_waves:
         return new_obj, new_probe, loss, None, None
-    return new_obj, new_probe, loss, _unsplit(chi), _unsplit(kept["psi0"])
+    return new_obj, new_probe, loss, _unsplit(chi), _unsplit(_slice_waves(kept, 0))
