@@ -134,26 +134,39 @@ class ConventionalSolver:
         """Update of the wave entering a slice from the unexplained update χ after it."""
         return bk.xp.conj(o)[:, None] * chi
 
-    def sweep(self, bk: Any, obj: Any, probe: Any, starts: Any, frac: Any, views: Any, psis: list, props: Any,
+    def sweep(self, bk: Any, obj: Any, probe: Any, starts: Any, frac: Any, views: Any, psis: Any, props: Any,
               chi: Any, mask: Any, update_object: bool, update_probe: bool) -> tuple[Any, Any, Any]:
-        """The backward sweep: (new object, new probe, χ at the entrance plane)."""
+        """The backward sweep: (new object, new probe, χ at the entrance plane). The slices
+        after the first are one loop (:meth:`~phaser_core.backend.BaseBackend.scan`: one
+        compiled body on jax, whatever their number); ``psis`` as
+        :func:`~phaser_std.physics.forward.multislice_forward` returns them."""
         xp = bk.xp
         n_slices = views.shape[1]
-        new_slices = [None] * n_slices
-        for i in range(n_slices - 1, -1, -1):
-            o = views[:, i]
+        shape = views.shape[-2:]
+
+        def back(carry, x):
+            """Slice i (> 0) takes what it can explain of χ; the rest goes back to the exit
+            of slice i-1."""
+            chi, new_obj = carry
+            (i,) = x
             if update_object:
-                pdir = self.probe_direction(bk, frac, o, chi, mask) if (i == 0 and update_probe) else None
-                new_slices[i], applied, probe_step = self.object_update(bk, obj[i], starts, psis[i], chi, mask, pdir)
-            else:
-                new_slices[i], applied, probe_step = obj[i], None, None
-            if i > 0:
-                # the applied update's views are gathered only where a slice follows
+                new_slice, applied, _ = self.object_update(bk, obj[i], starts, psis[i], chi, mask)
+                new_obj = bk.set_at(new_obj, (i,), new_slice)
                 if applied is not None:
-                    applied = get_views(bk, applied[None], starts, psis[i].shape[-2:])[:, 0]
-                rest = chi if applied is None else chi - applied[:, None] * psis[i]
-                chi = propagate(bk, self.wave_backprop(bk, o, rest), xp.conj(props[i - 1]))
-        new_obj = xp.stack(new_slices, axis=0)
+                    chi = chi - get_views(bk, applied[None], starts, shape)[:, 0][:, None] * psis[i]
+            chi = propagate(bk, self.wave_backprop(bk, views[:, i], chi), xp.conj(props[i - 1]))
+            return (chi, new_obj), {}
+
+        # the updated slices are written into one buffer (in place on numpy, where a
+        # stack of them would be one more object-sized allocation)
+        new_obj = xp.zeros_like(obj) if update_object else obj
+        if n_slices > 1:
+            (chi, new_obj), _ = bk.scan(back, (chi, new_obj), (xp.arange(n_slices - 1, 0, -1),))
+        probe_step = None
+        if update_object:
+            pdir = self.probe_direction(bk, frac, views[:, 0], chi, mask) if update_probe else None
+            first, _, probe_step = self.object_update(bk, obj[0], starts, psis[0], chi, mask, pdir)
+            new_obj = bk.set_at(new_obj, (0,), first)
         new_probe = probe
         if update_probe:
             new_probe = self.probe_update(bk, probe, frac, views[:, 0], chi, mask, probe_step)
