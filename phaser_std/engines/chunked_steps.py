@@ -452,11 +452,13 @@ def epie_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: A
     The backward sweep passes to the slice before only what the updated slice cannot
     explain, so slice i's update (a sum over the whole group) must be known before χ goes
     back through it. One pass over the chunks runs the forward model and adds the last
-    slice's sums; then one pass per slice (from the last) takes χ back through the updated
-    slice and adds the sums of the slice before (the probe's at the entrance plane). The
-    backward passes work on one chunk's waves of two slices, the forward pass on one chunk's
-    waves of all slices, which stay in the cache where the whole group's do not; the waves
-    entering the slices are kept between the passes, as the whole-group sweep keeps them. As ``ConventionalSolver.sweep`` with ``EpieSolver``."""
+    slice's sums; then one pass per slice (from the last; one loop over the slices, compiled
+    once on jax) takes χ back through the updated slice and adds the sums of the slice
+    before, and a last pass adds the probe's at the entrance plane. The backward passes work
+    on one chunk's waves of two slices, the forward pass on one chunk's waves of all slices,
+    which stay in the cache where the whole group's do not; the waves entering the slices
+    are kept between the passes, as the whole-group sweep keeps them. As
+    ``ConventionalSolver.sweep`` with ``EpieSolver``."""
     xp = bk.xp
     shape = probe.shape[-2:]
     n_slices = obj.shape[0]

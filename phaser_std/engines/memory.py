@@ -37,22 +37,25 @@ MiB = 1 << 20
 
 #: Calibrated constants per backend (fitted to the runs in docs/memory.md). A transient
 #: phase is ``views + (slice_waves·S + waves)·wave + pixels·B·P·c`` [bytes]; ``overhead_MiB``
-#: and ``compile_per_slice_MiB`` are what the backend itself adds (imports, FFT plans; jax:
-#: the XLA compilations, which grow with the unrolled slices).
+#: and ``compile_multislice_MiB`` (added for more than one slice) are what the backend
+#: itself adds (imports, FFT plans; jax: the XLA compilations, whose memory the allocator
+#: keeps; the multislice programs loop over the slices, so it does not grow with them).
 CONSTANTS: dict[str, dict[str, float]] = {
     "numpy": {
-        "overhead_MiB": 34.33, "compile_per_slice_MiB": 0.00, "grad_overhead_MiB": 0.00,
+        "overhead_MiB": 34.25, "compile_multislice_MiB": 0.00, "grad_overhead_MiB": 0.00,
         # eager forward: the slice waves (and FFT outputs) stay alive until the pass ends
-        "dry_slice_waves": 2.54, "dry_waves": 1.71, "dry_pixels": -0.59,
-        "conv_slice_waves": 5.36, "conv_waves": 8.00, "conv_pixels": 3.61,
+        "dry_slice_waves": 1.42, "dry_waves": 4.09, "dry_pixels": -3.39,
+        "conv_slice_waves": 2.50, "conv_waves": 8.00, "conv_pixels": 1.79,
         "conv_object": 4.0,   # object-sized maps and copies per group update (in S·H·W·c)
-        "grad_slice_waves": 6.00, "grad_waves": 8.00, "grad_pixels": 8.00,
+        "grad_slice_waves": 6.00, "grad_waves": 4.63, "grad_pixels": 8.00,
         "grad_object": 5.0,   # gradient, scaled gradient, optimizer temporaries (in S·H·W·c)
     },
     "jax": {
-        # XLA compilations of the probe-scaling pass and the group step (grow with the
-        # unrolled slices; the gradient engine's value_and_grad program is larger)
-        "overhead_MiB": 100.87, "compile_per_slice_MiB": 19.08, "grad_overhead_MiB": 0.00,
+        # XLA compilations of the probe-scaling pass and the group step: one multislice
+        # term, not one per slice (measured at 3, 8 and 20 slices, session 12: 241-290 MiB
+        # for 8 and 20, where 19 MiB a slice had given 1.3-2.7x; the gradient engine's
+        # autodiff step, still unrolled, grew no more from 8 to 20 slices than the others)
+        "overhead_MiB": 107.0, "compile_multislice_MiB": 27.5, "grad_overhead_MiB": 0.00,
         # the probe-scaling pass is compiled (one program per batch shape)
         "dry_slice_waves": 0.38, "dry_waves": 1.38, "dry_pixels": 3.45,
         "conv_slice_waves": 1.00, "conv_waves": 2.00, "conv_pixels": 1.00,
@@ -164,7 +167,8 @@ def _common_terms(config: Any, z: Sizes, family: str = "conv", state_shapes: dic
                   ) -> tuple[list[tuple], tuple]:
     """Persistent terms every engine has, and the probe-scaling pass (name, bytes, hint)."""
     k = z.k
-    overhead = k["overhead_MiB"] + k["compile_per_slice_MiB"] * z.s + (k["grad_overhead_MiB"] if family == "grad" else 0)
+    overhead = (k["overhead_MiB"] + (k["compile_multislice_MiB"] if z.s > 1 else 0.0)
+                + (k["grad_overhead_MiB"] if family == "grad" else 0))
     on = _on_lanes(z)
     # counted data is stored as uint8 or uint16 (engines.pattern_feed.corner_centred)
     if _streamed(config, z):
