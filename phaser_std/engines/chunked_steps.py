@@ -35,7 +35,6 @@ from __future__ import annotations
 from typing import Any
 
 from phaser_std.physics.forward import (
-    _prop_for_slice,
     abs2,
     _fft2_pair,
     _ifft2_pair,
@@ -315,29 +314,25 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
         me, st, fr, m = x
         probes = shift_probes(bk, probe, fr)
         views = get_views(bk, obj, st, shape)  # (C, S, Ny, Nx)
-        psis, exit_wave = multislice_forward(bk, probes, views, props)
+        psis, exit_wave = multislice_forward(bk, probes, views, props, loop=False)
         chunk_loss, chi = _exit_update(bk, noise, exit_wave, me, m)
         loss = loss + chunk_loss
         mm = m[:, None, None]
-
-        def slice_terms(psi, g):
-            return {"num": xp.sum(xp.conj(psi) * g, axis=1) * mm, "illum": xp.sum(abs2(xp, psi), axis=1) * mm}
-
-        def back(g, y):  # slice i's terms, then g back to the exit of slice i-1
-            (i,) = y
-            return back_through_slice(bk, g, views[:, i], props, i), slice_terms(psis[i], g)
-
-        g, later = bk.scan(back, chi, (xp.arange(n_slices - 1, 0, -1),))
-        first = slice_terms(psis[0], g)
-        # (C, S, Ny, Nx), slice 0 first: one scatter-add for all slices
-        nums, illums = (xp.moveaxis(xp.concatenate([first[k][None], xp.flip(later[k], 0)]), 0, 1)
-                        for k in ("num", "illum"))
-        num_maps = add_views(bk, num_maps, st, nums)
+        g = chi
+        nums, illums = [None] * n_slices, [None] * n_slices
+        for i in range(n_slices - 1, -1, -1):
+            nums[i] = xp.sum(xp.conj(psis[i]) * g, axis=1) * mm
+            illums[i] = xp.sum(abs2(xp, psis[i]), axis=1) * mm
+            if i > 0:
+                g = back_through_slice(bk, g, views[:, i], props, i)
+        num_maps = add_views(bk, num_maps, st, xp.stack(nums, axis=1))
+        illums = xp.stack(illums, axis=1)  # (C, S, Ny, Nx)
         illum_maps = add_views(bk, illum_maps, st, illums)
         if update_probe:
             pnum_k, pden = _add_probe_sums(bk, pnum_k, pden, views[:, 0], g, fr, mm)
-        return (num_maps, illum_maps, pnum_k, pden, loss), {"chi": chi, "chi0": g, "illums": illums,
-                                                            **_kept_waves(psis)}
+        # one kept array per slice: stacking them would copy the group's waves once more
+        kept = {"chi": chi, "chi0": g, "illums": illums, **{f"psi{i}": psis[i] for i in range(n_slices)}}
+        return (num_maps, illum_maps, pnum_k, pden, loss), kept
 
     (num_maps, illum_maps, pnum_k, pden, loss), kept = bk.sum_scan(
         backward, _sums_init(bk, obj, probe), (split(measured), split(starts), split(frac), split(mask_f)))
@@ -351,20 +346,17 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
         ch, ps, st, fr = x
         views = get_views(bk, obj, st, shape)
         d_views = get_views(bk, directions, st, shape)
-
-        def through(d_wave, y):  # the combined direction through slice i to the next
-            (i,) = y
-            d_wave = d_wave * views[:, i][:, None] + d_views[:, i][:, None] * ps[i]
-            return propagate(bk, d_wave, _prop_for_slice(props, i)), {}
-
         d_wave = shift_probes(bk, pdir, fr) if update_probe else xp.zeros_like(ps[0])
-        d_wave, _ = bk.scan(through, d_wave, (xp.arange(n_slices - 1),))
-        d_wave = d_wave * views[:, -1][:, None] + d_views[:, -1][:, None] * ps[n_slices - 1]
+        for i in range(n_slices):
+            d_wave = d_wave * views[:, i][:, None] + d_views[:, i][:, None] * ps[i]
+            if i < n_slices - 1:
+                d_wave = propagate(bk, d_wave, props[i])
         axes = (1, 2, 3)
         return carry, {"num": xp.sum(xp.real(ch * xp.conj(d_wave)), axis=axes),
                        "den": xp.sum(abs2(xp, d_wave), axis=axes)}
 
-    _, sums = bk.sum_scan(carried, (), (kept["chi"], _waves_kept(kept, n_slices), split(starts), split(frac)))
+    psis = tuple(kept[f"psi{i}"] for i in range(n_slices))  # psi0: the shifted probes
+    _, sums = bk.sum_scan(carried, (), (kept["chi"], psis, split(starts), split(frac)))
     num, den = sums["num"].reshape(-1), sums["den"].reshape(-1)
     alpha = xp.clip(regularised_step(xp, num, den, cfg.gamma, group_mean(xp, den, mask_f)), 0.0, None) * mask_f
     weight = _weighted_illumination(bk, obj.shape, split(starts), split(alpha), kept["illums"])
@@ -373,7 +365,7 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
     if update_probe:
         step = xp.sum(alpha) / xp.maximum(xp.sum(mask_f), 1.0)
         new_probe = probe + solver.beta_probe * step * pdir
-    return new_obj, new_probe, loss, _unsplit(kept["chi0"]), _unsplit(_slice_waves(kept, 0))
+    return new_obj, new_probe, loss, _unsplit(kept["chi0"]), _unsplit(kept["psi0"])
 
 
 def lsqml_multislice_probe_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: Any, props: Any,

@@ -265,7 +265,7 @@ def propagate(bk: Any, wave: Any, h: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- multislice
-def multislice_forward(bk: Any, probes: Any, views: Any, props: Any) -> tuple[Any, Any]:
+def multislice_forward(bk: Any, probes: Any, views: Any, props: Any, loop: bool | None = None) -> tuple[Any, Any]:
     """Multislice through object views.
 
     ``probes`` ``(B, M, Ny, Nx)`` or ``(M, Ny, Nx)``; ``views`` ``(B, S, Ny, Nx)`` or S
@@ -273,16 +273,20 @@ def multislice_forward(bk: Any, probes: Any, views: Any, props: Any) -> tuple[An
     :func:`make_propagators` (None when S == 1).
     Returns ``(psis, exit_waves)``: ``psis[i]`` the wave entering slice i
     ``(B, M, Ny, Nx)`` (``psis[0]`` the probe), and the exit wave ψ_{S-1}·O_{S-1}.
-    ``psis`` is one ``(S, B, M, Ny, Nx)`` array where the backend compiles loops
-    (:attr:`~phaser_core.backend.BaseBackend.compiled_loops`) and ``views`` is one array:
-    the slices are then one compiled loop body, so the program's size and its compile time
-    and memory do not grow with them. Otherwise a list (no stacking copies on numpy).
+    With ``loop`` (default: where the backend compiles loops,
+    :attr:`~phaser_core.backend.BaseBackend.compiled_loops`, and ``views`` is one array)
+    the slices are one compiled loop body, so the program's size and its compile time and
+    memory do not grow with them, and ``psis`` is one ``(S, B, M, Ny, Nx)`` array.
+    Otherwise the slices are unrolled and ``psis`` is a list (no stacking copies: LSQML's
+    chunked multislice step keeps them apart, 8% faster at 8 slices; NOTES.md 58).
     """
     n_slices = n_view_slices(views)
     psi = probes if probes.ndim == 4 else probes[None]
     if n_slices == 1:
         return [psi], psi * view_slice(views, 0)[:, None]
-    if bk.compiled_loops and not isinstance(views, tuple):
+    if loop is None:
+        loop = bk.compiled_loops and not isinstance(views, tuple)
+    if loop:
         def through(wave, x):
             (i,) = x
             return propagate(bk, wave * views[:, i][:, None], _prop_for_slice(props, i)), {"psi": wave}
