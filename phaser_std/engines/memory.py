@@ -37,12 +37,14 @@ MiB = 1 << 20
 
 #: Calibrated constants per backend (fitted to the runs in docs/memory.md). A transient
 #: phase is ``views + (slice_waves·S + waves)·wave + pixels·B·P·c`` [bytes]; ``overhead_MiB``
-#: and ``compile_multislice_MiB`` (added for more than one slice) are what the backend
-#: itself adds (imports, FFT plans; jax: the XLA compilations, whose memory the allocator
-#: keeps; the multislice programs loop over the slices, so it does not grow with them).
+#: ``compile_multislice_MiB`` (added for more than one slice) and
+#: ``compile_unrolled_slice_MiB`` (per slice of LSQML's joint multislice step) are what the
+#: backend itself adds (imports, FFT plans; jax: the XLA compilations, whose memory the
+#: allocator keeps; the other multislice programs loop over the slices or, the gradient
+#: engine's, measured no larger with more of them).
 CONSTANTS: dict[str, dict[str, float]] = {
     "numpy": {
-        "overhead_MiB": 34.25, "compile_multislice_MiB": 0.00, "grad_overhead_MiB": 0.00,
+        "overhead_MiB": 34.25, "compile_multislice_MiB": 0.00, "compile_unrolled_slice_MiB": 0.00, "grad_overhead_MiB": 0.00,
         # eager forward: the slice waves (and FFT outputs) stay alive until the pass ends
         "dry_slice_waves": 1.42, "dry_waves": 4.09, "dry_pixels": -3.39,
         "conv_slice_waves": 2.50, "conv_waves": 8.00, "conv_pixels": 1.79,
@@ -51,11 +53,12 @@ CONSTANTS: dict[str, dict[str, float]] = {
         "grad_object": 5.0,   # gradient, scaled gradient, optimizer temporaries (in S·H·W·c)
     },
     "jax": {
-        # XLA compilations of the probe-scaling pass and the group step: one multislice
-        # term, not one per slice (measured at 3, 8 and 20 slices, session 12: 241-290 MiB
-        # for 8 and 20, where 19 MiB a slice had given 1.3-2.7x; the gradient engine's
-        # autodiff step, still unrolled, grew no more from 8 to 20 slices than the others)
-        "overhead_MiB": 107.0, "compile_multislice_MiB": 27.5, "grad_overhead_MiB": 0.00,
+        # XLA compilations of the probe-scaling pass and the group step: a multislice
+        # constant, and a term per slice only for LSQML's joint step, which unrolls them
+        # (measured at 3, 8 and 20 slices, session 12, where 19 MiB a slice for all had
+        # given 1.3-2.7x: ePIE 255 / 241 MiB at 8 / 20 slices, the gradient engine, whose
+        # autodiff step unrolls them too, 260 / 248, LSQML 303 / 381)
+        "overhead_MiB": 119.0, "compile_multislice_MiB": 2.0, "compile_unrolled_slice_MiB": 8.0, "grad_overhead_MiB": 0.00,
         # the probe-scaling pass is compiled (one program per batch shape)
         "dry_slice_waves": 0.38, "dry_waves": 1.38, "dry_pixels": 3.45,
         "conv_slice_waves": 1.00, "conv_waves": 2.00, "conv_pixels": 1.00,
@@ -163,11 +166,13 @@ def _group_hint(z: Sizes, size: int) -> str:
     return f"lower grouping.size (now {size})"
 
 
-def _common_terms(config: Any, z: Sizes, family: str = "conv", state_shapes: dict | None = None
-                  ) -> tuple[list[tuple], tuple]:
-    """Persistent terms every engine has, and the probe-scaling pass (name, bytes, hint)."""
+def _common_terms(config: Any, z: Sizes, family: str = "conv", state_shapes: dict | None = None,
+                  unrolled_slices: bool = False) -> tuple[list[tuple], tuple]:
+    """Persistent terms every engine has, and the probe-scaling pass (name, bytes, hint).
+    ``unrolled_slices``: the group step's program holds every slice (LSQML's joint step)."""
     k = z.k
     overhead = (k["overhead_MiB"] + (k["compile_multislice_MiB"] if z.s > 1 else 0.0)
+                + (k["compile_unrolled_slice_MiB"] * z.s if unrolled_slices and z.s > 1 else 0.0)
                 + (k["grad_overhead_MiB"] if family == "grad" else 0))
     on = _on_lanes(z)
     # counted data is stored as uint8 or uint16 (engines.pattern_feed.corner_centred)
@@ -227,7 +232,10 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
                        backend: str = "numpy") -> list[tuple]:
     """Terms of the ``conventional`` engine (ePIE, LSQML)."""
     z, chunk = _conventional_chunk(config, sizes(config, data_shape, state_shapes, dtype, backend), backend)
-    terms, dry = _common_terms(config, z, "conv", state_shapes)
+    solver = getattr(config, "solver", None)
+    joint = (str(getattr(solver, "type", "")) == "lsqml"
+             and getattr(getattr(solver, "config", None), "multislice", "joint") == "joint")
+    terms, dry = _common_terms(config, z, "conv", state_shapes, unrolled_slices=joint)
     k = z.k
     if chunk < z.b:
         # a chunk's working set, plus what is kept of the whole group between passes.
