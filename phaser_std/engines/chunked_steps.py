@@ -48,6 +48,7 @@ from phaser_std.physics.forward import (
     multislice_forward,
     propagate,
     shift_probes,
+    slice_indices,
     split_rows,
 )
 
@@ -391,7 +392,7 @@ def lsqml_multislice_probe_chunked(bk: Any, solver: Any, noise: Any, obj: Any, p
         _, exit_wave = multislice_forward(bk, probes, views, props)
         chunk_loss, g = _exit_update(bk, noise, exit_wave, me, m)
         g, _ = bk.scan(lambda g, y: (back_through_slice(bk, g, views[:, y[0]], props, y[0]), {}), g,
-                       (xp.arange(obj.shape[0] - 1, 0, -1),))
+                       (slice_indices(bk, obj.shape[0] - 1, 0, -1),))
         if update_probe:
             pnum_k, pden = _add_probe_sums(bk, pnum_k, pden, views[:, 0], g, fr, m[:, None, None])
         kept = {"chi0": g} if update_probe or keep_waves else {}
@@ -509,7 +510,7 @@ def epie_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: A
         forward, (*zero_maps(), xp.zeros((), dtype=bk.real_dtype), xp.zeros((n_slices,), dtype=bk.real_dtype)),
         (split_rows(measured, n), sts, frs, ms), reduce=("sum", "sum", "sum", "max"))
     (num_map, illum_map, chi), updated = bk.scan(back_through, (num_map, illum_map, kept["chi"]),
-                                                 (xp.arange(n_slices - 1, 0, -1),))
+                                                 (slice_indices(bk, n_slices - 1, 0, -1),))
     new_obj, new_probe = obj, probe
     if update_object:  # the slices were updated from the last: slice 0's update ends the sweep
         new_obj = xp.concatenate([(obj[0] + slice_update(num_map, illum_map))[None], updated["slice"][::-1]])

@@ -44,6 +44,7 @@ from phaser_std.physics.forward import (
     multislice_forward,
     propagate,
     shift_probes,
+    slice_indices,
     unshift_probes,
 )
 
@@ -161,7 +162,7 @@ class ConventionalSolver:
         # stack of them would be one more object-sized allocation)
         new_obj = xp.zeros_like(obj) if update_object else obj
         if n_slices > 1:
-            (chi, new_obj), _ = bk.scan(back, (chi, new_obj), (xp.arange(n_slices - 1, 0, -1),))
+            (chi, new_obj), _ = bk.scan(back, (chi, new_obj), (slice_indices(bk, n_slices - 1, 0, -1),))
         probe_step = None
         if update_object:
             pdir = self.probe_direction(bk, frac, views[:, 0], chi, mask) if update_probe else None

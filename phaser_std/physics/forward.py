@@ -60,6 +60,7 @@ __all__ = [
     "make_propagators",
     "propagate",
     "multislice_forward",
+    "slice_indices",
     "multislice_backward",
     "back_through_slice",
     "farfield",
@@ -265,6 +266,13 @@ def propagate(bk: Any, wave: Any, h: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- multislice
+def slice_indices(bk: Any, start: int, stop: int, step: int = 1) -> Any:
+    """Slice indices for a loop over slices with :meth:`~phaser_core.backend.BaseBackend.scan`:
+    a device array where the backend compiles the loop (a traced index), else host integers
+    (numpy's), with which cupy indexes arrays and lists without a device round trip."""
+    return bk.xp.arange(start, stop, step) if bk.compiled_loops else np.arange(start, stop, step)
+
+
 def multislice_forward(bk: Any, probes: Any, views: Any, props: Any, loop: bool | None = None) -> tuple[Any, Any]:
     """Multislice through object views.
 
@@ -292,7 +300,7 @@ def multislice_forward(bk: Any, probes: Any, views: Any, props: Any, loop: bool 
             return propagate(bk, wave * views[:, i][:, None], _prop_for_slice(props, i)), {"psi": wave}
 
         psi = bk.xp.broadcast_to(psi, (views.shape[0],) + tuple(psi.shape[1:]))  # the carry keeps its shape
-        last, entering = bk.scan(through, psi, (bk.xp.arange(n_slices - 1),))
+        last, entering = bk.scan(through, psi, (slice_indices(bk, 0, n_slices - 1),))
         psis = bk.xp.concatenate([entering["psi"], last[None]])
         return psis, last * views[:, n_slices - 1][:, None]
     psis = [psi]
