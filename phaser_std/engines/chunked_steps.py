@@ -90,12 +90,10 @@ def _waves_kept(kept: dict, n_slices: int) -> Any:
     return tuple(kept[f"psi{i}"] for i in range(n_slices))
 
 
-def _slice_waves(kept: dict, i: Any) -> Any:
-    """The chunks' kept waves entering slice ``i`` (traced on compiled loops): ``(n, C, M,
+def _first_waves(kept: dict) -> Any:
+    """The chunks' kept waves entering the first slice (the shifted probes): ``(n, C, M,
     Ny, Nx)``."""
-    if "psis" in kept:
-        return kept["psis"][:, i]
-    return kept[f"psi{int(i)}"]
+    return kept["psis"][:, 0] if "psis" in kept else kept["psi0"]
 
 
 def _exit_update(bk: Any, noise: Any, exit_wave: Any, measured: Any, m: Any) -> tuple[Any, Any]:
@@ -527,4 +525,4 @@ def epie_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: A
         new_probe = probe + solver.beta_probe * _ifft2_pair(bk, pnum_k) / (xp.max(pden) + 1e-30)
     if not keep_waves:
         return new_obj, new_probe, loss, None, None
-    return new_obj, new_probe, loss, _unsplit(chi), _unsplit(_slice_waves(kept, 0))
+    return new_obj, new_probe, loss, _unsplit(chi), _unsplit(_first_waves(kept))

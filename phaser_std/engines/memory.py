@@ -44,7 +44,8 @@ MiB = 1 << 20
 #: engine's, measured no larger with more of them).
 CONSTANTS: dict[str, dict[str, float]] = {
     "numpy": {
-        "overhead_MiB": 34.25, "compile_multislice_MiB": 0.00, "compile_unrolled_slice_MiB": 0.00, "grad_overhead_MiB": 0.00,
+        "overhead_MiB": 34.25, "compile_multislice_MiB": 0.00, "compile_unrolled_slice_MiB": 0.00,
+        "grad_overhead_MiB": 0.00,
         # eager forward: the slice waves (and FFT outputs) stay alive until the pass ends
         "dry_slice_waves": 1.42, "dry_waves": 4.09, "dry_pixels": -3.39,
         "conv_slice_waves": 2.50, "conv_waves": 8.00, "conv_pixels": 1.79,
@@ -58,7 +59,8 @@ CONSTANTS: dict[str, dict[str, float]] = {
         # (measured at 3, 8 and 20 slices, session 12, where 19 MiB a slice for all had
         # given 1.3-2.7x: ePIE 255 / 241 MiB at 8 / 20 slices, the gradient engine, whose
         # autodiff step unrolls them too, 260 / 248, LSQML 303 / 381)
-        "overhead_MiB": 119.0, "compile_multislice_MiB": 2.0, "compile_unrolled_slice_MiB": 8.0, "grad_overhead_MiB": 0.00,
+        "overhead_MiB": 119.0, "compile_multislice_MiB": 2.0, "compile_unrolled_slice_MiB": 8.0,
+        "grad_overhead_MiB": 0.00,
         # the probe-scaling pass is compiled (one program per batch shape)
         "dry_slice_waves": 0.38, "dry_waves": 1.38, "dry_pixels": 3.45,
         "conv_slice_waves": 1.00, "conv_waves": 2.00, "conv_pixels": 1.00,
