@@ -3,7 +3,7 @@
 
     git archive <base-commit> | tar -x -C /tmp/base
     /work/venv/bin/python benchmarks/compare_trees.py --base /tmp/base --reps 2 \
-        --cases 'lsqml/jax/single64/m1/g64' 'epie/numpy/single64/m1/g64'
+        --cases 'lsqml/jax/single64/m1/g64' 'epie/numpy/single64/m1/g64' [--set grouping.chunk=64]
 
 Each case runs ``worker_ours.py`` once per tree per repetition, alternating base and new,
 and reports the median of the per-run medians (wall and CPU s/iter, first iteration).
@@ -23,14 +23,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cases as C  # noqa: E402
-from bench import ensure_dataset  # noqa: E402
+from bench import ensure_dataset, set_path  # noqa: E402
 
 
-def run(tree: str | None, case: dict, iters: int) -> dict:
+def run(tree: str | None, case: dict, iters: int, settings: list | None = None) -> dict:
     ds = case["dataset"]
     data = ensure_dataset(ds)
     block = C.our_engine(case["engine"], niter=iters, group=case["group"], modes=case["modes"],
                          slices=C.n_slices(ds), thickness=C.total_thickness(ds))
+    for item in settings or ():
+        set_path(block, item)
     job = {"data": str(data), "backend": case["backend"], "engine_block": block}
     env = dict(os.environ)
     if tree:
@@ -49,6 +51,8 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", required=True)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--iters", type=int, default=6)
+    ap.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
+                    help="change the engine block of both trees, e.g. --set grouping.chunk=64; repeatable")
     a = ap.parse_args()
     todo = [c for c in C.matrix("default") if any(fnmatch.fnmatch(C.case_id(c), p) for p in a.cases)]
     print(f"{'case':34s} {'base wall':>9s} {'new wall':>9s} {'gain':>6s} {'base cpu':>9s} {'new cpu':>9s} "
@@ -56,8 +60,8 @@ def main() -> None:
     for case in todo:
         res = {"base": [], "new": []}
         for _ in range(a.reps):
-            res["base"].append(run(a.base, case, a.iters))
-            res["new"].append(run(None, case, a.iters))
+            res["base"].append(run(a.base, case, a.iters, a.set))
+            res["new"].append(run(None, case, a.iters, a.set))
         m = {k: (float(np.median([r["s_per_iter_median"] for r in v])),
                  float(np.median([r["cpu_s_per_iter_median"] for r in v])),
                  float(np.median([r["first_iter_s"] for r in v])), v[-1]["final_loss"]) for k, v in res.items()}

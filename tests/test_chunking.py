@@ -129,3 +129,39 @@ def test_multislice_programs_do_not_grow_with_the_slices(solver, update_object, 
 
     small, large = program_size(3), program_size(12)
     assert large < 1.1 * small, f"the program grew from {small} to {large} characters with 4x the slices"
+
+
+@pytest.mark.parametrize("multislice_rule", ["epie", "sequential"])
+def test_whole_group_sweep_holds_one_slice_of_views(multislice_rule):
+    """On jax, a whole group's ePIE (a GPU's default path) and LSQML sequential step gather
+    each slice's views inside the loop over the slices and write the waves entering the
+    slices into one buffer: XLA's temporaries grow by one wave array a slice (the entering
+    waves the backward sweep needs), where they grew by three (the views of all slices, the
+    stacked entering waves and the copy joining them to the last; the paper's 64 x 20 x
+    128² group: 516 -> 220 MiB; benchmarks/NOTES.md 59)."""
+    pytest.importorskip("jax")
+    import jax
+
+    from phaser_std.engines.conventional_solvers import (EpieConfig, EpieSolver, LsqmlConfig, LsqmlSolver,
+                                                         make_group_step)
+    from phaser_std.engines.noise_models import AmplitudeConfig, AmplitudeNoise
+
+    bk = build_backend("jax", "float32")
+    rng = np.random.default_rng(3)
+    n, b, h = 32, 16, 96
+    rule = EpieSolver(EpieConfig()) if multislice_rule == "epie" else LsqmlSolver(LsqmlConfig(multislice="sequential"))
+
+    def temporaries(n_slices: int) -> int:
+        obj = np.exp(0.3j * rng.random((n_slices, h, h))).astype(np.complex64)
+        props = bk.asarray(np.exp(0.1j * rng.random((n_slices - 1, n, n))).astype(np.complex64))
+        probe = (rng.random((1, n, n)) + 1j * rng.random((1, n, n))).astype(np.complex64)
+        args = (obj, probe, (rng.random((b, n, n)) * 10).astype(np.float32),
+                rng.integers(0, h - n, (b, 2)).astype(np.int32), (rng.random((b, 2)) - 0.5).astype(np.float32),
+                np.ones(b, bool), {"beta_object": np.float32(1.0), "beta_probe": np.float32(1.0)})
+        step = make_group_step(bk, rule, AmplitudeNoise(AmplitudeConfig()), props, (n, n))
+        compiled = jax.jit(lambda hs, *a: step(*a, props=hs)).lower(props, *args).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    wave = b * n * n * 8  # one (B, M=1, Ny, Nx) complex64 array
+    per_slice = (temporaries(12) - temporaries(3)) / 9 / wave
+    assert per_slice < 1.5, f"the step's temporaries grow by {per_slice:.2f} wave arrays a slice"

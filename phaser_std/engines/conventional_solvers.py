@@ -46,6 +46,8 @@ from phaser_std.physics.forward import (
     shift_probes,
     slice_indices,
     unshift_probes,
+    view_slice,
+    SliceViews,
 )
 
 
@@ -135,6 +137,14 @@ class ConventionalSolver:
         """Update of the wave entering a slice from the unexplained update χ after it."""
         return bk.xp.conj(o)[:, None] * chi
 
+    def sweeps_slice_by_slice(self, update_object: bool) -> bool:
+        """Whether :meth:`sweep` is the base one, a loop reading ``views[:, i]`` and
+        ``psis[i]`` one slice at a time: then a whole-group step on a backend that compiles
+        loops gathers each slice's views where they are read
+        (:class:`~phaser_std.physics.forward.SliceViews`). A subclass with a sweep of its
+        own gets the views as one array."""
+        return type(self).sweep is ConventionalSolver.sweep
+
     def sweep(self, bk: Any, obj: Any, probe: Any, starts: Any, frac: Any, views: Any, psis: Any, props: Any,
               chi: Any, mask: Any, update_object: bool, update_probe: bool) -> tuple[Any, Any, Any]:
         """The backward sweep: (new object, new probe, χ at the entrance plane). The slices
@@ -209,6 +219,9 @@ class LsqmlSolver(ConventionalSolver):
     """
 
     name = "lsqml"
+
+    def sweeps_slice_by_slice(self, update_object):
+        return type(self).sweep is LsqmlSolver.sweep and (not update_object or self.config.multislice == "sequential")
 
     def probe_direction(self, bk, frac, o0, chi0, mask):
         xp = bk.xp
@@ -404,15 +417,22 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
 
     def whole_group(stepper, obj, probe, props, measured, starts, frac, mask_f, update_object, update_probe):
         probes = shift_probes(bk, probe, frac)
-        views = get_views(bk, obj, starts, probe_shape)
-        psis, exit_waves = multislice_forward(bk, probes, views, props)
+        by_slice = stepper.sweeps_slice_by_slice(update_object)
+        if by_slice and bk.compiled_loops and n_slices > 1:
+            views = SliceViews(bk, obj, starts, probe_shape)
+        else:
+            views = get_views(bk, obj, starts, probe_shape)
+        # LSQML's joint sweep reads the slices unrolled: the entering waves as a list spare
+        # their stacked buffer (XLA's buffer assignment, paper size: 668 -> 608 MiB)
+        loop = False if type(solver) is LsqmlSolver and not by_slice else None
+        psis, exit_waves = multislice_forward(bk, probes, views, props, loop=loop)
         wave_k = farfield(bk, exit_waves)
         model = intensity(bk, wave_k)
         loss = xp.sum(noise.loss(bk, model, measured) * mask_f)
         chi = farfield_adjoint(bk, noise.wave_update(bk, wave_k, model, measured)) * mask_f[:, None, None, None]
         new_obj, new_probe, chi = stepper.sweep(bk, obj, probe, starts, frac, views, psis, props, chi, mask_f,
                                                 update_object, update_probe)
-        return new_obj, new_probe, loss, chi, probes, views[:, 0]
+        return new_obj, new_probe, loss, chi, probes, view_slice(views, 0)
 
     return step
 

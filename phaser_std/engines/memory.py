@@ -127,12 +127,14 @@ class Sizes:
     def obj(self) -> int:
         return self.s * self.hw * self.c
 
-    def phase(self, kind: str, b: int | None = None) -> int:
-        """A transient phase (``kind`` dry, conv or grad) of ``b`` positions (default B) [bytes]."""
+    def phase(self, kind: str, b: int | None = None, views_by_slice: bool = False) -> int:
+        """A transient phase (``kind`` dry, conv or grad) of ``b`` positions (default B)
+        [bytes]; ``views_by_slice``: one slice's views live at a time, not all S."""
         b = self.b if b is None else b
         k = self.k
         waves = k[f"{kind}_slice_waves"] * self.s + k[f"{kind}_waves"]
-        return max(0, self.views(b) + int(waves * self.wave(b)) + int(k[f"{kind}_pixels"] * b * self.p * self.c))
+        views = self.views(b) // self.s if views_by_slice else self.views(b)
+        return max(0, views + int(waves * self.wave(b)) + int(k[f"{kind}_pixels"] * b * self.p * self.c))
 
     @property
     def k(self) -> dict[str, float]:
@@ -257,9 +259,12 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
         name = (f"group step: {chunk} of B={z.b} positions at a time{' per lane' if z.lanes > 1 else ''}, "
                 f"the group's chi and slice waves kept (M={z.m} x {z.p} px)")
     else:
-        group = z.phase("conv")
-        name = (f"group step: views, {z.s} slice waves, far field, chi and FFT workspace "
-                f"(B={z.b} x M={z.m} x {z.p} px)")
+        # ePIE's and LSQML's sequential sweep loop over the slices: compiled (jax), each
+        # slice's views are gathered where they are read (forward.SliceViews)
+        by_slice = z.backend == "jax" and z.s > 1 and config.solver.type in ("epie", "lsqml") and not joint
+        group = z.phase("conv", views_by_slice=by_slice)
+        name = (f"group step: {'one slice at a time of the views' if by_slice else 'views'}, {z.s} slice waves, "
+                f"far field, chi and FFT workspace (B={z.b} x M={z.m} x {z.p} px)")
     terms.append(_transient((group, name), dry, _group_hint(z, config.grouping.size)))
     terms.append((f"object-sized maps of a group update (illumination, update, new object){_on_lanes(z)}",
                   int(z.lanes * k["conv_object"] * z.obj), f"fewer slices (slices.n = {z.s})", "device"))

@@ -134,6 +134,26 @@ def add_views(bk: Any, target: Any, starts: Any, values: Any) -> Any:
     return bk.add_windows(target, starts, values)
 
 
+class SliceViews:
+    """The views ``(B, S, Ny, Nx)`` of an object ``(S, H, W)`` at ``starts`` ``(B, 2)``
+    [px], each slice's gathered where it is read: ``views[:, i]`` (``i`` an integer or a
+    traced loop index) is :func:`get_views` of slice i alone. In a compiled loop over the
+    slices only one slice's views are then live, not all S (a whole group of the paper's
+    64 x 20 x 128² case: 160 MiB). ``shape`` and ``dtype`` are those of the array it
+    stands for; nothing else of an array is offered."""
+
+    def __init__(self, bk: Any, obj: Any, starts: Any, probe_shape: Sequence[int]):
+        self.bk, self.obj, self.starts = bk, obj, starts
+        self.window = (int(probe_shape[0]), int(probe_shape[1]))
+        self.shape = (int(starts.shape[0]), int(obj.shape[0])) + self.window
+        self.dtype = obj.dtype
+
+    def __getitem__(self, key: Any) -> Any:
+        if not (isinstance(key, tuple) and len(key) == 2 and key[0] == slice(None)):
+            raise TypeError(f"SliceViews are read one slice at a time, as views[:, i]; got views[{key!r}]")
+        return self.bk.get_windows(self.obj[key[1]], self.starts, self.window)
+
+
 def n_view_slices(views: Any) -> int:
     """S of ``views``: ``(B, S, Ny, Nx)`` or a tuple of S arrays ``(B, Ny, Nx)``."""
     return len(views) if isinstance(views, tuple) else views.shape[1]
@@ -276,8 +296,8 @@ def slice_indices(bk: Any, start: int, stop: int, step: int = 1) -> Any:
 def multislice_forward(bk: Any, probes: Any, views: Any, props: Any, loop: bool | None = None) -> tuple[Any, Any]:
     """Multislice through object views.
 
-    ``probes`` ``(B, M, Ny, Nx)`` or ``(M, Ny, Nx)``; ``views`` ``(B, S, Ny, Nx)`` or S
-    arrays ``(B, Ny, Nx)`` (:func:`get_views` per slice); ``props`` as from
+    ``probes`` ``(B, M, Ny, Nx)`` or ``(M, Ny, Nx)``; ``views`` ``(B, S, Ny, Nx)``, S
+    arrays ``(B, Ny, Nx)`` (:func:`get_views` per slice) or :class:`SliceViews`; ``props`` as from
     :func:`make_propagators` (None when S == 1).
     Returns ``(psis, exit_waves)``: ``psis[i]`` the wave entering slice i
     ``(B, M, Ny, Nx)`` (``psis[0]`` the probe), and the exit wave ψ_{S-1}·O_{S-1}.
@@ -295,14 +315,19 @@ def multislice_forward(bk: Any, probes: Any, views: Any, props: Any, loop: bool 
     if loop is None:
         loop = bk.compiled_loops and not isinstance(views, tuple)
     if loop:
-        def through(wave, x):
+        # the entering waves are written into one carried buffer, which XLA updates in
+        # place: stacked scan outputs joined to the last wave cost a copy of all of them
+        # and, until it is done, twice their memory
+        def through(carry, x):
+            wave, entering = carry
             (i,) = x
-            return propagate(bk, wave * views[:, i][:, None], _prop_for_slice(props, i)), {"psi": wave}
+            entering = bk.set_at(entering, (i,), wave)
+            return (propagate(bk, wave * views[:, i][:, None], _prop_for_slice(props, i)), entering), {}
 
         psi = bk.xp.broadcast_to(psi, (views.shape[0],) + tuple(psi.shape[1:]))  # the carry keeps its shape
-        last, entering = bk.scan(through, psi, (slice_indices(bk, 0, n_slices - 1),))
-        psis = bk.xp.concatenate([entering["psi"], last[None]])
-        return psis, last * views[:, n_slices - 1][:, None]
+        entering = bk.xp.zeros((n_slices,) + tuple(psi.shape), dtype=psi.dtype)
+        (last, entering), _ = bk.scan(through, (psi, entering), (slice_indices(bk, 0, n_slices - 1),))
+        return bk.set_at(entering, (n_slices - 1,), last), last * views[:, n_slices - 1][:, None]
     psis = [psi]
     for i in range(n_slices - 1):
         psi = propagate(bk, psi * view_slice(views, i)[:, None], _prop_for_slice(props, i))
