@@ -27,6 +27,11 @@ CASES: dict[str, dict] = {
                         "update_positions": {"after": 1}},
     "lsqml-multislice": {"type": "conventional", "niter": 3, "grouping": {"size": 16}, "slices": MULTI,
                          "solver": {"type": "lsqml"}},
+    # whole groups (the GPU's path): on jax the sweeps gather each slice's views where read
+    "epie-multislice": {"type": "conventional", "niter": 3, "grouping": {"size": 16, "chunk": 16},
+                        "slices": {"n": 3, "total_thickness_A": 30.0}, "solver": {"type": "epie"}},
+    "lsqml-multislice-whole": {"type": "conventional", "niter": 3, "grouping": {"size": 16, "chunk": 16},
+                               "slices": {"n": 3, "total_thickness_A": 30.0}, "solver": {"type": "lsqml"}},
     "gradient-modes": {"type": "gradient", "niter": 3, "grouping": {"size": 16}, "probe_modes": 2},
     "gradient-multislice": {"type": "gradient", "niter": 3, "grouping": {"size": 16}, "slices": MULTI},
 }

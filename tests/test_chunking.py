@@ -131,14 +131,15 @@ def test_multislice_programs_do_not_grow_with_the_slices(solver, update_object, 
     assert large < 1.1 * small, f"the program grew from {small} to {large} characters with 4x the slices"
 
 
-@pytest.mark.parametrize("multislice_rule", ["epie", "sequential"])
-def test_whole_group_sweep_holds_one_slice_of_views(multislice_rule):
+@pytest.mark.parametrize("multislice_rule, waves_per_slice", [("epie", 1.5), ("sequential", 1.5), ("joint", 2.5)])
+def test_whole_group_sweep_holds_one_slice_of_views(multislice_rule, waves_per_slice):
     """On jax, a whole group's ePIE (a GPU's default path) and LSQML sequential step gather
     each slice's views inside the loop over the slices and write the waves entering the
     slices into one buffer: XLA's temporaries grow by one wave array a slice (the entering
     waves the backward sweep needs), where they grew by three (the views of all slices, the
     stacked entering waves and the copy joining them to the last; the paper's 64 x 20 x
-    128² group: 516 -> 220 MiB; benchmarks/NOTES.md 59)."""
+    128² group: 516 -> 220 MiB; benchmarks/NOTES.md 59). LSQML's joint step gathers each
+    pass's views anew rather than keep them (3.35 -> 2.13 waves a slice; 656 -> 464 MiB)."""
     pytest.importorskip("jax")
     import jax
 
@@ -149,7 +150,8 @@ def test_whole_group_sweep_holds_one_slice_of_views(multislice_rule):
     bk = build_backend("jax", "float32")
     rng = np.random.default_rng(3)
     n, b, h = 32, 16, 96
-    rule = EpieSolver(EpieConfig()) if multislice_rule == "epie" else LsqmlSolver(LsqmlConfig(multislice="sequential"))
+    rule = EpieSolver(EpieConfig()) if multislice_rule == "epie" else LsqmlSolver(
+        LsqmlConfig(multislice=multislice_rule))
 
     def temporaries(n_slices: int) -> int:
         obj = np.exp(0.3j * rng.random((n_slices, h, h))).astype(np.complex64)
@@ -164,4 +166,4 @@ def test_whole_group_sweep_holds_one_slice_of_views(multislice_rule):
 
     wave = b * n * n * 8  # one (B, M=1, Ny, Nx) complex64 array
     per_slice = (temporaries(12) - temporaries(3)) / 9 / wave
-    assert per_slice < 1.5, f"the step's temporaries grow by {per_slice:.2f} wave arrays a slice"
+    assert per_slice < waves_per_slice, f"the step's temporaries grow by {per_slice:.2f} wave arrays a slice"

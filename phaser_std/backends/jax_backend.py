@@ -316,6 +316,10 @@ class JaxBackend(BaseBackend):
         compiled = jax.jit(fn, **kwargs)
         return compiled if self._placement is None else _PlacedJit(compiled, self.share)
 
+    def after(self, x: Any, dep: Any) -> tuple[Any, Any]:
+        """:func:`jax.lax.optimization_barrier` of both: ``x`` read after ``dep``."""
+        return jax.lax.optimization_barrier((x, dep))
+
     def scan(self, fn: Callable, carry: Any, xs: Any) -> tuple[Any, Any]:
         """:func:`jax.lax.scan` (one compiled loop)."""
         return jax.lax.scan(fn, carry, xs)

@@ -141,8 +141,9 @@ class ConventionalSolver:
         """Whether :meth:`sweep` is the base one, a loop reading ``views[:, i]`` and
         ``psis[i]`` one slice at a time: then a whole-group step on a backend that compiles
         loops gathers each slice's views where they are read
-        (:class:`~phaser_std.physics.forward.SliceViews`). A subclass with a sweep of its
-        own gets the views as one array."""
+        (:class:`~phaser_std.physics.forward.SliceViews`) and the entering waves come as
+        one array. A subclass with a sweep of its own gets the views as one array (LSQML's
+        own joint sweep: :class:`SliceViews` too, and the waves as a list)."""
         return type(self).sweep is ConventionalSolver.sweep
 
     def sweep(self, bk: Any, obj: Any, probe: Any, starts: Any, frac: Any, views: Any, psis: Any, props: Any,
@@ -275,6 +276,8 @@ class LsqmlSolver(ConventionalSolver):
         m = mask[:, None, None]
         shape = psis[0].shape[-2:]
         directions, illums, illum_maps = [None] * n_slices, [None] * n_slices, [None] * n_slices
+        if isinstance(views, SliceViews):  # gathered anew in each pass, not kept from the forward pass
+            views, chi = views.after(chi)
         g = chi
         for i in range(n_slices - 1, -1, -1):
             psi = psis[i]
@@ -284,6 +287,8 @@ class LsqmlSolver(ConventionalSolver):
             if i > 0:
                 g = back_through_slice(bk, g, views[:, i], props, i)
         chi0 = g
+        if isinstance(views, SliceViews):
+            views, chi0 = views.after(chi0)
         pdir = self.probe_direction(bk, frac, views[:, 0], chi0, mask)[0] if update_probe else None
         # the combined direction, carried to the exit plane (linearised multislice)
         d_wave = shift_probes(bk, pdir, frac) if update_probe else xp.zeros_like(psis[0])
@@ -418,13 +423,15 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
     def whole_group(stepper, obj, probe, props, measured, starts, frac, mask_f, update_object, update_probe):
         probes = shift_probes(bk, probe, frac)
         by_slice = stepper.sweeps_slice_by_slice(update_object)
-        if by_slice and bk.compiled_loops and n_slices > 1:
+        joint = type(solver) is LsqmlSolver and not by_slice
+        if (by_slice or joint) and bk.compiled_loops and n_slices > 1:
             views = SliceViews(bk, obj, starts, probe_shape)
         else:
             views = get_views(bk, obj, starts, probe_shape)
-        # LSQML's joint sweep reads the slices unrolled: the entering waves as a list spare
-        # their stacked buffer (XLA's buffer assignment, paper size: 668 -> 608 MiB)
-        loop = False if type(solver) is LsqmlSolver and not by_slice else None
+        # LSQML's joint sweep reads the slices unrolled, each pass gathering its views anew:
+        # with the entering waves as a list, not a stacked buffer, XLA's temporaries for the
+        # paper's 64 x 20 x 128² group are 464 MiB (668 stacked, 656 with all views kept)
+        loop = False if joint else None
         psis, exit_waves = multislice_forward(bk, probes, views, props, loop=loop)
         wave_k = farfield(bk, exit_waves)
         model = intensity(bk, wave_k)

@@ -148,6 +148,14 @@ class SliceViews:
         self.shape = (int(starts.shape[0]), int(obj.shape[0])) + self.window
         self.dtype = obj.dtype
 
+    def after(self, dep: Any) -> tuple["SliceViews", Any]:
+        """``(views, dep)``: the same views, gathered anew where they are read after ``dep``
+        is computed (:meth:`~phaser_core.backend.BaseBackend.after`), not kept from reads
+        before it."""
+        obj, dep = self.bk.after(self.obj, dep)
+        views = SliceViews(self.bk, obj, self.starts, self.window)
+        return views, dep
+
     def __getitem__(self, key: Any) -> Any:
         if not (isinstance(key, tuple) and len(key) == 2 and key[0] == slice(None)):
             raise TypeError(f"SliceViews are read one slice at a time, as views[:, i]; got views[{key!r}]")
