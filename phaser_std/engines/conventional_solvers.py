@@ -155,33 +155,45 @@ class ConventionalSolver:
         xp = bk.xp
         n_slices = views.shape[1]
         shape = views.shape[-2:]
+        # Views gathered where read (SliceViews, a compiled loop): the object is updated in
+        # its own buffer, slice by slice from the last. Slice i is read (its views and old
+        # values) before it is written and never after, so XLA writes in place and no
+        # second object is held. Otherwise the new slices go into a buffer of their own (in
+        # place on numpy, where a stack of them would be one more object-sized allocation).
+        in_place = update_object and isinstance(views, SliceViews)
+
+        def old_slice(current: Any, i: Any) -> tuple[Any, Any]:
+            """Slice i before its update and its views."""
+            if in_place:
+                return current[i], SliceViews(bk, current, starts, shape)[:, i]
+            return obj[i], views[:, i]
 
         def back(carry, x):
             """Slice i (> 0) takes what it can explain of χ; the rest goes back to the exit
             of slice i-1."""
             chi, new_obj = carry
             (i,) = x
+            obj_i, view_i = old_slice(new_obj, i)
             if update_object:
-                new_slice, applied, _ = self.object_update(bk, obj[i], starts, psis[i], chi, mask)
+                new_slice, applied, _ = self.object_update(bk, obj_i, starts, psis[i], chi, mask)
                 new_obj = bk.set_at(new_obj, (i,), new_slice)
                 if applied is not None:
                     chi = chi - get_views(bk, applied[None], starts, shape)[:, 0][:, None] * psis[i]
-            chi = propagate(bk, self.wave_backprop(bk, views[:, i], chi), xp.conj(props[i - 1]))
+            chi = propagate(bk, self.wave_backprop(bk, view_i, chi), xp.conj(props[i - 1]))
             return (chi, new_obj), {}
 
-        # the updated slices are written into one buffer (in place on numpy, where a
-        # stack of them would be one more object-sized allocation)
-        new_obj = xp.zeros_like(obj) if update_object else obj
+        new_obj = obj if in_place or not update_object else xp.zeros_like(obj)
         if n_slices > 1:
             (chi, new_obj), _ = bk.scan(back, (chi, new_obj), (slice_indices(bk, n_slices - 1, 0, -1),))
+        obj_0, view_0 = old_slice(new_obj, 0)
         probe_step = None
         if update_object:
-            pdir = self.probe_direction(bk, frac, views[:, 0], chi, mask) if update_probe else None
-            first, _, probe_step = self.object_update(bk, obj[0], starts, psis[0], chi, mask, pdir)
+            pdir = self.probe_direction(bk, frac, view_0, chi, mask) if update_probe else None
+            first, _, probe_step = self.object_update(bk, obj_0, starts, psis[0], chi, mask, pdir)
             new_obj = bk.set_at(new_obj, (0,), first)
         new_probe = probe
         if update_probe:
-            new_probe = self.probe_update(bk, probe, frac, views[:, 0], chi, mask, probe_step)
+            new_probe = self.probe_update(bk, probe, frac, view_0, chi, mask, probe_step)
         return new_obj, new_probe, chi
 
 
