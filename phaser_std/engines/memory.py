@@ -241,6 +241,11 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
              and getattr(getattr(solver, "config", None), "multislice", "joint") == "joint")
     terms, dry = _common_terms(config, z, "conv", state_shapes, unrolled_slices=joint)
     k = z.k
+    # ePIE's and LSQML's sequential sweep over whole groups loop over the slices: compiled
+    # (jax), each slice's views are gathered where they are read (forward.SliceViews) and
+    # the new slices written into the (donated) object's buffer
+    by_slice = (chunk >= z.b and z.backend == "jax" and z.s > 1 and config.solver.type in ("epie", "lsqml")
+                and not joint)
     if chunk < z.b:
         # a chunk's working set, plus what is kept of the whole group between passes.
         # LSQML: χ and the shifted probes (one slice), or χ, χ at the entrance and the waves
@@ -259,15 +264,14 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
         name = (f"group step: {chunk} of B={z.b} positions at a time{' per lane' if z.lanes > 1 else ''}, "
                 f"the group's chi and slice waves kept (M={z.m} x {z.p} px)")
     else:
-        # ePIE's and LSQML's sequential sweep loop over the slices: compiled (jax), each
-        # slice's views are gathered where they are read (forward.SliceViews)
-        by_slice = z.backend == "jax" and z.s > 1 and config.solver.type in ("epie", "lsqml") and not joint
         group = z.phase("conv", views_by_slice=by_slice)
         name = (f"group step: {'one slice at a time of the views' if by_slice else 'views'}, {z.s} slice waves, "
                 f"far field, chi and FFT workspace (B={z.b} x M={z.m} x {z.p} px)")
     terms.append(_transient((group, name), dry, _group_hint(z, config.grouping.size)))
-    terms.append((f"object-sized maps of a group update (illumination, update, new object){_on_lanes(z)}",
-                  int(z.lanes * k["conv_object"] * z.obj), f"fewer slices (slices.n = {z.s})", "device"))
+    object_sized = k["conv_object"] - (1.0 if by_slice else 0.0)
+    terms.append((f"object-sized maps of a group update (illumination, update{'' if by_slice else ', new object'})"
+                   f"{_on_lanes(z)}", int(z.lanes * object_sized * z.obj), f"fewer slices (slices.n = {z.s})",
+                   "device"))
     if getattr(config, "position_solver", None) is not None:
         # position_direction: P·∂O per axis (counted, not calibrated)
         terms.append(("position-correction direction (2 waves)", 2 * z.wave(), _group_hint(z, config.grouping.size),
