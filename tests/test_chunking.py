@@ -93,6 +93,25 @@ def test_solver_subclasses_keep_the_whole_group_step():
     assert not np.allclose(plain(*args)[0], obj)  # the built-in rule, chunked, moves it
 
 
+def _multislice_step(rule, n_slices: int, n: int, b: int, h: int, seed: int, chunk: int | None = None):
+    """``(step, props, args)``: the jax group step of the conventional ``rule`` with an
+    amplitude noise model, for one mode, ``b`` positions of ``n``² on ``n_slices`` random
+    slices of ``h``², and its arguments (the propagators apart: the engines pass them as
+    an argument, since closed over they would be constants written into the program)."""
+    from phaser_std.engines.conventional_solvers import make_group_step
+    from phaser_std.engines.noise_models import AmplitudeConfig, AmplitudeNoise
+
+    bk = build_backend("jax", "float32")
+    rng = np.random.default_rng(seed)
+    obj = np.exp(0.3j * rng.random((n_slices, h, h))).astype(np.complex64)
+    props = bk.asarray(np.exp(0.1j * rng.random((n_slices - 1, n, n))).astype(np.complex64))
+    probe = (rng.random((1, n, n)) + 1j * rng.random((1, n, n))).astype(np.complex64)
+    args = (obj, probe, (rng.random((b, n, n)) * 10).astype(np.float32),
+            rng.integers(0, h - n, (b, 2)).astype(np.int32), (rng.random((b, 2)) - 0.5).astype(np.float32),
+            np.ones(b, bool), {"beta_object": np.float32(1.0), "beta_probe": np.float32(1.0)})
+    return make_group_step(bk, rule, AmplitudeNoise(AmplitudeConfig()), props, (n, n), chunk=chunk), props, args
+
+
 @pytest.mark.parametrize("solver, update_object, chunk", [("epie", True, 2), ("epie", False, 2), ("epie", True, 8),
                                                     ("lsqml", False, 2)])
 def test_multislice_programs_do_not_grow_with_the_slices(solver, update_object, chunk):
@@ -102,29 +121,14 @@ def test_multislice_programs_do_not_grow_with_the_slices(solver, update_object, 
     same size for 3 slices as for 12 (before, every slice was unrolled into the program:
     20 slices of 64² compiled ePIE's iteration in 1.2 s and peaked above phaserEM's memory;
     benchmarks/NOTES.md 58). LSQML's joint step keeps its slices unrolled (faster)."""
-    pytest.importorskip("jax")
-    import jax
+    jax = pytest.importorskip("jax")
+    from phaser_std.engines.conventional_solvers import EpieConfig, EpieSolver, LsqmlConfig, LsqmlSolver
 
-    from phaser_std.engines.conventional_solvers import (EpieConfig, EpieSolver, LsqmlConfig, LsqmlSolver,
-                                                         make_group_step)
-    from phaser_std.engines.noise_models import AmplitudeConfig, AmplitudeNoise
-
-    bk = build_backend("jax", "float32")
-    rng = np.random.default_rng(2)
-    n, b, h = 16, 8, 48
     rule = EpieSolver(EpieConfig()) if solver == "epie" else LsqmlSolver(LsqmlConfig())
 
     def program_size(n_slices: int) -> int:
-        obj = np.exp(0.3j * rng.random((n_slices, h, h))).astype(np.complex64)
-        props = bk.asarray(np.exp(0.1j * rng.random((n_slices - 1, n, n))).astype(np.complex64))
-        probe = (rng.random((1, n, n)) + 1j * rng.random((1, n, n))).astype(np.complex64)
-        args = (obj, probe, (rng.random((b, n, n)) * 10).astype(np.float32),
-                rng.integers(0, h - n, (b, 2)).astype(np.int32), (rng.random((b, 2)) - 0.5).astype(np.float32),
-                np.ones(b, bool), {"beta_object": np.float32(1.0), "beta_probe": np.float32(1.0)})
-        step = make_group_step(bk, rule, AmplitudeNoise(AmplitudeConfig()), props, (n, n), chunk=chunk)
-        # the propagators an argument, as the engines pass them: closed over, they would be
-        # constants written into the program text
-        lowered = jax.jit(lambda h, *a: step(*a, update_object=update_object, props=h)).lower(props, *args)
+        step, props, args = _multislice_step(rule, n_slices, n=16, b=8, h=48, seed=2, chunk=chunk)
+        lowered = jax.jit(lambda hs, *a: step(*a, update_object=update_object, props=hs)).lower(props, *args)
         return len(lowered.as_text())
 
     small, large = program_size(3), program_size(12)
@@ -141,27 +145,15 @@ def test_whole_group_sweep_holds_one_slice_of_views(multislice_rule, waves_per_s
     copy joining the stacked entering waves to the last, and a second object); the paper's
     size, whole iteration program: 599 -> 295 MiB (benchmarks/NOTES.md 59). LSQML's joint
     step gathers each pass's views anew rather than keep them (3.30 -> 2.19)."""
-    pytest.importorskip("jax")
-    import jax
+    jax = pytest.importorskip("jax")
+    from phaser_std.engines.conventional_solvers import EpieConfig, EpieSolver, LsqmlConfig, LsqmlSolver
 
-    from phaser_std.engines.conventional_solvers import (EpieConfig, EpieSolver, LsqmlConfig, LsqmlSolver,
-                                                         make_group_step)
-    from phaser_std.engines.noise_models import AmplitudeConfig, AmplitudeNoise
-
-    bk = build_backend("jax", "float32")
-    rng = np.random.default_rng(3)
-    n, b, h = 32, 16, 96
+    n, b = 32, 16
     rule = EpieSolver(EpieConfig()) if multislice_rule == "epie" else LsqmlSolver(
         LsqmlConfig(multislice=multislice_rule))
 
     def temporaries(n_slices: int) -> int:
-        obj = np.exp(0.3j * rng.random((n_slices, h, h))).astype(np.complex64)
-        props = bk.asarray(np.exp(0.1j * rng.random((n_slices - 1, n, n))).astype(np.complex64))
-        probe = (rng.random((1, n, n)) + 1j * rng.random((1, n, n))).astype(np.complex64)
-        args = (obj, probe, (rng.random((b, n, n)) * 10).astype(np.float32),
-                rng.integers(0, h - n, (b, 2)).astype(np.int32), (rng.random((b, 2)) - 0.5).astype(np.float32),
-                np.ones(b, bool), {"beta_object": np.float32(1.0), "beta_probe": np.float32(1.0)})
-        step = make_group_step(bk, rule, AmplitudeNoise(AmplitudeConfig()), props, (n, n))
+        step, props, args = _multislice_step(rule, n_slices, n=n, b=b, h=96, seed=3)
         # the object donated, as the engines' iteration programs do
         compiled = jax.jit(lambda hs, *a: step(*a, props=hs), donate_argnums=(1,)).lower(props, *args).compile()
         return compiled.memory_analysis().temp_size_in_bytes
