@@ -28,8 +28,9 @@ CASES: dict[str, dict] = {
     "lsqml-multislice": {"type": "conventional", "niter": 3, "grouping": {"size": 16}, "slices": MULTI,
                          "solver": {"type": "lsqml"}},
     # whole groups (the GPU's path): on jax the sweeps gather each slice's views where read
-    "epie-multislice": {"type": "conventional", "niter": 3, "grouping": {"size": 16, "chunk": 16},
-                        "slices": {"n": 3, "total_thickness_A": 30.0}, "solver": {"type": "epie"}},
+    "epie-multislice": {"type": "conventional", "niter": 4, "grouping": {"size": 16, "chunk": 16},
+                        "slices": {"n": 3, "total_thickness_A": 30.0}, "solver": {"type": "epie"},
+                        "position_solver": {"type": "momentum"}, "update_positions": {"after": 1}},
     "lsqml-multislice-whole": {"type": "conventional", "niter": 3, "grouping": {"size": 16, "chunk": 16},
                                "slices": {"n": 3, "total_thickness_A": 30.0}, "solver": {"type": "lsqml"}},
     "gradient-modes": {"type": "gradient", "niter": 3, "grouping": {"size": 16}, "probe_modes": 2},

@@ -425,14 +425,16 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
             o0 = get_views(bk, obj[:1], starts, probe_shape)[:, 0] if update_positions else None
         else:
             new_obj, new_probe, loss, chi0, probes, o0 = whole_group(stepper, obj, probe, props, measured, starts,
-                                                                     frac, mask_f, update_object, update_probe)
+                                                                     frac, mask_f, update_object, update_probe,
+                                                                     update_positions)
         if update_positions:
             shift = position_direction(bk, probes, o0, chi0, mask_f)
         else:
             shift = xp.zeros((mask.shape[0], 2), dtype=bk.real_dtype)
         return new_obj, new_probe, loss, shift
 
-    def whole_group(stepper, obj, probe, props, measured, starts, frac, mask_f, update_object, update_probe):
+    def whole_group(stepper, obj, probe, props, measured, starts, frac, mask_f, update_object, update_probe,
+                    update_positions):
         probes = shift_probes(bk, probe, frac)
         by_slice = stepper.sweeps_slice_by_slice(update_object)
         joint = type(solver) is LsqmlSolver and not by_slice
@@ -449,9 +451,12 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
         model = intensity(bk, wave_k)
         loss = xp.sum(noise.loss(bk, model, measured) * mask_f)
         chi = farfield_adjoint(bk, noise.wave_update(bk, wave_k, model, measured)) * mask_f[:, None, None, None]
+        # the first slice's views for the position direction, read before the sweep, which
+        # may update the object in place
+        o0 = view_slice(views, 0) if update_positions else None
         new_obj, new_probe, chi = stepper.sweep(bk, obj, probe, starts, frac, views, psis, props, chi, mask_f,
                                                 update_object, update_probe)
-        return new_obj, new_probe, loss, chi, probes, view_slice(views, 0)
+        return new_obj, new_probe, loss, chi, probes, o0
 
     return step
 
