@@ -55,6 +55,7 @@ __all__ = [
     "add_views",
     "n_view_slices",
     "view_slice",
+    "SliceViews",
     "shift_probes",
     "unshift_probes",
     "make_propagators",
