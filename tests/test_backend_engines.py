@@ -110,3 +110,22 @@ def test_a_probe_off_the_detector_grid_is_refused_saying_what_to_do(data, tmp_pa
     bk = get_registry().get("backend", "numpy").obj("float32")
     with pytest.raises(DataError, match=r"patterns are \(32, 32\) but the probe is \(64, 64\).*crop or bin"):
         engine_arrays(bk, state, cropped)
+
+
+@pytest.mark.parametrize("case", ["epie-multislice", "lsqml-multislice-whole"])
+def test_whole_group_cases_take_the_whole_group_path(case, data, monkeypatch):
+    """The two whole-group cases above compare jax's per-slice views (``SliceViews``, the
+    GPU's path) with numpy only if jax runs them as whole groups: count the views built."""
+    build_backend("jax")
+    import phaser_std.physics.forward as forward
+
+    built = []
+    original = forward.SliceViews.__init__
+
+    def init(self, *args, **kwargs):
+        built.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(forward.SliceViews, "__init__", init)
+    run(data, [{**CASES[case], "niter": 1}], backend="jax")
+    assert built, f"{case} did not run whole groups with views gathered per slice on jax"
