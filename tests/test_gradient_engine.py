@@ -337,6 +337,42 @@ def test_chunked_gradients_equal_the_whole_group(backend, per_position_tilt, chu
         assert _rel(chunked[k], whole[k]) < 1e-5, (k, _rel(chunked[k], whole[k]))
 
 
+def test_whole_group_autodiff_holds_one_slice_of_views():
+    """On jax, a whole multislice group's autodiff step (a GPU's default path) gathers each
+    slice's views where the forward reads them and again on the way back (a checkpoint:
+    only the entering waves are kept) and adds the views' gradients into the object slice
+    by slice: XLA's temporaries grow by 1.00 wave arrays a slice here (the entering waves),
+    where with the views gathered once and their gradients stacked into one scatter they
+    grew by 1.78; the paper's size, whole iteration program: 436 -> 276 MiB
+    (benchmarks/NOTES.md 60)."""
+    jax = pytest.importorskip("jax")
+    bk = build_backend("jax", "float32")
+    n, b, h = 32, 16, 96
+    rng = np.random.default_rng(2)
+    noise = NoiseModelSpec("poisson").build(REG)
+
+    def temporaries(n_slices: int) -> int:
+        props = bk.asarray(np.exp(0.1j * rng.random((n_slices - 1, n, n))).astype(np.complex64))
+        model = GroupModel(noise=noise, base_props=props, sampling_A=(0.2, 0.2), thicknesses_A=(5.0,) * n_slices,
+                           reg_info=RegInfo(sampling_A=(0.2, 0.2)), n_positions=1000)
+        args = (np.exp(0.3j * rng.random((n_slices, h, h))).astype(np.complex64),
+                (rng.random((1, n, n)) + 1j * rng.random((1, n, n))).astype(np.complex64),
+                (rng.random((b, 2)) - 0.5).astype(np.float32), np.zeros(2, np.float32),
+                rng.integers(0, h - n, (b, 2)).astype(np.int32), (rng.random((b, n, n)) * 10).astype(np.float32),
+                np.ones(b, bool))
+
+        def gradients(obj, probe, frac, tilt, starts, measured, mask):
+            _, _, g = chunked_gradients(bk, model, b, obj, probe, frac, tilt, starts, measured, mask,
+                                        np.zeros(0, np.float32), wrt=("object", "probe"))
+            return g["object"], g["probe"]
+
+        return jax.jit(gradients).lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+    wave = b * n * n * 8  # one (B, M=1, Ny, Nx) complex64 array
+    per_slice = (temporaries(12) - temporaries(3)) / 9 / wave
+    assert per_slice < 1.2, f"the step's temporaries grow by {per_slice:.2f} wave arrays a slice"
+
+
 def test_chunked_engine_run_equals_whole_groups():
     """The engine with groups of 16 computed 4 positions at a time reconstructs what it does
     with whole groups (float32 rounding apart), and still compiles its step once."""

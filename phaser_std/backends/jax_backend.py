@@ -365,6 +365,15 @@ class JaxBackend(BaseBackend):
         Backends without it (numpy, cupy) use the analytic adjoint instead."""
         return jax.value_and_grad(fn, **kwargs)
 
+    def checkpoint(self, fn: Callable) -> Callable:
+        """:func:`jax.checkpoint`: autodiff keeps ``fn``'s inputs and recomputes the rest
+        of it on the way back."""
+        return jax.checkpoint(fn)
+
+    def stop_gradient(self, x: Any) -> Any:
+        """:func:`jax.lax.stop_gradient`."""
+        return jax.lax.stop_gradient(x)
+
     def synchronize(self, x: Any = None) -> Any:
         """Block until ``x`` (any pytree of arrays) is computed; returns ``x``. With no
         argument, waits for all work jax has dispatched."""

@@ -51,6 +51,7 @@ import numpy as np
 from phaser_std.engines.common import group_patterns
 from phaser_std.engines.noise_models import wirtinger_far_grad
 from phaser_std.physics.forward import (
+    SliceViews,
     _prop_for_slice,
     abs2,
     add_views,
@@ -318,14 +319,22 @@ def autodiff_gradients(bk: Any, model: GroupModel, obj: Any, probe: Any, frac: A
     model has cost regularizers, their object gradient whole as ``object`` (as the analytic
     path returns them)."""
     xp = bk.xp
+    lazy = isinstance(views, SliceViews)
+    if lazy:
+        # the views' gradients are those of zero offsets added to them (SliceViews.transmit)
+        views = tuple(xp.zeros(views.shape[:1] + views.shape[2:], dtype=views.dtype)
+                      for _ in range(views.shape[1]))
     variables = {"object": obj, "probe": probe, "positions": frac, "tilt": tilt, "views": views}
     keys = [("views" if k == "object" and views is not None else k) for k in wrt]
     if views is not None and "object" in wrt and model.costs:
         keys.append("object")  # the object enters the loss through the costs alone
     diff = {k: variables[k] for k in keys}
+    fixed_obj = bk.stop_gradient(obj) if lazy else None
 
     def fn(d):
         v = dict(variables, **d)
+        if lazy:
+            v["views"] = SliceViews(bk, fixed_obj, starts, probe.shape[-2:], offsets=v["views"])
         return group_loss(bk, model, v["object"], v["probe"], v["positions"], v["tilt"], starts, measured,
                           mask, cost_w, v["views"])
 
@@ -369,19 +378,22 @@ def chunked_gradients(bk: Any, model: GroupModel, chunk: int, obj: Any, probe: A
     stacked = [k for k in wrt if k not in summed]
     like = {"object": obj, "probe": probe, "tilt": tilt}
     shape = probe.shape[-2:]
+    remat = method == "autodiff" and obj.shape[0] > 1 and chunk == mask.shape[0]
 
     def body(carry, x):
         fr, st, me, ma, ti = x
         # the object's gradient per view, added into the carry window by window: no
         # object-sized temporary per chunk; for autodiff the views are gathered per slice
         # (get_views), so its residuals and cotangents are S arrays, not one 4-d pair
-        views = get_views(bk, obj, st, shape, per_slice=method == "autodiff")
+        views = (SliceViews(bk, obj, st, shape) if remat else
+                 get_views(bk, obj, st, shape, per_slice=method == "autodiff"))
         _, data, g = group_gradients(bk, data_model, obj, probe, fr, tilt if ti is None else ti, st, me, ma,
                                      cost_w, method=method, wrt=wrt, views=views)
         new = {k: carry[k] + g[k].astype(carry[k].dtype) for k in summed if k != "object"}
         if "object" in summed:
             dtype = carry["object"].dtype
-            new["object"] = add_views(bk, carry["object"], st, _map_views(lambda v: v.astype(dtype), g["views"]))
+            new["object"] = add_views(bk, carry["object"], st, _map_views(lambda v: v.astype(dtype), g["views"]),
+                                      by_slice=remat)
         new["data"] = carry["data"] + data
         return new, {k: g[k] for k in stacked}
 

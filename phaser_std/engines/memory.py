@@ -207,7 +207,8 @@ def _common_terms(config: Any, z: Sizes, family: str = "conv", state_shapes: dic
     shortcut = z.s == 1 and given.get("unit_object", False)
     if getattr(config, "scale_probe", False) and not given.get("probe_scaled", False) and not shortcut:
         b = min(dry_run_batch(), z.n)
-        dry = (z.lanes * z.phase("dry", b),
+        # on jax the pass gathers each slice's views inside its compiled loop (forward_intensity)
+        dry = (z.lanes * z.phase("dry", b, views_by_slice=z.backend == "jax" and z.s > 1),
                f"probe-scaling pass ({b} positions at a time, {z.s} slices x {z.m} modes){on}")
     return terms, dry
 
@@ -300,7 +301,10 @@ def gradient_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: str,
     k = z.k
     # the per-position work runs `chunk` positions at a time (on each lane); the group's
     # patterns whole, gathered by every lane
-    group = z.lanes * (z.phase("grad", chunk) + z.b * z.p * z.r)
+    # a whole multislice group's autodiff step gathers each slice's views where it is read,
+    # on the way back too (gradient_step.chunked_gradients): one slice of them is live
+    by_slice = backend == "jax" and z.s > 1 and chunk >= z.b
+    group = z.lanes * (z.phase("grad", chunk, views_by_slice=by_slice) + z.b * z.p * z.r)
     what = "autodiff residuals" if backend == "jax" else "adjoint"
     name = (f"group step: views, {z.s} slice waves, far field, {what} and FFT workspace "
             f"({chunk} of B={z.b} positions at a time{' per lane' if z.lanes > 1 else ''} x M={z.m} x {z.p} px)")

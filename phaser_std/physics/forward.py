@@ -123,13 +123,24 @@ def get_views(bk: Any, obj: Any, starts: Any, probe_shape: Sequence[int], per_sl
     return bk.get_windows(obj, starts, window)
 
 
-def add_views(bk: Any, target: Any, starts: Any, values: Any) -> Any:
+def add_views(bk: Any, target: Any, starts: Any, values: Any, by_slice: bool = False) -> Any:
     """Scatter-add views into ``target``; overlapping views accumulate.
 
     ``target`` ``(S, H, W)`` with ``values`` ``(B, S, Ny, Nx)`` or a tuple of S arrays
     ``(B, Ny, Nx)`` (:func:`get_views` per slice), or ``target`` ``(H, W)`` with ``values``
     ``(B, Ny, Nx)``. Returns the updated target (may be in place).
+
+    A tuple is stacked and added in one scatter, or with ``by_slice`` one slice at a time,
+    the last first (the order autodiff's way back makes them): then each slice's values
+    can go once added and XLA adds into the target in place, where the stacked scatter
+    keeps all S and their stacked copy (a whole group's gradient step; NOTES.md 60). For
+    small views the one scatter is faster (a CPU's gradient step one position at a time:
+    per slice 1.6x slower).
     """
+    if isinstance(values, tuple) and by_slice:
+        for i in reversed(range(len(values))):
+            target = bk.set_at(target, (i,), bk.add_windows(target[i], starts, values[i]))
+        return target
     if isinstance(values, tuple):
         return bk.add_windows(target, starts, bk.xp.stack(values, axis=1))
     return bk.add_windows(target, starts, values)
@@ -143,8 +154,8 @@ class SliceViews:
     64 x 20 x 128² case: 160 MiB). ``shape`` and ``dtype`` are those of the array it
     stands for; nothing else of an array is offered."""
 
-    def __init__(self, bk: Any, obj: Any, starts: Any, probe_shape: Sequence[int]):
-        self.bk, self.obj, self.starts = bk, obj, starts
+    def __init__(self, bk: Any, obj: Any, starts: Any, probe_shape: Sequence[int], offsets: Any = None):
+        self.bk, self.obj, self.starts, self.offsets = bk, obj, starts, offsets
         self.window = (int(probe_shape[0]), int(probe_shape[1]))
         self.shape = (int(starts.shape[0]), int(obj.shape[0])) + self.window
         self.dtype = obj.dtype
@@ -160,7 +171,31 @@ class SliceViews:
     def __getitem__(self, key: Any) -> Any:
         if not (isinstance(key, tuple) and len(key) == 2 and key[0] == slice(None)):
             raise TypeError(f"SliceViews are read one slice at a time, as views[:, i]; got views[{key!r}]")
-        return self.bk.get_windows(self.obj[key[1]], self.starts, self.window)
+        views = self.bk.get_windows(self.obj[key[1]], self.starts, self.window)
+        return views if self.offsets is None else views + self.offsets[key[1]]
+
+    def transmit(self, psi: Any, i: Any) -> Any:
+        """``psi`` ``(B, M, Ny, Nx)`` times slice ``i``'s views. With ``offsets`` (a tuple
+        of S arrays ``(B, Ny, Nx)``, added to the gathered views; ``i`` a Python integer)
+        the gather and the product are one :meth:`checkpoint` (jax): autodiff keeps ``psi``
+        and the offsets for them, not the views, and gathers slice i anew on the way
+        back, so the S slices' views are never all live. Differentiating with respect to
+        zero offsets gives the views' gradients."""
+        if self.offsets is None:
+            return psi * self[:, i][:, None]
+
+        def product(wave: Any, obj: Any, offset: Any) -> Any:
+            return wave * (self.bk.get_windows(obj[i], self.starts, self.window) + offset)[:, None]
+
+        return self.bk.checkpoint(product)(psi, self.obj, self.offsets[i])
+
+
+def _transmit(bk: Any, psi: Any, views: Any, i: Any) -> Any:
+    """``psi`` ``(B, M, Ny, Nx)`` times slice ``i`` of ``views`` (any form of
+    :func:`n_view_slices`)."""
+    if isinstance(views, SliceViews):
+        return views.transmit(psi, i)
+    return psi * view_slice(views, i)[:, None]
 
 
 def n_view_slices(views: Any) -> int:
@@ -320,9 +355,10 @@ def multislice_forward(bk: Any, probes: Any, views: Any, props: Any, loop: bool 
     n_slices = n_view_slices(views)
     psi = probes if probes.ndim == 4 else probes[None]
     if n_slices == 1:
-        return [psi], psi * view_slice(views, 0)[:, None]
+        return [psi], _transmit(bk, psi, views, 0)
     if loop is None:
-        loop = bk.compiled_loops and not isinstance(views, tuple)
+        loop = (bk.compiled_loops and not isinstance(views, tuple)
+                and getattr(views, "offsets", None) is None)
     if loop:
         # the entering waves are written into one carried buffer, which XLA updates in
         # place: stacked scan outputs joined to the last wave cost a copy of all of them
@@ -331,17 +367,17 @@ def multislice_forward(bk: Any, probes: Any, views: Any, props: Any, loop: bool 
             wave, entering = carry
             (i,) = x
             entering = bk.set_at(entering, (i,), wave)
-            return (propagate(bk, wave * views[:, i][:, None], _prop_for_slice(props, i)), entering), {}
+            return (propagate(bk, _transmit(bk, wave, views, i), _prop_for_slice(props, i)), entering), {}
 
         psi = bk.xp.broadcast_to(psi, (views.shape[0],) + tuple(psi.shape[1:]))  # the carry keeps its shape
         entering = bk.xp.zeros((n_slices,) + tuple(psi.shape), dtype=psi.dtype)
         (last, entering), _ = bk.scan(through, (psi, entering), (slice_indices(bk, 0, n_slices - 1),))
-        return bk.set_at(entering, (n_slices - 1,), last), last * views[:, n_slices - 1][:, None]
+        return bk.set_at(entering, (n_slices - 1,), last), _transmit(bk, last, views, n_slices - 1)
     psis = [psi]
     for i in range(n_slices - 1):
-        psi = propagate(bk, psi * view_slice(views, i)[:, None], _prop_for_slice(props, i))
+        psi = propagate(bk, _transmit(bk, psi, views, i), _prop_for_slice(props, i))
         psis.append(psi)
-    return psis, psi * view_slice(views, n_slices - 1)[:, None]
+    return psis, _transmit(bk, psi, views, n_slices - 1)
 
 
 def back_through_slice(bk: Any, g: Any, view: Any, props: Any, i: int) -> Any:
@@ -399,6 +435,11 @@ def forward_intensity(bk: Any, probe: Any, obj: Any, starts: Any, frac: Any, pro
     """Convenience: model intensities ``(B, Ny, Nx)`` corner-centred for probe modes
     ``(M, Ny, Nx)``, object ``(S, H, W)`` and view corners/fractions."""
     probes = shift_probes(bk, probe, frac)
-    views = get_views(bk, obj, starts, probe.shape[-2:])
+    if bk.compiled_loops and obj.shape[0] > 1:
+        # gathered slice by slice inside the compiled loop: one slice's views live, not all
+        # S (the paper's 64 x 20 x 128² batch: 184 -> 24 MiB of temporaries)
+        views = SliceViews(bk, obj, starts, probe.shape[-2:])
+    else:
+        views = get_views(bk, obj, starts, probe.shape[-2:])
     _, exit_waves = multislice_forward(bk, probes, views, props)
     return intensity(bk, farfield(bk, exit_waves))
