@@ -207,8 +207,12 @@ def _common_terms(config: Any, z: Sizes, family: str = "conv", state_shapes: dic
     shortcut = z.s == 1 and given.get("unit_object", False)
     if getattr(config, "scale_probe", False) and not given.get("probe_scaled", False) and not shortcut:
         b = min(dry_run_batch(), z.n)
-        # on jax the pass gathers each slice's views inside its compiled loop (forward_intensity)
-        dry = (z.lanes * z.phase("dry", b, views_by_slice=z.backend == "jax" and z.s > 1),
+        # on jax the pass gathers each slice's views inside its compiled loop (forward_intensity;
+        # XLA's temporaries of the paper's batch 184 -> 24 MiB). Counted so on a GPU only:
+        # the CPU's constants were fitted with all S counted, and its measured peaks barely
+        # moved (20 slices of 64²: -10 MiB; one slice counted there gave 0.73x; NOTES.md 60)
+        by_slice = z.backend == "jax" and z.s > 1 and not named_backend_on_cpu(z.backend)
+        dry = (z.lanes * z.phase("dry", b, views_by_slice=by_slice),
                f"probe-scaling pass ({b} positions at a time, {z.s} slices x {z.m} modes){on}")
     return terms, dry
 
