@@ -384,7 +384,10 @@ def chunked_gradients(bk: Any, model: GroupModel, chunk: int, obj: Any, probe: A
         fr, st, me, ma, ti = x
         # the object's gradient per view, added into the carry window by window: no
         # object-sized temporary per chunk; for autodiff the views are gathered per slice
-        # (get_views), so its residuals and cotangents are S arrays, not one 4-d pair
+        # (get_views), so its residuals and cotangents are S arrays, not one 4-d pair, and
+        # a whole multislice group gathers each slice where it is read, again on the way
+        # back (SliceViews.transmit), and adds the slices' gradients one at a time: only
+        # the entering waves are kept (NOTES.md 60)
         views = (SliceViews(bk, obj, st, shape) if remat else
                  get_views(bk, obj, st, shape, per_slice=method == "autodiff"))
         _, data, g = group_gradients(bk, data_model, obj, probe, fr, tilt if ti is None else ti, st, me, ma,

@@ -346,7 +346,8 @@ def multislice_forward(bk: Any, probes: Any, views: Any, props: Any, loop: bool 
     Returns ``(psis, exit_waves)``: ``psis[i]`` the wave entering slice i
     ``(B, M, Ny, Nx)`` (``psis[0]`` the probe), and the exit wave ψ_{S-1}·O_{S-1}.
     With ``loop`` (default: where the backend compiles loops,
-    :attr:`~phaser_core.backend.BaseBackend.compiled_loops`, and ``views`` is one array)
+    :attr:`~phaser_core.backend.BaseBackend.compiled_loops`, and ``views`` is one array or
+    :class:`SliceViews` without offsets, whose slices are read with a Python index)
     the slices are one compiled loop body, so the program's size and its compile time and
     memory do not grow with them, and ``psis`` is one ``(S, B, M, Ny, Nx)`` array.
     Otherwise the slices are unrolled and ``psis`` is a list (no stacking copies: LSQML's
