@@ -163,29 +163,37 @@ class ConventionalSolver:
         in_place = update_object and isinstance(views, SliceViews)
 
         def old_slice(current: Any, i: Any) -> tuple[Any, Any]:
-            """Slice i before its update and its views."""
+            """Slice i before its update and its views (in place: ``current`` is slice i
+            itself, carried from the step before)."""
             if in_place:
-                return current[i], SliceViews(bk, current, starts, shape)[:, i]
+                return current, bk.get_windows(current, starts, shape)
             return obj[i], views[:, i]
 
         def back(carry, x):
             """Slice i (> 0) takes what it can explain of χ; the rest goes back to the exit
             of slice i-1."""
-            chi, new_obj = carry
+            chi, new_obj, current = carry
             (i,) = x
-            obj_i, view_i = old_slice(new_obj, i)
+            obj_i, view_i = old_slice(current, i)
             if update_object:
                 new_slice, applied, _ = self.object_update(bk, obj_i, starts, psis[i], chi, mask)
                 new_obj = bk.set_at(new_obj, (i,), new_slice)
                 if applied is not None:
                     chi = chi - get_views(bk, applied[None], starts, shape)[:, 0][:, None] * psis[i]
             chi = propagate(bk, self.wave_backprop(bk, view_i, chi), xp.conj(props[i - 1]))
-            return (chi, new_obj), {}
+            # in place, slice i-1 (not yet updated) is read from the updated object, after
+            # slice i is written: the object's only reads and writes in a step are then
+            # ordered by their data, and XLA updates it without copying it (reading slice i
+            # and its views from the object in the step that writes it cost two copies of
+            # the object a slice)
+            return (chi, new_obj, new_obj[i - 1] if in_place else current), {}
 
         new_obj = obj if in_place or not update_object else xp.zeros_like(obj)
+        current = obj[n_slices - 1] if in_place else None
         if n_slices > 1:
-            (chi, new_obj), _ = bk.scan(back, (chi, new_obj), (slice_indices(bk, n_slices - 1, 0, -1),))
-        obj_0, view_0 = old_slice(new_obj, 0)
+            (chi, new_obj, current), _ = bk.scan(back, (chi, new_obj, current),
+                                                 (slice_indices(bk, n_slices - 1, 0, -1),))
+        obj_0, view_0 = old_slice(current if in_place else None, 0)
         probe_step = None
         if update_object:
             pdir = self.probe_direction(bk, frac, view_0, chi, mask) if update_probe else None
