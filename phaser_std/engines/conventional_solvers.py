@@ -156,9 +156,10 @@ class ConventionalSolver:
         n_slices = views.shape[1]
         shape = views.shape[-2:]
         # Views gathered where read (SliceViews, a compiled loop): the object is updated in
-        # its own buffer, slice by slice from the last. Slice i is read (its views and old
-        # values) before it is written and never after, so XLA writes in place and no
-        # second object is held. Otherwise the new slices go into a buffer of their own (in
+        # its own buffer, slice by slice from the last. Slice i's old values are carried
+        # from the step before (read there from the object as written) and its views
+        # gathered from them, so XLA writes in place and no second object is held.
+        # Otherwise the new slices go into a buffer of their own (in
         # place on numpy, where a stack of them would be one more object-sized allocation).
         in_place = update_object and isinstance(views, SliceViews)
 
@@ -185,7 +186,7 @@ class ConventionalSolver:
             # slice i is written: the object's only reads and writes in a step are then
             # ordered by their data, and XLA updates it without copying it (reading slice i
             # and its views from the object in the step that writes it cost two copies of
-            # the object a slice)
+            # the object a slice; NOTES.md 61)
             return (chi, new_obj, new_obj[i - 1] if in_place else current), {}
 
         new_obj = obj if in_place or not update_object else xp.zeros_like(obj)
