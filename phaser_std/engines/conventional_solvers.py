@@ -159,8 +159,8 @@ class ConventionalSolver:
         # its own buffer, slice by slice from the last. Slice i's old values are carried
         # from the step before (read there from the object as written) and its views
         # gathered from them, so XLA writes in place and no second object is held.
-        # Otherwise the new slices go into a buffer of their own (in
-        # place on numpy, where a stack of them would be one more object-sized allocation).
+        # Otherwise the new slices go into a buffer of their own (in place on numpy, where
+        # a stack of them would be one more object-sized allocation).
         in_place = update_object and isinstance(views, SliceViews)
 
         def old_slice(current: Any, i: Any) -> tuple[Any, Any]:
@@ -194,7 +194,7 @@ class ConventionalSolver:
         if n_slices > 1:
             (chi, new_obj, current), _ = bk.scan(back, (chi, new_obj, current),
                                                  (slice_indices(bk, n_slices - 1, 0, -1),))
-        obj_0, view_0 = old_slice(current if in_place else None, 0)
+        obj_0, view_0 = old_slice(current, 0)
         probe_step = None
         if update_object:
             pdir = self.probe_direction(bk, frac, view_0, chi, mask) if update_probe else None
