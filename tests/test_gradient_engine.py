@@ -337,6 +337,21 @@ def test_chunked_gradients_equal_the_whole_group(backend, per_position_tilt, chu
         assert _rel(chunked[k], whole[k]) < 1e-5, (k, _rel(chunked[k], whole[k]))
 
 
+@pytest.mark.parametrize("wrt", [("probe",), ("object",), ("probe", "positions", "tilt")])
+def test_whole_group_gradients_of_some_variables(wrt):
+    """A whole multislice group on jax (the views recomputed on the way back) gives the
+    group's gradients also when only some variables are differentiated: probe-only
+    iterations, the object alone (its gradient from the views' offsets and the costs)."""
+    model, args = _group_case()
+    bk = build_backend("jax", "float32")
+    total, whole = _grads(group_gradients, bk, model, args, wrt=wrt)
+    total_c, chunked = _grads(lambda bk, m, *a, **k: chunked_gradients(bk, m, 5, *a, **k), bk, model, args, wrt=wrt)
+    assert total_c == pytest.approx(total, rel=1e-5)
+    assert set(chunked) == set(whole) == set(wrt)
+    for k in wrt:
+        assert _rel(chunked[k], whole[k]) < 1e-5, (k, _rel(chunked[k], whole[k]))
+
+
 def test_whole_group_autodiff_holds_one_slice_of_views():
     """On jax, a whole multislice group's autodiff step (a GPU's default path) gathers each
     slice's views where the forward reads them and again on the way back (a checkpoint:
