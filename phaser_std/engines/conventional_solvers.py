@@ -34,6 +34,7 @@ from phaser_std.engines.chunked_steps import (epie_multislice_chunked, epie_sing
                                               lsqml_multislice_probe_chunked, lsqml_single_slice_chunked,
                                               regularised_step, solve_2x2)
 from phaser_std.physics.forward import (
+    SliceViews,
     abs2,
     add_views,
     back_through_slice,
@@ -47,7 +48,6 @@ from phaser_std.physics.forward import (
     slice_indices,
     unshift_probes,
     view_slice,
-    SliceViews,
 )
 
 

@@ -165,7 +165,7 @@ class SliceViews:
         is computed (:meth:`~phaser_core.backend.BaseBackend.after`), not kept from reads
         before it."""
         obj, dep = self.bk.after(self.obj, dep)
-        views = SliceViews(self.bk, obj, self.starts, self.window)
+        views = SliceViews(self.bk, obj, self.starts, self.window, self.offsets)
         return views, dep
 
     def __getitem__(self, key: Any) -> Any:
@@ -347,7 +347,8 @@ def multislice_forward(bk: Any, probes: Any, views: Any, props: Any, loop: bool 
     ``(B, M, Ny, Nx)`` (``psis[0]`` the probe), and the exit wave ψ_{S-1}·O_{S-1}.
     With ``loop`` (default: where the backend compiles loops,
     :attr:`~phaser_core.backend.BaseBackend.compiled_loops`, and ``views`` is one array or
-    :class:`SliceViews` without offsets, whose slices are read with a Python index)
+    :class:`SliceViews` without offsets; with offsets, a tuple per slice, it is read with
+    Python indices, so unrolled)
     the slices are one compiled loop body, so the program's size and its compile time and
     memory do not grow with them, and ``psis`` is one ``(S, B, M, Ny, Nx)`` array.
     Otherwise the slices are unrolled and ``psis`` is a list (no stacking copies: LSQML's
