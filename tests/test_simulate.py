@@ -10,7 +10,8 @@ from phaser_core.context import LoadContext
 from phaser_core.errors import DataError
 from phaser_core.physics_constants import wavelength_A
 from phaser_std.data.loaders.hdf5 import Hdf5Config, load_hdf5
-from phaser_std.data.simulate import (_fourier_shift, simulate, simulate_probe, spec_from_dict, write_hdf5)
+from phaser_std.data.simulate import (_fourier_shift, load_spec, simulate, simulate_probe, spec_from_dict,
+                                      write_hdf5)
 from phaser_std.physics.probe import make_probe
 
 TINY = {
@@ -155,6 +156,19 @@ def test_spec_errors_name_the_key():
         spec_from_dict({**TINY, "aberrations": {"C10": 5.0}})
     with pytest.raises(DataError, match="sampling"):
         spec_from_dict({k: v for k, v in TINY.items() if k != "reciprocal_sampling_invA"})
+
+
+def test_spec_file_errors_give_line_column_and_a_suggestion(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("energy_eV: 200000\nreciprocal_sampling_invA: 0.1\ndose: lots\n"
+                    "object:\n  n_slices: 2\n  slice_thickness_A: 8\n")
+    with pytest.raises(DataError) as err:
+        load_spec(spec)
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"invalid simulation spec {spec}:"
+    assert lines[1].strip().startswith(f"{spec}:3:7: dose: ")
+    assert lines[2].strip().startswith(f"{spec}:6:3: object: unknown key 'slice_thickness_A'; "
+                                       "did you mean 'thickness_A'?")
 
 
 def test_cli_simulate_writes_the_file(tmp_path):

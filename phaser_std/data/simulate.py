@@ -190,14 +190,18 @@ def _converter() -> Any:
 
 def spec_from_dict(d: dict[str, Any], source: str = "spec") -> SimSpec:
     """Structure a dict into a :class:`SimSpec`; unknown keys and bad values raise
-    :class:`DataError` listing every problem."""
+    :class:`DataError` listing every problem, each as ``file:line:col: path: message`` where
+    ``d`` was loaded by ruamel's round-trip loader (as :func:`load_spec` does), the way plan
+    errors are reported."""
     import cattrs
+
+    from phaser_core.plan_errors import collect, to_issues
 
     try:
         spec = _converter().structure(dict(d or {}), SimSpec)
     except cattrs.BaseValidationError as exc:
-        msgs = cattrs.transform_error(exc, path=source)
-        raise DataError(f"invalid simulation spec {source}:\n  " + "\n  ".join(msgs)) from None
+        issues = to_issues(collect(exc), d, source)
+        raise DataError(f"invalid simulation spec {source}:\n  " + "\n  ".join(map(str, issues))) from None
     if "C10" in spec.aberrations:
         raise DataError(f"{source}: give the defocus as defocus_A (= −C10), not aberrations.C10")
     if spec.reciprocal_sampling_invA is None and spec.angular_sampling_mrad is None:
@@ -214,7 +218,7 @@ def load_spec(path: str | Path) -> SimSpec:
     path = Path(path)
     if not path.exists():
         raise DataError(f"simulation spec {path} does not exist")
-    d = YAML(typ="safe").load(path.read_text())
+    d = YAML(typ="rt").load(path.read_text())
     return spec_from_dict(d, source=str(path))
 
 
