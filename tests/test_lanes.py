@@ -235,3 +235,32 @@ def test_multislice_lsqml_with_probe_only_iterations_runs_on_the_lanes(bk, data,
     want = run(data, probe_only, backend="jax")
     np.testing.assert_array_equal(got.object.data, want.object.data)  # not updated
     assert np.max(np.abs(got.probe.data - want.probe.data)) / np.max(np.abs(want.probe.data)) < 1e-5
+
+
+@pytest.mark.parametrize("n_slices", [1, 3])
+def test_lsqml_group_step_meets_the_other_lane_once_a_pass(bk, n_slices):
+    """LSQML's chunked step on CPU lanes: each pass over the chunks ends in one packed
+    all-reduce of its sums, and nothing else makes the lanes meet. Each lane holds only its
+    share of the group's mask, so the number of valid positions rides in the first pass's
+    sums; counted apart, it was a third all-reduce a group on one slice, ~3-15% of LSQML
+    single64 m1 g64's iteration (benchmarks/NOTES.md 62). Multislice meets once more, for
+    the group mean of its steps' denominators, which its second pass gives."""
+    import jax
+
+    from phaser_std.engines.conventional_solvers import LsqmlConfig, LsqmlSolver, make_group_step
+    from phaser_std.engines.noise_models import AmplitudeConfig, AmplitudeNoise
+    from phaser_std.physics.forward import make_propagators
+
+    n, b, h = 16, 16, 40
+    rng = np.random.default_rng(0)
+    obj = np.exp(0.3j * rng.random((n_slices, h, h))).astype(np.complex64)
+    probe = (rng.random((1, n, n)) + 1j * rng.random((1, n, n))).astype(np.complex64)
+    props = make_propagators(bk, (n, n), (0.2, 0.2), 0.025, [10.0] * n_slices)
+    step = make_group_step(bk, LsqmlSolver(LsqmlConfig()), AmplitudeNoise(AmplitudeConfig()), props, (n, n),
+                           chunk=4)
+    args = (obj, probe, (rng.random((b, n, n)) * 10).astype(np.float32), rng.integers(0, h - n, (b, 2)).astype(np.int32),
+            (rng.random((b, 2)) - 0.5).astype(np.float32), np.ones(b, bool),
+            {"beta_object": np.float32(1.0), "beta_probe": np.float32(1.0)})
+    hlo = jax.jit(step).lower(*args).compile().as_text()
+    meetings = hlo.count(" all-reduce(")
+    assert meetings == (2 if n_slices == 1 else 3), f"{meetings} all-reduces in the group step"

@@ -65,11 +65,13 @@ def _unsplit(a: Any) -> Any:
 def _sums_init(bk: Any, obj: Any, probe: Any) -> tuple:
     """Zero sums of a chunked pass: the object numerator (complex) and illumination (real)
     maps ``(S, H, W)``, the probe numerator in reciprocal space ``(M, Ny, Nx)``, the probe
-    denominator Σ|O|² ``(Ny, Nx)`` and the loss."""
+    denominator Σ|O|² ``(Ny, Nx)``, the loss and the number of valid positions. The count
+    is summed with the rest because on CPU lanes each lane holds only its share of the
+    group's mask: counted apart, it cost the lanes one more meeting a group."""
     xp = bk.xp
     return (xp.zeros(obj.shape, dtype=obj.dtype), xp.zeros(obj.shape, dtype=bk.real_dtype),
             xp.zeros(probe.shape, dtype=probe.dtype), xp.zeros(probe.shape[-2:], dtype=bk.real_dtype),
-            xp.zeros((), dtype=bk.real_dtype))
+            xp.zeros((), dtype=bk.real_dtype), xp.zeros((), dtype=bk.real_dtype))
 
 
 def _kept_waves(psis: Any) -> dict:
@@ -136,7 +138,7 @@ def _single_slice_sums(bk: Any, noise: Any, obj: Any, probe: Any, measured: Any,
                        mask_f: Any, n: int, object_sums: bool, probe_sums: bool,
                        keep: tuple[str, ...] = ("chi", "probes", "illum")) -> tuple[tuple, dict]:
     """One pass over the ``n`` chunks of a single-slice group: ``((num_map, illum_map,
-    pnum_k, pden, loss), kept)``, the sums of :func:`_sums_init` (the object's with
+    pnum_k, pden, loss, n_valid), kept)``, the sums of :func:`_sums_init` (the object's with
     ``object_sums``, the probe's with ``probe_sums``) and, per chunk, those of ``chi``, the
     shifted ``probes`` and their illumination Σ_modes|P|² ``illum`` ``(C, Ny, Nx)`` [e⁻]
     named in ``keep``. The common first half of the single-slice ePIE and LSQML steps."""
@@ -144,7 +146,7 @@ def _single_slice_sums(bk: Any, noise: Any, obj: Any, probe: Any, measured: Any,
     shape = probe.shape[-2:]
 
     def one(carry, x):
-        num_map, illum_map, pnum_k, pden, loss = carry
+        num_map, illum_map, pnum_k, pden, loss, n_valid = carry
         me, st, fr, m = x
         probes = shift_probes(bk, probe, fr)
         o0 = get_views(bk, obj, st, shape)[:, 0]  # (C, Ny, Nx): the one slice
@@ -157,7 +159,7 @@ def _single_slice_sums(bk: Any, noise: Any, obj: Any, probe: Any, measured: Any,
         if probe_sums:
             pnum_k, pden = _add_probe_sums(bk, pnum_k, pden, o0, chi, fr, mm)
         kept = {k: v for k, v in (("chi", chi), ("probes", probes), ("illum", illum)) if k in keep}
-        return (num_map, illum_map, pnum_k, pden, loss + chunk_loss), kept
+        return (num_map, illum_map, pnum_k, pden, loss + chunk_loss, n_valid + xp.sum(m)), kept
 
     return bk.sum_scan(one, _sums_init(bk, obj, probe), tuple(split_rows(a, n) for a in (measured, starts, frac, mask_f)))
 
@@ -175,8 +177,9 @@ def lsqml_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe
     shape = probe.shape[-2:]
     n = mask.shape[0] // chunk
     mask_f = mask.astype(bk.real_dtype)
-    (num_map, illum_map, pnum_k, pden, loss), kept = _single_slice_sums(
+    (num_map, illum_map, pnum_k, pden, loss, n_valid), kept = _single_slice_sums(
         bk, noise, obj, probe, measured, starts, frac, mask_f, n, update_object, update_probe)
+    n_valid = xp.maximum(n_valid, 1.0)
     chi, probes = _unsplit(kept["chi"]), _unsplit(kept["probes"])
     if not update_object:
         new_probe = _lsqml_probe_only(bk, solver, obj, probe, pnum_k, pden, kept["chi"], starts, frac, mask_f, n) \
@@ -185,7 +188,7 @@ def lsqml_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe
 
     direction = bk.divide_real(num_map, illum_map + cfg.illum_reg_object * xp.max(illum_map) + 1e-30)
     pdir = _ifft2_pair(bk, pnum_k) / (pden + cfg.illum_reg_probe * xp.max(pden) + 1e-30)
-    ref_a, ref_b = step_references(xp, direction, illum_map, pdir if update_probe else None, pden, mask_f)
+    ref_a, ref_b = step_references(xp, direction, illum_map, pdir if update_probe else None, pden, n_valid)
 
     def steps(carry, x):
         weight, probe_steps = carry
@@ -209,19 +212,19 @@ def lsqml_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe
     new_obj = obj + solver.beta_object * (weight / (illum_map + 1e-30)) * direction
     new_probe = probe
     if update_probe:
-        new_probe = probe + solver.beta_probe * probe_steps / xp.maximum(xp.sum(mask_f), 1.0) * pdir
+        new_probe = probe + solver.beta_probe * probe_steps / n_valid * pdir
     return new_obj, new_probe, loss, chi, probes
 
 
-def step_references(xp: Any, direction: Any, illum_map: Any, pdir: Any, pden: Any, mask_f: Any) -> tuple[Any, Any]:
+def step_references(xp: Any, direction: Any, illum_map: Any, pdir: Any, pden: Any, n_valid: Any) -> tuple[Any, Any]:
     """The references of LSQML's single-slice step regularisation: the means over the
     group's valid positions of Σ|a_b|² and Σ|b_b|² (``aa`` and ``bb`` of
     :func:`inner_products`, a_b = d·ψ_b and b_b = p·O_b), from the group's sums alone:
     Σ_b m_b·Σ|d·ψ_b|² = Σ |d|²·(illumination map) and Σ_b m_b·Σ|p·O_b|² = Σ Σ_modes|p|²·(the
     probe denominator Σ_b m_b|O_b|²). So every position's steps follow from its own inner
     products, without another pass or a meeting of the CPU lanes (``benchmarks/NOTES.md``
-    49). ``pdir`` None: ``ref_b`` is 0."""
-    n_valid = xp.maximum(xp.sum(mask_f), 1.0)
+    49). ``n_valid``: the number of valid positions (at least 1). ``pdir`` None: ``ref_b``
+    is 0."""
     ref_a = xp.sum(abs2(xp, direction) * illum_map) / n_valid
     ref_b = 0.0 if pdir is None else xp.sum(xp.sum(abs2(xp, pdir), axis=0) * pden) / n_valid
     return ref_a, ref_b
@@ -309,7 +312,7 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
         return split_rows(a, n)
 
     def backward(carry, x):
-        num_maps, illum_maps, pnum_k, pden, loss = carry
+        num_maps, illum_maps, pnum_k, pden, loss, n_valid = carry
         me, st, fr, m = x
         probes = shift_probes(bk, probe, fr)
         views = get_views(bk, obj, st, shape)  # (C, S, Ny, Nx)
@@ -331,9 +334,9 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
             pnum_k, pden = _add_probe_sums(bk, pnum_k, pden, views[:, 0], g, fr, mm)
         # one kept array per slice: stacking them would copy the group's waves once more
         kept = {"chi": chi, "chi0": g, "illums": illums, **{f"psi{i}": psis[i] for i in range(n_slices)}}
-        return (num_maps, illum_maps, pnum_k, pden, loss), kept
+        return (num_maps, illum_maps, pnum_k, pden, loss, n_valid + xp.sum(m)), kept
 
-    (num_maps, illum_maps, pnum_k, pden, loss), kept = bk.sum_scan(
+    (num_maps, illum_maps, pnum_k, pden, loss, n_valid), kept = bk.sum_scan(
         backward, _sums_init(bk, obj, probe), (split(measured), split(starts), split(frac), split(mask_f)))
     peak = xp.max(illum_maps, axis=(1, 2), keepdims=True)
     directions = bk.divide_real(num_maps, illum_maps + cfg.illum_reg_object * peak + 1e-30)
@@ -357,12 +360,13 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
     psis = tuple(kept[f"psi{i}"] for i in range(n_slices))  # psi0: the shifted probes
     _, sums = bk.sum_scan(carried, (), (kept["chi"], psis, split(starts), split(frac)))
     num, den = sums["num"].reshape(-1), sums["den"].reshape(-1)
-    alpha = xp.clip(regularised_step(xp, num, den, cfg.gamma, group_mean(xp, den, mask_f)), 0.0, None) * mask_f
+    n_valid = xp.maximum(n_valid, 1.0)
+    alpha = xp.clip(regularised_step(xp, num, den, cfg.gamma, xp.sum(den * mask_f) / n_valid), 0.0, None) * mask_f
     weight = _weighted_illumination(bk, obj.shape, split(starts), split(alpha), kept["illums"])
     new_obj = obj + solver.beta_object * (weight / (illum_maps + 1e-30)) * directions
     new_probe = probe
     if update_probe:
-        step = xp.sum(alpha) / xp.maximum(xp.sum(mask_f), 1.0)
+        step = xp.sum(alpha) / n_valid
         new_probe = probe + solver.beta_probe * step * pdir
     return new_obj, new_probe, loss, _unsplit(kept["chi0"]), _unsplit(kept["psi0"])
 
@@ -421,7 +425,7 @@ def epie_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe:
     (else None)."""
     xp = bk.xp
     n = mask.shape[0] // chunk
-    (num_map, illum_map, pnum_k, pden, loss), kept = _single_slice_sums(
+    (num_map, illum_map, pnum_k, pden, loss, _), kept = _single_slice_sums(
         bk, noise, obj, probe, measured, starts, frac, mask.astype(bk.real_dtype), n, update_object, update_probe,
         keep=("chi", "probes") if keep_waves else ())
     new_obj, new_probe = obj, probe
