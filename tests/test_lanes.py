@@ -264,3 +264,25 @@ def test_lsqml_group_step_meets_the_other_lane_once_a_pass(bk, n_slices):
     hlo = jax.jit(step).lower(*args).compile().as_text()
     meetings = hlo.count(" all-reduce(")
     assert meetings == (2 if n_slices == 1 else 3), f"{meetings} all-reduces in the group step"
+
+
+def test_gradient_chunks_meet_the_other_lane_once(bk):
+    """The gradient engine's chunked step on CPU lanes: one packed all-reduce of the
+    chunks' sums, the number of valid positions (which normalises the gradients) among
+    them. Counted apart from the lanes' shares of the mask it was a second all-reduce a
+    group (benchmarks/NOTES.md 62)."""
+    import jax
+    from test_gradient_engine import _group_case
+
+    from phaser_std.engines.gradient_step import chunked_gradients
+
+    model, args = _group_case(costs=())
+    args = {k: v[:4] if k in ("frac", "starts", "measured") else v for k, v in args.items()}
+    args["mask"] = np.array([1, 1, 1, 0], bool)
+    a = {k: bk.asarray(v) for k, v in args.items()}
+    m = model(bk)
+    fn = jax.jit(lambda a: chunked_gradients(bk, m, 1, a["obj"], a["probe"], a["frac"], a["tilt"], a["starts"],
+                                             a["measured"], a["mask"], a["cost_w"], wrt=("object", "probe"),
+                                             count=True))
+    assert fn.lower(a).compile().as_text().count(" all-reduce(") == 1
+    assert float(fn(a)[2]["n_valid"]) == 3.0

@@ -365,11 +365,14 @@ def group_gradients(bk: Any, model: GroupModel, *args: Any, method: str = "auto"
 
 def chunked_gradients(bk: Any, model: GroupModel, chunk: int, obj: Any, probe: Any, frac: Any, tilt: Any,
                       starts: Any, measured: Any, mask: Any, cost_w: Any, method: str = "auto",
-                      wrt: Sequence[str] = VARIABLES) -> tuple:
+                      wrt: Sequence[str] = VARIABLES, count: bool = False) -> tuple:
     """As :func:`group_gradients`, with the group's positions taken ``chunk`` at a time
     (``bk.scan``; ``chunk`` divides the group size) and the object, probe and global-tilt
     gradients summed over the chunks. The cost regularizers enter once, on the whole group.
-    Same result, less memory traffic (:mod:`phaser_std.engines.chunking`)."""
+    Same result, less memory traffic (:mod:`phaser_std.engines.chunking`). With ``count``
+    the gradients come with ``"n_valid"``, the number of valid positions, summed with them:
+    on CPU lanes each lane holds only its share of the mask, and counted apart it cost the
+    lanes one more meeting a group."""
     method = _method(bk, method)
     per_position_tilt = tilt.ndim == 2
     xs = _chunk_inputs(mask.shape[0] // chunk, frac, starts, measured, mask, tilt)
@@ -398,6 +401,8 @@ def chunked_gradients(bk: Any, model: GroupModel, chunk: int, obj: Any, probe: A
             new["object"] = add_views(bk, carry["object"], st, _map_views(lambda v: v.astype(dtype), g["views"]),
                                       by_slice=remat)
         new["data"] = carry["data"] + data
+        if count:
+            new["n_valid"] = carry["n_valid"] + bk.xp.sum(ma.astype(bk.real_dtype))
         return new, {k: g[k] for k in stacked}
 
     # the cost regularizers first: their gradients start the sums the chunks add to, so their
@@ -408,6 +413,8 @@ def chunked_gradients(bk: Any, model: GroupModel, chunk: int, obj: Any, probe: A
     init = {k: (cost_grads[k].astype(like[k].dtype) if k in cost_grads else bk.xp.zeros_like(like[k]))
             for k in summed}
     init["data"] = bk.xp.zeros((), dtype=bk.real_dtype)
+    if count:
+        init["n_valid"] = bk.xp.zeros((), dtype=bk.real_dtype)
     carry, ys = bk.sum_scan(body, init, xs)
     data = carry.pop("data")
     out = dict(carry)
@@ -495,8 +502,8 @@ def make_group_step(bk: Any, model: GroupModel, solvers: dict, constraints: Sequ
         # a whole group is one chunk: the costs apart and the views per slice, as in chunks
         whole = chunk is None or chunk >= mask.shape[0]
         total, data, g = chunked_gradients(bk, model, mask.shape[0] if whole else chunk, obj, probe, frac, tilt,
-                                           starts, measured, mask, cost_w, method=method, wrt=wrt)
-        n_valid = xp.maximum(xp.sum(mask.astype(bk.real_dtype)), 1.0)
+                                           starts, measured, mask, cost_w, method=method, wrt=wrt, count=True)
+        n_valid = xp.maximum(g.pop("n_valid"), 1.0)
         probe_int = xp.sum(abs2(xp, probe))
         new_params = dict(params)
         new_states = dict(opt_states)
