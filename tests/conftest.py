@@ -3,8 +3,8 @@
 ``backend_name`` runs a test once per backend (numpy, jax, cupy), skipping the ones that
 are not usable here with the reason (not installed, no GPU). ``backend`` is that backend
 with the default float32 policy; ``make_backend(dtype)`` builds it with another policy.
-A jax float64 backend turns on ``jax_enable_x64`` for the whole process; ``make_backend``
-restores the previous setting after the test so other tests see jax's default.
+A jax float64 backend turns on ``jax_enable_x64`` for the whole process; every test
+restores the previous setting after it, so other tests see jax's default.
 """
 
 from __future__ import annotations
@@ -47,14 +47,22 @@ def backend_name(request) -> str:
     return request.param
 
 
-@pytest.fixture
-def make_backend(backend_name):
-    """``make_backend(dtype="float32")``: the parametrized backend with that dtype policy."""
+@pytest.fixture(autouse=True)
+def _restore_jax_x64():
+    """Every test leaves ``jax_enable_x64`` as it found it: a jax float64 backend turns it on
+    for the whole process, and a later test would see int64 and float64 arrays where jax
+    gives 32-bit ones by default."""
     before = _x64_flag()
-    yield lambda dtype="float32": build_backend(backend_name, dtype)
+    yield
     after = _x64_flag()
     if after is not None and after != bool(before):
         sys.modules["jax"].config.update("jax_enable_x64", bool(before))
+
+
+@pytest.fixture
+def make_backend(backend_name):
+    """``make_backend(dtype="float32")``: the parametrized backend with that dtype policy."""
+    return lambda dtype="float32": build_backend(backend_name, dtype)
 
 
 @pytest.fixture
