@@ -111,12 +111,14 @@ def _exit_update(bk: Any, noise: Any, exit_wave: Any, measured: Any, m: Any) -> 
 def _add_probe_sums(bk: Any, pnum_k: Any, pden: Any, o0: Any, g: Any, fr: Any, mm: Any) -> tuple[Any, Any]:
     """Add a chunk's probe numerator Σ_b F[conj(O_b)·g_b]·conj(ramp_b) (before its inverse
     FFT) and denominator Σ_b |O_b|², for the update g ``(C, M, Ny, Nx)`` at the entrance
-    plane and the first slice's views ``o0`` ``(C, Ny, Nx)``."""
+    plane and the first slice's views ``o0`` ``(C, Ny, Nx)``. The denominator is a
+    contraction with the mask: XLA:CPU makes it a dot, where a masked sum was a reduction
+    reading the views' real and imaginary parts copied apart (NOTES.md 62)."""
     xp = bk.xp
     shape = o0.shape[-2:]
     gk = _fft2_pair(bk, xp.conj(o0)[:, None] * g)
     pnum_k = pnum_k + xp.sum(gk * xp.conj(_shift_ramp(bk, fr, shape))[:, None], axis=0)
-    return pnum_k, pden + xp.sum(abs2(xp, o0) * mm, axis=0)
+    return pnum_k, pden + xp.tensordot(mm[:, 0, 0], abs2(xp, o0), axes=1)
 
 
 def _weighted_illumination(bk: Any, shape: tuple, starts: Any, alpha: Any, illums: Any) -> Any:
