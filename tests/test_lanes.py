@@ -7,6 +7,7 @@ machine whose jax computes on a GPU they skip, saying so.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,38 @@ def test_sum_scan_on_lanes_equals_one_scan(bk):
     np.testing.assert_array_equal(np.asarray(got[0][2]), [0.0, 1.0, 2.0])
     # the per-step outputs stay split over the lanes, in step order
     assert len(got[1]["twice"].sharding.device_set) == bk.lanes
+
+
+def test_large_sums_meet_alone_and_small_ones_packed(bk):
+    """``sum_scan`` on lanes all-reduces each sum of at least ``PSUM_ALONE_BYTES`` alone
+    (packing would copy it once more on each lane: LSQML multislice's maps, NOTES.md 63)
+    and the small ones as one packed array, real beside complex; the sums are those of one
+    scan."""
+    import jax
+
+    from phaser_std.backends.jax_backend import PSUM_ALONE_BYTES
+
+    rng = np.random.default_rng(1)
+    side = int(np.ceil(np.sqrt(PSUM_ALONE_BYTES / 8))) + 1  # complex64: over the limit
+    big = (rng.normal(size=(4, side, side)) + 1j * rng.normal(size=(4, side, side))).astype(np.complex64)
+    xs = (bk.asarray(big), bk.asarray(rng.normal(size=(4, 5)).astype(np.float32)),
+          bk.asarray(big[:, :2, :3]))
+
+    def step(carry, x):
+        return tuple(c + v for c, v in zip(carry, x)), ()
+
+    start = tuple(bk.asarray(np.zeros(a.shape[1:], a.dtype)) for a in xs)
+    fn = jax.jit(lambda s, x: bk.sum_scan(step, s, x))
+    reduced = [re.findall(r"(\w+)\[([\d,]*)\]", line.split(" all-reduce(")[0].split("=", 1)[1])
+               for line in fn.lower(start, xs).compile().as_text().splitlines() if " all-reduce(" in line]
+    shapes = sorted(tuple(int(d) for d in dims.split(",")) for found in reduced for _, dims in found)
+    # the large sum as itself; the two small ones as one packed array of 5 + 6 elements
+    # (XLA may combine the two all-reduces into one of a tuple: one rendezvous, no copy)
+    assert shapes == [(11,), (side, side)], shapes
+    got, _ = fn(start, xs)
+    for g, a in zip(got, xs):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(a).sum(axis=0), rtol=1e-5, atol=1e-5)
+        assert g.dtype == a.dtype
 
 
 def test_sum_scan_whose_steps_do_not_divide_among_the_lanes_is_one_scan(bk):

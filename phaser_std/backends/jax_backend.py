@@ -134,10 +134,21 @@ def enable_x64() -> None:
         jax.config.update("jax_enable_x64", True)
 
 
+#: Sums whose packed copy would take at least this many bytes [bytes] are all-reduced
+#: alone, the smaller ones packed into one array: packing copies every sum once more (a
+#: concatenation on each lane, real sums as complex beside complex ones), which for ~1 MiB
+#: costs about what an all-reduce's rendezvous of the lanes saves (~0.15 ms on the 2-core
+#: benchmark machine). Object-sized maps of 8 slices (2.3 + 1.2 MiB at 8 x 190², as LSQML
+#: multislice sums them) all-reduced alone: 6.8-8.1 -> 5.6-5.8 ms a sum (NOTES.md 63).
+PSUM_ALONE_BYTES = 1 << 20
+
+
 def _psum_packed(tree: Any) -> Any:
-    """``psum`` over the lanes of every array in ``tree`` as one all-reduce of one packed
-    array: each all-reduce is a rendezvous of the lanes, ~0.15 ms on a 2-core CPU whatever
-    its size (benchmarks/NOTES.md 27). Where any array is complex, all are packed in the
+    """``psum`` over the lanes of every array in ``tree``: the arrays whose packed copy
+    would take :data:`PSUM_ALONE_BYTES` or more each alone (XLA may combine those of one
+    dtype into one all-reduce of a tuple), the others as one all-reduce of one packed array:
+    each all-reduce is a rendezvous of the lanes, ~0.15 ms on a 2-core CPU whatever its
+    size (benchmarks/NOTES.md 27). Where any packed array is complex, all are packed in the
     complex dtype (real ones with a zero imaginary part, which adds nothing): splitting the
     complex ones into real and imaginary parts instead took a de-interleaving copy that XLA
     spread over the thread pool both lanes share, 0.6 ms a call in LSQML's single-slice
@@ -145,11 +156,17 @@ def _psum_packed(tree: Any) -> Any:
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     if not leaves:
         return tree
-    dtype = jnp.result_type(*leaves)
-    flat = [x.reshape(-1).astype(dtype) for x in leaves]
-    summed = jnp.split(jax.lax.psum(jnp.concatenate(flat), LANE_AXIS), np.cumsum([f.size for f in flat])[:-1].tolist())
-    out = [(v if jnp.iscomplexobj(x) else jnp.real(v)).reshape(x.shape).astype(x.dtype)
-           for x, v in zip(leaves, summed)]
+    packed_itemsize = jnp.dtype(jnp.result_type(*leaves)).itemsize
+    out = [jax.lax.psum(x, LANE_AXIS) if x.size * packed_itemsize >= PSUM_ALONE_BYTES else None for x in leaves]
+    small = [i for i, x in enumerate(out) if x is None]
+    if small:
+        dtype = jnp.result_type(*(leaves[i] for i in small))
+        flat = [leaves[i].reshape(-1).astype(dtype) for i in small]
+        summed = jnp.split(jax.lax.psum(jnp.concatenate(flat), LANE_AXIS),
+                           np.cumsum([f.size for f in flat])[:-1].tolist())
+        for i, v in zip(small, summed):
+            x = leaves[i]
+            out[i] = (v if jnp.iscomplexobj(x) else jnp.real(v)).reshape(x.shape).astype(x.dtype)
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
