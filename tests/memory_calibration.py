@@ -191,16 +191,16 @@ def fit(rows: list[dict]) -> None:
     import numpy as np
     from scipy.optimize import lsq_linear
 
-    from phaser_std.engines.chunking import (CACHE_BUDGET_BYTES, conventional_budget, has_chunked_step, lane_plan,
-                                             named_backend_lanes)
+    from phaser_std.engines.chunking import (CACHE_BUDGET_BYTES, conventional_budget, conventional_lane_budget,
+                                             has_chunked_step, lane_plan, named_backend_lanes)
     from phaser_std.engines.memory import dry_run_batch
 
     measured = {r["case"]: r["measured"] for r in rows if r.get("measured")}
     mib = float(1 << 20)
 
-    def lanes_and_chunk(backend, b, m, s, p, c, budget):
+    def lanes_and_chunk(backend, b, m, s, p, c, budget, lane_budget=None):
         """(lanes, chunk) as the engines choose them (chunking.lane_plan)."""
-        return lane_plan(named_backend_lanes(backend), None, b, m, s, (p, 1), c, True, budget)
+        return lane_plan(named_backend_lanes(backend), None, b, m, s, (p, 1), c, True, budget, True, lane_budget)
 
     def features(case, phase):
         backend, engine, size, s, m, group, extra = case
@@ -213,7 +213,8 @@ def fit(rows: list[dict]) -> None:
         b = min(group, n_pos)
         budget = CACHE_BUDGET_BYTES if engine == "gradient" else conventional_budget(s)
         if engine == "gradient" or has_chunked_step(engine, s):
-            lanes, chunk = lanes_and_chunk(backend, b, m, s, p, c, budget)
+            lanes, chunk = lanes_and_chunk(backend, b, m, s, p, c, budget,
+                                           None if engine == "gradient" else conventional_lane_budget(engine, s))
         else:
             lanes, chunk = 1, b
         # patterns on the host and on each lane (the datasets are noiseless, not counted:

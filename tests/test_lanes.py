@@ -319,3 +319,31 @@ def test_gradient_chunks_meet_the_other_lane_once(bk):
                                              count=True))
     assert fn.lower(a).compile().as_text().count(" all-reduce(") == 1
     assert float(fn(a)[2]["n_valid"]) == 3.0
+
+
+def test_lsqml_multislice_takes_smaller_chunks_on_the_lanes(bk, monkeypatch):
+    """LSQML's joint multislice step keeps more per position than ePIE's sweep, and on CPU
+    lanes computes chunks of 1 MiB of waves where ePIE's are 2 MiB (7-12% faster,
+    benchmarks/NOTES.md 65); on one device both keep the whole group. The memory planner
+    makes the same choice."""
+    import phaser_std.engines.memory as planner
+    from phaser_core.config import ConventionalSolverSpec
+    from phaser_core.memory import DataShape
+    from phaser_core.plan import SlicesPlan
+    from phaser_std.engines.chunking import conventional_budget, conventional_lane_budget
+    from phaser_std.engines.common import GroupingConfig
+    from phaser_std.engines.conventional import ConventionalConfig
+
+    shape, budget = (64, 64), conventional_budget(8)  # 8 slices of 64²: 256 KiB a position
+    for solver, want in (("lsqml", 4), ("epie", 8)):
+        lane_budget = conventional_lane_budget(solver, 8)
+        assert engine_chunk(bk, None, 64, 1, 8, shape, budget, lane_budget_bytes=lane_budget) == (bk, want)
+        one = bk.one_lane()
+        assert engine_chunk(one, None, 64, 1, 8, shape, budget, lane_budget_bytes=lane_budget) == (one, 64)
+        monkeypatch.setattr(planner, "named_backend_lanes", lambda name: 2)
+        config = ConventionalConfig(grouping=GroupingConfig(size=64), slices=SlicesPlan(n=8, total_thickness_A=80.0),
+                                    solver=ConventionalSolverSpec(solver))
+        z = planner.sizes(config, DataShape(n_patterns=256, pattern_shape=shape, host_itemsize=4),
+                          {"probe": (1, *shape), "object": (8, 139, 139), "scan": (256, 2)}, "float32", "jax")
+        assert planner._conventional_chunk(config, z, "jax")[1] == want, solver
+    assert conventional_lane_budget("lsqml", 1) is None  # single slice: the lanes' default

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["CACHE_BUDGET_BYTES", "SWEEP_BUDGET_BYTES", "LANE_MIN_BYTES", "LANE_CACHE_BUDGET_BYTES",
-           "LANE_SWEEP_BUDGET_BYTES", "lane_budget", "conventional_budget", "has_chunked_step", "auto_chunk", "resolve_chunk",
+           "LANE_SWEEP_BUDGET_BYTES", "LANE_JOINT_BUDGET_BYTES", "lane_budget", "conventional_budget",
+           "conventional_lane_budget", "has_chunked_step", "auto_chunk", "resolve_chunk",
            "lane_plan", "engine_chunk", "backend_on_cpu", "named_backend_on_cpu", "named_backend_lanes"]
 
 #: Per-chunk wave data [bytes] the automatic choice aims at (a share of a CPU's L2/L3),
@@ -38,6 +39,12 @@ LANE_MIN_BYTES = 512 * 2**10
 #: benchmarks/NOTES.md 28: 1.1-1.35x faster than the one-device budgets).
 LANE_CACHE_BUDGET_BYTES = 256 * 2**10
 LANE_SWEEP_BUDGET_BYTES = 2 * 2**20
+#: Chunk budget [bytes] on CPU lanes of LSQML's multislice ``joint`` step, whose first pass
+#: keeps more per position than ePIE's sweep (every slice's entering wave, the
+#: illuminations, χ) and whose second pass reads them again: half the other multislice
+#: steps' lane budget ran 7-12% faster (8-20 slices of 64²-96², benchmarks/NOTES.md 65),
+#: ePIE's sweep the same with either. On one device the whole group stays fastest.
+LANE_JOINT_BUDGET_BYTES = 1 * 2**20
 
 
 def lane_budget(budget: int) -> int:
@@ -45,6 +52,13 @@ def lane_budget(budget: int) -> int:
     if int(budget) >= SWEEP_BUDGET_BYTES:
         return LANE_SWEEP_BUDGET_BYTES
     return min(int(budget), LANE_CACHE_BUDGET_BYTES)
+
+
+def conventional_lane_budget(solver: str, n_slices: int) -> int | None:
+    """The chunk budget [bytes] on CPU lanes of the built-in conventional rule ``solver``
+    where it is not :func:`lane_budget` of its one-device budget: LSQML's multislice step,
+    :data:`LANE_JOINT_BUDGET_BYTES`; None otherwise."""
+    return LANE_JOINT_BUDGET_BYTES if solver == "lsqml" and int(n_slices) > 1 else None
 
 
 def auto_chunk(group_size: int, bytes_per_position: int, budget: int = CACHE_BUDGET_BYTES) -> int:
@@ -85,12 +99,13 @@ def resolve_chunk(requested: int | None, group_size: int, n_modes: int, n_slices
 
 def lane_plan(lanes: int, requested: int | None, group_size: int, n_modes: int, n_slices: int,
               wave_shape: tuple[int, int], itemsize: int, on_cpu: bool, budget: int = CACHE_BUDGET_BYTES,
-              chunked_step: bool = True) -> tuple[int, int]:
+              chunked_step: bool = True, lane_budget_bytes: int | None = None) -> tuple[int, int]:
     """``(lanes_used, chunk)`` of a group step on a backend with ``lanes`` CPU lanes (jax: one
     CPU device per core), shared by the engines (:func:`engine_chunk`) and the memory planner.
 
     A step that computes its group in chunks spreads them over the lanes (``bk.sum_scan``),
-    with chunks of :func:`lane_budget` that divide among the lanes. Where they cannot (the
+    with chunks of ``lane_budget_bytes`` (None: :func:`lane_budget` of ``budget``) that
+    divide among the lanes. Where they cannot (the
     whole group in one chunk, a group size the lanes do not divide, ``chunked_step`` False: a
     step without chunks) every lane would compute the same whole step, slower than one
     device (1.7x measured, benchmarks/NOTES.md 27), so the step uses one lane and the
@@ -103,7 +118,7 @@ def lane_plan(lanes: int, requested: int | None, group_size: int, n_modes: int, 
     waves = int(group_size) * int(n_modes) * int(n_slices) * int(wave_shape[0]) * int(wave_shape[1]) * int(itemsize)
     if lanes > 1 and chunked_step and waves >= LANE_MIN_BYTES:
         chunk = resolve_chunk(requested, group_size, n_modes, n_slices, wave_shape, itemsize, on_cpu,
-                              lane_budget(budget), lanes)
+                              lane_budget(budget) if lane_budget_bytes is None else lane_budget_bytes, lanes)
         if chunk < group_size and (group_size // chunk) % lanes == 0:
             return int(lanes), chunk
     return 1, resolve_chunk(requested, group_size, n_modes, n_slices, wave_shape, itemsize, on_cpu, budget)
@@ -111,12 +126,13 @@ def lane_plan(lanes: int, requested: int | None, group_size: int, n_modes: int, 
 
 def engine_chunk(bk: Any, requested: int | None, group_size: int, n_modes: int, n_slices: int,
                  wave_shape: tuple[int, int], budget: int = CACHE_BUDGET_BYTES,
-                 chunked_step: bool = True) -> tuple[Any, int]:
+                 chunked_step: bool = True, lane_budget_bytes: int | None = None) -> tuple[Any, int]:
     """``(backend, chunk)`` of an engine's group step: :func:`lane_plan` on ``bk``'s lanes;
     where it gives one lane of several, the backend's one-lane twin (``bk.one_lane()``)."""
     lanes = int(getattr(bk, "lanes", 1))
     used, chunk = lane_plan(lanes, requested, group_size, n_modes, n_slices, wave_shape,
-                            int(np.dtype(bk.complex_dtype).itemsize), backend_on_cpu(bk), budget, chunked_step)
+                            int(np.dtype(bk.complex_dtype).itemsize), backend_on_cpu(bk), budget, chunked_step,
+                            lane_budget_bytes)
     return (bk.one_lane() if used < lanes else bk), chunk
 
 

@@ -11,7 +11,7 @@ from phaser_core.config import ConstraintSpec, ConventionalSolverSpec, Flag, Noi
 from phaser_core.errors import DataError
 from phaser_core.plan import SlicesPlan
 from phaser_core.state import ReconsState
-from phaser_std.engines.chunking import conventional_budget, engine_chunk
+from phaser_std.engines.chunking import conventional_budget, conventional_lane_budget, engine_chunk
 from phaser_std.engines.common import (
     EngineLoop,
     GroupingConfig,
@@ -71,7 +71,8 @@ class ConventionalEngine:
         n_slices = int(np.shape(state.object.data)[0])
         bk, chunk = engine_chunk(bk, cfg.grouping.chunk, min(cfg.grouping.size, np.shape(state.scan_A)[0]),
                                  state.probe.n_modes, n_slices, state.probe.shape, conventional_budget(n_slices),
-                                 chunked_step=has_chunked_rule(solver, n_slices))
+                                 chunked_step=has_chunked_rule(solver, n_slices),
+                                 lane_budget_bytes=conventional_lane_budget(solver.name, n_slices))
         arrays = engine_arrays(bk, state, data, cfg.grouping.stream_patterns)
         probe_shape, wavelength, geometry = arrays.probe_shape, arrays.wavelength_A, arrays.geometry
         tilt = np.asarray(state.tilt_mrad, dtype=np.float64)

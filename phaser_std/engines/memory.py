@@ -29,8 +29,8 @@ from typing import Any
 
 import attrs
 
-from phaser_std.engines.chunking import (CACHE_BUDGET_BYTES, conventional_budget, has_chunked_step, lane_plan,
-                                         named_backend_lanes, named_backend_on_cpu)
+from phaser_std.engines.chunking import (CACHE_BUDGET_BYTES, conventional_budget, conventional_lane_budget,
+                                         has_chunked_step, lane_plan, named_backend_lanes, named_backend_on_cpu)
 from phaser_std.engines.pattern_feed import block_groups
 
 MiB = 1 << 20
@@ -157,12 +157,12 @@ def sizes(config: Any, data_shape: Any, state_shapes: dict, dtype: str, backend:
 
 
 def lanes_and_chunk(z: Sizes, requested: int | None, budget: int, chunked_step: bool,
-                    backend: str) -> tuple[Sizes, int]:
+                    backend: str, lane_budget_bytes: int | None = None) -> tuple[Sizes, int]:
     """``(sizes, chunk)`` as the engine chooses them (:func:`~phaser_std.engines.chunking.lane_plan`,
-    chunk ``budget`` [bytes]): the sizes keep their lanes where the step spreads its chunks
-    over them, else one."""
+    chunk ``budget`` [bytes], ``lane_budget_bytes`` on lanes): the sizes keep their lanes
+    where the step spreads its chunks over them, else one."""
     used, chunk = lane_plan(z.lanes, requested, z.b, z.m, z.s, (z.p, 1), z.c, named_backend_on_cpu(backend),
-                            budget, chunked_step)
+                            budget, chunked_step, lane_budget_bytes)
     return attrs.evolve(z, lanes=used), chunk
 
 
@@ -292,7 +292,9 @@ def _conventional_chunk(config: Any, z: Sizes, backend: str) -> tuple[Sizes, int
     chunked = has_chunked_step(str(getattr(solver, "type", "")), z.s, multislice)
     if not chunked:
         return attrs.evolve(z, lanes=1), z.b
-    return lanes_and_chunk(z, getattr(config.grouping, "chunk", None), conventional_budget(z.s), True, backend)
+    name = str(getattr(solver, "type", ""))
+    return lanes_and_chunk(z, getattr(config.grouping, "chunk", None), conventional_budget(z.s), True, backend,
+                           conventional_lane_budget(name, z.s))
 
 
 def gradient_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: str,
