@@ -289,10 +289,9 @@ def _conventional_chunk(config: Any, z: Sizes, backend: str) -> tuple[Sizes, int
     (:mod:`~phaser_std.engines.chunking`)."""
     solver = getattr(config, "solver", None)
     multislice = getattr(getattr(solver, "config", None), "multislice", "joint")
-    chunked = has_chunked_step(str(getattr(solver, "type", "")), z.s, multislice)
-    if not chunked:
-        return attrs.evolve(z, lanes=1), z.b
     name = str(getattr(solver, "type", ""))
+    if not has_chunked_step(name, z.s, multislice):
+        return attrs.evolve(z, lanes=1), z.b
     return lanes_and_chunk(z, getattr(config.grouping, "chunk", None), conventional_budget(z.s), True, backend,
                            conventional_lane_budget(name, z.s))
 
