@@ -192,7 +192,7 @@ def fit(rows: list[dict]) -> None:
     from scipy.optimize import lsq_linear
 
     from phaser_std.engines.chunking import (CACHE_BUDGET_BYTES, conventional_budget, conventional_lane_budget,
-                                             has_chunked_step, lane_plan, named_backend_lanes)
+                                             gradient_lane_budget, has_chunked_step, lane_plan, named_backend_lanes)
     from phaser_std.engines.memory import dry_run_batch
 
     measured = {r["case"]: r["measured"] for r in rows if r.get("measured")}
@@ -214,7 +214,8 @@ def fit(rows: list[dict]) -> None:
         budget = CACHE_BUDGET_BYTES if engine == "gradient" else conventional_budget(s)
         if engine == "gradient" or has_chunked_step(engine, s):
             lanes, chunk = lanes_and_chunk(backend, b, m, s, p, c, budget,
-                                           None if engine == "gradient" else conventional_lane_budget(engine, s))
+                                           gradient_lane_budget(s) if engine == "gradient"
+                                           else conventional_lane_budget(engine, s))
         else:
             lanes, chunk = 1, b
         # patterns on the host and on each lane (the datasets are noiseless, not counted:

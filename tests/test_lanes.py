@@ -347,3 +347,25 @@ def test_lsqml_multislice_takes_smaller_chunks_on_the_lanes(bk, monkeypatch):
                           {"probe": (1, *shape), "object": (8, 139, 139), "scan": (256, 2)}, "float32", "jax")
         assert planner._conventional_chunk(config, z, "jax")[1] == want, solver
     assert conventional_lane_budget("lsqml", 1) is None  # single slice: the lanes' default
+
+
+def test_gradient_multislice_chunks_on_the_lanes(bk, monkeypatch):
+    """The gradient engine's chunks on CPU lanes: 512 KiB of waves with several slices (two
+    positions of 8 x 64², 4-6% faster than one, benchmarks/NOTES.md 66), the single-slice
+    256 KiB otherwise; the memory planner makes the same choice."""
+    import phaser_std.engines.memory as planner
+    from phaser_core.memory import DataShape
+    from phaser_core.plan import SlicesPlan
+    from phaser_std.engines.chunking import gradient_lane_budget
+    from phaser_std.engines.common import GroupingConfig
+    from phaser_std.engines.gradient import GradientConfig
+
+    shape = (64, 64)
+    for slices, want in ((8, 2), (1, 8)):
+        assert engine_chunk(bk, None, 64, 1, slices, shape, lane_budget_bytes=gradient_lane_budget(slices)) == (bk, want)
+    monkeypatch.setattr(planner, "named_backend_lanes", lambda name: 2)
+    config = GradientConfig(grouping=GroupingConfig(size=64), slices=SlicesPlan(n=8, total_thickness_A=80.0),
+                            scale_probe=False)
+    terms = planner.gradient_terms(config, DataShape(n_patterns=256, pattern_shape=shape, host_itemsize=4),
+                                   {"probe": (1, *shape), "object": (8, 139, 139), "scan": (256, 2)}, "float32", "jax")
+    assert any("(2 of B=64 positions at a time per lane" in t[0] for t in terms), [t[0] for t in terms]

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 __all__ = ["CACHE_BUDGET_BYTES", "SWEEP_BUDGET_BYTES", "LANE_MIN_BYTES", "LANE_CACHE_BUDGET_BYTES",
-           "LANE_SWEEP_BUDGET_BYTES", "LANE_JOINT_BUDGET_BYTES", "lane_budget", "conventional_budget",
-           "conventional_lane_budget", "has_chunked_step", "auto_chunk", "resolve_chunk",
-           "lane_plan", "engine_chunk", "backend_on_cpu", "named_backend_on_cpu", "named_backend_lanes"]
+           "LANE_SWEEP_BUDGET_BYTES", "LANE_JOINT_BUDGET_BYTES", "LANE_GRADIENT_SWEEP_BUDGET_BYTES", "lane_budget",
+           "conventional_budget", "conventional_lane_budget", "gradient_lane_budget", "has_chunked_step",
+           "auto_chunk", "resolve_chunk", "lane_plan", "engine_chunk", "backend_on_cpu", "named_backend_on_cpu",
+           "named_backend_lanes"]
 
 #: Per-chunk wave data [bytes] the automatic choice aims at (a share of a CPU's L2/L3),
 #: counted as modes x slices x Ny x Nx complex numbers per position. The gradient step and
@@ -45,6 +46,10 @@ LANE_SWEEP_BUDGET_BYTES = 2 * 2**20
 #: steps' lane budget ran 7-12% faster (8-20 slices of 64²-96², benchmarks/NOTES.md 65),
 #: ePIE's sweep the same with either. On one device the whole group stays fastest.
 LANE_JOINT_BUDGET_BYTES = 1 * 2**20
+#: Chunk budget [bytes] on CPU lanes of the gradient engine's multislice step: two
+#: positions of 8 x 64² (the single-slice steps' 256 KiB held one) ran 4-6% faster at
+#: groups of 16, 64 and 256 (benchmarks/NOTES.md 66).
+LANE_GRADIENT_SWEEP_BUDGET_BYTES = 512 * 2**10
 
 
 def lane_budget(budget: int) -> int:
@@ -59,6 +64,13 @@ def conventional_lane_budget(solver: str, n_slices: int) -> int | None:
     where it is not :func:`lane_budget` of its one-device budget: LSQML's multislice step,
     :data:`LANE_JOINT_BUDGET_BYTES`; None otherwise."""
     return LANE_JOINT_BUDGET_BYTES if solver == "lsqml" and int(n_slices) > 1 else None
+
+
+def gradient_lane_budget(n_slices: int) -> int | None:
+    """The chunk budget [bytes] on CPU lanes of the gradient engine's step where it is not
+    :func:`lane_budget` of :data:`CACHE_BUDGET_BYTES`: multislice,
+    :data:`LANE_GRADIENT_SWEEP_BUDGET_BYTES`; None on one slice."""
+    return LANE_GRADIENT_SWEEP_BUDGET_BYTES if int(n_slices) > 1 else None
 
 
 def auto_chunk(group_size: int, bytes_per_position: int, budget: int = CACHE_BUDGET_BYTES) -> int:

@@ -33,7 +33,7 @@ from phaser_core.config import ConstraintSpec, CostSpec, Flag, GradientSolverSpe
 from phaser_core.errors import DataError
 from phaser_core.plan import SlicesPlan
 from phaser_core.state import ReconsState
-from phaser_std.engines.chunking import engine_chunk
+from phaser_std.engines.chunking import engine_chunk, gradient_lane_budget
 from phaser_std.engines.common import (EngineLoop, GroupingConfig, engine_arrays, joined, resample_for_engine,
                                        scan_groups)
 from phaser_std.engines.gradient_step import GroupModel, StepCounter, make_group_step, slice_dz
@@ -141,8 +141,10 @@ class GradientEngine:
                                  f"of {sorted(reg.names('solver', role='gradient'))}")
             solvers[k] = spec.build(reg) if spec is not None else None
 
+        n_slices = int(np.shape(state.object.data)[0])
         bk, chunk = engine_chunk(bk, cfg.grouping.chunk, min(cfg.grouping.size, np.shape(state.scan_A)[0]),
-                                 state.probe.n_modes, int(np.shape(state.object.data)[0]), state.probe.shape)
+                                 state.probe.n_modes, n_slices, state.probe.shape,
+                                 lane_budget_bytes=gradient_lane_budget(n_slices))
         arrays = engine_arrays(bk, state, data, cfg.grouping.stream_patterns)
         probe_shape, wavelength, geometry = arrays.probe_shape, arrays.wavelength_A, arrays.geometry
         sampling = tuple(float(s) for s in geometry.sampling_A)

@@ -30,7 +30,8 @@ from typing import Any
 import attrs
 
 from phaser_std.engines.chunking import (CACHE_BUDGET_BYTES, conventional_budget, conventional_lane_budget,
-                                         has_chunked_step, lane_plan, named_backend_lanes, named_backend_on_cpu)
+                                         gradient_lane_budget, has_chunked_step, lane_plan, named_backend_lanes,
+                                         named_backend_on_cpu)
 from phaser_std.engines.pattern_feed import block_groups
 
 MiB = 1 << 20
@@ -300,8 +301,9 @@ def gradient_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: str,
                    backend: str = "numpy") -> list[tuple]:
     """Terms of the ``gradient`` engine: the group step with its autodiff residuals (jax) or
     analytic adjoint (numpy/cupy), object-sized gradients and the optimizer state."""
-    z, chunk = lanes_and_chunk(sizes(config, data_shape, state_shapes, dtype, backend),
-                               getattr(config.grouping, "chunk", None), CACHE_BUDGET_BYTES, True, backend)
+    z = sizes(config, data_shape, state_shapes, dtype, backend)
+    z, chunk = lanes_and_chunk(z, getattr(config.grouping, "chunk", None), CACHE_BUDGET_BYTES, True, backend,
+                               gradient_lane_budget(z.s))
     terms, dry = _common_terms(config, z, "grad", state_shapes)
     k = z.k
     # the per-position work runs `chunk` positions at a time (on each lane); the group's
