@@ -5,6 +5,7 @@
     /work/venv/bin/python benchmarks/bench.py                         # the default matrix
     /work/venv/bin/python benchmarks/bench.py --cases 'lsqml/jax/*/m1/g64' --iters 8
     /work/venv/bin/python benchmarks/bench.py --ttt --target 0.9      # time to target error
+    /work/venv/bin/python benchmarks/bench.py --cases '*/jax/*/m1/g64' --repeat 3   # medians of 3 alternating runs
     /work/venv/bin/python benchmarks/bench.py --paper --no-phaser     # the paper's sizes (GPU)
 
 Every case runs in its own process, ours (``worker_ours.py`` in this venv) and phaserEM
@@ -29,6 +30,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cases as C  # noqa: E402
@@ -196,6 +199,31 @@ def run_phaser(case: dict, data: Path, a, out: Path) -> dict:
 
 
 # --------------------------------------------------------------------------- table
+def combine(runs: list[dict]) -> dict:
+    """One package's runs of a case (``--repeat``) as one: the medians of the timings (each
+    run's s/iter is already its median over the iterations), the largest peak memory (the
+    peak a run can reach), the first run's scores; every run kept under ``"runs"``."""
+    if len(runs) == 1:
+        return runs[0]
+
+    def median(key):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        return float(np.median(values)) if values else None
+
+    def largest(key):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        return max(values) if values else None
+
+    out = dict(runs[0])
+    for key in ("s_per_iter_median", "s_per_iter", "cpu_s_per_iter_median", "first_iter_s", "time_to_target_s"):
+        out[key] = median(key)
+    for key in ("peak_rss_mib", "peak_gpu_mib"):
+        out[key] = largest(key)
+    out["error"] = next((r["error"] for r in runs if r.get("error")), None)
+    out["runs"] = runs
+    return out
+
+
 def _ratio(a, b):
     return (a / b) if (a is not None and b is not None and b > 0) else None
 
@@ -288,6 +316,9 @@ def main(argv=None) -> None:
                     help="floating-point precision of both packages")
     ap.add_argument("--simulate-only", action="store_true", help="simulate the cases' datasets and stop")
     ap.add_argument("--timeout", type=float, default=900.0, help="per process [s]")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of each package per case, alternating (ours, phaserEM, ours, ...); the "
+                         "medians are reported (this VM's speed drifts by up to 1.6x within minutes)")
     ap.add_argument("--out", default=None, help="JSON output path")
     a = ap.parse_args(argv)
 
@@ -317,17 +348,20 @@ def main(argv=None) -> None:
     for i, case in enumerate(todo):
         data = ensure_dataset(case["dataset"])
         cid = C.case_id(case)
-        ours = run_ours(case, data, a)
-        ph = None
         ph_case = {**case, "backend": "jax"} if case["backend"] == "cupy" else case
         ph_id = C.case_id(ph_case)
         # phaserEM's gradient engine needs jax (or torch): no numpy counterpart
-        if not a.no_phaser and ph_case["backend"] in a.phaser_backends \
-                and not (case["engine"] == "gradient" and case["backend"] == "numpy"):
-            if ph_id not in phaser_done:
-                phaser_done[ph_id] = run_phaser(ph_case, data, a, work / ph_id.replace("/", "_"))
-                phaser_done[ph_id]["backend"] = ph_case["backend"]
-            ph = phaser_done[ph_id]
+        with_phaser = not a.no_phaser and ph_case["backend"] in a.phaser_backends \
+            and not (case["engine"] == "gradient" and case["backend"] == "numpy")
+        ours_runs, ph_runs = [], []
+        for k in range(max(a.repeat, 1)):
+            ours_runs.append(run_ours(case, data, a))
+            if with_phaser and ph_id not in phaser_done:
+                ph_runs.append(run_phaser(ph_case, data, a, work / (ph_id.replace("/", "_") + (f"-{k}" if k else ""))))
+        if ph_runs:
+            phaser_done[ph_id] = {**combine(ph_runs), "backend": ph_case["backend"]}
+        ours = combine(ours_runs)
+        ph = phaser_done.get(ph_id) if with_phaser else None
         row = summarize(case, ours, ph)
         rows.append(row)
         raw.append({"case": case, "ours": ours, "phaser": ph})
