@@ -19,7 +19,7 @@ import attrs
 import numpy as np
 
 from phaser_core.backend import stream_seed
-from phaser_core.config import RegularizerSpec, param
+from phaser_core.config import RegularizerSpec, in_range, param
 from phaser_core.errors import DataError, PhaserError
 from phaser_core.observer import notify
 from phaser_core.plan import SlicesPlan
@@ -32,17 +32,29 @@ from phaser_std.physics.objects import resample_object_slices
 from phaser_std.physics.resample import resample_probe_state
 
 
+def _check_chunk(instance: Any, attribute: Any, value: int | None) -> None:
+    """``chunk``: null or a positive divisor of ``size``."""
+    size = instance.size
+    if value is None or isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or size % value:
+        divisors = [d for d in range(1, size + 1) if size % d == 0]
+        shown = ", ".join(map(str, divisors if len(divisors) <= 12 else divisors[:6] + ["..."] + divisors[-3:]))
+        raise ValueError(f"must be a divisor of grouping.size = {size} ({shown}), or null to size it "
+                         f"automatically; got {value}", attribute)
+
+
 @attrs.frozen
 class GroupingConfig:
     """How positions are grouped for the per-group updates."""
 
-    size: int = param(64, doc="positions per group")
+    size: int = param(64, doc="positions per group", validator=in_range(1))
     kind: str = param("sparse", doc="'sparse' (random over the scan) or 'compact' (spatial clusters)",
                       validator=attrs.validators.in_(("sparse", "compact")))
     regroup: bool | None = param(None, doc="new partition every iteration (default: sparse yes, compact no)")
     chunk: int | None = param(None, doc="positions computed at once inside a group, a divisor of size "
                               "(null: sized to the CPU caches, the whole group on a GPU); speed and memory "
-                              "only, the update is the same")
+                              "only, the update is the same", validator=_check_chunk)
     stream_patterns: bool | None = param(None, doc="send the patterns to the device a block of groups at a time "
                                                    "instead of keeping all of them there (null: on a GPU yes, on "
                                                    "a CPU no); memory only, the update is the same")
@@ -85,7 +97,7 @@ def group_patterns(bk: Any, patterns: Any, idx: Any) -> Any:
 
 
 def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: PatternFeed, scan_A: np.ndarray,
-                        geometry: ObjectState, props: Any, batch: int = 64) -> Any:
+                        geometry: ObjectState, props: Any, batch: int = 64, valid: np.ndarray | None = None) -> Any:
     """The probe scaled so the model's total intensity equals the data's (the dry run).
 
     One compiled function over equal batches (the last one padded and masked), so jax
@@ -94,14 +106,16 @@ def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: PatternFeed, sc
     at 256 set the peak memory of multislice runs. One slice of unit amplitude (a vacuum or
     random-phase start) needs no forward pass: each position's model total is then
     Σ_modes Σ|P|² (Parseval). ``patterns``: the run's
-    :class:`~phaser_std.engines.pattern_feed.PatternFeed` (only their total [e⁻] is read)."""
+    :class:`~phaser_std.engines.pattern_feed.PatternFeed` (only their total [e⁻] is read).
+    ``valid`` (corner-centred ``(Qy, Qx)`` bool, the detector mask): both totals over those
+    pixels only (no Parseval shortcut then); the feed's total must be over the same."""
     shape = probe.shape[-2:]
     xp = bk.xp
     n = scan_A.shape[0]
     batch = max(1, min(batch, n))
     probe_host = bk.to_numpy(probe)
     data_sum = patterns.total_counts()
-    if obj.shape[0] == 1 and unit_amplitude(bk.to_numpy(obj)):
+    if valid is None and obj.shape[0] == 1 and unit_amplitude(bk.to_numpy(obj)):
         # one slice of |O| = 1: the sub-pixel shift (a phase ramp) and the unitary far
         # field keep Σ|ψ|², so each position's model total is Σ_modes Σ|P|² (Parseval)
         # and no forward pass (nor, on jax, its compilation) is needed
@@ -112,6 +126,8 @@ def scale_probe_to_data(bk: Any, probe: Any, obj: Any, patterns: PatternFeed, sc
         # the propagators an argument, not constants of the program: another slice
         # thickness of the same shapes reuses it (jax's compilation cache)
         inten = forward_intensity(bk, probe_, obj_, starts, frac, props_)
+        if valid is not None:
+            inten = inten * xp.asarray(valid)
         return xp.sum(xp.sum(inten, axis=(-2, -1)) * mask)
 
     fn = bk.jit(batch_sum)
@@ -155,6 +171,8 @@ class EngineArrays:
     probe_shape: tuple[int, int]  #: ``(Ny, Nx)`` [px], equal to the detector's ``(Qy, Qx)``
     wavelength_A: float  #: [Å]: the state's, else the data's
     geometry: ObjectState  #: the object's grid (sampling, corner, slice thicknesses) [Å]
+    #: the detector's valid pixels ``(Qy, Qx)`` bool, corner-centred, on the host; None: all
+    valid: np.ndarray | None
     patterns: PatternFeed
     probe: Any
     obj: Any
@@ -170,7 +188,7 @@ class EngineArrays:
         if self.extra.get("probe_scaled", False):
             return
         self.probe = scale_probe_to_data(bk, self.probe, self.obj, self.patterns, self.scan_A, self.geometry,
-                                         props())
+                                         props(), valid=self.valid)
         self.extra["probe_scaled"] = True
 
     def bandlimit(self, requested: float | None, data: Any) -> float | None:
@@ -229,14 +247,33 @@ def engine_arrays(bk: Any, state: ReconsState, data: Any, stream: bool | None = 
     sampling = np.asarray(geometry.sampling_A, dtype=np.float64)
     half = np.array(probe_shape) // 2
     corner = np.asarray(geometry.corner_A)
+    valid = valid_pixels(data)
     return EngineArrays(
         state=state, probe_shape=probe_shape, wavelength_A=state.wavelength_A or data.wavelength_A(),
-        geometry=geometry, patterns=PatternFeed(bk, data.patterns, getattr(data, "counted_dtype", "find"), stream),
+        geometry=geometry, valid=valid,
+        patterns=PatternFeed(bk, data.patterns, getattr(data, "counted_dtype", "find"), stream, valid),
         probe=bk.asarray(np.asarray(state.probe.data), dtype=bk.complex_dtype),
         obj=bk.asarray(np.asarray(geometry.data), dtype=bk.complex_dtype),
         scan_A=np.array(state.scan_A, dtype=np.float64), extra=dict(state.extra),
         scan_lo_A=corner + sampling * half,
         scan_hi_A=corner + sampling * (np.array(geometry.shape) - np.array(probe_shape) + half - 1))
+
+
+def valid_pixels(data: Any) -> np.ndarray | None:
+    """The detector's valid pixels, ``data.mask`` ``(Qy, Qx)`` corner-centred like the
+    engines' patterns, or None when every pixel is valid (no mask, or nothing masked)."""
+    mask = getattr(data, "mask", None)
+    if mask is None:
+        return None
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != tuple(data.pattern_shape):
+        raise DataError(f"the detector mask is {mask.shape} but the patterns are {tuple(data.pattern_shape)}: "
+                        "give a mask of the detector's shape (crop or bin it with the patterns)")
+    if mask.all():
+        return None
+    if not mask.any():
+        raise DataError("the detector mask marks every pixel invalid: nothing is left to fit")
+    return np.fft.ifftshift(mask)
 
 
 def build_constraints(specs: tuple[RegularizerSpec, ...], registry: Any) -> list:

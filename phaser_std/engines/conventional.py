@@ -7,7 +7,8 @@ from typing import Any
 import attrs
 import numpy as np
 
-from phaser_core.config import ConstraintSpec, ConventionalSolverSpec, Flag, NoiseModelSpec, PositionSolverSpec, param
+from phaser_core.config import ConstraintSpec, ConventionalSolverSpec, Flag, NoiseModelSpec, PositionSolverSpec, \
+    in_range, param
 from phaser_core.errors import DataError
 from phaser_core.plan import SlicesPlan
 from phaser_core.state import ReconsState
@@ -24,6 +25,7 @@ from phaser_std.engines.common import (
     scan_groups,
 )
 from phaser_std.engines.conventional_solvers import has_chunked_rule, make_group_step
+from phaser_std.engines.noise_models import on_valid_pixels
 from phaser_std.engines.regularizers import RegInfo
 from phaser_std.physics.forward import make_propagators, shift_ramp_factors
 
@@ -34,9 +36,10 @@ __all__ = ["ConventionalConfig", "ConventionalEngine"]
 class ConventionalConfig:
     """Settings of the ``conventional`` engine (ePIE, LSQML)."""
 
-    niter: int = param(10, doc="iterations")
+    niter: int = param(10, doc="iterations", validator=in_range(0))
     grouping: GroupingConfig = param(factory=GroupingConfig, doc="how positions are grouped")
-    probe_modes: int | None = param(None, doc="number of incoherent probe modes (null: keep)")
+    probe_modes: int | None = param(None, doc="number of incoherent probe modes (null: keep)",
+                                    validator=in_range(1))
     slices: SlicesPlan | None = param(None, doc="object slices for this engine (null: keep)")
     noise_model: NoiseModelSpec = param(NoiseModelSpec("amplitude"), doc="detector noise model")
     solver: ConventionalSolverSpec = param(ConventionalSolverSpec("lsqml"), doc="update rule: epie or lsqml")
@@ -74,6 +77,7 @@ class ConventionalEngine:
                                  chunked_step=has_chunked_rule(solver, n_slices),
                                  lane_budget_bytes=conventional_lane_budget(solver.name, n_slices))
         arrays = engine_arrays(bk, state, data, cfg.grouping.stream_patterns)
+        noise = on_valid_pixels(noise, arrays.valid)
         probe_shape, wavelength, geometry = arrays.probe_shape, arrays.wavelength_A, arrays.geometry
         tilt = np.asarray(state.tilt_mrad, dtype=np.float64)
         if tilt.ndim != 1:

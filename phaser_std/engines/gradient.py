@@ -29,7 +29,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from phaser_core.config import ConstraintSpec, CostSpec, Flag, GradientSolverSpec, NoiseModelSpec, param
+from phaser_core.config import ConstraintSpec, CostSpec, Flag, GradientSolverSpec, NoiseModelSpec, in_range, param
 from phaser_core.errors import DataError
 from phaser_core.plan import SlicesPlan
 from phaser_core.state import ReconsState
@@ -37,6 +37,7 @@ from phaser_std.engines.chunking import engine_chunk, gradient_lane_budget
 from phaser_std.engines.common import (EngineLoop, GroupingConfig, engine_arrays, joined, resample_for_engine,
                                        scan_groups)
 from phaser_std.engines.gradient_step import GroupModel, StepCounter, make_group_step, slice_dz
+from phaser_std.engines.noise_models import on_valid_pixels
 from phaser_std.engines.optimizers import AdamConfig
 from phaser_std.engines.regularizers import RegInfo
 from phaser_std.physics.forward import abs2, make_propagators, shift_ramp_factors
@@ -66,9 +67,10 @@ class GradientSolvers:
 class GradientConfig:
     """Settings of the ``gradient`` engine."""
 
-    niter: int = param(50, doc="iterations")
+    niter: int = param(50, doc="iterations", validator=in_range(0))
     grouping: GroupingConfig = param(factory=GroupingConfig, doc="how positions are grouped")
-    probe_modes: int | None = param(None, doc="number of incoherent probe modes (null: keep)")
+    probe_modes: int | None = param(None, doc="number of incoherent probe modes (null: keep)",
+                                    validator=in_range(1))
     slices: SlicesPlan | None = param(None, doc="object slices for this engine (null: keep)")
     noise_model: NoiseModelSpec = param(NoiseModelSpec("amplitude"), doc="detector noise model")
     solvers: GradientSolvers = param(factory=GradientSolvers, doc="{object, probe, positions, tilt}: solver each")
@@ -146,6 +148,7 @@ class GradientEngine:
                                  state.probe.n_modes, n_slices, state.probe.shape,
                                  lane_budget_bytes=gradient_lane_budget(n_slices))
         arrays = engine_arrays(bk, state, data, cfg.grouping.stream_patterns)
+        noise = on_valid_pixels(noise, arrays.valid)
         probe_shape, wavelength, geometry = arrays.probe_shape, arrays.wavelength_A, arrays.geometry
         sampling = tuple(float(s) for s in geometry.sampling_A)
         if not np.allclose(sampling, state.probe.sampling_A):

@@ -28,12 +28,13 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+import numpy as np
 
 from phaser_core.config import param
 from phaser_std.physics.forward import intensity  # re² + im²: finite jax.grad at Ψ = 0
 
 __all__ = ["intensity", "wirtinger_far_grad", "GaussianNoise", "PoissonNoise", "AmplitudeNoise",
-           "AnscombeNoise", "register_all"]
+           "AnscombeNoise", "DetectorMasked", "on_valid_pixels", "register_all"]
 
 
 def wirtinger_far_grad(bk: Any, far_wave: Any, dL_dI: Any) -> Any:
@@ -209,6 +210,64 @@ class AnscombeNoise(AmplitudeNoise):
 
     def __init__(self, config: AnscombeConfig | None = None):
         super().__init__(config or AnscombeConfig())
+
+
+# ---------------------------------------------------------------------------------------
+# The detector's valid pixels
+# ---------------------------------------------------------------------------------------
+
+
+class DetectorMasked:
+    """Any noise model restricted to the detector's valid pixels (the data's mask).
+
+    Invalid pixels (dead, hot, padded, behind a beam stop) take no part in the fit: they add
+    nothing to the loss, nothing to dL/dI, and the wave update leaves the model's far field
+    there as it is (ΔΨ = 0), so the probe and object are free to predict them. The loss
+    is evaluated with the measured intensity replaced by the model's at those pixels, where
+    every noise model's loss is zero (the contract of the module docstring); the gradient
+    and the wave update are then multiplied by the mask. With ``jax.grad`` the replaced
+    term is identically zero in the model, so autodiff gives zero there too.
+
+    ``valid``: ``(Qy, Qx)`` bool on the host, in the patterns' corner-centred layout.
+    """
+
+    def __init__(self, noise: Any, valid: Any):
+        self.noise = noise
+        self.valid = np.asarray(valid, dtype=bool)
+        self._cached: dict = {}
+
+    def __getattr__(self, name: str) -> Any:
+        # config, step_size and anything a plugin's solver reads from its model
+        return getattr(self.noise, name)
+
+    def _mask(self, bk: Any) -> Any:
+        # inside jax's traced programs a host constant (a device array closed over would be
+        # committed to one device, not the CPU lanes'); other backends upload it once
+        if bk.name == "jax":
+            return bk.xp.asarray(self.valid)
+        if bk.name not in self._cached:
+            self._cached[bk.name] = bk.asarray(self.valid, dtype=bool)
+        return self._cached[bk.name]
+
+    def _measured(self, bk: Any, model_I: Any, measured_I: Any) -> Any:
+        return bk.xp.where(self._mask(bk), measured_I, model_I)
+
+    def loss(self, bk: Any, model_I: Any, measured_I: Any) -> Any:
+        return self.noise.loss(bk, model_I, self._measured(bk, model_I, measured_I))
+
+    def grad_intensity(self, bk: Any, model_I: Any, measured_I: Any) -> Any:
+        d_i = self.noise.grad_intensity(bk, model_I, self._measured(bk, model_I, measured_I))
+        return d_i * self._mask(bk)
+
+    def wave_update(self, bk: Any, far_wave: Any, model_I: Any, measured_I: Any) -> Any:
+        update = self.noise.wave_update(bk, far_wave, model_I, self._measured(bk, model_I, measured_I))
+        return update * self._mask(bk)
+
+
+def on_valid_pixels(noise: Any, valid: Any) -> Any:
+    """``noise`` restricted to the ``valid`` pixels (:class:`DetectorMasked`); ``noise``
+    itself when there is no mask (``valid`` None)."""
+    return noise if valid is None else DetectorMasked(noise, valid)
 
 
 def register_all(register) -> None:

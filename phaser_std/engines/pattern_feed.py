@@ -35,11 +35,15 @@ def corner_centred(bk: Any, patterns: Any, counted: Any = "find") -> np.ndarray:
     return np.fft.ifftshift(host.astype(dtype, copy=False), axes=(-2, -1))
 
 
-def total_counts(patterns: np.ndarray) -> float:
+def total_counts(patterns: np.ndarray, valid: np.ndarray | None = None) -> float:
     """Σ of host ``patterns`` [e⁻]: counted (uint8/uint16) data exactly in uint64, float data
-    in float64, so whole-number data give the same total however they are stored."""
+    in float64, so whole-number data give the same total however they are stored. ``valid``
+    ``(Qy, Qx)`` bool: only those pixels (each pixel summed over the patterns first)."""
     integer = np.dtype(patterns.dtype).kind in "ui"
-    return float(np.sum(patterns, dtype=np.uint64 if integer else np.float64))
+    dtype = np.uint64 if integer else np.float64
+    if valid is None:
+        return float(np.sum(patterns, dtype=dtype))
+    return float(np.sum(np.sum(patterns, axis=0, dtype=dtype)[valid]))
 
 
 def block_groups(n_groups: int, group_bytes: int, budget: int | None = None) -> int:
@@ -57,15 +61,16 @@ class PatternFeed:
     ``stream`` None: stream on a GPU, keep on the device on a CPU (see the module
     docstring). Their total (the probe scaling's) is summed once on the host, exactly
     (:func:`total_counts`), whichever way they are kept, so a streamed run and a kept one
-    scale the probe alike."""
+    scale the probe alike; ``valid`` (corner-centred ``(Qy, Qx)`` bool): over those pixels."""
 
-    def __init__(self, bk: Any, patterns: Any, counted: Any = "find", stream: bool | None = None):
+    def __init__(self, bk: Any, patterns: Any, counted: Any = "find", stream: bool | None = None,
+                 valid: np.ndarray | None = None):
         self.bk = bk
         self.stream = (not backend_on_cpu(bk)) if stream is None else bool(stream)
         host = corner_centred(bk, patterns, counted)
         self.dtype = host.dtype
         self.shape = tuple(host.shape)
-        self._total = total_counts(host)
+        self._total = total_counts(host, valid)
         if self.stream:
             self.host, self.device = np.ascontiguousarray(host), None
         else:
