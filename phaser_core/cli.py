@@ -217,6 +217,16 @@ def describe_component(comp: Any) -> dict:
             "fields": fields}
 
 
+#: where a plan lists a component of each (kind, role)
+_ROLE_PLACES = {
+    ("regularizer", "constraint"): "an engine's group_constraints or iter_constraints",
+    ("regularizer", "cost"): "the gradient engine's regularizers",
+    ("solver", "conventional"): "the conventional engine's solver",
+    ("solver", "gradient"): "the gradient engine's solvers.object / solvers.probe",
+    ("solver", "position"): "an engine's position_solver",
+}
+
+
 def _cmd_describe(args: argparse.Namespace) -> int:
     registry = get_registry()
     kinds = normalize_kind(args.kind)
@@ -235,6 +245,10 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     console.print(f"[bold]{escape(info['name'])}[/bold] ({info['kind'].replace('_', ' ')}, from {escape(info['owner'])})")
     if info["aliases"]:
         console.print(f"aliases: {escape(', '.join(info['aliases']))}")
+    role = info["meta"].get("role")
+    if role:
+        where = _ROLE_PLACES.get((info["kind"], role))
+        console.print(f"role: {escape(str(role))}" + (f" (in a plan: {where})" if where else ""))
     if info["doc"]:
         console.print(escape(info["doc"]))
     if not info["fields"]:

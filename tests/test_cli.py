@@ -134,6 +134,14 @@ def test_describe_units_plural_kinds_and_table(fake_registry, capsys):
     assert "niter" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("name, place", [("obj_l2", "role: cost (in a plan: the gradient engine's regularizers)"),
+                                         ("limit_probe_support", "role: constraint (in a plan: an engine's "
+                                                                 "group_constraints or iter_constraints)")])
+def test_describe_says_where_a_plan_puts_a_regularizer(capsys, name, place):
+    assert cli.main(["describe", "regularizer", name]) == 0
+    assert place in " ".join(capsys.readouterr().out.split())
+
+
 def test_describe_unknown(fake_registry, capsys):
     assert cli.main(["describe", "solver", "epei"]) == 1
     err = capsys.readouterr().err
