@@ -37,6 +37,33 @@ def param(default: Any = attrs.NOTHING, *, unit: str | None = None, doc: str = "
     return attrs.field(**kwargs)
 
 
+def in_range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False,
+             hint: str = "") -> Any:
+    """An attrs validator: a number must lie between ``lo`` and ``hi`` (``lo_open``/``hi_open``:
+    that end excluded; ``None``: no bound); NaN fails. ``None`` and non-numbers (a
+    schedule entry) pass. The error names the value and ``hint``; ``phaser validate`` reports it
+    at the key's file:line:col."""
+    words = []
+    if lo is not None:
+        words.append(f"{'>' if lo_open else '>='} {lo:g}")
+    if hi is not None:
+        words.append(f"{'<' if hi_open else '<='} {hi:g}")
+
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return
+        bad = math.isnan(value)
+        if lo is not None:
+            bad |= value <= lo if lo_open else value < lo
+        if hi is not None:
+            bad |= value >= hi if hi_open else value > hi
+        if bad:
+            raise ValueError(f"must be {' and '.join(words)}, got {value}" + (f" ({hint})" if hint else ""),
+                             attribute)
+
+    return check
+
+
 @attrs.frozen
 class ComponentSpec:
     """A ``{type: NAME, ...config}`` entry of a plan: the name and its structured config.

@@ -55,16 +55,25 @@ class RawData:
         from phaser_core.physics_constants import wavelength_A
 
         if self.energy_eV is None:
-            raise ValueError("energy_eV is unknown: give it in the plan or the data file")
+            raise self.missing("energy_eV", "the beam energy [eV]", "raw_data.energy_eV")
         return wavelength_A(self.energy_eV)
 
     def real_space_sampling_A(self) -> tuple[float, float]:
         """Pixel size [Å] of a real-space grid matching the detector: 1 / (Q · Δk)."""
         if self.reciprocal_sampling_invA is None:
-            raise ValueError("the detector sampling is unknown: give reciprocal_sampling_invA "
-                             "or angular_sampling_mrad in the plan or the data file")
+            raise self.missing("reciprocal_sampling_invA", "the detector sampling [1/Å per px]",
+                               "raw_data.reciprocal_sampling_invA (or raw_data.angular_sampling_mrad [mrad/px])")
         qy, qx = self.pattern_shape
         return (1.0 / (qy * self.reciprocal_sampling_invA[0]), 1.0 / (qx * self.reciprocal_sampling_invA[1]))
+
+    def missing(self, key: str, what: str, plan_key: str) -> Any:
+        """The :class:`~phaser_core.errors.DataError` for metadata ``key`` (``what``, with its
+        unit) that neither the data file nor the plan gives; ``plan_key`` is where the plan
+        can supply it."""
+        from .errors import DataError
+
+        return DataError(f"{self.source or 'the raw data'}: {key} ({what}) is not in the data file; "
+                         f"set {plan_key} in the plan")
 
     def replace(self, **changes: Any) -> "RawData":
         return attrs.evolve(self, **changes)
@@ -90,3 +99,28 @@ def count_dtype(patterns: np.ndarray, block: int = 1 << 24) -> np.dtype | None:
             return None
         peak = max(peak, float(top))
     return np.dtype(np.uint8) if peak <= 255 else np.dtype(np.uint16)
+
+
+def check_finite(data: RawData, block: int = 1 << 24) -> None:
+    """A :class:`~phaser_core.errors.DataError` naming the data's file when a pattern holds
+    NaN or ±inf (it would surface much later as a step-size problem). One pass over the
+    patterns, ``block`` values at a time (a float64 block sum is non-finite exactly when a
+    value is); integer patterns are skipped, and so are pixels the detector ``mask`` marks
+    invalid (a dead pixel may read NaN)."""
+    from .errors import DataError
+
+    p = np.asarray(data.patterns)
+    if p.dtype.kind in "biu" or p.size == 0:
+        return
+    flat = p.reshape(-1)
+    if all(np.isfinite(flat[i:i + block].sum(dtype=np.float64)) for i in range(0, flat.size, block)):
+        return
+    valid = slice(None) if data.mask is None else np.asarray(data.mask, dtype=bool).reshape(-1)
+    bad = np.nonzero(~np.isfinite(p.reshape(p.shape[0], -1)[:, valid]).all(axis=1))[0]
+    if bad.size == 0:
+        return  # non-finite values only where the detector mask says the pixel is invalid
+    first = ", ".join(map(str, bad[:5])) + (", ..." if bad.size > 5 else "")
+    raise DataError(f"{data.source or 'the raw data'}: {bad.size} of the {p.shape[0]} patterns hold NaN or "
+                    f"infinite values (patterns {first}, counted after post_load); drop them with "
+                    "`post_load: [{type: drop_nan_patterns}]` in the plan (options: threshold, min_counts, fill), "
+                    "or fix the data")

@@ -63,6 +63,7 @@ from .plan_errors import (
     unknown_key_message,
 )
 from .plan_migrate import CURRENT_VERSION, migrate
+from .plan_overrides import attribute_issues
 
 FILE_TYPE = "phaser_plan"
 DTYPES = ("float32", "float64")
@@ -476,12 +477,20 @@ def _parse_override_path(path: str) -> list[str | int]:
     return parts
 
 
-def apply_overrides(doc: Any, overrides: list[str] | tuple[str, ...]) -> list[PlanIssue]:
+def apply_overrides(doc: Any, overrides: list[str] | tuple[str, ...], *, registry: Any = None,
+                    owned: list | None = None) -> list[PlanIssue]:
     """Apply ``path=value`` strings to the raw plan mapping in place; returns the problems found.
 
     ``value`` is parsed as YAML (``5`` is an int, ``true`` a bool, ``{type: epie}`` a mapping).
-    Missing mapping keys along the path are created; list indices must exist.
+    Missing mapping keys along the path are created (with a ``registry``, as ``{type: NAME}``
+    of the key's default component, so the override merges with that default; a component
+    written as a bare name becomes ``{type: NAME}``); list indices must exist. ``owned``
+    receives ``(path, text)`` per override: the plan path whose problems it caused (the
+    value it set, or the first mapping it created), see
+    :func:`~phaser_core.plan_overrides.attribute_issues`.
     """
+    from .plan_overrides import child_schema, missing_node
+
     issues = []
     for text in overrides:
         if "=" not in text:
@@ -494,7 +503,7 @@ def apply_overrides(doc: Any, overrides: list[str] | tuple[str, ...]) -> list[Pl
         except (ValueError, YAMLError) as exc:
             issues.append(PlanIssue(f"--set {text!r}: {exc}", file="--set"))
             continue
-        node = doc
+        node, schema, mine = doc, (Plan if registry is not None else None), tuple(path)
         try:
             for i, part in enumerate(path):
                 last = i == len(path) - 1
@@ -506,14 +515,21 @@ def apply_overrides(doc: Any, overrides: list[str] | tuple[str, ...]) -> list[Pl
                 else:
                     if not isinstance(node, dict):
                         raise ValueError(f"{format_path(path[:i]) or 'the plan'} is not a mapping")
-                    if not last and part not in node:
-                        node[part] = {}
+                schema, default = child_schema(schema, part, node, registry)
+                if not last and isinstance(part, str) and part not in node:
+                    node[part] = missing_node(default)
+                    mine = min(mine, tuple(path[:i + 1]), key=len)
+                if not last and _is_spec(schema) and isinstance(node[part], str):
+                    node[part] = {"type": node[part]}  # `solver: lsqml` -> {type: lsqml}
                 if last:
                     node[part] = value
                 else:
                     node = node[part]
         except ValueError as exc:
             issues.append(PlanIssue(f"--set {text!r}: {exc}", file="--set"))
+            continue
+        if owned is not None:
+            owned.append((mine, text))
     return issues
 
 
@@ -621,10 +637,17 @@ def _cross_checks(plan: Plan, registry: Any) -> list[Issue]:
         # the output observer knows which images exist: ask its config now, not at run time
         comp = registry.get("observer", "output")
         names = attrs.fields_dict(comp.config) if comp.config is not None else {}
+        flagged = {i.rel[1] for i in issues if i.rel[:1] == ("output",) and len(i.rel) > 1}  # reported once
         try:
-            comp.make_config(**{k: getattr(plan.output, k) for k in names if hasattr(plan.output, k)})
+            comp.make_config(**{k: getattr(plan.output, k) for k in names
+                                if hasattr(plan.output, k) and k not in flagged})
         except (TypeError, ValueError) as exc:
-            issues.append(Issue(str(exc), rel=("output", "images")))
+            attr = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], attrs.Attribute) else None
+            key = attr.name if attr is not None else "images"
+            message = str(exc.args[0] if attr is not None else exc)
+            prefix = f"output.{key}: "
+            issues.append(Issue(message[len(prefix):] if message.startswith(prefix) else message,
+                                rel=("output", key)))
     return issues
 
 
@@ -654,7 +677,8 @@ def load_plan(path_or_text: Any, *, registry: Any = None, overrides: list[str] |
     doc, header = _check_header(doc)
     if header:
         raise PlanError(to_issues([r for e in header for r in collect(e)], root, name), source=name)
-    override_issues = apply_overrides(doc, list(overrides))
+    owned: list = []
+    override_issues = apply_overrides(doc, list(overrides), registry=registry, owned=owned)
     if override_issues:
         raise PlanError(override_issues, source=name)
     conv = make_converter(registry, allow_local)
@@ -663,11 +687,11 @@ def load_plan(path_or_text: Any, *, registry: Any = None, overrides: list[str] |
         plan = conv.structure(doc, Plan)
     except Exception as exc:  # noqa: BLE001 - every structuring problem is reported as a plan error
         raws = collect(exc) + [r for e in errors for r in collect(e)]
-        raise PlanError(to_issues(raws, doc, name), source=name) from None
+        raise PlanError(attribute_issues(raws, owned, doc, name), source=name) from None
     plan = _fill_defaults(plan, registry, allow_local, (), errors)
     errors += _cross_checks(plan, registry)
     if errors:
-        raise PlanError(to_issues([r for e in errors for r in collect(e)], doc, name), source=name)
+        raise PlanError(attribute_issues([r for e in errors for r in collect(e)], owned, doc, name), source=name)
     return plan
 
 

@@ -242,7 +242,7 @@ class Registry:
                     plugin = ep.load()
                 except Exception as exc:  # noqa: BLE001 - re-raised with the plugin's name
                     raise PluginLoadError(ep.name, owner.distribution, exc) from exc
-                pm.register(plugin, name=ep.name)
+                _register_plugin(pm, plugin, ep.name, owner.distribution)
                 owners[ep.name] = owner
                 loaded.add(ep.name)
         for name, plugin in extra_plugins:
@@ -253,7 +253,7 @@ class Registry:
                     plugin = importlib.import_module(plugin)
                 except Exception as exc:  # noqa: BLE001
                     raise PluginLoadError(name, None, exc) from exc
-            pm.register(plugin, name=name)
+            _register_plugin(pm, plugin, name, None)
             owners[name] = Owner(name)
             loaded.add(name)
         for essential in ESSENTIAL_PLUGINS:
@@ -262,7 +262,7 @@ class Registry:
                     module = importlib.import_module(f"{essential}.plugin")
                 except Exception as exc:  # noqa: BLE001
                     raise PluginLoadError(essential, None, exc) from exc
-                pm.register(module, name=essential)
+                _register_plugin(pm, module, essential, None)
                 owners[essential] = _owner_from_distribution(essential)
         try:
             pm.check_pending()
@@ -303,6 +303,17 @@ def _owner_from_distribution(plugin: str) -> Owner:
 
 _lock = threading.Lock()
 _registry: Registry | None = None
+
+
+def _register_plugin(pm: Any, plugin: Any, name: str, distribution: str | None) -> None:
+    """``pm.register(plugin)``; a hook implementation that does not match its hook
+    specification (a misspelt parameter) is a :class:`PluginLoadError` naming the plugin,
+    its distribution and how to skip it, like an import failure."""
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:
+        flat = pluggy.PluginValidationError(exc.plugin, " ".join(str(exc).split()))  # pluggy's spans lines
+        raise PluginLoadError(name, distribution, flat) from exc
 
 
 def get_registry() -> Registry:

@@ -23,12 +23,13 @@ in the run) before notifying ``after_iteration``. A resumed engine therefore con
 iteration) and keep anything else they carry between iterations in ``state.extra``, so a
 resumed run ends in the same state as an uninterrupted one.
 
-**Ctrl-C**: the first SIGINT sets ``ctx.stop_requested``; engines stop after the current
-iteration, the output observer writes ``checkpoint.h5`` and :class:`RunInterrupted` is
-raised with the command that resumes. A second SIGINT raises ``KeyboardInterrupt`` at once
-(the checkpoint then holds the newest iteration the output observer could still copy: the
-last completed one when the interruption came between iterations, else the newest
-``checkpoint_every`` checkpoint).
+**Ctrl-C** (and SIGTERM alike, as schedulers and ``kill`` send it): the first signal sets
+``ctx.stop_requested``; engines stop after the current iteration, the output observer
+writes ``checkpoint.h5`` and :class:`RunInterrupted` is raised with the command that
+resumes. A second signal raises ``KeyboardInterrupt`` at once (the checkpoint then holds
+the newest iteration the output observer could still copy: the last completed one when
+the interruption came between iterations, else the newest ``checkpoint_every``
+checkpoint).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import attrs
 import numpy as np
 
 from .context import InitContext, LoadContext, RunContext
+from .data import check_finite
 from .errors import PhaserError, StateFileError
 from .files import CHECKPOINT_NAME, FINAL_NAME, holds_previous_run
 from .observer import notify
@@ -114,18 +116,20 @@ def _notify_all(observers: list, method: str, *args: Any) -> None:
 
 
 def load_data(plan: Any, registry: Any, plan_dir: Path) -> Any:
-    """``plan.raw_data`` loaded, then each ``plan.post_load`` step applied in order."""
+    """``plan.raw_data`` loaded, then each ``plan.post_load`` step applied in order; patterns
+    holding NaN or ±inf then stop the run (:func:`~phaser_core.data.check_finite`)."""
     ctx = LoadContext(plan_dir=Path(plan_dir), seed=int(plan.seed), dtype=str(plan.dtype))
     data = plan.raw_data.build(registry, ctx)
     for step in getattr(plan, "post_load", ()) or ():
         data = step.build(registry, data, ctx)
+    check_finite(data)
     return data
 
 
 def _wavelength(data: Any) -> float | None:
     try:
         return float(data.wavelength_A())
-    except (ValueError, AttributeError, TypeError):
+    except (PhaserError, ValueError, AttributeError, TypeError):
         return None
 
 
@@ -187,12 +191,16 @@ def _niter(spec: Any, registry: Any) -> int | None:
     return int(niter) if niter is not None else None
 
 
-# -- Ctrl-C -------------------------------------------------------------------------------
+# -- Ctrl-C and SIGTERM -------------------------------------------------------------------
+
+
+#: the signals that stop a run cleanly: Ctrl-C, and what schedulers and `kill` send
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextmanager
 def _sigint_handler(ctx: RunContext) -> Iterator[None]:
-    """First SIGINT: ``ctx.stop_requested = True``; second: ``KeyboardInterrupt``."""
+    """First SIGINT or SIGTERM: ``ctx.stop_requested = True``; a second one: ``KeyboardInterrupt``."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -201,15 +209,18 @@ def _sigint_handler(ctx: RunContext) -> Iterator[None]:
         if ctx.stop_requested:
             raise KeyboardInterrupt
         ctx.stop_requested = True
-        print("\nphaser: stopping after the current iteration and writing a checkpoint "
-              "(press Ctrl-C again to abort at once)", file=sys.stderr, flush=True)
+        again = "press Ctrl-C" if signum == signal.SIGINT else f"send {signal.Signals(signum).name}"
+        print(f"\nphaser: stopping after the current iteration and writing a checkpoint "
+              f"({again} again to abort at once)", file=sys.stderr, flush=True)
 
-    previous = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        for sig, prev in previous.items():
+            signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
 
 
 def _interrupted(state: ReconsState, out_dir: Path | None) -> RunInterrupted:
@@ -220,6 +231,15 @@ def _interrupted(state: ReconsState, out_dir: Path | None) -> RunInterrupted:
                               state=state, out_dir=None)
     return RunInterrupted(f"run interrupted {where}; checkpoint written to {Path(out_dir) / CHECKPOINT_NAME}. "
                           f"Resume with: phaser run --resume {out_dir}", state=state, out_dir=Path(out_dir))
+
+
+def _state_to_keep(exc: BaseException, state: ReconsState | None, resume: bool) -> ReconsState | None:
+    """The state ``on_run_error`` may save: ``None`` when a fresh run failed (not on an
+    interruption) before its first iteration, so that no checkpoint of the initial state
+    makes the corrected rerun with the same output folder refuse as "a previous run"."""
+    if state is None or resume or isinstance(exc, (RunInterrupted, KeyboardInterrupt)):
+        return state
+    return state if int(state.iteration.total_iter) > 0 else None
 
 
 # -- memory check (phaser_core.memory) ------------------------------------------------------
@@ -326,7 +346,7 @@ def run_plan(plan: Any, *, out_dir: Path | None = None, registry: Any = None, re
                     raise _interrupted(state, out_dir)
             notify(obs, "after_run", state, ctx)
         except BaseException as exc:
-            _notify_all(obs, "on_run_error", exc, state, ctx)
+            _notify_all(obs, "on_run_error", exc, _state_to_keep(exc, state, resume), ctx)
             if isinstance(exc, KeyboardInterrupt) and out_dir is not None and (out_dir / CHECKPOINT_NAME).is_file():
                 print(f"phaser: aborted; {out_dir / CHECKPOINT_NAME} holds the newest saved iteration. "
                       f"Resume with: phaser run --resume {out_dir}", file=sys.stderr, flush=True)

@@ -407,8 +407,11 @@ def test_chunked_engine_run_equals_whole_groups():
 
 def test_chunk_must_divide_the_group():
     sim, data, state, pad = _sim(scan=(4, 4))
-    with pytest.raises(ValueError, match="grouping.chunk: 5 must be a positive divisor of the group size 16"):
-        _run(state, data, "numpy", niter=1, grouping=GroupingConfig(size=16, chunk=5))
+    with pytest.raises(ValueError, match="must be a divisor of grouping.size = 16"):  # the config says so
+        GroupingConfig(size=16, chunk=5)
+    # a chunk that divides the configured size but not the (smaller) group the scan allows
+    with pytest.raises(ValueError, match="grouping.chunk: 32 must be a positive divisor of the group size 16"):
+        _run(state, data, "numpy", niter=1, grouping=GroupingConfig(size=64, chunk=32))
 
 
 def test_ragged_group_no_recompile_three_iterations():

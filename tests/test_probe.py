@@ -4,6 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
+from phaser_core.errors import DataError
 from phaser_core.physics_constants import wavelength_A
 from phaser_std.backends.numpy_backend import NumpyBackend
 from phaser_std.physics.probe import estimate_soft_edge_px, load_probe, make_modes, make_probe, orthogonalize_modes
@@ -115,9 +116,9 @@ def test_focused_initializer_uses_metadata_and_scales_to_dose():
 def test_focused_initializer_names_missing_key():
     from phaser_std.physics.initializers import FocusedProbeConfig, init_focused_probe
 
-    with pytest.raises(ValueError, match="conv_angle_mrad"):
+    with pytest.raises(DataError, match="convergence_angle_mrad"):
         init_focused_probe(FocusedProbeConfig(), _ctx(convergence_angle_mrad=None))
-    with pytest.raises(ValueError, match="energy_eV"):
+    with pytest.raises(DataError, match="energy_eV"):
         init_focused_probe(FocusedProbeConfig(), _ctx(energy_eV=None))
     st = init_focused_probe(FocusedProbeConfig(conv_angle_mrad=15.0), _ctx(convergence_angle_mrad=None))
     assert st.n_modes == 1

@@ -4,6 +4,7 @@ import attrs
 import numpy as np
 import pytest
 
+from phaser_core.errors import DataError
 from phaser_std.physics.scan import jitter, raster_scan
 
 
@@ -57,7 +58,7 @@ def test_scan_initializers():
     given = np.arange(12.0).reshape(6, 2)
     out = ini.init_scan_from_data(ini.FromDataScanConfig(), _ctx(scan_positions_A=given))
     np.testing.assert_array_equal(out, given)
-    with pytest.raises(ValueError, match="scan_step_A"):
+    with pytest.raises(DataError, match="scan_step_A"):
         ini.init_scan_from_data(ini.FromDataScanConfig(), _ctx(scan_shape=(2, 3)))
     r = ini.init_raster_scan(ini.RasterScanConfig(shape=(3, 2), step_A=(0.5, 0.5), rotation_deg=5.0), _ctx())
     np.testing.assert_allclose(r, raster_scan((3, 2), 0.5, 5.0), atol=0)

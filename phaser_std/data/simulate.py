@@ -36,7 +36,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from phaser_core.backend import stream_seed
-from phaser_core.config import yx_int_pair as _int_pair, yx_pair as _pair, yx_pair_or_none as _opt_pair
+from phaser_core.config import in_range, yx_int_pair as _int_pair, yx_pair as _pair, yx_pair_or_none as _opt_pair
 from phaser_core.errors import DataError
 from phaser_core.physics_constants import wavelength_A
 from phaser_std.data.loaders._common import angular_to_reciprocal
@@ -45,6 +45,12 @@ from phaser_std.data.loaders._common import angular_to_reciprocal
 # ---------------------------------------------------------------------------------------
 # The spec
 # ---------------------------------------------------------------------------------------
+
+
+def _positive_pair(instance: Any, attribute: Any, value: tuple | None) -> None:
+    """A (y, x) pair (or ``None``) of positive numbers."""
+    if value is not None and not all(v > 0 for v in value):
+        raise ValueError(f"must be positive, got {value}", attribute)
 
 
 
@@ -100,7 +106,7 @@ class ObjectSpec:
     #: random atoms added to every slice that does not set its own
     random: RandomAtomsSpec | None = None
     #: number of slices (when ``slices`` is not given)
-    n_slices: int = 1
+    n_slices: int = attrs.field(default=1, validator=in_range(1))
     #: propagation distance after each slice [Å]
     thickness_A: float = 2.0
     #: per-slice differences; its length sets the number of slices
@@ -113,9 +119,9 @@ class ObjectSpec:
 class ScanSpec:
     """A raster scan centred on the field."""
 
-    shape: tuple[int, int] = attrs.field(default=(16, 16), converter=_int_pair)
+    shape: tuple[int, int] = attrs.field(default=(16, 16), converter=_int_pair, validator=_positive_pair)
     #: (y, x) step [Å]
-    step_A: tuple[float, float] = attrs.field(default=(0.6, 0.6), converter=_pair)
+    step_A: tuple[float, float] = attrs.field(default=(0.6, 0.6), converter=_pair, validator=_positive_pair)
     #: fast axis turned from +x toward +y [deg]
     rotation_deg: float = 0.0
     #: Gaussian position error [Å] (true positions differ from the nominal raster)
@@ -143,21 +149,23 @@ class CoherenceSpec:
 class SimSpec:
     """A simulation: beam, detector, scan, dose, object. Units: eV, mrad, Å, e/Å²."""
 
-    energy_eV: float = 200e3
-    convergence_angle_mrad: float = 25.0
+    energy_eV: float = attrs.field(default=200e3, validator=in_range(0, lo_open=True))
+    convergence_angle_mrad: float = attrs.field(default=25.0, validator=in_range(0, lo_open=True))
     #: positive = underfocus (= −C10) [Å]
     defocus_A: float = 0.0
     #: other Krivanek aberrations [Å] / angles [rad] (no C10: use defocus_A)
     aberrations: dict[str, float] = attrs.field(factory=dict)
     #: (Qy, Qx) detector pixels = probe window
-    detector_shape: tuple[int, int] = attrs.field(default=(64, 64), converter=_int_pair)
+    detector_shape: tuple[int, int] = attrs.field(default=(64, 64), converter=_int_pair, validator=_positive_pair)
     #: detector sampling [1/Å per px] (y, x); or give angular_sampling_mrad
-    reciprocal_sampling_invA: tuple[float, float] | None = attrs.field(default=None, converter=_opt_pair)
-    angular_sampling_mrad: tuple[float, float] | None = attrs.field(default=None, converter=_opt_pair)
+    reciprocal_sampling_invA: tuple[float, float] | None = attrs.field(default=None, converter=_opt_pair,
+                                                                      validator=_positive_pair)
+    angular_sampling_mrad: tuple[float, float] | None = attrs.field(default=None, converter=_opt_pair,
+                                                                   validator=_positive_pair)
     scan: ScanSpec = attrs.field(factory=ScanSpec)
     #: electron dose [e/Å²]; null: noiseless patterns (scaled to ``nominal_dose``)
     dose: float | None = 1e5
-    nominal_dose: float = 1e5
+    nominal_dose: float = attrs.field(default=1e5, validator=in_range(0, lo_open=True))
     object: ObjectSpec = attrs.field(factory=ObjectSpec)
     #: beam tilt (y, x) [mrad] (enters the propagator: Δz·tan t lateral shift per slice)
     tilt_mrad: tuple[float, float] = attrs.field(default=(0.0, 0.0), converter=_pair)
@@ -215,10 +223,23 @@ def load_spec(path: str | Path) -> SimSpec:
     """Read a YAML simulation spec."""
     from ruamel.yaml import YAML
 
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
     path = Path(path)
     if not path.exists():
         raise DataError(f"simulation spec {path} does not exist")
-    d = YAML(typ="rt").load(path.read_text())
+    try:
+        d = YAML(typ="rt").load(path.read_text(encoding="utf-8"))
+    except MarkedYAMLError as exc:  # file:line:col like a plan's syntax error
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = " ".join(str(p) for p in (exc.context, exc.problem) if p) or str(exc)
+        raise DataError(f"invalid simulation spec {path}:\n  {where}: invalid YAML: {problem}") from None
+    except (YAMLError, OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"invalid simulation spec {path}:\n  {path}: cannot read it as YAML: {exc}") from None
+    if d is not None and not isinstance(d, dict):
+        raise DataError(f"invalid simulation spec {path}: expected a mapping of keys (energy_eV, scan, ...), "
+                        f"got {type(d).__name__}")
     return spec_from_dict(d, source=str(path))
 
 

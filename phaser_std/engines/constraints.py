@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from phaser_core.config import param
+from phaser_core.config import in_range, param
 from phaser_std.physics.optics import _pair, fftfreq_grid, fftfreq_grid_centred
 from phaser_std.physics.forward import abs2
 
@@ -55,10 +55,17 @@ class Constraint:
 # ---------------------------------------------------------------------------------------
 
 
+def _check_min_amplitude(instance: Any, attribute: Any, value: float) -> None:
+    """``min_amplitude``: 0 <= min_amplitude <= max_amplitude."""
+    top = instance.max_amplitude
+    if isinstance(value, (int, float)) and isinstance(top, (int, float)) and not 0 <= value <= top:
+        raise ValueError(f"must be >= 0 and <= max_amplitude = {top}, got {value}", attribute)
+
+
 @attrs.frozen
 class ClampAmplitudeConfig:
-    max_amplitude: float = param(1.0, doc="upper bound of |O|")
-    min_amplitude: float = param(0.0, doc="lower bound of |O|")
+    max_amplitude: float = param(1.0, doc="upper bound of |O|", validator=in_range(0, lo_open=True))
+    min_amplitude: float = param(0.0, doc="lower bound of |O|", validator=_check_min_amplitude)
     when: str = _when("group")
 
 
@@ -87,10 +94,20 @@ class ClampObjectAmplitude(Constraint):
 # ---------------------------------------------------------------------------------------
 
 
+def _check_support(instance: Any, attribute: Any, value: float | None) -> None:
+    """``radius_A`` (checked last): positive, and at least one of it and ``max_angle_mrad``."""
+    in_range(0, lo_open=True)(instance, attribute, value)
+    if value is None and instance.max_angle_mrad is None:
+        raise ValueError("limit_probe_support needs max_angle_mrad [mrad] and/or radius_A [Å], "
+                         "e.g. {type: limit_probe_support, max_angle_mrad: 30}")
+
+
 @attrs.frozen
 class ProbeSupportConfig:
-    max_angle_mrad: float | None = param(None, unit="mrad", doc="zero probe Fourier components beyond this angle")
-    radius_A: float | None = param(None, unit="Å", doc="zero the probe beyond this radius from the centre")
+    max_angle_mrad: float | None = param(None, unit="mrad", doc="zero probe Fourier components beyond this angle",
+                                         validator=in_range(0, lo_open=True))
+    radius_A: float | None = param(None, unit="Å", doc="zero the probe beyond this radius from the centre",
+                                   validator=_check_support)
     when: str = _when("iter")
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import attrs
 
-from phaser_core.config import Schedulable, param, schedule_value
+from phaser_core.config import Schedulable, in_range, param, schedule_value
 from phaser_std.engines.chunking import has_chunked_step
 from phaser_std.engines.chunked_steps import (epie_multislice_chunked, epie_single_slice_chunked, group_mean,
                                               inner_products, lsqml_multislice_chunked,
@@ -51,21 +51,27 @@ from phaser_std.physics.forward import (
 )
 
 
+#: a step size in [0, 1] (0 holds the array fixed); a schedule passes unchecked
+_BETA = in_range(0, 1)
+
+
 @attrs.frozen
 class EpieConfig:
-    beta_object: Schedulable = param(1.0, doc="object step (0..1], or a schedule over iterations")
-    beta_probe: Schedulable = param(1.0, doc="probe step (0..1], or a schedule over iterations")
+    beta_object: Schedulable = param(1.0, doc="object step [0..1], or a schedule over iterations", validator=_BETA)
+    beta_probe: Schedulable = param(1.0, doc="probe step [0..1], or a schedule over iterations", validator=_BETA)
 
 
 @attrs.frozen
 class LsqmlConfig:
-    beta_object: Schedulable = param(0.5, doc="object step (0..1], or a schedule over iterations")
-    beta_probe: Schedulable = param(0.5, doc="probe step (0..1], or a schedule over iterations; "
-                                    "1.0 recovers a poorly known single-slice probe faster")
-    illum_reg_object: float = param(0.1, doc="δ_O: added to the illumination, as a fraction of its maximum")
-    illum_reg_probe: float = param(0.1, doc="δ_P: added to Σ|O|², as a fraction of its maximum")
+    beta_object: Schedulable = param(0.5, doc="object step [0..1], or a schedule over iterations", validator=_BETA)
+    beta_probe: Schedulable = param(0.5, doc="probe step [0..1], or a schedule over iterations; "
+                                    "1.0 recovers a poorly known single-slice probe faster", validator=_BETA)
+    illum_reg_object: float = param(0.1, doc="δ_O: added to the illumination, as a fraction of its maximum",
+                                    validator=in_range(0))
+    illum_reg_probe: float = param(0.1, doc="δ_P: added to Σ|O|², as a fraction of its maximum",
+                                   validator=in_range(0))
     gamma: float = param(1e-6, doc="regularises the optimal-step denominators, relative to their mean "
-                         "over the group's positions")
+                         "over the group's positions", validator=in_range(0))
     multislice: str = param("joint", doc="'joint': one step for all slices and the probe along their "
                             "combined direction; 'sequential': slice by slice from the exit, each taking "
                             "what the later ones left", validator=attrs.validators.in_(("joint", "sequential")))

@@ -30,7 +30,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from phaser_core.config import param
+from phaser_core.config import in_range, param
 from phaser_std.physics.forward import intensity  # re² + im²: finite jax.grad at Ψ = 0
 
 __all__ = ["intensity", "wirtinger_far_grad", "GaussianNoise", "PoissonNoise", "AmplitudeNoise",
@@ -60,8 +60,10 @@ def _sum_pattern(bk: Any, x: Any) -> Any:
 
 @attrs.frozen
 class GaussianConfig:
-    sigma: float = param(1.0, unit="e⁻", doc="standard deviation of the additive noise per pixel")
-    eps: float = param(1e-3, unit="e⁻", doc="added to the denominator of the wave update")
+    sigma: float = param(1.0, unit="e⁻", doc="standard deviation of the additive noise per pixel",
+                         validator=in_range(0, lo_open=True))
+    eps: float = param(1e-3, unit="e⁻", doc="added to the denominator of the wave update",
+                       validator=in_range(0, lo_open=True))
 
 
 class GaussianNoise:
@@ -96,8 +98,10 @@ class GaussianNoise:
 
 @attrs.frozen
 class PoissonConfig:
-    eps: float = param(1e-3, unit="e⁻", doc="background added to the model intensity (keeps the log finite)")
-    step: float | None = param(None, doc="fixed wave-update step α; null: the per-pattern Newton step")
+    eps: float = param(1e-3, unit="e⁻", doc="background added to the model intensity (keeps the log finite)",
+                       validator=in_range(0, lo_open=True))
+    step: float | None = param(None, doc="fixed wave-update step α; null: the per-pattern Newton step",
+                               validator=in_range(0, lo_open=True))
 
 
 class PoissonNoise:
@@ -163,13 +167,14 @@ class PoissonNoise:
 
 @attrs.frozen
 class AmplitudeConfig:
-    eps: float = param(1e-3, unit="e⁻", doc="added under both square roots (keeps gradients finite at I = 0)")
+    eps: float = param(1e-3, unit="e⁻", doc="added under both square roots (keeps gradients finite at I = 0)",
+                       validator=in_range(0, lo_open=True))
 
 
 @attrs.frozen
 class AnscombeConfig:
-    eps: float = param(1e-3, unit="e⁻", doc="added under both square roots")
-    offset: float = param(0.375, unit="e⁻", doc="Anscombe offset c (3/8)")
+    eps: float = param(1e-3, unit="e⁻", doc="added under both square roots", validator=in_range(0))
+    offset: float = param(0.375, unit="e⁻", doc="Anscombe offset c (3/8)", validator=in_range(0))
 
 
 class AmplitudeNoise:

@@ -12,14 +12,17 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
-from phaser_core.config import param
+from phaser_core.config import in_range, param
 
 
 @attrs.frozen
 class MomentumPositionConfig:
-    step_size: float = param(0.5, doc="fraction of the estimated shift applied per iteration")
-    momentum: float = param(0.5, doc="fraction of the previous step carried over")
-    max_step_A: float = param(0.2, unit="Å", doc="largest step of one position in one iteration")
+    step_size: float = param(0.5, doc="fraction of the estimated shift applied per iteration",
+                             validator=in_range(0, lo_open=True))
+    momentum: float = param(0.5, doc="fraction of the previous step carried over",
+                            validator=in_range(0, 1, hi_open=True))
+    max_step_A: float = param(0.2, unit="Å", doc="largest step of one position in one iteration",
+                              validator=in_range(0, lo_open=True))
 
 
 class MomentumPositionSolver:

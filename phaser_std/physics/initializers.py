@@ -14,6 +14,7 @@ import attrs
 import numpy as np
 
 from phaser_core.config import param
+from phaser_core.errors import DataError
 from phaser_core.state import ObjectState, ProbeState
 
 __all__ = ["register_all", "FocusedProbeConfig", "ProbeFileConfig", "VacuumObjectConfig",
@@ -100,11 +101,10 @@ def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
     data = ctx.data
     conv = config.conv_angle_mrad if config.conv_angle_mrad is not None else data.convergence_angle_mrad
     if conv is None:
-        raise ValueError("probe initializer 'focused': conv_angle_mrad is missing; give it in "
-                         "init.probe or in the data file's metadata")
+        raise data.missing("convergence_angle_mrad", "the probe's convergence semi-angle [mrad]",
+                           "raw_data.convergence_angle_mrad (or init.probe.conv_angle_mrad)")
     if ctx.wavelength_A is None and data.energy_eV is None:
-        raise ValueError("probe initializer 'focused': energy_eV is missing; give it in the plan's "
-                         "raw_data or the data file")
+        raise data.missing("energy_eV", "the beam energy [eV]", "raw_data.energy_eV")
     defocus = config.defocus_A if config.defocus_A is not None else (data.defocus_A or 0.0)
     aberrations = config.aberrations if config.aberrations is not None else _data_aberrations(data)
     sampling = data.real_space_sampling_A()
@@ -232,11 +232,15 @@ def init_scan_from_data(config: FromDataScanConfig, ctx: Any) -> np.ndarray:
     else:
         missing = [k for k in ("scan_shape", "scan_step_A") if getattr(data, k) is None]
         if missing:
-            raise ValueError(f"scan initializer 'from_data': the data has no scan positions and no "
-                             f"{' or '.join(missing)}; give them in raw_data or use init.scan type 'raster'")
+            units = {"scan_shape": "(ny, nx) points", "scan_step_A": "(y, x) raster step [Å]"}
+            raise DataError(f"{data.source or 'the raw data'}: no scan positions and no "
+                            f"{' or '.join(f'{k} ({units[k]})' for k in missing)} in the data file; set "
+                            f"{' and '.join('raw_data.' + k for k in missing)} in the plan, or use "
+                            "init.scan {type: raster, shape: [ny, nx], step_A: ...}")
         scan = raster_scan(data.scan_shape, data.scan_step_A, config.rotation_deg)
     if scan.shape[0] != data.n_patterns:
-        raise ValueError(f"scan has {scan.shape[0]} positions but the data have {data.n_patterns} patterns")
+        raise DataError(f"{data.source or 'the raw data'}: the scan has {scan.shape[0]} positions but there are "
+                        f"{data.n_patterns} patterns")
     return scan
 
 

@@ -147,6 +147,14 @@ def angular_to_reciprocal(angular_mrad: tuple[float, float], energy_eV: float) -
     return (mrad_to_invA(angular_mrad[0], lam), mrad_to_invA(angular_mrad[1], lam))
 
 
+def check_real_dtype(dtype: Any, name: str) -> None:
+    """A :class:`DataError` unless ``dtype`` holds real numbers (intensities [electrons]):
+    complex, string or object data cannot be patterns."""
+    if np.dtype(dtype).kind not in "biuf":
+        raise DataError(f"{name}: the patterns have dtype {np.dtype(dtype)}; they must be real numbers "
+                        "(intensities [electrons], integer or float), not complex, text or objects")
+
+
 def to_stack(patterns: Any, name: str) -> tuple[Any, tuple[int, int] | None]:
     """(Ny, Nx, Qy, Qx) -> (N, Qy, Qx) view and the scan shape; (N, Qy, Qx) unchanged."""
     if patterns.ndim == 4:
@@ -167,6 +175,7 @@ def apply_overrides(data: RawData, cfg: Any, *, file_angular_mrad: tuple[float, 
         if v is not None:
             changes[key] = v
     data = data.replace(**changes)
+    check_metadata(data)
     recip = getattr(cfg, "reciprocal_sampling_invA", None)
     ang = getattr(cfg, "angular_sampling_mrad", None)
     if recip is not None:
@@ -176,15 +185,56 @@ def apply_overrides(data: RawData, cfg: Any, *, file_angular_mrad: tuple[float, 
         if data.energy_eV is None:
             raise DataError(f"{data.source}: an angular detector sampling needs energy_eV (plan or file) "
                              "to convert to 1/Å")
+        check_positive(ang_y_x, "angular_sampling_mrad", "mrad/px", data.source)
         data = data.replace(reciprocal_sampling_invA=angular_to_reciprocal(ang_y_x, data.energy_eV))
-    if data.scan_shape is not None and data.scan_positions_A is None:
-        n = data.scan_shape[0] * data.scan_shape[1]
-        if n != data.n_patterns:
-            raise DataError(f"{data.source}: scan_shape {data.scan_shape} has {n} points but there are "
-                             f"{data.n_patterns} patterns; fix scan_shape in the plan")
+    check_positive(data.reciprocal_sampling_invA, "reciprocal_sampling_invA", "1/Å per px", data.source)
+    check_scan_shape(data)
     return data
 
 
-def check_finite_positive(value: float | None, name: str, source: str) -> None:
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise DataError(f"{source}: {name} must be a positive number, got {value}")
+def check_scan_shape(data: RawData) -> None:
+    """A :class:`DataError` when ``scan_shape`` (ny, nx) does not hold one point per pattern
+    (also when explicit scan positions make it informational only)."""
+    if data.scan_shape is None:
+        return
+    n = data.scan_shape[0] * data.scan_shape[1]
+    if n != data.n_patterns:
+        raise DataError(f"{data.source}: scan_shape {data.scan_shape} has {n} points but there are "
+                        f"{data.n_patterns} patterns; fix scan_shape in the data file, or set "
+                        "raw_data.scan_shape in the plan (it overrides the file's)")
+
+
+def check_positive(value: Any, name: str, unit: str, source: str | None) -> None:
+    """A :class:`DataError` unless ``value`` (a number or a (y, x) pair) is ``None`` or
+    finite and positive; it names the file, the attribute and the plan key that overrides it."""
+    if value is None:
+        return
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    if not all(isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v) and v > 0
+               for v in values):
+        raise DataError(f"{source or 'the raw data'}: {name} is {value!r}, it must be a positive number [{unit}]; "
+                        f"fix the data file or set raw_data.{name} in the plan")
+
+
+def check_metadata(data: RawData) -> None:
+    """Beam energy and convergence angle, when known, must be positive (see :func:`check_positive`)."""
+    check_positive(data.energy_eV, "energy_eV", "eV", data.source)
+    check_positive(data.convergence_angle_mrad, "convergence_angle_mrad", "mrad", data.source)
+
+
+def number_attr(value: Any, name: str, unit: str, source: Any, *, pair: bool = False) -> Any:
+    """A file attribute as a float (``pair``: a (y, x) pair of floats), ``None`` when absent;
+    a :class:`DataError` naming the file, the attribute and the plan key that overrides it
+    when it is not a number (``"200 kV"``)."""
+    if value is None:
+        return None
+    try:
+        if pair:
+            return pair_or_none(value)
+        if isinstance(value, (str, bytes)):
+            raise ValueError(value)
+        return float(np.asarray(value, dtype=float).item())
+    except (TypeError, ValueError):
+        what = "a number or a (y, x) pair of numbers" if pair else "a number"
+        raise DataError(f"{source}: attribute {name} is {value!r}, not {what} [{unit}]; write it as "
+                        f"{what} in {unit}, or set raw_data.{name} in the plan to override it") from None

@@ -42,7 +42,8 @@ class EmpadConfig(LoaderCommon):
     """Keys of the ``empad`` loader."""
 
     path: str = param(doc="the metadata .json, or the raw file itself (then give energy_eV, "
-                      "angular_sampling_mrad and scan_shape in the plan)")
+                      "convergence_angle_mrad, angular_sampling_mrad, scan_step_A and scan_shape in the plan; "
+                      "scan_shape may come from a raw file name like scan_x256_y256.raw)")
     adu: float | None = param(None, unit="counts/e", doc="detector counts per electron; overrides the metadata",
                               converter=float_or_none)
     mask_border: int = param(2, unit="px", doc="mask this many pixels at each detector edge (0: no mask)")

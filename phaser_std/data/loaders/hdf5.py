@@ -36,8 +36,8 @@ from phaser_core.context import LoadContext
 from phaser_core.data import RawData
 from phaser_core.errors import DataError
 
-from ._common import (LoaderCommon, apply_overrides, as_host_patterns, orient_mask, orient_patterns,
-                      orient_sampling, pair_or_none, to_stack)
+from ._common import (LoaderCommon, apply_overrides, as_host_patterns, check_real_dtype, number_attr, orient_mask,
+                      orient_patterns, orient_sampling, to_stack)
 
 
 @attrs.frozen(kw_only=True)
@@ -79,50 +79,73 @@ def load_hdf5(config: Hdf5Config, ctx: LoadContext) -> RawData:
     path = ctx.resolve(config.path)
     if not path.exists():
         raise DataError(f"hdf5 loader: file {path} does not exist (check raw_data.path)")
-    with h5py.File(path, "r") as f:
-        if config.key not in f:
-            keys = ", ".join(k for k in f if hasattr(f[k], "shape"))
-            raise DataError(f"{path}: no dataset {config.key!r}; datasets in the file: {keys}")
-        ds = f[config.key]
-        if ds.ndim not in (3, 4):
-            raise DataError(f"{path}:/{config.key} must be (Ny, Nx, Qy, Qx) or (N, Qy, Qx), got {ds.shape}")
-        raw = _memmap(ds, path, ctx.dtype) if config.mmap and not _reorients(config) else None
-        if raw is None:
-            raw = np.empty(ds.shape, dtype=np.dtype(ctx.dtype))
-            if ds.size:
-                ds.read_direct(raw)
-        patterns, shape_from_array = to_stack(raw, f"{path}:/{config.key}")
-        patterns = as_host_patterns(orient_patterns(patterns, config), ctx.dtype)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot open it as HDF5 ({exc}); the hdf5 loader reads phaser's .h5 raw-data "
+                        "files (docs/file-formats.md): use type: npy for a .npy array, type: rsciio for vendor "
+                        "formats") from None
+    try:
+        with f:
+            return _read_file(f, path, config, ctx)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it as phaser's hdf5 raw data ({exc}); "
+                        "see docs/file-formats.md for the layout") from None
 
-        a = f.attrs
-        scan_shape = _attr(a, "scan_shape")
-        scan_shape = tuple(int(v) for v in scan_shape) if scan_shape is not None else shape_from_array
-        positions = np.asarray(f["scan_positions"][()], dtype=np.float64) if "scan_positions" in f else None
-        if positions is not None and positions.shape != (patterns.shape[0], 2):
-            raise DataError(f"{path}:/scan_positions has shape {positions.shape}, expected "
-                             f"({patterns.shape[0]}, 2) (one (y, x) row per pattern)")
-        mask = orient_mask(f["mask"][()], config) if "mask" in f else None
-        gt = read_ground_truth(f["ground_truth"]) if (config.ground_truth and "ground_truth" in f) else None
-        probe = None
-        recip = pair_or_none(_attr(a, "reciprocal_sampling_invA"))
-        data = RawData(
-            patterns=patterns,
-            reciprocal_sampling_invA=orient_sampling(recip, config),
-            energy_eV=None if a.get("energy_eV") is None else float(a["energy_eV"]),
-            convergence_angle_mrad=None if a.get("convergence_angle_mrad") is None
-            else float(a["convergence_angle_mrad"]),
-            defocus_A=None if a.get("defocus_A") is None else float(a["defocus_A"]),
-            tilt_mrad=_tilt(a, path),
-            scan_positions_A=positions,
-            scan_shape=scan_shape,
-            scan_step_A=pair_or_none(_attr(a, "scan_step_A")),
-            mask=mask,
-            probe=probe,
-            ground_truth=gt,
-            source=f"{path}:/{config.key}",
-            extra={k: _attr(a, k) for k in a if k not in _KNOWN_ATTRS},
-        )
-        file_ang = pair_or_none(_attr(a, "angular_sampling_mrad"))
+
+def _read_file(f: Any, path: Any, config: Hdf5Config, ctx: LoadContext) -> RawData:
+    """The :class:`RawData` in the open file ``f`` (see the module docstring for the layout)."""
+    if config.key not in f:
+        keys = ", ".join(k for k in f if hasattr(f[k], "shape"))
+        raise DataError(f"{path}: no dataset {config.key!r}; datasets in the file: {keys}")
+    ds = f[config.key]
+    if not hasattr(ds, "ndim"):
+        raise DataError(f"{path}:/{config.key} is a group, not a dataset of patterns; set raw_data.key")
+    if ds.ndim not in (3, 4):
+        raise DataError(f"{path}:/{config.key} must be (Ny, Nx, Qy, Qx) or (N, Qy, Qx), got {ds.shape}")
+    check_real_dtype(ds.dtype, f"{path}:/{config.key}")
+    raw = _memmap(ds, path, ctx.dtype) if config.mmap and not _reorients(config) else None
+    if raw is None:
+        raw = np.empty(ds.shape, dtype=np.dtype(ctx.dtype))
+        if ds.size:
+            ds.read_direct(raw)
+    patterns, shape_from_array = to_stack(raw, f"{path}:/{config.key}")
+    patterns = as_host_patterns(orient_patterns(patterns, config), ctx.dtype)
+
+    a = f.attrs
+    scan_shape = _file_scan_shape(a, path) if config.scan_shape is None else None
+    scan_shape = scan_shape if scan_shape is not None else shape_from_array
+    positions = np.asarray(f["scan_positions"][()], dtype=np.float64) if "scan_positions" in f else None
+    if positions is not None and positions.shape != (patterns.shape[0], 2):
+        raise DataError(f"{path}:/scan_positions has shape {positions.shape}, expected "
+                         f"({patterns.shape[0]}, 2) (one (y, x) row per pattern)")
+    mask = _read_mask(f, path, tuple(raw.shape[-2:]), config)
+    gt = read_ground_truth(f["ground_truth"]) if (config.ground_truth and "ground_truth" in f) else None
+    probe = None
+
+    def num(name: str, unit: str, pair: bool = False) -> Any:
+        # a plan override makes the file's value irrelevant, even when it is unreadable
+        return None if getattr(config, name) is not None else number_attr(_attr(a, name), name, unit, path,
+                                                                           pair=pair)
+
+    recip = num("reciprocal_sampling_invA", "1/Å per px", pair=True)
+    data = RawData(
+        patterns=patterns,
+        reciprocal_sampling_invA=orient_sampling(recip, config),
+        energy_eV=num("energy_eV", "eV"),
+        convergence_angle_mrad=num("convergence_angle_mrad", "mrad"),
+        defocus_A=num("defocus_A", "Å"),
+        tilt_mrad=_tilt(a, path) if config.tilt_mrad is None else None,
+        scan_positions_A=positions,
+        scan_shape=scan_shape,
+        scan_step_A=num("scan_step_A", "Å", pair=True),
+        mask=mask,
+        probe=probe,
+        ground_truth=gt,
+        source=f"{path}:/{config.key}",
+        extra={k: _attr(a, k) for k in a if k not in _KNOWN_ATTRS},
+    )
+    file_ang = num("angular_sampling_mrad", "mrad/px", pair=True)
     return apply_overrides(data, config, file_angular_mrad=file_ang)
 
 
@@ -133,6 +156,34 @@ def _tilt(attrs_: Any, path: Any) -> tuple[float, float] | None:
     except (ValueError, TypeError):
         raise DataError(f"{path}: attribute tilt_mrad is {_attr(attrs_, 'tilt_mrad')!r}; write the beam tilt "
                         "as a (y, x) pair of numbers [mrad], or override it with the loader's tilt_mrad") from None
+
+
+def _file_scan_shape(attrs_: Any, path: Any) -> tuple[int, int] | None:
+    """The root attribute ``scan_shape`` (ny, nx), or None when absent."""
+    value = _attr(attrs_, "scan_shape")
+    if value is None:
+        return None
+    try:
+        arr = np.asarray(value).ravel()
+        if arr.size != 2 or not np.all(arr == np.round(arr)):
+            raise ValueError(value)
+        return (int(arr[0]), int(arr[1]))
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: attribute scan_shape is {value!r}; write it as (ny, nx) integers, or set "
+                        "raw_data.scan_shape in the plan to override it") from None
+
+
+def _read_mask(f: Any, path: Any, shape: tuple[int, int], config: Hdf5Config) -> np.ndarray | None:
+    """``/mask`` (Qy, Qx) bool, oriented like the patterns, or None when absent; its shape
+    must be the detector's ``shape`` (the patterns' last two axes, as stored)."""
+    if "mask" not in f:
+        return None
+    ds = f["mask"]
+    if tuple(getattr(ds, "shape", ()) or ()) != shape:
+        raise DataError(f"{path}:/mask has shape {getattr(ds, 'shape', None)} but the detector is {shape} "
+                        f"(the last two axes of /{config.key}); write a (Qy, Qx) mask of the detector's "
+                        "shape, or delete /mask")
+    return orient_mask(ds[()], config)
 
 
 def _reorients(config: Hdf5Config) -> bool:

@@ -69,6 +69,25 @@ def reader_for(path: Path, fmt: str | None) -> Any:
     raise DataError(f"{path}: rosettasciio has no reader for {key!r}; set `format` to one of {', '.join(names)}")
 
 
+def _read_signals(reader: Any, path: Path, fmt: str | None) -> list:
+    """``reader(path)`` (lazily when the reader allows it); a :class:`DataError` naming the
+    file and the reader when it cannot read the file."""
+    parts = str(getattr(reader, "__module__", "rsciio")).split(".")  # rsciio.<reader>._api
+    name = parts[1] if len(parts) > 1 else parts[0]
+    try:
+        try:
+            return reader(str(path), lazy=True)
+        except TypeError:
+            return reader(str(path))
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a file the reader cannot read
+        raise DataError(f"{path}: rosettasciio's {name} reader (chosen from "
+                        f"{'format: ' + fmt if fmt else 'the file extension'}) cannot read it: "
+                        f"{type(exc).__name__}: {str(exc).rstrip('.')}. Set raw_data.format to the file's real "
+                        "format, or use type: hdf5 for phaser's .h5 files") from None
+
+
 def _get(d: Any, *keys: str) -> Any:
     for k in keys:
         if not isinstance(d, dict) or k not in d:
@@ -83,10 +102,7 @@ def load_rsciio(config: RsciioConfig, ctx: LoadContext) -> RawData:
     if not path.exists():
         raise DataError(f"rsciio loader: file {path} does not exist (check raw_data.path)")
     reader = reader_for(path, config.format)
-    try:
-        signals = reader(str(path), lazy=True)
-    except TypeError:
-        signals = reader(str(path))
+    signals = _read_signals(reader, path, config.format)
     if config.signal_index is not None:
         sig = signals[config.signal_index]
     else:

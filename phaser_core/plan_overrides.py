@@ -1,0 +1,84 @@
+"""``--set path=value`` overrides: fill the defaults they land in, and say which one erred.
+
+:func:`phaser_core.plan.apply_overrides` edits the raw plan mapping. Two helpers here make
+an override behave like the same key written in the file:
+
+- :func:`missing_node` gives the mapping a missing key along an override's path starts
+  from: ``{type: NAME}`` of the field's default component (``--set init.probe.defocus_A=20``
+  on a plan without ``init:`` merges with the default ``focused`` probe), else ``{}``;
+- :func:`attribute_issues` reports a problem inside a value an override wrote (or a
+  mapping it created) at the ``--set`` argument, not at the plan file's position.
+"""
+
+from __future__ import annotations
+
+import typing
+from types import NoneType, UnionType
+from typing import Any, Iterable, Union
+
+import attrs
+
+from .config import ComponentSpec
+from .plan_errors import PlanIssue, to_issues
+
+
+def _strip_optional(t: Any) -> Any:
+    if typing.get_origin(t) in (Union, UnionType):
+        members = [a for a in typing.get_args(t) if a is not NoneType]
+        return members[0] if len(members) == 1 else None
+    return t
+
+
+def child_schema(schema: Any, part: str | int, node: Any, registry: Any) -> tuple[Any, Any]:
+    """``(type, default)`` of ``part`` in a node of type ``schema`` (an attrs class, a spec
+    class, ``tuple[X, ...]``), ``node`` being that node's raw value; ``(None, NOTHING)``
+    when unknown (a plugin component the registry cannot resolve, a free mapping)."""
+    nothing = (None, attrs.NOTHING)
+    if schema is None:
+        return nothing
+    if isinstance(part, int):
+        args = typing.get_args(schema)
+        return (_strip_optional(args[0]), attrs.NOTHING) if args else nothing
+    if isinstance(schema, type) and issubclass(schema, ComponentSpec):
+        if registry is None or not isinstance(node, dict) or not isinstance(node.get("type"), str):
+            return nothing
+        try:
+            schema = registry.resolve(schema.kind, node["type"]).config
+        except Exception:  # noqa: BLE001 - an unknown or broken component: structuring reports it
+            return nothing
+    if not (isinstance(schema, type) and attrs.has(schema)):
+        return nothing
+    fields = {f.alias or f.name: f for f in attrs.fields(schema)}
+    if part not in fields:
+        return nothing
+    try:
+        hints = typing.get_type_hints(schema)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: no schema below
+        hints = {}
+    f = fields[part]
+    default = f.default
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        default = default.factory() if not default.takes_self else attrs.NOTHING
+    return _strip_optional(hints.get(f.name)), default
+
+
+def missing_node(default: Any) -> dict:
+    """The mapping for a key an override's path creates: ``{type: NAME}`` when the key's
+    default is a component (the override then merges with it), else ``{}``."""
+    return {"type": default.type} if isinstance(default, ComponentSpec) else {}
+
+
+def attribute_issues(raws: Iterable[Any], owned: list[tuple[tuple, str]], root: Any,
+                     file: str | None) -> list[PlanIssue]:
+    """:func:`~phaser_core.plan_errors.to_issues`, except that a problem whose plan path
+    lies under an override's ``owned`` path (what it wrote or created) is reported at
+    ``--set 'TEXT'`` instead of the plan file."""
+    mine: list[PlanIssue] = []
+    rest = []
+    for raw in raws:
+        text = next((t for path, t in reversed(owned) if tuple(raw.path[:len(path)]) == path), None)
+        if text is None:
+            rest.append(raw)
+        else:
+            mine.append(PlanIssue(raw.message, raw.display, f"--set {text!r}"))
+    return to_issues(rest, root, file) + mine
