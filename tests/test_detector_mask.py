@@ -12,25 +12,17 @@ import numpy as np
 import pytest
 from conftest import build_backend
 from recon import make_dataset, run
+from test_noise_models import NAMES, _data, _model
 
 from phaser_core.errors import DataError
-from phaser_core.registry import get_registry
 from phaser_std.engines.common import valid_pixels
 from phaser_std.engines.noise_models import DetectorMasked, intensity, on_valid_pixels
 
-NAMES = ("gaussian", "poisson", "amplitude", "anscombe")
 
-
-def _model(name):
-    comp = get_registry().get("noise_model", name)
-    return comp.obj(comp.make_config())
-
-
-def _waves(seed=0, b=3, m=2, q=8):
-    rng = np.random.default_rng(seed)
-    psi = (rng.normal(size=(b, m, q, q)) + 1j * rng.normal(size=(b, m, q, q))) * 3.0
-    meas = rng.poisson(np.sum(np.abs(psi) ** 2, axis=1)).astype(np.float64)
-    valid = np.ones((q, q), bool)
+def _waves():
+    """Test waves and counts (``test_noise_models``'s) and a mask with two invalid pixels."""
+    psi, meas = _data()
+    valid = np.ones(meas.shape[-2:], bool)
     valid[1, 2] = valid[5, 0] = False
     return psi, meas, valid
 
