@@ -35,6 +35,20 @@ def test_sampling_figures_formulas():
     assert infocus["ronchigram_magnification"][0] == np.inf
 
 
+def test_a_detector_that_cuts_the_disc_is_flagged():
+    # 200 kV (λ 0.02508 Å), 20 mrad: Δθ = λ·Δk = 0.50 mrad a pixel; 32 px reach 16·Δθ = 0.40α, 128 px 1.6α
+    from phaser_std.data.inspect import summary_rows
+
+    def note(q):
+        data = RawData(patterns=np.ones((4, q, q), np.float32), reciprocal_sampling_invA=(0.02, 0.02),
+                       energy_eV=200e3, convergence_angle_mrad=20.0, scan_shape=(2, 2), scan_step_A=(0.5, 0.5))
+        return {r[0]: r for r in summary_rows(data)}["max. collection angle"]
+
+    cut, whole = note(32), note(128)
+    assert cut[1] == "0.4013 α" and "cuts the bright-field disc" in cut[2]
+    assert whole[1] == "1.605 α" and whole[2] == "(Q/2)·Δθ"
+
+
 def test_virtual_images_see_the_bright_field_disc(tmp_path):
     sim = simulate(spec_from_dict(TINY))
     data = RawData(patterns=sim.patterns_noiseless.reshape(16, 32, 32), reciprocal_sampling_invA=(0.2, 0.2),

@@ -138,7 +138,7 @@ def summary_rows(data: RawData) -> list[tuple[str, str, str]]:
         ("probe sampling", _fmt(f.get("probe_sampling")), "s / (λ/4α); ≤ 1 at Nyquist"),
         ("bright-field disc", _fmt(f.get("bf_disc_px"), "px"), "2α/Δθ across"),
         ("aperture edge", _fmt(_edge_px(data, f), "px"), "rim width, 0 = hard (soft_edge_px)"),
-        ("max. collection angle", _fmt(f.get("max_angle_over_alpha"), "α"), "(Q/2)·Δθ"),
+        ("max. collection angle", _fmt(f.get("max_angle_over_alpha"), "α"), _collection_note(f)),
         ("Ronchigram magnification", _fmt(f.get("ronchigram_magnification")),
          "s/(|Δf|·Δθ), Gilgenbach 2024"),
         ("shadow-image pixel", _fmt(f.get("shadow_pixel_A"), "Å"), "|Δf|·Δθ"),
@@ -148,6 +148,15 @@ def summary_rows(data: RawData) -> list[tuple[str, str, str]]:
     if data.ground_truth is not None:
         rows.append(("ground truth", ", ".join(k for k in data.ground_truth if not k.endswith("_units")), ""))
     return rows
+
+
+def _collection_note(figures: dict[str, Any]) -> str:
+    """The collection angle's note: a warning when the detector's edge cuts the disc."""
+    ratio = figures.get("max_angle_over_alpha")
+    if ratio is not None and min(ratio) < 1:
+        return ("(Q/2)·Δθ; below 1: the detector cuts the bright-field disc, "
+                "so the probe's aperture does not fit the grid (bin less or use more pixels)")
+    return "(Q/2)·Δθ"
 
 
 def _edge_px(data: RawData, figures: dict[str, Any]) -> float | None:
