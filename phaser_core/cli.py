@@ -70,11 +70,14 @@ def _issue_dict(issue: Any) -> dict:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .plan import load_plan
+    from .plan import load_plan, missing_input_files
 
     try:
         plan = load_plan(Path(args.plan), registry=get_registry(), overrides=args.set or (),
                          allow_local=False if args.no_local else None)
+        missing = missing_input_files(plan, Path(args.plan))
+        if missing:
+            raise PlanError(missing, source=args.plan)
     except PlanError as exc:
         _print_plan_error(exc, as_json=args.json, source=args.plan)
         return 1

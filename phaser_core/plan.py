@@ -756,3 +756,24 @@ def dump_plan(plan: Plan, path: str | Path, registry: Any = None, *, header: str
     yaml.dump(data, buf)
     text = buf.getvalue()
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def missing_input_files(plan: Plan, plan_path: Path) -> list[PlanIssue]:
+    """The files a plan reads that do not exist: ``raw_data.path`` (when its loader has
+    one) and ``init.state``, relative to the plan's folder; located in the plan file.
+    ``phaser validate`` reports them, which a plan's structure alone cannot."""
+    plan_path = Path(plan_path)
+    wanted = [(("raw_data", "path"), getattr(plan.raw_data.config, "path", None)),
+              (("init", "state"), plan.init.state if plan.init is not None else None)]
+    raws = []
+    for path, value in wanted:
+        if isinstance(value, str) and value and not (plan_path.parent / value).exists():
+            raws.append(Issue(f"no such file: {value} (looked for {plan_path.parent / value}; "
+                              "a relative path starts at the plan's folder)", rel=path))
+    if not raws:
+        return []
+    try:
+        doc, name, _ = _read(plan_path)
+    except PlanError:
+        doc, name = None, str(plan_path)
+    return to_issues([r for e in raws for r in collect(e)], doc, name)

@@ -69,12 +69,24 @@ def test_validate_json(fake_registry, capsys):
 def test_validate_valid_plan(fake_registry, tmp_path, capsys):
     path = tmp_path / "plan.yaml"
     path.write_text(MINIMAL_PLAN)
+    assert cli.main(["validate", str(path)]) == 1  # validate looks for the data file
+    assert "plan.yaml:3:" in capsys.readouterr().out
+    (tmp_path / "data.h5").touch()
     assert cli.main(["validate", str(path)]) == 0
     assert "valid" in capsys.readouterr().out
     assert cli.main(["validate", str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"valid": True, "file": str(path), "errors": []}
     assert cli.main(["validate", str(path), "--set", "engines[0].niter=x"]) == 1
     assert "engines[0].niter: expected an integer, got 'x'" in capsys.readouterr().out
+
+
+def test_validate_names_the_missing_input_files(tmp_path, capsys):
+    path = tmp_path / "plan.yaml"
+    path.write_text(MINIMAL_PLAN + "init:\n  state: old/final.h5\n")
+    assert cli.main(["validate", str(path)]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"plan.yaml:3:30: raw_data.path: no such file: data.h5 (looked for {tmp_path / 'data.h5'}" in out
+    assert "plan.yaml:8:10: init.state: no such file: old/final.h5" in out
 
 
 def test_validate_no_local(fake_registry, tmp_path, capsys):
