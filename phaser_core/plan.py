@@ -390,7 +390,10 @@ def make_converter(registry: Any, allow_local: bool | None = None) -> cattrs.Con
             rest = {k: v[k] for k in v if k != "type"}
             if comp.config is None:
                 if rest:
-                    raise IssueGroup([Issue(unknown_key_message(k, ["type"]), rel=(k,), anchor="key") for k in rest])
+                    hint = (f" ({name!r} has no settings: a local component takes them from an attrs class "
+                            "in its `Config` attribute)" if ":" in name else "")
+                    raise IssueGroup([Issue(unknown_key_message(k, ["type"]) + hint, rel=(k,), anchor="key")
+                                      for k in rest])
                 return cls(type=comp.name, config=None)
             return cls(type=comp.name, config=conv.structure(rest, comp.config))
 

@@ -420,3 +420,15 @@ def test_output_errors_are_reported_once_with_one_path(tmp_path, capsys):
     rc, text = _cli(capsys, "validate", str(plan))
     assert rc == 1 and f"{plan}:10:18: output.images: unknown image kind(s) 'bogus'" in text
     assert "output.images: output.images" not in text
+
+
+def test_local_component_without_a_config_class_says_where_settings_come_from(tmp_path, capsys):
+    from phaser_core import cli
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("file_type: phaser_plan\nversion: 1\nraw_data: {type: hdf5, path: d.h5}\nengines:\n"
+                    "  - type: conventional\n    solver: {type: 'os:getcwd', beta_object: 1}\n")
+    assert cli.main(["validate", str(plan)]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "plan.yaml:6:33: engines[0].solver: unknown key 'beta_object'" in out
+    assert "a local component takes them from an attrs class in its `Config` attribute" in out
