@@ -61,6 +61,7 @@ from .plan_errors import (
     format_path,
     to_issues,
     unknown_key_message,
+    yaml_syntax_error,
 )
 from .plan_migrate import CURRENT_VERSION, migrate
 from .plan_overrides import attribute_issues
@@ -445,9 +446,7 @@ def _read(path_or_text: Any) -> tuple[Any, str, str | None]:
     try:
         doc = _yaml_rt().load(io.StringIO(text))
     except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = " ".join(str(p) for p in (exc.context, exc.problem) if p) or str(exc)
-        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
+        line, col, problem = yaml_syntax_error(exc)
         raise PlanError([PlanIssue(f"invalid YAML: {problem}", file=name, line=line, col=col)], source=name) from None
     except YAMLError as exc:
         if name.lower().endswith(".json"):

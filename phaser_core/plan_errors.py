@@ -253,3 +253,18 @@ def to_issues(raws: Iterable[_Raw], root: Any, file: str | None) -> list[PlanIss
         issues.append(PlanIssue(raw.message, raw.display, file, line, col))
     issues.sort(key=lambda i: (i.line is None, i.line or 0, i.col or 0))
     return issues
+
+
+def yaml_syntax_error(exc: Any) -> tuple[int | None, int | None, str]:
+    """``(line, col, message)`` of a ruamel ``MarkedYAMLError``, 1-based: where the parser
+    stopped and what it expected, with where the construct it was reading began (an
+    unclosed ``{`` is reported where the parser gave up, often a line later)."""
+    mark = exc.problem_mark or exc.context_mark
+    line, col = (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
+    context = str(exc.context) if exc.context else ""
+    start = exc.context_mark
+    if context and start is not None and (exc.problem_mark is None or start.line != exc.problem_mark.line
+                                          or start.column != exc.problem_mark.column):
+        context += f" (begun at line {start.line + 1}, column {start.column + 1})"
+    problem = ": ".join(p for p in (context, str(exc.problem) if exc.problem else "") if p) or str(exc)
+    return line, col, problem

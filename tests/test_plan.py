@@ -191,6 +191,8 @@ def test_yaml_syntax_error_and_missing_file(registry, tmp_path):
     bad.write_text("file_type: phaser_plan\nengines: [1\nname: x\n")
     (err,) = errors_of(bad, registry)
     assert err.message.startswith("invalid YAML") and err.line is not None and err.col is not None
+    # the unclosed `[` of line 2, not only where the parser gave up
+    assert "while parsing a flow sequence (begun at line 2, column 10): expected ',' or ']'" in err.message
     (err,) = errors_of(str(tmp_path / "nope.yaml"), registry)
     assert err.message == "file not found" and err.file.endswith("nope.yaml")
     (err,) = errors_of("- a\n- b\n", registry)

@@ -225,15 +225,16 @@ def load_spec(path: str | Path) -> SimSpec:
 
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+    from phaser_core.plan_errors import yaml_syntax_error
+
     path = Path(path)
     if not path.exists():
         raise DataError(f"simulation spec {path} does not exist")
     try:
         d = YAML(typ="rt").load(path.read_text(encoding="utf-8"))
     except MarkedYAMLError as exc:  # file:line:col like a plan's syntax error
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        problem = " ".join(str(p) for p in (exc.context, exc.problem) if p) or str(exc)
+        line, col, problem = yaml_syntax_error(exc)
+        where = f"{path}:{line}:{col}" if line is not None else str(path)
         raise DataError(f"invalid simulation spec {path}:\n  {where}: invalid YAML: {problem}") from None
     except (YAMLError, OSError, UnicodeDecodeError) as exc:
         raise DataError(f"invalid simulation spec {path}:\n  {path}: cannot read it as YAML: {exc}") from None
