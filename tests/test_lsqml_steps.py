@@ -59,3 +59,16 @@ def test_joint_steps_are_the_regularised_least_squares_solution(gamma):
     axes = (1, 2, 3)
     np.testing.assert_allclose(np.sum(np.real(np.conj(a) * rest), axis=axes), gamma * ref_a * alpha, atol=1e-9)
     np.testing.assert_allclose(np.sum(np.real(np.conj(b) * rest), axis=axes), gamma * ref_b * beta, atol=1e-9)
+
+
+def test_illum_reg_object_left_null_depends_on_the_slices():
+    """δ_O: 0.3 on one slice, 0.1 with several (benchmarks/NOTES.md 68); a plan's value wins."""
+    from phaser_std.engines.conventional_solvers import LsqmlConfig, LsqmlSolver
+
+    auto = LsqmlSolver(LsqmlConfig())
+    assert auto.config.illum_reg_object == 0.3  # usable before the engine resolves it
+    assert auto.for_slices(1).config.illum_reg_object == 0.3
+    assert auto.for_slices(8).config.illum_reg_object == 0.1
+    assert auto.config.illum_reg_object == 0.3  # for_slices copies
+    fixed = LsqmlSolver(LsqmlConfig(illum_reg_object=0.05))
+    assert fixed.for_slices(1).config.illum_reg_object == fixed.for_slices(8).config.illum_reg_object == 0.05

@@ -72,6 +72,7 @@ class ConventionalEngine:
         iter_constraints = build_constraints(cfg.iter_constraints, reg)
 
         n_slices = int(np.shape(state.object.data)[0])
+        solver = solver.for_slices(n_slices) if hasattr(solver, "for_slices") else solver
         bk, chunk = engine_chunk(bk, cfg.grouping.chunk, min(cfg.grouping.size, np.shape(state.scan_A)[0]),
                                  state.probe.n_modes, n_slices, state.probe.shape, conventional_budget(n_slices),
                                  chunked_step=has_chunked_rule(solver, n_slices),

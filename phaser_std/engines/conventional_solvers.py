@@ -61,13 +61,20 @@ class EpieConfig:
     beta_probe: Schedulable = param(1.0, doc="probe step [0..1], or a schedule over iterations", validator=_BETA)
 
 
+#: LSQML's δ_O when a plan leaves it null: (one slice, several). A larger δ weights the
+#: object direction towards the plain gradient: better on one slice at every dose measured
+#: and at low dose, but slower in multislice's first iterations (benchmarks/NOTES.md 68)
+ILLUM_REG_OBJECT_DEFAULT = (0.3, 0.1)
+
+
 @attrs.frozen
 class LsqmlConfig:
     beta_object: Schedulable = param(0.5, doc="object step [0..1], or a schedule over iterations", validator=_BETA)
     beta_probe: Schedulable = param(0.5, doc="probe step [0..1], or a schedule over iterations; "
                                     "1.0 recovers a poorly known single-slice probe faster", validator=_BETA)
-    illum_reg_object: float = param(0.1, doc="δ_O: added to the illumination, as a fraction of its maximum",
-                                    validator=in_range(0))
+    illum_reg_object: float | None = param(None, doc="δ_O: added to the illumination, as a fraction of its "
+                                           "maximum; null: 0.3 on one slice, 0.1 with several",
+                                           validator=in_range(0))
     illum_reg_probe: float = param(0.1, doc="δ_P: added to Σ|O|², as a fraction of its maximum",
                                    validator=in_range(0))
     gamma: float = param(1e-6, doc="regularises the optimal-step denominators, relative to their mean "
@@ -121,6 +128,11 @@ class ConventionalSolver:
         """The step sizes at an engine iteration (schedules evaluated on the host)."""
         return {"beta_object": schedule_value(self.config.beta_object, iteration, registry),
                 "beta_probe": schedule_value(self.config.beta_probe, iteration, registry)}
+
+    def for_slices(self, n_slices: int) -> "ConventionalSolver":
+        """The solver for an object of ``n_slices`` slices (defaults that depend on it
+        resolved); the engine calls it once before building its steps."""
+        return self
 
     def with_steps(self, beta_object: Any, beta_probe: Any) -> "ConventionalSolver":
         """A copy using these step sizes (traced scalars under jit: no recompilation)."""
@@ -247,6 +259,21 @@ class LsqmlSolver(ConventionalSolver):
     """
 
     name = "lsqml"
+
+    def __init__(self, config: Any):
+        self.delta_from_slices = config.illum_reg_object is None
+        if self.delta_from_slices:
+            config = attrs.evolve(config, illum_reg_object=ILLUM_REG_OBJECT_DEFAULT[0])
+        super().__init__(config)
+
+    def for_slices(self, n_slices: int) -> "LsqmlSolver":
+        """δ_O left null in the plan: 0.3 on one slice, 0.1 with several
+        (:data:`ILLUM_REG_OBJECT_DEFAULT`)."""
+        if not self.delta_from_slices:
+            return self
+        solver = copy.copy(self)
+        solver.config = attrs.evolve(self.config, illum_reg_object=ILLUM_REG_OBJECT_DEFAULT[int(n_slices > 1)])
+        return solver
 
     def sweeps_slice_by_slice(self, update_object):
         return type(self).sweep is LsqmlSolver.sweep and (not update_object or self.config.multislice == "sequential")
