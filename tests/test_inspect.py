@@ -45,8 +45,22 @@ def test_a_detector_that_cuts_the_disc_is_flagged():
         return {r[0]: r for r in summary_rows(data)}["max. collection angle"]
 
     cut, whole = note(32), note(128)
+
     assert cut[1] == "0.4013 α" and "cuts the bright-field disc" in cut[2]
     assert whole[1] == "1.605 α" and whole[2] == "(Q/2)·Δθ"
+
+
+def test_the_detector_mask_is_summarised():
+    from phaser_std.data.inspect import summary_rows
+
+    def row(mask):
+        rows = {r[0]: r for r in summary_rows(RawData(patterns=np.ones((4, 8, 8), np.float32), mask=mask))}
+        return rows["detector mask"][1]
+
+    masked = np.ones((8, 8), bool)
+    masked[0, :3] = False
+    assert row(masked) == "3 of 64 pixels invalid"
+    assert row(None) == "none (every pixel valid)"
 
 
 def test_virtual_images_see_the_bright_field_disc(tmp_path):

@@ -120,6 +120,7 @@ def summary_rows(data: RawData) -> list[tuple[str, str, str]]:
         ("defocus", _fmt(data.defocus_A, "Å"), "positive = underfocus"),
         ("beam tilt", _fmt(data.tilt_mrad, "mrad") if data.tilt_mrad is not None else "none recorded (0)",
          "(y, x), the initial global tilt"),
+        ("detector mask", _mask_summary(data), "invalid pixels are left out of the fit"),
         ("detector sampling", _fmt(data.reciprocal_sampling_invA, "1/Å"), "per pixel"),
         ("angular sampling", _fmt(f.get("angular_sampling_mrad"), "mrad"), "per pixel"),
         ("real-space pixel", _fmt(f.get("real_space_pixel_A"), "Å"), "1/(Q·Δk)"),
@@ -148,6 +149,13 @@ def summary_rows(data: RawData) -> list[tuple[str, str, str]]:
     if data.ground_truth is not None:
         rows.append(("ground truth", ", ".join(k for k in data.ground_truth if not k.endswith("_units")), ""))
     return rows
+
+
+def _mask_summary(data: RawData) -> str:
+    if data.mask is None:
+        return "none (every pixel valid)"
+    mask = np.asarray(data.mask, dtype=bool)
+    return f"{int(mask.size - mask.sum())} of {mask.size} pixels invalid"
 
 
 def _collection_note(figures: dict[str, Any]) -> str:
