@@ -72,8 +72,16 @@ class RawData:
         can supply it."""
         from .errors import DataError
 
-        return DataError(f"{self.source or 'the raw data'}: {key} ({what}) is not in the data file; "
+        return DataError(f"{self.source or 'the raw data'}: {key} ({what}) is not {self.metadata_source}; "
                          f"set {plan_key} in the plan")
+
+    @property
+    def metadata_source(self) -> str:
+        """Where missing metadata would have come from, for messages: "in the data file", or
+        for a bare .npy array, which holds none, "given (a .npy file holds no metadata)"."""
+        if str(self.source or "").lower().endswith(".npy"):
+            return "given (a .npy file holds no metadata)"
+        return "in the data file"
 
     def replace(self, **changes: Any) -> "RawData":
         return attrs.evolve(self, **changes)

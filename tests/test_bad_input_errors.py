@@ -107,6 +107,7 @@ def test_npy_without_metadata(tmp_path, capsys):
     rc, text = _run(capsys, _plan(tmp_path, "{type: npy, path: p.npy, energy_eV: 2.0e5, "
                                             "convergence_angle_mrad: 25, reciprocal_sampling_invA: 0.25}"))
     assert rc == 1 and "p.npy" in text and "set raw_data.scan_step_A" in text
+    assert "given (a .npy file holds no metadata); set raw_data.scan_step_A" in " ".join(text.split())
 
 
 @pytest.mark.parametrize("value, expected", [

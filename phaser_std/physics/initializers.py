@@ -234,7 +234,7 @@ def init_scan_from_data(config: FromDataScanConfig, ctx: Any) -> np.ndarray:
         if missing:
             units = {"scan_shape": "(ny, nx) points", "scan_step_A": "(y, x) raster step [Å]"}
             raise DataError(f"{data.source or 'the raw data'}: no scan positions and no "
-                            f"{' or '.join(f'{k} ({units[k]})' for k in missing)} in the data file; set "
+                            f"{' or '.join(f'{k} ({units[k]})' for k in missing)} {data.metadata_source}; set "
                             f"{' and '.join('raw_data.' + k for k in missing)} in the plan, or use "
                             "init.scan {type: raster, shape: [ny, nx], step_A: ...}")
         scan = raster_scan(data.scan_shape, data.scan_step_A, config.rotation_deg)
