@@ -12,15 +12,10 @@ import pytest
 from recon import make_dataset, run
 
 
-@attrs.frozen
-class _Config:
-    sigma: float = 2.0
-
-
 class PlainGaussian:
     """Gaussian noise, written against the documented interface only."""
 
-    Config = _Config
+    Config = attrs.make_class("Config", {"sigma": attrs.field(default=2.0)}, frozen=True)
 
     def __init__(self, config):
         self.config = config
