@@ -69,6 +69,15 @@ def test_autodiff_through_the_masked_loss_is_zero_at_masked_pixels(name):
     assert np.abs(np.asarray(g_re)[:, :, valid]).max() > 0
 
 
+def test_the_wrapper_copies_and_passes_the_model_through():
+    import copy
+
+    noise = _model("poisson")
+    masked = DetectorMasked(noise, np.ones((4, 4), bool))
+    assert masked.config is noise.config and masked.step_size == noise.step_size
+    assert copy.deepcopy(masked).config == noise.config
+
+
 def test_no_mask_or_all_valid_leaves_the_noise_model_as_it_is():
     noise = _model("amplitude")
     assert on_valid_pixels(noise, None) is noise

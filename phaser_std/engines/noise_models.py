@@ -242,7 +242,10 @@ class DetectorMasked:
         self._cached: dict = {}
 
     def __getattr__(self, name: str) -> Any:
-        # config, step_size and anything a plugin's solver reads from its model
+        # config, step_size and anything a plugin's solver reads from its model (not the
+        # wrapper's own fields, which copy.copy looks up before they exist)
+        if name in ("noise", "valid", "_cached") or name.startswith("__"):
+            raise AttributeError(name)
         return getattr(self.noise, name)
 
     def _mask(self, bk: Any) -> Any:
