@@ -28,7 +28,7 @@ def main():
     rng = np.random.default_rng(0)
     N, B, M, S = a.N, a.B, a.M, a.S
     H = W = 200
-    solver = LsqmlSolver(LsqmlConfig()) if a.solver == "lsqml" else EpieSolver(EpieConfig())
+    solver = (LsqmlSolver(LsqmlConfig()) if a.solver == "lsqml" else EpieSolver(EpieConfig())).for_slices(S)
     noise = AnscombeNoise(AnscombeConfig()) if a.solver == "lsqml" else AmplitudeNoise(AmplitudeConfig())
     props = None if S == 1 else bk.asarray(np.exp(1j * rng.random((S - 1, N, N))).astype(np.complex64))
     step = make_group_step(bk, solver, noise, props, (N, N))

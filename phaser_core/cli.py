@@ -75,7 +75,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     try:
         plan = load_plan(Path(args.plan), registry=get_registry(), overrides=args.set or (),
                          allow_local=False if args.no_local else None)
-        missing = missing_input_files(plan, Path(args.plan))
+        missing = missing_input_files(plan, Path(args.plan), _read_plan_dir(Path(args.plan)))
         if missing:
             raise PlanError(missing, source=args.plan)
     except PlanError as exc:

@@ -114,21 +114,34 @@ def check_finite(data: RawData, block: int = 1 << 24) -> None:
     NaN or ±inf (it would surface much later as a step-size problem). One pass over the
     patterns, ``block`` values at a time (a float64 block sum is non-finite exactly when a
     value is); integer patterns are skipped, and so are pixels the detector ``mask`` marks
-    invalid (a dead pixel may read NaN)."""
+    invalid (a dead pixel may read NaN). Extra memory: one block."""
     from .errors import DataError
 
     p = np.asarray(data.patterns)
     if p.dtype.kind in "biu" or p.size == 0:
         return
-    flat = p.reshape(-1)
-    if all(np.isfinite(flat[i:i + block].sum(dtype=np.float64)) for i in range(0, flat.size, block)):
-        return
-    valid = slice(None) if data.mask is None else np.asarray(data.mask, dtype=bool).reshape(-1)
-    bad = np.nonzero(~np.isfinite(p.reshape(p.shape[0], -1)[:, valid]).all(axis=1))[0]
-    if bad.size == 0:
-        return  # non-finite values only where the detector mask says the pixel is invalid
-    first = ", ".join(map(str, bad[:5])) + (", ..." if bad.size > 5 else "")
-    raise DataError(f"{data.source or 'the raw data'}: {bad.size} of the {p.shape[0]} patterns hold NaN or "
+    n = p.shape[0]
+    flat = p.reshape(n, -1)
+    valid = None
+    if data.mask is not None:
+        valid = np.asarray(data.mask, dtype=bool)
+        if valid.shape != p.shape[1:]:
+            raise DataError(f"{data.source or 'the raw data'}: the detector mask is {valid.shape} but the patterns "
+                            f"are {p.shape[1:]}: give a mask of the detector's shape (crop or bin it with the "
+                            "patterns)")
+        valid = valid.reshape(-1)
+    rows = max(1, block // max(1, flat.shape[1]))
+    bad: list[int] = []
+    for start in range(0, n, rows):
+        chunk = flat[start:start + rows]
+        if np.isfinite(chunk.sum(dtype=np.float64)):
+            continue
+        finite = np.isfinite(chunk if valid is None else chunk[:, valid]).all(axis=1)
+        bad.extend((start + np.nonzero(~finite)[0]).tolist())
+    if not bad:
+        return  # none, or only where the detector mask says the pixel is invalid
+    first = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+    raise DataError(f"{data.source or 'the raw data'}: {len(bad)} of the {n} patterns hold NaN or "
                     f"infinite values (patterns {first}, counted after post_load); drop them with "
                     "`post_load: [{type: drop_nan_patterns}]` in the plan (options: threshold, min_counts, fill), "
                     "or fix the data")

@@ -505,7 +505,7 @@ def apply_overrides(doc: Any, overrides: list[str] | tuple[str, ...], *, registr
         except (ValueError, YAMLError) as exc:
             issues.append(PlanIssue(f"--set {text!r}: {exc}", file="--set"))
             continue
-        node, schema, mine = doc, (Plan if registry is not None else None), tuple(path)
+        node, schema, mine = doc, (Plan if registry is not None else None), None
         try:
             for i, part in enumerate(path):
                 last = i == len(path) - 1
@@ -514,13 +514,14 @@ def apply_overrides(doc: Any, overrides: list[str] | tuple[str, ...], *, registr
                         raise ValueError(f"{format_path(path[:i]) or 'the plan'} is not a list")
                     if not -len(node) <= part < len(node):
                         raise ValueError(f"{format_path(path[:i])} has {len(node)} items, no index {part}")
+                    part = path[i] = part % len(node)  # errors name engines[1], not engines[-1]
                 else:
                     if not isinstance(node, dict):
                         raise ValueError(f"{format_path(path[:i]) or 'the plan'} is not a mapping")
                 schema, default = child_schema(schema, part, node, registry)
                 if not last and isinstance(part, str) and part not in node:
                     node[part] = missing_node(default)
-                    mine = min(mine, tuple(path[:i + 1]), key=len)
+                    mine = mine or tuple(path[:i + 1])  # the first mapping it created
                 if not last and _is_spec(schema) and isinstance(node[part], str):
                     node[part] = {"type": node[part]}  # `solver: lsqml` -> {type: lsqml}
                 if last:
@@ -531,7 +532,7 @@ def apply_overrides(doc: Any, overrides: list[str] | tuple[str, ...], *, registr
             issues.append(PlanIssue(f"--set {text!r}: {exc}", file="--set"))
             continue
         if owned is not None:
-            owned.append((mine, text))
+            owned.append((mine or tuple(path), text))
     return issues
 
 
@@ -760,18 +761,24 @@ def dump_plan(plan: Plan, path: str | Path, registry: Any = None, *, header: str
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def missing_input_files(plan: Plan, plan_path: Path) -> list[PlanIssue]:
+def missing_input_files(plan: Plan, plan_path: Path, base: Path | None = None) -> list[PlanIssue]:
     """The files a plan reads that do not exist: ``raw_data.path`` (when its loader has
-    one) and ``init.state``, relative to the plan's folder; located in the plan file.
+    one) and ``init.state``, resolved as a run resolves them (``~`` expanded, a relative
+    path from ``base``, default the plan's folder); located in the plan file.
     ``phaser validate`` reports them, which a plan's structure alone cannot."""
     plan_path = Path(plan_path)
+    base = Path(base) if base is not None else plan_path.parent
     wanted = [(("raw_data", "path"), getattr(plan.raw_data.config, "path", None)),
               (("init", "state"), plan.init.state if plan.init is not None else None)]
     raws = []
     for path, value in wanted:
-        if isinstance(value, str) and value and not (plan_path.parent / value).exists():
-            raws.append(Issue(f"no such file: {value} (looked for {plan_path.parent / value}; "
-                              "a relative path starts at the plan's folder)", rel=path))
+        if not (isinstance(value, str) and value):
+            continue
+        full = Path(value).expanduser()
+        full = full if full.is_absolute() else base / full
+        if not full.exists():
+            raws.append(Issue(f"no such file: {value} (looked for {full}; a relative path starts at "
+                              "the plan's folder)", rel=path))
     if not raws:
         return []
     try:

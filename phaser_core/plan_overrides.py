@@ -42,6 +42,10 @@ def child_schema(schema: Any, part: str | int, node: Any, registry: Any) -> tupl
     if isinstance(schema, type) and issubclass(schema, ComponentSpec):
         if registry is None or not isinstance(node, dict) or not isinstance(node.get("type"), str):
             return nothing
+        if ":" in node["type"]:
+            # a local component ("module:attr"): importing it here would run its code before
+            # load_plan's allow_local check (--no-local) could refuse it; no schema below
+            return nothing
         try:
             schema = registry.resolve(schema.kind, node["type"]).config
         except Exception:  # noqa: BLE001 - an unknown or broken component: structuring reports it
@@ -64,8 +68,21 @@ def child_schema(schema: Any, part: str | int, node: Any, registry: Any) -> tupl
 
 def missing_node(default: Any) -> dict:
     """The mapping for a key an override's path creates: ``{type: NAME}`` when the key's
-    default is a component (the override then merges with it), else ``{}``."""
-    return {"type": default.type} if isinstance(default, ComponentSpec) else {}
+    default is a component (the override then merges with it), with the default's own
+    plain settings where they differ from its config class's (the gradient engine's
+    default solvers), else ``{}``."""
+    if not isinstance(default, ComponentSpec):
+        return {}
+    node: dict = {"type": default.type}
+    config = getattr(default, "config", None)
+    if config is not None and attrs.has(type(config)):
+        for f in attrs.fields(type(config)):
+            value = getattr(config, f.name)
+            plain = value is None or isinstance(value, (bool, int, float, str))
+            if plain and (f.default is attrs.NOTHING or isinstance(f.default, attrs.Factory)  # type: ignore[arg-type]
+                          or value != f.default):
+                node[f.alias or f.name] = value
+    return node
 
 
 def attribute_issues(raws: Iterable[Any], owned: list[tuple[tuple, str]], root: Any,

@@ -7,6 +7,7 @@ format, an out-of-range setting, a bad --set, ...) through the ``phaser`` entry 
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -433,3 +434,98 @@ def test_local_component_without_a_config_class_says_where_settings_come_from(tm
     out = " ".join(capsys.readouterr().out.split())
     assert "plan.yaml:6:33: engines[0].solver: unknown key 'beta_object'" in out
     assert "a local component takes them from an attrs class in its `Config` attribute" in out
+
+
+# -- review findings: --set and --no-local, validate's paths, check_finite's memory --------
+
+
+def test_set_does_not_import_a_local_component_under_no_local(tmp_path, capsys, monkeypatch):
+    from phaser_core import cli
+
+    (tmp_path / "evil_module_s17.py").write_text("import os\nos.environ['EVIL_MODULE_S17'] = 'ran'\n"
+                                                 "class Model:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("EVIL_MODULE_S17", raising=False)
+    plan = tmp_path / "p.yaml"
+    plan.write_text("file_type: phaser_plan\nversion: 1\nraw_data: {type: hdf5, path: d.h5}\nengines:\n"
+                    "  - type: conventional\n    noise_model: {type: 'evil_module_s17:Model'}\n")
+    assert cli.main(["validate", "--no-local", str(plan), "--set", "engines[0].noise_model.eps=2"]) == 1
+    assert "not allowed" in capsys.readouterr().out
+    assert "EVIL_MODULE_S17" not in os.environ
+
+
+def test_set_with_a_negative_index_is_reported_at_the_set_argument(tmp_path, capsys):
+    from phaser_core import cli
+
+    plan = tmp_path / "p.yaml"
+    plan.write_text("file_type: phaser_plan\nversion: 1\nraw_data: {type: hdf5, path: d.h5}\nengines:\n"
+                    "  - {type: conventional, niter: 20}\n")
+    (tmp_path / "d.h5").touch()
+    assert cli.main(["validate", str(plan), "--set", "engines[-1].niter=-3"]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--set 'engines[-1].niter=-3': engines[0].niter: must be >= 0, got -3" in out
+
+
+def test_validate_resolves_paths_as_a_run_does(tmp_path, capsys, monkeypatch):
+    from phaser_core import cli
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "d.h5").touch()
+    monkeypatch.setenv("HOME", str(home))
+    plan = tmp_path / "p.yaml"
+    plan.write_text("file_type: phaser_plan\nversion: 1\nraw_data: {type: hdf5, path: ~/d.h5}\nengines:\n"
+                    "  - {type: conventional}\n")
+    assert cli.main(["validate", str(plan)]) == 0
+    # a run folder's plan.yaml: relative paths start at the folder its header names
+    (tmp_path / "data.h5").touch()
+    run_dir = tmp_path / "out"
+    run_dir.mkdir()
+    (run_dir / "plan.yaml").write_text(f"# plan_dir: {tmp_path}\nfile_type: phaser_plan\nversion: 1\n"
+                                       "raw_data: {type: hdf5, path: data.h5}\nengines:\n  - {type: conventional}\n")
+    assert cli.main(["validate", str(run_dir / "plan.yaml")]) == 0
+    capsys.readouterr()
+
+
+def test_check_finite_takes_one_block_of_memory_and_checks_the_mask_shape():
+    import tracemalloc
+
+    from phaser_core.data import RawData, check_finite
+    from phaser_core.errors import DataError
+
+    p = np.ones((512, 64, 64), np.float32)  # 8 MiB
+    p[:, 3, 4] = np.nan
+    mask = np.ones((64, 64), bool)
+    mask[3, 4] = False
+    tracemalloc.start()
+    try:
+        check_finite(RawData(patterns=p, mask=mask), block=1 << 16)  # blocks of 16 patterns
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 2 ** 20, peak  # was a copy of all the patterns (8 MiB) and more
+    with pytest.raises(DataError, match=r"the detector mask is \(6, 6\) but the patterns are \(64, 64\)"):
+        check_finite(RawData(patterns=p, mask=np.ones((6, 6), bool)))
+
+
+def test_inspect_counts_only_the_valid_pixels():
+    from phaser_core.data import RawData
+    from phaser_std.data.inspect import summary_rows
+
+    p = np.ones((4, 8, 8), np.float32)
+    p[:, 0, 0] = np.nan
+    p[:, 1, 1] = 1e6
+    mask = np.ones((8, 8), bool)
+    mask[0, 0] = mask[1, 1] = False
+    rows = {r[0]: r for r in summary_rows(RawData(patterns=p, mask=mask))}
+    assert rows["mean counts / pattern"][1] == "62 e"
+
+
+def test_an_override_under_a_defaulted_component_keeps_the_defaults_own_settings():
+    from phaser_core.config import GradientSolverSpec
+    from phaser_core.plan_overrides import missing_node
+    from phaser_std.engines.optimizers import AdamConfig
+
+    assert missing_node(GradientSolverSpec("adam", AdamConfig())) == {"type": "adam"}
+    assert missing_node(GradientSolverSpec("adam", AdamConfig(learning_rate=0.5))) == {"type": "adam",
+                                                                                      "learning_rate": 0.5}

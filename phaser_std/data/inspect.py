@@ -127,9 +127,8 @@ def summary_rows(data: RawData) -> list[tuple[str, str, str]]:
         ("probe window", _fmt(f.get("probe_window_A"), "Å"), "1/Δk"),
         ("scan step", _fmt(f.get("scan_step_A"), "Å"), ""),
     ]
-    p = np.asarray(data.patterns)
-    sums = p.reshape(n, -1).sum(axis=1, dtype=np.float64)
-    rows.append(("mean counts / pattern", _fmt(float(np.nanmean(sums)), "e"), ""))
+    sums = _valid_sums(data)
+    rows.append(("mean counts / pattern", _fmt(float(np.nanmean(sums)), "e"), "over the valid pixels"))
     if f.get("scan_step_A") is not None:
         area = abs(f["scan_step_A"][0] * f["scan_step_A"][1])
         rows.append(("dose", _fmt(float(np.nanmean(sums)) / area, "e/Å²"), "mean counts / step area"))
@@ -149,6 +148,16 @@ def summary_rows(data: RawData) -> list[tuple[str, str, str]]:
     if data.ground_truth is not None:
         rows.append(("ground truth", ", ".join(k for k in data.ground_truth if not k.endswith("_units")), ""))
     return rows
+
+
+def _valid_sums(data: RawData, block: int = 1 << 24) -> np.ndarray:
+    """Each pattern's counts [e⁻] over the detector's valid pixels (a hot or NaN pixel under
+    the mask left out), ``block`` values at a time."""
+    flat = np.asarray(data.patterns).reshape(data.n_patterns, -1)
+    valid = None if data.mask is None else np.asarray(data.mask, dtype=bool).reshape(-1)
+    rows = max(1, block // max(1, flat.shape[1]))
+    return np.concatenate([(c if valid is None else c[:, valid]).sum(axis=1, dtype=np.float64)
+                           for c in (flat[i:i + rows] for i in range(0, flat.shape[0], rows))])
 
 
 def _mask_summary(data: RawData) -> str:
