@@ -109,6 +109,24 @@ def count_dtype(patterns: np.ndarray, block: int = 1 << 24) -> np.dtype | None:
     return np.dtype(np.uint8) if peak <= 255 else np.dtype(np.uint16)
 
 
+def detector_mask(data: Any) -> np.ndarray | None:
+    """``data.mask`` as a ``(Qy, Qx)`` bool array (True: a valid pixel), or None; a
+    :class:`~phaser_core.errors.DataError` naming the data's file when its shape is not the
+    patterns' (a post_load step that cropped or binned one and not the other)."""
+    from .errors import DataError
+
+    mask = getattr(data, "mask", None)
+    if mask is None:
+        return None
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != tuple(data.pattern_shape):
+        source = getattr(data, "source", None) or "the raw data"
+        raise DataError(f"{source}: the detector mask is {mask.shape} but the patterns are "
+                        f"{tuple(data.pattern_shape)}: give a mask of the detector's shape (crop or bin it with "
+                        "the patterns)")
+    return mask
+
+
 def check_finite(data: RawData, block: int = 1 << 24) -> None:
     """A :class:`~phaser_core.errors.DataError` naming the data's file when a pattern holds
     NaN or ±inf (it would surface much later as a step-size problem). One pass over the
@@ -117,19 +135,13 @@ def check_finite(data: RawData, block: int = 1 << 24) -> None:
     invalid (a dead pixel may read NaN). Extra memory: one block."""
     from .errors import DataError
 
+    valid = detector_mask(data)
     p = np.asarray(data.patterns)
     if p.dtype.kind in "biu" or p.size == 0:
         return
     n = p.shape[0]
     flat = p.reshape(n, -1)
-    valid = None
-    if data.mask is not None:
-        valid = np.asarray(data.mask, dtype=bool)
-        if valid.shape != p.shape[1:]:
-            raise DataError(f"{data.source or 'the raw data'}: the detector mask is {valid.shape} but the patterns "
-                            f"are {p.shape[1:]}: give a mask of the detector's shape (crop or bin it with the "
-                            "patterns)")
-        valid = valid.reshape(-1)
+    valid = None if valid is None else valid.reshape(-1)
     rows = max(1, block // max(1, flat.shape[1]))
     bad: list[int] = []
     for start in range(0, n, rows):

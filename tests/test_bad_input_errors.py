@@ -506,6 +506,8 @@ def test_check_finite_takes_one_block_of_memory_and_checks_the_mask_shape():
     assert peak < 2 * 2 ** 20, peak  # was a copy of all the patterns (8 MiB) and more
     with pytest.raises(DataError, match=r"the detector mask is \(6, 6\) but the patterns are \(64, 64\)"):
         check_finite(RawData(patterns=p, mask=np.ones((6, 6), bool)))
+    with pytest.raises(DataError, match=r"the detector mask is \(6, 6\)"):  # counted data: no NaN, same check
+        check_finite(RawData(patterns=np.ones((4, 64, 64), np.uint16), mask=np.ones((6, 6), bool)))
 
 
 def test_inspect_counts_only_the_valid_pixels():

@@ -140,11 +140,14 @@ def test_a_run_does_not_depend_on_the_masked_pixels(clean_and_hot, engine, backe
     a = run(clean, [ENGINES[engine]], backend=backend)
     b = run(hot, [ENGINES[engine]], backend=backend)
     obj_a, obj_b = np.asarray(a.object.data), np.asarray(b.object.data)
-    # float32 runs of three iterations; the hot pixels are 1e5 e⁻, ~1e3x a pixel's counts
-    np.testing.assert_allclose(obj_b, obj_a, atol=2e-4, err_msg=f"{engine}/{backend}: masked pixels changed the object")
-    np.testing.assert_allclose(np.asarray(b.probe.data), np.asarray(a.probe.data),
-                               atol=2e-4 * np.abs(np.asarray(a.probe.data)).max())
-    np.testing.assert_allclose(b.progress.loss[-1], a.progress.loss[-1], rtol=1e-4)
+    # the hot pixels (1e5 e⁻, ~1e3x a pixel's counts) reach no arithmetic: the same numbers
+    # (measured: identical on numpy and jax on a CPU); float32 rounding allowed for a GPU's
+    # atomic adds
+    np.testing.assert_allclose(obj_b, obj_a, rtol=0, atol=1e-6,
+                               err_msg=f"{engine}/{backend}: masked pixels changed the object")
+    probe_a = np.asarray(a.probe.data)
+    np.testing.assert_allclose(np.asarray(b.probe.data), probe_a, rtol=0, atol=1e-6 * np.abs(probe_a).max())
+    np.testing.assert_allclose(b.progress.loss[-1], a.progress.loss[-1], rtol=1e-6)
 
 
 def test_without_the_mask_a_hot_pixel_would_dominate(clean_and_hot, tmp_path):

@@ -7,8 +7,8 @@ import pytest
 from conftest import build_backend
 
 from phaser_core.registry import get_registry
-from phaser_std.engines.noise_models import (AmplitudeNoise, AnscombeNoise, GaussianNoise, PoissonConfig,
-                                             PoissonNoise, intensity, wirtinger_far_grad)
+from phaser_std.engines.noise_models import (AmplitudeNoise, AnscombeConfig, AnscombeNoise, GaussianNoise,
+                                             PoissonConfig, PoissonNoise, intensity, wirtinger_far_grad)
 
 NAMES = ("gaussian", "poisson", "amplitude", "anscombe")
 
@@ -211,10 +211,13 @@ def test_jax_matches_numpy(name):
 
 
 def test_invalid_config_raises():
-    with pytest.raises(ValueError, match="sigma"):
-        GaussianNoise(GaussianNoise().config.__class__(sigma=0.0))
-    with pytest.raises(ValueError, match="eps"):
-        PoissonNoise(PoissonNoise().config.__class__(eps=0.0))
+    # the configs' validators: a plan reports them at file:line (tests/test_bad_input_errors.py)
+    with pytest.raises(ValueError, match="must be > 0, got 0.0"):
+        GaussianNoise().config.__class__(sigma=0.0)
+    with pytest.raises(ValueError, match="must be > 0, got 0.0"):
+        PoissonNoise().config.__class__(eps=0.0)
+    with pytest.raises(ValueError, match="need offset [+] eps > 0"):
+        AnscombeNoise(AnscombeConfig(eps=0.0, offset=0.0))
 
 
 @pytest.mark.parametrize("name", NAMES)

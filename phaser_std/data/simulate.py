@@ -222,7 +222,6 @@ def spec_from_dict(d: dict[str, Any], source: str = "spec") -> SimSpec:
 def load_spec(path: str | Path) -> SimSpec:
     """Read a YAML simulation spec."""
     from ruamel.yaml import YAML
-
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
     from phaser_core.plan_errors import yaml_syntax_error

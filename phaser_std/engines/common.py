@@ -20,6 +20,7 @@ import numpy as np
 
 from phaser_core.backend import stream_seed
 from phaser_core.config import RegularizerSpec, in_range, param
+from phaser_core.data import detector_mask
 from phaser_core.errors import DataError, PhaserError
 from phaser_core.observer import notify
 from phaser_core.plan import SlicesPlan
@@ -262,17 +263,12 @@ def engine_arrays(bk: Any, state: ReconsState, data: Any, stream: bool | None = 
 def valid_pixels(data: Any) -> np.ndarray | None:
     """The detector's valid pixels, ``data.mask`` ``(Qy, Qx)`` corner-centred like the
     engines' patterns, or None when every pixel is valid (no mask, or nothing masked)."""
-    mask = getattr(data, "mask", None)
-    if mask is None:
-        return None
-    mask = np.asarray(mask, dtype=bool)
-    if mask.shape != tuple(data.pattern_shape):
-        raise DataError(f"the detector mask is {mask.shape} but the patterns are {tuple(data.pattern_shape)}: "
-                        "give a mask of the detector's shape (crop or bin it with the patterns)")
-    if mask.all():
+    mask = detector_mask(data)
+    if mask is None or mask.all():
         return None
     if not mask.any():
-        raise DataError("the detector mask marks every pixel invalid: nothing is left to fit")
+        raise DataError(f"{getattr(data, 'source', None) or 'the raw data'}: the detector mask marks every pixel "
+                        "invalid: nothing is left to fit")
     return np.fft.ifftshift(mask)
 
 
