@@ -9,6 +9,7 @@ message, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import re
 import sys
@@ -416,8 +417,20 @@ def _cmd_plan_memory(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------
 
 
+def _version_line() -> str:
+    """``phaser --version``: the installed distribution's version and Python's."""
+    from phaser_core import __version__
+
+    try:
+        version = importlib.metadata.version("phaser-ptycho")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        version = __version__
+    return f"phaser-ptycho {version} (python {sys.version.split()[0]})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phaser", description="Electron ptychography from declarative plans.")
+    parser.add_argument("--version", action="version", version=_version_line())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     cli = CommandRegistry(sub)
 

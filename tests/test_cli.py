@@ -233,3 +233,13 @@ def test_validate_invalid_example_with_the_real_registry():
     assert "epie" in lines[0].split("available:")[1] and "lsqml" in lines[0].split("available:")[1]
     assert lines[1] == f"{INVALID}:11:12: engines[0].niter: expected an integer, got 'ten'"
     assert lines[2].startswith(f"{INVALID}:13:5: engines[0]: unknown key 'probe_modess'")
+
+
+def test_version_names_the_distribution(capsys):
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"phaser-ptycho {importlib.metadata.version('phaser-ptycho')} ")
