@@ -109,6 +109,27 @@ def count_dtype(patterns: np.ndarray, block: int = 1 << 24) -> np.dtype | None:
     return np.dtype(np.uint8) if peak <= 255 else np.dtype(np.uint16)
 
 
+def holds_counts(data: Any, block: int = 1 << 24) -> bool:
+    """Whether every valid pixel of ``data``'s patterns holds a whole, non-negative number
+    of electrons (counted data, of any size); pixels the detector ``mask`` marks invalid
+    (hot, dead, NaN) are not looked at. No second pass when the patterns are stored as
+    counts (``data.counted_dtype``); otherwise ``block`` values at a time, stopping at the
+    first block that is not counts."""
+    if getattr(data, "counted_dtype", None) is not None:
+        return True
+    valid = detector_mask(data)
+    p = np.asarray(data.patterns)
+    if p.dtype.kind in "biu":
+        return bool(p.size == 0 or p.min() >= 0)
+    p = p.reshape(-1, *p.shape[-2:])
+    rows = max(1, block // max(1, p[0].size))
+    for i in range(0, p.shape[0], rows):
+        b = p[i:i + rows] if valid is None else p[i:i + rows][:, valid]
+        if b.size and not (b.min() >= 0 and np.array_equal(b, np.rint(b))):
+            return False
+    return True
+
+
 def detector_mask(data: Any) -> np.ndarray | None:
     """``data.mask`` as a ``(Qy, Qx)`` bool array (True: a valid pixel), or None; a
     :class:`~phaser_core.errors.DataError` naming the data's file when its shape is not the

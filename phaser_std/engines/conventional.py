@@ -25,7 +25,7 @@ from phaser_std.engines.common import (
     scan_groups,
 )
 from phaser_std.engines.conventional_solvers import has_chunked_rule, make_group_step
-from phaser_std.engines.noise_models import on_valid_pixels
+from phaser_std.engines.noise_models import build_noise_model, on_valid_pixels
 from phaser_std.engines.regularizers import RegInfo
 from phaser_std.physics.forward import make_propagators, shift_ramp_factors
 
@@ -41,7 +41,8 @@ class ConventionalConfig:
     probe_modes: int | None = param(None, doc="number of incoherent probe modes (null: keep)",
                                     validator=in_range(1))
     slices: SlicesPlan | None = param(None, doc="object slices for this engine (null: keep)")
-    noise_model: NoiseModelSpec = param(NoiseModelSpec("amplitude"), doc="detector noise model")
+    noise_model: NoiseModelSpec | None = param(None, doc="detector noise model (null: anscombe for counted "
+                                               "data, whole numbers of electrons; amplitude for other data)")
     solver: ConventionalSolverSpec = param(ConventionalSolverSpec("lsqml"), doc="update rule: epie or lsqml")
     position_solver: PositionSolverSpec | None = param(None, doc="position correction (e.g. {type: momentum})")
     group_constraints: tuple[ConstraintSpec, ...] = param((), doc="constraints applied after every group")
@@ -65,7 +66,7 @@ class ConventionalEngine:
         bk = ctx.backend
         reg = ctx.registry
         state = resample_for_engine(state, cfg.probe_modes, cfg.slices, ctx.seed, ctx.engine_num)
-        noise = cfg.noise_model.build(reg)
+        noise = build_noise_model(cfg.noise_model, data, reg)
         solver = cfg.solver.build(reg)
         pos_solver = cfg.position_solver.build(reg) if cfg.position_solver is not None else None
         group_constraints = build_constraints(cfg.group_constraints, reg)

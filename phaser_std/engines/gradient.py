@@ -37,7 +37,7 @@ from phaser_std.engines.chunking import engine_chunk, gradient_lane_budget
 from phaser_std.engines.common import (EngineLoop, GroupingConfig, engine_arrays, joined, resample_for_engine,
                                        scan_groups)
 from phaser_std.engines.gradient_step import GroupModel, StepCounter, make_group_step, slice_dz
-from phaser_std.engines.noise_models import on_valid_pixels
+from phaser_std.engines.noise_models import build_noise_model, on_valid_pixels
 from phaser_std.engines.optimizers import AdamConfig
 from phaser_std.engines.regularizers import RegInfo
 from phaser_std.physics.forward import abs2, make_propagators, shift_ramp_factors
@@ -72,7 +72,8 @@ class GradientConfig:
     probe_modes: int | None = param(None, doc="number of incoherent probe modes (null: keep)",
                                     validator=in_range(1))
     slices: SlicesPlan | None = param(None, doc="object slices for this engine (null: keep)")
-    noise_model: NoiseModelSpec = param(NoiseModelSpec("amplitude"), doc="detector noise model")
+    noise_model: NoiseModelSpec | None = param(None, doc="detector noise model (null: anscombe for counted "
+                                               "data, whole numbers of electrons; amplitude for other data)")
     solvers: GradientSolvers = param(factory=GradientSolvers, doc="{object, probe, positions, tilt}: solver each")
     regularizers: tuple[CostSpec, ...] = param((), doc="cost regularizers, summed into the loss")
     cost_per: str = param("iteration", doc="'iteration': every group adds weight·(group/positions) of each "
@@ -121,7 +122,7 @@ class GradientEngine:
         bk = ctx.backend
         reg = ctx.registry
         state = resample_for_engine(state, cfg.probe_modes, cfg.slices, ctx.seed, ctx.engine_num)
-        noise = cfg.noise_model.build(reg)
+        noise = build_noise_model(cfg.noise_model, data, reg)
         costs = tuple(spec.build(reg) for spec in cfg.regularizers)
         for spec, c in zip(cfg.regularizers, costs):
             if not hasattr(c, "cost"):

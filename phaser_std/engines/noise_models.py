@@ -30,11 +30,13 @@ from typing import Any
 import attrs
 import numpy as np
 
-from phaser_core.config import in_range, param
+from phaser_core.config import NoiseModelSpec, in_range, param
+from phaser_core.data import holds_counts
 from phaser_std.physics.forward import intensity  # re² + im²: finite jax.grad at Ψ = 0
 
 __all__ = ["intensity", "wirtinger_far_grad", "GaussianNoise", "PoissonNoise", "AmplitudeNoise",
-           "AnscombeNoise", "DetectorMasked", "on_valid_pixels", "register_all"]
+           "AnscombeNoise", "DetectorMasked", "on_valid_pixels", "DEFAULT_NOISE_MODEL", "default_noise_model",
+           "build_noise_model", "register_all"]
 
 
 def wirtinger_far_grad(bk: Any, far_wave: Any, dL_dI: Any) -> Any:
@@ -272,6 +274,29 @@ def on_valid_pixels(noise: Any, valid: Any) -> Any:
     """``noise`` restricted to the ``valid`` pixels (:class:`DetectorMasked`); ``noise``
     itself when there is no mask (``valid`` None)."""
     return noise if valid is None else DetectorMasked(noise, valid)
+
+
+#: The noise model an engine uses when its plan leaves ``noise_model`` null, by whether the
+#: patterns are counted (whole numbers of electrons) or not (benchmarks/NOTES.md 69).
+DEFAULT_NOISE_MODEL = {True: "anscombe", False: "amplitude"}
+
+
+def default_noise_model(data: Any) -> str:
+    """The name of the noise model for ``data`` when a plan names none: ``anscombe`` for
+    counted patterns (every valid pixel a whole number of electrons,
+    :func:`phaser_core.data.holds_counts`), whose dark-field pixels hold a few counts each
+    and bias the amplitude model's √Iₑ low; ``amplitude`` for any other patterns (noiseless
+    simulations, normalised or gain-scaled data), where the Anscombe offset of 3/8 e⁻
+    would assume a scale the data do not have."""
+    return DEFAULT_NOISE_MODEL[holds_counts(data)]
+
+
+def build_noise_model(spec: Any, data: Any, registry: Any) -> Any:
+    """The engine's noise model: ``spec`` built, or :func:`default_noise_model` of ``data``
+    when ``spec`` is None."""
+    if spec is None:
+        spec = NoiseModelSpec(default_noise_model(data))
+    return spec.build(registry)
 
 
 def register_all(register) -> None:

@@ -1,0 +1,67 @@
+"""A plan that names no noise model gets one for its data: anscombe for counted patterns
+(whole numbers of electrons on every valid pixel), amplitude for any other patterns
+(benchmarks/NOTES.md 69)."""
+
+from __future__ import annotations
+
+import attrs
+import numpy as np
+import pytest
+from recon import make_dataset, run
+
+from phaser_core.data import holds_counts
+from phaser_std.engines.noise_models import default_noise_model
+
+
+@attrs.define
+class Data:
+    patterns: np.ndarray
+    mask: np.ndarray | None = None
+
+    @property
+    def pattern_shape(self) -> tuple:
+        return self.patterns.shape[-2:]
+
+
+def _counts(shape=(3, 4, 8, 8)) -> np.ndarray:
+    return np.random.default_rng(0).poisson(3.0, size=shape).astype(np.float32)
+
+
+def test_counted_patterns_get_anscombe_and_other_patterns_amplitude():
+    counts = _counts()
+    assert default_noise_model(Data(counts)) == "anscombe"
+    assert default_noise_model(Data(counts.astype(np.uint16))) == "anscombe"
+    assert default_noise_model(Data(counts * 1e5)) == "anscombe"  # beyond uint16 storage: still counts
+    assert default_noise_model(Data(counts + 0.5)) == "amplitude"  # gain-scaled or background-subtracted
+    assert default_noise_model(Data(counts / counts.sum())) == "amplitude"  # normalised
+    assert default_noise_model(Data(counts - 1.0)) == "amplitude"  # negative values: not counts
+
+
+def test_masked_pixels_do_not_decide_whether_patterns_are_counts():
+    counts = _counts()
+    counts[..., 2, 5] = np.nan  # a dead pixel
+    counts[..., 6, 1] = 1e6 + 0.25  # a hot one
+    assert default_noise_model(Data(counts)) == "amplitude"
+    mask = np.ones((8, 8), bool)
+    mask[2, 5] = mask[6, 1] = False
+    assert default_noise_model(Data(counts, mask)) == "anscombe"
+
+
+def test_a_fraction_in_a_later_block_is_found():
+    counts = _counts()
+    counts[2, 3, 7, 7] = 4.5
+    assert not holds_counts(Data(counts), block=64)
+    counts[2, 3, 7, 7] = 4.0
+    assert holds_counts(Data(counts), block=64)
+
+
+@pytest.mark.parametrize("engine", [{"type": "conventional", "solver": {"type": "lsqml"}}, {"type": "gradient"}],
+                         ids=["lsqml", "gradient"])
+@pytest.mark.parametrize("dose,expected", [(1e5, "anscombe"), (None, "amplitude")], ids=["counted", "noiseless"])
+def test_an_engine_without_a_noise_model_runs_the_data_default(tmp_path, engine, dose, expected):
+    data = make_dataset(tmp_path / "d.h5", scan={"shape": [8, 8]}, dose=dose)
+    block = {**engine, "niter": 2, "grouping": {"size": 16}}
+    left_null = run(data, [block])
+    named = run(data, [{**block, "noise_model": {"type": expected}}])
+    np.testing.assert_array_equal(left_null.object.data, named.object.data)
+    assert left_null.progress.loss == named.progress.loss
