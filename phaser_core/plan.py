@@ -88,12 +88,15 @@ class SlicesPlan:
     total_thickness_A: float | None = param(None, unit="Å", doc="total object thickness, split evenly over n slices")
     thicknesses_A: tuple[float, ...] | None = param(None, unit="Å", doc="thickness of each slice (n values)")
 
-    def resolve(self) -> np.ndarray:
-        """The ``n`` slice thicknesses [Å] (zeros for a single slice without a thickness)."""
+    def resolve(self, current_total_A: float | None = None) -> np.ndarray:
+        """The ``n`` slice thicknesses [Å]. Without a thickness in the plan: the
+        ``current_total_A`` [Å] of the object being resliced (an engine's ``slices``) split
+        evenly, or zeros for a single slice."""
         if self.thicknesses_A is not None:
             return np.asarray(self.thicknesses_A, dtype=np.float64)
-        if self.total_thickness_A is not None:
-            return np.full(self.n, float(self.total_thickness_A) / self.n)
+        total = self.total_thickness_A if self.total_thickness_A is not None else current_total_A
+        if total:
+            return np.full(self.n, float(total) / self.n)
         if self.n == 1:
             return np.zeros(1)
         raise ValueError(f"slices: n={self.n} needs total_thickness_A or thicknesses_A")
@@ -609,6 +612,30 @@ def _raw_checks(doc: Mapping, registry: Any) -> list[Issue]:
     return issues
 
 
+def _gives_thickness(s: SlicesPlan) -> bool:
+    return bool(s.total_thickness_A) or (s.thicknesses_A is not None and sum(s.thicknesses_A) > 0)
+
+
+def _slices_issues(s: SlicesPlan, at: tuple, needs_thickness: bool) -> list[Issue]:
+    """The problems of one ``slices`` entry at plan path ``at``."""
+    issues: list[Issue] = []
+    if s.n < 1:
+        issues.append(Issue(f"must be >= 1, got {s.n}", rel=(*at, "n")))
+    if s.thicknesses_A is not None:
+        if s.total_thickness_A is not None:
+            issues.append(Issue("give total_thickness_A or thicknesses_A, not both", rel=at, anchor="node"))
+        if len(s.thicknesses_A) != s.n:
+            issues.append(Issue(f"has {len(s.thicknesses_A)} values but n is {s.n}", rel=(*at, "thicknesses_A")))
+        if any(t < 0 for t in s.thicknesses_A):
+            issues.append(Issue("thicknesses must be >= 0 [Å]", rel=(*at, "thicknesses_A")))
+    elif s.total_thickness_A is not None:
+        if s.total_thickness_A < 0:
+            issues.append(Issue(f"must be >= 0 [Å], got {s.total_thickness_A}", rel=(*at, "total_thickness_A")))
+    elif s.n > 1 and needs_thickness:
+        issues.append(Issue(f"n = {s.n} slices need total_thickness_A or thicknesses_A [Å]", rel=at, anchor="node"))
+    return issues
+
+
 def _cross_checks(plan: Plan, registry: Any) -> list[Issue]:
     issues: list[Issue] = []
     if not plan.engines:
@@ -616,22 +643,14 @@ def _cross_checks(plan: Plan, registry: Any) -> list[Issue]:
                             rel=("engines",)))
     if plan.seed < 0:
         issues.append(Issue(f"must be >= 0, got {plan.seed}", rel=("seed",)))
-    s = plan.slices
-    if s.n < 1:
-        issues.append(Issue(f"must be >= 1, got {s.n}", rel=("slices", "n")))
-    if s.thicknesses_A is not None:
-        if s.total_thickness_A is not None:
-            issues.append(Issue("give total_thickness_A or thicknesses_A, not both", rel=("slices",), anchor="node"))
-        if len(s.thicknesses_A) != s.n:
-            issues.append(Issue(f"has {len(s.thicknesses_A)} values but n is {s.n}", rel=("slices", "thicknesses_A")))
-        if any(t < 0 for t in s.thicknesses_A):
-            issues.append(Issue("thicknesses must be >= 0 [Å]", rel=("slices", "thicknesses_A")))
-    elif s.total_thickness_A is not None:
-        if s.total_thickness_A < 0:
-            issues.append(Issue(f"must be >= 0 [Å], got {s.total_thickness_A}", rel=("slices", "total_thickness_A")))
-    elif s.n > 1:
-        issues.append(Issue(f"n = {s.n} slices need total_thickness_A or thicknesses_A [Å]", rel=("slices",),
-                            anchor="node"))
+    issues += _slices_issues(plan.slices, ("slices",), needs_thickness=True)
+    # an engine's slices keep the thickness of the object it starts from unless they give one
+    thickness_known = _gives_thickness(plan.slices) or plan.init.state is not None
+    for i, engine in enumerate(plan.engines):
+        slices = getattr(engine.config, "slices", None)
+        if isinstance(slices, SlicesPlan):
+            issues += _slices_issues(slices, ("engines", i, "slices"), needs_thickness=not thickness_known)
+            thickness_known = thickness_known or _gives_thickness(slices)
     if plan.output.checkpoint_every < 0:
         issues.append(Issue("must be >= 0 (0: only at engine ends)", rel=("output", "checkpoint_every")))
     if plan.output.image_every is not None and plan.output.image_every < 1:

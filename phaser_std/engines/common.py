@@ -76,7 +76,12 @@ def resample_for_engine(state: ReconsState, probe_modes: int | None, slices: Sli
         rng = np.random.default_rng(stream_seed(seed, f"probe-modes-{int(engine_num)}"))
         state = attrs.evolve(state, probe=resample_probe_state(state.probe, probe_modes, rng=rng))
     if slices is not None:
-        thick = slices.resolve()
+        current_total = float(np.sum(state.object.thicknesses_A))
+        try:
+            thick = slices.resolve(current_total)
+        except ValueError:
+            raise PhaserError(f"engines[{engine_num}].slices: n = {slices.n} slices need total_thickness_A or "
+                              "thicknesses_A [Å]: the object this engine starts from has no thickness") from None
         if slices.n != state.object.n_slices or not np.allclose(thick, state.object.thicknesses_A):
             state = attrs.evolve(state, object=resample_object_slices(state.object, slices.n, thick))
     return state
