@@ -3,8 +3,11 @@
 Interface (every engine)::
 
     reg = spec.build(registry)            # cls(config)
-    if reg.when == "group": ...           # or "iter": the engine decides where to call it
     probe, obj = reg.apply(bk, probe, obj, info)
+
+An engine applies the constraints of its ``group_constraints`` list after every group and
+those of its ``iter_constraints`` list after every iteration: the list decides, so one
+constraint can serve in either.
 
 ``probe`` ``(M, Ny, Nx)`` and ``obj`` ``(S, H, W)`` are complex backend arrays; ``info`` is a
 :class:`phaser_std.engines.regularizers.RegInfo` (``sampling_A`` (y, x) [Å],
@@ -29,24 +32,13 @@ from phaser_std.physics.forward import abs2
 __all__ = ["ClampObjectAmplitude", "LimitProbeSupport", "ObjLowPass", "ObjBlur", "RemovePhaseRamp",
            "Layers", "OrthogonalizeProbeModes", "CenterProbe", "CONSTRAINTS"]
 
-_WHEN = attrs.validators.in_(("group", "iter"))
-
-
-def _when(default: str = "iter") -> Any:
-    return param(default, validator=_WHEN, doc='apply after each "group" or each "iter"(ation)')
-
-
 class Constraint:
-    """Base class: ``when`` from the config, ``apply`` defined by subclasses."""
+    """Base class: the config kept, ``apply`` defined by subclasses."""
 
     name = "constraint"
 
     def __init__(self, config: Any):
         self.config = config
-
-    @property
-    def when(self) -> str:
-        return self.config.when
 
     def apply(self, bk: Any, probe: Any, obj: Any, info: Any) -> tuple[Any, Any]:  # pragma: no cover
         raise NotImplementedError
@@ -66,7 +58,6 @@ def _check_min_amplitude(instance: Any, attribute: Any, value: float) -> None:
 class ClampAmplitudeConfig:
     max_amplitude: float = param(1.0, doc="upper bound of |O|", validator=in_range(0, lo_open=True))
     min_amplitude: float = param(0.0, doc="lower bound of |O|", validator=_check_min_amplitude)
-    when: str = _when("group")
 
 
 class ClampObjectAmplitude(Constraint):
@@ -108,7 +99,6 @@ class ProbeSupportConfig:
                                          validator=in_range(0, lo_open=True))
     radius_A: float | None = param(None, unit="Å", doc="zero the probe beyond this radius from the centre",
                                    validator=_check_support)
-    when: str = _when("iter")
 
 
 class LimitProbeSupport(Constraint):
@@ -147,7 +137,6 @@ class LimitProbeSupport(Constraint):
 @attrs.frozen
 class LowPassConfig:
     cutoff: float = param(0.8, doc="frequency where the Gaussian filter is ½, as a fraction of Nyquist")
-    when: str = _when("iter")
 
 
 class ObjLowPass(Constraint):
@@ -169,7 +158,6 @@ class ObjLowPass(Constraint):
 class BlurConfig:
     sigma_A: float = param(0.5, unit="Å", doc="standard deviation of the Gaussian blur")
     weight: float = param(1.0, doc="blend: w·blurred + (1 − w)·O")
-    when: str = _when("iter")
 
 
 class ObjBlur(Constraint):
@@ -191,7 +179,6 @@ class ObjBlur(Constraint):
 @attrs.frozen
 class PhaseRampConfig:
     remove_offset: bool = param(True, doc="also remove the (weighted) mean phase of each slice")
-    when: str = _when("iter")
 
 
 class RemovePhaseRamp(Constraint):
@@ -232,7 +219,6 @@ class RemovePhaseRamp(Constraint):
 class LayersConfig:
     sigma_slices: float = param(1.0, doc="standard deviation of the blur along depth [slices]")
     weight: float = param(0.9, doc="blend: w·blurred + (1 − w)·O")
-    when: str = _when("iter")
 
 
 def depth_blur_matrix(n: int, sigma: float) -> np.ndarray:
@@ -271,7 +257,7 @@ class Layers(Constraint):
 
 @attrs.frozen
 class OrthoConfig:
-    when: str = _when("iter")
+    """No settings."""
 
 
 class OrthogonalizeProbeModes(Constraint):
@@ -290,7 +276,7 @@ class OrthogonalizeProbeModes(Constraint):
 
 @attrs.frozen
 class CenterConfig:
-    when: str = _when("iter")
+    """No settings."""
 
 
 class CenterProbe(Constraint):
