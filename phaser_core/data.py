@@ -148,6 +148,36 @@ def detector_mask(data: Any) -> np.ndarray | None:
     return mask
 
 
+#: [e⁻] a run warns when the patterns hold fewer counts than this on average
+FEW_COUNTS_PER_PATTERN = 5.0
+
+
+def mean_counts(data: Any, sample: int = 256) -> float:
+    """Mean total count per pattern [e⁻] over the valid pixels, from up to ``sample``
+    patterns spread evenly over the scan (non-finite values left out)."""
+    p = np.asarray(data.patterns)
+    p = p.reshape(-1, *p.shape[-2:])
+    if p.shape[0] == 0:
+        return 0.0
+    picked = p[np.unique(np.linspace(0, p.shape[0] - 1, min(sample, p.shape[0])).astype(int))]
+    valid = detector_mask(data)
+    values = picked.reshape(picked.shape[0], -1) if valid is None else picked[:, valid]
+    values = values.astype(np.float64)
+    return float(np.nansum(np.where(np.isfinite(values), values, 0.0)) / picked.shape[0])
+
+
+def few_counts_warning(data: Any) -> str | None:
+    """A warning for patterns that hold fewer than :data:`FEW_COUNTS_PER_PATTERN` e⁻ on
+    average, or None: most likely normalised patterns (a simulation's intensities summing
+    to 1), whose scale the noise models' ``eps`` and offsets [e⁻] would misread."""
+    counts = mean_counts(data)
+    if counts >= FEW_COUNTS_PER_PATTERN:
+        return None
+    return (f"{data.source or 'the raw data'}: the patterns hold {counts:.3g} counts on average (after post_load); "
+            "the engines read them as electrons. If they are normalised or in other units, scale them to "
+            "electrons per pattern with `post_load: [{type: scale, factor: ELECTRONS_PER_UNIT}]`")
+
+
 def check_finite(data: RawData, block: int = 1 << 24) -> None:
     """A :class:`~phaser_core.errors.DataError` naming the data's file when a pattern holds
     NaN or ±inf (it would surface much later as a step-size problem). One pass over the

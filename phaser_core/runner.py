@@ -45,7 +45,7 @@ import attrs
 import numpy as np
 
 from .context import InitContext, LoadContext, RunContext
-from .data import check_finite
+from .data import check_finite, few_counts_warning
 from .errors import PhaserError, StateFileError
 from .files import CHECKPOINT_NAME, FINAL_NAME, holds_previous_run
 from .observer import notify
@@ -123,6 +123,9 @@ def load_data(plan: Any, registry: Any, plan_dir: Path) -> Any:
     for step in getattr(plan, "post_load", ()) or ():
         data = step.build(registry, data, ctx)
     check_finite(data)
+    warning = few_counts_warning(data)
+    if warning:
+        print(f"phaser: warning: {warning}", file=sys.stderr)
     return data
 
 

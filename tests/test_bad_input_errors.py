@@ -531,3 +531,22 @@ def test_an_override_under_a_defaulted_component_keeps_the_defaults_own_settings
     assert missing_node(GradientSolverSpec("adam", AdamConfig())) == {"type": "adam"}
     assert missing_node(GradientSolverSpec("adam", AdamConfig(learning_rate=0.5))) == {"type": "adam",
                                                                                       "learning_rate": 0.5}
+
+
+def test_patterns_of_a_few_counts_warn_that_they_may_not_be_electrons(tmp_path, capsys):
+    from recon import make_dataset, run
+
+    from phaser_core.data import FEW_COUNTS_PER_PATTERN, RawData, few_counts_warning, mean_counts
+
+    patterns = np.full((4, 3, 8, 8), 1.0 / 64, np.float32)  # normalised: one count a pattern
+    patterns[0, 0, 2, 2] = np.nan  # left out, like masked pixels
+    data = RawData(patterns=patterns, source="norm.h5")
+    assert mean_counts(data) == pytest.approx(1.0, rel=0.02)
+    assert "norm.h5: the patterns hold 0.999 counts" in few_counts_warning(data)
+    assert few_counts_warning(RawData(patterns=patterns * FEW_COUNTS_PER_PATTERN * 1.1)) is None
+    # a run says so, and goes on
+    path = make_dataset(tmp_path / "d.h5", scan={"shape": [4, 4]})
+    with h5py.File(path, "r+") as f:
+        f["patterns"][...] = f["patterns"][...] / f["patterns"][...].sum(axis=(-2, -1), keepdims=True)
+    run(path, [{"type": "conventional", "niter": 1}])
+    assert "hold 1 counts on average" in capsys.readouterr().err
