@@ -10,6 +10,8 @@ from typing import Callable
 #: the run folder's state files (a public layout: other tools read them)
 CHECKPOINT_NAME = "checkpoint.h5"
 FINAL_NAME = "final.h5"
+#: the kept states of ``output.state_every``
+STATES_DIR = "states"
 
 
 def holds_previous_run(out_dir: str | os.PathLike) -> bool:

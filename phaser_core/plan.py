@@ -121,6 +121,8 @@ class OutputPlan:
     images: tuple[str, ...] = param(("object_phase", "object_phase_sum", "probe", "probe_recip"),
                                     doc="images written (TIFF + PNG)")
     image_every: int | None = param(None, doc="write images every this many iterations; null: at the end of each engine")
+    state_every: int | None = param(None, doc="keep the state every this many iterations (states/iterNNNNN.h5) and "
+                                              "after each engine (states/engineN.h5); null: none kept")
 
 
 @attrs.frozen(kw_only=True)
@@ -655,6 +657,8 @@ def _cross_checks(plan: Plan, registry: Any) -> list[Issue]:
         issues.append(Issue("must be >= 0 (0: only at engine ends)", rel=("output", "checkpoint_every")))
     if plan.output.image_every is not None and plan.output.image_every < 1:
         issues.append(Issue("must be >= 1, or null for the end of each engine", rel=("output", "image_every")))
+    if plan.output.state_every is not None and plan.output.state_every < 1:
+        issues.append(Issue("must be >= 1, or null to keep no states", rel=("output", "state_every")))
     if ("observer", "output") in registry:
         # the output observer knows which images exist: ask its config now, not at run time
         comp = registry.get("observer", "output")

@@ -47,7 +47,7 @@ import numpy as np
 from .context import InitContext, LoadContext, RunContext
 from .data import check_finite, few_counts_warning
 from .errors import PhaserError, StateFileError
-from .files import CHECKPOINT_NAME, FINAL_NAME, holds_previous_run
+from .files import CHECKPOINT_NAME, FINAL_NAME, STATES_DIR, holds_previous_run
 from .observer import notify
 from .registry import get_registry
 from .state import IterationCounters, Progress, ReconsState
@@ -321,6 +321,8 @@ def run_plan(plan: Any, *, out_dir: Path | None = None, registry: Any = None, re
                 # or fit leaves them), so a later resume cannot pick them over this run's
                 for name in (CHECKPOINT_NAME, FINAL_NAME):
                     (out_dir / name).unlink(missing_ok=True)
+                for kept in (out_dir / STATES_DIR).glob("*.h5"):
+                    kept.unlink()
             for num, spec in enumerate(engines):
                 if num < first:
                     continue

@@ -145,6 +145,28 @@ def test_output_observer_files(tmp_path):
     assert (tmp_path / "images" / "final_probe.tif").is_file()
 
 
+def test_state_every_keeps_a_history_and_each_engines_end(tmp_path):
+    obs = OutputObserver(OutputConfig(checkpoint_every=0, images=(), state_every=2))
+    ctx = ctx_for(tmp_path, [obs])
+    obs.before_run(None, ctx)
+    kept = {}
+    for k in range(1, 6):
+        state = make_state()
+        state.object.data[...] = k  # each iteration's own object
+        state = attrs.evolve(state, iteration=IterationCounters(engine_iter=k, total_iter=k))
+        obs.after_iteration(state, {"loss": 1.0}, ctx)
+        kept[k] = state
+    obs.after_engine(None, kept[5], ctx)
+    assert sorted(p.name for p in (tmp_path / "states").iterdir()) == ["engine0.h5", "iter00002.h5", "iter00004.h5"]
+    for k in (2, 4):
+        back = load_state(tmp_path / "states" / f"iter{k:05d}.h5")
+        assert back.iteration.total_iter == k
+        np.testing.assert_array_equal(back.object.data, kept[k].object.data)
+    assert load_state(tmp_path / "states" / "engine0.h5").iteration.total_iter == 5
+    with pytest.raises(ValueError, match="state_every"):
+        OutputConfig(state_every=0)
+
+
 def test_output_observer_error_writes_last_completed_iteration(tmp_path):
     obs = OutputObserver(OutputConfig(checkpoint_every=0))
     ctx = ctx_for(tmp_path, [obs])

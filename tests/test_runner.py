@@ -581,6 +581,11 @@ def test_run_plan_refuses_a_folder_with_a_previous_run(tmp_path, monkeypatch):
     state = run_plan(make_plan(niters=(2,)), out_dir=tmp_path, registry=make_registry(), quiet=True,
                      overwrite=True)
     assert list(state.progress.iters) == [1, 2]
+    # and the states an earlier run kept (output.state_every)
+    (tmp_path / "states").mkdir()
+    (tmp_path / "states" / "iter00003.h5").write_bytes(b"old")
+    run_plan(make_plan(niters=(2,)), out_dir=tmp_path, registry=make_registry(), quiet=True, overwrite=True)
+    assert not (tmp_path / "states" / "iter00003.h5").exists()
     run_plan(make_plan(niters=(3,)), out_dir=tmp_path / "b", registry=make_registry(), quiet=True)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_plan(make_plan(niters=(2,)), out_dir=tmp_path / "b", registry=make_registry(), quiet=True,

@@ -12,6 +12,9 @@ Files in ``ctx.out_dir`` (nothing is written when the run has no output folder):
 - ``final.h5``: the state after the last engine.
 - ``images/engine{num}_{kind}.tif|.png`` after each engine, ``images/final_{kind}.*`` at
   the end and ``images/iter{total_iter:05d}_{kind}.*`` every ``image_every`` iterations.
+- With ``state_every``: ``states/iter{total_iter:05d}.h5`` every that many iterations and
+  ``states/engine{num}.h5`` after each engine, all kept (a run's history, for looking back
+  at convergence or starting another plan from any of them with ``init.state``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 from phaser_core.config import param
 from phaser_core.observer import Observer
 from phaser_core.state import DeferredState, StateExpired
-from phaser_core.files import CHECKPOINT_NAME, FINAL_NAME
+from phaser_core.files import CHECKPOINT_NAME, FINAL_NAME, STATES_DIR
 
 from .images import IMAGE_KINDS, check_kinds, write_images
 
@@ -52,6 +55,9 @@ class OutputConfig:
                                     doc=f"image kinds: {', '.join(IMAGE_KINDS)}")
     image_every: int | None = param(None, validator=_positive_or_none,
                                     doc="also write images every N iterations (null: only after each engine)")
+    state_every: int | None = param(None, validator=_positive_or_none,
+                                    doc="keep the state every N iterations in states/iterNNNNN.h5, and after each "
+                                        "engine in states/engineN.h5 (null: none kept)")
 
 
 def _host_array(x: Any, bk: Any) -> Any:
@@ -117,7 +123,7 @@ class OutputObserver(Observer):
         out = self._out(ctx)
         if out is None or state is None:
             return
-        out.mkdir(parents=True, exist_ok=True)
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
         self.written.append(save_state(state, out / name))
 
     def _images(self, state: Any, prefix: str, ctx: Any) -> None:
@@ -144,13 +150,16 @@ class OutputObserver(Observer):
         every = int(self.config.checkpoint_every or 0)
         checkpoint = every > 0 and total % every == 0
         images = bool(self.config.image_every) and total % int(self.config.image_every) == 0
-        if checkpoint or images:
+        kept = bool(self.config.state_every) and total % int(self.config.state_every) == 0
+        if checkpoint or images or kept:
             deferred = isinstance(self.latest, DeferredState)
             self.snapshot = host_state(state, getattr(ctx, "backend", None)) if deferred else self.latest
         if checkpoint:
             self._save(self.snapshot, CHECKPOINT_NAME, ctx)
         if images:
             self._images(self.snapshot, f"iter{total:05d}", ctx)
+        if kept:
+            self._save(self.snapshot, f"{STATES_DIR}/iter{total:05d}.h5", ctx)
 
     def after_engine(self, engine: Any, state: Any, ctx: Any) -> None:
         if self._out(ctx) is None:
@@ -158,6 +167,8 @@ class OutputObserver(Observer):
         self.snapshot = host_state(state, getattr(ctx, "backend", None))
         self._save(self.snapshot, CHECKPOINT_NAME, ctx)
         self._images(self.snapshot, f"engine{int(ctx.engine_num)}", ctx)
+        if self.config.state_every:
+            self._save(self.snapshot, f"{STATES_DIR}/engine{int(ctx.engine_num)}.h5", ctx)
 
     def after_run(self, state: Any, ctx: Any) -> None:
         if self._out(ctx) is None or state is None:
