@@ -40,8 +40,8 @@ def register_all(cli) -> None:
     p.set_defaults(handler=_cmd_simulate)
 
     p = cli.command("inspect", help="Print acquisition parameters and sampling figures of an hdf5 raw-data "
-                    "file; optionally write an overview PNG.")
-    p.add_argument("data", help="raw-data file in the hdf5 format")
+                    "file, or of a plan's data (any loader, after post_load); optionally write an overview PNG.")
+    p.add_argument("data", help="raw-data file in the hdf5 format, or a plan (.yaml, .yml, .json)")
     p.add_argument("--png", default=None, help="write PACBED, virtual BF/ADF and probe overlap to this PNG")
     p.add_argument("--key", default="patterns", help="dataset holding the patterns (default: patterns)")
     p.set_defaults(handler=_cmd_inspect)

@@ -116,3 +116,23 @@ def test_cli_inspect_missing_file(tmp_path, capsys):
 
     assert main(["inspect", str(tmp_path / "nope.h5")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_inspect_a_plan_shows_its_data_after_post_load(tmp_path, capsys):
+    from phaser_core.cli import main
+    from phaser_core.registry import set_registry
+
+    write_hdf5(simulate(spec_from_dict(TINY)), tmp_path / "d.h5")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("file_type: phaser_plan\nversion: 1\nraw_data: {type: hdf5, path: d.h5}\n"
+                    "post_load: [{type: bin, factor: 2}]\nengines: [{type: conventional}]\n")
+    set_registry(None)
+    assert main(["inspect", str(plan)]) == 0  # the data path relative to the plan, as in a run
+    out = capsys.readouterr().out
+    (line,) = [ln for ln in out.splitlines() if "N x Qy x Qx" in ln]
+    qy = spec_from_dict(TINY).detector_shape[0] // 2
+    assert f"x {qy} x {qy}" in line
+    plan.write_text("file_type: phaser_plan\nversion: 1\nraw_data: {type: hdf5, path: d.h5}\nengines: []\n")
+    assert main(["inspect", str(plan)]) == 1
+    captured = capsys.readouterr()
+    assert "plan.yaml:4:10: engines: at least one engine" in captured.out + captured.err

@@ -305,11 +305,23 @@ def write_png(data: RawData, path: str | Path) -> Path:
     return path
 
 
+PLAN_SUFFIXES = (".yaml", ".yml", ".json")
+
+
 def load_for_inspect(path: str | Path, key: str = "patterns") -> RawData:
+    """The data to inspect: an hdf5 raw-data file (its ``key`` dataset), or a plan's data
+    as a run sees them (any loader, every ``post_load`` step applied)."""
     from phaser_core.context import LoadContext
     from phaser_std.data.loaders.hdf5 import Hdf5Config, load_hdf5
 
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path} does not exist")
+    if path.suffix.lower() in PLAN_SUFFIXES:
+        from phaser_core.plan import load_plan
+        from phaser_core.registry import get_registry
+        from phaser_core.runner import load_data
+
+        registry = get_registry()
+        return load_data(load_plan(path, registry=registry), registry, path.resolve().parent)
     return load_hdf5(Hdf5Config(path=str(path.resolve()), key=key), LoadContext())
