@@ -64,7 +64,7 @@ from .plan_errors import (
     yaml_syntax_error,
 )
 from .plan_migrate import CURRENT_VERSION, migrate
-from .plan_overrides import attribute_issues
+from .plan_overrides import attribute_issues, fill_default_types
 
 FILE_TYPE = "phaser_plan"
 DTYPES = ("float32", "float64")
@@ -707,6 +707,7 @@ def load_plan(path_or_text: Any, *, registry: Any = None, overrides: list[str] |
     override_issues = apply_overrides(doc, list(overrides), registry=registry, owned=owned)
     if override_issues:
         raise PlanError(override_issues, source=name)
+    fill_default_types(doc, Plan, registry)
     conv = make_converter(registry, allow_local)
     errors: list[Issue] = _raw_checks(doc, registry)
     try:

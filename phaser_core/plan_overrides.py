@@ -6,6 +6,8 @@ an override behave like the same key written in the file:
 - :func:`missing_node` gives the mapping a missing key along an override's path starts
   from: ``{type: NAME}`` of the field's default component (``--set init.probe.defocus_A=20``
   on a plan without ``init:`` merges with the default ``focused`` probe), else ``{}``;
+- :func:`fill_default_types` does the same for a plan file's component mappings that
+  name no ``type``;
 - :func:`attribute_issues` reports a problem inside a value an override wrote (or a
   mapping it created) at the ``--set`` argument, not at the plan file's position.
 """
@@ -83,6 +85,27 @@ def missing_node(default: Any) -> dict:
                           or value != f.default):
                 node[f.alias or f.name] = value
     return node
+
+
+def fill_default_types(node: Any, schema: Any, registry: Any) -> None:
+    """Give every component mapping of the raw plan ``node`` (of type ``schema``) that names
+    no ``type`` its field's default component, in place, as an override does
+    (:func:`missing_node`): ``init: {probe: {defocus_A: 150}}`` sets the default
+    ``focused`` probe's defocus. A mapping whose field has no default component is left for
+    structuring to report its missing ``type``."""
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            fill_default_types(item, child_schema(schema, i, node, registry)[0], registry)
+        return
+    if not isinstance(node, dict):
+        return
+    for key in list(node):
+        child = node[key]
+        sub, default = child_schema(schema, key, node, registry)
+        if isinstance(child, dict) and "type" not in child and isinstance(default, ComponentSpec):
+            for k, v in missing_node(default).items():
+                child.setdefault(k, v)
+        fill_default_types(child, sub, registry)
 
 
 def attribute_issues(raws: Iterable[Any], owned: list[tuple[tuple, str]], root: Any,

@@ -168,8 +168,9 @@ def test_missing_required_keys(registry):
 
 
 def test_missing_type_lists_available(registry):
-    (err,) = errors_of(engine_plan("solver: {beta_object: 1}"), registry)
-    assert err.path_str == "engines[0].solver"
+    # a field with no default component (one with a default takes its type: test_plan_default_types)
+    (err,) = errors_of(engine_plan("position_solver: {beta_object: 1}"), registry)
+    assert err.path_str == "engines[0].position_solver"
     assert err.message.startswith("missing key 'type'") and "epie, lsqml (phaser-ptycho 0.1.0)" in err.message
 
 
