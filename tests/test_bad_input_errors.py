@@ -550,3 +550,24 @@ def test_patterns_of_a_few_counts_warn_that_they_may_not_be_electrons(tmp_path, 
         f["patterns"][...] = f["patterns"][...] / f["patterns"][...].sum(axis=(-2, -1), keepdims=True)
     run(path, [{"type": "conventional", "niter": 1}])
     assert "hold 1 counts on average" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("engine", ["conventional", "gradient"])
+def test_a_chunk_that_does_not_divide_the_capped_group_is_a_clean_error(tiny_h5, tmp_path, capsys, engine):
+    """``grouping: {size: 16, chunk: 8}`` is a valid plan, but on a scan of 9 positions the
+    group holds 9, which 8 does not divide: a message saying what to set, no traceback."""
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(textwrap.dedent(f"""\
+        file_type: phaser_plan
+        version: 1
+        name: t
+        raw_data: {{type: hdf5, path: {tiny_h5}}}
+        engines:
+          - type: {engine}
+            niter: 1
+            grouping: {{size: 16, chunk: 8}}
+        """))
+    rc, text = _run(capsys, plan)
+    assert rc == 1
+    assert "grouping.chunk: 8 must be a positive divisor of the group size 9" in text
+    assert "set grouping.chunk to a divisor of 9, or null" in text

@@ -169,6 +169,34 @@ def test_drop_nan_patterns_drops_positions_consistently():
     assert out2.n_patterns == 11 and not np.isnan(out2.patterns).any()
 
 
+def test_drop_nan_patterns_fill_marks_the_filled_pixels_invalid():
+    """``fill`` zeroes the NaN pixels of the kept patterns and marks them invalid in the
+    detector mask (docs/engines.md, the detector mask), so the engines do not fit the zeros:
+    a dead pixel (NaN in every pattern) and one NaN in one pattern, with the data's own mask
+    kept."""
+    data = make_data()
+    p = np.array(data.patterns)
+    p[:, 8, 9] = np.nan   # a dead pixel in the bright field
+    p[4, 3, 2] = np.nan   # one bad reading
+    own = np.ones((16, 16), dtype=bool)
+    own[0, 0] = False
+    out = pp.drop_nan_patterns(pp.DropNanConfig(threshold=0.5), data.replace(patterns=p, mask=own), CTX)
+    assert out.n_patterns == 12 and not np.isnan(out.patterns).any()
+    expected = own.copy()
+    expected[8, 9] = expected[3, 2] = False
+    np.testing.assert_array_equal(out.mask, expected)
+    # without a mask of its own the data get one; clean data keep none
+    out = pp.drop_nan_patterns(pp.DropNanConfig(threshold=0.5), data.replace(patterns=p), CTX)
+    assert (~out.mask).sum() == 2 and not out.mask[8, 9] and not out.mask[3, 2]
+    assert pp.drop_nan_patterns(pp.DropNanConfig(), data, CTX).mask is None
+    # fill: false leaves the NaN (and the mask) alone
+    out = pp.drop_nan_patterns(pp.DropNanConfig(threshold=0.5, fill=False), data.replace(patterns=p), CTX)
+    assert out.mask is None and np.isnan(out.patterns[:, 8, 9]).all()
+    # the default threshold would drop every pattern: the error names the dead pixel
+    with pytest.raises(DataError, match="1 pixel.s. are NaN in every pattern .dead.: keep the patterns with"):
+        pp.drop_nan_patterns(pp.DropNanConfig(), data.replace(patterns=p), CTX)
+
+
 def test_center_diffraction_integer_and_subpixel():
     data = make_data(centre=(6, 11))
     out = pp.center_diffraction(pp.CenterConfig(subpixel=False), data, CTX)

@@ -75,3 +75,20 @@ def test_invalid_configs_raise_clear_errors():
     with pytest.raises(ValueError, match="warmup_steps"):
         S.make_warmup_cosine(S.WarmupCosineSchedule(warmup_steps=10, decay_steps=10), use_optax=False)
     assert np.isfinite(S.make_exponential(S.ExponentialSchedule(), use_optax=False)(3))
+
+
+def test_the_schedule_example_in_the_plan_docs_is_valid():
+    """docs/plans.md's inline schedule example uses the schedule's real keys (it named
+    ``start``/``end``, which a plan refuses)."""
+    import re
+    from pathlib import Path
+
+    from phaser_core.plan import load_plan
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "plans.md").read_text(encoding="utf-8")
+    examples = re.findall(r"`beta_object: (\{type: [^`]+\})`", text)
+    assert examples
+    for example in examples:  # load_plan raises PlanError on an unknown key
+        load_plan("file_type: phaser_plan\nraw_data: {type: npy, path: p.npy}\n"
+                  f"engines: [{{type: conventional, solver: {{type: lsqml, beta_object: {example}}}}}]\n",
+                  registry=get_registry())

@@ -255,7 +255,8 @@ class DropNanConfig:
 
     threshold: float = param(0.0, doc="drop a pattern whose fraction of NaN pixels exceeds this (0: any NaN)")
     min_counts: float = param(0.0, unit="e", doc="drop a pattern whose finite sum is <= this")
-    fill: bool = param(True, doc="set the remaining NaN pixels of kept patterns to 0 and mark them invalid?")
+    fill: bool = param(True, doc="set the remaining NaN pixels of kept patterns to 0 and mark those pixels "
+                       "invalid in the detector mask (in every pattern)?")
 
 
 def drop_nan_patterns(config: DropNanConfig, data: RawData, ctx: LoadContext) -> RawData:
@@ -273,18 +274,32 @@ def drop_nan_patterns(config: DropNanConfig, data: RawData, ctx: LoadContext) ->
         bad |= frac > 0
     keep = np.nonzero(~bad)[0]
     if keep.size == 0:
-        raise DataError(f"drop_nan_patterns: every one of the {len(p)} patterns is NaN or empty")
+        dead = np.isnan(p).all(axis=0)
+        hint = (f"; {int(dead.sum())} pixel(s) are NaN in every pattern (dead): keep the patterns with "
+                "threshold > 0 (fill marks NaN pixels invalid) or mark the pixels with detector_mask"
+                if dead.any() and not dead.all() else "")
+        raise DataError(f"drop_nan_patterns: every one of the {len(p)} patterns is NaN or empty{hint}")
     patterns = p[keep]  # fancy indexing: a new array
+    mask = data.mask
     if config.fill and np.isnan(patterns).any():
+        mask = nan_pixels_invalid(patterns, mask)
         patterns = np.nan_to_num(patterns, nan=0.0)
     if keep.size == len(p):
-        return data.replace(patterns=np.array(patterns) if patterns is p else patterns,
+        return data.replace(patterns=np.array(patterns) if patterns is p else patterns, mask=mask,
                             extra={**data.extra, "kept_indices": keep})
     pos = raster_positions(data)
     if pos is None:
         raise DataError("drop_nan_patterns: dropping patterns needs the scan positions or scan_shape + scan_step_A")
-    return data.replace(patterns=patterns, scan_positions_A=pos[keep], scan_shape=None,
+    return data.replace(patterns=patterns, scan_positions_A=pos[keep], scan_shape=None, mask=mask,
                         extra={**data.extra, "kept_indices": keep, "dropped_indices": np.nonzero(bad)[0]})
+
+
+def nan_pixels_invalid(patterns: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The detector mask ``(Qy, Qx)`` (True: valid) with every pixel that is NaN in any of
+    ``patterns`` ``(N, Qy, Qx)`` marked invalid, so the engines leave the zero it is filled
+    with out of the fit (a dead pixel would otherwise pull the model's intensity to 0)."""
+    valid = ~np.isnan(patterns).any(axis=0)
+    return valid if mask is None else np.asarray(mask, dtype=bool) & valid
 
 
 def pacbed(data: RawData, n_sample: int | None = None) -> np.ndarray:

@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CACHE_BUDGET_BYTES", "SWEEP_BUDGET_BYTES", "LANE_MIN_BYTES", "LANE_CACHE_BUDGET_BYTES",
+from phaser_core.errors import DataError
+
+__all__ = ["ChunkError", "CACHE_BUDGET_BYTES", "SWEEP_BUDGET_BYTES", "LANE_MIN_BYTES", "LANE_CACHE_BUDGET_BYTES",
            "LANE_SWEEP_BUDGET_BYTES", "LANE_JOINT_BUDGET_BYTES", "LANE_GRADIENT_SWEEP_BUDGET_BYTES", "lane_budget",
            "conventional_budget", "conventional_lane_budget", "gradient_lane_budget", "has_chunked_step",
            "auto_chunk", "resolve_chunk", "lane_plan", "engine_chunk", "backend_on_cpu", "named_backend_on_cpu",
@@ -85,6 +87,12 @@ def auto_chunk(group_size: int, bytes_per_position: int, budget: int = CACHE_BUD
     return best if 2 * best >= want else group_size
 
 
+class ChunkError(DataError, ValueError):
+    """``grouping.chunk`` does not divide the group: a :class:`DataError` (the command line
+    prints its message, no traceback) when the scan holds fewer positions than
+    ``grouping.size``, which caps the group to them."""
+
+
 def resolve_chunk(requested: int | None, group_size: int, n_modes: int, n_slices: int,
                   wave_shape: tuple[int, int], itemsize: int, on_cpu: bool,
                   budget: int = CACHE_BUDGET_BYTES, lanes: int = 1) -> int:
@@ -97,8 +105,9 @@ def resolve_chunk(requested: int | None, group_size: int, n_modes: int, n_slices
     if requested is not None:
         requested = int(requested)
         if requested < 1 or group_size % requested:
-            raise ValueError(f"grouping.chunk: {requested} must be a positive divisor of the group size "
-                             f"{group_size}")
+            raise ChunkError(f"grouping.chunk: {requested} must be a positive divisor of the group size "
+                             f"{group_size} (grouping.size, capped to the number of scan positions); set "
+                             f"grouping.chunk to a divisor of {group_size}, or null to size it automatically")
         return requested
     if not on_cpu:
         return group_size
