@@ -158,8 +158,9 @@ def _write_extra(grp: h5py.Group, tree: dict, backend: Any, where: str) -> None:
 def load_state(path: str | os.PathLike) -> ReconsState:
     """Read a state file into a :class:`ReconsState` of host numpy arrays.
 
-    Raises :class:`StateFileError` naming the file for a missing file, a file that is not a
-    phaser state file, a newer format version, or missing/malformed datasets.
+    A state file of the published phaser (phaserEM 0.3) is read too
+    (:mod:`phaser_core.phaserem_state`). Raises :class:`StateFileError` naming the file for a
+    missing file, a file that is not a phaser state file, a newer format version, or missing/malformed datasets.
     """
     path = Path(path)
     if not path.is_file():
@@ -170,6 +171,11 @@ def load_state(path: str | os.PathLike) -> ReconsState:
         raise StateFileError(f"{path} is not a phaser state file: it cannot be opened as HDF5 ({exc})") from exc
     with f:
         file_type = _text(f.attrs.get("file_type"))
+        if file_type is None:
+            from .phaserem_state import is_phaserem_state, read_phaserem_state
+
+            if is_phaserem_state(f):
+                return read_phaserem_state(f, path)
         if file_type != FILE_TYPE:
             found = "no file_type attribute" if file_type is None else f"file_type={file_type!r}"
             raise StateFileError(f"{path} is not a phaser state file ({found}; expected file_type={FILE_TYPE!r})")
