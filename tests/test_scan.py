@@ -62,6 +62,11 @@ def test_scan_initializers():
         ini.init_scan_from_data(ini.FromDataScanConfig(), _ctx(scan_shape=(2, 3)))
     r = ini.init_raster_scan(ini.RasterScanConfig(shape=(3, 2), step_A=(0.5, 0.5), rotation_deg=5.0), _ctx())
     np.testing.assert_allclose(r, raster_scan((3, 2), 0.5, 5.0), atol=0)
+    skew = ((1.0, 0.1), (0.0, 0.98))  # a plan's scan distortion reaches the raster
+    r = ini.init_raster_scan(ini.RasterScanConfig(shape=(3, 2), step_A=0.5, rotation_deg=5.0, affine=skew), _ctx())
+    np.testing.assert_allclose(r, raster_scan((3, 2), 0.5, 5.0) @ np.array(skew).T, atol=1e-15)
+    with pytest.raises(ValueError, match="2x2 matrix"):
+        ini.RasterScanConfig(affine=(1.0, 0.1))
     with pytest.raises(ValueError, match="6 patterns"):
         ini.init_raster_scan(ini.RasterScanConfig(shape=(2, 2), step_A=1.0), _ctx())
 

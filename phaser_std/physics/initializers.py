@@ -244,6 +244,11 @@ def init_scan_from_data(config: FromDataScanConfig, ctx: Any) -> np.ndarray:
     return scan
 
 
+def _check_affine(instance: Any, attribute: Any, value: Any) -> None:
+    if value is not None and np.shape(np.asarray(value, dtype=object)) != (2, 2):
+        raise ValueError(f"must be a 2x2 matrix [[a, b], [c, d]] acting on (y, x), got {value!r}", attribute)
+
+
 @attrs.frozen
 class RasterScanConfig:
     """A raster scan centred on the origin."""
@@ -251,6 +256,9 @@ class RasterScanConfig:
     shape: tuple | None = param(None, doc="(ny, nx) points; default: the data's scan_shape")
     step_A: tuple | None = param(None, unit="Å", doc="(y, x) step (or one number); default: the data's")
     rotation_deg: float = param(0.0, unit="deg", doc="turns the fast axis from +x toward +y")
+    affine: tuple | None = param(None, doc="2x2 matrix acting on (y, x) column vectors after the rotation "
+                                           "(scan distortion), e.g. [[1, 0.02], [0, 0.98]]",
+                                 validator=_check_affine)
 
 
 def init_raster_scan(config: RasterScanConfig, ctx: Any) -> np.ndarray:
@@ -263,7 +271,7 @@ def init_raster_scan(config: RasterScanConfig, ctx: Any) -> np.ndarray:
         raise ValueError("scan initializer 'raster': shape is missing (not in init.scan nor the data)")
     if step is None:
         raise ValueError("scan initializer 'raster': step_A is missing (not in init.scan nor the data)")
-    scan = raster_scan(tuple(shape), step, config.rotation_deg)
+    scan = raster_scan(tuple(shape), step, config.rotation_deg, config.affine)
     if scan.shape[0] != ctx.data.n_patterns:
         raise ValueError(f"raster scan {tuple(shape)} has {scan.shape[0]} positions but the data have "
                          f"{ctx.data.n_patterns} patterns")
