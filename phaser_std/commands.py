@@ -1,4 +1,5 @@
-"""Extra CLI sub-commands of the bundled plugin: ``phaser simulate`` and ``phaser inspect``."""
+"""Extra CLI sub-commands of the bundled plugin: ``phaser simulate``, ``phaser inspect`` and
+``phaser import-plan``."""
 
 from __future__ import annotations
 
@@ -32,6 +33,94 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the order in which the keys of a converted plan are written (others after them)
+_PLAN_KEY_ORDER = ("file_type", "version", "name", "backend", "dtype", "seed", "raw_data", "post_load", "init",
+                   "slices", "engines", "observers", "output")
+
+
+def _ordered(obj):
+    """``obj`` with ``type`` first in every mapping (block style; lists of scalars on one line)."""
+    if isinstance(obj, dict):
+        keys = list(obj)
+        if "type" in keys:
+            keys.remove("type")
+            keys.insert(0, "type")
+        return {k: _ordered(obj[k]) for k in keys}
+    if isinstance(obj, (list, tuple)):
+        from ruamel.yaml.comments import CommentedSeq
+
+        seq = CommentedSeq(_ordered(v) for v in obj)
+        if obj and all(isinstance(v, (int, float, str, bool)) for v in obj):
+            seq.fa.set_flow_style()  # short lists of numbers or names on one line: [8, -8, 8, -8]
+        return seq
+    return obj
+
+
+def _cmd_import_plan(args: argparse.Namespace) -> int:
+    import copy
+    import io
+    import sys
+    from pathlib import Path
+
+    from ruamel.yaml import YAML
+
+    from phaser_core.errors import PlanError
+    from phaser_core.plan import load_plan
+    from phaser_std.plan_import import import_phaserem_plan, rebase_paths
+
+    src = Path(args.plan)
+    try:
+        text = src.read_text()
+    except OSError as exc:
+        print(f"phaser import-plan: cannot read {src}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    yaml = YAML(typ="safe")
+    try:
+        docs = [d for d in yaml.load_all(text) if d is not None]
+    except Exception as exc:  # noqa: BLE001 - a YAML syntax error is reported, not raised
+        print(f"phaser import-plan: {src} is not valid YAML: {exc}", file=sys.stderr)
+        return 1
+    if len(docs) != 1 or not isinstance(docs[0], dict):
+        print(f"phaser import-plan: {src} must hold exactly one plan (a mapping), found {len(docs)} document(s)",
+              file=sys.stderr)
+        return 1
+    plan, notes = import_phaserem_plan(docs[0])
+    if args.out:
+        notes += rebase_paths(plan, str(src.resolve().parent), str(Path(args.out).resolve().parent))
+    top = {k: plan[k] for k in _PLAN_KEY_ORDER if k in plan}
+    top.update({k: v for k, v in plan.items() if k not in top})
+    out_yaml = YAML()
+    out_yaml.default_flow_style = False
+    out_yaml.indent(mapping=2, sequence=4, offset=2)
+    buf = io.StringIO()
+    buf.write(f"# converted from the phaserEM plan {src.name} by `phaser import-plan`; see the notes it printed\n")
+    out_yaml.dump(_ordered(top), buf)
+    if args.out:
+        try:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(buf.getvalue())
+        except OSError as exc:
+            print(f"phaser import-plan: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+    else:
+        sys.stdout.write(buf.getvalue())
+        sys.stdout.flush()
+    problems: list[str] = []
+    try:
+        load_plan(copy.deepcopy(plan))
+    except PlanError as exc:
+        problems = [f"does not validate: {e.path_str + ': ' if e.path_str else ''}{e.message}" for e in exc.errors]
+    for n in notes + problems:
+        print(f"note: {n}", file=sys.stderr)
+    where = args.out or "stdout"
+    if problems:
+        print(f"phaser import-plan: wrote {where}; {len(problems)} validation problem(s), fix them before "
+              "`phaser run`", file=sys.stderr)
+        return 1
+    print(f"phaser import-plan: wrote {where}; {len(notes)} note(s); the plan validates", file=sys.stderr)
+    return 0
+
+
 def register_all(cli) -> None:
     p = cli.command("simulate", help="Simulate 4D-STEM data with ground truth from a YAML spec (hdf5 raw format).")
     p.add_argument("spec", help="simulation spec (YAML), e.g. examples/sim_small.yaml")
@@ -45,3 +134,11 @@ def register_all(cli) -> None:
     p.add_argument("--png", default=None, help="write PACBED, virtual BF/ADF and probe overlap to this PNG")
     p.add_argument("--key", default="patterns", help="dataset holding the patterns (default: patterns)")
     p.set_defaults(handler=_cmd_inspect)
+
+    p = cli.command("import-plan", help="Convert a plan of the published phaser (phaserEM 0.3) into a plan of "
+                    "ours: print it (or write --out), the notes on what changed or was not carried, and "
+                    "validate it (exit 1 if it does not validate).")
+    p.add_argument("plan", metavar="OLD", help="phaserEM plan file (YAML)")
+    p.add_argument("--out", default=None, help="write the new plan here (relative paths are rewritten to "
+                   "stay valid from its folder) instead of stdout (then its paths stay relative to OLD's folder)")
+    p.set_defaults(handler=_cmd_import_plan)

@@ -1,0 +1,457 @@
+"""``phaser import-plan``: plans of the published phaser (phaserEM 0.3) converted to ours.
+
+The phaserEM plans here are written from PHASER_REFERENCE.md (section 2.12 and the
+examples it lists), not copied from that package. Every converted plan must pass our real
+``load_plan``; each sign, unit and counting conversion is checked by value.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+from phaser_core.config import Flag
+from phaser_core.plan import load_plan
+from phaser_std.plan_import import import_phaserem_plan, rebase_paths
+
+#: PHASER_REFERENCE.md section 2.12, the full example plan
+FULL_EXAMPLE = """
+---
+name: "si_multislice"
+backend: jax
+dtype: float32
+raw_data:
+  type: empad
+  path: "data/Si_300kV.json"
+post_load:
+  - {type: crop_data, crop: [8, -8, 8, -8]}
+  - {type: poisson, scale: 1.0e+7}
+post_init:
+  - drop_nans
+  - diffraction_align
+init:
+  probe: {defocus: 150.0}
+slices: {n: 10, total_thickness: 200}
+engines:
+  - type: conventional
+    niter: 50
+    grouping: 64
+    noise_model: anscombe
+    solver: {type: epie, beta_object: 0.5, beta_probe: 0.5}
+    group_constraints: []
+    iter_constraints: [{type: layers, sigma: 100, weight: 0.5}]
+    save: {every: 10}
+  - type: gradient
+    sim_shape: [192, 192]
+    probe_modes: 4
+    niter: 300
+    noise_model: {type: poisson, eps: 2.0}
+    solvers:
+      "object, probe": {type: adam, learning_rate: {type: piecewise, init: 1.0e-2, steps: {100: 3.0e-3}}}
+      positions: {type: sgd, learning_rate: 0.5, momentum: 0.9}
+    regularizers: [{type: obj_tv, cost: 1.0}]
+    group_constraints: []
+    iter_constraints: [{type: limit_probe_support, max_angle: 26}]
+    update_positions: {after: 10}
+    save_images: {every: 25}
+    save_options: {images: [probe, object_phase_sum, object_mag_sum, scan], img_dtype: float}
+"""
+
+
+def _raw(path: str = "data/mos2.json") -> dict:
+    return {"type": "empad", "path": path}
+
+
+# The shipped examples as PHASER_REFERENCE.md describes them (section 2.12, "The shipped
+# examples", and the "Typical hyperparameters" table), written out for these tests.
+EXAMPLES = {
+    "mos2_epie": {  # cupy, single slice, 4 modes
+        "name": "mos2_epie", "backend": "cupy", "raw_data": _raw(),
+        "init": {"probe": {"type": "focused", "conv_angle": 25.0, "defocus": -100.0}},
+        "engines": [{"type": "conventional", "niter": 100, "grouping": 16, "probe_modes": 4,
+                     "noise_model": "amplitude", "solver": {"type": "epie", "beta_object": 0.5, "beta_probe": 0.5},
+                     "group_constraints": [], "iter_constraints": [],
+                     "update_probe": {"after": 5}}],
+    },
+    "mos2_lsqml": {  # two LSQML engines, the second resized to 256², momentum position solver
+        "name": "mos2_lsqml", "backend": "jax", "raw_data": _raw(),
+        "engines": [
+            {"type": "conventional", "niter": 50, "grouping": 64, "compact": True,
+             "noise_model": {"type": "anscombe", "eps": 0.1},
+             "solver": {"type": "lsqml", "beta_object": 1.0, "beta_probe": 1.0, "gamma": 1e-4,
+                        "illum_reg_object": 1e-2, "illum_reg_probe": 1e-2, "stochastic": True},
+             "group_constraints": [{"type": "clamp_object_amplitude", "amplitude": 1.1}],
+             "iter_constraints": [], "update_probe": {"after": 5}},
+            {"type": "conventional", "niter": 50, "grouping": 64, "sim_shape": [256, 256],
+             "noise_model": "anscombe", "solver": "lsqml",
+             "position_solver": {"type": "momentum", "step_size": 0.08, "max_step_size": 0.2, "momentum": 0.9},
+             "group_constraints": [], "iter_constraints": [{"type": "limit_probe_support", "max_angle": 26.0}],
+             "update_positions": {"after": 30}},
+        ],
+    },
+    "mos2_grad": {  # Adam on object and probe, obj_l2 plus obj_tikh
+        "name": "mos2_grad", "backend": "jax", "raw_data": _raw(),
+        "engines": [{"type": "gradient", "niter": 200, "grouping": 128, "noise_model": {"type": "poisson", "eps": 0.1},
+                     "solvers": {"object": {"type": "adam", "learning_rate": 5e-3, "nesterov": True},
+                                 "probe": {"type": "adam", "learning_rate": 0.1}},
+                     "regularizers": [{"type": "obj_l2", "cost": 0.4}, {"type": "obj_tikh", "cost": 0.2}],
+                     "group_constraints": [], "iter_constraints": []}],
+    },
+    "si_grad": {  # multislice, Adam + SGD positions, layers_tikh, limit_probe_support, clamp
+        "name": "si_grad", "backend": "jax", "raw_data": _raw("data/si.json"),
+        "slices": {"n": 10, "total_thickness": 200},
+        "engines": [{"type": "gradient", "niter": 200, "grouping": 64, "noise_model": {"type": "poisson", "eps": 1.0},
+                     "solvers": {"object": {"type": "adam", "learning_rate": 1e-2},
+                                 "probe": {"type": "adam", "learning_rate": 0.05},
+                                 "positions": {"type": "sgd", "learning_rate": 0.5, "momentum": 0.9}},
+                     "regularizers": [{"type": "layers_tikh", "cost": 500}],
+                     "group_constraints": [],
+                     "iter_constraints": [{"type": "limit_probe_support", "max_angle": 24.0},
+                                          {"type": "clamp_object_amplitude", "amplitude": 1.0}],
+                     "update_positions": {"after": 5}}],
+    },
+    "si_grad_exp": {  # the same on experimental data: a tilt refined too
+        "name": "si_grad_exp", "backend": "jax", "raw_data": {"type": "empad", "path": "data/si_exp.json", "adu": 375},
+        "init": {"scan": {"type": "raster", "rotation": 3.5}, "tilt": {"type": "global", "tilt": [1.0, -2.0]}},
+        "slices": {"n": 21, "slice_thickness": 10},
+        "engines": [{"type": "gradient", "niter": 150, "grouping": 32, "noise_model": {"type": "poisson", "eps": 0.5},
+                     "solvers": {"object, probe": {"type": "adam", "learning_rate": 7e-2},
+                                 "positions": {"type": "sgd", "learning_rate": 0.5, "momentum": 0.99},
+                                 "tilt": {"type": "sgd", "learning_rate": 50.0, "momentum": 0.5}},
+                     "regularizers": [{"type": "layers_tikh", "cost": 5000}, {"type": "obj_l2", "cost": 0.15}],
+                     "group_constraints": [], "iter_constraints": [{"type": "limit_probe_support", "max_angle": 26}],
+                     "update_positions": {"after": 5}, "update_tilt": {"after": 20}}],
+    },
+    "prsco3_grad": {  # two stages, 128² then 256²
+        "name": "prsco3_grad", "backend": "jax", "raw_data": _raw("data/prsco3.json"),
+        "slices": {"n": 15, "total_thickness": 300},
+        "engines": [
+            {"type": "gradient", "niter": 100, "grouping": 256, "sim_shape": [128, 128],
+             "noise_model": {"type": "poisson", "eps": 2.0},
+             "solvers": {"object": {"type": "adam", "learning_rate": 1e-3},
+                         "probe": {"type": "adam", "learning_rate": 0.01}},
+             "regularizers": [{"type": "layers_tikh", "cost": 1000}, {"type": "obj_tikh", "cost": 5}],
+             "group_constraints": [], "iter_constraints": [{"type": "clamp_object_amplitude", "amplitude": 1.0}]},
+            {"type": "gradient", "niter": 100, "grouping": 256, "sim_shape": [256, 256],
+             "noise_model": {"type": "poisson", "eps": 2.0},
+             "solvers": {"object": {"type": "adam", "learning_rate": 1e-3},
+                         "probe": {"type": "adam", "learning_rate": 0.01}},
+             "regularizers": [{"type": "layers_tikh", "cost": 1000}],
+             "group_constraints": [], "iter_constraints": []},
+        ],
+    },
+    "si_lsqml": {  # multislice LSQML with layers and obj_gaussian, expr β schedule
+        "name": "si_lsqml", "backend": "jax", "raw_data": _raw("data/si.json"),
+        "slices": {"n": 10, "total_thickness": 200},
+        "engines": [{"type": "conventional", "niter": 100, "grouping": 32, "noise_model": "amplitude",
+                     "solver": {"type": "lsqml", "beta_object": {"type": "expr", "expr": "1.0 - np.exp(-i/3)"}},
+                     "group_constraints": [],
+                     "iter_constraints": [{"type": "layers", "sigma": 50, "weight": 0.9},
+                                          {"type": "obj_gaussian", "sigma": 0.3}]}],
+    },
+    "prsco3_lsqml": {  # multislice LSQML with layers and obj_low_pass
+        "name": "prsco3_lsqml", "backend": "jax", "raw_data": _raw("data/prsco3.json"),
+        "slices": {"thicknesses": [20.0] * 12},
+        "engines": [{"type": "conventional", "niter": 100, "grouping": 64, "noise_model": "anscombe",
+                     "solver": {"type": "lsqml", "beta_probe": {"type": "expr", "expr": "1.0 - np.exp(-i/3)"}},
+                     "group_constraints": [],
+                     "iter_constraints": [{"type": "layers", "sigma": 40}, {"type": "obj_low_pass", "max_freq": 0.3}]}],
+    },
+}
+
+
+def _full() -> dict:
+    return YAML(typ="safe").load(FULL_EXAMPLE)
+
+
+def _convert(doc: dict) -> tuple[dict, list[str]]:
+    return import_phaserem_plan(doc)
+
+
+def _has(notes: list[str], *words: str) -> bool:
+    return any(all(w in n for w in words) for n in notes)
+
+
+# --------------------------------------------------------------------------- whole plans
+
+
+def test_full_example_converts_and_validates():
+    doc = _full()
+    before = copy.deepcopy(doc)
+    plan, notes = _convert(doc)
+    assert doc == before  # the input is not modified
+    load_plan(copy.deepcopy(plan))
+    assert plan["file_type"] == "phaser_plan" and plan["version"] == 1
+    assert plan["name"] == "si_multislice" and plan["backend"] == "jax" and plan["dtype"] == "float32"
+    assert plan["raw_data"] == {"type": "empad", "path": "data/Si_300kV.json"}
+    assert plan["post_load"] == [
+        {"type": "crop_data", "scan": [8, -8, 8, -8]},
+        {"type": "poisson", "scale": 1.0e7},
+        {"type": "drop_nan_patterns", "threshold": 0.9},
+        {"type": "center_diffraction"},
+    ]
+    assert plan["slices"] == {"n": 10, "total_thickness_A": 200.0}
+    conv, grad = plan["engines"]
+    assert conv["grouping"] == {"size": 64} and conv["noise_model"] == {"type": "anscombe"}
+    assert conv["solver"] == {"type": "epie", "beta_object": 0.5, "beta_probe": 0.5}
+    assert grad["probe_modes"] == 4 and grad["noise_model"] == {"type": "poisson", "eps": 2.0}
+    assert grad["solvers"]["object"] == grad["solvers"]["probe"]
+    assert grad["regularizers"] == [{"type": "obj_tv", "cost": 1.0}] and grad["cost_per"] == "group"
+    assert grad["iter_constraints"] == [{"type": "limit_probe_support", "max_angle_mrad": 26.0}]
+    assert plan["output"] == {"state_every": 10, "image_every": 25,
+                              "images": ["probe", "object_phase_sum", "object_amplitude"]}
+    assert _has(notes, "engines[1].sim_shape", "pad")
+    assert _has(notes, "poisson", "Gaussian")
+    assert _has(notes, "image 'scan'")
+    assert _has(notes, "img_dtype")
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_examples_convert_to_valid_plans(name):
+    doc = EXAMPLES[name]
+    before = copy.deepcopy(doc)
+    plan, notes = _convert(doc)
+    assert doc == before
+    load_plan(copy.deepcopy(plan))  # raises PlanError with every problem
+    assert all(isinstance(n, str) and n for n in notes)
+
+
+def test_example_details():
+    plan, notes = _convert(EXAMPLES["mos2_lsqml"])
+    first, second = plan["engines"]
+    assert first["grouping"] == {"size": 64, "kind": "compact"}
+    assert first["solver"] == {"type": "lsqml"}  # phaserEM's β/γ/illum_reg mean something else here
+    assert _has(notes, "engines[0].solver", "lsqml", "illum_reg_object")
+    assert first["noise_model"] == {"type": "anscombe"} and _has(notes, "noise_model.eps")
+    assert first["group_constraints"] == [{"type": "clamp_object_amplitude", "max_amplitude": 1.1}]
+    assert second["position_solver"] == {"type": "momentum", "step_size": 0.08, "momentum": 0.9, "max_step_A": 0.2}
+    assert second["update_positions"] == {"after": 30}
+    # phaserEM's probe_modes default is 1, ours "keep": written out
+    assert first["probe_modes"] == 1 and second["probe_modes"] == 1
+    plan, notes = _convert(EXAMPLES["si_lsqml"])
+    eng = plan["engines"][0]
+    assert eng["iter_constraints"][1] == {"type": "obj_blur", "sigma_A": 0.3, "weight": 0.9}
+    assert _has(notes, "engines[0].solver", "lsqml", "given: beta_object")
+    plan, _ = _convert(EXAMPLES["si_grad_exp"])
+    eng = plan["engines"][0]
+    assert plan["slices"] == {"n": 21, "thicknesses_A": [10.0] * 21}
+    assert eng["tilt"] == "per_position" and eng["update_tilt"] == {"after": 20}
+    assert plan["raw_data"]["adu"] == 375
+
+
+# --------------------------------------------------------------------------- signs and units
+
+
+def test_defocus_sign_flips():
+    doc = {**EXAMPLES["mos2_epie"], "init": {"probe": {"type": "focused", "conv_angle": 21.0, "defocus": 150.0}}}
+    plan, _ = _convert(doc)
+    assert plan["init"]["probe"] == {"type": "focused", "conv_angle_mrad": 21.0, "defocus_A": -150.0}
+
+
+def test_raster_rotation_sign_flips():
+    doc = {**EXAMPLES["mos2_epie"], "init": {"scan": {"type": "raster", "shape": [32, 48], "step_size": 0.5,
+                                                      "rotation": 12.5}}}
+    plan, notes = _convert(doc)
+    assert plan["init"]["scan"] == {"type": "raster", "shape": [32, 48], "step_A": 0.5, "rotation_deg": -12.5}
+    assert _has(notes, "init.scan", "half a step")
+    # only a rotation: phaserEM merges it with the loader's raster, as from_data does here
+    doc = {**EXAMPLES["mos2_epie"], "init": {"scan": {"rotation": -4.0}}}
+    plan, _ = _convert(doc)
+    assert plan["init"]["scan"] == {"type": "from_data", "rotation_deg": 4.0}
+    load_plan(copy.deepcopy(plan))
+
+
+def test_global_tilt_sign_flips_into_the_loader():
+    plan, notes = _convert(EXAMPLES["si_grad_exp"])
+    assert plan["raw_data"]["tilt_mrad"] == [-1.0, 2.0]
+    assert "tilt" not in plan.get("init", {})
+    assert _has(notes, "init.tilt", "tilt_mrad")
+
+
+def test_layers_sigma_from_angstrom_to_slices():
+    plan, notes = _convert(_full())
+    assert plan["engines"][0]["iter_constraints"] == [{"type": "layers", "sigma_slices": 5.0, "weight": 0.5}]
+    # explicit thicknesses; weight default 0.9 (phaserEM's) written out
+    plan, _ = _convert(EXAMPLES["prsco3_lsqml"])
+    assert plan["engines"][0]["iter_constraints"][0] == {"type": "layers", "sigma_slices": 2.0, "weight": 0.9}
+    # an engine's own slices without a thickness keep the total: 200 Å in 4 slices
+    doc = copy.deepcopy(EXAMPLES["si_lsqml"])
+    doc["engines"][0]["slices"] = {"n": 4}
+    plan, _ = _convert(doc)
+    assert plan["engines"][0]["iter_constraints"][0]["sigma_slices"] == pytest.approx(1.0)
+    # no thickness known: dropped with a note
+    doc = copy.deepcopy(EXAMPLES["si_lsqml"])
+    del doc["slices"]
+    plan, notes = _convert(doc)
+    assert all(c["type"] != "layers" for c in plan["engines"][0].get("iter_constraints", []))
+    assert _has(notes, "layers", "cannot be turned into slices")
+
+
+def test_obj_low_pass_cutoff_is_a_fraction_of_nyquist():
+    plan, notes = _convert(EXAMPLES["prsco3_lsqml"])
+    assert plan["engines"][0]["iter_constraints"][1] == {"type": "obj_low_pass", "cutoff": pytest.approx(0.6)}
+    assert _has(notes, "obj_low_pass", "Gaussian")
+
+
+def _phaserem_flag(flag: dict, i: int) -> bool:
+    """phaserEM's flag at 1-based engine iteration i (PHASER_REFERENCE.md 2.4)."""
+    after, every, before = flag.get("after", 0), flag.get("every", 1), flag.get("before")
+    return i > after and (before is None or i < before) and (i - after) % every == 0
+
+
+@pytest.mark.parametrize("flag", [{"after": 5}, {"every": 10}, {"after": 3, "every": 4}, {"before": 7},
+                                  {"after": 2, "every": 3, "before": 20}, {"after": 0, "every": 1}])
+def test_flags_convert_exactly(flag):
+    doc = copy.deepcopy(EXAMPLES["mos2_epie"])
+    doc["engines"][0]["update_probe"] = flag
+    plan, _ = _convert(doc)
+    ours = plan["engines"][0]["update_probe"]
+    f = Flag(True) if ours is True else Flag(**ours)
+    for j in range(60):  # ours counts from 0
+        assert f(j) == _phaserem_flag(flag, j + 1), (flag, ours, j)
+    load_plan(copy.deepcopy(plan))
+
+
+def test_known_flag_values():
+    doc = copy.deepcopy(EXAMPLES["mos2_epie"])
+    doc["engines"][0]["update_probe"] = {"every": 10}
+    doc["engines"][0]["update_object"] = {"after": 5}
+    plan, _ = _convert(doc)
+    assert plan["engines"][0]["update_probe"] == {"after": 9, "every": 10}
+    assert plan["engines"][0]["update_object"] == {"after": 5}
+
+
+def test_position_updates_off_unless_flagged():
+    # phaserEM's update_positions defaults to false; ours to {after: 1}
+    doc = copy.deepcopy(EXAMPLES["mos2_lsqml"])
+    del doc["engines"][1]["update_positions"]
+    plan, _ = _convert(doc)
+    assert plan["engines"][1]["update_positions"] is False
+
+
+def test_grouping_int_and_compact():
+    plan, _ = _convert(EXAMPLES["mos2_epie"])
+    assert plan["engines"][0]["grouping"] == {"size": 16}
+    plan, _ = _convert(EXAMPLES["mos2_lsqml"])
+    assert plan["engines"][0]["grouping"] == {"size": 64, "kind": "compact"}
+    doc = copy.deepcopy(EXAMPLES["mos2_epie"])
+    del doc["engines"][0]["grouping"]  # phaserEM's default 64
+    doc["engines"][0]["compact"] = True
+    doc["engines"][0]["shuffle_groups"] = True
+    plan, _ = _convert(doc)
+    assert plan["engines"][0]["grouping"] == {"size": 64, "kind": "compact", "regroup": True}
+
+
+def test_piecewise_schedule_boundaries_shift_by_one():
+    plan, _ = _convert(_full())
+    lr = plan["engines"][1]["solvers"]["object"]["learning_rate"]
+    assert lr == {"type": "piecewise", "init": 1.0e-2, "boundaries": [99], "values": [3.0e-3]}
+    doc = copy.deepcopy(EXAMPLES["mos2_grad"])
+    doc["engines"][0]["solvers"]["probe"]["learning_rate"] = {"type": "piecewise", "init": 0.1,
+                                                              "steps": {1: 0.2, "50": 0.05}}
+    plan, _ = _convert(doc)
+    # a step at iteration 1 holds from the start: it is the initial value
+    assert plan["engines"][0]["solvers"]["probe"]["learning_rate"] == {
+        "type": "piecewise", "init": 0.2, "boundaries": [49], "values": [0.05]}
+
+
+def test_gradient_solvers_split_and_missing_ones_null():
+    plan, _ = _convert(_full())
+    s = plan["engines"][1]["solvers"]
+    assert s["object"]["type"] == "adam" and s["object"] == s["probe"]
+    assert s["positions"] == {"type": "sgd", "learning_rate": 0.5, "momentum": 0.9, "nesterov": True}
+    doc = copy.deepcopy(EXAMPLES["mos2_grad"])
+    del doc["engines"][0]["solvers"]["probe"]
+    plan, notes = _convert(doc)
+    assert plan["engines"][0]["solvers"]["probe"] is None
+    assert _has(notes, "no solver for the probe")
+    load_plan(copy.deepcopy(plan))
+
+
+# --------------------------------------------------------------------------- notes
+
+
+def test_unsupported_keys_are_dropped_with_notes():
+    doc = copy.deepcopy(EXAMPLES["mos2_grad"])
+    doc["wavelength"] = 0.0250793
+    doc["mystery"] = 3
+    eng = doc["engines"][0]
+    eng.update({"resize_method": "resample", "sim_shape": [64, 64], "buffer_n_groups": 4, "calc_error": {"every": 5},
+                "send_every_group": True, "bogus": 1, "save_options": {"out_dir": "{name}_out", "unwrap_phase": True}})
+    eng["iter_constraints"] = [{"type": "nonneg_object_phase"}]
+    eng["regularizers"].append({"type": "obj_magic", "cost": 1})
+    doc["post_init"] = ["my.module:hook"]
+    plan, notes = _convert(doc)
+    load_plan(copy.deepcopy(plan))
+    for words in [("mystery", "unknown key"), ("engines[0].bogus", "unknown key"),
+                  ("engines[0].sim_shape", "not supported"), ("buffer_n_groups",), ("calc_error", "not carried"),
+                  ("send_every_group",), ("out_dir", "--out"), ("unwrap_phase",),
+                  ("nonneg_object_phase", "not converted"), ("obj_magic", "not converted"),
+                  ("post_init[0]", "my.module:hook")]:
+        assert _has(notes, *words), words
+    # a wavelength becomes the loader's beam energy (200 kV)
+    assert plan["raw_data"]["energy_eV"] == pytest.approx(200e3, rel=1e-5)
+    assert "bogus" not in plan["engines"][0] and "mystery" not in plan
+
+
+def test_expr_schedule_and_unknown_loader_notes():
+    doc = copy.deepcopy(EXAMPLES["mos2_epie"])
+    doc["engines"][0]["solver"]["beta_object"] = {"type": "expr", "expr": "1.0 - np.exp(-i/3)"}
+    plan, notes = _convert(doc)
+    assert plan["engines"][0]["solver"] == {"type": "epie", "beta_probe": 0.5}
+    assert _has(notes, "engines[0].solver.beta_object", "expr schedule", "cannot be carried")
+    doc = {**EXAMPLES["mos2_epie"], "raw_data": {"type": "gatan", "path": "scan.dm4"}}
+    plan, notes = _convert(doc)
+    assert _has(notes, "raw_data", "gatan", "rsciio")
+
+
+def test_init_state_keeps_path_and_notes_overrides():
+    doc = {**EXAMPLES["mos2_epie"], "init": {"state": "prev/iter100.h5", "probe": {"defocus": 10.0}}}
+    plan, notes = _convert(doc)
+    assert plan["init"] == {"state": "prev/iter100.h5"}
+    assert _has(notes, "init.probe", "state")
+    load_plan(copy.deepcopy(plan))
+
+
+def test_rebase_paths(tmp_path):
+    plan, _ = _convert({**EXAMPLES["mos2_epie"], "init": {"state": "prev/s.h5"}})
+    notes = rebase_paths(plan, str(tmp_path / "old"), str(tmp_path / "new"))
+    assert plan["raw_data"]["path"] == "../old/data/mos2.json" and plan["init"]["state"] == "../old/prev/s.h5"
+    assert len(notes) == 2
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "phaser_core.cli", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_command_prints_plan_and_notes(tmp_path):
+    (tmp_path / "old.yaml").write_text(FULL_EXAMPLE)
+    r = _cli("import-plan", "old.yaml", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    new = YAML(typ="safe").load(r.stdout)
+    assert new["init"]["probe"]["defocus_A"] == -150.0
+    assert list(new)[:3] == ["file_type", "version", "name"]
+    assert "sim_shape" in r.stderr and "validates" in r.stderr
+    # --out in another folder: the data path follows
+    r = _cli("import-plan", "old.yaml", "--out", "sub/new.yaml", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    new = YAML(typ="safe").load((tmp_path / "sub" / "new.yaml").read_text())
+    assert new["raw_data"]["path"] == "../data/Si_300kV.json"
+
+
+def test_command_exits_1_when_the_result_does_not_validate(tmp_path):
+    doc = copy.deepcopy(EXAMPLES["mos2_epie"])
+    doc["raw_data"] = {"type": "nion", "path": "x.ndata", "diff_step": 1.0}
+    buf = tmp_path / "old.yaml"
+    YAML().dump(doc, buf)
+    r = _cli("import-plan", str(buf), cwd=tmp_path)
+    assert r.returncode == 1
+    assert "does not validate" in r.stderr and "nion" in r.stderr
