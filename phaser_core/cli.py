@@ -76,7 +76,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     try:
         plan = load_plan(Path(args.plan), registry=get_registry(), overrides=args.set or (),
                          allow_local=False if args.no_local else None)
-        missing = missing_input_files(plan, Path(args.plan), _read_plan_dir(Path(args.plan)))
+        missing = missing_input_files(plan, Path(args.plan), read_plan_dir(Path(args.plan)))
         if missing:
             raise PlanError(missing, source=args.plan)
     except PlanError as exc:
@@ -284,7 +284,9 @@ def _default_out_dir(name: str) -> Path:
     return out
 
 
-def _read_plan_dir(plan_file: Path) -> Path | None:
+def read_plan_dir(plan_file: Path) -> Path | None:
+    """The folder a run's ``plan.yaml`` resolves its relative paths from (its
+    ``# plan_dir:`` header, written by ``phaser run``), or None."""
     try:
         with open(plan_file, encoding="utf-8") as fh:
             for line in fh:
@@ -314,7 +316,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not plan_file.exists():
             raise PhaserError(f"cannot resume: {plan_file} does not exist (give the output folder of a run)")
         source = str(plan_file)
-        plan_dir = _read_plan_dir(plan_file) or out_dir
+        plan_dir = read_plan_dir(plan_file) or out_dir
         resume = True
     else:
         if not args.plan:

@@ -6,7 +6,10 @@ pixel (i, j) at ``corner_A + (i, j)·sampling_A``. :func:`phase_score` band-limi
 ground truth to the reconstruction's Nyquist frequency (a finer ground truth holds detail
 no reconstruction on that grid can show), samples it at the reconstruction's pixel centres
 inside the scanned area, removes an offset and an affine phase ramp (ambiguities of
-ptychography) by least squares and reports the Pearson correlation and the RMS error [rad].
+ptychography) by least squares and reports the Pearson correlation, the RMS error [rad]
+and the slope of reconstructed against true phase (1: the right contrast).
+:func:`frc` is the Fourier ring correlation of the two images, and the resolution where it
+falls below 0.5 (``phaser score``).
 """
 
 from __future__ import annotations
@@ -73,13 +76,15 @@ def scan_box(shape: tuple, sampling_A: Any, corner_A: Any, scan_A: np.ndarray,
 
 
 def phase_score(recon_phase: np.ndarray, recon_sampling_A: Any, recon_corner_A: Any, gt_phase: np.ndarray,
-                gt_sampling_A: Any, scan_A: np.ndarray, *, periodic: bool = False, margin_A: float = 0.0) -> dict:
+                gt_sampling_A: Any, scan_A: np.ndarray, *, periodic: bool = False, margin_A: float = 0.0,
+                with_frc: bool = False) -> dict:
     """Compare a reconstructed phase (H, W) [rad] with the ground truth, band-limited to
     the reconstruction's Nyquist frequency 1/(2·``recon_sampling_A``).
 
     Only pixels inside the bounding box of ``scan_A`` (shrunk by ``margin_A`` [Å]) count.
-    Returns ``{"pearson", "rms_rad", "n_pixels"}`` after removing an offset and a phase ramp
-    from both images.
+    Returns ``{"pearson", "rms_rad", "slope", "n_pixels"}`` after removing an offset and a
+    phase ramp from both images (``slope``: the least-squares factor of reconstructed
+    against true phase), and with ``with_frc`` their :func:`frc` as ``"frc"``.
     """
     s = np.broadcast_to(np.asarray(recon_sampling_A, dtype=np.float64), (2,))
     sg = np.broadcast_to(np.asarray(gt_sampling_A, dtype=np.float64), (2,))
@@ -97,10 +102,57 @@ def phase_score(recon_phase: np.ndarray, recon_sampling_A: Any, recon_corner_A: 
     gt_c = remove_ramp(gt, yy, xx)
     pearson = float(np.corrcoef(rec_c.ravel(), gt_c.ravel())[0, 1])
     rms = float(np.sqrt(np.mean((rec_c - gt_c) ** 2)))
-    return {"pearson": pearson, "rms_rad": rms, "n_pixels": int(rec.size)}
+    slope = float(np.sum(rec_c * gt_c) / max(np.sum(gt_c * gt_c), 1e-300))
+    out = {"pearson": pearson, "rms_rad": rms, "slope": slope, "n_pixels": int(rec.size)}
+    if with_frc:
+        out["frc"] = frc(rec_c, gt_c, s)
+    return out
 
 
-def score_state(state: Any, ground_truth: dict, *, slice_index: int | None = None, margin_A: float = 0.0) -> dict:
+#: the FRC threshold whose crossing :func:`frc` reports as the resolution
+FRC_THRESHOLD = 0.5
+
+
+def frc(a: np.ndarray, b: np.ndarray, sampling_A: Any, n_rings: int | None = None) -> dict:
+    """Fourier ring correlation of two images of the same shape and pixel size
+    ``sampling_A`` (y, x) [Å], each windowed (Hann) after removing its mean.
+
+    Returns ``{"k_invA": ring centres [1/Å], "frc": values, "resolution_A": 1/k where the
+    FRC first falls below`` :data:`FRC_THRESHOLD` ``(None: never, within the rings up to
+    the smaller axis' Nyquist frequency)}``.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"frc needs two 2-d images of one shape, got {a.shape} and {b.shape}")
+    s = np.broadcast_to(np.asarray(sampling_A, dtype=np.float64), (2,))
+    window = np.outer(np.hanning(a.shape[0]), np.hanning(a.shape[1]))
+    fa = np.fft.fft2((a - a.mean()) * window)
+    fb = np.fft.fft2((b - b.mean()) * window)
+    ky = np.fft.fftfreq(a.shape[0], s[0])[:, None]
+    kx = np.fft.fftfreq(a.shape[1], s[1])[None, :]
+    k = np.hypot(ky, kx)
+    k_nyq = float(min(1.0 / (2.0 * s[0]), 1.0 / (2.0 * s[1])))
+    n = int(n_rings or max(4, min(a.shape) // 2))
+    edges = np.linspace(0.0, k_nyq, n + 1)
+    ring = np.digitize(k.ravel(), edges) - 1
+    inside = (ring >= 0) & (ring < n)
+    ring = ring[inside]
+
+    def ring_sum(v: np.ndarray) -> np.ndarray:
+        return np.bincount(ring, weights=v.ravel()[inside], minlength=n)
+
+    cross = ring_sum(np.real(fa * np.conj(fb)))
+    power = np.sqrt(ring_sum(np.abs(fa) ** 2) * ring_sum(np.abs(fb) ** 2))
+    values = np.where(power > 0, cross / np.maximum(power, 1e-300), 0.0)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    below = np.nonzero(values[1:] < FRC_THRESHOLD)[0]  # the first ring holds the window's leakage
+    resolution = None if below.size == 0 else float(1.0 / centres[below[0] + 1])
+    return {"k_invA": centres, "frc": values, "resolution_A": resolution}
+
+
+def score_state(state: Any, ground_truth: dict, *, slice_index: int | None = None, margin_A: float = 0.0,
+                with_frc: bool = False) -> dict:
     """:func:`phase_score` of a state's summed object phase (or one slice) against
     ``RawData.ground_truth`` (``phase`` or ``potential`` per slice, ``sampling_A``)."""
     obj = np.asarray(state.object.data)
@@ -121,4 +173,4 @@ def score_state(state: Any, ground_truth: dict, *, slice_index: int | None = Non
         gt = potential[slice_index]
     periodic = str(ground_truth.get("periodic", "no")).lower() in ("yes", "true", "1")
     return phase_score(recon, state.object.sampling_A, state.object.corner_A, gt, ground_truth["sampling_A"],
-                       np.asarray(state.scan_A), periodic=periodic, margin_A=margin_A)
+                       np.asarray(state.scan_A), periodic=periodic, margin_A=margin_A, with_frc=with_frc)

@@ -1,9 +1,13 @@
-"""Extra CLI sub-commands of the bundled plugin: ``phaser simulate``, ``phaser inspect`` and
-``phaser import-plan``."""
+"""Extra CLI sub-commands of the bundled plugin: ``phaser simulate``, ``phaser score``,
+``phaser inspect`` and ``phaser import-plan``."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+import numpy as np
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -121,12 +125,93 @@ def _cmd_import_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score_inputs(result: Path, truth: str | None) -> tuple[Path, Path]:
+    """The state file to score (a run folder's final.h5, else its checkpoint.h5) and the
+    data file holding the ground truth (``truth``, else the run's hdf5 raw data)."""
+    from phaser_core.cli import read_plan_dir
+    from phaser_core.errors import DataError
+    from phaser_core.files import CHECKPOINT_NAME, FINAL_NAME
+
+    if not result.exists():
+        raise DataError(f"{result} does not exist")
+    state = result
+    if result.is_dir():
+        found = [result / n for n in (FINAL_NAME, CHECKPOINT_NAME) if (result / n).is_file()]
+        if not found:
+            raise DataError(f"{result} holds neither {FINAL_NAME} nor {CHECKPOINT_NAME}: give a run folder or a "
+                            "state file")
+        state = found[0]
+    if truth is not None:
+        return state, Path(truth)
+    plan_file = result / "plan.yaml" if result.is_dir() else None
+    if plan_file is not None and plan_file.is_file():
+        from phaser_core.plan import load_plan
+
+        raw = load_plan(plan_file).raw_data
+        path = getattr(raw.config, "path", None)
+        if raw.type == "hdf5" and path:
+            base = read_plan_dir(plan_file) or result
+            data = Path(path).expanduser()
+            return state, data if data.is_absolute() else base / data
+    raise DataError(f"{result}: give the data file holding the ground truth with --truth DATA.h5")
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    import h5py
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from phaser_core.errors import DataError
+    from phaser_core.statefile import load_state
+    from phaser_std.analysis import score_state
+    from phaser_std.data.loaders.hdf5 import read_ground_truth
+
+    state_file, data_file = _score_inputs(Path(args.result), args.truth)
+    state = load_state(state_file)
+    try:
+        with h5py.File(data_file, "r") as f:
+            if "ground_truth" not in f:
+                raise DataError(f"{data_file} holds no /ground_truth (a simulated data file does)")
+            truth = read_ground_truth(f["ground_truth"])
+    except OSError as exc:
+        raise DataError(f"{data_file}: cannot open it as HDF5 ({exc})") from None
+    rows = [("sum of slices", score_state(state, truth, margin_A=args.margin_A, with_frc=True))]
+    potential = truth.get("potential")
+    if state.object.n_slices > 1 and potential is not None and np.shape(potential)[0] == state.object.n_slices:
+        rows += [(f"slice {i}", score_state(state, truth, slice_index=i, margin_A=args.margin_A, with_frc=True))
+                 for i in range(state.object.n_slices)]
+    if args.json:
+        print(json.dumps({"state": str(state_file), "truth": str(data_file),
+                          "scores": {name: {k: v for k, v in r.items() if k != "frc"}
+                                     | {"frc_resolution_A": r["frc"]["resolution_A"]} for name, r in rows}}))
+        return 0
+    table = Table(title=f"{state_file} against {data_file}")
+    for col in ("phase", "Pearson", "RMS [rad]", "slope", "FRC 0.5 [Å]", "pixels"):
+        table.add_column(escape(col), justify="left" if col == "phase" else "right")
+    for name, r in rows:
+        res = r["frc"]["resolution_A"]
+        table.add_row(name, f"{r['pearson']:.4f}", f"{r['rms_rad']:.4f}", f"{r['slope']:.3f}",
+                      "-" if res is None else f"{res:.3g}", str(r["n_pixels"]))
+    Console().print(table)
+    return 0
+
+
 def register_all(cli) -> None:
     p = cli.command("simulate", help="Simulate 4D-STEM data with ground truth from a YAML spec (hdf5 raw format).")
     p.add_argument("spec", help="simulation spec (YAML), e.g. examples/sim_small.yaml")
     p.add_argument("--out", required=True, help="output .h5 file")
     p.add_argument("--seed", type=int, default=None, help="random seed (overrides the spec's seed)")
     p.set_defaults(handler=_cmd_simulate)
+
+    p = cli.command("score", help="Score a reconstruction against the ground truth of simulated data: Pearson, "
+                    "RMS error, contrast slope and FRC resolution of the phase (summed, and per slice).")
+    p.add_argument("result", help="a run folder (its final.h5, else checkpoint.h5) or a state file")
+    p.add_argument("--truth", default=None, help="data file with /ground_truth (default: the run's hdf5 raw data)")
+    p.add_argument("--margin-A", dest="margin_A", type=float, default=0.0,
+                   help="leave this much [Å] of the scanned area's edge out")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=_cmd_score)
 
     p = cli.command("inspect", help="Print acquisition parameters and sampling figures of an hdf5 raw-data "
                     "file, or of a plan's data (any loader, after post_load); optionally write an overview PNG.")

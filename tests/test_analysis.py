@@ -40,3 +40,56 @@ def test_ground_truth_detail_beyond_the_reconstruction_grid_does_not_count():
     recon = 0.4 * np.sin(2 * np.pi * ry / 3.2) * np.cos(2 * np.pi * rx / 6.4)
     score = score_state(_state(recon, 0.0), gt)
     assert score["pearson"] > 0.9999 and score["rms_rad"] < 5e-3, score  # bilinear sampling: ~2e-3
+
+
+def test_the_slope_reads_a_weak_contrast_that_pearson_does_not():
+    yy, xx = np.mgrid[0:64, 0:64] * 0.2
+    truth = 0.4 * np.sin(2 * np.pi * yy / 1.7) * np.cos(2 * np.pi * xx / 2.3)
+    gt = {"phase": truth, "sampling_A": 0.2, "periodic": "no"}
+    half = score_state(_state(0.5 * truth + 0.03 * yy, 0.0), gt)  # half the contrast, and a ramp
+    assert half["pearson"] > 0.999999 and abs(half["slope"] - 0.5) < 1e-9
+    over = score_state(_state(1.5 * truth, 0.0), gt)  # the same error the other way
+    assert abs(over["slope"] - 1.5) < 1e-9 and abs(half["rms_rad"] - over["rms_rad"]) < 1e-9
+
+
+def _field(n: int, cutoff: float, rng) -> np.ndarray:
+    """White noise low-passed to radius ``cutoff`` [cycles/px]."""
+    k = np.hypot(np.fft.fftfreq(n)[:, None], np.fft.fftfreq(n)[None, :])
+    return np.real(np.fft.ifft2(np.fft.fft2(rng.normal(size=(n, n))) * (k <= cutoff)))
+
+
+def test_frc_is_one_for_the_same_image_and_falls_where_the_signal_ends():
+    from phaser_std.analysis import frc
+
+    rng = np.random.default_rng(0)
+    signal = _field(128, 0.25, rng)  # detail to 0.25 cycles/px: 2 Å at 0.5 Å pixels
+    same = frc(signal, 3.0 * signal + 1.0, 0.5)
+    assert np.all(same["frc"] > 0.999) and same["resolution_A"] is None
+    noise = 0.05 * signal.std() * np.sqrt(128)
+    noisy = frc(signal + rng.normal(scale=noise / 128 ** 0.5, size=signal.shape),
+                signal + rng.normal(scale=noise / 128 ** 0.5, size=signal.shape), 0.5)
+    assert 1.8 < noisy["resolution_A"] < 2.3, noisy["resolution_A"]  # 1 / (0.25 cycles/px / 0.5 Å)
+    unrelated = frc(signal, _field(128, 0.25, rng), 0.5)
+    assert unrelated["resolution_A"] > 10.0  # below 0.5 at once (the first ring is the window's)
+
+
+def test_cli_score_reads_a_run_folder_and_its_data(tmp_path, capsys):
+    import json
+
+    from recon import make_dataset
+
+    from phaser_core.cli import main
+
+    data = make_dataset(tmp_path / "d.h5", scan={"shape": [8, 8]})
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("file_type: phaser_plan\nversion: 1\nraw_data: {type: hdf5, path: d.h5}\n"
+                    "engines: [{type: conventional, niter: 3, grouping: {size: 16}}]\n")
+    assert main(["run", str(plan), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["score", str(tmp_path / "run"), "--json"]) == 0  # the truth from the run's plan (its folder)
+    scores = json.loads(capsys.readouterr().out)["scores"]["sum of slices"]
+    assert scores["pearson"] > 0.8 and 0.5 < scores["slope"] < 1.5 and scores["frc_resolution_A"] > 0
+    assert main(["score", str(tmp_path / "run" / "final.h5")]) == 1  # a bare state names no data
+    assert "--truth DATA.h5" in capsys.readouterr().err
+    assert main(["score", str(tmp_path / "run" / "final.h5"), "--truth", str(data)]) == 0
+    assert "sum of slices" in capsys.readouterr().out
