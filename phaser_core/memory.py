@@ -216,6 +216,20 @@ def _engine_terms(engine: Any, data: DataShape, shapes: dict, dtype: str, backen
     return terms
 
 
+def on_detector_grid(ds: DataShape, shapes: dict, grid: tuple[int, int]) -> tuple[DataShape, dict]:
+    """The data and state shapes on another detector grid (``sim_shape``): the patterns
+    cropped or padded to ``grid``, the probe on it, the object resampled by the same ratio
+    (:mod:`phaser_std.physics.grid`)."""
+    q = tuple(ds.pattern_shape)
+    if tuple(grid) == q and tuple(shapes["probe"][-2:]) == tuple(grid):
+        return ds, shapes
+    py, px = shapes["probe"][-2:]
+    s, h, w = shapes["object"]
+    out = dict(shapes, probe=(shapes["probe"][0], grid[0], grid[1]),
+               object=(s, -(-h * grid[0] // py), -(-w * grid[1] // px)))
+    return attrs.evolve(ds, pattern_shape=(int(grid[0]), int(grid[1]))), out
+
+
 def estimate_run(plan: Any, data: Any, state: Any, registry: Any, backend: str | None = None) -> MemoryEstimate:
     """The estimate for ``plan`` given its loaded ``data`` and initial ``state`` (host)."""
     backend = backend or str(plan.backend)
@@ -234,10 +248,20 @@ def estimate_run(plan: Any, data: Any, state: Any, registry: Any, backend: str |
     scaled = bool((getattr(state, "extra", None) or {}).get("probe_scaled", False))
     # only a one-slice object can take the shortcut (an engine's slices start from it)
     unit = shapes["object"][0] == 1 and unit_amplitude(state.object.data)
+    grid = shapes["probe"][-2:]
     for num, spec in enumerate(plan.engines):
         engine = spec.build(registry)
-        terms = _engine_terms(engine, ds, dict(shapes, probe_scaled=scaled, unit_object=unit and num == 0),
+        # an engine's sim_shape moves it and the ones after it to another detector grid
+        grid = tuple(int(q) for q in (getattr(getattr(engine, "config", None), "sim_shape", None) or grid))
+        ds_e, shapes_e = on_detector_grid(ds, shapes, grid)
+        if (ds_e, shapes_e) != (ds, shapes):
+            shared_grid = Term(f"patterns resized to the engine's {grid[0]}x{grid[1]} grid (host copy)",
+                               ds_e.n_patterns * grid[0] * grid[1] * ds_e.host_itemsize,
+                               "no sim_shape, or crop or bin the data (post_load)", "host")
+        terms = _engine_terms(engine, ds_e, dict(shapes_e, probe_scaled=scaled, unit_object=unit and num == 0),
                               dtype, backend)
+        if terms is not None and (ds_e, shapes_e) != (ds, shapes):
+            terms = [shared_grid, *terms]
         scaled = scaled or bool(getattr(getattr(engine, "config", None), "scale_probe", False))
         if terms is None:
             terms = [Term(f"engine {spec.type!r} gives no estimate", 0, "")]

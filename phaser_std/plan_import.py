@@ -582,14 +582,18 @@ class _Importer:
             else:
                 current_slices = sl
         if props.get("sim_shape") is not None:
-            ss = list(props["sim_shape"])
-            self.note(path + ("sim_shape",), f"resizing the patterns to {ss} for one engine is not supported "
-                                             "here (one grid for the whole run); dropped. For a larger "
-                                             f"detector grid add `{{type: pad, size: {ss}}}` to post_load, for a "
-                                             f"smaller one `{{type: crop_data, size: {ss}}}` (both for every "
-                                             "engine)")
-        if "resize_method" in props and props.get("sim_shape") is None:
-            self.note(path + ("resize_method",), "no resizing here; dropped")
+            ss = [int(q) for q in props["sim_shape"]]
+            method = props.get("resize_method", "pad_crop")
+            if method == "pad_crop":
+                out["sim_shape"] = ss
+                self.note(path + ("sim_shape",), "kept (pad_crop): the engines after this one stay on its grid "
+                                                 "until another sim_shape")
+            else:
+                self.note(path + ("resize_method",), f"{method!r} (interpolating the patterns to another detector "
+                                                     "sampling) is not supported here, only pad_crop; sim_shape "
+                                                     f"{ss} dropped")
+        elif "resize_method" in props:
+            self.note(path + ("resize_method",), "no sim_shape to resize to; dropped")
         if props.get("noise_model") is not None:
             nm = self.noise_model(props["noise_model"], path + ("noise_model",))
             if nm is not None:

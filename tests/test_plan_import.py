@@ -205,7 +205,7 @@ def test_full_example_converts_and_validates():
     assert grad["iter_constraints"] == [{"type": "limit_probe_support", "max_angle_mrad": 26.0}]
     assert plan["output"] == {"state_every": 10, "image_every": 25,
                               "images": ["probe", "object_phase_sum", "object_amplitude"]}
-    assert _has(notes, "engines[1].sim_shape", "pad")
+    assert grad["sim_shape"] == [192, 192] and _has(notes, "engines[1].sim_shape", "pad_crop")
     assert _has(notes, "poisson", "Gaussian")
     assert _has(notes, "image 'scan'")
     assert _has(notes, "img_dtype")
@@ -389,7 +389,7 @@ def test_unsupported_keys_are_dropped_with_notes():
     plan, notes = _convert(doc)
     load_plan(copy.deepcopy(plan))
     for words in [("mystery", "unknown key"), ("engines[0].bogus", "unknown key"),
-                  ("engines[0].sim_shape", "not supported"), ("buffer_n_groups",), ("calc_error", "not carried"),
+                  ("engines[0].resize_method", "not supported"), ("buffer_n_groups",), ("calc_error", "not carried"),
                   ("send_every_group",), ("out_dir", "--out"), ("unwrap_phase",),
                   ("nonneg_object_phase", "not converted"), ("obj_magic", "not converted"),
                   ("post_init[0]", "my.module:hook")]:
@@ -439,7 +439,7 @@ def test_command_prints_plan_and_notes(tmp_path):
     new = YAML(typ="safe").load(r.stdout)
     assert new["init"]["probe"]["defocus_A"] == -150.0
     assert list(new)[:3] == ["file_type", "version", "name"]
-    assert "sim_shape" in r.stderr and "validates" in r.stderr
+    assert new["engines"][1]["sim_shape"] == [192, 192] and "validates" in r.stderr
     # --out in another folder: the data path follows
     r = _cli("import-plan", "old.yaml", "--out", "sub/new.yaml", cwd=tmp_path)
     assert r.returncode == 0, r.stderr

@@ -19,7 +19,7 @@ import attrs
 import numpy as np
 
 from phaser_core.backend import stream_seed
-from phaser_core.config import RegularizerSpec, in_range, param
+from phaser_core.config import RegularizerSpec, in_range, param, yx_int_pair_or_none
 from phaser_core.data import detector_mask
 from phaser_core.errors import DataError, PhaserError
 from phaser_core.observer import notify
@@ -59,6 +59,19 @@ class GroupingConfig:
     stream_patterns: bool | None = param(None, doc="send the patterns to the device a block of groups at a time "
                                                    "instead of keeping all of them there (null: on a GPU yes, on "
                                                    "a CPU no); memory only, the update is the same")
+
+
+def _check_sim_shape(instance: Any, attribute: Any, value: Any) -> None:
+    if value is not None and min(value) < 8:
+        raise ValueError(f"must be at least 8 x 8 detector pixels, got {list(value)}", attribute)
+
+
+def sim_shape_param() -> Any:
+    """The engines' ``sim_shape`` setting (:mod:`phaser_std.physics.grid`)."""
+    return param(None, unit="px", converter=yx_int_pair_or_none, validator=_check_sim_shape,
+                 doc="(Qy, Qx) detector grid for this engine and the ones after it: the patterns cropped or "
+                     "zero-padded (padded pixels left out of the fit) about the zero angle, so the real-space "
+                     "pixel becomes 1/(Q·Δk), the probe and object resampled to it (null: keep the grid)")
 
 
 def resample_for_engine(state: ReconsState, probe_modes: int | None, slices: SlicesPlan | None,

@@ -23,10 +23,12 @@ from phaser_std.engines.common import (
     joined,
     resample_for_engine,
     scan_groups,
+    sim_shape_param,
 )
 from phaser_std.engines.conventional_solvers import has_chunked_rule, make_group_step
 from phaser_std.engines.noise_models import build_noise_model, on_valid_pixels
 from phaser_std.engines.regularizers import RegInfo
+from phaser_std.physics.grid import on_grid
 from phaser_std.physics.forward import make_propagators, shift_ramp_factors
 
 __all__ = ["ConventionalConfig", "ConventionalEngine"]
@@ -41,6 +43,7 @@ class ConventionalConfig:
     probe_modes: int | None = param(None, doc="number of incoherent probe modes (null: keep)",
                                     validator=in_range(1))
     slices: SlicesPlan | None = param(None, doc="object slices for this engine (null: keep)")
+    sim_shape: tuple[int, int] | None = sim_shape_param()
     noise_model: NoiseModelSpec | None = param(None, doc="detector noise model (null: anscombe for counted "
                                                "data, whole numbers of electrons; amplitude for other data)")
     solver: ConventionalSolverSpec = param(ConventionalSolverSpec("lsqml"), doc="update rule: epie or lsqml")
@@ -66,6 +69,7 @@ class ConventionalEngine:
         bk = ctx.backend
         reg = ctx.registry
         state = resample_for_engine(state, cfg.probe_modes, cfg.slices, ctx.seed, ctx.engine_num)
+        state, data = on_grid(state, data, cfg.sim_shape)
         noise = build_noise_model(cfg.noise_model, data, reg)
         solver = cfg.solver.build(reg)
         pos_solver = cfg.position_solver.build(reg) if cfg.position_solver is not None else None

@@ -35,9 +35,10 @@ from phaser_core.plan import SlicesPlan
 from phaser_core.state import ReconsState
 from phaser_std.engines.chunking import engine_chunk, gradient_lane_budget
 from phaser_std.engines.common import (EngineLoop, GroupingConfig, engine_arrays, joined, resample_for_engine,
-                                       scan_groups)
+                                       scan_groups, sim_shape_param)
 from phaser_std.engines.gradient_step import GroupModel, StepCounter, make_group_step, slice_dz
 from phaser_std.engines.noise_models import build_noise_model, on_valid_pixels
+from phaser_std.physics.grid import on_grid
 from phaser_std.engines.optimizers import AdamConfig
 from phaser_std.engines.regularizers import RegInfo
 from phaser_std.physics.forward import abs2, make_propagators, shift_ramp_factors
@@ -72,6 +73,7 @@ class GradientConfig:
     probe_modes: int | None = param(None, doc="number of incoherent probe modes (null: keep)",
                                     validator=in_range(1))
     slices: SlicesPlan | None = param(None, doc="object slices for this engine (null: keep)")
+    sim_shape: tuple[int, int] | None = sim_shape_param()
     noise_model: NoiseModelSpec | None = param(None, doc="detector noise model (null: anscombe for counted "
                                                "data, whole numbers of electrons; amplitude for other data)")
     solvers: GradientSolvers = param(factory=GradientSolvers, doc="{object, probe, positions, tilt}: solver each")
@@ -122,6 +124,7 @@ class GradientEngine:
         bk = ctx.backend
         reg = ctx.registry
         state = resample_for_engine(state, cfg.probe_modes, cfg.slices, ctx.seed, ctx.engine_num)
+        state, data = on_grid(state, data, cfg.sim_shape)
         noise = build_noise_model(cfg.noise_model, data, reg)
         costs = tuple(spec.build(reg) for spec in cfg.regularizers)
         for spec, c in zip(cfg.regularizers, costs):
