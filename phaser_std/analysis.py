@@ -111,15 +111,24 @@ def phase_score(recon_phase: np.ndarray, recon_sampling_A: Any, recon_corner_A: 
 
 #: the FRC threshold whose crossing :func:`frc` reports as the resolution
 FRC_THRESHOLD = 0.5
+#: rings from 0 to the Nyquist frequency: wide enough that each holds some of a crystal's
+#: Bragg reflections (thin rings fall between them and correlate residuals alone)
+FRC_RINGS = 24
+#: rings where the second image's power per pixel is below this fraction of its mean are
+#: left out of the crossing (no signal to correlate)
+INFORMATIVE_FRACTION = 1e-3
 
 
 def frc(a: np.ndarray, b: np.ndarray, sampling_A: Any, n_rings: int | None = None) -> dict:
     """Fourier ring correlation of two images of the same shape and pixel size
     ``sampling_A`` (y, x) [Å], each windowed (Hann) after removing its mean.
 
-    Returns ``{"k_invA": ring centres [1/Å], "frc": values, "resolution_A": 1/k where the
-    FRC first falls below`` :data:`FRC_THRESHOLD` ``(None: never, within the rings up to
-    the smaller axis' Nyquist frequency)}``.
+    Returns ``{"k_invA": ring centres [1/Å], "frc": values, "informative": rings where
+    b holds signal, "resolution_A": 1/k where the FRC first falls below``
+    :data:`FRC_THRESHOLD` ``in an informative ring (None: never, up to the smaller axis'
+    Nyquist frequency)}``. ``b`` is the reference (the ground truth): rings where it holds
+    under`` :data:`INFORMATIVE_FRACTION` ``of its mean power per pixel (between a
+    crystal's Bragg rings) do not count.
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
@@ -133,7 +142,7 @@ def frc(a: np.ndarray, b: np.ndarray, sampling_A: Any, n_rings: int | None = Non
     kx = np.fft.fftfreq(a.shape[1], s[1])[None, :]
     k = np.hypot(ky, kx)
     k_nyq = float(min(1.0 / (2.0 * s[0]), 1.0 / (2.0 * s[1])))
-    n = int(n_rings or max(4, min(a.shape) // 2))
+    n = int(n_rings or FRC_RINGS)
     edges = np.linspace(0.0, k_nyq, n + 1)
     ring = np.digitize(k.ravel(), edges) - 1
     inside = (ring >= 0) & (ring < n)
@@ -143,12 +152,20 @@ def frc(a: np.ndarray, b: np.ndarray, sampling_A: Any, n_rings: int | None = Non
         return np.bincount(ring, weights=v.ravel()[inside], minlength=n)
 
     cross = ring_sum(np.real(fa * np.conj(fb)))
-    power = np.sqrt(ring_sum(np.abs(fa) ** 2) * ring_sum(np.abs(fb) ** 2))
+    power_b = ring_sum(np.abs(fb) ** 2)
+    power = np.sqrt(ring_sum(np.abs(fa) ** 2) * power_b)
     values = np.where(power > 0, cross / np.maximum(power, 1e-300), 0.0)
     centres = 0.5 * (edges[1:] + edges[:-1])
-    below = np.nonzero(values[1:] < FRC_THRESHOLD)[0]  # the first ring holds the window's leakage
-    resolution = None if below.size == 0 else float(1.0 / centres[below[0] + 1])
-    return {"k_invA": centres, "frc": values, "resolution_A": resolution}
+    # rings where ``b`` holds (almost) nothing carry no information: between a crystal's
+    # Bragg rings the correlation is of residuals alone
+    pixels = np.maximum(np.bincount(ring, minlength=n), 1)
+    density = power_b / pixels
+    informative = density > INFORMATIVE_FRACTION * np.mean(density[1:][density[1:] > 0]) if np.any(density[1:] > 0) \
+        else np.zeros(n, dtype=bool)
+    informative[0] = False  # the first ring holds the window's leakage
+    below = np.nonzero(informative & (values < FRC_THRESHOLD))[0]
+    resolution = None if below.size == 0 else float(1.0 / centres[below[0]])
+    return {"k_invA": centres, "frc": values, "informative": informative, "resolution_A": resolution}
 
 
 def score_state(state: Any, ground_truth: dict, *, slice_index: int | None = None, margin_A: float = 0.0,
