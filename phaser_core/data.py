@@ -119,13 +119,12 @@ def holds_counts(data: Any, block: int = 1 << 24) -> bool:
         return True
     valid = detector_mask(data)
     p = np.asarray(data.patterns)
-    if p.dtype.kind in "biu":
-        return bool(p.size == 0 or p.min() >= 0)
+    whole = p.dtype.kind in "biu"  # integers: only the sign to check
     p = p.reshape(-1, *p.shape[-2:])
-    rows = max(1, block // max(1, p[0].size))
+    rows = max(1, block // max(1, p.shape[-2] * p.shape[-1]))
     for i in range(0, p.shape[0], rows):
         b = p[i:i + rows] if valid is None else p[i:i + rows][:, valid]
-        if b.size and not (b.min() >= 0 and np.array_equal(b, np.rint(b))):
+        if b.size and not (b.min() >= 0 and (whole or np.array_equal(b, np.rint(b)))):
             return False
     return True
 

@@ -8,7 +8,8 @@ What changes on the way in (docs/conventions.md, "From the published phaser"):
 - **Scan positions.** phaserEM places a probe of N pixels so that its pixel (N − 1)/2
   sits at the scan position; here pixel N//2 does. For an even N the positions move by
   half an object pixel, so that every probe lands on the same object pixels as there.
-- **Tilt.** phaserEM's propagator ramp has the opposite sign: the tilt is negated.
+- **Tilt.** phaserEM's propagator ramp has the opposite sign: the tilt is negated. A tilt
+  that is the same at every position becomes a global one.
 - Probe, object, object corner and sampling, slice thicknesses and the wavelength carry
   over unchanged (the same layouts and units: Å, mrad, complex transmission functions).
 - The loss record (``/progress/total_loss``, else ``detector_loss``) becomes the progress;
@@ -57,6 +58,8 @@ def read_phaserem_state(f: h5py.File, path: Path) -> ReconsState:
         scan = np.asarray(scan_node[()], dtype=np.float64).reshape(-1, 2)
         tilt_node = f.get("scan/tilt") if version >= (0, 2) else f.get("tilt")
         tilt = np.zeros(2) if tilt_node is None else -np.asarray(tilt_node[()], dtype=np.float64).reshape(-1, 2)
+        if tilt.ndim == 2 and np.all(tilt == tilt[:1]):
+            tilt = tilt[0]  # one tilt for every position: global, which every engine takes
     except KeyError as exc:
         raise StateFileError(f"{path} is an incomplete phaserEM state file: {exc}") from None
     # the probe pixel phaserEM puts at a position, (N − 1)/2, against N//2 here

@@ -47,6 +47,22 @@ def test_masked_pixels_do_not_decide_whether_patterns_are_counts():
     assert default_noise_model(Data(counts, mask)) == "anscombe"
 
 
+def test_masked_pixels_of_integer_patterns_do_not_decide_either():
+    """Integer patterns (a plugin loader's or the API's) whose dead pixels hold a negative
+    marker (-1) that the mask leaves out are counts, as the same values as floats are."""
+    counts = _counts().astype(np.int32)
+    counts[..., 2, 5] = -1
+    mask = np.ones((8, 8), bool)
+    mask[2, 5] = False
+    assert default_noise_model(Data(counts.astype(np.float32), mask)) == "anscombe"
+    assert default_noise_model(Data(counts, mask)) == "anscombe"
+    assert default_noise_model(Data(counts)) == "amplitude"
+
+
+def test_no_patterns_are_no_reason_to_fail():
+    assert holds_counts(Data(np.zeros((0, 8, 8), np.float32)))
+
+
 def test_a_fraction_in_a_later_block_is_found():
     counts = _counts()
     counts[2, 3, 7, 7] = 4.5

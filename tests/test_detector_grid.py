@@ -93,3 +93,39 @@ def test_a_staged_run_moves_between_grids_and_the_planner_follows(tmp_path):
     ds, shapes = on_detector_grid(DataShape(n_patterns=100, pattern_shape=(64, 64), host_itemsize=4),
                                   {"probe": (1, 64, 64), "object": (1, 120, 90), "scan": (100, 2)}, (48, 48))
     assert ds.pattern_shape == (48, 48) and shapes["probe"] == (1, 48, 48) and shapes["object"] == (1, 90, 68)
+
+
+def test_a_crop_into_the_probes_spectrum_keeps_each_kept_pixels_intensity_as_the_datas():
+    """Cropped below the bright-field disc, the probe's far field is the cropped one, pixel
+    by pixel, as the cropped patterns are: not rescaled to the old total (too bright for the
+    data, and a later engine does not scale the probe to the data again)."""
+    probe = _probe(32, 0.25)  # aperture radius ~ 0.025/0.0251 Å⁻¹ = 8 px of 1/8 Å⁻¹
+
+    def far(p):
+        return np.abs(np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(p, axes=(-2, -1)), norm="ortho"),
+                                      axes=(-2, -1))) ** 2
+
+    vacuum = far(probe.data)  # the patterns of a vacuum scan, centred
+    data = RawData(patterns=np.repeat(vacuum, 3, axis=0), reciprocal_sampling_invA=(0.125, 0.125))
+    state = ReconsState(probe=probe, object=ObjectState(data=np.ones((1, 64, 64), complex), sampling_A=(0.25, 0.25),
+                                                         corner_A=(-4.0, -4.0)), scan_A=np.zeros((3, 2)))
+    moved, cropped = on_grid(state, data, (12, 12))
+    assert cropped.patterns[0].sum() < 0.95 * vacuum.sum()  # the crop cuts into the disc
+    np.testing.assert_allclose(far(moved.probe.data)[0], cropped.patterns[0], rtol=0, atol=1e-9 * vacuum.max())
+
+
+@pytest.mark.parametrize("amplitude, offset", [(4.0, 0.0), (0.3, 3.0)])
+def test_an_object_whose_phase_wraps_is_resampled_without_ringing(amplitude, offset):
+    """A phase beyond ±π (a strong object, or a weak one whose offset drifted near π) is
+    unwrapped before the Fourier interpolation: resampled, it is the same object."""
+    s = 0.25
+
+    def phase(y, x):
+        return offset + amplitude * (np.sin(2 * np.pi * y / 4.0) * np.cos(2 * np.pi * x / 5.0)) ** 2
+
+    yy, xx = np.mgrid[0:48, 0:40] * s
+    obj = ObjectState(data=np.exp(1j * phase(yy, xx))[None], sampling_A=(s, s), corner_A=(0.0, 0.0))
+    new = resize_object(obj, (s * 32 / 48, s * 32 / 48), (32, 48, 32, 48))
+    gy, gx = new.coords_A()
+    truth = np.exp(1j * phase(gy[:, None], gx[None, :]))
+    np.testing.assert_allclose(new.data[0], truth, atol=1e-9)

@@ -136,3 +136,22 @@ def test_cli_inspect_a_plan_shows_its_data_after_post_load(tmp_path, capsys):
     assert main(["inspect", str(plan)]) == 1
     captured = capsys.readouterr()
     assert "plan.yaml:4:10: engines: at least one engine" in captured.out + captured.err
+
+
+def test_cli_inspect_a_run_folders_plan_reads_the_data_from_its_plan_dir(tmp_path, capsys):
+    """A run folder's plan.yaml keeps the plan's relative paths and names their folder in its
+    ``# plan_dir:`` header (as ``phaser run --resume``, ``validate`` and ``score`` read it)."""
+    from phaser_core.cli import main
+    from phaser_core.registry import set_registry
+
+    (tmp_path / "plans").mkdir()
+    write_hdf5(simulate(spec_from_dict(TINY)), tmp_path / "plans" / "d.h5")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    plan = run_dir / "plan.yaml"
+    plan.write_text(f"# resolved plan written by phaser run\n# plan_dir: {tmp_path / 'plans'}\n"
+                    "file_type: phaser_plan\nversion: 1\nraw_data: {type: hdf5, path: d.h5}\n"
+                    "engines: [{type: conventional}]\n")
+    set_registry(None)
+    assert main(["inspect", str(plan)]) == 0, capsys.readouterr().err
+    assert "N x Qy x Qx" in capsys.readouterr().out

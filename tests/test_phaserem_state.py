@@ -54,6 +54,14 @@ def test_a_phaserem_state_models_the_same_intensities_here():
     assert np.abs(_model_intensity(state, indices) - expected).max() > 3e-3 * expected.max()
 
 
+def test_a_tilt_the_same_at_every_position_is_global(tmp_path):
+    uniform = tmp_path / "uniform.h5"
+    shutil.copy(DATA / "state_v0.2.h5", uniform)
+    with h5py.File(uniform, "r+") as f:
+        f["scan/tilt"][...] = np.broadcast_to([2.0, -1.0], f["scan/tilt"].shape)
+    np.testing.assert_array_equal(load_state(uniform).tilt_mrad, [-2.0, 1.0])
+
+
 def test_the_older_layout_reads_the_same(tmp_path):
     """Format 0.1 kept ``/scan`` and ``/tilt`` as arrays at the root."""
     old = tmp_path / "v01.h5"

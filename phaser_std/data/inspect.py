@@ -310,7 +310,8 @@ PLAN_SUFFIXES = (".yaml", ".yml", ".json")
 
 def load_for_inspect(path: str | Path, key: str = "patterns") -> RawData:
     """The data to inspect: an hdf5 raw-data file (its ``key`` dataset), or a plan's data
-    as a run sees them (any loader, every ``post_load`` step applied)."""
+    as a run sees them (any loader, every ``post_load`` step applied; relative paths from
+    the plan's folder, or from the ``# plan_dir:`` of a run folder's ``plan.yaml``)."""
     from phaser_core.context import LoadContext
     from phaser_std.data.loaders.hdf5 import Hdf5Config, load_hdf5
 
@@ -318,10 +319,12 @@ def load_for_inspect(path: str | Path, key: str = "patterns") -> RawData:
     if not path.exists():
         raise DataError(f"{path} does not exist")
     if path.suffix.lower() in PLAN_SUFFIXES:
+        from phaser_core.cli import read_plan_dir
         from phaser_core.plan import load_plan
         from phaser_core.registry import get_registry
         from phaser_core.runner import load_data
 
         registry = get_registry()
-        return load_data(load_plan(path, registry=registry), registry, path.resolve().parent)
+        plan_dir = read_plan_dir(path) or path.resolve().parent
+        return load_data(load_plan(path, registry=registry), registry, plan_dir)
     return load_hdf5(Hdf5Config(path=str(path.resolve()), key=key), LoadContext())

@@ -7,7 +7,9 @@ pixel 1/(Q·Δk) shrinks when the patterns are padded and grows when they are cr
 - patterns: cropped, then zero-padded, about the zero angle at Q//2; padded pixels are
   marked invalid, so no engine fits them (the detector mask);
 - probe: its spectrum cropped or zero-padded the same way (exact interpolation of a
-  band-limited probe), the total intensity kept;
+  band-limited probe), each kept detector pixel's intensity unchanged: the total is kept
+  unless the crop cuts into the probe's spectrum (then, like the patterns, it loses what
+  falls outside);
 - object: Fourier-resampled to the new pixel size (each slice's log: phase and
   log-amplitude), first padded with vacuum at its far edges so that the new size is a whole
   number of pixels; the pixel (0, 0) moves, the field of view does not.
@@ -46,15 +48,18 @@ def resize_patterns(data: Any, shape: tuple[int, int]) -> Any:
 
 
 def resize_probe(probe: ProbeState, shape: tuple[int, int]) -> ProbeState:
-    """The probe on a ``shape`` grid of the same window [Å]: pixel ``sampling·N/N'``."""
+    """The probe on a ``shape`` grid of the same window [Å]: pixel ``sampling·N/N'``.
+
+    Its far field (the unitary FFT the engines' model uses) is cropped or zero-padded about
+    the zero angle with every kept pixel's value unchanged, as the patterns are: a crop
+    that cuts into the probe's spectrum drops the intensity outside it, as it drops the
+    data's (a probe rescaled to its old total would be too bright for the cropped data,
+    and only the first engine scales the probe to the data)."""
     old = probe.shape
     data = np.asarray(probe.data).astype(np.complex128)
-    spec = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(data, axes=(-2, -1))), axes=(-2, -1))
-    new = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(_crop_pad_centred(spec, shape), axes=(-2, -1))),
-                          axes=(-2, -1))
-    power_old, power_new = float(np.sum(np.abs(data) ** 2)), float(np.sum(np.abs(new) ** 2))
-    if power_new > 0:
-        new *= math.sqrt(power_old / power_new)
+    spec = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(data, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+    new = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(_crop_pad_centred(spec, shape), axes=(-2, -1)),
+                                       norm="ortho"), axes=(-2, -1))
     sampling = tuple(float(s) * o / n for s, o, n in zip(probe.sampling_A, old, shape))
     return attrs.evolve(probe, data=new, sampling_A=sampling)
 

@@ -127,6 +127,15 @@ def _crop_pad_centred(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
+def _unwrapped_phase(d: np.ndarray) -> np.ndarray:
+    """The phase of ``d`` (..., H, W), unwrapped along each row and then down the first
+    column (adding whole turns only, so ``exp(1j·phase)`` is unchanged); a phase that never
+    jumps by more than π between neighbours is returned as ``np.angle`` gives it."""
+    phase = np.unwrap(np.angle(d), axis=-1)
+    first = phase[..., :, :1]
+    return phase + (np.unwrap(first, axis=-2) - first)
+
+
 def resample_pixel_size(obj: ObjectState, new_sampling_A: Any) -> ObjectState:
     """Resample the object to pixel size ``new_sampling_A`` [Å] (approximately: the new
     shape is rounded, and the pixel size adjusted so the field of view is unchanged) by
@@ -140,7 +149,9 @@ def resample_pixel_size(obj: ObjectState, new_sampling_A: Any) -> ObjectState:
         return ObjectState(data=d, sampling_A=tuple(obj.sampling_A), corner_A=tuple(obj.corner_A),
                            thicknesses_A=np.asarray(obj.thicknesses_A))
     s_new = s_old * np.array([h, w]) / np.array(new_shape)
-    logs = np.log(d)
+    # the phase unwrapped first: a wrapped phase (beyond ±π: a strong object, or an offset
+    # near π) jumps by 2π, and the Fourier interpolation would ring about every jump
+    logs = np.log(np.abs(d)) + 1j * _unwrapped_phase(d)
     spec = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(logs, axes=(-2, -1))), axes=(-2, -1))
     spec = _crop_pad_centred(spec, new_shape) * (new_shape[0] * new_shape[1]) / (h * w)
     new_logs = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(spec, axes=(-2, -1))), axes=(-2, -1))
