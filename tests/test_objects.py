@@ -97,3 +97,13 @@ def test_object_initializers_seeded_and_cover_scan():
     check_views_inside(starts, (16, 16), v.shape)
     with pytest.raises(ValueError, match="probe and scan"):
         ini.init_vacuum_object(ini.VacuumObjectConfig(), attrs.evolve(ctx, probe=None))
+
+
+def test_a_phase_beyond_pi_is_shared_between_slices_as_itself():
+    """One slice with a 4 rad peak (stored wrapped, as 4 − 2π) into 4 slices: 1 rad each at
+    the peak, not (4 − 2π)/4; the product of the slices is the old slice either way."""
+    yy, xx = np.mgrid[0:40, 0:40]
+    phase = 4.0 * np.exp(-((yy - 20.0) ** 2 + (xx - 20.0) ** 2) / (2 * 5.0 ** 2))
+    new, _ = resample_slices(np.exp(1j * phase)[None], np.array([8.0]), 4)
+    np.testing.assert_allclose(np.angle(new), np.broadcast_to(phase / 4, new.shape), atol=1e-12)
+    np.testing.assert_allclose(np.prod(new, axis=0), np.exp(1j * phase), atol=1e-12)

@@ -103,7 +103,9 @@ def resample_slices(data: Any, thicknesses_A: Any, n_new: int,
     zn[-1] = zo[-1]
     overlap = np.clip(np.minimum(zn[1:, None], zo[None, 1:]) - np.maximum(zn[:-1, None], zo[None, :-1]), 0, None)
     weights = overlap / eo[None, :]  # (n_new, n_old), columns sum to 1
-    logs = np.log(d.astype(np.complex128))
+    # unwrapped, so that a slice's phase beyond ±π is shared out as itself, not as its
+    # wrapped value (which would keep the product but misplace the phase between slices)
+    logs = np.log(np.abs(d)) + 1j * _unwrapped_phase(d)
     new = np.exp(np.tensordot(weights, logs, axes=(1, 0)))
     return new, t_new
 
