@@ -13,6 +13,7 @@ class Observer:
     ``after_run``; ``on_run_error`` replaces ``after_run`` when the run fails or is
     interrupted. ``metrics`` holds at least ``loss`` (noise-model NLL per pattern),
     ``time_s`` (seconds this iteration), ``engine_iter``, ``niter``, ``total_iter``.
+    ``on_note(text, ctx)`` receives what an engine decided for the user (:func:`announce`).
 
     The ``state`` of ``after_iteration`` is a :class:`~phaser_core.state.DeferredState`: its
     counters, progress and wavelength are there at once; its probe, object, positions, tilt
@@ -28,6 +29,16 @@ class Observer:
     def before_engine(self, engine: Any, state: Any, ctx: Any) -> None: ...
     def after_engine(self, engine: Any, state: Any, ctx: Any) -> None: ...
     def after_iteration(self, state: Any, metrics: dict, ctx: Any) -> None: ...
+    def on_note(self, text: str, ctx: Any) -> None: ...
+
+
+def announce(ctx: Any, text: str) -> None:
+    """Tell every observer that has ``on_note`` (the log, the console) something a run
+    decided for the user: a default it resolved from the data, a grid it moved to."""
+    for obs in getattr(ctx, "observers", ()) or ():
+        method = getattr(obs, "on_note", None)
+        if method is not None:
+            method(text, ctx)
 
 
 def notify(observers: list, method: str, *args: Any) -> None:

@@ -81,3 +81,27 @@ def test_an_engine_without_a_noise_model_runs_the_data_default(tmp_path, engine,
     named = run(data, [{**block, "noise_model": {"type": expected}}])
     np.testing.assert_array_equal(left_null.object.data, named.object.data)
     assert left_null.progress.loss == named.progress.loss
+
+
+def test_the_run_is_told_which_noise_model_and_grid_it_got(tmp_path):
+    from phaser_core.observer import Observer
+    from phaser_core.plan import load_plan
+    from phaser_core.runner import run_plan
+
+    class Notes(Observer):
+        def __init__(self):
+            self.texts = []
+
+        def on_note(self, text, ctx):
+            self.texts.append((ctx.engine_num, text))
+
+    data = make_dataset(tmp_path / "d.h5", scan={"shape": [6, 6]}, dose=1e5)
+    notes = Notes()
+    plan = {"file_type": "phaser_plan", "version": 1, "raw_data": {"type": "hdf5", "path": str(data)},
+            "engines": [{"type": "conventional", "niter": 1, "sim_shape": [48, 48]},
+                        {"type": "gradient", "niter": 1, "noise_model": {"type": "poisson"}}]}
+    run_plan(load_plan(plan), quiet=True, observers=[notes])
+    # the gradient engine names its model and stays on the grid: nothing to tell
+    assert [n for n, _ in notes.texts] == [0, 0]
+    assert notes.texts[0][1].startswith("detector grid 64x64 -> 48x48")
+    assert notes.texts[1][1].startswith("noise model anscombe (the default for counted patterns")

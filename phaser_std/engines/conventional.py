@@ -69,8 +69,8 @@ class ConventionalEngine:
         bk = ctx.backend
         reg = ctx.registry
         state = resample_for_engine(state, cfg.probe_modes, cfg.slices, ctx.seed, ctx.engine_num)
-        state, data = on_grid(state, data, cfg.sim_shape)
-        noise = build_noise_model(cfg.noise_model, data, reg)
+        state, data = on_grid(state, data, cfg.sim_shape, ctx)
+        noise = build_noise_model(cfg.noise_model, data, reg, ctx)
         solver = cfg.solver.build(reg)
         pos_solver = cfg.position_solver.build(reg) if cfg.position_solver is not None else None
         group_constraints = build_constraints(cfg.group_constraints, reg)

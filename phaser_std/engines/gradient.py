@@ -124,8 +124,8 @@ class GradientEngine:
         bk = ctx.backend
         reg = ctx.registry
         state = resample_for_engine(state, cfg.probe_modes, cfg.slices, ctx.seed, ctx.engine_num)
-        state, data = on_grid(state, data, cfg.sim_shape)
-        noise = build_noise_model(cfg.noise_model, data, reg)
+        state, data = on_grid(state, data, cfg.sim_shape, ctx)
+        noise = build_noise_model(cfg.noise_model, data, reg, ctx)
         costs = tuple(spec.build(reg) for spec in cfg.regularizers)
         for spec, c in zip(cfg.regularizers, costs):
             if not hasattr(c, "cost"):

@@ -32,6 +32,7 @@ import numpy as np
 
 from phaser_core.config import NoiseModelSpec, in_range, param
 from phaser_core.data import holds_counts
+from phaser_core.observer import announce
 from phaser_std.physics.forward import intensity  # re² + im²: finite jax.grad at Ψ = 0
 
 __all__ = ["intensity", "wirtinger_far_grad", "GaussianNoise", "PoissonNoise", "AmplitudeNoise",
@@ -291,11 +292,15 @@ def default_noise_model(data: Any) -> str:
     return DEFAULT_NOISE_MODEL[holds_counts(data)]
 
 
-def build_noise_model(spec: Any, data: Any, registry: Any) -> Any:
+def build_noise_model(spec: Any, data: Any, registry: Any, ctx: Any = None) -> Any:
     """The engine's noise model: ``spec`` built, or :func:`default_noise_model` of ``data``
-    when ``spec`` is None."""
+    when ``spec`` is None (then announced to the run's observers, ``ctx``)."""
     if spec is None:
-        spec = NoiseModelSpec(default_noise_model(data))
+        name = default_noise_model(data)
+        if ctx is not None:
+            announce(ctx, f"noise model {name} (the default for {'counted' if name == 'anscombe' else 'non-counted'} "
+                          "patterns; name one in the plan to choose)")
+        spec = NoiseModelSpec(name)
     return spec.build(registry)
 
 

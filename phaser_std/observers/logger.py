@@ -120,6 +120,9 @@ class LogObserver(Observer):
     def after_iteration(self, state: Any, metrics: dict, ctx: Any) -> None:
         self.write(f"{engine_label(None, ctx)} {format_iteration(state, metrics)}")
 
+    def on_note(self, text: str, ctx: Any) -> None:
+        self.write(f"{engine_label(None, ctx)} {text}")
+
     def after_engine(self, engine: Any, state: Any, ctx: Any) -> None:
         dt = time.perf_counter() - self._t_engine
         loss = state.progress.loss[-1] if state.progress.loss else None

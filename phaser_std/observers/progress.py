@@ -140,6 +140,9 @@ class ProgressObserver(Observer):
             of = f"/{self._niter}" if self._niter is not None else ""
             self._print(f"{engine_label(None, ctx)} iter {done}{of} loss {loss_s} {spi_s} s/iter ETA {eta_s}")
 
+    def on_note(self, text: str, ctx: Any) -> None:
+        self._print(f"{engine_label(None, ctx)} {text}")
+
     def after_engine(self, engine: Any, state: Any, ctx: Any) -> None:
         if self._progress is None:
             self._print(f"{engine_label(engine, ctx)} done")

@@ -28,6 +28,7 @@ import numpy as np
 
 from phaser_core.context import LoadContext
 from phaser_core.errors import DataError
+from phaser_core.observer import announce
 from phaser_core.state import ObjectState, ProbeState, ReconsState
 from phaser_std.physics.objects import _crop_pad_centred, resample_pixel_size
 
@@ -82,12 +83,13 @@ def resize_object(obj: ObjectState, sampling_A: tuple[float, float], ratio: tupl
                        thicknesses_A=out.thicknesses_A)
 
 
-def on_grid(state: ReconsState, data: Any, shape: tuple[int, int] | None) -> tuple[ReconsState, Any]:
+def on_grid(state: ReconsState, data: Any, shape: tuple[int, int] | None,
+            ctx: Any = None) -> tuple[ReconsState, Any]:
     """``(state, data)`` on the detector grid ``shape`` (Qy, Qx), or on the state's probe
     grid when ``shape`` is None (an engine after one that changed the grid, or a state
     file from a run on a cropped or padded detector). Nothing changes when both are there
     already. A probe whose window [Å] is not the data's 1/Δk is an error (another detector
-    sampling, not another grid)."""
+    sampling, not another grid). A move is announced to the run's observers (``ctx``)."""
     target = tuple(int(q) for q in (shape if shape is not None else state.probe.shape))
     if tuple(data.pattern_shape) == target and tuple(state.probe.shape) == target:
         return state, data
@@ -106,4 +108,7 @@ def on_grid(state: ReconsState, data: Any, shape: tuple[int, int] | None) -> tup
         probe = resize_probe(state.probe, target)
         obj = resize_object(state.object, probe.sampling_A, (old[0], target[0], old[1], target[1]))
         state = attrs.evolve(state, probe=probe, object=obj)
+        if ctx is not None:
+            announce(ctx, f"detector grid {old[0]}x{old[1]} -> {target[0]}x{target[1]}: pixel "
+                          f"{probe.sampling_A[0]:.4g} x {probe.sampling_A[1]:.4g} Å, object {obj.shape[0]}x{obj.shape[1]}")
     return state, data
