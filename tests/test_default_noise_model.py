@@ -1,6 +1,6 @@
-"""A plan that names no noise model gets one for its data: anscombe for counted patterns
-(whole numbers of electrons on every valid pixel), amplitude for any other patterns
-(benchmarks/NOTES.md 69)."""
+"""A plan that names no noise model gets ``auto``, which picks one for its data: anscombe
+for counted patterns (whole numbers of electrons on every valid pixel), amplitude for any
+other patterns (benchmarks/NOTES.md 69)."""
 
 from __future__ import annotations
 
@@ -104,4 +104,17 @@ def test_the_run_is_told_which_noise_model_and_grid_it_got(tmp_path):
     # the gradient engine names its model and stays on the grid: nothing to tell
     assert [n for n, _ in notes.texts] == [0, 0]
     assert notes.texts[0][1].startswith("detector grid 64x64 -> 48x48")
-    assert notes.texts[1][1].startswith("noise model anscombe (the default for counted patterns")
+    assert notes.texts[1][1].startswith("noise model auto: anscombe (for counted patterns")
+
+
+def test_auto_takes_an_eps_and_an_unresolved_auto_model_says_how_to_resolve_it(tmp_path):
+    from phaser_core.plan import load_plan
+    from phaser_std.engines.noise_models import AutoConfig, AutoNoise
+
+    plan = load_plan({"file_type": "phaser_plan", "version": 1, "raw_data": {"type": "hdf5", "path": "x.h5"},
+                      "engines": [{"type": "gradient", "noise_model": {"eps": 0.01}}]})
+    assert plan.engines[0].config.noise_model.type == "auto"
+    model, name = AutoNoise(AutoConfig(eps=0.01)).resolve(Data(_counts()))
+    assert name == "anscombe" and model.config.eps == 0.01 and model.offset == 0.375
+    with pytest.raises(TypeError, match="build_noise_model"):
+        AutoNoise().loss(None, None, None)

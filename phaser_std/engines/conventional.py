@@ -44,8 +44,8 @@ class ConventionalConfig:
                                     validator=in_range(1))
     slices: SlicesPlan | None = param(None, doc="object slices for this engine (null: keep)")
     sim_shape: tuple[int, int] | None = sim_shape_param()
-    noise_model: NoiseModelSpec | None = param(None, doc="detector noise model (null: anscombe for counted "
-                                               "data, whole numbers of electrons; amplitude for other data)")
+    noise_model: NoiseModelSpec = param(NoiseModelSpec("auto"), doc="detector noise model (auto: anscombe for "
+                                        "counted data, whole numbers of electrons; amplitude for other data)")
     solver: ConventionalSolverSpec = param(ConventionalSolverSpec("lsqml"), doc="update rule: epie or lsqml")
     position_solver: PositionSolverSpec | None = param(None, doc="position correction (e.g. {type: momentum})")
     group_constraints: tuple[ConstraintSpec, ...] = param((), doc="constraints applied after every group")

@@ -74,8 +74,8 @@ class GradientConfig:
                                     validator=in_range(1))
     slices: SlicesPlan | None = param(None, doc="object slices for this engine (null: keep)")
     sim_shape: tuple[int, int] | None = sim_shape_param()
-    noise_model: NoiseModelSpec | None = param(None, doc="detector noise model (null: anscombe for counted "
-                                               "data, whole numbers of electrons; amplitude for other data)")
+    noise_model: NoiseModelSpec = param(NoiseModelSpec("auto"), doc="detector noise model (auto: anscombe for "
+                                        "counted data, whole numbers of electrons; amplitude for other data)")
     solvers: GradientSolvers = param(factory=GradientSolvers, doc="{object, probe, positions, tilt}: solver each")
     regularizers: tuple[CostSpec, ...] = param((), doc="cost regularizers, summed into the loss")
     cost_per: str = param("iteration", doc="'iteration': every group adds weight·(group/positions) of each "

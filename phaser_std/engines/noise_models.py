@@ -37,7 +37,7 @@ from phaser_std.physics.forward import intensity  # re² + im²: finite jax.grad
 
 __all__ = ["intensity", "wirtinger_far_grad", "GaussianNoise", "PoissonNoise", "AmplitudeNoise",
            "AnscombeNoise", "DetectorMasked", "on_valid_pixels", "DEFAULT_NOISE_MODEL", "default_noise_model",
-           "build_noise_model", "register_all"]
+           "AutoNoise", "build_noise_model", "register_all"]
 
 
 def wirtinger_far_grad(bk: Any, far_wave: Any, dL_dI: Any) -> Any:
@@ -277,14 +277,14 @@ def on_valid_pixels(noise: Any, valid: Any) -> Any:
     return noise if valid is None else DetectorMasked(noise, valid)
 
 
-#: The noise model an engine uses when its plan leaves ``noise_model`` null, by whether the
-#: patterns are counted (whole numbers of electrons) or not (benchmarks/NOTES.md 69).
+#: What the ``auto`` noise model (the engines' default) becomes, by whether the patterns are
+#: counted (whole numbers of electrons) or not (benchmarks/NOTES.md 69).
 DEFAULT_NOISE_MODEL = {True: "anscombe", False: "amplitude"}
 
 
 def default_noise_model(data: Any) -> str:
-    """The name of the noise model for ``data`` when a plan names none: ``anscombe`` for
-    counted patterns (every valid pixel a whole number of electrons,
+    """The name of the noise model ``auto`` picks for ``data``: ``anscombe`` for counted
+    patterns (every valid pixel a whole number of electrons,
     :func:`phaser_core.data.holds_counts`), whose dark-field pixels hold a few counts each
     and bias the amplitude model's √Iₑ low; ``amplitude`` for any other patterns (noiseless
     simulations, normalised or gain-scaled data), where the Anscombe offset of 3/8 e⁻
@@ -292,16 +292,44 @@ def default_noise_model(data: Any) -> str:
     return DEFAULT_NOISE_MODEL[holds_counts(data)]
 
 
-def build_noise_model(spec: Any, data: Any, registry: Any, ctx: Any = None) -> Any:
-    """The engine's noise model: ``spec`` built, or :func:`default_noise_model` of ``data``
-    when ``spec`` is None (then announced to the run's observers, ``ctx``)."""
-    if spec is None:
+@attrs.frozen
+class AutoConfig:
+    eps: float = param(1e-3, unit="e⁻", doc="added under both square roots of the model picked",
+                       validator=in_range(0, lo_open=True))
+
+
+class AutoNoise:
+    """The engines' default: ``anscombe`` for counted patterns, ``amplitude`` for others
+    (:func:`default_noise_model`), with this ``eps``. An engine calls :meth:`resolve` with
+    its data (:func:`build_noise_model`); the unresolved model computes nothing."""
+
+    def __init__(self, config: AutoConfig | None = None):
+        self.config = config or AutoConfig()
+
+    def resolve(self, data: Any) -> tuple[Any, str]:
+        """``(model, name)`` for ``data``."""
         name = default_noise_model(data)
+        if name == "anscombe":
+            return AnscombeNoise(AnscombeConfig(eps=self.config.eps)), name
+        return AmplitudeNoise(AmplitudeConfig(eps=self.config.eps)), name
+
+    def _unresolved(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("the auto noise model picks anscombe or amplitude from the data: build it with "
+                        "phaser_std.engines.noise_models.build_noise_model(spec, data, registry)")
+
+    loss = grad_intensity = wave_update = _unresolved
+
+
+def build_noise_model(spec: Any, data: Any, registry: Any, ctx: Any = None) -> Any:
+    """The engine's noise model from its ``spec``; ``auto`` (or None) resolved for ``data``
+    and announced to the run's observers (``ctx``)."""
+    noise = (spec if spec is not None else NoiseModelSpec("auto")).build(registry)
+    if hasattr(noise, "resolve"):
+        noise, name = noise.resolve(data)
         if ctx is not None:
-            announce(ctx, f"noise model {name} (the default for {'counted' if name == 'anscombe' else 'non-counted'} "
+            announce(ctx, f"noise model auto: {name} (for {'counted' if name == 'anscombe' else 'non-counted'} "
                           "patterns; name one in the plan to choose)")
-        spec = NoiseModelSpec(name)
-    return spec.build(registry)
+    return noise
 
 
 def register_all(register) -> None:
@@ -313,3 +341,6 @@ def register_all(register) -> None:
              doc="Gaussian noise on 2√I (modulus constraint), NaN-safe at zero intensity.")
     register("anscombe", AnscombeNoise, config=AnscombeConfig,
              doc="Gaussian noise on 2√(I + 3/8) (Anscombe transform).")
+    register("auto", AutoNoise, config=AutoConfig,
+             doc="The engines' default: anscombe for counted patterns (whole numbers of electrons), amplitude "
+                 "for others.")
