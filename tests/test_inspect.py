@@ -132,6 +132,8 @@ def test_cli_inspect_a_plan_shows_its_data_after_post_load(tmp_path, capsys):
     (line,) = [ln for ln in out.splitlines() if "N x Qy x Qx" in ln]
     qy = spec_from_dict(TINY).detector_shape[0] // 2
     assert f"x {qy} x {qy}" in line
+    assert main(["inspect", str(plan), "--key", "patterns_noiseless"]) == 1  # the plan names its own key
+    assert "set raw_data.key in the plan" in capsys.readouterr().err
     plan.write_text("file_type: phaser_plan\nversion: 1\nraw_data: {type: hdf5, path: d.h5}\nengines: []\n")
     assert main(["inspect", str(plan)]) == 1
     captured = capsys.readouterr()
