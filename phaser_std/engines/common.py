@@ -22,7 +22,7 @@ from phaser_core.backend import stream_seed
 from phaser_core.config import RegularizerSpec, in_range, param, yx_int_pair_or_none
 from phaser_core.data import detector_mask
 from phaser_core.errors import DataError, PhaserError
-from phaser_core.observer import notify
+from phaser_core.observer import announce, notify
 from phaser_core.plan import SlicesPlan
 from phaser_core.state import DeferredState, IterationCounters, ObjectState, ProbeState, ReconsState, unit_amplitude
 from phaser_std.engines.grouping import iteration_groups
@@ -59,6 +59,29 @@ class GroupingConfig:
     stream_patterns: bool | None = param(None, doc="send the patterns to the device a block of groups at a time "
                                                    "instead of keeping all of them there (null: on a GPU yes, on "
                                                    "a CPU no); memory only, the update is the same")
+
+
+@attrs.frozen
+class StopConfig:
+    """An engine's early stop: when its loss has not fallen below ``(1 − min_rel_change)``
+    times its best before the last ``patience`` iterations, for ``patience`` iterations."""
+
+    patience: int = param(5, doc="iterations without enough improvement before stopping", validator=in_range(1))
+    min_rel_change: float = param(1e-4, doc="the relative fall of the loss that counts as improvement",
+                                  validator=in_range(0, 1))
+
+    def converged(self, losses: list[float]) -> bool:
+        """Whether the engine's loss record ``losses`` (oldest first) says stop."""
+        n = int(self.patience)
+        if len(losses) <= n:
+            return False
+        return min(losses[-n:]) > min(losses[:-n]) * (1.0 - float(self.min_rel_change))
+
+
+def stop_when_param() -> Any:
+    """The engines' ``stop_when`` setting (:class:`StopConfig`)."""
+    return param(None, doc="stop before niter once the loss stops falling, e.g. {patience: 5, min_rel_change: "
+                           "1e-4} (null: run all niter iterations)")
 
 
 def _check_sim_shape(instance: Any, attribute: Any, value: Any) -> None:
@@ -343,12 +366,14 @@ class EngineLoop:
     engine returns is copied.
     """
 
-    def __init__(self, *, name: str, niter: int, grouping: GroupingConfig, ctx: Any, n_positions: int):
+    def __init__(self, *, name: str, niter: int, grouping: GroupingConfig, ctx: Any, n_positions: int,
+                 stop_when: StopConfig | None = None):
         self.name = name
         self.niter = int(niter)
         self.grouping = grouping
         self.ctx = ctx
         self.n_positions = n_positions
+        self.stop_when = stop_when
 
     def groups(self, scan_A: np.ndarray, iteration: int) -> Any:
         return iteration_groups(self.ctx.backend, self.ctx.seed, self.ctx.engine_num, iteration, scan_A,
@@ -399,5 +424,12 @@ class EngineLoop:
                                          "model's eps")
             notify(ctx.observers, "after_iteration", seen, metrics, ctx)
             if getattr(ctx, "stop_requested", False):
+                break
+            # the record of this engine's losses is in the state, so a resumed run stops
+            # where the uninterrupted one would
+            mine = [v for v, e in zip(progress.loss, progress.engine) if e == ctx.engine_num]
+            if self.stop_when is not None and it + 1 < self.niter and self.stop_when.converged(mine):
+                announce(ctx, f"stopped at iteration {it + 1} of {self.niter}: the loss fell by less than "
+                              f"{self.stop_when.min_rel_change:g} of its best in {self.stop_when.patience} iterations")
                 break
         return snapshot() if seen is None else seen.take()

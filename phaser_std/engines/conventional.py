@@ -24,6 +24,8 @@ from phaser_std.engines.common import (
     resample_for_engine,
     scan_groups,
     sim_shape_param,
+    StopConfig,
+    stop_when_param,
 )
 from phaser_std.engines.conventional_solvers import has_chunked_rule, make_group_step
 from phaser_std.engines.noise_models import build_noise_model, on_valid_pixels
@@ -44,6 +46,7 @@ class ConventionalConfig:
                                     validator=in_range(1))
     slices: SlicesPlan | None = param(None, doc="object slices for this engine (null: keep)")
     sim_shape: tuple[int, int] | None = sim_shape_param()
+    stop_when: StopConfig | None = stop_when_param()
     noise_model: NoiseModelSpec = param(NoiseModelSpec("auto"), doc="detector noise model (auto: anscombe for "
                                         "counted data, whole numbers of electrons; amplitude for other data)")
     solver: ConventionalSolverSpec = param(ConventionalSolverSpec("lsqml"), doc="update rule: epie or lsqml")
@@ -182,7 +185,7 @@ class ConventionalEngine:
             return arrays.snapshot(bk, live["probe"], live["obj"], live["scan"], tilt)
 
         loop = EngineLoop(name="conventional", niter=cfg.niter, grouping=cfg.grouping, ctx=ctx,
-                          n_positions=scan.shape[0])
+                          n_positions=scan.shape[0], stop_when=cfg.stop_when)
         return loop.run(state, scan_A=lambda: live["scan"], obj_geometry=lambda: geometry,
                         probe_shape=probe_shape, run_groups=run_groups, end_iteration=end_iteration,
                         snapshot=snapshot, begin_iteration=begin_iteration,

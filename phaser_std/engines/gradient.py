@@ -35,7 +35,7 @@ from phaser_core.plan import SlicesPlan
 from phaser_core.state import ReconsState
 from phaser_std.engines.chunking import engine_chunk, gradient_lane_budget
 from phaser_std.engines.common import (EngineLoop, GroupingConfig, engine_arrays, joined, resample_for_engine,
-                                       scan_groups, sim_shape_param)
+                                       scan_groups, sim_shape_param, StopConfig, stop_when_param)
 from phaser_std.engines.gradient_step import GroupModel, StepCounter, make_group_step, slice_dz
 from phaser_std.engines.noise_models import build_noise_model, on_valid_pixels
 from phaser_std.physics.grid import on_grid
@@ -74,6 +74,7 @@ class GradientConfig:
                                     validator=in_range(1))
     slices: SlicesPlan | None = param(None, doc="object slices for this engine (null: keep)")
     sim_shape: tuple[int, int] | None = sim_shape_param()
+    stop_when: StopConfig | None = stop_when_param()
     noise_model: NoiseModelSpec = param(NoiseModelSpec("auto"), doc="detector noise model (auto: anscombe for "
                                         "counted data, whole numbers of electrons; amplitude for other data)")
     solvers: GradientSolvers = param(factory=GradientSolvers, doc="{object, probe, positions, tilt}: solver each")
@@ -305,7 +306,8 @@ class GradientEngine:
             extra["gradient"] = saved_now
             return arrays.snapshot(bk, live["probe"], live["object"], live["scan"], live["tilt"])
 
-        loop = EngineLoop(name="gradient", niter=cfg.niter, grouping=cfg.grouping, ctx=ctx, n_positions=n_pos)
+        loop = EngineLoop(name="gradient", niter=cfg.niter, grouping=cfg.grouping, ctx=ctx, n_positions=n_pos,
+                          stop_when=cfg.stop_when)
         return loop.run(state, scan_A=lambda: live["scan"], obj_geometry=lambda: geometry,
                         probe_shape=probe_shape, run_groups=run_groups, end_iteration=end_iteration,
                         snapshot=snapshot, begin_iteration=begin_iteration,
