@@ -65,8 +65,7 @@ _ENGINE_DROPPED = {
     "send_every_group": "there is no job server here",
     "obj_pad_px": "the object's margin is the object initializer's pad_px here (a different measure)",
     "jit_unroll_slices": "no such setting here",
-    "early_termination": "no early termination here",
-    "early_termination_smoothing": "no early termination here",
+    "early_termination_smoothing": "our stop_when compares the loss itself, not a smoothed one",
     "check_every_group": "no such setting here",
     "mtf": "no detector MTF model here",
 }
@@ -605,7 +604,7 @@ class _Importer:
         known = {"type", "niter", "grouping", "compact", "shuffle_groups", "probe_modes", "base_mode_power",
                  "bwlim_frac", "slices", "sim_shape", "resize_method", "noise_model", "update_probe",
                  "update_object", "update_positions", "update_tilt", "save", "save_images", "save_options",
-                 "group_constraints", "iter_constraints", *_ENGINE_DROPPED}
+                 "group_constraints", "iter_constraints", "early_termination", *_ENGINE_DROPPED}
         if kind == "conventional":
             known |= {"solver", "position_solver"}
             self.conventional(props, path, out)
@@ -640,6 +639,12 @@ class _Importer:
             self.note(path + ("update_tilt",), "the conventional engines do not refine the tilt (phaserEM "
                                                "ignored it too); dropped")
 
+        if props.get("early_termination"):
+            n = int(props["early_termination"])
+            out["stop_when"] = {"patience": n, "min_rel_change": 0.0}
+            self.note(path + ("early_termination",), f"becomes stop_when {{patience: {n}, min_rel_change: 0}}: stop "
+                                                     f"once the loss has not reached a new best for {n} iterations "
+                                                     "(phaserEM compares an exponentially smoothed loss)")
         self.save(props, path)
         for k, why in _ENGINE_DROPPED.items():
             if k in props:

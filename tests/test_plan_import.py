@@ -455,3 +455,12 @@ def test_command_exits_1_when_the_result_does_not_validate(tmp_path):
     r = _cli("import-plan", str(buf), cwd=tmp_path)
     assert r.returncode == 1
     assert "does not validate" in r.stderr and "nion" in r.stderr
+
+
+def test_early_termination_becomes_stop_when():
+    doc = copy.deepcopy(EXAMPLES["mos2_grad"])
+    doc["engines"][0].update({"early_termination": 10, "early_termination_smoothing": 0.9})
+    plan, notes = _convert(doc)
+    assert plan["engines"][0]["stop_when"] == {"patience": 10, "min_rel_change": 0.0}
+    assert _has(notes, "engines[0].early_termination", "stop_when") and _has(notes, "smoothing")
+    load_plan(copy.deepcopy(plan))
