@@ -89,12 +89,14 @@ class ConventionalEngine:
         noise = on_valid_pixels(noise, arrays.valid)
         probe_shape, wavelength, geometry = arrays.probe_shape, arrays.wavelength_A, arrays.geometry
         tilt = np.asarray(state.tilt_mrad, dtype=np.float64)
-        if tilt.ndim != 1:
-            raise DataError("the conventional engine supports a global tilt only; "
+        if tilt.ndim != 1 and n_slices > 1:
+            raise DataError("the conventional engine supports a global tilt only with several slices; "
                             "use the gradient engine for per-position tilt")
+        # one slice: no propagation for a per-position tilt to act on (the state keeps it)
+        prop_tilt = tilt if tilt.ndim == 1 else np.zeros(2)
         bandlimit = arrays.bandlimit(cfg.bandlimit, data)
         props = make_propagators(bk, probe_shape, geometry.sampling_A, wavelength, geometry.thicknesses_A,
-                                 tilt, bandlimit)
+                                 prop_tilt, bandlimit)
         if cfg.scale_probe:
             arrays.scale_probe(bk, lambda: props)
         feed, scan, extra = arrays.patterns, arrays.scan_A, arrays.extra
