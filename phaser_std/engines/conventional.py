@@ -81,38 +81,46 @@ class ConventionalEngine:
 
         n_slices = int(np.shape(state.object.data)[0])
         solver = solver.for_slices(n_slices) if hasattr(solver, "for_slices") else solver
+        tilt = np.asarray(state.tilt_mrad, dtype=np.float64)
+        # a tilt per position with several slices: each group's propagators (B, S-1, Ny, Nx)
+        # are built inside its step, for whole groups (the chunked steps share one set)
+        per_position = tilt.ndim == 2 and n_slices > 1
         bk, chunk = engine_chunk(bk, cfg.grouping.chunk, min(cfg.grouping.size, np.shape(state.scan_A)[0]),
                                  state.probe.n_modes, n_slices, state.probe.shape, conventional_budget(n_slices),
-                                 chunked_step=has_chunked_rule(solver, n_slices),
+                                 chunked_step=has_chunked_rule(solver, n_slices) and not per_position,
                                  lane_budget_bytes=conventional_lane_budget(solver.name, n_slices))
         arrays = engine_arrays(bk, state, data, cfg.grouping.stream_patterns)
         noise = on_valid_pixels(noise, arrays.valid)
         probe_shape, wavelength, geometry = arrays.probe_shape, arrays.wavelength_A, arrays.geometry
-        tilt = np.asarray(state.tilt_mrad, dtype=np.float64)
-        if tilt.ndim != 1 and n_slices > 1:
-            raise DataError("the conventional engine supports a global tilt only with several slices; "
-                            "use the gradient engine for per-position tilt")
-        # one slice: no propagation for a per-position tilt to act on (the state keeps it)
-        prop_tilt = tilt if tilt.ndim == 1 else np.zeros(2)
+        # the engine-wide propagators: the global tilt's; with a tilt per position (the state
+        # keeps it; one slice has no propagation for it to act on) the mean tilt's, for the
+        # probe scaling (a uniform tilt per position then runs exactly as the global one)
+        prop_tilt = tilt if tilt.ndim == 1 else tilt.mean(axis=0)
         bandlimit = arrays.bandlimit(cfg.bandlimit, data)
         props = make_propagators(bk, probe_shape, geometry.sampling_A, wavelength, geometry.thicknesses_A,
                                  prop_tilt, bandlimit)
+
+        def group_props(tilts_g):
+            return make_propagators(bk, probe_shape, geometry.sampling_A, wavelength, geometry.thicknesses_A,
+                                    tilts_g, bandlimit)
         if cfg.scale_probe:
             arrays.scale_probe(bk, lambda: props)
         feed, scan, extra = arrays.patterns, arrays.scan_A, arrays.extra
 
         info = RegInfo(sampling_A=tuple(geometry.sampling_A), wavelength_A=wavelength,
                        thicknesses_A=np.asarray(geometry.thicknesses_A))
-        group_step_fn = make_group_step(bk, solver, noise, props, probe_shape, chunk=chunk)
+        group_step_fn = make_group_step(bk, solver, noise, props, probe_shape, chunk=None if per_position else chunk)
         # an argument of the compiled step, not a constant in it (make_group_step), placed
         # once where every lane reads it
         props_arg = None if props is None else bk.share(props)
 
         def fused_step(obj_, probe_, patterns_, props_, rows, starts, frac, mask, hyper, update_object=True,
-                       update_probe=True, update_positions=False):
+                       update_probe=True, update_positions=False, tilts=None):
             # the pattern gather and the group constraints run inside the compiled step
             # (constraints are pure and do not depend on the iteration), so one group is one
             # dispatch on jax instead of one per array operation
+            if tilts is not None:
+                props_ = group_props(tilts)
             obj_, probe_, loss, shift = group_step_fn(obj_, probe_, group_patterns(bk, patterns_, rows), starts,
                                                       frac, mask, hyper,
                                                       update_object, update_probe, update_positions, props_)
@@ -120,16 +128,18 @@ class ConventionalEngine:
                 probe_, obj_ = apply_constraints(bk, group_constraints, probe_, obj_, info)
             return obj_, probe_, loss, shift
 
-        def iteration_step(obj_, probe_, patterns_, props_, rows, starts, frac, masks, hyper, update_object=True,
-                           update_probe=True, update_positions=False):
+        def iteration_step(obj_, probe_, patterns_, props_, rows, starts, frac, masks, hyper, tilts=None,
+                           update_object=True, update_probe=True, update_positions=False):
             ramps = shift_ramp_factors(bk, frac, probe_shape)  # once, outside the loop (ShiftRamp)
-            def one(o, p, row, st, fr, m):
+            def one(o, p, row, st, fr, m, *tl):
                 o, p, loss, shift = fused_step(o, p, patterns_, props_, row, st, fr, m, hyper, update_object,
-                                               update_probe, update_positions)
+                                               update_probe, update_positions, tl[0] if tl else None)
                 return o, p, {"loss": loss, "shift": shift}
 
-            # rows: each group's rows in patterns_ (all of them, or a streamed block's)
-            (obj_, probe_), out = scan_groups(bk, one, (obj_, probe_), (rows, starts, ramps, masks))
+            # rows: each group's rows in patterns_ (all of them, or a streamed block's);
+            # tilts (G, B, 2) [mrad]: each group's, for a tilt per position
+            per_group = (rows, starts, ramps, masks) + (() if tilts is None else (tilts,))
+            (obj_, probe_), out = scan_groups(bk, one, (obj_, probe_), per_group)
             return obj_, probe_, out["loss"], out["shift"]
 
         # object and probe donated: the updated ones take their buffers (no second object)
@@ -155,10 +165,11 @@ class ConventionalEngine:
 
         def run_groups(it, indices, masks, starts, frac):
             def call(sel, patterns, rows):
+                tilts = bk.step_inputs(tilt[indices[sel]])[0] if per_position else None
                 live["obj"], live["probe"], losses, shifts = step(
                     live["obj"], live["probe"], patterns, props_arg, *bk.step_inputs(rows, starts[sel], frac[sel],
                                                                                       masks[sel]),
-                    cur["hyper"], **cur["flags"])
+                    cur["hyper"], tilts, **cur["flags"])
                 return losses, shifts
 
             # one call per block of groups (one block unless the patterns are streamed)

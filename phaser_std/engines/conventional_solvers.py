@@ -35,6 +35,7 @@ from phaser_std.engines.chunked_steps import (epie_multislice_chunked, epie_sing
                                               regularised_step, solve_2x2)
 from phaser_std.physics.forward import (
     SliceViews,
+    _prop_for_slice,
     abs2,
     add_views,
     back_through_slice,
@@ -199,7 +200,7 @@ class ConventionalSolver:
                 new_obj = bk.set_at(new_obj, (i,), new_slice)
                 if applied is not None:
                     chi = chi - get_views(bk, applied[None], starts, shape)[:, 0][:, None] * psis[i]
-            chi = propagate(bk, self.wave_backprop(bk, view_i, chi), xp.conj(props[i - 1]))
+            chi = propagate(bk, self.wave_backprop(bk, view_i, chi), xp.conj(_prop_for_slice(props, i - 1)))
             # in place, slice i-1 (not yet updated) is read from the updated object, after
             # slice i is written: the object's only reads and writes in a step are then
             # ordered by their data, and XLA updates it without copying it (reading slice i
@@ -350,7 +351,7 @@ class LsqmlSolver(ConventionalSolver):
             d_view = get_views(bk, directions[i][None], starts, shape)[:, 0]
             d_wave = d_wave * views[:, i][:, None] + d_view[:, None] * psis[i]
             if i < n_slices - 1:
-                d_wave = propagate(bk, d_wave, props[i])
+                d_wave = propagate(bk, d_wave, _prop_for_slice(props, i))
         alpha = xp.clip(_optimal_step(xp, chi, d_wave, cfg.gamma, mask), 0.0, None) * mask
         new_slices = []
         for i in range(n_slices):
