@@ -182,7 +182,7 @@ def data_shape(data: Any) -> DataShape:
 
 
 def state_shapes(state: Any) -> dict:
-    """``{"probe": (M, Ny, Nx), "object": (S, H, W), "scan": (N, 2)}`` of a ReconsState
+    """``{"probe": (M, Ny, Nx), "object": (S, H, W), "scan": (N, 2), "tilt": (2,) or (N, 2)}`` of a ReconsState
     (engines choose their own dtype). The planner adds ``"probe_scaled"``: whether the
     probe-scaling pass already ran before this engine, and ``"unit_object"``: whether the
     engine starts from the initial object and it has unit amplitude (one slice of it then
@@ -193,7 +193,8 @@ def state_shapes(state: Any) -> dict:
     obj = tuple(int(v) for v in np.shape(state.object.data))
     if len(obj) == 2:
         obj = (1, *obj)
-    return {"probe": probe, "object": obj, "scan": tuple(int(v) for v in np.shape(state.scan_A))}
+    return {"probe": probe, "object": obj, "scan": tuple(int(v) for v in np.shape(state.scan_A)),
+            "tilt": tuple(int(v) for v in np.shape(getattr(state, "tilt_mrad", np.zeros(2))))}
 
 
 # ---------------------------------------------------------------------------------------

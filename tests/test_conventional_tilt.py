@@ -48,3 +48,19 @@ def test_a_varying_tilt_per_position_is_used_alike_on_numpy_and_jax(start, solve
     per = {b: _from(tmp, data, state, tilts, f"vary_{b}.h5", solver, b) for b in ("numpy", "jax")}
     assert np.abs(per["numpy"].object.data - mean.object.data).max() > 1e-4
     np.testing.assert_allclose(per["jax"].object.data, per["numpy"].object.data, atol=2e-5)
+
+
+def test_the_planner_counts_whole_groups_and_their_propagators_for_a_tilt_per_position():
+    from phaser_core.memory import DataShape
+    from phaser_std.engines.conventional import ConventionalConfig
+    from phaser_std.engines.memory import conventional_terms
+
+    data = DataShape(n_patterns=1024, pattern_shape=(64, 64))
+    shapes = {"probe": (1, 64, 64), "object": (8, 139, 139), "scan": (1024, 2)}
+    config = ConventionalConfig()
+    chunked = conventional_terms(config, data, {**shapes, "tilt": (2,)}, "float32", "jax")
+    whole = conventional_terms(config, data, {**shapes, "tilt": (1024, 2)}, "float32", "jax")
+    group = next(t for t in whole if t[0].startswith("group step"))
+    assert "tilted propagators" in group[0] and "at a time" not in group[0] and "lanes" not in group[0]
+    assert not any("tilted" in t[0] for t in chunked)
+    assert sum(t[1] for t in whole if "lanes" not in t[0]) > sum(t[1] for t in chunked if "lanes" not in t[0])

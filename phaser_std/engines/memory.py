@@ -241,7 +241,10 @@ def _transient(group: tuple[int, str], dry: tuple[int, str], group_hint: str) ->
 def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: str,
                        backend: str = "numpy") -> list[tuple]:
     """Terms of the ``conventional`` engine (ePIE, LSQML)."""
-    z, chunk = _conventional_chunk(config, sizes(config, data_shape, state_shapes, dtype, backend), backend)
+    z = sizes(config, data_shape, state_shapes, dtype, backend)
+    # a tilt per position with several slices: whole groups, each with its own propagators
+    per_position = len(state_shapes.get("tilt", (2,))) == 2 and z.s > 1
+    z, chunk = (attrs.evolve(z, lanes=1), z.b) if per_position else _conventional_chunk(config, z, backend)
     solver = getattr(config, "solver", None)
     joint = (str(getattr(solver, "type", "")) == "lsqml"
              and getattr(getattr(solver, "config", None), "multislice", "joint") == "joint")
@@ -273,6 +276,9 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
         group = z.phase("conv", views_by_slice=by_slice)
         name = (f"group step: {'one slice at a time of the views' if by_slice else 'views'}, {z.s} slice waves, "
                 f"far field, chi and FFT workspace (B={z.b} x M={z.m} x {z.p} px)")
+    if per_position:
+        group += z.b * (z.s - 1) * z.p * z.c
+        name += ", the group's tilted propagators"
     terms.append(_transient((group, name), dry, _group_hint(z, config.grouping.size)))
     object_sized = k["conv_object"] - (1.0 if by_slice else 0.0)
     terms.append((f"object-sized maps of a group update (illumination, update{'' if by_slice else ', new object'})"
