@@ -162,7 +162,7 @@ def mean_counts(data: Any, sample: int = 256) -> float:
     valid = detector_mask(data)
     values = picked.reshape(picked.shape[0], -1) if valid is None else picked[:, valid]
     values = values.astype(np.float64)
-    return float(np.nansum(np.where(np.isfinite(values), values, 0.0)) / picked.shape[0])
+    return float(np.sum(np.where(np.isfinite(values), values, 0.0)) / picked.shape[0])
 
 
 def few_counts_warning(data: Any) -> str | None:

@@ -64,7 +64,7 @@ from .plan_errors import (
     yaml_syntax_error,
 )
 from .plan_migrate import CURRENT_VERSION, migrate
-from .plan_overrides import attribute_issues, fill_default_types
+from .plan_overrides import attribute_issues, child_schema, fill_default_types, missing_node
 
 FILE_TYPE = "phaser_plan"
 DTYPES = ("float32", "float64")
@@ -496,8 +496,6 @@ def apply_overrides(doc: Any, overrides: list[str] | tuple[str, ...], *, registr
     value it set, or the first mapping it created), see
     :func:`~phaser_core.plan_overrides.attribute_issues`.
     """
-    from .plan_overrides import child_schema, missing_node
-
     issues = []
     for text in overrides:
         if "=" not in text:

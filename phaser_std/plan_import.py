@@ -97,15 +97,22 @@ class _Importer:
             if k not in known:
                 self.note(path + (k,), f"unknown key {k!r}, dropped")
 
+    def readable(self, value: Any, path: tuple, what: str) -> bool:
+        """Whether a flag or schedule ``value`` is a mapping to convert; a hook (code) or
+        anything else is noted as dropped."""
+        if isinstance(value, Mapping):
+            return True
+        if isinstance(value, str):
+            self.note(path, f"{what} hook {value!r} cannot be carried (code); dropped, our default applies")
+        else:
+            self.note(path, f"unreadable {what} {value!r}; dropped, our default applies")
+        return False
+
     def flag(self, value: Any, path: tuple) -> Any:
         """A phaserEM flag as ours (None: nothing to write, the default applies)."""
         if value is None or isinstance(value, bool):
             return value
-        if isinstance(value, str):
-            self.note(path, f"flag hook {value!r} cannot be carried (code); dropped, our default applies")
-            return None
-        if not isinstance(value, Mapping):
-            self.note(path, f"unreadable flag {value!r}; dropped, our default applies")
+        if not self.readable(value, path, "flag"):
             return None
         self.unknown(value, {"after", "every", "before"}, path)
         after = int(value.get("after") or 0)
@@ -129,11 +136,7 @@ class _Importer:
             return value
         if isinstance(value, (int, float)):
             return value
-        if isinstance(value, str):
-            self.note(path, f"schedule hook {value!r} cannot be carried (code); dropped, our default applies")
-            return None
-        if not isinstance(value, Mapping):
-            self.note(path, f"unreadable schedule {value!r}; dropped, our default applies")
+        if not self.readable(value, path, "schedule"):
             return None
         kind = value.get("type")
         if kind == "constant":

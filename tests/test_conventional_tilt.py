@@ -46,8 +46,8 @@ def test_a_varying_tilt_per_position_is_used_alike_on_numpy_and_jax(start, solve
     tilts = np.random.default_rng(0).normal(0.0, 5.0, size=(36, 2))
     mean = _from(tmp, data, state, tilts.mean(axis=0), "mean.h5", solver, "numpy")
     per = {b: _from(tmp, data, state, tilts, f"vary_{b}.h5", solver, b) for b in ("numpy", "jax")}
-    assert np.abs(per["numpy"].object.data - mean.object.data).max() > 1e-4
-    np.testing.assert_allclose(per["jax"].object.data, per["numpy"].object.data, atol=2e-5)
+    assert np.abs(per["numpy"].object.data - mean.object.data).max() > 1e-3  # measured 6e-3 (LSQML), 2e-2
+    np.testing.assert_allclose(per["jax"].object.data, per["numpy"].object.data, atol=2e-6)  # measured 2.4e-7
 
 
 def test_the_planner_counts_whole_groups_and_their_propagators_for_a_tilt_per_position():

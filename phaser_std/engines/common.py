@@ -425,10 +425,10 @@ class EngineLoop:
             notify(ctx.observers, "after_iteration", seen, metrics, ctx)
             if getattr(ctx, "stop_requested", False):
                 break
-            # the record of this engine's losses is in the state, so a resumed run stops
-            # where the uninterrupted one would
-            mine = [v for v, e in zip(progress.loss, progress.engine) if e == ctx.engine_num]
-            if self.stop_when is not None and it + 1 < self.niter and self.stop_when.converged(mine):
+            if self.stop_when is not None and it + 1 < self.niter and self.stop_when.converged(
+                    # this engine's loss record, from the state: a resumed run stops where
+                    # the uninterrupted one would
+                    [v for v, e in zip(progress.loss, progress.engine) if e == ctx.engine_num]):
                 announce(ctx, f"stopped at iteration {it + 1} of {self.niter}: the loss fell by less than "
                               f"{self.stop_when.min_rel_change:g} of its best in {self.stop_when.patience} iterations")
                 break

@@ -9,7 +9,6 @@ import numpy as np
 
 from phaser_core.config import ConstraintSpec, ConventionalSolverSpec, Flag, NoiseModelSpec, PositionSolverSpec, \
     in_range, param
-from phaser_core.errors import DataError
 from phaser_core.plan import SlicesPlan
 from phaser_core.state import ReconsState
 from phaser_std.engines.chunking import conventional_budget, conventional_lane_budget, engine_chunk
