@@ -215,7 +215,8 @@ def combine(runs: list[dict]) -> dict:
         return max(values) if values else None
 
     out = dict(runs[0])
-    for key in ("s_per_iter_median", "s_per_iter", "cpu_s_per_iter_median", "first_iter_s", "time_to_target_s"):
+    for key in ("s_per_iter_median", "s_per_iter", "cpu_s_per_iter_median", "first_iter_s", "time_to_target_s",
+                "startup_s", "time_to_target_from_start_s"):
         out[key] = median(key)
     for key in ("peak_rss_mib", "peak_gpu_mib"):
         out[key] = largest(key)
@@ -238,6 +239,8 @@ def summarize(case: dict, ours: dict, ph: dict | None) -> dict:
         row[f"{tag}_gpu_mib"] = r.get("peak_gpu_mib")
         row[f"{tag}_pearson"] = r.get("pearson")
         row[f"{tag}_ttt_s"] = r.get("time_to_target_s")
+        row[f"{tag}_startup_s"] = r.get("startup_s")
+        row[f"{tag}_ttt_start_s"] = r.get("time_to_target_from_start_s")
         row[f"{tag}_error"] = r.get("error")
     row["speedup"] = _ratio(row["phaser_s_iter"], row["ours_s_iter"])
     row["speedup_cpu"] = _ratio(row["phaser_cpu_s_iter"], row["ours_cpu_s_iter"])
@@ -245,6 +248,7 @@ def summarize(case: dict, ours: dict, ph: dict | None) -> dict:
     row["gpu_mem_ratio"] = _ratio(row["ours_gpu_mib"], row["phaser_gpu_mib"])
     row["phaser_backend"] = (ph or {}).get("backend")
     row["ttt_speedup"] = _ratio(row["phaser_ttt_s"], row["ours_ttt_s"])
+    row["ttt_start_speedup"] = _ratio(row["phaser_ttt_start_s"], row["ours_ttt_start_s"])
     return row
 
 
@@ -263,7 +267,7 @@ def print_table(rows: list[dict], ttt: bool) -> None:
     if gpu:
         cols += ["GPU MiB ours/ph"]
     if ttt:
-        cols += ["t→target ours/ph", "ttt ratio"]
+        cols += ["t→target ours/ph", "ttt ratio", "from start ours/ph", "ratio"]
     for c in cols:
         t.add_column(c, justify="right" if c != "case" else "left")
     for r in rows:
@@ -277,7 +281,9 @@ def print_table(rows: list[dict], ttt: bool) -> None:
             vals += [f"{_f(r['ours_gpu_mib'], '{:.0f}')}/{_f(r['phaser_gpu_mib'], '{:.0f}')}"]
         if ttt:
             vals += [f"{_f(r['ours_ttt_s'], '{:.1f}')}/{_f(r['phaser_ttt_s'], '{:.1f}')}",
-                     _f(r["ttt_speedup"], "{:.2f}x")]
+                     _f(r["ttt_speedup"], "{:.2f}x"),
+                     f"{_f(r['ours_ttt_start_s'], '{:.1f}')}/{_f(r['phaser_ttt_start_s'], '{:.1f}')}",
+                     _f(r["ttt_start_speedup"], "{:.2f}x")]
         if err:
             vals[0] += " [red](error)[/red]"
         t.add_row(*vals)
@@ -369,7 +375,9 @@ def main(argv=None) -> None:
               f"{_f(row['ours_first_s'], '{:.1f}')} s), phaserEM {_f(row['phaser_s_iter'])} s/iter "
               f"(first {_f(row['phaser_first_s'], '{:.1f}')} s), ratio phaserEM/ours {_f(row['speedup'], '{:.2f}')}x"
               + (f", time to target ours/phaserEM {_f(row['ours_ttt_s'], '{:.1f}')}/"
-                 f"{_f(row['phaser_ttt_s'], '{:.1f}')} s" if a.ttt else "")
+                 f"{_f(row['phaser_ttt_s'], '{:.1f}')} s (from the process start "
+                 f"{_f(row['ours_ttt_start_s'], '{:.1f}')}/{_f(row['phaser_ttt_start_s'], '{:.1f}')} s)"
+                 if a.ttt else "")
               + (" ERROR " + str(row.get("ours_error") or row.get("phaser_error"))[-300:]
                  if row.get("ours_error") or row.get("phaser_error") else ""), flush=True)
         out.write_text(json.dumps({"machine": mach, "args": vars(a), "rows": rows, "raw": raw}, indent=1))

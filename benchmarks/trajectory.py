@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
 import cases as C  # noqa: E402
 
-SCORED = (1, 2, 3, 5, 8, 12, 20, 30, 50)
+SCORED = (1, 2, 3, 4, 5, 8, 12, 20, 30, 50)
 
 
 def main() -> None:

@@ -12,11 +12,14 @@ every that many iterations, outside the timed intervals.
 
 from __future__ import annotations
 
-import json
-import os
-import resource
-import sys
 import time
+
+T_PROCESS = time.perf_counter()  # the worker's start: startup_s counts from here
+
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
 
 import h5py
 import numpy as np
@@ -46,6 +49,7 @@ class Timer:
         self.score_every = score_every
         self.target = target
         self.t_target = None
+        self.startup_s = None
         if score_every:
             with h5py.File(data, "r") as f:
                 self.gt = f["ground_truth/phase"][()]
@@ -59,6 +63,8 @@ class Timer:
 
     def before_engine(self, engine, state, ctx):
         self.t_last = time.perf_counter()
+        if self.startup_s is None:
+            self.startup_s = self.t_last - T_PROCESS
         self.c_last = time.process_time()
 
     def after_iteration(self, state, metrics, ctx):
@@ -121,7 +127,9 @@ def main(arg: str) -> None:
         "final_loss": timer.losses[-1] if timer.losses else None,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "peak_gpu_mib": device_peak_mib(job["backend"]),
-        "scores": timer.scores, "time_to_target_s": timer.t_target,
+        "scores": timer.scores, "time_to_target_s": timer.t_target, "startup_s": timer.startup_s,
+        "time_to_target_from_start_s": (timer.startup_s + timer.t_target
+                                        if timer.t_target is not None and timer.startup_s is not None else None),
     }
     if job.get("final_score") and not timer.scores:
         with h5py.File(job["data"], "r") as f:

@@ -39,7 +39,7 @@ from phaser_std.engines.common import (EngineLoop, GroupingConfig, engine_arrays
 from phaser_std.engines.gradient_step import GroupModel, StepCounter, make_group_step, slice_dz
 from phaser_std.engines.noise_models import build_noise_model, on_valid_pixels
 from phaser_std.physics.grid import on_grid
-from phaser_std.engines.optimizers import AdamConfig
+from phaser_std.engines.optimizers import AdamConfig, init_states
 from phaser_std.engines.regularizers import RegInfo
 from phaser_std.physics.forward import abs2, make_propagators, shift_ramp_factors
 
@@ -215,15 +215,19 @@ class GradientEngine:
         live: dict[str, Any] = {"object": arrays.obj, "probe": arrays.probe, "scan": scan, "tilt": tilt}
         arrays.probe = arrays.obj = None  # `live` owns them now: the iteration program donates their buffers
         opt_states: dict[str, Any] = {}
+        # fresh states of the object and probe solvers in one program on jax
+        fresh = init_states({k: (solvers[k], live[k]) for k in ("object", "probe") if solvers[k] is not None}, bk)
+        fresh.update(init_states({k: (solvers[k], live["scan"] if k == "positions" else live["tilt"])
+                                  for k in ("positions", "tilt") if solvers[k] is not None}, host))
+
         def restore(k: str, like: Any, backend: Any) -> Any:
-            fresh = solvers[k].init(like, backend if backend is not None else host)
             if k not in saved:
-                return fresh
+                return fresh[k]
             arrays = _unpack(saved[k])
-            shapes = {p: tuple(a.shape) for p, a in solvers[k].state_to_numpy(fresh, backend).items()}
+            shapes = {p: tuple(a.shape) for p, a in solvers[k].state_to_numpy(fresh[k], backend).items()}
             if shapes != {p: tuple(a.shape) for p, a in arrays.items()}:
-                return fresh  # saved for other shapes or another solver
-            return solvers[k].state_from_numpy(arrays, like, backend)
+                return fresh[k]  # saved for other shapes or another solver
+            return solvers[k].state_from_numpy(arrays, like, backend, template=fresh[k])
 
         for k in ("object", "probe"):
             if solvers[k] is not None:
