@@ -259,6 +259,25 @@ def test_progress_plain_lines_with_eta():
     assert lines[0] == "engine 0 start" and lines[-1] == "engine 0 done"
 
 
+def test_progress_rate_leaves_out_the_compiling_first_iteration():
+    # iteration 1 took 2 s (compilation), the others 0.1 s: the rate and the ETA after
+    # iteration 2 are the later iterations' (0.1 s/iter, 3 left: 0:00), not the mean
+    # with the first (1.05 s/iter, ETA 0:03)
+    stream = io.StringIO()
+    obs = ProgressObserver(ProgressConfig(), stream=stream)
+    ctx = ctx_for(None, [obs])
+    state = make_state()
+    obs.before_engine(None, state, ctx)
+    lines = []
+    for k, t in enumerate([2.0, 0.1, 0.1], start=1):
+        state.iteration.engine_iter = state.iteration.total_iter = k
+        obs.after_iteration(state, {"loss": 1.0, "time_s": t, "niter": 5}, ctx)
+        lines.append(stream.getvalue().splitlines()[-1])
+    assert lines[0].endswith("2 s/iter ETA 0:08")  # only the first: it is all there is
+    assert lines[1].endswith("0.1 s/iter ETA 0:00")
+    assert lines[2].endswith("0.1 s/iter ETA 0:00")
+
+
 def test_progress_rich_mode_renders_columns():
     stream = io.StringIO()
     obs = ProgressObserver(ProgressConfig(mode="rich"), stream=stream)

@@ -29,7 +29,8 @@ class ProgressConfig:
 
     mode: str = param("auto", validator=_check_mode,
                       doc="'rich' (live bar), 'plain' (one line per iteration) or 'auto' (rich on a terminal)")
-    smoothing: int = param(10, doc="seconds per iteration and ETA average the last N iterations")
+    smoothing: int = param(10, doc="seconds per iteration and ETA average the last N iterations (an engine's "
+                           "first, which includes compilation, left out once there are others)")
 
 
 def format_duration(seconds: float | None) -> str:
@@ -63,7 +64,11 @@ class ProgressObserver(Observer):
     # -- numbers ----------------------------------------------------------------------
 
     def _s_per_iter(self) -> float | None:
-        recent = self._times[-max(1, int(self.config.smoothing)):]
+        # an engine's first iteration includes its compilation (jax: 0.5-1 s on a CPU,
+        # seconds on a GPU at the paper's sizes): left out once later ones are timed, so
+        # that it does not inflate the rate and the ETA for the next `smoothing` iterations
+        times = self._times[1:] if len(self._times) > 1 else self._times
+        recent = times[-max(1, int(self.config.smoothing)):]
         return sum(recent) / len(recent) if recent else None
 
     def _eta(self, done: int) -> float | None:
