@@ -31,8 +31,11 @@ def table(doc: dict) -> str:
     gpu = any(r.get("ours_gpu_mib") is not None for r in rows)
     if gpu:
         head += ["GPU MiB ours", "GPU MiB ph"]
+    from_start = ttt and any(r.get("ours_ttt_start_s") is not None for r in rows)
     if ttt:
         head += ["t→target ours", "t→target ph", "ttt ratio"]
+    if from_start:  # files from session 19 on: the same from the worker's start
+        head += ["from start ours", "from start ph", "ratio"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         v = [r["case"], _f(r["ours_first_s"], "{:.1f}"), _f(r["phaser_first_s"], "{:.1f}"), _f(r["ours_s_iter"]),
@@ -43,6 +46,9 @@ def table(doc: dict) -> str:
             v += [_f(r.get("ours_gpu_mib"), "{:.0f}"), _f(r.get("phaser_gpu_mib"), "{:.0f}")]
         if ttt:
             v += [_f(r["ours_ttt_s"], "{:.1f}"), _f(r["phaser_ttt_s"], "{:.1f}"), _f(r["ttt_speedup"], "{:.2f}x")]
+        if from_start:
+            v += [_f(r.get("ours_ttt_start_s"), "{:.1f}"), _f(r.get("phaser_ttt_start_s"), "{:.1f}"),
+                  _f(r.get("ttt_start_speedup"), "{:.2f}x")]
         if r.get("ours_error") or r.get("phaser_error"):
             v[0] += " (error)"
         out.append("| " + " | ".join(v) + " |")
