@@ -9,6 +9,7 @@ from conftest import build_backend
 from phaser_core.config import ScheduleSpec
 from phaser_core.registry import get_registry
 from phaser_std.engines import optimizers as O
+from phaser_std.engines.optimizers import init_states
 from phaser_std.engines.schedules import CosineSchedule
 
 CASES = [
@@ -190,3 +191,35 @@ def test_a_checkpoint_with_a_complex_second_moment_restores():
     for k in saved:
         assert restored[k].dtype == saved[k].dtype
         np.testing.assert_array_equal(restored[k], saved[k])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_init_states_starts_several_solvers_as_each_would_alone(backend):
+    # the gradient engine starts its object and probe solvers together (one program on jax)
+    bk = _backend(backend)
+    solvers = {"object": _solver("adam", learning_rate=0.1), "probe": _solver("sgd", learning_rate=0.2, momentum=0.5)}
+    params = {"object": bk.asarray(np.ones((4, 5), np.complex64)), "probe": bk.asarray(np.ones((2, 3), np.complex64))}
+    together = init_states({k: (solvers[k], params[k]) for k in solvers}, bk)
+    assert list(together) == ["object", "probe"]
+    for k, solver in solvers.items():
+        alone = solver.state_to_numpy(solver.init(params[k], bk), bk)
+        got = solver.state_to_numpy(together[k], bk)
+        assert got.keys() == alone.keys() and got
+        for path in alone:
+            assert got[path].dtype == alone[path].dtype
+            np.testing.assert_array_equal(got[path], alone[path])
+
+
+def test_init_states_calls_a_solvers_own_init():
+    # a plugin's solver whose init wraps the base one is started through it (no recursion)
+    bk = _backend("numpy")
+    calls = []
+
+    class Counted(type(_solver("adam", learning_rate=0.1))):
+        def init(self, params, bk=None):
+            calls.append(params.shape)
+            return super().init(params, bk)
+
+    solver = Counted(_solver("adam", learning_rate=0.1).config)
+    states = init_states({"object": (solver, np.zeros((2, 2), np.complex64))}, bk)
+    assert calls == [(2, 2)] and "object" in states
