@@ -610,7 +610,7 @@ class _Importer:
                  "group_constraints", "iter_constraints", "early_termination", *_ENGINE_DROPPED}
         if kind == "conventional":
             known |= {"solver", "position_solver"}
-            self.conventional(props, path, out)
+            self.conventional(props, path, out, current_slices)
         else:
             known |= {"solvers", "regularizers"}
             self.gradient(props, path, out)
@@ -686,7 +686,7 @@ class _Importer:
                         "amplitude otherwise")
         return None
 
-    def conventional(self, props: Mapping, path: tuple, out: dict) -> None:
+    def conventional(self, props: Mapping, path: tuple, out: dict, slices: dict | None = None) -> None:
         solver = props.get("solver")
         kind, sp = self.hook(solver)
         p = path + ("solver",)
@@ -697,10 +697,17 @@ class _Importer:
                 v = self.schedule(sp.get(k, 1.0), p + (k,))
                 if v is not None:
                     new[k] = v
+            if not slices or int(slices.get("n", 1)) <= 1:
+                # phaserEM stepped each position by its own largest illumination: our closest
+                new["object_norm"] = "position"
+                self.note(p, "epie: object_norm: position, as phaserEM each position's object update divided by "
+                             "its own largest illumination (where positions overlap ours averages the updates, "
+                             "phaserEM added them; docs/engines.md)")
+            else:
+                self.note(p, "epie: β carried as is, but phaserEM normalised each position's object update by its "
+                             "own largest illumination and divided it by the number of slices; ours divides the "
+                             "group's summed update by the group's largest (object_norm: group; docs/engines.md)")
             out["solver"] = new
-            self.note(p, "epie: β carried as is, but phaserEM normalised each position's object update by its "
-                         "own largest illumination (and divided it by the number of slices), ours the group's "
-                         "summed update by the group's largest (docs/engines.md)")
         elif kind == "lsqml":
             self.unknown(sp, {"beta_object", "beta_probe", "gamma", "illum_reg_object", "illum_reg_probe",
                               "stochastic"}, p)

@@ -140,11 +140,14 @@ def test_numpy_and_jax_give_the_same_reconstruction(single):
 @pytest.mark.parametrize("solver,slices,object_after", [
     ("lsqml", None, 0), ("lsqml", None, 2), ("lsqml", {"n": 3, "total_thickness_A": 75.0}, 0),
     ("lsqml", {"n": 3, "total_thickness_A": 75.0}, 2), ("epie", None, 0),
-    ("epie", {"n": 3, "total_thickness_A": 75.0}, 0), ("epie", {"n": 3, "total_thickness_A": 75.0}, 1)])
+    ("epie", {"n": 3, "total_thickness_A": 75.0}, 0), ("epie", {"n": 3, "total_thickness_A": 75.0}, 1),
+    ("epie:position", None, 0), ("epie:position", {"n": 3, "total_thickness_A": 75.0}, 0),
+    ("epie:position", {"n": 3, "total_thickness_A": 75.0}, 1)])
 def test_chunks_equal_whole_groups(data_dir, single, backend, solver, slices, object_after, monkeypatch):
     """LSQML (single slice and multislice joint step, each also with the probe alone, and
     the positions, before the object from the third iteration) and ePIE (single slice;
-    multislice, also with the probe alone in the first iteration) with groups of 24
+    multislice, also with the probe alone in the first iteration; both object step
+    denominators, ``object_norm`` group and position) with groups of 24
     computed 8 positions at a time: the same reconstruction (probe, object, positions) as
     whole groups, to float32 rounding. 256 positions in groups of 24 leave a padded last
     group, whose masked positions must not reach the sums. LSQML runs with a large γ (0.3),
@@ -153,6 +156,7 @@ def test_chunks_equal_whole_groups(data_dir, single, backend, solver, slices, ob
     with the old group maximum on one path they differ by ~7e-2, at γ 1e-6 by 3e-7)."""
     import phaser_std.engines.conventional_solvers as cs
 
+    solver, _, object_norm = solver.partition(":")  # "epie:position": ePIE with object_norm: position
     data = single
     if slices:
         data = data_dir / "ms.h5"
@@ -171,6 +175,8 @@ def test_chunks_equal_whole_groups(data_dir, single, backend, solver, slices, ob
                         update_object={"after": object_after})
         if solver == "lsqml":
             block["solver"]["gamma"] = 0.3
+        if object_norm:
+            block["solver"]["object_norm"] = object_norm
         return [block]
 
     whole = run(data, engines(24), backend=backend)
@@ -449,3 +455,66 @@ for block in ({{"type": "conventional", "solver": {{"type": "lsqml"}}}},
     assert first, "nothing was written to the compilation cache"
     subprocess.run([sys.executable, "-c", code, "45"], check=True, env=env, capture_output=True, text=True)
     assert entries() == first, f"compiled anew for another thickness: {sorted(entries() - first)}"
+
+
+def _epie_group_update(bk, starts, psi, chi, object_norm, shape=(12, 14)):
+    """One ePIE object update (β 1) of a zero object slice from waves ``psi`` (B, 1, Ny, Nx)
+    and updates ``chi`` at corners ``starts`` (whole-group path), on the host."""
+    from phaser_std.engines.conventional_solvers import EpieConfig, EpieSolver
+
+    solver = EpieSolver(EpieConfig(object_norm=object_norm))
+    obj = bk.xp.zeros(shape, dtype=bk.complex_dtype)
+    mask = bk.xp.ones(psi.shape[0], dtype=bk.real_dtype)
+    new, delta, _ = solver.object_update(bk, obj, bk.asarray(starts), bk.asarray(psi), bk.asarray(chi), mask)
+    return bk.to_numpy(delta)
+
+
+def test_epie_object_norm_position_is_each_positions_own_step_averaged_where_they_overlap():
+    """``object_norm: position``: where positions do not overlap, a group's object update
+    is the sum of each position's own ePIE update (divided by its largest |ψ|²); for
+    χ = ψ·δO a pixel never moves further than δO (β 1), and it moves by δO exactly where
+    the group's summed illumination reaches one position's peak. ``group`` divides by the
+    summed map's largest value instead: smaller steps where positions overlap."""
+    from conftest import build_backend
+
+    bk = build_backend("numpy", "float64")
+    rng = np.random.default_rng(0)
+    n = 6
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    probe = np.exp(-(yy**2 + xx**2) / 4.0)[None].astype(complex)  # peak |P|² = 0.94 (even n)
+    d_obj = (rng.normal(size=(12, 14)) + 1j * rng.normal(size=(12, 14))) * 0.1
+
+    def waves(starts):
+        psi = np.stack([probe] * len(starts))
+        chi = np.stack([probe * d_obj[y:y + n, x:x + n][None] for y, x in starts])
+        return psi, chi
+
+    # apart: the sum of the positions' own updates
+    apart = [(0, 0), (6, 8)]
+    psi, chi = waves(apart)
+    together = _epie_group_update(bk, apart, psi, chi, "position")
+    alone = sum(_epie_group_update(bk, [s], psi[i:i + 1], chi[i:i + 1], "position") for i, s in enumerate(apart))
+    np.testing.assert_allclose(together, alone, atol=1e-12)
+    peak = np.max(np.abs(probe) ** 2)
+    y, x = apart[1]
+    np.testing.assert_allclose(together[y:y + n, x:x + n], np.abs(probe[0]) ** 2 * d_obj[y:y + n, x:x + n] / peak,
+                               atol=1e-12)
+
+    # overlapping (a compact group): the step per pixel is w·δO with 0 <= w <= 1, w = 1 where
+    # the summed illumination passes one position's peak
+    close = [(0, 0), (0, 1), (1, 0), (1, 1), (2, 2)]
+    psi, chi = waves(close)
+    step = _epie_group_update(bk, close, psi, chi, "position")
+    illum = np.zeros((12, 14))
+    for y, x in close:
+        illum[y:y + n, x:x + n] += np.abs(probe[0]) ** 2
+    lit = illum > 1e-9
+    w = np.zeros_like(illum)
+    w[lit] = (step[lit] / d_obj[lit]).real
+    np.testing.assert_allclose((step[lit] / d_obj[lit]).imag, 0.0, atol=1e-9)
+    assert w.min() >= 0.0 and w.max() <= 1.0 + 1e-9
+    np.testing.assert_allclose(w[illum >= peak], 1.0, atol=1e-9)
+    # the group rule's step is the per-position one scaled down by the largest overlap
+    group = _epie_group_update(bk, close, psi, chi, "group")
+    np.testing.assert_allclose(group[lit], (illum * d_obj)[lit] / illum.max(), atol=1e-9)
+    assert illum.max() > 2 * peak

@@ -403,7 +403,7 @@ def test_expr_schedule_and_unknown_loader_notes():
     doc = copy.deepcopy(EXAMPLES["mos2_epie"])
     doc["engines"][0]["solver"]["beta_object"] = {"type": "expr", "expr": "1.0 - np.exp(-i/3)"}
     plan, notes = _convert(doc)
-    assert plan["engines"][0]["solver"] == {"type": "epie", "beta_probe": 0.5}
+    assert plan["engines"][0]["solver"] == {"type": "epie", "beta_probe": 0.5, "object_norm": "position"}
     assert _has(notes, "engines[0].solver.beta_object", "expr schedule", "cannot be carried")
     doc = {**EXAMPLES["mos2_epie"], "raw_data": {"type": "gatan", "path": "scan.dm4"}}
     plan, notes = _convert(doc)
@@ -464,3 +464,16 @@ def test_early_termination_becomes_stop_when():
     assert plan["engines"][0]["stop_when"] == {"patience": 10, "min_rel_change": 0.0}
     assert _has(notes, "engines[0].early_termination", "stop_when") and _has(notes, "smoothing")
     load_plan(copy.deepcopy(plan))
+
+
+def test_epie_single_slice_takes_each_positions_own_step():
+    # phaserEM steps each position's object update by its own largest illumination: on one
+    # slice that is object_norm: position; with several slices the default stays (its steps
+    # there are also divided by the number of slices), with a note either way
+    plan, notes = _convert(EXAMPLES["mos2_epie"])
+    assert plan["engines"][0]["solver"] == {"type": "epie", "beta_object": 0.5, "beta_probe": 0.5,
+                                            "object_norm": "position"}
+    assert _has(notes, "engines[0].solver", "object_norm: position")
+    plan, notes = _convert(_full())  # 10 slices
+    assert "object_norm" not in plan["engines"][0]["solver"]
+    assert _has(notes, "engines[0].solver", "number of slices")

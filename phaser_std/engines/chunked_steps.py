@@ -121,6 +121,22 @@ def _add_probe_sums(bk: Any, pnum_k: Any, pden: Any, o0: Any, g: Any, fr: Any, m
     return pnum_k, pden + xp.tensordot(mm[:, 0, 0], abs2(xp, o0), axes=1)
 
 
+def epie_step_norm(xp: Any, illum_map: Any, peak: Any = None) -> Any:
+    """ePIE's object-step denominator for a group, from its summed illumination map
+    ``illum_map`` [e⁻]. ``peak`` None (``object_norm: group``): the map's largest value,
+    so every pixel's step shrinks by the group's largest overlap. ``peak`` the largest
+    illumination Σ_modes|ψ|² of one position in the group (``object_norm: position``): per
+    pixel the larger of the map there and ``peak``. Where one position covers a pixel that
+    is the position's own ePIE step, conj(ψ)χ / max|ψ|²; where the summed illumination
+    passes one position's peak (compact groups, dense scans) the illumination-weighted mean
+    of the positions' updates instead of their sum: for χ = ψ·δO a pixel moves by w·δO with
+    w = Σ|ψ|² / max(Σ|ψ|², peak) ≤ 1, never further than one position's step would take
+    it (benchmarks/NOTES.md 71)."""
+    if peak is None:
+        return xp.max(illum_map) + 1e-30
+    return xp.maximum(illum_map, peak) + 1e-30
+
+
 def _weighted_illumination(bk: Any, shape: tuple, starts: Any, alpha: Any, illums: Any) -> Any:
     """Σ_b α_b·illum_b scattered into an object-shaped real map ``shape``, chunk by chunk
     (the inputs split into chunks: ``starts`` ``(n, C, 2)``, ``alpha`` ``(n, C)``, ``illums``
@@ -138,17 +154,19 @@ def _weighted_illumination(bk: Any, shape: tuple, starts: Any, alpha: Any, illum
 
 def _single_slice_sums(bk: Any, noise: Any, obj: Any, probe: Any, measured: Any, starts: Any, frac: Any,
                        mask_f: Any, n: int, object_sums: bool, probe_sums: bool,
-                       keep: tuple[str, ...] = ("chi", "probes", "illum")) -> tuple[tuple, dict]:
+                       keep: tuple[str, ...] = ("chi", "probes", "illum"), peak: bool = False) -> tuple[tuple, dict]:
     """One pass over the ``n`` chunks of a single-slice group: ``((num_map, illum_map,
     pnum_k, pden, loss, n_valid), kept)``, the sums of :func:`_sums_init` (the object's with
     ``object_sums``, the probe's with ``probe_sums``) and, per chunk, those of ``chi``, the
     shifted ``probes`` and their illumination Σ_modes|P|² ``illum`` ``(C, Ny, Nx)`` [e⁻]
-    named in ``keep``. The common first half of the single-slice ePIE and LSQML steps."""
+    named in ``keep``. With ``peak`` the sums end with the largest illumination of one
+    valid position (a maximum over the chunks). The common first half of the single-slice
+    ePIE and LSQML steps."""
     xp = bk.xp
     shape = probe.shape[-2:]
 
     def one(carry, x):
-        num_map, illum_map, pnum_k, pden, loss, n_valid = carry
+        num_map, illum_map, pnum_k, pden, loss, n_valid = carry[:6]
         me, st, fr, m = x
         probes = shift_probes(bk, probe, fr)
         o0 = get_views(bk, obj, st, shape)[:, 0]  # (C, Ny, Nx): the one slice
@@ -161,9 +179,12 @@ def _single_slice_sums(bk: Any, noise: Any, obj: Any, probe: Any, measured: Any,
         if probe_sums:
             pnum_k, pden = _add_probe_sums(bk, pnum_k, pden, o0, chi, fr, mm)
         kept = {k: v for k, v in (("chi", chi), ("probes", probes), ("illum", illum)) if k in keep}
-        return (num_map, illum_map, pnum_k, pden, loss + chunk_loss, n_valid + xp.sum(m)), kept
+        sums = (num_map, illum_map, pnum_k, pden, loss + chunk_loss, n_valid + xp.sum(m))
+        return sums + ((xp.maximum(carry[6], xp.max(illum)),) if peak else ()), kept
 
-    return bk.sum_scan(one, _sums_init(bk, obj, probe), tuple(split_rows(a, n) for a in (measured, starts, frac, mask_f)))
+    init = _sums_init(bk, obj, probe) + ((xp.zeros((), dtype=bk.real_dtype),) if peak else ())
+    return bk.sum_scan(one, init, tuple(split_rows(a, n) for a in (measured, starts, frac, mask_f)),
+                       reduce=("sum",) * 6 + ("max",) if peak else None)
 
 
 def lsqml_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: Any, measured: Any,
@@ -421,18 +442,22 @@ def epie_single_slice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe:
                               keep_waves: bool) -> tuple[Any, Any, Any, Any, Any]:
     """The single-slice ePIE group step, ``chunk`` positions at a time: every term of its
     update is a sum over positions (object numerator and illumination maps, probe numerator
-    and Σ|O|²), normalised by group-wide maxima after the sums, so one pass over the chunks
+    and Σ|O|²) or a maximum over them (one position's largest illumination, for
+    ``object_norm: position``), normalised after the sums, so one pass over the chunks
     (:func:`_single_slice_sums`) gives the whole group's update. Returns as
     :func:`lsqml_single_slice_chunked`; ``chi`` and ``probes`` only with ``keep_waves``
     (else None)."""
     xp = bk.xp
     n = mask.shape[0] // chunk
-    (num_map, illum_map, pnum_k, pden, loss, _), kept = _single_slice_sums(
+    per_position = update_object and solver.config.object_norm == "position"
+    sums, kept = _single_slice_sums(
         bk, noise, obj, probe, measured, starts, frac, mask.astype(bk.real_dtype), n, update_object, update_probe,
-        keep=("chi", "probes") if keep_waves else ())
+        keep=("chi", "probes") if keep_waves else (), peak=per_position)
+    num_map, illum_map, pnum_k, pden, loss = sums[:5]
     new_obj, new_probe = obj, probe
     if update_object:
-        new_obj = obj + bk.divide_real(solver.beta_object * num_map, xp.max(illum_map) + 1e-30)
+        peak = sums[6] if per_position else None
+        new_obj = obj + bk.divide_real(solver.beta_object * num_map, epie_step_norm(xp, illum_map, peak))
     if update_probe:
         new_probe = probe + solver.beta_probe * _ifft2_pair(bk, pnum_k) / (xp.max(pden) + 1e-30)
     if not keep_waves:
@@ -465,36 +490,44 @@ def epie_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: A
     mask_f = mask.astype(bk.real_dtype)
     sts, frs, ms = split_rows(starts, n), split_rows(frac, n), split_rows(mask_f, n)
 
-    def slice_sums(num_map, illum_map, st, psi, g, mm):
+    # the slice sums: (numerator map, illumination map) and, for ``object_norm: position``,
+    # one position's largest illumination (a maximum over the chunks)
+    per_position = update_object and solver.config.object_norm == "position"
+    reduce = ("sum", "sum", "max") if per_position else ("sum", "sum")
+
+    def slice_sums(sums, st, psi, g, mm):
         """Add one slice's numerator Σ_modes conj(ψ)·g and illumination Σ_modes|ψ|²."""
-        num_map = add_views(bk, num_map, st, xp.sum(xp.conj(psi) * g, axis=1) * mm)
-        return num_map, add_views(bk, illum_map, st, xp.sum(abs2(xp, psi), axis=1) * mm)
+        illum = xp.sum(abs2(xp, psi), axis=1) * mm
+        out = (add_views(bk, sums[0], st, xp.sum(xp.conj(psi) * g, axis=1) * mm), add_views(bk, sums[1], st, illum))
+        return out + ((xp.maximum(sums[2], xp.max(illum)),) if per_position else ())
 
     def forward(carry, x):
-        num_map, illum_map, loss, view_peak = carry
+        sums, loss, view_peak = carry[:-2], carry[-2], carry[-1]
         me, st, fr, m = x
         probes = shift_probes(bk, probe, fr)
         views = get_views(bk, obj, st, shape)  # (C, S, Ny, Nx)
         psis, exit_wave = multislice_forward(bk, probes, views, props)
         chunk_loss, chi = _exit_update(bk, noise, exit_wave, me, m)
         if update_object:
-            num_map, illum_map = slice_sums(num_map, illum_map, st, psis[-1], chi, m[:, None, None])
+            sums = slice_sums(sums, st, psis[-1], chi, m[:, None, None])
         view_peak = xp.maximum(view_peak, xp.max(abs2(xp, views), axis=(0, 2, 3)))
-        return (num_map, illum_map, loss + chunk_loss, view_peak), {"chi": chi, **_kept_waves(psis)}
+        return (*sums, loss + chunk_loss, view_peak), {"chi": chi, **_kept_waves(psis)}
 
-    def zero_maps():  # fresh ones for every pass: numpy adds views in place
-        return xp.zeros(obj.shape[1:], dtype=obj.dtype), xp.zeros(obj.shape[1:], dtype=bk.real_dtype)
+    def zero_sums():  # fresh ones for every pass: numpy adds views in place
+        maps = (xp.zeros(obj.shape[1:], dtype=obj.dtype), xp.zeros(obj.shape[1:], dtype=bk.real_dtype))
+        return maps + ((xp.zeros((), dtype=bk.real_dtype),) if per_position else ())
 
-    def slice_update(num_map, illum_map):
-        return bk.divide_real(solver.beta_object * num_map, xp.max(illum_map) + 1e-30)
+    def slice_update(sums):
+        peak = sums[2] if per_position else None
+        return bk.divide_real(solver.beta_object * sums[0], epie_step_norm(xp, sums[1], peak))
 
     def back_through(carry, x):
         """One pass over the chunks taking χ from the exit of slice ``i`` (updated by the
         sums in the carry) to the exit of slice i-1, adding the sums of slice i-1. A scan
         over the slices, so the program holds one pass whatever their number."""
-        num_map, illum_map, chi = carry
+        sums, chi = carry[:-1], carry[-1]
         (i,) = x
-        delta = slice_update(num_map, illum_map) if update_object else None
+        delta = slice_update(sums) if update_object else None
         o_slice, h_back, scale = obj[i], xp.conj(props[i - 1]), 1.0 / (view_peak[i] + 1e-30)
 
         def back(sums, y):
@@ -504,20 +537,21 @@ def epie_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: A
             rest = g if delta is None else g - bk.get_windows(delta, st, shape)[:, None] * psi
             g = propagate(bk, (xp.conj(o) * scale)[:, None] * rest, h_back)
             if update_object:
-                sums = slice_sums(*sums, st, psi_before, g, m[:, None, None])
+                sums = slice_sums(sums, st, psi_before, g, m[:, None, None])
             return sums, {"chi": g}
 
-        sums, out = bk.sum_scan(back, zero_maps(), (chi, _waves_kept(kept, n_slices), sts, ms))
+        sums, out = bk.sum_scan(back, zero_sums(), (chi, _waves_kept(kept, n_slices), sts, ms), reduce=reduce)
         return (*sums, out["chi"]), ({"slice": o_slice + delta} if update_object else {})
 
-    (num_map, illum_map, loss, view_peak), kept = bk.sum_scan(
-        forward, (*zero_maps(), xp.zeros((), dtype=bk.real_dtype), xp.zeros((n_slices,), dtype=bk.real_dtype)),
-        (split_rows(measured, n), sts, frs, ms), reduce=("sum", "sum", "sum", "max"))
-    (num_map, illum_map, chi), updated = bk.scan(back_through, (num_map, illum_map, kept["chi"]),
-                                                 (slice_indices(bk, n_slices - 1, 0, -1),))
+    carry, kept = bk.sum_scan(
+        forward, (*zero_sums(), xp.zeros((), dtype=bk.real_dtype), xp.zeros((n_slices,), dtype=bk.real_dtype)),
+        (split_rows(measured, n), sts, frs, ms), reduce=reduce + ("sum", "max"))
+    *sums, loss, view_peak = carry
+    carry, updated = bk.scan(back_through, (*sums, kept["chi"]), (slice_indices(bk, n_slices - 1, 0, -1),))
+    *sums, chi = carry
     new_obj, new_probe = obj, probe
     if update_object:  # the slices were updated from the last: slice 0's update ends the sweep
-        new_obj = xp.concatenate([(obj[0] + slice_update(num_map, illum_map))[None], updated["slice"][::-1]])
+        new_obj = xp.concatenate([(obj[0] + slice_update(sums))[None], updated["slice"][::-1]])
     if update_probe:
         def probe_sums(sums, y):
             g, st, fr, m = y

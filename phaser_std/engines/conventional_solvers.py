@@ -7,9 +7,11 @@ update and a position-correction direction. They differ in how an update directi
 normalised and scaled:
 
 - ``epie`` (Maiden & Rodenburg 2009; multislice 3PIE, Maiden et al. 2012): the object
-  direction Σ conj(ψ)χ is divided by the largest illumination of the group, the wave
-  direction conj(O)χ by the largest |O|²; step ``beta``. For a group of one position this
-  is exactly ePIE.
+  direction Σ conj(ψ)χ is divided by the largest illumination of the group (or, with
+  ``object_norm: position``, per pixel by the larger of the group's illumination there and
+  one position's largest: :func:`~phaser_std.engines.chunked_steps.epie_step_norm`), the
+  wave direction conj(O)χ by the largest |O|²; step ``beta``. For a group of one position
+  either is exactly ePIE.
 - ``lsqml`` (Odstrčil et al. 2018, eqs. 23-27; multislice per Tsai et al. 2016): the
   object direction is divided by the group illumination Σ|ψ|² + δ (per pixel), the probe
   direction by Σ|O|² + δ; per-position optimal step sizes α (eq. 23) are averaged,
@@ -29,8 +31,8 @@ import attrs
 
 from phaser_core.config import Schedulable, in_range, param, schedule_value
 from phaser_std.engines.chunking import has_chunked_step
-from phaser_std.engines.chunked_steps import (epie_multislice_chunked, epie_single_slice_chunked, group_mean,
-                                              inner_products, lsqml_multislice_chunked,
+from phaser_std.engines.chunked_steps import (epie_multislice_chunked, epie_single_slice_chunked, epie_step_norm,
+                                              group_mean, inner_products, lsqml_multislice_chunked,
                                               lsqml_multislice_probe_chunked, lsqml_single_slice_chunked,
                                               regularised_step, solve_2x2)
 from phaser_std.physics.forward import (
@@ -60,6 +62,12 @@ _BETA = in_range(0, 1)
 class EpieConfig:
     beta_object: Schedulable = param(1.0, doc="object step [0..1], or a schedule over iterations", validator=_BETA)
     beta_probe: Schedulable = param(1.0, doc="probe step [0..1], or a schedule over iterations", validator=_BETA)
+    object_norm: str = param("group", doc="the object step's denominator: 'group', the largest value of the "
+                             "group's summed illumination (a step that shrinks as the group's positions overlap "
+                             "more: larger or compact groups start slower); 'position', per pixel the larger of "
+                             "that sum and one position's largest illumination (each position's own ePIE step, "
+                             "averaged where positions overlap: the same start for every group size)",
+                             validator=attrs.validators.in_(("group", "position")))
 
 
 #: LSQML's δ_O when a plan leaves it null: (one slice, several). A larger δ weights the
@@ -226,15 +234,17 @@ class ConventionalSolver:
 
 
 class EpieSolver(ConventionalSolver):
-    """ePIE (3PIE for multislice), normalised by the group's largest illumination."""
+    """ePIE (3PIE for multislice), normalised by the group's largest illumination (or per
+    position: ``object_norm``)."""
 
     name = "epie"
 
     def object_update(self, bk, obj_slice, starts, psi, chi, mask, probe_dir=None):
         xp = bk.xp
         m = mask[:, None, None]
-        num_map, _, illum_map = _object_maps(bk, obj_slice, starts, psi, chi, m)
-        delta = bk.divide_real(self.beta_object * num_map, xp.max(illum_map) + 1e-30)
+        num_map, illum, illum_map = _object_maps(bk, obj_slice, starts, psi, chi, m)
+        peak = xp.max(illum) if self.config.object_norm == "position" else None
+        delta = bk.divide_real(self.beta_object * num_map, epie_step_norm(xp, illum_map, peak))
         return obj_slice + delta, delta, None
 
     def wave_backprop(self, bk, o, chi):
