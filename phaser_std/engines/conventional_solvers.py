@@ -516,6 +516,7 @@ def make_group_step(bk: Any, solver: ConventionalSolver, noise: Any, props: Any,
 
 def register_conventional(register) -> None:
     register("epie", EpieSolver, config=EpieConfig, role="conventional", aliases=("3pie",),
-             doc="ePIE (3PIE for multislice), normalised by the group's largest illumination.")
+             doc="ePIE (3PIE for multislice), normalised by the group's largest illumination (or per position: "
+                 "object_norm).")
     register("lsqml", LsqmlSolver, config=LsqmlConfig, role="conventional",
              doc="Least-squares maximum likelihood (Odstrčil 2018) with optimal per-position steps.")
