@@ -52,14 +52,25 @@ def simulate(args: argparse.Namespace) -> dict:
     potential = abtem.Potential(atoms, sampling=args.sampling, slice_thickness=args.slice_thickness,
                                 projection="infinite", parametrization="lobato", periodic=True)
     aberrations = json.loads(args.aberrations) if args.aberrations else {}
-    probe = abtem.Probe(energy=args.energy, semiangle_cutoff=args.alpha, defocus=args.defocus,
-                        aberrations=aberrations, tilt=tuple(args.tilt))  # abTEM: (x, y) [mrad]
-    probe.grid.match(potential)
     extent = np.asarray(potential.extent, dtype=float)  # (x, y) [Å]
     scan = abtem.GridScan(start=(0.0, 0.0), end=tuple(extent), sampling=args.step)
     detector = abtem.PixelatedDetector(max_angle=None)
-    measurement = probe.scan(potential, scan=scan, detectors=detector).compute()
-    pats = np.asarray(measurement.array, dtype=np.float64)  # (scan_x, scan_y, kx, ky)
+
+    def patterns_at(defocus: float) -> np.ndarray:
+        probe = abtem.Probe(energy=args.energy, semiangle_cutoff=args.alpha, defocus=defocus,
+                            aberrations=aberrations, tilt=tuple(args.tilt))  # abTEM: (x, y) [mrad]
+        probe.grid.match(potential)
+        measurement = probe.scan(potential, scan=scan, detectors=detector).compute()
+        return np.asarray(measurement.array, dtype=np.float64)  # (scan_x, scan_y, kx, ky)
+
+    if args.focal_spread > 0:
+        # partial temporal coherence: the intensities of a Gaussian spread of defocus [Å]
+        # (standard deviation --focal-spread) added incoherently, by Gauss-Hermite quadrature
+        nodes, weights = np.polynomial.hermite_e.hermegauss(args.focal_points)
+        weights = weights / weights.sum()
+        pats = sum(w * patterns_at(args.defocus + args.focal_spread * x) for x, w in zip(nodes, weights))
+    else:
+        pats = patterns_at(args.defocus)
     nkx, nky = pats.shape[-2:]
     q = args.det
     cx, cy = nkx // 2, nky // 2
@@ -113,6 +124,8 @@ def write(path: str, sim: dict, args: argparse.Namespace) -> None:
             f.attrs["tilt_mrad"] = np.array([args.tilt[1], args.tilt[0]], dtype=float)
         if args.aberrations:  # Krivanek C_nm [Å], phi_nm [rad]: the same names and angles as ours
             f.attrs["aberrations"] = args.aberrations
+        if args.focal_spread > 0:  # for the record: a single probe cannot describe these patterns
+            f.attrs["focal_spread_A"] = float(args.focal_spread)
         f.attrs["simulation_spec"] = json.dumps({k: v for k, v in vars(args).items() if k != "out"})
         gt = f.create_group("ground_truth")
         gt["phase"] = sim["phase"]
@@ -144,6 +157,9 @@ def main() -> None:
     ap.add_argument("--tilt", type=float, nargs=2, default=(0.0, 0.0), metavar=("TX", "TY"),
                     help="beam tilt in abTEM's (x, y) order [mrad]; written as tilt_mrad (y, x)")
     ap.add_argument("--aberrations", default="", help='JSON, e.g. \'{"C12": 30, "phi12": 0.5, "C30": 1e5}\' [Å, rad]')
+    ap.add_argument("--focal-spread", type=float, default=0.0,
+                    help="standard deviation of the defocus [Å]: partial temporal coherence (0: coherent)")
+    ap.add_argument("--focal-points", type=int, default=7, help="defocus values of the --focal-spread quadrature")
     args = ap.parse_args()
     sim = simulate(args)
     write(args.out, sim, args)

@@ -7,7 +7,8 @@ import pytest
 from phaser_core.errors import DataError
 from phaser_core.physics_constants import wavelength_A
 from phaser_std.backends.numpy_backend import NumpyBackend
-from phaser_std.physics.probe import estimate_soft_edge_px, load_probe, make_modes, make_probe, orthogonalize_modes
+from phaser_std.physics.probe import (estimate_soft_edge_px, focal_spread_modes, load_probe, make_modes, make_probe,
+                                     orthogonalize_modes)
 
 LAM = wavelength_A(300e3)
 
@@ -111,6 +112,47 @@ def test_focused_initializer_uses_metadata_and_scales_to_dose():
     assert np.sum(np.abs(st.data) ** 2) == pytest.approx(5.0 * 32 * 32, rel=1e-10)
     ref = make_probe((32, 32), st.sampling_A, wavelength_A(200e3), 20.0, defocus_A=40.0)
     np.testing.assert_allclose(st.data[0] / np.sqrt(0.8 * 5.0 * 32 * 32), ref, atol=1e-12)
+
+
+def test_focal_spread_modes_are_the_defocus_ensembles_strongest():
+    """The modes of a Gaussian defocus spread: orthogonal, by decreasing power, one probe's
+    power in all. With as many modes as quadrature points they are the ensemble itself (the
+    same density matrix Σ w_j |P_j><P_j|, the same intensity); a tiny spread leaves one
+    mode, the probe at the mean defocus; the spread's power moves out of mode 0 as it grows."""
+    def at(df):
+        return make_probe((32, 32), 0.25, LAM, 25.0, defocus_A=df)
+
+    modes = focal_spread_modes(at, 50.0, 60.0, 7, n_points=7)  # as many modes as points: all of it
+    flat = modes.reshape(7, -1)
+    gram = flat.conj() @ flat.T
+    powers = np.real(np.diag(gram))
+    np.testing.assert_allclose(gram - np.diag(powers), 0.0, atol=1e-12)
+    assert np.all(np.diff(powers) <= 1e-12) and powers.sum() == pytest.approx(1.0, rel=1e-12)
+    nodes, weights = np.polynomial.hermite_e.hermegauss(7)
+    weights /= weights.sum()
+    ensemble = np.stack([np.sqrt(w) * at(50.0 + 60.0 * x) for x, w in zip(nodes, weights)]).reshape(7, -1)
+    np.testing.assert_allclose(flat.T @ flat.conj(), ensemble.T @ ensemble.conj(), atol=1e-12)
+    # the first mode of a vanishing spread is the probe at the mean defocus (up to a phase)
+    m = focal_spread_modes(at, 50.0, 1e-3, 2)
+    assert np.sum(np.abs(m[1]) ** 2) < 1e-8  # ∝ spread²
+    overlap = np.vdot(at(50.0), m[0])
+    assert abs(overlap) == pytest.approx(1.0, abs=1e-9)
+    # mode 0's share: 0.925 / 0.772 / 0.631 / 0.431 at 10 / 20 / 30 / 60 Å (300 kV, 25 mrad)
+    first = [float(np.sum(np.abs(focal_spread_modes(at, 50.0, s, 4)[0]) ** 2)) for s in (10.0, 20.0, 30.0, 60.0)]
+    assert first[0] > 0.9 and first[0] > first[1] > first[2] > first[3] and first[3] < 0.5
+
+
+def test_focused_initializer_with_a_focal_spread():
+    from phaser_std.physics.initializers import FocusedProbeConfig, init_focused_probe
+
+    ctx = _ctx(defocus_A=40.0)
+    st = init_focused_probe(FocusedProbeConfig(n_modes=3, focal_spread_A=80.0), ctx)
+    assert st.data.shape == (3, 32, 32)
+    assert np.sum(np.abs(st.data) ** 2) == pytest.approx(5.0 * 32 * 32, rel=1e-10)
+    powers = np.sum(np.abs(st.data) ** 2, axis=(1, 2))
+    assert powers[0] > powers[1] > powers[2] > 0.01 * powers[0]
+    with pytest.raises(ValueError, match="focal_spread_A"):
+        FocusedProbeConfig(focal_spread_A=-1.0)
 
 
 def test_focused_initializer_names_missing_key():

@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from phaser_core.config import param
+from phaser_core.config import in_range, param
 from phaser_core.errors import DataError
 from phaser_core.state import ObjectState, ProbeState
 
@@ -61,6 +61,10 @@ class FocusedProbeConfig:
                                        "edge, about 1 where detector pixels or the simulator smooth it)")
     n_modes: int = param(1, doc="number of mixed-state probe modes")
     first_mode_power: float = param(0.8, doc="fraction of the power in mode 0 when n_modes > 1")
+    focal_spread_A: float = param(0.0, unit="Å", validator=in_range(0),
+                                  doc="standard deviation of the defocus (partial temporal coherence: "
+                                      "Cc·ΔE/E); > 0: the modes are the strongest of that defocus ensemble "
+                                      "(first_mode_power unused)")
 
 
 def _data_aberrations(data: Any) -> dict | None:
@@ -96,7 +100,7 @@ def data_soft_edge_px(data: Any, sampling_A: Any, wavelength_A: float, conv_angl
 
 def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
     """Focused (aberrated) probe on the detector-sized grid, scaled to the data's dose."""
-    from phaser_std.physics.probe import make_modes, make_probe
+    from phaser_std.physics.probe import focal_spread_modes, make_modes, make_probe
 
     data = ctx.data
     conv = config.conv_angle_mrad if config.conv_angle_mrad is not None else data.convergence_angle_mrad
@@ -112,10 +116,16 @@ def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
     soft = config.soft_edge_px
     if soft is None:
         soft = data_soft_edge_px(data, sampling, _wavelength(ctx), float(conv), mean_pattern=mean)
-    probe = make_probe(data.pattern_shape, sampling, _wavelength(ctx), float(conv), defocus_A=float(defocus),
-                       aberrations=aberrations, soft_edge_px=soft)
-    rng = np.random.default_rng(_stream(ctx.seed, "probe-modes"))
-    modes = make_modes(probe, config.n_modes, config.first_mode_power, rng if config.n_modes > 1 else None)
+    def probe_at(df: float) -> np.ndarray:
+        return make_probe(data.pattern_shape, sampling, _wavelength(ctx), float(conv), defocus_A=float(df),
+                          aberrations=aberrations, soft_edge_px=soft)
+
+    if config.focal_spread_A > 0:
+        modes = focal_spread_modes(probe_at, float(defocus), config.focal_spread_A, config.n_modes)
+    else:
+        rng = np.random.default_rng(_stream(ctx.seed, "probe-modes"))
+        modes = make_modes(probe_at(float(defocus)), config.n_modes, config.first_mode_power,
+                           rng if config.n_modes > 1 else None)
     return ProbeState(data=_scale_to_data(modes, mean), sampling_A=tuple(float(s) for s in sampling))
 
 

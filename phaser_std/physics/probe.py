@@ -183,6 +183,26 @@ def make_modes(probe: Any, n_modes: int, first_mode_power: float = 0.8,
     return np.stack([np.sqrt(pw) * b for pw, b in zip(powers, basis)])
 
 
+def focal_spread_modes(probe_at: Any, defocus_A: float, spread_A: float, n_modes: int,
+                       n_points: int | None = None) -> np.ndarray:
+    """The ``n_modes`` strongest modes ``(M, Ny, Nx)`` of a probe whose defocus [Å] varies
+    with standard deviation ``spread_A`` about ``defocus_A`` (partial temporal coherence):
+    the probes ``probe_at(defocus)`` at the ``n_points`` nodes (default max(7, 2M+1)) of a
+    Gauss-Hermite rule for that Gaussian, weighted by √w, orthogonalised (the eigenmodes of
+    the ensemble's density matrix, by decreasing power) and the strongest kept, scaled so
+    the power sums to one probe's."""
+    n_points = max(7, 2 * int(n_modes) + 1) if n_points is None else int(n_points)
+    nodes, weights = np.polynomial.hermite_e.hermegauss(n_points)
+    weights = weights / weights.sum()
+    ensemble = np.stack([np.sqrt(w) * np.asarray(probe_at(defocus_A + spread_A * x), dtype=np.complex128)
+                         for x, w in zip(nodes, weights)])
+    from phaser_std.backends.numpy_backend import NumpyBackend
+
+    modes = orthogonalize_modes(NumpyBackend("float64"), ensemble)[:int(n_modes)]
+    total = float(np.sum(np.abs(ensemble) ** 2))
+    return modes * np.sqrt(total / float(np.sum(np.abs(modes) ** 2)))
+
+
 def orthogonalize_modes(bk: Any, modes: Any) -> Any:
     """Orthogonalise probe modes ``(M, Ny, Nx)`` (eigen-decomposition of their Gram matrix),
     sorted by decreasing power; the total power Σ|P|² is unchanged. Backend-agnostic."""
