@@ -63,7 +63,7 @@ class FocusedProbeConfig:
     first_mode_power: float = param(0.8, doc="fraction of the power in mode 0 when n_modes > 1")
     focal_spread_A: float = param(0.0, unit="Å", validator=in_range(0),
                                   doc="standard deviation of the defocus (partial temporal coherence: "
-                                      "Cc·ΔE/E); > 0: the modes are the strongest of that defocus ensemble "
+                                      "Cc·σ_E/E); > 0: the modes are the strongest of that defocus ensemble "
                                       "(first_mode_power unused)")
 
 
@@ -116,6 +116,7 @@ def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
     soft = config.soft_edge_px
     if soft is None:
         soft = data_soft_edge_px(data, sampling, _wavelength(ctx), float(conv), mean_pattern=mean)
+
     def probe_at(df: float) -> np.ndarray:
         return make_probe(data.pattern_shape, sampling, _wavelength(ctx), float(conv), defocus_A=float(df),
                           aberrations=aberrations, soft_edge_px=soft)

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from phaser_std.backends.numpy_backend import NumpyBackend
 from phaser_std.physics.optics import (aberration_phase, fftfreq_grid_centred, mrad_to_invA, normalize_aberrations,
                                        reciprocal_pixel_invA)
 
@@ -196,8 +197,6 @@ def focal_spread_modes(probe_at: Any, defocus_A: float, spread_A: float, n_modes
     weights = weights / weights.sum()
     ensemble = np.stack([np.sqrt(w) * np.asarray(probe_at(defocus_A + spread_A * x), dtype=np.complex128)
                          for x, w in zip(nodes, weights)])
-    from phaser_std.backends.numpy_backend import NumpyBackend
-
     modes = orthogonalize_modes(NumpyBackend("float64"), ensemble)[:int(n_modes)]
     total = float(np.sum(np.abs(ensemble) ** 2))
     return modes * np.sqrt(total / float(np.sum(np.abs(modes) ** 2)))
