@@ -14,6 +14,7 @@ writes itself)::
     abtem_crosscheck.py --out tests/data/abtem_srtio3.h5 --reps 3 3 --det 32 --sampling 0.1 --layers 2 --compact
     abtem_crosscheck.py --out tests/data/abtem_srtio3_aberrated.h5 --reps 3 3 --det 32 --sampling 0.1 --layers 1 --compact --aberrations '{"C12": 40, "phi12": 0.5, "C23": 300, "phi23": 0.3, "C30": 100000}'
     abtem_crosscheck.py --out tests/data/abtem_srtio3_tilted.h5 --reps 3 3 --det 32 --sampling 0.1 --layers 8 --compact --tilt 10 -6
+    abtem_crosscheck.py --out tests/data/abtem_srtio3_focal_spread.h5 --reps 3 3 --det 32 --sampling 0.1 --layers 2 --compact --focal-spread 100
 
 Conversion (abTEM indexes arrays (x, y); phaser (y, x), docs/file-formats.md):
 - patterns: abTEM ``(scan_x, scan_y, kx, ky)``, zero frequency at index n//2 ->
@@ -22,7 +23,11 @@ Conversion (abTEM indexes arrays (x, y); phaser (y, x), docs/file-formats.md):
 - ground truth: σ·(projected potential) [rad], abTEM ``(x, y)`` -> ``(y, x)``;
 - defocus: abTEM's ``defocus`` is −C10 (positive: underfocus), which is ``defocus_A``;
 - aberrations: abTEM's Krivanek names and angles, written as they are (benchmarks/NOTES.md 25);
-- tilt: abTEM's ``(tx, ty)`` [mrad] -> ``tilt_mrad`` ``(ty, tx)``.
+- tilt: abTEM's ``(tx, ty)`` [mrad] -> ``tilt_mrad`` ``(ty, tx)``;
+- ``--focal-spread S`` [Å]: the patterns of ``--focal-points`` defocus values (Gauss-Hermite
+  nodes of a Gaussian of standard deviation S about ``--defocus``) added with their weights,
+  a beam with an energy spread; recorded as ``focal_spread_A`` (our loader ignores it: pass
+  it to ``init.probe.focal_spread_A``).
 """
 
 from __future__ import annotations
