@@ -94,9 +94,10 @@ class SlicesPlan:
         evenly, or zeros for a single slice."""
         if self.thicknesses_A is not None:
             return np.asarray(self.thicknesses_A, dtype=np.float64)
-        total = self.total_thickness_A if self.total_thickness_A is not None else current_total_A
-        if total:
-            return np.full(self.n, float(total) / self.n)
+        if self.total_thickness_A is not None:  # an explicit 0 too: slices of no thickness, as written
+            return np.full(self.n, float(self.total_thickness_A) / self.n)
+        if current_total_A:  # an object of no thickness gives none to split
+            return np.full(self.n, float(current_total_A) / self.n)
         if self.n == 1:
             return np.zeros(1)
         raise ValueError(f"slices: n={self.n} needs total_thickness_A or thicknesses_A")

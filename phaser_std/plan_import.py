@@ -877,7 +877,12 @@ class _Importer:
             kind, props = self.hook(c)
             if kind == "clamp_object_amplitude":
                 self.unknown(props, {"amplitude"}, p)
-                out.append({"type": "clamp_object_amplitude", "max_amplitude": float(props.get("amplitude", 1.1))})
+                amp = props.get("amplitude", 1.1)
+                if isinstance(amp, (list, tuple)) and len(amp) == 2:  # phaserEM's [min, max] form
+                    out.append({"type": "clamp_object_amplitude", "min_amplitude": float(amp[0]),
+                                "max_amplitude": float(amp[1])})
+                else:
+                    out.append({"type": "clamp_object_amplitude", "max_amplitude": float(amp)})
             elif kind == "limit_probe_support":
                 self.unknown(props, {"max_angle"}, p)
                 if props.get("max_angle") is None:

@@ -107,3 +107,20 @@ def test_a_phase_beyond_pi_is_shared_between_slices_as_itself():
     new, _ = resample_slices(np.exp(1j * phase)[None], np.array([8.0]), 4)
     np.testing.assert_allclose(np.angle(new), np.broadcast_to(phase / 4, new.shape), atol=1e-12)
     np.testing.assert_allclose(np.prod(new, axis=0), np.exp(1j * phase), atol=1e-12)
+
+
+def test_a_noisy_phase_is_not_unwrapped_into_false_turns():
+    """Noise (0.2 rad) and a 2.9 rad column: neighbours jump by more than π, so no path
+    unwrap is trustworthy (a row unwrap would add 2π to the rest of a row). Split into two
+    slices, each gets half of the phase about the mean, everywhere; an offset near π (3 rad)
+    is shared out as itself."""
+    rng = np.random.default_rng(0)
+    phase = 0.2 * rng.normal(size=(32, 32))
+    phase[:, 10] += 2.9
+    for offset in (0.0, 3.0):
+        d = np.exp(1j * (phase + offset))[None]
+        new, _ = resample_slices(d, np.array([8.0]), 2)
+        mean = np.angle(np.sum(d))
+        half = (np.angle(d[0] * np.exp(-1j * mean)) + mean) / 2
+        np.testing.assert_allclose(new, np.broadcast_to(np.exp(1j * half), new.shape), atol=1e-12)
+        np.testing.assert_allclose(np.prod(new, axis=0), d[0], atol=1e-12)

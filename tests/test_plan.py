@@ -216,6 +216,12 @@ def test_slices_resolve():
     np.testing.assert_array_equal(SlicesPlan().resolve(), np.zeros(1))
     np.testing.assert_allclose(SlicesPlan(4, total_thickness_A=100.0).resolve(), [25.0] * 4, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(SlicesPlan(2, thicknesses_A=(1.0, 3.0)).resolve(), [1.0, 3.0])
+    # an explicit zero thickness is kept; an engine's slices split the object's thickness,
+    # and an object of none gives none to split
+    np.testing.assert_array_equal(SlicesPlan(3, total_thickness_A=0.0).resolve(), np.zeros(3))
+    np.testing.assert_allclose(SlicesPlan(4).resolve(current_total_A=20.0), [5.0] * 4, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="needs total_thickness_A"):
+        SlicesPlan(3).resolve(current_total_A=0.0)
     with pytest.raises(ValueError, match="total_thickness_A"):
         SlicesPlan(3).resolve()
 

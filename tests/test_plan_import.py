@@ -477,3 +477,14 @@ def test_epie_single_slice_takes_each_positions_own_step():
     plan, notes = _convert(_full())  # 10 slices
     assert "object_norm" not in plan["engines"][0]["solver"]
     assert _has(notes, "engines[0].solver", "number of slices")
+
+
+def test_clamp_object_amplitude_with_a_min_max_pair():
+    doc = copy.deepcopy(EXAMPLES["mos2_epie"])
+    doc["engines"][0]["group_constraints"] = [{"type": "clamp_object_amplitude", "amplitude": [0.5, 1.2]},
+                                              {"type": "clamp_object_amplitude", "amplitude": 1.1}]
+    plan, _ = _convert(doc)
+    assert plan["engines"][0]["group_constraints"] == [
+        {"type": "clamp_object_amplitude", "min_amplitude": 0.5, "max_amplitude": 1.2},
+        {"type": "clamp_object_amplitude", "max_amplitude": 1.1}]
+    load_plan(plan)

@@ -130,12 +130,23 @@ def _crop_pad_centred(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _unwrapped_phase(d: np.ndarray) -> np.ndarray:
-    """The phase of ``d`` (..., H, W), unwrapped along each row and then down the first
-    column (adding whole turns only, so ``exp(1j·phase)`` is unchanged); a phase that never
-    jumps by more than π between neighbours is returned as ``np.angle`` gives it."""
-    phase = np.unwrap(np.angle(d), axis=-1)
-    first = phase[..., :, :1]
-    return phase + (np.unwrap(first, axis=-2) - first)
+    """The phase of ``d`` (..., H, W) about each slice's mean phase, unwrapped where that
+    is unambiguous (whole turns only, so ``exp(1j·phase)`` is unchanged).
+
+    A slice is unwrapped when unwrapping along its rows then down its first column and
+    along its columns then across its first row give the same phase: a smooth phase beyond
+    ±π. Where they differ (a jump over π between neighbours: a sharp atom, noise where the
+    amplitude is low) either path would add a false 2π to the rest of a row or column, so
+    the slice keeps the phase about its mean, in (−π, π] (its offset still removed: an
+    offset near π no longer wraps)."""
+    offset = np.angle(np.sum(d, axis=(-2, -1), keepdims=True))
+    about = np.angle(d * np.exp(-1j * offset))
+    rows = np.unwrap(about, axis=-1)
+    rows = rows + (np.unwrap(rows[..., :, :1], axis=-2) - rows[..., :, :1])
+    cols = np.unwrap(about, axis=-2)
+    cols = cols + (np.unwrap(cols[..., :1, :], axis=-1) - cols[..., :1, :])
+    consistent = np.all(np.isclose(rows, cols, rtol=0.0, atol=1e-6), axis=(-2, -1), keepdims=True)
+    return offset + np.where(consistent, rows, about)
 
 
 def resample_pixel_size(obj: ObjectState, new_sampling_A: Any) -> ObjectState:
