@@ -43,9 +43,21 @@ def test_an_engine_stops_once_its_loss_stops_falling_and_a_resume_stops_there_to
     whole = run_plan(load_plan(plan), out_dir=tmp_path / "a", quiet=True, observers=[notes])
     stopped = len(whole.progress.loss)
     assert 3 <= stopped < 40 and whole.iteration.engine_iter == stopped
+    rule = StopConfig(patience=2, min_rel_change=0.2)
+    assert rule.converged(whole.progress.loss) and not rule.converged(whole.progress.loss[:-1])
     assert any(t.startswith(f"stopped at iteration {stopped} of 40") for t in notes.texts)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_plan(load_plan(plan), out_dir=tmp_path / "b", quiet=True, observers=[Notes(crash_after=stopped - 1)])
     resumed = run_plan(load_plan(plan), out_dir=tmp_path / "b", quiet=True, resume=True)
     assert len(resumed.progress.loss) == stopped
     np.testing.assert_array_equal(resumed.object.data, whole.object.data)
+
+
+def test_the_stop_rule_on_flat_and_negative_losses():
+    rule = StopConfig(patience=2, min_rel_change=0.0)
+    assert rule.converged([1.0, 1.0, 1.0, 1.0])  # flat: no improvement at all
+    assert not rule.converged([1.0, 1.0, 0.9, 1.0])
+    rule = StopConfig(patience=2, min_rel_change=0.1)
+    assert rule.converged([-10.0, -9.0, -9.5, -9.2])  # worse than the best, below zero
+    assert not rule.converged([-10.0, -9.0, -11.5, -9.2])  # 15% better than -10
+    assert rule.converged([-10.0, -9.0, -10.5, -9.2])  # 5%: not enough

@@ -127,7 +127,9 @@ def epie_step_norm(xp: Any, illum_map: Any, peak: Any = None) -> Any:
     so every pixel's step shrinks by the group's largest overlap. ``peak`` the largest
     illumination Σ_modes|ψ|² of one position in the group (``object_norm: position``): per
     pixel the larger of the map there and ``peak``. Where one position covers a pixel that
-    is the position's own ePIE step, conj(ψ)χ / max|ψ|²; where the summed illumination
+    is the ePIE step conj(ψ)χ / peak: on one slice each position's own (the shifted probes
+    share their peak), in the later slices of several, whose waves differ, the step of the
+    group's most illuminated position; where the summed illumination
     passes one position's peak (compact groups, dense scans) the illumination-weighted mean
     of the positions' updates instead of their sum: for χ = ψ·δO a pixel moves by w·δO with
     w = Σ|ψ|² / max(Σ|ψ|², peak) ≤ 1, never further than one position's step would take

@@ -63,8 +63,10 @@ class GroupingConfig:
 
 @attrs.frozen
 class StopConfig:
-    """An engine's early stop: when its loss has not fallen below ``(1 − min_rel_change)``
-    times its best before the last ``patience`` iterations, for ``patience`` iterations."""
+    """An engine's early stop: when for ``patience`` iterations its loss has not fallen
+    below its best before them by more than ``min_rel_change`` of that best's magnitude (a
+    flat loss stops even at ``min_rel_change: 0``; a negative loss, which the Poisson model
+    can give, is judged the same way)."""
 
     patience: int = param(5, doc="iterations without enough improvement before stopping", validator=in_range(1))
     min_rel_change: float = param(1e-4, doc="the relative fall of the loss that counts as improvement",
@@ -75,7 +77,8 @@ class StopConfig:
         n = int(self.patience)
         if len(losses) <= n:
             return False
-        return min(losses[-n:]) > min(losses[:-n]) * (1.0 - float(self.min_rel_change))
+        best = min(losses[:-n])
+        return min(losses[-n:]) >= best - float(self.min_rel_change) * abs(best)
 
 
 def stop_when_param() -> Any:

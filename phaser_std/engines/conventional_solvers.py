@@ -65,8 +65,9 @@ class EpieConfig:
     object_norm: str = param("group", doc="the object step's denominator: 'group', the largest value of the "
                              "group's summed illumination (a step that shrinks as the group's positions overlap "
                              "more: larger or compact groups start slower); 'position', per pixel the larger of "
-                             "that sum and one position's largest illumination (each position's own ePIE step, "
-                             "averaged where positions overlap: the same start for every group size)",
+                             "that sum and the group's largest illumination of one position (on one slice each "
+                             "position's own ePIE step, averaged where positions overlap: the same start for every "
+                             "group size)",
                              validator=attrs.validators.in_(("group", "position")))
 
 

@@ -236,6 +236,7 @@ class GradientEngine:
         for k in ("positions", "tilt"):
             if solvers[k] is not None:
                 host_states[k] = restore(k, live["scan"] if k == "positions" else live["tilt"], None)
+        del fresh  # restored states replace them: not held on the device for the whole run
 
         cur: dict[str, Any] = {}
 

@@ -61,12 +61,10 @@ def init_states(pairs: dict[str, tuple["GradientSolver", Any]], bk: Any = None) 
     out: dict[str, Any] = {}
     on_jax = {}
     for k, (solver, params) in pairs.items():
-        if type(solver).init is not GradientSolver.init:  # a plugin's solver with an init of its own
-            out[k] = solver.init(params, bk)
-        elif _is_jax(bk, params):
+        if type(solver).init is GradientSolver.init and _is_jax(bk, params):
             on_jax[k] = (solver, params)
-        else:
-            out[k] = solver._np_init(bk.xp if bk is not None else np, params)
+        else:  # numpy/cupy, or a plugin's solver with an init of its own
+            out[k] = solver.init(params, bk)
     if on_jax:
         out.update(_jax_init_states(on_jax))
     return {k: out[k] for k in pairs}
