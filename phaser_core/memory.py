@@ -24,6 +24,7 @@ prints its measured peak resident-memory growth (the calibration in docs/memory.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import sys
@@ -217,6 +218,14 @@ def _engine_terms(engine: Any, data: DataShape, shapes: dict, dtype: str, backen
     return terms
 
 
+def resampled_length(n: int, q: int, q_new: int) -> int:
+    """An object's length [px] after a move from ``q`` to ``q_new`` detector pixels along
+    that axis: padded to a multiple of q / gcd(q, q_new), then scaled by q_new / q
+    (:func:`phaser_std.physics.grid.resize_object`)."""
+    step = q // math.gcd(q, q_new)
+    return -(-n // step) * step * q_new // q
+
+
 def on_detector_grid(ds: DataShape, shapes: dict, grid: tuple[int, int]) -> tuple[DataShape, dict]:
     """The data and state shapes on another detector grid (``sim_shape``): the patterns
     cropped or padded to ``grid``, the probe on it, the object resampled by the same ratio
@@ -227,7 +236,7 @@ def on_detector_grid(ds: DataShape, shapes: dict, grid: tuple[int, int]) -> tupl
     py, px = shapes["probe"][-2:]
     s, h, w = shapes["object"]
     out = dict(shapes, probe=(shapes["probe"][0], grid[0], grid[1]),
-               object=(s, -(-h * grid[0] // py), -(-w * grid[1] // px)))
+               object=(s, resampled_length(h, py, grid[0]), resampled_length(w, px, grid[1])))
     return attrs.evolve(ds, pattern_shape=(int(grid[0]), int(grid[1]))), out
 
 

@@ -48,6 +48,7 @@ def read_phaserem_state(f: h5py.File, path: Path) -> ReconsState:
                                  f"{probe.dtype} {probe.shape} and {obj.dtype} {obj.shape}")
         probe_sampling = _probe_sampling(f, probe.shape[-2:])
         obj_sampling = _pair(f["object/sampling"][()])
+        corner = _pair(f["object/corner"][()])
         thick = np.asarray(f["object/thicknesses"][()], dtype=np.float64).reshape(-1)
         if thick.size == 0 and obj.shape[0] == 1:
             thick = np.zeros(1)
@@ -66,7 +67,7 @@ def read_phaserem_state(f: h5py.File, path: Path) -> ReconsState:
     offset = np.array([n // 2 - (n - 1) / 2 for n in probe.shape[-2:]]) * np.asarray(obj_sampling)
     return ReconsState(
         probe=ProbeState(data=probe, sampling_A=probe_sampling),
-        object=ObjectState(data=obj, sampling_A=obj_sampling, corner_A=_pair(f["object/corner"][()]),
+        object=ObjectState(data=obj, sampling_A=obj_sampling, corner_A=corner,
                            thicknesses_A=thick),
         scan_A=scan + offset,
         tilt_mrad=tilt,

@@ -28,12 +28,14 @@ def test_a_probe_padded_keeps_its_far_field_and_cropping_back_restores_it():
     assert big.sampling_A == pytest.approx((0.25 * 32 / 48, 0.25 * 32 / 64))  # the window [Å] stays
     assert np.sum(np.abs(big.data) ** 2) == pytest.approx(np.sum(np.abs(probe.data) ** 2), rel=1e-12)
 
-    def far(p):
-        return np.abs(np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(p.data, axes=(-2, -1))), axes=(-2, -1))) ** 2
+    def far(p):  # unitary, as the engines' far field: each detector pixel's intensity [e⁻]
+        spec = np.fft.fft2(np.fft.ifftshift(p.data, axes=(-2, -1)), norm="ortho")
+        return np.abs(np.fft.fftshift(spec, axes=(-2, -1))) ** 2
 
     old, new = far(probe)[0], far(big)[0]
     inner = new[24 - 16:24 + 16, 32 - 16:32 + 16]
-    np.testing.assert_allclose(inner / inner.sum(), old / old.sum(), atol=1e-12)
+    np.testing.assert_allclose(inner, old, rtol=0, atol=1e-12 * old.max())  # the same pixels, the same values
+    assert new.sum() == pytest.approx(inner.sum(), rel=1e-12)  # and nothing outside them
     back = resize_probe(big, (32, 32))
     np.testing.assert_allclose(back.data, probe.data, atol=1e-10 * np.abs(probe.data).max())
 
@@ -92,7 +94,11 @@ def test_a_staged_run_moves_between_grids_and_the_planner_follows(tmp_path):
     assert score_state(state, ground_truth(data))["pearson"] > 0.95
     ds, shapes = on_detector_grid(DataShape(n_patterns=100, pattern_shape=(64, 64), host_itemsize=4),
                                   {"probe": (1, 64, 64), "object": (1, 120, 90), "scan": (100, 2)}, (48, 48))
-    assert ds.pattern_shape == (48, 48) and shapes["probe"] == (1, 48, 48) and shapes["object"] == (1, 90, 68)
+    obj = ObjectState(data=np.ones((1, 120, 90), np.complex64), sampling_A=(0.1, 0.1), corner_A=(0.0, 0.0),
+                      thicknesses_A=np.zeros(1))
+    resized = resize_object(obj, (0.1 * 64 / 48,) * 2, (64, 48, 64, 48))
+    assert ds.pattern_shape == (48, 48) and shapes["probe"] == (1, 48, 48)
+    assert shapes["object"] == (1, *resized.shape) == (1, 90, 69)  # 90 padded to 92, then x 48/64
 
 
 def test_a_crop_into_the_probes_spectrum_keeps_each_kept_pixels_intensity_as_the_datas():

@@ -98,7 +98,23 @@ def test_a_per_position_tilt_goes_through_the_conventional_engines(tmp_path):
     data = make_dataset(tmp_path / "d.h5", scan={"shape": [8, 8]}, detector_shape=[32, 32],
                         reciprocal_sampling_invA=1 / (32 * state.probe.sampling_A[0]))
     engine = {"type": "conventional", "niter": 1, "grouping": {"size": 16}}
+    untilted = tmp_path / "untilted.h5"
+    shutil.copy(DATA / "state_v0.2.h5", untilted)
+    with h5py.File(untilted, "r+") as f:
+        f["scan/tilt"][...] = 0.0
     for slices in ({"n": 1}, None):  # one slice: nothing for it to act on; two: in each group's propagators
         out = run(data, [{**engine, "slices": slices}], init={"state": str(DATA / "state_v0.2.h5")})
         np.testing.assert_array_equal(out.tilt_mrad, state.tilt_mrad)  # kept as it was
         assert np.isfinite(out.object.data).all()
+        flat = run(data, [{**engine, "slices": slices}], init={"state": str(untilted)})
+        change = abs(out.progress.loss[-1] - flat.progress.loss[-1]) / flat.progress.loss[-1]
+        assert (change > 1e-3) if slices is None else (change < 1e-6), (slices, change)
+
+
+def test_a_phaserem_state_without_its_object_corner_is_named(tmp_path):
+    broken = tmp_path / "broken.h5"
+    shutil.copy(DATA / "state_v0.2.h5", broken)
+    with h5py.File(broken, "r+") as f:
+        del f["object/corner"]
+    with pytest.raises(StateFileError, match="incomplete phaserEM state file"):
+        load_state(broken)
