@@ -26,6 +26,8 @@ import math
 import os
 from typing import Any, Mapping
 
+from phaser_core.plan_errors import format_path
+
 __all__ = ["import_phaserem_plan", "rebase_paths"]
 
 #: loaders whose settings include the common overrides (``energy_eV``, ``tilt_mrad``, ...)
@@ -71,13 +73,6 @@ _ENGINE_DROPPED = {
 }
 
 
-def _fmt(path: tuple) -> str:
-    out = ""
-    for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
-
-
 class _Importer:
     def __init__(self) -> None:
         self.notes: list[str] = []
@@ -88,7 +83,7 @@ class _Importer:
         self.images: list[str] = []
 
     def note(self, path: tuple, msg: str) -> None:
-        self.notes.append(f"{_fmt(path)}: {msg}" if path else msg)
+        self.notes.append(f"{format_path(path)}: {msg}" if path else msg)
 
     # ------------------------------------------------------------------ small values
 
@@ -967,7 +962,8 @@ class _Importer:
         if self.save_every:
             n = min(e for _, e in self.save_every)
             out["state_every"] = n
-            self.note(("output", "state_every"), f"from save ({', '.join(_fmt(p) for p, _ in self.save_every)}): "
+            where = ", ".join(format_path(p) for p, _ in self.save_every)
+            self.note(("output", "state_every"), f"from save ({where}): "
                                                  f"a state every {n} iterations of the whole run and after each "
                                                  "engine (phaserEM counted per engine and, off by one, saved the "
                                                  "state after N − 1 iterations in iterN.h5)")
@@ -975,7 +971,7 @@ class _Importer:
             n = min(e for _, e in self.image_every)
             out["image_every"] = n
             self.note(("output", "image_every"), f"from save_images "
-                                                 f"({', '.join(_fmt(p) for p, _ in self.image_every)}): images "
+                                                 f"({', '.join(format_path(p) for p, _ in self.image_every)}): images "
                                                  f"every {n} iterations of the whole run and after each engine")
         if self.images:
             out["images"] = list(self.images)
