@@ -430,7 +430,7 @@ def test_another_thickness_reuses_the_compiled_programs(tmp_path):
     compiled steps, not constants in them: a multislice run with another slice thickness
     (same shapes) compiles nothing new, it loads every program from jax's compilation
     cache. ePIE, LSQML and the gradient engine (with its tilt refined, which the distances
-    enter)."""
+    enter), and LSQML after it with the tilt it refined per position."""
     pytest.importorskip("jax", reason="jax is not installed")
     data = make_dataset(tmp_path / "d.h5", detector_shape=[32, 32], scan={"shape": [6, 6]})
     code = f"""
@@ -439,10 +439,12 @@ sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
 import recon
 slices = {{"n": 3, "total_thickness_A": float(sys.argv[1])}}
 tilt = {{"tilt": {{"type": "adam", "learning_rate": 0.2}}}}
-for block in ({{"type": "conventional", "solver": {{"type": "lsqml"}}}},
-              {{"type": "conventional", "solver": {{"type": "epie"}}}},
-              {{"type": "gradient", "solvers": tilt, "update_tilt": True}}):
-    recon.run({str(data)!r}, [dict(block, niter=2, grouping={{"size": 12}}, slices=slices)], backend="jax")
+lsqml = {{"type": "conventional", "solver": {{"type": "lsqml"}}}}
+per_position = {{"type": "gradient", "solvers": tilt, "update_tilt": True, "tilt": "per_position"}}
+for blocks in ([lsqml], [{{"type": "conventional", "solver": {{"type": "epie"}}}}],
+               [{{"type": "gradient", "solvers": tilt, "update_tilt": True}}], [per_position, lsqml]):
+    recon.run({str(data)!r}, [dict(b, niter=2, grouping={{"size": 12}}, slices=slices) for b in blocks],
+              backend="jax")
 """
     cache = tmp_path / "cache"
     env = dict(os.environ, PHASER_CACHE_DIR=str(cache), PHASER_JAX_CACHE="1", PHASER_JAX_CACHE_MIN_COMPILE_S="0")

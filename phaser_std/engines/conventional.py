@@ -27,6 +27,7 @@ from phaser_std.engines.common import (
     stop_when_param,
 )
 from phaser_std.engines.conventional_solvers import has_chunked_rule, make_group_step
+from phaser_std.engines.gradient_step import slice_dz, tilt_ramps
 from phaser_std.engines.noise_models import build_noise_model, on_valid_pixels
 from phaser_std.engines.regularizers import RegInfo
 from phaser_std.physics.grid import on_grid
@@ -99,9 +100,6 @@ class ConventionalEngine:
         props = make_propagators(bk, probe_shape, geometry.sampling_A, wavelength, geometry.thicknesses_A,
                                  prop_tilt, bandlimit)
 
-        def group_props(tilts_g):
-            return make_propagators(bk, probe_shape, geometry.sampling_A, wavelength, geometry.thicknesses_A,
-                                    tilts_g, bandlimit)
         if cfg.scale_probe:
             arrays.scale_probe(bk, lambda: props)
         feed, scan, extra = arrays.patterns, arrays.scan_A, arrays.extra
@@ -112,14 +110,21 @@ class ConventionalEngine:
         # an argument of the compiled step, not a constant in it (make_group_step), placed
         # once where every lane reads it
         props_arg = None if props is None else bk.share(props)
+        if per_position:
+            # the untilted propagators and the slice distances [Å], arguments like the global
+            # ones (another thickness reuses the program); each group's tilts ramp them
+            props_arg = (bk.share(make_propagators(bk, probe_shape, geometry.sampling_A, wavelength,
+                                                   geometry.thicknesses_A, (0.0, 0.0), bandlimit)),
+                         bk.share(slice_dz(bk, geometry.thicknesses_A)))
 
         def fused_step(obj_, probe_, patterns_, props_, rows, starts, frac, mask, hyper, update_object=True,
                        update_probe=True, update_positions=False, tilts=None):
             # the pattern gather and the group constraints run inside the compiled step
             # (constraints are pure and do not depend on the iteration), so one group is one
             # dispatch on jax instead of one per array operation
-            if tilts is not None:
-                props_ = group_props(tilts)
+            if tilts is not None:  # (B, S-1, Ny, Nx): the base times each position's tilt ramp
+                base, dz = props_
+                props_ = base * tilt_ramps(bk, probe_shape, geometry.sampling_A, geometry.thicknesses_A, tilts, dz)
             obj_, probe_, loss, shift = group_step_fn(obj_, probe_, group_patterns(bk, patterns_, rows), starts,
                                                       frac, mask, hyper,
                                                       update_object, update_probe, update_positions, props_)
