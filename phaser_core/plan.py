@@ -767,14 +767,20 @@ def plan_to_dict(plan: Plan, registry: Any = None) -> dict:
     return _plain(conv.unstructure(plan, unstructure_as=Plan))
 
 
-def dump_plan(plan: Plan, path: str | Path, registry: Any = None, *, header: str | None = None) -> None:
-    """Write the fully resolved plan as YAML (``header`` lines are written as ``#`` comments)."""
-    data = plan_to_dict(plan, registry)
+def plan_yaml() -> YAML:
+    """The YAML writer of plans: block style, two-space indents, ``null`` written out."""
     yaml = YAML(typ="rt")
     yaml.default_flow_style = False
     yaml.indent(mapping=2, sequence=4, offset=2)
     yaml.representer.add_representer(
         type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
+    return yaml
+
+
+def dump_plan(plan: Plan, path: str | Path, registry: Any = None, *, header: str | None = None) -> None:
+    """Write the fully resolved plan as YAML (``header`` lines are written as ``#`` comments)."""
+    data = plan_to_dict(plan, registry)
+    yaml = plan_yaml()
     buf = io.StringIO()
     if header:
         for line in header.splitlines():

@@ -64,12 +64,11 @@ def _cmd_import_plan(args: argparse.Namespace) -> int:
     import copy
     import io
     import sys
-    from pathlib import Path
 
     from ruamel.yaml import YAML
 
     from phaser_core.errors import PlanError
-    from phaser_core.plan import load_plan
+    from phaser_core.plan import load_plan, plan_yaml
     from phaser_std.plan_import import import_phaserem_plan, rebase_paths
 
     src = Path(args.plan)
@@ -93,9 +92,7 @@ def _cmd_import_plan(args: argparse.Namespace) -> int:
         notes += rebase_paths(plan, str(src.resolve().parent), str(Path(args.out).resolve().parent))
     top = {k: plan[k] for k in _PLAN_KEY_ORDER if k in plan}
     top.update({k: v for k, v in plan.items() if k not in top})
-    out_yaml = YAML()
-    out_yaml.default_flow_style = False
-    out_yaml.indent(mapping=2, sequence=4, offset=2)
+    out_yaml = plan_yaml()
     buf = io.StringIO()
     buf.write(f"# converted from the phaserEM plan {src.name} by `phaser import-plan`; see the notes it printed\n")
     out_yaml.dump(_ordered(top), buf)
