@@ -23,6 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import PhaserError, PlanError, did_you_mean
+from .files import PLAN_DIR_HEADER, read_plan_dir
 from .registry import KINDS, get_registry
 
 
@@ -272,9 +273,6 @@ def _cmd_describe(args: argparse.Namespace) -> int:
 # phaser run
 # ---------------------------------------------------------------------------------------
 
-_PLAN_DIR_HEADER = "plan_dir: "
-
-
 def _default_out_dir(name: str) -> Path:
     base = Path(re.sub(r"[^\w.-]+|^\.+$", "_", name) or "phaser")
     out, i = base, 1
@@ -282,22 +280,6 @@ def _default_out_dir(name: str) -> Path:
         out = base.with_name(f"{base.name}_{i}")
         i += 1
     return out
-
-
-def read_plan_dir(plan_file: Path) -> Path | None:
-    """The folder a run's ``plan.yaml`` resolves its relative paths from (its
-    ``# plan_dir:`` header, written by ``phaser run``), or None."""
-    try:
-        with open(plan_file, encoding="utf-8") as fh:
-            for line in fh:
-                if not line.startswith("#"):
-                    break
-                text = line[1:].strip()
-                if text.startswith(_PLAN_DIR_HEADER):
-                    return Path(text[len(_PLAN_DIR_HEADER):])
-    except OSError:
-        return None
-    return None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -342,7 +324,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                               f"{out_dir}`, or choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     dump_plan(plan, out_dir / "plan.yaml", registry,
-              header=f"resolved plan written by phaser run\n{_PLAN_DIR_HEADER}{plan_dir.resolve()}")
+              header=f"resolved plan written by phaser run\n{PLAN_DIR_HEADER}{plan_dir.resolve()}")
     try:
         from .runner import RunInterrupted, run_plan
     except ImportError as exc:

@@ -42,3 +42,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             pass
         raise
     return path
+
+
+#: the comment line of a run folder's ``plan.yaml`` naming the folder its relative paths
+#: resolve from
+PLAN_DIR_HEADER = "plan_dir: "
+
+
+def read_plan_dir(plan_file: Path) -> Path | None:
+    """The folder a run's ``plan.yaml`` resolves its relative paths from (its
+    ``# plan_dir:`` header, written by ``phaser run``), or None."""
+    try:
+        with open(plan_file, encoding="utf-8") as fh:
+            for line in fh:
+                if not line.startswith("#"):
+                    break
+                text = line[1:].strip()
+                if text.startswith(PLAN_DIR_HEADER):
+                    return Path(text[len(PLAN_DIR_HEADER):])
+    except OSError:
+        return None
+    return None

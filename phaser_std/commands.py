@@ -125,9 +125,8 @@ def _cmd_import_plan(args: argparse.Namespace) -> int:
 def _score_inputs(result: Path, truth: str | None) -> tuple[Path, Path]:
     """The state file to score (a run folder's final.h5, else its checkpoint.h5) and the
     data file holding the ground truth (``truth``, else the run's hdf5 raw data)."""
-    from phaser_core.cli import read_plan_dir
     from phaser_core.errors import DataError
-    from phaser_core.files import CHECKPOINT_NAME, FINAL_NAME
+    from phaser_core.files import CHECKPOINT_NAME, FINAL_NAME, read_plan_dir
 
     if not result.exists():
         raise DataError(f"{result} does not exist")

@@ -321,7 +321,7 @@ def load_for_inspect(path: str | Path, key: str = "patterns") -> RawData:
     if path.suffix.lower() in PLAN_SUFFIXES:
         if key != "patterns":
             raise DataError(f"--key {key} applies to an hdf5 file; for {path.name} set raw_data.key in the plan")
-        from phaser_core.cli import read_plan_dir
+        from phaser_core.files import read_plan_dir
         from phaser_core.plan import load_plan
         from phaser_core.registry import get_registry
         from phaser_core.runner import load_data
