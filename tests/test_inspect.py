@@ -157,3 +157,11 @@ def test_cli_inspect_a_run_folders_plan_reads_the_data_from_its_plan_dir(tmp_pat
     set_registry(None)
     assert main(["inspect", str(plan)]) == 0, capsys.readouterr().err
     assert "N x Qy x Qx" in capsys.readouterr().out
+
+
+def test_the_dose_figures_name_a_mask_of_the_wrong_shape():
+    from phaser_core.errors import DataError
+    from phaser_std.data.inspect import _valid_sums
+
+    with pytest.raises(DataError, match=r"the detector mask is \(6, 6\) but the patterns are \(8, 8\)"):
+        _valid_sums(RawData(patterns=np.ones((4, 8, 8), np.float32), mask=np.ones((6, 6), bool)))

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from phaser_core.data import RawData
+from phaser_core.data import RawData, detector_mask
 from phaser_core.errors import DataError
 from phaser_std.physics.optics import mrad_to_invA
 
@@ -154,7 +154,8 @@ def _valid_sums(data: RawData, block: int = 1 << 24) -> np.ndarray:
     """Each pattern's counts [e⁻] over the detector's valid pixels (a hot or NaN pixel under
     the mask left out), ``block`` values at a time."""
     flat = np.asarray(data.patterns).reshape(data.n_patterns, -1)
-    valid = None if data.mask is None else np.asarray(data.mask, dtype=bool).reshape(-1)
+    valid = detector_mask(data)  # a mask not of the patterns' shape: a DataError naming the file
+    valid = None if valid is None else valid.reshape(-1)
     rows = max(1, block // max(1, flat.shape[1]))
     return np.concatenate([(c if valid is None else c[:, valid]).sum(axis=1, dtype=np.float64)
                            for c in (flat[i:i + rows] for i in range(0, flat.shape[0], rows))])
