@@ -55,6 +55,10 @@ def main() -> None:
                     help="change the engine block of both trees, e.g. --set grouping.chunk=64; repeatable")
     a = ap.parse_args()
     todo = [c for c in C.matrix("default") if any(fnmatch.fnmatch(C.case_id(c), p) for p in a.cases)]
+    from bench import byte_compile
+
+    byte_compile(Path(a.base))  # both trees start from .pyc files
+    byte_compile()
     print(f"{'case':34s} {'base wall':>9s} {'new wall':>9s} {'gain':>6s} {'base cpu':>9s} {'new cpu':>9s} "
           f"{'gain':>6s} {'first base/new':>15s} {'loss base/new':>20s}")
     for case in todo:
