@@ -71,7 +71,7 @@ def main() -> None:
                  float(np.median([r["first_iter_s"] for r in v])), v[-1]["final_loss"]) for k, v in res.items()}
         b, n = m["base"], m["new"]
         print(f"{C.case_id(case):34s} {b[0]:9.3f} {n[0]:9.3f} {b[0] / n[0]:5.2f}x {b[1]:9.3f} {n[1]:9.3f} "
-              f"{b[1] / n[1]:5.2f}x {b[2]:7.1f}/{n[2]:<7.1f} {b[3]:9.3f}/{n[3]:<9.3f}", flush=True)
+              f"{b[1] / n[1]:5.2f}x {b[2]:7.2f}/{n[2]:<7.2f} {b[3]:9.3f}/{n[3]:<9.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -78,14 +78,19 @@ def test_a_run_reads_the_patterns_once_to_tell_counted_data(tmp_path, monkeypatc
     assert len(calls) == 1
 
 
+# the iteration constraints: at the end of the iteration program when the patterns are
+# kept, a program of their own after the last block when streamed
 STREAMED_ENGINES = [
     {"type": "conventional", "niter": 2, "grouping": {"size": 12}, "solver": {"type": "epie"},
-     "slices": {"n": 2, "total_thickness_A": 20.0}},
+     "slices": {"n": 2, "total_thickness_A": 20.0}, "iter_constraints": [{"type": "remove_phase_ramp"}]},
     {"type": "conventional", "niter": 2, "grouping": {"size": 12}, "solver": {"type": "lsqml"},
-     "position_solver": {"type": "momentum"}, "update_positions": {"after": 0}},
+     "position_solver": {"type": "momentum"}, "update_positions": {"after": 0},
+     "iter_constraints": [{"type": "limit_probe_support", "max_angle_mrad": 30}]},
     {"type": "gradient", "niter": 2, "grouping": {"size": 12}, "slices": {"n": 2, "total_thickness_A": 20.0},
      "tilt": "per_position", "update_tilt": {"after": 0},
-     "solvers": {"positions": {"type": "sgd", "learning_rate": 0.1}, "tilt": {"type": "sgd", "learning_rate": 0.1}}},
+     "solvers": {"positions": {"type": "sgd", "learning_rate": 0.1}, "tilt": {"type": "sgd", "learning_rate": 0.1}},
+     "iter_constraints": [{"type": "clamp_object_amplitude", "max_amplitude": 1.0},
+                          {"type": "limit_probe_support", "max_angle_mrad": 30}]},
 ]
 
 
