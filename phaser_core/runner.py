@@ -48,7 +48,7 @@ from .context import InitContext, LoadContext, RunContext
 from .data import check_finite, few_counts_warning
 from .errors import PhaserError, StateFileError
 from .files import CHECKPOINT_NAME, FINAL_NAME, STATES_DIR, holds_previous_run
-from .observer import notify
+from .observer import announce, notify
 from .registry import get_registry
 from .state import IterationCounters, Progress, ReconsState
 
@@ -136,8 +136,9 @@ def _wavelength(data: Any) -> float | None:
         return None
 
 
-def initial_state(plan: Any, data: Any, registry: Any, plan_dir: Path) -> ReconsState:
-    """The state before the first engine: from ``plan.init.state`` or the initialisers."""
+def initial_state(plan: Any, data: Any, registry: Any, plan_dir: Path, notes: list | None = None) -> ReconsState:
+    """The state before the first engine: from ``plan.init.state`` or the initialisers;
+    ``notes`` collects what the initialisers tell the user (:attr:`InitContext.notes`)."""
     init = plan.init
     state_path = getattr(init, "state", None)
     if state_path:
@@ -150,7 +151,8 @@ def initial_state(plan: Any, data: Any, registry: Any, plan_dir: Path) -> Recons
     thicknesses = np.asarray(plan.slices.resolve(), dtype=np.float64)
     wavelength = _wavelength(data)
     ictx = InitContext(data=data, seed=int(plan.seed), dtype=str(plan.dtype), plan_dir=Path(plan_dir),
-                       n_slices=int(thicknesses.size), thicknesses_A=thicknesses, wavelength_A=wavelength)
+                       n_slices=int(thicknesses.size), thicknesses_A=thicknesses, wavelength_A=wavelength,
+                       notes=notes if notes is not None else [])
     scan = np.asarray(init.scan.build(registry, ictx), dtype=np.float64)
     ictx = attrs.evolve(ictx, scan_A=scan)
     probe = init.probe.build(registry, ictx)
@@ -313,7 +315,10 @@ def run_plan(plan: Any, *, out_dir: Path | None = None, registry: Any = None, re
                 state = load_state(resume_from)
                 first = int(state.iteration.engine_num)
             else:
-                state = initial_state(plan, data, registry, plan_dir)
+                notes: list[str] = []
+                state = initial_state(plan, data, registry, plan_dir, notes=notes)
+                for text in notes:
+                    announce(ctx, f"warning: {text}")
                 first = 0
             _check_memory(plan, data, state, registry, backend)
             if replaces_previous:

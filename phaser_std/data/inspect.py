@@ -21,6 +21,9 @@ s = 1/(QΔk) real-space pixel [Å]; Δr scan step [Å]; α convergence semi-angl
   |Δf|·Δθ [Å per detector pixel]. M = s / (|Δf|·Δθ) is the number of detector pixels per
   reconstructed pixel (the shadow image's magnification relative to the object grid);
   the shadow image moves Δr/(|Δf|·Δθ) detector pixels per scan step. In focus M → ∞.
+- **Bright-field parallax** (:mod:`phaser_std.data.parallax`): the defocus, sign
+  included, and the detector's orientation relative to the scan that line up the
+  bright-field pixels' virtual images.
 - **Probe overlap** (geometric): beam diameter at the entrance surface
   d = 2·α·|Δf| + d₀ with d₀ = 1.22·λ/α the in-focus diameter [Å]; linear overlap
   1 − Δr/d (Bunk et al., Ultramicroscopy 108, 481 (2008)).
@@ -144,10 +147,18 @@ def summary_rows(data: RawData) -> list[tuple[str, str, str]]:
         ("shadow-image pixel", _fmt(f.get("shadow_pixel_A"), "Å"), "|Δf|·Δθ"),
         ("probe diameter", _fmt(f.get("probe_diameter_A"), "Å"), "2α|Δf| + 1.22λ/α"),
         ("linear probe overlap", _fmt(f.get("linear_overlap")), "1 − Δr/d"),
+        ("bright-field parallax", _parallax_row(data), "the BF pixels' images shift by Δf·λ·k"),
     ]
     if data.ground_truth is not None:
         rows.append(("ground truth", ", ".join(k for k in data.ground_truth if not k.endswith("_units")), ""))
     return rows
+
+
+def _parallax_row(data: RawData) -> str:
+    """The defocus and detector orientation the data's bright-field parallax shows."""
+    from phaser_std.data.parallax import describe, parallax_fit
+
+    return describe(parallax_fit(data))
 
 
 def _valid_sums(data: RawData, block: int = 1 << 24) -> np.ndarray:

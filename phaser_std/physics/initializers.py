@@ -65,6 +65,10 @@ class FocusedProbeConfig:
                                   doc="standard deviation of the defocus (partial temporal coherence: "
                                       "Cc·σ_E/E); > 0: the modes are the strongest of that defocus ensemble "
                                       "(first_mode_power unused)")
+    check_parallax: bool = param(True, doc="compare the defocus with the data's bright-field parallax (and the "
+                                 "detector's orientation with the scan's) and warn when they disagree: a defocus "
+                                 "of the wrong sign or a mirrored detector gives an inverted or failed "
+                                 "reconstruction (phaser_std.data.parallax; a raster scan of 8x8 or more)")
 
 
 def _data_aberrations(data: Any) -> dict | None:
@@ -121,6 +125,11 @@ def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
         return make_probe(data.pattern_shape, sampling, _wavelength(ctx), float(conv), defocus_A=float(df),
                           aberrations=aberrations, soft_edge_px=soft)
 
+    if config.check_parallax:
+        thickness = float(np.sum(ctx.thicknesses_A)) if ctx.thicknesses_A is not None else 0.0
+        note = _parallax_note(data, float(defocus), aberrations, thickness)
+        if note is not None:
+            ctx.notes.append(note)
     if config.focal_spread_A > 0:
         modes = focal_spread_modes(probe_at, float(defocus), config.focal_spread_A, config.n_modes)
     else:
@@ -128,6 +137,17 @@ def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
         modes = make_modes(probe_at(float(defocus)), config.n_modes, config.first_mode_power,
                            rng if config.n_modes > 1 else None)
     return ProbeState(data=_scale_to_data(modes, mean), sampling_A=tuple(float(s) for s in sampling))
+
+
+def _parallax_note(data: Any, defocus_A: float, aberrations: dict | None, thickness_A: float = 0.0) -> str | None:
+    """The data's bright-field parallax against the probe's defocus [Å] (``C10`` of the
+    aberrations included: defocus = −C10) over an object ``thickness_A`` [Å] thick, and the
+    detector's orientation (:func:`phaser_std.data.parallax.parallax_note`)."""
+    from phaser_std.data.parallax import parallax_fit, parallax_note
+
+    ab = dict(aberrations or {})
+    fit = parallax_fit(data)
+    return parallax_note(fit, defocus_A - float(ab.get("C10", 0.0)), abs(float(ab.get("C12", 0.0))), thickness_A)
 
 
 def _stream(seed: int, name: str) -> np.random.SeedSequence:

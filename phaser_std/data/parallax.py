@@ -1,0 +1,284 @@
+"""Bright-field parallax: the defocus and the scan-detector orientation, from the data alone.
+
+With the probe defocused by Δf [Å] (docs/conventions.md: positive = underfocus, the
+crossover downstream of the entrance surface), the ray that reaches the bright-field
+detector pixel at scattering vector k [1/Å] crossed the specimen away from the probe
+position by Δf·λ·k (geometric optics). So the virtual image of that pixel over the raster
+is the bright-field image shifted by ``s(k) = M·k`` [Å] with ``M = Δf·λ·I`` when the
+detector axes are parallel to the object axes (what ``RawData`` promises): the parallax
+that tilt-corrected bright-field imaging removes (Varnavides et al., Microsc. Microanal.
+29 (2023) 1407; Yu et al., Microsc. Microanal. 30 (2024) 1235).
+
+:func:`parallax_fit` finds the map that makes the bright-field pixels' virtual images
+agree best: it undoes the shifts ``M·k`` in Fourier space and scores the power of their
+sum against the sum of their powers (the ``coherence``: 1 for images that share nothing,
+the number of pixels for identical ones). It searches Δf in ``M = Δf·λ·G`` for each of the
+four detector orientations G that scan and detector can differ by, up to the sign of Δf
+(as recorded; turned by 90°; mirrored across y; transposed), and reports the best:
+
+- ``defocus_A``: the defocus [Å] the data show, sign included, for that orientation. A
+  defocus of the wrong sign and a detector turned by 180° look alike (−G, and both give
+  the inverted twin of the object);
+- ``orientation``: ``"as recorded"``, or the correction the loader needs
+  (``rotate90``, ``flip_y``, ``transpose``: docs/file-formats.md);
+- ``resolved``: whether the images agree clearly, much better at Δf than at −Δf, and
+  better than in the other orientations. Near focus the images barely move, and those
+  of a strong object agree about as well at ±Δf (two peaks): not resolved. A perfect
+  crystal agrees again at its lattice's aliases, so the search stays within the defocus
+  range a probe that fits the detector's real-space window can have.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import numpy as np
+
+from phaser_core.data import RawData
+
+__all__ = ["ParallaxFit", "parallax_fit", "parallax_note", "describe", "ORIENTATIONS"]
+
+#: bins within this fraction of the bright-field disc's radius
+INNER = 0.7
+
+#: the detector orientations relative to the scan, up to a sign: name -> G (2, 2), k' = G k
+ORIENTATIONS = {
+    "as recorded": np.eye(2),
+    "rotate90": np.array([[0.0, -1.0], [1.0, 0.0]]),
+    "flip_y": np.array([[-1.0, 0.0], [0.0, 1.0]]),
+    "transpose": np.array([[0.0, 1.0], [1.0, 0.0]]),
+}
+
+
+@attrs.frozen
+class ParallaxFit:
+    """The bright-field parallax of a raster scan (see the module docstring)."""
+
+    #: Δf [Å] that best aligns the bright-field images (for ``orientation``)
+    defocus_A: float
+    #: the detector orientation that aligns them best (a key of :data:`ORIENTATIONS`)
+    orientation: str
+    #: the images' agreement at the best Δf (1: none; the number of bins: identical)
+    coherence: float
+    #: the agreement at −Δf (near focus the images agree about as well at ±Δf: the sign is
+    #: not determined), and the best of the other orientations
+    coherence_opposite: float
+    coherence_other: float
+    #: every orientation's best (Δf [Å], coherence)
+    by_orientation: dict
+    #: bright-field bins used; the largest shift [Å] the best Δf implies; the scan step [Å]
+    n_bins: int
+    max_shift_A: float
+    step_A: float
+    #: the smallest |Δf| [Å] whose parallax moves the outermost bin's image half a scan step
+    resolvable_defocus_A: float
+
+    @property
+    def resolved(self) -> bool:
+        """The best Δf moves the images by more than half a scan step and aligns them clearly
+        (coherence 2 or more), twice as well as −Δf and 1.2x better than any other orientation."""
+        return bool(self.max_shift_A > 0.5 * self.step_A and self.coherence >= 2.0
+                and self.coherence >= 2.0 * self.coherence_opposite and self.coherence >= 1.2 * self.coherence_other)
+
+
+def _raster_axes(data: RawData) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """The raster's step vectors ``(2, 2)`` [Å] (rows: one scan row down, one column right,
+    (y, x)) fitted to the positions, and its shape; None without a raster of 8x8 or more."""
+    from phaser_std.data.preprocess import raster_positions
+
+    shape = data.scan_shape
+    pos = raster_positions(data)
+    if shape is None or pos is None or int(shape[0]) * int(shape[1]) != data.n_patterns:
+        return None
+    ny, nx = int(shape[0]), int(shape[1])
+    if ny < 8 or nx < 8:
+        return None
+    ii, jj = np.indices((ny, nx))
+    design = np.stack([np.ones(ny * nx), ii.ravel(), jj.ravel()], axis=1)
+    coef, *_ = np.linalg.lstsq(design, pos, rcond=None)
+    return coef[1:], (ny, nx)
+
+
+class _Aligner:
+    """The bins' windowed virtual images in Fourier space and their scattering vectors:
+    :meth:`coherence` of a shift map."""
+
+    def __init__(self, images: np.ndarray, k: np.ndarray, steps: np.ndarray):
+        n, ny, nx = images.shape
+        window = np.outer(np.hanning(ny), np.hanning(nx))
+        im = images - images.mean(axis=(1, 2), keepdims=True)
+        norm = np.sqrt(np.sum(im**2, axis=(1, 2), keepdims=True))
+        im = im / np.where(norm > 0, norm, 1.0) * window
+        self.spectra = np.fft.fft2(im)
+        self.spectra[:, 0, 0] = 0.0
+        self.power = float(np.sum(np.abs(self.spectra) ** 2))
+        self.k = k
+        self.to_px = np.linalg.inv(steps)  # Å (y, x) -> scan px (row, column)
+        self.qy = np.fft.fftfreq(ny)
+        self.qx = np.fft.fftfreq(nx)
+
+    def coherence(self, m: np.ndarray) -> float:
+        """Power of the sum of the images shifted back by ``m @ k`` [Å], over the sum of
+        their powers."""
+        px = (self.k @ m.T) @ self.to_px  # (n, 2) scan px
+        ey = np.exp(2j * np.pi * px[:, :1] * self.qy[None, :])
+        ex = np.exp(2j * np.pi * px[:, 1:] * self.qx[None, :])
+        total = np.einsum("nyx,ny,nx->yx", self.spectra, ey, ex, optimize=True)
+        return float(np.sum(np.abs(total) ** 2)) / max(self.power, 1e-300)
+
+
+def _bright_field_bins(data: RawData, patterns: np.ndarray, bins_across: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Virtual images ``(n, ny, nx)`` of the bright-field disc's detector bins (b x b pixels,
+    the disc ``bins_across`` bins wide, bins at least 3/4 inside it and valid) and their
+    scattering vectors ``(n, 2)`` (y, x) [1/Å]."""
+    ny, nx, qy, qx = patterns.shape
+    valid = np.ones((qy, qx), bool) if data.mask is None else np.asarray(data.mask, bool)
+    if not valid.any():
+        return None
+    pac = patterns.mean(axis=(0, 1), dtype=np.float64)
+    disc = valid & (pac > 0.5 * pac[valid].max())
+    b = max(1, int(round(2.0 * math.sqrt(disc.sum() / math.pi) / bins_across)))
+    hy, hx = (qy // b) * b, (qx // b) * b
+    # the disc's centre and radius [px]; bins well inside it: there every pixel's image is the
+    # same defocus-contrast image, shifted (near the rim the aperture cuts one of the two
+    # beams that interfere, and the images differ: in focus they are all that has contrast)
+    yy, xx = np.indices((qy, qx))
+    w = disc / disc.sum()
+    cy, cx = float((w * yy).sum()), float((w * xx).sum())
+    radius = math.sqrt(disc.sum() / math.pi)
+    cover = disc[:hy, :hx].reshape(hy // b, b, hx // b, b).mean(axis=(1, 3))
+    centres = np.indices(cover.shape).reshape(2, -1).T * b + (b - 1) / 2  # (bins, 2) [px]
+    inner = np.hypot(centres[:, 0] - cy, centres[:, 1] - cx).reshape(cover.shape) <= INNER * radius
+    keep = np.argwhere((cover >= 0.75) & inner)
+    if len(keep) < 7:
+        return None
+    # only the detector rows and columns of the kept bins are read
+    (i0, j0), (i1, j1) = keep.min(axis=0), keep.max(axis=0) + 1
+    cut = patterns[:, :, i0 * b:i1 * b, j0 * b:j1 * b].astype(np.float32)
+    cut *= valid[i0 * b:i1 * b, j0 * b:j1 * b]
+    binned = cut.reshape(ny, nx, i1 - i0, b, j1 - j0, b).sum(axis=(3, 5), dtype=np.float64)
+    images = np.moveaxis(binned[:, :, keep[:, 0] - i0, keep[:, 1] - j0], -1, 0)
+    dky, dkx = data.reciprocal_sampling_invA
+    k = np.stack([(keep[:, 0] * b + (b - 1) / 2 - cy) * dky, (keep[:, 1] * b + (b - 1) / 2 - cx) * dkx], axis=1)
+    return images, k
+
+
+def _search(aligner: _Aligner, g: np.ndarray, wavelength: float, limit_A: float, step_df: float) -> tuple[float, float]:
+    """The Δf [Å] in [−limit, limit] that maximises the coherence of ``Δf·λ·g``: a grid of
+    4·``step_df``, then one of ``step_df`` about its best point, then a parabola through the
+    best point and its neighbours."""
+    def best_of(grid: np.ndarray) -> tuple[int, np.ndarray]:
+        scores = np.array([aligner.coherence(df * wavelength * g) for df in grid])
+        return int(np.argmax(scores)), scores
+
+    coarse = np.arange(-limit_A, limit_A + 2 * step_df, 4 * step_df)
+    i, _ = best_of(coarse)
+    grid = coarse[i] + step_df * np.arange(-4, 5)
+    i, scores = best_of(grid)
+    best = float(grid[i])
+    if 0 < i < len(grid) - 1:
+        m, c, p = scores[i - 1], scores[i], scores[i + 1]
+        den = m - 2 * c + p
+        if den < 0:
+            best += 0.5 * (m - p) / den * step_df
+    return best, aligner.coherence(best * wavelength * g)
+
+
+def parallax_fit(data: RawData, max_side: int = 32, bins_across: int = 12,
+                 max_defocus_A: float | None = None) -> ParallaxFit | None:
+    """Fit the bright-field parallax of ``data`` (module docstring); None when the data do
+    not allow it: no raster of at least 8x8 positions, no detector sampling or energy, or
+    fewer than 7 bright-field bins.
+
+    :param max_side: scans larger than ``max_side`` positions a side use a central window of
+        that size (the parallax does not depend on where).
+    :param bins_across: bright-field bins across the disc's diameter (detector pixels binned
+        b x b to get about as many).
+    :param max_defocus_A: the search range ±[Å]; None: 1/(α_disc·Δk), twice the defocus at
+        which the geometric probe fills the detector's real-space window 1/Δk.
+    """
+    axes = _raster_axes(data)
+    if axes is None or data.reciprocal_sampling_invA is None or data.energy_eV is None:
+        return None
+    steps, (ny, nx) = axes
+    patterns = np.asarray(data.patterns).reshape(ny, nx, *data.pattern_shape)
+    y0, x0 = max((ny - max_side) // 2, 0), max((nx - max_side) // 2, 0)
+    patterns = patterns[y0:y0 + max_side, x0:x0 + max_side]
+    bins = _bright_field_bins(data, patterns, bins_across)
+    if bins is None:
+        return None
+    images, k = bins
+    wavelength = data.wavelength_A()
+    k_max = float(np.max(np.linalg.norm(k, axis=1)))
+    dk = float(min(data.reciprocal_sampling_invA))
+    if max_defocus_A is None:
+        alpha = max(k_max * wavelength, 1e-6)  # the bins' largest angle [rad], about the disc's
+        max_defocus_A = 1.0 / (alpha * dk)
+    step_A = float(math.sqrt(abs(np.linalg.det(steps))))
+    # a grid fine enough that the outermost bin moves a quarter step between its points
+    step_df = max(step_A / (4.0 * wavelength * k_max), 1e-3)
+    aligner = _Aligner(images, k, steps)
+    found = {name: _search(aligner, g, wavelength, max_defocus_A, step_df) for name, g in ORIENTATIONS.items()}
+    name = max(found, key=lambda n: found[n][1])
+    defocus, best = found[name]
+    return ParallaxFit(defocus_A=defocus, orientation=name, coherence=best,
+                       coherence_opposite=aligner.coherence(-defocus * wavelength * ORIENTATIONS[name]),
+                       coherence_other=max(c for n, (_, c) in found.items() if n != name),
+                       by_orientation={n: (round(d, 2), round(c, 4)) for n, (d, c) in found.items()},
+                       n_bins=len(k), max_shift_A=abs(defocus) * wavelength * k_max, step_A=step_A,
+                       resolvable_defocus_A=0.5 * step_A / (wavelength * k_max))
+
+
+_TURNED = {"rotate90": "turned by 90°", "flip_y": "mirrored (across one axis)", "transpose": "transposed"}
+
+
+def describe(fit: ParallaxFit | None) -> str:
+    """One line for ``phaser inspect``."""
+    if fit is None:
+        return "not measured (needs a raster of 8x8 or more, the detector sampling and the energy)"
+    if not fit.resolved:
+        return (f"not resolved: near focus (|Δf| under ~{fit.resolvable_defocus_A:.0f} Å), too noisy or too few "
+                "positions")
+    where = "detector as recorded" if fit.orientation == "as recorded" else f"detector {_TURNED[fit.orientation]}"
+    return f"defocus ≈ {fit.defocus_A:+.0f} Å, {where}"
+
+
+def parallax_note(fit: ParallaxFit | None, probe_defocus_A: float, astigmatism_A: float = 0.0,
+                  thickness_A: float = 0.0) -> str | None:
+    """A warning for the run's log and console when the data's parallax contradicts the
+    probe's defocus [Å] (the plan's or the data's) or the detector's orientation; None when
+    they agree or the parallax resolves nothing.
+
+    ``astigmatism_A``: the probe's two-fold astigmatism |C12| [Å]; one as large as half the
+    defocus can look like a mirrored detector, and the orientation is then not judged.
+    ``thickness_A``: the object's thickness [Å] (its slices'); the images of a thick
+    specimen move with the defocus at some depth in it, anywhere from the entrance (Δf) to
+    the exit (Δf − t), so only a parallax outside that range is a contradiction."""
+    if fit is None or not fit.resolved:
+        return None
+    est, probe, small = fit.defocus_A, float(probe_defocus_A), fit.resolvable_defocus_A
+    lo, hi = probe - max(float(thickness_A), 0.0), probe
+    shown = f"the data's bright-field parallax shows a defocus of ≈ {est:+.0f} Å"
+    if fit.orientation != "as recorded":
+        if astigmatism_A >= 0.5 * abs(probe):
+            return None
+        return (f"the data's bright-field images line up best with the detector {_TURNED[fit.orientation]} "
+                f"relative to the scan (defocus ≈ {est:+.0f} Å that way), not as recorded: the reconstruction "
+                f"will not converge unless the loader's rotate90 / flip_y / flip_x / transpose correct it "
+                f"(docs/file-formats.md). A two-fold astigmatism as large as the defocus can look the same.")
+    if (est > 0 and hi < -small) or (est < 0 and lo > small):
+        depth = (f", {hi:+.0f} to {lo:+.0f} Å from the entrance to the exit of the {thickness_A:.0f} Å object,"
+                 if lo < hi else "")
+        thick = ("" if lo < hi else " The images of a specimen much thicker than 2·|Δf| move with the defocus "
+                 "at its depth (Δf − t/2 mid-way): for one, give the plan its slices.")
+        return (f"the probe's defocus is {probe:+.0f} Å{depth} but {shown} (docs/conventions.md: positive = "
+                f"underfocus): with the wrong sign the object comes out inverted (its twin). A detector turned "
+                f"by 180° relative to the scan (flip_y and flip_x) looks the same.{thick}")
+    if lo < hi:
+        return None  # a thick object: any depth's defocus may show
+    if abs(probe) < small <= 0.5 * abs(est):
+        return f"the probe's defocus is {probe:+.0f} Å; {shown}: set init.probe.defocus_A to it"
+    if abs(probe) >= small and not 0.5 <= est / probe <= 2.0:
+        return f"the probe's defocus is {probe:+.0f} Å; {shown}"
+    return None

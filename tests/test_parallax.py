@@ -1,0 +1,133 @@
+"""The bright-field parallax (phaser_std.data.parallax): the defocus, its sign and the
+detector's orientation read from the data alone, and the warning a run gives when the plan
+contradicts them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import numpy as np
+import pytest
+from recon import make_dataset
+
+from phaser_core.observer import Observer
+from phaser_core.plan import load_plan
+from phaser_core.runner import run_plan
+from phaser_std.data.inspect import load_for_inspect, summary_rows
+from phaser_std.data.parallax import ParallaxFit, describe, parallax_fit, parallax_note
+
+DATA = Path(__file__).parent / "data"
+SCAN = {"shape": [24, 24], "step_A": 0.4}
+
+
+@pytest.fixture(scope="module")
+def sims(tmp_path_factory):
+    """``phaser simulate`` data (the MoS2-like cell, 10⁴ e⁻ a pattern) at several defocus values [Å]."""
+    folder = tmp_path_factory.mktemp("parallax")
+    return {df: load_for_inspect(make_dataset(folder / f"df{df}.h5", defocus_A=float(df), dose=1e4, scan=SCAN))
+            for df in (-200, -50, 0, 50, 120)}
+
+
+@pytest.mark.parametrize("defocus", [-200, -50, 50, 120])
+def test_parallax_reads_the_defocus_and_its_sign(sims, defocus):
+    """Measured: −189 / −50 / +49 / +123 Å (the largest defocus reads ~6% short: its probe
+    fills the 10 Å window)."""
+    fit = parallax_fit(sims[defocus])
+    assert fit.resolved and fit.orientation == "as recorded"
+    assert fit.defocus_A == pytest.approx(defocus, rel=0.1)
+    assert fit.coherence > 2 * fit.coherence_opposite
+
+
+def test_in_focus_nothing_is_resolved(sims):
+    """In focus the images do not move: whatever the search finds (the strong object's
+    images agree about as well at ±30 Å) is not resolved, and a run is told nothing."""
+    fit = parallax_fit(sims[0])
+    assert not fit.resolved
+    assert describe(fit).startswith("not resolved")
+    assert parallax_note(fit, 0.0) is None and parallax_note(fit, -100.0) is None
+
+
+@pytest.mark.parametrize("change,orientation,sign", [
+    (lambda p: np.swapaxes(p, -1, -2), "transpose", 1),
+    (lambda p: p[:, ::-1, :], "flip_y", 1),
+    (lambda p: p[:, :, ::-1], "flip_y", -1),            # flip_x = −flip_y: the sign changes
+    (lambda p: np.rot90(p, 1, axes=(1, 2)), "rotate90", -1),
+    (lambda p: p[:, ::-1, ::-1], "as recorded", -1),    # turned by 180°: looks like −Δf
+])
+def test_parallax_finds_a_turned_or_mirrored_detector(sims, change, orientation, sign):
+    data = sims[50]
+    fit = parallax_fit(attrs.evolve(data, patterns=np.ascontiguousarray(change(np.asarray(data.patterns)))))
+    assert fit.resolved and fit.orientation == orientation
+    assert fit.defocus_A == pytest.approx(sign * 50, rel=0.1)
+
+
+@pytest.mark.parametrize("name,low,high", [
+    ("abtem_srtio3.h5", 40, 55),              # measured 45.2 (abTEM's 50 Å)
+    ("abtem_srtio3_aberrated.h5", 40, 60),    # 50.9, with C12 = 40 Å, C23, Cs
+    ("abtem_srtio3_focal_spread.h5", 40, 60),  # 46.4
+    ("abtem_srtio3_tilted.h5", 35, 55),       # 41.9
+])
+def test_parallax_of_an_independent_simulation(name, low, high):
+    """abTEM's SrTiO₃ at 50 Å underfocus (20x20 positions, 10⁵ e⁻): the sign and size of the
+    defocus from another simulator's data, with the conventions of docs/conventions.md."""
+    fit = parallax_fit(load_for_inspect(DATA / name))
+    assert fit.resolved and fit.orientation == "as recorded"
+    assert low < fit.defocus_A < high
+
+
+def _fit(defocus: float, orientation: str = "as recorded") -> ParallaxFit:
+    return ParallaxFit(defocus_A=defocus, orientation=orientation, coherence=30.0, coherence_opposite=1.0,
+                       coherence_other=10.0, by_orientation={}, n_bins=40, max_shift_A=abs(defocus) * 0.02,
+                       step_A=0.4, resolvable_defocus_A=10.0)
+
+
+def test_parallax_note_rules():
+    assert parallax_note(_fit(48.0), 50.0) is None
+    assert "wrong sign" in parallax_note(_fit(48.0), -50.0)
+    assert "wrong sign" in parallax_note(_fit(-95.0), 100.0)
+    assert "set init.probe.defocus_A" in parallax_note(_fit(60.0), 0.0)
+    assert "+200 Å" in parallax_note(_fit(60.0), 200.0)          # same sign, 3x off: told
+    assert "set init.probe.defocus_A" in parallax_note(_fit(-40.0), 5.0)  # about in focus, it is not
+    assert parallax_note(_fit(-15.0), 5.0) is None                # both about in focus
+    # a thick object shows the defocus at some depth in it: entrance +50 to exit −150 Å
+    assert parallax_note(_fit(-93.0), 50.0, thickness_A=200.0) is None
+    assert "wrong sign" in parallax_note(_fit(-93.0), 50.0)       # as one slice: told, thickness named
+    assert "thicker" in parallax_note(_fit(-93.0), 50.0)
+    assert "wrong sign" in parallax_note(_fit(90.0), -50.0, thickness_A=20.0)
+    assert "transposed" in parallax_note(_fit(50.0, "transpose"), 50.0)
+    # a two-fold astigmatism as large as the defocus mirrors the parallax: not judged
+    assert parallax_note(_fit(50.0, "transpose"), 50.0, astigmatism_A=40.0) is None
+    unresolved = attrs.evolve(_fit(48.0), coherence_opposite=20.0)
+    assert not unresolved.resolved and parallax_note(unresolved, -50.0) is None
+
+
+class _Notes(Observer):
+    def __init__(self):
+        self.texts = []
+
+    def on_note(self, text, ctx):
+        self.texts.append(text)
+
+
+def _run(path: Path, probe: dict, **raw) -> list[str]:
+    notes = _Notes()
+    plan = {"file_type": "phaser_plan", "version": 1, "raw_data": {"type": "hdf5", "path": str(path), **raw},
+            "init": {"probe": probe}, "engines": [{"type": "conventional", "niter": 1}]}
+    run_plan(load_plan(plan), quiet=True, observers=[notes])
+    return [t for t in notes.texts if t.startswith("warning:")]
+
+
+def test_a_run_warns_of_a_defocus_of_the_wrong_sign_or_a_transposed_detector():
+    data = DATA / "abtem_srtio3.h5"
+    assert _run(data, {}) == []                                   # the file's +50 Å: no warning
+    wrong = _run(data, {"defocus_A": -50.0})
+    assert len(wrong) == 1 and "-50 Å" in wrong[0] and "+45 Å" in wrong[0] and "twin" in wrong[0]
+    assert _run(data, {"defocus_A": -50.0, "check_parallax": False}) == []
+    turned = _run(data, {}, transpose=True)
+    assert len(turned) == 1 and "transposed" in turned[0]
+
+
+def test_inspect_shows_the_parallax():
+    rows = {q: v for q, v, _ in summary_rows(load_for_inspect(DATA / "abtem_srtio3.h5"))}
+    assert rows["bright-field parallax"] == "defocus ≈ +45 Å, detector as recorded"
