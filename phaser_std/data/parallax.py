@@ -35,7 +35,7 @@ import math
 import attrs
 import numpy as np
 
-from phaser_core.data import RawData
+from phaser_core.data import RawData, detector_mask
 
 __all__ = ["ParallaxFit", "parallax_fit", "parallax_note", "describe", "ORIENTATIONS"]
 
@@ -133,7 +133,8 @@ def _bright_field_bins(data: RawData, patterns: np.ndarray, bins_across: int) ->
     the disc ``bins_across`` bins wide, bins at least 3/4 inside it and valid) and their
     scattering vectors ``(n, 2)`` (y, x) [1/Å]."""
     ny, nx, qy, qx = patterns.shape
-    valid = np.ones((qy, qx), bool) if data.mask is None else np.asarray(data.mask, bool)
+    mask = detector_mask(data)
+    valid = np.ones((qy, qx), bool) if mask is None else mask
     if not valid.any():
         return None
     pac = patterns.mean(axis=(0, 1), dtype=np.float64)
