@@ -124,7 +124,7 @@ class _Aligner:
         px = (self.k @ m.T) @ self.to_px  # (n, 2) scan px
         ey = np.exp(2j * np.pi * px[:, :1] * self.qy[None, :])
         ex = np.exp(2j * np.pi * px[:, 1:] * self.qx[None, :])
-        total = np.einsum("nyx,ny,nx->yx", self.spectra, ey, ex, optimize=True)
+        total = np.einsum("ny,nyx->yx", ey, self.spectra * ex[:, None, :])
         return float(np.sum(np.abs(total) ** 2)) / max(self.power, 1e-300)
 
 
