@@ -40,8 +40,9 @@ class InitContext:
     probe: Any = None  # ProbeState, once initialised
     scan_A: Any = None  # (N, 2) [Å], once initialised
     wavelength_A: float | None = None
-    #: what an initialiser found that the user should know (e.g. the data contradicting the
-    #: plan): appended to, shown in the run's log and console before the first engine
+    #: what an initialiser found or chose that the user should know (a default taken from
+    #: the data, the data contradicting the plan: "warning: ..."): appended to, shown in the
+    #: run's log and console before the first engine
     notes: list = attrs.field(factory=list)
 
 

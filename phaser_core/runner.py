@@ -318,7 +318,7 @@ def run_plan(plan: Any, *, out_dir: Path | None = None, registry: Any = None, re
                 notes: list[str] = []
                 state = initial_state(plan, data, registry, plan_dir, notes=notes)
                 for text in notes:
-                    announce(ctx, f"warning: {text}")
+                    announce(ctx, text)
                 first = 0
             _check_memory(plan, data, state, registry, backend)
             if replaces_previous:

@@ -53,7 +53,8 @@ class FocusedProbeConfig:
 
     conv_angle_mrad: float | None = param(None, unit="mrad", doc="aperture semi-angle; default: the data's")
     defocus_A: float | None = param(None, unit="Å",
-                                    doc="defocus (= −C10, positive: crossover downstream); default: the data's, else 0")
+                                    doc="defocus (= −C10, positive: crossover downstream); default: the data's, "
+                                        "else the data's bright-field parallax's (phaser_std.data.parallax), else 0")
     aberrations: dict | None = param(None, doc="Krivanek coefficients C10..C56 [Å] and angles phi12.. [rad] "
                                                "(null: the data file's `aberrations`, if any)")
     soft_edge_px: float | None = param(None, unit="px", doc="width of a soft aperture edge in reciprocal pixels; "
@@ -113,8 +114,20 @@ def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
                            "raw_data.convergence_angle_mrad (or init.probe.conv_angle_mrad)")
     if ctx.wavelength_A is None and data.energy_eV is None:
         raise data.missing("energy_eV", "the beam energy [eV]", "raw_data.energy_eV")
-    defocus = config.defocus_A if config.defocus_A is not None else (data.defocus_A or 0.0)
     aberrations = config.aberrations if config.aberrations is not None else _data_aberrations(data)
+    thickness = float(np.sum(ctx.thicknesses_A)) if ctx.thicknesses_A is not None else 0.0
+    fit = None
+    if config.defocus_A is not None:
+        defocus = config.defocus_A
+    elif data.defocus_A is not None or "C10" in (aberrations or {}):
+        defocus = data.defocus_A or 0.0
+    else:  # nobody gave one: the data's parallax, at the object's entrance
+        fit = _parallax_fit(data)
+        defocus = 0.0
+        if fit is not None and fit.resolved and fit.orientation == "as recorded":
+            defocus = round(fit.defocus_A + 0.5 * thickness, 1)
+            ctx.notes.append(f"the probe's defocus is {defocus:+.1f} Å, from the data's bright-field parallax "
+                             f"(neither the plan nor the data gave one; set init.probe.defocus_A to choose)")
     sampling = data.real_space_sampling_A()
     mean = _mean_pattern(data)
     soft = config.soft_edge_px
@@ -126,10 +139,9 @@ def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
                           aberrations=aberrations, soft_edge_px=soft)
 
     if config.check_parallax:
-        thickness = float(np.sum(ctx.thicknesses_A)) if ctx.thicknesses_A is not None else 0.0
-        note = _parallax_note(data, float(defocus), aberrations, thickness)
+        note = _parallax_note(data, float(defocus), aberrations, thickness, fit)
         if note is not None:
-            ctx.notes.append(note)
+            ctx.notes.append(f"warning: {note}")
     if config.focal_spread_A > 0:
         modes = focal_spread_modes(probe_at, float(defocus), config.focal_spread_A, config.n_modes)
     else:
@@ -139,14 +151,21 @@ def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
     return ProbeState(data=_scale_to_data(modes, mean), sampling_A=tuple(float(s) for s in sampling))
 
 
-def _parallax_note(data: Any, defocus_A: float, aberrations: dict | None, thickness_A: float = 0.0) -> str | None:
-    """The data's bright-field parallax against the probe's defocus [Å] (``C10`` of the
-    aberrations included: defocus = −C10) over an object ``thickness_A`` [Å] thick, and the
-    detector's orientation (:func:`phaser_std.data.parallax.parallax_note`)."""
-    from phaser_std.data.parallax import parallax_fit, parallax_note
+def _parallax_fit(data: Any) -> Any:
+    from phaser_std.data.parallax import parallax_fit
+
+    return parallax_fit(data)
+
+
+def _parallax_note(data: Any, defocus_A: float, aberrations: dict | None, thickness_A: float = 0.0,
+                   fit: Any = None) -> str | None:
+    """The data's bright-field parallax (``fit``, or measured) against the probe's defocus
+    [Å] (``C10`` of the aberrations included: defocus = −C10) over an object ``thickness_A``
+    [Å] thick, and the detector's orientation (:func:`phaser_std.data.parallax.parallax_note`)."""
+    from phaser_std.data.parallax import parallax_note
 
     ab = dict(aberrations or {})
-    fit = parallax_fit(data)
+    fit = fit if fit is not None else _parallax_fit(data)
     return parallax_note(fit, defocus_A - float(ab.get("C10", 0.0)), abs(float(ab.get("C12", 0.0))), thickness_A)
 
 
