@@ -21,6 +21,8 @@ four detector orientations G that scan and detector can differ by, up to the sig
   the inverted twin of the object);
 - ``orientation``: ``"as recorded"``, or the correction the loader needs
   (``rotate90``, ``flip_y``, ``transpose``: docs/file-formats.md);
+- ``rotation_deg``: then the scan's rotation relative to the detector, within ±45°, as
+  ``init.scan.rotation_deg`` would correct it;
 - ``resolved``: whether the images agree clearly, much better at Δf than at −Δf, and
   better than in the other orientations. Near focus the images barely move, and those
   of a strong object agree about as well at ±Δf (two peaks): not resolved. A perfect
@@ -59,8 +61,13 @@ class ParallaxFit:
     defocus_A: float
     #: the detector orientation that aligns them best (a key of :data:`ORIENTATIONS`)
     orientation: str
-    #: the images' agreement at the best Δf (1: none; the number of bins: identical)
+    #: the scan rotation [deg] (as ``init.scan.rotation_deg``: positive turns the fast-scan
+    #: direction from +x toward +y) that lines them up best, within ±45°
+    rotation_deg: float
+    #: the images' agreement at the best Δf (1: none; the number of bins: identical), and
+    #: without the rotation
     coherence: float
+    coherence_unrotated: float
     #: the agreement at −Δf (near focus the images agree about as well at ±Δf: the sign is
     #: not determined), and the best of the other orientations
     coherence_opposite: float
@@ -165,6 +172,12 @@ def _bright_field_bins(data: RawData, patterns: np.ndarray, bins_across: int) ->
     return images, k
 
 
+def _turn(angle_deg: float) -> np.ndarray:
+    """The rotation by ``angle_deg`` [deg] of (y, x) vectors that turns +x toward +y."""
+    a = math.radians(angle_deg)
+    return np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])
+
+
 def _search(aligner: _Aligner, g: np.ndarray, wavelength: float, limit_A: float, step_df: float) -> tuple[float, float]:
     """The Δf [Å] in [−limit, limit] that maximises the coherence of ``Δf·λ·g``: a grid of
     4·``step_df``, then one of ``step_df`` about its best point, then a parabola through the
@@ -223,8 +236,25 @@ def parallax_fit(data: RawData, max_side: int = 32, bins_across: int = 12,
     found = {name: _search(aligner, g, wavelength, max_defocus_A, step_df) for name, g in ORIENTATIONS.items()}
     name = max(found, key=lambda n: found[n][1])
     defocus, best = found[name]
-    return ParallaxFit(defocus_A=defocus, orientation=name, coherence=best,
-                       coherence_opposite=aligner.coherence(-defocus * wavelength * ORIENTATIONS[name]),
+    # then a rotation of the scan relative to the detector, within ±45° (the orientations
+    # above cover the rest): M = Δf·λ·R(φ)·G, and Δf again at the best φ
+    g = ORIENTATIONS[name]
+    angles = np.arange(-45.0, 45.1, 3.0)
+    scores = np.array([aligner.coherence(defocus * wavelength * _turn(a) @ g) for a in angles])
+    i = int(np.argmax(scores))
+    angle = float(angles[i])
+    if 0 < i < len(angles) - 1:
+        m, c, p = scores[i - 1], scores[i], scores[i + 1]
+        if m - 2 * c + p < 0:
+            angle += 0.5 * (m - p) / (m - 2 * c + p) * 3.0
+    grid = defocus + step_df * np.arange(-4, 5)
+    defocus = float(grid[int(np.argmax([aligner.coherence(df * wavelength * _turn(angle) @ g) for df in grid]))])
+    g = _turn(angle) @ g
+    best = aligner.coherence(defocus * wavelength * g)
+    # the shifts were turned by φ from the recorded scan's axes: the scan needs −φ
+    return ParallaxFit(defocus_A=defocus, orientation=name, rotation_deg=-angle, coherence=best,
+                       coherence_unrotated=aligner.coherence(defocus * wavelength * ORIENTATIONS[name]),
+                       coherence_opposite=aligner.coherence(-defocus * wavelength * g),
                        coherence_other=max(c for n, (_, c) in found.items() if n != name),
                        by_orientation={n: (round(d, 2), round(c, 4)) for n, (d, c) in found.items()},
                        n_bins=len(k), max_shift_A=abs(defocus) * wavelength * k_max, step_A=step_A,
@@ -242,7 +272,7 @@ def describe(fit: ParallaxFit | None) -> str:
         return (f"not resolved: near focus (|Δf| under ~{fit.resolvable_defocus_A:.0f} Å), too noisy or too few "
                 "positions")
     where = "detector as recorded" if fit.orientation == "as recorded" else f"detector {_TURNED[fit.orientation]}"
-    return f"defocus ≈ {fit.defocus_A:+.0f} Å, {where}"
+    return f"defocus ≈ {fit.defocus_A:+.0f} Å, {where}, scan rotation ≈ {round(fit.rotation_deg):+d}°"
 
 
 def parallax_note(fit: ParallaxFit | None, probe_defocus_A: float, astigmatism_A: float = 0.0,
@@ -252,7 +282,7 @@ def parallax_note(fit: ParallaxFit | None, probe_defocus_A: float, astigmatism_A
     they agree or the parallax resolves nothing.
 
     ``astigmatism_A``: the probe's two-fold astigmatism |C12| [Å]; one as large as half the
-    defocus can look like a mirrored detector, and the orientation is then not judged.
+    defocus can look like a mirrored detector or a rotated scan, and neither is then judged.
     ``thickness_A``: the object's thickness [Å] (its slices'); the images of a thick
     specimen move with the defocus at some depth in it, anywhere from the entrance (Δf) to
     the exit (Δf − t), so only a parallax outside that range is a contradiction."""
@@ -268,6 +298,13 @@ def parallax_note(fit: ParallaxFit | None, probe_defocus_A: float, astigmatism_A
                 f"relative to the scan (defocus ≈ {est:+.0f} Å that way), not as recorded: the reconstruction "
                 f"will not converge unless the loader's rotate90 / flip_y / flip_x / transpose correct it "
                 f"(docs/file-formats.md). A two-fold astigmatism as large as the defocus can look the same.")
+    if abs(fit.rotation_deg) >= 5.0 and fit.coherence >= 1.03 * fit.coherence_unrotated:
+        if astigmatism_A >= 0.5 * abs(probe):
+            return None
+        return (f"the data's bright-field images line up best with the scan rotated by {fit.rotation_deg:+.0f}° "
+                f"relative to the detector (defocus ≈ {est:+.0f} Å that way): set init.scan.rotation_deg: "
+                f"{fit.rotation_deg:.0f} (or the loader's scan rotation), or the reconstruction will blur or fail. "
+                f"A two-fold astigmatism as large as the defocus can look alike.")
     if (est > 0 and hi < -small) or (est < 0 and lo > small):
         depth = (f", {hi:+.0f} to {lo:+.0f} Å from the entrance to the exit of the {thickness_A:.0f} Å object,"
                  if lo < hi else "")
