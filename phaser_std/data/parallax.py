@@ -291,20 +291,19 @@ def parallax_note(fit: ParallaxFit | None, probe_defocus_A: float, astigmatism_A
     est, probe, small = fit.defocus_A, float(probe_defocus_A), fit.resolvable_defocus_A
     lo, hi = probe - max(float(thickness_A), 0.0), probe
     shown = f"the data's bright-field parallax shows a defocus of ≈ {est:+.0f} Å"
+    geometry = fix = None
     if fit.orientation != "as recorded":
+        geometry = f"the detector {_TURNED[fit.orientation]} relative to the scan"
+        fix = "the loader's rotate90 / flip_y / flip_x / transpose correct it (docs/file-formats.md)"
+    elif abs(fit.rotation_deg) >= 5.0 and fit.coherence >= 1.03 * fit.coherence_unrotated:
+        geometry = f"the scan rotated by {fit.rotation_deg:+.0f}° relative to the detector"
+        fix = f"init.scan.rotation_deg: {fit.rotation_deg:.0f} (or the loader's scan rotation) corrects it"
+    if geometry is not None:
         if astigmatism_A >= 0.5 * abs(probe):
             return None
-        return (f"the data's bright-field images line up best with the detector {_TURNED[fit.orientation]} "
-                f"relative to the scan (defocus ≈ {est:+.0f} Å that way), not as recorded: the reconstruction "
-                f"will not converge unless the loader's rotate90 / flip_y / flip_x / transpose correct it "
-                f"(docs/file-formats.md). A two-fold astigmatism as large as the defocus can look the same.")
-    if abs(fit.rotation_deg) >= 5.0 and fit.coherence >= 1.03 * fit.coherence_unrotated:
-        if astigmatism_A >= 0.5 * abs(probe):
-            return None
-        return (f"the data's bright-field images line up best with the scan rotated by {fit.rotation_deg:+.0f}° "
-                f"relative to the detector (defocus ≈ {est:+.0f} Å that way): set init.scan.rotation_deg: "
-                f"{fit.rotation_deg:.0f} (or the loader's scan rotation), or the reconstruction will blur or fail. "
-                f"A two-fold astigmatism as large as the defocus can look alike.")
+        return (f"the data's bright-field images line up best with {geometry} (defocus ≈ {est:+.0f} Å that way): "
+                f"the reconstruction will blur or fail unless {fix}. A two-fold astigmatism as large as the "
+                f"defocus can look the same.")
     if (est > 0 and hi < -small) or (est < 0 and lo > small):
         depth = (f", {hi:+.0f} to {lo:+.0f} Å from the entrance to the exit of the {thickness_A:.0f} Å object,"
                  if lo < hi else "")
