@@ -12,7 +12,7 @@ that tilt-corrected bright-field imaging removes (Varnavides et al., Microsc. Mi
 :func:`parallax_fit` finds the map that makes the bright-field pixels' virtual images
 agree best: it undoes the shifts ``M·k`` in Fourier space and scores the power of their
 sum against the sum of their powers (the ``coherence``: 1 for images that share nothing,
-the number of pixels for identical ones). It searches Δf in ``M = Δf·λ·G`` for each of the
+the number of bins for identical ones). It searches Δf in ``M = Δf·λ·G`` for each of the
 four detector orientations G that scan and detector can differ by, up to the sign of Δf
 (as recorded; turned by 90°; mirrored across y; transposed), and reports the best:
 
@@ -146,6 +146,8 @@ def _bright_field_bins(data: RawData, patterns: np.ndarray, bins_across: int) ->
         return None
     pac = patterns.mean(axis=(0, 1), dtype=np.float64)
     disc = valid & (pac > 0.5 * pac[valid].max())
+    if disc.sum() < 7:
+        return None
     b = max(1, int(round(2.0 * math.sqrt(disc.sum() / math.pi) / bins_across)))
     hy, hx = (qy // b) * b, (qx // b) * b
     # the disc's centre and radius [px]; bins well inside it: there every pixel's image is the
