@@ -100,7 +100,7 @@ def test_parallax_note_rules():
     # a two-fold astigmatism as large as the defocus mirrors the parallax: not judged
     assert parallax_note(_fit(50.0, "transpose"), 50.0, astigmatism_A=40.0) is None
     turned = attrs.evolve(_fit(48.0), rotation_deg=12.0, coherence_unrotated=20.0)
-    assert "init.scan.rotation_deg: 12" in parallax_note(turned, 50.0)
+    assert "add +12° to init.scan.rotation_deg" in parallax_note(turned, 50.0)
     assert parallax_note(attrs.evolve(turned, coherence_unrotated=29.5), 50.0) is None  # hardly better
     assert parallax_note(attrs.evolve(turned, rotation_deg=3.0), 50.0) is None          # within 5°
     unresolved = attrs.evolve(_fit(48.0), coherence_opposite=20.0)
@@ -115,10 +115,11 @@ class _Notes(Observer):
         self.texts.append(text)
 
 
-def _run(path: Path, probe: dict, **raw) -> list[str]:
+def _run(path: Path, probe: dict, scan: dict | None = None, **raw) -> list[str]:
     notes = _Notes()
     plan = {"file_type": "phaser_plan", "version": 1, "raw_data": {"type": "hdf5", "path": str(path), **raw},
-            "init": {"probe": probe}, "engines": [{"type": "conventional", "niter": 1}]}
+            "init": {"probe": probe, **({"scan": scan} if scan else {})},
+            "engines": [{"type": "conventional", "niter": 1}]}
     run_plan(load_plan(plan), quiet=True, observers=[notes])
     return [t for t in notes.texts if t.startswith("warning:")]
 
@@ -179,12 +180,103 @@ def test_without_a_defocus_the_probe_takes_the_parallaxs(tmp_path):
 def test_parallax_finds_a_scan_rotation(tmp_path, rotation):
     """Data simulated with a rotated raster, read as the plain raster (its positions
     dropped): the rotation that lines the images up is the raster's (measured 11.0 / −20.3 /
-    35.1°), and a run is told to set it; with the positions the data are consistent (±1°)."""
+    35.1°), and the note says to add it; with the positions the data are consistent (±1°)."""
     path = make_dataset(tmp_path / "rot.h5", defocus_A=80.0, dose=1e4, scan={**SCAN, "rotation_deg": rotation})
     data = load_for_inspect(path)
     plain = parallax_fit(attrs.evolve(data, scan_positions_A=None))
     assert plain.resolved and plain.rotation_deg == pytest.approx(rotation, abs=2.0)
     note = parallax_note(plain, 80.0)
-    assert float(note.split("init.scan.rotation_deg: ")[1].split()[0]) == pytest.approx(rotation, abs=2.0)
+    assert float(note.split("add ")[1].split("°")[0]) == pytest.approx(rotation, abs=2.0)
     recorded = parallax_fit(data)
-    assert abs(recorded.rotation_deg) < 2.0 and parallax_note(recorded, 80.0) is None
+    assert abs(recorded.rotation_deg) < 1.5 and parallax_note(recorded, 80.0) is None
+
+
+def test_a_run_judges_the_scan_it_will_use(tmp_path):
+    """The check fits the run's own scan positions (``init.scan.rotation_deg`` applied): a
+    raster rotated by +20° and stored without its positions warns with no rotation set, is
+    quiet with the right one, and asks for +40° more with the wrong sign."""
+    import h5py
+
+    path = make_dataset(tmp_path / "rot20.h5", defocus_A=80.0, dose=1e4, scan={**SCAN, "rotation_deg": 20.0})
+    with h5py.File(path, "a") as f:
+        del f["scan_positions"]
+
+    def added(rotation: float) -> float | None:
+        notes = _run(path, {}, scan={"rotation_deg": rotation})
+        assert len(notes) <= 1
+        return float(notes[0].split("add ")[1].split("°")[0]) if notes else None
+
+    assert added(0.0) == pytest.approx(20.0, abs=2.0)
+    assert added(20.0) is None
+    assert added(-20.0) == pytest.approx(40.0, abs=3.0)
+
+
+@pytest.mark.parametrize("turned,fix", [
+    ({"rotate90": 1}, {"rotate90": 3}),
+    ({"rotate90": 3}, {"rotate90": 1}),
+    ({"transpose": True}, {"transpose": True}),
+    ({"transpose": True, "rotate90": 2}, {"transpose": True, "rotate90": 2}),
+    ({"flip_y": True}, {"flip_y": True}),
+    ({"flip_x": True}, {"flip_x": True}),
+])
+def test_the_warning_names_the_loader_setting_that_turns_the_detector_back(sims, turned, fix):
+    """Data turned by a loader setting: with the probe's defocus (+50 Å) trusted for its
+    sign the note names the one setting that undoes it, and that setting, applied after,
+    gives the data back as recorded with the right sign."""
+    import types
+
+    from phaser_std.data.loaders._common import orient_patterns
+
+    def cfg(keys: dict):
+        return types.SimpleNamespace(**{"transpose": False, "flip_y": False, "flip_x": False, "rotate90": 0, **keys})
+
+    data = sims[50]
+    bad = attrs.evolve(data, patterns=np.ascontiguousarray(orient_patterns(np.asarray(data.patterns), cfg(turned))))
+    note = parallax_note(parallax_fit(bad), 50.0)
+    named = {"rotate90: 1": {"rotate90": 1}, "rotate90: 3": {"rotate90": 3}, "flip_y: true": {"flip_y": True},
+             "flip_x: true": {"flip_x": True}, "transpose: true with rotate90: 2": {"transpose": True, "rotate90": 2},
+             "transpose: true": {"transpose": True}}
+    said = next(v for k, v in named.items() if f"with {k} (" in note)
+    assert said == fix
+    back = parallax_fit(attrs.evolve(bad, patterns=np.ascontiguousarray(orient_patterns(np.asarray(bad.patterns),
+                                                                                        cfg(fix)))))
+    assert back.resolved and back.orientation == "as recorded" and back.defocus_A > 0
+
+
+def test_a_turned_detector_is_told_even_without_a_defocus(tmp_path):
+    """No defocus anywhere and a transposed loader: the probe stays at 0 Å (the parallax's
+    sign is not the orientation's to decide) and the run is told both candidate settings."""
+    import shutil
+
+    import h5py
+
+    path = tmp_path / "no_defocus.h5"
+    shutil.copy(DATA / "abtem_srtio3.h5", path)
+    with h5py.File(path, "a") as f:
+        del f.attrs["defocus_A"]
+    notes = _run(path, {}, transpose=True)
+    assert len(notes) == 1 and "transposed" in notes[0] and "if the defocus is positive" in notes[0]
+
+
+def test_a_masked_nan_pixel_or_odd_data_do_not_stop_anything(sims, monkeypatch):
+    data = sims[50]
+    p = np.asarray(data.patterns).astype(np.float32)
+    qy, qx = data.pattern_shape
+    p[:, qy // 2, qx // 2] = np.nan                            # in the bright-field disc, masked
+    mask = np.ones((qy, qx), bool)
+    mask[qy // 2, qx // 2] = False
+    fit = parallax_fit(attrs.evolve(data, patterns=p, mask=mask))
+    assert fit.resolved and fit.defocus_A == pytest.approx(50, rel=0.1)
+    assert parallax_fit(attrs.evolve(data, reciprocal_sampling_invA=(0.0, 0.0))) is None
+    same = np.zeros((data.n_patterns, 2))                      # positions that span nothing
+    assert parallax_fit(data, positions=same) is None
+    # whatever the fit raises, a run goes on without the check
+    import phaser_std.data.parallax as px
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unforeseen")
+
+    monkeypatch.setattr(px, "parallax_fit", broken)
+    assert _run(DATA / "abtem_srtio3.h5", {"defocus_A": -50.0}) == []
+    rows = {q: v for q, v, _ in summary_rows(load_for_inspect(DATA / "abtem_srtio3.h5"))}
+    assert rows["bright-field parallax"].startswith("not measured (RuntimeError")

@@ -158,7 +158,10 @@ def _parallax_row(data: RawData) -> str:
     """The defocus and detector orientation the data's bright-field parallax shows."""
     from phaser_std.data.parallax import describe, parallax_fit
 
-    return describe(parallax_fit(data))
+    try:
+        return describe(parallax_fit(data))
+    except Exception as exc:  # noqa: BLE001 (a diagnostic row: the others still print)
+        return f"not measured ({type(exc).__name__}: {exc})"
 
 
 def _valid_sums(data: RawData, block: int = 1 << 24) -> np.ndarray:

@@ -80,6 +80,8 @@ class ParallaxFit:
     step_A: float
     #: the smallest |Δf| [Å] whose parallax moves the outermost bin's image half a scan step
     resolvable_defocus_A: float
+    #: the search's range ±[Å]
+    search_limit_A: float = math.inf
 
     @property
     def resolved(self) -> bool:
@@ -89,14 +91,16 @@ class ParallaxFit:
                 and self.coherence >= 2.0 * self.coherence_opposite and self.coherence >= 1.2 * self.coherence_other)
 
 
-def _raster_axes(data: RawData) -> tuple[np.ndarray, tuple[int, int]] | None:
+def _raster_axes(data: RawData, positions: np.ndarray | None = None) -> tuple[np.ndarray, tuple[int, int]] | None:
     """The raster's step vectors ``(2, 2)`` [Å] (rows: one scan row down, one column right,
-    (y, x)) fitted to the positions, and its shape; None without a raster of 8x8 or more."""
+    (y, x)) fitted to ``positions`` (N, 2) [Å] (default: the data's), and its shape; None
+    without a raster of 8x8 or more, or with steps that do not span the plane."""
     from phaser_std.data.preprocess import raster_positions
 
     shape = data.scan_shape
-    pos = raster_positions(data)
-    if shape is None or pos is None or int(shape[0]) * int(shape[1]) != data.n_patterns:
+    pos = raster_positions(data) if positions is None else np.asarray(positions, dtype=np.float64)
+    if (shape is None or pos is None or int(shape[0]) * int(shape[1]) != data.n_patterns
+            or pos.shape != (data.n_patterns, 2) or not np.all(np.isfinite(pos))):
         return None
     ny, nx = int(shape[0]), int(shape[1])
     if ny < 8 or nx < 8:
@@ -104,7 +108,10 @@ def _raster_axes(data: RawData) -> tuple[np.ndarray, tuple[int, int]] | None:
     ii, jj = np.indices((ny, nx))
     design = np.stack([np.ones(ny * nx), ii.ravel(), jj.ravel()], axis=1)
     coef, *_ = np.linalg.lstsq(design, pos, rcond=None)
-    return coef[1:], (ny, nx)
+    steps = coef[1:]
+    if not abs(np.linalg.det(steps)) > 1e-12 * max(float(np.sum(steps**2)), 1e-300):
+        return None
+    return steps, (ny, nx)
 
 
 class _Aligner:
@@ -144,7 +151,9 @@ def _bright_field_bins(data: RawData, patterns: np.ndarray, bins_across: int) ->
     valid = np.ones((qy, qx), bool) if mask is None else mask
     if not valid.any():
         return None
-    pac = patterns.mean(axis=(0, 1), dtype=np.float64)
+    pac = np.where(valid, patterns.mean(axis=(0, 1), dtype=np.float64), 0.0)
+    if not np.all(np.isfinite(pac)):
+        return None
     disc = valid & (pac > 0.5 * pac[valid].max())
     if disc.sum() < 7:
         return None
@@ -165,8 +174,9 @@ def _bright_field_bins(data: RawData, patterns: np.ndarray, bins_across: int) ->
         return None
     # only the detector rows and columns of the kept bins are read
     (i0, j0), (i1, j1) = keep.min(axis=0), keep.max(axis=0) + 1
-    cut = patterns[:, :, i0 * b:i1 * b, j0 * b:j1 * b].astype(np.float32)
-    cut *= valid[i0 * b:i1 * b, j0 * b:j1 * b]
+    # masked pixels read as 0 (a NaN or hot one under the mask would spoil the bin)
+    cut = np.where(valid[i0 * b:i1 * b, j0 * b:j1 * b], patterns[:, :, i0 * b:i1 * b, j0 * b:j1 * b], 0)
+    cut = cut.astype(np.float32)
     binned = cut.reshape(ny, nx, i1 - i0, b, j1 - j0, b).sum(axis=(3, 5), dtype=np.float64)
     images = np.moveaxis(binned[:, :, keep[:, 0] - i0, keep[:, 1] - j0], -1, 0)
     dky, dkx = data.reciprocal_sampling_invA
@@ -202,7 +212,7 @@ def _search(aligner: _Aligner, g: np.ndarray, wavelength: float, limit_A: float,
 
 
 def parallax_fit(data: RawData, max_side: int = 32, bins_across: int = 12,
-                 max_defocus_A: float | None = None) -> ParallaxFit | None:
+                 max_defocus_A: float | None = None, positions: np.ndarray | None = None) -> ParallaxFit | None:
     """Fit the bright-field parallax of ``data`` (module docstring); None when the data do
     not allow it: no raster of at least 8x8 positions, no detector sampling or energy, or
     fewer than 7 bright-field bins.
@@ -213,9 +223,13 @@ def parallax_fit(data: RawData, max_side: int = 32, bins_across: int = 12,
         b x b to get about as many).
     :param max_defocus_A: the search range ±[Å]; None: 1/(α_disc·Δk), twice the defocus at
         which the geometric probe fills the detector's real-space window 1/Δk.
+    :param positions: the scan positions (N, 2) [Å] to judge (a run's, its
+        ``init.scan.rotation_deg`` applied); default: the data's.
     """
-    axes = _raster_axes(data)
-    if axes is None or data.reciprocal_sampling_invA is None or data.energy_eV is None:
+    axes = _raster_axes(data, positions)
+    sampling = data.reciprocal_sampling_invA
+    if (axes is None or sampling is None or data.energy_eV is None
+            or not all(np.isfinite(v) and v > 0 for v in sampling)):
         return None
     steps, (ny, nx) = axes
     patterns = np.asarray(data.patterns).reshape(ny, nx, *data.pattern_shape)
@@ -260,10 +274,26 @@ def parallax_fit(data: RawData, max_side: int = 32, bins_across: int = 12,
                        coherence_other=max(c for n, (_, c) in found.items() if n != name),
                        by_orientation={n: (round(d, 2), round(c, 4)) for n, (d, c) in found.items()},
                        n_bins=len(k), max_shift_A=abs(defocus) * wavelength * k_max, step_A=step_A,
-                       resolvable_defocus_A=0.5 * step_A / (wavelength * k_max))
+                       resolvable_defocus_A=0.5 * step_A / (wavelength * k_max), search_limit_A=max_defocus_A)
 
 
 _TURNED = {"rotate90": "turned by 90°", "flip_y": "mirrored (across one axis)", "transpose": "transposed"}
+
+#: the loader settings (applied after its current ones) that turn data of an orientation
+#: class back, by the sign of the data's defocus relative to the true one (found by
+#: applying every setting to simulated data: tests/test_parallax.py)
+_LOADER_FIX = {("rotate90", 1): "rotate90: 1", ("rotate90", -1): "rotate90: 3",
+               ("flip_y", 1): "flip_y: true", ("flip_y", -1): "flip_x: true",
+               ("transpose", 1): "transpose: true", ("transpose", -1): "transpose: true with rotate90: 2"}
+
+
+def _loader_fix(orientation: str, est: float, probe: float, small: float) -> str:
+    """The loader setting that corrects the orientation: known when the probe's defocus is
+    trusted for its sign, else the two candidates."""
+    if abs(probe) >= small:
+        return f"with {_LOADER_FIX[(orientation, 1 if est * probe > 0 else -1)]}"
+    return (f"with {_LOADER_FIX[(orientation, 1 if est > 0 else -1)]} if the defocus is positive "
+            f"(underfocus), {_LOADER_FIX[(orientation, -1 if est > 0 else 1)]} if negative")
 
 
 def describe(fit: ParallaxFit | None) -> str:
@@ -271,8 +301,8 @@ def describe(fit: ParallaxFit | None) -> str:
     if fit is None:
         return "not measured (needs a raster of 8x8 or more, the detector sampling and the energy)"
     if not fit.resolved:
-        return (f"not resolved: near focus (|Δf| under ~{fit.resolvable_defocus_A:.0f} Å), too noisy or too few "
-                "positions")
+        return (f"not resolved: near focus (|Δf| under ~{fit.resolvable_defocus_A:.0f} Å), beyond "
+                f"±{fit.search_limit_A:.0f} Å, too noisy or too few positions")
     where = "detector as recorded" if fit.orientation == "as recorded" else f"detector {_TURNED[fit.orientation]}"
     return f"defocus ≈ {fit.defocus_A:+.0f} Å, {where}, scan rotation ≈ {round(fit.rotation_deg):+d}°"
 
@@ -293,19 +323,17 @@ def parallax_note(fit: ParallaxFit | None, probe_defocus_A: float, astigmatism_A
     est, probe, small = fit.defocus_A, float(probe_defocus_A), fit.resolvable_defocus_A
     lo, hi = probe - max(float(thickness_A), 0.0), probe
     shown = f"the data's bright-field parallax shows a defocus of ≈ {est:+.0f} Å"
-    geometry = fix = None
-    if fit.orientation != "as recorded":
-        geometry = f"the detector {_TURNED[fit.orientation]} relative to the scan"
-        fix = "the loader's rotate90 / flip_y / flip_x / transpose correct it (docs/file-formats.md)"
-    elif abs(fit.rotation_deg) >= 5.0 and fit.coherence >= 1.03 * fit.coherence_unrotated:
-        geometry = f"the scan rotated by {fit.rotation_deg:+.0f}° relative to the detector"
-        fix = f"init.scan.rotation_deg: {fit.rotation_deg:.0f} (or the loader's scan rotation) corrects it"
-    if geometry is not None:
-        if astigmatism_A >= 0.5 * abs(probe):
-            return None
-        return (f"the data's bright-field images line up best with {geometry} (defocus ≈ {est:+.0f} Å that way): "
-                f"the reconstruction will blur or fail unless {fix}. A two-fold astigmatism as large as the "
-                f"defocus can look the same.")
+    judged = not (astigmatism_A > 0 and astigmatism_A >= 0.5 * max(abs(probe), abs(est)))
+    if fit.orientation != "as recorded" and judged:
+        return (f"the data's bright-field images line up best with the detector {_TURNED[fit.orientation]} "
+                f"relative to the scan (defocus ≈ {est:+.0f} Å that way): the reconstruction will fail unless the "
+                f"loader corrects it, {_loader_fix(fit.orientation, est, probe, small)} (docs/file-formats.md). "
+                f"A two-fold astigmatism as large as the defocus can look the same.")
+    if abs(fit.rotation_deg) >= 5.0 and fit.coherence >= 1.03 * fit.coherence_unrotated and judged:
+        return (f"the data's bright-field images line up best with the scan turned a further "
+                f"{fit.rotation_deg:+.0f}° relative to the detector (defocus ≈ {est:+.0f} Å that way): add "
+                f"{fit.rotation_deg:+.0f}° to init.scan.rotation_deg, or the reconstruction will blur or fail. "
+                f"A two-fold astigmatism as large as the defocus can look alike.")
     if (est > 0 and hi < -small) or (est < 0 and lo > small):
         depth = (f", {hi:+.0f} to {lo:+.0f} Å from the entrance to the exit of the {thickness_A:.0f} Å object,"
                  if lo < hi else "")

@@ -122,7 +122,7 @@ def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
     elif data.defocus_A is not None or "C10" in (aberrations or {}):
         defocus = data.defocus_A or 0.0
     else:  # nobody gave one: the data's parallax, at the object's entrance
-        fit = _parallax_fit(data)
+        fit = _parallax_fit(data, ctx.scan_A)
         defocus = 0.0
         if fit is not None and fit.resolved and fit.orientation == "as recorded":
             defocus = round(fit.defocus_A + 0.5 * thickness, 1)
@@ -139,7 +139,7 @@ def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
                           aberrations=aberrations, soft_edge_px=soft)
 
     if config.check_parallax:
-        note = _parallax_note(data, float(defocus), aberrations, thickness, fit)
+        note = _parallax_note(data, float(defocus), aberrations, thickness, fit, ctx.scan_A)
         if note is not None:
             ctx.notes.append(f"warning: {note}")
     if config.focal_spread_A > 0:
@@ -151,21 +151,27 @@ def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
     return ProbeState(data=_scale_to_data(modes, mean), sampling_A=tuple(float(s) for s in sampling))
 
 
-def _parallax_fit(data: Any) -> Any:
+def _parallax_fit(data: Any, positions: Any = None) -> Any:
+    """The data's bright-field parallax over the run's scan ``positions`` [Å], or None. A
+    diagnostic: whatever the data hold, it never stops a run."""
     from phaser_std.data.parallax import parallax_fit
 
-    return parallax_fit(data)
+    try:
+        return parallax_fit(data, positions=positions)
+    except Exception:  # noqa: BLE001 (odd data the fit did not foresee: no diagnosis, no crash)
+        return None
 
 
 def _parallax_note(data: Any, defocus_A: float, aberrations: dict | None, thickness_A: float = 0.0,
-                   fit: Any = None) -> str | None:
-    """The data's bright-field parallax (``fit``, or measured) against the probe's defocus
-    [Å] (``C10`` of the aberrations included: defocus = −C10) over an object ``thickness_A``
-    [Å] thick, and the detector's orientation (:func:`phaser_std.data.parallax.parallax_note`)."""
+                   fit: Any = None, positions: Any = None) -> str | None:
+    """The data's bright-field parallax (``fit``, or measured over the run's scan
+    ``positions``) against the probe's defocus [Å] (``C10`` of the aberrations included:
+    defocus = −C10) over an object ``thickness_A`` [Å] thick, the detector's orientation and
+    the scan's rotation (:func:`phaser_std.data.parallax.parallax_note`)."""
     from phaser_std.data.parallax import parallax_note
 
     ab = dict(aberrations or {})
-    fit = fit if fit is not None else _parallax_fit(data)
+    fit = fit if fit is not None else _parallax_fit(data, positions)
     return parallax_note(fit, defocus_A - float(ab.get("C10", 0.0)), abs(float(ab.get("C12", 0.0))), thickness_A)
 
 
