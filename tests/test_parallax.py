@@ -99,6 +99,7 @@ def test_parallax_note_rules():
     assert "transposed" in parallax_note(_fit(50.0, "transpose"), 50.0)
     # a two-fold astigmatism as large as the defocus mirrors the parallax: not judged
     assert parallax_note(_fit(50.0, "transpose"), 50.0, astigmatism_A=40.0) is None
+    assert parallax_note(_fit(-50.0, "transpose"), 50.0, astigmatism_A=40.0) is None  # nor its sign
     turned = attrs.evolve(_fit(48.0), rotation_deg=12.0, coherence_unrotated=20.0)
     assert "add +12° to init.scan.rotation_deg" in parallax_note(turned, 50.0)
     assert parallax_note(attrs.evolve(turned, coherence_unrotated=29.5), 50.0) is None  # hardly better
