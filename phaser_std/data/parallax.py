@@ -324,13 +324,13 @@ def parallax_note(fit: ParallaxFit | None, probe_defocus_A: float, astigmatism_A
     lo, hi = probe - max(float(thickness_A), 0.0), probe
     shown = f"the data's bright-field parallax shows a defocus of ≈ {est:+.0f} Å"
     judged = not (astigmatism_A > 0 and astigmatism_A >= 0.5 * max(abs(probe), abs(est)))
-    if fit.orientation != "as recorded" and judged:
+    if fit.orientation != "as recorded":
+        if not judged:
+            return None  # the astigmatism may be what maps it so: neither it nor the sign is judged
         return (f"the data's bright-field images line up best with the detector {_TURNED[fit.orientation]} "
                 f"relative to the scan (defocus ≈ {est:+.0f} Å that way): the reconstruction will fail unless the "
                 f"loader corrects it, {_loader_fix(fit.orientation, est, probe, small)} (docs/file-formats.md). "
                 f"A two-fold astigmatism as large as the defocus can look the same.")
-    if fit.orientation != "as recorded":
-        return None  # the astigmatism may be what maps it so: neither it nor the sign is judged
     if abs(fit.rotation_deg) >= 5.0 and fit.coherence >= 1.03 * fit.coherence_unrotated and judged:
         return (f"the data's bright-field images line up best with the scan turned a further "
                 f"{fit.rotation_deg:+.0f}° relative to the detector (defocus ≈ {est:+.0f} Å that way): add "
