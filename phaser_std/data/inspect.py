@@ -147,11 +147,25 @@ def summary_rows(data: RawData) -> list[tuple[str, str, str]]:
         ("shadow-image pixel", _fmt(f.get("shadow_pixel_A"), "Å"), "|Δf|·Δθ"),
         ("probe diameter", _fmt(f.get("probe_diameter_A"), "Å"), "2α|Δf| + 1.22λ/α"),
         ("linear probe overlap", _fmt(f.get("linear_overlap")), "1 − Δr/d"),
+        ("bright-field disc centre", _disc_row(data), "from (Qy//2, Qx//2), the zero angle; post_load "
+                                                       "center_diffraction centres it"),
         ("bright-field parallax", _parallax_row(data), "the BF pixels' images shift by Δf·λ·k"),
     ]
     if data.ground_truth is not None:
         rows.append(("ground truth", ", ".join(k for k in data.ground_truth if not k.endswith("_units")), ""))
     return rows
+
+
+def _disc_row(data: RawData) -> str:
+    """The bright-field disc's centre relative to the zero-angle pixel [px]."""
+    from phaser_std.data.parallax import disc_centre
+    from phaser_std.data.preprocess import pacbed
+
+    found = disc_centre(pacbed(data), detector_mask(data))
+    if found is None:
+        return "no disc found"
+    qy, qx = data.pattern_shape
+    return f"({found[0] - qy // 2:+.2f}, {found[1] - qx // 2:+.2f}) px"
 
 
 def _parallax_row(data: RawData) -> str:

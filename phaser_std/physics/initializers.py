@@ -70,6 +70,9 @@ class FocusedProbeConfig:
                                  "detector's orientation with the scan's) and warn when they disagree: a defocus "
                                  "of the wrong sign or a mirrored detector gives an inverted or failed "
                                  "reconstruction (phaser_std.data.parallax; a raster scan of 8x8 or more)")
+    check_centre: bool = param(True, doc="warn when the bright-field disc's centre lies half a pixel or more off "
+                               "the zero-angle pixel (Qy//2, Qx//2): the probe and the reconstruction put the "
+                               "undiffracted beam there (post_load center_diffraction centres the patterns)")
 
 
 def _data_aberrations(data: Any) -> dict | None:
@@ -138,6 +141,10 @@ def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
         return make_probe(data.pattern_shape, sampling, _wavelength(ctx), float(conv), defocus_A=float(df),
                           aberrations=aberrations, soft_edge_px=soft)
 
+    if config.check_centre and mean is not None:
+        note = _centre_note(data, mean)
+        if note is not None:
+            ctx.notes.append(f"warning: {note}")
     if config.check_parallax:
         note = _parallax_note(data, float(defocus), aberrations, thickness, fit, ctx.scan_A)
         if note is not None:
@@ -149,6 +156,18 @@ def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
         modes = make_modes(probe_at(float(defocus)), config.n_modes, config.first_mode_power,
                            rng if config.n_modes > 1 else None)
     return ProbeState(data=_scale_to_data(modes, mean), sampling_A=tuple(float(s) for s in sampling))
+
+
+def _centre_note(data: Any, mean_pattern: np.ndarray) -> str | None:
+    """The bright-field disc's centre against the zero-angle pixel
+    (:func:`phaser_std.data.parallax.centre_note`); a diagnostic that never stops a run."""
+    from phaser_core.data import detector_mask
+    from phaser_std.data.parallax import centre_note
+
+    try:
+        return centre_note(mean_pattern, detector_mask(data))
+    except Exception:  # noqa: BLE001 (odd data: no diagnosis, no crash)
+        return None
 
 
 def _parallax_fit(data: Any, positions: Any = None) -> Any:
