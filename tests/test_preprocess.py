@@ -217,6 +217,22 @@ def test_center_diffraction_integer_and_subpixel():
     np.testing.assert_allclose(out.patterns.sum(), sub.patterns.sum(), rtol=1e-3)
 
 
+def test_center_diffraction_on_the_disc_is_not_pulled_by_dark_field_to_one_side():
+    """A disc at (6, 11) with a Bragg spot to one side: the centre of mass moves toward the
+    spot, the disc's centroid does not."""
+    yy, xx = np.indices((16, 16))
+    disc = (np.hypot(yy - 6, xx - 11) <= 3).astype(np.float64) * 100.0
+    disc[np.hypot(yy - 13, xx - 3) <= 2] = 40.0  # a Bragg disc below half the bright field's level
+    data = make_data().replace(patterns=np.stack([disc, disc]), scan_shape=None)
+    com = pp.center_diffraction(pp.CenterConfig(subpixel=False), data, CTX).extra["center_shift_px"]
+    on_disc = pp.center_diffraction(pp.CenterConfig(subpixel=False, method="disc"), data, CTX)
+    assert on_disc.extra["center_shift_px"] == (2.0, -3.0)
+    assert com != (2.0, -3.0)
+    assert pp.centre_of_mass(on_disc.patterns[0] * (on_disc.patterns[0] > 50)) == pytest.approx((8.0, 8.0))
+    with pytest.raises(DataError, match="no bright-field disc"):
+        pp.center_diffraction(pp.CenterConfig(method="disc"), data.replace(patterns=np.zeros((2, 16, 16))), CTX)
+
+
 def test_detector_mask_from_file_and_rectangles(tmp_path):
     data = make_data()
     m = np.ones((16, 16), bool)

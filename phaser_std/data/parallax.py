@@ -169,7 +169,7 @@ def centre_note(mean_pattern: np.ndarray, valid: np.ndarray | None = None, toler
         return None
     return (f"the bright-field disc's centre is ({dy:+.2f}, {dx:+.2f}) px off the zero-angle pixel (Qy//2, Qx//2) "
             f"= ({qy // 2}, {qx // 2}), where the reconstruction puts the undiffracted beam: centre the patterns "
-            f"(post_load: [{{type: center_diffraction}}]), or the result will be poor "
+            f"(post_load: [{{type: center_diffraction, method: disc}}]), or the result will be poor "
             f"(abTEM data shifted by 1 / 2 px: Pearson 0.936 / 0.788, centred again 0.983)")
 
 

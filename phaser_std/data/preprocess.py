@@ -328,6 +328,17 @@ def centre_of_mass(img: np.ndarray) -> tuple[float, float]:
     return float((w * yy).sum() / tot), float((w * xx).sum() / tot)
 
 
+def _disc_centre(data: RawData) -> tuple[float, float]:
+    """The PACBED's bright-field disc centroid (y, x) [px]
+    (:func:`phaser_std.data.parallax.disc_centre`)."""
+    from phaser_std.data.parallax import disc_centre
+
+    found = disc_centre(pacbed(data), data.mask)
+    if found is None:
+        raise DataError("center_diffraction: no bright-field disc in the PACBED (method: disc); use method: com")
+    return found[0], found[1]
+
+
 def _shift_int(a: np.ndarray, dy: int, dx: int, fill: Any) -> np.ndarray:
     """Shift the last two axes by integer (dy, dx) pixels, filling with ``fill`` (no wrap)."""
     out = np.full_like(a, fill)
@@ -340,21 +351,26 @@ def _shift_int(a: np.ndarray, dy: int, dx: int, fill: Any) -> np.ndarray:
 
 @attrs.frozen(kw_only=True)
 class CenterConfig:
-    """Shift every pattern so the PACBED's centre of mass sits on pixel (Qy//2, Qx//2)."""
+    """Shift every pattern so the PACBED's centre sits on pixel (Qy//2, Qx//2)."""
 
     subpixel: bool = param(True, doc="bilinear sub-pixel shift; false: whole pixels only")
+    method: str = param("com", doc="'com': the PACBED's centre of mass (phaserEM's diffraction_align); 'disc': "
+                        "the bright-field disc's centroid (its pixels above half the largest), which "
+                        "dark-field scattering to one side (a tilted crystal) does not pull",
+                        validator=attrs.validators.in_(("com", "disc")))
 
 
 def center_diffraction(config: CenterConfig, data: RawData, ctx: LoadContext) -> RawData:
-    """Align the PACBED centre of mass to (Qy//2, Qx//2).
+    """Align the PACBED's centre of mass (``method: com``) or its bright-field disc's
+    centroid (``disc``) to (Qy//2, Qx//2).
 
-    The shift is d = Q//2 − COM [px]; whole pixels move with zero fill, the fractional part
+    The shift is d = Q//2 − centre [px]; whole pixels move with zero fill, the fractional part
     (``subpixel``) by bilinear interpolation, which conserves counts away from the edges.
     The mask moves with the patterns (a pixel is valid when every contributing one is);
     pixels shifted in from outside are marked invalid. ``extra["center_shift_px"]`` records d.
     """
     qy, qx = data.pattern_shape
-    cy, cx = centre_of_mass(pacbed(data))
+    cy, cx = centre_of_mass(pacbed(data)) if config.method == "com" else _disc_centre(data)
     dy, dx = qy // 2 - cy, qx // 2 - cx
     if not config.subpixel:
         dy, dx = float(round(dy)), float(round(dx))
