@@ -355,6 +355,7 @@ def _print_memory_estimate(plan: Any, plan_dir: Path, *, as_json: bool = False, 
     from . import memory
 
     registry = get_registry()
+    notes: list[str] = []  # what the initialisers say of the plan against the data
     if resume_dir is not None:
         from .runner import load_data, resume_file
         from .statefile import load_state
@@ -362,7 +363,7 @@ def _print_memory_estimate(plan: Any, plan_dir: Path, *, as_json: bool = False, 
         data = load_data(plan, registry, plan_dir)
         est = memory.estimate_run(plan, data, load_state(resume_file(resume_dir)), registry)
     else:
-        est = memory.estimate_plan(plan, registry, plan_dir)
+        est = memory.estimate_plan(plan, registry, plan_dir, notes=notes)
     avail = None
     if budget_gib is not None:
         avail = {"device": None, "host": int(budget_gib * memory.GiB), "source": f"--budget-GiB {budget_gib:g}"}
@@ -371,9 +372,12 @@ def _print_memory_estimate(plan: Any, plan_dir: Path, *, as_json: bool = False, 
         out = est.to_dict()
         if avail is not None:
             out.update(budget_bytes=avail["host"], fits=not short)
+        out["notes"] = notes
         print(json.dumps(out, indent=2))
     else:
         print(memory.format_report(est, avail))
+        for text in notes:
+            _err().print(escape(text))
     if short:
         _err().print(f"[red]does not fit[/red]: {escape(memory.shortfall_message(est, short[0]))}")
         return 1

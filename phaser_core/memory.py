@@ -281,15 +281,16 @@ def estimate_run(plan: Any, data: Any, state: Any, registry: Any, backend: str |
 
 
 def estimate_plan(plan: Any, registry: Any = None, plan_dir: Path = Path("."),
-                  backend: str | None = None) -> MemoryEstimate:
+                  backend: str | None = None, notes: list | None = None) -> MemoryEstimate:
     """Load the data (memory-mapped where the loader can) and build the initial state, then
-    estimate; allocates nothing engine-sized."""
+    estimate; allocates nothing engine-sized. ``notes`` collects what the initialisers
+    tell the user (a run would show them)."""
     from .registry import get_registry
     from .runner import initial_state, load_data
 
     registry = registry if registry is not None else get_registry()
     data = load_data(plan, registry, Path(plan_dir))
-    state = initial_state(plan, data, registry, Path(plan_dir))
+    state = initial_state(plan, data, registry, Path(plan_dir), notes=notes)
     return estimate_run(plan, data, state, registry, backend=backend)
 
 

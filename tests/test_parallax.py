@@ -326,3 +326,26 @@ def test_centred_again_the_run_is_quiet(tmp_path):
             "post_load": [{"type": "center_diffraction"}], "engines": [{"type": "conventional", "niter": 1}]}
     run_plan(load_plan(plan), quiet=True, observers=[notes])
     assert [t for t in notes.texts if t.startswith("warning:")] == []
+
+
+def test_a_dry_run_tells_what_a_run_would(tmp_path, capsys):
+    """``phaser run --dry-run`` (and ``plan-memory``) build the initial state too: the
+    initialisers' warnings come with the memory estimate, before any long run."""
+    import json
+
+    from phaser_core.cli import main as cli_main
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(f"""file_type: phaser_plan
+version: 1
+raw_data: {{type: hdf5, path: {DATA / 'abtem_srtio3.h5'}}}
+init:
+  probe: {{defocus_A: -50}}
+engines:
+  - {{type: conventional, niter: 1}}
+""")
+    assert cli_main(["run", str(plan), "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert "peak:" in captured.out and "warning: the probe's defocus is -50 Å" in captured.err
+    assert cli_main(["plan-memory", str(plan), "--json"]) == 0
+    assert "wrong sign" in json.loads(capsys.readouterr().out)["notes"][0]
