@@ -349,3 +349,21 @@ engines:
     assert "peak:" in captured.out and "warning: the probe's defocus is -50 Å" in captured.err
     assert cli_main(["plan-memory", str(plan), "--json"]) == 0
     assert "wrong sign" in json.loads(capsys.readouterr().out)["notes"][0]
+
+
+def test_no_defocus_anywhere_and_none_in_the_data_is_said(tmp_path):
+    import h5py
+
+    from phaser_core.registry import get_registry
+    from phaser_core.runner import initial_state, load_data
+
+    path = make_dataset(tmp_path / "focus.h5", defocus_A=0.0, dose=1e4, scan=SCAN)
+    with h5py.File(path, "a") as f:
+        del f.attrs["defocus_A"]
+    plan = load_plan({"file_type": "phaser_plan", "version": 1, "raw_data": {"type": "hdf5", "path": str(path)},
+                      "engines": [{"type": "conventional", "niter": 1}]})
+    reg, notes = get_registry(), []
+    initial_state(plan, load_data(plan, reg, tmp_path), reg, tmp_path, notes=notes)
+    assert notes == ["the probe's defocus is 0 Å: neither the plan nor the data gave one, and the data's "
+                     "bright-field parallax shows none (near focus, too noisy, or not a raster scan); set "
+                     "init.probe.defocus_A if it is not"]

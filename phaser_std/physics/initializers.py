@@ -131,6 +131,10 @@ def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
             defocus = round(fit.defocus_A + 0.5 * thickness, 1)
             ctx.notes.append(f"the probe's defocus is {defocus:+.1f} Å, from the data's bright-field parallax "
                              f"(neither the plan nor the data gave one; set init.probe.defocus_A to choose)")
+        elif fit is None or not fit.resolved:
+            ctx.notes.append("the probe's defocus is 0 Å: neither the plan nor the data gave one, and the data's "
+                             "bright-field parallax shows none (near focus, too noisy, or not a raster scan); set "
+                             "init.probe.defocus_A if it is not")
     sampling = data.real_space_sampling_A()
     mean = _mean_pattern(data)
     soft = config.soft_edge_px
