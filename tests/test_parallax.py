@@ -31,8 +31,8 @@ def sims(tmp_path_factory):
 
 @pytest.mark.parametrize("defocus", [-200, -50, 50, 120])
 def test_parallax_reads_the_defocus_and_its_sign(sims, defocus):
-    """Measured: −189 / −50 / +49 / +123 Å (the largest defocus reads ~6% short: its probe
-    fills the 10 Å window)."""
+    """Measured: −185.2 / −49.3 / +47.0 / +119.8 Å (the largest defocus reads ~7% short: its
+    probe fills the 10 Å window)."""
     fit = parallax_fit(sims[defocus])
     assert fit.resolved and fit.orientation == "as recorded"
     assert fit.defocus_A == pytest.approx(defocus, rel=0.1)

@@ -145,16 +145,22 @@ class _Aligner:
 def disc_centre(mean_pattern: np.ndarray, valid: np.ndarray | None = None) -> tuple[float, float, int] | None:
     """The bright-field disc's centre (y, x) [px] in a mean pattern ``(Qy, Qx)`` (the
     centroid of its valid pixels above half the largest) and its size [px]; None without one."""
+    disc = _disc(mean_pattern, valid)
+    if disc is None:
+        return None
+    yy, xx = np.indices(disc.shape)
+    return float(yy[disc].mean()), float(xx[disc].mean()), int(disc.sum())
+
+
+def _disc(mean_pattern: np.ndarray, valid: np.ndarray | None) -> np.ndarray | None:
+    """The bright-field disc ``(Qy, Qx)`` bool: the valid pixels of a mean pattern above half
+    its largest; None with fewer than 7."""
     pac = np.nan_to_num(np.asarray(mean_pattern, dtype=np.float64))
     valid = np.ones(pac.shape, bool) if valid is None else np.asarray(valid, bool)
     if not valid.any() or not pac[valid].max() > 0:
         return None
     disc = valid & (pac > 0.5 * pac[valid].max())
-    if disc.sum() < 7:
-        return None
-    yy, xx = np.indices(pac.shape)
-    n = int(disc.sum())
-    return float(yy[disc].mean()), float(xx[disc].mean()), n
+    return disc if disc.sum() >= 7 else None
 
 
 def centre_note(mean_pattern: np.ndarray, valid: np.ndarray | None = None, tolerance_px: float = 0.5) -> str | None:
@@ -185,15 +191,15 @@ def _bright_field_bins(data: RawData, patterns: np.ndarray, bins_across: int) ->
     pac = np.where(valid, patterns.mean(axis=(0, 1), dtype=np.float64), 0.0)
     if not np.all(np.isfinite(pac)):
         return None
-    found = disc_centre(pac, valid)
-    if found is None:
+    disc = _disc(pac, valid)
+    if disc is None:
         return None
     # the disc's centre and radius [px]; bins well inside it: there every pixel's image is the
     # same defocus-contrast image, shifted (near the rim the aperture cuts one of the two
     # beams that interfere, and the images differ: in focus they are all that has contrast)
-    cy, cx, size = found
-    disc = valid & (pac > 0.5 * pac[valid].max())
-    radius = math.sqrt(size / math.pi)
+    yy, xx = np.nonzero(disc)
+    cy, cx = float(yy.mean()), float(xx.mean())
+    radius = math.sqrt(disc.sum() / math.pi)
     b = max(1, int(round(2.0 * radius / bins_across)))
     hy, hx = (qy // b) * b, (qx // b) * b
     cover = disc[:hy, :hx].reshape(hy // b, b, hx // b, b).mean(axis=(1, 3))

@@ -22,6 +22,7 @@ from phaser_core.backend import stream_seed
 from phaser_core.config import param
 from phaser_core.context import LoadContext
 from phaser_core.data import RawData
+from phaser_core.data import detector_mask as valid_pixels_of
 from phaser_core.errors import DataError
 
 from phaser_core.config import yx_int_pair as _int_pair
@@ -333,7 +334,7 @@ def _disc_centre(data: RawData) -> tuple[float, float]:
     (:func:`phaser_std.data.parallax.disc_centre`)."""
     from phaser_std.data.parallax import disc_centre
 
-    found = disc_centre(pacbed(data), data.mask)
+    found = disc_centre(pacbed(data), valid_pixels_of(data))
     if found is None:
         raise DataError("center_diffraction: no bright-field disc in the PACBED (method: disc); use method: com")
     return found[0], found[1]

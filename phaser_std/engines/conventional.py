@@ -109,13 +109,14 @@ class ConventionalEngine:
         group_step_fn = make_group_step(bk, solver, noise, props, probe_shape, chunk=None if per_position else chunk)
         # an argument of the compiled step, not a constant in it (make_group_step), placed
         # once where every lane reads it
-        props_arg = None if props is None else bk.share(props)
         if per_position:
             # the untilted propagators and the slice distances [Å], arguments like the global
             # ones (another thickness reuses the program); each group's tilts ramp them
             props_arg = (bk.share(make_propagators(bk, probe_shape, geometry.sampling_A, wavelength,
                                                    geometry.thicknesses_A, (0.0, 0.0), bandlimit)),
                          bk.share(slice_dz(bk, geometry.thicknesses_A)))
+        else:
+            props_arg = None if props is None else bk.share(props)
 
         def fused_step(obj_, probe_, patterns_, props_, rows, starts, frac, mask, hyper, update_object=True,
                        update_probe=True, update_positions=False, tilts=None):
@@ -169,11 +170,12 @@ class ConventionalEngine:
 
         def run_groups(it, indices, masks, starts, frac):
             def call(sel, patterns, rows):
-                tilts = bk.step_inputs(tilt[indices[sel]])[0] if per_position else None
+                # one transfer of the group inputs (the tilts too, for a tilt per position)
+                ins = bk.step_inputs(rows, starts[sel], frac[sel], masks[sel],
+                                     *((tilt[indices[sel]],) if per_position else ()))
                 live["obj"], live["probe"], losses, shifts = step(
-                    live["obj"], live["probe"], patterns, props_arg, *bk.step_inputs(rows, starts[sel], frac[sel],
-                                                                                      masks[sel]),
-                    cur["hyper"], tilts, **cur["flags"])
+                    live["obj"], live["probe"], patterns, props_arg, *ins[:4], cur["hyper"],
+                    ins[4] if per_position else None, **cur["flags"])
                 return losses, shifts
 
             # one call per block of groups (one block unless the patterns are streamed)

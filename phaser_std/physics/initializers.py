@@ -119,7 +119,7 @@ def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
         raise data.missing("energy_eV", "the beam energy [eV]", "raw_data.energy_eV")
     aberrations = config.aberrations if config.aberrations is not None else _data_aberrations(data)
     thickness = float(np.sum(ctx.thicknesses_A)) if ctx.thicknesses_A is not None else 0.0
-    fit = None
+    fit = _NOT_MEASURED
     if config.defocus_A is not None:
         defocus = config.defocus_A
     elif data.defocus_A is not None or "C10" in (aberrations or {}):
@@ -150,7 +150,8 @@ def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
         if note is not None:
             ctx.notes.append(f"warning: {note}")
     if config.check_parallax:
-        note = _parallax_note(data, float(defocus), aberrations, thickness, fit, ctx.scan_A)
+        fit = _parallax_fit(data, ctx.scan_A) if fit is _NOT_MEASURED else fit
+        note = _parallax_note(fit, float(defocus), aberrations, thickness)
         if note is not None:
             ctx.notes.append(f"warning: {note}")
     if config.focal_spread_A > 0:
@@ -160,6 +161,10 @@ def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
         modes = make_modes(probe_at(float(defocus)), config.n_modes, config.first_mode_power,
                            rng if config.n_modes > 1 else None)
     return ProbeState(data=_scale_to_data(modes, mean), sampling_A=tuple(float(s) for s in sampling))
+
+
+#: the parallax not fitted yet (None: fitted, and the data allow no fit)
+_NOT_MEASURED = object()
 
 
 def _centre_note(data: Any, mean_pattern: np.ndarray) -> str | None:
@@ -185,16 +190,14 @@ def _parallax_fit(data: Any, positions: Any = None) -> Any:
         return None
 
 
-def _parallax_note(data: Any, defocus_A: float, aberrations: dict | None, thickness_A: float = 0.0,
-                   fit: Any = None, positions: Any = None) -> str | None:
-    """The data's bright-field parallax (``fit``, or measured over the run's scan
-    ``positions``) against the probe's defocus [Å] (``C10`` of the aberrations included:
-    defocus = −C10) over an object ``thickness_A`` [Å] thick, the detector's orientation and
-    the scan's rotation (:func:`phaser_std.data.parallax.parallax_note`)."""
+def _parallax_note(fit: Any, defocus_A: float, aberrations: dict | None, thickness_A: float = 0.0) -> str | None:
+    """The data's bright-field parallax ``fit`` against the probe's defocus [Å] (``C10`` of
+    the aberrations included: defocus = −C10) over an object ``thickness_A`` [Å] thick, the
+    detector's orientation and the scan's rotation
+    (:func:`phaser_std.data.parallax.parallax_note`)."""
     from phaser_std.data.parallax import parallax_note
 
     ab = dict(aberrations or {})
-    fit = fit if fit is not None else _parallax_fit(data, positions)
     return parallax_note(fit, defocus_A - float(ab.get("C10", 0.0)), abs(float(ab.get("C12", 0.0))), thickness_A)
 
 
