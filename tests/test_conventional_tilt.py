@@ -1,6 +1,6 @@
-"""The conventional engines with a tilt per position and several slices: each group's
-propagators are built in its step. A uniform tilt per position runs as the same global
-tilt; a varying one is used (and numpy and jax agree)."""
+"""The conventional engines with a tilt per position and several slices: in each group's
+step the untilted propagators are multiplied by each position's tilt ramp. A uniform tilt
+per position runs as the same global tilt; a varying one is used (and numpy and jax agree)."""
 
 from __future__ import annotations
 
