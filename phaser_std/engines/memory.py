@@ -257,10 +257,10 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
                 and not joint)
     if chunk < z.b:
         # a chunk's working set, plus what is kept of the whole group between passes.
-        # LSQML: χ and the shifted probes (one slice), or χ, χ at the entrance and the waves
-        # entering every slice, the first of them the shifted probes (multislice), with the
-        # per-slice illumination (its probe-only step, in iterations without the object
-        # update, keeps χ at the entrance alone: less). ePIE: the waves entering every slice
+        # LSQML: χ, the shifted probes and their illumination (one slice), or χ, χ at the
+        # entrance and the waves entering every slice, the first of them the shifted probes
+        # (multislice; its probe-only step, in iterations without the object update, keeps
+        # χ at the entrance alone: less). ePIE: the waves entering every slice
         # and χ into and out of a slice's pass (multislice), or χ and the probes only to
         # refine positions.
         if config.solver.type == "epie" and z.s > 1:
@@ -268,7 +268,7 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
         elif config.solver.type == "epie":
             kept = 2 * z.wave() if getattr(config, "position_solver", None) is not None else 0
         else:
-            kept = (2 + (z.s if z.s > 1 else 0)) * z.wave() + z.b * z.s * z.p * z.r
+            kept = (2 + z.s) * z.wave() if z.s > 1 else 2 * z.wave() + z.b * z.p * z.r
         group = z.lanes * (z.phase("conv", chunk) + z.b * z.p * z.r) + kept
         name = (f"group step: {chunk} of B={z.b} positions at a time{' per lane' if z.lanes > 1 else ''}, "
                 f"the group's chi and slice waves kept (M={z.m} x {z.p} px)")
