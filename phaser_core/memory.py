@@ -37,7 +37,7 @@ import numpy as np
 from .config import env_enabled
 from .data import count_dtype
 from .errors import PhaserError
-from .state import unit_amplitude
+from .state import constant_unit_slices, unit_amplitude
 
 GiB = float(1 << 30)
 MiB = float(1 << 20)
@@ -185,9 +185,11 @@ def data_shape(data: Any) -> DataShape:
 def state_shapes(state: Any) -> dict:
     """``{"probe": (M, Ny, Nx), "object": (S, H, W), "scan": (N, 2), "tilt": (2,) or (N, 2)}`` of a ReconsState
     (engines choose their own dtype). The planner adds ``"probe_scaled"``: whether the
-    probe-scaling pass already ran before this engine, and ``"unit_object"``: whether the
+    probe-scaling pass already ran before this engine, ``"unit_object"``: whether the
     engine starts from the initial object and it has unit amplitude (one slice of it then
-    scales the probe without a forward pass)."""
+    scales the probe without a forward pass), and ``"vacuum_object"``: whether it starts
+    from an initial object whose slices are each one value of modulus 1 (any number of
+    slices then scale it without one)."""
     probe = tuple(int(v) for v in np.shape(state.probe.data))
     if len(probe) == 2:
         probe = (1, *probe)
@@ -253,11 +255,13 @@ def estimate_run(plan: Any, data: Any, state: Any, registry: Any, backend: str |
                        "a smaller object field (fewer slices, less padding)", "host"))
     engines = []
     # the probe-scaling pass runs once per run (the first engine that asks for it); on one
-    # slice of unit amplitude (the initial object, before any engine changed it) it needs
-    # no forward pass
+    # slice of unit amplitude, or on slices that are each one value of modulus 1 (a vacuum
+    # start), the initial object before any engine changed it, it needs no forward pass
     scaled = bool((getattr(state, "extra", None) or {}).get("probe_scaled", False))
-    # only a one-slice object can take the shortcut (an engine's slices start from it)
+    # a one-slice object of unit amplitude takes the shortcut on one slice only (split
+    # among an engine's slices, a random phase varies in each); a vacuum on any number
     unit = shapes["object"][0] == 1 and unit_amplitude(state.object.data)
+    vacuum = constant_unit_slices(state.object.data)
     grid = shapes["probe"][-2:]
     for num, spec in enumerate(plan.engines):
         engine = spec.build(registry)
@@ -268,7 +272,8 @@ def estimate_run(plan: Any, data: Any, state: Any, registry: Any, backend: str |
             shared_grid = Term(f"patterns resized to the engine's {grid[0]}x{grid[1]} grid (host copy)",
                                ds_e.n_patterns * grid[0] * grid[1] * ds_e.host_itemsize,
                                "no sim_shape, or crop or bin the data (post_load)", "host")
-        terms = _engine_terms(engine, ds_e, dict(shapes_e, probe_scaled=scaled, unit_object=unit and num == 0),
+        terms = _engine_terms(engine, ds_e, dict(shapes_e, probe_scaled=scaled, unit_object=unit and num == 0,
+                                                         vacuum_object=vacuum and num == 0),
                               dtype, backend)
         if terms is not None and (ds_e, shapes_e) != (ds, shapes):
             terms = [shared_grid, *terms]

@@ -75,6 +75,19 @@ def unit_amplitude(data: Any, tol: float = 1e-6) -> bool:
     return True
 
 
+def constant_unit_slices(obj_host: np.ndarray, tol: float = 1e-6) -> bool:
+    """Whether each slice of the host object ``(S, H, W)`` is one value of modulus 1 (within
+    ``tol``): a vacuum start. Row by row, as :func:`unit_amplitude`."""
+    for obj_slice in np.asarray(obj_host):
+        value = complex(obj_slice.flat[0])
+        if abs(abs(value) ** 2 - 1.0) > tol:
+            return False
+        for row in obj_slice:
+            if not np.all(np.abs(row.astype(np.complex128) - value) <= tol):
+                return False
+    return True
+
+
 @attrs.define(kw_only=True)
 class IterationCounters:
     """Where a run stands: engine index, iteration within it, iterations overall."""

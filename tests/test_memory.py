@@ -179,7 +179,10 @@ def tiny(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("memory")
     data = make_dataset(d / "tiny.h5", detector_shape=[32, 32], reciprocal_sampling_invA=0.2,
                         scan={"shape": [8, 8], "step_A": 0.6})
+    # a random-phase start: split among 2 slices it takes the probe-scaling pass (a vacuum
+    # would not, test_probe_scaling_pass_is_left_out_on_a_vacuum_of_any_slices)
     plan = {"file_type": "phaser_plan", "version": 1, "backend": "numpy", "raw_data": {"type": "hdf5", "path": data.name},
+            "init": {"object": {"type": "random"}},
             "engines": [{"type": "conventional", "niter": 1, "grouping": {"size": 16}, "solver": {"type": "lsqml"},
                          "probe_modes": 2, "slices": {"n": 2, "total_thickness_A": 20.0}}]}
     path = d / "plan.json"
@@ -254,7 +257,7 @@ def test_calibration_small_case_within_25_percent(tmp_path):
 
 
 def test_probe_scaling_pass_is_left_out_on_one_slice_of_unit_amplitude(tiny):
-    """One slice of the vacuum start scales the probe without a forward pass
+    """One slice of the random-phase start scales the probe without a forward pass
     (common.scale_probe_to_data), so there is no such term; two slices keep it."""
     d = json.loads(tiny.read_text())
     del d["engines"][0]["slices"]
@@ -264,6 +267,17 @@ def test_probe_scaling_pass_is_left_out_on_one_slice_of_unit_amplitude(tiny):
     assert not any(n.startswith("probe-scaling pass") for n in names)
     names = [t.name for t in estimate_plan(load_plan(tiny), plan_dir=tiny.parent).engines[0].terms]
     assert any(n.startswith("probe-scaling pass") for n in names)
+
+
+def test_probe_scaling_pass_is_left_out_on_a_vacuum_of_any_slices(tiny):
+    """A vacuum start stays a vacuum on every slice, whose probe scaling needs no forward
+    pass either (what the band limit keeps of the probe, common.scale_probe_to_data)."""
+    d = json.loads(tiny.read_text())
+    d["init"]["object"] = {"type": "vacuum"}
+    path = tiny.parent / "vacuum.json"
+    path.write_text(json.dumps(d))
+    names = [t.name for t in estimate_plan(load_plan(path), plan_dir=tiny.parent).engines[0].terms]
+    assert not any(n.startswith("probe-scaling pass") for n in names)
 
 
 def test_probe_scaling_pass_counts_only_for_the_first_engine(tiny):

@@ -204,8 +204,9 @@ def _common_terms(config: Any, z: Sizes, family: str = "conv", state_shapes: dic
     ]
     dry = (0, "")
     given = state_shapes or {}
-    # one slice of unit amplitude scales the probe without a forward pass (scale_probe_to_data)
-    shortcut = z.s == 1 and given.get("unit_object", False)
+    # one slice of unit amplitude, or a vacuum on any number of slices, scales the probe
+    # without a forward pass (scale_probe_to_data)
+    shortcut = (z.s == 1 and given.get("unit_object", False)) or given.get("vacuum_object", False)
     if getattr(config, "scale_probe", False) and not given.get("probe_scaled", False) and not shortcut:
         b = min(dry_run_batch(), z.n)
         # on jax the pass gathers each slice's views inside its compiled loop (forward_intensity;
