@@ -105,14 +105,15 @@ def test_chunked_multislice_group_term_counts_the_kept_slice_waves(solver):
     position, so chunks of 8 under the 16 MiB budget) hold a chunk's working set plus what
     they keep of the group between passes: ePIE the waves entering the 3 slices and χ into
     and out of a pass (5 waves); LSQML χ, χ at the entrance and the 3 slices' waves (5
-    waves; the slices' illumination is taken again from them, not kept: NOTES.md 77)."""
+    waves) and the slices' illumination."""
     from phaser_core.config import ConventionalSolverSpec
 
     spec = ConventionalSolverSpec(solver)
     whole_8 = _group_term(_conv(size=8, modes=4, slices=3, solver=spec))
     chunked = _group_term(_conv(size=256, modes=4, slices=3, chunk=None, solver=spec))
     wave, pixels = 256 * 4 * 128 * 128 * 8, 256 * 128 * 128 * 4
-    assert chunked == whole_8 + 5 * wave + pixels
+    illumination = 3 * pixels if solver == "lsqml" else 0
+    assert chunked == whole_8 + 5 * wave + illumination + pixels
 
 
 def test_object_and_optimizer_terms_scale_with_slices():

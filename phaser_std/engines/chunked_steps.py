@@ -54,8 +54,7 @@ from phaser_std.physics.forward import (
 
 __all__ = ["lsqml_single_slice_chunked", "lsqml_multislice_chunked", "epie_single_slice_chunked",
            "epie_multislice_chunked",
-           "inner_products", "solve_2x2", "step_references", "joint_step_reference", "group_mean",
-           "regularised_step"]
+           "inner_products", "solve_2x2", "step_references", "group_mean", "regularised_step"]
 
 
 def _unsplit(a: Any) -> Any:
@@ -138,6 +137,21 @@ def epie_step_norm(xp: Any, illum_map: Any, peak: Any = None) -> Any:
     if peak is None:
         return xp.max(illum_map) + 1e-30
     return xp.maximum(illum_map, peak) + 1e-30
+
+
+def _weighted_illumination(bk: Any, shape: tuple, starts: Any, alpha: Any, illums: Any) -> Any:
+    """Σ_b α_b·illum_b scattered into an object-shaped real map ``shape``, chunk by chunk
+    (the inputs split into chunks: ``starts`` ``(n, C, 2)``, ``alpha`` ``(n, C)``, ``illums``
+    ``(n, C, S, Ny, Nx)``): LSQML's illumination-weighted object step. In chunks, so the
+    illuminations kept per chunk stay where :meth:`sum_scan` computed them."""
+    xp = bk.xp
+
+    def add(carry, x):
+        st, a, il = x
+        return (add_views(bk, carry[0], st, a[:, None, None, None] * il),), {}
+
+    (weight,), _ = bk.sum_scan(add, (xp.zeros(shape, dtype=bk.real_dtype),), (starts, alpha, illums))
+    return weight
 
 
 def _single_slice_sums(bk: Any, noise: Any, obj: Any, probe: Any, measured: Any, starts: Any, frac: Any,
@@ -241,22 +255,6 @@ def step_references(xp: Any, direction: Any, illum_map: Any, pdir: Any, pden: An
     return ref_a, ref_b
 
 
-def joint_step_reference(xp: Any, directions: Any, illum_maps: Any, pdir: Any, pden: Any, n_valid: Any) -> Any:
-    """The reference of the multislice joint step's regularisation γ·ref: the mean over
-    the group's valid positions of what each direction alone would put in Σ|d|² (the
-    slices' ``directions`` against their illumination maps, each ``(S, H, W)`` or a
-    sequence of S ``(H, W)``; the probe's ``pdir`` against ``pden``; as
-    :func:`step_references`), leaving out the terms between
-    directions that the propagation through the slices mixes. Known when the directions
-    are, so each position's step is taken in the same pass that carries its direction to
-    the exit plane, without waiting for every position of the group (``benchmarks/NOTES.md``
-    77). With the default γ = 1e-6 it only keeps 0/0 away."""
-    terms = sum(xp.sum(abs2(xp, d) * im) for d, im in zip(directions, illum_maps))
-    if pdir is not None:
-        terms = terms + xp.sum(xp.sum(abs2(xp, pdir), axis=0) * pden)
-    return terms / n_valid
-
-
 def regularised_step(xp: Any, num: Any, den: Any, gamma: float, ref: Any) -> Any:
     """num / (den + γ·ref): one direction's least-squares step, ``ref`` the group's mean of
     ``den`` over its valid positions."""
@@ -324,12 +322,10 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
 
     Part 1 per chunk: forward through the slices, χ, and χ back through them, adding each
     slice's numerator and illumination maps and the probe numerator; the waves entering
-    the slices are kept. On the group: the slices' and the probe's directions and the
-    steps' regularisation reference (:func:`joint_step_reference`). Part 2 per chunk: the
-    combined direction carried to the exit plane (linearised multislice), each position's
-    least-squares step, and its illumination, so weighted, added to the object step's
-    weight map. On the group: the object and probe updates. As ``LsqmlSolver.sweep`` with
-    ``multislice: joint``."""
+    the slices are kept. On the group: the slices' and the probe's directions. Part 2 per
+    chunk: the combined direction carried to the exit plane (linearised multislice) and the
+    two sums of each position's least-squares step. On the group: the steps, the object
+    and probe updates. As ``LsqmlSolver.sweep`` with ``multislice: joint``."""
     xp = bk.xp
     cfg = solver.config
     shape = probe.shape[-2:]
@@ -361,9 +357,8 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
         illum_maps = add_views(bk, illum_maps, st, illums)
         if update_probe:
             pnum_k, pden = _add_probe_sums(bk, pnum_k, pden, views[:, 0], g, fr, mm)
-        # one kept array per slice: stacking them would copy the group's waves once more;
-        # the illuminations are not kept (part 2 reads the waves and takes them again)
-        kept = {"chi": chi, "chi0": g, **{f"psi{i}": psis[i] for i in range(n_slices)}}
+        # one kept array per slice: stacking them would copy the group's waves once more
+        kept = {"chi": chi, "chi0": g, "illums": illums, **{f"psi{i}": psis[i] for i in range(n_slices)}}
         return (num_maps, illum_maps, pnum_k, pden, loss, n_valid + xp.sum(m)), kept
 
     (num_maps, illum_maps, pnum_k, pden, loss, n_valid), kept = bk.sum_scan(
@@ -374,12 +369,8 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
     if update_probe:
         pdir = _ifft2_pair(bk, pnum_k) / (pden + cfg.illum_reg_probe * xp.max(pden) + 1e-30)
 
-    n_valid = xp.maximum(n_valid, 1.0)
-    ref = joint_step_reference(xp, directions, illum_maps, pdir, pden, n_valid)
-
     def carried(carry, x):
-        weight, alpha_sum = carry
-        ch, ps, st, fr, m = x
+        ch, ps, st, fr = x
         views = get_views(bk, obj, st, shape)
         d_views = get_views(bk, directions, st, shape)
         d_wave = shift_probes(bk, pdir, fr) if update_probe else xp.zeros_like(ps[0])
@@ -388,21 +379,20 @@ def lsqml_multislice_chunked(bk: Any, solver: Any, noise: Any, obj: Any, probe: 
             if i < n_slices - 1:
                 d_wave = propagate(bk, d_wave, props[i])
         axes = (1, 2, 3)
-        num = xp.sum(xp.real(ch * xp.conj(d_wave)), axis=axes)
-        alpha = xp.clip(regularised_step(xp, num, xp.sum(abs2(xp, d_wave), axis=axes), cfg.gamma, ref),
-                        0.0, None) * m
-        illums = xp.stack([xp.sum(abs2(xp, ps[i]), axis=1) for i in range(n_slices)], axis=1)
-        weight = add_views(bk, weight, st, alpha[:, None, None, None] * illums)
-        return (weight, alpha_sum + xp.sum(alpha)), {}
+        return carry, {"num": xp.sum(xp.real(ch * xp.conj(d_wave)), axis=axes),
+                       "den": xp.sum(abs2(xp, d_wave), axis=axes)}
 
     psis = tuple(kept[f"psi{i}"] for i in range(n_slices))  # psi0: the shifted probes
-    (weight, alpha_sum), _ = bk.sum_scan(
-        carried, (xp.zeros(obj.shape, dtype=bk.real_dtype), xp.zeros((), dtype=bk.real_dtype)),
-        (kept["chi"], psis, split(starts), split(frac), split(mask_f)))
+    _, sums = bk.sum_scan(carried, (), (kept["chi"], psis, split(starts), split(frac)))
+    num, den = sums["num"].reshape(-1), sums["den"].reshape(-1)
+    n_valid = xp.maximum(n_valid, 1.0)
+    alpha = xp.clip(regularised_step(xp, num, den, cfg.gamma, xp.sum(den * mask_f) / n_valid), 0.0, None) * mask_f
+    weight = _weighted_illumination(bk, obj.shape, split(starts), split(alpha), kept["illums"])
     new_obj = obj + solver.beta_object * (weight / (illum_maps + 1e-30)) * directions
     new_probe = probe
     if update_probe:
-        new_probe = probe + solver.beta_probe * (alpha_sum / n_valid) * pdir
+        step = xp.sum(alpha) / n_valid
+        new_probe = probe + solver.beta_probe * step * pdir
     return new_obj, new_probe, loss, _unsplit(kept["chi0"]), _unsplit(kept["psi0"])
 
 

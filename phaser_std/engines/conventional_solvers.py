@@ -32,8 +32,7 @@ import attrs
 from phaser_core.config import Schedulable, in_range, param, schedule_value
 from phaser_std.engines.chunking import has_chunked_step
 from phaser_std.engines.chunked_steps import (epie_multislice_chunked, epie_single_slice_chunked, epie_step_norm,
-                                              group_mean, inner_products, joint_step_reference,
-                                              lsqml_multislice_chunked,
+                                              group_mean, inner_products, lsqml_multislice_chunked,
                                               lsqml_multislice_probe_chunked, lsqml_single_slice_chunked,
                                               regularised_step, solve_2x2)
 from phaser_std.physics.forward import (
@@ -89,8 +88,7 @@ class LsqmlConfig:
     illum_reg_probe: float = param(0.1, doc="δ_P: added to Σ|O|², as a fraction of its maximum",
                                    validator=in_range(0))
     gamma: float = param(1e-6, doc="regularises the optimal-step denominators, relative to their mean "
-                         "over the group's positions (multislice: the mean of each direction's own "
-                         "term)", validator=in_range(0))
+                         "over the group's positions", validator=in_range(0))
     multislice: str = param("joint", doc="'joint': one step for all slices and the probe along their "
                             "combined direction; 'sequential': slice by slice from the exit, each taking "
                             "what the later ones left", validator=attrs.validators.in_(("joint", "sequential")))
@@ -332,9 +330,8 @@ class LsqmlSolver(ConventionalSolver):
         adjoint propagator); each slice's direction is its gradient divided by its
         illumination. One linearised forward pass carries all directions (objects and
         probe) to the exit plane, and each position's step α is the least-squares fit of
-        χ there (Odstrčil et al. 2018, eq. 23 with one combined direction), regularised by
-        γ times :func:`joint_step_reference`. Slices share the correction instead of the
-        last slice taking all of it.
+        χ there (Odstrčil et al. 2018, eq. 23 with one combined direction). Slices share
+        the correction instead of the last slice taking all of it.
         """
         n_slices = views.shape[1]
         if n_slices == 1 or not update_object or self.config.multislice == "sequential":
@@ -366,13 +363,7 @@ class LsqmlSolver(ConventionalSolver):
             d_wave = d_wave * views[:, i][:, None] + d_view[:, None] * psis[i]
             if i < n_slices - 1:
                 d_wave = propagate(bk, d_wave, _prop_for_slice(props, i))
-        n_valid = xp.maximum(xp.sum(mask), 1.0)
-        pden = xp.sum(abs2(xp, views[:, 0]) * m, axis=0) if update_probe else None
-        ref = joint_step_reference(xp, directions, illum_maps, pdir, pden, n_valid)
-        axes = (1, 2, 3)
-        num = xp.sum(xp.real(chi * xp.conj(d_wave)), axis=axes)
-        alpha = xp.clip(regularised_step(xp, num, xp.sum(abs2(xp, d_wave), axis=axes), cfg.gamma, ref),
-                        0.0, None) * mask
+        alpha = xp.clip(_optimal_step(xp, chi, d_wave, cfg.gamma, mask), 0.0, None) * mask
         new_slices = []
         for i in range(n_slices):
             weight = add_views(bk, xp.zeros(obj[i].shape, dtype=bk.real_dtype), starts,
@@ -381,7 +372,8 @@ class LsqmlSolver(ConventionalSolver):
             new_slices.append(obj[i] + self.beta_object * weight * directions[i])
         new_probe = probe
         if update_probe:
-            new_probe = probe + self.beta_probe * (xp.sum(alpha) / n_valid) * pdir
+            alpha_mean = xp.sum(alpha) / xp.maximum(xp.sum(mask), 1.0)
+            new_probe = probe + self.beta_probe * alpha_mean * pdir
         return xp.stack(new_slices, axis=0), new_probe, chi0
 
     def probe_update(self, bk, probe, frac, o0, chi0, mask, probe_step=None):

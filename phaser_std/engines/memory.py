@@ -59,8 +59,11 @@ CONSTANTS: dict[str, dict[str, float]] = {
         # constant, and a term per slice only for LSQML's joint step, which unrolls them
         # (measured at 3, 8 and 20 slices, session 12, where 19 MiB a slice for all had
         # given 1.3-2.7x: ePIE 255 / 241 MiB at 8 / 20 slices, the gradient engine, whose
-        # autodiff step unrolls them too, 260 / 248, LSQML 303 / 381)
-        "overhead_MiB": 119.0, "compile_multislice_MiB": 2.0, "compile_unrolled_slice_MiB": 8.0,
+        # autodiff step unrolls them too, 260 / 248, LSQML 303 / 381). Since a vacuum start
+        # scales the probe without a forward pass (NOTES.md 78) no dry-run program compiles,
+        # and its term no longer stands in for the iteration program's compile: the
+        # multislice constant refitted to session 21's runs (2 -> 32 MiB, memcal-jax-s21.json)
+        "overhead_MiB": 119.0, "compile_multislice_MiB": 32.0, "compile_unrolled_slice_MiB": 8.0,
         "grad_overhead_MiB": 0.00,
         # the probe-scaling pass is compiled (one program per batch shape)
         "dry_slice_waves": 0.38, "dry_waves": 1.38, "dry_pixels": 3.45,
@@ -258,10 +261,10 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
                 and not joint)
     if chunk < z.b:
         # a chunk's working set, plus what is kept of the whole group between passes.
-        # LSQML: χ, the shifted probes and their illumination (one slice), or χ, χ at the
-        # entrance and the waves entering every slice, the first of them the shifted probes
-        # (multislice; its probe-only step, in iterations without the object update, keeps
-        # χ at the entrance alone: less). ePIE: the waves entering every slice
+        # LSQML: χ and the shifted probes (one slice), or χ, χ at the entrance and the waves
+        # entering every slice, the first of them the shifted probes (multislice), with the
+        # per-slice illumination (its probe-only step, in iterations without the object
+        # update, keeps χ at the entrance alone: less). ePIE: the waves entering every slice
         # and χ into and out of a slice's pass (multislice), or χ and the probes only to
         # refine positions.
         if config.solver.type == "epie" and z.s > 1:
@@ -269,7 +272,7 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
         elif config.solver.type == "epie":
             kept = 2 * z.wave() if getattr(config, "position_solver", None) is not None else 0
         else:
-            kept = (2 + z.s) * z.wave() if z.s > 1 else 2 * z.wave() + z.b * z.p * z.r
+            kept = (2 + (z.s if z.s > 1 else 0)) * z.wave() + z.b * z.s * z.p * z.r
         group = z.lanes * (z.phase("conv", chunk) + z.b * z.p * z.r) + kept
         name = (f"group step: {chunk} of B={z.b} positions at a time{' per lane' if z.lanes > 1 else ''}, "
                 f"the group's chi and slice waves kept (M={z.m} x {z.p} px)")
