@@ -261,3 +261,26 @@ class BaseBackend:
     def synchronize(self, x: Any = None) -> Any:
         """Wait for pending device work (for timing); returns ``x``."""
         return x
+
+
+def _registered(name: str, registry: Any) -> str:
+    """``name``, or numpy for ``auto`` when ``registry`` has no ``auto`` (a host
+    application's own registry)."""
+    return "numpy" if name == "auto" and ("backend", "auto") not in registry else name
+
+
+def build_backend(name: str, dtype: str, registry: Any) -> Any:
+    """The backend a plan's ``backend: name`` runs on, built from ``registry`` for the dtype
+    name. ``auto`` (the plan's default) is the bundled plugin's choice of the fastest
+    installed backend; a registry without it runs numpy."""
+    return registry.get("backend", _registered(name, registry)).obj(dtype)
+
+
+def concrete_backend_name(name: str, dtype: str, registry: Any) -> str:
+    """The name of the backend :func:`build_backend` gives for ``backend: name``: ``name``
+    itself, or for ``auto`` the one it picks on this machine, so that a run's ``plan.yaml``,
+    its resume and the memory planner name what really runs."""
+    name = _registered(name, registry)
+    if name != "auto":
+        return name
+    return str(registry.get("backend", name).obj(dtype).name)

@@ -283,6 +283,7 @@ def _default_out_dir(name: str) -> Path:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .backend import concrete_backend_name
     from .plan import dump_plan, load_plan
 
     registry = get_registry()
@@ -322,6 +323,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if holds_previous_run(out_dir):
             raise PhaserError(f"{out_dir} holds a previous run: continue it with `phaser run --resume "
                               f"{out_dir}`, or choose another --out")
+    backend = concrete_backend_name(plan.backend, plan.dtype, registry)
+    if backend != plan.backend:  # `auto`: the run's plan.yaml (and its resume) names the pick
+        if not args.quiet:
+            _err().print(f"backend {plan.backend}: {backend}")
+        plan = attrs.evolve(plan, backend=backend)
     out_dir.mkdir(parents=True, exist_ok=True)
     dump_plan(plan, out_dir / "plan.yaml", registry,
               header=f"resolved plan written by phaser run\n{PLAN_DIR_HEADER}{plan_dir.resolve()}")

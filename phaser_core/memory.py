@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import attrs
 import numpy as np
 
+from .backend import build_backend, concrete_backend_name
 from .config import env_enabled
 from .data import count_dtype
 from .errors import PhaserError
@@ -244,7 +245,7 @@ def on_detector_grid(ds: DataShape, shapes: dict, grid: tuple[int, int]) -> tupl
 
 def estimate_run(plan: Any, data: Any, state: Any, registry: Any, backend: str | None = None) -> MemoryEstimate:
     """The estimate for ``plan`` given its loaded ``data`` and initial ``state`` (host)."""
-    backend = backend or str(plan.backend)
+    backend = backend or concrete_backend_name(str(plan.backend), str(plan.dtype), registry)
     dtype = str(plan.dtype)
     ds = data_shape(data)
     shapes = state_shapes(state)
@@ -469,7 +470,7 @@ def measure_peak(plan_path: str | Path) -> dict:
     registry = get_registry()
     path = Path(plan_path)
     plan = load_plan(path, registry=registry)
-    bk = registry.get("backend", plan.backend).obj(plan.dtype)
+    bk = build_backend(plan.backend, plan.dtype, registry)
     bk.synchronize(bk.xp.sum(bk.asarray(np.ones(4, dtype=np.float32))))  # the runtime is up
     reset = True
     try:

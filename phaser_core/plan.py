@@ -133,7 +133,8 @@ class Plan:
     file_type: str = param(FILE_TYPE, doc="always 'phaser_plan'")
     version: int = param(CURRENT_VERSION, doc="plan format version")
     name: str = param("phaser", doc="run name")
-    backend: str = param("numpy", doc="compute backend (numpy, jax, cupy or any registered backend)")
+    backend: str = param("auto", doc="compute backend: auto (the fastest installed: jax on a GPU, else cupy "
+                         "on a CUDA GPU, else jax, else numpy), numpy, jax, cupy or any registered backend")
     dtype: str = param("float32", doc="real dtype: float32 or float64")
     seed: int = param(0, doc="seed of every random stream")
     raw_data: LoaderSpec = param(doc="the raw-data loader")
@@ -607,8 +608,8 @@ def _raw_checks(doc: Mapping, registry: Any) -> list[Issue]:
     dtype = doc.get("dtype", "float32")
     if isinstance(dtype, str) and dtype not in DTYPES:
         issues.append(Issue(f"expected one of {', '.join(DTYPES)}, got {dtype!r}", rel=("dtype",)))
-    backend = doc.get("backend", "numpy")
-    if isinstance(backend, str) and ("backend", backend) not in registry:
+    backend = doc.get("backend", "auto")
+    if isinstance(backend, str) and backend != "auto" and ("backend", backend) not in registry:
         issues.append(Issue(registry.unknown_message("backend", backend), rel=("backend",)))
     return issues
 

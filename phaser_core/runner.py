@@ -2,8 +2,8 @@
 
 :func:`run_plan` is what ``phaser run`` calls. The flow:
 
-1. Build the backend ``registry.get("backend", plan.backend).obj(plan.dtype)`` and the
-   observers: ``output`` (when there is an output folder), ``logger``, ``progress`` (unless
+1. Build the backend (:func:`~phaser_core.backend.build_backend`; ``auto``: the fastest
+   installed) and the observers: ``output`` (when there is an output folder), ``logger``, ``progress`` (unless
    ``quiet``), then ``plan.observers``, then the ``observers`` argument.
 2. ``before_run``; load ``plan.raw_data`` and apply ``plan.post_load`` in order.
 3. The initial state: on ``resume`` the newest of ``DIR/checkpoint.h5`` and
@@ -44,6 +44,7 @@ from typing import Any, Iterator
 import attrs
 import numpy as np
 
+from .backend import build_backend
 from .context import InitContext, LoadContext, RunContext
 from .data import check_finite, few_counts_warning
 from .errors import PhaserError, StateFileError
@@ -298,7 +299,7 @@ def run_plan(plan: Any, *, out_dir: Path | None = None, registry: Any = None, re
     if replaces_previous and not overwrite:
         raise PhaserError(f"{out_dir} holds a previous run: continue it with run_plan(..., resume=True), "
                           "start afresh with overwrite=True, or choose another out_dir")
-    backend = registry.get("backend", plan.backend).obj(plan.dtype)
+    backend = build_backend(plan.backend, plan.dtype, registry)
     obs = build_observers(plan, registry, out_dir=out_dir, quiet=quiet, extra=observers)
     ctx = RunContext(backend=backend, registry=registry, observers=obs, seed=int(plan.seed), out_dir=out_dir,
                      engine_num=0, plan=plan)

@@ -245,12 +245,12 @@ class _Importer:
             self.note(("name",), "no name; ours defaults to 'phaser'")
         backend = doc.get("backend")
         if backend is None:
-            self.note(("backend",), "automatic backend choice (jax, else cupy, else numpy) is not available here; "
-                                    "numpy is used unless `phaser run --backend` says otherwise")
+            # its automatic choice is ours by default (`auto`, which puts a GPU first)
+            out["backend"] = "auto"
         elif str(backend).lower() in _BACKENDS:
             out["backend"] = _BACKENDS[str(backend).lower()]
         else:
-            self.note(("backend",), f"unknown backend {backend!r}; dropped (numpy)")
+            self.note(("backend",), f"unknown backend {backend!r}; dropped (auto: the fastest installed)")
         if doc.get("dtype") is not None:
             if doc["dtype"] in ("float32", "float64"):
                 out["dtype"] = doc["dtype"]

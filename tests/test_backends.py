@@ -447,3 +447,73 @@ print("cache hits", len(hits))
     env = dict(os.environ, PHASER_CACHE_DIR=str(off), PHASER_JAX_CACHE="0")
     subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
     assert not off.exists()
+
+
+# -- backend: auto (the plan's default) ----------------------------------------------------
+
+
+class _Device:
+    def __init__(self, platform):
+        self.platform = platform
+
+
+class _Fake:
+    def __init__(self, name, platform="cpu"):
+        self.name, self.device = name, _Device(platform)
+
+
+def _unavailable(dtype="float32"):
+    raise BackendUnavailable("not here")
+
+
+@pytest.mark.parametrize("jax_on, cupy_ok, want", [
+    ("gpu", True, "jax"),     # jax on a GPU first
+    ("cpu", True, "cupy"),    # a CPU-only jax does not leave a CUDA GPU idle
+    ("cpu", False, "jax"),    # no GPU: jax's compiled steps on the CPU
+    (None, True, "cupy"),
+    (None, False, "numpy"),   # nothing else installed
+])
+def test_auto_picks_the_fastest_installed_backend(monkeypatch, jax_on, cupy_ok, want):
+    import phaser_std.backends as backends
+
+    monkeypatch.setattr(backends, "_jax", (lambda dtype="float32": _Fake("jax", jax_on)) if jax_on else _unavailable)
+    monkeypatch.setattr(backends, "_cupy", (lambda dtype="float32": _Fake("cupy", "gpu")) if cupy_ok else _unavailable)
+    monkeypatch.setattr(backends, "_numpy", lambda dtype="float32": _Fake("numpy"))
+    assert backends._auto("float32").name == want
+
+
+def test_auto_on_this_machine_and_the_plan_default():
+    """Here: jax when it imports (the test extra installs it), else numpy; a plan without
+    `backend` runs on it, and a registry without `auto` (a host application's) on numpy."""
+    from phaser_core.backend import build_backend, concrete_backend_name
+    from phaser_core.plan import Plan
+
+    try:
+        import jax  # noqa: F401
+        want = "jax" if jax.default_backend() == "cpu" else None
+    except ImportError:
+        want = "numpy"
+    registry = get_registry()
+    got = build_backend("auto", "float32", registry)
+    if want is not None:
+        assert got.name == want
+    assert concrete_backend_name("auto", "float32", registry) == got.name
+    assert concrete_backend_name("numpy", "float32", registry) == "numpy"
+    assert attrs_default(Plan, "backend") == "auto"
+
+    class _NoAuto:
+        def __contains__(self, key):
+            return key != ("backend", "auto")
+
+        def get(self, kind, name):
+            assert (kind, name) == ("backend", "numpy")
+            return type("Entry", (), {"obj": staticmethod(lambda dtype: _Fake("numpy"))})
+
+    assert build_backend("auto", "float32", _NoAuto()).name == "numpy"
+    assert concrete_backend_name("auto", "float32", _NoAuto()) == "numpy"
+
+
+def attrs_default(cls, name):
+    import attrs
+
+    return next(f.default for f in attrs.fields(cls) if f.name == name)

@@ -194,6 +194,7 @@ def test_run_writes_resolved_plan_and_calls_runner(fake_registry, fake_runner, t
     assert kwargs["plan_dir"] == plan_path.parent.resolve() and kwargs["registry"] is fake_registry
     written = load_plan(out / "plan.yaml", registry=fake_registry)
     assert written == plan
+    assert plan.backend == "numpy"  # no `backend`: auto, which a registry without it runs on numpy
     # resume: reads DIR/plan.yaml, keeps the original plan directory, --backend overrides
     rc = cli.main(["run", "--resume", str(out), "--backend", "other", "--quiet"])
     assert rc == 0
@@ -202,6 +203,23 @@ def test_run_writes_resolved_plan_and_calls_runner(fake_registry, fake_runner, t
     assert attrs.evolve(plan2, backend=plan.backend) == plan
     assert kwargs2["resume"] is True and kwargs2["out_dir"] == out
     assert kwargs2["plan_dir"] == plan_path.parent.resolve()
+
+
+def test_run_records_the_backend_auto_picks(fake_runner, tmp_path, capsys):
+    """A plan without `backend` (auto) runs on the fastest installed backend, and the run's
+    plan.yaml names it, so a resume on this machine runs the same."""
+    from phaser_core.backend import build_backend
+    from phaser_core.registry import get_registry
+
+    set_registry(None)
+    want = build_backend("auto", "float32", get_registry()).name
+    plan_path = tmp_path / "plan.yaml"
+    plan_path.write_text(MINIMAL_PLAN)
+    assert cli.main(["run", str(plan_path), "--out", str(tmp_path / "out")]) == 0
+    (plan, _), = fake_runner
+    assert plan.backend == want
+    assert load_plan(tmp_path / "out" / "plan.yaml").backend == want
+    assert f"backend auto: {want}" in capsys.readouterr().err
 
 
 def test_run_invalid_plan_no_traceback(fake_registry, fake_runner, tmp_path, capsys):

@@ -59,7 +59,7 @@ def engine_plan(engine_body: str, extra: str = "") -> str:
 def test_minimal_plan_gets_every_default(registry):
     plan = load_plan(MINIMAL_PLAN, registry=registry)
     assert isinstance(plan, Plan)
-    assert plan.backend == "numpy" and plan.dtype == "float32" and plan.seed == 0
+    assert plan.backend == "auto" and plan.dtype == "float32" and plan.seed == 0
     assert plan.raw_data.type == "hdf5" and plan.raw_data.config.path == "data.h5"
     (engine,) = plan.engines
     assert isinstance(engine, EngineSpec) and isinstance(engine.config, ConventionalConfig)

@@ -253,6 +253,17 @@ def test_defocus_sign_flips():
     assert plan["init"]["probe"] == {"type": "focused", "conv_angle_mrad": 21.0, "defocus_A": -150.0}
 
 
+def test_automatic_backend_stays_automatic():
+    """phaserEM's `backend: null` picks jax, else cupy, else numpy; ours is `auto` (a GPU first)."""
+    doc = {k: v for k, v in EXAMPLES["mos2_lsqml"].items() if k != "backend"}
+    plan, notes = _convert(doc)
+    assert plan["backend"] == "auto" and not _has(notes, "backend")
+    plan, _ = _convert({**doc, "backend": None})
+    assert plan["backend"] == "auto"
+    plan, notes = _convert({**doc, "backend": "tpu"})
+    assert "backend" not in plan and _has(notes, "unknown backend")
+
+
 def test_raster_rotation_sign_flips():
     doc = {**EXAMPLES["mos2_epie"], "init": {"scan": {"type": "raster", "shape": [32, 48], "step_size": 0.5,
                                                       "rotation": 12.5}}}

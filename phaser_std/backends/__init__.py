@@ -52,7 +52,27 @@ def _cupy(dtype: str = "float32"):
     return CupyBackend(dtype)
 
 
+def _auto(dtype: str = "float32"):
+    """The fastest backend this machine has: jax on a GPU, else cupy on a CUDA GPU, else
+    jax on the CPU (its compiled steps, on every core: 3-6x numpy's speed), else numpy.
+    The published phaser's automatic choice is jax, then cupy, then numpy; a GPU comes first
+    here, so a CPU-only jax beside a working cupy does not leave the GPU idle."""
+    try:
+        jax_backend = _jax(dtype)
+    except BackendUnavailable:
+        jax_backend = None
+    if jax_backend is not None and jax_backend.device.platform != "cpu":
+        return jax_backend
+    try:
+        return _cupy(dtype)
+    except BackendUnavailable:
+        pass
+    return jax_backend if jax_backend is not None else _numpy(dtype)
+
+
 def register_all(register) -> None:
+    register("auto", _auto, doc="the fastest installed: jax on a GPU, else cupy on a CUDA GPU, else jax, "
+                                "else numpy (the plan's default).")
     register("numpy", _numpy, doc="CPU arrays with numpy (the reference backend).")
     register("jax", _jax, doc="jax arrays on CPU or GPU, compiled with jax.jit (extra: [jax]).")
     register("cupy", _cupy, doc="cupy arrays on a CUDA GPU (extra: [cupy]).")
