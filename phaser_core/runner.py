@@ -3,8 +3,8 @@
 :func:`run_plan` is what ``phaser run`` calls. The flow:
 
 1. Build the backend (:func:`~phaser_core.backend.build_backend`; ``auto``: the fastest
-   installed) and the observers: ``output`` (when there is an output folder), ``logger``, ``progress`` (unless
-   ``quiet``), then ``plan.observers``, then the ``observers`` argument.
+   installed) and the observers: ``output`` (when there is an output folder), ``logger``,
+   ``progress`` (unless ``quiet``), then ``plan.observers``, then the ``observers`` argument.
 2. ``before_run``; load ``plan.raw_data`` and apply ``plan.post_load`` in order.
 3. The initial state: on ``resume`` the newest of ``DIR/checkpoint.h5`` and
    ``DIR/final.h5``; else the state file ``plan.init.state``; else the scan, probe and object
