@@ -93,7 +93,14 @@ class RawData:
         return count_dtype(self.patterns)
 
 
-def count_dtype(patterns: np.ndarray, block: int = 1 << 24) -> np.dtype | None:
+#: values a block of the pattern checks reads at a time: 4 MiB of float32, so that the
+#: several passes of a check over one block run in the cache; 64 MiB blocks took 13-16x as
+#: long (0.22 against 0.014-0.017 s for 144 MiB of patterns, their temporaries' fresh pages
+#: and the memory traffic; benchmarks/NOTES.md 82)
+CHECK_BLOCK = 1 << 20
+
+
+def count_dtype(patterns: np.ndarray, block: int = CHECK_BLOCK) -> np.dtype | None:
     """The unsigned integer dtype that holds ``patterns`` exactly when every value is a
     whole number of electrons in [0, 65535] (counted data): uint8 up to 255 counts, else
     uint16; None for other data. Checked ``block`` values at a time, so that the check
@@ -109,7 +116,7 @@ def count_dtype(patterns: np.ndarray, block: int = 1 << 24) -> np.dtype | None:
     return np.dtype(np.uint8) if peak <= 255 else np.dtype(np.uint16)
 
 
-def holds_counts(data: Any, block: int = 1 << 24) -> bool:
+def holds_counts(data: Any, block: int = CHECK_BLOCK) -> bool:
     """Whether every valid pixel of ``data``'s patterns holds a whole, non-negative number
     of electrons (counted data, of any size); pixels the detector ``mask`` marks invalid
     (hot, dead, NaN) are not looked at. No second pass when the patterns are stored as
@@ -177,7 +184,7 @@ def few_counts_warning(data: Any) -> str | None:
             "electrons per pattern with `post_load: [{type: scale, factor: ELECTRONS_PER_UNIT}]`")
 
 
-def check_finite(data: RawData, block: int = 1 << 24) -> None:
+def check_finite(data: RawData, block: int = CHECK_BLOCK) -> None:
     """A :class:`~phaser_core.errors.DataError` naming the data's file when a pattern holds
     NaN or ±inf (it would surface much later as a step-size problem). One pass over the
     patterns, ``block`` values at a time (a float64 block sum is non-finite exactly when a

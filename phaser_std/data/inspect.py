@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from phaser_core.data import RawData, detector_mask
+from phaser_core.data import CHECK_BLOCK, RawData, detector_mask
 from phaser_core.errors import DataError
 from phaser_std.physics.optics import mrad_to_invA
 
@@ -178,7 +178,7 @@ def _parallax_row(data: RawData) -> str:
         return f"not measured ({type(exc).__name__}: {exc})"
 
 
-def _valid_sums(data: RawData, block: int = 1 << 24) -> np.ndarray:
+def _valid_sums(data: RawData, block: int = CHECK_BLOCK) -> np.ndarray:
     """Each pattern's counts [e⁻] over the detector's valid pixels (a hot or NaN pixel under
     the mask left out), ``block`` values at a time."""
     flat = np.asarray(data.patterns).reshape(data.n_patterns, -1)
