@@ -190,3 +190,18 @@ def test_streaming_is_the_gpu_default(backend):
     if backend.name == "numpy":
         assert not feed.stream and feed.device is not None
     assert PatternFeed(backend, np.ones((4, 8, 8), np.float32), stream=True).device is None
+
+
+@pytest.mark.parametrize("shape", [(5, 8, 8), (3, 7, 9), (2, 4, 5, 6), (4, 1, 3)])
+def test_ifftshift_cast_is_the_shift_then_the_cast(shape):
+    """The patterns are corner-centred and cast a few at a time (benchmarks/NOTES.md 83): the
+    same values as the whole-array shift and cast, for odd and even sizes, blocks that do not
+    divide the patterns, and every stored dtype."""
+    from phaser_std.engines.pattern_feed import ifftshift_cast
+
+    x = (np.random.default_rng(0).random(shape) * 300).astype(np.float32)
+    for dtype in (np.uint8, np.uint16, np.float32, np.float64):
+        want = np.fft.ifftshift(x.astype(dtype), axes=(-2, -1))
+        for block_bytes in (64, 1 << 20):
+            got = ifftshift_cast(x, np.dtype(dtype), block_bytes=block_bytes)
+            assert got.dtype == dtype and np.array_equal(got, want)
