@@ -245,3 +245,34 @@ def test_detector_mask_from_file_and_rectangles(tmp_path):
     with pytest.raises(DataError, match="shape"):
         np.save(tmp_path / "bad.npy", np.ones((8, 8)))
         pp.detector_mask(pp.DetectorMaskConfig(path="bad.npy"), data, LoadContext(plan_dir=tmp_path))
+
+
+def test_pacbed_reads_the_patterns_a_block_at_a_time():
+    """The position-averaged pattern is the NaN-ignoring mean (a pixel NaN everywhere stays
+    NaN, a masked one 0), summed a block at a time: a whole-array float64 copy and NaN mask
+    needed ~5x the patterns' size (benchmarks/NOTES.md 85), so its memory is held to a few
+    blocks whatever the data's size."""
+    import tracemalloc
+    import warnings
+
+    from phaser_std.data.preprocess import pacbed
+
+    rng = np.random.default_rng(0)
+    pats = (rng.random((2048, 64, 64)) * 50).astype(np.float32)  # 32 MiB
+    pats[5, 3, 4] = np.nan
+    pats[:, 0, 1] = np.nan  # dead in every pattern
+    mask = np.ones((64, 64), bool)
+    mask[7, 7] = False
+    data = RawData(patterns=pats, mask=mask)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want = np.nanmean(pats.astype(np.float64), axis=0) * mask
+    tracemalloc.start()
+    try:
+        got = pacbed(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.allclose(got, want, rtol=1e-12, equal_nan=True)
+    assert np.isnan(got[0, 1]) and got[7, 7] == 0.0 and np.isfinite(got[3, 4])
+    assert peak < 24 << 20, f"{peak / 2**20:.0f} MiB for 32 MiB of patterns"

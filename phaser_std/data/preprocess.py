@@ -12,7 +12,6 @@ Registered names: ``crop_data``, ``bin``, ``pad``, ``scale``, ``poisson``,
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import attrs
@@ -21,7 +20,7 @@ import numpy as np
 from phaser_core.backend import stream_seed
 from phaser_core.config import param
 from phaser_core.context import LoadContext
-from phaser_core.data import RawData
+from phaser_core.data import CHECK_BLOCK, RawData
 from phaser_core.data import detector_mask as valid_pixels_of
 from phaser_core.errors import DataError
 
@@ -311,12 +310,34 @@ def pacbed(data: RawData, n_sample: int | None = None) -> np.ndarray:
     pats = data.patterns
     if n_sample is not None and int(pats.shape[0]) > n_sample:
         pats = pats[np.linspace(0, int(pats.shape[0]) - 1, n_sample).astype(int)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # "mean of empty slice": a dead pixel
-        pacbed_ = np.nanmean(np.asarray(pats, dtype=np.float64), axis=0)
+    pacbed_ = _nanmean_patterns(np.asarray(pats))
     if data.mask is not None:
         pacbed_ = pacbed_ * np.asarray(data.mask, dtype=bool)
     return pacbed_
+
+
+def _nanmean_patterns(pats: np.ndarray, block: int = CHECK_BLOCK) -> np.ndarray:
+    """``np.nanmean(pats, axis=0)`` in float64 over patterns ``(N, Qy, Qx)``, ``block``
+    values at a time: a whole-array float64 copy and NaN mask took ~5x the patterns' size
+    (1 GiB of float32 patterns: 5 s, and more than this machine's memory for 4 GiB;
+    benchmarks/NOTES.md 85). NaN where a pixel is NaN in every pattern."""
+    flat = pats.reshape((pats.shape[0], -1) if pats.ndim > 1 else (pats.shape[0], 1))
+    total = np.zeros(flat.shape[1], dtype=np.float64)
+    count = np.zeros(flat.shape[1], dtype=np.int64)
+    whole = flat.dtype.kind in "biu"  # integers hold no NaN
+    rows = max(1, block // max(1, flat.shape[1]))
+    for i in range(0, flat.shape[0], rows):
+        b = flat[i:i + rows].astype(np.float64)
+        if whole:
+            total += b.sum(axis=0)
+            count += b.shape[0]
+            continue
+        finite = ~np.isnan(b)
+        total += np.where(finite, b, 0.0).sum(axis=0)
+        count += finite.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return mean.reshape(pats.shape[1:])
 
 
 def centre_of_mass(img: np.ndarray) -> tuple[float, float]:
