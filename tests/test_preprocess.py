@@ -276,3 +276,43 @@ def test_pacbed_reads_the_patterns_a_block_at_a_time():
     assert np.allclose(got, want, rtol=1e-12, equal_nan=True)
     assert np.isnan(got[0, 1]) and got[7, 7] == 0.0 and np.isfinite(got[3, 4])
     assert peak < 24 << 20, f"{peak / 2**20:.0f} MiB for 32 MiB of patterns"
+
+
+def test_center_diffraction_interpolates_integer_counts():
+    """Counted patterns stored as integers (a Merlin's uint16): the sub-pixel shift's
+    bilinear weights are below 1, so computed in the patterns' dtype every term truncated to
+    0 and the run got all-zero patterns. Interpolated they are float32 now, equal to the
+    float patterns' result; a whole-pixel shift keeps the integers, exactly."""
+    from phaser_std.data.preprocess import CenterConfig, center_diffraction
+
+    q = 32
+    yy, xx = np.indices((q, q))
+    disc = ((yy - 15.3) ** 2 + (xx - 16.6) ** 2 < 36) * 100.0
+    pats = np.stack([disc, 2 * disc, 3 * disc])
+    floats = center_diffraction(CenterConfig(), RawData(patterns=pats.astype(np.float32)), None)
+    counts = center_diffraction(CenterConfig(), RawData(patterns=pats.astype(np.uint16)), None)
+    assert counts.patterns.dtype == np.float32
+    assert np.array_equal(counts.patterns, floats.patterns)
+    assert abs(float(counts.patterns.sum()) - pats.sum()) < 1e-3 * pats.sum()
+    whole = center_diffraction(CenterConfig(subpixel=False), RawData(patterns=pats.astype(np.uint16)), None)
+    assert whole.patterns.dtype == np.uint16 and whole.extra["center_shift_px"] == (1.0, -1.0)
+    assert np.array_equal(whole.patterns, np.roll(pats, (1, -1), axis=(1, 2)).astype(np.uint16))
+
+
+def test_scale_and_bin_keep_integer_patterns_right():
+    """Raw integer patterns (ADU or counts): `scale` by a factor below 1 truncated to 0 in
+    their dtype (all-zero patterns), and `bin` wrapped uint8 sums past 255. Scaled they are
+    float32 now; binned they keep their dtype while the sums fit it, else a wider one."""
+    from phaser_std.data import preprocess as pp
+
+    p8 = np.full((2, 8, 8), 200, np.uint8)
+    scaled = pp.scale(pp.ScaleConfig(factor=0.5), RawData(patterns=p8), CTX)
+    assert scaled.patterns.dtype == np.float32 and np.all(scaled.patterns == 100.0)
+    floats = pp.scale(pp.ScaleConfig(factor=0.5), RawData(patterns=p8.astype(np.float32)), CTX)
+    assert floats.patterns.dtype == np.float32 and np.array_equal(floats.patterns, scaled.patterns)
+    binned = pp.bin_detector(pp.BinConfig(factor=(2, 2)), RawData(patterns=p8, reciprocal_sampling_invA=(0.1, 0.1)),
+                             CTX)
+    assert binned.patterns.dtype == np.uint16 and np.all(binned.patterns == 800)
+    small = pp.bin_detector(pp.BinConfig(factor=(2, 2)),
+                            RawData(patterns=np.full((2, 8, 8), 10, np.uint8), reciprocal_sampling_invA=(0.1, 0.1)), CTX)
+    assert small.patterns.dtype == np.uint8 and np.all(small.patterns == 40)

@@ -136,7 +136,8 @@ def bin_detector(config: BinConfig, data: RawData, ctx: LoadContext) -> RawData:
         raise DataError(f"bin: factor {config.factor} is larger than the detector {(qy, qx)}")
     (cy, ny), (cx, nx) = _bin_layout(qy, fy), _bin_layout(qx, fx)
     p = np.asarray(data.patterns)[:, cy:cy + ny * fy, cx:cx + nx * fx]
-    binned = p.reshape(p.shape[0], ny, fy, nx, fx).sum(axis=(2, 4), dtype=np.float64).astype(p.dtype)
+    sums = p.reshape(p.shape[0], ny, fy, nx, fx).sum(axis=(2, 4), dtype=np.float64)
+    binned = sums.astype(_whole_sums_dtype(p.dtype, sums))
     mask = None
     if data.mask is not None:
         m = np.asarray(data.mask, dtype=bool)[cy:cy + ny * fy, cx:cx + nx * fx]
@@ -188,9 +189,25 @@ class ScaleConfig:
 
 
 def scale(config: ScaleConfig, data: RawData, ctx: LoadContext) -> RawData:
-    """Multiply every pattern by ``factor`` (a new array)."""
+    """Multiply every pattern by ``factor`` (a new array). Integer patterns (raw ADU or
+    counts) become float32: in their own dtype a factor below 1 truncated to 0, every
+    pattern with it (float32 holds whole numbers exactly up to 2²⁴, so scaled counts that are
+    still whole are still counted data)."""
     p = np.asarray(data.patterns)
-    return data.replace(patterns=(p * p.dtype.type(config.factor)).astype(p.dtype, copy=False))
+    dtype = p.dtype if p.dtype.kind in "fc" else np.dtype(np.float32)
+    return data.replace(patterns=p.astype(dtype, copy=False) * dtype.type(config.factor))
+
+
+def _whole_sums_dtype(dtype: np.dtype, sums: np.ndarray) -> np.dtype:
+    """The dtype binned patterns keep: float patterns their own; integer ones (sums of
+    integers are whole) their own while the largest sum fits it, else the smallest unsigned
+    (or signed) integer that holds it: in their own dtype uint8 sums past 255 wrapped."""
+    if dtype.kind in "fc":
+        return dtype
+    top, low = (float(sums.max()), float(sums.min())) if sums.size else (0.0, 0.0)
+    if np.iinfo(dtype).min <= low and top <= np.iinfo(dtype).max:
+        return dtype
+    return np.promote_types(np.min_scalar_type(int(low)), np.min_scalar_type(int(top)))
 
 
 def scan_area_per_position_A2(data: RawData) -> float:
@@ -387,7 +404,8 @@ def center_diffraction(config: CenterConfig, data: RawData, ctx: LoadContext) ->
     centroid (``disc``) to (Qy//2, Qx//2).
 
     The shift is d = Q//2 − centre [px]; whole pixels move with zero fill, the fractional part
-    (``subpixel``) by bilinear interpolation, which conserves counts away from the edges.
+    (``subpixel``) by bilinear interpolation, which conserves counts away from the edges
+    (integer patterns then become float32; a whole-pixel shift keeps their dtype).
     The mask moves with the patterns (a pixel is valid when every contributing one is);
     pixels shifted in from outside are marked invalid. ``extra["center_shift_px"]`` records d.
     """
@@ -400,15 +418,26 @@ def center_diffraction(config: CenterConfig, data: RawData, ctx: LoadContext) ->
     fy, fx = dy - iy, dx - ix
     p = np.asarray(data.patterns)
     m = np.ones((qy, qx), dtype=bool) if data.mask is None else np.asarray(data.mask, dtype=bool)
-    out = np.zeros(p.shape, dtype=p.dtype)
+    terms = [(sy, sx, wy * wx) for sy, wy in ((iy, 1.0 - fy), (iy + 1, fy))
+             for sx, wx in ((ix, 1.0 - fx), (ix + 1, fx)) if wy * wx > 1e-12]
+    whole = len(terms) == 1 and abs(terms[0][2] - 1.0) <= 1e-12
+    # counts stay whole numbers on a whole-pixel shift; interpolated they are float32 (an
+    # integer dtype would truncate every weight below 1 to 0: all-zero patterns)
+    dtype = p.dtype if whole or p.dtype.kind in "fc" else np.dtype(np.float32)
+    out = np.zeros(p.shape, dtype=dtype)
+    flat_in, flat_out = p.reshape(-1, qy, qx), out.reshape(-1, qy, qx)
+    rows = max(1, CHECK_BLOCK // max(1, qy * qx))  # a block at a time: no whole-array temporaries
+    for i in range(0, flat_in.shape[0], rows):
+        block, acc = flat_in[i:i + rows], flat_out[i:i + rows]
+        for sy, sx, w in terms:
+            shifted = _shift_int(block, sy, sx, 0)
+            if whole:
+                acc[...] = shifted
+            else:
+                acc += dtype.type(w) * shifted.astype(dtype, copy=False)
     mask = np.ones((qy, qx), dtype=bool)
-    for sy, wy in ((iy, 1.0 - fy), (iy + 1, fy)):
-        for sx, wx in ((ix, 1.0 - fx), (ix + 1, fx)):
-            w = wy * wx
-            if w <= 1e-12:
-                continue
-            out += p.dtype.type(w) * _shift_int(p, sy, sx, 0)
-            mask &= _shift_int(m, sy, sx, False)
+    for sy, sx, _ in terms:
+        mask &= _shift_int(m, sy, sx, False)
     new_mask = mask if (data.mask is not None or not mask.all()) else None
     return data.replace(patterns=out, mask=new_mask, extra={**data.extra, "center_shift_px": (dy, dx)})
 
