@@ -188,14 +188,17 @@ def check_finite(data: RawData, block: int = CHECK_BLOCK) -> None:
     """A :class:`~phaser_core.errors.DataError` naming the data's file when a pattern holds
     NaN or ±inf (it would surface much later as a step-size problem). One pass over the
     patterns, ``block`` values at a time (a float64 block sum is non-finite exactly when a
-    value is); integer patterns are skipped, and so are pixels the detector ``mask`` marks
-    invalid (a dead pixel may read NaN). Extra memory: one block."""
+    value is); integer patterns are skipped, and so are counted ones (``counted_dtype``, one
+    pass the engines make anyway) and pixels the detector ``mask`` marks invalid (a dead
+    pixel may read NaN). Extra memory: one block."""
     from .errors import DataError
 
     valid = detector_mask(data)
     p = np.asarray(data.patterns)
     if p.dtype.kind in "biu" or p.size == 0:
         return
+    if getattr(data, "counted_dtype", None) is not None:
+        return  # whole numbers in [0, 65535]: finite (the pass the engines need anyway)
     n = p.shape[0]
     flat = p.reshape(n, -1)
     valid = None if valid is None else valid.reshape(-1)
