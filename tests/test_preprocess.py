@@ -316,3 +316,18 @@ def test_scale_and_bin_keep_integer_patterns_right():
     small = pp.bin_detector(pp.BinConfig(factor=(2, 2)),
                             RawData(patterns=np.full((2, 8, 8), 10, np.uint8), reciprocal_sampling_invA=(0.1, 0.1)), CTX)
     assert small.patterns.dtype == np.uint8 and np.all(small.patterns == 40)
+
+
+def test_poisson_draws_a_block_at_a_time_as_one_whole_draw(monkeypatch):
+    """The resampling draws a block of patterns at a time (bounded memory); the generator
+    draws in the same order, so the counts equal one whole-array draw of the same seed."""
+    from phaser_core.backend import stream_seed
+    from phaser_std.data import preprocess as pp
+
+    p = (np.random.default_rng(0).random((300, 16, 16)) * 20).astype(np.float32)
+    p[3, 2, 2] = np.nan
+    want = np.random.default_rng(stream_seed(7, "poisson-resample")).poisson(
+        np.clip(np.nan_to_num(p.astype(np.float64) * 3.0, nan=0.0), 0.0, None)).astype(np.float32)
+    monkeypatch.setattr(pp, "CHECK_BLOCK", 1000)  # 3 patterns a block: 100 blocks
+    got = pp.poisson(pp.PoissonConfig(scale=3.0), RawData(patterns=p), LoadContext(seed=7))
+    assert got.patterns.dtype == np.float32 and np.array_equal(got.patterns, want)

@@ -255,9 +255,16 @@ def poisson(config: PoissonConfig, data: RawData, ctx: LoadContext) -> RawData:
         factor = config.dose * scan_area_per_position_A2(data) / mean_sum
     elif config.scale is not None:
         factor = float(config.scale)
-    lam = np.clip(np.nan_to_num(p.astype(np.float64) * factor, nan=0.0), 0.0, None)
     rng = np.random.default_rng(stream_seed(ctx.seed if config.seed is None else config.seed, "poisson-resample"))
-    counts = rng.poisson(lam).astype(p.dtype if p.dtype.kind == "f" else np.float32)
+    counts = np.empty(p.shape, dtype=p.dtype if p.dtype.kind == "f" else np.float32)
+    flat_in, flat_out = p.reshape(p.shape[0], -1), counts.reshape(p.shape[0], -1)
+    # a block of patterns at a time (whole-array float64 expectations and int64 draws took
+    # ~8x the patterns' memory); the generator draws in the same order, so the counts are
+    # those of one whole-array draw
+    rows = max(1, CHECK_BLOCK // max(1, flat_in.shape[1]))
+    for i in range(0, flat_in.shape[0], rows):
+        lam = np.clip(np.nan_to_num(flat_in[i:i + rows].astype(np.float64) * factor, nan=0.0), 0.0, None)
+        flat_out[i:i + rows] = rng.poisson(lam)
     return data.replace(patterns=counts, extra={**data.extra, "poisson_scale": factor})
 
 
