@@ -125,7 +125,8 @@ def bin_detector(config: BinConfig, data: RawData, ctx: LoadContext) -> RawData:
     The blocks are laid so that the zero angle (pixel Q//2) stays at the new pixel n//2,
     n the binned size: exactly at its centre for odd ``f``, ½ old pixel (1/(2f) new pixel)
     off it for even ``f``, which no block layout avoids. Pixels outside whole blocks are
-    dropped. A binned pixel is valid when every pixel in its block is.
+    dropped. A binned pixel is valid when every pixel in its block is. Integer patterns keep
+    their dtype while the sums fit it, else the smallest integer type that holds them.
     """
     fy, fx = config.factor
     if fy < 1 or fx < 1:
