@@ -178,14 +178,21 @@ def _parallax_row(data: RawData) -> str:
         return f"not measured ({type(exc).__name__}: {exc})"
 
 
-def _valid_sums(data: RawData, block: int = CHECK_BLOCK) -> np.ndarray:
+def _valid_sums(data: RawData) -> np.ndarray:
     """Each pattern's counts [e⁻] over the detector's valid pixels (a hot or NaN pixel under
-    the mask left out), ``block`` values at a time."""
-    flat = np.asarray(data.patterns).reshape(data.n_patterns, -1)
+    the mask left out)."""
     valid = detector_mask(data)  # a mask not of the patterns' shape: a DataError naming the file
-    valid = None if valid is None else valid.reshape(-1)
+    return _pixel_sums(np.asarray(data.patterns), valid)
+
+
+def _pixel_sums(patterns: np.ndarray, pixels: np.ndarray | None, block: int = CHECK_BLOCK) -> np.ndarray:
+    """Each pattern's sum [e⁻] over ``pixels`` ``(Qy, Qx)`` bool (None: all), in float64,
+    ``block`` values at a time (the selected pixels of all patterns at once were a copy of
+    that size)."""
+    flat = patterns.reshape(patterns.shape[0], -1)
+    pixels = None if pixels is None else np.asarray(pixels, dtype=bool).reshape(-1)
     rows = max(1, block // max(1, flat.shape[1]))
-    return np.concatenate([(c if valid is None else c[:, valid]).sum(axis=1, dtype=np.float64)
+    return np.concatenate([(c if pixels is None else c[:, pixels]).sum(axis=1, dtype=np.float64)
                            for c in (flat[i:i + rows] for i in range(0, flat.shape[0], rows))])
 
 
@@ -235,10 +242,12 @@ def virtual_images(data: RawData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     (``data.mask``) only. Without the convergence angle, the BF radius is estimated from
     the PACBED (valid pixels above half its largest valid value), in the units of the
     detector grid: 1/Å with a known sampling, else pixels."""
+    from phaser_std.data.preprocess import nanmean_patterns
+
     p = np.asarray(data.patterns)
     qy, qx = data.pattern_shape
     valid = np.ones((qy, qx), bool) if data.mask is None else np.asarray(data.mask, bool)
-    pac = np.nanmean(p, axis=0, dtype=np.float64)
+    pac = nanmean_patterns(p)
     yy, xx = np.indices((qy, qx))
     if data.reciprocal_sampling_invA is not None:
         ky = (yy - qy // 2) * data.reciprocal_sampling_invA[0]
@@ -253,9 +262,8 @@ def virtual_images(data: RawData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         kbf = float(k[bright].max()) if bright.any() else float(k.max()) / 4
     bf_mask = (k <= kbf) & valid
     adf_mask = (k >= 1.5 * kbf) & valid
-    flat = p.reshape(len(p), -1)
-    bf = flat[:, bf_mask.ravel()].sum(axis=1, dtype=np.float64)
-    adf = flat[:, adf_mask.ravel()].sum(axis=1, dtype=np.float64) if adf_mask.any() else np.zeros(len(p))
+    bf = _pixel_sums(p, bf_mask)
+    adf = _pixel_sums(p, adf_mask) if adf_mask.any() else np.zeros(len(p))
     return pac, bf, adf
 
 

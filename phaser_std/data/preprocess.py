@@ -335,13 +335,13 @@ def pacbed(data: RawData, n_sample: int | None = None) -> np.ndarray:
     pats = data.patterns
     if n_sample is not None and int(pats.shape[0]) > n_sample:
         pats = pats[np.linspace(0, int(pats.shape[0]) - 1, n_sample).astype(int)]
-    pacbed_ = _nanmean_patterns(np.asarray(pats))
+    pacbed_ = nanmean_patterns(np.asarray(pats))
     if data.mask is not None:
         pacbed_ = pacbed_ * np.asarray(data.mask, dtype=bool)
     return pacbed_
 
 
-def _nanmean_patterns(pats: np.ndarray, block: int = CHECK_BLOCK) -> np.ndarray:
+def nanmean_patterns(pats: np.ndarray, block: int = CHECK_BLOCK) -> np.ndarray:
     """``np.nanmean(pats, axis=0)`` in float64 over patterns ``(N, Qy, Qx)``, ``block``
     values at a time: a whole-array float64 copy and NaN mask took ~5x the patterns' size
     (1 GiB of float32 patterns: 5 s, and more than this machine's memory for 4 GiB;
