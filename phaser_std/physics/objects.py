@@ -137,8 +137,8 @@ def _unwrapped_phase(d: np.ndarray) -> np.ndarray:
     along its columns then across its first row give the same phase: a smooth phase beyond
     ±π. Where they differ (a jump over π between neighbours: a sharp atom, noise where the
     amplitude is low) either path would add a false 2π to the rest of a row or column, so
-    the slice keeps the phase about its mean, in (−π, π] (its offset still removed: an
-    offset near π no longer wraps)."""
+    the slice keeps its phase within π of its mean phase (wrapped about the mean, not about
+    0: an offset near π no longer wraps). [rad]"""
     offset = np.angle(np.sum(d, axis=(-2, -1), keepdims=True))
     about = np.angle(d * np.exp(-1j * offset))
     rows = np.unwrap(about, axis=-1)
