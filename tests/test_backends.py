@@ -483,20 +483,22 @@ def test_auto_picks_the_fastest_installed_backend(monkeypatch, jax_on, cupy_ok, 
 
 
 def test_auto_on_this_machine_and_the_plan_default():
-    """Here: jax when it imports (the test extra installs it), else numpy; a plan without
+    """Here: jax when it imports (the test extra installs it), else cupy on a CUDA GPU, else
+    numpy; a plan without
     `backend` runs on it, and a registry without `auto` (a host application's) on numpy."""
     from phaser_core.backend import build_backend, concrete_backend_name
     from phaser_core.plan import Plan
 
     try:
         import jax  # noqa: F401
-        want = "jax" if jax.default_backend() == "cpu" else None
+        want = "jax"  # on a GPU or, first of the CPU backends, on the CPU
     except ImportError:
         want = "numpy"
     registry = get_registry()
     got = build_backend("auto", "float32", registry)
-    if want is not None:
-        assert got.name == want
+    if want == "numpy" and got.name == "cupy":  # no jax, but a CUDA GPU: cupy before numpy
+        want = "cupy"
+    assert got.name == want
     assert concrete_backend_name("auto", "float32", registry) == got.name
     assert concrete_backend_name("numpy", "float32", registry) == "numpy"
     assert attrs_default(Plan, "backend") == "auto"
