@@ -484,8 +484,8 @@ def test_auto_picks_the_fastest_installed_backend(monkeypatch, jax_on, cupy_ok, 
 
 def test_auto_on_this_machine_and_the_plan_default():
     """Here: jax when it imports (the test extra installs it), else cupy on a CUDA GPU, else
-    numpy; a plan without
-    `backend` runs on it, and a registry without `auto` (a host application's) on numpy."""
+    numpy; a plan without `backend` runs on it, and a registry without `auto` (a host
+    application's) on numpy."""
     from phaser_core.backend import build_backend, concrete_backend_name
     from phaser_core.plan import Plan
 
