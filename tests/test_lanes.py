@@ -7,6 +7,7 @@ machine whose jax computes on a GPU they skip, saying so.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -186,7 +187,7 @@ def test_lanes_reconstruct_as_one_device(bk, data, case, monkeypatch):
     got = run(data, [ENGINES[case]], backend="jax")
     if case == "gradient-loss-only-first":
         assert losses and all(c is not None and c < 16 for c in losses)  # in chunks, on the lanes
-    monkeypatch.setattr(jb, "cpu_lane_mesh", lambda: None)  # a jax backend without lanes
+    monkeypatch.setattr(jb, "cpu_lane_mesh", lambda lanes=None: None)  # a jax backend without lanes
     want = run(data, [ENGINES[case]], backend="jax")
     scale = np.max(np.abs(want.object.data))
     # measured (object; the probe's are smaller): at most 5.9e-7 (conventional) and 8.4e-6
@@ -264,7 +265,7 @@ def test_multislice_lsqml_with_probe_only_iterations_runs_on_the_lanes(bk, data,
     # chunks of 4 against whole groups 1e-3, numpy against jax 6e-3, whole groups alike)
     probe_only = [dict(ENGINES["lsqml-multislice"], niter=1, update_object={"after": 1})]
     got = run(data, probe_only, backend="jax")
-    monkeypatch.setattr(jb, "cpu_lane_mesh", lambda: None)  # a jax backend without lanes
+    monkeypatch.setattr(jb, "cpu_lane_mesh", lambda lanes=None: None)  # a jax backend without lanes
     want = run(data, probe_only, backend="jax")
     np.testing.assert_array_equal(got.object.data, want.object.data)  # not updated
     assert np.max(np.abs(got.probe.data - want.probe.data)) / np.max(np.abs(want.probe.data)) < 1e-5
@@ -369,3 +370,64 @@ def test_gradient_multislice_chunks_on_the_lanes(bk, monkeypatch):
     terms = planner.gradient_terms(config, DataShape(n_patterns=256, pattern_shape=shape, host_itemsize=4),
                                    {"probe": (1, *shape), "object": (8, 139, 139), "scan": (256, 2)}, "float32", "jax")
     assert any("(2 of B=64 positions at a time per lane" in t[0] for t in terms), [t[0] for t in terms]
+
+
+def test_lane_plan_uses_the_most_lanes_the_chunks_divide_among():
+    """A core count that does not divide the group's chunks (6 cores and 64 positions, 8
+    cores and 100) spreads them over the most lanes they divide among, not over one."""
+    from phaser_std.engines.chunking import lane_plan
+
+    shape = (64, 64)  # 32 KiB a position; chunks of the lanes' 256 KiB: 8 positions
+    assert lane_plan(2, None, 64, 1, 1, shape, 8, True) == (2, 8)
+    assert lane_plan(3, None, 64, 1, 1, shape, 8, True) == (2, 8)
+    assert lane_plan(6, None, 64, 1, 1, shape, 8, True) == (4, 8)
+    assert lane_plan(8, None, 64, 1, 1, shape, 8, True) == (8, 8)
+    assert lane_plan(8, None, 100, 1, 1, shape, 8, True) == (5, 5)  # 20 chunks of 5
+    assert lane_plan(6, 16, 64, 1, 1, shape, 8, True) == (4, 16)  # a chunk the plan names
+    assert lane_plan(6, None, 61, 1, 1, shape, 8, True) == (1, 61)  # a prime group: one lane
+
+
+LANES_OF_THREE = """
+import json, sys
+sys.path.insert(0, {tests!r})
+import numpy as np
+import phaser_std.backends.jax_backend as jb
+import phaser_std.engines.conventional as conventional
+from recon import run
+
+used = []
+original = conventional.engine_chunk
+def recording(*a, **k):
+    bk, chunk = original(*a, **k)
+    used.append((bk.lanes, chunk))
+    return bk, chunk
+conventional.engine_chunk = recording
+engine = {engine!r}
+got = run({data!r}, [engine], backend="jax")
+jb.cpu_lane_mesh = lambda lanes=None: None  # a jax backend without lanes
+want = run({data!r}, [engine], backend="jax")
+print(json.dumps({{"devices": len(jb.jax.devices()), "used": used[0],
+    "object": float(np.max(np.abs(got.object.data - want.object.data)) / np.max(np.abs(want.object.data))),
+    "probe": float(np.max(np.abs(got.probe.data - want.probe.data)) / np.max(np.abs(want.probe.data))),
+    "loss": float(np.max(np.abs(np.subtract(got.progress.loss, want.progress.loss)) / np.asarray(want.progress.loss)))}}))
+"""
+
+
+def test_three_cores_run_a_group_of_16_on_two_lanes(bk, data):
+    """jax with three CPU devices (a 3-core machine): LSQML's multislice step on groups of 16
+    takes chunks of 8 on two lanes (16 positions do not divide among 3), with the one
+    device's numbers to float32 rounding (a subprocess: the device count is fixed when jax
+    starts)."""
+    import json
+    import subprocess
+    import sys
+
+    code = LANES_OF_THREE.format(tests=str(Path(__file__).parent), data=str(data),
+                                 engine=ENGINES["lsqml-multislice"])
+    env = dict(os.environ, PHASER_JAX_CPU_DEVICES="3")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["devices"] == 3
+    assert got["used"] == [2, 8]
+    assert got["object"] < 2e-6 and got["probe"] < 2e-6 and got["loss"] < 1e-6, got

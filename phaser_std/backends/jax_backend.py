@@ -35,7 +35,9 @@ jax that is already running is left alone). A backend on a CPU with several devi
 the chunks of a group on the devices at once (:meth:`JaxBackend.sum_scan`, a ``shard_map``)
 and adds their sums; everything else runs replicated, i.e. each device computes it as one
 device would. Compiled programs take their array arguments on all devices
-(:meth:`JaxBackend.share`). Engines whose step cannot split use :meth:`JaxBackend.one_lane`.
+(:meth:`JaxBackend.share`). Engines whose step cannot split use :meth:`JaxBackend.one_lane`;
+a step whose chunks divide among fewer lanes than there are runs on that many
+(:meth:`JaxBackend.with_lanes`).
 Like x64, the device count is process-global.
 """
 
@@ -111,13 +113,14 @@ def request_cpu_devices() -> int | None:
 request_cpu_devices()
 
 
-def cpu_lane_mesh() -> Mesh | None:
-    """A one-axis mesh over jax's CPU devices when jax computes on a CPU with more than
-    one device; else None."""
+def cpu_lane_mesh(lanes: int | None = None) -> Mesh | None:
+    """A one-axis mesh over jax's first ``lanes`` CPU devices (None: all of them) when jax
+    computes on a CPU and that leaves more than one device; else None."""
     devices = jax.devices()
-    if devices[0].platform != "cpu" or len(devices) < 2:
+    n = len(devices) if lanes is None else min(int(lanes), len(devices))
+    if devices[0].platform != "cpu" or n < 2:
         return None
-    return Mesh(np.array(devices), (LANE_AXIS,))
+    return Mesh(np.array(devices[:n]), (LANE_AXIS,))
 
 
 def _shard_map() -> Callable:
@@ -197,12 +200,14 @@ class JaxBackend(BaseBackend):
     xp = jnp
     compiled_loops = True
 
-    def __init__(self, dtype: str = "float32", lanes: bool = True):
+    def __init__(self, dtype: str = "float32", lanes: bool | int = True):
+        """``lanes``: True, every CPU device; a number, the first that many; False or 1,
+        one device (no lanes)."""
         super().__init__(dtype)
         enable_compilation_cache()
         if self.dtype == "float64":
             enable_x64()
-        self.mesh = cpu_lane_mesh() if lanes else None
+        self.mesh = None if lanes is False else cpu_lane_mesh(None if lanes is True else int(lanes))
         self.lanes = 1 if self.mesh is None else int(self.mesh.size)
         self._placement = None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec())
 
@@ -258,11 +263,20 @@ class JaxBackend(BaseBackend):
 
     def one_lane(self) -> "JaxBackend":
         """This backend on jax's first device only (no lanes; itself when it has none)."""
-        if self.lanes == 1:
+        return self.with_lanes(1)
+
+    def with_lanes(self, n: int) -> "JaxBackend":
+        """This backend on its first ``n`` lanes (1: one device, no lanes; itself for ``n``
+        of at least its own lanes). Twins are built once each: a step whose chunks divide
+        among 4 lanes but not 6 runs on 4 of a 6-core machine's lanes, not on one
+        (:func:`~phaser_std.engines.chunking.lane_plan`)."""
+        n = max(1, int(n))
+        if n >= self.lanes:
             return self
-        if getattr(self, "_one_lane", None) is None:
-            self._one_lane = JaxBackend(self.dtype, lanes=False)
-        return self._one_lane
+        twins = self.__dict__.setdefault("_twins", {})
+        if n not in twins:
+            twins[n] = JaxBackend(self.dtype, lanes=n if n > 1 else False)
+        return twins[n]
 
     def share(self, x: Any) -> Any:
         """``x`` placed once where every lane reads it (see the module docstring): a large

@@ -126,11 +126,12 @@ def lane_plan(lanes: int, requested: int | None, group_size: int, n_modes: int, 
 
     A step that computes its group in chunks spreads them over the lanes (``bk.sum_scan``),
     with chunks of ``lane_budget_bytes`` (None: :func:`lane_budget` of ``budget``) that
-    divide among the lanes. Where they cannot (the
-    whole group in one chunk, a group size the lanes do not divide, ``chunked_step`` False: a
-    step without chunks) every lane would compute the same whole step, slower than one
-    device (1.7x measured, benchmarks/NOTES.md 27), so the step uses one lane and the
-    one-device ``budget``. So does a group whose waves are smaller than
+    divide among the lanes; where they do not divide among all of them, over the most lanes
+    they divide among (64 positions on a 6-core machine: 4 lanes, not 6; 100 positions on
+    8 lanes: 5). Where they divide among none (the whole group in one chunk, a prime group
+    size, ``chunked_step`` False: a step without chunks) every lane would compute the same
+    whole step, slower than one device (1.7x measured, benchmarks/NOTES.md 27), so the
+    step uses one lane and the one-device ``budget``. So does a group whose waves are smaller than
     :data:`LANE_MIN_BYTES`: the lanes meet once per pass over the chunks, and every lane does
     the group's object-sized work, which outweighs half of a small group's waves (single
     slice, one mode, 64², groups of 8: LSQML 1.36x and the gradient engine 1.2x slower on
@@ -138,10 +139,12 @@ def lane_plan(lanes: int, requested: int | None, group_size: int, n_modes: int, 
     same)."""
     waves = int(group_size) * int(n_modes) * int(n_slices) * int(wave_shape[0]) * int(wave_shape[1]) * int(itemsize)
     if lanes > 1 and chunked_step and waves >= LANE_MIN_BYTES:
-        chunk = resolve_chunk(requested, group_size, n_modes, n_slices, wave_shape, itemsize, on_cpu,
-                              lane_budget(budget) if lane_budget_bytes is None else lane_budget_bytes, lanes)
-        if chunk < group_size and (group_size // chunk) % lanes == 0:
-            return int(lanes), chunk
+        per_lane_budget = lane_budget(budget) if lane_budget_bytes is None else lane_budget_bytes
+        for used in range(int(lanes), 1, -1):
+            chunk = resolve_chunk(requested, group_size, n_modes, n_slices, wave_shape, itemsize, on_cpu,
+                                  per_lane_budget, used)
+            if chunk < group_size and (group_size // chunk) % used == 0:
+                return used, chunk
     return 1, resolve_chunk(requested, group_size, n_modes, n_slices, wave_shape, itemsize, on_cpu, budget)
 
 
@@ -149,12 +152,15 @@ def engine_chunk(bk: Any, requested: int | None, group_size: int, n_modes: int, 
                  wave_shape: tuple[int, int], budget: int = CACHE_BUDGET_BYTES,
                  chunked_step: bool = True, lane_budget_bytes: int | None = None) -> tuple[Any, int]:
     """``(backend, chunk)`` of an engine's group step: :func:`lane_plan` on ``bk``'s lanes;
-    where it gives one lane of several, the backend's one-lane twin (``bk.one_lane()``)."""
+    where it gives fewer lanes than ``bk`` has, the backend's twin on that many
+    (``bk.with_lanes(n)``; ``bk.one_lane()`` for one)."""
     lanes = int(getattr(bk, "lanes", 1))
     used, chunk = lane_plan(lanes, requested, group_size, n_modes, n_slices, wave_shape,
                             int(np.dtype(bk.complex_dtype).itemsize), backend_on_cpu(bk), budget, chunked_step,
                             lane_budget_bytes)
-    return (bk.one_lane() if used < lanes else bk), chunk
+    if used == lanes:
+        return bk, chunk
+    return (bk.one_lane() if used == 1 else bk.with_lanes(used)), chunk
 
 
 def has_chunked_step(solver: str, n_slices: int, multislice: str = "joint") -> bool:
