@@ -281,6 +281,15 @@ def _default_out_dir(name: str) -> Path:
         i += 1
     return out
 
+def _faster_backend_hint(backend: str) -> str:
+    """What to install when ``backend: auto`` found nothing faster than numpy."""
+    import importlib.util
+
+    if backend != "numpy" or importlib.util.find_spec("jax") is not None:
+        return ""
+    return (' (jax is not installed; with it iterations run 3-6x faster on a CPU: '
+            'pip install "phaser-ptycho[jax]")')
+
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .backend import concrete_backend_name
@@ -326,7 +335,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     backend = concrete_backend_name(plan.backend, plan.dtype, registry)
     if backend != plan.backend:  # `auto`: the run's plan.yaml (and its resume) names the pick
         if not args.quiet:
-            _err().print(f"backend {plan.backend}: {backend}")
+            _err().print(f"backend {plan.backend}: {backend}{_faster_backend_hint(backend)}")
         plan = attrs.evolve(plan, backend=backend)
     out_dir.mkdir(parents=True, exist_ok=True)
     dump_plan(plan, out_dir / "plan.yaml", registry,
