@@ -46,7 +46,7 @@ import numpy as np
 
 from .backend import build_backend
 from .context import InitContext, LoadContext, RunContext
-from .data import check_finite, few_counts_warning
+from .data import check_finite, compact_counts, few_counts_warning
 from .errors import PhaserError, StateFileError
 from .files import CHECKPOINT_NAME, FINAL_NAME, STATES_DIR, holds_previous_run
 from .observer import announce, notify
@@ -118,7 +118,8 @@ def _notify_all(observers: list, method: str, *args: Any) -> None:
 
 def load_data(plan: Any, registry: Any, plan_dir: Path) -> Any:
     """``plan.raw_data`` loaded, then each ``plan.post_load`` step applied in order; patterns
-    holding NaN or ±inf then stop the run (:func:`~phaser_core.data.check_finite`)."""
+    holding NaN or ±inf then stop the run (:func:`~phaser_core.data.check_finite`), and
+    counted ones are kept as uint8/uint16 from here on (:func:`~phaser_core.data.compact_counts`)."""
     ctx = LoadContext(plan_dir=Path(plan_dir), seed=int(plan.seed), dtype=str(plan.dtype))
     data = plan.raw_data.build(registry, ctx)
     for step in getattr(plan, "post_load", ()) or ():
@@ -127,7 +128,7 @@ def load_data(plan: Any, registry: Any, plan_dir: Path) -> Any:
     warning = few_counts_warning(data)
     if warning:
         print(f"phaser: warning: {warning}", file=sys.stderr)
-    return data
+    return compact_counts(data)
 
 
 def _wavelength(data: Any) -> float | None:

@@ -31,6 +31,34 @@ def test_count_dtype_takes_only_whole_numbers_and_the_smallest_dtype_that_holds_
     assert count_dtype(big, block=10) == np.uint16
 
 
+def test_a_run_keeps_counted_patterns_as_integers_from_the_load_on(tmp_path):
+    """Float patterns holding whole electrons are stored as uint8/uint16 once ``post_load``
+    is done (a quarter or half of float32's host memory for the whole run), with the same
+    values and the dtype found by the one pass; other patterns pass through as they are."""
+    from phaser_core.data import compact_counts
+    from phaser_core.plan import load_plan
+    from phaser_core.registry import get_registry
+    from phaser_core.runner import load_data
+
+    rng = np.random.default_rng(0)
+    for offset, want in ((0.0, np.uint8), (1000.0, np.uint16)):
+        host = rng.poisson(40.0, size=(5, 6, 8)).astype(np.float64) + offset
+        compact = compact_counts(RawData(patterns=host, energy_eV=2e5), block=7)  # blocks that split patterns
+        assert compact.patterns.dtype == want and compact.counted_dtype == want and compact.energy_eV == 2e5
+        np.testing.assert_array_equal(compact.patterns, host)
+    for patterns in (np.full((2, 4, 4), 0.5, np.float32), np.ones((2, 4, 4), np.uint16)):
+        data = RawData(patterns=patterns)
+        assert compact_counts(data) is data
+
+    path = make_dataset(tmp_path / "counted.h5", scan={"shape": [6, 6]}, dose=1e5)
+    plan = load_plan({"file_type": "phaser_plan", "version": 1, "raw_data": {"type": "hdf5", "path": str(path)},
+                      "engines": [{"type": "conventional", "niter": 1}]})
+    data = load_data(plan, get_registry(), tmp_path)
+    assert data.patterns.dtype == np.uint8
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(data.patterns, f["patterns"][...].reshape(data.patterns.shape))
+
+
 @pytest.mark.parametrize("offset,stored", [(0.0, np.uint8), (1000.0, np.uint16), (0.5, np.float32)])
 def test_patterns_on_the_backend_are_exact_and_corner_centred(backend, offset, stored):
     rng = np.random.default_rng(0)
