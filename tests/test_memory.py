@@ -354,3 +354,15 @@ def test_cpu_lanes_hold_a_chunk_each_and_their_own_copy_of_the_shared_arrays(mon
         assert two[shared] == 2 * one[shared], shared
     # a chunk as large as the group cannot split: one lane, as without lanes
     assert terms(2, size=256, chunk=256) == terms(1, size=256, chunk=256)
+
+
+def test_patterns_on_lanes_name_fewer_lanes_among_the_remedies(monkeypatch):
+    import phaser_std.engines.memory as planner
+
+    monkeypatch.setattr(planner, "named_backend_on_cpu", lambda name: True)
+    for lanes, named in ((1, False), (2, True)):
+        monkeypatch.setattr(planner, "named_backend_lanes", lambda name: lanes)
+        hint = next(t[2] for t in _grad(size=256, chunk=None).estimate_memory(DATA, SHAPES, "float32", backend="jax")
+                    if t[0].startswith("patterns on the device"))
+        assert "grouping.stream_patterns: true" in hint
+        assert ("PHASER_JAX_CPU_DEVICES" in hint) == named

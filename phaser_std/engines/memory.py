@@ -194,8 +194,10 @@ def _common_terms(config: Any, z: Sizes, family: str = "conv", state_shapes: dic
                     (f"streamed pattern blocks on the device (2 blocks){on}", 2 * z.lanes * block,
                      "crop or bin the patterns (post_load)", "device")]
     else:
+        fewer_lanes = ", or fewer CPU lanes (PHASER_JAX_CPU_DEVICES)" if z.lanes > 1 else ""
         patterns = [(f"patterns on the device (N·Qy·Qx){on}", z.lanes * z.n * z.p * z.q,
-                     "crop or bin the patterns (post_load), or grouping.stream_patterns: true", "device")]
+                     f"crop or bin the patterns (post_load), or grouping.stream_patterns: true{fewer_lanes}",
+                     "device")]
     terms = patterns + [
         (f"object (S·H·W complex){on}", z.lanes * z.obj,
          f"fewer slices (slices.n = {z.s}) or a smaller object field (init.object.pad_px)", "device"),
