@@ -281,6 +281,7 @@ def _default_out_dir(name: str) -> Path:
         i += 1
     return out
 
+
 def _faster_backend_hint(backend: str) -> str:
     """What to install when ``backend: auto`` found nothing faster than numpy."""
     import importlib.util

@@ -131,8 +131,8 @@ def lane_plan(lanes: int, requested: int | None, group_size: int, n_modes: int, 
     8 lanes: 5). Where they divide among none (the whole group in one chunk, a prime group
     size, ``chunked_step`` False: a step without chunks) every lane would compute the same
     whole step, slower than one device (1.7x measured, benchmarks/NOTES.md 27), so the
-    step uses one lane and the one-device ``budget``. So does a group whose waves are smaller than
-    :data:`LANE_MIN_BYTES`: the lanes meet once per pass over the chunks, and every lane does
+    step uses one lane and the one-device ``budget``. So does a group whose waves are
+    smaller than :data:`LANE_MIN_BYTES`: the lanes meet once per pass over the chunks, and every lane does
     the group's object-sized work, which outweighs half of a small group's waves (single
     slice, one mode, 64², groups of 8: LSQML 1.36x and the gradient engine 1.2x slower on
     two lanes; groups of 16: ePIE 1.42x and the gradient engine 1.11x faster, LSQML the
