@@ -431,3 +431,48 @@ def test_three_cores_run_a_group_of_16_on_two_lanes(bk, data):
     assert got["devices"] == 3
     assert got["used"] == [2, 8]
     assert got["object"] < 2e-6 and got["probe"] < 2e-6 and got["loss"] < 1e-6, got
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_rows_split_over_the_lanes_read_as_one_copy(bk, dtype):
+    """Patterns split over the lanes (one copy in all; N not a multiple of the lanes, so
+    padded) give any rows exactly, for a group's indices and for a block of groups'."""
+    import jax
+
+    rng = np.random.default_rng(1)
+    host = rng.integers(0, 200, size=(11, 6, 5)).astype(dtype)
+    split = bk.split_rows(host)
+    assert split.split_over_lanes and split.data.shape[0] == 12
+    assert sorted(s.data.shape[0] for s in split.data.addressable_shards) == [6, 6]  # 6 rows a lane
+    for idx in (np.array([10, 0, 5, 6, 6]), np.array([[3, 9], [10, 1]])):
+        got = jax.jit(lambda s, i: s.take(i))(split, bk.asarray(idx))
+        np.testing.assert_array_equal(np.asarray(got), host[idx])
+        assert got.dtype == dtype
+
+
+def test_large_patterns_are_split_over_the_lanes_with_the_same_reconstruction(bk, data, monkeypatch):
+    """Patterns whose copy per lane would cost LANE_SPLIT_MIN_SAVING or more are split over
+    the lanes (here the threshold is lowered to take the small test data): the same
+    reconstruction to the last bit, for a conventional and the gradient engine."""
+    import phaser_std.engines.pattern_feed as feed
+    from phaser_std.engines.pattern_feed import split_over_lanes
+
+    assert split_over_lanes(2, feed.LANE_SPLIT_MIN_SAVING) and not split_over_lanes(2, feed.LANE_SPLIT_MIN_SAVING - 1)
+    assert not split_over_lanes(1, 1 << 40)
+    engines = [ENGINES["lsqml-multislice"], ENGINES["gradient-multislice"]]
+    splits = []
+    original = feed.PatternFeed.__init__
+
+    def recording(self, *a, **k):
+        original(self, *a, **k)
+        splits.append(self.split)
+
+    monkeypatch.setattr(feed.PatternFeed, "__init__", recording)
+    kept = run(data, engines, backend="jax")
+    assert splits == [False, False]
+    monkeypatch.setattr(feed, "LANE_SPLIT_MIN_SAVING", 1)
+    split = run(data, engines, backend="jax")
+    assert splits[2:] == [True, True]
+    np.testing.assert_array_equal(split.object.data, kept.object.data)
+    np.testing.assert_array_equal(split.probe.data, kept.probe.data)
+    assert split.progress.loss == kept.progress.loss

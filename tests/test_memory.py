@@ -338,8 +338,10 @@ def test_cpu_lanes_hold_a_chunk_each_and_their_own_copy_of_the_shared_arrays(mon
     # jax with two CPU lanes: the group of 256 runs as chunks on each lane at once, and
     # each lane holds the patterns, object and probe; one lane where the step cannot split
     import phaser_std.engines.memory as planner
+    import phaser_std.engines.pattern_feed as feed
 
     monkeypatch.setattr(planner, "named_backend_on_cpu", lambda name: True)
+    monkeypatch.setattr(feed, "LANE_SPLIT_MIN_SAVING", 1 << 60)  # patterns a copy a lane (the next tests: split)
 
     def terms(lanes, **kw):
         monkeypatch.setattr(planner, "named_backend_lanes", lambda name: lanes)
@@ -358,11 +360,37 @@ def test_cpu_lanes_hold_a_chunk_each_and_their_own_copy_of_the_shared_arrays(mon
 
 def test_patterns_on_lanes_name_fewer_lanes_among_the_remedies(monkeypatch):
     import phaser_std.engines.memory as planner
+    import phaser_std.engines.pattern_feed as feed
 
     monkeypatch.setattr(planner, "named_backend_on_cpu", lambda name: True)
+    monkeypatch.setattr(feed, "LANE_SPLIT_MIN_SAVING", 1 << 60)  # a copy a lane
     for lanes, named in ((1, False), (2, True)):
         monkeypatch.setattr(planner, "named_backend_lanes", lambda name: lanes)
         hint = next(t[2] for t in _grad(size=256, chunk=None).estimate_memory(DATA, SHAPES, "float32", backend="jax")
                     if t[0].startswith("patterns on the device"))
         assert "grouping.stream_patterns: true" in hint
         assert ("PHASER_JAX_CPU_DEVICES" in hint) == named
+
+
+def test_patterns_split_over_lanes_count_once(monkeypatch):
+    """Large patterns kept on CPU lanes are split over them (engines.pattern_feed): the
+    planner counts one copy (its rows padded to a multiple of the lanes), not one a lane."""
+    import phaser_std.engines.memory as planner
+    import phaser_std.engines.pattern_feed as feed
+
+    monkeypatch.setattr(planner, "named_backend_on_cpu", lambda name: True)
+    monkeypatch.setattr(planner, "named_backend_lanes", lambda name: 2)
+
+    def patterns_term():
+        return next((t[0], t[1]) for t in _grad(size=256, chunk=None).estimate_memory(DATA, SHAPES, "float32",
+                                                                                       backend="jax")
+                    if t[0].startswith("patterns on the device"))
+
+    monkeypatch.setattr(feed, "LANE_SPLIT_MIN_SAVING", 1 << 60)
+    name, copies = patterns_term()
+    assert "on each of 2 CPU lanes" in name
+    monkeypatch.setattr(feed, "LANE_SPLIT_MIN_SAVING", 1)
+    name, split = patterns_term()
+    assert "split over 2 CPU lanes" in name
+    n = DATA.n_patterns
+    assert split == copies // 2 * (-(-n // 2) * 2) // n

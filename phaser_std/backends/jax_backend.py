@@ -131,6 +131,46 @@ def _shard_map() -> Callable:
     return shard_map
 
 
+@jax.tree_util.register_pytree_node_class
+class LaneRows:
+    """An ``(N, ...)`` array split over the CPU lanes along its first axis (zero rows pad N
+    to a multiple of the lanes): each lane holds N/L rows, so the lanes together hold one
+    copy where a replicated array costs one per lane (:meth:`JaxBackend.split_rows`).
+    :meth:`take` gathers rows into an array every lane holds. A pytree: it passes through
+    ``jit`` and ``scan`` as its array."""
+
+    split_over_lanes = True
+
+    def __init__(self, data: Any, mesh: Mesh):
+        self.data, self.mesh = data, mesh
+
+    def tree_flatten(self) -> tuple:
+        return (self.data,), self.mesh
+
+    @classmethod
+    def tree_unflatten(cls, mesh: Mesh, children: tuple) -> "LaneRows":
+        return cls(children[0], mesh)
+
+    @property
+    def dtype(self) -> Any:
+        return self.data.dtype
+
+    def take(self, idx: Any) -> Any:
+        """Rows ``idx`` (any shape of indices into the unpadded rows), on every lane: each
+        lane gathers the rows it holds, zeros for the others, and one ``psum`` adds them
+        (exact: one lane holds each row)."""
+        def gather(local, idx):
+            n = local.shape[0]
+            here = idx - jax.lax.axis_index(LANE_AXIS) * n
+            mine = (here >= 0) & (here < n)
+            rows = local[jnp.clip(here, 0, n - 1)]
+            mine = mine.reshape(mine.shape + (1,) * (rows.ndim - mine.ndim))
+            return jax.lax.psum(jnp.where(mine, rows, jnp.zeros((), rows.dtype)), LANE_AXIS)
+
+        return _shard_map()(gather, mesh=self.mesh, in_specs=(PartitionSpec(LANE_AXIS), PartitionSpec()),
+                            out_specs=PartitionSpec(), check_vma=False)(self.data, jnp.asarray(idx, jnp.int32))
+
+
 def enable_x64() -> None:
     """Turn on 64-bit floats in jax (process-global; see the module docstring)."""
     if not jax.config.read("jax_enable_x64"):
@@ -286,7 +326,21 @@ class JaxBackend(BaseBackend):
         if self._placement is None or not isinstance(x, (jax.Array, np.ndarray)) \
                 or isinstance(x, jax.core.Tracer) or getattr(x, "sharding", None) == self._placement:
             return x
+        if getattr(getattr(x, "sharding", None), "mesh", None) == self.mesh:
+            return x  # placed on these lanes already, split or otherwise (split_rows)
         return jax.device_put(x, self._placement)
+
+    def split_rows(self, x: np.ndarray) -> Any:
+        """Host array ``x`` ``(N, ...)`` onto the lanes split along its first axis (a
+        :class:`LaneRows`: one copy in all, not one per lane); without lanes,
+        :meth:`step_inputs`'s placement."""
+        if self.mesh is None:
+            return self.step_inputs(x)[0]
+        x = self._host_cast(x)
+        pad = (-x.shape[0]) % self.lanes
+        if pad:
+            x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+        return LaneRows(jax.device_put(x, NamedSharding(self.mesh, PartitionSpec(LANE_AXIS))), self.mesh)
 
     def to_numpy(self, x: Any) -> np.ndarray:
         """A writable host copy of ``x`` (numpy arrays and scalars pass through ``np.asarray``)."""

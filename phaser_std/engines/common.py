@@ -137,8 +137,9 @@ def patterns_to_device(bk: Any, patterns: Any, counted: Any = "find") -> Any:
 
 
 def group_patterns(bk: Any, patterns: Any, idx: Any) -> Any:
-    """The patterns ``idx`` of a group, in the backend's real dtype [e⁻]."""
-    group = patterns[idx]
+    """The patterns ``idx`` of a group, in the backend's real dtype [e⁻] (patterns split over
+    CPU lanes, :meth:`~phaser_core.backend.BaseBackend.split_rows`, through their ``take``)."""
+    group = patterns.take(idx) if getattr(patterns, "split_over_lanes", False) else patterns[idx]
     return group if group.dtype == bk.real_dtype else group.astype(bk.real_dtype)
 
 

@@ -32,7 +32,7 @@ import attrs
 from phaser_std.engines.chunking import (CACHE_BUDGET_BYTES, conventional_budget, conventional_lane_budget,
                                          gradient_lane_budget, has_chunked_step, lane_plan, named_backend_lanes,
                                          named_backend_on_cpu)
-from phaser_std.engines.pattern_feed import block_groups
+from phaser_std.engines.pattern_feed import block_groups, split_over_lanes
 
 MiB = 1 << 20
 
@@ -194,10 +194,15 @@ def _common_terms(config: Any, z: Sizes, family: str = "conv", state_shapes: dic
                     (f"streamed pattern blocks on the device (2 blocks){on}", 2 * z.lanes * block,
                      "crop or bin the patterns (post_load)", "device")]
     else:
-        fewer_lanes = ", or fewer CPU lanes (PHASER_JAX_CPU_DEVICES)" if z.lanes > 1 else ""
-        patterns = [(f"patterns on the device (N·Qy·Qx){on}", z.lanes * z.n * z.p * z.q,
-                     f"crop or bin the patterns (post_load), or grouping.stream_patterns: true{fewer_lanes}",
-                     "device")]
+        if split_over_lanes(z.lanes, z.n * z.p * z.q):  # one copy, its rows split over the lanes
+            rows = -(-z.n // z.lanes) * z.lanes
+            patterns = [(f"patterns on the device (N·Qy·Qx), split over {z.lanes} CPU lanes", rows * z.p * z.q,
+                         "crop or bin the patterns (post_load), or grouping.stream_patterns: true", "device")]
+        else:
+            fewer_lanes = ", or fewer CPU lanes (PHASER_JAX_CPU_DEVICES)" if z.lanes > 1 else ""
+            patterns = [(f"patterns on the device (N·Qy·Qx){on}", z.lanes * z.n * z.p * z.q,
+                         f"crop or bin the patterns (post_load), or grouping.stream_patterns: true{fewer_lanes}",
+                         "device")]
     terms = patterns + [
         (f"object (S·H·W complex){on}", z.lanes * z.obj,
          f"fewer slices (slices.n = {z.s}) or a smaller object field (init.object.pad_px)", "device"),

@@ -1,7 +1,8 @@
 """How the groups of an iteration get their patterns: kept on the device, or streamed.
 
-By default the patterns stay on the device on a CPU (where device memory is host memory)
-and are streamed on a GPU: the host keeps them (corner-centred, in their stored dtype) and
+By default the patterns stay on the device on a CPU (where device memory is host memory;
+on several CPU lanes large ones split over them, :func:`split_over_lanes`) and are
+streamed on a GPU: the host keeps them (corner-centred, in their stored dtype) and
 each iteration sends them a block of groups at a time, in group order, so the device holds
 one or two blocks (:data:`STREAM_BLOCK_BYTES` each) instead of all N patterns. The engines'
 iteration programs then run once per block instead of once per iteration (a last, smaller
@@ -19,10 +20,22 @@ import numpy as np
 from phaser_core.data import count_dtype
 from phaser_std.engines.chunking import backend_on_cpu
 
-__all__ = ["PatternFeed", "STREAM_BLOCK_BYTES", "corner_centred", "ifftshift_cast", "total_counts", "block_groups"]
+__all__ = ["PatternFeed", "STREAM_BLOCK_BYTES", "LANE_SPLIT_MIN_SAVING", "split_over_lanes", "corner_centred", "ifftshift_cast", "total_counts", "block_groups"]
 
 #: bytes of patterns sent to the device at once when streaming (whole groups; at least one)
 STREAM_BLOCK_BYTES = 16 << 20
+#: [bytes] patterns kept on CPU lanes are split over them (one copy in all, each group read
+#: with one more meeting of the lanes) when that saves at least this much against a copy
+#: on every lane (:func:`split_over_lanes`)
+LANE_SPLIT_MIN_SAVING = 128 << 20
+
+
+def split_over_lanes(lanes: int, nbytes: int) -> bool:
+    """Whether patterns of ``nbytes`` [bytes] kept on ``lanes`` CPU lanes are split over
+    them (:meth:`~phaser_core.backend.BaseBackend.split_rows`) rather than copied to each:
+    when the copies would cost :data:`LANE_SPLIT_MIN_SAVING` or more. Small data keep a copy
+    per lane, which reads a group without the lanes meeting."""
+    return int(lanes) > 1 and (int(lanes) - 1) * int(nbytes) >= LANE_SPLIT_MIN_SAVING
 
 
 def corner_centred(bk: Any, patterns: Any, counted: Any = "find") -> np.ndarray:
@@ -86,8 +99,11 @@ class PatternFeed:
         self.dtype = host.dtype
         self.shape = tuple(host.shape)
         self._total = total_counts(host, valid)
+        self.split = not self.stream and split_over_lanes(getattr(bk, "lanes", 1), host.nbytes)
         if self.stream:
             self.host, self.device = np.ascontiguousarray(host), None
+        elif self.split:
+            self.host, self.device = None, bk.split_rows(host)
         else:
             self.host, self.device = None, bk.step_inputs(host)[0]
         self._in_flight: collections.deque = collections.deque()
