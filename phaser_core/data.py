@@ -127,14 +127,15 @@ def compact_counts(data: RawData, block: int = CHECK_BLOCK) -> RawData:
     """``data`` with float patterns that hold counts (:attr:`RawData.counted_dtype`: whole
     electrons in [0, 65535]) stored as those integers, uint8 or uint16: a quarter or half of
     float32's host memory (an eighth or a quarter of float64's) for the rest of the run,
-    with the same values. The engines keep counted patterns in that dtype anyway; the float
-    array (or the file it maps) is then released. Other patterns pass through unchanged.
-    Cast ``block`` values at a time."""
+    with the same values; integer patterns likewise where a narrower dtype holds them
+    (uint16 counts up to 255 as uint8). The engines keep counted patterns in that dtype
+    anyway; the wider array (or the file it maps) is then released. Other patterns pass
+    through unchanged. Cast ``block`` values at a time."""
     p = np.asarray(data.patterns)
-    if p.dtype.kind != "f" or p.size == 0:
+    if p.dtype.kind not in "fiu" or p.size == 0:
         return data
     dtype = data.counted_dtype
-    if dtype is None:
+    if dtype is None or (p.dtype.kind in "iu" and dtype.itemsize >= p.dtype.itemsize):
         return data
     out = np.empty(p.shape, dtype=dtype)
     flat_in, flat_out = p.reshape(-1), out.reshape(-1)

@@ -226,13 +226,16 @@ def test_empad_raw_file_alone_uses_name_for_scan_shape(tmp_path):
         load_empad(EmpadConfig(path=str(tmp_path / "bad.raw")), LoadContext())
 
 
-def test_rsciio_reads_a_hspy_file(tmp_path):
+@pytest.mark.parametrize("stored", [np.float32, np.uint16])
+def test_rsciio_reads_a_hspy_file(tmp_path, stored):
+    """Float and 16-bit count files; counts divided by a gain become float (never truncated
+    in their integer dtype), and without a gain 16-bit counts stay as they are."""
     pytest.importorskip("rsciio", reason="rosettasciio not installed (pip install phaser-ptycho[formats])")
     from rsciio.hspy import file_writer
 
     from phaser_std.data.loaders.rsciio import RsciioConfig, load_rsciio
 
-    arr = np.arange(2 * 3 * 8 * 8, dtype=np.float32).reshape(2, 3, 8, 8)
+    arr = np.arange(2 * 3 * 8 * 8, dtype=stored).reshape(2, 3, 8, 8)
     axes = [
         {"name": "y", "size": 2, "scale": 0.05, "offset": 0.0, "units": "nm", "navigate": True},
         {"name": "x", "size": 3, "scale": 0.05, "offset": 0.0, "units": "nm", "navigate": True},
@@ -246,7 +249,11 @@ def test_rsciio_reads_a_hspy_file(tmp_path):
                             "tmp_parameters": {}, "attributes": {"_lazy": False}, "package_info": {},
                             "learning_results": {}, "models": {}})
     data = load_rsciio(RsciioConfig(path=str(path), counts_per_electron=2.0), LoadContext())
+    assert data.patterns.dtype == np.float32
     np.testing.assert_array_equal(data.patterns, arr.reshape(6, 8, 8) / 2)
+    as_stored = load_rsciio(RsciioConfig(path=str(path)), LoadContext()).patterns
+    assert as_stored.dtype == stored
+    np.testing.assert_array_equal(as_stored, arr.reshape(6, 8, 8))
     assert data.scan_shape == (2, 3)
     assert data.scan_step_A == pytest.approx((0.5, 0.5))
     assert data.reciprocal_sampling_invA == pytest.approx((0.2, 0.2))
@@ -293,3 +300,50 @@ def test_hdf5_chunked_compressed_file(tmp_path):
     np.testing.assert_array_equal(data.patterns, arr.reshape(6, 8, 8))
     assert data.scan_shape == (2, 3)
     assert data.reciprocal_sampling_invA[0] == pytest.approx(1.5e-3 / wavelength_A(80e3))
+
+
+def _with_patterns(src, dst, patterns, **kw):
+    """A copy of hdf5 raw-data file ``src`` whose /patterns are ``patterns``."""
+    with h5py.File(src, "r") as f, h5py.File(dst, "w") as g:
+        for key, value in f.attrs.items():
+            g.attrs[key] = value
+        for key in f:
+            if key != "patterns":
+                f.copy(key, g)
+        g.create_dataset("patterns", data=patterns, **kw)
+    return dst
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_counts_of_8_or_16_bits_are_read_as_they_are(h5file, tmp_path, dtype):
+    """uint8/uint16 counts come through the loaders in their own dtype (a quarter or half
+    of float32's memory; memory-mapped when contiguous), other integers as the run's float."""
+    with h5py.File(h5file, "r") as f:
+        counts = f["patterns"][...]
+    assert np.array_equal(counts, np.rint(counts)) and counts.max() < 256
+    path = _with_patterns(h5file, tmp_path / "counts.h5", counts.astype(dtype))
+    data = load_hdf5(Hdf5Config(path=str(path)), LoadContext())
+    assert data.patterns.dtype == dtype and isinstance(data.patterns, np.memmap)
+    np.testing.assert_array_equal(data.patterns, counts.reshape(data.patterns.shape))
+    squeezed = _with_patterns(h5file, tmp_path / "gzip.h5", counts.astype(dtype), chunks=True, compression="gzip")
+    assert load_hdf5(Hdf5Config(path=str(squeezed)), LoadContext()).patterns.dtype == dtype
+    wide = _with_patterns(h5file, tmp_path / "int32.h5", counts.astype(np.int32))
+    assert load_hdf5(Hdf5Config(path=str(wide)), LoadContext()).patterns.dtype == np.float32
+    np.save(tmp_path / "counts.npy", counts.astype(dtype))
+    npy = load_npy(NpyConfig(path=str(tmp_path / "counts.npy"), energy_eV=300e3), LoadContext())
+    assert npy.patterns.dtype == dtype
+
+
+def test_a_run_on_16_bit_counts_equals_one_on_their_float32_copy(tmp_path):
+    """The same counts stored as uint16 and as float32 reconstruct alike, to the last bit."""
+    from recon import make_dataset, run
+
+    floats = make_dataset(tmp_path / "f32.h5", scan={"shape": [6, 6]}, dose=1e5)
+    with h5py.File(floats, "r") as f:
+        counts = f["patterns"][...].astype(np.uint16)
+    ints = _with_patterns(floats, tmp_path / "u16.h5", counts)
+    engines = [{"type": "conventional", "niter": 2, "grouping": {"size": 12}, "solver": {"type": "lsqml"}}]
+    a, b = run(ints, engines), run(floats, engines)
+    np.testing.assert_array_equal(a.object.data, b.object.data)
+    np.testing.assert_array_equal(a.probe.data, b.probe.data)
+    assert a.progress.loss == b.progress.loss

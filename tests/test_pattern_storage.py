@@ -46,9 +46,12 @@ def test_a_run_keeps_counted_patterns_as_integers_from_the_load_on(tmp_path):
         compact = compact_counts(RawData(patterns=host, energy_eV=2e5), block=7)  # blocks that split patterns
         assert compact.patterns.dtype == want and compact.counted_dtype == want and compact.energy_eV == 2e5
         np.testing.assert_array_equal(compact.patterns, host)
-    for patterns in (np.full((2, 4, 4), 0.5, np.float32), np.ones((2, 4, 4), np.uint16)):
+    for patterns in (np.full((2, 4, 4), 0.5, np.float32), np.full((2, 4, 4), 300, np.uint16),
+                     np.ones((2, 4, 4), np.uint8), np.full((2, 4, 4), 70000, np.uint32)):
         data = RawData(patterns=patterns)
         assert compact_counts(data) is data
+    narrowed = compact_counts(RawData(patterns=np.full((2, 4, 4), 255, np.uint16)))  # uint16 counts up to 255
+    assert narrowed.patterns.dtype == np.uint8 and np.all(narrowed.patterns == 255)
 
     path = make_dataset(tmp_path / "counted.h5", scan={"shape": [6, 6]}, dose=1e5)
     plan = load_plan({"file_type": "phaser_plan", "version": 1, "raw_data": {"type": "hdf5", "path": str(path)},

@@ -132,10 +132,22 @@ def orient_mask(mask: np.ndarray | None, cfg: Any) -> np.ndarray | None:
     return None if mask is None else np.ascontiguousarray(orient_patterns(np.asarray(mask, dtype=bool), cfg))
 
 
-def as_host_patterns(p: Any, dtype: str | np.dtype) -> Any:
-    """One contiguous array of ``dtype``; a memory map or array of the right dtype and layout
-    is returned as is (no copy)."""
-    dt = np.dtype(dtype)
+#: pattern dtypes loaders hand on as they are: 8- and 16-bit counts [e⁻]
+KEPT_COUNT_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
+
+
+def stored_dtype(have: Any, dtype: str | np.dtype, keep_counts: bool = True) -> np.dtype:
+    """The dtype a loader hands patterns stored as ``have`` on in: uint8/uint16 counts as
+    they are (``keep_counts``; whole electrons in a quarter or half of float32's memory,
+    as the engines store them), anything else as the run's float ``dtype``."""
+    have = np.dtype(have)
+    return have if keep_counts and have in KEPT_COUNT_DTYPES else np.dtype(dtype)
+
+
+def as_host_patterns(p: Any, dtype: str | np.dtype, keep_counts: bool = True) -> Any:
+    """One contiguous array of :func:`stored_dtype` (uint8/uint16 counts kept, else
+    ``dtype``); a memory map or array of that dtype and layout is returned as is (no copy)."""
+    dt = stored_dtype(p.dtype, dtype, keep_counts)
     if isinstance(p, np.ndarray) and p.dtype == dt and p.flags.c_contiguous:
         return p
     return np.ascontiguousarray(p, dtype=dt)

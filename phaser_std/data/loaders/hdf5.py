@@ -2,8 +2,9 @@
 
 Layout (docs/file-formats.md, "Raw data: the hdf5 format"):
 
-- ``/patterns`` float ``(Ny, Nx, Qy, Qx)`` or ``(N, Qy, Qx)`` [electrons], zero angle at
-  pixel ``(Qy//2, Qx//2)``; ``/patterns_noiseless`` optionally (pick it with ``key``);
+- ``/patterns`` float, or uint8/uint16 counts (read as they are), ``(Ny, Nx, Qy, Qx)`` or
+  ``(N, Qy, Qx)`` [electrons], zero angle at pixel ``(Qy//2, Qx//2)``;
+  ``/patterns_noiseless`` optionally (pick it with ``key``);
 - ``/scan_positions`` optional ``(N, 2)`` (y, x) [Å];
 - ``/mask`` optional ``(Qy, Qx)`` bool (True = valid pixel);
 - root attributes ``energy_eV`` [eV], ``convergence_angle_mrad`` [mrad], ``defocus_A`` [Å]
@@ -18,9 +19,10 @@ Orientation: the file's detector axes are parallel to the object axes already (Q
 y, Qx along x); the ``flip_*``/``transpose``/``rotate90`` keys exist for files written by
 other tools (see :mod:`phaser_std.data.loaders._common`).
 
-Large files: a contiguous, uncompressed dataset of the run's dtype is memory-mapped (no
-read at all until used); otherwise the patterns are read with one ``read_direct`` into a
-single array of the run's dtype (h5py converts chunk by chunk; no second copy). An
+Large files: a contiguous, uncompressed dataset of the run's dtype (or of uint8/uint16
+counts) is memory-mapped (no read at all until used); otherwise the patterns are read with
+one ``read_direct`` into a single array of that dtype (h5py converts chunk by chunk; no
+second copy). An
 orientation option costs one more copy.
 """
 
@@ -37,7 +39,7 @@ from phaser_core.data import RawData
 from phaser_core.errors import DataError
 
 from ._common import (LoaderCommon, apply_overrides, as_host_patterns, check_real_dtype, number_attr, orient_mask,
-                      orient_patterns, orient_sampling, to_stack)
+                      orient_patterns, orient_sampling, stored_dtype, to_stack)
 
 
 @attrs.frozen(kw_only=True)
@@ -104,9 +106,10 @@ def _read_file(f: Any, path: Any, config: Hdf5Config, ctx: LoadContext) -> RawDa
     if ds.ndim not in (3, 4):
         raise DataError(f"{path}:/{config.key} must be (Ny, Nx, Qy, Qx) or (N, Qy, Qx), got {ds.shape}")
     check_real_dtype(ds.dtype, f"{path}:/{config.key}")
-    raw = _memmap(ds, path, ctx.dtype) if config.mmap and not _reorients(config) else None
+    kept = stored_dtype(ds.dtype, ctx.dtype)  # uint8/uint16 counts as they are, else the run's float
+    raw = _memmap(ds, path, kept) if config.mmap and not _reorients(config) else None
     if raw is None:
-        raw = np.empty(ds.shape, dtype=np.dtype(ctx.dtype))
+        raw = np.empty(ds.shape, dtype=kept)
         if ds.size:
             ds.read_direct(raw)
     patterns, shape_from_array = to_stack(raw, f"{path}:/{config.key}")
@@ -190,7 +193,7 @@ def _reorients(config: Hdf5Config) -> bool:
     return bool(config.flip_y or config.flip_x or config.transpose or (config.rotate90 or 0) % 4)
 
 
-def _memmap(ds: Any, path: Any, dtype: str) -> np.ndarray | None:
+def _memmap(ds: Any, path: Any, dtype: str | np.dtype) -> np.ndarray | None:
     """A read-only memory map of a contiguous, uncompressed dataset of ``dtype``, else None."""
     dt = np.dtype(dtype)
     if ds.chunks is not None or ds.compression is not None or ds.dtype != dt or not ds.dtype.isnative:

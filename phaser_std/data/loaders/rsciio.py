@@ -112,7 +112,9 @@ def load_rsciio(config: RsciioConfig, ctx: LoadContext) -> RawData:
             raise DataError(f"{path}: no 3D or 4D signal among {shapes}; set signal_index")
     arr = np.asarray(sig["data"])
     patterns, shape_from_array = to_stack(arr, str(path))
-    patterns = as_host_patterns(orient_patterns(patterns, config), ctx.dtype)
+    # counts divided by a gain become float; without one, 8/16-bit counts stay as they are
+    patterns = as_host_patterns(orient_patterns(patterns, config), ctx.dtype,
+                                keep_counts=config.counts_per_electron is None)
     if config.counts_per_electron is not None:
         if patterns is arr or not isinstance(patterns, np.ndarray) or not patterns.flags.writeable:
             patterns = np.array(patterns)  # never scale the reader's buffer in place
