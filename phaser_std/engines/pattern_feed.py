@@ -20,7 +20,8 @@ import numpy as np
 from phaser_core.data import count_dtype
 from phaser_std.engines.chunking import backend_on_cpu
 
-__all__ = ["PatternFeed", "STREAM_BLOCK_BYTES", "LANE_SPLIT_MIN_SAVING", "split_over_lanes", "corner_centred", "ifftshift_cast", "total_counts", "block_groups"]
+__all__ = ["PatternFeed", "STREAM_BLOCK_BYTES", "LANE_SPLIT_MIN_SAVING", "split_over_lanes", "corner_centred",
+           "ifftshift_cast", "total_counts", "block_groups"]
 
 #: bytes of patterns sent to the device at once when streaming (whole groups; at least one)
 STREAM_BLOCK_BYTES = 16 << 20

@@ -22,8 +22,7 @@ other tools (see :mod:`phaser_std.data.loaders._common`).
 Large files: a contiguous, uncompressed dataset of the run's dtype (or of uint8/uint16
 counts) is memory-mapped (no read at all until used); otherwise the patterns are read with
 one ``read_direct`` into a single array of that dtype (h5py converts chunk by chunk; no
-second copy). An
-orientation option costs one more copy.
+second copy). An orientation option costs one more copy.
 """
 
 from __future__ import annotations
