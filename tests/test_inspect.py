@@ -165,3 +165,16 @@ def test_the_dose_figures_name_a_mask_of_the_wrong_shape():
 
     with pytest.raises(DataError, match=r"the detector mask is \(6, 6\) but the patterns are \(8, 8\)"):
         _valid_sums(RawData(patterns=np.ones((4, 8, 8), np.float32), mask=np.ones((6, 6), bool)))
+
+
+def test_the_storage_row_says_what_a_run_keeps():
+    from phaser_core.data import RawData
+    from phaser_std.data.inspect import summary_rows
+
+    counts = np.random.default_rng(0).poisson(30.0, size=(4, 8, 8))
+    for patterns, value, note in ((counts.astype(np.float32), "float32 (0.0009766 MiB)", "as uint8 (0.0002441 MiB)"),
+                                  (counts.astype(np.uint16) + 300, "uint16", "as uint16"),
+                                  (counts + np.float32(0.5), "float", "not whole electrons")):
+        data = RawData(patterns=patterns, energy_eV=2e5, reciprocal_sampling_invA=(0.1, 0.1))
+        row = next(r for r in summary_rows(data) if r[0] == "storage")
+        assert value in row[1] and note in row[2], row

@@ -108,6 +108,18 @@ def _fmt(v: Any, unit: str = "", digits: int = 4) -> str:
     return f"{v} {unit}".strip()
 
 
+def _storage_summary(data: RawData) -> tuple[str, str]:
+    """(value, note) of the storage row: the patterns' dtype and size as read, and what a
+    run keeps (whole electrons up to 65535 as uint8/uint16: ``compact_counts``)."""
+    p = np.asarray(data.patterns)
+    mib = float(p.size) / (1 << 20)
+    kept = data.counted_dtype
+    value = f"{p.dtype} ({p.dtype.itemsize * mib:.4g} MiB)"
+    if kept is None:
+        return value, "not whole electrons: a run keeps the run's float dtype"
+    return value, f"counts: a run keeps them as {kept} ({kept.itemsize * mib:.4g} MiB)"
+
+
 def summary_rows(data: RawData) -> list[tuple[str, str, str]]:
     """(quantity, value, note) rows: acquisition parameters then sampling figures."""
     f = sampling_figures(data)
@@ -115,6 +127,7 @@ def summary_rows(data: RawData) -> list[tuple[str, str, str]]:
     rows = [
         ("source", str(data.source), ""),
         ("patterns", f"{n} x {data.pattern_shape[0]} x {data.pattern_shape[1]}", "N x Qy x Qx"),
+        ("storage", *_storage_summary(data)),
         ("scan shape", " x ".join(map(str, data.scan_shape)) if data.scan_shape else "none (explicit positions)",
          "ny x nx"),
         ("energy", _fmt(data.energy_eV / 1e3 if data.energy_eV else None, "kV"), ""),
