@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
                     help="change the engine block of both trees, e.g. --set grouping.chunk=64; repeatable")
     a = ap.parse_args()
-    todo = [c for c in C.matrix("default") if any(fnmatch.fnmatch(C.case_id(c), p) for p in a.cases)]
+    todo = [c for c in C.matrix("big") if any(fnmatch.fnmatch(C.case_id(c), p) for p in a.cases)]
     from bench import byte_compile
 
     byte_compile(Path(a.base))  # both trees start from .pyc files

@@ -131,9 +131,10 @@ def test_streamed_patterns_reconstruct_identically(tmp_path, monkeypatch, backen
     """The patterns sent to the device a block of groups at a time give the reconstruction
     of patterns kept on the device, to the last bit: the same group steps in the same order,
     the positions' sums and per-position tilt still indexed by scan position, the probe
-    scaled by the same total (summed on the host either way). 64 positions in groups of 12
-    (the last one ragged) and blocks of 4 groups: a block of 4 and a last one of 2 (its own
-    compiled program); counted (uint8) and float storage."""
+    scaled by the same total (summed on the host either way). 64 positions and blocks of at
+    most 4 groups: with counted (uint8) storage groups of 13 (5 groups, the last ragged: a
+    block of 4 and a last one of 1, its own compiled program), with float storage groups of
+    12 (6 groups: two equal blocks of 3)."""
     if backend_name == "jax":
         pytest.importorskip("jax")
     import phaser_std.engines.pattern_feed as feed
@@ -144,25 +145,27 @@ def test_streamed_patterns_reconstruct_identically(tmp_path, monkeypatch, backen
 
     def counting(self, indices):
         for block in blocks(self, indices):
-            calls.append((self.stream, block[1].dtype))
+            calls.append((self.stream, block[1].dtype, block[0].stop - block[0].start))
             yield block
 
     monkeypatch.setattr(feed.PatternFeed, "blocks", counting)
     with h5py.File(data, "r") as f:
         *scan, qy, qx = f["patterns"].shape  # (Sy, Sx, Qy, Qx)
         assert np.prod(scan) == 64 and count_dtype(f["patterns"][...]) == np.uint8
-    itemsize = 1 if key == "patterns" else 4
-    monkeypatch.setattr(feed, "STREAM_BLOCK_BYTES", 4 * 12 * qy * qx * itemsize)  # four groups a block
+    itemsize, size, sizes = (1, 13, [4, 1]) if key == "patterns" else (4, 12, [3, 3])
+    monkeypatch.setattr(feed, "STREAM_BLOCK_BYTES", 4 * size * qy * qx * itemsize)  # at most four groups a block
 
     def engines(stream):
-        return [{**e, "grouping": {**e["grouping"], "stream_patterns": stream}} for e in STREAMED_ENGINES]
+        return [{**e, "grouping": {**e["grouping"], "size": size, "stream_patterns": stream}}
+                for e in STREAMED_ENGINES]
 
     kept = run(data, engines(False), backend=backend_name, key=key)
-    assert calls and not any(stream for stream, _ in calls)
+    assert calls and not any(stream for stream, _, _ in calls)
     calls.clear()
     streamed = run(data, engines(True), backend=backend_name, key=key)
-    assert [stream for stream, _ in calls] == [True] * (3 * 2 * 2)  # engines x iterations x blocks
-    assert {np.dtype(dt) for _, dt in calls} == {np.dtype(np.uint8 if key == "patterns" else np.float32)}
+    assert [stream for stream, _, _ in calls] == [True] * (3 * 2 * 2)  # engines x iterations x blocks
+    assert [n for _, _, n in calls] == sizes * (3 * 2)
+    assert {np.dtype(dt) for _, dt, _ in calls} == {np.dtype(np.uint8 if key == "patterns" else np.float32)}
     np.testing.assert_array_equal(streamed.object.data, kept.object.data)
     np.testing.assert_array_equal(streamed.probe.data, kept.probe.data)
     np.testing.assert_array_equal(streamed.scan_A, kept.scan_A)
@@ -177,7 +180,9 @@ def test_streamed_patterns_reconstruct_identically(tmp_path, monkeypatch, backen
 def test_stream_blocks_hold_whole_groups_that_fit():
     from phaser_std.engines.pattern_feed import block_groups
 
-    assert block_groups(100, 1 << 20, 16 << 20) == 16   # six blocks of 16 and one of 4
+    assert block_groups(100, 1 << 20, 16 << 20) == 10   # ten blocks of 10 (one program), not 6 x 16 + 4
+    assert block_groups(96, 1 << 20, 16 << 20) == 16    # six blocks of 16
+    assert block_groups(101, 1 << 20, 16 << 20) == 16   # a prime count: six blocks of 16 and one of 5
     assert block_groups(8, 1 << 20, 64 << 20) == 8      # everything fits: one block
     assert block_groups(8, 32 << 20, 16 << 20) == 1     # a group larger than the budget still goes
 

@@ -5,8 +5,9 @@ on several CPU lanes large ones split over them, :func:`split_over_lanes`) and a
 streamed on a GPU: the host keeps them (corner-centred, in their stored dtype) and
 each iteration sends them a block of groups at a time, in group order, so the device holds
 one or two blocks (:data:`STREAM_BLOCK_BYTES` each) instead of all N patterns. The engines'
-iteration programs then run once per block instead of once per iteration (a last, smaller
-block compiles a second program); the group steps and their order are the same, so the
+iteration programs then run once per block instead of once per iteration (blocks of equal
+size where the group count allows, :func:`block_groups`; else a last, smaller block
+compiles a second program); the group steps and their order are the same, so the
 reconstruction is too (``grouping.stream_patterns`` sets it either way).
 """
 
@@ -76,11 +77,17 @@ def total_counts(patterns: np.ndarray, valid: np.ndarray | None = None) -> float
 
 
 def block_groups(n_groups: int, group_bytes: int, budget: int | None = None) -> int:
-    """Groups per streamed block: as many whole groups (``group_bytes`` each) as fit
-    ``budget`` [bytes] (default :data:`STREAM_BLOCK_BYTES`), at least 1, at most
-    ``n_groups``. A last, smaller block takes the rest (its own compiled program)."""
+    """Groups per streamed block: whole groups (``group_bytes`` each) within ``budget``
+    [bytes] (default :data:`STREAM_BLOCK_BYTES`), at least 1, at most ``n_groups``. Where a
+    divisor of ``n_groups`` of at least half the most that fit exists, the largest such
+    divisor, so that every block has the same shape and the iteration program compiles once
+    (100 groups, 16 fit: blocks of 10, not six of 16 and one of 4); otherwise the most that
+    fit, and a last, smaller block takes the rest (its own compiled program)."""
     budget = STREAM_BLOCK_BYTES if budget is None else budget
-    return max(1, min(int(n_groups), int(budget) // max(1, int(group_bytes))))
+    n_groups = int(n_groups)
+    most = max(1, min(n_groups, int(budget) // max(1, int(group_bytes))))
+    even = max(d for d in range(1, most + 1) if n_groups % d == 0) if n_groups > 0 else most
+    return even if 2 * even >= most else most
 
 
 class PatternFeed:
