@@ -385,6 +385,11 @@ def test_lane_plan_uses_the_most_lanes_the_chunks_divide_among():
     assert lane_plan(8, None, 100, 1, 1, shape, 8, True) == (5, 5)  # 20 chunks of 5
     assert lane_plan(6, 16, 64, 1, 1, shape, 8, True) == (4, 16)  # a chunk the plan names
     assert lane_plan(6, None, 61, 1, 1, shape, 8, True) == (1, 61)  # a prime group: one lane
+    # each lane gets at least 256 KiB of waves (what paid on two lanes): 16 positions of 32 KiB
+    # use 2 of 8 lanes, 32 positions 4
+    assert lane_plan(8, None, 16, 1, 1, shape, 8, True) == (2, 8)
+    assert lane_plan(8, None, 32, 1, 1, shape, 8, True) == (4, 8)
+    assert lane_plan(2, None, 16, 1, 1, shape, 8, True) == (2, 8)  # two lanes: as before
 
 
 LANES_OF_THREE = """

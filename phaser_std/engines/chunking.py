@@ -132,15 +132,19 @@ def lane_plan(lanes: int, requested: int | None, group_size: int, n_modes: int, 
     size, ``chunked_step`` False: a step without chunks) every lane would compute the same
     whole step, slower than one device (1.7x measured, benchmarks/NOTES.md 27), so the
     step uses one lane and the one-device ``budget``. So does a group whose waves are
-    smaller than :data:`LANE_MIN_BYTES`: the lanes meet once per pass over the chunks, and every lane does
-    the group's object-sized work, which outweighs half of a small group's waves (single
+    smaller than :data:`LANE_MIN_BYTES`, and a group uses no more lanes than give each half
+    of that (16 positions of 64² on 8 lanes: 2): the lanes meet once per pass over the
+    chunks, and every lane does the group's object-sized work, which outweighs half of a small group's waves (single
     slice, one mode, 64², groups of 8: LSQML 1.36x and the gradient engine 1.2x slower on
     two lanes; groups of 16: ePIE 1.42x and the gradient engine 1.11x faster, LSQML the
     same)."""
     waves = int(group_size) * int(n_modes) * int(n_slices) * int(wave_shape[0]) * int(wave_shape[1]) * int(itemsize)
     if lanes > 1 and chunked_step and waves >= LANE_MIN_BYTES:
         per_lane_budget = lane_budget(budget) if lane_budget_bytes is None else lane_budget_bytes
-        for used in range(int(lanes), 1, -1):
+        # every lane gets at least half of LANE_MIN_BYTES of waves, the share measured to pay
+        # on two lanes: a small group on a many-core machine uses fewer lanes than it has
+        most = min(int(lanes), waves // (LANE_MIN_BYTES // 2))
+        for used in range(most, 1, -1):
             chunk = resolve_chunk(requested, group_size, n_modes, n_slices, wave_shape, itemsize, on_cpu,
                                   per_lane_budget, used)
             if chunk < group_size and (group_size // chunk) % used == 0:
