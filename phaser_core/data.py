@@ -102,20 +102,30 @@ class RawData:
 CHECK_BLOCK = 1 << 20
 
 
+def _row_blocks(shape: tuple, block: int) -> list[slice]:
+    """Slices along the first axis of an array of ``shape`` holding about ``block`` values
+    each (at least one row): the pattern checks read a memory map or a non-contiguous view
+    a block at a time, where a whole-array ``reshape(-1)`` of a view would copy it all."""
+    shape = tuple(shape) or (1,)
+    per_row = max(1, int(np.prod(shape[1:], dtype=np.int64)))
+    rows = max(1, int(block) // per_row)
+    return [slice(i, i + rows) for i in range(0, shape[0], rows)]
+
+
 def count_dtype(patterns: np.ndarray, block: int = CHECK_BLOCK) -> np.dtype | None:
     """The unsigned integer dtype that holds ``patterns`` exactly when every value is a
     whole number of electrons in [0, 65535] (counted data): uint8 up to 255 counts, else
     uint16; None for other data. Checked ``block`` values at a time, so that the check
     allocates little."""
-    flat = np.asarray(patterns).reshape(-1)
-    if flat.dtype.kind in "biu":  # integers are whole: only the range to check
-        low, top = (int(flat.min()), int(flat.max())) if flat.size else (0, 0)
+    p = np.atleast_1d(np.asarray(patterns))
+    if p.dtype.kind in "biu":  # integers are whole: only the range to check
+        low, top = (int(p.min()), int(p.max())) if p.size else (0, 0)
         if low < 0 or top > 65535:
             return None
         return np.dtype(np.uint8) if top <= 255 else np.dtype(np.uint16)
     peak = 0.0
-    for i in range(0, flat.size, block):
-        b = flat[i:i + block]
+    for rows in _row_blocks(p.shape, block):
+        b = p[rows]
         top = b.max()
         if not (b.min() >= 0 and top <= 65535 and np.array_equal(b, np.rint(b))):
             return None
@@ -138,9 +148,8 @@ def compact_counts(data: RawData, block: int = CHECK_BLOCK) -> RawData:
     if dtype is None or (p.dtype.kind in "iu" and dtype.itemsize >= p.dtype.itemsize):
         return data
     out = np.empty(p.shape, dtype=dtype)
-    flat_in, flat_out = p.reshape(-1), out.reshape(-1)
-    for i in range(0, flat_in.size, block):
-        flat_out[i:i + block] = flat_in[i:i + block]
+    for rows in _row_blocks(p.shape, block):
+        out[rows] = p[rows]
     compact = data.replace(patterns=out)
     object.__setattr__(compact, "counted_dtype", dtype)  # found already: no second pass
     return compact
@@ -230,16 +239,14 @@ def check_finite(data: RawData, block: int = CHECK_BLOCK) -> None:
     if getattr(data, "counted_dtype", None) is not None:
         return  # whole numbers in [0, 65535]: finite (the pass the engines need anyway)
     n = p.shape[0]
-    flat = p.reshape(n, -1)
     valid = None if valid is None else valid.reshape(-1)
-    rows = max(1, block // max(1, flat.shape[1]))
     bad: list[int] = []
-    for start in range(0, n, rows):
-        chunk = flat[start:start + rows]
+    for rows in _row_blocks(p.shape, block):
+        chunk = p[rows].reshape(-1, int(np.prod(p.shape[1:], dtype=np.int64)))  # copies a block at most
         if np.isfinite(chunk.sum(dtype=np.float64)):
             continue
         finite = np.isfinite(chunk if valid is None else chunk[:, valid]).all(axis=1)
-        bad.extend((start + np.nonzero(~finite)[0]).tolist())
+        bad.extend((rows.start + np.nonzero(~finite)[0]).tolist())
     if not bad:
         return  # none, or only where the detector mask says the pixel is invalid
     first = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
