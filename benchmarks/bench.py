@@ -229,7 +229,7 @@ def combine(runs: list[dict]) -> dict:
 
     out = dict(runs[0])
     for key in ("s_per_iter_median", "s_per_iter", "cpu_s_per_iter_median", "first_iter_s", "time_to_target_s",
-                "startup_s", "time_to_target_from_start_s"):
+                "startup_s", "time_to_target_from_start_s", "baseline_rss_mib"):
         out[key] = median(key)
     for key in ("peak_rss_mib", "peak_gpu_mib"):
         out[key] = largest(key)
@@ -249,6 +249,7 @@ def summarize(case: dict, ours: dict, ph: dict | None) -> dict:
         row[f"{tag}_s_iter"] = r.get("s_per_iter_median")
         row[f"{tag}_cpu_s_iter"] = r.get("cpu_s_per_iter_median")
         row[f"{tag}_rss_mib"] = r.get("peak_rss_mib")
+        row[f"{tag}_baseline_rss_mib"] = r.get("baseline_rss_mib")
         row[f"{tag}_gpu_mib"] = r.get("peak_gpu_mib")
         row[f"{tag}_pearson"] = r.get("pearson")
         row[f"{tag}_ttt_s"] = r.get("time_to_target_s")

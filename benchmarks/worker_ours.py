@@ -94,6 +94,23 @@ def score(state, gt, gt_s, periodic) -> dict:
     return m
 
 
+def runtime_baseline_mib(backend: str, dtype: str) -> float | None:
+    """RSS [MiB] with the imports done and the backend's runtime up, just before the run:
+    what the memory planner's estimate (a run's growth, docs/memory.md) comes on top of.
+    The backend is built as ``python -m phaser_core.memory measure`` builds it (jax's CPU
+    lanes are requested first)."""
+    from phaser_core.backend import build_backend
+    from phaser_core.registry import get_registry
+
+    bk = build_backend(backend, dtype, get_registry())
+    bk.synchronize(bk.xp.sum(bk.asarray(np.ones(4, dtype=np.float32))))
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            return next(int(line.split()[1]) / 1024.0 for line in fh if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return None
+
+
 def main(arg: str) -> None:
     job = json.loads(arg)
     t0 = time.perf_counter()
@@ -111,6 +128,7 @@ def main(arg: str) -> None:
     if job.get("init"):
         plan["init"] = job["init"]  # e.g. {"probe": {"type": "focused", "soft_edge_px": 1}}
     timer = Timer(job["data"], int(job.get("score_every", 0)), job.get("target"))
+    baseline_mib = runtime_baseline_mib(job["backend"], job.get("dtype", "float32"))
     t1 = time.perf_counter()
     state = run_plan(load_plan(plan), quiet=True, observers=[timer])
     wall = time.perf_counter() - t1
@@ -126,6 +144,7 @@ def main(arg: str) -> None:
         "cpu_s_per_iter_median": float(np.median(timer.cpu_times[1:])) if rest else None,
         "final_loss": timer.losses[-1] if timer.losses else None,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "baseline_rss_mib": baseline_mib,
         "peak_gpu_mib": device_peak_mib(job["backend"]),
         "scores": timer.scores, "time_to_target_s": timer.t_target, "startup_s": timer.startup_s,
         "time_to_target_from_start_s": (timer.startup_s + timer.t_target

@@ -57,6 +57,7 @@ class Backend(Protocol):
     def with_lanes(self, n: int) -> Any: ...
     def share(self, x: Any) -> Any: ...
     def split_rows(self, x: Any) -> Any: ...
+    def split_rows_from(self, n_rows: int, row_shape: tuple, dtype: Any, fill: Callable) -> Any: ...
     def step_inputs(self, *xs: Any) -> tuple: ...
     def sum_scan(self, fn: Callable, carry: Any, xs: tuple, reduce: Any = None) -> tuple[Any, dict]: ...
     def rng(self, seed: int, stream: str) -> np.random.Generator: ...
@@ -249,6 +250,15 @@ class BaseBackend:
         :attr:`lanes` (one copy in all; rows are then read with ``take``); here, with one
         lane, :meth:`step_inputs`'s placement."""
         return self.step_inputs(x)[0]
+
+    def split_rows_from(self, n_rows: int, row_shape: tuple, dtype: Any, fill: Callable) -> Any:
+        """:meth:`split_rows` of an ``(n_rows, *row_shape)`` array of ``dtype`` that
+        ``fill(start, stop, out)`` writes a range of rows of into ``out`` (host, ``stop -
+        start`` rows), so a backend with lanes can build each lane's rows without a whole
+        host copy beside them; here, the whole array filled once."""
+        out = np.empty((int(n_rows),) + tuple(row_shape), dtype=dtype)
+        fill(0, int(n_rows), out)
+        return self.split_rows(out)
 
     def step_inputs(self, *xs: Any) -> tuple:
         """Host arrays onto the device as a compiled step's arguments (:meth:`asarray`, then

@@ -365,6 +365,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------
 
 
+def _runtime_rss(backend: str) -> int | None:
+    """This process's resident memory [bytes] with the estimated backend's runtime up (what
+    a run's memory comes on top of); None where it cannot be read or the backend not built."""
+    import numpy as np
+
+    from . import memory
+    from .backend import build_backend
+
+    try:
+        bk = build_backend(backend, "float32", get_registry())
+        bk.synchronize(bk.xp.sum(bk.asarray(np.ones(4, dtype=np.float32))))
+    except Exception:  # noqa: BLE001 - the report stands without it
+        return None
+    return memory.process_rss()
+
+
 def _print_memory_estimate(plan: Any, plan_dir: Path, *, as_json: bool = False, budget_gib: float | None = None,
                            resume_dir: Path | None = None) -> int:
     """Print the memory planner's estimate for ``plan``; 1 when it exceeds ``budget_gib``."""
@@ -384,14 +400,16 @@ def _print_memory_estimate(plan: Any, plan_dir: Path, *, as_json: bool = False, 
     if budget_gib is not None:
         avail = {"device": None, "host": int(budget_gib * memory.GiB), "source": f"--budget-GiB {budget_gib:g}"}
     short = [c for c in memory.pool_checks(est, avail) if not c.fits] if avail is not None else []
+    baseline = _runtime_rss(est.backend)
     if as_json:
         out = est.to_dict()
+        out["process_baseline_bytes"] = baseline
         if avail is not None:
             out.update(budget_bytes=avail["host"], fits=not short)
         out["notes"] = notes
         print(json.dumps(out, indent=2))
     else:
-        print(memory.format_report(est, avail))
+        print(memory.format_report(est, avail, baseline))
         for text in notes:
             _err().print(escape(text))
     if short:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import mmap
 from typing import Any
 
 import attrs
@@ -112,6 +113,57 @@ def _row_blocks(shape: tuple, block: int) -> list[slice]:
     return [slice(i, i + rows) for i in range(0, shape[0], rows)]
 
 
+def read_only_map(patterns: Any) -> mmap.mmap | None:
+    """The read-only file mapping ``patterns`` (or the array it views) lies in: an
+    ``np.memmap`` of mode ``"r"`` (the hdf5, npy and empad loaders'); None otherwise."""
+    base = patterns
+    while base is not None:
+        if isinstance(base, np.memmap):
+            mm = getattr(base, "_mmap", None)
+            return mm if getattr(base, "mode", None) == "r" and isinstance(mm, mmap.mmap) else None
+        base = getattr(base, "base", None)
+    return None
+
+
+class PageRelease:
+    """Gives back the pages of a read-only file mapping once a pass has read them.
+
+    A pass over memory-mapped patterns (the checks and the compaction here, the engines'
+    corner-centred copy) makes every page it touches resident in this process, so a 1 GiB
+    float32 file counted 1 GiB more at its peak, beside the copy the pass wrote
+    (benchmarks/NOTES.md 94). ``madvise(MADV_DONTNEED)`` drops a read block's pages from the
+    process; they stay in the kernel's page cache, and a later read maps them again. Does
+    nothing for arrays that are not a read-only mapping (then dropping pages could lose
+    data), or where the platform has no ``madvise``."""
+
+    def __init__(self, patterns: Any):
+        self._map = read_only_map(patterns) if hasattr(mmap, "MADV_DONTNEED") else None
+        self._start = 0
+        if self._map is not None:
+            try:  # the mapping's address (a read-only view; released at once)
+                self._start = np.frombuffer(self._map, dtype=np.uint8, count=1).ctypes.data
+            except (TypeError, ValueError):
+                self._map = None
+
+    def __call__(self, block: np.ndarray) -> None:
+        """Drop the pages under ``block`` (a view into the mapping) [whole pages; those it
+        shares with its neighbours too: they are read back when needed]."""
+        if self._map is None or block.size == 0:
+            return
+        low = high = block.ctypes.data
+        for n, stride in zip(block.shape, block.strides):
+            if stride < 0:
+                low += (n - 1) * stride
+            else:
+                high += (n - 1) * stride
+        high += block.itemsize
+        page = mmap.PAGESIZE
+        begin = max(0, (low - self._start) // page * page)
+        end = min(len(self._map), -(-(high - self._start) // page) * page)
+        if end > begin:
+            self._map.madvise(mmap.MADV_DONTNEED, begin, end - begin)
+
+
 def count_dtype(patterns: np.ndarray, block: int = CHECK_BLOCK) -> np.dtype | None:
     """The unsigned integer dtype that holds ``patterns`` exactly when every value is a
     whole number of electrons in [0, 65535] (counted data): uint8 up to 255 counts, else
@@ -124,10 +176,13 @@ def count_dtype(patterns: np.ndarray, block: int = CHECK_BLOCK) -> np.dtype | No
             return None
         return np.dtype(np.uint8) if top <= 255 else np.dtype(np.uint16)
     peak = 0.0
+    release = PageRelease(patterns)
     for rows in _row_blocks(p.shape, block):
         b = p[rows]
         top = b.max()
-        if not (b.min() >= 0 and top <= 65535 and np.array_equal(b, np.rint(b))):
+        counts = bool(b.min() >= 0 and top <= 65535 and np.array_equal(b, np.rint(b)))
+        release(b)
+        if not counts:
             return None
         peak = max(peak, float(top))
     return np.dtype(np.uint8) if peak <= 255 else np.dtype(np.uint16)
@@ -148,8 +203,10 @@ def compact_counts(data: RawData, block: int = CHECK_BLOCK) -> RawData:
     if dtype is None or (p.dtype.kind in "iu" and dtype.itemsize >= p.dtype.itemsize):
         return data
     out = np.empty(p.shape, dtype=dtype)
+    release = PageRelease(data.patterns)
     for rows in _row_blocks(p.shape, block):
         out[rows] = p[rows]
+        release(p[rows])
     compact = data.replace(patterns=out)
     object.__setattr__(compact, "counted_dtype", dtype)  # found already: no second pass
     return compact
@@ -241,12 +298,13 @@ def check_finite(data: RawData, block: int = CHECK_BLOCK) -> None:
     n = p.shape[0]
     valid = None if valid is None else valid.reshape(-1)
     bad: list[int] = []
+    release = PageRelease(data.patterns)
     for rows in _row_blocks(p.shape, block):
         chunk = p[rows].reshape(-1, int(np.prod(p.shape[1:], dtype=np.int64)))  # copies a block at most
-        if np.isfinite(chunk.sum(dtype=np.float64)):
-            continue
-        finite = np.isfinite(chunk if valid is None else chunk[:, valid]).all(axis=1)
-        bad.extend((rows.start + np.nonzero(~finite)[0]).tolist())
+        if not np.isfinite(chunk.sum(dtype=np.float64)):
+            finite = np.isfinite(chunk if valid is None else chunk[:, valid]).all(axis=1)
+            bad.extend((rows.start + np.nonzero(~finite)[0]).tolist())
+        release(p[rows])
     if not bad:
         return  # none, or only where the detector mask says the pixel is invalid
     first = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")

@@ -46,7 +46,7 @@ ENV_BUDGET = "PHASER_MEMORY_BUDGET_GIB"
 ENV_CHECK = "PHASER_MEMORY_CHECK"
 
 __all__ = ["DataShape", "Term", "EngineEstimate", "MemoryEstimate", "data_shape", "state_shapes",
-           "estimate_plan", "estimate_run", "available_memory", "check_memory", "pool_checks", "PoolCheck",
+           "estimate_plan", "estimate_run", "available_memory", "process_rss", "check_memory", "pool_checks", "PoolCheck",
            "shortfall_message", "format_bytes",
            "format_report", "ENV_BUDGET", "ENV_CHECK"]
 
@@ -249,8 +249,11 @@ def estimate_run(plan: Any, data: Any, state: Any, registry: Any, backend: str |
     dtype = str(plan.dtype)
     ds = data_shape(data)
     shapes = state_shapes(state)
-    shared = [Term("raw patterns in host memory" + (" (memory-mapped file pages)" if ds.mapped else ""),
-                   ds.host_bytes, "crop or bin the data (post_load), or scan a smaller area", "host")]
+    # a memory-mapped file's pages are given back as each pass reads them (data.PageRelease)
+    shared = [Term("raw patterns in host memory" + (" (a memory-mapped file, its pages given back as read)"
+                                                    if ds.mapped else ""),
+                   0 if ds.mapped else ds.host_bytes, "crop or bin the data (post_load), or scan a smaller area",
+                   "host")]
     obj_host = int(np.asarray(state.object.data).nbytes) + int(np.asarray(state.probe.data).nbytes)
     shared.append(Term("initial state (host copy kept by the runner)", obj_host,
                        "a smaller object field (fewer slices, less padding)", "host"))
@@ -412,8 +415,19 @@ def check_memory(est: MemoryEstimate, backend: Any = None) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def format_report(est: MemoryEstimate, avail: dict | None = None) -> str:
-    """A plain-text table of every term, per engine, and the peak."""
+def process_rss() -> int | None:
+    """This process's resident memory now [bytes] (``VmRSS``); None where /proc is missing."""
+    try:
+        return _status_kib("VmRSS") * 1024
+    except (OSError, ValueError):
+        return None
+
+
+def format_report(est: MemoryEstimate, avail: dict | None = None, baseline: int | None = None) -> str:
+    """A plain-text table of every term, per engine, and the peak. ``baseline`` [bytes]: the
+    resident memory of a process with the imports done and the backend's runtime up (what
+    the estimate, a run's growth, comes on top of), to give the peak a process monitor
+    (``/usr/bin/time``, ``top``) would show."""
     d = est.data
     m, ny, nx = est.shapes["probe"]
     s, h, w = est.shapes["object"]
@@ -432,6 +446,10 @@ def format_report(est: MemoryEstimate, avail: dict | None = None) -> str:
     big = est.largest() if est.peak_terms else None
     lines.append(f"peak: {format_bytes(est.peak)}" + (f" (engine {est.peak_engine.index})" if est.peak_engine else "")
                  + (f"; largest term: {big.name} ({format_bytes(big.bytes)})" if big else ""))
+    if baseline:
+        lines.append(f"process peak: about {format_bytes(baseline + est.peak)} resident (the peak above, plus "
+                     f"{format_bytes(baseline)} that a process holds before the run: Python, the imports, "
+                     f"the backend's runtime)")
     if avail is not None:
         for check in pool_checks(est, avail):
             if check.have is not None:

@@ -455,6 +455,38 @@ def test_rows_split_over_the_lanes_read_as_one_copy(bk, dtype):
         assert got.dtype == dtype
 
 
+def test_split_patterns_are_built_a_lane_at_a_time_from_the_source(bk, monkeypatch):
+    """Split over the lanes, the patterns are shifted and cast from the loader's array one
+    lane's rows at a time (no whole host copy beside the lanes'), with the same rows and
+    the same total, over the valid pixels too, as a feed that keeps a copy a lane."""
+    import jax
+
+    import phaser_std.engines.pattern_feed as feed
+
+    rng = np.random.default_rng(2)
+    pats = rng.integers(0, 300, size=(11, 6, 8)).astype(np.float32)  # counts: kept as uint16
+    valid = rng.random((6, 8)) > 0.2  # corner-centred, as the engines hold the detector mask
+    shifted = np.fft.ifftshift(pats, axes=(-2, -1))
+    calls = []
+    original = feed.ifftshift_cast
+
+    def recording(host, dtype, **kw):
+        calls.append(host.shape[0])
+        return original(host, dtype, **kw)
+
+    monkeypatch.setattr(feed, "ifftshift_cast", recording)
+    monkeypatch.setattr(feed, "LANE_SPLIT_MIN_SAVING", 1)
+    split = feed.PatternFeed(bk, pats, valid=valid)
+    assert split.split and calls == [6, 5] and split.dtype == np.uint16  # one lane's rows at a time
+    got = jax.jit(lambda s, i: s.take(i))(split.device, bk.asarray(np.arange(11)))
+    np.testing.assert_array_equal(np.asarray(got), shifted)
+    monkeypatch.setattr(feed, "LANE_SPLIT_MIN_SAVING", 1 << 60)
+    kept = feed.PatternFeed(bk, pats, valid=valid)
+    assert not kept.split
+    assert kept.total_counts() == split.total_counts() == float(shifted[:, valid].sum())
+    assert feed.PatternFeed(bk, pats).total_counts() == float(pats.sum())
+
+
 def test_large_patterns_are_split_over_the_lanes_with_the_same_reconstruction(bk, data, monkeypatch):
     """Patterns whose copy per lane would cost LANE_SPLIT_MIN_SAVING or more are split over
     the lanes (here the threshold is lowered to take the small test data): the same

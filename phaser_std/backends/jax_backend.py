@@ -337,10 +337,32 @@ class JaxBackend(BaseBackend):
         if self.mesh is None:
             return self.step_inputs(x)[0]
         x = self._host_cast(x)
-        pad = (-x.shape[0]) % self.lanes
-        if pad:
-            x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-        return LaneRows(jax.device_put(x, NamedSharding(self.mesh, PartitionSpec(LANE_AXIS))), self.mesh)
+
+        def fill(start: int, stop: int, out: np.ndarray) -> None:
+            out[...] = x[start:stop]
+
+        return self.split_rows_from(x.shape[0], x.shape[1:], x.dtype, fill)
+
+    def split_rows_from(self, n_rows: int, row_shape: tuple, dtype: Any, fill: Callable) -> Any:
+        """:meth:`split_rows` of rows that ``fill(start, stop, out)`` writes into a host
+        buffer: one lane's rows at a time, each sent to its device before the next is
+        filled, so the host holds one lane's share (plus its zero padding rows) beside the
+        lanes' copy, not a whole second copy of the array."""
+        if self.mesh is None:
+            return super().split_rows_from(n_rows, row_shape, dtype, fill)
+        n_rows, row_shape = int(n_rows), tuple(int(q) for q in row_shape)
+        dtype = np.dtype(self._target_dtype(np.dtype(dtype), None) or dtype)
+        per = -(-n_rows // self.lanes)
+        shards = []
+        for lane, device in enumerate(self.mesh.devices.flat):
+            host = np.zeros((per,) + row_shape, dtype=dtype)  # rows past n_rows stay zero
+            start, stop = lane * per, min(n_rows, (lane + 1) * per)
+            if stop > start:
+                fill(start, stop, host[:stop - start])
+            shards.append(jax.device_put(host, device).block_until_ready())
+            del host
+        return LaneRows(jax.make_array_from_single_device_arrays(
+            (per * self.lanes,) + row_shape, NamedSharding(self.mesh, PartitionSpec(LANE_AXIS)), shards), self.mesh)
 
     def to_numpy(self, x: Any) -> np.ndarray:
         """A writable host copy of ``x`` (numpy arrays and scalars pass through ``np.asarray``)."""

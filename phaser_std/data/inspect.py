@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from phaser_core.data import CHECK_BLOCK, RawData, detector_mask
+from phaser_core.data import CHECK_BLOCK, PageRelease, RawData, detector_mask
 from phaser_core.errors import DataError
 from phaser_std.physics.optics import mrad_to_invA
 
@@ -205,8 +205,13 @@ def _pixel_sums(patterns: np.ndarray, pixels: np.ndarray | None, block: int = CH
     flat = patterns.reshape(patterns.shape[0], -1)
     pixels = None if pixels is None else np.asarray(pixels, dtype=bool).reshape(-1)
     rows = max(1, block // max(1, flat.shape[1]))
-    return np.concatenate([(c if pixels is None else c[:, pixels]).sum(axis=1, dtype=np.float64)
-                           for c in (flat[i:i + rows] for i in range(0, flat.shape[0], rows))])
+    release = PageRelease(patterns)  # a memory-mapped file's pages, once read
+    sums = []
+    for i in range(0, flat.shape[0], rows):
+        c = flat[i:i + rows]
+        sums.append((c if pixels is None else c[:, pixels]).sum(axis=1, dtype=np.float64))
+        release(c)
+    return np.concatenate(sums)
 
 
 def _mask_summary(data: RawData) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 from phaser_core.backend import stream_seed
 from phaser_core.config import param
 from phaser_core.context import LoadContext
-from phaser_core.data import CHECK_BLOCK, RawData
+from phaser_core.data import CHECK_BLOCK, PageRelease, RawData
 from phaser_core.data import detector_mask as valid_pixels_of
 from phaser_core.errors import DataError
 
@@ -263,8 +263,10 @@ def poisson(config: PoissonConfig, data: RawData, ctx: LoadContext) -> RawData:
     # ~8x the patterns' memory); the generator draws in the same order, so the counts are
     # those of one whole-array draw
     rows = max(1, CHECK_BLOCK // max(1, flat_in.shape[1]))
+    release = PageRelease(p)  # a memory-mapped file's pages, once read
     for i in range(0, flat_in.shape[0], rows):
         lam = np.clip(np.nan_to_num(flat_in[i:i + rows].astype(np.float64) * factor, nan=0.0), 0.0, None)
+        release(flat_in[i:i + rows])
         flat_out[i:i + rows] = rng.poisson(lam)
     return data.replace(patterns=counts, extra={**data.extra, "poisson_scale": factor})
 
@@ -351,8 +353,10 @@ def nanmean_patterns(pats: np.ndarray, block: int = CHECK_BLOCK) -> np.ndarray:
     count = np.zeros(flat.shape[1], dtype=np.int64)
     whole = flat.dtype.kind in "biu"  # integers hold no NaN
     rows = max(1, block // max(1, flat.shape[1]))
+    release = PageRelease(pats)  # a memory-mapped file's pages, once read
     for i in range(0, flat.shape[0], rows):
         b = flat[i:i + rows].astype(np.float64)
+        release(flat[i:i + rows])
         if whole:
             total += b.sum(axis=0)
             count += b.shape[0]
@@ -435,6 +439,7 @@ def center_diffraction(config: CenterConfig, data: RawData, ctx: LoadContext) ->
     out = np.zeros(p.shape, dtype=dtype)
     flat_in, flat_out = p.reshape(-1, qy, qx), out.reshape(-1, qy, qx)
     rows = max(1, CHECK_BLOCK // max(1, qy * qx))  # a block at a time: no whole-array temporaries
+    release = PageRelease(p)  # a memory-mapped file's pages, once read
     for i in range(0, flat_in.shape[0], rows):
         block, acc = flat_in[i:i + rows], flat_out[i:i + rows]
         for sy, sx, w in terms:
@@ -443,6 +448,7 @@ def center_diffraction(config: CenterConfig, data: RawData, ctx: LoadContext) ->
                 acc[...] = shifted
             else:
                 acc += dtype.type(w) * shifted.astype(dtype, copy=False)
+        release(block)
     mask = np.ones((qy, qx), dtype=bool)
     for sy, sx, _ in terms:
         mask &= _shift_int(m, sy, sx, False)

@@ -193,16 +193,24 @@ def _common_terms(config: Any, z: Sizes, family: str = "conv", state_shapes: dic
                      "crop or bin the patterns (post_load)", "host"),
                     (f"streamed pattern blocks on the device (2 blocks){on}", 2 * z.lanes * block,
                      "crop or bin the patterns (post_load)", "device")]
+        placing = []  # the host copy is the one kept
     else:
         if split_over_lanes(z.lanes, z.n * z.p * z.q):  # one copy, its rows split over the lanes
             rows = -(-z.n // z.lanes) * z.lanes
             patterns = [(f"patterns on the device (N·Qy·Qx), split over {z.lanes} CPU lanes", rows * z.p * z.q,
                          "crop or bin the patterns (post_load), or grouping.stream_patterns: true", "device")]
+            # each lane's rows are shifted and cast on the host, then sent, one lane at a time
+            placing = [(rows // z.lanes * z.p * z.q, "placing the patterns: one lane's rows on the host",
+                        "crop or bin the patterns (post_load)", "host")]
         else:
             fewer_lanes = ", or fewer CPU lanes (PHASER_JAX_CPU_DEVICES)" if z.lanes > 1 else ""
             patterns = [(f"patterns on the device (N·Qy·Qx){on}", z.lanes * z.n * z.p * z.q,
                          f"crop or bin the patterns (post_load), or grouping.stream_patterns: true{fewer_lanes}",
                          "device")]
+            # the corner-centred host copy, while it is sent to the device (numpy: it is the copy)
+            placing = [] if z.backend == "numpy" else [
+                (z.n * z.p * z.q, "placing the patterns: their corner-centred host copy",
+                 "crop or bin the patterns (post_load)", "host")]
     terms = patterns + [
         (f"object (S·H·W complex){on}", z.lanes * z.obj,
          f"fewer slices (slices.n = {z.s}) or a smaller object field (init.object.pad_px)", "device"),
@@ -212,7 +220,7 @@ def _common_terms(config: Any, z: Sizes, family: str = "conv", state_shapes: dic
         ("backend runtime, compilation and caches",
          int(overhead * MiB), "", "host"),
     ]
-    dry = (0, "")
+    alternatives = list(placing)  # transient phases the group step's peak is compared with
     given = state_shapes or {}
     # one slice of unit amplitude, or a vacuum on any number of slices, scales the probe
     # without a forward pass (scale_probe_to_data)
@@ -224,9 +232,11 @@ def _common_terms(config: Any, z: Sizes, family: str = "conv", state_shapes: dic
         # the CPU's constants were fitted with all S counted, and its measured peaks barely
         # moved (20 slices of 64²: -10 MiB; one slice counted there gave 0.73x; NOTES.md 60)
         by_slice = z.backend == "jax" and z.s > 1 and not named_backend_on_cpu(z.backend)
-        dry = (z.lanes * z.phase("dry", b, views_by_slice=by_slice),
-               f"probe-scaling pass ({b} positions at a time, {z.s} slices x {z.m} modes){on}")
-    return terms, dry
+        alternatives.append((z.lanes * z.phase("dry", b, views_by_slice=by_slice),
+                             f"probe-scaling pass ({b} positions at a time, {z.s} slices x {z.m} modes){on}",
+                             "set scale_probe: false when the probe intensity is already right, or use "
+                             "fewer probe_modes/slices in the first engine", "device"))
+    return terms, alternatives
 
 
 def _streamed(config: Any, z: Sizes) -> bool:
@@ -241,11 +251,12 @@ def _on_lanes(z: Sizes) -> str:
     return f", on each of {z.lanes} CPU lanes" if z.lanes > 1 else ""
 
 
-def _transient(group: tuple[int, str], dry: tuple[int, str], group_hint: str) -> tuple:
-    """The larger of the group step and the probe-scaling pass, as one term."""
-    if dry[0] > group[0]:
-        return (dry[1], dry[0], "set scale_probe: false when the probe intensity is already right, or use "
-                "fewer probe_modes/slices in the first engine", "device")
+def _transient(group: tuple[int, str], alternatives: list[tuple[int, str, str, str]], group_hint: str) -> tuple:
+    """The largest of the group step and the engine's other transient phases (``(bytes,
+    name, hint, where)``: the probe-scaling pass, placing the patterns), as one term."""
+    largest = max(alternatives, key=lambda a: a[0], default=None)
+    if largest is not None and largest[0] > group[0]:
+        return (largest[1], largest[0], largest[2], largest[3])
     return (group[1], group[0], group_hint, "device")
 
 
@@ -259,7 +270,7 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
     solver = getattr(config, "solver", None)
     joint = (str(getattr(solver, "type", "")) == "lsqml"
              and getattr(getattr(solver, "config", None), "multislice", "joint") == "joint")
-    terms, dry = _common_terms(config, z, "conv", state_shapes, unrolled_slices=joint)
+    terms, alternatives = _common_terms(config, z, "conv", state_shapes, unrolled_slices=joint)
     k = z.k
     # ePIE's and LSQML's sequential sweep over whole groups loop over the slices: compiled
     # (jax), each slice's views are gathered where they are read (forward.SliceViews) and
@@ -290,7 +301,7 @@ def conventional_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: 
     if per_position:
         group += z.b * (z.s - 1) * z.p * z.c
         name += ", the group's tilted propagators"
-    terms.append(_transient((group, name), dry, _group_hint(z, config.grouping.size)))
+    terms.append(_transient((group, name), alternatives, _group_hint(z, config.grouping.size)))
     object_sized = k["conv_object"] - (1.0 if by_slice else 0.0)
     terms.append((f"object-sized maps of a group update (illumination, update{'' if by_slice else ', new object'})"
                    f"{_on_lanes(z)}", int(z.lanes * object_sized * z.obj), f"fewer slices (slices.n = {z.s})",
@@ -321,7 +332,7 @@ def gradient_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: str,
     z = sizes(config, data_shape, state_shapes, dtype, backend)
     z, chunk = lanes_and_chunk(z, getattr(config.grouping, "chunk", None), CACHE_BUDGET_BYTES, True, backend,
                                gradient_lane_budget(z.s))
-    terms, dry = _common_terms(config, z, "grad", state_shapes)
+    terms, alternatives = _common_terms(config, z, "grad", state_shapes)
     k = z.k
     # the per-position work runs `chunk` positions at a time (on each lane); the group's
     # patterns whole, gathered by every lane
@@ -332,7 +343,7 @@ def gradient_terms(config: Any, data_shape: Any, state_shapes: dict, dtype: str,
     what = "autodiff residuals" if backend == "jax" else "adjoint"
     name = (f"group step: views, {z.s} slice waves, far field, {what} and FFT workspace "
             f"({chunk} of B={z.b} positions at a time{' per lane' if z.lanes > 1 else ''} x M={z.m} x {z.p} px)")
-    terms.append(_transient((group, name), dry, _group_hint(z, config.grouping.size)))
+    terms.append(_transient((group, name), alternatives, _group_hint(z, config.grouping.size)))
     terms.append((f"object gradient and update temporaries{_on_lanes(z)}", int(z.lanes * k["grad_object"] * z.obj),
                   f"fewer slices (slices.n = {z.s})", "device"))
     solvers = getattr(config, "solvers", None)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from phaser_core.data import count_dtype
+from phaser_core.data import PageRelease, count_dtype
 from phaser_std.engines.chunking import backend_on_cpu
 
 __all__ = ["PatternFeed", "STREAM_BLOCK_BYTES", "LANE_SPLIT_MIN_SAVING", "split_over_lanes", "corner_centred",
@@ -50,30 +50,42 @@ def corner_centred(bk: Any, patterns: Any, counted: Any = "find") -> np.ndarray:
     return ifftshift_cast(host, dtype)
 
 
-def ifftshift_cast(host: np.ndarray, dtype: Any, block_bytes: int = 4 << 20) -> np.ndarray:
+def ifftshift_cast(host: np.ndarray, dtype: Any, block_bytes: int = 4 << 20, out: np.ndarray | None = None) -> np.ndarray:
     """``np.fft.ifftshift(host, axes=(-2, -1)).astype(dtype)``, a block of patterns
     (``block_bytes`` of the input) at a time: each block is rolled while it is in the cache
-    and cast into its place in the one output array. Whole-array, the cast and the roll
-    each wrote a new array (0.83-0.92 s for 1 GiB of float32 patterns to uint8, blocks
-    0.37 s; benchmarks/NOTES.md 83)."""
-    out = np.empty(host.shape, dtype=dtype)
+    and cast into its place in the one output array (``out``, of ``host``'s shape, when
+    given). Whole-array, the cast and the roll each wrote a new array (0.83-0.92 s for 1 GiB
+    of float32 patterns to uint8, blocks 0.37 s; benchmarks/NOTES.md 83)."""
+    out = np.empty(host.shape, dtype=dtype) if out is None else out
     flat_in = host.reshape((-1,) + host.shape[-2:])
     flat_out = out.reshape(flat_in.shape)
     rows = max(1, block_bytes // max(1, flat_in[0].nbytes))
+    release = PageRelease(host)  # a memory-mapped file's pages, once read
     for i in range(0, flat_in.shape[0], rows):
         flat_out[i:i + rows] = np.fft.ifftshift(flat_in[i:i + rows], axes=(-2, -1))
+        release(flat_in[i:i + rows])
     return out
 
 
-def total_counts(patterns: np.ndarray, valid: np.ndarray | None = None) -> float:
-    """Σ of host ``patterns`` [e⁻]: counted (uint8/uint16) data exactly in uint64, float data
-    in float64, so whole-number data give the same total however they are stored. ``valid``
-    ``(Qy, Qx)`` bool: only those pixels (each pixel summed over the patterns first)."""
-    integer = np.dtype(patterns.dtype).kind in "ui"
-    dtype = np.uint64 if integer else np.float64
-    if valid is None:
-        return float(np.sum(patterns, dtype=dtype))
-    return float(np.sum(np.sum(patterns, axis=0, dtype=dtype)[valid]))
+def total_counts(patterns: np.ndarray, valid: np.ndarray | None = None, kept: Any = None,
+                 block_bytes: int = 4 << 20) -> float:
+    """Σ of host ``patterns`` ``(N, Qy, Qx)`` [e⁻] as they are kept (``kept``: the dtype each
+    value is cast to first; None: as stored): counted (uint8/uint16) data exactly in uint64,
+    float data in float64, so whole-number data give the same total however they are
+    stored. ``valid`` ``(Qy, Qx)`` bool, in the patterns' own centring: only those pixels.
+    Each pixel is summed over the patterns a block (``block_bytes`` of the input) at a time,
+    so a memory-mapped file is read once, its pages given back as it goes."""
+    kept = np.dtype(patterns.dtype if kept is None else kept)
+    acc = np.uint64 if kept.kind in "ui" else np.float64
+    flat = patterns.reshape((-1,) + patterns.shape[-2:])
+    per_pixel = np.zeros(flat.shape[1:], dtype=acc)
+    rows = max(1, block_bytes // max(1, flat[0].nbytes))
+    release = PageRelease(patterns)
+    for i in range(0, flat.shape[0], rows):
+        block = flat[i:i + rows]
+        per_pixel += np.sum(block if block.dtype == kept else block.astype(kept), axis=0, dtype=acc)
+        release(block)
+    return float(np.sum(per_pixel if valid is None else per_pixel[valid]))
 
 
 def block_groups(n_groups: int, group_bytes: int, budget: int | None = None) -> int:
@@ -103,17 +115,26 @@ class PatternFeed:
                  valid: np.ndarray | None = None):
         self.bk = bk
         self.stream = (not backend_on_cpu(bk)) if stream is None else bool(stream)
-        host = corner_centred(bk, patterns, counted)
-        self.dtype = host.dtype
-        self.shape = tuple(host.shape)
-        self._total = total_counts(host, valid)
-        self.split = not self.stream and split_over_lanes(getattr(bk, "lanes", 1), host.nbytes)
-        if self.stream:
-            self.host, self.device = np.ascontiguousarray(host), None
-        elif self.split:
-            self.host, self.device = None, bk.split_rows(host)
+        source = np.asarray(patterns)
+        self.dtype = np.dtype((count_dtype(source) if isinstance(counted, str) else counted) or bk.dtype)
+        self.shape = tuple(source.shape)
+        centred_valid = None if valid is None else np.fft.fftshift(np.asarray(valid, dtype=bool))
+        self._total = total_counts(source, centred_valid, self.dtype)
+        nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        self.split = not self.stream and split_over_lanes(getattr(bk, "lanes", 1), nbytes)
+        self.host = self.device = None
+        if self.split:
+            # each lane's rows shifted and cast straight from the source: no whole host copy
+            # beside the lanes' (benchmarks/NOTES.md 95)
+            self.device = bk.split_rows_from(self.shape[0], self.shape[1:], self.dtype,
+                                             lambda start, stop, out: ifftshift_cast(source[start:stop], self.dtype,
+                                                                                     out=out))
         else:
-            self.host, self.device = None, bk.step_inputs(host)[0]
+            host = ifftshift_cast(source, self.dtype)
+            if self.stream:
+                self.host = host
+            else:
+                self.device = bk.step_inputs(host)[0]
         self._in_flight: collections.deque = collections.deque()
 
     def total_counts(self) -> float:
