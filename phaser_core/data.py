@@ -170,17 +170,13 @@ def count_dtype(patterns: np.ndarray, block: int = CHECK_BLOCK) -> np.dtype | No
     uint16; None for other data. Checked ``block`` values at a time, so that the check
     allocates little."""
     p = np.atleast_1d(np.asarray(patterns))
-    if p.dtype.kind in "biu":  # integers are whole: only the range to check
-        low, top = (int(p.min()), int(p.max())) if p.size else (0, 0)
-        if low < 0 or top > 65535:
-            return None
-        return np.dtype(np.uint8) if top <= 255 else np.dtype(np.uint16)
+    whole = p.dtype.kind in "biu"  # integers are whole: only the range to check
     peak = 0.0
     release = PageRelease(patterns)
     for rows in _row_blocks(p.shape, block):
         b = p[rows]
-        top = b.max()
-        counts = bool(b.min() >= 0 and top <= 65535 and np.array_equal(b, np.rint(b)))
+        top = b.max() if b.size else 0
+        counts = bool(b.size == 0 or (b.min() >= 0 and top <= 65535 and (whole or np.array_equal(b, np.rint(b)))))
         release(b)
         if not counts:
             return None
@@ -194,10 +190,18 @@ def compact_counts(data: RawData, block: int = CHECK_BLOCK) -> RawData:
     float32's host memory (an eighth or a quarter of float64's) for the rest of the run,
     with the same values; integer patterns likewise where a narrower dtype holds them
     (uint16 counts up to 255 as uint8). The engines keep counted patterns in that dtype
-    anyway; the wider array (or the file it maps) is then released. Other patterns pass
-    through unchanged. Cast ``block`` values at a time."""
+    anyway; the wider array is then released. Other patterns pass through unchanged, and so
+    do patterns memory-mapped read-only from a file (:func:`read_only_map`): every pass
+    over them gives its pages back (:class:`PageRelease`), so they hold no memory a copy
+    would save, and the engines cast them straight into their own copy (a 1 GiB float32
+    file of counts: one 256 MiB uint8 copy fewer; benchmarks/NOTES.md 98). Their
+    :attr:`RawData.counted_dtype` is found here all the same (one pass), for the engines.
+    Cast ``block`` values at a time."""
     p = np.asarray(data.patterns)
     if p.dtype.kind not in "fiu" or p.size == 0:
+        return data
+    if read_only_map(data.patterns) is not None:
+        _ = data.counted_dtype  # the one pass, while the file is being read anyway
         return data
     dtype = data.counted_dtype
     if dtype is None or (p.dtype.kind in "iu" and dtype.itemsize >= p.dtype.itemsize):

@@ -46,8 +46,8 @@ ENV_BUDGET = "PHASER_MEMORY_BUDGET_GIB"
 ENV_CHECK = "PHASER_MEMORY_CHECK"
 
 __all__ = ["DataShape", "Term", "EngineEstimate", "MemoryEstimate", "data_shape", "state_shapes",
-           "estimate_plan", "estimate_run", "available_memory", "process_rss", "check_memory", "pool_checks", "PoolCheck",
-           "shortfall_message", "format_bytes",
+           "estimate_plan", "estimate_run", "available_memory", "process_rss", "check_memory", "pool_checks",
+           "PoolCheck", "shortfall_message", "format_bytes",
            "format_report", "ENV_BUDGET", "ENV_CHECK"]
 
 

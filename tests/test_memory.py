@@ -422,7 +422,9 @@ def test_placing_the_patterns_is_a_transient_beside_the_group_step(monkeypatch):
         engine = GradientEngine(GradientConfig(grouping=GroupingConfig(size=16, **grouping), scale_probe=False))
         terms = engine.estimate_memory(DATA, SHAPES, "float32", backend=backend)
         (term,) = [t for t in terms if t[0].startswith(("group step", "placing"))]
-        return term[0], term[1], term[3]
+        # placed before anything compiles: the compilations' memory (the overhead) comes later
+        (overhead,) = [t[1] for t in terms if t[0].startswith("backend runtime")]
+        return term[0].split(",")[0], term[1] + overhead, term[3]
 
     assert transient("jax", 1) == ("placing the patterns: their corner-centred host copy", nbytes, "host")
     monkeypatch.setattr(feed, "LANE_SPLIT_MIN_SAVING", 1)

@@ -37,7 +37,7 @@ def test_a_run_keeps_counted_patterns_as_integers_from_the_load_on(tmp_path):
     """Float patterns holding whole electrons are stored as uint8/uint16 once ``post_load``
     is done (a quarter or half of float32's host memory for the whole run), with the same
     values and the dtype found by the one pass; other patterns pass through as they are."""
-    from phaser_core.data import compact_counts
+    from phaser_core.data import compact_counts, read_only_map
     from phaser_core.plan import load_plan
     from phaser_core.registry import get_registry
     from phaser_core.runner import load_data
@@ -56,12 +56,19 @@ def test_a_run_keeps_counted_patterns_as_integers_from_the_load_on(tmp_path):
     assert narrowed.patterns.dtype == np.uint8 and np.all(narrowed.patterns == 255)
 
     path = make_dataset(tmp_path / "counted.h5", scan={"shape": [6, 6]}, dose=1e5)
-    plan = load_plan({"file_type": "phaser_plan", "version": 1, "raw_data": {"type": "hdf5", "path": str(path)},
-                      "engines": [{"type": "conventional", "niter": 1}]})
-    data = load_data(plan, get_registry(), tmp_path)
-    assert data.patterns.dtype == np.uint8
     with h5py.File(path, "r") as f:
-        np.testing.assert_array_equal(data.patterns, f["patterns"][...].reshape(data.patterns.shape))
+        stored = f["patterns"][...]
+    for mmap in (False, True):
+        plan = load_plan({"file_type": "phaser_plan", "version": 1,
+                          "raw_data": {"type": "hdf5", "path": str(path), "mmap": mmap},
+                          "engines": [{"type": "conventional", "niter": 1}]})
+        data = load_data(plan, get_registry(), tmp_path)
+        assert data.counted_dtype == np.uint8
+        # a memory-mapped file stays mapped (its pages are given back as read: a copy would
+        # only add memory); the engines cast it into their own uint8 copy
+        assert data.patterns.dtype == (stored.dtype if mmap else np.uint8)
+        assert (read_only_map(data.patterns) is not None) == mmap
+        np.testing.assert_array_equal(data.patterns, stored.reshape(data.patterns.shape))
 
 
 @pytest.mark.parametrize("offset,stored", [(0.0, np.uint8), (1000.0, np.uint16), (0.5, np.float32)])

@@ -200,7 +200,8 @@ def _common_terms(config: Any, z: Sizes, family: str = "conv", state_shapes: dic
             patterns = [(f"patterns on the device (N·Qy·Qx), split over {z.lanes} CPU lanes", rows * z.p * z.q,
                          "crop or bin the patterns (post_load), or grouping.stream_patterns: true", "device")]
             # each lane's rows are shifted and cast on the host, then sent, one lane at a time
-            placing = [(rows // z.lanes * z.p * z.q, "placing the patterns: one lane's rows on the host",
+            placing = [(rows // z.lanes * z.p * z.q,
+                        "placing the patterns: one lane's rows on the host, less the later compilations' memory",
                         "crop or bin the patterns (post_load)", "host")]
         else:
             fewer_lanes = ", or fewer CPU lanes (PHASER_JAX_CPU_DEVICES)" if z.lanes > 1 else ""
@@ -209,7 +210,8 @@ def _common_terms(config: Any, z: Sizes, family: str = "conv", state_shapes: dic
                          "device")]
             # the corner-centred host copy, while it is sent to the device (numpy: it is the copy)
             placing = [] if z.backend == "numpy" else [
-                (z.n * z.p * z.q, "placing the patterns: their corner-centred host copy",
+                (z.n * z.p * z.q,
+                 "placing the patterns: their corner-centred host copy, less the later compilations' memory",
                  "crop or bin the patterns (post_load)", "host")]
     terms = patterns + [
         (f"object (S·H·W complex){on}", z.lanes * z.obj,
@@ -220,7 +222,10 @@ def _common_terms(config: Any, z: Sizes, family: str = "conv", state_shapes: dic
         ("backend runtime, compilation and caches",
          int(overhead * MiB), "", "host"),
     ]
-    alternatives = list(placing)  # transient phases the group step's peak is compared with
+    # transient phases the group step's peak is compared with. The patterns are placed
+    # before anything compiles, so the compilations' memory (in the overhead term) is not
+    # yet held then: a placing phase counts only what it holds beyond that
+    alternatives = [(max(0, size - int(overhead * MiB)), *rest) for size, *rest in placing]
     given = state_shapes or {}
     # one slice of unit amplitude, or a vacuum on any number of slices, scales the probe
     # without a forward pass (scale_probe_to_data)

@@ -50,7 +50,8 @@ def corner_centred(bk: Any, patterns: Any, counted: Any = "find") -> np.ndarray:
     return ifftshift_cast(host, dtype)
 
 
-def ifftshift_cast(host: np.ndarray, dtype: Any, block_bytes: int = 4 << 20, out: np.ndarray | None = None) -> np.ndarray:
+def ifftshift_cast(host: np.ndarray, dtype: Any, block_bytes: int = 4 << 20,
+                   out: np.ndarray | None = None) -> np.ndarray:
     """``np.fft.ifftshift(host, axes=(-2, -1)).astype(dtype)``, a block of patterns
     (``block_bytes`` of the input) at a time: each block is rolled while it is in the cache
     and cast into its place in the one output array (``out``, of ``host``'s shape, when
