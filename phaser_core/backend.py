@@ -8,8 +8,10 @@ a backend's own imports cupy or jax.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -62,6 +64,22 @@ class Backend(Protocol):
     def sum_scan(self, fn: Callable, carry: Any, xs: tuple, reduce: Any = None) -> tuple[Any, dict]: ...
     def rng(self, seed: int, stream: str) -> np.random.Generator: ...
     def synchronize(self, x: Any = None) -> Any: ...
+
+
+#: the most lanes a backend is estimated with (None: all it has); :func:`lanes_at_most`
+LANE_LIMIT: contextvars.ContextVar[int | None] = contextvars.ContextVar("phaser_lane_limit", default=None)
+
+
+@contextlib.contextmanager
+def lanes_at_most(n: int) -> Iterator[None]:
+    """Within the block, the memory planner counts at most ``n`` lanes of a backend (what
+    it would hold on :meth:`BaseBackend.with_lanes` ``(n)``): the runner's estimate for
+    fewer lanes when the run does not fit on all of them."""
+    token = LANE_LIMIT.set(max(1, int(n)))
+    try:
+        yield
+    finally:
+        LANE_LIMIT.reset(token)
 
 
 def stream_seed(seed: int, stream: str) -> np.random.SeedSequence:

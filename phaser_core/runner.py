@@ -44,7 +44,7 @@ from typing import Any, Iterator
 import attrs
 import numpy as np
 
-from .backend import build_backend
+from .backend import build_backend, lanes_at_most
 from .context import InitContext, LoadContext, RunContext
 from .data import check_finite, compact_counts, few_counts_warning
 from .errors import PhaserError, StateFileError
@@ -252,23 +252,45 @@ def _state_to_keep(exc: BaseException, state: ReconsState | None, resume: bool) 
 # -- memory check (phaser_core.memory) ------------------------------------------------------
 
 
-def _check_memory(plan: Any, data: Any, state: ReconsState, registry: Any, backend: Any) -> None:
+def _check_memory(plan: Any, data: Any, state: ReconsState, registry: Any, backend: Any) -> tuple[Any, str | None]:
     """Stop before the first engine when the memory planner's estimate does not fit the
     available memory (``PHASER_MEMORY_BUDGET_GIB``, host RAM, the GPU's memory);
-    ``PHASER_MEMORY_CHECK=0`` skips it. An estimator that fails only warns."""
+    ``PHASER_MEMORY_CHECK=0`` skips it. An estimator that fails only warns.
+
+    Returns ``(backend, note)``: the backend to run on and what to tell the user. A backend
+    with several CPU lanes, each holding its own copy of the object and its update maps
+    (jax: one lane a core), that does not fit on all of them runs on the most lanes that
+    fit (``backend.with_lanes(n)``) rather than stopping; the note says so."""
     from .config import env_enabled
-    from .memory import ENV_CHECK, check_memory, estimate_run
+    from .memory import ENV_CHECK, available_memory, check_memory, estimate_run, format_bytes, pool_checks
 
     if not env_enabled(ENV_CHECK):
-        return  # nothing to check: no estimate (it reads the patterns once)
+        return backend, None  # nothing to check: no estimate (it reads the patterns once)
+    name = getattr(backend, "name", None)
     try:
-        est = estimate_run(plan, data, state, registry, backend=getattr(backend, "name", None))
+        est = estimate_run(plan, data, state, registry, backend=name)
     except PhaserError:
         raise
     except Exception as exc:  # noqa: BLE001 - the estimate must never break a run that would fit
         print(f"phaser: memory estimate skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return
-    check_memory(est, backend)
+        return backend, None
+    try:
+        check_memory(est, backend)
+        return backend, None
+    except PhaserError:
+        lanes = int(getattr(backend, "lanes", 1))
+        if lanes < 2:
+            raise
+        avail = available_memory(backend)
+        for n in range(lanes - 1, 0, -1):
+            with lanes_at_most(n):
+                fewer = estimate_run(plan, data, state, registry, backend=name)
+            if all(c.fits for c in pool_checks(fewer, avail)):
+                return backend.with_lanes(n), (
+                    f"memory: the run needs about {format_bytes(est.peak)} on {lanes} CPU lanes but "
+                    f"{format_bytes(avail.get('host') or 0)} is available ({avail.get('source', '')}); it runs on {n} "
+                    f"of them (about {format_bytes(fewer.peak)}; with jax, PHASER_JAX_CPU_DEVICES sets the lanes)")
+        raise
 
 
 # -- the run ------------------------------------------------------------------------------
@@ -322,7 +344,9 @@ def run_plan(plan: Any, *, out_dir: Path | None = None, registry: Any = None, re
                 for text in notes:
                     announce(ctx, text)
                 first = 0
-            _check_memory(plan, data, state, registry, backend)
+            ctx.backend, note = _check_memory(plan, data, state, registry, backend)
+            if note:
+                announce(ctx, note)
             if replaces_previous:
                 # the old state files go once this run can start (a plan that fails to load
                 # or fit leaves them), so a later resume cannot pick them over this run's

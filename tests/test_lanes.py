@@ -513,3 +513,43 @@ def test_large_patterns_are_split_over_the_lanes_with_the_same_reconstruction(bk
     np.testing.assert_array_equal(split.object.data, kept.object.data)
     np.testing.assert_array_equal(split.probe.data, kept.probe.data)
     assert split.progress.loss == kept.progress.loss
+
+
+def test_a_run_short_of_memory_on_every_lane_runs_on_fewer(bk, tmp_path, monkeypatch):
+    """Every lane holds its own copy of the object and its update maps: a run whose estimate
+    does not fit on all the lanes but fits on fewer runs there, with a note that says so,
+    instead of stopping; one that fits on none still stops naming the largest term."""
+    from phaser_core.backend import lanes_at_most
+    from phaser_core.errors import PhaserError
+    from phaser_core.memory import estimate_plan
+    from phaser_core.plan import load_plan
+    from phaser_core.runner import run_plan
+
+    data = make_dataset(tmp_path / "d.h5", scan={"shape": [8, 8]}, dose=1e5)
+    plan = load_plan({"file_type": "phaser_plan", "version": 1, "backend": "jax",
+                      "raw_data": {"type": "hdf5", "path": str(data)},
+                      "engines": [{"type": "conventional", "niter": 1, "solver": {"type": "lsqml"},
+                                   "grouping": {"size": 64}, "slices": {"n": 4, "total_thickness_A": 40.0}}]})
+    on_all = estimate_plan(plan, plan_dir=tmp_path).peak
+    with lanes_at_most(1):
+        on_one = estimate_plan(plan, plan_dir=tmp_path).peak
+    assert on_one < on_all
+    seen = {}
+
+    class Spy:
+        def __getattr__(self, name):
+            return lambda *args: None
+
+        def before_engine(self, engine, state, ctx):
+            seen["lanes"] = ctx.backend.lanes
+
+        def on_note(self, text, ctx):
+            seen.setdefault("notes", []).append(text)
+
+    monkeypatch.setenv("PHASER_MEMORY_BUDGET_GIB", str((on_one + on_all) / 2 / 2**30))
+    run_plan(plan, plan_dir=tmp_path, quiet=True, observers=[Spy()])
+    assert seen["lanes"] == 1
+    assert any(f"on {bk.lanes} CPU lanes" in n and "it runs on 1 of them" in n for n in seen["notes"])
+    monkeypatch.setenv("PHASER_MEMORY_BUDGET_GIB", str(on_one / 2 / 2**30))
+    with pytest.raises(PhaserError, match="largest term"):
+        run_plan(plan, plan_dir=tmp_path, quiet=True)

@@ -194,12 +194,16 @@ def backend_on_cpu(bk: Any) -> bool:
 
 def named_backend_lanes(backend: str) -> int:
     """The CPU lanes a backend named ``backend`` would have (jax: its CPU devices when it
-    computes on the CPU; 1 otherwise), for the memory planner, which has no backend."""
+    computes on the CPU; 1 otherwise), for the memory planner, which has no backend; at
+    most :data:`phaser_core.backend.LANE_LIMIT` where the runner set one."""
     if backend != "jax" or not named_backend_on_cpu(backend):
         return 1
+    from phaser_core.backend import LANE_LIMIT
     from phaser_std.backends.jax_backend import cpu_lane_mesh
     mesh = cpu_lane_mesh()
-    return 1 if mesh is None else int(mesh.size)
+    lanes = 1 if mesh is None else int(mesh.size)
+    limit = LANE_LIMIT.get()
+    return lanes if limit is None else min(lanes, limit)
 
 
 def named_backend_on_cpu(backend: str) -> bool:
