@@ -22,7 +22,7 @@ from phaser_core.data import PageRelease, count_dtype
 from phaser_std.engines.chunking import backend_on_cpu
 
 __all__ = ["PatternFeed", "STREAM_BLOCK_BYTES", "LANE_SPLIT_MIN_SAVING", "split_over_lanes", "corner_centred",
-           "ifftshift_cast", "total_counts", "block_groups"]
+           "ifftshift_cast", "pixel_sums", "total_counts", "block_groups"]
 
 #: bytes of patterns sent to the device at once when streaming (whole groups; at least one)
 STREAM_BLOCK_BYTES = 16 << 20
@@ -68,25 +68,26 @@ def ifftshift_cast(host: np.ndarray, dtype: Any, block_bytes: int = 4 << 20,
     return out
 
 
-def total_counts(patterns: np.ndarray, valid: np.ndarray | None = None, kept: Any = None,
-                 block_bytes: int = 4 << 20) -> float:
-    """Σ of host ``patterns`` ``(N, Qy, Qx)`` [e⁻] as they are kept (``kept``: the dtype each
-    value is cast to first; None: as stored): counted (uint8/uint16) data exactly in uint64,
-    float data in float64, so whole-number data give the same total however they are
-    stored. ``valid`` ``(Qy, Qx)`` bool, in the patterns' own centring: only those pixels.
-    Each pixel is summed over the patterns a block (``block_bytes`` of the input) at a time,
-    so a memory-mapped file is read once, its pages given back as it goes."""
-    kept = np.dtype(patterns.dtype if kept is None else kept)
-    acc = np.uint64 if kept.kind in "ui" else np.float64
+def pixel_sums(patterns: np.ndarray, block_bytes: int = 4 << 20) -> np.ndarray:
+    """Each pixel's sum over host ``patterns`` ``(N, Qy, Qx)`` [e⁻], ``(Qy, Qx)``: counted
+    (uint8/uint16) data exactly in uint64, float data in float64, a block
+    (``block_bytes`` of the input) at a time (a memory map's pages given back as read)."""
+    acc = np.uint64 if np.dtype(patterns.dtype).kind in "ui" else np.float64
     flat = patterns.reshape((-1,) + patterns.shape[-2:])
-    per_pixel = np.zeros(flat.shape[1:], dtype=acc)
+    sums = np.zeros(flat.shape[1:], dtype=acc)
     rows = max(1, block_bytes // max(1, flat[0].nbytes))
     release = PageRelease(patterns)
     for i in range(0, flat.shape[0], rows):
-        block = flat[i:i + rows]
-        per_pixel += np.sum(block if block.dtype == kept else block.astype(kept), axis=0, dtype=acc)
-        release(block)
-    return float(np.sum(per_pixel if valid is None else per_pixel[valid]))
+        sums += np.sum(flat[i:i + rows], axis=0, dtype=acc)
+        release(flat[i:i + rows])
+    return sums
+
+
+def total_counts(patterns: np.ndarray, valid: np.ndarray | None = None) -> float:
+    """Σ of host ``patterns`` [e⁻] (:func:`pixel_sums`), so whole-number data give the same
+    total however they are stored. ``valid`` ``(Qy, Qx)`` bool: only those pixels."""
+    sums = pixel_sums(patterns)
+    return float(np.sum(sums if valid is None else sums[valid]))
 
 
 def block_groups(n_groups: int, group_bytes: int, budget: int | None = None) -> int:
@@ -119,19 +120,26 @@ class PatternFeed:
         source = np.asarray(patterns)
         self.dtype = np.dtype((count_dtype(source) if isinstance(counted, str) else counted) or bk.dtype)
         self.shape = tuple(source.shape)
-        centred_valid = None if valid is None else np.fft.fftshift(np.asarray(valid, dtype=bool))
-        self._total = total_counts(source, centred_valid, self.dtype)
         nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
         self.split = not self.stream and split_over_lanes(getattr(bk, "lanes", 1), nbytes)
         self.host = self.device = None
+        # the total is summed from the kept copy (in memory), not from the source again: a
+        # memory-mapped file is read once an engine
         if self.split:
             # each lane's rows shifted and cast straight from the source: no whole host copy
             # beside the lanes' (benchmarks/NOTES.md 95)
-            self.device = bk.split_rows_from(self.shape[0], self.shape[1:], self.dtype,
-                                             lambda start, stop, out: ifftshift_cast(source[start:stop], self.dtype,
-                                                                                     out=out))
+            sums = []
+
+            def fill(start: int, stop: int, out: np.ndarray) -> None:
+                ifftshift_cast(source[start:stop], self.dtype, out=out)
+                sums.append(pixel_sums(out))
+
+            self.device = bk.split_rows_from(self.shape[0], self.shape[1:], self.dtype, fill)
+            per_pixel = np.sum(sums, axis=0)
+            self._total = float(np.sum(per_pixel if valid is None else per_pixel[valid]))
         else:
             host = ifftshift_cast(source, self.dtype)
+            self._total = total_counts(host, valid)
             if self.stream:
                 self.host = host
             else:
