@@ -161,7 +161,10 @@ class PageRelease:
         begin = max(0, (low - self._start) // page * page)
         end = min(len(self._map), -(-(high - self._start) // page) * page)
         if end > begin:
-            self._map.madvise(mmap.MADV_DONTNEED, begin, end - begin)
+            try:
+                self._map.madvise(mmap.MADV_DONTNEED, begin, end - begin)
+            except (OSError, ValueError):  # a file system or kernel that refuses: keep the pages
+                self._map = None
 
 
 def count_dtype(patterns: np.ndarray, block: int = CHECK_BLOCK) -> np.dtype | None:

@@ -325,3 +325,15 @@ def test_passes_over_a_memory_mapped_file_give_its_pages_back(tmp_path):
     np.testing.assert_allclose(resident_after(lambda: _pixel_sums(frac, None)), (counts + 0.5).sum(axis=(1, 2)))
     np.testing.assert_allclose(resident_after(lambda: nanmean_patterns(frac)), (counts + 0.5).mean(axis=0), rtol=1e-6)
     PageRelease(counts)(counts[:4])  # not a mapping: nothing happens
+
+    class Refusing:  # a file system whose madvise fails: the pages are kept, the pass goes on
+        def __len__(self):
+            return 1 << 30
+
+        def madvise(self, *args):
+            raise OSError(22, "Invalid argument")
+
+    refused = PageRelease(mapped)
+    refused._map = Refusing()
+    refused(np.asarray(mapped)[:8])
+    assert refused._map is None
