@@ -431,6 +431,9 @@ def test_placing_the_patterns_is_a_transient_beside_the_group_step(monkeypatch):
     assert transient("jax", 2) == ("placing the patterns: one lane's rows on the host", nbytes // 2, "host")
     assert transient("numpy", 1)[0].startswith("group step")
     assert transient("jax", 1, stream_patterns=True)[0].startswith("group step")
+    # on a GPU the host copy is not in the device's pool: the group step stays the transient
+    monkeypatch.setattr(planner, "named_backend_on_cpu", lambda name: False)
+    assert transient("jax", 1, stream_patterns=False)[0].startswith("group step")
 
 
 def test_a_memory_mapped_file_counts_no_resident_pages(tiny):

@@ -224,8 +224,10 @@ def _common_terms(config: Any, z: Sizes, family: str = "conv", state_shapes: dic
     ]
     # transient phases the group step's peak is compared with. The patterns are placed
     # before anything compiles, so the compilations' memory (in the overhead term) is not
-    # yet held then: a placing phase counts only what it holds beyond that
-    alternatives = [(max(0, size - int(overhead * MiB)), *rest) for size, *rest in placing]
+    # yet held then: a placing phase counts only what it holds beyond that. On a GPU the
+    # host copy is in another pool than the device's transients: not compared there
+    on_cpu = named_backend_on_cpu(z.backend)
+    alternatives = [(max(0, size - int(overhead * MiB)), *rest) for size, *rest in placing if on_cpu]
     given = state_shapes or {}
     # one slice of unit amplitude, or a vacuum on any number of slices, scales the probe
     # without a forward pass (scale_probe_to_data)
