@@ -268,7 +268,11 @@ def mean_counts(data: Any, sample: int = 256) -> float:
     p = p.reshape(-1, *p.shape[-2:])
     if p.shape[0] == 0:
         return 0.0
-    picked = p[np.unique(np.linspace(0, p.shape[0] - 1, min(sample, p.shape[0])).astype(int))]
+    rows = np.unique(np.linspace(0, p.shape[0] - 1, min(sample, p.shape[0])).astype(int))
+    picked = p[rows]
+    release = PageRelease(data.patterns)  # a memory-mapped file's sampled patterns, read
+    for i in rows:
+        release(p[i])
     valid = detector_mask(data)
     values = picked.reshape(picked.shape[0], -1) if valid is None else picked[:, valid]
     values = values.astype(np.float64)

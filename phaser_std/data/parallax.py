@@ -37,7 +37,7 @@ import math
 import attrs
 import numpy as np
 
-from phaser_core.data import RawData, detector_mask
+from phaser_core.data import PageRelease, RawData, detector_mask
 
 __all__ = ["ParallaxFit", "parallax_fit", "parallax_note", "describe", "ORIENTATIONS", "disc_centre", "centre_note"]
 
@@ -272,6 +272,7 @@ def parallax_fit(data: RawData, max_side: int = 32, bins_across: int = 12,
     y0, x0 = max((ny - max_side) // 2, 0), max((nx - max_side) // 2, 0)
     patterns = patterns[y0:y0 + max_side, x0:x0 + max_side]
     bins = _bright_field_bins(data, patterns, bins_across)
+    PageRelease(data.patterns)(patterns)  # a memory-mapped file's window, read: its pages given back
     if bins is None:
         return None
     images, k = bins
