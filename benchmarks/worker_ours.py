@@ -99,16 +99,10 @@ def runtime_baseline_mib(backend: str, dtype: str) -> float | None:
     what the memory planner's estimate (a run's growth, docs/memory.md) comes on top of.
     The backend is built as ``python -m phaser_core.memory measure`` builds it (jax's CPU
     lanes are requested first)."""
-    from phaser_core.backend import build_backend
-    from phaser_core.registry import get_registry
+    from phaser_core.memory import runtime_baseline
 
-    bk = build_backend(backend, dtype, get_registry())
-    bk.synchronize(bk.xp.sum(bk.asarray(np.ones(4, dtype=np.float32))))
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            return next(int(line.split()[1]) / 1024.0 for line in fh if line.startswith("VmRSS:"))
-    except (OSError, StopIteration):
-        return None
+    rss = runtime_baseline(backend, dtype)
+    return None if rss is None else rss / 2**20
 
 
 def main(arg: str) -> None:

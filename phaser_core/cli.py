@@ -366,19 +366,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _runtime_rss(backend: str) -> int | None:
-    """This process's resident memory [bytes] with the estimated backend's runtime up (what
-    a run's memory comes on top of); None where it cannot be read or the backend not built."""
-    import numpy as np
-
+    """:func:`~phaser_core.memory.runtime_baseline` [bytes] of the estimated backend; None
+    where it cannot be read or the backend not built (the report stands without it)."""
     from . import memory
-    from .backend import build_backend
 
     try:
-        bk = build_backend(backend, "float32", get_registry())
-        bk.synchronize(bk.xp.sum(bk.asarray(np.ones(4, dtype=np.float32))))
+        return memory.runtime_baseline(backend, registry=get_registry())
     except Exception:  # noqa: BLE001 - the report stands without it
         return None
-    return memory.process_rss()
 
 
 def _print_memory_estimate(plan: Any, plan_dir: Path, *, as_json: bool = False, budget_gib: float | None = None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import mmap
-from typing import Any
+from typing import Any, Iterator
 
 import attrs
 import numpy as np
@@ -167,21 +167,35 @@ class PageRelease:
                 self._map = None
 
 
+def read_blocks(patterns: Any, block: int = CHECK_BLOCK) -> Iterator[tuple[slice, np.ndarray]]:
+    """``(rows, view)`` of ``patterns`` a block of rows along the first axis at a time
+    (about ``block`` values each, :func:`_row_blocks`), for the passes over all patterns:
+    none copies more than a block, and a read-only memory map's pages are given back once
+    the caller is done with a block (:class:`PageRelease`, when the next is asked for or the
+    loop ends early)."""
+    p = np.asarray(patterns)
+    release = PageRelease(patterns)
+    for rows in _row_blocks(p.shape, block):
+        view = p[rows]
+        try:
+            yield rows, view
+        finally:
+            release(view)
+
+
 def count_dtype(patterns: np.ndarray, block: int = CHECK_BLOCK) -> np.dtype | None:
     """The unsigned integer dtype that holds ``patterns`` exactly when every value is a
     whole number of electrons in [0, 65535] (counted data): uint8 up to 255 counts, else
     uint16; None for other data. Checked ``block`` values at a time, so that the check
     allocates little."""
-    p = np.atleast_1d(np.asarray(patterns))
+    p = np.asarray(patterns)
     whole = p.dtype.kind in "biu"  # integers are whole: only the range to check
     peak = 0.0
-    release = PageRelease(patterns)
-    for rows in _row_blocks(p.shape, block):
-        b = p[rows]
-        top = b.max() if b.size else 0
-        counts = bool(b.size == 0 or (b.min() >= 0 and top <= 65535 and (whole or np.array_equal(b, np.rint(b)))))
-        release(b)
-        if not counts:
+    for _, b in read_blocks(patterns if p.ndim else np.atleast_1d(p), block):
+        if not b.size:
+            continue
+        top = b.max()
+        if not (b.min() >= 0 and top <= 65535 and (whole or np.array_equal(b, np.rint(b)))):
             return None
         peak = max(peak, float(top))
     return np.dtype(np.uint8) if peak <= 255 else np.dtype(np.uint16)
@@ -210,10 +224,8 @@ def compact_counts(data: RawData, block: int = CHECK_BLOCK) -> RawData:
     if dtype is None or (p.dtype.kind in "iu" and dtype.itemsize >= p.dtype.itemsize):
         return data
     out = np.empty(p.shape, dtype=dtype)
-    release = PageRelease(data.patterns)
-    for rows in _row_blocks(p.shape, block):
-        out[rows] = p[rows]
-        release(p[rows])
+    for rows, b in read_blocks(data.patterns, block):
+        out[rows] = b
     compact = data.replace(patterns=out)
     object.__setattr__(compact, "counted_dtype", dtype)  # found already: no second pass
     return compact
@@ -230,10 +242,8 @@ def holds_counts(data: Any, block: int = CHECK_BLOCK) -> bool:
     valid = detector_mask(data)
     p = np.asarray(data.patterns)
     whole = p.dtype.kind in "biu"  # integers: only the sign to check
-    p = p.reshape(-1, *p.shape[-2:])
-    rows = max(1, block // max(1, p.shape[-2] * p.shape[-1]))
-    for i in range(0, p.shape[0], rows):
-        b = p[i:i + rows] if valid is None else p[i:i + rows][:, valid]
+    for _, b in read_blocks(p.reshape(-1, *p.shape[-2:]), block):
+        b = b if valid is None else b[:, valid]
         if b.size and not (b.min() >= 0 and (whole or np.array_equal(b, np.rint(b)))):
             return False
     return True
@@ -309,13 +319,11 @@ def check_finite(data: RawData, block: int = CHECK_BLOCK) -> None:
     n = p.shape[0]
     valid = None if valid is None else valid.reshape(-1)
     bad: list[int] = []
-    release = PageRelease(data.patterns)
-    for rows in _row_blocks(p.shape, block):
-        chunk = p[rows].reshape(-1, int(np.prod(p.shape[1:], dtype=np.int64)))  # copies a block at most
+    for rows, b in read_blocks(data.patterns, block):
+        chunk = b.reshape(-1, int(np.prod(p.shape[1:], dtype=np.int64)))  # copies a block at most
         if not np.isfinite(chunk.sum(dtype=np.float64)):
             finite = np.isfinite(chunk if valid is None else chunk[:, valid]).all(axis=1)
             bad.extend((rows.start + np.nonzero(~finite)[0]).tolist())
-        release(p[rows])
     if not bad:
         return  # none, or only where the detector mask says the pixel is invalid
     first = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")

@@ -46,9 +46,9 @@ ENV_BUDGET = "PHASER_MEMORY_BUDGET_GIB"
 ENV_CHECK = "PHASER_MEMORY_CHECK"
 
 __all__ = ["DataShape", "Term", "EngineEstimate", "MemoryEstimate", "data_shape", "state_shapes",
-           "estimate_plan", "estimate_run", "available_memory", "process_rss", "check_memory", "pool_checks",
-           "PoolCheck", "shortfall_message", "format_bytes",
-           "format_report", "ENV_BUDGET", "ENV_CHECK"]
+           "estimate_plan", "estimate_run", "available_memory", "process_rss", "runtime_baseline", "check_memory",
+           "pool_checks", "PoolCheck", "shortfall_message", "format_bytes", "format_report", "ENV_BUDGET",
+           "ENV_CHECK"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -423,6 +423,18 @@ def process_rss() -> int | None:
         return None
 
 
+def runtime_baseline(backend: str, dtype: str = "float32", registry: Any = None) -> int | None:
+    """This process's resident memory [bytes] once the backend named ``backend`` is built
+    and its runtime started by one tiny computation (jax: its XLA client and a first
+    compilation): what a run's memory, the planner's estimate, comes on top of (the
+    calibration's baseline, :func:`measure_peak`). None where /proc is missing."""
+    from .registry import get_registry
+
+    bk = build_backend(backend, dtype, registry if registry is not None else get_registry())
+    bk.synchronize(bk.xp.sum(bk.asarray(np.ones(4, dtype=np.float32))))
+    return process_rss()
+
+
 def format_report(est: MemoryEstimate, avail: dict | None = None, baseline: int | None = None) -> str:
     """A plain-text table of every term, per engine, and the peak. ``baseline`` [bytes]: the
     resident memory of a process with the imports done and the backend's runtime up (what
@@ -488,8 +500,7 @@ def measure_peak(plan_path: str | Path) -> dict:
     registry = get_registry()
     path = Path(plan_path)
     plan = load_plan(path, registry=registry)
-    bk = build_backend(plan.backend, plan.dtype, registry)
-    bk.synchronize(bk.xp.sum(bk.asarray(np.ones(4, dtype=np.float32))))  # the runtime is up
+    runtime_baseline(plan.backend, plan.dtype, registry)  # the runtime is up
     reset = True
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:

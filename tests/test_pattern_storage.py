@@ -291,7 +291,7 @@ def test_passes_over_a_memory_mapped_file_give_its_pages_back(tmp_path):
     (they stay in the page cache): before, a pass left the whole file resident beside the
     copy it wrote (a 1 GiB float32 file: 1.5 GiB peak RSS, benchmarks/NOTES.md 94). The
     values are read as they are, and read again after a release."""
-    from phaser_core.data import PageRelease, check_finite, compact_counts, read_only_map
+    from phaser_core.data import PageRelease, check_finite, compact_counts, read_blocks, read_only_map
     from phaser_std.data.inspect import _pixel_sums
     from phaser_std.data.preprocess import nanmean_patterns
     from phaser_std.engines.pattern_feed import ifftshift_cast
@@ -325,6 +325,15 @@ def test_passes_over_a_memory_mapped_file_give_its_pages_back(tmp_path):
     np.testing.assert_allclose(resident_after(lambda: _pixel_sums(frac, None)), (counts + 0.5).sum(axis=(1, 2)))
     np.testing.assert_allclose(resident_after(lambda: nanmean_patterns(frac)), (counts + 0.5).mean(axis=0), rtol=1e-6)
     PageRelease(counts)(counts[:4])  # not a mapping: nothing happens
+
+    PageRelease(mapped)(np.asarray(mapped))  # the comparisons above read it all: none resident
+
+    def first_block_only():  # a loop that stops early gives its last block back too
+        for _, b in read_blocks(mapped, block=1 << 22):  # 16 MiB blocks
+            return float(b.sum())
+
+    assert resident_after(first_block_only) == float(counts[:256].sum())
+    assert [r for r, _ in read_blocks(np.zeros((10, 3, 3)), 20)] == [slice(i, i + 2) for i in range(0, 10, 2)]
 
     class Refusing:  # a file system whose madvise fails: the pages are kept, the pass goes on
         def __len__(self):

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from phaser_core.data import CHECK_BLOCK, PageRelease, RawData, detector_mask
+from phaser_core.data import CHECK_BLOCK, RawData, detector_mask, read_blocks
 from phaser_core.errors import DataError
 from phaser_std.physics.optics import mrad_to_invA
 
@@ -202,16 +202,11 @@ def _pixel_sums(patterns: np.ndarray, pixels: np.ndarray | None, block: int = CH
     """Each pattern's sum [e⁻] over ``pixels`` ``(Qy, Qx)`` bool (None: all), in float64,
     ``block`` values at a time (the selected pixels of all patterns at once were a copy of
     that size)."""
-    flat = patterns.reshape(patterns.shape[0], -1)
-    pixels = None if pixels is None else np.asarray(pixels, dtype=bool).reshape(-1)
-    rows = max(1, block // max(1, flat.shape[1]))
-    release = PageRelease(patterns)  # a memory-mapped file's pages, once read
-    sums = []
-    for i in range(0, flat.shape[0], rows):
-        c = flat[i:i + rows]
-        sums.append((c if pixels is None else c[:, pixels]).sum(axis=1, dtype=np.float64))
-        release(c)
-    return np.concatenate(sums)
+    pixels = None if pixels is None else np.asarray(pixels, dtype=bool)
+    axes = tuple(range(1, patterns.ndim))
+    return np.concatenate([(c.sum(axis=axes, dtype=np.float64) if pixels is None
+                            else c[:, pixels].sum(axis=1, dtype=np.float64))
+                           for _, c in read_blocks(patterns, block)] or [np.zeros(0)])
 
 
 def _mask_summary(data: RawData) -> str:

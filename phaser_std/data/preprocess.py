@@ -20,7 +20,7 @@ import numpy as np
 from phaser_core.backend import stream_seed
 from phaser_core.config import param
 from phaser_core.context import LoadContext
-from phaser_core.data import CHECK_BLOCK, PageRelease, RawData
+from phaser_core.data import CHECK_BLOCK, RawData, read_blocks
 from phaser_core.data import detector_mask as valid_pixels_of
 from phaser_core.errors import DataError
 
@@ -258,16 +258,11 @@ def poisson(config: PoissonConfig, data: RawData, ctx: LoadContext) -> RawData:
         factor = float(config.scale)
     rng = np.random.default_rng(stream_seed(ctx.seed if config.seed is None else config.seed, "poisson-resample"))
     counts = np.empty(p.shape, dtype=p.dtype if p.dtype.kind == "f" else np.float32)
-    flat_in, flat_out = p.reshape(p.shape[0], -1), counts.reshape(p.shape[0], -1)
     # a block of patterns at a time (whole-array float64 expectations and int64 draws took
     # ~8x the patterns' memory); the generator draws in the same order, so the counts are
     # those of one whole-array draw
-    rows = max(1, CHECK_BLOCK // max(1, flat_in.shape[1]))
-    release = PageRelease(p)  # a memory-mapped file's pages, once read
-    for i in range(0, flat_in.shape[0], rows):
-        lam = np.clip(np.nan_to_num(flat_in[i:i + rows].astype(np.float64) * factor, nan=0.0), 0.0, None)
-        release(flat_in[i:i + rows])
-        flat_out[i:i + rows] = rng.poisson(lam)
+    for rows, b in read_blocks(p, CHECK_BLOCK):
+        counts[rows] = rng.poisson(np.clip(np.nan_to_num(b.astype(np.float64) * factor, nan=0.0), 0.0, None))
     return data.replace(patterns=counts, extra={**data.extra, "poisson_scale": factor})
 
 
@@ -348,15 +343,11 @@ def nanmean_patterns(pats: np.ndarray, block: int = CHECK_BLOCK) -> np.ndarray:
     values at a time: a whole-array float64 copy and NaN mask took ~5x the patterns' size
     (1 GiB of float32 patterns: 5 s, and more than this machine's memory for 4 GiB;
     benchmarks/NOTES.md 85). NaN where a pixel is NaN in every pattern."""
-    flat = pats.reshape((pats.shape[0], -1) if pats.ndim > 1 else (pats.shape[0], 1))
-    total = np.zeros(flat.shape[1], dtype=np.float64)
-    count = np.zeros(flat.shape[1], dtype=np.int64)
-    whole = flat.dtype.kind in "biu"  # integers hold no NaN
-    rows = max(1, block // max(1, flat.shape[1]))
-    release = PageRelease(pats)  # a memory-mapped file's pages, once read
-    for i in range(0, flat.shape[0], rows):
-        b = flat[i:i + rows].astype(np.float64)
-        release(flat[i:i + rows])
+    total = np.zeros(pats.shape[1:], dtype=np.float64)
+    count = np.zeros(pats.shape[1:], dtype=np.int64)
+    whole = pats.dtype.kind in "biu"  # integers hold no NaN
+    for _, view in read_blocks(pats, block):
+        b = view.astype(np.float64)
         if whole:
             total += b.sum(axis=0)
             count += b.shape[0]
@@ -365,8 +356,7 @@ def nanmean_patterns(pats: np.ndarray, block: int = CHECK_BLOCK) -> np.ndarray:
         total += np.where(finite, b, 0.0).sum(axis=0)
         count += finite.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-    return mean.reshape(pats.shape[1:])
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def centre_of_mass(img: np.ndarray) -> tuple[float, float]:
@@ -437,18 +427,16 @@ def center_diffraction(config: CenterConfig, data: RawData, ctx: LoadContext) ->
     # integer dtype would truncate every weight below 1 to 0: all-zero patterns)
     dtype = p.dtype if whole or p.dtype.kind in "fc" else np.dtype(np.float32)
     out = np.zeros(p.shape, dtype=dtype)
-    flat_in, flat_out = p.reshape(-1, qy, qx), out.reshape(-1, qy, qx)
-    rows = max(1, CHECK_BLOCK // max(1, qy * qx))  # a block at a time: no whole-array temporaries
-    release = PageRelease(p)  # a memory-mapped file's pages, once read
-    for i in range(0, flat_in.shape[0], rows):
-        block, acc = flat_in[i:i + rows], flat_out[i:i + rows]
+    flat_out = out.reshape(-1, qy, qx)
+    # a block at a time: no whole-array temporaries
+    for rows, block in read_blocks(p.reshape(-1, qy, qx), CHECK_BLOCK):
+        acc = flat_out[rows]
         for sy, sx, w in terms:
             shifted = _shift_int(block, sy, sx, 0)
             if whole:
                 acc[...] = shifted
             else:
                 acc += dtype.type(w) * shifted.astype(dtype, copy=False)
-        release(block)
     mask = np.ones((qy, qx), dtype=bool)
     for sy, sx, _ in terms:
         mask &= _shift_int(m, sy, sx, False)

@@ -134,10 +134,10 @@ def lane_plan(lanes: int, requested: int | None, group_size: int, n_modes: int, 
     step uses one lane and the one-device ``budget``. So does a group whose waves are
     smaller than :data:`LANE_MIN_BYTES`, and a group uses no more lanes than give each half
     of that (16 positions of 64² on 8 lanes: 2): the lanes meet once per pass over the
-    chunks, and every lane does the group's object-sized work, which outweighs half of a small group's waves (single
-    slice, one mode, 64², groups of 8: LSQML 1.36x and the gradient engine 1.2x slower on
-    two lanes; groups of 16: ePIE 1.42x and the gradient engine 1.11x faster, LSQML the
-    same)."""
+    chunks, and every lane does the group's object-sized work, which outweighs half of a
+    small group's waves (single slice, one mode, 64², groups of 8: LSQML 1.36x and the
+    gradient engine 1.2x slower on two lanes; groups of 16: ePIE 1.42x and the gradient
+    engine 1.11x faster, LSQML the same)."""
     waves = int(group_size) * int(n_modes) * int(n_slices) * int(wave_shape[0]) * int(wave_shape[1]) * int(itemsize)
     if lanes > 1 and chunked_step and waves >= LANE_MIN_BYTES:
         per_lane_budget = lane_budget(budget) if lane_budget_bytes is None else lane_budget_bytes

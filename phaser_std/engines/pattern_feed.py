@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from phaser_core.data import PageRelease, count_dtype
+from phaser_core.data import count_dtype, read_blocks
 from phaser_std.engines.chunking import backend_on_cpu
 
 __all__ = ["PatternFeed", "STREAM_BLOCK_BYTES", "LANE_SPLIT_MIN_SAVING", "split_over_lanes", "corner_centred",
@@ -60,11 +60,8 @@ def ifftshift_cast(host: np.ndarray, dtype: Any, block_bytes: int = 4 << 20,
     out = np.empty(host.shape, dtype=dtype) if out is None else out
     flat_in = host.reshape((-1,) + host.shape[-2:])
     flat_out = out.reshape(flat_in.shape)
-    rows = max(1, block_bytes // max(1, flat_in[0].nbytes))
-    release = PageRelease(host)  # a memory-mapped file's pages, once read
-    for i in range(0, flat_in.shape[0], rows):
-        flat_out[i:i + rows] = np.fft.ifftshift(flat_in[i:i + rows], axes=(-2, -1))
-        release(flat_in[i:i + rows])
+    for rows, b in read_blocks(flat_in, block_bytes // max(1, host.dtype.itemsize)):
+        flat_out[rows] = np.fft.ifftshift(b, axes=(-2, -1))
     return out
 
 
@@ -75,11 +72,8 @@ def pixel_sums(patterns: np.ndarray, block_bytes: int = 4 << 20) -> np.ndarray:
     acc = np.uint64 if np.dtype(patterns.dtype).kind in "ui" else np.float64
     flat = patterns.reshape((-1,) + patterns.shape[-2:])
     sums = np.zeros(flat.shape[1:], dtype=acc)
-    rows = max(1, block_bytes // max(1, flat[0].nbytes))
-    release = PageRelease(patterns)
-    for i in range(0, flat.shape[0], rows):
-        sums += np.sum(flat[i:i + rows], axis=0, dtype=acc)
-        release(flat[i:i + rows])
+    for _, b in read_blocks(flat, block_bytes // max(1, patterns.dtype.itemsize)):
+        sums += np.sum(b, axis=0, dtype=acc)
     return sums
 
 
