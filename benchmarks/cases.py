@@ -53,6 +53,7 @@ DATASETS = {
     "single64": _spec(32, 64),                    # 1024 patterns of 64², 1 slice
     "multi64": _spec(16, 64, n_slices=8),         # 256 patterns of 64², 8 slices
     "single128": _spec(48, 128),                  # 2304 patterns of 128² (--big)
+    "single64x50": _spec(50, 64),                 # 2500 patterns of 64² (--big; the harness README's size)
     "multi64x20": _spec(16, 64, n_slices=20),
     "multi96": _spec(32, 96, n_slices=13),        # 1024 patterns of 96², 13 slices (--big; the harness README's size)
     # the paper's sizes (--paper; GPU)
@@ -154,7 +155,7 @@ def matrix(size: str = "default", engines=ENGINES, backends=BACKENDS) -> list[di
     if size == "paper":
         sets = ["paper_single", "paper_multi"]
     elif size == "big":
-        sets = ["single64", "multi64", "single128", "multi96", "multi64x20"]
+        sets = ["single64", "multi64", "single128", "single64x50", "multi96", "multi64x20"]
     else:
         sets = ["single64", "multi64"]
     out = []

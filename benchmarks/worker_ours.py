@@ -98,9 +98,12 @@ def runtime_baseline_mib(backend: str, dtype: str) -> float | None:
     """RSS [MiB] with the imports done and the backend's runtime up, just before the run:
     what the memory planner's estimate (a run's growth, docs/memory.md) comes on top of.
     The backend is built as ``python -m phaser_core.memory measure`` builds it (jax's CPU
-    lanes are requested first)."""
-    from phaser_core.memory import runtime_baseline
-
+    lanes are requested first). None for a tree older than that function (``compare_trees.py``
+    runs this worker on old commits)."""
+    try:
+        from phaser_core.memory import runtime_baseline
+    except ImportError:
+        return None
     rss = runtime_baseline(backend, dtype)
     return None if rss is None else rss / 2**20
 
