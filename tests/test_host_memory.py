@@ -68,3 +68,48 @@ def test_retain_freed_memory_sets_the_thresholds_once():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={k: v for k, v in os.environ.items() if k != "PHASER_MALLOC_TUNE"})
     assert out.stdout.split() == ["True", "True"]
+
+
+#: a whole `phaser` run in a fresh process: load (its checks free 4 MiB blocks), set-up and
+#: five ePIE iterations on numpy; prints the minor page faults of iterations 3-5
+RUN = """
+import resource, sys
+from phaser_core.plan import load_plan
+from phaser_core.runner import run_plan
+faults = []
+class Faults:
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+    def after_iteration(self, *a):
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+plan = {"file_type": "phaser_plan", "version": 1, "backend": "numpy", "seed": 0,
+        "raw_data": {"type": "hdf5", "path": sys.argv[1]},
+        "engines": [{"type": "conventional", "niter": 5, "grouping": {"size": 64}, "solver": {"type": "epie"}}]}
+run_plan(load_plan(plan), quiet=True, observers=[Faults()])
+print(faults[-1] - faults[1])
+"""
+
+
+def test_numpy_iterations_run_without_taking_fresh_pages(tmp_path):
+    """Guards the regression of benchmarks/NOTES.md 103 end to end: once a run is going,
+    its numpy iterations reuse their temporaries' pages. 16x16 positions of 64² in groups
+    of 64: each group's 2 MiB waves, ~4000 pages a group and iteration with malloc's
+    defaults after the load's checks."""
+    from phaser_std.data.simulate import simulate, spec_from_dict, write_hdf5
+
+    spec = {"energy_eV": 200e3, "convergence_angle_mrad": 25.0, "defocus_A": 50.0, "detector_shape": [64, 64],
+            "reciprocal_sampling_invA": 0.1, "scan": {"shape": [16, 16], "step_A": 0.6}, "dose": 1e5,
+            "object": {"cell_A": [3.19, 5.525], "atoms": [{"position": [0.0, 0.0], "strength_rad": 0.6,
+                                                           "width_A": 0.3}]}, "seed": 0}
+    path = write_hdf5(simulate(spec_from_dict(spec)), tmp_path / "data.h5")
+
+    def faults(**env: str) -> int:
+        out = subprocess.run([sys.executable, "-c", RUN, str(path)], capture_output=True, text=True, check=True,
+                             env={**os.environ, **env})
+        return int(out.stdout.split()[-1])
+
+    default = faults(PHASER_MALLOC_TUNE="0")
+    tuned = faults()
+    if default < 3 * 4 * 1000:
+        pytest.skip(f"this glibc keeps the temporaries by itself ({default} faults in 3 iterations)")
+    assert tuned < default / 20, (tuned, default)
