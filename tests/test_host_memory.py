@@ -50,8 +50,9 @@ def test_the_numpy_backend_reuses_its_freed_temporaries_instead_of_faulting_fres
     default = _faults("")
     if default < PAGES // 4:
         pytest.skip(f"this glibc keeps the temporaries by itself ({default} faults of {PAGES} pages)")
-    # the numpy backend sets the thresholds when it is built
-    kept = _faults("from phaser_std.backends.numpy_backend import NumpyBackend; NumpyBackend()")
+    # a plan's numpy backend sets the thresholds when it is built
+    kept = _faults("from phaser_core import get_registry\nfrom phaser_core.backend import build_backend\n"
+                   "build_backend('numpy', 'float32', get_registry())")
     assert kept < PAGES // 50, (kept, default)
 
 
@@ -60,6 +61,14 @@ def test_phaser_malloc_tune_0_leaves_mallocs_defaults():
              "assert retain_freed_memory() is False")
     default = _faults("")
     assert _faults(setup, PHASER_MALLOC_TUNE="0") > min(default, PAGES) // 2
+
+
+def test_a_helper_numpy_backend_leaves_malloc_alone():
+    """physics helpers build a float64 NumpyBackend inside jax runs (probe modes): a jax run
+    keeps malloc's defaults whether or not they ran."""
+    default = _faults("")
+    helper = _faults("from phaser_std.backends.numpy_backend import NumpyBackend; NumpyBackend('float64')")
+    assert helper > min(default, PAGES) // 2
 
 
 def test_retain_freed_memory_sets_the_thresholds_once():

@@ -12,8 +12,14 @@ from phaser_core.errors import BackendUnavailable
 
 
 def _numpy(dtype: str = "float32"):
+    """A run's numpy backend; glibc's malloc thresholds are fixed first, so that the group
+    steps' freed temporaries are reused (:func:`.host_memory.retain_freed_memory`). Helpers
+    that build a :class:`NumpyBackend` for a small host computation inside a jax or cupy
+    run leave malloc alone."""
+    from .host_memory import retain_freed_memory
     from .numpy_backend import NumpyBackend
 
+    retain_freed_memory()
     return NumpyBackend(dtype)
 
 

@@ -8,23 +8,15 @@ import numpy as np
 
 from phaser_core.backend import BaseBackend
 
-from .host_memory import retain_freed_memory
-
 
 class NumpyBackend(BaseBackend):
     """CPU arrays with numpy; ``add_at`` accumulates in place with ``np.add.at``.
 
     FFTs use :mod:`scipy.fft` (the same pocketfft as ``numpy.fft``, but complex64 batches
-    stay complex64 and run ~4x faster: 9 vs 41 ms for a (64, 4, 64, 64) batch).
-    Building one fixes glibc's malloc thresholds so that freed temporaries are reused
-    (:func:`~phaser_std.backends.host_memory.retain_freed_memory`)."""
+    stay complex64 and run ~4x faster: 9 vs 41 ms for a (64, 4, 64, 64) batch)."""
 
     name = "numpy"
     xp = np
-
-    def __init__(self, dtype: str = "float32"):
-        super().__init__(dtype)
-        retain_freed_memory()
 
     @property
     def fft(self) -> Any:
