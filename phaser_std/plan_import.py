@@ -597,7 +597,7 @@ class _Importer:
                 out["noise_model"] = nm
         else:
             self.note(path + ("noise_model",), "missing (required by phaserEM); ours picks anscombe for counted "
-                                               "data, amplitude otherwise")
+                                               "data, amplitude for sparse counts and other data")
 
         known = {"type", "niter", "grouping", "compact", "shuffle_groups", "probe_modes", "base_mode_power",
                  "bwlim_frac", "slices", "sim_shape", "resize_method", "noise_model", "update_probe",
@@ -678,7 +678,7 @@ class _Importer:
                     self.note(path + (k,), "unused by phaserEM's poisson model; dropped")
             return out
         self.note(path, f"noise model {kind!r} not converted; ours picks anscombe for counted data, "
-                        "amplitude otherwise")
+                        "amplitude for sparse counts and other data")
         return None
 
     def conventional(self, props: Mapping, path: tuple, out: dict, slices: dict | None = None) -> None:

@@ -76,7 +76,8 @@ class GradientConfig:
     sim_shape: tuple[int, int] | None = sim_shape_param()
     stop_when: StopConfig | None = stop_when_param()
     noise_model: NoiseModelSpec = param(NoiseModelSpec("auto"), doc="detector noise model (auto: anscombe for "
-                                        "counted data, whole numbers of electrons; amplitude for other data)")
+                                        "counted data, whole numbers of electrons; amplitude for sparse counts, "
+                                        "under 2 e⁻ per bright-field pixel, and for other data)")
     solvers: GradientSolvers = param(factory=GradientSolvers, doc="{object, probe, positions, tilt}: solver each")
     regularizers: tuple[CostSpec, ...] = param((), doc="cost regularizers, summed into the loss")
     cost_per: str = param("iteration", doc="'iteration': every group adds weight·(group/positions) of each "

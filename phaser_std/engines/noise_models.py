@@ -37,6 +37,8 @@ from phaser_std.physics.forward import intensity  # re² + im²: finite jax.grad
 
 __all__ = ["intensity", "wirtinger_far_grad", "GaussianNoise", "PoissonNoise", "AmplitudeNoise",
            "AnscombeNoise", "DetectorMasked", "on_valid_pixels", "DEFAULT_NOISE_MODEL", "default_noise_model",
+           "auto_noise_model", "bright_field_pixels", "counts_per_bright_field_pixel",
+           "SPARSE_COUNTS_PER_BRIGHT_FIELD_PIXEL",
            "AutoNoise", "build_noise_model", "register_all"]
 
 
@@ -281,15 +283,67 @@ def on_valid_pixels(noise: Any, valid: Any) -> Any:
 #: counted (whole numbers of electrons) or not (benchmarks/NOTES.md 69).
 DEFAULT_NOISE_MODEL = {True: "anscombe", False: "amplitude"}
 
+#: [e⁻] counted patterns with fewer electrons than this per bright-field pixel, on average,
+#: get the amplitude model from ``auto`` (benchmarks/NOTES.md 105): there most pixels hold
+#: no electron, and the Anscombe offset of 3/8 e⁻ under their roots hardly pulls the model
+#: towards them, so each iteration fits more of the noise. abTEM SrTiO₃ at 0.57 and 0.69
+#: e⁻ a bright-field pixel: Pearson +0.03 to +0.07 with amplitude; at 2.3 the two are
+#: within 0.007; at 5.7 and 23 anscombe is the better by 0.01-0.02.
+SPARSE_COUNTS_PER_BRIGHT_FIELD_PIXEL = 2.0
+
+
+def bright_field_pixels(data: Any) -> float | None:
+    """Detector pixels inside the bright-field disc, π·(α/Δk_y)·(α/Δk_x) for the
+    convergence semi-angle α as a spatial frequency [1/Å] and the pixel Δk [1/Å], at most
+    the detector's valid pixels; None when the data do not record the energy, the angle
+    and the reciprocal sampling."""
+    from phaser_core.data import detector_mask
+    from phaser_core.physics_constants import wavelength_A
+    from phaser_std.physics.optics import mrad_to_invA
+
+    energy = getattr(data, "energy_eV", None)
+    alpha = getattr(data, "convergence_angle_mrad", None)
+    dk = getattr(data, "reciprocal_sampling_invA", None)
+    if not energy or not alpha or dk is None:
+        return None
+    radius_invA = mrad_to_invA(alpha, wavelength_A(energy))
+    dky, dkx = (float(v) for v in np.broadcast_to(np.asarray(dk, dtype=float), (2,)))
+    valid = detector_mask(data)
+    n_valid = float(np.prod(data.pattern_shape) if valid is None else np.count_nonzero(valid))
+    return min(np.pi * (radius_invA / dky) * (radius_invA / dkx), n_valid)
+
+
+def counts_per_bright_field_pixel(data: Any) -> float | None:
+    """Mean electrons per bright-field pixel [e⁻]: a pattern's mean count over the valid
+    pixels (:func:`phaser_core.data.mean_counts`, from a sample of patterns) divided by
+    :func:`bright_field_pixels`; None where that is unknown."""
+    from phaser_core.data import mean_counts
+
+    pixels = bright_field_pixels(data)
+    return None if not pixels else mean_counts(data) / pixels
+
+
+def auto_noise_model(data: Any) -> tuple[str, str]:
+    """``(name, reason)``: the noise model ``auto`` picks for ``data`` and why.
+    ``anscombe`` for counted patterns (every valid pixel a whole number of electrons,
+    :func:`phaser_core.data.holds_counts`), whose dark-field pixels hold a few counts each
+    and bias the amplitude model's √Iₑ low; ``amplitude`` for counted patterns sparser
+    than :data:`SPARSE_COUNTS_PER_BRIGHT_FIELD_PIXEL`, where most pixels hold no electron
+    and the Anscombe offset fits the noise; ``amplitude`` for any other patterns
+    (noiseless simulations, normalised or gain-scaled data), where that offset would
+    assume a scale the data do not have."""
+    if not holds_counts(data):
+        return DEFAULT_NOISE_MODEL[False], "for non-counted patterns"
+    per_pixel = counts_per_bright_field_pixel(data)
+    if per_pixel is not None and per_pixel < SPARSE_COUNTS_PER_BRIGHT_FIELD_PIXEL:
+        return "amplitude", (f"for sparse counts: {per_pixel:.2g} e⁻ per bright-field pixel, under "
+                             f"{SPARSE_COUNTS_PER_BRIGHT_FIELD_PIXEL:g}")
+    return DEFAULT_NOISE_MODEL[True], "for counted patterns"
+
 
 def default_noise_model(data: Any) -> str:
-    """The name of the noise model ``auto`` picks for ``data``: ``anscombe`` for counted
-    patterns (every valid pixel a whole number of electrons,
-    :func:`phaser_core.data.holds_counts`), whose dark-field pixels hold a few counts each
-    and bias the amplitude model's √Iₑ low; ``amplitude`` for any other patterns (noiseless
-    simulations, normalised or gain-scaled data), where the Anscombe offset of 3/8 e⁻
-    would assume a scale the data do not have."""
-    return DEFAULT_NOISE_MODEL[holds_counts(data)]
+    """The name of the noise model ``auto`` picks for ``data`` (:func:`auto_noise_model`)."""
+    return auto_noise_model(data)[0]
 
 
 @attrs.frozen
@@ -306,12 +360,11 @@ class AutoNoise:
     def __init__(self, config: AutoConfig | None = None):
         self.config = config or AutoConfig()
 
-    def resolve(self, data: Any) -> tuple[Any, str]:
-        """``(model, name)`` for ``data``."""
-        name = default_noise_model(data)
-        if name == "anscombe":
-            return AnscombeNoise(AnscombeConfig(eps=self.config.eps)), name
-        return AmplitudeNoise(AmplitudeConfig(eps=self.config.eps)), name
+    def resolve(self, data: Any) -> tuple[Any, str, str]:
+        """``(model, name, reason)`` for ``data`` (:func:`auto_noise_model`)."""
+        name, reason = auto_noise_model(data)
+        cls, config = (AnscombeNoise, AnscombeConfig) if name == "anscombe" else (AmplitudeNoise, AmplitudeConfig)
+        return cls(config(eps=self.config.eps)), name, reason
 
     def _unresolved(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError("the auto noise model picks anscombe or amplitude from the data: build it with "
@@ -325,10 +378,9 @@ def build_noise_model(spec: Any, data: Any, registry: Any, ctx: Any = None) -> A
     and announced to the run's observers (``ctx``)."""
     noise = (spec if spec is not None else NoiseModelSpec("auto")).build(registry)
     if hasattr(noise, "resolve"):
-        noise, name = noise.resolve(data)
+        noise, name, reason = noise.resolve(data)
         if ctx is not None:
-            announce(ctx, f"noise model auto: {name} (for {'counted' if name == 'anscombe' else 'non-counted'} "
-                          "patterns; name one in the plan to choose)")
+            announce(ctx, f"noise model auto: {name} ({reason}; name one in the plan to choose)")
     return noise
 
 
@@ -343,4 +395,4 @@ def register_all(register) -> None:
              doc="Gaussian noise on 2√(I + 3/8) (Anscombe transform).")
     register("auto", AutoNoise, config=AutoConfig,
              doc="The engines' default: anscombe for counted patterns (whole numbers of electrons), amplitude "
-                 "for others.")
+                 "for sparser counts (under 2 e⁻ per bright-field pixel) and for other patterns.")
