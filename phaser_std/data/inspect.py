@@ -120,6 +120,21 @@ def _storage_summary(data: RawData) -> tuple[str, str]:
     return value, f"counts: a run keeps them as {kept} ({kept.itemsize * mib:.4g} MiB)"
 
 
+def _noise_rows(data: RawData, mean_counts: float) -> list[tuple[str, str, str]]:
+    """The mean counts per bright-field pixel and the noise model the engines' ``auto``
+    picks for these data, with its reason (sparse counts get amplitude)."""
+    from phaser_std.engines.noise_models import SPARSE_COUNTS_PER_BRIGHT_FIELD_PIXEL, auto_noise_model, bright_field_pixels
+
+    rows = []
+    pixels = bright_field_pixels(data)
+    if pixels:
+        rows.append(("counts / bright-field pixel", _fmt(mean_counts / pixels, "e"),
+                     f"π(α/λΔk)² = {pixels:.4g} px; under {SPARSE_COUNTS_PER_BRIGHT_FIELD_PIXEL:g}: sparse"))
+    name, reason = auto_noise_model(data)
+    rows.append(("noise model (auto)", name, reason))
+    return rows
+
+
 def summary_rows(data: RawData) -> list[tuple[str, str, str]]:
     """(quantity, value, note) rows: acquisition parameters then sampling figures."""
     f = sampling_figures(data)
@@ -148,6 +163,7 @@ def summary_rows(data: RawData) -> list[tuple[str, str, str]]:
     if f.get("scan_step_A") is not None:
         area = abs(f["scan_step_A"][0] * f["scan_step_A"][1])
         rows.append(("dose", _fmt(float(np.nanmean(sums)) / area, "e/Å²"), "mean counts / step area"))
+    rows += _noise_rows(data, float(np.nanmean(sums)))
     rows += [
         ("linear oversampling", _fmt(f.get("linear_oversampling")), "1/(2·Δr·Δk), Edo 2013; ≥ 1 needed"),
         ("areal oversampling", _fmt(f.get("areal_oversampling")), "intensities per object pixel"),
