@@ -123,7 +123,8 @@ def _storage_summary(data: RawData) -> tuple[str, str]:
 def _noise_rows(data: RawData, mean_counts: float) -> list[tuple[str, str, str]]:
     """The mean counts per bright-field pixel and the noise model the engines' ``auto``
     picks for these data, with its reason (sparse counts get amplitude)."""
-    from phaser_std.engines.noise_models import SPARSE_COUNTS_PER_BRIGHT_FIELD_PIXEL, auto_noise_model, bright_field_pixels
+    from phaser_std.engines.noise_models import (SPARSE_COUNTS_PER_BRIGHT_FIELD_PIXEL, auto_noise_model,
+                                                 bright_field_pixels)
 
     rows = []
     pixels = bright_field_pixels(data)
