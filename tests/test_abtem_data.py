@@ -120,13 +120,13 @@ def test_focal_spread_modes_restore_the_contrast_of_partially_coherent_data():
     assert spread["pearson"] > coherent["pearson"] + 0.01 and spread["pearson"] > 0.97, (coherent, spread)
 
 
-#: the same sample at 300 e⁻ a pattern (0.69 e⁻ a bright-field pixel; 141 kB)
+#: the same sample at 300 e⁻ a pattern (0.29 e⁻ a pixel; 141 kB)
 SPARSE = DATA.with_name("abtem_srtio3_300e.h5")
 
 
 def test_sparse_abtem_counts_reconstruct_better_with_the_model_auto_picks():
-    """At 300 e⁻ a pattern `auto` picks the amplitude model (sparse counts, under 2 e⁻ per
-    bright-field pixel): ePIE with our defaults scores 0.833 against anscombe's 0.796 after
+    """At 300 e⁻ a pattern `auto` picks the amplitude model (sparse counts, under 0.5 e⁻
+    per pixel): ePIE with our defaults scores 0.833 against anscombe's 0.796 after
     30 iterations (benchmarks/NOTES.md 105)."""
     block = {"type": "conventional", "niter": 30, "grouping": {"size": 64}, "solver": {"type": "epie"}}
     truth = ground_truth(SPARSE)

@@ -121,47 +121,30 @@ def test_auto_takes_an_eps_and_an_unresolved_auto_model_says_how_to_resolve_it(t
         AutoNoise().loss(None, None, None)
 
 
-@attrs.define
-class Acquired(Data):
-    """Patterns with the metadata the sparse-count rule reads."""
-
-    energy_eV: float = 200e3
-    convergence_angle_mrad: float = 25.0
-    reciprocal_sampling_invA: tuple = (0.1, 0.1)
-
-
-def test_the_bright_field_disc_in_pixels():
-    from phaser_std.engines.noise_models import bright_field_pixels
-
-    # 200 kV: λ = 0.02508 Å, 25 mrad -> 0.9969 1/Å, 9.969 pixels of 0.1 1/Å
-    assert bright_field_pixels(Acquired(np.zeros((1, 64, 64)))) == pytest.approx(np.pi * 9.969 ** 2, rel=1e-3)
-    # anisotropic pixels: an ellipse
-    assert bright_field_pixels(Acquired(np.zeros((1, 64, 64)), reciprocal_sampling_invA=(0.1, 0.2))) == \
-        pytest.approx(np.pi * 9.969 * 4.984, rel=1e-3)
-    # never more than the detector's valid pixels
-    mask = np.zeros((64, 64), bool)
-    mask[:10, :10] = True
-    assert bright_field_pixels(Acquired(np.zeros((1, 64, 64)), mask)) == 100
-    assert bright_field_pixels(Data(np.zeros((1, 64, 64)))) is None  # no energy, angle or sampling
-
-
 def test_sparse_counts_get_the_amplitude_model():
-    """Under 2 e⁻ per bright-field pixel (312 pixels here) counted patterns get amplitude,
-    and the reason is given; at more, or without the metadata to tell, anscombe."""
-    from phaser_std.engines.noise_models import auto_noise_model
+    """Under 0.5 e⁻ per valid pixel counted patterns get amplitude, and the reason is given;
+    at more, anscombe; a mask's invalid pixels do not count."""
+    from phaser_std.engines.noise_models import auto_noise_model, counts_per_pixel
 
     rng = np.random.default_rng(0)
-    sparse = rng.poisson(400 / 64 ** 2, size=(20, 64, 64)).astype(np.float32)  # 400 e⁻ a pattern: 1.3 a BF pixel
-    dense = rng.poisson(1000 / 64 ** 2, size=(20, 64, 64)).astype(np.float32)  # 1000: 3.2
-    name, reason = auto_noise_model(Acquired(sparse))
-    assert name == "amplitude" and reason.startswith("for sparse counts: 1.3 e⁻ per bright-field pixel")
-    assert auto_noise_model(Acquired(dense)) == ("anscombe", "for counted patterns")
-    assert auto_noise_model(Data(sparse)) == ("anscombe", "for counted patterns")
-    assert auto_noise_model(Acquired(sparse + 0.5)) == ("amplitude", "for non-counted patterns")
+    sparse = rng.poisson(400 / 64 ** 2, size=(20, 64, 64)).astype(np.float32)  # 400 e⁻ a pattern: ~0.098 a pixel
+    dense = rng.poisson(4000 / 64 ** 2, size=(20, 64, 64)).astype(np.float32)  # 4000: 0.98
+    assert counts_per_pixel(Data(sparse)) == pytest.approx(sparse.sum() / sparse.size)
+    name, reason = auto_noise_model(Data(sparse))
+    assert name == "amplitude" and reason == "for sparse counts: 0.096 e⁻ per pixel, under 0.5", reason
+    assert auto_noise_model(Data(dense)) == ("anscombe", "for counted patterns")
+    assert auto_noise_model(Data(sparse + 0.5)) == ("amplitude", "for non-counted patterns")
+    # the same counts on a quarter of the pixels (the rest masked): 0.39 a valid pixel
+    mask = np.zeros((64, 64), bool)
+    mask[:32, :32] = True
+    assert counts_per_pixel(Data(sparse, mask)) == pytest.approx(sparse[:, :32, :32].sum() / (20 * 32 * 32))
+    quarter = np.where(mask, rng.poisson(1600 / 32 ** 2, size=(20, 64, 64)), 0).astype(np.float32)  # 1.6 a valid one
+    assert auto_noise_model(Data(quarter, mask))[0] == "anscombe"
+    assert auto_noise_model(Data(quarter))[0] == "amplitude"  # 0.39 over all 64² pixels
 
 
 def test_sparse_counts_reconstruct_better_with_the_model_auto_picks(tmp_path):
-    """360 e⁻ a pattern (10³ e⁻/Å², 1.2 a bright-field pixel), ePIE with our defaults: the
+    """360 e⁻ a pattern (10³ e⁻/Å², 0.088 a pixel), ePIE with our defaults: the
     Anscombe model fits the noise (Pearson 0.60 after 15 iterations, benchmarks/NOTES.md
     105), the amplitude model that auto picks does not (0.79)."""
     from phaser_std.analysis import score_state

@@ -121,19 +121,16 @@ def _storage_summary(data: RawData) -> tuple[str, str]:
 
 
 def _noise_rows(data: RawData, mean_counts: float) -> list[tuple[str, str, str]]:
-    """The mean counts per bright-field pixel and the noise model the engines' ``auto``
-    picks for these data, with its reason (sparse counts get amplitude)."""
-    from phaser_std.engines.noise_models import (SPARSE_COUNTS_PER_BRIGHT_FIELD_PIXEL, auto_noise_model,
-                                                 bright_field_pixels)
+    """The mean counts per valid pixel and the noise model the engines' ``auto`` picks for
+    these data, with its reason (sparse counts get amplitude)."""
+    from phaser_std.engines.noise_models import SPARSE_COUNTS_PER_PIXEL, auto_noise_model
 
-    rows = []
-    pixels = bright_field_pixels(data)
-    if pixels:
-        rows.append(("counts / bright-field pixel", _fmt(mean_counts / pixels, "e"),
-                     f"π(α/λΔk)² = {pixels:.4g} px; under {SPARSE_COUNTS_PER_BRIGHT_FIELD_PIXEL:g}: sparse"))
+    valid = detector_mask(data)
+    pixels = int(np.prod(data.pattern_shape)) if valid is None else int(np.count_nonzero(valid))
     name, reason = auto_noise_model(data)
-    rows.append(("noise model (auto)", name, reason))
-    return rows
+    return [("counts / pixel", _fmt(mean_counts / max(pixels, 1), "e"),
+             f"over the valid pixels; under {SPARSE_COUNTS_PER_PIXEL:g}: sparse"),
+            ("noise model (auto)", name, reason)]
 
 
 def summary_rows(data: RawData) -> list[tuple[str, str, str]]:

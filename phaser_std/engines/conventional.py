@@ -49,7 +49,7 @@ class ConventionalConfig:
     stop_when: StopConfig | None = stop_when_param()
     noise_model: NoiseModelSpec = param(NoiseModelSpec("auto"), doc="detector noise model (auto: anscombe for "
                                         "counted data, whole numbers of electrons; amplitude for sparse counts, "
-                                        "under 2 e⁻ per bright-field pixel, and for other data)")
+                                        "under 0.5 e⁻ per pixel, and for other data)")
     solver: ConventionalSolverSpec = param(ConventionalSolverSpec("lsqml"), doc="update rule: epie or lsqml")
     position_solver: PositionSolverSpec | None = param(None, doc="position correction (e.g. {type: momentum})")
     group_constraints: tuple[ConstraintSpec, ...] = param((), doc="constraints applied after every group")

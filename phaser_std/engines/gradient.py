@@ -77,7 +77,7 @@ class GradientConfig:
     stop_when: StopConfig | None = stop_when_param()
     noise_model: NoiseModelSpec = param(NoiseModelSpec("auto"), doc="detector noise model (auto: anscombe for "
                                         "counted data, whole numbers of electrons; amplitude for sparse counts, "
-                                        "under 2 e⁻ per bright-field pixel, and for other data)")
+                                        "under 0.5 e⁻ per pixel, and for other data)")
     solvers: GradientSolvers = param(factory=GradientSolvers, doc="{object, probe, positions, tilt}: solver each")
     regularizers: tuple[CostSpec, ...] = param((), doc="cost regularizers, summed into the loss")
     cost_per: str = param("iteration", doc="'iteration': every group adds weight·(group/positions) of each "

@@ -37,8 +37,7 @@ from phaser_std.physics.forward import intensity  # re² + im²: finite jax.grad
 
 __all__ = ["intensity", "wirtinger_far_grad", "GaussianNoise", "PoissonNoise", "AmplitudeNoise",
            "AnscombeNoise", "DetectorMasked", "on_valid_pixels", "DEFAULT_NOISE_MODEL", "default_noise_model",
-           "auto_noise_model", "bright_field_pixels", "counts_per_bright_field_pixel",
-           "SPARSE_COUNTS_PER_BRIGHT_FIELD_PIXEL",
+           "auto_noise_model", "counts_per_pixel", "SPARSE_COUNTS_PER_PIXEL",
            "AutoNoise", "build_noise_model", "register_all"]
 
 
@@ -283,44 +282,25 @@ def on_valid_pixels(noise: Any, valid: Any) -> Any:
 #: counted (whole numbers of electrons) or not (benchmarks/NOTES.md 69).
 DEFAULT_NOISE_MODEL = {True: "anscombe", False: "amplitude"}
 
-#: [e⁻] counted patterns with fewer electrons than this per bright-field pixel, on average,
+#: [e⁻] counted patterns with fewer electrons than this per detector pixel, on average,
 #: get the amplitude model from ``auto`` (benchmarks/NOTES.md 105): there most pixels hold
 #: no electron, and the Anscombe offset of 3/8 e⁻ under their roots hardly pulls the model
-#: towards them, so each iteration fits more of the noise. abTEM SrTiO₃ at 0.57 and 0.69
-#: e⁻ a bright-field pixel: Pearson +0.03 to +0.07 with amplitude; at 2.3 the two are
-#: within 0.007; at 5.7 and 23 anscombe is the better by 0.01-0.02.
-SPARSE_COUNTS_PER_BRIGHT_FIELD_PIXEL = 2.0
+#: towards them, so each iteration fits more of the noise. abTEM SrTiO₃ at 0.24 and 0.29 e⁻
+#: a pixel: Pearson +0.04 to +0.07 with amplitude, a lower RMS error too; at 0.73 and 0.98
+#: the two are within 0.015 in Pearson and anscombe's RMS error is as low or lower; above,
+#: anscombe is the better.
+SPARSE_COUNTS_PER_PIXEL = 0.5
 
 
-def bright_field_pixels(data: Any) -> float | None:
-    """Detector pixels inside the bright-field disc, π·(α/Δk_y)·(α/Δk_x) for the
-    convergence semi-angle α as a spatial frequency [1/Å] and the pixel Δk [1/Å], at most
-    the detector's valid pixels; None when the data do not record the energy, the angle
-    and the reciprocal sampling."""
-    from phaser_core.data import detector_mask
-    from phaser_core.physics_constants import wavelength_A
-    from phaser_std.physics.optics import mrad_to_invA
-
-    energy = getattr(data, "energy_eV", None)
-    alpha = getattr(data, "convergence_angle_mrad", None)
-    dk = getattr(data, "reciprocal_sampling_invA", None)
-    if not energy or not alpha or dk is None:
-        return None
-    radius_invA = mrad_to_invA(alpha, wavelength_A(energy))
-    dky, dkx = (float(v) for v in np.broadcast_to(np.asarray(dk, dtype=float), (2,)))
-    valid = detector_mask(data)
-    n_valid = float(np.prod(data.pattern_shape) if valid is None else np.count_nonzero(valid))
-    return min(np.pi * (radius_invA / dky) * (radius_invA / dkx), n_valid)
-
-
-def counts_per_bright_field_pixel(data: Any) -> float | None:
-    """Mean electrons per bright-field pixel [e⁻]: a pattern's mean count over the valid
+def counts_per_pixel(data: Any) -> float:
+    """Mean electrons per valid detector pixel [e⁻]: a pattern's mean count over the valid
     pixels (:func:`phaser_core.data.mean_counts`, from a sample of patterns) divided by
-    :func:`bright_field_pixels`; None where that is unknown."""
-    from phaser_core.data import mean_counts
+    their number."""
+    from phaser_core.data import detector_mask, mean_counts
 
-    pixels = bright_field_pixels(data)
-    return None if not pixels else mean_counts(data) / pixels
+    valid = detector_mask(data)
+    pixels = int(np.prod(data.pattern_shape)) if valid is None else int(np.count_nonzero(valid))
+    return mean_counts(data) / max(pixels, 1)
 
 
 def auto_noise_model(data: Any) -> tuple[str, str]:
@@ -328,16 +308,15 @@ def auto_noise_model(data: Any) -> tuple[str, str]:
     ``anscombe`` for counted patterns (every valid pixel a whole number of electrons,
     :func:`phaser_core.data.holds_counts`), whose dark-field pixels hold a few counts each
     and bias the amplitude model's √Iₑ low; ``amplitude`` for counted patterns sparser
-    than :data:`SPARSE_COUNTS_PER_BRIGHT_FIELD_PIXEL`, where most pixels hold no electron
-    and the Anscombe offset fits the noise; ``amplitude`` for any other patterns
-    (noiseless simulations, normalised or gain-scaled data), where that offset would
-    assume a scale the data do not have."""
+    than :data:`SPARSE_COUNTS_PER_PIXEL` (mean electrons per detector pixel), where most
+    pixels hold no electron and the Anscombe offset fits the noise; ``amplitude`` for any
+    other patterns (noiseless simulations, normalised or gain-scaled data), where that
+    offset would assume a scale the data do not have."""
     if not holds_counts(data):
         return DEFAULT_NOISE_MODEL[False], "for non-counted patterns"
-    per_pixel = counts_per_bright_field_pixel(data)
-    if per_pixel is not None and per_pixel < SPARSE_COUNTS_PER_BRIGHT_FIELD_PIXEL:
-        return "amplitude", (f"for sparse counts: {per_pixel:.2g} e⁻ per bright-field pixel, under "
-                             f"{SPARSE_COUNTS_PER_BRIGHT_FIELD_PIXEL:g}")
+    per_pixel = counts_per_pixel(data)
+    if per_pixel < SPARSE_COUNTS_PER_PIXEL:
+        return "amplitude", f"for sparse counts: {per_pixel:.2g} e⁻ per pixel, under {SPARSE_COUNTS_PER_PIXEL:g}"
     return DEFAULT_NOISE_MODEL[True], "for counted patterns"
 
 
@@ -395,4 +374,4 @@ def register_all(register) -> None:
              doc="Gaussian noise on 2√(I + 3/8) (Anscombe transform).")
     register("auto", AutoNoise, config=AutoConfig,
              doc="The engines' default: anscombe for counted patterns (whole numbers of electrons), amplitude "
-                 "for sparser counts (under 2 e⁻ per bright-field pixel) and for other patterns.")
+                 "for sparse counts (under 0.5 e⁻ per pixel) and for other patterns.")
