@@ -120,15 +120,13 @@ def _storage_summary(data: RawData) -> tuple[str, str]:
     return value, f"counts: a run keeps them as {kept} ({kept.itemsize * mib:.4g} MiB)"
 
 
-def _noise_rows(data: RawData, mean_counts: float) -> list[tuple[str, str, str]]:
-    """The mean counts per valid pixel and the noise model the engines' ``auto`` picks for
-    these data, with its reason (sparse counts get amplitude)."""
-    from phaser_std.engines.noise_models import SPARSE_COUNTS_PER_PIXEL, auto_noise_model
+def _noise_rows(data: RawData) -> list[tuple[str, str, str]]:
+    """The mean counts per valid pixel, as the engines' ``auto`` noise model reads them,
+    and the model it picks for these data with its reason (sparse counts get amplitude)."""
+    from phaser_std.engines.noise_models import SPARSE_COUNTS_PER_PIXEL, auto_noise_model, counts_per_pixel
 
-    valid = detector_mask(data)
-    pixels = int(np.prod(data.pattern_shape)) if valid is None else int(np.count_nonzero(valid))
     name, reason = auto_noise_model(data)
-    return [("counts / pixel", _fmt(mean_counts / max(pixels, 1), "e"),
+    return [("counts / pixel", _fmt(counts_per_pixel(data), "e"),
              f"over the valid pixels; under {SPARSE_COUNTS_PER_PIXEL:g}: sparse"),
             ("noise model (auto)", name, reason)]
 
@@ -161,7 +159,7 @@ def summary_rows(data: RawData) -> list[tuple[str, str, str]]:
     if f.get("scan_step_A") is not None:
         area = abs(f["scan_step_A"][0] * f["scan_step_A"][1])
         rows.append(("dose", _fmt(float(np.nanmean(sums)) / area, "e/Å²"), "mean counts / step area"))
-    rows += _noise_rows(data, float(np.nanmean(sums)))
+    rows += _noise_rows(data)
     rows += [
         ("linear oversampling", _fmt(f.get("linear_oversampling")), "1/(2·Δr·Δk), Edo 2013; ≥ 1 needed"),
         ("areal oversampling", _fmt(f.get("areal_oversampling")), "intensities per object pixel"),
