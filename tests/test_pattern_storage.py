@@ -368,3 +368,30 @@ def test_the_parallax_fit_gives_its_window_of_a_mapped_file_back(tmp_path):
     before = _resident_file_kib()
     assert parallax_fit(data) is not None
     assert _resident_file_kib() - before < 4 << 10  # KiB: 16 MiB without the release
+
+
+def test_the_mean_count_reads_its_sample_a_pattern_at_a_time(tmp_path):
+    """The few-counts check and the noise model's sparse-count rule read 256 patterns: one
+    at a time, each given back once read, with a float64 copy of one pattern at most. The
+    whole sample with its float64 copies held 228 MiB more at once for a 1 GiB file
+    (benchmarks/NOTES.md 106); here 512 patterns of 128² (the sample 16 MiB, 48 MiB as
+    float64 copies)."""
+    import tracemalloc
+
+    from phaser_core.data import mean_counts
+
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(3.0, size=(512, 128, 128)).astype(np.float32)
+    counts[7, 3, 3] = np.inf  # left out
+    path = tmp_path / "p.npy"
+    np.save(path, counts)
+    data = RawData(patterns=np.load(path, mmap_mode="r"))
+    rows = np.unique(np.linspace(0, 511, 256).astype(int))
+    sample = counts[rows].astype(np.float64)
+    expected = float(np.sum(np.where(np.isfinite(sample), sample, 0.0))) / rows.size
+    tracemalloc.start()
+    try:
+        assert mean_counts(data) == pytest.approx(expected, rel=1e-12)
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20  # a pattern's float64 copy is 128 KiB
+    finally:
+        tracemalloc.stop()
