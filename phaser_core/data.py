@@ -183,6 +183,23 @@ def read_blocks(patterns: Any, block: int = CHECK_BLOCK) -> Iterator[tuple[slice
             release(view)
 
 
+def read_rows(patterns: Any, rows: Any) -> Iterator[np.ndarray]:
+    """Each of ``rows`` (indices along the first axis) of ``patterns`` in turn, as a view,
+    for the passes that sample scattered patterns: a read-only memory map's pages under it
+    are given back once the caller is done with it (:class:`PageRelease`). Reading the
+    whole sample at once kept every row's surroundings mapped at once (the kernel maps a
+    large folio, up to 2 MiB, around each row it reads: 209 MiB for 256 rows of a 1 GiB
+    file; benchmarks/NOTES.md 106)."""
+    p = np.asarray(patterns)
+    release = PageRelease(patterns)
+    for i in rows:
+        view = p[int(i)]
+        try:
+            yield view
+        finally:
+            release(view)
+
+
 def count_dtype(patterns: np.ndarray, block: int = CHECK_BLOCK) -> np.dtype | None:
     """The unsigned integer dtype that holds ``patterns`` exactly when every value is a
     whole number of electrons in [0, 65535] (counted data): uint8 up to 255 counts, else
@@ -280,15 +297,12 @@ def mean_counts(data: Any, sample: int = 256) -> float:
         return 0.0
     rows = np.unique(np.linspace(0, p.shape[0] - 1, min(sample, p.shape[0])).astype(int))
     valid = detector_mask(data)
-    # a pattern at a time, each given back once read (a memory-mapped file): the kernel maps
-    # a large folio (up to 2 MiB) around each row it reads, and the whole sample with its
-    # float64 copies held 228 MiB more at once for a 1 GiB file (benchmarks/NOTES.md 106)
-    release = PageRelease(data.patterns)
+    # a pattern at a time (:func:`read_rows`), in float64 one pattern at a time: the whole
+    # sample and its float64 copies held 228 MiB more at once for a 1 GiB file
     total = 0.0
-    for i in rows:
-        values = (p[i].reshape(-1) if valid is None else p[i][valid]).astype(np.float64)
+    for row in read_rows(p, rows):
+        values = (row.reshape(-1) if valid is None else row[valid]).astype(np.float64)
         total += float(np.sum(values[np.isfinite(values)]))
-        release(p[i])
     return total / rows.size
 
 

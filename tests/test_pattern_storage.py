@@ -395,3 +395,24 @@ def test_the_mean_count_reads_its_sample_a_pattern_at_a_time(tmp_path):
         assert tracemalloc.get_traced_memory()[1] < 1 << 20  # a pattern's float64 copy is 128 KiB
     finally:
         tracemalloc.stop()
+
+
+@pytest.mark.skipif(not hasattr(__import__("mmap"), "MADV_DONTNEED") or not os.path.exists("/proc/self/status"),
+                    reason="needs madvise(MADV_DONTNEED) and /proc/self/status (Linux)")
+def test_a_sampled_mean_pattern_gives_the_sampled_pages_back(tmp_path):
+    """The probe initializer's mean pattern (``pacbed`` of 256 patterns) reads them one at a
+    time (``read_rows``) and gives each back: half of this 32 MiB file was sampled, and
+    stayed resident before (benchmarks/NOTES.md 106)."""
+    from phaser_core.data import PageRelease
+    from phaser_std.data.preprocess import pacbed
+
+    counts = np.random.default_rng(0).poisson(3.0, size=(512, 128, 128)).astype(np.float32)
+    path = tmp_path / "p.npy"
+    np.save(path, counts)
+    mapped = np.load(path, mmap_mode="r")
+    PageRelease(mapped)(np.asarray(mapped))
+    before = _resident_file_kib()
+    mean = pacbed(RawData(patterns=mapped), n_sample=256)
+    assert _resident_file_kib() - before < 4 << 10
+    rows = np.linspace(0, 511, 256).astype(int)
+    np.testing.assert_allclose(mean, counts[rows].astype(np.float64).mean(axis=0), rtol=1e-12)

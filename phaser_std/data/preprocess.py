@@ -20,7 +20,7 @@ import numpy as np
 from phaser_core.backend import stream_seed
 from phaser_core.config import param
 from phaser_core.context import LoadContext
-from phaser_core.data import CHECK_BLOCK, RawData, read_blocks
+from phaser_core.data import CHECK_BLOCK, RawData, read_blocks, read_rows
 from phaser_core.data import detector_mask as valid_pixels_of
 from phaser_core.errors import DataError
 
@@ -331,7 +331,11 @@ def pacbed(data: RawData, n_sample: int | None = None) -> np.ndarray:
     one; masked pixels are 0."""
     pats = data.patterns
     if n_sample is not None and int(pats.shape[0]) > n_sample:
-        pats = pats[np.linspace(0, int(pats.shape[0]) - 1, n_sample).astype(int)]
+        rows = np.linspace(0, int(pats.shape[0]) - 1, n_sample).astype(int)
+        sample = np.empty((rows.size,) + tuple(pats.shape[1:]), dtype=pats.dtype)
+        for k, row in enumerate(read_rows(pats, rows)):  # each row's pages given back once copied
+            sample[k] = row
+        pats = sample
     pacbed_ = nanmean_patterns(np.asarray(pats))
     if data.mask is not None:
         pacbed_ = pacbed_ * np.asarray(data.mask, dtype=bool)
