@@ -37,7 +37,7 @@ import math
 import attrs
 import numpy as np
 
-from phaser_core.data import PageRelease, RawData, detector_mask
+from phaser_core.data import RawData, detector_mask, read_rows
 
 __all__ = ["ParallaxFit", "parallax_fit", "parallax_note", "describe", "ORIENTATIONS", "disc_centre", "centre_note"]
 
@@ -188,7 +188,12 @@ def _bright_field_bins(data: RawData, patterns: np.ndarray, bins_across: int) ->
     valid = np.ones((qy, qx), bool) if mask is None else mask
     if not valid.any():
         return None
-    pac = np.where(valid, patterns.mean(axis=(0, 1), dtype=np.float64), 0.0)
+    # a scan row of the window at a time, each given back once read (a memory-mapped file:
+    # the whole 32 x 32 window held 64 MiB and more at once; benchmarks/NOTES.md 106)
+    total = np.zeros((qy, qx), dtype=np.float64)
+    for line in read_rows(patterns, range(ny)):
+        total += line.sum(axis=0, dtype=np.float64)
+    pac = np.where(valid, total / (ny * nx), 0.0)
     if not np.all(np.isfinite(pac)):
         return None
     disc = _disc(pac, valid)
@@ -211,8 +216,10 @@ def _bright_field_bins(data: RawData, patterns: np.ndarray, bins_across: int) ->
     # only the detector rows and columns of the kept bins are read
     (i0, j0), (i1, j1) = keep.min(axis=0), keep.max(axis=0) + 1
     # masked pixels read as 0 (a NaN or hot one under the mask would spoil the bin)
-    cut = np.where(valid[i0 * b:i1 * b, j0 * b:j1 * b], patterns[:, :, i0 * b:i1 * b, j0 * b:j1 * b], 0)
-    cut = cut.astype(np.float32)
+    window = valid[i0 * b:i1 * b, j0 * b:j1 * b]
+    cut = np.empty((ny, nx) + window.shape, dtype=np.float32)
+    for y, line in enumerate(read_rows(patterns, range(ny))):
+        cut[y] = np.where(window, line[:, i0 * b:i1 * b, j0 * b:j1 * b], 0)
     binned = cut.reshape(ny, nx, i1 - i0, b, j1 - j0, b).sum(axis=(3, 5), dtype=np.float64)
     images = np.moveaxis(binned[:, :, keep[:, 0] - i0, keep[:, 1] - j0], -1, 0)
     dky, dkx = data.reciprocal_sampling_invA
@@ -272,7 +279,6 @@ def parallax_fit(data: RawData, max_side: int = 32, bins_across: int = 12,
     y0, x0 = max((ny - max_side) // 2, 0), max((nx - max_side) // 2, 0)
     patterns = patterns[y0:y0 + max_side, x0:x0 + max_side]
     bins = _bright_field_bins(data, patterns, bins_across)
-    PageRelease(data.patterns)(patterns)  # a memory-mapped file's window, read: its pages given back
     if bins is None:
         return None
     images, k = bins
