@@ -173,14 +173,7 @@ def read_blocks(patterns: Any, block: int = CHECK_BLOCK) -> Iterator[tuple[slice
     none copies more than a block, and a read-only memory map's pages are given back once
     the caller is done with a block (:class:`PageRelease`, when the next is asked for or the
     loop ends early)."""
-    p = np.asarray(patterns)
-    release = PageRelease(patterns)
-    for rows in _row_blocks(p.shape, block):
-        view = p[rows]
-        try:
-            yield rows, view
-        finally:
-            release(view)
+    yield from _given_back(patterns, _row_blocks(np.shape(patterns), block))
 
 
 def read_rows(patterns: Any, rows: Any) -> Iterator[np.ndarray]:
@@ -190,12 +183,20 @@ def read_rows(patterns: Any, rows: Any) -> Iterator[np.ndarray]:
     whole sample at once kept every row's surroundings mapped at once (the kernel maps a
     large folio, up to 2 MiB, around each row it reads: 209 MiB for 256 rows of a 1 GiB
     file; benchmarks/NOTES.md 106)."""
+    for _, view in _given_back(patterns, (int(i) for i in rows)):
+        yield view
+
+
+def _given_back(patterns: Any, keys: Any) -> Iterator[tuple[Any, np.ndarray]]:
+    """``(key, patterns[key])`` for each key in turn; a read-only memory map's pages under
+    the view are given back (:class:`PageRelease`) once the caller asks for the next one or
+    stops early."""
     p = np.asarray(patterns)
     release = PageRelease(patterns)
-    for i in rows:
-        view = p[int(i)]
+    for key in keys:
+        view = p[key]
         try:
-            yield view
+            yield key, view
         finally:
             release(view)
 
@@ -297,8 +298,8 @@ def mean_counts(data: Any, sample: int = 256) -> float:
         return 0.0
     rows = np.unique(np.linspace(0, p.shape[0] - 1, min(sample, p.shape[0])).astype(int))
     valid = detector_mask(data)
-    # a pattern at a time (:func:`read_rows`), in float64 one pattern at a time: the whole
-    # sample and its float64 copies held 228 MiB more at once for a 1 GiB file
+    # a pattern at a time (:func:`read_rows`), each summed in float64: the whole sample and
+    # its float64 copies held 228 MiB more at once for a 1 GiB file
     total = 0.0
     for row in read_rows(p, rows):
         values = (row.reshape(-1) if valid is None else row[valid]).astype(np.float64)

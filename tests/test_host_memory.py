@@ -71,7 +71,7 @@ def test_a_helper_numpy_backend_leaves_malloc_alone():
     assert helper > min(default, PAGES) // 2
 
 
-def test_retain_freed_memory_sets_the_thresholds_once():
+def test_retain_freed_memory_reports_the_thresholds_set_on_every_call():
     code = ("from phaser_std.backends.host_memory import retain_freed_memory\n"
             "print(retain_freed_memory(), retain_freed_memory())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

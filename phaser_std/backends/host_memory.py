@@ -8,8 +8,9 @@ the kernel as fresh, zeroed pages, and single-slice numpy iterations ran 2x slow
 (benchmarks/NOTES.md 103). Fixing the thresholds keeps blocks up to 32 MiB on the heap and
 freed memory in the process, so each group reuses the pages of the last.
 
-The peak resident memory is unchanged (a page is kept only once it has been used, so never
-beyond the peak), but the process does not give freed memory back before it ends. Set
+A page is kept only once it has been used, so the peak resident memory stays as it was
+(every numpy benchmark case within 2 MiB), but the process does not give freed memory back
+before it ends. Set
 ``PHASER_MALLOC_TUNE=0`` to leave malloc's defaults alone. Other C libraries (musl, macOS)
 are left alone.
 """

@@ -125,8 +125,9 @@ def _noise_rows(data: RawData) -> list[tuple[str, str, str]]:
     and the model it picks for these data with its reason (sparse counts get amplitude)."""
     from phaser_std.engines.noise_models import SPARSE_COUNTS_PER_PIXEL, auto_noise_model, counts_per_pixel
 
-    name, reason = auto_noise_model(data)
-    return [("counts / pixel", _fmt(counts_per_pixel(data), "e"),
+    per_pixel = counts_per_pixel(data)
+    name, reason = auto_noise_model(data, per_pixel)
+    return [("counts / pixel", _fmt(per_pixel, "e"),
              f"over the valid pixels; under {SPARSE_COUNTS_PER_PIXEL:g}: sparse"),
             ("noise model (auto)", name, reason)]
 

@@ -303,7 +303,7 @@ def counts_per_pixel(data: Any) -> float:
     return mean_counts(data) / max(pixels, 1)
 
 
-def auto_noise_model(data: Any) -> tuple[str, str]:
+def auto_noise_model(data: Any, per_pixel: float | None = None) -> tuple[str, str]:
     """``(name, reason)``: the noise model ``auto`` picks for ``data`` and why.
     ``anscombe`` for counted patterns (every valid pixel a whole number of electrons,
     :func:`phaser_core.data.holds_counts`), whose dark-field pixels hold a few counts each
@@ -311,10 +311,11 @@ def auto_noise_model(data: Any) -> tuple[str, str]:
     than :data:`SPARSE_COUNTS_PER_PIXEL` (mean electrons per detector pixel), where most
     pixels hold no electron and the Anscombe offset fits the noise; ``amplitude`` for any
     other patterns (noiseless simulations, normalised or gain-scaled data), where that
-    offset would assume a scale the data do not have."""
+    offset would assume a scale the data do not have. ``per_pixel``: the data's
+    :func:`counts_per_pixel` [e⁻] when the caller has it already."""
     if not holds_counts(data):
         return DEFAULT_NOISE_MODEL[False], "for non-counted patterns"
-    per_pixel = counts_per_pixel(data)
+    per_pixel = counts_per_pixel(data) if per_pixel is None else float(per_pixel)
     if per_pixel < SPARSE_COUNTS_PER_PIXEL:
         return "amplitude", f"for sparse counts: {per_pixel:.2g} e⁻ per pixel, under {SPARSE_COUNTS_PER_PIXEL:g}"
     return DEFAULT_NOISE_MODEL[True], "for counted patterns"

@@ -21,8 +21,8 @@ import numpy as np
 from phaser_core.data import count_dtype, read_blocks
 from phaser_std.engines.chunking import backend_on_cpu
 
-__all__ = ["PatternFeed", "STREAM_BLOCK_BYTES", "LANE_SPLIT_MIN_SAVING", "split_over_lanes", "corner_centred",
-           "ifftshift_cast", "pixel_sums", "total_counts", "block_groups"]
+__all__ = ["PatternFeed", "STREAM_BLOCK_BYTES", "LANE_SPLIT_MIN_SAVING", "split_over_lanes", "kept_dtype",
+           "corner_centred", "ifftshift_cast", "pixel_sums", "total_counts", "block_groups"]
 
 #: bytes of patterns sent to the device at once when streaming (whole groups; at least one)
 STREAM_BLOCK_BYTES = 16 << 20
@@ -40,14 +40,20 @@ def split_over_lanes(lanes: int, nbytes: int) -> bool:
     return int(lanes) > 1 and (int(lanes) - 1) * int(nbytes) >= LANE_SPLIT_MIN_SAVING
 
 
+def kept_dtype(bk: Any, patterns: Any, counted: Any = "find") -> np.dtype:
+    """The dtype patterns are kept in on ``bk``: counted data's uint8/uint16 (``counted``:
+    the integer dtype already found, ``RawData.counted_dtype``, None for not counted; else
+    found here, :func:`~phaser_core.data.count_dtype`), other data the backend's real dtype."""
+    found = count_dtype(np.asarray(patterns)) if isinstance(counted, str) else counted
+    return np.dtype(found or bk.dtype)
+
+
 def corner_centred(bk: Any, patterns: Any, counted: Any = "find") -> np.ndarray:
     """``(N, Qy, Qx)`` centred patterns [e⁻] -> corner-centred host array in the dtype they
     are kept in: counted data (:func:`~phaser_core.data.count_dtype`) exactly as uint8 (up to
     255 counts) or uint16, other data in the backend's real dtype. ``counted``: the integer
     dtype already found (``RawData.counted_dtype``; None: not counted), else found here."""
-    host = np.asarray(patterns)
-    dtype = (count_dtype(host) if isinstance(counted, str) else counted) or np.dtype(bk.dtype)
-    return ifftshift_cast(host, dtype)
+    return ifftshift_cast(np.asarray(patterns), kept_dtype(bk, patterns, counted))
 
 
 def ifftshift_cast(host: np.ndarray, dtype: Any, block_bytes: int = 4 << 20,
@@ -112,7 +118,7 @@ class PatternFeed:
         self.bk = bk
         self.stream = (not backend_on_cpu(bk)) if stream is None else bool(stream)
         source = np.asarray(patterns)
-        self.dtype = np.dtype((count_dtype(source) if isinstance(counted, str) else counted) or bk.dtype)
+        self.dtype = kept_dtype(bk, source, counted)
         self.shape = tuple(source.shape)
         nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
         self.split = not self.stream and split_over_lanes(getattr(bk, "lanes", 1), nbytes)
