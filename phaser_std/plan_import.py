@@ -33,6 +33,10 @@ __all__ = ["import_phaserem_plan", "rebase_paths"]
 #: loaders whose settings include the common overrides (``energy_eV``, ``tilt_mrad``, ...)
 _OUR_EMPAD_KEYS = {"path": "path", "diff_step": "angular_sampling_mrad", "adu": "adu"}
 
+#: the phaserEM raw-data hook of the side-by-side harness (``../shared/bench/phaser_h5_hook.py``
+#: in this project's layout), which reads our own ``hdf5`` raw-data file
+_OUR_FILE_HOOK = "phaser_h5_hook:load_h5"
+
 _BACKENDS = {"cuda": "cupy", "cupy": "cupy", "jax": "jax", "cpu": "numpy", "numpy": "numpy"}
 
 #: phaserEM cost regularizers -> ours (same penalty up to our smoothing eps); keys besides
@@ -261,7 +265,7 @@ class _Importer:
 
         out["raw_data"] = self.raw_data(doc.get("raw_data"), ("raw_data",))
         if doc.get("wavelength") is not None:
-            self.wavelength(float(doc["wavelength"]), out)
+            self.wavelength(float(doc["wavelength"]), ("wavelength",))
 
         post_load = self.post_load(doc.get("post_load") or [], ("post_load",))
         post_load += self.post_init(doc.get("post_init") or [], ("post_init",))
@@ -293,21 +297,22 @@ class _Importer:
         self.unknown(doc, known, ())
         return out
 
-    def wavelength(self, lam: float, out: dict) -> None:
+    def wavelength(self, lam: float, path: tuple) -> None:
+        """A wavelength [Å] as the converted loader's ``energy_eV`` (its relativistic
+        energy), or a note where there is no converted loader."""
         from phaser_core.physics_constants import HC_EV_A, M0C2_EV
 
         if lam <= 0:
-            self.note(("wavelength",), f"wavelength {lam} Å is not positive; dropped")
+            self.note(path, f"wavelength {lam} Å is not positive; dropped")
             return
         # E from λ = hc / √(E(2m₀c² + E)): the energy whose wavelength is λ here
-        energy = -M0C2_EV + math.sqrt(M0C2_EV ** 2 + (HC_EV_A / lam) ** 2)
-        if self.loader_type == "empad" and isinstance(out.get("raw_data"), dict):
-            out["raw_data"]["energy_eV"] = float(f"{energy:.6g}")
-            self.note(("wavelength",), f"wavelength {lam} Å given as the loader's energy_eV "
-                                       f"{float(f'{energy:.6g}'):g} (its relativistic energy)")
+        energy = float(f"{-M0C2_EV + math.sqrt(M0C2_EV ** 2 + (HC_EV_A / lam) ** 2):.6g}")
+        if self.loader is not None:
+            self.loader["energy_eV"] = energy
+            self.note(path, f"wavelength {lam} Å given as the loader's energy_eV {energy:g} (its relativistic "
+                            "energy)")
         else:
-            self.note(("wavelength",), f"wavelength {lam} Å not carried: give the beam energy "
-                                       f"({energy:.6g} eV) to the loader")
+            self.note(path, f"wavelength {lam} Å not carried: give the beam energy ({energy:g} eV) to the loader")
 
     def raw_data(self, value: Any, path: tuple) -> Any:
         kind, props = self.hook(value)
@@ -329,6 +334,9 @@ class _Importer:
                     self.note(path + (k,), f"unknown key {k!r}, dropped")
             self.loader = out
             return out
+        if isinstance(kind, str) and kind.rsplit(".", 1)[-1] == _OUR_FILE_HOOK:
+            self.loader = self.our_file_hook(props, path)
+            return self.loader
         if kind is None:
             self.note(path, "no raw_data loader; a plan needs one")
             return value
@@ -337,6 +345,58 @@ class _Importer:
                 "nion": " (try our rsciio loader)"}.get(kind, " (a loader in code cannot be carried)")
         self.note(path, f"loader {kind!r} not converted{hint}; the plan will not validate until it is replaced")
         return copy.deepcopy(value)
+
+    def our_file_hook(self, props: Mapping, path: tuple) -> dict:
+        """Our ``hdf5`` loader for the harness's hook that reads our raw-data file into
+        phaserEM: the same file, read the same way (its ``defocus_map: abtem`` default reads
+        the file's ``defocus_A`` as ours, positive = underfocus)."""
+        out: dict[str, Any] = {"type": "hdf5"}
+        pending_wavelength = None
+        for k, v in props.items():
+            if v is None:
+                continue
+            if k == "path":
+                out["path"] = v
+            elif k == "key":
+                if v != "patterns":
+                    out["key"] = str(v)
+            elif k == "defocus":
+                out["defocus_A"] = -float(v)
+            elif k == "defocus_map":
+                if str(v).lower() in ("same", "identity") and props.get("defocus") is None:
+                    self.note(path + (k,), f"defocus_map {v!r} read the file's defocus_A as phaserEM's "
+                                           "(C10, positive = overfocus); ours reads it as −C10: set "
+                                           "raw_data.defocus_A to minus the file's value")
+                elif str(v).lower() not in ("abtem", "same", "identity"):
+                    self.note(path + (k,), f"unknown defocus_map {v!r}, dropped")
+            elif k == "det_flips":
+                flips = [bool(f) for f in v]
+                if len(flips) != 3:
+                    self.note(path + (k,), f"det_flips {v!r} is not three booleans; dropped")
+                    continue
+                flip_y, flip_x, transpose = flips
+                # phaserEM flips, then transposes; ours transposes first, then flips the new axes
+                if transpose:
+                    flip_y, flip_x = flip_x, flip_y
+                out.update({key: True for key, on in
+                            (("transpose", transpose), ("flip_y", flip_y), ("flip_x", flip_x)) if on})
+                if flip_y or flip_x:
+                    self.note(path + (k,), "flips reflect about the zero-angle pixel (Qy//2, Qx//2) here; "
+                                           "phaserEM flips the array, which on an even detector moves that "
+                                           "pixel by one")
+            elif k == "wavelength":
+                pending_wavelength = float(v)
+            elif k in ("scan_transpose", "center_scan", "scale"):
+                if v:
+                    self.note(path + (k,), f"{k} {v!r} not carried (no such loader setting here); dropped")
+            else:
+                self.note(path + (k,), f"unknown key {k!r}, dropped")
+        if "path" not in out:
+            self.note(path, "no path: the hdf5 loader needs one")
+        if pending_wavelength is not None:
+            self.loader = out
+            self.wavelength(pending_wavelength, path + ("wavelength",))
+        return out
 
     def steps(self, steps: Any, path: tuple) -> Any:
         """``(path, kind, props)`` of each hook of a list; a value that is not a list is
@@ -525,7 +585,7 @@ class _Importer:
             if t is None or len(t) != 2:
                 self.note(path, "global tilt without a (y, x) pair; dropped")
                 return
-            if self.loader_type == "empad" and self.loader is not None:
+            if self.loader is not None:
                 self.loader["tilt_mrad"] = [-float(t[0]), -float(t[1])]
                 self.note(path, f"global tilt {list(t)} mrad given as the loader's tilt_mrad "
                                 f"{self.loader['tilt_mrad']} (the opposite sign convention)")

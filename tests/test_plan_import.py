@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from ruamel.yaml import YAML
 
@@ -499,3 +500,73 @@ def test_clamp_object_amplitude_with_a_min_max_pair():
         {"type": "clamp_object_amplitude", "min_amplitude": 0.5, "max_amplitude": 1.2},
         {"type": "clamp_object_amplitude", "max_amplitude": 1.1}]
     load_plan(plan)
+
+
+# --------------------------------------------------------------------------- the harness's hook
+
+#: the phaserEM plan that ``../shared/bench/run_phaser.py`` writes for one of our hdf5 files
+#: (its hook ``phaser_h5_hook:load_h5`` reads our raw-data format into phaserEM)
+HARNESS_PLAN = {
+    "name": "d_epie_jax", "backend": "jax", "dtype": "float32",
+    "raw_data": {"type": "phaser_h5_hook:load_h5", "path": "d.h5", "key": "patterns", "defocus_map": "abtem",
+                 "det_flips": [False, False, False], "scan_transpose": False},
+    "post_load": [], "post_init": [],
+    "engines": [{"type": "conventional", "niter": 3, "grouping": 16, "probe_modes": 1, "update_probe": {"after": 1},
+                 "update_object": True, "calc_error": {"every": 1}, "save": False, "save_images": False,
+                 "noise_model": {"type": "amplitude", "eps": 0.1},
+                 "solver": {"type": "epie", "beta_object": 0.5, "beta_probe": 0.5},
+                 "group_constraints": [], "iter_constraints": []}],
+}
+
+
+def test_the_harness_hook_becomes_our_hdf5_loader(tmp_path):
+    """The hook reads our own file, so the converted plan validates and runs as it is."""
+    from recon import make_dataset
+
+    from phaser_core.runner import run_plan
+
+    make_dataset(tmp_path / "d.h5", scan={"shape": [6, 6], "step_A": 0.6}, dose=1e5)
+    plan, notes = _convert(HARNESS_PLAN)
+    assert plan["raw_data"] == {"type": "hdf5", "path": "d.h5"}
+    assert not _has(notes, "raw_data")
+    state = run_plan(load_plan(copy.deepcopy(plan)), plan_dir=tmp_path, quiet=True)
+    assert len(state.progress.loss) == 3 and np.isfinite(state.progress.loss).all()
+
+
+def test_the_harness_hook_settings_convert():
+    def raw(**props):
+        plan, notes = _convert({**HARNESS_PLAN, "raw_data": {**HARNESS_PLAN["raw_data"], **props}})
+        return plan["raw_data"], notes
+
+    # its `defocus` is phaserEM's (C10, + = overfocus); the file's own defocus_A is read as ours
+    assert raw(defocus=-120.0, key="patterns_noiseless")[0] == {"type": "hdf5", "path": "d.h5", "defocus_A": 120.0,
+                                                                 "key": "patterns_noiseless"}
+    out, notes = raw(defocus_map="same")
+    assert "defocus_A" not in out and _has(notes, "raw_data.defocus_map", "minus the file's value")
+    out, notes = raw(scan_transpose=True, scale=2.0)
+    assert _has(notes, "raw_data.scan_transpose", "not carried") and _has(notes, "raw_data.scale", "not carried")
+    out, notes = raw(wavelength=0.025079340317328468)  # 200 kV
+    assert out["energy_eV"] == pytest.approx(200e3, rel=1e-5) and _has(notes, "raw_data.wavelength", "energy_eV")
+    plan, notes = _convert({**HARNESS_PLAN, "init": {"tilt": {"type": "global", "tilt": [1.0, -2.0]}}})
+    assert plan["raw_data"]["tilt_mrad"] == [-1.0, 2.0]
+
+
+@pytest.mark.parametrize("flips", [(y, x, t) for y in (False, True) for x in (False, True) for t in (False, True)])
+def test_the_harness_hook_detector_flips_orient_as_phaserem_does(flips):
+    """phaserEM's ``det_flips`` (flip_y, flip_x, transpose) flip the array's last two axes,
+    then transpose; ours transposes first. On an odd detector (where flipping the array is
+    the reflection about Qy//2, Qx//2 that ours makes) the two agree pixel for pixel."""
+    from phaser_std.data.loaders._common import orient_patterns
+    from phaser_std.data.loaders.hdf5 import Hdf5Config
+
+    patterns = np.random.default_rng(0).random((2, 5, 7))
+    theirs = patterns
+    if flips[0]:
+        theirs = np.flip(theirs, axis=-2)
+    if flips[1]:
+        theirs = np.flip(theirs, axis=-1)
+    if flips[2]:
+        theirs = np.swapaxes(theirs, -2, -1)
+    plan, _ = _convert({**HARNESS_PLAN, "raw_data": {**HARNESS_PLAN["raw_data"], "det_flips": list(flips)}})
+    settings = {k: v for k, v in plan["raw_data"].items() if k != "type"}
+    np.testing.assert_array_equal(orient_patterns(patterns, Hdf5Config(**settings)), theirs)
