@@ -53,6 +53,39 @@ def test_an_engine_stops_once_its_loss_stops_falling_and_a_resume_stops_there_to
     np.testing.assert_array_equal(resumed.object.data, whole.object.data)
 
 
+class StopAt(Observer):
+    """Ctrl-C (the first SIGINT sets ``ctx.stop_requested``) after a given iteration."""
+
+    def __init__(self, total_iter):
+        self.total_iter = total_iter
+
+    def after_iteration(self, state, metrics, ctx):
+        if state.iteration.total_iter == self.total_iter:
+            ctx.stop_requested = True
+
+
+def test_a_resume_after_an_engine_that_stopped_early_goes_on_with_the_next_engine(tmp_path):
+    """Stopped by Ctrl-C at the iteration where ``stop_when`` ends an engine, the checkpoint
+    holds that engine below its niter: the resume must not run it again."""
+    from phaser_core.runner import RunInterrupted
+
+    data = make_dataset(tmp_path / "d.h5", scan={"shape": [6, 6]})
+    plan = {"file_type": "phaser_plan", "version": 1, "raw_data": {"type": "hdf5", "path": str(data)},
+            "engines": [{"type": "conventional", "niter": 40, "stop_when": {"patience": 2, "min_rel_change": 0.2}},
+                        {"type": "conventional", "niter": 2, "solver": "epie"}]}
+    whole = run_plan(load_plan(plan), out_dir=tmp_path / "a", quiet=True)
+    stopped = whole.progress.engine.count(0)
+    assert 3 <= stopped < 40 and whole.progress.engine == [0] * stopped + [1, 1]
+    with pytest.raises(RunInterrupted):
+        run_plan(load_plan(plan), out_dir=tmp_path / "b", quiet=True, observers=[StopAt(stopped)])
+    notes = Notes()
+    resumed = run_plan(load_plan(plan), out_dir=tmp_path / "b", quiet=True, resume=True, observers=[notes])
+    assert resumed.progress.engine == whole.progress.engine
+    assert any(t.startswith(f"stopped at iteration {stopped} of 40") for t in notes.texts)
+    np.testing.assert_array_equal(resumed.object.data, whole.object.data)
+    np.testing.assert_array_equal(resumed.probe.data, whole.probe.data)
+
+
 def test_the_stop_rule_on_flat_and_negative_losses():
     rule = StopConfig(patience=2, min_rel_change=0.0)
     assert rule.converged([1.0, 1.0, 1.0, 1.0])  # flat: no improvement at all

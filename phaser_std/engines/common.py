@@ -409,6 +409,8 @@ class EngineLoop:
         progress = state.progress.copy()
         wavelength_A = wavelength_A if wavelength_A is not None else state.wavelength_A
         seen: DeferredState | None = None
+        if 0 < start_iter < self.niter and self._stops(progress, start_iter):
+            return snapshot()  # it stopped early before the interruption: as the uninterrupted run
         for it in range(start_iter, self.niter):
             if seen is not None:
                 seen.close()  # the arrays change from here on
@@ -443,11 +445,17 @@ class EngineLoop:
             notify(ctx.observers, "after_iteration", seen, metrics, ctx)
             if getattr(ctx, "stop_requested", False):
                 break
-            if self.stop_when is not None and it + 1 < self.niter and self.stop_when.converged(
-                    # this engine's loss record, from the state: a resumed run stops where
-                    # the uninterrupted one would
-                    [v for v, e in zip(progress.loss, progress.engine) if e == ctx.engine_num]):
-                announce(ctx, f"stopped at iteration {it + 1} of {self.niter}: the loss fell by less than "
-                              f"{self.stop_when.min_rel_change:g} of its best in {self.stop_when.patience} iterations")
+            if it + 1 < self.niter and self._stops(progress, it + 1):
                 break
         return snapshot() if seen is None else seen.take()
+
+    def _stops(self, progress: Any, done: int) -> bool:
+        """Whether ``stop_when`` ends the engine after its iteration ``done`` (1-based),
+        judged on its loss record in ``progress``, the state's: a resumed run stops where
+        the uninterrupted one did. Announces the stop."""
+        if self.stop_when is None or not self.stop_when.converged(
+                [v for v, e in zip(progress.loss, progress.engine) if e == self.ctx.engine_num]):
+            return False
+        announce(self.ctx, f"stopped at iteration {done} of {self.niter}: the loss fell by less than "
+                           f"{self.stop_when.min_rel_change:g} of its best in {self.stop_when.patience} iterations")
+        return True
