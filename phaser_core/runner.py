@@ -47,7 +47,7 @@ import numpy as np
 from .backend import build_backend, lanes_at_most
 from .context import InitContext, LoadContext, RunContext
 from .data import check_finite, compact_counts, few_counts_warning
-from .errors import PhaserError, StateFileError
+from .errors import DataError, PhaserError, StateFileError
 from .files import CHECKPOINT_NAME, FINAL_NAME, STATES_DIR, holds_previous_run
 from .observer import announce, notify
 from .registry import get_registry
@@ -138,6 +138,16 @@ def _wavelength(data: Any) -> float | None:
         return None
 
 
+def check_state_fits_data(state: ReconsState, data: Any, path: Path) -> None:
+    """A state read from ``path`` (``init.state``, a checkpoint to resume) must hold one
+    scan position per pattern of ``data``; a :class:`DataError` names both counts."""
+    n_positions, n_patterns = int(np.shape(state.scan_A)[0]), int(data.n_patterns)
+    if n_positions != n_patterns:
+        raise DataError(f"{path}: the state holds {n_positions} scan positions but the data (after post_load) "
+                        f"{n_patterns} patterns; start from a state of the same scan (the same data and "
+                        "post_load crop), or drop init.state")
+
+
 def initial_state(plan: Any, data: Any, registry: Any, plan_dir: Path, notes: list | None = None) -> ReconsState:
     """The state before the first engine: from ``plan.init.state`` or the initialisers;
     ``notes`` collects what the initialisers tell the user (:attr:`InitContext.notes`)."""
@@ -148,6 +158,7 @@ def initial_state(plan: Any, data: Any, registry: Any, plan_dir: Path, notes: li
 
         path = LoadContext(plan_dir=Path(plan_dir)).resolve(state_path)
         state = load_state(path)
+        check_state_fits_data(state, data, path)
         # a new run from a previous result: its own counters, progress and engine carry-over
         return attrs.evolve(state, iteration=IterationCounters(), progress=Progress(), extra={})
     thicknesses = np.asarray(plan.slices.resolve(), dtype=np.float64)
@@ -337,6 +348,7 @@ def run_plan(plan: Any, *, out_dir: Path | None = None, registry: Any = None, re
                 from .statefile import load_state
 
                 state = load_state(resume_from)
+                check_state_fits_data(state, data, resume_from)
                 first = int(state.iteration.engine_num)
             else:
                 notes: list[str] = []

@@ -270,6 +270,28 @@ def test_failure_before_the_first_iteration_leaves_no_checkpoint(tiny_h5, tmp_pa
     assert (out / "final.h5").exists()
 
 
+def test_a_start_state_of_another_scan_is_refused_naming_both_counts(tiny_h5, tmp_path, capsys):
+    """``init.state`` from a run on 9 patterns, on data cropped to 6 (a traceback deep in the
+    engine before), and the reverse (half of the data silently unused before)."""
+    (tmp_path / "d.h5").write_bytes(tiny_h5.read_bytes())
+    rc, text = _run(capsys, _plan(tmp_path, "{type: hdf5, path: d.h5}", name="first.yaml"))
+    assert rc == 0, text
+    crop = "post_load: [{type: crop_data, scan: [0, 2, 0, 3]}]\n"
+    state = f"init: {{state: {tmp_path / 'out' / 'final.h5'}}}\n"
+    rc, text = _cli(capsys, "run", str(_plan(tmp_path, "{type: hdf5, path: d.h5}", crop + state, "cropped.yaml")),
+                    "--out", str(tmp_path / "cropped"), "--quiet")
+    assert rc == 1
+    assert (f"{tmp_path / 'out' / 'final.h5'}: the state holds 9 scan positions but the data (after post_load) "
+            "6 patterns" in text) and "drop init.state" in text
+    rc, text = _cli(capsys, "run", str(_plan(tmp_path, "{type: hdf5, path: d.h5}", crop, "small.yaml")),
+                    "--out", str(tmp_path / "small"), "--quiet")
+    assert rc == 0, text
+    state = f"init: {{state: {tmp_path / 'small' / 'final.h5'}}}\n"
+    rc, text = _cli(capsys, "run", str(_plan(tmp_path, "{type: hdf5, path: d.h5}", state, "whole.yaml")),
+                    "--out", str(tmp_path / "whole"), "--quiet")
+    assert rc == 1 and "the state holds 6 scan positions but the data (after post_load) 9 patterns" in text
+
+
 # -- 5. non-finite patterns --------------------------------------------------------------
 
 
