@@ -133,6 +133,51 @@ def test_plan_override_wins_over_an_unreadable_attribute(tiny_h5, tmp_path):
     assert data.energy_eV == 2e5
 
 
+def test_a_plan_scan_step_replaces_the_recorded_positions(tiny_h5, tmp_path):
+    """The plan's ``scan_step_A`` overrides the file's step and its ``/scan_positions`` (it
+    was silently ignored where the file recorded positions, as every simulated file does)."""
+    from phaser_core.plan import load_plan
+    from phaser_core.registry import get_registry
+    from phaser_core.runner import initial_state, load_data
+
+    (tmp_path / "d.h5").write_bytes(tiny_h5.read_bytes())
+    plan = load_plan(_plan(tmp_path, "{type: hdf5, path: d.h5, scan_step_A: 0.3}"))
+    data = load_data(plan, get_registry(), tmp_path)
+    assert data.scan_positions_A is None and data.scan_step_A == (0.3, 0.3)
+    scan = initial_state(plan, data, get_registry(), tmp_path).scan_A.reshape(3, 3, 2)
+    np.testing.assert_allclose(np.diff(scan, axis=0)[..., 0], 0.3)
+    np.testing.assert_allclose(np.diff(scan, axis=1)[..., 1], 0.3)
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("{type: hdf5, path: d.h5, scan_step_A: 0}", "scan_step_A is (0.0, 0.0), it must be a positive number [Å]"),
+    ("{type: hdf5, path: d.h5, defocus_A: .nan}", "raw_data.defocus_A is nan; give a number [Å]"),
+])
+def test_a_zero_scan_step_or_a_nan_defocus_in_the_plan_is_refused(tiny_h5, tmp_path, capsys, raw, expected):
+    (tmp_path / "d.h5").write_bytes(tiny_h5.read_bytes())
+    rc, text = _run(capsys, _plan(tmp_path, raw))
+    assert rc == 1 and expected in text
+
+
+def test_a_nan_defocus_in_the_file_is_read_as_unknown(tiny_h5, tmp_path):
+    """NaN, a common placeholder for "not known", made a NaN probe and a misleading
+    divergence message; now it is read as a missing attribute (the probe takes the
+    parallax's defocus where the scan allows one, else 0 Å; this 3 x 3 scan does not)."""
+    from phaser_core.plan import load_plan
+    from phaser_core.registry import get_registry
+    from phaser_core.runner import initial_state, load_data
+
+    def edit(f):
+        f.attrs["defocus_A"] = np.nan
+    _variant(tiny_h5, tmp_path, "d.h5", edit)
+    plan = load_plan(_plan(tmp_path, "{type: hdf5, path: d.h5}"))
+    data = load_data(plan, get_registry(), tmp_path)
+    assert data.defocus_A is None
+    notes: list[str] = []
+    state = initial_state(plan, data, get_registry(), tmp_path, notes=notes)
+    assert np.isfinite(state.probe.data).all()
+
+
 def test_empad_path_doc_lists_every_plan_key():
     import attrs
 

@@ -66,8 +66,9 @@ class LoaderCommon:
     tilt_mrad: tuple[float, float] | None = param(
         None, unit="mrad", doc="(y, x) beam tilt in the object's frame (the detector orientation keys leave it "
         "alone), the reconstruction's initial global tilt; overrides the file", converter=direction_or_none)
-    scan_step_A: float | tuple[float, float] | None = param(None, unit="Å", doc="(y, x) raster step; overrides the file",
-                                                     converter=pair_or_none)
+    scan_step_A: float | tuple[float, float] | None = param(
+        None, unit="Å", doc="(y, x) raster step; overrides the file's step and the scan positions the file records "
+        "(the scan is then the raster of this step)", converter=pair_or_none)
     scan_shape: tuple[int, int] | None = param(None, doc="(ny, nx) raster shape; overrides the file",
                                                 converter=int_pair_or_none)
 
@@ -182,12 +183,17 @@ def apply_overrides(data: RawData, cfg: Any, *, file_angular_mrad: tuple[float, 
     detector sampling: explicit reciprocal sampling wins, then an angular sampling (config,
     then file) converted with the (final) energy."""
     changes: dict[str, Any] = {}
+    if data.defocus_A is not None and not math.isfinite(data.defocus_A):
+        changes["defocus_A"] = None  # a file's NaN: unknown (the probe then takes the parallax's)
     for key in ("energy_eV", "convergence_angle_mrad", "defocus_A", "tilt_mrad", "scan_step_A", "scan_shape"):
         v = getattr(cfg, key, None)
         if v is not None:
             changes[key] = v
     data = data.replace(**changes)
     check_metadata(data)
+    if getattr(cfg, "defocus_A", None) is not None and not math.isfinite(cfg.defocus_A):
+        raise DataError(f"{data.source or 'the raw data'}: raw_data.defocus_A is {cfg.defocus_A}; give a number "
+                        "[Å] (positive = underfocus), or leave it out to use the file's (or the parallax's)")
     recip = getattr(cfg, "reciprocal_sampling_invA", None)
     ang = getattr(cfg, "angular_sampling_mrad", None)
     if recip is not None:
@@ -229,9 +235,11 @@ def check_positive(value: Any, name: str, unit: str, source: str | None) -> None
 
 
 def check_metadata(data: RawData) -> None:
-    """Beam energy and convergence angle, when known, must be positive (see :func:`check_positive`)."""
+    """Beam energy, convergence angle and scan step, when known, must be positive (see
+    :func:`check_positive`)."""
     check_positive(data.energy_eV, "energy_eV", "eV", data.source)
     check_positive(data.convergence_angle_mrad, "convergence_angle_mrad", "mrad", data.source)
+    check_positive(data.scan_step_A, "scan_step_A", "Å", data.source)
 
 
 def number_attr(value: Any, name: str, unit: str, source: Any, *, pair: bool = False) -> Any:

@@ -117,7 +117,9 @@ def _read_file(f: Any, path: Any, config: Hdf5Config, ctx: LoadContext) -> RawDa
     a = f.attrs
     scan_shape = _file_scan_shape(a, path) if config.scan_shape is None else None
     scan_shape = scan_shape if scan_shape is not None else shape_from_array
-    positions = np.asarray(f["scan_positions"][()], dtype=np.float64) if "scan_positions" in f else None
+    # a plan's scan_step_A describes the scan: its raster replaces the recorded positions
+    recorded = "scan_positions" in f and config.scan_step_A is None
+    positions = np.asarray(f["scan_positions"][()], dtype=np.float64) if recorded else None
     if positions is not None and positions.shape != (patterns.shape[0], 2):
         raise DataError(f"{path}:/scan_positions has shape {positions.shape}, expected "
                          f"({patterns.shape[0]}, 2) (one (y, x) row per pattern)")
