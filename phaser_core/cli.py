@@ -338,6 +338,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not args.quiet:
             _err().print(f"backend {plan.backend}: {backend}{_faster_backend_hint(backend)}")
         plan = attrs.evolve(plan, backend=backend)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PhaserError(f"--out {out_dir} is a file; the run writes a folder there: choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     dump_plan(plan, out_dir / "plan.yaml", registry,
               header=f"resolved plan written by phaser run\n{PLAN_DIR_HEADER}{plan_dir.resolve()}")
@@ -511,6 +513,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except PhaserError as exc:
         _err().print(f"[red]error:[/red] {escape(str(exc))}")
+        return 1
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        # a path the command cannot read or write (a file where a folder must be, no permission,
+        # a full disk): what and where, without a traceback
+        where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+        _err().print(f"[red]error:[/red] {escape(str(where))}: {escape(exc.strerror or str(exc))}; "
+                     "check the path (--out, the plan's paths) and its permissions")
         return 1
 
 

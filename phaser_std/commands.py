@@ -10,6 +10,13 @@ from pathlib import Path
 import numpy as np
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -197,7 +204,8 @@ def register_all(cli) -> None:
     p = cli.command("simulate", help="Simulate 4D-STEM data with ground truth from a YAML spec (hdf5 raw format).")
     p.add_argument("spec", help="simulation spec (YAML), e.g. examples/sim_small.yaml")
     p.add_argument("--out", required=True, help="output .h5 file")
-    p.add_argument("--seed", type=int, default=None, help="random seed (overrides the spec's seed)")
+    p.add_argument("--seed", type=_non_negative_int, default=None, help="random seed, 0 or more (overrides the "
+                   "spec's seed)")
     p.set_defaults(handler=_cmd_simulate)
 
     p = cli.command("score", help="Score a reconstruction against the ground truth of simulated data: Pearson, "

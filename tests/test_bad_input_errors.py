@@ -638,3 +638,28 @@ def test_a_chunk_that_does_not_divide_the_capped_group_is_a_clean_error(tiny_h5,
     assert rc == 1
     assert "grouping.chunk: 8 must be a positive divisor of the group size 9" in text
     assert "set grouping.chunk to a divisor of 9, or null" in text
+
+
+# -- output paths the commands cannot write ------------------------------------------------
+
+
+def test_output_paths_that_cannot_be_written_are_clean_errors(tiny_h5, tmp_path, capsys):
+    """A folder given as simulate's output file, a file given as a run's folder, a negative
+    seed, a folder that cannot be created: one line each, no traceback, no stray .tmp."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("\n".join(f"{k}: {v}" for k, v in TINY.items()).replace("'", ""))
+    (tmp_path / "outs").mkdir()
+    rc, text = _cli(capsys, "simulate", str(spec), "--out", str(tmp_path / "outs"))
+    assert rc == 1 and f"{tmp_path / 'outs'} is a folder; give the output file's name" in text
+    assert not (tmp_path / "outs.tmp").exists()
+    with pytest.raises(SystemExit):
+        cli.main(["simulate", str(spec), "--out", str(tmp_path / "s.h5"), "--seed", "-3"])
+    assert "--seed: must be 0 or more, got -3" in " ".join(capsys.readouterr().err.split())
+
+    (tmp_path / "d.h5").write_bytes(tiny_h5.read_bytes())
+    plan = _plan(tmp_path, "{type: hdf5, path: d.h5}")
+    (tmp_path / "afile").write_text("")
+    rc, text = _cli(capsys, "run", str(plan), "--out", str(tmp_path / "afile"), "--quiet")
+    assert rc == 1 and f"--out {tmp_path / 'afile'} is a file; the run writes a folder there" in text
+    rc, text = _cli(capsys, "run", str(plan), "--out", str(tmp_path / "afile" / "run"), "--quiet")
+    assert rc == 1 and f"{tmp_path / 'afile' / 'run'}" in text and "check the path" in text

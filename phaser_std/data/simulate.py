@@ -501,13 +501,27 @@ def _sampling_attr(v: tuple[float, float]) -> Any:
 
 
 def write_hdf5(sim: Simulation, path: str | Path) -> Path:
-    """Write ``sim`` in the ``hdf5`` raw format (float32 patterns, ground truth)."""
+    """Write ``sim`` in the ``hdf5`` raw format (float32 patterns, ground truth), through a
+    ``.tmp`` file beside ``path`` (removed if the write fails)."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; give the output file's name, e.g. {path / 'sim.h5'}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        _write_raw_file(sim, tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_raw_file(sim: Simulation, tmp: Path) -> None:
+    """The file's datasets and attributes, written to ``tmp``."""
     import h5py
 
     spec = sim.spec
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     dk = spec.sampling_invA()
     lam = wavelength_A(spec.energy_eV)
     with h5py.File(tmp, "w") as f:
@@ -544,8 +558,6 @@ def write_hdf5(sim: Simulation, path: str | Path) -> Path:
         g.create_dataset("thicknesses_A", data=sim.thicknesses_A)
         g.create_dataset("probe", data=sim.probe.astype(np.complex64))
         g.create_dataset("scan_positions", data=sim.true_positions_A)
-    tmp.replace(path)
-    return path
 
 
 def simulate_to_file(spec_path: str | Path, out: str | Path, seed: int | None = None) -> Simulation:
