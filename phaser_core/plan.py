@@ -593,7 +593,12 @@ def _fill_defaults(obj: Any, registry: Any, allow_local: bool | None, path: tupl
             new = _fill_defaults(value, registry, allow_local, path + (f.alias or f.name,), errors)
             if new is not value:
                 changes[f.alias or f.name] = new
-        return attrs.evolve(obj, **changes) if changes else obj
+        filled = attrs.evolve(obj, **changes) if changes else obj
+        # a config's own cross-field checks that need the registry (docs/plugins.md)
+        check = getattr(filled, "plan_issues", None)
+        if callable(check):
+            errors.extend(Issue(message, rel=path + tuple(rel)) for rel, message in check(registry))
+        return filled
     if isinstance(obj, tuple):
         new_items = tuple(_fill_defaults(x, registry, allow_local, path + (i,), errors) for i, x in enumerate(obj))
         return new_items if any(a is not b for a, b in zip(new_items, obj)) else obj

@@ -828,6 +828,11 @@ class _Importer:
                     self.note(p + (key,), "polyak_sgd shared by several variables took one step size from "
                                           "their joint gradient; here each variable gets its own")
                 for n in names:
+                    if n in ("positions", "tilt") and conv.get("type") == "polyak_sgd":
+                        self.note(p + (key,), f"{n}: polyak_sgd steps by a group's loss, and the {n} are stepped "
+                                              "once an iteration here; not carried (give it sgd or adam to "
+                                              "refine them)")
+                        continue
                     solvers[n] = copy.deepcopy(conv)
                     if n in ("positions", "tilt"):
                         unit = "Å" if n == "positions" else "mrad"

@@ -577,3 +577,23 @@ def test_polyak_steps_follow_the_normalised_loss(backend):
     loss = np.asarray(out.progress.loss)
     assert np.all(np.isfinite(loss)) and np.all(np.isfinite(out.object.data))
     assert loss.max() <= loss[0] * 1.05 and loss[-1] < 0.9 * loss[0], loss  # measured 0.73-0.74x
+
+
+def test_a_solver_that_needs_the_group_loss_is_refused_for_the_per_iteration_variables():
+    """polyak_sgd steps by each group's loss; positions and tilt are stepped once an
+    iteration, where it has none: the plan fails validation at the solver's type (the run
+    used to stop with a traceback at the end of the first iteration)."""
+    from phaser_core.errors import PlanError
+    from phaser_core.plan import load_plan
+    from phaser_core.plan_errors import format_path
+
+    plan = {"file_type": "phaser_plan", "version": 1, "raw_data": {"type": "hdf5", "path": "d.h5"},
+            "engines": [{"type": "gradient", "solvers": {"positions": {"type": "polyak_sgd"},
+                                                         "tilt": "polyak_sgd"}}]}
+    with pytest.raises(PlanError) as info:
+        load_plan(copy.deepcopy(plan))
+    messages = {format_path(e.path): e.message for e in info.value.errors}
+    assert set(messages) == {"engines[0].solvers.positions.type", "engines[0].solvers.tilt.type"}
+    assert "use sgd, adam, adamw or nadam here" in messages["engines[0].solvers.tilt.type"]
+    plan["engines"][0]["solvers"] = {"object": "polyak_sgd", "positions": "adam", "tilt": "sgd"}
+    load_plan(plan)  # on the per-group object it is fine

@@ -383,6 +383,14 @@ def test_gradient_solvers_split_and_missing_ones_null():
     assert plan["engines"][0]["solvers"]["probe"] is None
     assert _has(notes, "no solver for the probe")
     load_plan(copy.deepcopy(plan))
+    # polyak_sgd shared with the per-iteration positions: kept for the object and probe only
+    doc = copy.deepcopy(EXAMPLES["mos2_grad"])
+    doc["engines"][0]["solvers"] = {"object, probe, positions": {"type": "polyak_sgd", "max_learning_rate": 0.5}}
+    plan, notes = _convert(doc)
+    s = plan["engines"][0]["solvers"]
+    assert s["object"] == s["probe"] == {"type": "polyak_sgd", "max_learning_rate": 0.5} and "positions" not in s
+    assert _has(notes, "positions: polyak_sgd steps by a group's loss", "not carried")
+    load_plan(copy.deepcopy(plan))
 
 
 # --------------------------------------------------------------------------- notes

@@ -30,7 +30,7 @@ import attrs
 import numpy as np
 
 from phaser_core.config import ConstraintSpec, CostSpec, Flag, GradientSolverSpec, NoiseModelSpec, in_range, param
-from phaser_core.errors import DataError
+from phaser_core.errors import DataError, PhaserError
 from phaser_core.plan import SlicesPlan
 from phaser_core.state import ReconsState
 from phaser_std.engines.chunking import engine_chunk, gradient_lane_budget
@@ -62,6 +62,22 @@ class GradientSolvers:
                                                    "{type: sgd, learning_rate: 3, momentum: 0.5}")
     tilt: GradientSolverSpec | None = param(None, doc="solver of the tilt (per iteration), e.g. {type: adam, "
                                               "learning_rate: 0.2}")
+
+    def plan_issues(self, registry: Any) -> list[tuple[tuple, str]]:
+        """A solver that needs each step's loss (``needs_value``: polyak_sgd) cannot step the
+        per-iteration variables, whose gradients are summed over all groups."""
+        issues = []
+        for key in ("positions", "tilt"):
+            spec = getattr(self, key)
+            try:
+                solver = spec.component(registry).obj if spec is not None else None
+            except PhaserError:
+                continue  # an unknown name is reported where it is resolved
+            if getattr(solver, "needs_value", False):
+                issues.append(((key, "type"), f"{spec.type} steps by the loss of each group, and the {key} "
+                                              f"{'are' if key == 'positions' else 'is'} stepped once an iteration "
+                                              "from the gradient of all groups: use sgd, adam, adamw or nadam here"))
+        return issues
 
 
 @attrs.frozen
