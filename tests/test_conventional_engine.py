@@ -520,3 +520,23 @@ def test_epie_object_norm_position_is_each_positions_own_step_averaged_where_the
     group = _epie_group_update(bk, close, psi, chi, "group")
     np.testing.assert_allclose(group[lit], (illum * d_obj)[lit] / illum.max(), atol=1e-9)
     assert illum.max() > 2 * peak
+
+
+def test_momentum_steps_limited_unevenly_keep_the_scan_centre():
+    """One outlier's estimate among 100 small ones: its mean, removed before the limit,
+    dragged every other position by 0.1 Å, and the limit then left a mean behind, so the
+    whole scan drifted (0.0475 Å); the limited steps' mean is removed instead."""
+    from phaser_std.engines.positions import MomentumPositionConfig, MomentumPositionSolver
+
+    rng = np.random.default_rng(0)
+    scan = rng.uniform(0, 10, (100, 2))
+    shift = rng.normal(0, 0.01, (100, 2))
+    shift[0] = (0.0, 10.0)
+    solver = MomentumPositionSolver(MomentumPositionConfig(step_size=1.0, momentum=0.5, max_step_A=0.2))
+    extra: dict = {}
+    for _ in range(3):
+        new = solver.update(scan, shift, extra)
+        np.testing.assert_allclose(new.mean(axis=0), scan.mean(axis=0), atol=1e-12)
+        step = np.linalg.norm(new - scan, axis=1)
+        assert step[0] < 0.2 * 1.02 and step[1:].max() < 0.08  # not dragged by the outlier (0.1 Å before)
+        scan = new

@@ -1,9 +1,10 @@
 """Position correction: turn per-iteration shift estimates into position updates.
 
 Engines accumulate a per-position shift estimate [Å] over an iteration; a position
-solver turns it into an update. ``momentum`` removes the mean shift (a global drift is
+solver turns it into an update. ``momentum`` smooths steps with momentum, limits each
+step to ``max_step_A`` and then removes the steps' mean (a global drift is
 indistinguishable from an object shift, and letting it through walks the whole scan
-away), limits each step to ``max_step_A`` and smooths steps with momentum. Its velocity
+away; removed after the limit, an outlier's estimate does not move the others). Its velocity
 is kept in ``state.extra`` so a resumed run continues exactly.
 """
 
@@ -21,7 +22,8 @@ class MomentumPositionConfig:
                              validator=in_range(0, lo_open=True))
     momentum: float = param(0.5, doc="fraction of the previous step carried over",
                             validator=in_range(0, 1, hi_open=True))
-    max_step_A: float = param(0.2, unit="Å", doc="largest step of one position in one iteration",
+    max_step_A: float = param(0.2, unit="Å", doc="largest step of one position in one iteration (before the "
+                              "steps' mean is removed)",
                               validator=in_range(0, lo_open=True))
 
 
@@ -35,14 +37,14 @@ class MomentumPositionSolver:
         """New positions (N, 2) [Å] from the iteration's shift estimates (N, 2) [Å]."""
         cfg = self.config
         shift = np.asarray(shift_A, dtype=np.float64)
-        shift = shift - shift.mean(axis=0)
         velocity = np.asarray(extra.get("position_velocity", np.zeros_like(shift)), dtype=np.float64)
         if velocity.shape != shift.shape:
             velocity = np.zeros_like(shift)
         velocity = cfg.momentum * velocity + cfg.step_size * shift
-        velocity -= velocity.mean(axis=0)
         norm = np.linalg.norm(velocity, axis=1, keepdims=True)
         velocity = velocity * np.minimum(1.0, cfg.max_step_A / np.maximum(norm, 1e-30))
+        # the mean of the limited steps: an outlier's estimate, limited, no longer shifts the others
+        velocity -= velocity.mean(axis=0)
         extra["position_velocity"] = velocity
         return scan_A + velocity
 
