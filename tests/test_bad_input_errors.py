@@ -663,3 +663,26 @@ def test_output_paths_that_cannot_be_written_are_clean_errors(tiny_h5, tmp_path,
     assert rc == 1 and f"--out {tmp_path / 'afile'} is a file; the run writes a folder there" in text
     rc, text = _cli(capsys, "run", str(plan), "--out", str(tmp_path / "afile" / "run"), "--quiet")
     assert rc == 1 and f"{tmp_path / 'afile' / 'run'}" in text and "check the path" in text
+
+
+def test_a_refinement_switch_without_its_solver_fails_validation(tmp_path, capsys):
+    """``update_positions: true`` without a position solver refined nothing and said nothing;
+    the default switch, ``false`` and a switch with its solver stay valid."""
+    plan = tmp_path / "p.yaml"
+    plan.write_text(textwrap.dedent("""\
+        file_type: phaser_plan
+        version: 1
+        raw_data: {type: hdf5, path: d.h5}
+        engines:
+          - {type: conventional, update_positions: true}
+          - {type: conventional, update_positions: {after: 3}, position_solver: momentum}
+          - {type: conventional, update_positions: false}
+          - {type: gradient, update_tilt: {after: 2}, solvers: {positions: adam}, update_positions: {every: 2}}
+          - {type: gradient}
+        """))
+    rc, text = _cli(capsys, "validate", str(plan))
+    assert rc == 1 and "2 errors" in text
+    assert (f"{plan}:5:44: engines[0].update_positions: is set, but position_solver is null, so nothing would "
+            "be refined: give position_solver (e.g. {type: momentum})") in text
+    assert "engines[3].update_tilt: is set, but solvers.tilt is null" in text
+    assert "engines[2]" not in text and "engines[4]" not in text and "engines[3].update_positions" not in text

@@ -19,7 +19,7 @@ import attrs
 import numpy as np
 
 from phaser_core.backend import stream_seed
-from phaser_core.config import RegularizerSpec, in_range, param, yx_int_pair_or_none
+from phaser_core.config import Flag, RegularizerSpec, in_range, param, yx_int_pair_or_none
 from phaser_core.data import detector_mask
 from phaser_core.errors import DataError, PhaserError
 from phaser_core.observer import announce, notify
@@ -80,6 +80,24 @@ class StopConfig:
             return False
         best = min(losses[:-n])
         return min(losses[-n:]) >= best - float(self.min_rel_change) * abs(best)
+
+
+#: the default of the engines' ``update_positions`` and ``update_tilt`` switches
+REFINE_SWITCH = Flag(after=1)
+
+
+def switches_without_solver(config: Any, pairs: tuple[tuple[str, str, Any], ...]) -> list[tuple[tuple, str]]:
+    """``plan_issues`` of a refinement switch a plan turns on (``true``, ``{after: N}``: not
+    its default, not ``false``) while the solver it needs is missing, so that nothing would
+    be refined and nothing said. ``pairs``: ``(switch key, solver key, solver spec)``."""
+    issues = []
+    for switch, solver_key, solver in pairs:
+        flag = getattr(config, switch)
+        if solver is None and flag.enabled and flag != REFINE_SWITCH:
+            issues.append(((switch,), f"is set, but {solver_key} is null, so nothing would be refined: give "
+                                      f"{solver_key} (e.g. {{type: {'momentum' if '.' not in solver_key else 'adam'}}})"
+                                      " or leave the switch out"))
+    return issues
 
 
 def stop_when_param() -> Any:

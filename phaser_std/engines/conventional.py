@@ -15,6 +15,7 @@ from phaser_std.engines.chunking import conventional_budget, conventional_lane_b
 from phaser_std.engines.common import (
     EngineLoop,
     GroupingConfig,
+    REFINE_SWITCH,
     apply_constraints,
     build_constraints,
     engine_arrays,
@@ -25,6 +26,7 @@ from phaser_std.engines.common import (
     sim_shape_param,
     StopConfig,
     stop_when_param,
+    switches_without_solver,
 )
 from phaser_std.engines.conventional_solvers import has_chunked_rule, make_group_step
 from phaser_std.engines.gradient_step import slice_dz, tilt_ramps
@@ -56,10 +58,13 @@ class ConventionalConfig:
     iter_constraints: tuple[ConstraintSpec, ...] = param((), doc="constraints applied after every iteration")
     update_object: Flag = param(Flag(), doc="when the object is updated")
     update_probe: Flag = param(Flag(), doc="when the probe is updated")
-    update_positions: Flag = param(Flag(after=1), doc="when positions are corrected (needs position_solver)")
+    update_positions: Flag = param(REFINE_SWITCH, doc="when positions are corrected (needs position_solver)")
     bandlimit: float | None = param(2.0 / 3.0, doc="propagator band limit as a fraction of Nyquist (raised to "
                                     "the probe's aperture plus one pixel where that reaches beyond it; null: none)")
     scale_probe: bool = param(True, doc="scale the probe intensity to the data before the first iteration")
+
+    def plan_issues(self, registry: Any) -> list[tuple[tuple, str]]:
+        return switches_without_solver(self, (("update_positions", "position_solver", self.position_solver),))
 
 
 class ConventionalEngine:

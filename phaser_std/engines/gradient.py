@@ -34,8 +34,9 @@ from phaser_core.errors import DataError, PhaserError
 from phaser_core.plan import SlicesPlan
 from phaser_core.state import ReconsState
 from phaser_std.engines.chunking import engine_chunk, gradient_lane_budget
-from phaser_std.engines.common import (EngineLoop, GroupingConfig, engine_arrays, joined, resample_for_engine,
-                                       scan_groups, sim_shape_param, StopConfig, stop_when_param)
+from phaser_std.engines.common import (REFINE_SWITCH, EngineLoop, GroupingConfig, engine_arrays, joined,
+                                       resample_for_engine, scan_groups, sim_shape_param, StopConfig, stop_when_param,
+                                       switches_without_solver)
 from phaser_std.engines.gradient_step import GroupModel, StepCounter, make_group_step, slice_dz
 from phaser_std.engines.noise_models import build_noise_model, on_valid_pixels
 from phaser_std.physics.grid import on_grid
@@ -105,13 +106,17 @@ class GradientConfig:
     iter_constraints: tuple[ConstraintSpec, ...] = param((), doc="constraints applied after every iteration")
     update_object: Flag = param(Flag(), doc="when the object is updated")
     update_probe: Flag = param(Flag(), doc="when the probe is updated")
-    update_positions: Flag = param(Flag(after=1), doc="when positions are refined (needs solvers.positions)")
-    update_tilt: Flag = param(Flag(after=1), doc="when the tilt is refined (needs solvers.tilt)")
+    update_positions: Flag = param(REFINE_SWITCH, doc="when positions are refined (needs solvers.positions)")
+    update_tilt: Flag = param(REFINE_SWITCH, doc="when the tilt is refined (needs solvers.tilt)")
     tilt: str = param("global", doc="'global' (one (y, x) tilt) or 'per_position'",
                       validator=attrs.validators.in_(("global", "per_position")))
     bandlimit: float | None = param(2.0 / 3.0, doc="propagator band limit as a fraction of Nyquist (raised to "
                                     "the probe's aperture plus one pixel where that reaches beyond it; null: none)")
     scale_probe: bool = param(True, doc="scale the probe intensity to the data before the first iteration")
+
+    def plan_issues(self, registry: Any) -> list[tuple[tuple, str]]:
+        return switches_without_solver(self, (("update_positions", "solvers.positions", self.solvers.positions),
+                                              ("update_tilt", "solvers.tilt", self.solvers.tilt)))
 
 
 def _pack(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
