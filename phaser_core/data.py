@@ -319,6 +319,25 @@ def few_counts_warning(data: Any) -> str | None:
             "electrons per pattern with `post_load: [{type: scale, factor: ELECTRONS_PER_UNIT}]`")
 
 
+def nonfinite_patterns(data: RawData, block: int = CHECK_BLOCK) -> list[int]:
+    """Indices of the patterns holding NaN or ±inf in a valid pixel (see
+    :func:`check_finite`, which makes the same pass); ``[]`` for integer and counted data."""
+    p = np.asarray(data.patterns)
+    if p.dtype.kind in "biu" or p.size == 0:
+        return []
+    if getattr(data, "counted_dtype", None) is not None:
+        return []  # whole numbers in [0, 65535]: finite (the pass the engines need anyway)
+    valid = detector_mask(data)
+    valid = None if valid is None else valid.reshape(-1)
+    bad: list[int] = []
+    for rows, b in read_blocks(data.patterns, block):
+        chunk = b.reshape(-1, int(np.prod(p.shape[1:], dtype=np.int64)))  # copies a block at most
+        if not np.isfinite(chunk.sum(dtype=np.float64)):
+            finite = np.isfinite(chunk if valid is None else chunk[:, valid]).all(axis=1)
+            bad.extend((rows.start + np.nonzero(~finite)[0]).tolist())
+    return bad
+
+
 def check_finite(data: RawData, block: int = CHECK_BLOCK) -> None:
     """A :class:`~phaser_core.errors.DataError` naming the data's file when a pattern holds
     NaN or ±inf (it would surface much later as a step-size problem). One pass over the
@@ -328,24 +347,11 @@ def check_finite(data: RawData, block: int = CHECK_BLOCK) -> None:
     pixel may read NaN). Extra memory: one block."""
     from .errors import DataError
 
-    valid = detector_mask(data)
-    p = np.asarray(data.patterns)
-    if p.dtype.kind in "biu" or p.size == 0:
-        return
-    if getattr(data, "counted_dtype", None) is not None:
-        return  # whole numbers in [0, 65535]: finite (the pass the engines need anyway)
-    n = p.shape[0]
-    valid = None if valid is None else valid.reshape(-1)
-    bad: list[int] = []
-    for rows, b in read_blocks(data.patterns, block):
-        chunk = b.reshape(-1, int(np.prod(p.shape[1:], dtype=np.int64)))  # copies a block at most
-        if not np.isfinite(chunk.sum(dtype=np.float64)):
-            finite = np.isfinite(chunk if valid is None else chunk[:, valid]).all(axis=1)
-            bad.extend((rows.start + np.nonzero(~finite)[0]).tolist())
+    bad = nonfinite_patterns(data, block)
     if not bad:
         return  # none, or only where the detector mask says the pixel is invalid
     first = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
-    raise DataError(f"{data.source or 'the raw data'}: {len(bad)} of the {n} patterns hold NaN or "
+    raise DataError(f"{data.source or 'the raw data'}: {len(bad)} of the {data.n_patterns} patterns hold NaN or "
                     f"infinite values (patterns {first}, counted after post_load); drop them with "
                     "`post_load: [{type: drop_nan_patterns}]` in the plan (options: threshold, min_counts, fill), "
                     "or fix the data")

@@ -192,3 +192,20 @@ def test_inspect_names_the_noise_model_auto_picks_and_the_counts_that_decide():
         assert rows["noise model (auto)"][1] == name
     rows = {r[0]: r for r in summary_rows(RawData(patterns=patterns + 0.5))}
     assert rows["noise model (auto)"][1:] == ("amplitude", "for non-counted patterns")
+
+
+def test_inspect_names_the_patterns_a_run_would_stop_at():
+    """NaN or ±inf in a valid pixel stops a run (check_finite); inspect says which patterns
+    and how to drop them, and leaves the row out when there are none or the mask hides them."""
+    from phaser_std.data.inspect import summary_rows
+
+    patterns = np.ones((12, 8, 8), np.float32)
+    patterns[3, 2, 2] = np.nan
+    patterns[7, 0, 0] = np.inf
+    rows = {r[0]: r for r in summary_rows(RawData(patterns=patterns))}
+    assert rows["non-finite patterns"][1] == "2 of 12 (3, 7)"
+    assert "drop_nan_patterns" in rows["non-finite patterns"][2]
+    mask = np.ones((8, 8), bool)
+    mask[2, 2] = mask[0, 0] = False
+    assert "non-finite patterns" not in {r[0] for r in summary_rows(RawData(patterns=patterns, mask=mask))}
+    assert "non-finite patterns" not in {r[0] for r in summary_rows(RawData(patterns=np.ones((4, 8, 8))))}

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from phaser_core.data import CHECK_BLOCK, RawData, detector_mask, read_blocks
+from phaser_core.data import CHECK_BLOCK, RawData, detector_mask, nonfinite_patterns, read_blocks
 from phaser_core.errors import DataError
 from phaser_std.physics.optics import mrad_to_invA
 
@@ -155,6 +155,11 @@ def summary_rows(data: RawData) -> list[tuple[str, str, str]]:
         ("probe window", _fmt(f.get("probe_window_A"), "Å"), "1/Δk"),
         ("scan step", _fmt(f.get("scan_step_A"), "Å"), ""),
     ]
+    bad = nonfinite_patterns(data)
+    if bad:
+        first = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+        rows.append(("non-finite patterns", f"{len(bad)} of {n} ({first})",
+                     "NaN or ±inf: a run stops; post_load: [{type: drop_nan_patterns}] drops them"))
     sums = _valid_sums(data)
     rows.append(("mean counts / pattern", _fmt(float(np.nanmean(sums)), "e"), "over the valid pixels"))
     if f.get("scan_step_A") is not None:
