@@ -322,12 +322,12 @@ def few_counts_warning(data: Any) -> str | None:
 def nonfinite_patterns(data: RawData, block: int = CHECK_BLOCK) -> list[int]:
     """Indices of the patterns holding NaN or ±inf in a valid pixel (see
     :func:`check_finite`, which makes the same pass); ``[]`` for integer and counted data."""
+    valid = detector_mask(data)  # its shape is checked whatever the dtype
     p = np.asarray(data.patterns)
     if p.dtype.kind in "biu" or p.size == 0:
         return []
     if getattr(data, "counted_dtype", None) is not None:
         return []  # whole numbers in [0, 65535]: finite (the pass the engines need anyway)
-    valid = detector_mask(data)
     valid = None if valid is None else valid.reshape(-1)
     bad: list[int] = []
     for rows, b in read_blocks(data.patterns, block):
