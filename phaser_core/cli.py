@@ -386,11 +386,12 @@ def _print_memory_estimate(plan: Any, plan_dir: Path, *, as_json: bool = False, 
     registry = get_registry()
     notes: list[str] = []  # what the initialisers say of the plan against the data
     if resume_dir is not None:
-        from .runner import load_data, resume_file
+        from .runner import load_data, resume_file, resumed_engine
         from .statefile import load_state
 
         data = load_data(plan, registry, plan_dir)
-        est = memory.estimate_run(plan, data, load_state(resume_file(resume_dir)), registry)
+        state = load_state(resume_file(resume_dir))
+        est = memory.estimate_run(plan, data, state, registry, first_engine=resumed_engine(plan, state, registry))
     else:
         est = memory.estimate_plan(plan, registry, plan_dir, notes=notes)
     avail = None

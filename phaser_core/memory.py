@@ -130,12 +130,27 @@ class MemoryEstimate:
     def peak(self) -> int:
         return int(sum(t.bytes for t in self.peak_terms))
 
+    def peak_engine_for(self, where: str | None = None) -> EngineEstimate | None:
+        """The engine that needs the most of one pool (``where``: "device", "host"), or
+        the largest total (``None``): a host-heavy engine must not hide one that needs
+        more of the GPU."""
+        if where is None or not self.engines:
+            return self.peak_engine
+        return max(self.engines, key=lambda e: sum(t.bytes for t in e.terms if t.where == where))
+
+    def _terms_for(self, where: str | None) -> tuple[Term, ...]:
+        eng = self.peak_engine_for(where)
+        return self.shared + (eng.terms if eng is not None else ())
+
     def peak_where(self, where: str) -> int:
-        return int(sum(t.bytes for t in self.peak_terms if t.where == where))
+        """The most of pool ``where`` [bytes] any engine needs, the shared terms included."""
+        return int(sum(t.bytes for t in self._terms_for(where) if t.where == where))
 
     def largest(self, where: str | None = None) -> Term:
-        """The largest term a setting can change (one with a hint), else the largest."""
-        terms = [t for t in self.peak_terms if where is None or t.where == where] or list(self.peak_terms)
+        """The largest term a setting can change (one with a hint), else the largest, of
+        the engine that needs the most of pool ``where`` (all pools: ``None``)."""
+        pool = self._terms_for(where)
+        terms = [t for t in pool if where is None or t.where == where] or list(pool)
         return max([t for t in terms if t.hint] or terms, key=lambda t: t.bytes)
 
     def to_dict(self) -> dict:
@@ -243,8 +258,25 @@ def on_detector_grid(ds: DataShape, shapes: dict, grid: tuple[int, int]) -> tupl
     return attrs.evolve(ds, pattern_shape=(int(grid[0]), int(grid[1]))), out
 
 
-def estimate_run(plan: Any, data: Any, state: Any, registry: Any, backend: str | None = None) -> MemoryEstimate:
-    """The estimate for ``plan`` given its loaded ``data`` and initial ``state`` (host)."""
+def _kept_by_later_engines(shapes: dict, config: Any) -> dict:
+    """``shapes`` after an engine with ``config``: its ``slices.n`` and ``probe_modes``, where
+    set, are what the next engine keeps when it sets none (``null``: keep)."""
+    slices = getattr(config, "slices", None)
+    modes = getattr(config, "probe_modes", None)
+    out = dict(shapes)
+    if slices is not None:
+        out["object"] = (int(slices.n), *shapes["object"][1:])
+    if modes is not None:
+        out["probe"] = (int(modes), *shapes["probe"][1:])
+    return out
+
+
+def estimate_run(plan: Any, data: Any, state: Any, registry: Any, backend: str | None = None,
+                 first_engine: int = 0) -> MemoryEstimate:
+    """The estimate for ``plan`` given its loaded ``data`` and the ``state`` (host) its
+    engine ``first_engine`` starts from (a resume's: the engines before it are done). An
+    engine that keeps the slices or probe modes (``null``) is sized with those the engines
+    before it set."""
     backend = backend or concrete_backend_name(str(plan.backend), str(plan.dtype), registry)
     dtype = str(plan.dtype)
     ds = data_shape(data)
@@ -267,7 +299,10 @@ def estimate_run(plan: Any, data: Any, state: Any, registry: Any, backend: str |
     unit = shapes["object"][0] == 1 and unit_amplitude(state.object.data)
     vacuum = constant_unit_slices(state.object.data)
     grid = shapes["probe"][-2:]
+    initial = shapes
     for num, spec in enumerate(plan.engines):
+        if num < first_engine:
+            continue
         engine = spec.build(registry)
         # an engine's sim_shape moves it and the ones after it to another detector grid
         grid = tuple(int(q) for q in (getattr(getattr(engine, "config", None), "sim_shape", None) or grid))
@@ -282,10 +317,11 @@ def estimate_run(plan: Any, data: Any, state: Any, registry: Any, backend: str |
         if terms is not None and (ds_e, shapes_e) != (ds, shapes):
             terms = [shared_grid, *terms]
         scaled = scaled or bool(getattr(getattr(engine, "config", None), "scale_probe", False))
+        shapes = _kept_by_later_engines(shapes, getattr(engine, "config", None))
         if terms is None:
             terms = [Term(f"engine {spec.type!r} gives no estimate", 0, "")]
         engines.append(EngineEstimate(num, str(spec.type), tuple(terms)))
-    return MemoryEstimate(backend=backend, dtype=dtype, data=ds, shapes=shapes, shared=tuple(shared),
+    return MemoryEstimate(backend=backend, dtype=dtype, data=ds, shapes=initial, shared=tuple(shared),
                           engines=tuple(engines))
 
 
@@ -392,7 +428,7 @@ def pool_checks(est: MemoryEstimate, avail: dict) -> list[PoolCheck]:
 def shortfall_message(est: MemoryEstimate, check: PoolCheck) -> str:
     """What does not fit, in one sentence naming the largest term and its setting."""
     big = est.largest(check.where)
-    eng = est.peak_engine
+    eng = est.peak_engine_for(check.where)
     which = f" (engine {eng.index}: {eng.type})" if eng is not None else ""
     return (f"the run needs about {format_bytes(check.need)} of {check.label}{which} but "
             f"{format_bytes(check.have or 0)} is available ({check.source}). The largest term: {big.name} needs "

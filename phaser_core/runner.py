@@ -209,6 +209,15 @@ def _niter(spec: Any, registry: Any) -> int | None:
     return int(niter) if niter is not None else None
 
 
+def resumed_engine(plan: Any, state: ReconsState, registry: Any) -> int:
+    """The first engine a resume from ``state`` runs: the state's engine, or the next one
+    when it had finished its iterations."""
+    num = int(state.iteration.engine_num)
+    engines = tuple(plan.engines)
+    niter = _niter(engines[num], registry) if num < len(engines) else None
+    return num + 1 if niter is not None and int(state.iteration.engine_iter) >= niter else num
+
+
 # -- Ctrl-C and SIGTERM -------------------------------------------------------------------
 
 
@@ -263,8 +272,10 @@ def _state_to_keep(exc: BaseException, state: ReconsState | None, resume: bool) 
 # -- memory check (phaser_core.memory) ------------------------------------------------------
 
 
-def _check_memory(plan: Any, data: Any, state: ReconsState, registry: Any, backend: Any) -> tuple[Any, str | None]:
-    """Stop before the first engine when the memory planner's estimate does not fit the
+def _check_memory(plan: Any, data: Any, state: ReconsState, registry: Any, backend: Any,
+                  first_engine: int = 0) -> tuple[Any, str | None]:
+    """Stop before the first engine (``first_engine``: a resume's) when the memory
+    planner's estimate of it and the engines after it does not fit the
     available memory (``PHASER_MEMORY_BUDGET_GIB``, host RAM, the GPU's memory);
     ``PHASER_MEMORY_CHECK=0`` skips it. An estimator that fails only warns.
 
@@ -279,7 +290,7 @@ def _check_memory(plan: Any, data: Any, state: ReconsState, registry: Any, backe
         return backend, None  # nothing to check: no estimate (it reads the patterns once)
     name = getattr(backend, "name", None)
     try:
-        est = estimate_run(plan, data, state, registry, backend=name)
+        est = estimate_run(plan, data, state, registry, backend=name, first_engine=first_engine)
     except PhaserError:
         raise
     except Exception as exc:  # noqa: BLE001 - the estimate must never break a run that would fit
@@ -295,7 +306,7 @@ def _check_memory(plan: Any, data: Any, state: ReconsState, registry: Any, backe
         avail = available_memory(backend)
         for n in range(lanes - 1, 0, -1):
             with lanes_at_most(n):
-                fewer = estimate_run(plan, data, state, registry, backend=name)
+                fewer = estimate_run(plan, data, state, registry, backend=name, first_engine=first_engine)
             if all(c.fits for c in pool_checks(fewer, avail)):
                 return backend.with_lanes(n), (
                     f"memory: the run needs about {format_bytes(est.peak)} on {lanes} CPU lanes but "
@@ -356,7 +367,8 @@ def run_plan(plan: Any, *, out_dir: Path | None = None, registry: Any = None, re
                 for text in notes:
                     announce(ctx, text)
                 first = 0
-            ctx.backend, note = _check_memory(plan, data, state, registry, backend)
+            ctx.backend, note = _check_memory(plan, data, state, registry, backend,
+                                              first_engine=resumed_engine(plan, state, registry) if resume else 0)
             if note:
                 announce(ctx, note)
             if replaces_previous:

@@ -442,3 +442,60 @@ def test_a_memory_mapped_file_counts_no_resident_pages(tiny):
     est = estimate_plan(load_plan(tiny), plan_dir=tiny.parent)
     (raw,) = [t for t in est.shared if t.name.startswith("raw patterns")]
     assert est.data.mapped and raw.bytes == 0 and "given back" in raw.name
+
+
+def test_an_engine_that_keeps_slices_and_modes_is_sized_with_the_earlier_engines_ones(tiny):
+    """``slices``/``probe_modes`` null keep the previous engine's: the second engine holds 2
+    slices and 2 modes, not the initial state's 1 and 1."""
+    d = json.loads(tiny.read_text())
+    d["engines"].append({"type": "gradient", "niter": 1, "grouping": {"size": 16}})
+    path = tiny.parent / "kept.json"
+    path.write_text(json.dumps(d))
+    est = estimate_plan(load_plan(path), plan_dir=tiny.parent)
+    first, second = ({t.name: t for t in e.terms} for e in est.engines)
+    assert est.shapes["object"][0] == 1 and est.shapes["probe"][0] == 1  # the initial state
+    assert second["object (S·H·W complex)"].bytes == first["object (S·H·W complex)"].bytes
+    assert second["probe modes"].bytes == first["probe modes"].bytes
+    assert "slices.n = 2" in second["object (S·H·W complex)"].hint
+
+
+def test_the_device_check_takes_the_engine_that_needs_the_most_device_memory(tiny):
+    """A host-heavy engine (the largest total) must not hide a later one that needs more of
+    the GPU: each pool is judged on its own largest engine, and the message names that one."""
+    from phaser_core.memory import EngineEstimate, MemoryEstimate, Term
+
+    est = estimate_plan(load_plan(tiny), plan_dir=tiny.parent)
+    host_heavy = EngineEstimate(0, "conventional", (Term("streamed patterns", 70, "x", "host"),
+                                                     Term("group step", 30, "lower grouping.size", "device")))
+    device_heavy = EngineEstimate(1, "gradient", (Term("streamed patterns", 10, "x", "host"),
+                                                   Term("group step", 45, "lower grouping.size", "device")))
+    two = attrs.evolve(est, shared=(), engines=(host_heavy, device_heavy))
+    assert two.peak_engine.index == 0 and two.peak_engine_for("device").index == 1
+    device, host = pool_checks(two, {"device": 40, "host": 1000, "source": "test"})
+    assert (device.need, device.fits, host.need) == (45, False, 70)
+    assert "(engine 1: gradient)" in shortfall_message(two, device)
+
+
+def test_a_resume_is_judged_on_the_engines_it_will_run(tiny, tmp_path, monkeypatch):
+    """Resumed after a heavy first engine finished, the run needs only the light second
+    one: refused before (the finished engine's estimate), it runs now."""
+    d = json.loads(tiny.read_text())
+    d["engines"].append({"type": "conventional", "niter": 1, "grouping": {"size": 4}, "solver": "epie",
+                         "probe_modes": 1, "slices": {"n": 1}})
+    path = tiny.parent / "resume.json"
+    path.write_text(json.dumps(d))
+    plan = load_plan(path)
+    out = tmp_path / "run"
+    run_plan(plan, out_dir=out, plan_dir=tiny.parent, quiet=True)
+    from phaser_core.memory import estimate_run
+    from phaser_core.runner import load_data, resumed_engine
+    from phaser_core.registry import get_registry
+    from phaser_core.statefile import load_state
+
+    data = load_data(plan, get_registry(), tiny.parent)
+    state = load_state(out / "final.h5")  # as a checkpoint written when the first engine ended:
+    state = attrs.evolve(state, iteration=attrs.evolve(state.iteration, engine_num=0, engine_iter=1))
+    assert resumed_engine(plan, state, get_registry()) == 1
+    whole = estimate_run(plan, data, state, get_registry())
+    resumed = estimate_run(plan, data, state, get_registry(), first_engine=1)
+    assert [e.index for e in resumed.engines] == [1] and resumed.peak < whole.peak
