@@ -98,11 +98,15 @@ def _probe_sampling(f: h5py.File, shape: tuple[int, ...]) -> tuple[float, float]
 
 
 def _progress(f: h5py.File) -> Progress:
-    for name in ("total_loss", "detector_loss"):
-        group = f.get(f"progress/{name}")
-        if isinstance(group, h5py.Group) and "iters" in group and "values" in group:
-            iters = [int(i) for i in group["iters"][()]]
-            return Progress(iters=iters, loss=[float(v) for v in group["values"][()]],
+    """The loss record: format 0.2's ``/progress/{total_loss,detector_loss}/{iters,values}``,
+    or format 0.1's ``/progress/iters`` and ``/progress/detector_errors``."""
+    records = [(f.get(f"progress/{name}/iters"), f.get(f"progress/{name}/values"))
+               for name in ("total_loss", "detector_loss")]
+    records.append((f.get("progress/iters"), f.get("progress/detector_errors")))
+    for iters_ds, values_ds in records:
+        if isinstance(iters_ds, h5py.Dataset) and isinstance(values_ds, h5py.Dataset):
+            iters = [int(i) for i in iters_ds[()]]
+            return Progress(iters=iters, loss=[float(v) for v in values_ds[()]],
                             time_s=[0.0] * len(iters), engine=[0] * len(iters))
     return Progress()
 

@@ -63,16 +63,23 @@ def test_a_tilt_the_same_at_every_position_is_global(tmp_path):
 
 
 def test_the_older_layout_reads_the_same(tmp_path):
-    """Format 0.1 kept ``/scan`` and ``/tilt`` as arrays at the root."""
+    """Format 0.1 kept ``/scan`` and ``/tilt`` as arrays at the root, and its loss record as
+    ``/progress/iters`` and ``/progress/detector_errors`` (it was read as no record)."""
     old = tmp_path / "v01.h5"
     shutil.copy(DATA / "state_v0.2.h5", old)
     with h5py.File(old, "r+") as f:
         scan, tilt = f["scan/data"][()], f["scan/tilt"][()]
         del f["scan"], f["version"]
         f["scan"], f["tilt"], f["version"] = scan, tilt, "0.1"
+        record = f["progress/detector_loss"] if "progress/detector_loss" in f else f["progress/total_loss"]
+        iters, values = record["iters"][()], record["values"][()]
+        del f["progress"]
+        f["progress/iters"], f["progress/detector_errors"] = iters, values
     a, b = load_state(DATA / "state_v0.2.h5"), load_state(old)
     np.testing.assert_array_equal(a.scan_A, b.scan_A)
     np.testing.assert_array_equal(a.tilt_mrad, b.tilt_mrad)
+    assert len(b.progress.loss) == len(iters) > 0
+    assert b.progress.loss == [float(v) for v in values] and b.progress.iters == [int(i) for i in iters]
     with h5py.File(old, "r+") as f:
         del f["version"]
         f["version"] = "0.3"
