@@ -331,3 +331,18 @@ def test_poisson_draws_a_block_at_a_time_as_one_whole_draw(monkeypatch):
     monkeypatch.setattr(pp, "CHECK_BLOCK", 1000)  # 3 patterns a block: 100 blocks
     got = pp.poisson(pp.PoissonConfig(scale=3.0), RawData(patterns=p), LoadContext(seed=7))
     assert got.patterns.dtype == np.float32 and np.array_equal(got.patterns, want)
+
+
+def test_the_mean_pattern_is_zero_at_masked_pixels_even_where_they_read_inf():
+    """A dead pixel the mask marks invalid may read ±inf: multiplied by the mask it gave NaN
+    in the mean pattern (the probe's aperture edge and scale read it), not the documented 0."""
+    from phaser_core.data import RawData
+    from phaser_std.data.preprocess import pacbed
+
+    patterns = np.ones((4, 6, 6), np.float32)
+    patterns[:, 1, 2] = np.inf
+    mask = np.ones((6, 6), bool)
+    mask[1, 2] = False
+    with np.errstate(all="raise"):
+        mean = pacbed(RawData(patterns=patterns, mask=mask))
+    assert mean[1, 2] == 0.0 and np.isfinite(mean).all()

@@ -338,7 +338,7 @@ def pacbed(data: RawData, n_sample: int | None = None) -> np.ndarray:
         pats = sample
     pacbed_ = nanmean_patterns(np.asarray(pats))
     if data.mask is not None:
-        pacbed_ = pacbed_ * np.asarray(data.mask, dtype=bool)
+        pacbed_ = np.where(np.asarray(data.mask, dtype=bool), pacbed_, 0.0)  # also where a masked pixel is ±inf
     return pacbed_
 
 
