@@ -51,7 +51,8 @@ from .config import (
     param,
 )
 from .errors import PlanError, UnknownComponentError, did_you_mean
-from .files import atomic_write
+from .registry import local_component_folders
+from .files import atomic_write, read_plan_dir
 from .plan_errors import (
     Issue,
     IssueGroup,
@@ -699,6 +700,19 @@ def load_plan(path_or_text: Any, *, registry: Any = None, overrides: list[str] |
 
         registry = get_registry()
     doc, name, _ = _read(path_or_text)
+    with local_component_folders(_plan_folder(path_or_text, name), os.getcwd()):
+        return _load_plan(doc, name, registry, overrides, allow_local)
+
+
+def _plan_folder(path_or_text: Any, name: str) -> Path | None:
+    """The folder a plan file's local components are looked for in: a run's ``plan.yaml``
+    names its original plan's folder in its header."""
+    if name == "<plan>":
+        return None
+    return read_plan_dir(Path(name)) or Path(name).resolve().parent
+
+
+def _load_plan(doc: Any, name: str, registry: Any, overrides: Any, allow_local: bool | None) -> Plan:
     root = doc
     if doc is None:
         raise PlanError([PlanIssue("the plan is empty", file=name)], source=name)

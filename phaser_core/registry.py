@@ -9,12 +9,16 @@ cannot be disabled.
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import importlib.metadata as md
 import os
+import sys
 import threading
+from contextlib import contextmanager
+from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import attrs
 import pluggy
@@ -87,6 +91,38 @@ class Component:
 def _first_doc_line(obj: Any) -> str:
     doc = getattr(obj, "__doc__", None) or ""
     return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+#: folders a local component's module (``module:attr``) is also looked for in, beside
+#: ``sys.path``: the plan's folder and the working folder (:func:`local_component_folders`)
+_LOCAL_FOLDERS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("phaser_local_folders", default=())
+
+
+@contextmanager
+def local_component_folders(*folders: Any) -> Iterator[None]:
+    """Within the block, a local component's module that is not importable from ``sys.path``
+    is looked for in ``folders`` too (``load_plan``: the plan's folder and the working folder,
+    where a lab keeps the module it tries; the console script's ``sys.path`` has neither)."""
+    token = _LOCAL_FOLDERS.set(tuple(str(Path(f).resolve()) for f in folders if f is not None))
+    try:
+        yield
+    finally:
+        _LOCAL_FOLDERS.reset(token)
+
+
+def _import_local_module(module_name: str) -> ModuleType:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        top = module_name.split(".")[0]
+        folders = [f for f in dict.fromkeys(_LOCAL_FOLDERS.get()) if f not in sys.path
+                   and (Path(f, top).is_dir() or Path(f, top + ".py").is_file())]
+        if exc.name != top or not folders:
+            raise
+    # appended, not prepended: an installed package of the same name keeps precedence, and
+    # the folder stays on the path for the module's own later imports
+    sys.path.extend(folders)
+    return importlib.import_module(module_name)
 
 
 class Registry:
@@ -199,7 +235,7 @@ class Registry:
                                         "(plans may only name registered components)")
         module_name, _, attr = name.partition(":")
         try:
-            obj = importlib.import_module(module_name)
+            obj = _import_local_module(module_name)
             for part in attr.split("."):
                 obj = getattr(obj, part)
         except (ImportError, AttributeError) as exc:

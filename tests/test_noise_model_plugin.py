@@ -58,3 +58,28 @@ def test_a_documented_noise_model_runs_in_every_engine(masked_data, engine, back
     state = run(masked_data, [block], backend=backend)
     loss = np.asarray(state.progress.loss)
     assert np.isfinite(loss).all() and loss[-1] < 1e6  # the hot pixel (1e6 e⁻ each) is left out
+
+
+def test_a_local_component_next_to_the_plan_is_found_without_pythonpath(tmp_path, monkeypatch):
+    """The console script's sys.path holds neither the plan's folder nor the working
+    folder, so a lab's module beside its plan failed to import ("No module named ...")."""
+    import sys
+
+    from phaser_core.errors import PlanError
+    from phaser_core.plan import load_plan
+
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "lab_noise_beside_the_plan", raising=False)
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "lab" / "lab_noise_beside_the_plan.py").write_text(
+        "from test_noise_model_plugin import PlainGaussian as Plain\n")
+    plan = tmp_path / "lab" / "plan.yaml"
+    plan.write_text("file_type: phaser_plan\nversion: 1\nraw_data: {type: hdf5, path: d.h5}\n"
+                    "engines:\n  - {type: conventional, noise_model: {type: 'lab_noise_beside_the_plan:Plain'}}\n")
+    monkeypatch.chdir(tmp_path)  # elsewhere: the plan's folder is what counts
+    loaded = load_plan(plan)
+    assert loaded.engines[0].config.noise_model.type == "lab_noise_beside_the_plan:Plain"
+    # a module in neither folder still fails as a plan error naming it
+    plan.write_text(plan.read_text().replace("lab_noise_beside_the_plan", "no_such_lab_module"))
+    with pytest.raises(PlanError, match="cannot import local noise model 'no_such_lab_module:Plain'"):
+        load_plan(plan)
