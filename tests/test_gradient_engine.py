@@ -597,3 +597,41 @@ def test_a_solver_that_needs_the_group_loss_is_refused_for_the_per_iteration_var
     assert "use sgd, adam, adamw or nadam here" in messages["engines[0].solvers.tilt.type"]
     plan["engines"][0]["solvers"] = {"object": "polyak_sgd", "positions": "adam", "tilt": "sgd"}
     load_plan(plan)  # on the per-group object it is fine
+
+
+def test_a_resume_whose_solver_states_do_not_fit_says_it_starts_them_afresh(tmp_path):
+    """Resumed on another backend (numpy's solver states are not optax's), the solvers
+    restart: the run says so instead of silently not continuing exactly."""
+    pytest.importorskip("jax")
+    from recon import make_dataset
+
+    from phaser_core.observer import Observer
+    from phaser_core.plan import load_plan
+    from phaser_core.runner import RunInterrupted, run_plan
+
+    class StopAfter2(Observer):
+        def after_iteration(self, state, metrics, ctx):
+            if state.iteration.total_iter == 2:
+                ctx.stop_requested = True
+
+    class Notes(Observer):
+        def __init__(self):
+            self.texts = []
+
+        def on_note(self, text, ctx):
+            self.texts.append(text)
+
+    data = make_dataset(tmp_path / "d.h5", scan={"shape": [6, 6]})
+    plan = {"file_type": "phaser_plan", "version": 1, "backend": "numpy", "raw_data": {"type": "hdf5", "path": str(data)},
+            "output": {"checkpoint_every": 1}, "engines": [{"type": "gradient", "niter": 4}]}
+    with pytest.raises(RunInterrupted):
+        run_plan(load_plan(plan), out_dir=tmp_path / "a", quiet=True, observers=[StopAfter2()])
+    same = Notes()
+    run_plan(load_plan(plan), out_dir=tmp_path / "a", resume=True, quiet=True, observers=[same])
+    assert not any("starts afresh" in t for t in same.texts)
+    with pytest.raises(RunInterrupted):
+        run_plan(load_plan(plan), out_dir=tmp_path / "b", quiet=True, observers=[StopAfter2()])
+    other = Notes()
+    run_plan(load_plan({**plan, "backend": "jax"}), out_dir=tmp_path / "b", resume=True, quiet=True, observers=[other])
+    assert [t.split(" does not fit")[0] for t in other.texts if "starts afresh" in t] == [
+        "gradient engine: the saved state of the object solver", "gradient engine: the saved state of the probe solver"]

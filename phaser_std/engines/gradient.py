@@ -31,6 +31,7 @@ import numpy as np
 
 from phaser_core.config import ConstraintSpec, CostSpec, Flag, GradientSolverSpec, NoiseModelSpec, in_range, param
 from phaser_core.errors import DataError, PhaserError
+from phaser_core.observer import announce
 from phaser_core.plan import SlicesPlan
 from phaser_core.state import ReconsState
 from phaser_std.engines.chunking import engine_chunk, gradient_lane_budget
@@ -248,7 +249,9 @@ class GradientEngine:
             arrays = _unpack(saved[k])
             shapes = {p: tuple(a.shape) for p, a in solvers[k].state_to_numpy(fresh[k], backend).items()}
             if shapes != {p: tuple(a.shape) for p, a in arrays.items()}:
-                return fresh[k]  # saved for other shapes or another solver
+                announce(ctx, f"gradient engine: the saved state of the {k} solver does not fit this run (another "
+                              "solver, backend or shape); it starts afresh, so the run does not continue exactly")
+                return fresh[k]
             return solvers[k].state_from_numpy(arrays, like, backend, template=fresh[k])
 
         for k in ("object", "probe"):
