@@ -72,7 +72,7 @@ def _issue_dict(issue: Any) -> dict:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .plan import load_plan, missing_input_files
+    from .plan import load_plan, missing_input_files, missing_input_files_of_document
 
     try:
         plan = load_plan(Path(args.plan), registry=get_registry(), overrides=args.set or (),
@@ -81,6 +81,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         if missing:
             raise PlanError(missing, source=args.plan)
     except PlanError as exc:
+        reported = {(e.line, e.col) for e in exc.errors}
+        if not any(s.split("=", 1)[0].strip() in ("raw_data.path", "init.state") for s in (args.set or ())):
+            # a plan with other errors still gets its missing files named (all problems at once)
+            exc.errors.extend(e for e in missing_input_files_of_document(Path(args.plan), read_plan_dir(Path(args.plan)))
+                              if (e.line, e.col) not in reported)
         _print_plan_error(exc, as_json=args.json, source=args.plan)
         return 1
     if args.json:

@@ -815,10 +815,28 @@ def missing_input_files(plan: Plan, plan_path: Path, base: Path | None = None) -
     one) and ``init.state``, resolved as a run resolves them (``~`` expanded, a relative
     path from ``base``, default the plan's folder); located in the plan file.
     ``phaser validate`` reports them, which a plan's structure alone cannot."""
-    plan_path = Path(plan_path)
-    base = Path(base) if base is not None else plan_path.parent
     wanted = [(("raw_data", "path"), getattr(plan.raw_data.config, "path", None)),
               (("init", "state"), plan.init.state if plan.init is not None else None)]
+    return _missing_files(wanted, Path(plan_path), base)
+
+
+def missing_input_files_of_document(plan_path: Path, base: Path | None = None) -> list[PlanIssue]:
+    """:func:`missing_input_files` read from the plan file's own text, for a plan with
+    other errors (no :class:`Plan` to ask), so that ``phaser validate`` lists them all at once."""
+    try:
+        doc = _read(Path(plan_path))[0]
+    except PlanError:
+        return []
+    def value(section: str, key: str) -> Any:
+        part = doc.get(section) if isinstance(doc, Mapping) else None
+        return part.get(key) if isinstance(part, Mapping) else None
+
+    return _missing_files([(("raw_data", "path"), value("raw_data", "path")),
+                           (("init", "state"), value("init", "state"))], Path(plan_path), base)
+
+
+def _missing_files(wanted: list, plan_path: Path, base: Path | None) -> list[PlanIssue]:
+    base = Path(base) if base is not None else plan_path.parent
     raws = []
     for path, value in wanted:
         if not (isinstance(value, str) and value):

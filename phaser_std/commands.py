@@ -75,7 +75,7 @@ def _cmd_import_plan(args: argparse.Namespace) -> int:
     from ruamel.yaml import YAML
 
     from phaser_core.errors import PlanError
-    from phaser_core.plan import load_plan, plan_yaml
+    from phaser_core.plan import load_plan, missing_input_files, plan_yaml
     from phaser_std.plan_import import import_phaserem_plan, rebase_paths
 
     src = Path(args.plan)
@@ -115,7 +115,12 @@ def _cmd_import_plan(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     problems: list[str] = []
     try:
-        load_plan(copy.deepcopy(plan))
+        loaded = load_plan(copy.deepcopy(plan))
+        # the files it reads, from where its relative paths start (as `phaser validate`)
+        new_file = Path(args.out) if args.out else src
+        missing = missing_input_files(loaded, new_file, new_file.resolve().parent)
+        if missing:
+            raise PlanError(missing, source=str(new_file))
     except PlanError as exc:
         problems = [f"does not validate: {e.path_str + ': ' if e.path_str else ''}{e.message}" for e in exc.errors]
     for n in notes + problems:

@@ -463,6 +463,7 @@ def test_plugin_hookimpl_with_a_wrong_parameter_is_a_clean_plugin_error(monkeypa
 
 
 def test_set_error_names_the_set_argument(tmp_path, capsys):
+    (tmp_path / "d.h5").write_bytes(b"")  # present: only the --set error is reported
     plan = _plan(tmp_path, "{type: hdf5, path: d.h5}")
     rc, text = _cli(capsys, "validate", str(plan), "--set", "engines[0].grouping.size=0")
     assert rc == 1 and "--set 'engines[0].grouping.size=0': engines[0].grouping.size: must be >= 1, got 0" in text
@@ -482,6 +483,7 @@ def test_set_into_a_defaulted_component_merges_with_its_default(tmp_path):
 
 
 def test_output_errors_are_reported_once_with_one_path(tmp_path, capsys):
+    (tmp_path / "d.h5").write_bytes(b"")  # present: only the output errors are reported
     plan = _plan(tmp_path, "{type: hdf5, path: d.h5}")
     rc, text = _cli(capsys, "validate", str(plan), "--set", "output.image_every=0")
     assert rc == 1 and text.count("must be") == 1 and "1 error in" in text
@@ -668,6 +670,7 @@ def test_output_paths_that_cannot_be_written_are_clean_errors(tiny_h5, tmp_path,
 def test_a_refinement_switch_without_its_solver_fails_validation(tmp_path, capsys):
     """``update_positions: true`` without a position solver refined nothing and said nothing;
     the default switch, ``false`` and a switch with its solver stay valid."""
+    (tmp_path / "d.h5").write_bytes(b"")
     plan = tmp_path / "p.yaml"
     plan.write_text(textwrap.dedent("""\
         file_type: phaser_plan

@@ -42,25 +42,27 @@ def fake_registry():
 # -- validate ---------------------------------------------------------------------------
 
 
-def test_validate_invalid_example_three_errors_no_traceback():
-    """Done-when: misspelled solver, string niter, unknown key -> three located errors, exit 1."""
+def test_validate_invalid_example_four_errors_no_traceback():
+    """Done-when: misspelled solver, string niter, unknown key -> three located errors, exit 1;
+    and its missing data file, named although the plan's structure is invalid."""
     proc = run_cli_subprocess("validate", str(INVALID))
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
     lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 3, proc.stdout
+    assert len(lines) == 4, proc.stdout
     name = str(INVALID)
     assert lines[0] == (f"{name}:10:13: engines[0].solver.type: unknown solver 'epei'; did you mean 'epie'? "
                         "available: epie, lsqml (phaser-ptycho 0.1.0)")
     assert lines[1] == f"{name}:11:12: engines[0].niter: expected an integer, got 'ten'"
     assert lines[2].startswith(f"{name}:13:5: engines[0]: unknown key 'probe_modess'")
-    assert "3 errors" in proc.stderr
+    assert lines[3].startswith(f"{name}:6:30: raw_data.path: no such file: no_such_data.h5")
+    assert "4 errors" in proc.stderr
 
 
 def test_validate_json(fake_registry, capsys):
     assert cli.main(["validate", str(INVALID), "--json"]) == 1
     out = json.loads(capsys.readouterr().out)
-    assert out["valid"] is False and len(out["errors"]) == 3
+    assert out["valid"] is False and len(out["errors"]) == 4  # three plan errors and the missing data file
     first = out["errors"][0]
     assert (first["line"], first["col"], first["path"]) == (10, 13, "engines[0].solver.type")
     assert "did you mean 'epie'?" in first["message"]
@@ -260,7 +262,7 @@ def test_validate_invalid_example_with_the_real_registry():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout
     lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 3, proc.stdout
+    assert len(lines) == 4, proc.stdout
     assert lines[0].startswith(f"{INVALID}:10:13: engines[0].solver.type: unknown solver 'epei'; "
                                "did you mean 'epie'? available: ")
     assert "epie" in lines[0].split("available:")[1] and "lsqml" in lines[0].split("available:")[1]

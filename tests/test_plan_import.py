@@ -455,6 +455,11 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_command_prints_plan_and_notes(tmp_path):
     (tmp_path / "old.yaml").write_text(FULL_EXAMPLE)
     r = _cli("import-plan", "old.yaml", cwd=tmp_path)
+    # its data file is missing: the converted plan would not run, so it does not "validate"
+    assert r.returncode == 1 and "raw_data.path: no such file: data/Si_300kV.json" in r.stderr
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "Si_300kV.json").write_text("{}")
+    r = _cli("import-plan", "old.yaml", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     new = YAML(typ="safe").load(r.stdout)
     assert new["init"]["probe"]["defocus_A"] == -150.0
