@@ -96,8 +96,9 @@ def test_four_probe_modes_fit_partially_coherent_data_better_than_one(data_dir):
     one = run(data, [_engine("lsqml", 15, probe_modes=1)], backend="jax")
     four = run(data, [_engine("lsqml", 15, probe_modes=4)], backend="jax")
     assert four.probe.n_modes == 4
-    # measured ratio 0.20
-    assert four.progress.loss[-1] < 0.4 * one.progress.loss[-1], (four.progress.loss[-1], one.progress.loss[-1])
+    # measured ratio 0.41: this source (3 x 3 Gauss-Hermite points of σ = 0.4 Å) leaves 20% of its
+    # power outside the four strongest modes (0.20 with the narrower ±2σ sampling before session 25)
+    assert four.progress.loss[-1] < 0.5 * one.progress.loss[-1], (four.progress.loss[-1], one.progress.loss[-1])
     powers = np.sum(np.abs(four.probe.data) ** 2, axis=(-2, -1))
     assert np.all(np.diff(powers) <= 1e-6 * powers.sum()), "modes are not ordered by power"
 

@@ -3,6 +3,7 @@ differences and jax.grad, normalisation, NaN safety, numpy/jax agreement."""
 
 from __future__ import annotations
 
+import attrs
 import numpy as np
 import pytest
 from conftest import build_backend
@@ -303,3 +304,39 @@ def test_constraints_jit_and_match_numpy(name, cfg):
         if name == "orthogonalize_probe_modes":  # eigenvectors are defined up to a phase
             a, b = np.abs(a), np.abs(b)
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+
+
+@pytest.mark.parametrize("engine", ["conventional", "gradient"])
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_the_engines_weight_the_phase_ramp_fit_by_the_iterations_illumination(tmp_path, engine, backend):
+    """No engine gave ``remove_phase_ramp`` the illumination its fit is weighted by: the
+    unscanned margin (|O| = 1, no phase) pulled the slope toward 0 and ~75% of a ramp over
+    the scanned area stayed. Here only the constraint changes the object (no updates), so
+    the ramp over the scanned area must go."""
+    if backend == "jax":
+        pytest.importorskip("jax")
+    from recon import make_dataset, run
+
+    from phaser_core.statefile import save_state
+    from phaser_std.engines.constraints import illumination_map
+
+    data = make_dataset(tmp_path / "d.h5", scan={"shape": [6, 6], "step_A": 0.6})
+    first = run(data, [{"type": "conventional", "niter": 1}])
+    obj = first.object
+    h, w = obj.shape
+    illum = illumination_map(first.probe.data, first.scan_A, obj)
+    scanned, lit = illum > 0.5 * illum.max(), illum > 1e-4 * illum.max()
+    assert 0.01 < scanned.mean() < lit.mean() < 0.7  # a margin the scan does not light
+    yy, xx = np.mgrid[:h, :w]
+    ramp = np.where(lit, 0.2 * yy - 0.15 * xx, 0.0)  # the lit area tilted, the dark margin flat
+    tilted = attrs.evolve(obj, data=np.exp(1j * ramp)[None].astype(obj.data.dtype))
+    save_state(attrs.evolve(first, object=tilted), tmp_path / "tilted.h5")
+    out = run(data, [{"type": engine, "niter": 1, "update_object": False, "update_probe": False,
+                      "iter_constraints": [{"type": "remove_phase_ramp"}]}],
+              backend=backend, init={"state": str(tmp_path / "tilted.h5")})
+    phase = np.angle(out.object.data[0])
+    inner = scanned[1:, :] & scanned[:-1, :]
+    gy = np.angle(np.sum(np.exp(1j * (phase[1:, :] - phase[:-1, :]))[inner]))
+    inner = scanned[:, 1:] & scanned[:, :-1]
+    gx = np.angle(np.sum(np.exp(1j * (phase[:, 1:] - phase[:, :-1]))[inner]))
+    assert abs(gy) < 0.02 and abs(gx) < 0.02, (gy, gx)  # 0.15 / -0.11 rad/px unweighted

@@ -181,6 +181,31 @@ class PhaseRampConfig:
     remove_offset: bool = param(True, doc="also remove the (weighted) mean phase of each slice")
 
 
+def illumination_map(probe: np.ndarray, scan_A: np.ndarray, geometry: Any) -> np.ndarray:
+    """Σ over scan positions of the probe intensity Σ_modes |P|² on the object grid ``(H, W)``
+    (host float64), each view at its integer corner (a weight needs no sub-pixel shift):
+    the count of corners convolved with the probe intensity, by FFT (O(H·W·log), whatever
+    the number of positions). The views lie inside the grid, so the cyclic convolution does
+    not wrap."""
+    from phaser_std.physics.forward import scan_to_pixels
+
+    intensity = np.sum(np.abs(np.asarray(probe)) ** 2, axis=0)  # (Ny, Nx)
+    h, w = (int(n) for n in geometry.shape[-2:])
+    starts, _ = scan_to_pixels(np.asarray(scan_A, dtype=np.float64), geometry.corner_A, geometry.sampling_A,
+                               intensity.shape)
+    starts = np.asarray(starts, dtype=np.int64)
+    counts = np.zeros((h, w))
+    np.add.at(counts, (starts[:, 0] % h, starts[:, 1] % w), 1.0)
+    kernel = np.zeros((h, w))
+    kernel[:intensity.shape[0], :intensity.shape[1]] = intensity
+    return np.maximum(np.fft.irfft2(np.fft.rfft2(counts) * np.fft.rfft2(kernel), s=(h, w)), 0.0)
+
+
+def needs_illumination(constraints: list) -> bool:
+    """Whether any of ``constraints`` reads ``info.illumination`` (:func:`illumination_map`)."""
+    return any(getattr(c, "needs_illumination", False) for c in constraints)
+
+
 class RemovePhaseRamp(Constraint):
     """Remove an affine phase ``a + g_y·y + g_x·x`` from each slice (a ptychographic ambiguity).
 
@@ -188,10 +213,13 @@ class RemovePhaseRamp(Constraint):
     ``g_y = arg Σ w·O[y+1]·conj(O[y])`` (immune to phase wrapping); products of neighbours
     already weight by object amplitude, and ``w`` is ``info.illumination`` (the probe
     intensity summed over positions, so only the illuminated area counts) when given, else 1.
-    The offset is ``arg Σ w·|O|·O`` after removing the ramp. Amplitudes are unchanged.
+    The offset is ``arg Σ w·|O|·O`` after removing the ramp. Amplitudes are unchanged. As an
+    iteration constraint the engines give it the illumination of the iteration's positions
+    and probe; as a group constraint it weights every pixel alike.
     """
 
     name = "remove_phase_ramp"
+    needs_illumination = True
 
     def apply(self, bk, probe, obj, info):
         xp = bk.xp

@@ -28,6 +28,7 @@ from phaser_std.engines.common import (
     stop_when_param,
     switches_without_solver,
 )
+from phaser_std.engines.constraints import illumination_map, needs_illumination
 from phaser_std.engines.conventional_solvers import has_chunked_rule, make_group_step
 from phaser_std.engines.gradient_step import slice_dz, tilt_ramps
 from phaser_std.engines.noise_models import build_noise_model, on_valid_pixels
@@ -191,16 +192,21 @@ class ConventionalEngine:
                 live["shift"][indices[masks]] += shifts[masks] * sampling
             return joined(bk, [losses for losses, _ in blocks])
 
-        def iteration_constraints(probe_, obj_, it):
-            return apply_constraints(bk, iter_constraints, probe_, obj_, attrs.evolve(info, iteration=it))
+        weighted = needs_illumination(iter_constraints)
+
+        def iteration_constraints(probe_, obj_, it, illumination=None):
+            return apply_constraints(bk, iter_constraints, probe_, obj_,
+                                     attrs.evolve(info, iteration=it, illumination=illumination))
 
         # compiled once on jax (the iteration is a traced value); probe and object donated
         iteration_constraints = bk.jit(iteration_constraints, donate_argnums=(0, 1))
 
         def end_iteration(it):
             if iter_constraints:
+                illumination = (bk.asarray(illumination_map(bk.to_numpy(live["probe"]), live["scan"], geometry))
+                                if weighted else None)
                 live["probe"], live["obj"] = iteration_constraints(live["probe"], live["obj"],
-                                                                   bk.asarray(np.int32(it)))
+                                                                   bk.asarray(np.int32(it)), illumination)
             if positions_on(it):
                 new = pos_solver.update(live["scan"], live["shift"], extra)
                 live["scan"] = arrays.clip_scan(new)
