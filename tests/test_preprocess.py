@@ -346,3 +346,23 @@ def test_the_mean_pattern_is_zero_at_masked_pixels_even_where_they_read_inf():
     with np.errstate(all="raise"):
         mean = pacbed(RawData(patterns=patterns, mask=mask))
     assert mean[1, 2] == 0.0 and np.isfinite(mean).all()
+
+
+@pytest.mark.parametrize("shape, rotation", [((8, 8), 0.0), ((4, 16), 0.0), ((2, 50), 30.0), ((1, 64), 0.0),
+                                             ((6, 9), 45.0)])
+def test_the_area_per_position_of_explicit_positions_is_the_step_area(shape, rotation):
+    """Explicit positions without a step: the area they cover per position. A square grid
+    was assumed (√N per side): a 4 x 16 raster came out at 0.92 of its step area, 2 x 50 at
+    0.61, a line of 64 at 81x (so `poisson: {dose}` missed the dose by as much)."""
+    from phaser_core.data import RawData
+    from phaser_std.data.preprocess import scan_area_per_position_A2
+    from phaser_std.physics.scan import raster_scan
+
+    def area(step):
+        pos = raster_scan(shape, step, rotation_deg=rotation)
+        return scan_area_per_position_A2(RawData(patterns=np.ones((len(pos), 4, 4), np.float32),
+                                                 scan_positions_A=pos))
+
+    assert area((0.6, 0.6)) == pytest.approx(0.36, rel=1e-9)
+    if min(shape) > 1:  # unequal steps: the margin uses the smaller one (within 5% here)
+        assert area((0.5, 0.8)) == pytest.approx(0.4, rel=0.05)

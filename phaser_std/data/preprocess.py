@@ -213,19 +213,28 @@ def _whole_sums_dtype(dtype: np.dtype, sums: np.ndarray) -> np.dtype:
 
 def scan_area_per_position_A2(data: RawData) -> float:
     """Specimen area per scan position [Å²]: the raster step area |s_y·s_x|, or, for
-    explicit positions only, the positions' bounding-box area / N (with a step's margin)."""
+    explicit positions only, the area they cover / N: their convex hull grown by half the
+    typical spacing s (the median nearest-neighbour distance) all round, hull + perimeter·s/2
+    + s², which is exactly N·s² for a raster of any shape and rotation; a line of positions
+    covers (length + s)·s."""
     if data.scan_step_A is not None:
         return abs(float(data.scan_step_A[0]) * float(data.scan_step_A[1]))
     pos = raster_positions(data)
     if pos is None or len(pos) < 2:
         raise DataError("the area per scan position is unknown: give scan_step_A in the plan")
-    span = pos.max(axis=0) - pos.min(axis=0)
-    n = len(pos)
-    # a square-ish grid of n points over the box has about sqrt(n) points per side
-    side = max(np.sqrt(n) - 1.0, 1.0)
-    step = span / side
-    step = np.where(step > 0, step, step.max())
-    return float(step[0] * step[1])
+    from scipy.spatial import ConvexHull, QhullError, cKDTree
+
+    pos = np.unique(np.asarray(pos, dtype=np.float64), axis=0)
+    if len(pos) < 2:
+        raise DataError("the scan positions all coincide: give scan_step_A in the plan")
+    spacing = float(np.median(cKDTree(pos).query(pos, k=2)[0][:, 1]))
+    try:
+        hull = ConvexHull(pos)
+        area = hull.volume + hull.area * spacing / 2 + spacing ** 2  # 2-D: volume is the area, area the perimeter
+    except QhullError:  # collinear: a line scan
+        length = float(np.max(np.linalg.norm(pos - pos[0], axis=1)))
+        area = (length + spacing) * spacing
+    return float(area / len(raster_positions(data)))
 
 
 @attrs.frozen(kw_only=True)
