@@ -51,7 +51,6 @@ from .config import (
     param,
 )
 from .errors import PlanError, UnknownComponentError, did_you_mean
-from .registry import local_component_folders
 from .files import atomic_write, read_plan_dir
 from .plan_errors import (
     Issue,
@@ -66,6 +65,7 @@ from .plan_errors import (
 )
 from .plan_migrate import CURRENT_VERSION, migrate
 from .plan_overrides import attribute_issues, child_schema, fill_default_types, missing_node
+from .registry import local_component_folders
 
 FILE_TYPE = "phaser_plan"
 DTYPES = ("float32", "float64")
@@ -827,6 +827,7 @@ def missing_input_files_of_document(plan_path: Path, base: Path | None = None) -
         doc = _read(Path(plan_path))[0]
     except PlanError:
         return []
+
     def value(section: str, key: str) -> Any:
         part = doc.get(section) if isinstance(doc, Mapping) else None
         return part.get(key) if isinstance(part, Mapping) else None
