@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+import copy
 import os
 import re
 import typing
@@ -525,7 +526,8 @@ def apply_overrides(doc: Any, overrides: list[str] | tuple[str, ...], *, registr
                     if not isinstance(node, dict):
                         raise ValueError(f"{format_path(path[:i]) or 'the plan'} is not a mapping")
                 schema, default = child_schema(schema, part, node, registry)
-                if not last and isinstance(part, str) and part not in node:
+                if not last and isinstance(part, str) and node.get(part) is None:
+                    # missing, or null (as a run's resolved plan.yaml writes unset settings)
                     node[part] = missing_node(default)
                     mine = mine or tuple(path[:i + 1])  # the first mapping it created
                 if not last and _is_spec(schema) and isinstance(node[part], str):
@@ -533,6 +535,10 @@ def apply_overrides(doc: Any, overrides: list[str] | tuple[str, ...], *, registr
                 if last:
                     node[part] = value
                 else:
+                    if isinstance(node[part], (dict, list)):
+                        # its own copy (line numbers kept): a YAML alias shares the node with
+                        # other places, which the override must not change
+                        node[part] = copy.copy(node[part])
                     node = node[part]
         except ValueError as exc:
             issues.append(PlanIssue(f"--set {text!r}: {exc}", file="--set"))

@@ -25,9 +25,14 @@ from .plan_errors import PlanIssue, to_issues
 
 
 def _strip_optional(t: Any) -> Any:
+    """``X`` of ``X | None``; of a union with one component among plain values (``float |
+    schedule``), the component: a path that goes on below it names the component's keys."""
     if typing.get_origin(t) in (Union, UnionType):
         members = [a for a in typing.get_args(t) if a is not NoneType]
-        return members[0] if len(members) == 1 else None
+        if len(members) == 1:
+            return members[0]
+        specs = [a for a in members if isinstance(a, type) and issubclass(a, ComponentSpec)]
+        return specs[0] if len(specs) == 1 else None
     return t
 
 

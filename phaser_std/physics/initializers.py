@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from phaser_core.config import in_range, param
+from phaser_core.config import in_range, param, yx_int_pair_or_none, yx_pair_or_none
 from phaser_core.errors import DataError
 from phaser_core.state import ObjectState, ProbeState
 
@@ -335,8 +335,10 @@ def _check_affine(instance: Any, attribute: Any, value: Any) -> None:
 class RasterScanConfig:
     """A raster scan centred on the origin."""
 
-    shape: tuple | None = param(None, doc="(ny, nx) points; default: the data's scan_shape")
-    step_A: tuple | None = param(None, unit="Å", doc="(y, x) step (or one number); default: the data's")
+    shape: tuple[int, int] | None = param(None, doc="(ny, nx) points; default: the data's scan_shape",
+                                          converter=yx_int_pair_or_none)
+    step_A: float | tuple[float, float] | None = param(None, unit="Å", doc="(y, x) step (or one number); default: "
+                                                       "the data's", converter=yx_pair_or_none)
     rotation_deg: float = param(0.0, unit="deg", doc="turns the fast axis from +x toward +y")
     affine: tuple | None = param(None, doc="2x2 matrix acting on (y, x) column vectors after the rotation "
                                            "(scan distortion), e.g. [[1, 0.02], [0, 0.98]]",
