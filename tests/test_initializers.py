@@ -64,6 +64,39 @@ def test_a_defocus_recorded_twice_is_refused():
     init_focused_probe(FocusedProbeConfig(aberrations={"C30": 1.0e4}), InitContext(data=data))
 
 
+def test_a_c10_in_the_plans_aberrations_is_the_defocus_in_place_of_the_datas():
+    """Docs: the plan gives the defocus as init.probe.defocus_A "or C10 in its aberrations"
+    (= −C10). It was added to the data's: C10 = −100 on data at +40 Å made a +140 Å probe."""
+    data = _data()  # defocus_A 40 Å
+    lam, samp = wavelength_A(200e3), data.real_space_sampling_A()
+    probe = init_focused_probe(FocusedProbeConfig(aberrations={"C10": -100.0}), InitContext(data=data)).data[0]
+    scale = np.sqrt(np.sum(np.abs(probe) ** 2))
+    expected = make_probe((32, 32), samp, lam, 20.0, defocus_A=100.0)
+    np.testing.assert_allclose(probe / scale, expected, atol=1e-6)
+    with pytest.raises(ValueError, match=r"both give the defocus \(= −C10\): give one of them"):
+        FocusedProbeConfig(defocus_A=50.0, aberrations={"C10": -100.0})
+
+
+@pytest.mark.parametrize("aberrations, message", [
+    ({"C30_A": 1.0e4}, r"unknown aberration coefficient\(s\) \['C30_A'\]"),
+    ({"C30": "abc"}, "C30: expected a number"),
+    ([{"name": "C30", "value": 1.0e4}], "must be a mapping of Krivanek names to numbers"),
+])
+def test_aberrations_that_a_run_cannot_use_are_refused_in_the_plan_and_the_spec(aberrations, message):
+    """They passed `phaser validate` and crashed the run with a traceback (a misspelt name,
+    a value that is not a number); a list in a simulation spec gave "'CommentedSeq' object
+    has no attribute 'items'"."""
+    from phaser_std.data.simulate import spec_from_dict
+
+    with pytest.raises(ValueError, match=message):
+        FocusedProbeConfig(aberrations=aberrations)
+    spec = {"energy_eV": 200e3, "convergence_angle_mrad": 25.0, "defocus_A": 30.0, "detector_shape": [16, 16],
+            "reciprocal_sampling_invA": 0.25, "scan": {"shape": [3, 3], "step_A": 0.6}, "aberrations": aberrations,
+            "object": {"cell_A": [2.5, 2.5], "atoms": [{"position": [0.5, 0.5], "strength_rad": 0.4}]}}
+    with pytest.raises(Exception, match=message):
+        spec_from_dict(spec)
+
+
 @pytest.mark.parametrize("rotation", [0.0, 17.0])
 def test_scan_rotation_applies_to_recorded_positions_like_a_raster(rotation):
     positions = raster_scan((3, 4), (0.5, 0.5)) + np.array([5.0, 7.0])

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import attrs
 import numpy as np
@@ -40,6 +40,7 @@ from phaser_core.config import in_range, yx_int_pair as _int_pair, yx_pair as _p
 from phaser_core.errors import DataError
 from phaser_core.physics_constants import wavelength_A
 from phaser_std.data.loaders._common import angular_to_reciprocal
+from phaser_std.physics.optics import check_aberrations
 
 
 # ---------------------------------------------------------------------------------------
@@ -154,7 +155,8 @@ class SimSpec:
     #: positive = underfocus (= −C10) [Å]
     defocus_A: float = 0.0
     #: other Krivanek aberrations [Å] / angles [rad] (no C10: use defocus_A)
-    aberrations: dict[str, float] = attrs.field(factory=dict)
+    aberrations: Any = attrs.field(factory=dict, converter=lambda v: dict(v) if isinstance(v, Mapping) else v,
+                                   validator=check_aberrations)  # Any: a list is reported by the validator
     #: (Qy, Qx) detector pixels = probe window
     detector_shape: tuple[int, int] = attrs.field(default=(64, 64), converter=_int_pair, validator=_positive_pair)
     #: detector sampling [1/Å per px] (y, x); or give angular_sampling_mrad

@@ -16,6 +16,7 @@ import numpy as np
 from phaser_core.config import in_range, param, yx_int_pair_or_none, yx_pair_or_none
 from phaser_core.errors import DataError
 from phaser_core.state import ObjectState, ProbeState
+from phaser_std.physics.optics import check_aberrations
 
 __all__ = ["register_all", "FocusedProbeConfig", "ProbeFileConfig", "VacuumObjectConfig",
            "RandomObjectConfig", "RasterScanConfig", "ScanFileConfig", "FromDataScanConfig"]
@@ -47,6 +48,13 @@ def _scale_to_data(modes: np.ndarray, mean_pattern: np.ndarray | None) -> np.nda
 
 
 # ------------------------------------------------------------------------------ probe
+def _check_probe_aberrations(instance: Any, attribute: Any, value: Any) -> None:
+    check_aberrations(instance, attribute, value)
+    if value is not None and "C10" in value and instance.defocus_A is not None:
+        raise ValueError(f"C10 = {value['C10']} Å and defocus_A = {instance.defocus_A} Å both give the defocus "
+                         "(= −C10): give one of them", attribute)
+
+
 @attrs.frozen
 class FocusedProbeConfig:
     """A probe from the condenser aperture and aberrations."""
@@ -56,7 +64,9 @@ class FocusedProbeConfig:
                                     doc="defocus (= −C10, positive: crossover downstream); default: the data's, "
                                         "else the data's bright-field parallax's (phaser_std.data.parallax), else 0")
     aberrations: dict | None = param(None, doc="Krivanek coefficients C10..C56 [Å] and angles phi12.. [rad] "
-                                               "(null: the data file's `aberrations`, if any)")
+                                               "(null: the data file's `aberrations`, if any); a C10 here is "
+                                               "the defocus (= −C10), in place of the data's",
+                                     validator=_check_probe_aberrations)
     soft_edge_px: float | None = param(None, unit="px", doc="width of a soft aperture edge in reciprocal pixels; "
                                        "null: estimated from the rim of the data's bright-field disc (0 for a hard "
                                        "edge, about 1 where detector pixels or the simulator smooth it)")
@@ -122,6 +132,8 @@ def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
     fit = _NOT_MEASURED
     if config.defocus_A is not None:
         defocus = config.defocus_A
+    elif "C10" in (config.aberrations or {}):
+        defocus = 0.0  # the plan's C10 is the defocus, in place of the data's
     elif data.defocus_A is not None or "C10" in (aberrations or {}):
         defocus = data.defocus_A or 0.0
     else:  # nobody gave one: the data's parallax, at the object's entrance

@@ -6,6 +6,7 @@ Krivanek's polar notation (see docs/conventions.md); ``defocus_A`` is −C10.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -74,6 +75,24 @@ def fftfreq_grid_centred(shape: tuple[int, int], sampling_A: tuple[float, float]
     return ky, kx
 
 
+
+
+def check_aberrations(instance: Any, attribute: Any, value: Any) -> None:
+    """attrs validator of an ``aberrations`` setting: a mapping of Krivanek names to numbers
+    (``{C30: 1.0e4, C12: 20, phi12: 0.3}``), so that a misspelt name (``C30_A``) or a value
+    that is not a number fails at ``phaser validate`` with its line, not in the run."""
+    if value is None:
+        return
+    if not isinstance(value, Mapping):
+        raise ValueError("must be a mapping of Krivanek names to numbers, e.g. {C30: 1.0e+4, C12: 20, phi12: 0.3} "
+                         "[Å, rad]", attribute)
+    for name, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+            raise ValueError(f"{name}: expected a number [Å, or rad for an angle], got {v!r}", attribute)
+    try:
+        normalize_aberrations(value)
+    except ValueError as exc:
+        raise ValueError(str(exc), attribute) from None
 
 
 def normalize_aberrations(aberrations: Mapping[str, float] | None, defocus_A: float = 0.0) -> dict[str, float]:
