@@ -225,6 +225,34 @@ def _accepts_shape(t: Any, v: Any) -> bool:
     return not isinstance(v, (Mapping, list, tuple))
 
 
+#: the methods a local component (``module:attr``) of a kind (and role) must have
+#: (docs/hooks.md); a registered one is checked by its plugin's tests
+LOCAL_INTERFACES: dict[tuple[str, str | None], tuple[str, ...]] = {
+    ("noise_model", None): ("loss", "grad_intensity", "wave_update"),
+    ("regularizer", "constraint"): ("apply",),
+    ("regularizer", "cost"): ("cost",),
+    ("solver", "conventional"): ("sweep",),
+    ("solver", "gradient"): ("init", "update"),
+    ("solver", "position"): ("update",),
+    ("engine", None): ("run",),
+}
+
+
+def _check_local_interface(obj: Any, kind: str, role: str | None, label: str, name: str) -> None:
+    """An :class:`Issue` at ``type`` when a local class lacks the methods its place needs
+    (a cost regularizer among the constraints, a constraint as a noise model), which would
+    otherwise fail inside the engine with an AttributeError."""
+    need = LOCAL_INTERFACES.get((kind, role)) or LOCAL_INTERFACES.get((kind, None))
+    if not need or not isinstance(obj, type):
+        return
+    missing = [m for m in need if not callable(getattr(obj, m, None))]
+    if missing:
+        what = f"a {role} {label}" if role else f"a {label}"
+        raise Issue(f"{name!r} has no {', '.join(missing)} method{'s' if len(missing) > 1 else ''}: {what} "
+                    f"needs {', '.join(need)} "
+                    "(docs/hooks.md)", rel=("type",))
+
+
 def make_converter(registry: Any, allow_local: bool | None = None) -> cattrs.Converter:
     """A cattrs converter that structures plan data strictly, resolving specs in ``registry``."""
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
@@ -397,6 +425,8 @@ def make_converter(registry: Any, allow_local: bool | None = None) -> cattrs.Con
                             f"available: {registry.inventory(kind, role=role)}", rel=("type",))
             if not callable(comp.obj):
                 raise Issue(f"{label} {name!r} is not callable (got {type(comp.obj).__name__})", rel=("type",))
+            if ":" in name:
+                _check_local_interface(comp.obj, kind, role, label, name)
             rest = {k: v[k] for k in v if k != "type"}
             if comp.config is None:
                 if rest:

@@ -83,3 +83,34 @@ def test_a_local_component_next_to_the_plan_is_found_without_pythonpath(tmp_path
     plan.write_text(plan.read_text().replace("lab_noise_beside_the_plan", "no_such_lab_module"))
     with pytest.raises(PlanError, match="cannot import local noise model 'no_such_lab_module:Plain'"):
         load_plan(plan)
+
+
+class CostOnly:
+    """A cost regularizer (no ``apply``), put where a constraint or a noise model goes."""
+
+    Config = attrs.make_class("Config", {"weight_": attrs.field(default=1.0)}, frozen=True)
+
+    def __init__(self, config):
+        self.config = config
+
+    def cost(self, bk, probe, obj, info, weight=1.0):
+        return weight * bk.xp.sum(bk.xp.abs(obj) ** 2)
+
+
+@pytest.mark.parametrize("where, key, message", [
+    ("iter_constraints", "iter_constraints[0].type", "has no apply method: a constraint regularizer needs apply"),
+    ("noise_model", "noise_model.type", "has no loss, grad_intensity, wave_update methods: a noise model needs"),
+])
+def test_a_local_component_without_the_methods_its_place_needs_fails_validation(where, key, message):
+    """It passed `phaser validate` and the run died inside the engine (AttributeError)."""
+    from phaser_core.errors import PlanError
+    from phaser_core.plan import load_plan
+    from phaser_core.plan_errors import format_path
+
+    spec = {"type": "test_noise_model_plugin:CostOnly"}
+    engine = {"type": "conventional", where: [spec] if where.endswith("constraints") else spec}
+    with pytest.raises(PlanError) as info:
+        load_plan({"file_type": "phaser_plan", "version": 1, "raw_data": {"type": "hdf5", "path": "d.h5"},
+                   "engines": [engine]})
+    (err,) = info.value.errors
+    assert format_path(err.path) == f"engines[0].{key}" and message in err.message
