@@ -14,6 +14,7 @@ import json
 import re
 import sys
 import typing
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -502,6 +503,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `phaser run`: Ctrl-C from the start (the imports, plan and data take seconds) stops the
+    # run cleanly before its first iteration (runner.early_stop_requests)
+    from .runner import early_stop_requests
+
+    try:
+        with early_stop_requests() if argv[:1] == ["run"] else nullcontext():
+            return _main(argv)
+    except KeyboardInterrupt:
+        _err().print("[yellow]interrupted[/yellow]")
+        return 130
+
+
+def _main(argv: list[str]) -> int:
     try:
         parser = build_parser()
     except PhaserError as exc:

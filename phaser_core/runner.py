@@ -225,12 +225,49 @@ def resumed_engine(plan: Any, state: ReconsState, registry: Any) -> int:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+#: a stop asked for before the run's own handler was in place (:func:`early_stop_requests`)
+_EARLY_STOP = threading.Event()
+
+
 @contextmanager
-def _sigint_handler(ctx: RunContext) -> Iterator[None]:
-    """First SIGINT or SIGTERM: ``ctx.stop_requested = True``; a second one: ``KeyboardInterrupt``."""
+def early_stop_requests() -> Iterator[None]:
+    """Within the block (``phaser run`` from its start: imports, the plan and the data take
+    seconds), a first SIGINT or SIGTERM only sets a flag that the run reads when it starts:
+    it then stops before its first engine with a checkpoint of the initial state. Python's
+    own handler raised KeyboardInterrupt wherever the import was, as a traceback, or inside
+    a library callback that swallows it (jax's garbage-collection callback), and the run
+    went on as if nothing had been pressed. A second signal still aborts at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+
+    def handler(signum: int, frame: Any) -> None:
+        if _EARLY_STOP.is_set():
+            raise KeyboardInterrupt
+        _EARLY_STOP.set()
+        print("\nphaser: stopping before the first iteration, with a checkpoint (press Ctrl-C again to abort "
+              "at once)", file=sys.stderr, flush=True)
+
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, prev in previous.items():
+            signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+        _EARLY_STOP.clear()
+
+
+@contextmanager
+def _sigint_handler(ctx: RunContext) -> Iterator[None]:
+    """First SIGINT or SIGTERM: ``ctx.stop_requested = True``; a second one: ``KeyboardInterrupt``.
+    A stop asked for earlier (:func:`early_stop_requests`) counts as the first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if _EARLY_STOP.is_set():
+        ctx.stop_requested = True
 
     def handler(signum: int, frame: Any) -> None:
         if ctx.stop_requested:

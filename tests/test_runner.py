@@ -603,3 +603,23 @@ def test_run_plan_refuses_a_folder_with_a_previous_run(tmp_path, monkeypatch):
         run_plan(make_plan(niters=(2,)), out_dir=tmp_path / "c", registry=make_registry(), quiet=True,
                  overwrite=True)
     assert (tmp_path / "c" / "final.h5").exists()
+
+
+def test_a_stop_asked_for_before_the_run_starts_stops_it_cleanly_before_the_first_iteration(tmp_path):
+    """Ctrl-C while `phaser run` imports and loads (seconds) raised KeyboardInterrupt
+    wherever the import was (a traceback), or inside a library callback that swallowed it
+    (the run then went on): now the run starts, stops before its first iteration with a
+    checkpoint, and resumes from it; a second Ctrl-C still aborts at once."""
+    from phaser_core.runner import early_stop_requests
+
+    out = tmp_path / "out"
+    with early_stop_requests():
+        os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt: only recorded
+        with pytest.raises(RunInterrupted, match="after iteration 0"):
+            run_plan(make_plan(niters=(2,)), out_dir=out, registry=make_registry(), quiet=True)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert load_state(out / "checkpoint.h5").iteration.total_iter == 0
+    state = run_plan(make_plan(niters=(2,)), out_dir=out, registry=make_registry(), resume=True, quiet=True)
+    assert state.iteration.total_iter == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the previous handler is back
