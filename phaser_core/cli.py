@@ -506,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # `phaser run`: Ctrl-C from the start (the imports, plan and data take seconds) stops the
     # run cleanly before its first iteration (runner.early_stop_requests)
-    from .runner import early_stop_requests
+    from .interrupts import early_stop_requests
 
     try:
         with early_stop_requests() if argv[:1] == ["run"] else nullcontext():

@@ -49,6 +49,7 @@ from .context import InitContext, LoadContext, RunContext
 from .data import check_finite, compact_counts, few_counts_warning
 from .errors import DataError, PhaserError, StateFileError
 from .files import CHECKPOINT_NAME, FINAL_NAME, STATES_DIR, holds_previous_run
+from .interrupts import STOP_SIGNALS, stop_requested_early
 from .observer import announce, notify
 from .registry import get_registry
 from .state import IterationCounters, Progress, ReconsState
@@ -221,44 +222,6 @@ def resumed_engine(plan: Any, state: ReconsState, registry: Any) -> int:
 # -- Ctrl-C and SIGTERM -------------------------------------------------------------------
 
 
-#: the signals that stop a run cleanly: Ctrl-C, and what schedulers and `kill` send
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-#: a stop asked for before the run's own handler was in place (:func:`early_stop_requests`)
-_EARLY_STOP = threading.Event()
-
-
-@contextmanager
-def early_stop_requests() -> Iterator[None]:
-    """Within the block (``phaser run`` from its start: imports, the plan and the data take
-    seconds), a first SIGINT or SIGTERM only sets a flag that the run reads when it starts:
-    it then stops before its first engine with a checkpoint of the initial state. Python's
-    own handler raised KeyboardInterrupt wherever the import was, as a traceback, or inside
-    a library callback that swallows it (jax's garbage-collection callback), and the run
-    went on as if nothing had been pressed. A second signal still aborts at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        if _EARLY_STOP.is_set():
-            raise KeyboardInterrupt
-        _EARLY_STOP.set()
-        print("\nphaser: stopping before the first iteration, with a checkpoint (press Ctrl-C again to abort "
-              "at once)", file=sys.stderr, flush=True)
-
-    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, prev in previous.items():
-            signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
-        _EARLY_STOP.clear()
-
-
 @contextmanager
 def _sigint_handler(ctx: RunContext) -> Iterator[None]:
     """First SIGINT or SIGTERM: ``ctx.stop_requested = True``; a second one: ``KeyboardInterrupt``.
@@ -266,7 +229,7 @@ def _sigint_handler(ctx: RunContext) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    if _EARLY_STOP.is_set():
+    if stop_requested_early():
         ctx.stop_requested = True
 
     def handler(signum: int, frame: Any) -> None:

@@ -610,7 +610,7 @@ def test_a_stop_asked_for_before_the_run_starts_stops_it_cleanly_before_the_firs
     wherever the import was (a traceback), or inside a library callback that swallowed it
     (the run then went on): now the run starts, stops before its first iteration with a
     checkpoint, and resumes from it; a second Ctrl-C still aborts at once."""
-    from phaser_core.runner import early_stop_requests
+    from phaser_core.interrupts import early_stop_requests
 
     out = tmp_path / "out"
     with early_stop_requests():

@@ -1,0 +1,54 @@
+"""Stopping ``phaser run`` with Ctrl-C (SIGINT) or SIGTERM before the run's own handler
+(:func:`phaser_core.runner.run_plan`) is in place: a first signal is recorded, and the run
+stops cleanly before its first iteration."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+#: the signals that stop a run cleanly: Ctrl-C, and what schedulers and `kill` send
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+#: a stop asked for before the run's own handler was in place (:func:`early_stop_requests`)
+_EARLY_STOP = threading.Event()
+
+
+def stop_requested_early() -> bool:
+    """Whether a stop was asked for within :func:`early_stop_requests` (the run reads it
+    when its own handler takes over)."""
+    return _EARLY_STOP.is_set()
+
+
+@contextmanager
+def early_stop_requests() -> Iterator[None]:
+    """Within the block (``phaser run`` from its start: imports, the plan and the data take
+    seconds), a first SIGINT or SIGTERM only sets a flag that the run reads when it starts:
+    it then stops before its first engine with a checkpoint of the initial state. Python's
+    own handler raised KeyboardInterrupt wherever the import was, as a traceback, or inside
+    a library callback that swallows it (jax's garbage-collection callback), and the run
+    went on as if nothing had been pressed. A second signal still aborts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if _EARLY_STOP.is_set():
+            raise KeyboardInterrupt
+        _EARLY_STOP.set()
+        print("\nphaser: stopping before the first iteration, with a checkpoint (press Ctrl-C again to abort "
+              "at once)", file=sys.stderr, flush=True)
+
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, prev in previous.items():
+            signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+        _EARLY_STOP.clear()
