@@ -229,3 +229,20 @@ def test_the_simulated_spread_is_the_one_asked_for(n):
     x, w = _gauss_samples(10.0, n)
     assert w.sum() == pytest.approx(1.0) and np.sum(w * x) == pytest.approx(0.0, abs=1e-12)
     assert np.sqrt(np.sum(w * x * x)) == pytest.approx(10.0, rel=1e-12)
+
+
+def test_every_spec_key_is_documented():
+    """docs/file-formats.md lists the spec's keys (users only had the examples to copy)."""
+    from pathlib import Path
+
+    import attrs
+
+    from phaser_std.data.simulate import CoherenceSpec, ObjectSpec, ScanSpec, SimSpec
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "file-formats.md").read_text()
+    section = text[text.index("## Simulation specs"):]
+    for cls in (SimSpec, ScanSpec, ObjectSpec, CoherenceSpec):
+        for field in attrs.fields(cls):
+            if field.name != "nominal_dose":
+                assert f"`{field.name}`" in section, (cls.__name__, field.name)
+    assert "`nominal_dose`" in section
