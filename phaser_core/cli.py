@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import os
 import re
 import sys
 import typing
@@ -42,12 +43,26 @@ class CommandRegistry:
         return self._subparsers.add_parser(name, help=help, description=help, **kwargs)
 
 
+#: the width [columns] of tables written to a file or a pipe (rich's own default there is 80,
+#: which cut paths and folded every description); ``COLUMNS`` still wins
+PIPE_WIDTH = 160
+
+
+def console(stderr: bool = False) -> Console:
+    """The console the commands print with (plugin commands too): no wrapping of plain
+    lines, no highlighting, and :data:`PIPE_WIDTH` columns when not a terminal."""
+    c = Console(stderr=stderr, soft_wrap=True, highlight=False)
+    if not c.is_terminal and not os.environ.get("COLUMNS"):
+        c = Console(stderr=stderr, soft_wrap=True, highlight=False, width=PIPE_WIDTH)
+    return c
+
+
 def _out() -> Console:
-    return Console(soft_wrap=True, highlight=False)
+    return console()
 
 
 def _err() -> Console:
-    return Console(stderr=True, soft_wrap=True, highlight=False)
+    return console(stderr=True)
 
 
 def _print_plan_error(exc: PlanError, *, as_json: bool = False, source: str | None = None) -> None:

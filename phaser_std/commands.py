@@ -24,29 +24,27 @@ def _pixel_text(sampling_A: tuple[float, float]) -> str:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
+    from phaser_core.cli import console
     from phaser_std.data.simulate import simulate_to_file
 
     sim = simulate_to_file(args.spec, args.out, seed=args.seed)
     n = sim.patterns.shape[0] * sim.patterns.shape[1]
-    Console().print(f"wrote {args.out}: {n} patterns of {sim.patterns.shape[-2]}x{sim.patterns.shape[-1]}, "
+    console().print(f"wrote {args.out}: {n} patterns of {sim.patterns.shape[-2]}x{sim.patterns.shape[-1]}, "
                     f"{sim.phases.shape[0]} slice(s), {sim.probe.shape[0]} probe mode(s), "
                     f"pixel {_pixel_text(sim.sampling_A)}", highlight=False)
     return 0
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
+    from phaser_core.cli import console
     from phaser_std.data.inspect import load_for_inspect, print_summary, write_png
 
     data = load_for_inspect(args.data, key=args.key)
-    console = Console()
-    print_summary(data, console)
+    out = console()
+    print_summary(data, out)
     if args.png:
         write_png(data, args.png)
-        console.print(f"wrote {args.png}", highlight=False)
+        out.print(f"wrote {args.png}", highlight=False)
     return 0
 
 
@@ -172,10 +170,10 @@ def _score_inputs(result: Path, truth: str | None) -> tuple[Path, Path]:
 
 def _cmd_score(args: argparse.Namespace) -> int:
     import h5py
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
+    from phaser_core.cli import console
     from phaser_core.errors import DataError
     from phaser_core.statefile import load_state
     from phaser_std.analysis import score_state
@@ -207,7 +205,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         res = r["frc"]["resolution_A"]
         table.add_row(name, f"{r['pearson']:.4f}", f"{r['rms_rad']:.4f}", f"{r['slope']:.3f}",
                       "-" if res is None else f"{res:.3g}", str(r["n_pixels"]))
-    Console().print(table)
+    console().print(table)
     return 0
 
 

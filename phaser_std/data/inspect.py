@@ -260,7 +260,7 @@ def print_summary(data: RawData, console: Any = None) -> None:
     console = console or Console()
     table = Table(title="phaser inspect")
     for col in ("quantity", "value", "note"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # a long path is folded, not cut
     for row in summary_rows(data):
         table.add_row(*row)
     console.print(table)
