@@ -361,6 +361,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         plan = attrs.evolve(plan, backend=backend)
     if out_dir.exists() and not out_dir.is_dir():
         raise PhaserError(f"--out {out_dir} is a file; the run writes a folder there: choose another --out")
+    if resume:  # before its plan.yaml is rewritten with the --set values
+        from .runner import check_resumable
+
+        check_resumable(plan, out_dir, registry)
     out_dir.mkdir(parents=True, exist_ok=True)
     dump_plan(plan, out_dir / "plan.yaml", registry,
               header=f"resolved plan written by phaser run\n{PLAN_DIR_HEADER}{plan_dir.resolve()}")

@@ -178,16 +178,39 @@ def initial_state(plan: Any, data: Any, registry: Any, plan_dir: Path, notes: li
     return ReconsState(probe=probe, object=obj, scan_A=scan, tilt_mrad=tilt, wavelength_A=wavelength)
 
 
-def _total_iter(path: Path) -> int:
-    """``total_iter`` of a state file without reading its arrays."""
+def _counters(path: Path) -> IterationCounters:
+    """The iteration counters of a state file, without reading its arrays."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            return int(f["iteration"].attrs["total_iter"])
+            a = f["iteration"].attrs
+            return IterationCounters(engine_num=int(a["engine_num"]), engine_iter=int(a["engine_iter"]),
+                                     total_iter=int(a["total_iter"]))
     except (OSError, KeyError) as exc:
         raise StateFileError(f"cannot read the iteration counters of {path}: {exc}. "
                              "The file is damaged or not a phaser state file.") from exc
+
+
+def _total_iter(path: Path) -> int:
+    return _counters(path).total_iter
+
+
+def check_resumable(plan: Any, out_dir: Path, registry: Any) -> None:
+    """A :class:`PhaserError` when ``plan`` (a resume's, perhaps with ``--set``) cannot
+    continue the run in ``out_dir``: fewer engines than it has reached, or an ``niter``
+    below the iterations its engine has done (the run would not change while its
+    plan.yaml said otherwise)."""
+    at = _counters(resume_file(out_dir))
+    engines = tuple(plan.engines)
+    if at.engine_num >= len(engines):
+        raise PhaserError(f"cannot resume {out_dir}: it is at engine {at.engine_num}, and the plan has "
+                          f"{len(engines)} engine(s)")
+    niter = _niter(engines[at.engine_num], registry)
+    if niter is not None and niter < at.engine_iter:
+        raise PhaserError(f"cannot resume {out_dir} with engines[{at.engine_num}].niter = {niter}: that engine has "
+                          f"done {at.engine_iter} iterations already. A resume continues a run: raise niter, or "
+                          "start a new run (init.state can start it from this one's final.h5)")
 
 
 def resume_file(out_dir: Path) -> Path:

@@ -689,3 +689,18 @@ def test_a_refinement_switch_without_its_solver_fails_validation(tmp_path, capsy
             "be refined: give position_solver (e.g. {type: momentum})") in text
     assert "engines[3].update_tilt: is set, but solvers.tilt is null" in text
     assert "engines[2]" not in text and "engines[4]" not in text and "engines[3].update_positions" not in text
+
+
+def test_a_resume_below_the_iterations_done_is_refused_and_leaves_the_plan(tiny_h5, tmp_path, capsys):
+    """`phaser run --resume OUT --set engines[0].niter=0` after 1 iteration ran nothing and
+    rewrote OUT/plan.yaml with niter 0: the plan no longer described the run."""
+    (tmp_path / "d.h5").write_bytes(tiny_h5.read_bytes())
+    plan = _plan(tmp_path, "{type: hdf5, path: d.h5}")
+    rc, text = _run(capsys, plan)
+    assert rc == 0, text
+    written = (tmp_path / "out" / "plan.yaml").read_text()
+    rc, text = _cli(capsys, "run", "--resume", str(tmp_path / "out"), "--set", "engines[0].niter=0", "--quiet")
+    assert rc == 1 and "engines[0].niter = 0: that engine has done 1 iterations already" in text
+    assert (tmp_path / "out" / "plan.yaml").read_text() == written
+    rc, text = _cli(capsys, "run", "--resume", str(tmp_path / "out"), "--set", "engines[0].niter=2", "--quiet")
+    assert rc == 0, text
