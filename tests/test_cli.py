@@ -177,6 +177,7 @@ def fake_runner(monkeypatch):
         return None
 
     module.run_plan = run_plan
+    module.check_resumable = lambda plan, out_dir, registry: None  # the fake run writes no state
     module.RunInterrupted = type("RunInterrupted", (Exception,), {})
     monkeypatch.setitem(sys.modules, "phaser_core.runner", module)
     return calls
