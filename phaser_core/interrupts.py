@@ -43,6 +43,17 @@ def early_stop_requests() -> Iterator[None]:
         print("\nphaser: stopping before the first iteration, with a checkpoint (press Ctrl-C again to abort "
               "at once)", file=sys.stderr, flush=True)
 
+    try:
+        with stop_signals_handled_by(handler):
+            yield
+    finally:
+        _EARLY_STOP.clear()
+
+
+@contextmanager
+def stop_signals_handled_by(handler: Any) -> Iterator[None]:
+    """Within the block, :data:`STOP_SIGNALS` call ``handler(signum, frame)``; the previous
+    handlers come back after it."""
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     for sig in STOP_SIGNALS:
         signal.signal(sig, handler)
@@ -51,4 +62,3 @@ def early_stop_requests() -> Iterator[None]:
     finally:
         for sig, prev in previous.items():
             signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
-        _EARLY_STOP.clear()

@@ -49,7 +49,7 @@ from .context import InitContext, LoadContext, RunContext
 from .data import check_finite, compact_counts, few_counts_warning
 from .errors import DataError, PhaserError, StateFileError
 from .files import CHECKPOINT_NAME, FINAL_NAME, STATES_DIR, holds_previous_run
-from .interrupts import STOP_SIGNALS, stop_requested_early
+from .interrupts import stop_requested_early, stop_signals_handled_by
 from .observer import announce, notify
 from .registry import get_registry
 from .state import IterationCounters, Progress, ReconsState
@@ -263,14 +263,8 @@ def _sigint_handler(ctx: RunContext) -> Iterator[None]:
         print(f"\nphaser: stopping after the current iteration and writing a checkpoint "
               f"({again} again to abort at once)", file=sys.stderr, flush=True)
 
-    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, handler)
-    try:
+    with stop_signals_handled_by(handler):
         yield
-    finally:
-        for sig, prev in previous.items():
-            signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
 
 
 def _interrupted(state: ReconsState, out_dir: Path | None) -> RunInterrupted:
