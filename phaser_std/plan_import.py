@@ -26,6 +26,8 @@ import math
 import os
 from typing import Any, Mapping
 
+import numpy as np
+
 from phaser_core.plan_errors import format_path
 
 __all__ = ["import_phaserem_plan", "rebase_paths"]
@@ -540,19 +542,7 @@ class _Importer:
             return None
         self.unknown(props, {"shape", "step_size", "rotation", "affine"}, path)
         rot = props.get("rotation")
-        affine = props.get("affine")
-        if affine is not None:
-            identity = [[1, 0], [0, 1]]
-            try:
-                is_id = [[float(x) for x in row] for row in affine] == identity
-            except (TypeError, ValueError):
-                is_id = False
-            if not is_id:
-                self.note(path + ("affine",), "a raster affine is not converted (phaserEM applies it to row "
-                                              "vectors before its rotation and step, ours `init.scan.affine` "
-                                              "acts on (y, x) column vectors after them); dropped: set ours by "
-                                              "hand (an EMPAD metadata scan_correction still applies with "
-                                              "from_data)")
+        affine = self.raster_affine(props.get("affine"), float(rot or 0.0), path + ("affine",))
         shape = props.get("shape")
         step = props.get("step_size")
         if shape is None and step is None:
@@ -560,6 +550,10 @@ class _Importer:
             out: dict[str, Any] = {"type": "from_data"}
             if rot:
                 out["rotation_deg"] = -float(rot)
+            if affine is not None:
+                self.note(path + ("affine",), "a raster affine on the loader's raster is not carried (our "
+                                              "from_data has none; give init.scan {type: raster, shape, step_A, "
+                                              f"affine: {affine}}}")
             return out
         out = {"type": "raster"}
         if shape is not None:
@@ -568,14 +562,33 @@ class _Importer:
             out["step_A"] = [float(s) for s in step] if isinstance(step, (list, tuple)) else float(step)
         if rot:
             out["rotation_deg"] = -float(rot)
-            if isinstance(step, (list, tuple)) and len(step) == 2 and float(step[0]) != float(step[1]):
-                self.note(path, "unequal y and x steps with a rotation: phaserEM rotated before scaling by "
-                                "the step (a sheared grid), ours scales first; the grids differ")
+        if affine is not None:
+            out["affine"] = affine
         self.note(path, "raster: phaserEM's grid runs from −n/2 to n/2 − 1 steps, ours is centred (a shift "
                         "of half a step of the whole reconstruction)"
                         + ("; phaserEM also applied the EMPAD metadata's scan_correction, our raster does "
                            "not" if self.loader_type == "empad" else ""))
         return out
+
+    def raster_affine(self, affine: Any, rotation_deg: float, path: tuple) -> list | None:
+        """phaserEM's raster ``affine`` (applied to the stepped grid's (y, x) column vectors
+        before its rotation R) as ours (applied after the rotation): R·A·Rᵀ, the same
+        positions; None for none or the identity."""
+        if affine is None:
+            return None
+        try:
+            a = np.asarray(affine, dtype=np.float64)
+        except (TypeError, ValueError):
+            a = None
+        if a is None or a.shape != (2, 2):
+            self.note(path, f"not a 2x2 matrix ({affine!r}); dropped")
+            return None
+        if np.array_equal(a, np.eye(2)):
+            return None
+        th = math.radians(rotation_deg)
+        r = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+        ours = r @ a @ r.T if rotation_deg else a
+        return [[float(f"{v:.12g}") for v in row] for row in ours]
 
     def tilt(self, value: Any, path: tuple) -> None:
         kind, props = self.hook(value)
@@ -1030,8 +1043,7 @@ class _Importer:
             where = ", ".join(format_path(p) for p, _ in self.save_every)
             self.note(("output", "state_every"), f"from save ({where}): "
                                                  f"a state every {n} iterations of the whole run and after each "
-                                                 "engine (phaserEM counted per engine and, off by one, saved the "
-                                                 "state after N − 1 iterations in iterN.h5)")
+                                                 "engine (phaserEM counted the iterations of each engine)")
         if self.image_every:
             n = min(e for _, e in self.image_every)
             out["image_every"] = n
