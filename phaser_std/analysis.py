@@ -59,15 +59,49 @@ def remove_ramp(values: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarra
     return values - (a @ coef).reshape(values.shape)
 
 
+def scanned_box_A(scan_A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo, hi)`` (y, x) [Å]: the bounding box of ``scan_A`` ``(N, 2)``, shrunk about its
+    centre until its corners lie inside the positions' convex hull (to within their typical
+    spacing, so a jittered raster keeps its box): a rotated raster's bounding box holds
+    unscanned corners, which scored as if reconstructed (Pearson 0.913 against 0.985 over
+    the scanned area for a raster turned by 30°)."""
+    pos = np.asarray(scan_A, dtype=np.float64)
+    lo, hi = pos.min(axis=0), pos.max(axis=0)
+    try:
+        from scipy.spatial import ConvexHull, QhullError, cKDTree
+
+        hull = ConvexHull(pos)
+    except (ImportError, QhullError, ValueError):
+        return lo, hi  # collinear or too few positions: the box is the scanned area
+    spacing = float(np.median(cKDTree(pos).query(pos, k=2)[0][:, 1]))
+    centre = 0.5 * (lo + hi)
+
+    def inside(f: float) -> bool:
+        half = 0.5 * f * (hi - lo)
+        corners = centre + np.array([[-1, -1], [-1, 1], [1, -1], [1, 1]]) * half
+        return bool(np.all(corners @ hull.equations[:, :2].T + hull.equations[:, 2] <= spacing))
+
+    if inside(1.0):
+        return lo, hi
+    f_in, f_out = 0.0, 1.0
+    for _ in range(30):
+        f = 0.5 * (f_in + f_out)
+        f_in, f_out = (f, f_out) if inside(f) else (f_in, f)
+    half = 0.5 * f_in * (hi - lo)
+    return centre - half, centre + half
+
+
 def scan_box(shape: tuple, sampling_A: Any, corner_A: Any, scan_A: np.ndarray,
              margin_A: float = 0.0) -> tuple[int, int, int, int]:
-    """Pixel bounds ``(i0, i1, j0, j1)`` [px] of the bounding box of ``scan_A`` ``(N, 2)``
-    (y, x) [Å], shrunk by ``margin_A`` [Å] on each side, on a grid of ``shape`` with pixel
-    size ``sampling_A`` (y, x) [Å] and pixel (0, 0)'s centre at ``corner_A`` (y, x) [Å]."""
+    """Pixel bounds ``(i0, i1, j0, j1)`` [px] of the scanned box of ``scan_A`` ``(N, 2)``
+    (y, x) [Å] (:func:`scanned_box_A`), shrunk by ``margin_A`` [Å] on each side, on a grid of
+    ``shape`` with pixel size ``sampling_A`` (y, x) [Å] and pixel (0, 0)'s centre at
+    ``corner_A`` (y, x) [Å]."""
     s = np.broadcast_to(np.asarray(sampling_A, dtype=np.float64), (2,))
     corner = np.asarray(corner_A, dtype=np.float64)
-    lo = np.asarray(scan_A).min(axis=0) + margin_A
-    hi = np.asarray(scan_A).max(axis=0) - margin_A
+    box_lo, box_hi = scanned_box_A(scan_A)
+    lo = box_lo + margin_A
+    hi = box_hi - margin_A
     i0, j0 = np.maximum(np.ceil((lo - corner) / s).astype(int), 0)
     i1, j1 = np.minimum(np.floor((hi - corner) / s).astype(int) + 1, shape[-2:])
     if i1 - i0 < 3 or j1 - j0 < 3:
@@ -81,7 +115,8 @@ def phase_score(recon_phase: np.ndarray, recon_sampling_A: Any, recon_corner_A: 
     """Compare a reconstructed phase (H, W) [rad] with the ground truth, band-limited to
     the reconstruction's Nyquist frequency 1/(2·``recon_sampling_A``).
 
-    Only pixels inside the bounding box of ``scan_A`` (shrunk by ``margin_A`` [Å]) count.
+    Only pixels inside the scanned box of ``scan_A`` (:func:`scanned_box_A`, shrunk by
+    ``margin_A`` [Å]) count.
     Returns ``{"pearson", "rms_rad", "slope", "n_pixels"}`` after removing an offset and a
     phase ramp from both images (``slope``: the least-squares factor of reconstructed
     against true phase), and with ``with_frc`` their :func:`frc` as ``"frc"``.

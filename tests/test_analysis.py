@@ -117,3 +117,36 @@ def test_frc_of_a_crystal_does_not_stop_between_its_reflections():
     for rings in (24, 150):
         result = frc(recon, truth, s, n_rings=rings)
         assert result["resolution_A"] is None or result["resolution_A"] < 1.0, (rings, result["resolution_A"])
+
+
+def test_a_rotated_scan_is_scored_inside_the_area_it_covers():
+    """The bounding box of a raster turned by 30° holds unscanned corners, which scored as
+    reconstructed; the box now shrinks about its centre until its corners are in the scan's
+    hull. An axis-aligned raster, jittered, keeps its bounding box."""
+    from phaser_std.analysis import phase_score, scanned_box_A
+    from phaser_std.physics.scan import raster_scan
+
+    rng = np.random.default_rng(0)
+    straight = raster_scan((10, 10), 1.0) + rng.normal(0, 0.2, (100, 2))
+    lo, hi = scanned_box_A(straight)
+    np.testing.assert_array_equal(lo, straight.min(axis=0))
+    np.testing.assert_array_equal(hi, straight.max(axis=0))
+    turned = raster_scan((10, 10), 1.0, rotation_deg=30.0)
+    lo, hi = scanned_box_A(turned)
+    assert np.all(hi - lo < 0.85 * np.ptp(turned, axis=0))  # 12.3 Å across: its corners are unscanned
+    # a reconstruction right up to a step beyond the outermost positions (where the probe
+    # still lights it), noise in the unscanned corners: scored ≈ 1 (the truth's pixel
+    # (i, j) at (i, j)·s [Å]; the scan moved into that frame)
+    from scipy.spatial import ConvexHull
+
+    s = 0.25
+    turned = turned + 10.0
+    yy, xx = np.mgrid[0:80, 0:80] * s
+    truth = np.sin(2.1 * yy) * np.cos(1.7 * xx)
+    recon = truth.copy()
+    eq = ConvexHull(turned).equations
+    pixels = np.stack([yy.ravel(), xx.ravel()], axis=-1)
+    outside = np.any(pixels @ eq[:, :2].T + eq[:, 2] > 1.0, axis=1).reshape(yy.shape)
+    recon[outside] = rng.normal(0, 1, outside.sum())
+    score = phase_score(recon, (s, s), (0.0, 0.0), truth, (s, s), turned, periodic=False)
+    assert score["pearson"] > 0.999, score
