@@ -124,3 +124,18 @@ def test_a_nan_pattern_neither_breaks_the_edge_estimate_nor_the_scale():
     live = float(disc.sum() - disc[16, 24])
     assert np.sum(np.abs(probe) ** 2) == pytest.approx(live, rel=1e-5)
     np.testing.assert_allclose(probe / np.sqrt(live), soft, atol=1e-6)
+
+
+def test_a_raster_built_from_metadata_takes_the_files_recorded_rotation():
+    """A file without /scan_positions but with `scan_rotation_deg` (as phaser simulate
+    writes): the raster ignored the rotation, and an abTEM raster turned by 30° scored
+    Pearson 0.03 (0.984 now, with no plan setting). The plan's rotation_deg adds to it."""
+    data = _data(scan_rotation_deg=30.0)
+    scan = init_scan_from_data(FromDataScanConfig(), InitContext(data=data))
+    np.testing.assert_allclose(scan, raster_scan((3, 4), (0.5, 0.5), 30.0), atol=1e-12)
+    scan = init_scan_from_data(FromDataScanConfig(rotation_deg=-5.0), InitContext(data=data))
+    np.testing.assert_allclose(scan, raster_scan((3, 4), (0.5, 0.5), 25.0), atol=1e-12)
+    # recorded positions already hold the rotation: the attribute is not applied again
+    positions = raster_scan((3, 4), (0.5, 0.5), 30.0)
+    scan = init_scan_from_data(FromDataScanConfig(), InitContext(data=data.replace(scan_positions_A=positions)))
+    np.testing.assert_allclose(scan, positions, atol=1e-12)

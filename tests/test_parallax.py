@@ -194,8 +194,9 @@ def test_parallax_finds_a_scan_rotation(tmp_path, rotation):
 
 def test_a_run_judges_the_scan_it_will_use(tmp_path):
     """The check fits the run's own scan positions (``init.scan.rotation_deg`` applied): a
-    raster rotated by +20° and stored without its positions warns with no rotation set, is
-    quiet with the right one, and asks for +40° more with the wrong sign."""
+    raster rotated by +20° and stored without its positions or its recorded rotation warns
+    with no rotation set, is quiet with the right one, and asks for +40° more with the
+    wrong sign."""
     import h5py
 
     path = make_dataset(tmp_path / "rot20.h5", defocus_A=80.0, dose=1e4, scan={**SCAN, "rotation_deg": 20.0})
@@ -207,6 +208,12 @@ def test_a_run_judges_the_scan_it_will_use(tmp_path):
         assert len(notes) <= 1
         return float(notes[0].split("add ")[1].split("°")[0]) if notes else None
 
+    # the file still records its rotation (scan_rotation_deg): the raster takes it, and
+    # the plan's rotation adds to it
+    assert added(0.0) is None
+    assert added(-20.0) == pytest.approx(20.0, abs=2.0)
+    with h5py.File(path, "a") as f:
+        del f.attrs["scan_rotation_deg"]
     assert added(0.0) == pytest.approx(20.0, abs=2.0)
     assert added(20.0) is None
     assert added(-20.0) == pytest.approx(40.0, abs=3.0)

@@ -310,8 +310,20 @@ def init_random_object(config: RandomObjectConfig, ctx: Any) -> ObjectState:
 class FromDataScanConfig:
     """Scan positions recorded with the data, else a raster from its scan shape and step."""
 
-    rotation_deg: float = param(0.0, unit="deg", doc="scan rotation: applied when building a raster, and "
-                                "about their centroid to positions recorded with the data")
+    rotation_deg: float = param(0.0, unit="deg", doc="scan rotation: applied when building a raster (added to "
+                                "the file's scan_rotation_deg), and about their centroid to positions recorded "
+                                "with the data")
+
+
+def recorded_rotation_deg(data: Any) -> float:
+    """The raster rotation [deg] the data file records (its ``scan_rotation_deg``
+    attribute, as ``phaser simulate`` writes), 0 when absent or not a number."""
+    value = (getattr(data, "extra", None) or {}).get("scan_rotation_deg")
+    try:
+        value = float(np.asarray(value, dtype=np.float64).reshape(()))
+    except (TypeError, ValueError):
+        return 0.0
+    return value if np.isfinite(value) else 0.0
 
 
 def init_scan_from_data(config: FromDataScanConfig, ctx: Any) -> np.ndarray:
@@ -331,7 +343,7 @@ def init_scan_from_data(config: FromDataScanConfig, ctx: Any) -> np.ndarray:
                             f"{' or '.join(f'{k} ({units[k]})' for k in missing)} {data.metadata_source}; set "
                             f"{' and '.join('raw_data.' + k for k in missing)} in the plan, or use "
                             "init.scan {type: raster, shape: [ny, nx], step_A: ...}")
-        scan = raster_scan(data.scan_shape, data.scan_step_A, config.rotation_deg)
+        scan = raster_scan(data.scan_shape, data.scan_step_A, recorded_rotation_deg(data) + config.rotation_deg)
     if scan.shape[0] != data.n_patterns:
         raise DataError(f"{data.source or 'the raw data'}: the scan has {scan.shape[0]} positions but there are "
                         f"{data.n_patterns} patterns")
