@@ -528,7 +528,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .interrupts import early_stop_requests
 
     try:
-        with early_stop_requests() if argv[:1] == ["run"] else nullcontext():
+        # (a dry run reaches no run_plan to read the stop: a signal acts at once there)
+        with early_stop_requests() if argv[:1] == ["run"] and "--dry-run" not in argv else nullcontext():
             return _main(argv)
     except KeyboardInterrupt:
         _err().print("[yellow]interrupted[/yellow]")

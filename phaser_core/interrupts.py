@@ -14,14 +14,20 @@ from typing import Any, Iterator
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-#: a stop asked for before the run's own handler was in place (:func:`early_stop_requests`)
-_EARLY_STOP = threading.Event()
+#: within :func:`early_stop_requests`: whether a stop was asked for, and whether the run
+#: has taken its own handler (plain values: a signal handler must not wait on a lock)
+_EARLY = {"stop": False, "run": False}
 
 
 def stop_requested_early() -> bool:
     """Whether a stop was asked for within :func:`early_stop_requests` (the run reads it
-    when its own handler takes over)."""
-    return _EARLY_STOP.is_set()
+    when its own handler takes over, and then counts as started: :func:`run_started`)."""
+    return _EARLY["stop"]
+
+
+def run_started() -> None:
+    """The run has its own handler: after it returns, a signal acts at once again."""
+    _EARLY["run"] = True
 
 
 @contextmanager
@@ -36,10 +42,12 @@ def early_stop_requests() -> Iterator[None]:
         yield
         return
 
+    _EARLY.update(stop=False, run=False)  # (run_plan outside this block sets "run" too)
+
     def handler(signum: int, frame: Any) -> None:
-        if _EARLY_STOP.is_set():
+        if _EARLY["stop"] or _EARLY["run"]:
             raise KeyboardInterrupt
-        _EARLY_STOP.set()
+        _EARLY["stop"] = True
         print("\nphaser: stopping before the first iteration, with a checkpoint (press Ctrl-C again to abort "
               "at once)", file=sys.stderr, flush=True)
 
@@ -47,7 +55,7 @@ def early_stop_requests() -> Iterator[None]:
         with stop_signals_handled_by(handler):
             yield
     finally:
-        _EARLY_STOP.clear()
+        _EARLY.update(stop=False, run=False)
 
 
 @contextmanager

@@ -49,7 +49,7 @@ from .context import InitContext, LoadContext, RunContext
 from .data import check_finite, compact_counts, few_counts_warning
 from .errors import DataError, PhaserError, StateFileError
 from .files import CHECKPOINT_NAME, FINAL_NAME, STATES_DIR, holds_previous_run
-from .interrupts import stop_requested_early, stop_signals_handled_by
+from .interrupts import run_started, stop_requested_early, stop_signals_handled_by
 from .observer import announce, notify
 from .registry import get_registry
 from .state import IterationCounters, Progress, ReconsState
@@ -254,6 +254,7 @@ def _sigint_handler(ctx: RunContext) -> Iterator[None]:
         return
     if stop_requested_early():
         ctx.stop_requested = True
+    run_started()
 
     def handler(signum: int, frame: Any) -> None:
         if ctx.stop_requested:

@@ -623,3 +623,14 @@ def test_a_stop_asked_for_before_the_run_starts_stops_it_cleanly_before_the_firs
     state = run_plan(make_plan(niters=(2,)), out_dir=out, registry=make_registry(), resume=True, quiet=True)
     assert state.iteration.total_iter == 2
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the previous handler is back
+
+
+def test_once_the_run_has_had_its_handler_a_signal_acts_at_once_again():
+    """After run_plan returns (the early handler back in place), or in a dry run (which
+    reaches no run_plan), a first Ctrl-C must not be recorded for a run that never reads it."""
+    from phaser_core.interrupts import early_stop_requests, run_started
+
+    with early_stop_requests():
+        run_started()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
