@@ -704,3 +704,18 @@ def test_a_resume_below_the_iterations_done_is_refused_and_leaves_the_plan(tiny_
     assert (tmp_path / "out" / "plan.yaml").read_text() == written
     rc, text = _cli(capsys, "run", "--resume", str(tmp_path / "out"), "--set", "engines[0].niter=2", "--quiet")
     assert rc == 0, text
+
+
+def test_a_zero_scan_step_beside_recorded_positions_reads_as_unknown(tiny_h5, tmp_path):
+    """A converter may write 0 for a step it does not know; with the positions recorded the
+    step is not used, so the file runs on its positions (refusing it pointed at
+    raw_data.scan_step_A, which replaces the positions with an ideal raster)."""
+    from phaser_core.plan import load_plan
+    from phaser_core.registry import get_registry
+    from phaser_core.runner import load_data
+
+    def edit(f):
+        f.attrs["scan_step_A"] = [0.0, 0.0]
+    _variant(tiny_h5, tmp_path, "d.h5", edit)
+    data = load_data(load_plan(_plan(tmp_path, "{type: hdf5, path: d.h5}")), get_registry(), tmp_path)
+    assert data.scan_step_A is None and data.scan_positions_A is not None

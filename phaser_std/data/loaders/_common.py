@@ -67,8 +67,8 @@ class LoaderCommon:
         None, unit="mrad", doc="(y, x) beam tilt in the object's frame (the detector orientation keys leave it "
         "alone), the reconstruction's initial global tilt; overrides the file", converter=direction_or_none)
     scan_step_A: float | tuple[float, float] | None = param(
-        None, unit="Å", doc="(y, x) raster step; overrides the file's step and the scan positions the file records "
-        "(the scan is then the raster of this step)", converter=pair_or_none)
+        None, unit="Å", doc="(y, x) raster step; overrides the file's step (the hdf5 loader: and the scan positions "
+        "the file records; the scan is then the raster of this step)", converter=pair_or_none)
     scan_shape: tuple[int, int] | None = param(None, doc="(ny, nx) raster shape; overrides the file",
                                                 converter=int_pair_or_none)
 
@@ -185,12 +185,15 @@ def apply_overrides(data: RawData, cfg: Any, *, file_angular_mrad: tuple[float, 
     changes: dict[str, Any] = {}
     if data.defocus_A is not None and not math.isfinite(data.defocus_A):
         changes["defocus_A"] = None  # a file's NaN: unknown (the probe then takes the parallax's)
+    if data.scan_positions_A is not None and data.scan_step_A is not None and not _positive(data.scan_step_A):
+        changes["scan_step_A"] = None  # unused beside recorded positions: a placeholder 0 is unknown
     for key in ("energy_eV", "convergence_angle_mrad", "defocus_A", "tilt_mrad", "scan_step_A", "scan_shape"):
         v = getattr(cfg, key, None)
         if v is not None:
             changes[key] = v
     data = data.replace(**changes)
     check_metadata(data)
+    check_positive(getattr(cfg, "scan_step_A", None), "scan_step_A", "Å", data.source)
     if getattr(cfg, "defocus_A", None) is not None and not math.isfinite(cfg.defocus_A):
         raise DataError(f"{data.source or 'the raw data'}: raw_data.defocus_A is {cfg.defocus_A}; give a number "
                         "[Å] (positive = underfocus), or leave it out to use the file's (or the parallax's)")
@@ -222,24 +225,29 @@ def check_scan_shape(data: RawData) -> None:
                         "raw_data.scan_shape in the plan (it overrides the file's)")
 
 
+def _positive(value: Any) -> bool:
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    return all(isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v) and v > 0 for v in values)
+
+
 def check_positive(value: Any, name: str, unit: str, source: str | None) -> None:
     """A :class:`DataError` unless ``value`` (a number or a (y, x) pair) is ``None`` or
     finite and positive; it names the file, the attribute and the plan key that overrides it."""
     if value is None:
         return
-    values = value if isinstance(value, (tuple, list)) else (value,)
-    if not all(isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v) and v > 0
-               for v in values):
+    if not _positive(value):
         raise DataError(f"{source or 'the raw data'}: {name} is {value!r}, it must be a positive number [{unit}]; "
                         f"fix the data file or set raw_data.{name} in the plan")
 
 
 def check_metadata(data: RawData) -> None:
-    """Beam energy, convergence angle and scan step, when known, must be positive (see
-    :func:`check_positive`)."""
+    """Beam energy and convergence angle, when known, must be positive (see
+    :func:`check_positive`), and the scan step too where it makes the scan (no recorded
+    positions)."""
     check_positive(data.energy_eV, "energy_eV", "eV", data.source)
     check_positive(data.convergence_angle_mrad, "convergence_angle_mrad", "mrad", data.source)
-    check_positive(data.scan_step_A, "scan_step_A", "Å", data.source)
+    if data.scan_positions_A is None:
+        check_positive(data.scan_step_A, "scan_step_A", "Å", data.source)
 
 
 def number_attr(value: Any, name: str, unit: str, source: Any, *, pair: bool = False) -> Any:
