@@ -181,24 +181,50 @@ class PhaseRampConfig:
     remove_offset: bool = param(True, doc="also remove the (weighted) mean phase of each slice")
 
 
-def illumination_map(probe: np.ndarray, scan_A: np.ndarray, geometry: Any) -> np.ndarray:
-    """Σ over scan positions of the probe intensity Σ_modes |P|² on the object grid ``(H, W)``
-    (host float64), each view at its integer corner (a weight needs no sub-pixel shift):
-    the count of corners convolved with the probe intensity, by FFT (O(H·W·log), whatever
-    the number of positions). The views lie inside the grid, so the cyclic convolution does
-    not wrap."""
-    from phaser_std.physics.forward import scan_to_pixels
+class IlluminationMap:
+    """Σ over scan positions of the probe intensity Σ_modes |P|² on the object grid
+    ``(H, W)`` (a backend array), each view at its integer corner (a weight needs no
+    sub-pixel shift): the count of corners convolved with the probe intensity by FFT, on
+    the backend (O(H·W·log), whatever the number of positions). The corners are counted on
+    the host (O(N)); the counts' transform is made again only when the positions move. The
+    views lie inside the grid, so the cyclic convolution does not wrap."""
 
-    intensity = np.sum(np.abs(np.asarray(probe)) ** 2, axis=0)  # (Ny, Nx)
-    h, w = (int(n) for n in geometry.shape[-2:])
-    starts, _ = scan_to_pixels(np.asarray(scan_A, dtype=np.float64), geometry.corner_A, geometry.sampling_A,
-                               intensity.shape)
-    starts = np.asarray(starts, dtype=np.int64)
-    counts = np.zeros((h, w))
-    np.add.at(counts, (starts[:, 0] % h, starts[:, 1] % w), 1.0)
-    kernel = np.zeros((h, w))
-    kernel[:intensity.shape[0], :intensity.shape[1]] = intensity
-    return np.maximum(np.fft.irfft2(np.fft.rfft2(counts) * np.fft.rfft2(kernel), s=(h, w)), 0.0)
+    def __init__(self, bk: Any, geometry: Any, probe_shape: tuple[int, int]):
+        self.bk, self.geometry = bk, geometry
+        self.probe_shape = (int(probe_shape[0]), int(probe_shape[1]))
+        self._starts: np.ndarray | None = None
+        self._counts_ft: Any = None
+        h, w = (int(n) for n in geometry.shape[-2:])
+        py, px = self.probe_shape
+
+        def convolve(counts_ft: Any, probe: Any) -> Any:
+            xp = bk.xp
+            kernel = xp.pad(xp.sum(xp.real(probe * xp.conj(probe)), axis=0), ((0, h - py), (0, w - px)))
+            return xp.maximum(xp.fft.irfft2(counts_ft * xp.fft.rfft2(kernel), s=(h, w)), 0.0)
+
+        self._convolve = bk.jit(convolve)
+
+    def __call__(self, probe: Any, scan_A: np.ndarray) -> Any:
+        from phaser_std.physics.forward import scan_to_pixels
+
+        g = self.geometry
+        starts = np.asarray(scan_to_pixels(np.asarray(scan_A, dtype=np.float64), g.corner_A, g.sampling_A,
+                                           self.probe_shape)[0], dtype=np.int64)
+        if self._starts is None or not np.array_equal(starts, self._starts):
+            h, w = (int(n) for n in g.shape[-2:])
+            counts = np.zeros((h, w))
+            np.add.at(counts, (starts[:, 0] % h, starts[:, 1] % w), 1.0)
+            self._counts_ft = self.bk.xp.fft.rfft2(self.bk.asarray(counts))
+            self._starts = starts
+        return self._convolve(self._counts_ft, probe)
+
+
+def illumination_map(probe: np.ndarray, scan_A: np.ndarray, geometry: Any) -> np.ndarray:
+    """:class:`IlluminationMap` once, on the host (float64)."""
+    from phaser_std.backends.numpy_backend import NumpyBackend
+
+    probe = np.asarray(probe)
+    return IlluminationMap(NumpyBackend("float64"), geometry, probe.shape[-2:])(probe, scan_A)
 
 
 def needs_illumination(constraints: list) -> bool:

@@ -28,7 +28,7 @@ from phaser_std.engines.common import (
     stop_when_param,
     switches_without_solver,
 )
-from phaser_std.engines.constraints import illumination_map, needs_illumination
+from phaser_std.engines.constraints import IlluminationMap, needs_illumination
 from phaser_std.engines.conventional_solvers import has_chunked_rule, make_group_step
 from phaser_std.engines.gradient_step import slice_dz, tilt_ramps
 from phaser_std.engines.noise_models import build_noise_model, on_valid_pixels
@@ -192,7 +192,7 @@ class ConventionalEngine:
                 live["shift"][indices[masks]] += shifts[masks] * sampling
             return joined(bk, [losses for losses, _ in blocks])
 
-        weighted = needs_illumination(iter_constraints)
+        illumination_of = IlluminationMap(bk, geometry, probe_shape) if needs_illumination(iter_constraints) else None
 
         def iteration_constraints(probe_, obj_, it, illumination=None):
             return apply_constraints(bk, iter_constraints, probe_, obj_,
@@ -203,8 +203,7 @@ class ConventionalEngine:
 
         def end_iteration(it):
             if iter_constraints:
-                illumination = (bk.asarray(illumination_map(bk.to_numpy(live["probe"]), live["scan"], geometry))
-                                if weighted else None)
+                illumination = None if illumination_of is None else illumination_of(live["probe"], live["scan"])
                 live["probe"], live["obj"] = iteration_constraints(live["probe"], live["obj"],
                                                                    bk.asarray(np.int32(it)), illumination)
             if positions_on(it):

@@ -38,7 +38,7 @@ from phaser_std.engines.chunking import engine_chunk, gradient_lane_budget
 from phaser_std.engines.common import (REFINE_SWITCH, EngineLoop, GroupingConfig, engine_arrays, joined,
                                        resample_for_engine, scan_groups, sim_shape_param, StopConfig, stop_when_param,
                                        switches_without_solver)
-from phaser_std.engines.constraints import illumination_map, needs_illumination
+from phaser_std.engines.constraints import IlluminationMap, needs_illumination
 from phaser_std.engines.gradient_step import GroupModel, StepCounter, make_group_step, slice_dz
 from phaser_std.engines.noise_models import build_noise_model, on_valid_pixels
 from phaser_std.physics.grid import on_grid
@@ -296,7 +296,7 @@ class GradientEngine:
             # positions' indices (sums, per-position tilt) stay those of the whole scan
             return joined(bk, feed.run_blocks(indices, call))
 
-        weighted = needs_illumination(iter_constraints)
+        illumination_of = IlluminationMap(bk, geometry, probe_shape) if needs_illumination(iter_constraints) else None
 
         def iteration_constraints(probe_, obj_, it, illumination=None):
             # compiled once on jax (the iteration is a traced value): eager, each operation
@@ -312,8 +312,7 @@ class GradientEngine:
             refine = fl["grad_positions"] or fl["grad_tilt"]
             if not (iter_constraints or refine):
                 return  # nothing to constrain, no probe intensity to read: no call, no wait
-            illumination = (bk.asarray(illumination_map(bk.to_numpy(live["probe"]), live["scan"], geometry))
-                            if weighted and iter_constraints else None)
+            illumination = None if illumination_of is None else illumination_of(live["probe"], live["scan"])
             live["probe"], live["object"], probe_int = iteration_constraints(
                 live["probe"], live["object"], bk.asarray(np.int32(it)), illumination)
             if not refine:
