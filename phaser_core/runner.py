@@ -239,7 +239,7 @@ def resumed_engine(plan: Any, state: ReconsState, registry: Any) -> int:
     num = int(state.iteration.engine_num)
     engines = tuple(plan.engines)
     niter = _niter(engines[num], registry) if num < len(engines) else None
-    return num + 1 if niter is not None and int(state.iteration.engine_iter) >= niter else num
+    return num + 1 if niter is not None and int(state.iteration.engine_iter) >= niter else num  # finished
 
 
 # -- Ctrl-C and SIGTERM -------------------------------------------------------------------
@@ -378,15 +378,14 @@ def run_plan(plan: Any, *, out_dir: Path | None = None, registry: Any = None, re
 
                 state = load_state(resume_from)
                 check_state_fits_data(state, data, resume_from)
-                first = int(state.iteration.engine_num)
+                first = resumed_engine(plan, state, registry)  # the next one when its engine had finished
             else:
                 notes: list[str] = []
                 state = initial_state(plan, data, registry, plan_dir, notes=notes)
                 for text in notes:
                     announce(ctx, text)
                 first = 0
-            ctx.backend, note = _check_memory(plan, data, state, registry, backend,
-                                              first_engine=resumed_engine(plan, state, registry) if resume else 0)
+            ctx.backend, note = _check_memory(plan, data, state, registry, backend, first_engine=first)
             if note:
                 announce(ctx, note)
             if replaces_previous:
@@ -400,10 +399,7 @@ def run_plan(plan: Any, *, out_dir: Path | None = None, registry: Any = None, re
                 if num < first:
                     continue
                 niter = _niter(spec, registry)
-                if resume and num == first:
-                    if niter is not None and int(state.iteration.engine_iter) >= niter:
-                        continue  # finished before the interruption
-                else:
+                if not (resume and num == int(state.iteration.engine_num)):  # a resumed engine keeps its counters
                     state = attrs.evolve(state, iteration=IterationCounters(
                         engine_num=num, engine_iter=0, total_iter=int(state.iteration.total_iter)))
                 ctx.engine_num = num

@@ -17,21 +17,16 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _pixel_text(sampling_A: tuple[float, float]) -> str:
-    """A (y, x) pixel size [Å] as one number when square, else the pair."""
-    y, x = (float(v) for v in sampling_A)
-    return f"{y:.4g} Å" if f"{y:.4g}" == f"{x:.4g}" else f"({y:.4g}, {x:.4g}) Å (y, x)"
-
-
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from phaser_core.cli import console
+    from phaser_std.data.inspect import _fmt  # one number when square, else the (y, x) pair
     from phaser_std.data.simulate import simulate_to_file
 
     sim = simulate_to_file(args.spec, args.out, seed=args.seed)
     n = sim.patterns.shape[0] * sim.patterns.shape[1]
     console().print(f"wrote {args.out}: {n} patterns of {sim.patterns.shape[-2]}x{sim.patterns.shape[-1]}, "
                     f"{sim.phases.shape[0]} slice(s), {sim.probe.shape[0]} probe mode(s), "
-                    f"pixel {_pixel_text(sim.sampling_A)}", highlight=False)
+                    f"pixel {_fmt(tuple(float(v) for v in sim.sampling_A), 'Å')}", highlight=False)
     return 0
 
 

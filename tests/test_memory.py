@@ -477,8 +477,19 @@ def test_the_device_check_takes_the_engine_that_needs_the_most_device_memory(tin
 
 
 def test_a_resume_is_judged_on_the_engines_it_will_run(tiny, tmp_path, monkeypatch):
-    """Resumed after a heavy first engine finished, the run needs only the light second
-    one: refused before (the finished engine's estimate), it runs now."""
+    """Stopped when a heavy first engine had finished, the resume needs only the light
+    second one: under a budget between the two estimates it was refused (the finished
+    engine's estimate), and it runs now."""
+    from phaser_core.memory import GiB, estimate_run
+    from phaser_core.observer import Observer
+    from phaser_core.registry import get_registry
+    from phaser_core.runner import RunInterrupted, load_data, resumed_engine
+    from phaser_core.statefile import load_state
+
+    class StopAfterTheFirstEngine(Observer):
+        def after_engine(self, engine, state, ctx):
+            ctx.stop_requested = True
+
     d = json.loads(tiny.read_text())
     d["engines"].append({"type": "conventional", "niter": 1, "grouping": {"size": 4}, "solver": "epie",
                          "probe_modes": 1, "slices": {"n": 1}})
@@ -486,16 +497,28 @@ def test_a_resume_is_judged_on_the_engines_it_will_run(tiny, tmp_path, monkeypat
     path.write_text(json.dumps(d))
     plan = load_plan(path)
     out = tmp_path / "run"
-    run_plan(plan, out_dir=out, plan_dir=tiny.parent, quiet=True)
-    from phaser_core.memory import estimate_run
-    from phaser_core.runner import load_data, resumed_engine
-    from phaser_core.registry import get_registry
-    from phaser_core.statefile import load_state
-
-    data = load_data(plan, get_registry(), tiny.parent)
-    state = load_state(out / "final.h5")  # as a checkpoint written when the first engine ended:
-    state = attrs.evolve(state, iteration=attrs.evolve(state.iteration, engine_num=0, engine_iter=1))
+    with pytest.raises(RunInterrupted):
+        run_plan(plan, out_dir=out, plan_dir=tiny.parent, quiet=True, observers=[StopAfterTheFirstEngine()])
+    state = load_state(out / "checkpoint.h5")
+    assert (state.iteration.engine_num, state.iteration.engine_iter) == (0, 1)
     assert resumed_engine(plan, state, get_registry()) == 1
+    data = load_data(plan, get_registry(), tiny.parent)
     whole = estimate_run(plan, data, state, get_registry())
     resumed = estimate_run(plan, data, state, get_registry(), first_engine=1)
     assert [e.index for e in resumed.engines] == [1] and resumed.peak < whole.peak
+    monkeypatch.setenv("PHASER_MEMORY_BUDGET_GIB", str((resumed.peak + whole.peak) / 2 / GiB))
+    final = run_plan(plan, out_dir=out, plan_dir=tiny.parent, quiet=True, resume=True)
+    assert final.iteration.total_iter == 2 and final.probe.n_modes == 1
+
+
+def test_a_dry_run_leaves_ctrl_c_alone(tiny, tmp_path, monkeypatch, capsys):
+    """A dry run reaches no run to read an early stop: it must not take Ctrl-C (a first
+    SIGINT or SIGTERM was swallowed there with "stopping before the first iteration")."""
+    import phaser_core.interrupts as interrupts
+
+    def refused():
+        raise AssertionError("the early stop handler was installed for a dry run")
+
+    monkeypatch.setattr(interrupts, "early_stop_requests", refused)
+    assert cli_main(["run", str(tiny), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert "peak:" in capsys.readouterr().out

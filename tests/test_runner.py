@@ -626,8 +626,8 @@ def test_a_stop_asked_for_before_the_run_starts_stops_it_cleanly_before_the_firs
 
 
 def test_once_the_run_has_had_its_handler_a_signal_acts_at_once_again():
-    """After run_plan returns (the early handler back in place), or in a dry run (which
-    reaches no run_plan), a first Ctrl-C must not be recorded for a run that never reads it."""
+    """After run_plan returns (the early handler back in place), a first Ctrl-C must not be
+    recorded for a run that never reads it (a dry run: tests/test_memory.py)."""
     from phaser_core.interrupts import early_stop_requests, run_started
 
     with early_stop_requests():

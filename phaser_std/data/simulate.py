@@ -330,8 +330,8 @@ def slice_phases(spec: SimSpec, shape: tuple[int, int], sampling_A: tuple[float,
 
 
 def _gauss_samples(sigma: float, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` Gauss-Hermite nodes of a Gaussian of standard deviation ``sigma`` and their
-    normalised weights (one sample if σ = 0): the ensemble's spread is σ exactly for any
+    """``n`` Gauss-Hermite nodes [the unit of ``sigma``: Å for a defocus spread or a source
+    size] of a Gaussian of standard deviation ``sigma`` and their normalised weights (one sample if σ = 0): the ensemble's spread is σ exactly for any
     n ≥ 2 (equally spaced samples over ±2σ gave 0.88-0.96σ), and the nodes are the ones
     ``focal_spread_modes`` reconstructs with."""
     if sigma <= 0 or n <= 1:

@@ -182,8 +182,8 @@ class PhaseRampConfig:
 
 
 class IlluminationMap:
-    """Σ over scan positions of the probe intensity Σ_modes |P|² on the object grid
-    ``(H, W)`` (a backend array), each view at its integer corner (a weight needs no
+    """Σ over scan positions of the probe intensity Σ_modes |P|² [e⁻ per pixel, the probe's
+    scale] on the object grid ``(H, W)`` (a backend array), each view at its integer corner (a weight needs no
     sub-pixel shift): the count of corners convolved with the probe intensity by FFT, on
     the backend (O(H·W·log), whatever the number of positions). The corners are counted on
     the host (O(N)); the counts' transform is made again only when the positions move. The
