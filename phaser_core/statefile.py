@@ -38,6 +38,7 @@ _PROGRESS_FIELDS = {"iters": np.int64, "loss": np.float64, "time_s": np.float64,
 _COUNTERS = ("engine_num", "engine_iter", "total_iter")
 #: attribute on an /extra dataset recording that it held a Python scalar or None
 _KIND_ATTR = "phaser_kind"
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _phaser_version() -> str:
@@ -134,6 +135,10 @@ def _write_extra(grp: h5py.Group, tree: dict, backend: Any, where: str) -> None:
         elif value is None:
             ds = grp.create_dataset(key, data=h5py.Empty("f"))
             ds.attrs[_KIND_ATTR] = "none"
+        elif type(value) is int and not _INT64_MIN <= value <= _INT64_MAX:
+            # HDF5 has no integer wider than 64 bits: the decimal text round-trips exactly
+            ds = grp.create_dataset(key, data=str(value))
+            ds.attrs[_KIND_ATTR] = "int"
         elif type(value) in (bool, int, float, complex, str):
             ds = grp.create_dataset(key, data=value)
             ds.attrs[_KIND_ATTR] = type(value).__name__
@@ -284,6 +289,8 @@ def _read_extra(grp: h5py.Group) -> dict[str, Any]:
                 out[key] = value
             elif kind == "str":
                 out[key] = _text(value)
+            elif kind == "int" and isinstance(value, bytes):
+                out[key] = int(value.decode())
             else:
                 out[key] = {"bool": bool, "int": int, "float": float, "complex": complex}[kind](value.item())
         else:

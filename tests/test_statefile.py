@@ -46,6 +46,8 @@ def make_state(dtype: str = "float32", *, n_pos: int = 7, per_position_tilt: boo
             "lsqml_sum": rng.random((20, 24)).astype(real),
             "counts": np.arange(5, dtype=np.int64),
             "rate": 0.5,
+            "rng_state": 2**70 + 3,  # wider than HDF5's integers (a numpy bit generator's state)
+            "below_int64": -(2**63) - 1,
             "enabled": True,
             "label": "engine-1",
             "names": np.array(["probe", "object"]),
