@@ -104,6 +104,9 @@ def test_parallax_note_rules():
     assert "add +12° to init.scan.rotation_deg" in parallax_note(turned, 50.0)
     assert parallax_note(attrs.evolve(turned, coherence_unrotated=29.5), 50.0) is None  # hardly better
     assert parallax_note(attrs.evolve(turned, rotation_deg=3.0), 50.0) is None          # within 5°
+    # images that move 0.3 Å at the edge cannot show a 12° turn of a 0.4 Å raster (19° can)
+    assert parallax_note(attrs.evolve(turned, max_shift_A=0.3), 50.0) is None
+    assert attrs.evolve(turned, max_shift_A=0.3).resolvable_rotation_deg == pytest.approx(19.47, abs=0.01)
     unresolved = attrs.evolve(_fit(48.0), coherence_opposite=20.0)
     assert not unresolved.resolved and parallax_note(unresolved, -50.0) is None
 
@@ -137,7 +140,7 @@ def test_a_run_warns_of_a_defocus_of_the_wrong_sign_or_a_transposed_detector():
 
 def test_inspect_shows_the_parallax():
     rows = {q: v for q, v, _ in summary_rows(load_for_inspect(DATA / "abtem_srtio3.h5"))}
-    assert rows["bright-field parallax"] == "defocus ≈ +45 Å, detector as recorded, scan rotation ≈ +0°"
+    assert rows["bright-field parallax"] == "defocus ≈ +45 Å, detector as recorded, scan rotation ≈ +0° ± 11°"
 
 
 def test_without_a_defocus_the_probe_takes_the_parallaxs(tmp_path):
@@ -190,6 +193,24 @@ def test_parallax_finds_a_scan_rotation(tmp_path, rotation):
     assert float(note.split("add ")[1].split("°")[0]) == pytest.approx(rotation, abs=2.0)
     recorded = parallax_fit(data)
     assert abs(recorded.rotation_deg) < 1.5 and parallax_note(recorded, 80.0) is None
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_jittered_scan_near_focus_is_not_called_turned(tmp_path, seed):
+    """examples/sim_multislice.yaml on a 12x12 raster: +30 Å, 0.2 Å of jitter, no rotation.
+    The parallax lines the images up best turned by +9° (seed 1) and −6° (seed 2), which
+    warned "add +9° to init.scan.rotation_deg"; images moving ≤ 1 Å at the disc's edge
+    resolve no turn under 14-17° there."""
+    from ruamel.yaml import YAML
+
+    from phaser_std.data.simulate import simulate, spec_from_dict, write_hdf5
+
+    spec = YAML(typ="safe").load(Path(__file__).parents[1] / "examples" / "sim_multislice.yaml")
+    spec["scan"]["shape"], spec["seed"] = [12, 12], seed
+    write_hdf5(simulate(spec_from_dict(spec)), tmp_path / "jitter.h5")
+    fit = parallax_fit(load_for_inspect(tmp_path / "jitter.h5"))
+    assert fit.resolved and 5.0 <= abs(fit.rotation_deg) < fit.resolvable_rotation_deg
+    assert parallax_note(fit, 30.0, thickness_A=75.0) is None
 
 
 def test_a_run_judges_the_scan_it_will_use(tmp_path):
