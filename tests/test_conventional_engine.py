@@ -347,6 +347,27 @@ def test_step_sizes_follow_a_schedule(single, backend):
     assert np.abs(moving.object.data - 1).max() > 0.05
 
 
+@pytest.mark.parametrize("kind,initial", [("epie", 1.0), ("lsqml", 0.5)])
+def test_an_object_step_left_null_falls_on_one_slice_only(kind, initial):
+    """β_object null: the solver's initial step until engine iteration 5, then 0.7x, from
+    10 0.5x, from 20 0.3x, on one slice; constant with several slices, for a number the
+    plan gives, and for the probe's step."""
+    from phaser_core.registry import get_registry
+    from phaser_std.engines.conventional_solvers import EpieConfig, EpieSolver, LsqmlConfig, LsqmlSolver
+
+    solver_cls, config_cls = {"epie": (EpieSolver, EpieConfig), "lsqml": (LsqmlSolver, LsqmlConfig)}[kind]
+    reg = get_registry()
+
+    def steps(solver, name):
+        return [solver.hyperparams(it, reg)[name] for it in (0, 4, 5, 9, 10, 19, 20, 99)]
+
+    one = solver_cls(config_cls()).for_slices(1)
+    assert steps(one, "beta_object") == pytest.approx([initial * f for f in (1, 1, .7, .7, .5, .5, .3, .3)])
+    assert steps(one, "beta_probe") == pytest.approx([initial] * 8)
+    assert steps(solver_cls(config_cls()).for_slices(4), "beta_object") == pytest.approx([initial] * 8)
+    assert steps(solver_cls(config_cls(beta_object=0.8)).for_slices(1), "beta_object") == pytest.approx([0.8] * 8)
+
+
 @pytest.mark.parametrize("solver", ["epie", "lsqml"])
 def test_probe_is_refined_from_a_wrong_initial_defocus(single, solver):
     """The data have 50 Å defocus; the initial probe assumes 80 Å."""

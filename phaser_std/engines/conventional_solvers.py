@@ -57,10 +57,22 @@ from phaser_std.physics.forward import (
 #: a step size in [0, 1] (0 holds the array fixed); a schedule passes unchecked
 _BETA = in_range(0, 1)
 
+#: The object step a plan leaves null: on one slice the solver's initial β until engine
+#: iteration 5, then this fraction of it from each iteration on. Noisy data are fitted a
+#: little more by every full step after the first few (the object gets worse while the
+#: loss falls); a falling step averages that noise instead, and takes the same first
+#: iterations. The probe's step stays constant (a falling one recovered a wrong defocus
+#: more slowly), and so does the object's with several slices (thick objects still
+#: converge after 30 iterations; benchmarks/NOTES.md 112).
+ANNEALED_BETA = ((5, 0.7), (10, 0.5), (20, 0.3))
+
+_BETA_DOC = ("object step [0..1], or a schedule over iterations; null: {init:g} on one slice until iteration 5, "
+             "then 0.7x, from 10 0.5x, from 20 0.3x (noise averaged); {init:g} throughout with several slices")
+
 
 @attrs.frozen
 class EpieConfig:
-    beta_object: Schedulable = param(1.0, doc="object step [0..1], or a schedule over iterations", validator=_BETA)
+    beta_object: Schedulable | None = param(None, doc=_BETA_DOC.format(init=1.0), validator=_BETA)
     beta_probe: Schedulable = param(1.0, doc="probe step [0..1], or a schedule over iterations", validator=_BETA)
     object_norm: str = param("group", doc="the object step's denominator: 'group', the largest value of the "
                              "group's summed illumination (a step that shrinks as the group's positions overlap "
@@ -79,7 +91,7 @@ ILLUM_REG_OBJECT_DEFAULT = (0.3, 0.1)
 
 @attrs.frozen
 class LsqmlConfig:
-    beta_object: Schedulable = param(0.5, doc="object step [0..1], or a schedule over iterations", validator=_BETA)
+    beta_object: Schedulable | None = param(None, doc=_BETA_DOC.format(init=0.5), validator=_BETA)
     beta_probe: Schedulable = param(0.5, doc="probe step [0..1], or a schedule over iterations; "
                                     "1.0 recovers a poorly known single-slice probe faster", validator=_BETA)
     illum_reg_object: float | None = param(None, doc="δ_O: added to the illumination, as a fraction of its "
@@ -128,21 +140,43 @@ class ConventionalSolver:
     """
 
     name = "conventional"
+    #: the object's β where a plan leaves it null (:data:`ANNEALED_BETA`)
+    initial_beta = 1.0
 
     def __init__(self, config: Any):
         self.config = config
-        self.beta_object = config.beta_object if isinstance(config.beta_object, (int, float)) else 1.0
-        self.beta_probe = config.beta_probe if isinstance(config.beta_probe, (int, float)) else 1.0
+        self.n_slices = 1
+        self.beta_object = self._constant_beta(config.beta_object)
+        self.beta_probe = self._constant_beta(config.beta_probe)
+
+    def _constant_beta(self, value: Any) -> float:
+        """A step known before the first iteration (a schedule's comes from :meth:`hyperparams`)."""
+        if value is None:
+            return self.initial_beta
+        return value if isinstance(value, (int, float)) else 1.0
+
+    def default_beta(self, iteration: int) -> float:
+        """The object's β at an engine iteration where the plan leaves it null."""
+        if self.n_slices > 1:
+            return self.initial_beta
+        fraction = 1.0
+        for start, value in ANNEALED_BETA:
+            if iteration >= start:
+                fraction = value
+        return self.initial_beta * fraction
 
     def hyperparams(self, iteration: int, registry: Any) -> dict[str, float]:
         """The step sizes at an engine iteration (schedules evaluated on the host)."""
-        return {"beta_object": schedule_value(self.config.beta_object, iteration, registry),
-                "beta_probe": schedule_value(self.config.beta_probe, iteration, registry)}
+        return {name: (self.default_beta(iteration) if value is None else schedule_value(value, iteration, registry))
+                for name, value in (("beta_object", self.config.beta_object),
+                                    ("beta_probe", self.config.beta_probe))}
 
     def for_slices(self, n_slices: int) -> "ConventionalSolver":
         """The solver for an object of ``n_slices`` slices (defaults that depend on it
         resolved); the engine calls it once before building its steps."""
-        return self
+        solver = copy.copy(self)
+        solver.n_slices = int(n_slices)
+        return solver
 
     def with_steps(self, beta_object: Any, beta_probe: Any) -> "ConventionalSolver":
         """A copy using these step sizes (traced scalars under jit: no recompilation)."""
@@ -271,6 +305,7 @@ class LsqmlSolver(ConventionalSolver):
     """
 
     name = "lsqml"
+    initial_beta = 0.5
 
     def __init__(self, config: Any):
         self.delta_from_slices = config.illum_reg_object is None
@@ -281,9 +316,9 @@ class LsqmlSolver(ConventionalSolver):
     def for_slices(self, n_slices: int) -> "LsqmlSolver":
         """δ_O left null in the plan: 0.3 on one slice, 0.1 with several
         (:data:`ILLUM_REG_OBJECT_DEFAULT`)."""
+        solver = super().for_slices(n_slices)
         if not self.delta_from_slices:
-            return self
-        solver = copy.copy(self)
+            return solver
         solver.config = attrs.evolve(self.config, illum_reg_object=ILLUM_REG_OBJECT_DEFAULT[int(n_slices > 1)])
         return solver
 
