@@ -366,6 +366,8 @@ def test_an_object_step_left_null_falls_on_one_slice_only(kind, initial):
     assert steps(one, "beta_probe") == pytest.approx([initial] * 8)
     assert steps(solver_cls(config_cls()).for_slices(4), "beta_object") == pytest.approx([initial] * 8)
     assert steps(solver_cls(config_cls(beta_object=0.8)).for_slices(1), "beta_object") == pytest.approx([0.8] * 8)
+    # a solver never told its slice count (a subclass's for_slices not calling super) keeps it constant
+    assert steps(solver_cls(config_cls()), "beta_object") == pytest.approx([initial] * 8)
 
 
 @pytest.mark.parametrize("solver", ["epie", "lsqml"])

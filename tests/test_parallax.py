@@ -140,7 +140,7 @@ def test_a_run_warns_of_a_defocus_of_the_wrong_sign_or_a_transposed_detector():
 
 def test_inspect_shows_the_parallax():
     rows = {q: v for q, v, _ in summary_rows(load_for_inspect(DATA / "abtem_srtio3.h5"))}
-    assert rows["bright-field parallax"] == "defocus ≈ +45 Å, detector as recorded, scan rotation ≈ +0° ± 11°"
+    assert rows["bright-field parallax"] == "defocus ≈ +45 Å, detector as recorded, scan rotation ≈ +0° ± 7°"
 
 
 def test_without_a_defocus_the_probe_takes_the_parallaxs(tmp_path):
@@ -211,6 +211,17 @@ def test_a_jittered_scan_near_focus_is_not_called_turned(tmp_path, seed):
     fit = parallax_fit(load_for_inspect(tmp_path / "jitter.h5"))
     assert fit.resolved and 5.0 <= abs(fit.rotation_deg) < fit.resolvable_rotation_deg
     assert parallax_note(fit, 30.0, thickness_A=75.0) is None
+
+
+def test_a_small_turn_is_told_where_the_window_resolves_it(tmp_path):
+    """8° at +100 Å with 1 Å steps on 24x24 positions (recorded positions dropped): the
+    images move 1.7 Å at the outermost bin, so a quarter step is 8.6° of turn, but 576
+    positions average the fit's errors and it reads 7.8°: told (the unscaled rule hid it)."""
+    path = make_dataset(tmp_path / "rot8.h5", defocus_A=100.0, dose=1e4, scan={"shape": [24, 24], "step_A": 1.0,
+                                                                              "rotation_deg": 8.0})
+    fit = parallax_fit(attrs.evolve(load_for_inspect(path), scan_positions_A=None))
+    assert fit.n_positions == 576 and fit.resolvable_rotation_deg < 5.0 < fit.rotation_deg
+    assert "to init.scan.rotation_deg" in parallax_note(fit, 100.0)
 
 
 def test_a_run_judges_the_scan_it_will_use(tmp_path):

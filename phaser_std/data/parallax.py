@@ -82,16 +82,21 @@ class ParallaxFit:
     resolvable_defocus_A: float
     #: the search's range ±[Å]
     search_limit_A: float = math.inf
+    #: scan positions in the fitted window
+    n_positions: int = 144
 
     @property
     def resolvable_rotation_deg(self) -> float:
-        """The smallest scan rotation [deg] that moves the outermost bin's image a quarter of
-        a scan step: near focus the images hardly move, and there a jittered scan turns them
-        by several degrees at random (measured: +9° and −6° on 12x12 rasters at +30 Å with
-        0.2 Å of jitter, where this is 14-17°)."""
+        """The smallest scan rotation [deg] the fit tells from noise: on a 12x12 window the
+        turn that moves the outermost bin's image a quarter of a scan step, shrinking as
+        1/√(positions) on larger ones (the images' errors average). Near focus the images
+        hardly move, and there a jittered scan turns them at random: +9° and −6° on 12x12
+        rasters at +30 Å with 0.2 Å of jitter (this 14-17°), up to +6.7° on 24x24 (6.9°);
+        while 8° at +100 Å with 1 Å steps on 24x24 reads 7.1-7.8° (this 4.3°)."""
         if self.max_shift_A <= 0.25 * self.step_A:
             return 90.0
-        return math.degrees(math.asin(0.25 * self.step_A / self.max_shift_A))
+        geometric = math.degrees(math.asin(0.25 * self.step_A / self.max_shift_A))
+        return geometric * math.sqrt(144.0 / max(self.n_positions, 1))
 
     @property
     def resolved(self) -> bool:
@@ -326,7 +331,8 @@ def parallax_fit(data: RawData, max_side: int = 32, bins_across: int = 12,
                        coherence_opposite=aligner.coherence(-defocus * wavelength * g),
                        coherence_other=max(c for n, (_, c) in found.items() if n != name),
                        by_orientation={n: (round(d, 2), round(c, 4)) for n, (d, c) in found.items()},
-                       n_bins=len(k), max_shift_A=abs(defocus) * wavelength * k_max, step_A=step_A,
+                       n_bins=len(k), n_positions=int(patterns.shape[0] * patterns.shape[1]),
+                       max_shift_A=abs(defocus) * wavelength * k_max, step_A=step_A,
                        resolvable_defocus_A=0.5 * step_A / (wavelength * k_max), search_limit_A=max_defocus_A)
 
 

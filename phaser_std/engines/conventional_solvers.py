@@ -145,7 +145,8 @@ class ConventionalSolver:
 
     def __init__(self, config: Any):
         self.config = config
-        self.n_slices = 1
+        #: set by :meth:`for_slices` (None: not told, and a null β stays constant)
+        self.n_slices: int | None = None
         self.beta_object = self._constant_beta(config.beta_object)
         self.beta_probe = self._constant_beta(config.beta_probe)
 
@@ -157,7 +158,7 @@ class ConventionalSolver:
 
     def default_beta(self, iteration: int) -> float:
         """The object's β at an engine iteration where the plan leaves it null."""
-        if self.n_slices > 1:
+        if self.n_slices != 1:
             return self.initial_beta
         fraction = 1.0
         for start, value in ANNEALED_BETA:
@@ -167,9 +168,10 @@ class ConventionalSolver:
 
     def hyperparams(self, iteration: int, registry: Any) -> dict[str, float]:
         """The step sizes at an engine iteration (schedules evaluated on the host)."""
-        return {name: (self.default_beta(iteration) if value is None else schedule_value(value, iteration, registry))
-                for name, value in (("beta_object", self.config.beta_object),
-                                    ("beta_probe", self.config.beta_probe))}
+        beta_object = self.config.beta_object
+        return {"beta_object": (self.default_beta(iteration) if beta_object is None
+                                else schedule_value(beta_object, iteration, registry)),
+                "beta_probe": schedule_value(self.config.beta_probe, iteration, registry)}
 
     def for_slices(self, n_slices: int) -> "ConventionalSolver":
         """The solver for an object of ``n_slices`` slices (defaults that depend on it
