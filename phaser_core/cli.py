@@ -53,7 +53,7 @@ def console(stderr: bool = False) -> Console:
     lines, no highlighting, and :data:`PIPE_WIDTH` columns when not a terminal."""
     c = Console(stderr=stderr, soft_wrap=True, highlight=False)
     if not c.is_terminal and not os.environ.get("COLUMNS"):
-        c = Console(stderr=stderr, soft_wrap=True, highlight=False, width=PIPE_WIDTH)
+        c.width = PIPE_WIDTH
     return c
 
 
@@ -98,10 +98,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             raise PlanError(missing, source=args.plan)
     except PlanError as exc:
         reported = {(e.line, e.col) for e in exc.errors}
-        if not any(s.split("=", 1)[0].strip() in ("raw_data.path", "init.state") for s in (args.set or ())):
-            # a plan with other errors still gets its missing files named (all problems at once)
-            exc.errors.extend(e for e in missing_input_files_of_document(Path(args.plan), read_plan_dir(Path(args.plan)))
-                              if (e.line, e.col) not in reported)
+        # a plan with other errors still gets its missing files named (all problems at once)
+        exc.errors.extend(e for e in missing_input_files_of_document(Path(args.plan), read_plan_dir(Path(args.plan)),
+                                                                     args.set or ())
+                          if (e.line, e.col) not in reported)
         _print_plan_error(exc, as_json=args.json, source=args.plan)
         return 1
     if args.json:
@@ -346,6 +346,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _print_plan_error(exc, source=source)
         return 1
     if getattr(args, "dry_run", False):
+        from .interrupts import release
+
+        release()  # a dry run reaches no run to read a stop: a signal acts at once
         return _print_memory_estimate(plan, plan_dir, resume_dir=out_dir if resume else None)
     if out_dir is None:
         out_dir = Path(args.out) if args.out else _default_out_dir(plan.name)
@@ -525,12 +528,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # `phaser run`: Ctrl-C from the start (the imports, plan and data take seconds) stops the
     # run cleanly before its first iteration (runner.early_stop_requests)
-    from .interrupts import early_stop_requests
+    from .interrupts import early_stop_requests, stop_unheeded
 
     try:
-        # (a dry run reaches no run_plan to read the stop: a signal acts at once there)
-        with early_stop_requests() if argv[:1] == ["run"] and "--dry-run" not in argv else nullcontext():
-            return _main(argv)
+        with early_stop_requests() if argv[:1] == ["run"] else nullcontext():
+            rc = _main(argv)
+            if stop_unheeded():  # it ended before its run: the stop was never acted on
+                raise KeyboardInterrupt
+            return rc
     except KeyboardInterrupt:
         _err().print("[yellow]interrupted[/yellow]")
         return 130

@@ -30,6 +30,20 @@ def run_started() -> None:
     _EARLY["run"] = True
 
 
+def release() -> None:
+    """The command will reach no run to read a stop (a dry run): one asked for so far acts
+    now (KeyboardInterrupt), and a later signal acts at once."""
+    if _EARLY["stop"] and not _EARLY["run"]:
+        raise KeyboardInterrupt
+    _EARLY["run"] = True
+
+
+def stop_unheeded() -> bool:
+    """A stop was asked for and no run read it (the command ended before its run: a plan
+    error, a refused resume)."""
+    return _EARLY["stop"] and not _EARLY["run"]
+
+
 @contextmanager
 def early_stop_requests() -> Iterator[None]:
     """Within the block (``phaser run`` from its start: imports, the plan and the data take

@@ -260,7 +260,9 @@ def on_detector_grid(ds: DataShape, shapes: dict, grid: tuple[int, int]) -> tupl
 
 def _kept_by_later_engines(shapes: dict, config: Any) -> dict:
     """``shapes`` after an engine with ``config``: its ``slices.n`` and ``probe_modes``, where
-    set, are what the next engine keeps when it sets none (``null``: keep)."""
+    set, are what the next engine keeps when it sets none (``null``: keep). The engines'
+    own rule (``phaser_std.engines.common.resample_for_engine``) read from the configs, as
+    the core imports nothing from phaser_std."""
     slices = getattr(config, "slices", None)
     modes = getattr(config, "probe_modes", None)
     out = dict(shapes)

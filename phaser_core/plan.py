@@ -20,9 +20,9 @@ Every problem found is collected and raised together as one
 
 from __future__ import annotations
 
+import copy
 import io
 import json
-import copy
 import os
 import re
 import typing
@@ -230,7 +230,7 @@ def _accepts_shape(t: Any, v: Any) -> bool:
 LOCAL_INTERFACES: dict[tuple[str, str | None], tuple[str, ...]] = {
     ("noise_model", None): ("loss", "grad_intensity", "wave_update"),
     ("regularizer", "constraint"): ("apply",),
-    ("regularizer", "cost"): ("cost",),
+    ("regularizer", "cost"): ("weight", "cost"),  # and grad on numpy and cupy (jax differentiates cost)
     ("solver", "conventional"): ("sweep",),
     ("solver", "gradient"): ("init", "update"),
     ("solver", "position"): ("update",),
@@ -466,8 +466,6 @@ def _yaml_rt() -> YAML:
 def _read(path_or_text: Any) -> tuple[Any, str, str | None]:
     """(raw document, display name, text); raises PlanError for unreadable files and syntax errors."""
     if isinstance(path_or_text, Mapping):
-        import copy
-
         return copy.deepcopy(path_or_text), "<plan>", None  # overrides and migrations edit it
     if isinstance(path_or_text, os.PathLike) or (
         isinstance(path_or_text, str) and "\n" not in path_or_text
@@ -736,11 +734,11 @@ def load_plan(path_or_text: Any, *, registry: Any = None, overrides: list[str] |
 
         registry = get_registry()
     doc, name, _ = _read(path_or_text)
-    with local_component_folders(_plan_folder(path_or_text, name), os.getcwd()):
+    with local_component_folders(_plan_folder(name), os.getcwd()):
         return _load_plan(doc, name, registry, overrides, allow_local)
 
 
-def _plan_folder(path_or_text: Any, name: str) -> Path | None:
+def _plan_folder(name: str) -> Path | None:
     """The folder a plan file's local components are looked for in: a run's ``plan.yaml``
     names its original plan's folder in its header."""
     if name == "<plan>":
@@ -856,13 +854,17 @@ def missing_input_files(plan: Plan, plan_path: Path, base: Path | None = None) -
     return _missing_files(wanted, Path(plan_path), base)
 
 
-def missing_input_files_of_document(plan_path: Path, base: Path | None = None) -> list[PlanIssue]:
-    """:func:`missing_input_files` read from the plan file's own text, for a plan with
-    other errors (no :class:`Plan` to ask), so that ``phaser validate`` lists them all at once."""
+def missing_input_files_of_document(plan_path: Path, base: Path | None = None,
+                                    overrides: list[str] | tuple[str, ...] = ()) -> list[PlanIssue]:
+    """:func:`missing_input_files` read from the plan file's own text with ``overrides``
+    (``--set``) applied, for a plan with other errors (no :class:`Plan` to ask), so that
+    ``phaser validate`` lists them all at once."""
     try:
         doc = _read(Path(plan_path))[0]
     except PlanError:
         return []
+    if overrides and isinstance(doc, Mapping):
+        apply_overrides(doc, list(overrides))  # its own problems are the plan's errors already
 
     def value(section: str, key: str) -> Any:
         part = doc.get(section) if isinstance(doc, Mapping) else None

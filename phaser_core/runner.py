@@ -47,7 +47,7 @@ import numpy as np
 from .backend import build_backend, lanes_at_most
 from .context import InitContext, LoadContext, RunContext
 from .data import check_finite, compact_counts, few_counts_warning
-from .errors import DataError, PhaserError, StateFileError
+from .errors import DataError, PhaserError
 from .files import CHECKPOINT_NAME, FINAL_NAME, STATES_DIR, holds_previous_run
 from .interrupts import run_started, stop_requested_early, stop_signals_handled_by
 from .observer import announce, notify
@@ -178,22 +178,10 @@ def initial_state(plan: Any, data: Any, registry: Any, plan_dir: Path, notes: li
     return ReconsState(probe=probe, object=obj, scan_A=scan, tilt_mrad=tilt, wavelength_A=wavelength)
 
 
-def _counters(path: Path) -> IterationCounters:
-    """The iteration counters of a state file, without reading its arrays."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            a = f["iteration"].attrs
-            return IterationCounters(engine_num=int(a["engine_num"]), engine_iter=int(a["engine_iter"]),
-                                     total_iter=int(a["total_iter"]))
-    except (OSError, KeyError) as exc:
-        raise StateFileError(f"cannot read the iteration counters of {path}: {exc}. "
-                             "The file is damaged or not a phaser state file.") from exc
-
-
 def _total_iter(path: Path) -> int:
-    return _counters(path).total_iter
+    from .statefile import read_counters
+
+    return read_counters(path).total_iter
 
 
 def check_resumable(plan: Any, out_dir: Path, registry: Any) -> None:
@@ -201,7 +189,9 @@ def check_resumable(plan: Any, out_dir: Path, registry: Any) -> None:
     continue the run in ``out_dir``: fewer engines than it has reached, or an ``niter``
     below the iterations its engine has done (the run would not change while its
     plan.yaml said otherwise)."""
-    at = _counters(resume_file(out_dir))
+    from .statefile import read_counters
+
+    at = read_counters(resume_file(out_dir))
     engines = tuple(plan.engines)
     if at.engine_num >= len(engines):
         raise PhaserError(f"cannot resume {out_dir}: it is at engine {at.engine_num}, and the plan has "

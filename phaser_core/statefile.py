@@ -248,7 +248,7 @@ def _read(f: h5py.File, path: Path) -> ReconsState:
     if tilt.shape not in ((2,), (scan.shape[0], 2)):
         raise StateFileError(f"{path}: /tilt must be (2,) or ({scan.shape[0]}, 2) [mrad], got shape {tilt.shape}")
 
-    counters = IterationCounters(**{n: int(f["iteration"].attrs[n]) for n in _COUNTERS})
+    counters = _counters_of(f)
     prog = f["progress"]
     progress = Progress(
         iters=[int(v) for v in prog["iters"][()]],
@@ -299,6 +299,20 @@ def _read_extra(grp: h5py.Group) -> dict[str, Any]:
             else:
                 out[key] = np.asarray(item[()])
     return out
+
+
+def _counters_of(f: h5py.File) -> IterationCounters:
+    return IterationCounters(**{n: int(f["iteration"].attrs[n]) for n in _COUNTERS})
+
+
+def read_counters(path: str | os.PathLike) -> IterationCounters:
+    """The iteration counters of a state file, without reading its arrays."""
+    try:
+        with h5py.File(path, "r") as f:
+            return _counters_of(f)
+    except (OSError, KeyError) as exc:
+        raise StateFileError(f"cannot read the iteration counters of {path}: {exc}. "
+                             "The file is damaged or not a phaser state file.") from exc
 
 
 def _pair(value: Any, path: Path, name: str) -> tuple[float, float]:

@@ -67,13 +67,11 @@ def scanned_box_A(scan_A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     the scanned area for a raster turned by 30°)."""
     pos = np.asarray(scan_A, dtype=np.float64)
     lo, hi = pos.min(axis=0), pos.max(axis=0)
-    try:
-        from scipy.spatial import ConvexHull, QhullError, cKDTree
+    from phaser_std.physics.scan import hull_and_spacing
 
-        hull = ConvexHull(pos)
-    except (ImportError, QhullError, ValueError):
+    hull, spacing = hull_and_spacing(pos)
+    if hull is None:
         return lo, hi  # collinear or too few positions: the box is the scanned area
-    spacing = float(np.median(cKDTree(pos).query(pos, k=2)[0][:, 1]))
     centre = 0.5 * (lo + hi)
 
     def inside(f: float) -> bool:

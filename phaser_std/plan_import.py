@@ -572,7 +572,8 @@ class _Importer:
 
     def raster_affine(self, affine: Any, rotation_deg: float, path: tuple) -> list | None:
         """phaserEM's raster ``affine`` (applied to the stepped grid's (y, x) column vectors
-        before its rotation R) as ours (applied after the rotation): R·A·Rᵀ, the same
+        before its rotation R by phaserEM's ``rotation`` ``rotation_deg`` [deg], its sign as
+        phaserEM writes it) as ours (applied after the rotation): R·A·Rᵀ, the same
         positions; None for none or the identity."""
         if affine is None:
             return None
@@ -587,7 +588,7 @@ class _Importer:
             return None
         th = math.radians(rotation_deg)
         r = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
-        ours = r @ a @ r.T if rotation_deg else a
+        ours = r @ a @ r.T
         return [[float(f"{v:.12g}") for v in row] for row in ours]
 
     def tilt(self, value: Any, path: tuple) -> None:

@@ -91,6 +91,21 @@ def test_validate_names_the_missing_input_files(tmp_path, capsys):
     assert "plan.yaml:8:10: init.state: no such file: old/final.h5" in out
 
 
+def test_validate_judges_the_files_the_overrides_name(tmp_path, capsys):
+    """With another error in the plan, the missing files are read from the document with
+    the `--set` overrides applied: a `raw_data` replaced as a whole took the file's path
+    (reported missing though the run would read another)."""
+    path = tmp_path / "plan.yaml"
+    path.write_text(MINIMAL_PLAN)  # raw_data.path data.h5 does not exist
+    (tmp_path / "real.h5").touch()
+    bad = ["--set", "engines[0].niter=x"]
+    assert cli.main(["validate", str(path), *bad, "--set", "raw_data={type: hdf5, path: real.h5}"]) == 1
+    out = capsys.readouterr().out
+    assert "engines[0].niter" in out and "no such file" not in out
+    assert cli.main(["validate", str(path), *bad, "--set", "raw_data.path=gone.h5"]) == 1
+    assert "no such file: gone.h5" in capsys.readouterr().out
+
+
 def test_validate_no_local(fake_registry, tmp_path, capsys):
     path = tmp_path / "plan.yaml"
     path.write_text(MINIMAL_PLAN + "    solver: {type: 'os:getcwd'}\n")

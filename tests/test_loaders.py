@@ -204,6 +204,21 @@ def test_empad_raw_and_metadata_with_defocus_sign_flip(tmp_path):
     assert data.mask.shape == (128, 128) and not data.mask[0].any() and data.mask[2:-2, 2:-2].all()
 
 
+def test_empad_scan_rotation_is_kept_but_not_applied(tmp_path):
+    """The metadata's ``scan_rotation`` (its sign against ours unpinned) is kept under its
+    own key: under ``scan_rotation_deg`` the raster built from the metadata turned by it."""
+    from phaser_std.data.preprocess import raster_positions
+    from phaser_std.physics.scan import raster_scan
+
+    meta = {"file_type": "empad_metadata", "version": "2.0", "name": "t", "voltage": 200e3, "conv_angle": 18.0,
+            "defocus": 2e-8, "diff_step": 0.8, "adu": 1.0, "scan_rotation": 30.0, "scan_shape": [3, 2],
+            "scan_fov": [3e-10, 2e-10], "scan_step": [1e-10, 1.5e-10]}
+    data = load_empad(EmpadConfig(path=str(_write_empad(tmp_path, np.ones((6, 130, 128), np.float32), meta))),
+                      LoadContext())
+    assert data.extra["empad_scan_rotation_deg"] == 30.0 and "scan_rotation_deg" not in data.extra
+    np.testing.assert_array_equal(raster_positions(data), raster_scan((2, 3), (1.5, 1.0)))
+
+
 def test_empad_simulation_is_not_scaled_and_plan_overrides(tmp_path):
     frames = np.ones((6, 130, 128), np.float32)
     meta = {"file_type": "pyMultislicer_metadata", "name": "s", "voltage": 300e3, "adu": 10.0,

@@ -462,7 +462,7 @@ def test_an_engine_that_keeps_slices_and_modes_is_sized_with_the_earlier_engines
 def test_the_device_check_takes_the_engine_that_needs_the_most_device_memory(tiny):
     """A host-heavy engine (the largest total) must not hide a later one that needs more of
     the GPU: each pool is judged on its own largest engine, and the message names that one."""
-    from phaser_core.memory import EngineEstimate, MemoryEstimate, Term
+    from phaser_core.memory import EngineEstimate, Term
 
     est = estimate_plan(load_plan(tiny), plan_dir=tiny.parent)
     host_heavy = EngineEstimate(0, "conventional", (Term("streamed patterns", 70, "x", "host"),
@@ -511,14 +511,45 @@ def test_a_resume_is_judged_on_the_engines_it_will_run(tiny, tmp_path, monkeypat
     assert final.iteration.total_iter == 2 and final.probe.n_modes == 1
 
 
-def test_a_dry_run_leaves_ctrl_c_alone(tiny, tmp_path, monkeypatch, capsys):
-    """A dry run reaches no run to read an early stop: it must not take Ctrl-C (a first
-    SIGINT or SIGTERM was swallowed there with "stopping before the first iteration")."""
-    import phaser_core.interrupts as interrupts
+@pytest.mark.parametrize("flag", ["--dry-run", "--dry"])
+def test_a_dry_run_leaves_ctrl_c_alone(tiny, tmp_path, monkeypatch, capsys, flag):
+    """A dry run reaches no run to read an early stop: Ctrl-C during its estimate acts at
+    once (a first SIGINT or SIGTERM was swallowed there with "stopping before the first
+    iteration"; with the abbreviation argparse accepts, `--dry`, until the rule was taken
+    from the parsed arguments, not the raw ones)."""
+    import os
+    import signal
 
-    def refused():
-        raise AssertionError("the early stop handler was installed for a dry run")
+    import phaser_core.cli as cli
 
-    monkeypatch.setattr(interrupts, "early_stop_requests", refused)
-    assert cli_main(["run", str(tiny), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert cli_main(["run", str(tiny), "--out", str(tmp_path / "out"), flag]) == 0
     assert "peak:" in capsys.readouterr().out
+    estimate = cli._print_memory_estimate
+
+    def pressed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return estimate(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "_print_memory_estimate", pressed)
+    assert cli_main(["run", str(tiny), "--out", str(tmp_path / "out"), flag]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "stopping before the first iteration" not in err
+
+
+def test_a_stop_the_command_never_reached_a_run_for_ends_it(tiny, tmp_path, monkeypatch, capsys):
+    """Ctrl-C while `phaser run` loads a plan that then fails: the stop was recorded and
+    promised a checkpoint no run would write; the command now ends as interrupted (130)."""
+    import os
+    import signal
+
+    import phaser_core.plan as plan_module
+
+    real = plan_module.load_plan
+
+    def pressed_then_bad(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(plan_module, "load_plan", pressed_then_bad)
+    assert cli_main(["run", str(tiny), "--out", str(tmp_path / "out"), "--set", "engines[0].niter=ten"]) == 130
+    assert "interrupted" in capsys.readouterr().err

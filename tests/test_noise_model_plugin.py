@@ -79,6 +79,15 @@ def test_a_local_component_next_to_the_plan_is_found_without_pythonpath(tmp_path
     monkeypatch.chdir(tmp_path)  # elsewhere: the plan's folder is what counts
     loaded = load_plan(plan)
     assert loaded.engines[0].config.noise_model.type == "lab_noise_beside_the_plan:Plain"
+    # a run's plan.yaml (what --resume reads) looks in its original plan's folder (its header)
+    from phaser_core.files import PLAN_DIR_HEADER
+
+    monkeypatch.delitem(sys.modules, "lab_noise_beside_the_plan", raising=False)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if not p.startswith(str(tmp_path))])  # the first import's
+    (tmp_path / "out").mkdir()
+    resolved = tmp_path / "out" / "plan.yaml"
+    resolved.write_text(f"# {PLAN_DIR_HEADER}{tmp_path / 'lab'}\n" + plan.read_text())
+    assert load_plan(resolved).engines[0].config.noise_model.type == "lab_noise_beside_the_plan:Plain"
     # a module in neither folder still fails as a plan error naming it
     plan.write_text(plan.read_text().replace("lab_noise_beside_the_plan", "no_such_lab_module"))
     with pytest.raises(PlanError, match="cannot import local noise model 'no_such_lab_module:Plain'"):
@@ -86,7 +95,8 @@ def test_a_local_component_next_to_the_plan_is_found_without_pythonpath(tmp_path
 
 
 class CostOnly:
-    """A cost regularizer (no ``apply``), put where a constraint or a noise model goes."""
+    """Half a cost regularizer (``cost`` without ``weight``; no ``apply``), put where a
+    constraint or a noise model goes, or among the gradient engine's costs."""
 
     Config = attrs.make_class("Config", {"weight_": attrs.field(default=1.0)}, frozen=True)
 
@@ -97,18 +107,22 @@ class CostOnly:
         return weight * bk.xp.sum(bk.xp.abs(obj) ** 2)
 
 
-@pytest.mark.parametrize("where, key, message", [
-    ("iter_constraints", "iter_constraints[0].type", "has no apply method: a constraint regularizer needs apply"),
-    ("noise_model", "noise_model.type", "has no loss, grad_intensity, wave_update methods: a noise model needs"),
+@pytest.mark.parametrize("engine_type, where, key, message", [
+    ("conventional", "iter_constraints", "iter_constraints[0].type",
+     "has no apply method: a constraint regularizer needs apply"),
+    ("conventional", "noise_model", "noise_model.type",
+     "has no loss, grad_intensity, wave_update methods: a noise model needs"),
+    # a cost without the schedule the gradient engine asks it for (`weight(iteration)`)
+    ("gradient", "regularizers", "regularizers[0].type", "has no weight method: a cost regularizer needs weight"),
 ])
-def test_a_local_component_without_the_methods_its_place_needs_fails_validation(where, key, message):
+def test_a_local_component_without_the_methods_its_place_needs_fails_validation(engine_type, where, key, message):
     """It passed `phaser validate` and the run died inside the engine (AttributeError)."""
     from phaser_core.errors import PlanError
     from phaser_core.plan import load_plan
     from phaser_core.plan_errors import format_path
 
     spec = {"type": "test_noise_model_plugin:CostOnly"}
-    engine = {"type": "conventional", where: [spec] if where.endswith("constraints") else spec}
+    engine = {"type": engine_type, where: spec if where == "noise_model" else [spec]}
     with pytest.raises(PlanError) as info:
         load_plan({"file_type": "phaser_plan", "version": 1, "raw_data": {"type": "hdf5", "path": "d.h5"},
                    "engines": [engine]})

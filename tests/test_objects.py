@@ -142,13 +142,20 @@ def test_resampling_a_pure_phase_object_keeps_it_a_phase_object(size, new):
     np.testing.assert_allclose(np.angle(out.data).mean(axis=(-2, -1)), phase.mean(axis=(-2, -1)), atol=1e-12)
 
 
-@pytest.mark.parametrize("thicknesses", [[5.0, 5.0, 0.0], [5.0, 0.0, 5.0], [0.0, 4.0, 6.0]])
-def test_a_slice_of_no_thickness_goes_whole_into_the_new_slice_at_its_depth(thicknesses):
+@pytest.mark.parametrize("thicknesses,shares", [
+    ([5.0, 5.0, 0.0], [[1, 0, 0], [0, 1, 1]]),        # the last slice sits at the exit: in new slice 1
+    ([5.0, 0.0, 5.0], [[1, 0, 0], [0, 1, 1]]),        # at depth 5, where new slice 1 starts
+    ([0.0, 4.0, 6.0], [[1, 1, 1 / 6], [0, 0, 5 / 6]]),  # at the entrance: in new slice 0
+])
+def test_a_slice_of_no_thickness_goes_whole_into_the_new_slice_at_its_depth(thicknesses, shares):
     """Thicknesses >= 0 are valid (the last one is never used); a single zero made the
-    whole resampled object NaN (0/0 in the depth weights)."""
+    whole resampled object NaN (0/0 in the depth weights). Each new slice's phase is the
+    old slices' phases weighted by the share of each inside it; a slice of no thickness
+    goes whole into the new slice at its depth."""
     rng = np.random.default_rng(1)
     data = np.exp(1j * 0.2 * rng.standard_normal((3, 8, 8)))
     new, t = resample_slices(data, np.array(thicknesses), 2)
     assert np.isfinite(new).all()
     np.testing.assert_allclose(t, [5.0, 5.0])
-    np.testing.assert_allclose(np.angle(new).sum(axis=0), np.angle(data).sum(axis=0), atol=1e-12)
+    want = np.tensordot(np.asarray(shares, dtype=float), np.angle(data), axes=1)
+    np.testing.assert_allclose(np.angle(new), want, atol=1e-12)

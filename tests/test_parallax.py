@@ -182,17 +182,21 @@ def test_without_a_defocus_the_probe_takes_the_parallaxs(tmp_path):
 
 @pytest.mark.parametrize("rotation", [12.0, -20.0, 35.0])
 def test_parallax_finds_a_scan_rotation(tmp_path, rotation):
-    """Data simulated with a rotated raster, read as the plain raster (its positions
-    dropped): the rotation that lines the images up is the raster's (measured 11.0 / −20.3 /
-    35.1°), and the note says to add it; with the positions the data are consistent (±1°)."""
+    """Data simulated with a rotated raster, read as the plain raster (its positions and
+    recorded rotation dropped): the rotation that lines the images up is the raster's
+    (measured 11.0 / −20.3 / 35.1°), and the note says to add it. With the positions, or
+    with only the file's `scan_rotation_deg` (the raster the run builds, and the one
+    `phaser inspect` judges), the data are consistent (±1.5°)."""
     path = make_dataset(tmp_path / "rot.h5", defocus_A=80.0, dose=1e4, scan={**SCAN, "rotation_deg": rotation})
     data = load_for_inspect(path)
-    plain = parallax_fit(attrs.evolve(data, scan_positions_A=None))
+    extra = {k: v for k, v in data.extra.items() if k != "scan_rotation_deg"}
+    plain = parallax_fit(attrs.evolve(data, scan_positions_A=None, extra=extra))
     assert plain.resolved and plain.rotation_deg == pytest.approx(rotation, abs=2.0)
     note = parallax_note(plain, 80.0)
     assert float(note.split("add ")[1].split("°")[0]) == pytest.approx(rotation, abs=2.0)
-    recorded = parallax_fit(data)
-    assert abs(recorded.rotation_deg) < 1.5 and parallax_note(recorded, 80.0) is None
+    for consistent in (data, attrs.evolve(data, scan_positions_A=None)):
+        fit = parallax_fit(consistent)
+        assert abs(fit.rotation_deg) < 1.5 and parallax_note(fit, 80.0) is None
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -219,7 +223,9 @@ def test_a_small_turn_is_told_where_the_window_resolves_it(tmp_path):
     positions average the fit's errors and it reads 7.8°: told (the unscaled rule hid it)."""
     path = make_dataset(tmp_path / "rot8.h5", defocus_A=100.0, dose=1e4, scan={"shape": [24, 24], "step_A": 1.0,
                                                                               "rotation_deg": 8.0})
-    fit = parallax_fit(attrs.evolve(load_for_inspect(path), scan_positions_A=None))
+    data = load_for_inspect(path)
+    extra = {k: v for k, v in data.extra.items() if k != "scan_rotation_deg"}
+    fit = parallax_fit(attrs.evolve(data, scan_positions_A=None, extra=extra))
     assert fit.n_positions == 576 and fit.resolvable_rotation_deg < 5.0 < fit.rotation_deg
     assert "to init.scan.rotation_deg" in parallax_note(fit, 100.0)
 

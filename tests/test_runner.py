@@ -625,6 +625,16 @@ def test_a_stop_asked_for_before_the_run_starts_stops_it_cleanly_before_the_firs
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the previous handler is back
 
 
+def test_a_second_stop_before_the_run_aborts_at_once():
+    from phaser_core.interrupts import early_stop_requests, stop_requested_early
+
+    with early_stop_requests():
+        os.kill(os.getpid(), signal.SIGINT)  # recorded
+        assert stop_requested_early()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
 def test_once_the_run_has_had_its_handler_a_signal_acts_at_once_again():
     """After run_plan returns (the early handler back in place), a first Ctrl-C must not be
     recorded for a run that never reads it (a dry run: tests/test_memory.py)."""

@@ -224,9 +224,9 @@ def test_independent_simulator_agrees_with_the_engines_forward_model():
 def test_the_simulated_spread_is_the_one_asked_for(n):
     """Equally spaced samples over ±2σ gave an ensemble 4-12% narrower than the spec's
     defocus spread / source size; Gauss-Hermite nodes give σ exactly."""
-    from phaser_std.data.simulate import _gauss_samples
+    from phaser_std.physics.probe import gaussian_nodes
 
-    x, w = _gauss_samples(10.0, n)
+    x, w = gaussian_nodes(10.0, n)
     assert w.sum() == pytest.approx(1.0) and np.sum(w * x) == pytest.approx(0.0, abs=1e-12)
     assert np.sqrt(np.sum(w * x * x)) == pytest.approx(10.0, rel=1e-12)
 

@@ -35,15 +35,28 @@ def _optional_tuple(v: Any) -> tuple | None:
     return None if v is None else tuple(int(x) for x in v)
 
 
+def recorded_rotation_deg(data: RawData) -> float:
+    """The raster rotation [deg] the data file records (its ``scan_rotation_deg``
+    attribute, as ``phaser simulate`` writes), 0 when absent or not a number."""
+    value = (getattr(data, "extra", None) or {}).get("scan_rotation_deg")
+    try:
+        value = float(np.asarray(value, dtype=np.float64).reshape(()))
+    except (TypeError, ValueError):
+        return 0.0
+    return value if np.isfinite(value) else 0.0
+
+
 def raster_positions(data: RawData) -> np.ndarray | None:
     """The data's scan positions (N, 2) (y, x) [Å]: explicit ones, or the raster
-    (``scan_shape``, ``scan_step_A``) as :func:`phaser_std.physics.scan.raster_scan` builds it."""
+    (``scan_shape``, ``scan_step_A``, turned by :func:`recorded_rotation_deg`) as
+    :func:`phaser_std.physics.scan.raster_scan` builds it: the run's scan before the
+    plan's ``init.scan.rotation_deg``."""
     if data.scan_positions_A is not None:
         return np.asarray(data.scan_positions_A, dtype=np.float64)
     if data.scan_shape is not None and data.scan_step_A is not None:
         from phaser_std.physics.scan import raster_scan
 
-        return raster_scan(data.scan_shape, data.scan_step_A)
+        return raster_scan(data.scan_shape, data.scan_step_A, recorded_rotation_deg(data))
     return None
 
 
@@ -222,19 +235,17 @@ def scan_area_per_position_A2(data: RawData) -> float:
     pos = raster_positions(data)
     if pos is None or len(pos) < 2:
         raise DataError("the area per scan position is unknown: give scan_step_A in the plan")
-    from scipy.spatial import ConvexHull, QhullError, cKDTree
+    from phaser_std.physics.scan import hull_and_spacing
 
-    pos = np.unique(np.asarray(pos, dtype=np.float64), axis=0)
-    if len(pos) < 2:
+    hull, spacing = hull_and_spacing(pos)
+    if spacing <= 0:
         raise DataError("the scan positions all coincide: give scan_step_A in the plan")
-    spacing = float(np.median(cKDTree(pos).query(pos, k=2)[0][:, 1]))
-    try:
-        hull = ConvexHull(pos)
+    if hull is not None:
         area = hull.volume + hull.area * spacing / 2 + spacing ** 2  # 2-D: volume is the area, area the perimeter
-    except QhullError:  # collinear: a line scan
+    else:  # collinear: a line scan
         length = float(np.max(np.linalg.norm(pos - pos[0], axis=1)))
         area = (length + spacing) * spacing
-    return float(area / len(raster_positions(data)))
+    return float(area / len(pos))
 
 
 @attrs.frozen(kw_only=True)

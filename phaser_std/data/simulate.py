@@ -329,17 +329,6 @@ def slice_phases(spec: SimSpec, shape: tuple[int, int], sampling_A: tuple[float,
 # ---------------------------------------------------------------------------------------
 
 
-def _gauss_samples(sigma: float, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` Gauss-Hermite nodes [the unit of ``sigma``: Å for a defocus spread or a source
-    size] of a Gaussian of standard deviation ``sigma`` and their normalised weights (one sample if σ = 0): the ensemble's spread is σ exactly for any
-    n ≥ 2 (equally spaced samples over ±2σ gave 0.88-0.96σ), and the nodes are the ones
-    ``focal_spread_modes`` reconstructs with."""
-    if sigma <= 0 or n <= 1:
-        return np.zeros(1), np.ones(1)
-    x, w = np.polynomial.hermite_e.hermegauss(int(n))
-    return sigma * x, w / w.sum()
-
-
 def simulate_probe(spec: SimSpec) -> np.ndarray:
     """Probe modes (modes, Qy, Qx) complex128 with Σ_modes Σ|P|² = 1.
 
@@ -347,7 +336,7 @@ def simulate_probe(spec: SimSpec) -> np.ndarray:
     over defocus and source position, turned into power-ordered orthogonal modes (SVD of
     the stacked, √weight-scaled probes), which describe the same mixed state.
     """
-    from phaser_std.physics.probe import make_probe
+    from phaser_std.physics.probe import gaussian_nodes, make_probe
 
     shape = spec.detector_shape
     samp = spec.real_sampling_A()
@@ -357,8 +346,9 @@ def simulate_probe(spec: SimSpec) -> np.ndarray:
         p = make_probe(shape, samp, lam, spec.convergence_angle_mrad, defocus_A=spec.defocus_A,
                        aberrations=spec.aberrations or None, soft_edge_px=spec.soft_edge_px)
         return p[None]
-    dfs, wdf = _gauss_samples(coh.defocus_spread_A, coh.n_defocus)
-    src, wsrc = _gauss_samples(coh.source_size_A, coh.n_source)
+    # the nodes focal_spread_modes reconstructs with
+    dfs, wdf = gaussian_nodes(coh.defocus_spread_A, coh.n_defocus)
+    src, wsrc = gaussian_nodes(coh.source_size_A, coh.n_source)
     ky = np.fft.fftfreq(shape[0], samp[0])[:, None]
     kx = np.fft.fftfreq(shape[1], samp[1])[None, :]
     probes = []

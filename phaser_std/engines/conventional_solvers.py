@@ -66,8 +66,10 @@ _BETA = in_range(0, 1)
 #: converge after 30 iterations; benchmarks/NOTES.md 112).
 ANNEALED_BETA = ((5, 0.7), (10, 0.5), (20, 0.3))
 
-_BETA_DOC = ("object step [0..1], or a schedule over iterations; null: {init:g} on one slice until iteration 5, "
-             "then 0.7x, from 10 0.5x, from 20 0.3x (noise averaged); {init:g} throughout with several slices")
+_BETA_DOC = ("object step [0..1], or a schedule over iterations; null: {init:g} on one slice until iteration "
+             f"{ANNEALED_BETA[0][0]}, then "
+             + ", ".join(f"from {start} {fraction:g}x" for start, fraction in ANNEALED_BETA)
+             + " (noise averaged); {init:g} throughout with several slices")
 
 
 @attrs.frozen

@@ -315,19 +315,9 @@ class FromDataScanConfig:
                                 "with the data")
 
 
-def recorded_rotation_deg(data: Any) -> float:
-    """The raster rotation [deg] the data file records (its ``scan_rotation_deg``
-    attribute, as ``phaser simulate`` writes), 0 when absent or not a number."""
-    value = (getattr(data, "extra", None) or {}).get("scan_rotation_deg")
-    try:
-        value = float(np.asarray(value, dtype=np.float64).reshape(()))
-    except (TypeError, ValueError):
-        return 0.0
-    return value if np.isfinite(value) else 0.0
-
-
 def init_scan_from_data(config: FromDataScanConfig, ctx: Any) -> np.ndarray:
     """``RawData.scan_positions_A`` or a raster from ``scan_shape`` and ``scan_step_A``."""
+    from phaser_std.data.preprocess import recorded_rotation_deg
     from phaser_std.physics.scan import raster_scan, rotate_positions
 
     data = ctx.data

@@ -7,6 +7,7 @@ Krivanek's polar notation (see docs/conventions.md); ``defocus_A`` is −C10.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Mapping
 
 import numpy as np
@@ -87,7 +88,7 @@ def check_aberrations(instance: Any, attribute: Any, value: Any) -> None:
         raise ValueError("must be a mapping of Krivanek names to numbers, e.g. {C30: 1.0e+4, C12: 20, phi12: 0.3} "
                          "[Å, rad]", attribute)
     for name, v in value.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
             raise ValueError(f"{name}: expected a number [Å, or rad for an angle], got {v!r}", attribute)
     try:
         normalize_aberrations(value)

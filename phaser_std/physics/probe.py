@@ -184,6 +184,17 @@ def make_modes(probe: Any, n_modes: int, first_mode_power: float = 0.8,
     return np.stack([np.sqrt(pw) * b for pw, b in zip(powers, basis)])
 
 
+def gaussian_nodes(sigma: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` Gauss-Hermite nodes [the unit of ``sigma``: Å for a defocus spread or a source
+    size] of a Gaussian of standard deviation ``sigma`` about 0, and their weights (summing
+    to 1); one node at 0 when σ ≤ 0 or n ≤ 1. The nodes' spread is σ exactly for any n ≥ 2
+    (equally spaced samples over ±2σ gave 0.88-0.96σ)."""
+    if sigma <= 0 or n <= 1:
+        return np.zeros(1), np.ones(1)
+    x, w = np.polynomial.hermite_e.hermegauss(int(n))
+    return sigma * x, w / w.sum()
+
+
 def focal_spread_modes(probe_at: Any, defocus_A: float, spread_A: float, n_modes: int,
                        n_points: int | None = None) -> np.ndarray:
     """The ``n_modes`` strongest modes ``(M, Ny, Nx)`` of a probe whose defocus [Å] varies
@@ -193,10 +204,9 @@ def focal_spread_modes(probe_at: Any, defocus_A: float, spread_A: float, n_modes
     the ensemble's density matrix, by decreasing power) and the strongest kept, scaled so
     the power sums to one probe's."""
     n_points = max(7, 2 * int(n_modes) + 1) if n_points is None else int(n_points)
-    nodes, weights = np.polynomial.hermite_e.hermegauss(n_points)
-    weights = weights / weights.sum()
-    ensemble = np.stack([np.sqrt(w) * np.asarray(probe_at(defocus_A + spread_A * x), dtype=np.complex128)
-                         for x, w in zip(nodes, weights)])
+    offsets, weights = gaussian_nodes(spread_A, n_points)
+    ensemble = np.stack([np.sqrt(w) * np.asarray(probe_at(defocus_A + dz), dtype=np.complex128)
+                         for dz, w in zip(offsets, weights)])
     modes = orthogonalize_modes(NumpyBackend("float64"), ensemble)[:int(n_modes)]
     total = float(np.sum(np.abs(ensemble) ** 2))
     return modes * np.sqrt(total / float(np.sum(np.abs(modes) ** 2)))

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["raster_scan", "rotate_positions", "jitter"]
+__all__ = ["raster_scan", "rotate_positions", "jitter", "hull_and_spacing"]
 
 
 def rotate_positions(pos_A: np.ndarray, rotation_deg: float, centre_A: Any) -> np.ndarray:
@@ -57,3 +57,19 @@ def jitter(scan_A: Any, sigma_A: float, rng: np.random.Generator) -> np.ndarray:
     """Add Gaussian jitter of standard deviation ``sigma_A`` [Å] to each coordinate."""
     scan = np.asarray(scan_A, dtype=np.float64)
     return scan + rng.normal(0.0, float(sigma_A), size=scan.shape)
+
+
+def hull_and_spacing(positions_A: Any) -> tuple[Any, float]:
+    """The distinct positions' convex hull (a ``scipy.spatial.ConvexHull``; None when they
+    are collinear or fewer than 3) and their typical spacing [Å], the median distance to the
+    nearest neighbour (0 when fewer than 2), of positions ``(N, 2)`` (y, x) [Å]."""
+    from scipy.spatial import ConvexHull, QhullError, cKDTree
+
+    pos = np.unique(np.asarray(positions_A, dtype=np.float64).reshape(-1, 2), axis=0)
+    if len(pos) < 2:
+        return None, 0.0
+    spacing = float(np.median(cKDTree(pos).query(pos, k=2)[0][:, 1]))
+    try:
+        return ConvexHull(pos), spacing
+    except (QhullError, ValueError):
+        return None, spacing

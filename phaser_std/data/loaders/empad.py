@@ -12,7 +12,8 @@ OPPOSITE sign to ours (positive = overfocus there, so ``defocus_A = −defocus·
 ``diff_step`` [mrad/px], ``scan_shape`` [x, y], ``scan_step`` [x, y] [m], optional
 ``scan_correction`` (2x2 acting on [x, y]), ``adu`` [counts per electron] (experimental
 files are divided by it, simulations are not), ``raw_filename`` relative to the JSON.
-``scan_rotation`` is recorded in ``extra`` but not applied (as in the published phaser).
+``scan_rotation`` is kept as ``extra["empad_scan_rotation_deg"]`` and not applied: its sign
+against ours is not pinned (give ``init.scan.rotation_deg``; the parallax check says how much).
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def load_empad(config: EmpadConfig, ctx: LoadContext) -> RawData:
         scan_step_A=scan_step,
         mask=mask,
         source=str(raw_path),
-        extra={"scan_rotation_deg": meta.get("scan_rotation"), "empad_metadata": meta},
+        extra={"empad_scan_rotation_deg": meta.get("scan_rotation"), "empad_metadata": meta},
     )
     file_ang = (float(diff_step), float(diff_step)) if diff_step is not None else None
     return apply_overrides(data, config, file_angular_mrad=file_ang)
