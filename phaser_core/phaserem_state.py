@@ -5,12 +5,14 @@ continues here (``init.state``, and anything else that calls
 
 What changes on the way in (docs/conventions.md, "From the published phaser"):
 
-- **Scan positions.** phaserEM places a probe of N pixels so that its pixel (N − 1)/2
-  sits at the scan position; here pixel N//2 does. For an even N the positions move by
-  half an object pixel, so that every probe lands on the same object pixels as there.
+- **Object corner.** phaserEM places a probe of N pixels so that its pixel (N − 1)/2
+  sits at the scan position; here pixel N//2 does. For an even N the object's corner
+  moves back by half an object pixel, so that every probe lands on the same object pixels
+  as there while the scan positions stay those of the file (the data's frame): the object
+  is then where the sample was, and scores against a ground truth in that frame.
 - **Tilt.** phaserEM's propagator ramp has the opposite sign: the tilt is negated. A tilt
   that is the same at every position becomes a global one.
-- Probe, object, object corner and sampling, slice thicknesses and the wavelength carry
+- Probe, object, object sampling, scan positions, slice thicknesses and the wavelength carry
   over unchanged (the same layouts and units: Å, mrad, complex transmission functions).
 - The loss record (``/progress/total_loss``, else ``detector_loss``) becomes the progress;
   its times are not kept.
@@ -63,13 +65,15 @@ def read_phaserem_state(f: h5py.File, path: Path) -> ReconsState:
             tilt = tilt[0]  # one tilt for every position: global, which every engine takes
     except KeyError as exc:
         raise StateFileError(f"{path} is an incomplete phaserEM state file: {exc}") from None
-    # the probe pixel phaserEM puts at a position, (N − 1)/2, against N//2 here
+    # the probe pixel phaserEM puts at a position, (N − 1)/2, against N//2 here: the object
+    # moves under the positions, not the positions over the object, so both stay in the
+    # frame of the data's positions
     offset = np.array([n // 2 - (n - 1) / 2 for n in probe.shape[-2:]]) * np.asarray(obj_sampling)
     return ReconsState(
         probe=ProbeState(data=probe, sampling_A=probe_sampling),
-        object=ObjectState(data=obj, sampling_A=obj_sampling, corner_A=corner,
+        object=ObjectState(data=obj, sampling_A=obj_sampling, corner_A=_pair(np.asarray(corner) - offset),
                            thicknesses_A=thick),
-        scan_A=scan + offset,
+        scan_A=scan,
         tilt_mrad=tilt,
         iteration=IterationCounters(**{k: int(f[f"iter/{k}"][()]) if f"iter/{k}" in f else 0
                                        for k in ("engine_num", "engine_iter", "total_iter")}),

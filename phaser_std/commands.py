@@ -193,7 +193,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
                           "scores": {name: {k: v for k, v in r.items() if k != "frc"}
                                      | {"frc_resolution_A": r["frc"]["resolution_A"]} for name, r in rows}}))
         return 0
-    table = Table(title=f"{state_file} against {data_file}")
+    table = Table(title=f"{state_file} against {data_file}",
+                  caption="FRC 0.5: the period [Å] at which the Fourier ring correlation with the truth first "
+                          "falls below 0.5; - : it never does, up to the grid's Nyquist frequency")
     for col in ("phase", "Pearson", "RMS [rad]", "slope", "FRC 0.5 [Å]", "pixels"):
         table.add_column(escape(col), justify="left" if col == "phase" else "right")
     for name, r in rows:

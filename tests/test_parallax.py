@@ -289,6 +289,33 @@ def test_the_warning_names_the_loader_setting_that_turns_the_detector_back(sims,
     assert back.resolved and back.orientation == "as recorded" and back.defocus_A > 0
 
 
+def test_a_correction_is_named_as_the_loaders_whole_setting(tmp_path):
+    """A loader that already applies detector keys: the note names the whole setting that
+    gives the data back, not one more key to stack on it. Data recorded as they should be,
+    read with ``transpose: true``, are told to drop it; data transposed in the file, read
+    with ``flip_y: true``, are told ``transpose: true`` in its place, and with that the run
+    has nothing to warn of."""
+    import shutil
+
+    import h5py
+
+    data = DATA / "abtem_srtio3.h5"
+    undo = _run(data, {}, transpose=True)
+    assert len(undo) == 1 and "corrects it, without its transpose: true (" in undo[0], undo
+    quarter = _run(data, {}, rotate90=1)
+    assert len(quarter) == 1 and "without its rotate90: 1 (" in quarter[0], quarter
+
+    path = tmp_path / "transposed.h5"
+    shutil.copy(data, path)
+    with h5py.File(path, "a") as f:
+        p = f["patterns"][()]
+        del f["patterns"]
+        f["patterns"] = np.ascontiguousarray(np.swapaxes(p, -1, -2))
+    told = _run(path, {}, flip_y=True)
+    assert len(told) == 1 and "with transpose: true in place of its flip_y: true" in told[0], told
+    assert _run(path, {}, transpose=True) == []
+
+
 def test_a_turned_detector_is_told_even_without_a_defocus(tmp_path):
     """No defocus anywhere and a transposed loader: the probe stays at 0 Å (the parallax's
     sign is not the orientation's to decide) and the run is told both candidate settings."""

@@ -341,18 +341,55 @@ _TURNED = {"rotate90": "turned by 90°", "flip_y": "mirrored (across one axis)",
 #: the loader settings (applied after its current ones) that turn data of an orientation
 #: class back, by the sign of the data's defocus relative to the true one (found by
 #: applying every setting to simulated data: tests/test_parallax.py)
-_LOADER_FIX = {("rotate90", 1): "rotate90: 1", ("rotate90", -1): "rotate90: 3",
-               ("flip_y", 1): "flip_y: true", ("flip_y", -1): "flip_x: true",
-               ("transpose", 1): "transpose: true", ("transpose", -1): "transpose: true with rotate90: 2"}
+_LOADER_FIX = {("rotate90", 1): {"rotate90": 1}, ("rotate90", -1): {"rotate90": 3},
+               ("flip_y", 1): {"flip_y": True}, ("flip_y", -1): {"flip_x": True},
+               ("transpose", 1): {"transpose": True}, ("transpose", -1): {"transpose": True, "rotate90": 2}}
+
+#: one loader setting for each of the detector's 8 orientations, the plainest first
+_PLAIN_SETTINGS = ({}, {"rotate90": 1}, {"rotate90": 3}, {"rotate90": 2}, {"flip_y": True}, {"flip_x": True},
+                   {"transpose": True}, {"transpose": True, "rotate90": 2})
+_SETTING_KEYS = ("transpose", "flip_y", "flip_x", "rotate90")
 
 
-def _loader_fix(orientation: str, est: float, probe: float, small: float) -> str:
+def _setting_text(setting: dict) -> str:
+    """``transpose: true with rotate90: 2``: loader keys as a plan writes them."""
+    words = [f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in setting.items()]
+    return " with ".join(words) if words else "none"
+
+
+def _combined(current: dict, fix: dict) -> dict:
+    """The plainest loader setting equal to ``current`` followed by ``fix`` (both in the
+    loader's order: transpose, flips, quarter turns), found by applying them to a labelled
+    5x5 detector (odd: every reflection moves a pixel)."""
+    from types import SimpleNamespace
+
+    from phaser_std.data.loaders._common import orient_patterns
+
+    def apply(setting: dict, a: np.ndarray) -> np.ndarray:
+        return np.asarray(orient_patterns(a, SimpleNamespace(**{k: setting.get(k, 0) for k in _SETTING_KEYS})))
+
+    labels = np.arange(25).reshape(5, 5)
+    want = apply(fix, apply(current, labels))
+    return next(s for s in _PLAIN_SETTINGS if np.array_equal(apply(s, labels), want))
+
+
+def _loader_fix(orientation: str, est: float, probe: float, small: float, current: dict | None = None) -> str:
     """The loader setting that corrects the orientation: known when the probe's defocus is
-    trusted for its sign, else the two candidates."""
+    trusted for its sign, else the two candidates. ``current``: the loader's own detector
+    keys (:func:`~phaser_std.data.loaders._common.loader_orientation`), which the setting
+    named then replaces."""
+    def setting(sign: int) -> str:
+        fix = _LOADER_FIX[(orientation, sign)]
+        if not current:
+            return f"with {_setting_text(fix)}"
+        whole = _combined(current, fix)
+        return (f"with {_setting_text(whole)} in place of its {_setting_text(current)}" if whole else
+                f"without its {_setting_text(current)}")
+
     if abs(probe) >= small:
-        return f"with {_LOADER_FIX[(orientation, 1 if est * probe > 0 else -1)]}"
-    return (f"with {_LOADER_FIX[(orientation, 1 if est > 0 else -1)]} if the defocus is positive "
-            f"(underfocus), {_LOADER_FIX[(orientation, -1 if est > 0 else 1)]} if negative")
+        return setting(1 if est * probe > 0 else -1)
+    return (f"{setting(1 if est > 0 else -1)} if the defocus is positive "
+            f"(underfocus), {setting(-1 if est > 0 else 1)} if negative")
 
 
 def describe(fit: ParallaxFit | None) -> str:
@@ -368,7 +405,7 @@ def describe(fit: ParallaxFit | None) -> str:
 
 
 def parallax_note(fit: ParallaxFit | None, probe_defocus_A: float, astigmatism_A: float = 0.0,
-                  thickness_A: float = 0.0) -> str | None:
+                  thickness_A: float = 0.0, loader_keys: dict | None = None) -> str | None:
     """A warning for the run's log and console when the data's parallax contradicts the
     probe's defocus [Å] (the plan's or the data's) or the detector's orientation; None when
     they agree or the parallax resolves nothing.
@@ -377,7 +414,11 @@ def parallax_note(fit: ParallaxFit | None, probe_defocus_A: float, astigmatism_A
     defocus can look like a mirrored detector or a rotated scan, and neither is then judged.
     ``thickness_A``: the object's thickness [Å] (its slices'); the images of a thick
     specimen move with the defocus at some depth in it, anywhere from the entrance (Δf) to
-    the exit (Δf − t), so only a parallax outside that range is a contradiction."""
+    the exit (Δf − t), so only a parallax outside that range is a contradiction.
+    ``loader_keys``: the detector keys the loader applied (``loader_orientation`` of
+    :mod:`phaser_std.data.loaders._common`;
+    RawData's ``extra["detector_orientation"]``), so that a correction is named as the whole
+    setting to give it."""
     if fit is None or not fit.resolved:
         return None
     est, probe, small = fit.defocus_A, float(probe_defocus_A), fit.resolvable_defocus_A
@@ -389,7 +430,7 @@ def parallax_note(fit: ParallaxFit | None, probe_defocus_A: float, astigmatism_A
             return None  # the astigmatism may be what maps it so: neither it nor the sign is judged
         return (f"the data's bright-field images line up best with the detector {_TURNED[fit.orientation]} "
                 f"relative to the scan (defocus ≈ {est:+.0f} Å that way): the reconstruction will fail unless the "
-                f"loader corrects it, {_loader_fix(fit.orientation, est, probe, small)} (docs/file-formats.md). "
+                f"loader corrects it, {_loader_fix(fit.orientation, est, probe, small, loader_keys)} (docs/file-formats.md). "
                 f"A two-fold astigmatism as large as the defocus can look the same.")
     if (abs(fit.rotation_deg) >= max(5.0, fit.resolvable_rotation_deg)
             and fit.coherence >= 1.03 * fit.coherence_unrotated and judged):

@@ -163,7 +163,8 @@ def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
             ctx.notes.append(f"warning: {note}")
     if config.check_parallax:
         fit = _parallax_fit(data, ctx.scan_A) if fit is _NOT_MEASURED else fit
-        note = _parallax_note(fit, float(defocus), aberrations, thickness)
+        note = _parallax_note(fit, float(defocus), aberrations, thickness,
+                              (data.extra or {}).get("detector_orientation"))
         if note is not None:
             ctx.notes.append(f"warning: {note}")
     if config.focal_spread_A > 0:
@@ -202,15 +203,18 @@ def _parallax_fit(data: Any, positions: Any = None) -> Any:
         return None
 
 
-def _parallax_note(fit: Any, defocus_A: float, aberrations: dict | None, thickness_A: float = 0.0) -> str | None:
+def _parallax_note(fit: Any, defocus_A: float, aberrations: dict | None, thickness_A: float = 0.0,
+                   loader_keys: dict | None = None) -> str | None:
     """The data's bright-field parallax ``fit`` against the probe's defocus [Å] (``C10`` of
     the aberrations included: defocus = −C10) over an object ``thickness_A`` [Å] thick, the
     detector's orientation and the scan's rotation
-    (:func:`phaser_std.data.parallax.parallax_note`)."""
+    (:func:`phaser_std.data.parallax.parallax_note`); ``loader_keys``: the detector keys the
+    loader applied."""
     from phaser_std.data.parallax import parallax_note
 
     ab = dict(aberrations or {})
-    return parallax_note(fit, defocus_A - float(ab.get("C10", 0.0)), abs(float(ab.get("C12", 0.0))), thickness_A)
+    return parallax_note(fit, defocus_A - float(ab.get("C10", 0.0)), abs(float(ab.get("C12", 0.0))), thickness_A,
+                         loader_keys)
 
 
 def _stream(seed: int, name: str) -> np.random.SeedSequence:

@@ -105,6 +105,14 @@ def orientation_indices(shape: tuple[int, int], cfg: Any) -> tuple[bool, np.ndar
     return swap, ry, rx
 
 
+def loader_orientation(cfg: Any) -> dict:
+    """The detector keys a loader's config sets, those left at their defaults out:
+    ``{"transpose": True}``, ``{}``."""
+    out = {k: bool(getattr(cfg, k, False)) for k in ("transpose", "flip_y", "flip_x") if getattr(cfg, k, False)}
+    k = int(getattr(cfg, "rotate90", 0) or 0) % 4
+    return {**out, "rotate90": k} if k else out
+
+
 def orient_patterns(patterns: Any, cfg: Any) -> Any:
     """Apply ``transpose``, ``flip_y``, ``flip_x``, ``rotate90`` to the last two axes.
 
@@ -191,6 +199,9 @@ def apply_overrides(data: RawData, cfg: Any, *, file_angular_mrad: tuple[float, 
         v = getattr(cfg, key, None)
         if v is not None:
             changes[key] = v
+    turned = loader_orientation(cfg)
+    if turned:  # for the parallax check, which names a correction as the whole setting
+        changes["extra"] = {**data.extra, "detector_orientation": turned}
     data = data.replace(**changes)
     check_metadata(data)
     check_positive(getattr(cfg, "scan_step_A", None), "scan_step_A", "Å", data.source)
