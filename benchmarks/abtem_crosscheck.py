@@ -105,17 +105,39 @@ def simulate(args: argparse.Namespace) -> dict:
     }
 
 
+def write_patterns(f: object, sim: dict, compact: bool) -> None:
+    """The counts (and without ``compact`` the noiseless intensities) and the scan
+    positions into the open hdf5 file ``f`` (also used by py4dstem_crosscheck.py)."""
+    if compact:  # counts as uint16, no noiseless copy: a file small enough for the tests
+        f.create_dataset("patterns", data=sim["patterns"].astype(np.uint16), compression="gzip",
+                         compression_opts=9, shuffle=True)
+    else:
+        f.create_dataset("patterns", data=sim["patterns"], compression="gzip")
+        f.create_dataset("patterns_noiseless", data=sim["patterns_noiseless"], compression="gzip")
+    f["scan_positions"] = sim["scan_positions"]
+
+
+def write_ground_truth(f: object, phase: np.ndarray, sampling_yx_A: tuple, thickness_A: float, **extra: object) -> None:
+    """``/ground_truth``: the phase (y, x) [rad], its sampling [Å] (a scalar where the
+    pixels are square, what single-value readers expect, else (y, x)), periodic, the
+    thickness [Å] and ``extra`` attributes."""
+    gt = f.create_group("ground_truth")
+    gt["phase"] = phase
+    sy, sx = (float(v) for v in np.broadcast_to(np.asarray(sampling_yx_A, dtype=float), (2,)))
+    gt_s = sy if abs(sy - sx) < 1e-9 * sy else np.array([sy, sx])
+    gt["phase"].attrs["sampling_A"] = gt_s
+    gt.attrs["sampling_A"] = gt_s
+    gt.attrs["periodic"] = "yes"
+    gt.attrs["thickness_A"] = thickness_A
+    for key, value in extra.items():
+        gt.attrs[key] = value
+
+
 def write(path: str, sim: dict, args: argparse.Namespace) -> None:
     import h5py
 
     with h5py.File(path, "w") as f:
-        if args.compact:  # counts as uint16, no noiseless copy: a file small enough for the tests
-            f.create_dataset("patterns", data=sim["patterns"].astype(np.uint16), compression="gzip",
-                             compression_opts=9, shuffle=True)
-        else:
-            f.create_dataset("patterns", data=sim["patterns"], compression="gzip")
-            f.create_dataset("patterns_noiseless", data=sim["patterns_noiseless"], compression="gzip")
-        f["scan_positions"] = sim["scan_positions"]
+        write_patterns(f, sim, args.compact)
         f.attrs["energy_eV"] = float(args.energy)
         f.attrs["convergence_angle_mrad"] = float(args.alpha)
         f.attrs["defocus_A"] = float(args.defocus)
@@ -132,23 +154,21 @@ def write(path: str, sim: dict, args: argparse.Namespace) -> None:
         if args.focal_spread > 0:  # for the record: a single probe cannot describe these patterns
             f.attrs["focal_spread_A"] = float(args.focal_spread)
         f.attrs["simulation_spec"] = json.dumps({k: v for k, v in vars(args).items() if k != "out"})
-        gt = f.create_group("ground_truth")
-        gt["phase"] = sim["phase"]
-        sy, sx = sim["sampling_yx_A"]
-        # a scalar where the pixels are square (what single-value readers expect), else (y, x)
-        gt_s = sy if abs(sy - sx) < 1e-9 * sy else np.array([sy, sx])
-        gt["phase"].attrs["sampling_A"] = gt_s
-        gt.attrs["sampling_A"] = gt_s
-        gt.attrs["periodic"] = "yes"
-        gt.attrs["thickness_A"] = sim["thickness_A"]
+        write_ground_truth(f, sim["phase"], sim["sampling_yx_A"], sim["thickness_A"])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def beam_arguments(doc: str, defocus_A: float, defocus_help: str) -> argparse.ArgumentParser:
+    """A parser with the output file and the beam's arguments (also py4dstem_crosscheck's)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--energy", type=float, default=200e3, help="[eV]")
     ap.add_argument("--alpha", type=float, default=25.0, help="convergence semi-angle [mrad]")
-    ap.add_argument("--defocus", type=float, default=50.0, help="abTEM defocus = −C10 [Å] (+: underfocus)")
+    ap.add_argument("--defocus", type=float, default=defocus_A, help=defocus_help)
+    return ap
+
+
+def main() -> None:
+    ap = beam_arguments(__doc__, 50.0, "abTEM defocus = −C10 [Å] (+: underfocus)")
     ap.add_argument("--material", choices=("mos2", "srtio3"), default="srtio3")
     ap.add_argument("--reps", type=int, nargs=2, default=(6, 6), help="unit cells along x, y")
     ap.add_argument("--layers", type=int, default=1, help="unit cells (MoS2: layers) along the beam")

@@ -53,7 +53,7 @@ class _Trace:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("engine")
-    ap.add_argument("dataset")
+    ap.add_argument("dataset", help="a case's dataset (single64, multi64, ...) or an hdf5 raw-data file (.h5)")
     ap.add_argument("--modes", type=int, default=1)
     ap.add_argument("--group", type=int, default=64)
     ap.add_argument("--iters", type=int, default=6)
@@ -68,9 +68,13 @@ def main() -> None:
     from phaser_core.plan import load_plan
     from phaser_core.runner import run_plan
 
-    data = cases.dataset_path(a.dataset)
-    block = cases.our_engine(a.engine, niter=a.iters, group=a.group, modes=a.modes, slices=cases.n_slices(a.dataset),
-                             thickness=cases.total_thickness(a.dataset))
+    if a.dataset.endswith(".h5"):  # any hdf5 raw-data file, one slice
+        data, slices, thickness = Path(a.dataset), 1, 0.0
+    else:
+        data, slices, thickness = (cases.dataset_path(a.dataset), cases.n_slices(a.dataset),
+                                   cases.total_thickness(a.dataset))
+    block = cases.our_engine(a.engine, niter=a.iters, group=a.group, modes=a.modes, slices=slices,
+                             thickness=thickness)
     if a.chunk:
         block["grouping"]["chunk"] = a.chunk
     for item in a.set:

@@ -161,14 +161,10 @@ def simulate(args: argparse.Namespace) -> dict:
 def write(path: str, sim: dict, args: argparse.Namespace) -> None:
     import h5py
 
+    from abtem_crosscheck import write_ground_truth, write_patterns  # beside this script; imports no abTEM
+
     with h5py.File(path, "w") as f:
-        if args.compact:  # counts as uint16, no noiseless copy: a file small enough for the tests
-            f.create_dataset("patterns", data=sim["patterns"].astype(np.uint16), compression="gzip",
-                             compression_opts=9, shuffle=True)
-        else:
-            f.create_dataset("patterns", data=sim["patterns"], compression="gzip")
-            f.create_dataset("patterns_noiseless", data=sim["patterns_noiseless"], compression="gzip")
-        f["scan_positions"] = sim["scan_positions"]
+        write_patterns(f, sim, args.compact)
         f.attrs["energy_eV"] = float(args.energy)
         f.attrs["convergence_angle_mrad"] = float(args.alpha)
         f.attrs["defocus_A"] = float(sim["defocus_A"])  # py4DSTEM "defocus" = −C10 = ours
@@ -179,21 +175,13 @@ def write(path: str, sim: dict, args: argparse.Namespace) -> None:
         f.attrs["real_space_sampling_A"] = sim["sampling_A"]
         f.attrs["simulator"] = "py4DSTEM 0.14.18 (ComplexProbe, fft_shift, multislice mixins)"
         f.attrs["simulation_spec"] = json.dumps({k: v for k, v in vars(args).items() if k != "out"})
-        gt = f.create_group("ground_truth")
-        gt["phase"] = sim["phase"]
-        gt["phase"].attrs["sampling_A"] = sim["sampling_A"]
-        gt.attrs["sampling_A"] = sim["sampling_A"]
-        gt.attrs["periodic"] = "yes"
-        gt.attrs["thickness_A"] = sim["thickness_A"]
-        gt.attrs["n_slices"] = sim["n_slices"]
+        write_ground_truth(f, sim["phase"], sim["sampling_A"], sim["thickness_A"], n_slices=sim["n_slices"])
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--energy", type=float, default=200e3, help="[eV]")
-    ap.add_argument("--alpha", type=float, default=25.0, help="convergence semi-angle [mrad]")
-    ap.add_argument("--defocus", type=float, default=0.0, help="py4DSTEM's defocus = −C10 [Å]")
+    from abtem_crosscheck import beam_arguments  # beside this script; imports no abTEM
+
+    ap = beam_arguments(__doc__, 0.0, "py4DSTEM's defocus = −C10 [Å]")
     ap.add_argument("--c10", type=float, default=None, help="py4DSTEM's C10 [Å] instead of --defocus")
     ap.add_argument("--reps", type=int, nargs=2, default=(4, 4), help="unit cells along x, y")
     ap.add_argument("--layers", type=int, default=2, help="unit cells along the beam (2 slices each)")

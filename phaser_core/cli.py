@@ -562,13 +562,33 @@ def _main(argv: list[str]) -> int:
         return 1
     except OSError as exc:
         if exc.filename is None:
-            raise
+            return _blame_or_raise(exc)
         # a path the command cannot read or write (a file where a folder must be, no permission,
         # a full disk): what and where, without a traceback
         where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
         _err().print(f"[red]error:[/red] {escape(str(where))}: {escape(exc.strerror or str(exc))}; "
                      "check the path (--out, the plan's paths) and its permissions")
         return 1
+    except Exception as exc:  # noqa: BLE001 - a plugin's failure is named; phaser's own re-raised
+        return _blame_or_raise(exc)
+
+
+def _blame_or_raise(exc: Exception) -> int:
+    """An exception raised in a third-party plugin's or a local component's code: its
+    traceback, then one line naming the plugin (1). Anything else is re-raised: phaser's
+    own failures keep Python's report."""
+    import traceback
+
+    try:
+        culprit = get_registry().culprit(exc)
+    except Exception:  # noqa: BLE001 - the registry itself is broken: Python's report
+        culprit = None
+    if culprit is None:
+        raise exc
+    traceback.print_exception(exc, file=sys.stderr)
+    _err().print(f"[red]error:[/red] {escape(type(exc).__name__)}: {escape(str(exc))} raised in "
+                 f"{escape(culprit)}; report it to the plugin's authors")
+    return 1
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import contextvars
 import importlib
 import importlib.metadata as md
 import os
+import re
 import sys
 import threading
 from contextlib import contextmanager
@@ -50,6 +51,8 @@ KINDS: dict[str, str] = {
 }
 
 ESSENTIAL_PLUGINS = ("phaser_std",)
+#: what a registered name or alias may be
+_NAME = re.compile(r"[a-z0-9][a-z0-9_]*")
 DISABLE_ENV = "PHASER_DISABLE_PLUGINS"
 LOCAL_ENV = "PHASER_ALLOW_LOCAL_COMPONENTS"
 
@@ -133,6 +136,10 @@ class Registry:
         self._aliases: dict[str, dict[str, str]] = {k: {} for k in KINDS}
         self.plugins: dict[str, Owner] = {}
         self.plugin_manager: pluggy.PluginManager | None = None
+        #: the top-level module names of local components a plan named ("mymod:Class")
+        self.local_modules: set[str] = set()
+        #: the plugins the build skipped (``PHASER_DISABLE_PLUGINS``)
+        self.disabled: list[str] = []
 
     # -- registration -------------------------------------------------------------------
 
@@ -143,6 +150,10 @@ class Registry:
             raise PluginError(f"{owner}: unknown component kind {kind!r}; kinds are {', '.join(KINDS)}")
         if config is not None and not attrs.has(config):
             raise PluginError(f"{owner}: config for {kind} {name!r} must be an attrs class, got {config!r}")
+        for key in (name, *aliases):
+            if not isinstance(key, str) or not _NAME.fullmatch(key):
+                raise PluginError(f"{owner}: {kind} name {key!r} must be lowercase letters, digits and underscores "
+                                  "(plans name it as `type: NAME`, and a colon marks a local component)")
         comp = Component(kind, name, obj, config, owner, tuple(aliases),
                          doc if doc is not None else _first_doc_line(obj), dict(meta))
         for key in (name, *comp.aliases):
@@ -214,7 +225,8 @@ class Registry:
     def unknown_message(self, kind: str, name: str, **meta: Any) -> str:
         label = kind.replace("_", " ")
         hint = did_you_mean(name, [*self._by_kind[kind], *self._aliases[kind]])
-        return f"unknown {label} {name!r}{hint} available: {self.inventory(kind, **meta)}"
+        skipped = f" (skipped by {DISABLE_ENV}: {', '.join(self.disabled)})" if self.disabled else ""
+        return f"unknown {label} {name!r}{hint or ';'} available: {self.inventory(kind, **meta)}{skipped}"
 
     # -- local objects ------------------------------------------------------------------
 
@@ -243,6 +255,7 @@ class Registry:
         config = getattr(obj, "Config", None)
         if config is not None and not attrs.has(config):
             raise UnknownComponentError(kind, name, f"{name}.Config must be an attrs class")
+        self.local_modules.add(module_name.split(".")[0])
         return Component(kind, name, obj, config, Owner(plugin=module_name), doc=_first_doc_line(obj),
                          meta=dict(getattr(obj, "phaser_meta", {}) or {}))
 
@@ -303,11 +316,12 @@ class Registry:
         try:
             pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise PluginError(f"a plugin implements a hook that does not exist: {exc}") from exc
+            raise _unknown_hook_error(pm, owners, exc) from exc
 
         registry = cls()
         registry.plugin_manager = pm
         registry.plugins = owners
+        registry.disabled = sorted(disable)
         hooks = sorted(set(KINDS.values()))
         # Call each plugin's implementation separately so every name records its owner.
         for plugin_name, owner in owners.items():
@@ -323,10 +337,52 @@ class Registry:
                         raise PluginLoadError(plugin_name, owner.distribution, exc) from exc
         return registry
 
+    def culprit(self, error: BaseException) -> str | None:
+        """Who raised ``error``, when it was not phaser: the innermost frame of its
+        traceback that runs a third-party plugin's code or a plan's local component, as
+        "the plugin 'name' (distribution) at file:line in function"; None when no such
+        frame (phaser's own code, or a library it calls)."""
+        tops: dict[str, str] = {}
+        if self.plugin_manager is not None:
+            for name, owner in self.plugins.items():
+                plugin = self.plugin_manager.get_plugin(name)
+                module = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__module__
+                top = str(module).split(".")[0]
+                if name not in ESSENTIAL_PLUGINS and top not in ("phaser_core", "phaser_std"):
+                    where = f"distribution {owner}; " if owner.distribution else ""
+                    tops[top] = f"the plugin {name!r} ({where}{DISABLE_ENV}={name} skips it)"
+        for top in self.local_modules:
+            tops.setdefault(top, f"the plan's local component module {top!r}")
+        frames = []
+        tb = error.__traceback__
+        while tb is not None:
+            frames.append(tb)
+            tb = tb.tb_next
+        for tb in reversed(frames):
+            module = str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0]
+            if module in tops:
+                code = tb.tb_frame.f_code
+                return f"{tops[module]} at {code.co_filename}:{tb.tb_lineno} in {code.co_name}"
+        return None
+
     def call_register_commands(self, cli: Any) -> None:
         """Call every plugin's ``register_commands(cli)``."""
         if self.plugin_manager is not None:
             self.plugin_manager.hook.register_commands(cli=cli)
+
+
+def _unknown_hook_error(pm: Any, owners: dict[str, Owner], exc: Any) -> PluginError:
+    """A hook implementation whose name is no hook: the plugin by its name and
+    distribution, the nearest hook names, and how to skip it."""
+    name = pm.get_name(exc.plugin) or repr(exc.plugin)
+    found = re.search(r"unknown hook '([^']+)'", str(exc))
+    hook = found.group(1) if found else "?"
+    owner = owners.get(name)
+    where = f" (distribution {owner.distribution})" if owner is not None and owner.distribution else ""
+    specs = sorted(n for n in dir(hookspecs) if n.startswith("register_"))
+    close = did_you_mean(hook, specs)
+    return PluginError(f"plugin {name!r}{where} implements {hook!r}, which is no hook{close}{' ' if close else '. '}"
+                       f"The hooks: {', '.join(specs)}. Fix it, or set {DISABLE_ENV}={name} to skip the plugin.")
 
 
 def _owner_from_distribution(plugin: str) -> Owner:

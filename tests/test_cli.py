@@ -294,3 +294,28 @@ def test_version_names_the_distribution(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"phaser-ptycho {importlib.metadata.version('phaser-ptycho')} ")
+
+
+def test_a_local_components_failure_is_named(tmp_path, capsys):
+    """A run that fails in a plan's local component (or a plugin's code) prints Python's
+    traceback and then one line naming who raised, and its log says the same; exit 1."""
+    from recon import make_dataset
+
+    data = make_dataset(tmp_path / "d.h5", scan={"shape": [4, 4], "step_A": 0.6}, detector_shape=[32, 32])
+    (tmp_path / "labfail.py").write_text(
+        "class Boom:\n"
+        "    def __init__(self, config):\n        pass\n\n"
+        "    def apply(self, bk, probe, obj, info):\n"
+        "        raise ValueError('lab constraint bug')\n")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("file_type: phaser_plan\nversion: 1\nbackend: numpy\n"
+                    f"raw_data: {{type: hdf5, path: {data}}}\n"
+                    "engines:\n  - type: conventional\n    niter: 2\n"
+                    "    iter_constraints: [{type: 'labfail:Boom'}]\n")
+    out = tmp_path / "run"
+    assert cli.main(["run", str(plan), "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "lab constraint bug" in err
+    assert "raised in the plan's local component module 'labfail' at " in err and "labfail.py:6 in apply" in err
+    log = (out / "log.txt").read_text()
+    assert "run failed: ValueError: lab constraint bug (raised in the plan's local component module 'labfail'" in log

@@ -350,8 +350,9 @@ def test_step_sizes_follow_a_schedule(single, backend):
 @pytest.mark.parametrize("kind,initial", [("epie", 1.0), ("lsqml", 0.5)])
 def test_an_object_step_left_null_falls_on_one_slice_only(kind, initial):
     """β_object null: the solver's initial step until engine iteration 5, then 0.7x, from
-    10 0.5x, from 20 0.3x, on one slice; constant with several slices, for a number the
-    plan gives, and for the probe's step."""
+    10 0.5x, from 20 0.3x, on one slice with counted data under 10⁴ e⁻/Å²; constant with
+    several slices, from that dose on, for data whose dose is unknown (not counts), for a
+    number the plan gives, and for the probe's step."""
     from phaser_core.registry import get_registry
     from phaser_std.engines.conventional_solvers import EpieConfig, EpieSolver, LsqmlConfig, LsqmlSolver
 
@@ -361,13 +362,52 @@ def test_an_object_step_left_null_falls_on_one_slice_only(kind, initial):
     def steps(solver, name):
         return [solver.hyperparams(it, reg)[name] for it in (0, 4, 5, 9, 10, 19, 20, 99)]
 
-    one = solver_cls(config_cls()).for_slices(1)
+    one = solver_cls(config_cls()).for_slices(1).for_dose(900.0)
     assert steps(one, "beta_object") == pytest.approx([initial * f for f in (1, 1, .7, .7, .5, .5, .3, .3)])
     assert steps(one, "beta_probe") == pytest.approx([initial] * 8)
-    assert steps(solver_cls(config_cls()).for_slices(4), "beta_object") == pytest.approx([initial] * 8)
-    assert steps(solver_cls(config_cls(beta_object=0.8)).for_slices(1), "beta_object") == pytest.approx([0.8] * 8)
-    # a solver never told its slice count (a subclass's for_slices not calling super) keeps it constant
-    assert steps(solver_cls(config_cls()), "beta_object") == pytest.approx([initial] * 8)
+    constant = [initial] * 8
+    assert steps(solver_cls(config_cls()).for_slices(4).for_dose(900.0), "beta_object") == pytest.approx(constant)
+    assert steps(solver_cls(config_cls()).for_slices(1).for_dose(1e4), "beta_object") == pytest.approx(constant)
+    assert steps(solver_cls(config_cls()).for_slices(1).for_dose(None), "beta_object") == pytest.approx(constant)
+    assert steps(solver_cls(config_cls(beta_object=0.8)).for_slices(1).for_dose(900.0),
+                 "beta_object") == pytest.approx([0.8] * 8)
+    # a solver never told its slice count or dose (a subclass's for_slices not calling
+    # super, a plugin's engine) keeps it constant
+    assert steps(solver_cls(config_cls()).for_dose(900.0), "beta_object") == pytest.approx(constant)
+    assert steps(solver_cls(config_cls()).for_slices(1), "beta_object") == pytest.approx(constant)
+
+
+def test_the_dose_that_decides_the_object_step(tmp_path):
+    """The engine tells the solver the dose of counted data (mean counts over the area per
+    position) and says what the null step does: falling on the shipped 300 e⁻ abTEM file
+    (878 e⁻/Å²), constant on the 10⁵ e⁻ one and on the same patterns as floats (not counts)."""
+    import shutil
+
+    from phaser_core.data import RawData
+    from phaser_std.engines.conventional_solvers import counted_dose
+
+    counts = np.full((9, 8, 8), 3.0, np.float32)
+    raster = RawData(patterns=counts, scan_step_A=(0.5, 0.4))
+    assert counted_dose(raster) == pytest.approx(64 * 3 / 0.2)
+    assert counted_dose(RawData(patterns=counts + 0.5, scan_step_A=(0.5, 0.4))) is None
+    grid = np.stack(np.meshgrid(np.arange(3) * 0.5, np.arange(3) * 0.5, indexing="ij"), -1).reshape(-1, 2)
+    assert counted_dose(RawData(patterns=counts), grid) == pytest.approx(64 * 3 / 0.25)  # positions of the run
+
+    def said(path):
+        out = tmp_path / path.stem
+        run(path, [{"type": "conventional", "niter": 1, "solver": {"type": "epie"}}], out_dir=out)
+        return next(line for line in (out / "log.txt").read_text().splitlines() if "object step null" in line)
+
+    data = Path(__file__).parent / "data"
+    assert "falling (878 e⁻/Å², under 10000" in said(data / "abtem_srtio3_300e.h5")
+    assert "constant (2" in said(data / "abtem_srtio3.h5")
+    floats = tmp_path / "floats.h5"
+    shutil.copy(data / "abtem_srtio3.h5", floats)
+    with h5py.File(floats, "a") as f:
+        p = f["patterns"][()].astype(np.float32) * 1.5
+        del f["patterns"]
+        f["patterns"] = p
+    assert "constant (the patterns are not counts" in said(floats)
 
 
 @pytest.mark.parametrize("solver", ["epie", "lsqml"])

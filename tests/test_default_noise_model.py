@@ -102,9 +102,10 @@ def test_the_run_is_told_which_noise_model_and_grid_it_got(tmp_path):
                         {"type": "gradient", "niter": 1, "noise_model": {"type": "poisson"}}]}
     run_plan(load_plan(plan), quiet=True, observers=[notes])
     # the gradient engine names its model and stays on the grid: nothing to tell
-    assert [n for n, _ in notes.texts] == [0, 0]
+    assert [n for n, _ in notes.texts] == [0, 0, 0]
     assert notes.texts[0][1].startswith("detector grid 64x64 -> 48x48")
     assert notes.texts[1][1].startswith("noise model auto: anscombe (for counted patterns")
+    assert notes.texts[2][1].startswith("object step null: constant (")
 
 
 def test_auto_takes_an_eps_and_an_unresolved_auto_model_says_how_to_resolve_it(tmp_path):

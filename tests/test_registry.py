@@ -99,11 +99,48 @@ def test_disable_other_plugin_by_env(monkeypatch):
     reg = build(("lab_a", plugin(register_solvers=solvers("epie"))),
                 ("lab_b", plugin(register_solvers=solvers("lsqml"))))
     assert ("solver", "epie") not in reg and ("solver", "lsqml") in reg
+    # a plan naming a skipped plugin's component is told that plugins were skipped
+    with pytest.raises(UnknownComponentError) as info:
+        reg.get("solver", "epie")
+    assert str(info.value) == ("unknown solver 'epie'; available: lsqml (lab_b) "
+                               "(skipped by PHASER_DISABLE_PLUGINS: lab_a, lab_x)")
 
 
 def test_check_pending_rejects_misspelled_hook():
-    with pytest.raises(PluginError, match="register_solver"):
+    """A misspelt hook is named with its plugin (not a module's repr), the nearest hook and
+    how to skip the plugin."""
+    with pytest.raises(PluginError) as info:
         build(("typo", plugin(register_solver=solvers("epie"))))
+    message = str(info.value)
+    assert message.startswith("plugin 'typo' implements 'register_solver', which is no hook; did you mean "
+                              "'register_solvers'?"), message
+    assert "PHASER_DISABLE_PLUGINS=typo" in message and "register_observers" in message
+
+
+def test_a_failure_in_a_plugins_code_names_the_plugin(tmp_path, monkeypatch):
+    """The innermost frame of a traceback that runs a third-party plugin's module (or a
+    plan's local component module) names who raised; phaser's own code and the libraries
+    it calls name nobody."""
+    import sys
+
+    (tmp_path / "labplug").mkdir()
+    (tmp_path / "labplug" / "__init__.py").write_text(
+        "from phaser_core import hookimpl\n\n\n"
+        "def explode():\n    raise ValueError('lab bug')\n\n\n"
+        "@hookimpl\ndef register_solvers(register):\n    register('labsolve', object, role='conventional')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "labplug", raising=False)
+    import labplug
+
+    reg = build(("labplug", labplug))
+    with pytest.raises(ValueError) as info:
+        labplug.explode()
+    said = reg.culprit(info.value)
+    assert said.startswith("the plugin 'labplug' (PHASER_DISABLE_PLUGINS=labplug skips it) at "), said
+    assert said.endswith("__init__.py:5 in explode"), said
+    with pytest.raises(ZeroDivisionError) as own:
+        registry_module.did_you_mean(1 / 0, [])
+    assert reg.culprit(own.value) is None
 
 
 def test_did_you_mean_and_inventory():
@@ -119,6 +156,16 @@ def test_did_you_mean_and_inventory():
     assert "did you mean 'my_pie'?" in reg.unknown_message("solver", "my_pei")  # aliases are suggested
     assert reg.get("solver", "my_pie").name == "mypie"
     assert "did you mean" not in reg.unknown_message("solver", "adam")
+
+
+def test_a_name_must_be_one_a_plan_can_write():
+    reg = Registry()
+    for bad in ("Bad Name!", "my-pie", "lab:pie", ""):
+        with pytest.raises(PluginError, match="must be lowercase letters, digits and underscores"):
+            reg.add("solver", bad, object, Owner("mylab"))
+    with pytest.raises(PluginError, match="'My_Alias'"):
+        reg.add("solver", "mypie", object, Owner("mylab"), aliases=("My_Alias",))
+    reg.add("solver", "my_pie2", object, Owner("mylab"), aliases=("3pie",))
 
 
 def test_config_must_be_attrs():

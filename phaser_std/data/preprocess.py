@@ -226,26 +226,19 @@ def _whole_sums_dtype(dtype: np.dtype, sums: np.ndarray) -> np.dtype:
 
 def scan_area_per_position_A2(data: RawData) -> float:
     """Specimen area per scan position [Å²]: the raster step area |s_y·s_x|, or, for
-    explicit positions only, the area they cover / N: their convex hull grown by half the
-    typical spacing s (the median nearest-neighbour distance) all round, hull + perimeter·s/2
-    + s², which is exactly N·s² for a raster of any shape and rotation; a line of positions
-    covers (length + s)·s."""
+    explicit positions only, the area they cover / N
+    (:func:`phaser_std.physics.scan.area_per_position_A2`)."""
     if data.scan_step_A is not None:
         return abs(float(data.scan_step_A[0]) * float(data.scan_step_A[1]))
     pos = raster_positions(data)
     if pos is None or len(pos) < 2:
         raise DataError("the area per scan position is unknown: give scan_step_A in the plan")
-    from phaser_std.physics.scan import hull_and_spacing
+    from phaser_std.physics.scan import area_per_position_A2
 
-    hull, spacing = hull_and_spacing(pos)
-    if spacing <= 0:
+    area = area_per_position_A2(pos)
+    if area is None:
         raise DataError("the scan positions all coincide: give scan_step_A in the plan")
-    if hull is not None:
-        area = hull.volume + hull.area * spacing / 2 + spacing ** 2  # 2-D: volume is the area, area the perimeter
-    else:  # collinear: a line scan
-        length = float(np.max(np.linalg.norm(pos - pos[0], axis=1)))
-        area = (length + spacing) * spacing
-    return float(area / len(pos))
+    return area
 
 
 @attrs.frozen(kw_only=True)

@@ -9,6 +9,7 @@ import numpy as np
 
 from phaser_core.config import ConstraintSpec, ConventionalSolverSpec, Flag, NoiseModelSpec, PositionSolverSpec, \
     in_range, param
+from phaser_core.observer import announce
 from phaser_core.plan import SlicesPlan
 from phaser_core.state import ReconsState
 from phaser_std.engines.chunking import conventional_budget, conventional_lane_budget, engine_chunk
@@ -29,7 +30,8 @@ from phaser_std.engines.common import (
     switches_without_solver,
 )
 from phaser_std.engines.constraints import IlluminationMap, needs_illumination
-from phaser_std.engines.conventional_solvers import has_chunked_rule, make_group_step
+from phaser_std.engines.conventional_solvers import (FALLING_STEP_DOSE_E_PER_A2, counted_dose, has_chunked_rule,
+                                                     make_group_step)
 from phaser_std.engines.gradient_step import slice_dz, tilt_ramps
 from phaser_std.engines.noise_models import build_noise_model, on_valid_pixels
 from phaser_std.engines.regularizers import RegInfo
@@ -88,6 +90,13 @@ class ConventionalEngine:
 
         n_slices = int(np.shape(state.object.data)[0])
         solver = solver.for_slices(n_slices) if hasattr(solver, "for_slices") else solver
+        if hasattr(solver, "for_dose") and getattr(solver.config, "beta_object", 0) is None and n_slices == 1:
+            solver = solver.for_dose(counted_dose(data, state.scan_A))
+            dose = solver.dose_e_per_A2
+            why = ("the patterns are not counts" if dose is None else
+                   f"{dose:.0f} e⁻/Å², {'under' if solver.step_falls else 'not under'} {FALLING_STEP_DOSE_E_PER_A2:g}")
+            announce(ctx, f"object step null: {'falling' if solver.step_falls else 'constant'} ({why}; "
+                          "give beta_object to choose)")
         tilt = np.asarray(state.tilt_mrad, dtype=np.float64)
         # a tilt per position with several slices: each group's propagators (B, S-1, Ny, Nx)
         # are built inside its step, for whole groups (the chunked steps share one set)

@@ -57,19 +57,49 @@ from phaser_std.physics.forward import (
 #: a step size in [0, 1] (0 holds the array fixed); a schedule passes unchecked
 _BETA = in_range(0, 1)
 
-#: The object step a plan leaves null: on one slice the solver's initial β until engine
-#: iteration 5, then this fraction of it from each iteration on. Noisy data are fitted a
-#: little more by every full step after the first few (the object gets worse while the
-#: loss falls); a falling step averages that noise instead, and takes the same first
-#: iterations. The probe's step stays constant (a falling one recovered a wrong defocus
-#: more slowly), and so does the object's with several slices (thick objects still
-#: converge after 30 iterations; benchmarks/NOTES.md 112).
+#: The object step a plan leaves null, on one slice with counted data under
+#: :data:`FALLING_STEP_DOSE_E_PER_A2`: the solver's initial β until engine iteration 5,
+#: then this fraction of it from each iteration on. Noisy data are fitted a little more by
+#: every full step after the first few (the object gets worse while the loss falls); a
+#: falling step averages that noise instead, and takes the same first iterations. The
+#: probe's step stays constant (a falling one recovered a wrong defocus more slowly), and
+#: so does the object's with several slices (thick objects still converge after 30
+#: iterations; benchmarks/NOTES.md 112).
 ANNEALED_BETA = ((5, 0.7), (10, 0.5), (20, 0.3))
 
-_BETA_DOC = ("object step [0..1], or a schedule over iterations; null: {init:g} on one slice until iteration "
-             f"{ANNEALED_BETA[0][0]}, then "
+#: [e⁻/Å²] the dose (mean counts per pattern / area per position) from which a null
+#: object step stays constant: there the data's noise no longer shows, and in focus,
+#: where ePIE is still converging after iteration 5, the falling step slowed it (abTEM
+#: 48² px at 2.8·10⁴ e⁻/Å²: 0.949 against 0.960 after 20 iterations; at 8.7·10³ the two
+#: within 0.003, at 874 falling +0.024; benchmarks/NOTES.md 119)
+FALLING_STEP_DOSE_E_PER_A2 = 1e4
+
+_BETA_DOC = ("object step [0..1], or a schedule over iterations; null: on one slice with counted data under "
+             f"{FALLING_STEP_DOSE_E_PER_A2:g} e⁻/Å², {{init:g}} until iteration {ANNEALED_BETA[0][0]}, then "
              + ", ".join(f"from {start} {fraction:g}x" for start, fraction in ANNEALED_BETA)
-             + " (noise averaged); {init:g} throughout with several slices")
+             + " (noise averaged); {init:g} throughout otherwise")
+
+
+def counted_dose(data: Any, positions_A: Any = None) -> float | None:
+    """The dose [e⁻/Å²] of counted patterns: their mean count over the valid pixels
+    (:func:`phaser_core.data.mean_counts`) over the area per scan position (the data's
+    step or positions, else ``positions_A`` (N, 2) [Å]); None for patterns that are not
+    counts (noiseless, normalised or gain-scaled: their dose is unknown) or without an
+    area."""
+    from phaser_core.data import holds_counts, mean_counts
+    from phaser_core.errors import DataError
+    from phaser_std.data.preprocess import scan_area_per_position_A2
+    from phaser_std.physics.scan import area_per_position_A2
+
+    if not holds_counts(data):
+        return None
+    try:
+        area = scan_area_per_position_A2(data)
+    except DataError:
+        area = None if positions_A is None else area_per_position_A2(positions_A)
+    if not area:
+        return None
+    return mean_counts(data) / area
 
 
 @attrs.frozen
@@ -149,6 +179,9 @@ class ConventionalSolver:
         self.config = config
         #: set by :meth:`for_slices` (None: not told, and a null β stays constant)
         self.n_slices: int | None = None
+        #: [e⁻/Å²] set by :meth:`for_dose` (None: not told or not counted data, and a null
+        #: β stays constant)
+        self.dose_e_per_A2: float | None = None
         self.beta_object = self._constant_beta(config.beta_object)
         self.beta_probe = self._constant_beta(config.beta_probe)
 
@@ -158,9 +191,16 @@ class ConventionalSolver:
             return self.initial_beta
         return value if isinstance(value, (int, float)) else 1.0
 
+    @property
+    def step_falls(self) -> bool:
+        """Whether a null object step falls (:data:`ANNEALED_BETA`): one slice, counted
+        data under :data:`FALLING_STEP_DOSE_E_PER_A2`."""
+        return (self.n_slices == 1 and self.dose_e_per_A2 is not None
+                and self.dose_e_per_A2 < FALLING_STEP_DOSE_E_PER_A2)
+
     def default_beta(self, iteration: int) -> float:
         """The object's β at an engine iteration where the plan leaves it null."""
-        if self.n_slices != 1:
+        if not self.step_falls:
             return self.initial_beta
         fraction = 1.0
         for start, value in ANNEALED_BETA:
@@ -180,6 +220,13 @@ class ConventionalSolver:
         resolved); the engine calls it once before building its steps."""
         solver = copy.copy(self)
         solver.n_slices = int(n_slices)
+        return solver
+
+    def for_dose(self, dose_e_per_A2: float | None) -> "ConventionalSolver":
+        """The solver for data of this dose [e⁻/Å²] (:func:`counted_dose`; None: unknown);
+        the engine calls it once before building its steps."""
+        solver = copy.copy(self)
+        solver.dose_e_per_A2 = None if dose_e_per_A2 is None else float(dose_e_per_A2)
         return solver
 
     def with_steps(self, beta_object: Any, beta_probe: Any) -> "ConventionalSolver":

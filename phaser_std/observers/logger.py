@@ -139,5 +139,6 @@ class LogObserver(Observer):
         if isinstance(error, KeyboardInterrupt) or type(error).__name__ == "RunInterrupted":
             self.write(f"run interrupted: {error}" if str(error) else "run interrupted")
         else:
-            self.write(f"run failed: {type(error).__name__}: {error}")
+            culprit = ctx.registry.culprit(error) if hasattr(getattr(ctx, "registry", None), "culprit") else None
+            self.write(f"run failed: {type(error).__name__}: {error}" + (f" (raised in {culprit})" if culprit else ""))
         self._close()

@@ -73,3 +73,21 @@ def hull_and_spacing(positions_A: Any) -> tuple[Any, float]:
         return ConvexHull(pos), spacing
     except (QhullError, ValueError):
         return None, spacing
+
+
+def area_per_position_A2(positions_A: Any) -> float | None:
+    """Specimen area per scan position [Å²] of positions ``(N, 2)`` (y, x) [Å]: the area
+    they cover / N, their convex hull grown by half the typical spacing s (the median
+    nearest-neighbour distance) all round, hull + perimeter·s/2 + s², which is exactly N·s²
+    for a raster of any shape and rotation; a line of positions covers (length + s)·s.
+    None when fewer than two distinct positions."""
+    pos = np.asarray(positions_A, dtype=np.float64).reshape(-1, 2)
+    hull, spacing = hull_and_spacing(pos)
+    if spacing <= 0:
+        return None
+    if hull is not None:
+        area = hull.volume + hull.area * spacing / 2 + spacing ** 2  # 2-D: volume is the area, area the perimeter
+    else:  # collinear: a line scan
+        length = float(np.max(np.linalg.norm(pos - pos[0], axis=1)))
+        area = (length + spacing) * spacing
+    return float(area / len(pos))
