@@ -586,9 +586,19 @@ def _blame_or_raise(exc: Exception) -> int:
     if culprit is None:
         raise exc
     traceback.print_exception(exc, file=sys.stderr)
-    _err().print(f"[red]error:[/red] {escape(type(exc).__name__)}: {escape(str(exc))} raised in "
-                 f"{escape(culprit)}; report it to the plugin's authors")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    traced = type(exc).__name__ in _JAX_TRACE_ERRORS
+    why = ("; it used an array's value as a Python bool, int or numpy array inside a compiled step, where "
+           "constraints, noise models, costs and solvers must be pure array code (docs/hooks.md)"
+           if traced else "; report it to the plugin's authors")
+    _err().print(f"[red]error:[/red] {escape(type(exc).__name__)}: {escape(first)} raised in "
+                 f"{escape(culprit)}{why}")
     return 1
+
+
+#: jax's errors for a traced array used as a concrete value (a branch on its value)
+_JAX_TRACE_ERRORS = ("TracerBoolConversionError", "ConcretizationTypeError", "TracerArrayConversionError",
+                     "TracerIntegerConversionError")
 
 
 if __name__ == "__main__":

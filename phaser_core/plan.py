@@ -253,6 +253,38 @@ def _check_local_interface(obj: Any, kind: str, role: str | None, label: str, na
                     "(docs/hooks.md)", rel=("type",))
 
 
+def _unbuilt_field_issues(cl: type, raw: Mapping, exc: Any) -> list[BaseException]:
+    """The value validators (``param(validator=...)``) of the fields of ``cl`` that
+    structured, run on their plan values, for a class whose structuring failed elsewhere:
+    the errors they raise (ValueErrors naming the attribute, as ``in_range``'s). A field
+    that failed itself, a nested mapping or list, and a validator that needs the built
+    instance are left alone."""
+    from cattrs.errors import AttributeValidationNote
+
+    failed = {n.name for sub in exc.exceptions for n in (getattr(sub, "__notes__", ()) or ())
+              if isinstance(n, AttributeValidationNote)}
+    # what is reported already (attrs stops at the first failing validator of a built class)
+    said = {e.args[1].name for e in exc.exceptions
+            if len(getattr(e, "args", ())) >= 2 and isinstance(e.args[1], attrs.Attribute)}
+    out: list[BaseException] = []
+    for field in attrs.fields(cl):
+        key = field.alias or field.name
+        if field.validator is None or key in failed or field.name in failed or key not in raw:
+            continue
+        value = raw[key]
+        if isinstance(value, (Mapping, list, tuple)):
+            continue
+        try:
+            value = field.converter(value) if field.converter is not None else value
+            field.validator(None, field, value)
+        except ValueError as err:
+            if len(err.args) >= 2 and isinstance(err.args[1], attrs.Attribute) and err.args[1].name not in said:
+                out.append(err)
+        except Exception:  # noqa: BLE001 - a validator that needs the instance: checked once it is built
+            continue
+    return out
+
+
 def make_converter(registry: Any, allow_local: bool | None = None) -> cattrs.Converter:
     """A cattrs converter that structures plan data strictly, resolving specs in ``registry``."""
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
@@ -383,6 +415,13 @@ def make_converter(registry: Any, allow_local: bool | None = None) -> cattrs.Con
                 raise Issue(f"expected a mapping (keys: {', '.join(keys)}), got {describe_value(v)}")
             try:
                 return fn(v, cl)
+            except cattrs.ClassValidationError as exc:
+                # the class was never built, so its fields' own validators did not run:
+                # run them on the values that did structure, to report every problem at once
+                more = _unbuilt_field_issues(cl, v, exc)
+                if more:
+                    raise cattrs.ClassValidationError(exc.message, [*exc.exceptions, *more], cl) from None
+                raise
             except (cattrs.BaseValidationError, Issue, IssueGroup):
                 raise
             except (TypeError, ValueError) as exc:  # an attrs validator of the class
@@ -516,6 +555,21 @@ def _parse_override_path(path: str) -> list[str | int]:
     return parts
 
 
+def _check_flow_keys(value: Any) -> None:
+    """A ValueError for a mapping key like ``type:epie`` with no value: YAML reads
+    ``{type:epie}`` (no space after the colon) as that one key."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if item is None and isinstance(key, str) and ":" in key and not key.endswith(":"):
+                name, _, rest = key.partition(":")
+                raise ValueError(f"YAML reads {{{key}}} as one key {key!r}; put a space after the colon: "
+                                 f"{{{name}: {rest}}}")
+            _check_flow_keys(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_flow_keys(item)
+
+
 def apply_overrides(doc: Any, overrides: list[str] | tuple[str, ...], *, registry: Any = None,
                     owned: list | None = None) -> list[PlanIssue]:
     """Apply ``path=value`` strings to the raw plan mapping in place; returns the problems found.
@@ -537,6 +591,7 @@ def apply_overrides(doc: Any, overrides: list[str] | tuple[str, ...], *, registr
         try:
             path = _parse_override_path(path_s)
             value = YAML(typ="safe", pure=True).load(value_s) if value_s.strip() else None
+            _check_flow_keys(value)
         except (ValueError, YAMLError) as exc:
             issues.append(PlanIssue(f"--set {text!r}: {exc}", file="--set"))
             continue

@@ -34,7 +34,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from phaser_core.cli import console
     from phaser_std.data.inspect import load_for_inspect, print_summary, write_png
 
-    data = load_for_inspect(args.data, key=args.key)
+    data = load_for_inspect(args.data, key=args.key, overrides=args.set or ())
     out = console()
     print_summary(data, out)
     if args.png:
@@ -228,6 +228,8 @@ def register_all(cli) -> None:
     p.add_argument("data", help="raw-data file in the hdf5 format, or a plan (.yaml, .yml, .json)")
     p.add_argument("--png", default=None, help="write PACBED, virtual BF/ADF and probe overlap to this PNG")
     p.add_argument("--key", default="patterns", help="dataset holding the patterns (default: patterns)")
+    p.add_argument("--set", action="append", metavar="PATH=VALUE",
+                   help="override a value of the plan, as phaser run does, e.g. raw_data.transpose=true")
     p.set_defaults(handler=_cmd_inspect)
 
     p = cli.command("import-plan", help="Convert a plan of the published phaser (phaserEM 0.3) into a plan of "

@@ -719,3 +719,25 @@ def test_a_zero_scan_step_beside_recorded_positions_reads_as_unknown(tiny_h5, tm
     _variant(tiny_h5, tmp_path, "d.h5", edit)
     data = load_data(load_plan(_plan(tmp_path, "{type: hdf5, path: d.h5}")), get_registry(), tmp_path)
     assert data.scan_step_A is None and data.scan_positions_A is not None
+
+
+def test_value_checks_are_reported_beside_the_errors_that_stop_a_component():
+    """Every problem at once: a value check (``in_range``) of a component whose other
+    fields failed, or around a nested component that failed, and every failing check of a
+    component that was built (attrs stops at the first), not only the first of them."""
+    from phaser_core.errors import PlanError
+    from phaser_core.plan import load_plan
+
+    engine = {"type": "conventional", "niter": -3, "probe_modes": "x", "grouping": {"size": 0, "kind": "bad"},
+              "solver": {"type": "epie", "beta_probe": -1}}
+    with pytest.raises(PlanError) as info:
+        load_plan({"file_type": "phaser_plan", "version": 1, "raw_data": {"type": "hdf5", "path": "data.h5"},
+                   "engines": [engine]})
+    got = {e.path_str: e.message for e in info.value.errors}
+    assert got == {
+        "engines[0].niter": "must be >= 0, got -3",
+        "engines[0].probe_modes": "expected an integer, got 'x'",
+        "engines[0].grouping.size": "must be >= 1, got 0",
+        "engines[0].grouping.kind": "'kind' must be in ('sparse', 'compact') (got 'bad')",
+        "engines[0].solver.beta_probe": "must be >= 0 and <= 1, got -1.0",
+    }, got

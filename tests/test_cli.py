@@ -319,3 +319,27 @@ def test_a_local_components_failure_is_named(tmp_path, capsys):
     assert "raised in the plan's local component module 'labfail' at " in err and "labfail.py:6 in apply" in err
     log = (out / "log.txt").read_text()
     assert "run failed: ValueError: lab constraint bug (raised in the plan's local component module 'labfail'" in log
+
+
+def test_a_local_constraint_branching_on_a_traced_value_is_told_the_rule(tmp_path, capsys):
+    """On jax, a component that branches on an array's value fails inside the compiled
+    step with jax's TracerBoolConversionError: the line naming it also says the rule."""
+    from recon import make_dataset
+
+    pytest.importorskip("jax")
+    data = make_dataset(tmp_path / "d.h5", scan={"shape": [4, 4], "step_A": 0.6}, detector_shape=[32, 32])
+    (tmp_path / "labbranch.py").write_text(
+        "class Branchy:\n"
+        "    def __init__(self, config):\n        pass\n\n"
+        "    def apply(self, bk, probe, obj, info):\n"
+        "        if bk.xp.max(bk.xp.abs(obj)) > 1.0:\n            obj = obj / 2\n"
+        "        return probe, obj\n")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("file_type: phaser_plan\nversion: 1\nbackend: jax\n"
+                    f"raw_data: {{type: hdf5, path: {data}}}\n"
+                    "engines:\n  - type: conventional\n    niter: 1\n"
+                    "    iter_constraints: [{type: 'labbranch:Branchy'}]\n")
+    assert cli.main(["run", str(plan), "--out", str(tmp_path / "run"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "raised in the plan's local component module 'labbranch'" in err
+    assert "must be pure array code (docs/hooks.md)" in err

@@ -140,6 +140,25 @@ def test_cli_inspect_a_plan_shows_its_data_after_post_load(tmp_path, capsys):
     assert "plan.yaml:4:10: engines: at least one engine" in captured.out + captured.err
 
 
+def test_cli_inspect_takes_a_plans_overrides(tmp_path, capsys):
+    """``--set`` changes the plan as ``phaser run`` would (here its post_load binning);
+    on a data file it is refused with what to do."""
+    from phaser_core.cli import main
+    from phaser_core.registry import set_registry
+
+    write_hdf5(simulate(spec_from_dict(TINY)), tmp_path / "d.h5")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("file_type: phaser_plan\nversion: 1\nraw_data: {type: hdf5, path: d.h5}\n"
+                    "engines: [{type: conventional}]\n")
+    set_registry(None)
+    assert main(["inspect", str(plan), "--set", "post_load=[{type: bin, factor: 2}]"]) == 0
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if "N x Qy x Qx" in ln]
+    qy = spec_from_dict(TINY).detector_shape[0] // 2
+    assert f"x {qy} x {qy}" in line
+    assert main(["inspect", str(tmp_path / "d.h5"), "--set", "raw_data.transpose=true"]) == 1
+    assert "--set changes a plan; d.h5 is a data file" in capsys.readouterr().err
+
+
 def test_cli_inspect_a_run_folders_plan_reads_the_data_from_its_plan_dir(tmp_path, capsys):
     """A run folder's plan.yaml keeps the plan's relative paths and names their folder in its
     ``# plan_dir:`` header (as ``phaser run --resume``, ``validate`` and ``score`` read it)."""

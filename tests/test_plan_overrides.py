@@ -61,3 +61,17 @@ def test_the_raster_step_takes_one_number_as_documented(tmp_path):
     path.write_text(PLAN.replace("engines:", "init: {scan: {type: raster, shape: [6, 6], step_A: 0.6}}\nengines:"))
     scan = load_plan(path).init.scan.config
     assert scan.step_A == (0.6, 0.6) and scan.shape == (6, 6)
+
+
+def test_a_flow_mapping_without_a_space_after_its_colon_is_told_so():
+    """``{type:adam}`` is YAML for the one key ``type:adam``; the error says so instead of
+    listing the keys the default solver takes."""
+    import pytest
+
+    from phaser_core.errors import PlanError
+
+    with pytest.raises(PlanError) as info:
+        load_plan(PLAN, overrides=["engines[0].solver={type:epie}"])
+    assert "YAML reads {type:epie} as one key 'type:epie'; put a space after the colon: {type: epie}" in str(info.value)
+    plan = load_plan(PLAN, overrides=["engines[0].solver={type: epie}"])
+    assert plan.engines[0].config.solver.type == "epie"

@@ -376,16 +376,19 @@ def write_png(data: RawData, path: str | Path) -> Path:
 PLAN_SUFFIXES = (".yaml", ".yml", ".json")
 
 
-def load_for_inspect(path: str | Path, key: str = "patterns") -> RawData:
+def load_for_inspect(path: str | Path, key: str = "patterns", overrides: list[str] | tuple[str, ...] = ()) -> RawData:
     """The data to inspect: an hdf5 raw-data file (its ``key`` dataset), or a plan's data
     as a run sees them (any loader, every ``post_load`` step applied; relative paths from
-    the plan's folder, or from the ``# plan_dir:`` of a run folder's ``plan.yaml``)."""
+    the plan's folder, or from the ``# plan_dir:`` of a run folder's ``plan.yaml``), with
+    ``overrides`` (``phaser run --set``'s) applied to the plan."""
     from phaser_core.context import LoadContext
     from phaser_std.data.loaders.hdf5 import Hdf5Config, load_hdf5
 
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path} does not exist")
+    if overrides and path.suffix.lower() not in PLAN_SUFFIXES:
+        raise DataError(f"--set changes a plan; {path.name} is a data file (give its plan, or set the values there)")
     if path.suffix.lower() in PLAN_SUFFIXES:
         if key != "patterns":
             raise DataError(f"--key {key} applies to an hdf5 file; for {path.name} set raw_data.key in the plan")
@@ -396,5 +399,5 @@ def load_for_inspect(path: str | Path, key: str = "patterns") -> RawData:
 
         registry = get_registry()
         plan_dir = read_plan_dir(path) or path.resolve().parent
-        return load_data(load_plan(path, registry=registry), registry, plan_dir)
+        return load_data(load_plan(path, registry=registry, overrides=overrides), registry, plan_dir)
     return load_hdf5(Hdf5Config(path=str(path.resolve()), key=key), LoadContext())
