@@ -126,7 +126,7 @@ def simulate(args: argparse.Namespace) -> dict:
 
     # scan: a raster over the periodic field, (x, y) [Å], fast axis y as py4DSTEM's meshgrid(indexing="ij")
     ext = np.array([nx * s, ny * s])
-    nsx, nsy = args.scan_shape if args.scan_shape else (int(round(ext[0] / args.step)),) * 2
+    nsx, nsy = args.scan_shape if args.scan_shape else (int(round(ext[0] / args.step)), int(round(ext[1] / args.step)))
     stx, sty = args.scan_step if args.scan_step else (ext[0] / nsx, ext[1] / nsy)
     gx, gy = np.meshgrid(np.arange(nsx) * stx, np.arange(nsy) * sty, indexing="ij")
     pos = np.stack([gx.ravel(), gy.ravel()], axis=-1).astype(np.float64)  # (nsx*nsy, 2) (x, y), x slow
@@ -151,7 +151,7 @@ def simulate(args: argparse.Namespace) -> dict:
     phase = (sigma * slices_v.sum(axis=0) * args.layers).T  # (y, x) [rad]
     return {
         "patterns": counts, "patterns_noiseless": expected.astype(np.float32), "scan_positions": pos_yx,
-        "phase": phase.astype(np.float32), "sampling_A": s, "dk_invA": 1.0 / ext[0],
+        "phase": phase.astype(np.float32), "sampling_A": s, "dk_yx_invA": (1.0 / ext[1], 1.0 / ext[0]),
         "scan_shape": (nsy, nsx), "step_yx_A": (sty, stx), "wavelength_A": wavelength,
         "thickness_A": args.layers * a, "n_slices": n_slices, "sigma": sigma,
         "defocus_A": (-args.c10 if args.c10 is not None else args.defocus),
@@ -168,7 +168,8 @@ def write(path: str, sim: dict, args: argparse.Namespace) -> None:
         f.attrs["energy_eV"] = float(args.energy)
         f.attrs["convergence_angle_mrad"] = float(args.alpha)
         f.attrs["defocus_A"] = float(sim["defocus_A"])  # py4DSTEM "defocus" = −C10 = ours
-        f.attrs["reciprocal_sampling_invA"] = float(sim["dk_invA"])
+        dky, dkx = sim["dk_yx_invA"]  # a scalar for a square field (what single-value readers expect)
+        f.attrs["reciprocal_sampling_invA"] = dky if abs(dky - dkx) < 1e-9 * dky else np.array([dky, dkx])
         f.attrs["scan_shape"] = np.array(sim["scan_shape"])
         f.attrs["scan_step_A"] = np.array(sim["step_yx_A"])
         f.attrs["wavelength_A"] = sim["wavelength_A"]
@@ -197,7 +198,7 @@ def main() -> None:
     args = ap.parse_args()
     sim = simulate(args)
     write(args.out, sim, args)
-    print(json.dumps({"out": args.out, "patterns": list(sim["patterns"].shape), "dk_invA": sim["dk_invA"],
+    print(json.dumps({"out": args.out, "patterns": list(sim["patterns"].shape), "dk_yx_invA": sim["dk_yx_invA"],
                       "sampling_A": sim["sampling_A"], "step_yx_A": sim["step_yx_A"], "n_slices": sim["n_slices"],
                       "phase_range": [float(sim["phase"].min()), float(sim["phase"].max())]}))
 

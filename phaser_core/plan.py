@@ -49,6 +49,7 @@ from .config import (
     PreprocessorSpec,
     ProbeInitSpec,
     ScanInitSpec,
+    in_range,
     param,
 )
 from .errors import PlanError, UnknownComponentError, did_you_mean
@@ -120,12 +121,15 @@ class OutputPlan:
     """What the run writes besides the state file."""
 
     checkpoint_every: int = param(10, doc="write checkpoint.h5 every this many iterations (0: only at the end of "
-                                                "each engine and on an interruption)")
+                                                "each engine and on an interruption)",
+                                  validator=in_range(0, hint="0: only at engine ends"))
     images: tuple[str, ...] = param(("object_phase", "object_phase_sum", "probe", "probe_recip"),
                                     doc="images written (TIFF + PNG)")
-    image_every: int | None = param(None, doc="write images every this many iterations; null: at the end of each engine")
+    image_every: int | None = param(None, doc="write images every this many iterations; null: at the end of each engine",
+                                    validator=in_range(1, hint="or null for the end of each engine"))
     state_every: int | None = param(None, doc="keep the state every this many iterations (states/iterNNNNN.h5) and "
-                                              "after each engine (states/engineN.h5); null: none kept")
+                                              "after each engine (states/engineN.h5); null: none kept",
+                                    validator=in_range(1, hint="or null to keep no states"))
 
 
 @attrs.frozen(kw_only=True)
@@ -138,7 +142,7 @@ class Plan:
     backend: str = param("auto", doc="compute backend: auto (the fastest installed: jax on a GPU, else cupy "
                          "on a CUDA GPU, else jax, else numpy), numpy, jax, cupy or any registered backend")
     dtype: str = param("float32", doc="real dtype: float32 or float64")
-    seed: int = param(0, doc="seed of every random stream")
+    seed: int = param(0, doc="seed of every random stream", validator=in_range(0))
     raw_data: LoaderSpec = param(doc="the raw-data loader")
     post_load: tuple[PreprocessorSpec, ...] = param((), doc="steps applied to the loaded data, in order")
     init: InitPlan = param(InitPlan(), doc="initialisers")
@@ -738,8 +742,6 @@ def _cross_checks(plan: Plan, registry: Any) -> list[Issue]:
     if not plan.engines:
         issues.append(Issue("at least one engine is needed (e.g. [{type: conventional, niter: 100}])",
                             rel=("engines",)))
-    if plan.seed < 0:
-        issues.append(Issue(f"must be >= 0, got {plan.seed}", rel=("seed",)))
     issues += _slices_issues(plan.slices, ("slices",), needs_thickness=True)
     # an engine's slices keep the thickness of the object it starts from unless they give one
     thickness_known = _gives_thickness(plan.slices) or plan.init.state is not None
@@ -748,12 +750,6 @@ def _cross_checks(plan: Plan, registry: Any) -> list[Issue]:
         if isinstance(slices, SlicesPlan):
             issues += _slices_issues(slices, ("engines", i, "slices"), needs_thickness=not thickness_known)
             thickness_known = thickness_known or _gives_thickness(slices)
-    if plan.output.checkpoint_every < 0:
-        issues.append(Issue("must be >= 0 (0: only at engine ends)", rel=("output", "checkpoint_every")))
-    if plan.output.image_every is not None and plan.output.image_every < 1:
-        issues.append(Issue("must be >= 1, or null for the end of each engine", rel=("output", "image_every")))
-    if plan.output.state_every is not None and plan.output.state_every < 1:
-        issues.append(Issue("must be >= 1, or null to keep no states", rel=("output", "state_every")))
     if ("observer", "output") in registry:
         # the output observer knows which images exist: ask its config now, not at run time
         comp = registry.get("observer", "output")

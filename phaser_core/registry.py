@@ -53,6 +53,8 @@ KINDS: dict[str, str] = {
 ESSENTIAL_PLUGINS = ("phaser_std",)
 #: what a registered name or alias may be
 _NAME = re.compile(r"[a-z0-9][a-z0-9_]*")
+#: phaser's own packages: never a plugin's or a local component's code
+_OWN_PACKAGES = frozenset({"phaser_core", "phaser_std"})
 DISABLE_ENV = "PHASER_DISABLE_PLUGINS"
 LOCAL_ENV = "PHASER_ALLOW_LOCAL_COMPONENTS"
 
@@ -151,9 +153,10 @@ class Registry:
         if config is not None and not attrs.has(config):
             raise PluginError(f"{owner}: config for {kind} {name!r} must be an attrs class, got {config!r}")
         for key in (name, *aliases):
-            if not isinstance(key, str) or not _NAME.fullmatch(key):
+            if not _writable_name(key):
                 raise PluginError(f"{owner}: {kind} name {key!r} must be lowercase letters, digits and underscores "
-                                  "(plans name it as `type: NAME`, and a colon marks a local component)")
+                                  "that YAML reads as text (plans name it as `type: NAME`, and a colon marks a local "
+                                  "component)")
         comp = Component(kind, name, obj, config, owner, tuple(aliases),
                          doc if doc is not None else _first_doc_line(obj), dict(meta))
         for key in (name, *comp.aliases):
@@ -342,33 +345,60 @@ class Registry:
         traceback that runs a third-party plugin's code or a plan's local component, as
         "the plugin 'name' (distribution) at file:line in function"; None when no such
         frame (phaser's own code, or a library it calls)."""
-        tops: dict[str, str] = {}
+        modules: dict[str, list[str]] = {}  # a plugin's module, and its top-level package
         if self.plugin_manager is not None:
-            for name, owner in self.plugins.items():
+            for name in self.plugins:
                 plugin = self.plugin_manager.get_plugin(name)
-                module = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__module__
-                top = str(module).split(".")[0]
-                if name not in ESSENTIAL_PLUGINS and top not in ("phaser_core", "phaser_std"):
-                    where = f"distribution {owner}; " if owner.distribution else ""
-                    tops[top] = f"the plugin {name!r} ({where}{DISABLE_ENV}={name} skips it)"
-        for top in self.local_modules:
-            tops.setdefault(top, f"the plan's local component module {top!r}")
+                module = str(plugin.__name__ if isinstance(plugin, ModuleType)
+                             else getattr(plugin, "__module__", None) or type(plugin).__module__)
+                if name in ESSENTIAL_PLUGINS or module.split(".")[0] in _OWN_PACKAGES | {"builtins", "types"}:
+                    continue
+                for key in {module, module.split(".")[0]}:
+                    modules.setdefault(key, []).append(name)
         frames = []
         tb = error.__traceback__
         while tb is not None:
             frames.append(tb)
             tb = tb.tb_next
         for tb in reversed(frames):
-            module = str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0]
-            if module in tops:
-                code = tb.tb_frame.f_code
-                return f"{tops[module]} at {code.co_filename}:{tb.tb_lineno} in {code.co_name}"
+            module = str(tb.tb_frame.f_globals.get("__name__", ""))
+            parts = module.split(".")
+            # the plugin whose module holds the frame (longest match), else its package's
+            names = next((modules[".".join(parts[:k])] for k in range(len(parts), 0, -1)
+                          if ".".join(parts[:k]) in modules), None)
+            code = tb.tb_frame.f_code
+            at = f"at {code.co_filename}:{tb.tb_lineno} in {code.co_name}"
+            if names:
+                return f"{self._plugins_text(sorted(set(names)))} {at}"
+            if parts[0] in self.local_modules and parts[0] not in _OWN_PACKAGES:
+                return f"the plan's local component module {parts[0]!r} {at}"
         return None
+
+    def _plugins_text(self, names: list[str]) -> str:
+        """``the plugin 'x' (distribution d 1.0; PHASER_DISABLE_PLUGINS=x skips it)``, or
+        the plugins of one package together."""
+        if len(names) > 1:
+            return f"one of the plugins {', '.join(map(repr, names))} ({DISABLE_ENV}=NAME skips one)"
+        owner = self.plugins[names[0]]
+        where = f"distribution {owner}; " if owner.distribution else ""
+        return f"the plugin {names[0]!r} ({where}{DISABLE_ENV}={names[0]} skips it)"
 
     def call_register_commands(self, cli: Any) -> None:
         """Call every plugin's ``register_commands(cli)``."""
         if self.plugin_manager is not None:
             self.plugin_manager.hook.register_commands(cli=cli)
+
+
+def _writable_name(key: Any) -> bool:
+    """Whether a plan can write ``key`` as ``type: key``: lowercase letters, digits and
+    underscores that YAML reads back as the same text (not ``null``, ``true``, ``1e5``)."""
+    if not isinstance(key, str) or not _NAME.fullmatch(key):
+        return False
+    if key not in ("null", "true", "false") and not key[0].isdigit():
+        return True
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe", pure=True).load(key) == key
 
 
 def _unknown_hook_error(pm: Any, owners: dict[str, Owner], exc: Any) -> PluginError:

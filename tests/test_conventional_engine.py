@@ -400,6 +400,16 @@ def test_the_dose_that_decides_the_object_step(tmp_path):
 
     data = Path(__file__).parent / "data"
     assert "falling (878 e⁻/Å², under 10000" in said(data / "abtem_srtio3_300e.h5")
+    # taken once per run and kept with the state: a resumed run, whose corrected positions
+    # may give another area, and later engines decide the same way
+    from phaser_std.engines.conventional import _run_dose
+
+    kept = load_state(tmp_path / "abtem_srtio3_300e" / "final.h5").extra["dose_e_per_A2"]
+    assert kept == pytest.approx(878, abs=1)
+    assert _run_dose({"dose_e_per_A2": 2e4}, raster, None) == 2e4
+    assert _run_dose({"dose_e_per_A2": float("nan")}, raster, None) is None
+    fresh: dict = {}
+    assert _run_dose(fresh, raster, None) == pytest.approx(64 * 3 / 0.2) == fresh["dose_e_per_A2"]
     assert "constant (2" in said(data / "abtem_srtio3.h5")
     floats = tmp_path / "floats.h5"
     shutil.copy(data / "abtem_srtio3.h5", floats)

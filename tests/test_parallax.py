@@ -314,6 +314,12 @@ def test_a_correction_is_named_as_the_loaders_whole_setting(tmp_path):
     told = _run(path, {}, flip_y=True)
     assert len(told) == 1 and "with transpose: true in place of its flip_y: true" in told[0], told
     assert _run(path, {}, transpose=True) == []
+    # a file's own attribute of the record's name (the hdf5 loader keeps unknown attributes
+    # in extra) is not taken for the loader's keys
+    with h5py.File(path, "a") as f:
+        f.attrs["phaser_detector_keys"] = "camera turned by hand"
+    plain = _run(path, {})
+    assert len(plain) == 1 and "corrects it, with transpose: true (" in plain[0], plain
 
 
 def test_a_turned_detector_is_told_even_without_a_defocus(tmp_path):

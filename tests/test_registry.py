@@ -118,29 +118,47 @@ def test_check_pending_rejects_misspelled_hook():
 
 
 def test_a_failure_in_a_plugins_code_names_the_plugin(tmp_path, monkeypatch):
-    """The innermost frame of a traceback that runs a third-party plugin's module (or a
-    plan's local component module) names who raised; phaser's own code and the libraries
-    it calls name nobody."""
+    """The innermost frame of a traceback that runs a third-party plugin's code names who
+    raised: the plugin whose module holds it (two plugins of one package apart), else its
+    package's; a plugin given as a class is found by its module; phaser's own code, and a
+    plan's local component that is phaser's own module, name nobody."""
     import sys
 
-    (tmp_path / "labplug").mkdir()
-    (tmp_path / "labplug" / "__init__.py").write_text(
+    (tmp_path / "labpkg").mkdir()
+    (tmp_path / "labpkg" / "__init__.py").write_text("def explode():\n    raise ValueError('lab bug')\n")
+    (tmp_path / "labpkg" / "a.py").write_text(
         "from phaser_core import hookimpl\n\n\n"
-        "def explode():\n    raise ValueError('lab bug')\n\n\n"
-        "@hookimpl\ndef register_solvers(register):\n    register('labsolve', object, role='conventional')\n")
+        "def explode():\n    raise ValueError('a bug')\n\n\n"
+        "@hookimpl\ndef register_solvers(register):\n    register('labsolve_a', object, role='conventional')\n")
+    (tmp_path / "labpkg" / "b.py").write_text(
+        "from phaser_core import hookimpl\n\n\n"
+        "class Plugin:\n"
+        "    @staticmethod\n    @hookimpl\n    def register_solvers(register):\n"
+        "        register('labsolve_b', object, role='conventional')\n\n\n"
+        "def explode():\n    raise ValueError('b bug')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "labplug", raising=False)
-    import labplug
+    for name in ("labpkg", "labpkg.a", "labpkg.b"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    import labpkg
+    import labpkg.a
+    import labpkg.b
 
-    reg = build(("labplug", labplug))
-    with pytest.raises(ValueError) as info:
-        labplug.explode()
-    said = reg.culprit(info.value)
-    assert said.startswith("the plugin 'labplug' (PHASER_DISABLE_PLUGINS=labplug skips it) at "), said
-    assert said.endswith("__init__.py:5 in explode"), said
-    with pytest.raises(ZeroDivisionError) as own:
-        registry_module.did_you_mean(1 / 0, [])
-    assert reg.culprit(own.value) is None
+    reg = build(("lab_a", labpkg.a), ("lab_b", labpkg.b.Plugin))
+
+    def said(fn):
+        with pytest.raises(Exception) as info:
+            fn()
+        return reg.culprit(info.value)
+
+    assert said(labpkg.a.explode).startswith("the plugin 'lab_a' (PHASER_DISABLE_PLUGINS=lab_a skips it) at ")
+    assert said(labpkg.a.explode).endswith("a.py:5 in explode")
+    assert said(labpkg.b.explode).startswith("the plugin 'lab_b' (")
+    assert said(labpkg.explode).startswith("one of the plugins 'lab_a', 'lab_b' (")  # the package's own module
+    from phaser_std.physics.scan import area_per_position_A2
+
+    assert said(lambda: area_per_position_A2(object())) is None  # raised inside phaser_std
+    reg.local_modules.update({"phaser_std", "labpkg"})
+    assert said(lambda: area_per_position_A2(object())) is None
 
 
 def test_did_you_mean_and_inventory():
@@ -160,7 +178,7 @@ def test_did_you_mean_and_inventory():
 
 def test_a_name_must_be_one_a_plan_can_write():
     reg = Registry()
-    for bad in ("Bad Name!", "my-pie", "lab:pie", ""):
+    for bad in ("Bad Name!", "my-pie", "lab:pie", "", "null", "true", "123", "1e5", "0x1f"):
         with pytest.raises(PluginError, match="must be lowercase letters, digits and underscores"):
             reg.add("solver", bad, object, Owner("mylab"))
     with pytest.raises(PluginError, match="'My_Alias'"):

@@ -378,6 +378,9 @@ def _loader_fix(orientation: str, est: float, probe: float, small: float, curren
     trusted for its sign, else the two candidates. ``current``: the loader's own detector
     keys (:func:`~phaser_std.data.loaders._common.loader_orientation`), which the setting
     named then replaces."""
+    if not isinstance(current, dict) or not set(current) <= set(_SETTING_KEYS):
+        current = None  # not a record of the loader keys: name the fix alone
+
     def setting(sign: int) -> str:
         fix = _LOADER_FIX[(orientation, sign)]
         if not current:
@@ -416,9 +419,8 @@ def parallax_note(fit: ParallaxFit | None, probe_defocus_A: float, astigmatism_A
     specimen move with the defocus at some depth in it, anywhere from the entrance (Δf) to
     the exit (Δf − t), so only a parallax outside that range is a contradiction.
     ``loader_keys``: the detector keys the loader applied (``loader_orientation`` of
-    :mod:`phaser_std.data.loaders._common`;
-    RawData's ``extra["detector_orientation"]``), so that a correction is named as the whole
-    setting to give it."""
+    :mod:`phaser_std.data.loaders._common`; RawData's ``extra["phaser_detector_keys"]``),
+    so that a correction is named as the whole setting to give it."""
     if fit is None or not fit.resolved:
         return None
     est, probe, small = fit.defocus_A, float(probe_defocus_A), fit.resolvable_defocus_A

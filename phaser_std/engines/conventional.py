@@ -70,6 +70,28 @@ class ConventionalConfig:
         return switches_without_solver(self, (("update_positions", "position_solver", self.position_solver),))
 
 
+def _run_dose(extra: dict, data: Any, scan_A: Any) -> float | None:
+    """The dose [e⁻/Å²] of counted data (:func:`counted_dose`; None: not counts), taken
+    once per run and kept in ``extra["dose_e_per_A2"]`` (NaN for none): later engines and
+    a resumed run, whose positions may have moved, decide the object step the same way."""
+    kept = extra.get("dose_e_per_A2")
+    if kept is None:
+        dose = counted_dose(data, scan_A)
+        kept = extra["dose_e_per_A2"] = float("nan") if dose is None else float(dose)
+    return float(kept) if np.isfinite(kept) else None
+
+
+def _object_step_note(solver: Any) -> str:
+    """What the null object step does for this run and why, for its log."""
+    dose = solver.dose_e_per_A2
+    if dose is None:
+        why = "the patterns are not counts"
+    else:  # a decimal where rounding would hide which side of the threshold it is on
+        shown = f"{dose:.1f}" if abs(dose - FALLING_STEP_DOSE_E_PER_A2) < 1 else f"{dose:.0f}"
+        why = f"{shown} e⁻/Å², {'under' if solver.step_falls else 'not under'} {FALLING_STEP_DOSE_E_PER_A2:g}"
+    return f"object step null: {'falling' if solver.step_falls else 'constant'} ({why}; give beta_object to choose)"
+
+
 class ConventionalEngine:
     """ePIE/LSQML engine; the update rule is the ``solver`` component."""
 
@@ -90,13 +112,6 @@ class ConventionalEngine:
 
         n_slices = int(np.shape(state.object.data)[0])
         solver = solver.for_slices(n_slices) if hasattr(solver, "for_slices") else solver
-        if hasattr(solver, "for_dose") and getattr(solver.config, "beta_object", 0) is None and n_slices == 1:
-            solver = solver.for_dose(counted_dose(data, state.scan_A))
-            dose = solver.dose_e_per_A2
-            why = ("the patterns are not counts" if dose is None else
-                   f"{dose:.0f} e⁻/Å², {'under' if solver.step_falls else 'not under'} {FALLING_STEP_DOSE_E_PER_A2:g}")
-            announce(ctx, f"object step null: {'falling' if solver.step_falls else 'constant'} ({why}; "
-                          "give beta_object to choose)")
         tilt = np.asarray(state.tilt_mrad, dtype=np.float64)
         # a tilt per position with several slices: each group's propagators (B, S-1, Ny, Nx)
         # are built inside its step, for whole groups (the chunked steps share one set)
@@ -108,6 +123,9 @@ class ConventionalEngine:
         arrays = engine_arrays(bk, state, data, cfg.grouping.stream_patterns)
         noise = on_valid_pixels(noise, arrays.valid)
         probe_shape, wavelength, geometry = arrays.probe_shape, arrays.wavelength_A, arrays.geometry
+        if hasattr(solver, "for_dose") and getattr(solver.config, "beta_object", 0) is None and n_slices == 1:
+            solver = solver.for_dose(_run_dose(arrays.extra, data, state.scan_A))
+            announce(ctx, _object_step_note(solver))
         # the engine-wide propagators: the global tilt's; with a tilt per position (the state
         # keeps it; one slice has no propagation for it to act on) the mean tilt's, for the
         # probe scaling (a uniform tilt per position then runs exactly as the global one)

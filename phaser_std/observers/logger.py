@@ -20,7 +20,7 @@ from phaser_core.observer import Observer
 
 def _check_echo(instance: Any, attribute: Any, value: Any) -> None:
     if value not in ("auto", "always", "never"):
-        raise ValueError(f"logger.echo must be 'auto', 'always' or 'never', got {value!r}")
+        raise ValueError(f"logger.echo must be 'auto', 'always' or 'never', got {value!r}", attribute)
 
 
 @attrs.frozen
@@ -136,9 +136,21 @@ class LogObserver(Observer):
         self._close()
 
     def on_run_error(self, error: BaseException, state: Any, ctx: Any) -> None:
-        if isinstance(error, KeyboardInterrupt) or type(error).__name__ == "RunInterrupted":
-            self.write(f"run interrupted: {error}" if str(error) else "run interrupted")
-        else:
-            culprit = ctx.registry.culprit(error) if hasattr(getattr(ctx, "registry", None), "culprit") else None
-            self.write(f"run failed: {type(error).__name__}: {error}" + (f" (raised in {culprit})" if culprit else ""))
-        self._close()
+        try:
+            if isinstance(error, KeyboardInterrupt) or type(error).__name__ == "RunInterrupted":
+                self.write(f"run interrupted: {error}" if str(error) else "run interrupted")
+            else:
+                culprit = _culprit(ctx, error)
+                self.write(f"run failed: {type(error).__name__}: {error}" + (f" (raised in {culprit})" if culprit else ""))
+        finally:
+            self._close()
+
+
+def _culprit(ctx: Any, error: BaseException) -> str | None:
+    """Who raised ``error`` when it was not phaser (:meth:`phaser_core.registry.Registry.culprit`);
+    None when the run's registry cannot tell (a plugin's own registry, a test's fake)."""
+    try:
+        said = ctx.registry.culprit(error)
+    except Exception:  # noqa: BLE001 - the log line matters more than the attribution
+        return None
+    return said if isinstance(said, str) else None

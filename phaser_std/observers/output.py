@@ -41,7 +41,8 @@ def _check_images(instance: Any, attribute: Any, value: Any) -> None:
 
 def _positive_or_none(instance: Any, attribute: Any, value: Any) -> None:
     if value is not None and int(value) < 1:
-        raise ValueError(f"output.{attribute.name} must be a positive number of iterations or null, got {value}")
+        raise ValueError(f"output.{attribute.name} must be a positive number of iterations or null, got {value}",
+                         attribute)
 
 
 @attrs.frozen

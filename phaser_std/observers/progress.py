@@ -20,7 +20,7 @@ from .logger import engine_label
 
 def _check_mode(instance: Any, attribute: Any, value: Any) -> None:
     if value not in ("auto", "rich", "plain"):
-        raise ValueError(f"progress.mode must be 'auto', 'rich' or 'plain', got {value!r}")
+        raise ValueError(f"progress.mode must be 'auto', 'rich' or 'plain', got {value!r}", attribute)
 
 
 @attrs.frozen

@@ -163,8 +163,10 @@ def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
             ctx.notes.append(f"warning: {note}")
     if config.check_parallax:
         fit = _parallax_fit(data, ctx.scan_A) if fit is _NOT_MEASURED else fit
+        from phaser_std.data.loaders._common import DETECTOR_KEYS_EXTRA
+
         note = _parallax_note(fit, float(defocus), aberrations, thickness,
-                              (data.extra or {}).get("detector_orientation"))
+                              (data.extra or {}).get(DETECTOR_KEYS_EXTRA))
         if note is not None:
             ctx.notes.append(f"warning: {note}")
     if config.focal_spread_A > 0:

@@ -105,6 +105,11 @@ def orientation_indices(shape: tuple[int, int], cfg: Any) -> tuple[bool, np.ndar
     return swap, ry, rx
 
 
+#: the ``RawData.extra`` entry where a loader records the detector keys it applied
+#: (:func:`loader_orientation`; :func:`apply_overrides` writes it)
+DETECTOR_KEYS_EXTRA = "phaser_detector_keys"
+
+
 def loader_orientation(cfg: Any) -> dict:
     """The detector keys a loader's config sets, those left at their defaults out:
     ``{"transpose": True}``, ``{}``."""
@@ -199,9 +204,9 @@ def apply_overrides(data: RawData, cfg: Any, *, file_angular_mrad: tuple[float, 
         v = getattr(cfg, key, None)
         if v is not None:
             changes[key] = v
-    turned = loader_orientation(cfg)
-    if turned:  # for the parallax check, which names a correction as the whole setting
-        changes["extra"] = {**data.extra, "detector_orientation": turned}
+    # for the parallax check, which names a correction as the whole setting; always set,
+    # so that a file's own attribute of that name is not taken for it
+    changes["extra"] = {**data.extra, DETECTOR_KEYS_EXTRA: loader_orientation(cfg)}
     data = data.replace(**changes)
     check_metadata(data)
     check_positive(getattr(cfg, "scan_step_A", None), "scan_step_A", "Å", data.source)
