@@ -60,9 +60,11 @@ from .plan_errors import (
     PlanIssue,
     collect,
     describe_value,
+    failed_fields,
     format_path,
     to_issues,
     unknown_key_message,
+    validator_attribute,
     yaml_syntax_error,
 )
 from .plan_migrate import CURRENT_VERSION, migrate
@@ -263,13 +265,9 @@ def _unbuilt_field_issues(cl: type, raw: Mapping, exc: Any) -> list[BaseExceptio
     the errors they raise (ValueErrors naming the attribute, as ``in_range``'s). A field
     that failed itself, a nested mapping or list, and a validator that needs the built
     instance are left alone."""
-    from cattrs.errors import AttributeValidationNote
-
-    failed = {n.name for sub in exc.exceptions for n in (getattr(sub, "__notes__", ()) or ())
-              if isinstance(n, AttributeValidationNote)}
+    failed = failed_fields(exc)
     # what is reported already (attrs stops at the first failing validator of a built class)
-    said = {e.args[1].name for e in exc.exceptions
-            if len(getattr(e, "args", ())) >= 2 and isinstance(e.args[1], attrs.Attribute)}
+    said = {validator_attribute(e).name for e in exc.exceptions if validator_attribute(e) is not None}
     out: list[BaseException] = []
     for field in attrs.fields(cl):
         key = field.alias or field.name
@@ -282,7 +280,7 @@ def _unbuilt_field_issues(cl: type, raw: Mapping, exc: Any) -> list[BaseExceptio
             value = field.converter(value) if field.converter is not None else value
             field.validator(None, field, value)
         except ValueError as err:
-            if len(err.args) >= 2 and isinstance(err.args[1], attrs.Attribute) and err.args[1].name not in said:
+            if validator_attribute(err) is not None and validator_attribute(err).name not in said:
                 out.append(err)
         except Exception:  # noqa: BLE001 - a validator that needs the instance: checked once it is built
             continue

@@ -145,6 +145,18 @@ def collect(exc: BaseException, path: PathT = ()) -> list[_Raw]:
     return out
 
 
+def validator_attribute(exc: BaseException) -> Any:
+    """The ``attrs.Attribute`` an attrs validator's error names (its ``(message,
+    attribute, ...)`` arguments, as ``in_range``'s), or None."""
+    args = getattr(exc, "args", ())
+    return args[1] if len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], attrs.Attribute) else None
+
+
+def failed_fields(exc: BaseException) -> set[str]:
+    """The attribute names a cattrs ``ClassValidationError`` says failed to structure."""
+    return {note.name for sub in getattr(exc, "exceptions", ()) if (note := _note(sub, AttributeValidationNote))}
+
+
 def _note(exc: BaseException, kind: type) -> Any:
     for note in getattr(exc, "__notes__", ()) or ():
         if isinstance(note, kind):
@@ -182,9 +194,9 @@ def _collect(exc: BaseException, path: PathT, out: list[_Raw]) -> None:
             _collect(sub, path, out)
     elif isinstance(exc, PhaserError):
         out.append(_Raw(path, "value", str(exc), path))
-    elif len(exc.args) >= 2 and isinstance(exc.args[0], str) and isinstance(exc.args[1], attrs.Attribute):
+    elif validator_attribute(exc) is not None:
         # an attrs validator's (message, attribute, ...): point at the key, say the message
-        name = exc.args[1].alias or exc.args[1].name
+        name = validator_attribute(exc).alias or validator_attribute(exc).name
         out.append(_Raw(path + (name,), "value", exc.args[0], path + (name,)))
     elif isinstance(exc, ValueError) and _VALIDATOR_MESSAGE.match(str(exc)):
         # attrs' ge/le/gt/lt validators pass only "'name' must be >= 1: 0"

@@ -228,3 +228,26 @@ def test_inspect_names_the_patterns_a_run_would_stop_at():
     mask[2, 2] = mask[0, 0] = False
     assert "non-finite patterns" not in {r[0] for r in summary_rows(RawData(patterns=patterns, mask=mask))}
     assert "non-finite patterns" not in {r[0] for r in summary_rows(RawData(patterns=np.ones((4, 8, 8))))}
+
+
+def test_inspect_gives_the_dose_and_the_object_step_a_run_would_take():
+    """The dose row is the run's own figure (counted data: the same sample of patterns),
+    and the next row says what a null object step does there, as the run's log does."""
+    from pathlib import Path
+
+    from phaser_std.data.inspect import load_for_inspect, summary_rows
+    from phaser_std.engines.conventional_solvers import counted_dose
+
+    data_dir = Path(__file__).parent / "data"
+    for name, falls in (("abtem_srtio3_300e.h5", "falling"), ("py4dstem_srtio3_rotated.h5", "constant")):
+        data = load_for_inspect(data_dir / name)
+        rows = {q: (v, note) for q, v, note in summary_rows(data)}
+        assert rows["dose"][0] == f"{counted_dose(data):.4g} e/Å²", rows["dose"]
+        assert rows["object step (null)"][0] == falls, rows["object step (null)"]
+    # positions without a step (the py4DSTEM file records both): the area from the positions
+    no_step = load_for_inspect(data_dir / "py4dstem_srtio3_rotated.h5")
+    import attrs
+
+    no_step = attrs.evolve(no_step, scan_step_A=None)
+    rows = {q: v for q, v, _ in summary_rows(no_step)}
+    assert rows["object step (null)"] == "constant" and "dose" in rows

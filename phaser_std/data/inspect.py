@@ -120,6 +120,26 @@ def _storage_summary(data: RawData) -> tuple[str, str]:
     return value, f"counts: a run keeps them as {kept} ({kept.itemsize * mib:.4g} MiB)"
 
 
+def _dose_rows(data: RawData, mean_counts: float) -> list[tuple[str, str, str]]:
+    """The dose [e⁻/Å²], the mean counts [e⁻] over the area per scan position (the step's,
+    else the positions'), and what a null object step does on one slice at that dose
+    (:func:`phaser_std.engines.conventional_solvers.falling_step_reason`); none without an
+    area. Counted data show the run's own figure (:func:`counted_dose`, from a sample of
+    the patterns), so the two agree at the threshold."""
+    from phaser_std.data.preprocess import scan_area_per_position_A2
+    from phaser_std.engines.conventional_solvers import counted_dose, falling_step_reason
+
+    try:
+        area = scan_area_per_position_A2(data)
+    except DataError:
+        return []
+    counted = counted_dose(data)
+    falls, why = falling_step_reason(counted)
+    return [("dose", _fmt(mean_counts / area if counted is None else counted, "e/Å²"),
+             "mean counts / area per position"),
+            ("object step (null)", "falling" if falls else "constant", f"{why}; on one slice")]
+
+
 def _noise_rows(data: RawData) -> list[tuple[str, str, str]]:
     """The mean counts per valid pixel, as the engines' ``auto`` noise model reads them,
     and the model it picks for these data with its reason (sparse counts get amplitude)."""
@@ -162,9 +182,7 @@ def summary_rows(data: RawData) -> list[tuple[str, str, str]]:
                      "NaN or ±inf: a run stops; post_load: [{type: drop_nan_patterns}] drops them"))
     sums = _valid_sums(data)
     rows.append(("mean counts / pattern", _fmt(float(np.nanmean(sums)), "e"), "over the valid pixels"))
-    if f.get("scan_step_A") is not None:
-        area = abs(f["scan_step_A"][0] * f["scan_step_A"][1])
-        rows.append(("dose", _fmt(float(np.nanmean(sums)) / area, "e/Å²"), "mean counts / step area"))
+    rows += _dose_rows(data, float(np.nanmean(sums)))
     rows += _noise_rows(data)
     rows += [
         ("linear oversampling", _fmt(f.get("linear_oversampling")), "1/(2·Δr·Δk), Edo 2013; ≥ 1 needed"),

@@ -30,7 +30,7 @@ from phaser_std.engines.common import (
     switches_without_solver,
 )
 from phaser_std.engines.constraints import IlluminationMap, needs_illumination
-from phaser_std.engines.conventional_solvers import (FALLING_STEP_DOSE_E_PER_A2, counted_dose, has_chunked_rule,
+from phaser_std.engines.conventional_solvers import (counted_dose, falling_step_reason, has_chunked_rule,
                                                      make_group_step)
 from phaser_std.engines.gradient_step import slice_dz, tilt_ramps
 from phaser_std.engines.noise_models import build_noise_model, on_valid_pixels
@@ -83,12 +83,7 @@ def _run_dose(extra: dict, data: Any, scan_A: Any) -> float | None:
 
 def _object_step_note(solver: Any) -> str:
     """What the null object step does for this run and why, for its log."""
-    dose = solver.dose_e_per_A2
-    if dose is None:
-        why = "the patterns are not counts"
-    else:  # a decimal where rounding would hide which side of the threshold it is on
-        shown = f"{dose:.1f}" if abs(dose - FALLING_STEP_DOSE_E_PER_A2) < 1 else f"{dose:.0f}"
-        why = f"{shown} e⁻/Å², {'under' if solver.step_falls else 'not under'} {FALLING_STEP_DOSE_E_PER_A2:g}"
+    why = falling_step_reason(solver.dose_e_per_A2)[1]
     return f"object step null: {'falling' if solver.step_falls else 'constant'} ({why}; give beta_object to choose)"
 
 

@@ -102,6 +102,18 @@ def counted_dose(data: Any, positions_A: Any = None) -> float | None:
     return mean_counts(data) / area
 
 
+def falling_step_reason(dose_e_per_A2: float | None) -> tuple[bool, str]:
+    """Whether a null object step falls on one slice for data of this dose [e⁻/Å²]
+    (:func:`counted_dose`; None: not counts), and why, as the run's log and ``phaser
+    inspect`` say it."""
+    if dose_e_per_A2 is None:
+        return False, "the patterns are not counts"
+    falls = dose_e_per_A2 < FALLING_STEP_DOSE_E_PER_A2
+    # a decimal where rounding would hide which side of the threshold the dose is on
+    shown = f"{dose_e_per_A2:.1f}" if abs(dose_e_per_A2 - FALLING_STEP_DOSE_E_PER_A2) < 1 else f"{dose_e_per_A2:.0f}"
+    return falls, f"{shown} e⁻/Å², {'under' if falls else 'not under'} {FALLING_STEP_DOSE_E_PER_A2:g}"
+
+
 @attrs.frozen
 class EpieConfig:
     beta_object: Schedulable | None = param(None, doc=_BETA_DOC.format(init=1.0), validator=_BETA)
@@ -195,8 +207,7 @@ class ConventionalSolver:
     def step_falls(self) -> bool:
         """Whether a null object step falls (:data:`ANNEALED_BETA`): one slice, counted
         data under :data:`FALLING_STEP_DOSE_E_PER_A2`."""
-        return (self.n_slices == 1 and self.dose_e_per_A2 is not None
-                and self.dose_e_per_A2 < FALLING_STEP_DOSE_E_PER_A2)
+        return self.n_slices == 1 and falling_step_reason(self.dose_e_per_A2)[0]
 
     def default_beta(self, iteration: int) -> float:
         """The object's β at an engine iteration where the plan leaves it null."""

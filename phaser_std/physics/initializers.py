@@ -162,9 +162,9 @@ def init_focused_probe(config: FocusedProbeConfig, ctx: Any) -> ProbeState:
         if note is not None:
             ctx.notes.append(f"warning: {note}")
     if config.check_parallax:
-        fit = _parallax_fit(data, ctx.scan_A) if fit is _NOT_MEASURED else fit
         from phaser_std.data.loaders._common import DETECTOR_KEYS_EXTRA
 
+        fit = _parallax_fit(data, ctx.scan_A) if fit is _NOT_MEASURED else fit
         note = _parallax_note(fit, float(defocus), aberrations, thickness,
                               (data.extra or {}).get(DETECTOR_KEYS_EXTRA))
         if note is not None:

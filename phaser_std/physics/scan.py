@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["raster_scan", "rotate_positions", "jitter", "hull_and_spacing"]
+__all__ = ["raster_scan", "rotate_positions", "jitter", "hull_and_spacing", "area_per_position_A2"]
 
 
 def rotate_positions(pos_A: np.ndarray, rotation_deg: float, centre_A: Any) -> np.ndarray:
